@@ -1,0 +1,235 @@
+//! Event records shared by the eBPF programs and the CLI.
+//!
+//! Every record starts with an [`EventHeader`]; its `kind` says which struct follows.
+//! All types are plain `#[repr(C)]` data with explicit padding so both sides agree on
+//! the layout byte for byte (the decoder checks sizes before reading).
+#![no_std]
+
+pub const TASK_COMM_LEN: usize = 16;
+/// Bytes of a backing file's dentry name kept per event (NUL-terminated, truncated).
+pub const FILE_NAME_LEN: usize = 64;
+
+/// What follows the header.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Syscall = 1,
+    MmapRegion = 2,
+    RemapPfn = 3,
+    DriverMmap = 4,
+}
+
+impl EventKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Syscall),
+            2 => Some(Self::MmapRegion),
+            3 => Some(Self::RemapPfn),
+            4 => Some(Self::DriverMmap),
+            _ => None,
+        }
+    }
+}
+
+/// One entry per attachable probe; indexes the kernel's lost-event counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    Mmap = 0,
+    Munmap = 1,
+    Mprotect = 2,
+    Mremap = 3,
+    Brk = 4,
+    MmapRegion = 5,
+    RemapPfnRange = 6,
+    DriverMmap = 7,
+}
+
+pub const PROBE_COUNT: usize = 8;
+
+impl Probe {
+    pub const ALL: [Probe; PROBE_COUNT] = [
+        Probe::Mmap,
+        Probe::Munmap,
+        Probe::Mprotect,
+        Probe::Mremap,
+        Probe::Brk,
+        Probe::MmapRegion,
+        Probe::RemapPfnRange,
+        Probe::DriverMmap,
+    ];
+
+    /// The name users pass to `--probes` and see in summaries.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Probe::Mmap => "mmap",
+            Probe::Munmap => "munmap",
+            Probe::Mprotect => "mprotect",
+            Probe::Mremap => "mremap",
+            Probe::Brk => "brk",
+            Probe::MmapRegion => "mmap_region",
+            Probe::RemapPfnRange => "remap_pfn_range",
+            Probe::DriverMmap => "driver_mmap",
+        }
+    }
+
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        if (v as usize) < PROBE_COUNT {
+            Some(Self::ALL[v as usize])
+        } else {
+            None
+        }
+    }
+
+    /// Syscall probes are tracepoints (available everywhere); the rest are kprobes.
+    pub const fn is_syscall(self) -> bool {
+        (self as u32) <= Probe::Brk as u32
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// An [`EventKind`].
+    pub kind: u32,
+    /// The [`Probe`] that produced the record.
+    pub probe: u32,
+    /// Process id (the kernel's tgid).
+    pub pid: u32,
+    /// Thread id (the kernel's pid).
+    pub tid: u32,
+    /// `bpf_ktime_get_ns()` when the record was emitted (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// One syscall, entry and exit joined in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallEvent {
+    pub header: EventHeader,
+    /// `bpf_ktime_get_ns()` at entry; `header.ts_ns` is the exit.
+    pub enter_ts_ns: u64,
+    /// The six raw syscall arguments, as the tracepoint saw them.
+    pub args: [u64; 6],
+    /// The return value (negative errno on failure).
+    pub ret: i64,
+}
+
+/// The file behind a mapping, as far as the kernel says (all zero for anonymous memory).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FileId {
+    /// `inode->i_sb->s_dev` (kernel encoding: major << 20 | minor).
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+    /// The dentry's name (the last path component), NUL-terminated.
+    pub name: [u8; FILE_NAME_LEN],
+}
+
+/// The fields of a `struct vm_area_struct` that mmap-trace reports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct VmaFields {
+    /// Kernel address of the `vm_area_struct` (joins events about the same VMA).
+    pub vma: u64,
+    pub vm_start: u64,
+    pub vm_end: u64,
+    pub vm_flags: u64,
+    pub vm_pgoff: u64,
+    pub file: FileId,
+}
+
+/// `mmap_region(file, addr, len, vm_flags, pgoff, uf)`: entry and return joined.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MmapRegionEvent {
+    pub header: EventHeader,
+    pub addr: u64,
+    pub len: u64,
+    pub vm_flags: u64,
+    pub pgoff: u64,
+    /// The mapped address, or a negative errno.
+    pub ret: i64,
+    pub file: FileId,
+}
+
+/// `remap_pfn_range(vma, addr, pfn, size, prot)` at entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RemapPfnEvent {
+    pub header: EventHeader,
+    pub vma: VmaFields,
+    pub addr: u64,
+    pub pfn: u64,
+    pub size: u64,
+    /// `pgprot_val(prot)`.
+    pub prot: u64,
+}
+
+/// The driver's `mmap(file, vma)` file operation: the VMA as received and as returned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DriverMmapEvent {
+    pub header: EventHeader,
+    pub before: VmaFields,
+    pub after: VmaFields,
+    pub ret: i64,
+}
+
+/// Field offsets of kernel structs, resolved from the running kernel's BTF at load time
+/// (Rust eBPF has no CO-RE relocations, and these move between kernel versions).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub vma_vm_start: u32,
+    pub vma_vm_end: u32,
+    pub vma_vm_flags: u32,
+    pub vma_vm_pgoff: u32,
+    pub vma_vm_file: u32,
+    pub file_f_inode: u32,
+    /// `offsetof(struct file, f_path) + offsetof(struct path, dentry)`.
+    pub file_dentry: u32,
+    /// `offsetof(struct dentry, d_name) + offsetof(struct qstr, name)`.
+    pub dentry_name: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub sb_s_dev: u32,
+    /// Non-zero once userspace filled the table; kernel probes emit nothing before.
+    pub valid: u32,
+}
+
+/// Which processes the probes report, set before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetFilter {
+    /// 0: every process; otherwise only this tgid.
+    pub tgid: u32,
+    /// Non-zero: only tasks whose comm equals `comm`.
+    pub match_comm: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C) integers and arrays with explicit padding.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::TargetFilter {}
+}
+
+/// Bytes the CLI expects for each record kind.
+pub const fn record_size(kind: EventKind) -> usize {
+    match kind {
+        EventKind::Syscall => core::mem::size_of::<SyscallEvent>(),
+        EventKind::MmapRegion => core::mem::size_of::<MmapRegionEvent>(),
+        EventKind::RemapPfn => core::mem::size_of::<RemapPfnEvent>(),
+        EventKind::DriverMmap => core::mem::size_of::<DriverMmapEvent>(),
+    }
+}
+
+// The layouts are part of the ABI between the two sides: pin them.
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 40);
+const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 40 + 8 + 48 + 8);
+const _: () = assert!(core::mem::size_of::<FileId>() == 16 + FILE_NAME_LEN);
+const _: () = assert!(core::mem::size_of::<VmaFields>() == 40 + 16 + FILE_NAME_LEN);

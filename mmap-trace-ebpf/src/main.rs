@@ -1,0 +1,6 @@
+#![no_std]
+#![no_main]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,1 +1,184 @@
-fn main() {}
+//! Developer and CI tasks for mmap-trace: set-up, the static build, the QEMU guest and
+//! the test run. All QEMU knowledge lives here, not in the tests.
+
+mod build;
+mod cmd;
+mod guest_kernel;
+mod initramfs;
+mod qemu;
+mod setup;
+mod test;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "mmap-trace developer tasks", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing (apt packages, eBPF nightly + rust-src, bpf-linker, guest kernel).
+    Setup(KernelArgs),
+    /// Build everything and run the CLI on the host (as root) with these arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Boot the guest kernel under QEMU and run a command in it as root.
+    Vm {
+        #[command(flatten)]
+        guest: GuestArgs,
+        /// The command and its arguments (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Unit and host tests, then all guest tests in one VM boot.
+    Test {
+        #[command(flatten)]
+        guest: GuestArgs,
+    },
+}
+
+#[derive(Args)]
+struct KernelArgs {
+    /// Guest kernel version, e.g. 6.1.0-56-amd64 (default: what linux-image-amd64 depends on).
+    #[arg(long)]
+    kernel_version: Option<String>,
+}
+
+#[derive(Args)]
+struct GuestArgs {
+    #[command(flatten)]
+    kernel: KernelArgs,
+    /// Kill the guest after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Guest CPUs.
+    #[arg(long, default_value_t = 1)]
+    smp: u32,
+}
+
+impl GuestArgs {
+    fn options(&self) -> qemu::Options {
+        qemu::Options {
+            timeout: Duration::from_secs(self.timeout),
+            smp: self.smp,
+        }
+    }
+}
+
+/// Where the workspace and its target directory are.
+pub struct Workspace {
+    pub root: PathBuf,
+    pub target_dir: PathBuf,
+    /// Names of the tests crate's `guest_*` test targets.
+    pub guest_tests: Vec<String>,
+}
+
+impl Workspace {
+    fn load() -> Result<Self> {
+        // xtask/ sits in the workspace root.
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("xtask has no parent directory")?
+            .to_owned();
+        let text = cmd::stdout(
+            Command::new(cargo())
+                .current_dir(&root)
+                .args(["metadata", "--no-deps", "--format-version", "1"]),
+        )?;
+        let meta: serde_json::Value = serde_json::from_str(&text).context("parsing cargo metadata")?;
+        let target_dir = meta["target_directory"]
+            .as_str()
+            .map(PathBuf::from)
+            .context("cargo metadata has no target_directory")?;
+        let guest_tests = meta["packages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["name"] == "mmap-trace-tests")
+            .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+            .filter(|t| t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test")))
+            .filter_map(|t| t["name"].as_str().map(str::to_owned))
+            .filter(|n| n.starts_with("guest_"))
+            .collect();
+        Ok(Workspace {
+            root,
+            target_dir,
+            guest_tests,
+        })
+    }
+}
+
+/// The cargo that runs us (the pinned stable), as cargo tells its children.
+pub fn cargo() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// A header a reader of a long log can find.
+pub fn section(title: &str) {
+    println!("\n========== {title} ==========");
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let started = Instant::now();
+    let ws = Workspace::load()?;
+    let code = match cli.command {
+        Task::Setup(k) => {
+            section("setup");
+            setup::ensure(&ws, k.kernel_version.as_deref())?;
+            0
+        }
+        Task::Run { args } => {
+            section("setup");
+            let ready = setup::ensure(&ws, None)?;
+            section("build");
+            let (cli, _) = build::build_bins(&ws, &ready)?;
+            section("run");
+            println!("run: {}", cli.display());
+            // Quiet from here on: the CLI's output is the user's.
+            return Ok(cmd::exit_code(cmd::status(Command::new(&cli).args(&args))?));
+        }
+        Task::Vm { guest, command } => {
+            section("setup");
+            let ready = setup::ensure(&ws, guest.kernel.kernel_version.as_deref())?;
+            section("build");
+            let artifacts = build::build_all(&ws, &ready)?;
+            section("guest");
+            let script: Vec<String> = command.iter().map(|w| cmd::shell_quote(w)).collect();
+            let markers = qemu::Markers::new();
+            let outcome = qemu::run_in_guest(&ready.guest, &artifacts, script.join(" "), &markers, &guest.options())?;
+            let code = outcome.report();
+            println!("vm: guest command exited {:?}; returning {code}", outcome.status);
+            code
+        }
+        Task::Test { guest } => {
+            section("setup");
+            let ready = setup::ensure(&ws, guest.kernel.kernel_version.as_deref())?;
+            section("build");
+            let artifacts = build::build_all(&ws, &ready)?;
+            test::run(&ws, &ready, &artifacts, &guest.options())?
+        }
+    };
+    println!("xtask: done in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(code)
+}

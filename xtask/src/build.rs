@@ -1,0 +1,219 @@
+//! The one build configuration: release, static, `--target x86_64-unknown-linux-gnu`.
+//!
+//! With an explicit `--target`, RUSTFLAGS reach only target code, not build scripts, so
+//! `+crt-static` makes the CLI and the test binaries static (they run unchanged in the
+//! guest's busybox initramfs) while aya-build in mmap-trace/build.rs still works.
+
+use std::fs;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use crate::Workspace;
+use crate::cmd;
+use crate::guest_kernel::GuestKernel;
+use crate::setup::{EBPF_TOOLCHAIN_VAR, Ready};
+
+pub const TARGET: &str = "x86_64-unknown-linux-gnu";
+const RUSTFLAGS: &str = "-C target-feature=+crt-static";
+/// The eBPF crate only builds for bpfel-unknown-none (through mmap-trace/build.rs).
+const EBPF_CRATE: &str = "mmap-trace-ebpf";
+const TESTS_CRATE: &str = "mmap-trace-tests";
+const CLI_NAME: &str = "mmap-trace";
+/// The driver source whose presence makes the driver build mandatory.
+const DRIVER_SOURCE: &str = "mmtrace_drv.c";
+
+pub struct Artifacts {
+    /// The static CLI.
+    pub cli: PathBuf,
+    /// Every other binary of the workspace (e.g. the tests crate's mmap-workload).
+    pub bins: Vec<PathBuf>,
+    /// `guest_*` test targets of the tests crate: (target name, executable).
+    pub guest_tests: Vec<(String, PathBuf)>,
+    /// The driver built against the guest headers, if driver/ has sources yet.
+    pub driver: Option<PathBuf>,
+}
+
+/// A `cargo` command with the build configuration's environment.
+pub fn cargo(ready: &Ready) -> Command {
+    let mut c = Command::new(crate::cargo());
+    c.env("RUSTFLAGS", RUSTFLAGS)
+        // Set by an outer cargo in some setups; it would override RUSTFLAGS.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env(EBPF_TOOLCHAIN_VAR, &ready.ebpf_toolchain)
+        .env("PATH", &ready.path);
+    c
+}
+
+/// Builds the workspace's binaries (the CLI first of all).
+pub fn build_bins(ws: &Workspace, ready: &Ready) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let mut c = cargo(ready);
+    c.current_dir(&ws.root).args([
+        "build",
+        "--release",
+        "--target",
+        TARGET,
+        "--workspace",
+        "--exclude",
+        EBPF_CRATE,
+        "--exclude",
+        "xtask",
+    ]);
+    let executables = executables(&mut c, |target, _| is_kind(target, "bin"))?;
+    let cli = executables
+        .iter()
+        .find(|(name, _)| name == CLI_NAME)
+        .map(|(_, p)| p.clone())
+        .with_context(|| format!("cargo build produced no `{CLI_NAME}` binary"))?;
+    let bins = executables
+        .into_iter()
+        .filter(|(name, _)| name != CLI_NAME)
+        .map(|(_, p)| p)
+        .collect();
+    Ok((cli, bins))
+}
+
+/// Builds the tests crate's `guest_*` test targets (declared `test = false`, so plain
+/// `cargo test` skips them) and returns their executables.
+pub fn build_guest_tests(ws: &Workspace, ready: &Ready) -> Result<Vec<(String, PathBuf)>> {
+    if ws.guest_tests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut c = cargo(ready);
+    c.current_dir(&ws.root).args([
+        "test",
+        "--no-run",
+        "--release",
+        "--target",
+        TARGET,
+        "-p",
+        TESTS_CRATE,
+    ]);
+    for name in &ws.guest_tests {
+        c.args(["--test", name]);
+    }
+    let built = executables(&mut c, |target, test| {
+        test && target["name"].as_str().is_some_and(|n| n.starts_with("guest_"))
+    })?;
+    for name in &ws.guest_tests {
+        if !built.iter().any(|(n, _)| n == name) {
+            bail!("cargo test --no-run produced no executable for guest test `{name}`");
+        }
+    }
+    Ok(built)
+}
+
+/// Runs a cargo build with JSON messages (diagnostics still rendered for humans) and
+/// returns (target name, executable) of the artifacts `wanted(target, is_test)` accepts.
+fn executables(c: &mut Command, wanted: impl Fn(&Value, bool) -> bool) -> Result<Vec<(String, PathBuf)>> {
+    c.arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null());
+    let what = cmd::describe(c);
+    let mut child = c.spawn().with_context(|| format!("running {what}"))?;
+    let stdout = child.stdout.take().context("cargo stdout")?;
+    let mut found = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.with_context(|| format!("reading output of {what}"))?;
+        let Ok(msg) = serde_json::from_str::<Value>(&line) else {
+            // Build scripts may print plain lines; pass them on.
+            println!("{line}");
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let (Some(exe), target) = (msg["executable"].as_str(), &msg["target"]) else {
+            continue;
+        };
+        let is_test = msg["profile"]["test"].as_bool().unwrap_or(false);
+        if wanted(target, is_test) {
+            let name = target["name"].as_str().unwrap_or_default().to_owned();
+            found.push((name, PathBuf::from(exe)));
+        }
+    }
+    let status = child.wait().with_context(|| format!("running {what}"))?;
+    if !status.success() {
+        bail!("running {what}: {status}");
+    }
+    Ok(found)
+}
+
+fn is_kind(target: &Value, kind: &str) -> bool {
+    target["kind"]
+        .as_array()
+        .is_some_and(|kinds| kinds.iter().any(|k| k == kind))
+}
+
+/// Builds driver/ against the guest headers in `target/guest/<v>/driver-build/` (a copy,
+/// so the source tree stays clean). None, loudly, while driver/ has no sources.
+pub fn build_driver(ws: &Workspace, kernel: &GuestKernel) -> Result<Option<PathBuf>> {
+    let src = ws.root.join("driver");
+    if !src.join(DRIVER_SOURCE).exists() {
+        println!(
+            "!!! driver/{DRIVER_SOURCE} does not exist yet: SKIPPING the driver build; the guest gets no mmtrace_drv.ko"
+        );
+        return Ok(None);
+    }
+    let build = kernel.dir.join("driver-build");
+    sync_sources(&src, &build)?;
+    println!("build: driver against {} headers", kernel.version);
+    cmd::run(
+        Command::new("make")
+            .arg("-C")
+            .arg(&kernel.headers)
+            .arg(format!("M={}", build.display()))
+            // linux-kbuild-6.1 ships no resolve_btfids; module BTF does not need it.
+            .arg("RESOLVE_BTFIDS=true")
+            .arg("modules"),
+    )
+    .context("building the driver")?;
+    let ko = build.join("mmtrace_drv.ko");
+    if !ko.exists() {
+        bail!("the driver build produced no {}", ko.display());
+    }
+    Ok(Some(ko))
+}
+
+/// Copies driver sources (not build products) into `dst`, rewriting only files whose
+/// contents changed so make's timestamps stay meaningful.
+fn sync_sources(src: &Path, dst: &Path) -> Result<()> {
+    fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
+    for entry in fs::read_dir(src).with_context(|| format!("listing {}", src.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if entry.file_type()?.is_dir() {
+            sync_sources(&path, &dst.join(&*name))?;
+            continue;
+        }
+        let is_source = name.ends_with(".c") || name.ends_with(".h") || name == "Kbuild" || name == "Makefile";
+        if !is_source {
+            continue;
+        }
+        let data = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let out = dst.join(&*name);
+        if fs::read(&out).ok().as_deref() != Some(&data[..]) {
+            fs::write(&out, &data).with_context(|| format!("writing {}", out.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds everything the host and the guest run.
+pub fn build_all(ws: &Workspace, ready: &Ready) -> Result<Artifacts> {
+    println!("build: cargo build --release --target {TARGET} (static)");
+    let (cli, bins) = build_bins(ws, ready)?;
+    let guest_tests = build_guest_tests(ws, ready)?;
+    let driver = build_driver(ws, &ready.guest)?;
+    Ok(Artifacts {
+        cli,
+        bins,
+        guest_tests,
+        driver,
+    })
+}

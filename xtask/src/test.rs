@@ -1,0 +1,142 @@
+//! `cargo xtask test`: unit and host tests, then every guest test in one VM boot.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+
+use anyhow::{Context as _, Result};
+
+use crate::build::{self, Artifacts, TARGET};
+use crate::cmd;
+use crate::qemu::{self, Markers, Options};
+use crate::setup::Ready;
+use crate::{Workspace, section};
+
+/// Per-binary result line printed by the guest: `<prefix> <name> <status>`.
+fn result_prefix(m: &Markers) -> String {
+    format!("MMTRACE-TEST-{}", m.nonce())
+}
+
+struct Tally {
+    passed: usize,
+    failed: usize,
+    lines: Vec<String>,
+}
+
+pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, opts: &Options) -> Result<i32> {
+    let mut tally = Tally {
+        passed: 0,
+        failed: 0,
+        lines: Vec::new(),
+    };
+    section("unit + host tests (cargo test --workspace, on the host)");
+    host_tests(ws, ready, artifacts, &mut tally)?;
+
+    section("guest tests (one VM boot)");
+    let dmesg_clean = guest_tests(ready, artifacts, opts, &mut tally)?;
+
+    section("summary");
+    for l in &tally.lines {
+        println!("{l}");
+    }
+    println!("guest dmesg: {}", if dmesg_clean { "clean" } else { "SPLATS (see above)" });
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    Ok(if tally.failed == 0 && dmesg_clean { 0 } else { 1 })
+}
+
+/// Runs `cargo test` on the host, echoing its output and counting libtest's
+/// `test result:` lines (one per test binary).
+fn host_tests(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, tally: &mut Tally) -> Result<()> {
+    let mut c = build::cargo(ready);
+    c.current_dir(&ws.root)
+        .args(["test", "--release", "--target", TARGET, "--workspace", "--exclude", "mmap-trace-ebpf"])
+        .env("MMTRACE_CLI", &artifacts.cli)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    if let Some(workload) = artifacts.bins.iter().find(|p| p.file_name().is_some_and(|n| n == "mmap-workload")) {
+        c.env("MMTRACE_WORKLOAD", workload);
+    }
+    let what = cmd::describe(&c);
+    let mut child = c.spawn().with_context(|| format!("running {what}"))?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let (mut ok, mut failed) = (0, 0);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.with_context(|| format!("reading output of {what}"))?;
+        println!("{line}");
+        if line.starts_with("test result: ok.") {
+            ok += 1;
+        } else if line.starts_with("test result: FAILED.") {
+            failed += 1;
+        }
+    }
+    let status = child.wait().with_context(|| format!("running {what}"))?;
+    // A build failure prints no `test result:` line: count it.
+    if !status.success() && failed == 0 {
+        failed = 1;
+    }
+    tally.passed += ok;
+    tally.failed += failed;
+    tally.lines.push(format!(
+        "host: {ok} test binaries passed, {failed} failed (cargo test: {status})"
+    ));
+    Ok(())
+}
+
+/// Boots once, runs each guest test binary with `--test-threads=1`; returns whether the
+/// guest kernel log was clean.
+fn guest_tests(ready: &Ready, artifacts: &Artifacts, opts: &Options, tally: &mut Tally) -> Result<bool> {
+    let markers = Markers::new();
+    let prefix = result_prefix(&markers);
+    let tests = &artifacts.guest_tests;
+    let script = if tests.is_empty() {
+        println!("!!! no guest tests defined (no guest_* [[test]] targets in tests/Cargo.toml): smoke boot only");
+        "cat /proc/version".to_owned()
+    } else {
+        guest_script(tests.iter().map(|(n, _)| n.as_str()), &prefix)
+    };
+    let outcome = qemu::run_in_guest(&ready.guest, artifacts, script, &markers, opts)?;
+    let code = outcome.report();
+
+    if tests.is_empty() {
+        let ok = code == 0;
+        tally.lines.push(format!("guest: smoke boot {}", if ok { "ok" } else { "FAILED" }));
+        if !ok {
+            tally.failed += 1;
+        }
+    }
+    for (name, _) in tests {
+        let status = outcome.console.iter().find_map(|l| {
+            let rest = l.split_once(&format!("{prefix} {name} "))?.1;
+            rest.trim().parse::<i32>().ok()
+        });
+        let verdict = match status {
+            Some(0) => {
+                tally.passed += 1;
+                "ok".to_owned()
+            }
+            Some(s) => {
+                tally.failed += 1;
+                format!("FAILED (exit {s})")
+            }
+            None => {
+                tally.failed += 1;
+                "FAILED (no result: the guest stopped before it finished)".to_owned()
+            }
+        };
+        tally.lines.push(format!("guest: {name}: {verdict}"));
+    }
+    Ok(outcome.splats.is_empty() && !outcome.timed_out && outcome.status.is_some())
+}
+
+fn guest_script<'a>(names: impl Iterator<Item = &'a str>, prefix: &str) -> String {
+    let mut s = String::from("failed=0\n");
+    for name in names {
+        let bin = Path::new(crate::initramfs::GUEST_BIN).join(name);
+        s.push_str(&format!(
+            "echo '===== guest test: {name} ====='\n{bin} --test-threads=1\nrc=$?\necho \"{prefix} {name} $rc\"\n[ $rc -eq 0 ] || failed=1\n",
+            bin = bin.display()
+        ));
+    }
+    s.push_str("exit $failed\n");
+    s
+}

@@ -1,6 +1,6 @@
 //! The guest's root filesystem: a newc cpio with busybox, /init, our static binaries
 //! and the driver. Left uncompressed: the kernel unpacks it faster than it gunzips it
-//! under TCG (measured, see README).
+//! under TCG (46 MB archive: ~3.1 s boot plain vs ~3.9 s gzip -1, see README).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};

@@ -136,6 +136,8 @@ fn boot(kernel: &GuestKernel, initrd: &Path, markers: &Markers, opts: &Options) 
         .args(["-nographic", "-m", "1G", "-no-reboot", "-smp", &opts.smp.to_string()])
         // TCG only: /dev/kvm on this kind of machine hangs QEMU.
         .args(["-accel", "tcg"])
+        // No NIC: skips the iPXE option ROM (~0.7 s of boot); the guest needs no network.
+        .args(["-nic", "none"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     let what = cmd::describe(&c);

@@ -1,1 +1,47 @@
-fn main() {}
+//! mmap-trace: trace mmap/VMA activity with eBPF and check it against the kernel's own
+//! accounts (/proc/<pid>/maps, pagemap, the companion driver's ground truth).
+
+mod btf;
+mod cli;
+mod decode;
+mod flags;
+mod json;
+mod loader;
+mod output;
+mod spawn;
+mod trace;
+mod tracefs;
+
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    // A bug must still end in one clear line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("mmap-trace: internal error: {info}; please report it");
+    }));
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+    let cli = cli::Cli::parse();
+    match cli.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mmap-trace: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn require_root(command: &str) -> Result<()> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "`mmap-trace {command}` needs root (loading eBPF programs needs CAP_BPF and \
+             CAP_PERFMON): run it with sudo"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! The ring buffer, the target filter and the per-probe lost-event counters.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
+    macros::map,
+    maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
+};
+use mmap_trace_common::{EventHeader, EventKind, PROBE_COUNT, Probe, TASK_COMM_LEN, TargetFilter};
+
+/// Default 1 MiB; userspace resizes it with `--ring-buffer-kib` before load.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Ring-buffer reservations that failed, per probe (per CPU: no atomics on the hot path).
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_COUNT as u32, 0);
+
+/// Set by userspace before load; constant for the verifier.
+#[unsafe(no_mangle)]
+static FILTER: TargetFilter = TargetFilter {
+    tgid: 0,
+    match_comm: 0,
+    comm: [0; TASK_COMM_LEN],
+};
+
+/// The current task, when the filter wants it.
+pub struct Task {
+    pub pid: u32,
+    pub tid: u32,
+}
+
+#[inline(always)]
+pub fn current_task() -> Option<Task> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let task = Task {
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+    };
+    // SAFETY: a read of our own global; volatile so the loader's value is seen.
+    let filter = unsafe { core::ptr::read_volatile(&FILTER) };
+    if filter.tgid != 0 && filter.tgid != task.pid {
+        return None;
+    }
+    if filter.match_comm != 0 {
+        let comm = bpf_get_current_comm().ok()?;
+        if comm != filter.comm {
+            return None;
+        }
+    }
+    Some(task)
+}
+
+/// Reserves a record of type `T` for `probe`, counting the loss when the buffer is full.
+#[inline(always)]
+pub fn reserve<T: 'static>(probe: Probe) -> Option<RingBufEntry<T>> {
+    let entry = EVENTS.reserve::<T>(0);
+    if entry.is_none()
+        && let Some(lost) = LOST.get_ptr_mut(probe as u32)
+    {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *lost += 1 };
+    }
+    entry
+}
+
+#[inline(always)]
+pub fn header(kind: EventKind, probe: Probe, task: &Task) -> EventHeader {
+    EventHeader {
+        kind: kind as u32,
+        probe: probe as u32,
+        pid: task.pid,
+        tid: task.tid,
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
+    }
+}

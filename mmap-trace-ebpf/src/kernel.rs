@@ -1,0 +1,72 @@
+//! Reading `vm_area_struct`, `file`, `inode` and `dentry` fields at offsets the loader
+//! resolved from the running kernel's BTF.
+
+use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
+use mmap_trace_common::{FileId, KernelOffsets, VmaFields};
+
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = KernelOffsets {
+    vma_vm_start: 0,
+    vma_vm_end: 0,
+    vma_vm_flags: 0,
+    vma_vm_pgoff: 0,
+    vma_vm_file: 0,
+    file_f_inode: 0,
+    file_dentry: 0,
+    dentry_name: 0,
+    inode_i_ino: 0,
+    inode_i_sb: 0,
+    sb_s_dev: 0,
+    valid: 0,
+};
+
+#[inline(always)]
+pub fn offsets() -> Option<KernelOffsets> {
+    // SAFETY: a read of our own global; volatile so the loader's value is seen.
+    let offsets = unsafe { core::ptr::read_volatile(&OFFSETS) };
+    (offsets.valid != 0).then_some(offsets)
+}
+
+/// Reads a `T` at `base + offset` in kernel memory; zero when unreadable.
+#[inline(always)]
+fn read<T: Default>(base: u64, offset: u32) -> T {
+    if base == 0 {
+        return T::default();
+    }
+    // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.unwrap_or_default()
+}
+
+/// Fills `out` for `struct file *file` (zeroes for anonymous memory).
+#[inline(always)]
+pub fn read_file(file: u64, o: &KernelOffsets, out: &mut FileId) {
+    out.dev = 0;
+    out._pad = 0;
+    out.ino = 0;
+    out.name[0] = 0;
+    if file == 0 {
+        return;
+    }
+    let inode: u64 = read(file, o.file_f_inode);
+    out.ino = read(inode, o.inode_i_ino);
+    let sb: u64 = read(inode, o.inode_i_sb);
+    out.dev = read(sb, o.sb_s_dev);
+    let dentry: u64 = read(file, o.file_dentry);
+    let name: u64 = read(dentry, o.dentry_name);
+    if name != 0 {
+        // SAFETY: the helper bounds the copy by `out.name` and tolerates bad addresses.
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut out.name) };
+    }
+}
+
+/// Fills `out` for `struct vm_area_struct *vma`.
+#[inline(always)]
+pub fn read_vma(vma: u64, o: &KernelOffsets, out: &mut VmaFields) {
+    out.vma = vma;
+    out.vm_start = read(vma, o.vma_vm_start);
+    out.vm_end = read(vma, o.vma_vm_end);
+    out.vm_flags = read(vma, o.vma_vm_flags);
+    out.vm_pgoff = read(vma, o.vma_vm_pgoff);
+    let file: u64 = read(vma, o.vma_vm_file);
+    read_file(file, o, &mut out.file);
+}

@@ -1,0 +1,269 @@
+//! The JSON Lines schema (documented in the README). 64-bit quantities that can exceed
+//! 2^53 (addresses, lengths, offsets, PFNs, flag words) are `"0x…"` strings.
+
+use mmap_trace_common::{FileId, Probe, SyscallEvent, VmaFields};
+use serde::{Serialize, Serializer};
+
+use crate::{
+    decode::{Event, c_str},
+    flags,
+};
+
+/// A u64 written as a `"0x…"` string.
+#[derive(Clone, Copy, Debug)]
+pub struct Hex(pub u64);
+
+impl Serialize for Hex {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{:#x}", self.0))
+    }
+}
+
+#[derive(Serialize)]
+pub struct EventRecord<'a> {
+    #[serde(rename = "type")]
+    pub record_type: &'static str,
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: std::borrow::Cow<'a, str>,
+    pub probe: &'static str,
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+/// How a call ended: an address, a plain value, or an errno.
+#[derive(Serialize, Default)]
+pub struct Outcome {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ret: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ret_addr: Option<Hex>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    /// For calls that return an address on success (mmap, mremap, mmap_region).
+    fn address(ret: i64) -> Self {
+        if is_error(ret) {
+            Self::errno(ret)
+        } else {
+            Self { ret_addr: Some(Hex(ret as u64)), ..Self::default() }
+        }
+    }
+
+    /// For calls that return 0 on success (munmap, mprotect, a driver's mmap).
+    fn status(ret: i64) -> Self {
+        if ret < 0 { Self::errno(ret) } else { Self { ret: Some(ret), ..Self::default() } }
+    }
+
+    fn errno(ret: i64) -> Self {
+        Self { ret: Some(ret), error: Some(flags::errno_name(-ret)), ..Self::default() }
+    }
+}
+
+/// Linux returns -4095..-1 for errors from address-returning calls.
+pub fn is_error(ret: i64) -> bool {
+    (-4095..0).contains(&ret)
+}
+
+#[derive(Serialize)]
+pub struct JsonFile {
+    /// `major:minor` in hex, as the dev column of /proc/<pid>/maps.
+    pub dev: String,
+    pub ino: u64,
+    pub name: String,
+}
+
+impl JsonFile {
+    fn new(file: &FileId) -> Option<Self> {
+        (file.ino != 0 || file.dev != 0).then(|| Self {
+            dev: format_dev(file.dev),
+            ino: file.ino,
+            name: c_str(&file.name).into_owned(),
+        })
+    }
+}
+
+/// The kernel's internal dev_t (major << 20 | minor) as /proc/<pid>/maps prints it.
+pub fn format_dev(dev: u32) -> String {
+    format!("{:02x}:{:02x}", dev >> 20, dev & 0xfffff)
+}
+
+#[derive(Serialize)]
+pub struct JsonVma {
+    pub vma: Hex,
+    pub start: Hex,
+    pub end: Hex,
+    pub flags: String,
+    pub flags_raw: Hex,
+    pub pgoff: Hex,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<JsonFile>,
+}
+
+impl JsonVma {
+    fn new(v: &VmaFields) -> Self {
+        Self {
+            vma: Hex(v.vma),
+            start: Hex(v.vm_start),
+            end: Hex(v.vm_end),
+            flags: flags::decode(flags::VM, v.vm_flags),
+            flags_raw: Hex(v.vm_flags),
+            pgoff: Hex(v.vm_pgoff),
+            file: JsonFile::new(&v.file),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum Body {
+    Mmap {
+        addr: Hex,
+        len: Hex,
+        prot: String,
+        prot_raw: u64,
+        flags: String,
+        flags_raw: u64,
+        fd: i32,
+        offset: Hex,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        #[serde(flatten)]
+        outcome: Outcome,
+    },
+    Munmap {
+        addr: Hex,
+        len: Hex,
+        #[serde(flatten)]
+        outcome: Outcome,
+    },
+    Mprotect {
+        addr: Hex,
+        len: Hex,
+        prot: String,
+        prot_raw: u64,
+        #[serde(flatten)]
+        outcome: Outcome,
+    },
+    Mremap {
+        old_addr: Hex,
+        old_len: Hex,
+        new_len: Hex,
+        flags: String,
+        flags_raw: u64,
+        new_addr: Hex,
+        #[serde(flatten)]
+        outcome: Outcome,
+    },
+    Brk {
+        addr: Hex,
+        ret_addr: Hex,
+    },
+    MmapRegion {
+        addr: Hex,
+        len: Hex,
+        vm_flags: String,
+        vm_flags_raw: Hex,
+        pgoff: Hex,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        file: Option<JsonFile>,
+        #[serde(flatten)]
+        outcome: Outcome,
+    },
+    RemapPfnRange {
+        vma: JsonVma,
+        addr: Hex,
+        pfn: Hex,
+        size: Hex,
+        prot: Hex,
+    },
+    DriverMmap {
+        before: JsonVma,
+        after: JsonVma,
+        #[serde(flatten)]
+        outcome: Outcome,
+    },
+}
+
+fn syscall_body(e: &SyscallEvent, probe: Probe, path: Option<String>) -> Body {
+    let a = e.args;
+    match probe {
+        Probe::Mmap => Body::Mmap {
+            addr: Hex(a[0]),
+            len: Hex(a[1]),
+            prot: flags::decode(flags::PROT, a[2]),
+            prot_raw: a[2],
+            flags: flags::decode_map(a[3]),
+            flags_raw: a[3],
+            fd: a[4] as i32,
+            offset: Hex(a[5]),
+            path,
+            outcome: Outcome::address(e.ret),
+        },
+        Probe::Munmap => Body::Munmap {
+            addr: Hex(a[0]),
+            len: Hex(a[1]),
+            outcome: Outcome::status(e.ret),
+        },
+        Probe::Mprotect => Body::Mprotect {
+            addr: Hex(a[0]),
+            len: Hex(a[1]),
+            prot: flags::decode(flags::PROT, a[2]),
+            prot_raw: a[2],
+            outcome: Outcome::status(e.ret),
+        },
+        Probe::Mremap => Body::Mremap {
+            old_addr: Hex(a[0]),
+            old_len: Hex(a[1]),
+            new_len: Hex(a[2]),
+            flags: flags::decode(flags::MREMAP, a[3]),
+            flags_raw: a[3],
+            new_addr: Hex(a[4]),
+            outcome: Outcome::address(e.ret),
+        },
+        // brk(2) returns the (possibly unchanged) break, never an errno.
+        _ => Body::Brk { addr: Hex(a[0]), ret_addr: Hex(e.ret as u64) },
+    }
+}
+
+/// `path`: the resolved path of an mmap's fd, when there is one.
+pub fn record(event: &Event, path: Option<String>) -> EventRecord<'_> {
+    let header = event.header();
+    let probe = event.probe();
+    let body = match event {
+        Event::Syscall(e) => syscall_body(e, probe, path),
+        Event::MmapRegion(e) => Body::MmapRegion {
+            addr: Hex(e.addr),
+            len: Hex(e.len),
+            vm_flags: flags::decode(flags::VM, e.vm_flags),
+            vm_flags_raw: Hex(e.vm_flags),
+            pgoff: Hex(e.pgoff),
+            file: JsonFile::new(&e.file),
+            outcome: Outcome::address(e.ret),
+        },
+        Event::RemapPfn(e) => Body::RemapPfnRange {
+            vma: JsonVma::new(&e.vma),
+            addr: Hex(e.addr),
+            pfn: Hex(e.pfn),
+            size: Hex(e.size),
+            prot: Hex(e.prot),
+        },
+        Event::DriverMmap(e) => Body::DriverMmap {
+            before: JsonVma::new(&e.before),
+            after: JsonVma::new(&e.after),
+            outcome: Outcome::status(e.ret),
+        },
+    };
+    EventRecord {
+        record_type: "event",
+        ts_ns: header.ts_ns,
+        pid: header.pid,
+        tid: header.tid,
+        comm: c_str(&header.comm),
+        probe: probe.name(),
+        body,
+    }
+}

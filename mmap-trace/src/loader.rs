@@ -1,0 +1,179 @@
+//! Loading the eBPF object with the target filter and kernel offsets, and attaching the
+//! chosen probes. Probes that this kernel cannot serve are skipped with a reason.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{KProbe, TracePoint},
+};
+use mmap_trace_common::{KernelOffsets, PROBE_COUNT, Probe, TargetFilter};
+
+use crate::{btf, tracefs};
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mmap-trace"));
+
+/// The kernel functions the driver's file operations use for mmap (see driver/).
+pub const DEFAULT_DRIVER_HOOKS: &[&str] = &["mmtrace_kmalloc_mmap", "mmtrace_vmalloc_mmap"];
+
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
+
+pub struct LoadOptions {
+    pub filter: TargetFilter,
+    /// Probes the user asked for by name; None: every probe this kernel supports.
+    pub requested: Option<Vec<Probe>>,
+    pub btf: PathBuf,
+    pub ring_buffer_bytes: u32,
+    pub driver_hooks: Vec<String>,
+}
+
+pub struct Tracer {
+    pub ebpf: Ebpf,
+    pub attached: Vec<Probe>,
+    /// (probe, why it is not attached), for probes skipped when not explicitly requested.
+    pub skipped: Vec<(Probe, String)>,
+}
+
+impl Tracer {
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        let wanted: Vec<Probe> = opts.requested.clone().unwrap_or_else(|| Probe::ALL.to_vec());
+        let explicit = opts.requested.is_some();
+        let mut skipped = Vec::new();
+        let mut chosen = Vec::new();
+        let kprobes_available = Path::new(KPROBE_PMU).exists();
+        let driver_hooks = present_driver_hooks(&opts.driver_hooks)?;
+        for probe in wanted {
+            let unavailable = if probe.is_syscall() {
+                None
+            } else if !kprobes_available {
+                Some(format!(
+                    "this kernel has no kprobes ({KPROBE_PMU} is missing: CONFIG_KPROBES is unset)"
+                ))
+            } else if probe == Probe::DriverMmap && driver_hooks.is_empty() {
+                Some(format!(
+                    "none of the driver's mmap functions ({}) is in /proc/kallsyms: \
+                     load the mmtrace_drv module first",
+                    opts.driver_hooks.join(", ")
+                ))
+            } else {
+                None
+            };
+            match unavailable {
+                Some(why) if explicit => bail!("cannot trace {}: {why}", probe.name()),
+                Some(why) => skipped.push((probe, why)),
+                None => chosen.push(probe),
+            }
+        }
+        if chosen.is_empty() {
+            bail!("no probe left to attach");
+        }
+
+        tracefs::ensure_mounted()?;
+        if chosen.iter().any(|p| p.is_syscall()) {
+            tracefs::check_syscall_layout()?;
+        }
+        let offsets = if chosen.iter().any(|p| !p.is_syscall()) {
+            btf::kernel_offsets(&opts.btf)?
+        } else {
+            KernelOffsets::default()
+        };
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("FILTER", &opts.filter, true)
+            .override_global("OFFSETS", &offsets, true)
+            .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF programs")?;
+        match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => forward_logs(logger),
+            Err(e) => log::debug!("no eBPF log messages: {e}"),
+        }
+        for probe in &chosen {
+            attach(&mut ebpf, *probe, &driver_hooks)
+                .with_context(|| format!("attaching the {} probe", probe.name()))?;
+        }
+        Ok(Self { ebpf, attached: chosen, skipped })
+    }
+
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("no EVENTS map"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Ring-buffer reservations that failed, per probe, summed over CPUs.
+    pub fn lost(&self) -> Result<[u64; PROBE_COUNT]> {
+        let map = self.ebpf.map("LOST").ok_or_else(|| anyhow!("no LOST map"))?;
+        let lost = PerCpuArray::<_, u64>::try_from(map)?;
+        let mut out = [0; PROBE_COUNT];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = lost.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, probe: Probe, driver_hooks: &[String]) -> Result<()> {
+    match probe {
+        p if p.is_syscall() => {
+            for point in ["enter", "exit"] {
+                let name = format!("sys_{point}_{}", p.name());
+                let program: &mut TracePoint = program(ebpf, &name)?.try_into()?;
+                program.load()?;
+                program.attach("syscalls", &name)?;
+            }
+        }
+        Probe::MmapRegion => attach_kprobe(ebpf, "mmap_region", &["mmap_region"])?,
+        Probe::RemapPfnRange => attach_kprobe(ebpf, "remap_pfn_range", &["remap_pfn_range"])?,
+        _ => attach_kprobe(ebpf, "driver_mmap", driver_hooks)?,
+    }
+    Ok(())
+}
+
+/// Attaches program `name` (and `name_ret` if the object has it) to each function.
+fn attach_kprobe<S: AsRef<str>>(ebpf: &mut Ebpf, name: &str, functions: &[S]) -> Result<()> {
+    let ret_name = format!("{name}_ret");
+    for program_name in [name, ret_name.as_str()] {
+        if program_name == ret_name && ebpf.program(&ret_name).is_none() {
+            continue;
+        }
+        let program: &mut KProbe = program(ebpf, program_name)?.try_into()?;
+        program.load()?;
+        for function in functions {
+            program
+                .attach(function.as_ref(), 0)
+                .with_context(|| format!("kprobe on {}", function.as_ref()))?;
+        }
+    }
+    Ok(())
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name).ok_or_else(|| anyhow!("the eBPF object has no program {name}"))
+}
+
+/// The hooks that /proc/kallsyms lists (module symbols appear once it is loaded).
+fn present_driver_hooks(hooks: &[String]) -> Result<Vec<String>> {
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
+    let present = |hook: &str| {
+        kallsyms.lines().any(|line| line.split_whitespace().nth(2) == Some(hook))
+    };
+    Ok(hooks.iter().filter(|h| present(h)).cloned().collect())
+}
+
+/// aya-log records from the probes go to the CLI's logger (RUST_LOG) from a thread.
+fn forward_logs(mut logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    use std::os::fd::AsRawFd as _;
+    let fd = logger.as_raw_fd();
+    std::thread::spawn(move || {
+        loop {
+            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
+                break;
+            }
+            logger.flush();
+        }
+    });
+}

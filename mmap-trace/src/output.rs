@@ -1,0 +1,168 @@
+//! Where events go: an aligned table for people or JSON Lines for programs. Whole lines
+//! only: records are formatted into a buffer and written line by line, so a signal can
+//! never leave half a record behind.
+
+use std::io::{self, BufWriter, Write};
+
+use mmap_trace_common::{PROBE_COUNT, Probe};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::{decode::Event, json};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// What a finished trace reports.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub events: [u64; PROBE_COUNT],
+    pub lost: [u64; PROBE_COUNT],
+    /// Records the decoder refused (never expected; counted, not hidden).
+    pub malformed: u64,
+    pub duration_ns: u64,
+    pub ended: String,
+    pub attached: Vec<Probe>,
+}
+
+#[derive(Serialize)]
+struct JsonSummary<'a> {
+    #[serde(rename = "type")]
+    record_type: &'static str,
+    events: Map<String, Value>,
+    lost: Map<String, Value>,
+    events_total: u64,
+    lost_total: u64,
+    malformed: u64,
+    duration_s: f64,
+    ended: &'a str,
+    probes: Vec<&'static str>,
+}
+
+pub struct Output {
+    format: Format,
+    out: BufWriter<Box<dyn Write + Send>>,
+    /// CLOCK_MONOTONIC ns at attach; table times are relative to it.
+    start_ns: u64,
+    header_done: bool,
+    pub counts: [u64; PROBE_COUNT],
+}
+
+impl Output {
+    pub fn new(format: Format, out: Box<dyn Write + Send>, start_ns: u64) -> Self {
+        Self {
+            format,
+            out: BufWriter::with_capacity(256 * 1024, out),
+            start_ns,
+            header_done: false,
+            counts: [0; PROBE_COUNT],
+        }
+    }
+
+    pub fn event(&mut self, event: &Event, path: Option<String>) -> io::Result<()> {
+        self.counts[event.probe() as usize] += 1;
+        let record = json::record(event, path);
+        match self.format {
+            Format::Json => {
+                serde_json::to_writer(&mut self.out, &record)?;
+                self.out.write_all(b"\n")
+            }
+            Format::Table => {
+                if !self.header_done {
+                    self.header_done = true;
+                    writeln!(
+                        self.out,
+                        "{:>12} {:>7} {:>7} {:<16} {:<15} DETAILS",
+                        "TIME(s)", "PID", "TID", "COMM", "PROBE"
+                    )?;
+                }
+                let since = record.ts_ns.saturating_sub(self.start_ns) as f64 / 1e9;
+                let details = details(&record.body);
+                writeln!(
+                    self.out,
+                    "{since:>12.6} {:>7} {:>7} {:<16} {:<15} {details}",
+                    record.pid, record.tid, record.comm, record.probe
+                )
+            }
+        }
+    }
+
+    pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        let per_probe = |values: &[u64; PROBE_COUNT]| -> Map<String, Value> {
+            s.attached
+                .iter()
+                .map(|p| (p.name().to_string(), Value::from(values[*p as usize])))
+                .collect()
+        };
+        let events_total = s.events.iter().sum();
+        let lost_total = s.lost.iter().sum();
+        match self.format {
+            Format::Json => {
+                let summary = JsonSummary {
+                    record_type: "summary",
+                    events: per_probe(&s.events),
+                    lost: per_probe(&s.lost),
+                    events_total,
+                    lost_total,
+                    malformed: s.malformed,
+                    duration_s: s.duration_ns as f64 / 1e9,
+                    ended: &s.ended,
+                    probes: s.attached.iter().map(|p| p.name()).collect(),
+                };
+                serde_json::to_writer(&mut self.out, &summary)?;
+                self.out.write_all(b"\n")
+            }
+            Format::Table => {
+                writeln!(
+                    self.out,
+                    "# summary: {events_total} events, {lost_total} lost, {:.3} s, ended: {}",
+                    s.duration_ns as f64 / 1e9,
+                    s.ended
+                )?;
+                for p in &s.attached {
+                    writeln!(
+                        self.out,
+                        "#   {:<16} {:>10} events {:>8} lost",
+                        p.name(),
+                        s.events[*p as usize],
+                        s.lost[*p as usize]
+                    )?;
+                }
+                if s.malformed > 0 {
+                    writeln!(self.out, "#   malformed records: {}", s.malformed)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// `key=value …` from the JSON body, so the table shows exactly what JSON carries.
+fn details(body: &json::Body) -> String {
+    let mut parts = Vec::new();
+    if let Ok(Value::Object(map)) = serde_json::to_value(body) {
+        flatten("", &map, &mut parts);
+    }
+    parts.join(" ")
+}
+
+fn flatten(prefix: &str, map: &Map<String, Value>, parts: &mut Vec<String>) {
+    for (key, value) in map {
+        // Raw flag words repeat the decoded names.
+        if key.ends_with("_raw") {
+            continue;
+        }
+        match value {
+            Value::Object(inner) => flatten(&format!("{prefix}{key}."), inner, parts),
+            Value::String(s) => parts.push(format!("{prefix}{key}={s}")),
+            other => parts.push(format!("{prefix}{key}={other}")),
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! tracefs: mounted on demand (it is not by default on some hosts), and the syscall
+//! tracepoint record layout the eBPF programs assume, checked against the format files.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+pub fn ensure_mounted() -> Result<()> {
+    if Path::new(TRACEFS).join("events").is_dir()
+        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
+    {
+        return Ok(());
+    }
+    let target = std::ffi::CString::new(TRACEFS)?;
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        bail!(
+            "tracefs is not mounted and mounting it failed ({err}); mount it with \
+             `mount -t tracefs nodev {TRACEFS}` and try again"
+        );
+    }
+    log::info!("mounted tracefs on {TRACEFS}");
+    Ok(())
+}
+
+/// The programs read syscall arguments at byte 16 of `sys_enter_*` records and the
+/// return value at byte 16 of `sys_exit_*` records.
+pub fn check_syscall_layout() -> Result<()> {
+    let base = if Path::new(TRACEFS).join("events").is_dir() {
+        Path::new(TRACEFS).to_path_buf()
+    } else {
+        Path::new("/sys/kernel/debug/tracing").to_path_buf()
+    };
+    for (event, field) in [("sys_enter_mmap", "addr"), ("sys_exit_mmap", "ret")] {
+        let path = base.join("events/syscalls").join(event).join("format");
+        let format = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {}: this kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS)",
+                path.display()
+            )
+        })?;
+        let offset = field_offset(&format, field);
+        if offset != Some(16) {
+            bail!("{}: field {field} at {offset:?}, the probes expect offset 16", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// `offset:N;` of the field named `name` in a tracepoint format file.
+fn field_offset(format: &str, name: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let decl = line.trim().strip_prefix("field:")?.split(';').next()?;
+        let field = decl.split_whitespace().last()?;
+        if field != name {
+            return None;
+        }
+        let offset = line.split("offset:").nth(1)?.split(';').next()?;
+        offset.trim().parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_format_offsets() {
+        let format = "name: sys_enter_mmap\nID: 100\nformat:\n\
+            \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+            \tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\
+            \tfield:unsigned long addr;\toffset:16;\tsize:8;\tsigned:0;\n";
+        assert_eq!(field_offset(format, "addr"), Some(16));
+        assert_eq!(field_offset(format, "__syscall_nr"), Some(8));
+        assert_eq!(field_offset(format, "len"), None);
+    }
+}

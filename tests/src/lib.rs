@@ -1,1 +1,4 @@
 //! Helpers shared by the host and guest tests.
+
+pub mod cli;
+pub mod workload;

@@ -1,0 +1,133 @@
+//! A test program that makes known memory-mapping syscalls and prints, one JSON object
+//! per line, exactly what it asked for and what the kernel answered. The tests compare
+//! that account with what `mmap-trace trace` saw, call by call.
+//!
+//! Usage: mmap-workload [--device PATH [--pages N] [--offset PAGES] [--private]]
+//!                      [--loop N]
+
+use std::{ffi::CString, io::Write as _};
+
+use mmap_trace_tests::workload::Call;
+
+const PAGE: u64 = 4096;
+
+struct Recorder {
+    out: std::io::StdoutLock<'static>,
+}
+
+impl Recorder {
+    /// Makes the syscall `nr` with `args` (raw, so libc adds no calls of its own) and
+    /// records it.
+    fn call(&mut self, name: &'static str, nr: libc::c_long, args: &[u64]) -> i64 {
+        let mut a = [0u64; 6];
+        a[..args.len()].copy_from_slice(args);
+        // SAFETY: the calls made here only touch memory this program maps itself.
+        let ret = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
+        let ret = if ret == -1 {
+            -(std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as i64)
+        } else {
+            ret as i64
+        };
+        let call = Call { call: name.to_string(), args: args.to_vec(), ret };
+        let line = serde_json::to_string(&call).expect("serializable");
+        writeln!(self.out, "{line}").expect("stdout");
+        ret
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opt = |name: &str| {
+        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+    };
+    let mut rec = Recorder { out: std::io::stdout().lock() };
+    if let Some(n) = opt("--loop") {
+        // The benchmark loop: N × {mmap 16 KiB anonymous, munmap}, not recorded.
+        let n: u64 = n.parse().expect("--loop N");
+        for _ in 0..n {
+            // SAFETY: maps and unmaps its own anonymous memory.
+            unsafe {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    16384,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                libc::munmap(p, 16384);
+            }
+        }
+        return;
+    }
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    let no_fd = -1i64 as u64;
+
+    // Anonymous 4 pages, then split by mprotect and a partial munmap.
+    let a = rec.call("mmap", libc::SYS_mmap, &[0, 4 * PAGE, rw, anon, no_fd, 0]) as u64;
+    rec.call("mprotect", libc::SYS_mprotect, &[a + PAGE, PAGE, libc::PROT_READ as u64]);
+    rec.call("munmap", libc::SYS_munmap, &[a + 2 * PAGE, PAGE]);
+    // Grow the first page in place or move it.
+    let b = rec.call(
+        "mremap",
+        libc::SYS_mremap,
+        &[a, PAGE, 2 * PAGE, libc::MREMAP_MAYMOVE as u64, 0],
+    ) as u64;
+    // MAP_FIXED over part of an existing mapping.
+    rec.call(
+        "mmap",
+        libc::SYS_mmap,
+        &[a + 3 * PAGE, PAGE, libc::PROT_READ as u64, anon | libc::MAP_FIXED as u64, no_fd, 0],
+    );
+    // A file mapping with an offset.
+    let path = std::env::temp_dir().join(format!("mmap-workload-{}", std::process::id()));
+    std::fs::write(&path, vec![7u8; 3 * PAGE as usize]).expect("temp file");
+    let cpath = CString::new(path.to_str().expect("utf-8 path")).expect("no NUL");
+    // SAFETY: plain open of our own temp file.
+    let fd = unsafe { libc::open(cpath.as_ptr(), libc::O_RDONLY) };
+    assert!(fd >= 0, "open {}", path.display());
+    let f = rec.call(
+        "mmap",
+        libc::SYS_mmap,
+        &[0, PAGE, libc::PROT_READ as u64, libc::MAP_PRIVATE as u64, fd as u64, PAGE],
+    ) as u64;
+    // Refused calls: zero length, unaligned munmap.
+    rec.call("mmap", libc::SYS_mmap, &[0, 0, rw, anon, no_fd, 0]);
+    rec.call("munmap", libc::SYS_munmap, &[a + 1, PAGE]);
+    // The heap: query, grow, shrink back.
+    let brk0 = rec.call("brk", libc::SYS_brk, &[0]) as u64;
+    rec.call("brk", libc::SYS_brk, &[brk0 + 16 * PAGE]);
+    rec.call("brk", libc::SYS_brk, &[brk0]);
+
+    if let Some(device) = opt("--device") {
+        let pages: u64 = opt("--pages").map_or(4, |p| p.parse().expect("--pages N"));
+        let offset: u64 = opt("--offset").map_or(0, |p| p.parse().expect("--offset PAGES"));
+        let kind = if args.iter().any(|a| a == "--private") {
+            libc::MAP_PRIVATE
+        } else {
+            libc::MAP_SHARED
+        };
+        let cdev = CString::new(device.as_str()).expect("no NUL");
+        // SAFETY: plain open of the device.
+        let dfd = unsafe { libc::open(cdev.as_ptr(), libc::O_RDWR) };
+        assert!(dfd >= 0, "open {device}: {}", std::io::Error::last_os_error());
+        let d = rec.call(
+            "mmap",
+            libc::SYS_mmap,
+            &[0, pages * PAGE, rw, kind as u64, dfd as u64, offset * PAGE],
+        );
+        if d > 0 {
+            rec.call("munmap", libc::SYS_munmap, &[d as u64, pages * PAGE]);
+        }
+        // SAFETY: closing our own fd.
+        unsafe { libc::close(dfd) };
+    }
+
+    rec.call("munmap", libc::SYS_munmap, &[f, PAGE]);
+    rec.call("munmap", libc::SYS_munmap, &[b, 2 * PAGE]);
+    rec.call("munmap", libc::SYS_munmap, &[a, 4 * PAGE]);
+    // SAFETY: closing our own fd.
+    unsafe { libc::close(fd) };
+    let _ = std::fs::remove_file(&path);
+}

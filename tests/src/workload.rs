@@ -1,0 +1,82 @@
+//! The account `mmap-workload` prints of the calls it made, and matching it against a
+//! trace.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One syscall as the workload made it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Call {
+    pub call: String,
+    pub args: Vec<u64>,
+    pub ret: i64,
+}
+
+pub fn parse_calls(stdout: &str) -> Vec<Call> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("workload line {l:?}: {e}")))
+        .collect()
+}
+
+fn hex(v: &Value, key: &str) -> Option<u64> {
+    let s = v.get(key)?.as_str()?;
+    u64::from_str_radix(s.strip_prefix("0x")?, 16).ok()
+}
+
+/// The arguments and result a trace event shows for a call, in the workload's terms.
+pub fn event_as_call(event: &Value) -> Option<Call> {
+    let probe = event.get("probe")?.as_str()?;
+    let int = |key: &str| event.get(key).and_then(Value::as_i64);
+    // Address-returning calls carry ret_addr on success, ret (negative) on failure.
+    let ret = match (hex(event, "ret_addr"), int("ret")) {
+        (Some(addr), _) => addr as i64,
+        (None, Some(ret)) => ret,
+        _ => return None,
+    };
+    let args = match probe {
+        "mmap" => vec![
+            hex(event, "addr")?,
+            hex(event, "len")?,
+            event.get("prot_raw")?.as_u64()?,
+            event.get("flags_raw")?.as_u64()?,
+            int("fd")? as u64,
+            hex(event, "offset")?,
+        ],
+        "munmap" => vec![hex(event, "addr")?, hex(event, "len")?],
+        "mprotect" => vec![hex(event, "addr")?, hex(event, "len")?, event.get("prot_raw")?.as_u64()?],
+        "mremap" => vec![
+            hex(event, "old_addr")?,
+            hex(event, "old_len")?,
+            hex(event, "new_len")?,
+            event.get("flags_raw")?.as_u64()?,
+            hex(event, "new_addr")?,
+        ],
+        "brk" => vec![hex(event, "addr")?],
+        _ => return None,
+    };
+    Some(Call { call: probe.to_string(), args, ret })
+}
+
+/// Checks that `calls` appear, in order and with equal values, among `events` (other
+/// events, e.g. the runtime's own start-up mappings, may sit between them). Returns a
+/// description of the first call not found.
+pub fn match_calls(calls: &[Call], events: &[Value]) -> Result<(), String> {
+    let traced: Vec<Call> = events.iter().filter_map(event_as_call).collect();
+    let mut next = 0;
+    for call in calls {
+        match traced[next..].iter().position(|t| t == call) {
+            Some(i) => next += i + 1,
+            None => {
+                let same_kind: Vec<&Call> =
+                    traced.iter().filter(|t| t.call == call.call).collect();
+                return Err(format!(
+                    "call {call:?} not found in the trace (after position {next}); \
+                     traced {} calls, those of this kind: {same_kind:?}",
+                    traced.len()
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! Host tests: the real CLI loads the real eBPF programs into this machine's kernel.
+//! They need root; `cargo xtask test` runs them (and sets MMTRACE_CLI/MMTRACE_WORKLOAD).
+
+use std::{
+    io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
+    process::{Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use mmap_trace_tests::{
+    cli::{cli, json_lines, split_summary, stderr, stdout, workload_path},
+    workload::{match_calls, parse_calls},
+};
+
+/// Tests that change global state (tracefs mounts) must not overlap with other traces.
+static EXCLUSIVE: Mutex<()> = Mutex::new(());
+
+fn shared() -> std::sync::MutexGuard<'static, ()> {
+    EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Issue #2's smoke test and issue #4's host test: every mmap/munmap/mprotect/mremap/brk
+/// the workload makes appears in the JSON trace with the same arguments and result.
+#[test]
+fn trace_json_captures_every_call_of_a_command() {
+    let _guard = shared();
+    let out_file = std::env::temp_dir().join(format!("host-trace-{}.jsonl", std::process::id()));
+    let run = cli()
+        .args(["trace", "--json", "--output"])
+        .arg(&out_file)
+        .arg("--")
+        .arg(workload_path())
+        .output()
+        .expect("run mmap-trace");
+    assert!(run.status.success(), "mmap-trace failed: {}", stderr(&run));
+    assert!(stderr(&run).contains("ready:"), "no ready line: {}", stderr(&run));
+    let calls = parse_calls(&stdout(&run));
+    assert!(calls.len() >= 14, "the workload reported {} calls", calls.len());
+    let text = std::fs::read_to_string(&out_file).expect("trace file");
+    let records = json_lines(&text);
+    let (events, summary) = split_summary(&records);
+    // The smoke part: a known mmap with the right length and flags.
+    let first = &calls[0];
+    assert!(
+        events.iter().any(|e| e["probe"] == "mmap"
+            && e["len"] == format!("{:#x}", first.args[1])
+            && e["flags"] == "PRIVATE|ANONYMOUS"),
+        "no 16 KiB anonymous private mmap event in {events:?}"
+    );
+    if let Err(e) = match_calls(&calls, events) {
+        panic!("{e}\ntrace:\n{text}");
+    }
+    // Only the command's own process is traced.
+    let pid = events[0]["pid"].clone();
+    assert!(events.iter().all(|e| e["pid"] == pid), "events from another process");
+    assert_eq!(summary["lost_total"], 0, "{summary}");
+    assert_eq!(summary["events_total"], events.len() as u64, "{summary}");
+    assert!(summary["ended"].as_str().unwrap().starts_with("command exited (status 0)"));
+    let _ = std::fs::remove_file(out_file);
+}
+
+#[test]
+fn table_output_is_aligned_and_decoded() {
+    let _guard = shared();
+    let out_file = std::env::temp_dir().join(format!("host-table-{}.txt", std::process::id()));
+    let run = cli().arg("trace").arg("-o").arg(&out_file).arg("--").arg(workload_path()).output().unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let text = std::fs::read_to_string(&out_file).unwrap();
+    let _ = std::fs::remove_file(&out_file);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    assert!(header.contains("TIME(s)") && header.contains("PROBE"), "{header}");
+    assert!(text.contains("prot=READ|WRITE flags=PRIVATE|ANONYMOUS"), "{text}");
+    assert!(text.contains("error=EINVAL"), "refused calls must show their errno: {text}");
+    assert!(text.contains("# summary:"), "{text}");
+}
+
+#[test]
+fn comm_filter_traces_only_matching_processes() {
+    let _guard = shared();
+    let mut tracer = cli()
+        .args(["trace", "--json", "--comm", "mmap-workload", "--duration", "4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(&mut tracer);
+    let run = Command::new(workload_path()).output().unwrap();
+    let _ = Command::new("/bin/true").status();
+    let calls = parse_calls(&stdout(&run));
+    let out = tracer.wait_with_output().unwrap();
+    let records = json_lines(&stdout(&out));
+    let (events, summary) = split_summary(&records);
+    assert!(events.iter().all(|e| e["comm"] == "mmap-workload"), "other processes traced");
+    match_calls(&calls, events).unwrap();
+    assert_eq!(summary["ended"], "duration elapsed");
+}
+
+#[test]
+fn sigint_ends_with_whole_lines_and_a_summary() {
+    let _guard = shared();
+    for delay_ms in [0u64, 30, 200] {
+        let mut tracer = cli()
+            .args(["trace", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_ready(&mut tracer);
+        // Keep events flowing while the signal lands.
+        let mut load = Command::new(workload_path()).args(["--loop", "20000"]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+        let out = tracer.wait_with_output().unwrap();
+        load.wait().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let records = json_lines(&stdout(&out));
+        let (_, summary) = split_summary(&records);
+        assert_eq!(summary["ended"], "SIGINT");
+    }
+}
+
+#[test]
+fn pid_that_exits_ends_the_trace_cleanly() {
+    let _guard = shared();
+    let mut sleeper = Command::new("sleep").arg("1").spawn().unwrap();
+    let out = cli()
+        .args(["trace", "--json", "--pid", &sleeper.id().to_string()])
+        .output()
+        .unwrap();
+    sleeper.wait().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the traced process exited"), "{}", stderr(&out));
+    let records = json_lines(&stdout(&out));
+    let (_, summary) = split_summary(&records);
+    assert_eq!(summary["ended"], "target process exited");
+}
+
+#[test]
+fn mounts_tracefs_when_missing() {
+    let _guard = shared();
+    // Unmount every tracefs mount (it may be mounted more than once).
+    while Command::new("umount")
+        .arg("/sys/kernel/tracing")
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+    {}
+    let out = cli().args(["trace", "--duration", "0.2"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::path::Path::new("/sys/kernel/tracing/events/syscalls").is_dir());
+}
+
+/// Each bad invocation gives one clear message and a non-zero exit, never a panic.
+#[test]
+fn errors_are_clear_messages() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["trace", "--pid", "999999999"], "no process with pid 999999999"),
+        (&["trace", "--", "/no/such/program"], "cannot run \"/no/such/program\""),
+        (&["trace", "--probes", "mmap,bogus"], "unknown probe \"bogus\""),
+        (&["trace", "--duration=-3"], "positive number of seconds"),
+        (&["trace", "--ring-buffer-kib", "5"], "power of two"),
+        (&["trace", "--pid", "1", "--comm", "x"], "cannot be used with"),
+        (&["trace", "--output", "/no/such/dir/x.jsonl", "--duration", "0.1"], "cannot create output file"),
+    ];
+    for (args, expected) in cases {
+        let out = cli().args(*args).output().unwrap();
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(expected), "{args:?}: expected {expected:?} in {err:?}");
+        assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn kernel_probes_are_refused_or_skipped_with_a_reason() {
+    if std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
+        // A kernel with kprobes: the guest tests cover the kernel probes.
+        let out = cli().args(["trace", "--probes", "mmap_region", "--btf", "/no/such/btf", "-d", "0.1"]).output().unwrap();
+        assert!(stderr(&out).contains("cannot read kernel BTF from /no/such/btf"), "{}", stderr(&out));
+        return;
+    }
+    let out = cli().args(["trace", "--probes", "mmap_region"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cannot trace mmap_region: this kernel has no kprobes"), "{}", stderr(&out));
+    let _guard = shared();
+    let out = cli().args(["trace", "-d", "0.1"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let skipped: Vec<&str> = err.lines().filter(|l| l.contains("kernel probes skipped")).collect();
+    assert_eq!(skipped.len(), 1, "one clear line: {err}");
+    assert!(skipped[0].contains("mmap_region, remap_pfn_range, driver_mmap"), "{}", skipped[0]);
+}
+
+#[test]
+fn refuses_to_run_without_root() {
+    let out = cli().args(["trace", "-d", "0.1"]).uid(65534).gid(65534).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("needs root"), "{}", stderr(&out));
+}
+
+#[test]
+fn help_explains_itself() {
+    let out = cli().args(["trace", "--help"]).output().unwrap();
+    let help = stdout(&out);
+    for needle in ["--pid", "--comm", "--json", "--probes", "Examples:", "Ctrl-C"] {
+        assert!(help.contains(needle), "--help lacks {needle}: {help}");
+    }
+}
+
+/// Blocks until the tracer prints its ready line (attached), or fails after 30 s.
+fn wait_ready(tracer: &mut std::process::Child) {
+    let stderr = tracer.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent && line.contains("ready:") {
+                let _ = tx.send(());
+                sent = true;
+            }
+        }
+    });
+    let start = Instant::now();
+    rx.recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("no ready line after {:?}", start.elapsed()));
+}

@@ -95,9 +95,10 @@ pub fn build_guest_tests(ws: &Workspace, ready: &Ready) -> Result<Vec<(String, P
     for name in &ws.guest_tests {
         c.args(["--test", name]);
     }
-    let built = executables(&mut c, |target, test| {
+    let mut built = executables(&mut c, |target, test| {
         test && target["name"].as_str().is_some_and(|n| n.starts_with("guest_"))
     })?;
+    built.sort();
     for name in &ws.guest_tests {
         if !built.iter().any(|(n, _)| n == name) {
             bail!("cargo test --no-run produced no executable for guest test `{name}`");

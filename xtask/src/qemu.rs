@@ -155,8 +155,7 @@ fn boot(kernel: &GuestKernel, initrd: &Path, markers: &Markers, opts: &Options) 
             match reader.read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf);
-                    let line = line.trim_end_matches(['\n', '\r']).to_owned();
+                    let line = strip_escapes(&String::from_utf8_lossy(&buf));
                     if tx.send(Event::Line(line)).is_err() {
                         break;
                     }
@@ -239,4 +238,34 @@ fn boot(kernel: &GuestKernel, initrd: &Path, markers: &Markers, opts: &Options) 
         dmesg_log,
         timed_out,
     })
+}
+
+/// Drops terminal escape sequences (SeaBIOS clears the screen) and the line ending.
+fn strip_escapes(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        // ESC [ params final-byte, or ESC + one char (e.g. `ESC c`, reset).
+        if chars.next_if_eq(&'[').is_some() {
+            while chars.next().is_some_and(|c| !c.is_ascii_alphabetic()) {}
+        } else {
+            chars.next();
+        }
+    }
+    out.trim_end_matches(['\n', '\r']).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_bios_escapes() {
+        assert_eq!(strip_escapes("\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS\r\n"), "SeaBIOS");
+        assert_eq!(strip_escapes("plain\n"), "plain");
+    }
 }

@@ -121,7 +121,7 @@ fn executables(c: &mut Command, wanted: impl Fn(&Value, bool) -> bool) -> Result
         let line = line.with_context(|| format!("reading output of {what}"))?;
         let Ok(msg) = serde_json::from_str::<Value>(&line) else {
             // Build scripts may print plain lines; pass them on.
-            println!("{line}");
+            eprintln!("{line}");
             continue;
         };
         if msg["reason"] != "compiler-artifact" {
@@ -154,14 +154,14 @@ fn is_kind(target: &Value, kind: &str) -> bool {
 pub fn build_driver(ws: &Workspace, kernel: &GuestKernel) -> Result<Option<PathBuf>> {
     let src = ws.root.join("driver");
     if !src.join(DRIVER_SOURCE).exists() {
-        println!(
+        eprintln!(
             "!!! driver/{DRIVER_SOURCE} does not exist yet: SKIPPING the driver build; the guest gets no mmtrace_drv.ko"
         );
         return Ok(None);
     }
     let build = kernel.dir.join("driver-build");
     sync_sources(&src, &build)?;
-    println!("build: driver against {} headers", kernel.version);
+    eprintln!("build: driver against {} headers", kernel.version);
     cmd::run(
         Command::new("make")
             .arg("-C")
@@ -207,7 +207,7 @@ fn sync_sources(src: &Path, dst: &Path) -> Result<()> {
 
 /// Builds everything the host and the guest run.
 pub fn build_all(ws: &Workspace, ready: &Ready) -> Result<Artifacts> {
-    println!("build: cargo build --release --target {TARGET} (static)");
+    eprintln!("build: cargo build --release --target {TARGET} (static)");
     let (cli, bins) = build_bins(ws, ready)?;
     let guest_tests = build_guest_tests(ws, ready)?;
     let driver = build_driver(ws, &ready.guest)?;

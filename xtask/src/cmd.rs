@@ -14,9 +14,10 @@ pub fn describe(cmd: &Command) -> String {
     s
 }
 
-/// Runs `cmd` with inherited stdio; fails unless it exits 0.
+/// Runs `cmd` (its stdout sent to our stderr, like all set-up chatter); fails unless it
+/// exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = status(cmd)?;
+    let status = status(cmd.stdout(std::io::stderr()))?;
     if !status.success() {
         bail!("running {}: {status}", describe(cmd));
     }

@@ -58,10 +58,10 @@ pub fn ensure(ws: &Workspace, apt: &mut Apt, version: Option<&str>) -> Result<Gu
     };
     let kernel = GuestKernel::at(ws, &version);
     if kernel.dir.join(MARKER).exists() {
-        println!("setup: guest kernel {version}: cached in {}", kernel.dir.display());
+        eprintln!("setup: guest kernel {version}: cached in {}", kernel.dir.display());
         return Ok(kernel);
     }
-    println!(
+    eprintln!(
         "setup: fetching guest kernel {version} (apt-get download, ~90 MB) into {}",
         kernel.dir.display()
     );
@@ -145,6 +145,7 @@ fn download(dir: &Path, packages: &[String], apt: &mut Apt) -> Result<()> {
         cmd::status(
             apt_command("apt-get")
                 .current_dir(dir)
+                .stdout(std::io::stderr())
                 // The cache dir is root's; without this apt warns that _apt cannot write it.
                 .args(["-q", "-o", "APT::Sandbox::User=root", "download"])
                 .args(packages),

@@ -124,9 +124,10 @@ pub fn cargo() -> OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
-/// A header a reader of a long log can find.
+/// A header a reader of a long log can find. xtask's own chatter goes to stderr so that
+/// stdout carries only what the CLI or the guest prints.
 pub fn section(title: &str) {
-    println!("\n========== {title} ==========");
+    eprintln!("\n========== {title} ==========");
 }
 
 fn main() -> ExitCode {
@@ -154,7 +155,7 @@ fn run(cli: Cli) -> Result<i32> {
             section("build");
             let (cli, _) = build::build_bins(&ws, &ready)?;
             section("run");
-            println!("run: {}", cli.display());
+            eprintln!("run: {}", cli.display());
             // Quiet from here on: the CLI's output is the user's.
             return Ok(cmd::exit_code(cmd::status(Command::new(&cli).args(&args))?));
         }
@@ -168,7 +169,7 @@ fn run(cli: Cli) -> Result<i32> {
             let markers = qemu::Markers::new();
             let outcome = qemu::run_in_guest(&ready.guest, &artifacts, script.join(" "), &markers, &guest.options())?;
             let code = outcome.report();
-            println!("vm: guest command exited {:?}; returning {code}", outcome.status);
+            eprintln!("vm: guest command exited {:?}; returning {code}", outcome.status);
             code
         }
         Task::Test { guest } => {
@@ -179,6 +180,6 @@ fn run(cli: Cli) -> Result<i32> {
             test::run(&ws, &ready, &artifacts, &guest.options())?
         }
     };
-    println!("xtask: done in {:.0} s", started.elapsed().as_secs_f64());
+    eprintln!("xtask: done in {:.0} s", started.elapsed().as_secs_f64());
     Ok(code)
 }

@@ -141,7 +141,7 @@ fn boot(kernel: &GuestKernel, initrd: &Path, markers: &Markers, opts: &Options) 
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     let what = cmd::describe(&c);
-    println!("vm: booting {} ({what})", kernel.version);
+    eprintln!("vm: booting {} ({what})", kernel.version);
     let started = Instant::now();
     let mut child = c.spawn().with_context(|| format!("running {what}"))?;
     let stdout = child.stdout.take().context("qemu stdout")?;
@@ -225,7 +225,7 @@ fn boot(kernel: &GuestKernel, initrd: &Path, markers: &Markers, opts: &Options) 
         .filter(|l| SPLATS.iter().any(|s| l.contains(s)))
         .cloned()
         .collect();
-    println!(
+    eprintln!(
         "vm: guest finished in {:.1} s; kernel log: {} ({} lines)",
         boot_time.as_secs_f64(),
         dmesg_log.display(),

@@ -60,7 +60,7 @@ pub struct Apt {
 impl Apt {
     pub fn update_once(&mut self) -> Result<()> {
         if !self.updated {
-            println!("setup: running apt-get update");
+            eprintln!("setup: running apt-get update");
             cmd::run(apt_command("apt-get").arg("update").arg("-q"))?;
             self.updated = true;
         }
@@ -101,10 +101,10 @@ fn ensure_apt_packages(apt: &mut Apt) -> Result<()> {
         .filter(|p| !dpkg_installed(p))
         .collect();
     if missing.is_empty() {
-        println!("setup: apt packages: all {} present", APT_PACKAGES.len());
+        eprintln!("setup: apt packages: all {} present", APT_PACKAGES.len());
         return Ok(());
     }
-    println!("setup: installing apt packages: {}", missing.join(" "));
+    eprintln!("setup: installing apt packages: {}", missing.join(" "));
     apt.update_once()?;
     cmd::run(
         apt_command("apt-get")
@@ -123,16 +123,16 @@ fn dpkg_installed(package: &str) -> bool {
 /// if needed).
 fn ensure_nightly() -> Result<String> {
     if llvm_major("nightly").as_deref() == Some(LLVM_MAJOR) {
-        println!("setup: eBPF toolchain: nightly (LLVM {LLVM_MAJOR})");
+        eprintln!("setup: eBPF toolchain: nightly (LLVM {LLVM_MAJOR})");
         return Ok("nightly".into());
     }
     match llvm_major(PINNED_NIGHTLY) {
         Some(major) if major == LLVM_MAJOR => {
-            println!("setup: eBPF toolchain: {PINNED_NIGHTLY} (LLVM {LLVM_MAJOR})");
+            eprintln!("setup: eBPF toolchain: {PINNED_NIGHTLY} (LLVM {LLVM_MAJOR})");
         }
         Some(major) => bail!("{PINNED_NIGHTLY} reports LLVM {major}, expected {LLVM_MAJOR}"),
         None => {
-            println!(
+            eprintln!(
                 "setup: `nightly` is missing or not LLVM {LLVM_MAJOR}: installing {PINNED_NIGHTLY}"
             );
             cmd::run(Command::new("rustup").args([
@@ -184,10 +184,10 @@ fn ensure_rust_src(toolchain: &str) -> Result<()> {
         toolchain,
     ]))?;
     if installed.lines().any(|l| l.trim() == "rust-src") {
-        println!("setup: rust-src for {toolchain}: present");
+        eprintln!("setup: rust-src for {toolchain}: present");
         return Ok(());
     }
-    println!("setup: installing rust-src for {toolchain}");
+    eprintln!("setup: installing rust-src for {toolchain}");
     // rustup 1.29 rejects --no-self-update here; `component add` does not self-update.
     cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", toolchain]))
 }
@@ -200,10 +200,10 @@ fn ensure_bpf_linker() -> Result<OsString> {
         .ok()
         .and_then(|p| bpf_linker_version(&p));
     if found.as_deref() == Some(BPF_LINKER_VERSION) {
-        println!("setup: bpf-linker {BPF_LINKER_VERSION}: present");
+        eprintln!("setup: bpf-linker {BPF_LINKER_VERSION}: present");
         return Ok(path);
     }
-    println!(
+    eprintln!(
         "setup: installing bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (found: {}; takes ~90 s)",
         found.as_deref().unwrap_or("none")
     );

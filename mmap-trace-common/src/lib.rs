@@ -17,6 +17,7 @@ pub enum EventKind {
     MmapRegion = 2,
     RemapPfn = 3,
     DriverMmap = 4,
+    Exec = 5,
 }
 
 impl EventKind {
@@ -26,6 +27,7 @@ impl EventKind {
             2 => Some(Self::MmapRegion),
             3 => Some(Self::RemapPfn),
             4 => Some(Self::DriverMmap),
+            5 => Some(Self::Exec),
             _ => None,
         }
     }
@@ -43,9 +45,11 @@ pub enum Probe {
     MmapRegion = 5,
     RemapPfnRange = 6,
     DriverMmap = 7,
+    /// `sched/sched_process_exec`: the address space was replaced.
+    Exec = 8,
 }
 
-pub const PROBE_COUNT: usize = 8;
+pub const PROBE_COUNT: usize = 9;
 
 impl Probe {
     pub const ALL: [Probe; PROBE_COUNT] = [
@@ -57,6 +61,7 @@ impl Probe {
         Probe::MmapRegion,
         Probe::RemapPfnRange,
         Probe::DriverMmap,
+        Probe::Exec,
     ];
 
     /// The name users pass to `--probes` and see in summaries.
@@ -70,6 +75,7 @@ impl Probe {
             Probe::MmapRegion => "mmap_region",
             Probe::RemapPfnRange => "remap_pfn_range",
             Probe::DriverMmap => "driver_mmap",
+            Probe::Exec => "exec",
         }
     }
 
@@ -81,9 +87,14 @@ impl Probe {
         }
     }
 
-    /// Syscall probes are tracepoints (available everywhere); the rest are kprobes.
+    /// Syscall probes are tracepoints (available everywhere).
     pub const fn is_syscall(self) -> bool {
         (self as u32) <= Probe::Brk as u32
+    }
+
+    /// Kernel-function probes need kprobes, which some kernels lack.
+    pub const fn is_kprobe(self) -> bool {
+        matches!(self, Probe::MmapRegion | Probe::RemapPfnRange | Probe::DriverMmap)
     }
 }
 
@@ -178,6 +189,13 @@ pub struct DriverMmapEvent {
     pub ret: i64,
 }
 
+/// The traced process called execve: its address space is new.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+}
+
 /// Field offsets of kernel structs, resolved from the running kernel's BTF at load time
 /// (Rust eBPF has no CO-RE relocations, and these move between kernel versions).
 #[repr(C)]
@@ -209,6 +227,10 @@ pub struct TargetFilter {
     /// Non-zero: only tasks whose comm equals `comm`.
     pub match_comm: u32,
     pub comm: [u8; TASK_COMM_LEN],
+    /// Non-zero (`verify`): stop the process with SIGSTOP after each reported syscall or
+    /// exec, so userspace can compare /proc/<pid>/maps while nothing moves.
+    pub stop_after_event: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
@@ -225,6 +247,7 @@ pub const fn record_size(kind: EventKind) -> usize {
         EventKind::MmapRegion => core::mem::size_of::<MmapRegionEvent>(),
         EventKind::RemapPfn => core::mem::size_of::<RemapPfnEvent>(),
         EventKind::DriverMmap => core::mem::size_of::<DriverMmapEvent>(),
+        EventKind::Exec => core::mem::size_of::<ExecEvent>(),
     }
 }
 

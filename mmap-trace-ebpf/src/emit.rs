@@ -21,6 +21,8 @@ static FILTER: TargetFilter = TargetFilter {
     tgid: 0,
     match_comm: 0,
     comm: [0; TASK_COMM_LEN],
+    stop_after_event: 0,
+    _pad: 0,
 };
 
 /// The current task, when the filter wants it.
@@ -73,5 +75,15 @@ pub fn header(kind: EventKind, probe: Probe, task: &Task) -> EventHeader {
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
+    }
+}
+
+/// Under `verify`, stops the whole process once this syscall returns to user mode.
+#[inline(always)]
+pub fn stop_if_verifying() {
+    // SAFETY: a read of our own global; volatile so the loader's value is seen.
+    if unsafe { core::ptr::read_volatile(&FILTER.stop_after_event) } != 0 {
+        // SAFETY: helper without memory arguments; SIGSTOP is 19 on every Linux arch we build for.
+        unsafe { aya_ebpf::helpers::generated::bpf_send_signal(19) };
     }
 }

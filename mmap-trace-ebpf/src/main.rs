@@ -5,6 +5,7 @@
 
 mod driver_mmap;
 mod emit;
+mod exec;
 mod kernel;
 mod mmap_region;
 mod remap_pfn_range;

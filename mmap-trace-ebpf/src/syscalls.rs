@@ -62,6 +62,8 @@ fn on_exit(ctx: &TracePointContext, probe: Probe) -> u32 {
         pid: (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32,
         tid,
     };
+    // Stop even when the record is lost: verify must not let the process run ahead.
+    emit::stop_if_verifying();
     let Some(mut entry) = emit::reserve::<SyscallEvent>(probe) else {
         return 0;
     };

@@ -10,7 +10,8 @@ use crate::{
     btf::VMLINUX_BTF,
     loader::{DEFAULT_DRIVER_HOOKS, LoadOptions},
     output::Format,
-    trace::{self, Target, TraceConfig},
+    session::Target,
+    trace::{self, TraceConfig},
 };
 
 #[derive(Parser)]
@@ -71,7 +72,8 @@ struct TraceArgs {
     #[arg(long, short, value_name = "SECS", value_parser = parse_duration)]
     duration: Option<Duration>,
     /// Comma-separated probes to attach; default: every probe this kernel supports.
-    /// Names: mmap, munmap, mprotect, mremap, brk, mmap_region, remap_pfn_range, driver_mmap.
+    /// Names: mmap, munmap, mprotect, mremap, brk, exec, mmap_region, remap_pfn_range,
+    /// driver_mmap.
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_probe)]
     probes: Option<Vec<Probe>>,
     /// Kernel BTF used to find struct field offsets for the kernel probes.

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use mmap_trace_common::{
-    DriverMmapEvent, EventHeader, EventKind, MmapRegionEvent, Probe, RemapPfnEvent,
+    DriverMmapEvent, EventHeader, EventKind, ExecEvent, MmapRegionEvent, Probe, RemapPfnEvent,
     SyscallEvent, record_size,
 };
 
@@ -14,6 +14,7 @@ pub enum Event {
     MmapRegion(MmapRegionEvent),
     RemapPfn(RemapPfnEvent),
     DriverMmap(DriverMmapEvent),
+    Exec(ExecEvent),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -58,6 +59,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         p if p.is_syscall() => EventKind::Syscall,
         Probe::MmapRegion => EventKind::MmapRegion,
         Probe::RemapPfnRange => EventKind::RemapPfn,
+        Probe::Exec => EventKind::Exec,
         _ => EventKind::DriverMmap,
     };
     if kind != expected_kind {
@@ -75,6 +77,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::MmapRegion => Event::MmapRegion(read(bytes)?),
         EventKind::RemapPfn => Event::RemapPfn(read(bytes)?),
         EventKind::DriverMmap => Event::DriverMmap(read(bytes)?),
+        EventKind::Exec => Event::Exec(read(bytes)?),
     })
 }
 
@@ -85,6 +88,7 @@ impl Event {
             Event::MmapRegion(e) => &e.header,
             Event::RemapPfn(e) => &e.header,
             Event::DriverMmap(e) => &e.header,
+            Event::Exec(e) => &e.header,
         }
     }
 

@@ -180,6 +180,8 @@ pub enum Body {
         size: Hex,
         prot: Hex,
     },
+    /// execve replaced the address space (no fields of its own).
+    Exec {},
     DriverMmap {
         before: JsonVma,
         after: JsonVma,
@@ -256,6 +258,7 @@ pub fn record(event: &Event, path: Option<String>) -> EventRecord<'_> {
             after: JsonVma::new(&e.after),
             outcome: Outcome::status(e.ret),
         },
+        Event::Exec(_) => Body::Exec {},
     };
     EventRecord {
         record_type: "event",

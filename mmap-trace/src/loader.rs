@@ -45,7 +45,7 @@ impl Tracer {
         let kprobes_available = Path::new(KPROBE_PMU).exists();
         let driver_hooks = present_driver_hooks(&opts.driver_hooks)?;
         for probe in wanted {
-            let unavailable = if probe.is_syscall() {
+            let unavailable = if !probe.is_kprobe() {
                 None
             } else if !kprobes_available {
                 Some(format!(
@@ -74,7 +74,7 @@ impl Tracer {
         if chosen.iter().any(|p| p.is_syscall()) {
             tracefs::check_syscall_layout()?;
         }
-        let offsets = if chosen.iter().any(|p| !p.is_syscall()) {
+        let offsets = if chosen.iter().any(|p| p.is_kprobe()) {
             btf::kernel_offsets(&opts.btf)?
         } else {
             KernelOffsets::default()
@@ -123,6 +123,11 @@ fn attach(ebpf: &mut Ebpf, probe: Probe, driver_hooks: &[String]) -> Result<()> 
                 program.load()?;
                 program.attach("syscalls", &name)?;
             }
+        }
+        Probe::Exec => {
+            let program: &mut TracePoint = program(ebpf, "sched_process_exec")?.try_into()?;
+            program.load()?;
+            program.attach("sched", "sched_process_exec")?;
         }
         Probe::MmapRegion => attach_kprobe(ebpf, "mmap_region", &["mmap_region"])?,
         Probe::RemapPfnRange => attach_kprobe(ebpf, "remap_pfn_range", &["remap_pfn_range"])?,

@@ -49,7 +49,8 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, opts: &Options)
 fn host_tests(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, tally: &mut Tally) -> Result<()> {
     let mut c = build::cargo(ready);
     c.current_dir(&ws.root)
-        .args(["test", "--release", "--target", TARGET, "--workspace", "--exclude", "mmap-trace-ebpf"])
+        // --no-fail-fast: one failing suite must not hide the others' results.
+        .args(["test", "--release", "--no-fail-fast", "--target", TARGET, "--workspace", "--exclude", "mmap-trace-ebpf"])
         .env("MMTRACE_CLI", &artifacts.cli)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());

@@ -96,7 +96,9 @@ pub fn build_guest_tests(ws: &Workspace, ready: &Ready) -> Result<Vec<(String, P
         c.args(["--test", name]);
     }
     let mut built = executables(&mut c, |target, test| {
-        test && target["name"].as_str().is_some_and(|n| n.starts_with("guest_"))
+        test && target["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("guest_"))
     })?;
     built.sort();
     for name in &ws.guest_tests {
@@ -109,7 +111,10 @@ pub fn build_guest_tests(ws: &Workspace, ready: &Ready) -> Result<Vec<(String, P
 
 /// Runs a cargo build with JSON messages (diagnostics still rendered for humans) and
 /// returns (target name, executable) of the artifacts `wanted(target, is_test)` accepts.
-fn executables(c: &mut Command, wanted: impl Fn(&Value, bool) -> bool) -> Result<Vec<(String, PathBuf)>> {
+fn executables(
+    c: &mut Command,
+    wanted: impl Fn(&Value, bool) -> bool,
+) -> Result<Vec<(String, PathBuf)>> {
     c.arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped())
         .stdin(Stdio::null());
@@ -192,7 +197,8 @@ fn sync_sources(src: &Path, dst: &Path) -> Result<()> {
             sync_sources(&path, &dst.join(&*name))?;
             continue;
         }
-        let is_source = name.ends_with(".c") || name.ends_with(".h") || name == "Kbuild" || name == "Makefile";
+        let is_source =
+            name.ends_with(".c") || name.ends_with(".h") || name == "Kbuild" || name == "Makefile";
         if !is_source {
             continue;
         }

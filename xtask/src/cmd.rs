@@ -26,7 +26,8 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` with inherited stdio and returns its exit status, whatever it is.
 pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
-    cmd.status().with_context(|| format!("running {}", describe(cmd)))
+    cmd.status()
+        .with_context(|| format!("running {}", describe(cmd)))
 }
 
 /// Runs `cmd` and returns its stdout; fails (showing stderr) unless it exits 0.
@@ -40,7 +41,8 @@ pub fn stdout(cmd: &mut Command) -> Result<String> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    String::from_utf8(out.stdout).with_context(|| format!("output of {} is not UTF-8", describe(cmd)))
+    String::from_utf8(out.stdout)
+        .with_context(|| format!("output of {} is not UTF-8", describe(cmd)))
 }
 
 /// Runs `cmd` capturing stdout and stderr, whatever its exit status.

@@ -40,7 +40,9 @@ impl GuestKernel {
         GuestKernel {
             version: version.to_owned(),
             vmlinux: dir.join("vmlinux"),
-            headers: dir.join("root/usr/src").join(format!("linux-headers-{version}")),
+            headers: dir
+                .join("root/usr/src")
+                .join(format!("linux-headers-{version}")),
             dir,
         }
     }
@@ -58,7 +60,10 @@ pub fn ensure(ws: &Workspace, apt: &mut Apt, version: Option<&str>) -> Result<Gu
     };
     let kernel = GuestKernel::at(ws, &version);
     if kernel.dir.join(MARKER).exists() {
-        eprintln!("setup: guest kernel {version}: cached in {}", kernel.dir.display());
+        eprintln!(
+            "setup: guest kernel {version}: cached in {}",
+            kernel.dir.display()
+        );
         return Ok(kernel);
     }
     eprintln!(
@@ -114,11 +119,15 @@ fn prepare(kernel: &GuestKernel, apt: &mut Apt) -> Result<()> {
     let deps = parse_depends(&String::from_utf8_lossy(
         &cmd::output(Command::new("apt-cache").args(["depends", &headers_pkg]))?.stdout,
     ));
-    let common = deps.iter().find(|d| d.starts_with("linux-headers-") && d.ends_with("-common"));
+    let common = deps
+        .iter()
+        .find(|d| d.starts_with("linux-headers-") && d.ends_with("-common"));
     let kbuild = deps.iter().find(|d| d.starts_with("linux-kbuild-"));
     match (common, kbuild) {
         (Some(c), Some(k)) => packages.extend([c.clone(), k.clone()]),
-        _ => bail!("apt-cache depends {headers_pkg} does not name the -common headers and linux-kbuild (got {deps:?})"),
+        _ => bail!(
+            "apt-cache depends {headers_pkg} does not name the -common headers and linux-kbuild (got {deps:?})"
+        ),
     }
 
     download(&debs, &packages, apt)?;
@@ -170,8 +179,8 @@ fn download(dir: &Path, packages: &[String], apt: &mut Apt) -> Result<()> {
 fn fix_headers(kernel: &GuestKernel) -> Result<()> {
     let root = kernel.root();
     let makefile = kernel.headers.join("Makefile");
-    let text = fs::read_to_string(&makefile)
-        .with_context(|| format!("reading {}", makefile.display()))?;
+    let text =
+        fs::read_to_string(&makefile).with_context(|| format!("reading {}", makefile.display()))?;
     let patched: String = text
         .lines()
         .map(|line| match line.strip_prefix("include /usr/src/") {
@@ -183,7 +192,9 @@ fn fix_headers(kernel: &GuestKernel) -> Result<()> {
 
     for name in ["scripts", "tools"] {
         let link = kernel.headers.join(name);
-        let Ok(target) = fs::read_link(&link) else { continue };
+        let Ok(target) = fs::read_link(&link) else {
+            continue;
+        };
         if target.is_absolute() {
             let inside = root.join(target.strip_prefix("/").unwrap_or(&target));
             fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;

@@ -35,7 +35,18 @@ pub fn write(path: &Path, contents: &Contents) -> Result<()> {
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut cpio = Cpio::new(BufWriter::new(file));
     let result = (|| -> Result<()> {
-        for dir in ["bin", "dev", "etc", "proc", "sys", "tmp", "root", "usr", "mmtrace", "mmtrace/bin"] {
+        for dir in [
+            "bin",
+            "dev",
+            "etc",
+            "proc",
+            "sys",
+            "tmp",
+            "root",
+            "usr",
+            "mmtrace",
+            "mmtrace/bin",
+        ] {
             cpio.dir(dir)?;
         }
         // modprobe and scripts look in /sbin and /usr/bin.
@@ -59,7 +70,11 @@ pub fn write(path: &Path, contents: &Contents) -> Result<()> {
         )?;
         cpio.file_from(GUEST_CLI.trim_start_matches('/'), contents.cli, 0o755)?;
         for (name, path) in &contents.bins {
-            cpio.file_from(&format!("{}/{name}", GUEST_BIN.trim_start_matches('/')), path, 0o755)?;
+            cpio.file_from(
+                &format!("{}/{name}", GUEST_BIN.trim_start_matches('/')),
+                path,
+                0o755,
+            )?;
         }
         if let Some(ko) = contents.driver {
             cpio.file_from(GUEST_KO.trim_start_matches('/'), ko, 0o644)?;
@@ -71,7 +86,12 @@ pub fn write(path: &Path, contents: &Contents) -> Result<()> {
 
 fn busybox_applets() -> Result<Vec<String>> {
     let list = cmd::stdout(Command::new(BUSYBOX).arg("--list"))?;
-    Ok(list.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect())
+    Ok(list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 /// /init: mount what the tools need, run the command, report its status and the
@@ -123,7 +143,10 @@ impl<W: Write> Cpio<W> {
 
     fn entry(&mut self, name: &str, mode: u32) -> cpio::newc::Builder {
         self.ino += 1;
-        cpio::newc::Builder::new(name).ino(self.ino).mode(mode).nlink(1)
+        cpio::newc::Builder::new(name)
+            .ino(self.ino)
+            .mode(mode)
+            .nlink(1)
     }
 
     fn dir(&mut self, name: &str) -> Result<()> {
@@ -137,7 +160,10 @@ impl<W: Write> Cpio<W> {
     }
 
     fn char_device(&mut self, name: &str, major: u32, minor: u32) -> Result<()> {
-        let e = self.entry(name, S_IFCHR | 0o600).rdev_major(major).rdev_minor(minor);
+        let e = self
+            .entry(name, S_IFCHR | 0o600)
+            .rdev_major(major)
+            .rdev_minor(minor);
         e.write(&mut self.out, 0).finish()?;
         Ok(())
     }
@@ -204,4 +230,3 @@ mod tests {
         assert_eq!(names(&buf), ["bin", "sbin", "dev/console", "init"]);
     }
 }
-

@@ -91,12 +91,14 @@ impl Workspace {
             .parent()
             .context("xtask has no parent directory")?
             .to_owned();
-        let text = cmd::stdout(
-            Command::new(cargo())
-                .current_dir(&root)
-                .args(["metadata", "--no-deps", "--format-version", "1"]),
-        )?;
-        let meta: serde_json::Value = serde_json::from_str(&text).context("parsing cargo metadata")?;
+        let text = cmd::stdout(Command::new(cargo()).current_dir(&root).args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+        ]))?;
+        let meta: serde_json::Value =
+            serde_json::from_str(&text).context("parsing cargo metadata")?;
         let target_dir = meta["target_directory"]
             .as_str()
             .map(PathBuf::from)
@@ -107,7 +109,11 @@ impl Workspace {
             .flatten()
             .filter(|p| p["name"] == "mmap-trace-tests")
             .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
-            .filter(|t| t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test")))
+            .filter(|t| {
+                t["kind"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|k| k == "test"))
+            })
             .filter_map(|t| t["name"].as_str().map(str::to_owned))
             .filter(|n| n.starts_with("guest_"))
             .collect();
@@ -167,9 +173,18 @@ fn run(cli: Cli) -> Result<i32> {
             section("guest");
             let script: Vec<String> = command.iter().map(|w| cmd::shell_quote(w)).collect();
             let markers = qemu::Markers::new();
-            let outcome = qemu::run_in_guest(&ready.guest, &artifacts, script.join(" "), &markers, &guest.options())?;
+            let outcome = qemu::run_in_guest(
+                &ready.guest,
+                &artifacts,
+                script.join(" "),
+                &markers,
+                &guest.options(),
+            )?;
             let code = outcome.report();
-            eprintln!("vm: guest command exited {:?}; returning {code}", outcome.status);
+            eprintln!(
+                "vm: guest command exited {:?}; returning {code}",
+                outcome.status
+            );
             code
         }
         Task::Test { guest } => {

@@ -18,7 +18,13 @@ use crate::guest_kernel::GuestKernel;
 use crate::initramfs;
 
 /// Kernel log lines that fail a run.
-const SPLATS: &[&str] = &["Oops", "BUG:", "WARNING:", "general protection", "Call Trace"];
+const SPLATS: &[&str] = &[
+    "Oops",
+    "BUG:",
+    "WARNING:",
+    "general protection",
+    "Call Trace",
+];
 /// How long QEMU may take to exit after the guest printed its last marker.
 const POWEROFF_GRACE: Duration = Duration::from_secs(15);
 
@@ -100,7 +106,13 @@ impl Outcome {
 }
 
 /// Packs the initramfs for `command` (a shell script) and boots it.
-pub fn run_in_guest(kernel: &GuestKernel, artifacts: &Artifacts, command: String, markers: &Markers, opts: &Options) -> Result<Outcome> {
+pub fn run_in_guest(
+    kernel: &GuestKernel,
+    artifacts: &Artifacts,
+    command: String,
+    markers: &Markers,
+    opts: &Options,
+) -> Result<Outcome> {
     let mut bins: Vec<(String, PathBuf)> = artifacts
         .bins
         .iter()
@@ -133,7 +145,14 @@ fn boot(kernel: &GuestKernel, initrd: &Path, markers: &Markers, opts: &Options) 
         .arg("-initrd")
         .arg(initrd)
         .args(["-append", "console=ttyS0 panic=-1 quiet"])
-        .args(["-nographic", "-m", "1G", "-no-reboot", "-smp", &opts.smp.to_string()])
+        .args([
+            "-nographic",
+            "-m",
+            "1G",
+            "-no-reboot",
+            "-smp",
+            &opts.smp.to_string(),
+        ])
         // TCG only: /dev/kvm on this kind of machine hangs QEMU.
         .args(["-accel", "tcg"])
         // No NIC: skips the iPXE option ROM (~0.7 s of boot); the guest needs no network.
@@ -265,7 +284,10 @@ mod tests {
 
     #[test]
     fn strips_bios_escapes() {
-        assert_eq!(strip_escapes("\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS\r\n"), "SeaBIOS");
+        assert_eq!(
+            strip_escapes("\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS\r\n"),
+            "SeaBIOS"
+        );
         assert_eq!(strip_escapes("plain\n"), "plain");
     }
 }

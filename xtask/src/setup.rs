@@ -145,7 +145,9 @@ fn ensure_nightly() -> Result<String> {
             ]))?;
             let major = llvm_major(PINNED_NIGHTLY);
             if major.as_deref() != Some(LLVM_MAJOR) {
-                bail!("{PINNED_NIGHTLY} reports LLVM {major:?} after install, expected {LLVM_MAJOR}");
+                bail!(
+                    "{PINNED_NIGHTLY} reports LLVM {major:?} after install, expected {LLVM_MAJOR}"
+                );
             }
         }
     }
@@ -189,7 +191,13 @@ fn ensure_rust_src(toolchain: &str) -> Result<()> {
     }
     eprintln!("setup: installing rust-src for {toolchain}");
     // rustup 1.29 rejects --no-self-update here; `component add` does not self-update.
-    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", toolchain]))
+    cmd::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        toolchain,
+    ]))
 }
 
 /// Makes sure bpf-linker 0.13.0 (LLVM 22) is reachable and returns the PATH that reaches it.
@@ -222,7 +230,10 @@ fn ensure_bpf_linker() -> Result<OsString> {
     let installed = cargo_bin.join("bpf-linker");
     match bpf_linker_version(&installed) {
         Some(v) if v == BPF_LINKER_VERSION => Ok(path),
-        other => bail!("{} reports version {other:?} after install", installed.display()),
+        other => bail!(
+            "{} reports version {other:?} after install",
+            installed.display()
+        ),
     }
 }
 

@@ -39,22 +39,51 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, opts: &Options)
     for l in &tally.lines {
         println!("{l}");
     }
-    println!("guest dmesg: {}", if dmesg_clean { "clean" } else { "SPLATS (see above)" });
+    println!(
+        "guest dmesg: {}",
+        if dmesg_clean {
+            "clean"
+        } else {
+            "SPLATS (see above)"
+        }
+    );
     println!("{} passed, {} failed", tally.passed, tally.failed);
-    Ok(if tally.failed == 0 && dmesg_clean { 0 } else { 1 })
+    Ok(if tally.failed == 0 && dmesg_clean {
+        0
+    } else {
+        1
+    })
 }
 
 /// Runs `cargo test` on the host, echoing its output and counting libtest's
 /// `test result:` lines (one per test binary).
-fn host_tests(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, tally: &mut Tally) -> Result<()> {
+fn host_tests(
+    ws: &Workspace,
+    ready: &Ready,
+    artifacts: &Artifacts,
+    tally: &mut Tally,
+) -> Result<()> {
     let mut c = build::cargo(ready);
     c.current_dir(&ws.root)
         // --no-fail-fast: one failing suite must not hide the others' results.
-        .args(["test", "--release", "--no-fail-fast", "--target", TARGET, "--workspace", "--exclude", "mmap-trace-ebpf"])
+        .args([
+            "test",
+            "--release",
+            "--no-fail-fast",
+            "--target",
+            TARGET,
+            "--workspace",
+            "--exclude",
+            "mmap-trace-ebpf",
+        ])
         .env("MMTRACE_CLI", &artifacts.cli)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
-    if let Some(workload) = artifacts.bins.iter().find(|p| p.file_name().is_some_and(|n| n == "mmap-workload")) {
+    if let Some(workload) = artifacts
+        .bins
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "mmap-workload"))
+    {
         c.env("MMTRACE_WORKLOAD", workload);
     }
     let what = cmd::describe(&c);
@@ -85,12 +114,19 @@ fn host_tests(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, tally: &mut 
 
 /// Boots once, runs each guest test binary with `--test-threads=1`; returns whether the
 /// guest kernel log was clean.
-fn guest_tests(ready: &Ready, artifacts: &Artifacts, opts: &Options, tally: &mut Tally) -> Result<bool> {
+fn guest_tests(
+    ready: &Ready,
+    artifacts: &Artifacts,
+    opts: &Options,
+    tally: &mut Tally,
+) -> Result<bool> {
     let markers = Markers::new();
     let prefix = result_prefix(&markers);
     let tests = &artifacts.guest_tests;
     let script = if tests.is_empty() {
-        println!("!!! no guest tests defined (no guest_* [[test]] targets in tests/Cargo.toml): smoke boot only");
+        println!(
+            "!!! no guest tests defined (no guest_* [[test]] targets in tests/Cargo.toml): smoke boot only"
+        );
         "cat /proc/version".to_owned()
     } else {
         guest_script(tests.iter().map(|(n, _)| n.as_str()), &prefix)
@@ -100,7 +136,10 @@ fn guest_tests(ready: &Ready, artifacts: &Artifacts, opts: &Options, tally: &mut
 
     if tests.is_empty() {
         let ok = code == 0;
-        tally.lines.push(format!("guest: smoke boot {}", if ok { "ok" } else { "FAILED" }));
+        tally.lines.push(format!(
+            "guest: smoke boot {}",
+            if ok { "ok" } else { "FAILED" }
+        ));
         if !ok {
             tally.failed += 1;
         }

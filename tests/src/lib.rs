@@ -1,4 +1,5 @@
 //! Helpers shared by the host and guest tests.
 
 pub mod cli;
+pub mod driver;
 pub mod workload;

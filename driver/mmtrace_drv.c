@@ -279,7 +279,15 @@ static int mmtrace_pfns_show(struct seq_file *m, void *v)
 }
 DEFINE_SHOW_ATTRIBUTE(mmtrace_pfns);
 
-/* What the page table of @vma holds for @addr (mmap lock held). */
+/*
+ * What the page table of @vma holds for @addr (mmap lock held).
+ *
+ * checkpatch warns about LINUX_VERSION_CODE (and, wrongly, about the order
+ * of its comparison with KERNEL_VERSION()); this is an out-of-tree module
+ * built against the guest's 6.1 and newer kernels, and the page-table walk
+ * API changed under it: follow_pfn() was removed in 6.10 (follow_pte() then
+ * took the VMA) and follow_pte() gave way to follow_pfnmap_start() in 6.12.
+ */
 static int mmtrace_follow_pfn(struct vm_area_struct *vma, unsigned long addr,
 			      unsigned long *pfn)
 {
@@ -293,7 +301,7 @@ static int mmtrace_follow_pfn(struct vm_area_struct *vma, unsigned long addr,
 	follow_pfnmap_end(&args);
 	return 0;
 #elif LINUX_VERSION_CODE >= KERNEL_VERSION(6, 10, 0)
-	spinlock_t *ptl;
+	spinlock_t *ptl;	/* page-table lock, taken by follow_pte() */
 	pte_t *ptep;
 	int ret = follow_pte(vma, addr, &ptep, &ptl);
 
@@ -310,9 +318,9 @@ static int mmtrace_follow_pfn(struct vm_area_struct *vma, unsigned long addr,
 /* The reading process's mappings of one device: "<addr hex> <pfn hex|->". */
 static int mmtrace_pagetable_show(struct seq_file *m, void *v)
 {
+	VMA_ITERATOR(vmi, current->mm, 0);
 	struct mmtrace_dev *dev = m->private;
 	struct mm_struct *mm = current->mm;
-	VMA_ITERATOR(vmi, mm, 0);
 	struct vm_area_struct *vma;
 	unsigned long addr, pfn;
 	int ret;
@@ -358,8 +366,8 @@ DEFINE_SHOW_ATTRIBUTE(mmtrace_counters);
  */
 static int mmtrace_vmas_show(struct seq_file *m, void *v)
 {
+	VMA_ITERATOR(vmi, current->mm, 0);
 	struct mm_struct *mm = current->mm;
-	VMA_ITERATOR(vmi, mm, 0);
 	struct vm_area_struct *vma;
 	unsigned long total = 0;
 	int ret;

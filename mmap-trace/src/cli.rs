@@ -12,6 +12,7 @@ use crate::{
     output::Format,
     session::Target,
     trace::{self, TraceConfig},
+    verify::{self, VerifyConfig},
 };
 
 #[derive(Parser)]
@@ -42,6 +43,56 @@ enum Command {
             with per-probe event and lost counts is written last."
     )]
     Trace(TraceArgs),
+    /// Trace one process and prove, after every event, that the kernel agrees.
+    ///
+    /// A shadow address space is built from the events alone (seeded from
+    /// /proc/<pid>/maps at attach, or at the command's exec) and compared with
+    /// /proc/<pid>/maps after every traced call: start, end, perms, offset, device, inode
+    /// and path. To compare while nothing moves, the process is stopped (SIGSTOP) as each
+    /// call returns and continued after the check, so it runs slower under verify.
+    /// Exit status: 0 when everything agreed, 1 on any mismatch or lost event, 2 on error.
+    #[command(
+        after_help = "Examples:\n  \
+            mmap-trace verify -- /bin/ls /\n  \
+            mmap-trace verify --pid 1234 --json -o verify.jsonl"
+    )]
+    Verify(VerifyArgs),
+    /// Prove a mmtrace_drv mapping end to end: events, maps, PFNs, page tables, bytes.
+    ///
+    /// Maps each device in this process with the kernel probes attached and checks that
+    /// the driver hook, mmap_region and remap_pfn_range events describe the VMA that
+    /// /proc/self/maps shows (with VM_IO|VM_PFNMAP|VM_DONTEXPAND|VM_DONTDUMP set); that the
+    /// PFNs in the remap events, the driver's PFN list and the page tables agree; that
+    /// every page starts with aa bb cc dd and write()/read() are coherent with the
+    /// mapping; and that the driver's own VMA walk matches /proc/self/maps. Needs root,
+    /// kprobes and the mmtrace_drv module. Exit status: 0 all PASS, 1 any FAIL, 2 error.
+    #[command(name = "verify-driver")]
+    VerifyDriver(VerifyDriverArgs),
+}
+
+#[derive(Args)]
+struct VerifyDriverArgs {
+    /// Device(s) to map (repeatable); default: both of the driver's devices.
+    #[arg(long, value_name = "PATH")]
+    device: Vec<PathBuf>,
+    /// Map from this page of the buffer.
+    #[arg(long, value_name = "PAGES", default_value_t = 0)]
+    offset: u64,
+    /// Pages to map (default: 4, or what is left after --offset).
+    #[arg(long, value_name = "N")]
+    pages: Option<u64>,
+    /// MAP_PRIVATE instead of MAP_SHARED (kmalloc device only).
+    #[arg(long)]
+    private: bool,
+    /// JSON Lines: one object per check, a summary last.
+    #[arg(long)]
+    json: bool,
+    /// Kernel BTF used to find struct field offsets for the kernel probes.
+    #[arg(long, value_name = "PATH", default_value = VMLINUX_BTF)]
+    btf: PathBuf,
+    /// Self-test: doctor an input so that the checks must fail.
+    #[arg(long, hide = true, value_enum)]
+    plant: Option<crate::verify_driver::DriverPlant>,
 }
 
 #[derive(Args)]
@@ -59,18 +110,54 @@ struct TargetArgs {
 }
 
 #[derive(Args)]
+#[group(id = "process", multiple = false, required = true)]
+struct ProcessArgs {
+    /// Verify this running process.
+    #[arg(long, short, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pid: Option<u32>,
+    /// Run CMD and verify it from its exec to its exit.
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(Args)]
+struct OutputArgs {
+    /// JSON Lines output (one object per record, a summary object last).
+    #[arg(long)]
+    json: bool,
+    /// Write records to FILE instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct TraceArgs {
     #[command(flatten)]
     target: TargetArgs,
-    /// JSON Lines output (one object per event, a summary object last).
-    #[arg(long)]
-    json: bool,
-    /// Write events to FILE instead of standard output.
-    #[arg(long, short, value_name = "FILE")]
-    output: Option<PathBuf>,
+    #[command(flatten)]
+    output: OutputArgs,
     /// Stop after SECS seconds (fractions allowed).
     #[arg(long, short, value_name = "SECS", value_parser = parse_duration)]
     duration: Option<Duration>,
+    #[command(flatten)]
+    probes: ProbeArgs,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    target: ProcessArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+    #[command(flatten)]
+    probes: ProbeArgs,
+    /// Self-test: doctor an input so that the checks must fail.
+    #[arg(long, hide = true, value_enum)]
+    plant: Option<crate::verify::Plant>,
+}
+
+#[derive(Args)]
+struct ProbeArgs {
     /// Comma-separated probes to attach; default: every probe this kernel supports.
     /// Names: mmap, munmap, mprotect, mremap, brk, exec, mmap_region, remap_pfn_range,
     /// driver_mmap.
@@ -87,10 +174,68 @@ struct TraceArgs {
     driver_hooks: Vec<String>,
 }
 
+/// What a command's run says beyond success: `verify` disagreeing is exit status 1.
+pub enum Outcome {
+    Done,
+    Disagreed,
+}
+
 impl Cli {
-    pub fn run(self) -> Result<()> {
-        match self.command {
-            Command::Trace(args) => trace::run(args.into_config()),
+    pub fn run(self) -> Result<Outcome> {
+        Ok(match self.command {
+            Command::Trace(args) => {
+                trace::run(args.into_config())?;
+                Outcome::Done
+            }
+            Command::Verify(args) => {
+                let target = match args.target.pid {
+                    Some(pid) => Target::Pid(pid),
+                    None => Target::Command(args.target.command),
+                };
+                let config = VerifyConfig {
+                    target,
+                    format: args.output.format(),
+                    output: args.output.output,
+                    load: args.probes.into_load_options(),
+                    plant: args.plant,
+                };
+                if verify::run(config)? { Outcome::Done } else { Outcome::Disagreed }
+            }
+            Command::VerifyDriver(args) => {
+                let devices = if args.device.is_empty() {
+                    ["/dev/mmtrace-kmalloc", "/dev/mmtrace-vmalloc"].map(PathBuf::from).to_vec()
+                } else {
+                    args.device
+                };
+                let config = crate::verify_driver::VerifyDriverConfig {
+                    devices,
+                    offset: args.offset,
+                    pages: args.pages,
+                    private: args.private,
+                    format: if args.json { Format::Json } else { Format::Table },
+                    btf: args.btf,
+                    plant: args.plant,
+                };
+                if crate::verify_driver::run(config)? { Outcome::Done } else { Outcome::Disagreed }
+            }
+        })
+    }
+}
+
+impl OutputArgs {
+    fn format(&self) -> Format {
+        if self.json { Format::Json } else { Format::Table }
+    }
+}
+
+impl ProbeArgs {
+    fn into_load_options(self) -> LoadOptions {
+        LoadOptions {
+            filter: TargetFilter::default(),
+            requested: self.probes,
+            btf: self.btf,
+            ring_buffer_bytes: self.ring_buffer_kib * 1024,
+            driver_hooks: self.driver_hooks,
         }
     }
 }
@@ -106,16 +251,10 @@ impl TraceArgs {
         };
         TraceConfig {
             target,
-            format: if self.json { Format::Json } else { Format::Table },
-            output: self.output,
+            format: self.output.format(),
+            output: self.output.output,
             duration: self.duration,
-            load: LoadOptions {
-                filter: TargetFilter::default(),
-                requested: self.probes,
-                btf: self.btf,
-                ring_buffer_bytes: self.ring_buffer_kib * 1024,
-                driver_hooks: self.driver_hooks,
-            },
+            load: self.probes.into_load_options(),
         }
     }
 }

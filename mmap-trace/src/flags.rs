@@ -138,6 +138,12 @@ pub fn errno_name(errno: i64) -> String {
     name.to_string()
 }
 
+/// `r-xp`: the perms column of /proc/<pid>/maps for a set of vm_flags.
+pub fn vm_perms(vm_flags: u64) -> String {
+    let bit = |b: u64, c: char| if vm_flags & b != 0 { c } else { '-' };
+    format!("{}{}{}{}", bit(0x1, 'r'), bit(0x2, 'w'), bit(0x4, 'x'), if vm_flags & 0x8 != 0 { 's' } else { 'p' })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +160,8 @@ mod tests {
             "PFNMAP|IO|DONTEXPAND|DONTDUMP"
         );
         assert_eq!(errno_name(22), "EINVAL");
+        assert_eq!(vm_perms(0x1 | 0x4), "r-xp");
+        assert_eq!(vm_perms(0x1 | 0x2 | 0x8), "rw-s");
         assert_eq!(errno_name(4095), "E4095");
     }
 }

@@ -12,6 +12,11 @@ mod session;
 mod spawn;
 mod trace;
 mod tracefs;
+mod verify;
+mod verify_driver;
+mod driver_truth;
+mod maps;
+mod shadow;
 
 use std::process::ExitCode;
 
@@ -28,10 +33,11 @@ fn main() -> ExitCode {
         .init();
     let cli = cli::Cli::parse();
     match cli.run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(cli::Outcome::Done) => ExitCode::SUCCESS,
+        Ok(cli::Outcome::Disagreed) => ExitCode::from(1),
         Err(e) => {
             eprintln!("mmap-trace: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }

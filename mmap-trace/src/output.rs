@@ -26,6 +26,8 @@ pub struct Summary {
     pub duration_ns: u64,
     pub ended: String,
     pub attached: Vec<Probe>,
+    /// `verify`: (checkpoints, mismatches).
+    pub verify: Option<(u64, u64)>,
 }
 
 #[derive(Serialize)]
@@ -40,6 +42,10 @@ struct JsonSummary<'a> {
     duration_s: f64,
     ended: &'a str,
     probes: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checkpoints: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mismatches: Option<u64>,
 }
 
 pub struct Output {
@@ -90,6 +96,15 @@ impl Output {
         }
     }
 
+    /// Any other record (a verify mismatch): a JSON line, or a `#` line in the table.
+    pub fn record<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
+        if self.format == Format::Table {
+            self.out.write_all(b"# ")?;
+        }
+        serde_json::to_writer(&mut self.out, record)?;
+        self.out.write_all(b"\n")
+    }
+
     pub fn summary(&mut self, s: &Summary) -> io::Result<()> {
         let per_probe = |values: &[u64; PROBE_COUNT]| -> Map<String, Value> {
             s.attached
@@ -111,6 +126,8 @@ impl Output {
                     duration_s: s.duration_ns as f64 / 1e9,
                     ended: &s.ended,
                     probes: s.attached.iter().map(|p| p.name()).collect(),
+                    checkpoints: s.verify.map(|v| v.0),
+                    mismatches: s.verify.map(|v| v.1),
                 };
                 serde_json::to_writer(&mut self.out, &summary)?;
                 self.out.write_all(b"\n")
@@ -130,6 +147,9 @@ impl Output {
                         s.events[*p as usize],
                         s.lost[*p as usize]
                     )?;
+                }
+                if let Some((checkpoints, mismatches)) = s.verify {
+                    writeln!(self.out, "# verify: {checkpoints} checkpoints, {mismatches} mismatches")?;
                 }
                 if s.malformed > 0 {
                     writeln!(self.out, "#   malformed records: {}", s.malformed)?;

@@ -1,0 +1,339 @@
+//! Reading a `mmap-trace trace --json` file into typed records. Unknown record types and
+//! unknown probes are counted, not fatal: a newer trace still gets a report.
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Map, Value};
+
+/// A VMA as the kernel probes report it (`remap_pfn_range`'s `vma`, `driver_mmap`'s
+/// `before`/`after`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct VmaInfo {
+    pub start: u64,
+    pub end: u64,
+    pub flags_raw: u64,
+    pub file: Option<String>,
+}
+
+/// What a traced call did; addresses are as traced (not page-aligned).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Call {
+    Mmap { len: u64, prot: u64, flags: u64, path: Option<String>, ret: Option<u64> },
+    Munmap { addr: u64, len: u64 },
+    Mprotect { addr: u64, len: u64, prot: u64 },
+    Mremap { old_addr: u64, old_len: u64, new_len: u64, flags: u64, ret: Option<u64> },
+    Brk { addr: u64, ret: u64 },
+    MmapRegion { len: u64, vm_flags: u64, file: Option<String>, ret: Option<u64> },
+    RemapPfnRange { vma: VmaInfo, addr: u64, pfn: u64, size: u64 },
+    DriverMmap { after: VmaInfo },
+    Exec,
+    /// A probe this report does not know; counted and shown, never replayed.
+    Other,
+}
+
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// 1-based line in the trace file.
+    pub line: usize,
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub probe: String,
+    pub call: Call,
+    /// The errno name of a refused call.
+    pub error: Option<String>,
+    /// `key=value …` of the probe's own fields, as the trace wrote them.
+    pub detail: String,
+}
+
+impl Event {
+    pub fn refused(&self) -> bool {
+        self.error.is_some()
+    }
+}
+
+/// A `verify` mismatch record: at least a pid; an address when one of the usual fields
+/// holds one.
+#[derive(Clone, Debug)]
+pub struct Mismatch {
+    pub line: usize,
+    pub pid: u32,
+    /// When it was found (`after_ts_ns`: the event after which verify compared).
+    pub ts_ns: Option<u64>,
+    pub addr: Option<u64>,
+    pub end: Option<u64>,
+    pub detail: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Trace {
+    pub events: Vec<Event>,
+    pub mismatches: Vec<Mismatch>,
+    /// The closing `summary` record, when the trace has one.
+    pub summary: Option<Map<String, Value>>,
+    /// Records of types this report does not know, by type.
+    pub unknown: BTreeMap<String, u64>,
+}
+
+impl Trace {
+    /// `lost` per probe from the summary (only non-zero counts).
+    pub fn lost(&self) -> Vec<(String, u64)> {
+        let Some(Value::Object(lost)) = self.summary.as_ref().and_then(|s| s.get("lost")) else {
+            return Vec::new();
+        };
+        lost.iter()
+            .filter_map(|(probe, n)| n.as_u64().filter(|n| *n > 0).map(|n| (probe.clone(), n)))
+            .collect()
+    }
+}
+
+pub fn read(path: &Path) -> Result<Trace> {
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = String::from_utf8_lossy(&text);
+    parse(&text).with_context(|| format!("{}", path.display()))
+}
+
+pub fn parse(text: &str) -> Result<Trace> {
+    let mut trace = Trace::default();
+    let mut records = 0;
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        records += 1;
+        let value: Value = serde_json::from_str(raw).map_err(|e| {
+            anyhow::anyhow!("line {line} is not JSON ({e}): {}", excerpt(raw))
+        })?;
+        let Value::Object(obj) = value else {
+            bail!("line {line} is not a JSON object: {}", excerpt(raw));
+        };
+        let record_type = obj.get("type").and_then(Value::as_str).unwrap_or("");
+        match record_type {
+            "event" => trace.events.push(event(line, &obj).with_context(|| format!("line {line}"))?),
+            "summary" => trace.summary = Some(obj),
+            "mismatch" => trace.mismatches.push(mismatch(line, &obj).with_context(|| format!("line {line}"))?),
+            other => *trace.unknown.entry(other.to_string()).or_default() += 1,
+        }
+    }
+    if records == 0 {
+        bail!("the trace is empty: expected the JSON Lines of `mmap-trace trace --json`");
+    }
+    if trace.events.is_empty() && trace.mismatches.is_empty() {
+        bail!("the trace has {records} record(s) but no events: nothing to report");
+    }
+    Ok(trace)
+}
+
+fn excerpt(line: &str) -> String {
+    let cut: String = line.chars().take(60).collect();
+    if cut.len() < line.len() { format!("{cut:?}…") } else { format!("{cut:?}") }
+}
+
+/// The header fields every record carries, then the probe's own fields.
+const HEADER: &[&str] = &["type", "ts_ns", "pid", "tid", "comm", "probe"];
+
+fn event(line: usize, obj: &Map<String, Value>) -> Result<Event> {
+    let probe = str_field(obj, "probe")?.to_string();
+    let error = obj.get("error").and_then(Value::as_str).map(str::to_string);
+    let ret_addr = || opt_u64(obj, "ret_addr");
+    let call = match probe.as_str() {
+        "mmap" => Call::Mmap {
+            len: u64_field(obj, "len")?,
+            prot: u64_field(obj, "prot_raw")?,
+            flags: u64_field(obj, "flags_raw")?,
+            path: obj.get("path").and_then(Value::as_str).map(str::to_string),
+            ret: ret_addr()?,
+        },
+        "munmap" => Call::Munmap { addr: u64_field(obj, "addr")?, len: u64_field(obj, "len")? },
+        "mprotect" => Call::Mprotect {
+            addr: u64_field(obj, "addr")?,
+            len: u64_field(obj, "len")?,
+            prot: u64_field(obj, "prot_raw")?,
+        },
+        "mremap" => Call::Mremap {
+            old_addr: u64_field(obj, "old_addr")?,
+            old_len: u64_field(obj, "old_len")?,
+            new_len: u64_field(obj, "new_len")?,
+            flags: u64_field(obj, "flags_raw")?,
+            ret: ret_addr()?,
+        },
+        "brk" => Call::Brk { addr: u64_field(obj, "addr")?, ret: u64_field(obj, "ret_addr")? },
+        "mmap_region" => Call::MmapRegion {
+            len: u64_field(obj, "len")?,
+            vm_flags: u64_field(obj, "vm_flags_raw")?,
+            file: file_name(obj.get("file")),
+            ret: ret_addr()?,
+        },
+        "remap_pfn_range" => Call::RemapPfnRange {
+            vma: vma(obj, "vma")?,
+            addr: u64_field(obj, "addr")?,
+            pfn: u64_field(obj, "pfn")?,
+            size: u64_field(obj, "size")?,
+        },
+        "driver_mmap" => Call::DriverMmap { after: vma(obj, "after")? },
+        "exec" => Call::Exec,
+        _ => Call::Other,
+    };
+    Ok(Event {
+        line,
+        ts_ns: u64_field(obj, "ts_ns")?,
+        pid: u32_field(obj, "pid")?,
+        tid: u32_field(obj, "tid").unwrap_or(0),
+        comm: obj.get("comm").and_then(Value::as_str).unwrap_or("").to_string(),
+        probe,
+        call,
+        error,
+        detail: detail(obj),
+    })
+}
+
+fn mismatch(line: usize, obj: &Map<String, Value>) -> Result<Mismatch> {
+    let addr = ["start", "addr", "vma_start", "vm_start", "address"]
+        .iter()
+        .find_map(|key| obj.get(*key).and_then(number));
+    let ts_ns = ["ts_ns", "after_ts_ns"].iter().find_map(|key| obj.get(*key).and_then(number));
+    Ok(Mismatch {
+        line,
+        pid: u32_field(obj, "pid")?,
+        ts_ns,
+        addr,
+        end: obj.get("end").and_then(number),
+        detail: detail(obj),
+    })
+}
+
+fn vma(obj: &Map<String, Value>, key: &str) -> Result<VmaInfo> {
+    let Some(Value::Object(v)) = obj.get(key) else {
+        bail!("{} event has no `{key}` object", str_field(obj, "probe")?);
+    };
+    Ok(VmaInfo {
+        start: u64_field(v, "start")?,
+        end: u64_field(v, "end")?,
+        flags_raw: u64_field(v, "flags_raw")?,
+        file: file_name(v.get("file")),
+    })
+}
+
+fn file_name(file: Option<&Value>) -> Option<String> {
+    file?.get("name")?.as_str().filter(|n| !n.is_empty()).map(str::to_string)
+}
+
+/// A JSON number or a `"0x…"` (or decimal) string.
+fn number(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64().or_else(|| n.as_i64().map(|i| i as u64)),
+        Value::String(s) => match s.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => s.parse().ok(),
+        },
+        _ => None,
+    }
+}
+
+fn opt_u64(obj: &Map<String, Value>, key: &str) -> Result<Option<u64>> {
+    obj.get(key).map(|_| u64_field(obj, key)).transpose()
+}
+
+fn u64_field(obj: &Map<String, Value>, key: &str) -> Result<u64> {
+    match obj.get(key) {
+        Some(v) => number(v).with_context(|| format!("`{key}` is not a number or \"0x…\" string: {v}")),
+        None => bail!("{} record has no `{key}`", record_name(obj)),
+    }
+}
+
+fn u32_field(obj: &Map<String, Value>, key: &str) -> Result<u32> {
+    let n = u64_field(obj, key)?;
+    u32::try_from(n).with_context(|| format!("`{key}` {n} is out of range"))
+}
+
+fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str> {
+    obj.get(key)
+        .and_then(Value::as_str)
+        .with_context(|| format!("{} record has no `{key}` string", record_name(obj)))
+}
+
+fn record_name(obj: &Map<String, Value>) -> String {
+    let kind = obj.get("type").and_then(Value::as_str).unwrap_or("a");
+    match obj.get("probe").and_then(Value::as_str) {
+        Some(probe) => format!("{kind} ({probe})"),
+        None => kind.to_string(),
+    }
+}
+
+/// `key=value …` of everything but the header, nested objects as `outer.inner=…`;
+/// raw flag words are left out where the decoded names are present.
+fn detail(obj: &Map<String, Value>) -> String {
+    fn walk(prefix: &str, map: &Map<String, Value>, out: &mut Vec<String>) {
+        for (key, value) in map {
+            if prefix.is_empty() && HEADER.contains(&key.as_str()) {
+                continue;
+            }
+            if let Some(base) = key.strip_suffix("_raw")
+                && map.contains_key(base)
+            {
+                continue;
+            }
+            match value {
+                Value::Object(inner) => walk(&format!("{prefix}{key}."), inner, out),
+                Value::String(s) => out.push(format!("{prefix}{key}={s}")),
+                other => out.push(format!("{prefix}{key}={other}")),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk("", obj, &mut out);
+    out.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_every_probe_and_counts_unknown_records() {
+        let text = r#"{"type":"event","ts_ns":5,"pid":7,"tid":8,"comm":"w","probe":"mmap","addr":"0x0","len":"0x4000","prot":"READ|WRITE","prot_raw":3,"flags":"PRIVATE|ANONYMOUS","flags_raw":34,"fd":-1,"offset":"0x0","ret_addr":"0x7f0000000000"}
+{"type":"event","ts_ns":6,"pid":7,"tid":8,"comm":"w","probe":"munmap","addr":"0x1","len":"0x1000","ret":-22,"error":"EINVAL"}
+
+{"type":"event","ts_ns":7,"pid":7,"tid":8,"comm":"w","probe":"remap_pfn_range","vma":{"vma":"0xffff","start":"0x1000","end":"0x3000","flags":"READ","flags_raw":"0x1","pgoff":"0x0"},"addr":"0x1000","pfn":"0x1234","size":"0x2000","prot":"0x8000000000000025"}
+{"type":"event","ts_ns":8,"pid":7,"tid":8,"comm":"w","probe":"brand_new","x":1}
+{"type":"mismatch","pid":7,"checkpoint":1,"after_probe":"mprotect","after_ts_ns":7,"start":"0x1000","end":"0x3000","field":"perms","expected":"r--p","found":"rw-p"}
+{"type":"later","pid":7}
+{"type":"summary","events":{"mmap":1},"lost":{"mmap":0,"munmap":3},"ended":"command exited (status 0)"}
+"#;
+        let trace = parse(text).unwrap();
+        assert_eq!(trace.events.len(), 4);
+        let mmap = &trace.events[0];
+        assert_eq!(
+            mmap.call,
+            Call::Mmap { len: 0x4000, prot: 3, flags: 34, path: None, ret: Some(0x7f00_0000_0000) }
+        );
+        assert!(mmap.detail.starts_with("addr=0x0 len=0x4000 prot=READ|WRITE flags="), "{}", mmap.detail);
+        assert!(!mmap.detail.contains("prot_raw"));
+        assert_eq!(trace.events[1].error.as_deref(), Some("EINVAL"));
+        assert_eq!(trace.events[1].line, 2);
+        assert_eq!(trace.events[2].line, 4);
+        assert!(trace.events[2].detail.contains("pfn=0x1234"));
+        assert_eq!(trace.events[3].call, Call::Other);
+        let m = &trace.mismatches[0];
+        assert_eq!((m.addr, m.end, m.ts_ns, m.line), (Some(0x1000), Some(0x3000), Some(7), 6));
+        assert!(m.detail.contains("expected=r--p found=rw-p"), "{}", m.detail);
+        assert_eq!(trace.unknown.get("later"), Some(&1));
+        assert_eq!(trace.lost(), vec![("munmap".to_string(), 3)]);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let bad = "{\"type\":\"summary\"}\nnot json at all\n";
+        let e = format!("{:#}", parse(bad).unwrap_err());
+        assert!(e.contains("line 2 is not JSON"), "{e}");
+        let e = format!("{:#}", parse("\n\n").unwrap_err());
+        assert!(e.contains("empty"), "{e}");
+        let e = format!("{:#}", parse("{\"type\":\"summary\"}\n").unwrap_err());
+        assert!(e.contains("no events"), "{e}");
+        let e = format!("{:#}", parse("{\"type\":\"event\",\"ts_ns\":1,\"pid\":1,\"probe\":\"mmap\"}\n").unwrap_err());
+        assert!(e.contains("line 1") && e.contains("no `len`"), "{e}");
+    }
+}

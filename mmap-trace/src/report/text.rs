@@ -1,0 +1,162 @@
+//! The text summary: per process, what was called, what it mapped, what was refused.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use super::{
+    bytes, duration,
+    input::{Call, Trace},
+    model::{Kind, Process, page_up, prot_string},
+};
+
+/// The probes in the order a reader expects them; others follow by name.
+const PROBE_ORDER: &[&str] =
+    &["mmap", "munmap", "mprotect", "mremap", "brk", "exec", "mmap_region", "remap_pfn_range", "driver_mmap"];
+
+/// What one process's events add up to.
+pub struct Stats {
+    /// `(probe, events, refused)`.
+    pub per_probe: Vec<(String, u64, u64)>,
+    /// errno → probe → count.
+    pub refused: BTreeMap<String, BTreeMap<String, u64>>,
+    /// `(len, addr, event index)` of successful mmap/mremap results, largest first.
+    pub largest: Vec<(u64, u64, usize)>,
+}
+
+pub fn stats(trace: &Trace, p: &Process) -> Stats {
+    let mut per_probe: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    let mut refused: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut largest = Vec::new();
+    for &i in &p.events {
+        let e = &trace.events[i];
+        let entry = per_probe.entry(e.probe.as_str()).or_default();
+        entry.0 += 1;
+        if let Some(errno) = &e.error {
+            entry.1 += 1;
+            *refused.entry(errno.clone()).or_default().entry(e.probe.clone()).or_default() += 1;
+            continue;
+        }
+        match e.call {
+            Call::Mmap { len, ret: Some(addr), .. } => largest.push((page_up(len), addr, i)),
+            Call::Mremap { new_len, ret: Some(addr), .. } => largest.push((page_up(new_len), addr, i)),
+            _ => {}
+        }
+    }
+    largest.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)));
+    let rank = |name: &str| PROBE_ORDER.iter().position(|p| *p == name).unwrap_or(PROBE_ORDER.len());
+    let mut per_probe: Vec<_> = per_probe.into_iter().map(|(k, (n, r))| (k.to_string(), n, r)).collect();
+    per_probe.sort_by(|a, b| rank(&a.0).cmp(&rank(&b.0)).then(a.0.cmp(&b.0)));
+    Stats { per_probe, refused, largest }
+}
+
+/// `mmap 20 (2 refused), munmap 10`.
+pub fn probe_counts(s: &Stats) -> String {
+    let parts: Vec<String> = s
+        .per_probe
+        .iter()
+        .map(|(probe, n, refused)| {
+            if *refused > 0 { format!("{probe} {n} ({refused} refused)") } else { format!("{probe} {n}") }
+        })
+        .collect();
+    parts.join(", ")
+}
+
+/// `EINVAL 3 (mmap 2, munmap 1)`.
+pub fn refused_counts(s: &Stats) -> String {
+    let parts: Vec<String> = s
+        .refused
+        .iter()
+        .map(|(errno, probes)| {
+            let total: u64 = probes.values().sum();
+            let by: Vec<String> = probes.iter().map(|(p, n)| format!("{p} {n}")).collect();
+            format!("{errno} {total} ({})", by.join(", "))
+        })
+        .collect();
+    if parts.is_empty() { "none".to_string() } else { parts.join("; ") }
+}
+
+/// `lost: 12 (mmap 10, munmap 2)` or `none`.
+pub fn lost_counts(trace: &Trace) -> String {
+    let lost = trace.lost();
+    if trace.summary.is_none() {
+        return "unknown (no summary record: was the trace cut short?)".to_string();
+    }
+    if lost.is_empty() {
+        return "none".to_string();
+    }
+    let total: u64 = lost.iter().map(|(_, n)| n).sum();
+    let by: Vec<String> = lost.iter().map(|(p, n)| format!("{p} {n}")).collect();
+    format!("{total} ({}): the timeline is incomplete", by.join(", "))
+}
+
+pub fn render(trace: &Trace, processes: &[Process], title: &str) -> String {
+    let mut out = String::new();
+    let t0 = trace.events.iter().map(|e| e.ts_ns).min().unwrap_or(0);
+    let _ = writeln!(out, "report of {title}: {} events, {} process(es)", trace.events.len(), processes.len());
+    if let Some(ended) = trace.summary.as_ref().and_then(|s| s.get("ended")).and_then(|v| v.as_str()) {
+        let _ = writeln!(out, "ended: {ended}");
+    }
+    let _ = writeln!(out, "lost events: {}", lost_counts(trace));
+    if !trace.unknown.is_empty() {
+        let by: Vec<String> = trace.unknown.iter().map(|(t, n)| format!("{t:?} {n}")).collect();
+        let _ = writeln!(out, "records of unknown type (ignored): {}", by.join(", "));
+    }
+    for p in processes {
+        let s = stats(trace, p);
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "pid {} ({}): {} events over {}",
+            p.pid,
+            p.comm,
+            p.events.len(),
+            duration(p.last_ts - p.first_ts)
+        );
+        let _ = writeln!(out, "  events:    {}", probe_counts(&s));
+        let _ = writeln!(out, "  mapped:    {}", bytes(p.mapped_bytes));
+        let _ = writeln!(out, "  unmapped:  {}", bytes(p.unmapped_bytes));
+        let _ = writeln!(out, "  refused:   {}", refused_counts(&s));
+        let live: Vec<_> = p.vmas.iter().filter(|v| v.t_end.is_none()).collect();
+        let driver = p.vmas.iter().filter(|v| v.attrs.driver).count();
+        let device = p.vmas.iter().filter(|v| v.attrs.kind == Kind::Device).count();
+        let _ = writeln!(
+            out,
+            "  timeline:  {} VMA intervals ({device} device, {driver} driver); at the end {} VMAs, {}",
+            p.vmas.len(),
+            live.len(),
+            bytes(live.iter().map(|v| v.len()).sum())
+        );
+        if !s.largest.is_empty() {
+            let _ = writeln!(out, "  largest mappings:");
+            for &(len, addr, i) in s.largest.iter().take(5) {
+                let e = &trace.events[i];
+                let what = match &e.call {
+                    Call::Mmap { prot, path, .. } => {
+                        format!("mmap {} {}", prot_string(*prot), path.as_deref().unwrap_or("anonymous"))
+                    }
+                    _ => e.probe.clone(),
+                };
+                let _ = writeln!(
+                    out,
+                    "    {:>10}  {addr:#014x}-{:#014x}  {what}  at +{}",
+                    bytes(len),
+                    addr.saturating_add(len),
+                    duration(e.ts_ns - t0)
+                );
+            }
+        }
+        let mismatches: Vec<_> = trace.mismatches.iter().filter(|m| m.pid == p.pid).collect();
+        let _ = writeln!(out, "  mismatches: {}", if mismatches.is_empty() { "none".into() } else { mismatches.len().to_string() });
+        for m in mismatches.iter().take(10) {
+            let _ = writeln!(out, "    line {}: {}", m.line, m.detail);
+        }
+        if mismatches.len() > 10 {
+            let _ = writeln!(out, "    … {} more", mismatches.len() - 10);
+        }
+    }
+    let shown: Vec<u32> = processes.iter().map(|p| p.pid).collect();
+    let orphans = trace.mismatches.iter().filter(|m| !shown.contains(&m.pid) && !trace.events.iter().any(|e| e.pid == m.pid)).count();
+    if orphans > 0 {
+        let _ = writeln!(out, "\nmismatches of processes without events: {orphans}");
+    }
+    out
+}

@@ -95,7 +95,9 @@ pub fn is_loaded() -> bool {
 pub fn module_refcnt() -> Result<u64> {
     let path = format!("/sys/module/{MODULE_NAME}/refcnt");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    text.trim().parse().with_context(|| format!("parsing {path}: {text:?}"))
+    text.trim()
+        .parse()
+        .with_context(|| format!("parsing {path}: {text:?}"))
 }
 
 /// The loaded module, for one test. Holds the test lock and a kernel-log cursor taken
@@ -127,7 +129,9 @@ impl Module {
 
     /// Takes the test lock only (the module is not loaded): for load-failure tests.
     pub fn lock() -> Result<Module> {
-        let lock = MODULE_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let lock = MODULE_LOCK
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if is_loaded() {
             // Left behind by a failed test: start from a clean slate.
             delete_module().with_context(|| format!("unloading a leftover {MODULE_NAME}"))?;
@@ -154,7 +158,10 @@ impl Module {
     pub fn unload(mut self) -> Result<()> {
         delete_module().with_context(|| format!("rmmod {MODULE_NAME}"))?;
         self.loaded = false;
-        ensure!(!is_loaded(), "{MODULE_NAME} still in /sys/module after a successful delete_module");
+        ensure!(
+            !is_loaded(),
+            "{MODULE_NAME} still in /sys/module after a successful delete_module"
+        );
         let records = self.kmsg.read_new()?;
         assert_log_clean(&records, &[])
     }
@@ -188,7 +195,12 @@ impl Kmsg {
     pub fn open_at_end() -> Result<Kmsg> {
         let path = CString::new("/dev/kmsg").unwrap();
         // SAFETY: a NUL-terminated path; the fd is owned below.
-        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
         if fd < 0 {
             return Err(errno()).context("opening /dev/kmsg");
         }
@@ -218,10 +230,17 @@ impl Kmsg {
             }
             let line = String::from_utf8_lossy(&buf[..n as usize]).into_owned();
             let (head, text) = line.split_once(';').unwrap_or(("6", &line));
-            let prio: u32 = head.split(',').next().and_then(|p| p.parse().ok()).unwrap_or(6);
+            let prio: u32 = head
+                .split(',')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(6);
             // Continuation lines (" KEY=value") carry metadata, not text.
             let text = text.lines().next().unwrap_or("").to_owned();
-            records.push(KmsgRecord { level: (prio & 7) as u8, text });
+            records.push(KmsgRecord {
+                level: (prio & 7) as u8,
+                text,
+            });
         }
         Ok(records)
     }
@@ -231,8 +250,15 @@ impl Kmsg {
 /// `allowed` (substrings) or the taint notices every out-of-tree, unsigned module gets.
 pub fn assert_log_clean(records: &[KmsgRecord], allowed: &[&str]) -> Result<()> {
     const SPLATS: [&str; 9] = [
-        "BUG:", "WARNING:", "Oops", "Call Trace", "general protection", "Bad page",
-        "UBSAN", "KASAN", "refcount_t",
+        "BUG:",
+        "WARNING:",
+        "Oops",
+        "Call Trace",
+        "general protection",
+        "Bad page",
+        "UBSAN",
+        "KASAN",
+        "refcount_t",
     ];
     const TAINTS: [&str; 2] = ["taints kernel", "tainting kernel"];
     let bad: Vec<String> = records
@@ -240,7 +266,10 @@ pub fn assert_log_clean(records: &[KmsgRecord], allowed: &[&str]) -> Result<()> 
         .filter(|r| {
             SPLATS.iter().any(|s| r.text.contains(s))
                 || (r.level <= 4
-                    && !allowed.iter().chain(TAINTS.iter()).any(|a| r.text.contains(a)))
+                    && !allowed
+                        .iter()
+                        .chain(TAINTS.iter())
+                        .any(|a| r.text.contains(a)))
         })
         .map(|r| format!("<{}> {}", r.level, r.text))
         .collect();
@@ -267,7 +296,10 @@ impl Device {
             return Err(errno()).with_context(|| format!("opening {}", kind.dev_path()));
         }
         // SAFETY: fd was just opened and is owned by nobody else.
-        Ok(Device { kind, fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Device {
+            kind,
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     pub fn raw_fd(&self) -> i32 {
@@ -288,11 +320,23 @@ impl Device {
     /// mmap(2) with every argument chosen by the caller (for refused requests).
     pub fn map_raw(&self, len: usize, prot: i32, flags: i32, offset: i64) -> io::Result<Mapping> {
         // SAFETY: a fresh mapping chosen by the kernel; nothing else is affected.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, self.raw_fd(), offset) };
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                flags,
+                self.raw_fd(),
+                offset,
+            )
+        };
         if ptr == libc::MAP_FAILED {
             return Err(errno());
         }
-        Ok(Mapping { ptr: ptr.cast(), len })
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
     }
 
     pub fn pread(&self, len: usize, offset: i64) -> io::Result<Vec<u8>> {
@@ -340,13 +384,24 @@ impl Mapping {
     }
 
     pub fn read(&self, offset: usize, len: usize) -> Vec<u8> {
-        assert!(offset + len <= self.len, "read {offset}+{len} outside a {}-byte mapping", self.len);
+        assert!(
+            offset + len <= self.len,
+            "read {offset}+{len} outside a {}-byte mapping",
+            self.len
+        );
         // SAFETY: inside the mapping, which lives as long as self.
-        (0..len).map(|i| unsafe { self.ptr.add(offset + i).read_volatile() }).collect()
+        (0..len)
+            .map(|i| unsafe { self.ptr.add(offset + i).read_volatile() })
+            .collect()
     }
 
     pub fn write(&self, offset: usize, data: &[u8]) {
-        assert!(offset + data.len() <= self.len, "write {offset}+{} outside a {}-byte mapping", data.len(), self.len);
+        assert!(
+            offset + data.len() <= self.len,
+            "write {offset}+{} outside a {}-byte mapping",
+            data.len(),
+            self.len
+        );
         for (i, b) in data.iter().enumerate() {
             // SAFETY: inside the mapping, which lives as long as self.
             unsafe { self.ptr.add(offset + i).write_volatile(*b) };
@@ -382,8 +437,13 @@ pub fn buffer_pfns(kind: Kind) -> Result<Vec<u64>> {
     let text = read_ground_truth(&path)?;
     let mut pfns = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let (idx, pfn) = line.split_once(' ').with_context(|| format!("{path}: bad line {line:?}"))?;
-        ensure!(idx == i.to_string(), "{path}: line {i} has page index {idx:?}");
+        let (idx, pfn) = line
+            .split_once(' ')
+            .with_context(|| format!("{path}: bad line {line:?}"))?;
+        ensure!(
+            idx == i.to_string(),
+            "{path}: line {i} has page index {idx:?}"
+        );
         pfns.push(hex(pfn, &path)?);
     }
     Ok(pfns)
@@ -396,8 +456,14 @@ pub fn pagetable(kind: Kind) -> Result<Vec<(u64, Option<u64>)>> {
     let text = read_ground_truth(&path)?;
     text.lines()
         .map(|line| {
-            let (addr, pfn) = line.split_once(' ').with_context(|| format!("{path}: bad line {line:?}"))?;
-            let pfn = if pfn == "-" { None } else { Some(hex(pfn, &path)?) };
+            let (addr, pfn) = line
+                .split_once(' ')
+                .with_context(|| format!("{path}: bad line {line:?}"))?;
+            let pfn = if pfn == "-" {
+                None
+            } else {
+                Some(hex(pfn, &path)?)
+            };
             Ok((hex(addr, &path)?, pfn))
         })
         .collect()
@@ -440,21 +506,44 @@ pub fn parse_driver_vmas(text: &str) -> Result<(Vec<DriverVma>, u64)> {
     let mut total = None;
     for line in text.lines() {
         if let Some(t) = line.strip_prefix("total ") {
-            total = Some(t.parse().with_context(|| format!("{PROC_VMAS}: bad total {line:?}"))?);
+            total = Some(
+                t.parse()
+                    .with_context(|| format!("{PROC_VMAS}: bad total {line:?}"))?,
+            );
             continue;
         }
-        ensure!(total.is_none(), "{PROC_VMAS}: line after the total: {line:?}");
+        ensure!(
+            total.is_none(),
+            "{PROC_VMAS}: line after the total: {line:?}"
+        );
         let mut words = line.splitn(5, ' ');
-        let mut next = |what: &str| words.next().with_context(|| format!("{PROC_VMAS}: no {what} in {line:?}"));
+        let mut next = |what: &str| {
+            words
+                .next()
+                .with_context(|| format!("{PROC_VMAS}: no {what} in {line:?}"))
+        };
         let start = hex(next("vm_start")?, PROC_VMAS)?;
         let end = hex(next("vm_end")?, PROC_VMAS)?;
         let flags = hex(next("vm_flags")?, PROC_VMAS)?;
         let pgoff = hex(next("vm_pgoff")?, PROC_VMAS)?;
         let path = next("path")?;
-        let path = if path == "-" { None } else { Some(path.to_owned()) };
-        vmas.push(DriverVma { start, end, flags, pgoff, path });
+        let path = if path == "-" {
+            None
+        } else {
+            Some(path.to_owned())
+        };
+        vmas.push(DriverVma {
+            start,
+            end,
+            flags,
+            pgoff,
+            path,
+        });
     }
-    Ok((vmas, total.with_context(|| format!("{PROC_VMAS} has no total line:\n{text}"))?))
+    Ok((
+        vmas,
+        total.with_context(|| format!("{PROC_VMAS} has no total line:\n{text}"))?,
+    ))
 }
 
 /// One line of /proc/self/maps.
@@ -478,7 +567,10 @@ pub fn parse_maps(text: &str) -> Result<Vec<MapsLine>> {
         .map(|line| {
             let bad = || format!("/proc/self/maps: bad line {line:?}");
             let mut words = line.split_whitespace();
-            let (start, end) = words.next().and_then(|r| r.split_once('-')).with_context(bad)?;
+            let (start, end) = words
+                .next()
+                .and_then(|r| r.split_once('-'))
+                .with_context(bad)?;
             let perms = words.next().with_context(bad)?.to_owned();
             let offset = hex(words.next().with_context(bad)?, "maps offset")?;
             let _dev = words.next().with_context(bad)?;
@@ -490,7 +582,13 @@ pub fn parse_maps(text: &str) -> Result<Vec<MapsLine>> {
                 .map(str::trim_start)
                 .filter(|n| !n.is_empty())
                 .map(str::to_owned);
-            Ok(MapsLine { start: hex(start, "maps start")?, end: hex(end, "maps end")?, perms, offset, name })
+            Ok(MapsLine {
+                start: hex(start, "maps start")?,
+                end: hex(end, "maps end")?,
+                perms,
+                offset,
+                name,
+            })
         })
         .collect()
 }
@@ -499,7 +597,11 @@ pub fn parse_maps(text: &str) -> Result<Vec<MapsLine>> {
 pub fn device_maps_lines() -> Result<Vec<MapsLine>> {
     Ok(self_maps()?
         .into_iter()
-        .filter(|l| l.name.as_deref().is_some_and(|n| n.starts_with("/dev/mmtrace-")))
+        .filter(|l| {
+            l.name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("/dev/mmtrace-"))
+        })
         .collect())
 }
 
@@ -514,4 +616,17 @@ pub fn maps_line_at(addr: u64) -> Result<MapsLine> {
 /// The os_error of an io::Error, for assertion messages and comparisons.
 pub fn errno_of(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(-1)
+}
+
+/// KPF_RESERVED in /proc/kpageflags (include/uapi/linux/kernel-page-flags.h).
+pub const KPF_RESERVED: u64 = 1 << 32;
+
+/// The /proc/kpageflags word of a PFN (root only).
+pub fn kpageflags(pfn: u64) -> Result<u64> {
+    use std::os::unix::fs::FileExt as _;
+    let file = fs::File::open("/proc/kpageflags").context("opening /proc/kpageflags")?;
+    let mut word = [0u8; 8];
+    file.read_exact_at(&mut word, pfn * 8)
+        .with_context(|| format!("reading /proc/kpageflags for PFN {pfn:#x}"))?;
+    Ok(u64::from_ne_bytes(word))
 }

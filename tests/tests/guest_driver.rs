@@ -7,11 +7,14 @@
 use std::ffi::CString;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use libc::{EINVAL, ENOMEM, ENOSPC, ENXIO, EOVERFLOW, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE};
+use libc::{
+    EINVAL, ENOMEM, ENOSPC, ENXIO, EOVERFLOW, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE,
+};
 use mmap_trace_tests::driver::{
-    DriverVma, Kind, MapsLine, Module, PATTERN, buffer_pfns, counter, delete_module, device_maps_lines,
-    driver_vmas, errno_of, finit_module, is_loaded, live_maps, maps_line_at, module_refcnt, page_size,
-    pagetable, parse_driver_vmas, parse_maps, require_guest, Device, Mapping,
+    Device, DriverVma, KPF_RESERVED, Kind, Mapping, MapsLine, Module, PATTERN, buffer_pfns,
+    counter, delete_module, device_maps_lines, driver_vmas, errno_of, finit_module, is_loaded,
+    kpageflags, live_maps, maps_line_at, module_refcnt, page_size, pagetable, parse_driver_vmas,
+    parse_maps, require_guest,
 };
 
 const NPAGES: usize = 16;
@@ -40,7 +43,8 @@ fn expected_pagetable(maps: &[(&Mapping, usize)], pfns: &[u64]) -> Vec<(u64, Opt
     let mut want: Vec<(u64, Option<u64>)> = maps
         .iter()
         .flat_map(|(m, first_page)| {
-            (0..m.len() / ps()).map(move |i| (m.addr() + (i * ps()) as u64, Some(pfns[first_page + i])))
+            (0..m.len() / ps())
+                .map(move |i| (m.addr() + (i * ps()) as u64, Some(pfns[first_page + i])))
         })
         .collect();
     want.sort();
@@ -49,11 +53,22 @@ fn expected_pagetable(maps: &[(&Mapping, usize)], pfns: &[u64]) -> Vec<(u64, Opt
 
 fn assert_unmapped(kind: Kind, what: &str) -> Result<()> {
     let lines = device_maps_lines()?;
-    ensure!(lines.is_empty(), "{kind:?}, {what}: /proc/self/maps still maps the device: {lines:?}");
+    ensure!(
+        lines.is_empty(),
+        "{kind:?}, {what}: /proc/self/maps still maps the device: {lines:?}"
+    );
     let pt = pagetable(kind)?;
-    ensure!(pt.is_empty(), "{kind:?}, {what}: {}_pagetable is not empty: {pt:x?}", kind.name());
+    ensure!(
+        pt.is_empty(),
+        "{kind:?}, {what}: {}_pagetable is not empty: {pt:x?}",
+        kind.name()
+    );
     let live = live_maps(kind)?;
-    ensure!(live == 0, "{kind:?}, {what}: {} live mappings counted, want 0", live);
+    ensure!(
+        live == 0,
+        "{kind:?}, {what}: {} live mappings counted, want 0",
+        live
+    );
     Ok(())
 }
 
@@ -64,12 +79,23 @@ fn pattern_on_every_page_of_both_buffers() -> Result<()> {
         let dev = Device::open(kind)?;
         let map = dev.map(NPAGES, 0, MAP_SHARED)?;
         let buf = dev.pread(m.size(), 0)?;
-        ensure!(buf.len() == m.size(), "{kind:?}: read() of the whole buffer returned {} bytes, want {}", buf.len(), m.size());
+        ensure!(
+            buf.len() == m.size(),
+            "{kind:?}: read() of the whole buffer returned {} bytes, want {}",
+            buf.len(),
+            m.size()
+        );
         for page in 0..NPAGES {
             let got = map.read(page * ps(), PATTERN.len());
-            ensure!(got == PATTERN, "{kind:?}: mapped page {page} starts with {got:02x?}, want {PATTERN:02x?}");
+            ensure!(
+                got == PATTERN,
+                "{kind:?}: mapped page {page} starts with {got:02x?}, want {PATTERN:02x?}"
+            );
             let got = &buf[page * ps()..][..PATTERN.len()];
-            ensure!(got == PATTERN, "{kind:?}: read() page {page} starts with {got:02x?}, want {PATTERN:02x?}");
+            ensure!(
+                got == PATTERN,
+                "{kind:?}: read() page {page} starts with {got:02x?}, want {PATTERN:02x?}"
+            );
         }
     }
     m.unload()
@@ -84,22 +110,37 @@ fn write_shows_in_mapping_and_store_shows_in_read() -> Result<()> {
 
         let msg = b"written by pwrite";
         let off = 3 * ps() + 100;
-        ensure!(dev.pwrite(msg, off as i64)? == msg.len(), "{kind:?}: short pwrite");
+        ensure!(
+            dev.pwrite(msg, off as i64)? == msg.len(),
+            "{kind:?}: short pwrite"
+        );
         let got = map.read(off, msg.len());
-        ensure!(got == msg, "{kind:?}: pwrite at {off:#x} not visible in the mapping: {got:02x?}");
+        ensure!(
+            got == msg,
+            "{kind:?}: pwrite at {off:#x} not visible in the mapping: {got:02x?}"
+        );
 
         // Across a page boundary: two different physical pages on the vmalloc path.
         let msg = b"straddles";
         let off = 5 * ps() - 4;
-        ensure!(dev.pwrite(msg, off as i64)? == msg.len(), "{kind:?}: short pwrite");
+        ensure!(
+            dev.pwrite(msg, off as i64)? == msg.len(),
+            "{kind:?}: short pwrite"
+        );
         let got = map.read(off, msg.len());
-        ensure!(got == msg, "{kind:?}: pwrite across pages 4/5 not visible in the mapping: {got:02x?}");
+        ensure!(
+            got == msg,
+            "{kind:?}: pwrite across pages 4/5 not visible in the mapping: {got:02x?}"
+        );
 
         let msg = b"stored through the mapping";
         let off = 7 * ps() + 10;
         map.write(off, msg);
         let got = dev.pread(msg.len(), off as i64)?;
-        ensure!(got == msg, "{kind:?}: store at {off:#x} through the mapping not visible to read(): {got:02x?}");
+        ensure!(
+            got == msg,
+            "{kind:?}: store at {off:#x} through the mapping not visible to read(): {got:02x?}"
+        );
     }
     m.unload()
 }
@@ -110,20 +151,56 @@ fn read_write_stay_inside_the_buffer() -> Result<()> {
     let size = m.size() as i64;
     for kind in Kind::ALL {
         let dev = Device::open(kind)?;
-        ensure!(dev.seek_end()? == size, "{kind:?}: SEEK_END is not the buffer size {size}");
-        ensure!(dev.pread(100, size)?.is_empty(), "{kind:?}: read at the end returned data");
-        ensure!(dev.pread(100, size - 10)?.len() == 10, "{kind:?}: read straddling the end not clamped to 10 bytes");
-        ensure!(dev.pread(10, i64::MAX - 10)?.is_empty(), "{kind:?}: read at 2^63-11 returned data");
-        let e = dev.pread(10, -4096).err().context("read at a negative offset succeeded")?;
-        ensure!(errno_of(&e) == EINVAL, "{kind:?}: read at a negative offset: {e}, want EINVAL");
+        ensure!(
+            dev.seek_end()? == size,
+            "{kind:?}: SEEK_END is not the buffer size {size}"
+        );
+        ensure!(
+            dev.pread(100, size)?.is_empty(),
+            "{kind:?}: read at the end returned data"
+        );
+        ensure!(
+            dev.pread(100, size - 10)?.len() == 10,
+            "{kind:?}: read straddling the end not clamped to 10 bytes"
+        );
+        ensure!(
+            dev.pread(10, i64::MAX - 10)?.is_empty(),
+            "{kind:?}: read at 2^63-11 returned data"
+        );
+        let e = dev
+            .pread(10, -4096)
+            .err()
+            .context("read at a negative offset succeeded")?;
+        ensure!(
+            errno_of(&e) == EINVAL,
+            "{kind:?}: read at a negative offset: {e}, want EINVAL"
+        );
 
-        let e = dev.pwrite(b"12345678", size).err().context("write at the end succeeded")?;
-        ensure!(errno_of(&e) == ENOSPC, "{kind:?}: write at the end: {e}, want ENOSPC");
-        let e = dev.pwrite(b"12345678", i64::MAX - 8).err().context("write at 2^63-9 succeeded")?;
-        ensure!(errno_of(&e) == ENOSPC, "{kind:?}: write at 2^63-9: {e}, want ENOSPC");
+        let e = dev
+            .pwrite(b"12345678", size)
+            .err()
+            .context("write at the end succeeded")?;
+        ensure!(
+            errno_of(&e) == ENOSPC,
+            "{kind:?}: write at the end: {e}, want ENOSPC"
+        );
+        let e = dev
+            .pwrite(b"12345678", i64::MAX - 8)
+            .err()
+            .context("write at 2^63-9 succeeded")?;
+        ensure!(
+            errno_of(&e) == ENOSPC,
+            "{kind:?}: write at 2^63-9: {e}, want ENOSPC"
+        );
         let n = dev.pwrite(b"12345678", size - 4)?;
-        ensure!(n == 4, "{kind:?}: write straddling the end stored {n} bytes, want 4");
-        ensure!(dev.pread(4, size - 4)? == b"1234", "{kind:?}: the clamped write stored the wrong bytes");
+        ensure!(
+            n == 4,
+            "{kind:?}: write straddling the end stored {n} bytes, want 4"
+        );
+        ensure!(
+            dev.pread(4, size - 4)? == b"1234",
+            "{kind:?}: the clamped write stored the wrong bytes"
+        );
     }
     m.unload()
 }
@@ -134,7 +211,10 @@ fn mapping_from_a_page_offset() -> Result<()> {
     for kind in Kind::ALL {
         let dev = Device::open(kind)?;
         for page in 0..NPAGES {
-            dev.pwrite(format!("page{page:03}").as_bytes(), (page * ps() + 4) as i64)?;
+            dev.pwrite(
+                format!("page{page:03}").as_bytes(),
+                (page * ps() + 4) as i64,
+            )?;
         }
         for (first, pages) in [(5, 4), (NPAGES - 1, 1), (1, NPAGES - 1)] {
             let map = dev.map(pages, first, MAP_SHARED)?;
@@ -167,27 +247,53 @@ fn bad_requests_are_refused_and_map_nothing() -> Result<()> {
     // (what, length, byte offset, errno). Length 0, an unaligned offset, and offset +
     // length overflowing are refused by the kernel before the driver is called.
     let cases: [(&str, usize, i64, i32); 8] = [
-        ("one page longer than the buffer", (NPAGES + 1) * ps, 0, EINVAL),
-        ("two pages from the last page", 2 * ps, ((NPAGES - 1) * ps) as i64, EINVAL),
-        ("offset at the end of the buffer", ps, (NPAGES * ps) as i64, ENXIO),
+        (
+            "one page longer than the buffer",
+            (NPAGES + 1) * ps,
+            0,
+            EINVAL,
+        ),
+        (
+            "two pages from the last page",
+            2 * ps,
+            ((NPAGES - 1) * ps) as i64,
+            EINVAL,
+        ),
+        (
+            "offset at the end of the buffer",
+            ps,
+            (NPAGES * ps) as i64,
+            ENXIO,
+        ),
         ("offset far past the end", ps, 1 << 40, ENXIO),
         ("offset + length overflows", 2 * ps, top, EOVERFLOW),
         ("length 0", 0, 0, EINVAL),
         ("unaligned offset", ps, 1, EINVAL),
-        ("length rounding up past the address space", usize::MAX, 0, ENOMEM),
+        (
+            "length rounding up past the address space",
+            usize::MAX,
+            0,
+            ENOMEM,
+        ),
     ];
     for kind in Kind::ALL {
         let dev = Device::open(kind)?;
         for (what, len, offset, want) in cases {
             let before = device_maps_lines()?;
             match dev.map_raw(len, PROT_READ | PROT_WRITE, MAP_SHARED, offset) {
-                Ok(map) => bail!("{kind:?}: {what} (len {len:#x}, offset {offset:#x}) was mapped at {:#x}", map.addr()),
+                Ok(map) => bail!(
+                    "{kind:?}: {what} (len {len:#x}, offset {offset:#x}) was mapped at {:#x}",
+                    map.addr()
+                ),
                 Err(e) => ensure!(
                     errno_of(&e) == want,
                     "{kind:?}: {what} (len {len:#x}, offset {offset:#x}) refused with {e}, want errno {want}"
                 ),
             }
-            ensure!(before.is_empty(), "{kind:?}: device mapped before {what}: {before:?}");
+            ensure!(
+                before.is_empty(),
+                "{kind:?}: device mapped before {what}: {before:?}"
+            );
             assert_unmapped(kind, what)?;
         }
     }
@@ -198,11 +304,18 @@ fn bad_requests_are_refused_and_map_nothing() -> Result<()> {
 fn vmalloc_refuses_private_mappings() -> Result<()> {
     let m = setup()?;
     let dev = Device::open(Kind::Vmalloc)?;
-    for (pages, first, prot) in [(1, 0, PROT_READ), (1, 3, PROT_READ | PROT_WRITE), (NPAGES, 0, PROT_READ | PROT_WRITE)] {
+    for (pages, first, prot) in [
+        (1, 0, PROT_READ),
+        (1, 3, PROT_READ | PROT_WRITE),
+        (NPAGES, 0, PROT_READ | PROT_WRITE),
+    ] {
         let what = format!("MAP_PRIVATE of {pages} pages from page {first}, prot {prot}");
         match dev.map_raw(pages * ps(), prot, MAP_PRIVATE, (first * ps()) as i64) {
             Ok(map) => bail!("vmalloc: {what} was mapped at {:#x}", map.addr()),
-            Err(e) => ensure!(errno_of(&e) == EINVAL, "vmalloc: {what} refused with {e}, want EINVAL"),
+            Err(e) => ensure!(
+                errno_of(&e) == EINVAL,
+                "vmalloc: {what} refused with {e}, want EINVAL"
+            ),
         }
         assert_unmapped(Kind::Vmalloc, &what)?;
     }
@@ -215,12 +328,24 @@ fn npages_bounds_are_enforced_at_load() -> Result<()> {
     require_guest();
     let mut m = Module::lock()?;
     for bad in ["npages=0", "npages=1025", "npages=4294967295"] {
-        let e = finit_module(bad).err().with_context(|| format!("insmod with {bad} succeeded"))?;
-        ensure!(errno_of(&e) == EINVAL, "insmod with {bad}: {e}, want EINVAL");
-        ensure!(!is_loaded(), "insmod with {bad} failed but the module is loaded");
+        let e = finit_module(bad)
+            .err()
+            .with_context(|| format!("insmod with {bad} succeeded"))?;
+        ensure!(
+            errno_of(&e) == EINVAL,
+            "insmod with {bad}: {e}, want EINVAL"
+        );
+        ensure!(
+            !is_loaded(),
+            "insmod with {bad} failed but the module is loaded"
+        );
     }
     let log = m.new_log()?;
-    for bad in ["npages=0 refused", "npages=1025 refused", "npages=4294967295 refused"] {
+    for bad in [
+        "npages=0 refused",
+        "npages=1025 refused",
+        "npages=4294967295 refused",
+    ] {
         ensure!(
             log.iter().any(|r| r.level == 3 && r.text.contains(bad)),
             "no pr_err {bad:?} in the kernel log: {log:?}"
@@ -232,8 +357,15 @@ fn npages_bounds_are_enforced_at_load() -> Result<()> {
     for good in [1, 1024] {
         let m = Module::load(good)?;
         let pfns = buffer_pfns(Kind::Kmalloc)?;
-        ensure!(pfns.len() == good, "npages={good}: kmalloc_pfns has {} lines", pfns.len());
-        ensure!(counter("npages")? == good as i64, "npages={good}: counters disagree");
+        ensure!(
+            pfns.len() == good,
+            "npages={good}: kmalloc_pfns has {} lines",
+            pfns.len()
+        );
+        ensure!(
+            counter("npages")? == good as i64,
+            "npages={good}: counters disagree"
+        );
         ensure!(
             counter("reserved_pages")? == 2 * good as i64,
             "npages={good}: {} reserved pages, want {}",
@@ -242,7 +374,10 @@ fn npages_bounds_are_enforced_at_load() -> Result<()> {
         );
         let dev = Device::open(Kind::Vmalloc)?;
         let map = dev.map(good, 0, MAP_SHARED)?;
-        ensure!(map.read((good - 1) * ps(), 4) == PATTERN, "npages={good}: last vmalloc page lacks the pattern");
+        ensure!(
+            map.read((good - 1) * ps(), 4) == PATTERN,
+            "npages={good}: last vmalloc page lacks the pattern"
+        );
         drop(map);
         drop(dev);
         m.unload()?;
@@ -275,7 +410,14 @@ fn procfs_total_tracks_a_10_mib_anonymous_mapping() -> Result<()> {
         let (_, before, _) = consistent_listings()?;
         // SAFETY: a fresh anonymous mapping, unmapped below.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                PROT_READ | PROT_WRITE,
+                MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
         ensure!(p != libc::MAP_FAILED, "anonymous mmap of 10 MiB failed");
         let (vmas, during, _) = consistent_listings()?;
@@ -284,7 +426,8 @@ fn procfs_total_tracks_a_10_mib_anonymous_mapping() -> Result<()> {
         let (_, after, _) = consistent_listings()?;
         let addr = p as u64;
         ensure!(
-            vmas.iter().any(|v| v.start <= addr && addr + LEN as u64 <= v.end && v.path.is_none()),
+            vmas.iter()
+                .any(|v| v.start <= addr && addr + LEN as u64 <= v.end && v.path.is_none()),
             "no anonymous VMA in /proc/mmtrace_vmas covers the new mapping at {addr:#x}"
         );
         if before == after {
@@ -312,7 +455,10 @@ fn procfs_listing_matches_proc_self_maps() -> Result<()> {
     let (vmas, total, maps) = consistent_listings()?;
     // The gate VMA ([vsyscall]) is not in the process's maple tree; /proc/self/maps
     // adds it, and get_gate_vma() is not exported to modules.
-    let maps: Vec<MapsLine> = maps.into_iter().filter(|l| l.name.as_deref() != Some("[vsyscall]")).collect();
+    let maps: Vec<MapsLine> = maps
+        .into_iter()
+        .filter(|l| l.name.as_deref() != Some("[vsyscall]"))
+        .collect();
     ensure!(
         vmas.len() == maps.len(),
         "/proc/mmtrace_vmas has {} VMAs, /proc/self/maps {}:\n{vmas:#x?}\n{maps:#x?}",
@@ -328,22 +474,37 @@ fn procfs_listing_matches_proc_self_maps() -> Result<()> {
         ]
         .into_iter()
         .collect();
-        let offset = if v.path.is_some() { v.pgoff * ps() as u64 } else { 0 };
+        let offset = if v.path.is_some() {
+            v.pgoff * ps() as u64
+        } else {
+            0
+        };
         let name_ok = match &v.path {
             Some(p) => l.name.as_deref() == Some(p.as_str()),
             None => l.name.as_deref().is_none_or(|n| n.starts_with('[')),
         };
         ensure!(
-            (v.start, v.end, perms.as_str(), offset) == (l.start, l.end, l.perms.as_str(), l.offset) && name_ok,
+            (v.start, v.end, perms.as_str(), offset)
+                == (l.start, l.end, l.perms.as_str(), l.offset)
+                && name_ok,
             "/proc/mmtrace_vmas line {v:x?} (perms {perms}, offset {offset:#x}) disagrees with /proc/self/maps {l:x?}"
         );
-        if v.path.as_deref().is_some_and(|p| p.starts_with("/dev/mmtrace-")) {
+        if v.path
+            .as_deref()
+            .is_some_and(|p| p.starts_with("/dev/mmtrace-"))
+        {
             let want = VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP;
-            ensure!(v.flags & want == want, "device VMA {v:x?} lacks VM_IO|VM_PFNMAP|VM_DONTEXPAND|VM_DONTDUMP");
+            ensure!(
+                v.flags & want == want,
+                "device VMA {v:x?} lacks VM_IO|VM_PFNMAP|VM_DONTEXPAND|VM_DONTDUMP"
+            );
         }
     }
     let sum: u64 = vmas.iter().map(|v| v.end - v.start).sum();
-    ensure!(total == sum, "/proc/mmtrace_vmas total {total} is not the sum of its VMAs {sum}");
+    ensure!(
+        total == sum,
+        "/proc/mmtrace_vmas total {total} is not the sum of its VMAs {sum}"
+    );
     drop((_shared, _private, _vshared, kdev, vdev));
     m.unload()
 }
@@ -353,14 +514,23 @@ fn page_tables_agree_with_the_pfn_list() -> Result<()> {
     let m = setup()?;
     for kind in Kind::ALL {
         let pfns = buffer_pfns(kind)?;
-        ensure!(pfns.len() == NPAGES, "{kind:?}: {} PFNs listed, want {NPAGES}", pfns.len());
+        ensure!(
+            pfns.len() == NPAGES,
+            "{kind:?}: {} PFNs listed, want {NPAGES}",
+            pfns.len()
+        );
         let mut sorted = pfns.clone();
         sorted.sort();
         sorted.dedup();
-        ensure!(sorted.len() == NPAGES && sorted[0] != 0, "{kind:?}: PFN list has duplicates or 0: {pfns:x?}");
+        ensure!(
+            sorted.len() == NPAGES && sorted[0] != 0,
+            "{kind:?}: PFN list has duplicates or 0: {pfns:x?}"
+        );
         if kind == Kind::Kmalloc {
             ensure!(
-                pfns.iter().enumerate().all(|(i, p)| *p == pfns[0] + i as u64),
+                pfns.iter()
+                    .enumerate()
+                    .all(|(i, p)| *p == pfns[0] + i as u64),
                 "kmalloc: buffer is not physically contiguous: {pfns:x?}"
             );
         }
@@ -368,12 +538,18 @@ fn page_tables_agree_with_the_pfn_list() -> Result<()> {
         let whole = dev.map(NPAGES, 0, MAP_SHARED)?;
         let got = pagetable(kind)?;
         let want = expected_pagetable(&[(&whole, 0)], &pfns);
-        ensure!(got == want, "{kind:?}: whole shared mapping: page table {got:x?}, want {want:x?}");
+        ensure!(
+            got == want,
+            "{kind:?}: whole shared mapping: page table {got:x?}, want {want:x?}"
+        );
 
         let part = dev.map(5, 3, MAP_SHARED)?;
         let got = pagetable(kind)?;
         let want = expected_pagetable(&[(&whole, 0), (&part, 3)], &pfns);
-        ensure!(got == want, "{kind:?}: shared mappings from page 0 and 3: page table {got:x?}, want {want:x?}");
+        ensure!(
+            got == want,
+            "{kind:?}: shared mappings from page 0 and 3: page table {got:x?}, want {want:x?}"
+        );
         drop((whole, part));
         assert_unmapped(kind, "after munmap")?;
     }
@@ -399,25 +575,43 @@ fn kmalloc_private_mapping_is_copy_on_write() -> Result<()> {
         );
         let got = pagetable(kind)?;
         let want = expected_pagetable(&[(&map, first)], &pfns);
-        ensure!(got == want, "private map from page {first}: page table {got:x?}, want {want:x?}");
-        ensure!(map.read(0, 4) == PATTERN, "private map from page {first}: no pattern");
+        ensure!(
+            got == want,
+            "private map from page {first}: page table {got:x?}, want {want:x?}"
+        );
+        ensure!(
+            map.read(0, 4) == PATTERN,
+            "private map from page {first}: no pattern"
+        );
     }
 
     let map = dev.map(NPAGES, 0, MAP_PRIVATE)?;
     // Before any store, the private mapping is the buffer: write() shows through.
     dev.pwrite(b"before cow", (ps() + 8) as i64)?;
-    ensure!(map.read(ps() + 8, 10) == b"before cow", "private map: write() to an untouched page not visible");
+    ensure!(
+        map.read(ps() + 8, 10) == b"before cow",
+        "private map: write() to an untouched page not visible"
+    );
 
     // A store copies the page: the buffer keeps its bytes, the PTE moves to a new page.
     let off = 2 * ps() + 8;
     let original = dev.pread(13, off as i64)?;
     map.write(off, b"private store");
-    ensure!(map.read(off, 13) == b"private store", "private map: store not visible through the mapping itself");
+    ensure!(
+        map.read(off, 13) == b"private store",
+        "private map: store not visible through the mapping itself"
+    );
     let after = dev.pread(13, off as i64)?;
-    ensure!(after == original, "private map: a store reached the device buffer: {after:02x?}");
+    ensure!(
+        after == original,
+        "private map: a store reached the device buffer: {after:02x?}"
+    );
     let got = pagetable(kind)?;
     for (i, (addr, pfn)) in got.iter().enumerate() {
-        ensure!(*addr == map.addr() + (i * ps()) as u64, "private map: page table rows out of order: {got:x?}");
+        ensure!(
+            *addr == map.addr() + (i * ps()) as u64,
+            "private map: page table rows out of order: {got:x?}"
+        );
         if i == 2 {
             ensure!(
                 pfn.is_some() && *pfn != Some(pfns[2]),
@@ -425,14 +619,24 @@ fn kmalloc_private_mapping_is_copy_on_write() -> Result<()> {
                 pfns[2]
             );
         } else {
-            ensure!(*pfn == Some(pfns[i]), "private map: page {i} maps {pfn:x?}, want buffer PFN {:#x}", pfns[i]);
+            ensure!(
+                *pfn == Some(pfns[i]),
+                "private map: page {i} maps {pfn:x?}, want buffer PFN {:#x}",
+                pfns[i]
+            );
         }
     }
     // The copied page no longer follows the buffer; the others still do.
     dev.pwrite(b"late", (2 * ps() + 100) as i64)?;
-    ensure!(map.read(2 * ps() + 100, 4) != b"late", "private map: write() reached a copied page");
+    ensure!(
+        map.read(2 * ps() + 100, 4) != b"late",
+        "private map: write() reached a copied page"
+    );
     dev.pwrite(b"late", (3 * ps() + 100) as i64)?;
-    ensure!(map.read(3 * ps() + 100, 4) == b"late", "private map: write() to an untouched page not visible");
+    ensure!(
+        map.read(3 * ps() + 100, 4) == b"late",
+        "private map: write() to an untouched page not visible"
+    );
     drop(map);
     assert_unmapped(kind, "after munmap of the private map")?;
     drop(dev);
@@ -442,21 +646,45 @@ fn kmalloc_private_mapping_is_copy_on_write() -> Result<()> {
 #[test]
 fn live_mapping_counter_follows_vmas() -> Result<()> {
     let m = setup()?;
-    ensure!(counter("reserved_pages")? == 2 * NPAGES as i64, "reserved_pages is not 2 * npages");
+    ensure!(
+        counter("reserved_pages")? == 2 * NPAGES as i64,
+        "reserved_pages is not 2 * npages"
+    );
     for kind in Kind::ALL {
         let dev = Device::open(kind)?;
-        ensure!(live_maps(kind)? == 0, "{kind:?}: live mappings before any mmap");
+        ensure!(
+            live_maps(kind)? == 0,
+            "{kind:?}: live mappings before any mmap"
+        );
         let map = dev.map(4, 0, MAP_SHARED)?;
-        ensure!(live_maps(kind)? == 1, "{kind:?}: one mapping, counter says {}", live_maps(kind)?);
+        ensure!(
+            live_maps(kind)? == 1,
+            "{kind:?}: one mapping, counter says {}",
+            live_maps(kind)?
+        );
         // Punch out page 1: the VMA splits in two (open on the split-off part, close on
         // the removed one).
         // SAFETY: inside our own mapping; the Mapping's final munmap covers the hole.
-        ensure!(unsafe { libc::munmap(map.as_ptr().add(ps()).cast(), ps()) } == 0, "partial munmap failed");
-        ensure!(live_maps(kind)? == 2, "{kind:?}: after splitting, counter says {}", live_maps(kind)?);
+        ensure!(
+            unsafe { libc::munmap(map.as_ptr().add(ps()).cast(), ps()) } == 0,
+            "partial munmap failed"
+        );
+        ensure!(
+            live_maps(kind)? == 2,
+            "{kind:?}: after splitting, counter says {}",
+            live_maps(kind)?
+        );
         let got = pagetable(kind)?;
-        ensure!(got.len() == 3, "{kind:?}: 3 pages left mapped, page table lists {got:x?}");
+        ensure!(
+            got.len() == 3,
+            "{kind:?}: 3 pages left mapped, page table lists {got:x?}"
+        );
         drop(map);
-        ensure!(live_maps(kind)? == 0, "{kind:?}: after munmap, counter says {}", live_maps(kind)?);
+        ensure!(
+            live_maps(kind)? == 0,
+            "{kind:?}: after munmap, counter says {}",
+            live_maps(kind)?
+        );
     }
     m.unload()
 }
@@ -465,7 +693,10 @@ fn live_mapping_counter_follows_vmas() -> Result<()> {
 fn pipe() -> Result<(i32, i32)> {
     let mut fds = [0; 2];
     // SAFETY: fds has room for two descriptors.
-    ensure!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == 0, "pipe2 failed");
+    ensure!(
+        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == 0,
+        "pipe2 failed"
+    );
     Ok((fds[0], fds[1]))
 }
 
@@ -486,7 +717,10 @@ fn send_byte(fd: i32) {
 fn reap(pid: i32) -> Result<i32> {
     let mut status = 0;
     // SAFETY: waits for our own child.
-    ensure!(unsafe { libc::waitpid(pid, &mut status, 0) } == pid, "waitpid failed");
+    ensure!(
+        unsafe { libc::waitpid(pid, &mut status, 0) } == pid,
+        "waitpid failed"
+    );
     ensure!(libc::WIFEXITED(status), "child killed (status {status:#x})");
     Ok(libc::WEXITSTATUS(status))
 }
@@ -513,10 +747,21 @@ fn child_map(path: &CString, len: usize) -> *mut u8 {
         if fd < 0 {
             return std::ptr::null_mut();
         }
-        let p = libc::mmap(std::ptr::null_mut(), len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            PROT_READ | PROT_WRITE,
+            MAP_SHARED,
+            fd,
+            0,
+        );
         // The mapping keeps the file (and so the module) alive without the fd.
         libc::close(fd);
-        if p == libc::MAP_FAILED { std::ptr::null_mut() } else { p.cast() }
+        if p == libc::MAP_FAILED {
+            std::ptr::null_mut()
+        } else {
+            p.cast()
+        }
     }
 }
 
@@ -560,10 +805,16 @@ fn two_processes_see_each_others_writes() -> Result<()> {
         let result = (|| -> Result<()> {
             wait_byte(to_parent_r, "the child")?;
             let got = map.read(child_off, 5);
-            ensure!(got == b"child", "{kind:?}: the child's store is not visible in the parent's mapping: {got:02x?}");
+            ensure!(
+                got == b"child",
+                "{kind:?}: the child's store is not visible in the parent's mapping: {got:02x?}"
+            );
             // Ours, the copy the child inherited at fork, and the child's own.
             let live = live_maps(kind)?;
-            ensure!(live == 3, "{kind:?}: {live} live mappings with the child running, want 3");
+            ensure!(
+                live == 3,
+                "{kind:?}: {live} live mappings with the child running, want 3"
+            );
             map.write(parent_off, b"parent");
             Ok(())
         })();
@@ -579,7 +830,10 @@ fn two_processes_see_each_others_writes() -> Result<()> {
             code == 0,
             "{kind:?}: child exited {code} (2: mmap failed, 3: parent vanished, 4: parent's store not visible in the child)"
         );
-        ensure!(live_maps(kind)? == 1, "{kind:?}: child exited but its mappings are still counted");
+        ensure!(
+            live_maps(kind)? == 1,
+            "{kind:?}: child exited but its mappings are still counted"
+        );
     }
     m.unload()
 }
@@ -589,7 +843,10 @@ fn rmmod_is_refused_while_a_process_holds_a_mapping() -> Result<()> {
     let m = setup()?;
     let len = m.size();
     ensure!(module_refcnt()? == 0, "module in use before the test");
-    let paths = [CString::new(Kind::Kmalloc.dev_path())?, CString::new(Kind::Vmalloc.dev_path())?];
+    let paths = [
+        CString::new(Kind::Kmalloc.dev_path())?,
+        CString::new(Kind::Vmalloc.dev_path())?,
+    ];
     let (to_child_r, to_child_w) = pipe()?;
     let (to_parent_r, to_parent_w) = pipe()?;
     let pid = fork_child(|| {
@@ -615,8 +872,13 @@ fn rmmod_is_refused_while_a_process_holds_a_mapping() -> Result<()> {
     let result = (|| -> Result<()> {
         wait_byte(to_parent_r, "the child")?;
         let refcnt = module_refcnt()?;
-        ensure!(refcnt == 2, "child holds one mapping per device and no fd, module refcnt is {refcnt}, want 2");
-        let e = delete_module().err().context("rmmod succeeded while a process maps the device")?;
+        ensure!(
+            refcnt == 2,
+            "child holds one mapping per device and no fd, module refcnt is {refcnt}, want 2"
+        );
+        let e = delete_module()
+            .err()
+            .context("rmmod succeeded while a process maps the device")?;
         ensure!(
             errno_of(&e) == libc::EWOULDBLOCK,
             "rmmod while mapped failed with {e}, want EWOULDBLOCK (module in use)"
@@ -633,9 +895,41 @@ fn rmmod_is_refused_while_a_process_holds_a_mapping() -> Result<()> {
     let code = reap(pid)?;
     result?;
     ensure!(code == 0, "child exited {code} (2: open or mmap failed)");
-    ensure!(module_refcnt()? == 0, "child exited, module refcnt still {}", module_refcnt()?);
+    ensure!(
+        module_refcnt()? == 0,
+        "child exited, module refcnt still {}",
+        module_refcnt()?
+    );
     for kind in Kind::ALL {
-        ensure!(live_maps(kind)? == 0, "{kind:?}: child exited, mappings still counted");
+        ensure!(
+            live_maps(kind)? == 0,
+            "{kind:?}: child exited, mappings still counted"
+        );
     }
     m.unload()
+}
+
+#[test]
+fn rmmod_clears_the_reserved_bits() -> Result<()> {
+    let m = setup()?;
+    let mut pfns = Vec::new();
+    for kind in Kind::ALL {
+        for pfn in buffer_pfns(kind)? {
+            let flags = kpageflags(pfn)?;
+            ensure!(
+                flags & KPF_RESERVED != 0,
+                "{kind:?}: buffer PFN {pfn:#x} is not PG_reserved while loaded (kpageflags {flags:#x})"
+            );
+            pfns.push((kind, pfn));
+        }
+    }
+    m.unload()?;
+    for (kind, pfn) in pfns {
+        let flags = kpageflags(pfn)?;
+        ensure!(
+            flags & KPF_RESERVED == 0,
+            "{kind:?}: PFN {pfn:#x} still PG_reserved after rmmod (kpageflags {flags:#x})"
+        );
+    }
+    Ok(())
 }

@@ -68,6 +68,14 @@ enum Command {
     /// kprobes and the mmtrace_drv module. Exit status: 0 all PASS, 1 any FAIL, 2 error.
     #[command(name = "verify-driver")]
     VerifyDriver(VerifyDriverArgs),
+    /// Replay a JSON trace into per-process address-space timelines: a text summary, or
+    /// one self-contained HTML page with --html.
+    #[command(
+        after_help = "Examples:\n  \
+            mmap-trace report trace.jsonl                      events, bytes, refusals, lost\n  \
+            mmap-trace report trace.jsonl --html report.html   VMAs over time, per process"
+    )]
+    Report(crate::report::ReportArgs),
 }
 
 #[derive(Args)]
@@ -217,6 +225,10 @@ impl Cli {
                     plant: args.plant,
                 };
                 if crate::verify_driver::run(config)? { Outcome::Done } else { Outcome::Disagreed }
+            }
+            Command::Report(args) => {
+                crate::report::run(args)?;
+                Outcome::Done
             }
         })
     }

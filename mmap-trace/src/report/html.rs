@@ -1,0 +1,780 @@
+//! The HTML report: one self-contained page (inline SVG, CSS and script; nothing is
+//! fetched). Per process, x is time and y is address, high addresses on top. Both axes are
+//! compressed so everything stays visible: each address row between VMA boundaries gets a
+//! height that grows with the log of its size and unmapped stretches over 1 MiB collapse
+//! into a labelled gap; on the time axis every event gets a few pixels and long idle
+//! stretches are shortened (the tick labels give the real times).
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use super::{
+    bytes, duration,
+    input::{Mismatch, Trace},
+    model::{Kind, Process, Vma, prot_string},
+    text,
+};
+use crate::flags;
+
+const WIDTH: f64 = 1360.0;
+/// The plot's left edge: region labels live to its left.
+const PLOT_LEFT: f64 = 250.0;
+const PLOT_RIGHT: f64 = WIDTH - 24.0;
+/// Room for the time axis above the plot.
+const PLOT_TOP: f64 = 52.0;
+const BOTTOM_PAD: f64 = 12.0;
+/// Unmapped stretches up to this size stay in their region, drawn like a row.
+const HOLE_MAX: u64 = 1 << 20;
+const GAP_ROW: f64 = 18.0;
+const ROW_MIN: f64 = 6.0;
+const ROW_PER_DOUBLING: f64 = 2.6;
+const CLUSTER_MIN: f64 = 24.0;
+/// Taller than this and the rows shrink (gaps keep their height).
+const MAX_PLOT_HEIGHT: f64 = 2400.0;
+/// Every event step gets at least this much of the time axis, when it fits.
+const EVENT_STEP: f64 = 7.0;
+/// The right edge past the last event: where still-mapped VMAs end.
+const END_PAD: f64 = 26.0;
+
+pub fn render(trace: &Trace, processes: &[Process], title: &str) -> String {
+    let t0 = trace.events.iter().map(|e| e.ts_ns).min().unwrap_or(0);
+    let mut data = Data { events: Vec::new(), vmas: Vec::new(), mismatches: Vec::new(), event_ids: Vec::new() };
+    data.event_ids = vec![None; trace.events.len()];
+    let mut body = String::new();
+    for p in processes {
+        section(&mut body, trace, p, t0, &mut data);
+    }
+    let json = json!({ "events": data.events, "vmas": data.vmas, "mismatches": data.mismatches });
+    // `<` only occurs inside JSON strings, where \u003c means the same: no `</script>`.
+    let json = json.to_string().replace('<', "\\u003c");
+    let mut page = String::new();
+    let _ = write!(
+        page,
+        r#"<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>mmap-trace report: {title}</title>
+<style>{STYLE}</style></head>
+<body>
+<header><h1>mmap-trace report <span class="src">{title}</span></h1>
+<p class="meta">{events} events · {procs} process(es) · lost events: {lost}{ended}</p>
+{legend}
+</header>
+{body}<div id="tip" role="tooltip"></div>
+<script type="application/json" id="report-data">{json}</script>
+<script>{SCRIPT}</script>
+</body></html>
+"#,
+        title = esc(title),
+        events = trace.events.len(),
+        procs = processes.len(),
+        lost = esc(&text::lost_counts(trace)),
+        ended = trace
+            .summary
+            .as_ref()
+            .and_then(|s| s.get("ended"))
+            .and_then(Value::as_str)
+            .map(|e| format!(" · ended: {}", esc(e)))
+            .unwrap_or_default(),
+        legend = legend(),
+    );
+    page
+}
+
+/// The tooltip data, referenced by index from the SVG (`data-v`, `data-e`, `data-m`).
+struct Data {
+    events: Vec<Value>,
+    vmas: Vec<Value>,
+    mismatches: Vec<Value>,
+    /// Trace event index → index in `events`, for events already added.
+    event_ids: Vec<Option<usize>>,
+}
+
+impl Data {
+    fn event(&mut self, trace: &Trace, i: usize, t0: u64) -> usize {
+        if let Some(id) = self.event_ids[i] {
+            return id;
+        }
+        let e = &trace.events[i];
+        let id = self.events.len();
+        self.events.push(json!({
+            "t": format!("+{}", duration(e.ts_ns - t0)),
+            "probe": e.probe,
+            "tid": e.tid,
+            "line": e.line,
+            "detail": e.detail,
+            "error": e.error,
+        }));
+        self.event_ids[i] = Some(id);
+        id
+    }
+}
+
+fn section(out: &mut String, trace: &Trace, p: &Process, t0: u64, data: &mut Data) {
+    let stats = text::stats(trace, p);
+    let mismatches: Vec<&Mismatch> = trace.mismatches.iter().filter(|m| m.pid == p.pid).collect();
+    let live = p.vmas.iter().filter(|v| v.t_end.is_none()).count();
+    let _ = write!(
+        out,
+        r#"<section class="process" id="pid-{pid}">
+<h2>pid {pid} <span class="comm">{comm}</span></h2>
+<p class="stats"><b>{n} events</b> over {span}: {counts}<br>
+mapped {mapped}, unmapped {unmapped} · refused: {refused} · {bars} VMA intervals, {live} mapped at the end{mm}</p>
+"#,
+        pid = p.pid,
+        comm = esc(&p.comm),
+        n = p.events.len(),
+        span = duration(p.last_ts - p.first_ts),
+        counts = esc(&text::probe_counts(&stats)),
+        mapped = bytes(p.mapped_bytes),
+        unmapped = bytes(p.unmapped_bytes),
+        refused = esc(&text::refused_counts(&stats)),
+        bars = p.vmas.len(),
+        mm = if mismatches.is_empty() {
+            String::new()
+        } else {
+            format!(r#" · <span class="bad">{} verify mismatch(es)</span>"#, mismatches.len())
+        },
+    );
+    if p.vmas.is_empty() {
+        out.push_str("<p class=\"empty\">No mappings: this process made no successful calls the model could place.</p>\n</section>\n");
+        return;
+    }
+    let addr = AddrAxis::new(&p.vmas);
+    let mut times: Vec<u64> = p.events.iter().map(|&i| trace.events[i].ts_ns).collect();
+    times.extend(p.vmas.iter().flat_map(|v| [Some(v.t_start), v.t_end]).flatten());
+    times.extend(mismatches.iter().filter_map(|m| m.ts_ns));
+    let time = TimeAxis::new(times);
+    let height = addr.bottom + BOTTOM_PAD;
+    let _ = writeln!(
+        out,
+        r#"<svg class="timeline" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height:.0}" viewBox="0 0 {WIDTH} {height:.0}">"#
+    );
+    regions(out, &addr, &p.vmas);
+    time_axis(out, &time, trace, p, t0, addr.bottom, data);
+    out.push_str("<g class=\"bars\">\n");
+    for vma in &p.vmas {
+        let flagged = mismatches.iter().any(|m| overlaps_mismatch(vma, m, time.last));
+        bar(out, vma, &addr, &time, flagged, trace, t0, data);
+    }
+    out.push_str("</g>\n");
+    for m in &mismatches {
+        mismatch_mark(out, m, &addr, &time, data);
+    }
+    out.push_str("</svg>\n");
+    if !mismatches.is_empty() {
+        out.push_str("<table class=\"mismatches\"><tr><th>line</th><th>verify mismatch</th></tr>\n");
+        for m in &mismatches {
+            let _ = writeln!(out, "<tr><td>{}</td><td>{}</td></tr>", m.line, esc(&m.detail));
+        }
+        out.push_str("</table>\n");
+    }
+    out.push_str("</section>\n");
+}
+
+/// A mismatch's range overlaps the VMA at the time verify compared (or at the end).
+fn overlaps_mismatch(vma: &Vma, m: &Mismatch, last: u64) -> bool {
+    let Some(start) = m.addr else { return false };
+    let end = m.end.unwrap_or(start + 1);
+    let t = m.ts_ns.unwrap_or(last);
+    vma.start < end && start < vma.end && vma.t_start <= t && vma.t_end.is_none_or(|e| e > t)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bar(out: &mut String, vma: &Vma, addr: &AddrAxis, time: &TimeAxis, flagged: bool, trace: &Trace, t0: u64, data: &mut Data) {
+    let a = &vma.attrs;
+    let x0 = time.x(vma.t_start);
+    let x1 = vma.t_end.map_or(time.end_x, |t| time.x(t)).max(x0 + 2.0);
+    let (y0, y1) = (addr.y(vma.end), addr.y(vma.start));
+    let prot_class = match a.prot {
+        0 => "p-none",
+        p if p & 4 != 0 => "p-x",
+        p if p & 2 != 0 => "p-rw",
+        _ => "p-r",
+    };
+    let mut classes = format!("vma k-{} {prot_class}", a.kind.name());
+    if a.driver {
+        classes.push_str(" driver");
+    }
+    if flagged {
+        classes.push_str(" mismatch");
+    }
+    if vma.t_end.is_none() {
+        classes.push_str(" live");
+    }
+    let touches: Vec<Value> = vma
+        .touches
+        .iter()
+        .map(|t| json!([data.event(trace, t.event, t0), t.role.name()]))
+        .collect();
+    let id = data.vmas.len();
+    data.vmas.push(json!({
+        "range": format!("{:#x}-{:#x}", vma.start, vma.end),
+        "size": bytes(vma.len()),
+        "kind": kind_label(a.kind),
+        "prot": prot_string(a.prot),
+        "span": format!(
+            "+{} → {}",
+            duration(vma.t_start - t0),
+            vma.t_end.map_or("still mapped at the end".to_string(), |e| format!("+{}", duration(e - t0)))
+        ),
+        "file": a.file,
+        "vm_flags": a.vm_flags.map(|f| format!("{} ({f:#x})", flags::decode(flags::VM, f))),
+        "pfns": a.pfns.iter().map(|r| format!("{:#x} → pfn {:#x} ({})", r.addr, r.pfn, bytes(r.size))).collect::<Vec<_>>(),
+        "driver": a.driver,
+        "mismatch": flagged,
+        "touches": touches,
+    }));
+    let _ = writeln!(
+        out,
+        r#"<rect class="{classes}" x="{x0:.1}" y="{y0:.1}" width="{w:.1}" height="{h:.1}" data-v="{id}" data-start="{s:#x}" data-end="{e:#x}" data-kind="{k}" data-prot="{pr}" data-t0="{ts}" data-t1="{te}"/>"#,
+        w = x1 - x0,
+        h = (y1 - y0).max(1.0),
+        s = vma.start,
+        e = vma.end,
+        k = a.kind.name(),
+        pr = prot_string(a.prot),
+        ts = vma.t_start,
+        te = vma.t_end.map_or(String::new(), |t| t.to_string()),
+    );
+}
+
+fn kind_label(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Anon => "anonymous",
+        Kind::File => "file",
+        Kind::Device => "device / PFNMAP",
+        Kind::Heap => "heap (brk)",
+        Kind::Stack => "stack",
+    }
+}
+
+fn mismatch_mark(out: &mut String, m: &Mismatch, addr: &AddrAxis, time: &TimeAxis, data: &mut Data) {
+    let id = data.mismatches.len();
+    data.mismatches.push(json!({ "line": m.line, "detail": m.detail }));
+    let x = m.ts_ns.map_or(time.end_x, |t| time.x(t));
+    let Some(start) = m.addr else {
+        let _ = writeln!(out, r#"<g class="mm" data-m="{id}"><line x1="{x:.1}" x2="{x:.1}" y1="{PLOT_TOP}" y2="{:.1}"/></g>"#, addr.bottom);
+        return;
+    };
+    let (y0, y1) = (addr.y(m.end.unwrap_or(start)), addr.y(start));
+    let yc = (y0 + y1) / 2.0;
+    let _ = writeln!(
+        out,
+        r#"<g class="mm" data-m="{id}"><line x1="{x:.1}" x2="{x:.1}" y1="{y0:.1}" y2="{y1:.1}"/><path d="M{x:.1} {a:.1}l7 7l-7 7l-7-7z"/></g>"#,
+        a = yc - 7.0,
+    );
+}
+
+/// One row of the address axis, high addresses first.
+#[derive(Debug)]
+struct Row {
+    lo: u64,
+    hi: u64,
+    top: f64,
+    height: f64,
+    gap: bool,
+}
+
+/// Rows between gaps: one labelled region.
+#[derive(Debug)]
+struct Region {
+    lo: u64,
+    hi: u64,
+    top: f64,
+    bottom: f64,
+}
+
+struct AddrAxis {
+    rows: Vec<Row>,
+    regions: Vec<Region>,
+    bottom: f64,
+}
+
+impl AddrAxis {
+    fn new(vmas: &[Vma]) -> Self {
+        let mut bounds: Vec<u64> = vmas.iter().flat_map(|v| [v.start, v.end]).collect();
+        bounds.sort_unstable();
+        bounds.dedup();
+        // How many intervals cover each elementary stretch between two bounds.
+        let mut depth = vec![0i64; bounds.len() + 1];
+        for v in vmas {
+            let at = |a: u64| bounds.binary_search(&a).expect("a bound");
+            depth[at(v.start)] += 1;
+            depth[at(v.end)] -= 1;
+        }
+        let mut rows = Vec::new();
+        let mut covered = 0;
+        for k in 0..bounds.len().saturating_sub(1) {
+            covered += depth[k];
+            let (lo, hi) = (bounds[k], bounds[k + 1]);
+            let pages = ((hi - lo) / super::model::PAGE).max(1) as f64;
+            let used = covered > 0;
+            let gap = !used && hi - lo > HOLE_MAX;
+            let height = if gap {
+                GAP_ROW
+            } else if used {
+                ROW_MIN + ROW_PER_DOUBLING * pages.log2()
+            } else {
+                // A small hole inside a region: visible, but thinner than a mapping.
+                2.0 + 1.2 * pages.log2()
+            };
+            rows.push(Row { lo, hi, top: 0.0, height, gap });
+        }
+        rows.reverse();
+        // Regions: maximal runs of non-gap rows; each tall enough for its label.
+        let mut spans = Vec::new();
+        let mut k = 0;
+        while k < rows.len() {
+            if rows[k].gap {
+                k += 1;
+                continue;
+            }
+            let first = k;
+            while k < rows.len() && !rows[k].gap {
+                k += 1;
+            }
+            spans.push((first, k));
+        }
+        for &(a, b) in &spans {
+            let h: f64 = rows[a..b].iter().map(|r| r.height).sum();
+            if h < CLUSTER_MIN {
+                rows[a..b].iter_mut().for_each(|r| r.height *= CLUSTER_MIN / h);
+            }
+        }
+        let content: f64 = rows.iter().filter(|r| !r.gap).map(|r| r.height).sum();
+        let gaps: f64 = rows.iter().filter(|r| r.gap).map(|r| r.height).sum();
+        if content + gaps > MAX_PLOT_HEIGHT && content > 0.0 {
+            let scale = ((MAX_PLOT_HEIGHT - gaps) / content).max(0.2);
+            rows.iter_mut().filter(|r| !r.gap).for_each(|r| r.height = (r.height * scale).max(1.5));
+        }
+        let mut y = PLOT_TOP;
+        for r in &mut rows {
+            r.top = y;
+            y += r.height;
+        }
+        let regions = spans
+            .iter()
+            .map(|&(a, b)| Region {
+                lo: rows[b - 1].lo,
+                hi: rows[a].hi,
+                top: rows[a].top,
+                bottom: rows[b - 1].top + rows[b - 1].height,
+            })
+            .collect();
+        Self { rows, regions, bottom: y }
+    }
+
+    /// The y of an address: exact at row edges, linear inside a row, clamped outside.
+    fn y(&self, addr: u64) -> f64 {
+        let Some(first) = self.rows.first() else { return PLOT_TOP };
+        if addr >= first.hi {
+            return first.top;
+        }
+        // Rows run from high to low addresses.
+        let k = self.rows.partition_point(|r| r.lo > addr);
+        match self.rows.get(k) {
+            Some(r) => r.top + r.height * (r.hi - addr) as f64 / (r.hi - r.lo) as f64,
+            None => self.bottom,
+        }
+    }
+}
+
+/// Piecewise-linear time: every step between consecutive event times gets at least
+/// `EVENT_STEP` px (when that fits), the rest of the width is shared by real duration with
+/// idle stretches capped at 1/20 of the span.
+struct TimeAxis {
+    times: Vec<u64>,
+    xs: Vec<f64>,
+    /// Steps that were shortened: `(index of the step's end, real duration)`.
+    breaks: Vec<(usize, u64)>,
+    last: u64,
+    end_x: f64,
+}
+
+impl TimeAxis {
+    fn new(mut times: Vec<u64>) -> Self {
+        times.sort_unstable();
+        times.dedup();
+        let width = PLOT_RIGHT - END_PAD - PLOT_LEFT;
+        let steps = times.len().saturating_sub(1);
+        let span = times.last().copied().unwrap_or(0) - times.first().copied().unwrap_or(0);
+        let cap = (span / 20).max(1);
+        let capped: Vec<u64> = times.windows(2).map(|w| (w[1] - w[0]).min(cap)).collect();
+        let total: u64 = capped.iter().sum();
+        let step = if steps == 0 { 0.0 } else { EVENT_STEP.min(0.4 * width / steps as f64) };
+        let share = width - step * steps as f64;
+        let mut xs = vec![PLOT_LEFT];
+        for c in &capped {
+            let dx = step + if total > 0 { share * *c as f64 / total as f64 } else { share / steps as f64 };
+            xs.push(xs.last().expect("non-empty") + dx);
+        }
+        let breaks = times
+            .windows(2)
+            .enumerate()
+            .filter(|(_, w)| w[1] - w[0] > cap && span > 0)
+            .map(|(k, w)| (k + 1, w[1] - w[0]))
+            .collect();
+        let last = times.last().copied().unwrap_or(0);
+        let end_x = xs.last().copied().unwrap_or(PLOT_LEFT) + END_PAD;
+        Self { times, xs, breaks, last, end_x }
+    }
+
+    fn x(&self, t: u64) -> f64 {
+        match self.times.binary_search(&t) {
+            Ok(k) => self.xs[k],
+            Err(0) => PLOT_LEFT,
+            Err(k) if k >= self.times.len() => self.xs[k - 1],
+            Err(k) => {
+                let (t0, t1) = (self.times[k - 1], self.times[k]);
+                self.xs[k - 1] + (self.xs[k] - self.xs[k - 1]) * (t - t0) as f64 / (t1 - t0) as f64
+            }
+        }
+    }
+}
+
+/// Region backgrounds and labels on the left, gap markers between regions.
+fn regions(out: &mut String, addr: &AddrAxis, vmas: &[Vma]) {
+    out.push_str("<g class=\"axis-y\">\n");
+    for (k, r) in addr.regions.iter().enumerate() {
+        let h = r.bottom - r.top;
+        let (name, full) = region_name(vmas, r.lo, r.hi);
+        let _ = writeln!(
+            out,
+            r#"<rect class="region{alt}" x="{PLOT_LEFT}" y="{top:.1}" width="{w:.1}" height="{h:.1}"/>"#,
+            alt = if k % 2 == 1 { " alt" } else { "" },
+            top = r.top,
+            w = PLOT_RIGHT - PLOT_LEFT,
+        );
+        let mid = r.top + h / 2.0;
+        let two_lines = h >= 30.0;
+        let name_y = if two_lines { mid - 2.0 } else { mid + 4.0 };
+        let _ = write!(
+            out,
+            r#"<g class="rlabel"><title>{full}
+{lo:#x}-{hi:#x} ({size})</title><text class="rname" x="{x:.1}" y="{name_y:.1}">{name}</text>"#,
+            full = esc(&full),
+            lo = r.lo,
+            hi = r.hi,
+            size = bytes(r.hi - r.lo),
+            x = PLOT_LEFT - 8.0,
+            name = esc(&name),
+        );
+        if two_lines {
+            let _ = write!(
+                out,
+                r#"<text class="raddr" x="{x:.1}" y="{y:.1}">{lo:#x} · {size}</text>"#,
+                x = PLOT_LEFT - 8.0,
+                y = mid + 11.0,
+                lo = r.lo,
+                size = bytes(r.hi - r.lo),
+            );
+        }
+        out.push_str("</g>\n");
+    }
+    for row in addr.rows.iter().filter(|r| r.gap) {
+        let y = row.top + row.height / 2.0;
+        let _ = writeln!(
+            out,
+            r#"<g class="gap"><line x1="{PLOT_LEFT}" x2="{PLOT_RIGHT}" y1="{y:.1}" y2="{y:.1}"/><text x="{x:.1}" y="{ty:.1}">⋯ {size} unmapped ⋯</text></g>"#,
+            x = PLOT_LEFT - 8.0,
+            ty = y + 4.0,
+            size = bytes(row.hi - row.lo),
+        );
+    }
+    out.push_str("</g>\n");
+}
+
+/// A region's label: what most of it is (driver > device > heap > stack > the file with
+/// the most bytes > anonymous), and the full list for the hover title.
+fn region_name(vmas: &[Vma], lo: u64, hi: u64) -> (String, String) {
+    let inside: Vec<&Vma> = vmas.iter().filter(|v| v.start < hi && lo < v.end).collect();
+    let mut files: Vec<(&str, u64)> = Vec::new();
+    for v in &inside {
+        if let Some(f) = v.attrs.file.as_deref() {
+            match files.iter_mut().find(|(name, _)| *name == f) {
+                Some(entry) => entry.1 += v.len(),
+                None => files.push((f, v.len())),
+            }
+        }
+    }
+    files.sort_by(|a, b| b.1.cmp(&a.1));
+    let full = if files.is_empty() {
+        "anonymous memory".to_string()
+    } else {
+        files.iter().map(|(f, _)| *f).collect::<Vec<_>>().join("\n")
+    };
+    let base = |f: &str| f.rsplit('/').next().unwrap_or(f).to_string();
+    let has = |k: Kind| inside.iter().any(|v| v.attrs.kind == k);
+    let name = if inside.iter().any(|v| v.attrs.driver) {
+        format!("driver {}", files.first().map(|(f, _)| base(f)).unwrap_or_default())
+    } else if has(Kind::Device) {
+        files.first().map(|(f, _)| base(f)).unwrap_or_else(|| "device".into())
+    } else if has(Kind::Heap) {
+        "[heap]".to_string()
+    } else if has(Kind::Stack) {
+        "[stack]".to_string()
+    } else if let Some((f, _)) = files.first() {
+        if files.len() > 1 { format!("{} +{}", base(f), files.len() - 1) } else { base(f) }
+    } else {
+        "[anon]".to_string()
+    };
+    (truncate(&name, 30), full)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let cut: String = s.chars().take(max - 1).collect();
+        format!("{cut}…")
+    }
+}
+
+/// Ticks with real times, idle breaks, exec markers and one tick per event (the rug).
+fn time_axis(out: &mut String, time: &TimeAxis, trace: &Trace, p: &Process, t0: u64, bottom: f64, data: &mut Data) {
+    out.push_str("<g class=\"axis-x\">\n");
+    let _ = writeln!(
+        out,
+        r#"<text class="axis-title" x="{x:.1}" y="14">address ↑ · time → (since the trace began; idle stretches shortened)</text>"#,
+        x = PLOT_LEFT
+    );
+    let mut last_label = f64::NEG_INFINITY;
+    for (k, &t) in time.times.iter().enumerate() {
+        let x = time.xs[k];
+        let is_last = k + 1 == time.times.len();
+        if x - last_label < 110.0 && !(is_last && x - last_label > 70.0) {
+            continue;
+        }
+        last_label = x;
+        let _ = writeln!(
+            out,
+            r#"<line class="tick" x1="{x:.1}" x2="{x:.1}" y1="{y0:.1}" y2="{bottom:.1}"/><text class="tlabel" x="{x:.1}" y="30">+{label}</text>"#,
+            y0 = PLOT_TOP - 6.0,
+            label = duration(t - t0),
+        );
+    }
+    for &(k, real) in &time.breaks {
+        let x = (time.xs[k - 1] + time.xs[k]) / 2.0;
+        let _ = writeln!(
+            out,
+            r#"<g class="break"><line x1="{x:.1}" x2="{x:.1}" y1="{y0:.1}" y2="{bottom:.1}"/><text x="{x:.1}" y="{ty:.1}">⫽ {real}</text></g>"#,
+            y0 = PLOT_TOP - 4.0,
+            ty = PLOT_TOP - 8.0,
+            real = duration(real),
+        );
+    }
+    let _ = writeln!(
+        out,
+        r#"<text class="tlabel end" x="{x:.1}" y="{y:.1}">end</text>"#,
+        x = time.end_x - 2.0,
+        y = PLOT_TOP - 8.0,
+    );
+    for &i in &p.events {
+        let e = &trace.events[i];
+        let x = time.x(e.ts_ns);
+        let id = data.event(trace, i, t0);
+        let class = if e.refused() { "ev refused" } else { "ev" };
+        if e.probe == "exec" {
+            let _ = writeln!(
+                out,
+                r#"<g class="exec" data-e="{id}"><line x1="{x:.1}" x2="{x:.1}" y1="{PLOT_TOP}" y2="{bottom:.1}"/><text x="{tx:.1}" y="{ty:.1}">exec</text></g>"#,
+                tx = x + 3.0,
+                ty = PLOT_TOP + 10.0,
+            );
+        }
+        let _ = writeln!(
+            out,
+            r#"<line class="{class} pr-{probe}" data-e="{id}" x1="{x:.1}" x2="{x:.1}" y1="{y0:.1}" y2="{y1:.1}"/>"#,
+            probe = esc(&e.probe),
+            y0 = PLOT_TOP - 5.0,
+            y1 = PLOT_TOP - 1.0,
+        );
+    }
+    out.push_str("</g>\n");
+}
+
+fn legend() -> String {
+    let mut s = String::from("<div class=\"legend\">");
+    for kind in Kind::ALL {
+        let _ = write!(
+            s,
+            r#"<span><svg width="22" height="14"><rect class="sw k-{k} p-rw" x="1" y="1" width="20" height="12"/></svg>{label}</span>"#,
+            k = kind.name(),
+            label = kind_label(kind),
+        );
+    }
+    s.push_str("<span class=\"sep\">prot:</span>");
+    for (class, label) in [("p-none", "--- (guard)"), ("p-r", "r--"), ("p-rw", "rw-"), ("p-x", "r-x / rwx")] {
+        let _ = write!(
+            s,
+            r#"<span><svg width="22" height="14"><rect class="sw k-anon {class}" x="1" y="1" width="20" height="12"/></svg>{label}</span>"#
+        );
+    }
+    s.push_str(concat!(
+        r#"<span class="sep"></span>"#,
+        r#"<span><svg width="22" height="14"><rect class="sw k-device p-rw driver" x="2" y="2" width="18" height="10"/></svg>driver mapping</span>"#,
+        r#"<span><svg width="22" height="16"><g class="mm"><path d="M11 1l7 7l-7 7l-7-7z"/></g></svg>verify mismatch</span>"#,
+        r#"<span><svg width="30" height="14"><g class="gap"><line x1="0" x2="30" y1="7" y2="7"/></g></svg>collapsed unmapped gap</span>"#,
+        r#"<span><svg width="22" height="14"><g class="break"><line x1="11" x2="11" y1="0" y2="14"/></g></svg>shortened idle time</span>"#,
+        r#"<span class="hint">Hover a bar for the events that created, split, moved or removed it. Bars reaching the right edge are still mapped.</span>"#,
+        "</div>"
+    ));
+    s
+}
+
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = r#"
+:root { color-scheme: light; }
+body { font: 13px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 16px 20px; color: #1d2330; background: #fff; }
+h1 { font-size: 19px; margin: 0 0 2px; } h1 .src { font-weight: 400; color: #5a6273; font-size: 14px; margin-left: 8px; }
+h2 { font-size: 16px; margin: 18px 0 2px; } h2 .comm { font-weight: 500; color: #2c5fb3; }
+.meta, .stats { margin: 2px 0 6px; color: #444b59; }
+.bad { color: #c0006a; font-weight: 600; }
+.legend { display: flex; flex-wrap: wrap; gap: 4px 14px; align-items: center; padding: 6px 10px; background: #f5f6f8; border: 1px solid #e1e4ea; border-radius: 6px; }
+.legend span { display: inline-flex; align-items: center; gap: 5px; }
+.legend .sep { color: #5a6273; font-weight: 600; margin-left: 6px; }
+.legend .hint { color: #5a6273; flex-basis: 100%; }
+svg.timeline { display: block; max-width: 100%; height: auto; }
+text { font-family: inherit; }
+rect.vma, rect.sw { --h: 215; --s: 70%; --l: 58%; fill: hsl(var(--h) var(--s) var(--l)); stroke: hsl(var(--h) 45% 28%); stroke-width: .6; }
+.k-anon { --h: 214; } .k-file { --h: 140; --s: 50%; } .k-device { --h: 18; --s: 85%; } .k-heap { --h: 275; --s: 55%; } .k-stack { --h: 44; --s: 85%; }
+.p-none { --l: 93%; stroke-dasharray: 3 2; } .p-r { --l: 78%; } .p-rw { --l: 58%; } .p-x { --l: 36%; }
+rect.driver { stroke: #d1001f; stroke-width: 2.5; }
+rect.vma.mismatch { stroke: #c0006a; stroke-width: 2.5; stroke-dasharray: 5 3; }
+rect.vma:hover, rect.vma.hl { stroke: #000; stroke-width: 2; }
+rect.region { fill: #fbfbfc; } rect.region.alt { fill: #f1f3f6; }
+.rname { font-size: 12px; font-weight: 600; text-anchor: end; fill: #263042; }
+.raddr { font-size: 10.5px; text-anchor: end; fill: #6a7283; font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
+.gap line { stroke: #9aa1ad; stroke-dasharray: 2 4; stroke-width: 1.2; } .gap text { font-size: 10.5px; fill: #8a919d; text-anchor: end; font-style: italic; }
+.axis-title { font-size: 11px; fill: #5a6273; }
+.tick { stroke: #dfe2e8; stroke-width: 1; } .tlabel { font-size: 10.5px; fill: #5a6273; text-anchor: middle; } .tlabel.end { text-anchor: end; font-style: italic; }
+.break line { stroke: #9aa1ad; stroke-width: 1.2; stroke-dasharray: 6 3; } .break text { font-size: 10px; fill: #7a818d; text-anchor: middle; }
+.exec line { stroke: #222; stroke-width: 1.2; stroke-dasharray: 1 3; } .exec text { font-size: 10.5px; fill: #222; font-weight: 600; }
+line.ev { stroke: #6b7485; stroke-width: 1.2; } line.ev.refused { stroke: #d1001f; stroke-width: 2; } line.ev:hover { stroke: #000; stroke-width: 3; }
+.mm line { stroke: #c0006a; stroke-width: 2.5; } .mm path { fill: #c0006a; stroke: #fff; stroke-width: 1; }
+table.mismatches { border-collapse: collapse; margin: 8px 0; font-size: 12px; } table.mismatches td, table.mismatches th { border: 1px solid #e1e4ea; padding: 2px 8px; text-align: left; }
+table.mismatches td:last-child { font-family: ui-monospace, "DejaVu Sans Mono", monospace; color: #8a0049; }
+.empty { color: #5a6273; font-style: italic; }
+#tip { position: fixed; display: none; max-width: 620px; pointer-events: none; background: #fffffe; border: 1px solid #b9bfca; border-radius: 6px; box-shadow: 0 4px 16px rgba(0,0,0,.18); padding: 8px 10px; font-size: 12px; z-index: 10; }
+#tip .h { font-weight: 700; font-size: 13px; } #tip .mono, #tip td.d { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 11px; }
+#tip table { border-collapse: collapse; margin-top: 4px; } #tip td { padding: 1px 6px 1px 0; vertical-align: top; } #tip td.r { font-weight: 600; white-space: nowrap; }
+#tip .err { color: #d1001f; font-weight: 600; }
+"#;
+
+const SCRIPT: &str = r#"
+"use strict";
+const D = JSON.parse(document.getElementById("report-data").textContent);
+const tip = document.getElementById("tip");
+const esc = s => String(s ?? "").replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
+function eventRow(id, role) {
+  const e = D.events[id];
+  const err = e.error ? ` <span class="err">${esc(e.error)}</span>` : "";
+  return `<tr><td class="r">${esc(role)}</td><td>${esc(e.t)}</td><td class="d"><b>${esc(e.probe)}</b>${err} ${esc(e.detail)}</td></tr>`;
+}
+function vmaTip(v) {
+  let h = `<div class="h">${esc(v.kind)} ${esc(v.prot)} · ${esc(v.size)}</div><div class="mono">${esc(v.range)}</div>`;
+  if (v.file) h += `<div>file: <span class="mono">${esc(v.file)}</span></div>`;
+  if (v.vm_flags) h += `<div>vm_flags: <span class="mono">${esc(v.vm_flags)}</span></div>`;
+  for (const p of v.pfns) h += `<div>PFNs: <span class="mono">${esc(p)}</span></div>`;
+  if (v.driver) h += `<div class="err">mapped by the mmtrace driver</div>`;
+  if (v.mismatch) h += `<div class="err">verify reported a mismatch here</div>`;
+  h += `<div>${esc(v.span)}</div><table>`;
+  const shown = v.touches.slice(-12);
+  if (shown.length < v.touches.length) h += `<tr><td></td><td colspan="2">… ${v.touches.length - shown.length} earlier</td></tr>`;
+  for (const [id, role] of shown) h += eventRow(id, role);
+  return h + "</table>";
+}
+let lit = null;
+document.addEventListener("mousemove", ev => {
+  const el = ev.target.closest ? ev.target.closest("[data-v],[data-e],[data-m]") : null;
+  if (lit && lit !== el) { lit.classList.remove("hl"); lit = null; }
+  if (!el) { tip.style.display = "none"; return; }
+  if (el.dataset.v !== undefined) { tip.innerHTML = vmaTip(D.vmas[+el.dataset.v]); el.classList.add("hl"); lit = el; }
+  else if (el.dataset.e !== undefined) tip.innerHTML = `<table>${eventRow(+el.dataset.e, "event")}</table>`;
+  else { const m = D.mismatches[+el.dataset.m]; tip.innerHTML = `<div class="h err">verify mismatch (line ${m.line})</div><div class="mono">${esc(m.detail)}</div>`; }
+  tip.style.display = "block";
+  const w = tip.offsetWidth, h = tip.offsetHeight;
+  let x = ev.clientX + 14, y = ev.clientY + 14;
+  if (x + w > innerWidth - 4) x = Math.max(4, ev.clientX - w - 14);
+  if (y + h > innerHeight - 4) y = Math.max(4, ev.clientY - h - 14);
+  tip.style.left = x + "px"; tip.style.top = y + "px";
+});
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{input, model};
+
+    const TRACE: &str = r#"{"type":"event","ts_ns":100,"pid":7,"tid":7,"comm":"w<x>","probe":"mmap","addr":"0x0","len":"0x4000","prot":"READ|WRITE","prot_raw":3,"flags":"PRIVATE|ANONYMOUS","flags_raw":34,"fd":-1,"offset":"0x0","ret_addr":"0x7f0000000000"}
+{"type":"event","ts_ns":200,"pid":7,"tid":7,"comm":"w<x>","probe":"munmap","addr":"0x7f0000001000","len":"0x1000","ret":0}
+{"type":"event","ts_ns":300,"pid":7,"tid":7,"comm":"w<x>","probe":"brk","addr":"0x0","ret_addr":"0x560000000000"}
+{"type":"event","ts_ns":5000000300,"pid":7,"tid":7,"comm":"w<x>","probe":"brk","addr":"0x560000021000","ret_addr":"0x560000021000"}
+{"type":"mismatch","pid":7,"after_ts_ns":200,"start":"0x7f0000000000","end":"0x7f0000001000","field":"perms","expected":"rw-p","found":"r--p </script>"}
+"#;
+
+    fn page() -> (String, Vec<model::Process>) {
+        let trace = input::parse(TRACE).unwrap();
+        let processes = model::replay(&trace);
+        (render(&trace, &processes, "t.jsonl"), processes)
+    }
+
+    #[test]
+    fn one_rect_per_interval_and_nothing_external() {
+        let (html, processes) = page();
+        let expected: usize = processes.iter().map(|p| p.vmas.len()).sum();
+        assert_eq!(expected, 4);
+        assert_eq!(html.matches("<rect class=\"vma ").count(), expected);
+        assert_eq!(html.matches("class=\"vma").count(), expected, "only the bars have class vma");
+        let flagged: Vec<_> = html.lines().filter(|l| l.starts_with("<rect class=\"vma") && l.contains(" mismatch")).collect();
+        assert_eq!(flagged.len(), 1, "{flagged:?}");
+        assert!(flagged[0].contains("data-start=\"0x7f0000000000\" data-end=\"0x7f0000001000\""), "{flagged:?}");
+        for external in ["http://", "https://", "src=", "href=", "@import", "url("] {
+            let hits: Vec<_> = html.match_indices(external).map(|(i, _)| &html[i.saturating_sub(40)..i + 40]).collect();
+            // The SVG namespace is an identifier, not a fetch.
+            assert!(hits.iter().all(|h| h.contains("xmlns=")), "{external}: {hits:?}");
+        }
+        assert!(!html.contains("r--p </script>"), "a trace string closed the script");
+        assert!(html.contains("w&lt;x&gt;"));
+        assert!(html.contains("⫽ 5.000 s"), "the idle stretch is marked");
+    }
+
+    #[test]
+    fn address_axis_keeps_order_and_collapses_gaps() {
+        let (_, processes) = page();
+        let axis = AddrAxis::new(&processes[0].vmas);
+        let heap = axis.y(0x5600_0000_0000);
+        let anon = axis.y(0x7f00_0000_0000);
+        assert!(anon < heap, "higher addresses are drawn higher");
+        assert_eq!(axis.rows.iter().filter(|r| r.gap).count(), 1);
+        assert_eq!(axis.regions.len(), 2);
+        assert!(axis.bottom < 200.0, "{}", axis.bottom);
+        assert!(axis.regions.iter().all(|r| r.bottom - r.top >= CLUSTER_MIN - 1e-9));
+    }
+
+    #[test]
+    fn time_axis_is_monotonic_and_fits() {
+        let axis = TimeAxis::new(vec![5, 1, 3, 1_000_000, 1_000_010]);
+        assert!(axis.xs.windows(2).all(|w| w[1] > w[0]));
+        assert!(axis.end_x <= PLOT_RIGHT + 1e-9);
+        assert_eq!(axis.breaks.len(), 1);
+        assert!(axis.x(2) > axis.x(1) && axis.x(2) < axis.x(3));
+        let single = TimeAxis::new(vec![42]);
+        assert_eq!(single.x(42), PLOT_LEFT);
+    }
+}

@@ -23,9 +23,9 @@ pub const PATTERN: [u8; 4] = [0xaa, 0xbb, 0xcc, 0xdd];
 pub fn require_guest() {
     assert!(
         std::env::var_os("MMTRACE_GUEST").is_some(),
-        "MMTRACE_GUEST is not set: the driver tests load a kernel module and must run in the \
-         Debian guest. Run them with `cargo xtask test` (all guest tests) or \
-         `cargo xtask vm -- /mmtrace/bin/guest_driver --test-threads=1`."
+        "MMTRACE_GUEST is not set: this test loads the mmtrace_drv kernel module and must run \
+         as root in the Debian guest. Run it with `cargo xtask test` (all guest tests) or \
+         `cargo xtask vm -- /mmtrace/bin/<test binary> --test-threads=1`."
     );
 }
 

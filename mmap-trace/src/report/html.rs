@@ -23,15 +23,17 @@ const PLOT_LEFT: f64 = 250.0;
 const PLOT_RIGHT: f64 = WIDTH - 24.0;
 /// Room for the time axis above the plot.
 const PLOT_TOP: f64 = 52.0;
-const BOTTOM_PAD: f64 = 12.0;
+/// Room for idle-break labels under the plot.
+const BOTTOM_PAD: f64 = 22.0;
 /// Unmapped stretches up to this size stay in their region, drawn like a row.
 const HOLE_MAX: u64 = 1 << 20;
 const GAP_ROW: f64 = 18.0;
 const ROW_MIN: f64 = 6.0;
 const ROW_PER_DOUBLING: f64 = 2.6;
 const CLUSTER_MIN: f64 = 24.0;
-/// Taller than this and the rows shrink (gaps keep their height).
+/// Taller than this and the rows shrink, shorter and they grow (gaps keep their height).
 const MAX_PLOT_HEIGHT: f64 = 2400.0;
+const MIN_PLOT_HEIGHT: f64 = 480.0;
 /// Every event step gets at least this much of the time axis, when it fits.
 const EVENT_STEP: f64 = 7.0;
 /// The right edge past the last event: where still-mapped VMAs end.
@@ -343,12 +345,17 @@ impl AddrAxis {
                 rows[a..b].iter_mut().for_each(|r| r.height *= CLUSTER_MIN / h);
             }
         }
+        // Small pictures grow (up to 4x) to a readable height, big ones shrink.
         let content: f64 = rows.iter().filter(|r| !r.gap).map(|r| r.height).sum();
         let gaps: f64 = rows.iter().filter(|r| r.gap).map(|r| r.height).sum();
-        if content + gaps > MAX_PLOT_HEIGHT && content > 0.0 {
-            let scale = ((MAX_PLOT_HEIGHT - gaps) / content).max(0.2);
-            rows.iter_mut().filter(|r| !r.gap).for_each(|r| r.height = (r.height * scale).max(1.5));
-        }
+        let scale = if content + gaps > MAX_PLOT_HEIGHT {
+            ((MAX_PLOT_HEIGHT - gaps) / content).max(0.2)
+        } else if content + gaps < MIN_PLOT_HEIGHT && content > 0.0 {
+            ((MIN_PLOT_HEIGHT - gaps) / content).clamp(1.0, 4.0)
+        } else {
+            1.0
+        };
+        rows.iter_mut().filter(|r| !r.gap).for_each(|r| r.height = (r.height * scale).max(1.5));
         let mut y = PLOT_TOP;
         for r in &mut rows {
             r.top = y;
@@ -383,7 +390,7 @@ impl AddrAxis {
 
 /// Piecewise-linear time: every step between consecutive event times gets at least
 /// `EVENT_STEP` px (when that fits), the rest of the width is shared by real duration with
-/// idle stretches capped at 1/20 of the span.
+/// idle stretches capped at 1/5 of the span.
 struct TimeAxis {
     times: Vec<u64>,
     xs: Vec<f64>,
@@ -400,7 +407,7 @@ impl TimeAxis {
         let width = PLOT_RIGHT - END_PAD - PLOT_LEFT;
         let steps = times.len().saturating_sub(1);
         let span = times.last().copied().unwrap_or(0) - times.first().copied().unwrap_or(0);
-        let cap = (span / 20).max(1);
+        let cap = (span / 5).max(1);
         let capped: Vec<u64> = times.windows(2).map(|w| (w[1] - w[0]).min(cap)).collect();
         let total: u64 = capped.iter().sum();
         let step = if steps == 0 { 0.0 } else { EVENT_STEP.min(0.4 * width / steps as f64) };
@@ -486,8 +493,9 @@ fn regions(out: &mut String, addr: &AddrAxis, vmas: &[Vma]) {
     out.push_str("</g>\n");
 }
 
-/// A region's label: what most of it is (driver > device > heap > stack > the file with
-/// the most bytes > anonymous), and the full list for the hover title.
+/// A region's label: a driver or device mapping if it has one, otherwise the kind with the
+/// most bytes (for files, the file with the most bytes); the full file list for the hover
+/// title.
 fn region_name(vmas: &[Vma], lo: u64, hi: u64) -> (String, String) {
     let inside: Vec<&Vma> = vmas.iter().filter(|v| v.start < hi && lo < v.end).collect();
     let mut files: Vec<(&str, u64)> = Vec::new();
@@ -506,19 +514,23 @@ fn region_name(vmas: &[Vma], lo: u64, hi: u64) -> (String, String) {
         files.iter().map(|(f, _)| *f).collect::<Vec<_>>().join("\n")
     };
     let base = |f: &str| f.rsplit('/').next().unwrap_or(f).to_string();
-    let has = |k: Kind| inside.iter().any(|v| v.attrs.kind == k);
+    let bytes_of = |k: Kind| inside.iter().filter(|v| v.attrs.kind == k).map(|v| v.len()).sum::<u64>();
+    let dominant = Kind::ALL.into_iter().max_by_key(|k| bytes_of(*k)).unwrap_or(Kind::Anon);
+    let top_file = files.first().map(|(f, _)| base(f));
     let name = if inside.iter().any(|v| v.attrs.driver) {
-        format!("driver {}", files.first().map(|(f, _)| base(f)).unwrap_or_default())
-    } else if has(Kind::Device) {
-        files.first().map(|(f, _)| base(f)).unwrap_or_else(|| "device".into())
-    } else if has(Kind::Heap) {
-        "[heap]".to_string()
-    } else if has(Kind::Stack) {
-        "[stack]".to_string()
-    } else if let Some((f, _)) = files.first() {
-        if files.len() > 1 { format!("{} +{}", base(f), files.len() - 1) } else { base(f) }
+        format!("driver {}", top_file.unwrap_or_default())
+    } else if bytes_of(Kind::Device) > 0 {
+        top_file.unwrap_or_else(|| "device".into())
     } else {
-        "[anon]".to_string()
+        match dominant {
+            Kind::Heap => "[heap]".to_string(),
+            Kind::Stack => "[stack]".to_string(),
+            Kind::File | Kind::Device => match files.len() {
+                0 | 1 => top_file.unwrap_or_else(|| "file".into()),
+                n => format!("{} +{}", top_file.unwrap_or_default(), n - 1),
+            },
+            Kind::Anon => "[anon]".to_string(),
+        }
     };
     (truncate(&name, 30), full)
 }
@@ -559,9 +571,8 @@ fn time_axis(out: &mut String, time: &TimeAxis, trace: &Trace, p: &Process, t0: 
         let x = (time.xs[k - 1] + time.xs[k]) / 2.0;
         let _ = writeln!(
             out,
-            r#"<g class="break"><line x1="{x:.1}" x2="{x:.1}" y1="{y0:.1}" y2="{bottom:.1}"/><text x="{x:.1}" y="{ty:.1}">⫽ {real}</text></g>"#,
-            y0 = PLOT_TOP - 4.0,
-            ty = PLOT_TOP - 8.0,
+            r#"<g class="break"><line x1="{x:.1}" x2="{x:.1}" y1="{PLOT_TOP}" y2="{bottom:.1}"/><text x="{x:.1}" y="{ty:.1}">≈ {real} idle</text></g>"#,
+            ty = bottom + 13.0,
             real = duration(real),
         );
     }
@@ -651,7 +662,7 @@ h2 { font-size: 16px; margin: 18px 0 2px; } h2 .comm { font-weight: 500; color: 
 .legend .hint { color: #5a6273; flex-basis: 100%; }
 svg.timeline { display: block; max-width: 100%; height: auto; }
 text { font-family: inherit; }
-rect.vma, rect.sw { --h: 215; --s: 70%; --l: 58%; fill: hsl(var(--h) var(--s) var(--l)); stroke: hsl(var(--h) 45% 28%); stroke-width: .6; }
+rect.vma, rect.sw { fill: hsl(var(--h, 215) var(--s, 70%) var(--l, 58%)); stroke: hsl(var(--h, 215) 45% 28%); stroke-width: .6; }
 .k-anon { --h: 214; } .k-file { --h: 140; --s: 50%; } .k-device { --h: 18; --s: 85%; } .k-heap { --h: 275; --s: 55%; } .k-stack { --h: 44; --s: 85%; }
 .p-none { --l: 93%; stroke-dasharray: 3 2; } .p-r { --l: 78%; } .p-rw { --l: 58%; } .p-x { --l: 36%; }
 rect.driver { stroke: #d1001f; stroke-width: 2.5; }
@@ -751,7 +762,7 @@ mod tests {
         }
         assert!(!html.contains("r--p </script>"), "a trace string closed the script");
         assert!(html.contains("w&lt;x&gt;"));
-        assert!(html.contains("⫽ 5.000 s"), "the idle stretch is marked");
+        assert!(html.contains("≈ 5.000 s idle"), "the idle stretch is marked");
     }
 
     #[test]
@@ -763,7 +774,7 @@ mod tests {
         assert!(anon < heap, "higher addresses are drawn higher");
         assert_eq!(axis.rows.iter().filter(|r| r.gap).count(), 1);
         assert_eq!(axis.regions.len(), 2);
-        assert!(axis.bottom < 200.0, "{}", axis.bottom);
+        assert!(axis.bottom - PLOT_TOP <= MIN_PLOT_HEIGHT + 1.0, "{}", axis.bottom);
         assert!(axis.regions.iter().all(|r| r.bottom - r.top >= CLUSTER_MIN - 1e-9));
     }
 

@@ -289,7 +289,7 @@ impl Space {
             Call::Mremap { old_addr, old_len, new_len, flags, ret: Some(new_addr) } => {
                 self.mremap(old_addr, page_up(old_len), page_up(new_len), flags, new_addr, t, i);
             }
-            Call::Brk { ret, .. } => self.brk(ret, t, i),
+            Call::Brk { addr, ret } => self.brk(addr, ret, t, i),
             _ => {}
         }
     }
@@ -529,9 +529,11 @@ impl Space {
 
     /// The heap is `[start_brk, page_up(brk))`; growth adds an interval above the old
     /// break, shrinking removes the top.
-    fn brk(&mut self, ret: u64, t: u64, i: usize) {
-        let Some((start, brk)) = self.heap else {
-            // The first brk (normally brk(0)) shows where the heap starts.
+    fn brk(&mut self, addr: u64, ret: u64, t: u64, i: usize) {
+        let Some((start, brk)) = self.heap.filter(|&(_, brk)| addr != 0 || ret == brk) else {
+            // The first brk (normally brk(0)) shows where the heap starts; a brk(0) that
+            // answers another break means a new program (an exec the trace did not show)
+            // or lost events: start over from there.
             self.heap = Some((ret, ret));
             return;
         };
@@ -862,6 +864,19 @@ mod tests {
                 (h + 0x22000, h + 0x23000, ts(2), Some(ts(3)), Kind::Heap, 3),
             ]
         );
+    }
+
+    #[test]
+    fn brk_query_answering_another_break_starts_a_new_heap() {
+        let p = Calls::new()
+            .brk(0, 0x55_0000)
+            .brk(0x55_1000, 0x55_1000)
+            // A new program's heap, far away: not a 2 GiB growth.
+            .brk(0, 0xd5_0000_0000)
+            .brk(0xd5_0000_2000, 0xd5_0000_2000)
+            .replay();
+        assert_eq!(live(&p), vec![(0x55_0000, 0x55_1000), (0xd5_0000_0000, 0xd5_0000_2000)]);
+        assert_eq!(p.mapped_bytes, 3 * P);
     }
 
     #[test]

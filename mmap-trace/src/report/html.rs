@@ -156,10 +156,14 @@ mapped {mapped}, unmapped {unmapped} · refused: {refused} · {bars} VMA interva
     regions(out, &addr, &p.vmas);
     time_axis(out, &time, trace, p, t0, addr.bottom, data);
     out.push_str("<g class=\"bars\">\n");
+    let mut labels = String::new();
     for vma in &p.vmas {
         let flagged = mismatches.iter().any(|m| overlaps_mismatch(vma, m, time.last));
-        bar(out, vma, &addr, &time, flagged, trace, t0, data);
+        let (x0, y0, x1, y1) = bar(out, vma, &addr, &time, flagged, trace, t0, data);
+        bar_label(&mut labels, vma, x0, y0, x1, y1);
     }
+    out.push_str("</g>\n<g class=\"labels\">\n");
+    out.push_str(&labels);
     out.push_str("</g>\n");
     for m in &mismatches {
         mismatch_mark(out, m, &addr, &time, data);
@@ -183,8 +187,18 @@ fn overlaps_mismatch(vma: &Vma, m: &Mismatch, last: u64) -> bool {
     vma.start < end && start < vma.end && vma.t_start <= t && vma.t_end.is_none_or(|e| e > t)
 }
 
+/// Draws one VMA bar; returns its box.
 #[allow(clippy::too_many_arguments)]
-fn bar(out: &mut String, vma: &Vma, addr: &AddrAxis, time: &TimeAxis, flagged: bool, trace: &Trace, t0: u64, data: &mut Data) {
+fn bar(
+    out: &mut String,
+    vma: &Vma,
+    addr: &AddrAxis,
+    time: &TimeAxis,
+    flagged: bool,
+    trace: &Trace,
+    t0: u64,
+    data: &mut Data,
+) -> (f64, f64, f64, f64) {
     let a = &vma.attrs;
     let x0 = time.x(vma.t_start);
     let x1 = vma.t_end.map_or(time.end_x, |t| time.x(t)).max(x0 + 2.0);
@@ -205,11 +219,8 @@ fn bar(out: &mut String, vma: &Vma, addr: &AddrAxis, time: &TimeAxis, flagged: b
     if vma.t_end.is_none() {
         classes.push_str(" live");
     }
-    let touches: Vec<Value> = vma
-        .touches
-        .iter()
-        .map(|t| json!([data.event(trace, t.event, t0), t.role.name()]))
-        .collect();
+    let touches: Vec<Value> =
+        vma.touches.iter().map(|t| json!([data.event(trace, t.event, t0), t.role.name()])).collect();
     let id = data.vmas.len();
     data.vmas.push(json!({
         "range": format!("{:#x}-{:#x}", vma.start, vma.end),
@@ -240,6 +251,44 @@ fn bar(out: &mut String, vma: &Vma, addr: &AddrAxis, time: &TimeAxis, flagged: b
         ts = vma.t_start,
         te = vma.t_end.map_or(String::new(), |t| t.to_string()),
     );
+    (x0, y0, x1, y1.max(y0 + 1.0))
+}
+
+/// Names a bar where it fits inside; device and driver mappings are always named (beside
+/// the bar when it is too small), so they stand out.
+fn bar_label(out: &mut String, vma: &Vma, x0: f64, y0: f64, x1: f64, y1: f64) {
+    let a = &vma.attrs;
+    let special = a.kind == Kind::Device || a.driver;
+    let name = a.file.as_deref().map(|f| f.rsplit('/').next().unwrap_or(f).to_string());
+    let mut label = match (&name, a.kind) {
+        (Some(n), _) => format!("{n} {}", prot_string(a.prot)),
+        (None, kind) => format!("{} {}", kind.name(), prot_string(a.prot)),
+    };
+    if a.driver {
+        label.push_str(" · driver");
+    }
+    if let Some(first) = a.pfns.first() {
+        let _ = write!(label, " · pfn {:#x}", first.pfn);
+    }
+    let (w, h) = (x1 - x0, y1 - y0);
+    let text_w = 6.3 * label.chars().count() as f64 + 8.0;
+    let y = (y0 + y1) / 2.0 + 4.0;
+    if h >= 12.0 && w >= text_w {
+        let tone = if a.prot & 4 != 0 { "light" } else { "dark" };
+        let _ = writeln!(
+            out,
+            r#"<text class="blabel {tone}" x="{x:.1}" y="{y:.1}">{t}</text>"#,
+            x = x0 + 4.0,
+            t = esc(&label)
+        );
+    } else if special {
+        let (x, anchor) = if x1 + text_w < PLOT_RIGHT { (x1 + 5.0, "start") } else { (x0 - 5.0, "end") };
+        let _ = writeln!(
+            out,
+            r#"<text class="blabel out" x="{x:.1}" y="{y:.1}" text-anchor="{anchor}">{t}</text>"#,
+            t = esc(&label)
+        );
+    }
 }
 
 fn kind_label(kind: Kind) -> &'static str {
@@ -257,7 +306,11 @@ fn mismatch_mark(out: &mut String, m: &Mismatch, addr: &AddrAxis, time: &TimeAxi
     data.mismatches.push(json!({ "line": m.line, "detail": m.detail }));
     let x = m.ts_ns.map_or(time.end_x, |t| time.x(t));
     let Some(start) = m.addr else {
-        let _ = writeln!(out, r#"<g class="mm" data-m="{id}"><line x1="{x:.1}" x2="{x:.1}" y1="{PLOT_TOP}" y2="{:.1}"/></g>"#, addr.bottom);
+        let _ = writeln!(
+            out,
+            r#"<g class="mm" data-m="{id}"><line x1="{x:.1}" x2="{x:.1}" y1="{PLOT_TOP}" y2="{:.1}"/></g>"#,
+            addr.bottom
+        );
         return;
     };
     let (y0, y1) = (addr.y(m.end.unwrap_or(start)), addr.y(start));
@@ -493,8 +546,8 @@ fn regions(out: &mut String, addr: &AddrAxis, vmas: &[Vma]) {
     out.push_str("</g>\n");
 }
 
-/// A region's label: a driver or device mapping if it has one, otherwise the kind with the
-/// most bytes (for files, the file with the most bytes); the full file list for the hover
+/// A region's label: the kind with the most bytes (for files, the file with the most
+/// bytes; device and driver bars carry their own labels); the full file list for the hover
 /// title.
 fn region_name(vmas: &[Vma], lo: u64, hi: u64) -> (String, String) {
     let inside: Vec<&Vma> = vmas.iter().filter(|v| v.start < hi && lo < v.end).collect();
@@ -507,7 +560,8 @@ fn region_name(vmas: &[Vma], lo: u64, hi: u64) -> (String, String) {
             }
         }
     }
-    files.sort_by(|a, b| b.1.cmp(&a.1));
+    // Pseudo-files (`pipe:[123]`, `anon_inode:[…]`) name a region last.
+    files.sort_by_key(|(f, n)| (f.contains(":["), std::cmp::Reverse(*n)));
     let full = if files.is_empty() {
         "anonymous memory".to_string()
     } else {
@@ -517,20 +571,14 @@ fn region_name(vmas: &[Vma], lo: u64, hi: u64) -> (String, String) {
     let bytes_of = |k: Kind| inside.iter().filter(|v| v.attrs.kind == k).map(|v| v.len()).sum::<u64>();
     let dominant = Kind::ALL.into_iter().max_by_key(|k| bytes_of(*k)).unwrap_or(Kind::Anon);
     let top_file = files.first().map(|(f, _)| base(f));
-    let name = if inside.iter().any(|v| v.attrs.driver) {
-        format!("driver {}", top_file.unwrap_or_default())
-    } else if bytes_of(Kind::Device) > 0 {
-        top_file.unwrap_or_else(|| "device".into())
-    } else {
-        match dominant {
-            Kind::Heap => "[heap]".to_string(),
-            Kind::Stack => "[stack]".to_string(),
-            Kind::File | Kind::Device => match files.len() {
-                0 | 1 => top_file.unwrap_or_else(|| "file".into()),
-                n => format!("{} +{}", top_file.unwrap_or_default(), n - 1),
-            },
-            Kind::Anon => "[anon]".to_string(),
-        }
+    let name = match dominant {
+        Kind::Heap => "[heap]".to_string(),
+        Kind::Stack => "[stack]".to_string(),
+        Kind::File | Kind::Device => match files.len() {
+            0 | 1 => top_file.unwrap_or_else(|| "file".into()),
+            n => format!("{} +{}", top_file.unwrap_or_default(), n - 1),
+        },
+        Kind::Anon => "[anon]".to_string(),
     };
     (truncate(&name, 30), full)
 }
@@ -590,9 +638,10 @@ fn time_axis(out: &mut String, time: &TimeAxis, trace: &Trace, p: &Process, t0: 
         if e.probe == "exec" {
             let _ = writeln!(
                 out,
-                r#"<g class="exec" data-e="{id}"><line x1="{x:.1}" x2="{x:.1}" y1="{PLOT_TOP}" y2="{bottom:.1}"/><text x="{tx:.1}" y="{ty:.1}">exec</text></g>"#,
+                r#"<g class="exec" data-e="{id}"><line x1="{x:.1}" x2="{x:.1}" y1="{y0:.1}" y2="{bottom:.1}"/><text x="{tx:.1}" y="{ty:.1}">exec</text></g>"#,
+                y0 = PLOT_TOP - 16.0,
                 tx = x + 3.0,
-                ty = PLOT_TOP + 10.0,
+                ty = PLOT_TOP - 8.0,
             );
         }
         let _ = writeln!(
@@ -676,6 +725,8 @@ rect.region { fill: #fbfbfc; } rect.region.alt { fill: #f1f3f6; }
 .tick { stroke: #dfe2e8; stroke-width: 1; } .tlabel { font-size: 10.5px; fill: #5a6273; text-anchor: middle; } .tlabel.end { text-anchor: end; font-style: italic; }
 .break line { stroke: #9aa1ad; stroke-width: 1.2; stroke-dasharray: 6 3; } .break text { font-size: 10px; fill: #7a818d; text-anchor: middle; }
 .exec line { stroke: #222; stroke-width: 1.2; stroke-dasharray: 1 3; } .exec text { font-size: 10.5px; fill: #222; font-weight: 600; }
+.blabel { font-size: 11px; pointer-events: none; } .blabel.dark { fill: #1d2330; } .blabel.light { fill: #fff; }
+.blabel.out { fill: #b00018; font-weight: 700; paint-order: stroke; stroke: #fff; stroke-width: 3px; }
 line.ev { stroke: #6b7485; stroke-width: 1.2; } line.ev.refused { stroke: #d1001f; stroke-width: 2; } line.ev:hover { stroke: #000; stroke-width: 3; }
 .mm line { stroke: #c0006a; stroke-width: 2.5; } .mm path { fill: #c0006a; stroke: #fff; stroke-width: 1; }
 table.mismatches { border-collapse: collapse; margin: 8px 0; font-size: 12px; } table.mismatches td, table.mismatches th { border: 1px solid #e1e4ea; padding: 2px 8px; text-align: left; }
@@ -752,7 +803,8 @@ mod tests {
         assert_eq!(expected, 4);
         assert_eq!(html.matches("<rect class=\"vma ").count(), expected);
         assert_eq!(html.matches("class=\"vma").count(), expected, "only the bars have class vma");
-        let flagged: Vec<_> = html.lines().filter(|l| l.starts_with("<rect class=\"vma") && l.contains(" mismatch")).collect();
+        let flagged: Vec<_> =
+            html.lines().filter(|l| l.starts_with("<rect class=\"vma") && l.contains(" mismatch")).collect();
         assert_eq!(flagged.len(), 1, "{flagged:?}");
         assert!(flagged[0].contains("data-start=\"0x7f0000000000\" data-end=\"0x7f0000001000\""), "{flagged:?}");
         for external in ["http://", "https://", "src=", "href=", "@import", "url("] {

@@ -19,14 +19,48 @@ pub struct VmaInfo {
 /// What a traced call did; addresses are as traced (not page-aligned).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Call {
-    Mmap { len: u64, prot: u64, flags: u64, path: Option<String>, ret: Option<u64> },
-    Munmap { addr: u64, len: u64 },
-    Mprotect { addr: u64, len: u64, prot: u64 },
-    Mremap { old_addr: u64, old_len: u64, new_len: u64, flags: u64, ret: Option<u64> },
-    Brk { addr: u64, ret: u64 },
-    MmapRegion { len: u64, vm_flags: u64, file: Option<String>, ret: Option<u64> },
-    RemapPfnRange { vma: VmaInfo, addr: u64, pfn: u64, size: u64 },
-    DriverMmap { after: VmaInfo },
+    Mmap {
+        len: u64,
+        prot: u64,
+        flags: u64,
+        path: Option<String>,
+        ret: Option<u64>,
+    },
+    Munmap {
+        addr: u64,
+        len: u64,
+    },
+    Mprotect {
+        addr: u64,
+        len: u64,
+        prot: u64,
+    },
+    Mremap {
+        old_addr: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: u64,
+        ret: Option<u64>,
+    },
+    Brk {
+        addr: u64,
+        ret: u64,
+    },
+    MmapRegion {
+        len: u64,
+        vm_flags: u64,
+        file: Option<String>,
+        ret: Option<u64>,
+    },
+    RemapPfnRange {
+        vma: VmaInfo,
+        addr: u64,
+        pfn: u64,
+        size: u64,
+    },
+    DriverMmap {
+        after: VmaInfo,
+    },
     Exec,
     /// A probe this report does not know; counted and shown, never replayed.
     Other,
@@ -83,9 +117,7 @@ impl Trace {
         let Some(Value::Object(lost)) = self.summary.as_ref().and_then(|s| s.get("lost")) else {
             return Vec::new();
         };
-        lost.iter()
-            .filter_map(|(probe, n)| n.as_u64().filter(|n| *n > 0).map(|n| (probe.clone(), n)))
-            .collect()
+        lost.iter().filter_map(|(probe, n)| n.as_u64().filter(|n| *n > 0).map(|n| (probe.clone(), n))).collect()
     }
 }
 
@@ -104,9 +136,8 @@ pub fn parse(text: &str) -> Result<Trace> {
             continue;
         }
         records += 1;
-        let value: Value = serde_json::from_str(raw).map_err(|e| {
-            anyhow::anyhow!("line {line} is not JSON ({e}): {}", excerpt(raw))
-        })?;
+        let value: Value = serde_json::from_str(raw)
+            .map_err(|e| anyhow::anyhow!("line {line} is not JSON ({e}): {}", excerpt(raw)))?;
         let Value::Object(obj) = value else {
             bail!("line {line} is not a JSON object: {}", excerpt(raw));
         };
@@ -191,9 +222,8 @@ fn event(line: usize, obj: &Map<String, Value>) -> Result<Event> {
 }
 
 fn mismatch(line: usize, obj: &Map<String, Value>) -> Result<Mismatch> {
-    let addr = ["start", "addr", "vma_start", "vm_start", "address"]
-        .iter()
-        .find_map(|key| obj.get(*key).and_then(number));
+    let addr =
+        ["start", "addr", "vma_start", "vm_start", "address"].iter().find_map(|key| obj.get(*key).and_then(number));
     let ts_ns = ["ts_ns", "after_ts_ns"].iter().find_map(|key| obj.get(*key).and_then(number));
     Ok(Mismatch {
         line,
@@ -250,9 +280,7 @@ fn u32_field(obj: &Map<String, Value>, key: &str) -> Result<u32> {
 }
 
 fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str> {
-    obj.get(key)
-        .and_then(Value::as_str)
-        .with_context(|| format!("{} record has no `{key}` string", record_name(obj)))
+    obj.get(key).and_then(Value::as_str).with_context(|| format!("{} record has no `{key}` string", record_name(obj)))
 }
 
 fn record_name(obj: &Map<String, Value>) -> String {
@@ -306,10 +334,7 @@ mod tests {
         let trace = parse(text).unwrap();
         assert_eq!(trace.events.len(), 4);
         let mmap = &trace.events[0];
-        assert_eq!(
-            mmap.call,
-            Call::Mmap { len: 0x4000, prot: 3, flags: 34, path: None, ret: Some(0x7f00_0000_0000) }
-        );
+        assert_eq!(mmap.call, Call::Mmap { len: 0x4000, prot: 3, flags: 34, path: None, ret: Some(0x7f00_0000_0000) });
         assert!(mmap.detail.starts_with("addr=0x0 len=0x4000 prot=READ|WRITE flags="), "{}", mmap.detail);
         assert!(!mmap.detail.contains("prot_raw"));
         assert_eq!(trace.events[1].error.as_deref(), Some("EINVAL"));

@@ -32,11 +32,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
         let present: Vec<String> = processes.iter().map(|p| format!("{} ({})", p.pid, p.comm)).collect();
         processes.retain(|p| p.pid == pid);
         if processes.is_empty() {
-            bail!(
-                "pid {pid} has no events in {}; the trace has: {}",
-                args.trace.display(),
-                present.join(", ")
-            );
+            bail!("pid {pid} has no events in {}; the trace has: {}", args.trace.display(), present.join(", "));
         }
     }
     let title = args.trace.display().to_string();
@@ -45,11 +41,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
             let page = html::render(&trace, &processes, &title);
             std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
             let bars: usize = processes.iter().map(|p| p.vmas.len()).sum();
-            eprintln!(
-                "mmap-trace: wrote {} ({} process(es), {bars} VMA bars)",
-                path.display(),
-                processes.len()
-            );
+            eprintln!("mmap-trace: wrote {} ({} process(es), {bars} VMA bars)", path.display(), processes.len());
         }
         None => print!("{}", text::render(&trace, &processes, &title)),
     }

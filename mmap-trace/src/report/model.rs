@@ -282,9 +282,15 @@ impl Space {
             Call::Mprotect { addr, len, prot } => {
                 let (start, end) = pages(addr, len);
                 let prot = prot & PROT_RWX;
-                self.for_each_in(start, end, |a| a.prot != prot, t, i, Role::ProtChanged, |a| {
-                    Some(Attrs { prot, ..a.clone() })
-                });
+                self.for_each_in(
+                    start,
+                    end,
+                    |a| a.prot != prot,
+                    t,
+                    i,
+                    Role::ProtChanged,
+                    |a| Some(Attrs { prot, ..a.clone() }),
+                );
             }
             Call::Mremap { old_addr, old_len, new_len, flags, ret: Some(new_addr) } => {
                 self.mremap(old_addr, page_up(old_len), page_up(new_len), flags, new_addr, t, i);
@@ -319,8 +325,8 @@ impl Space {
                         }
                     });
                 } else {
-                    let mut attrs = Attrs::new(if file.is_some() { Kind::File } else { Kind::Anon }, 0)
-                        .with_file(file.clone());
+                    let mut attrs =
+                        Attrs::new(if file.is_some() { Kind::File } else { Kind::Anon }, 0).with_file(file.clone());
                     attrs.learn_vm_flags(*vm_flags);
                     self.map(start, end, t, i, attrs, Role::Created);
                 }
@@ -396,10 +402,7 @@ impl Space {
     /// Starts of the live VMAs overlapping `[start, end)`.
     fn overlapping(&self, start: u64, end: u64) -> Vec<u64> {
         let first = self.live.range(..=start).next_back().filter(|(_, v)| v.end > start).map(|(k, _)| *k);
-        first
-            .into_iter()
-            .chain(self.live.range(start..end).map(|(k, _)| *k).filter(|k| Some(*k) != first))
-            .collect()
+        first.into_iter().chain(self.live.range(start..end).map(|(k, _)| *k).filter(|k| Some(*k) != first)).collect()
     }
 
     /// For each live VMA overlapping `[start, end)` that `wanted` selects: the part inside
@@ -415,8 +418,7 @@ impl Space {
         role: Role,
         successor: impl Fn(&Attrs) -> Option<Attrs>,
     ) {
-        let keys: Vec<u64> =
-            self.overlapping(start, end).into_iter().filter(|k| wanted(&self.live[k].attrs)).collect();
+        let keys: Vec<u64> = self.overlapping(start, end).into_iter().filter(|k| wanted(&self.live[k].attrs)).collect();
         for key in keys {
             let (vstart, vend) = (key, self.live[&key].end);
             if vstart < start {
@@ -461,8 +463,7 @@ impl Space {
     /// Creates `attrs` VMAs in the unmapped parts of `[start, end)`.
     fn fill_gaps(&mut self, start: u64, end: u64, t: u64, i: usize, attrs: &Attrs, role: Role) {
         let mut cursor = start;
-        let covered: Vec<(u64, u64)> =
-            self.overlapping(start, end).iter().map(|k| (*k, self.live[k].end)).collect();
+        let covered: Vec<(u64, u64)> = self.overlapping(start, end).iter().map(|k| (*k, self.live[k].end)).collect();
         let mut gaps = Vec::new();
         for (s, e) in covered {
             if s > cursor {
@@ -496,11 +497,8 @@ impl Space {
         // mapped (emptied). Either way the source stays.
         let keep_source = old_len == 0 || flags & MREMAP_DONTUNMAP != 0;
         let source_len = if old_len == 0 { new_len } else { old_len };
-        let moved: Vec<Vma> = self
-            .overlapping(old, end(old, source_len))
-            .iter()
-            .map(|k| self.live[k].clone())
-            .collect();
+        let moved: Vec<Vma> =
+            self.overlapping(old, end(old, source_len)).iter().map(|k| self.live[k].clone()).collect();
         if !keep_source {
             self.unmap(old, end(old, source_len), t, i, Role::MovedAway);
         }
@@ -785,11 +783,7 @@ mod tests {
     #[test]
     fn mremap_move_carries_attributes_and_history() {
         let dest = 0x50_0000;
-        let p = Calls::new()
-            .file(A, 2 * P, "/data")
-            .mprotect(A + P, P, 0)
-            .mremap(A, 2 * P, 3 * P, 1, dest)
-            .replay();
+        let p = Calls::new().file(A, 2 * P, "/data").mprotect(A + P, P, 0).mremap(A, 2 * P, 3 * P, 1, dest).replay();
         assert_eq!(live(&p), vec![(dest, dest + P), (dest + P, dest + 2 * P), (dest + 2 * P, dest + 3 * P)]);
         assert!(p.vmas.iter().filter(|v| v.start < dest).all(|v| v.t_end.is_some()));
         let moved = p.vmas.iter().find(|v| v.start == dest).unwrap();
@@ -824,11 +818,7 @@ mod tests {
     #[test]
     fn mremap_dontunmap_keeps_the_source_and_fixed_replaces_the_target() {
         let dest = 0x50_0000;
-        let p = Calls::new()
-            .anon(A, P, 3)
-            .anon(dest, P, 1)
-            .mremap(A, P, P, 1 | 2 | MREMAP_DONTUNMAP, dest)
-            .replay();
+        let p = Calls::new().anon(A, P, 3).anon(dest, P, 1).mremap(A, P, P, 1 | 2 | MREMAP_DONTUNMAP, dest).replay();
         assert_eq!(live(&p), vec![(A, A + P), (dest, dest + P)]);
         let target = p.vmas.iter().find(|v| v.start == dest && v.t_end.is_none()).unwrap();
         assert_eq!(target.attrs.prot, 3);
@@ -956,9 +946,8 @@ mod tests {
 
     #[test]
     fn unannotated_pending_events_apply_at_the_end() {
-        let p = Calls::new()
-            .push(Call::MmapRegion { len: P, vm_flags: 0x400 | 0x3, file: None, ret: Some(A) })
-            .replay();
+        let p =
+            Calls::new().push(Call::MmapRegion { len: P, vm_flags: 0x400 | 0x3, file: None, ret: Some(A) }).replay();
         assert_eq!(shape(&p), vec![(A, A + P, ts(0), None, Kind::Device, 3)]);
     }
 

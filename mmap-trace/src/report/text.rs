@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use super::{
     bytes, duration,
     input::{Call, Trace},
-    model::{Kind, Process, page_up, prot_string},
+    model::{Kind, Process, Role, page_up, prot_string},
 };
 
 /// The probes in the order a reader expects them; others follow by name.
@@ -53,9 +53,11 @@ pub fn probe_counts(s: &Stats) -> String {
     let parts: Vec<String> = s
         .per_probe
         .iter()
-        .map(|(probe, n, refused)| {
-            if *refused > 0 { format!("{probe} {n} ({refused} refused)") } else { format!("{probe} {n}") }
-        })
+        .map(
+            |(probe, n, refused)| {
+                if *refused > 0 { format!("{probe} {n} ({refused} refused)") } else { format!("{probe} {n}") }
+            },
+        )
         .collect();
     parts.join(", ")
 }
@@ -86,6 +88,23 @@ pub fn lost_counts(trace: &Trace) -> String {
     let total: u64 = lost.iter().map(|(_, n)| n).sum();
     let by: Vec<String> = lost.iter().map(|(p, n)| format!("{p} {n}")).collect();
     format!("{total} ({}): the timeline is incomplete", by.join(", "))
+}
+
+/// `mmap rw- device mmtrace-kmalloc (driver)`: what the model made of a mapping call.
+fn describe_mapping(p: &Process, event: usize, probe: &str) -> String {
+    let made = p.vmas.iter().find(|v| {
+        v.touches.iter().any(|t| t.event == event && matches!(t.role, Role::Created | Role::MovedHere | Role::Grown))
+    });
+    let Some(vma) = made else { return probe.to_string() };
+    let a = &vma.attrs;
+    let mut what = format!("{probe} {} {}", prot_string(a.prot), a.kind.name());
+    if let Some(file) = &a.file {
+        let _ = write!(what, " {file}");
+    }
+    if a.driver {
+        what.push_str(" (driver)");
+    }
+    what
 }
 
 pub fn render(trace: &Trace, processes: &[Process], title: &str) -> String {
@@ -129,12 +148,7 @@ pub fn render(trace: &Trace, processes: &[Process], title: &str) -> String {
             let _ = writeln!(out, "  largest mappings:");
             for &(len, addr, i) in s.largest.iter().take(5) {
                 let e = &trace.events[i];
-                let what = match &e.call {
-                    Call::Mmap { prot, path, .. } => {
-                        format!("mmap {} {}", prot_string(*prot), path.as_deref().unwrap_or("anonymous"))
-                    }
-                    _ => e.probe.clone(),
-                };
+                let what = describe_mapping(p, i, &e.probe);
                 let _ = writeln!(
                     out,
                     "    {:>10}  {addr:#014x}-{:#014x}  {what}  at +{}",
@@ -145,7 +159,11 @@ pub fn render(trace: &Trace, processes: &[Process], title: &str) -> String {
             }
         }
         let mismatches: Vec<_> = trace.mismatches.iter().filter(|m| m.pid == p.pid).collect();
-        let _ = writeln!(out, "  mismatches: {}", if mismatches.is_empty() { "none".into() } else { mismatches.len().to_string() });
+        let _ = writeln!(
+            out,
+            "  mismatches: {}",
+            if mismatches.is_empty() { "none".into() } else { mismatches.len().to_string() }
+        );
         for m in mismatches.iter().take(10) {
             let _ = writeln!(out, "    line {}: {}", m.line, m.detail);
         }
@@ -154,7 +172,11 @@ pub fn render(trace: &Trace, processes: &[Process], title: &str) -> String {
         }
     }
     let shown: Vec<u32> = processes.iter().map(|p| p.pid).collect();
-    let orphans = trace.mismatches.iter().filter(|m| !shown.contains(&m.pid) && !trace.events.iter().any(|e| e.pid == m.pid)).count();
+    let orphans = trace
+        .mismatches
+        .iter()
+        .filter(|m| !shown.contains(&m.pid) && !trace.events.iter().any(|e| e.pid == m.pid))
+        .count();
     if orphans > 0 {
         let _ = writeln!(out, "\nmismatches of processes without events: {orphans}");
     }

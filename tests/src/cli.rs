@@ -52,3 +52,67 @@ pub fn split_summary(records: &[Value]) -> (&[Value], &Value) {
     );
     (events, summary)
 }
+
+/// The scenarios `mmap-workload --scenario` knows (see its source).
+pub const SCENARIOS: &[&str] = &["anon", "file-offset", "split3", "hole", "mremap-move", "fixed", "threads"];
+
+/// A finished `mmap-trace verify --json` run.
+pub struct VerifyRun {
+    pub status: std::process::ExitStatus,
+    pub records: Vec<Value>,
+    pub stderr: String,
+    /// The workload's own account of its calls (its stdout).
+    pub workload_stdout: String,
+}
+
+impl VerifyRun {
+    pub fn summary(&self) -> &Value {
+        self.records.last().expect("a summary record")
+    }
+
+    pub fn mismatches(&self) -> Vec<&Value> {
+        self.records.iter().filter(|r| r["type"] == "mismatch").collect()
+    }
+}
+
+/// Runs `mmap-trace verify --json <extra> -- mmap-workload <workload_args>`.
+pub fn verify_workload(extra: &[&str], workload_args: &[&str]) -> VerifyRun {
+    let out_file = std::env::temp_dir().join(format!(
+        "verify-{}-{}.jsonl",
+        std::process::id(),
+        workload_args.join("_").replace('/', "_")
+    ));
+    let out = cli()
+        .args(["verify", "--json", "-o"])
+        .arg(&out_file)
+        .args(extra)
+        .arg("--")
+        .arg(workload_path())
+        .args(workload_args)
+        .output()
+        .expect("run mmap-trace verify");
+    let text = std::fs::read_to_string(&out_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_file);
+    VerifyRun {
+        status: out.status,
+        records: json_lines(&text),
+        stderr: stderr(&out),
+        workload_stdout: stdout(&out),
+    }
+}
+
+/// Asserts that verify agreed with the kernel at a checkpoint after every workload call.
+pub fn assert_verified(run: &VerifyRun, what: &str) {
+    let summary = run.summary();
+    assert_eq!(summary["type"], "summary", "{what}: {summary}");
+    assert!(
+        run.status.success() && summary["mismatches"] == 0 && summary["lost_total"] == 0,
+        "{what}: verify disagreed (exit {:?}):\n{}\nmismatches: {:?}",
+        run.status.code(),
+        run.stderr,
+        run.mismatches()
+    );
+    let calls = run.workload_stdout.lines().count() as u64;
+    let checkpoints = summary["checkpoints"].as_u64().unwrap_or(0);
+    assert!(checkpoints > calls, "{what}: {checkpoints} checkpoints for {calls} calls: {summary}");
+}

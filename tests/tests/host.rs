@@ -229,3 +229,68 @@ fn wait_ready(tracer: &mut std::process::Child) {
     rx.recv_timeout(Duration::from_secs(30))
         .unwrap_or_else(|_| panic!("no ready line after {:?}", start.elapsed()));
 }
+
+/// Issue #5 on the host: each scenario's shadow agrees with /proc/<pid>/maps after every
+/// event (the kernel probes are absent here; the guest runs the same with them).
+#[test]
+fn verify_agrees_on_every_scenario() {
+    let _guard = shared();
+    for scenario in mmap_trace_tests::cli::SCENARIOS {
+        let run = mmap_trace_tests::cli::verify_workload(&[], &["--scenario", scenario]);
+        mmap_trace_tests::cli::assert_verified(&run, scenario);
+    }
+    // The default sequence: brk, a file with an offset, failed calls…
+    let run = mmap_trace_tests::cli::verify_workload(&[], &[]);
+    mmap_trace_tests::cli::assert_verified(&run, "default sequence");
+}
+
+/// A doctored maps snapshot must be caught, named and fail the run.
+#[test]
+fn verify_reports_a_planted_mismatch() {
+    let _guard = shared();
+    let run = mmap_trace_tests::cli::verify_workload(&["--plant", "maps-perms"], &["--scenario", "anon"]);
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    let mismatches = run.mismatches();
+    assert!(!mismatches.is_empty(), "no mismatch record");
+    let m = mismatches[0];
+    assert_eq!(m["field"], "perms", "{m}");
+    assert!(m["expected"].as_str().unwrap().starts_with("rw"), "{m}");
+    assert!(m["found"].as_str().unwrap().starts_with("r-"), "{m}");
+    assert!(run.stderr.contains("MISMATCH") && run.stderr.contains("FAIL"), "{}", run.stderr);
+}
+
+/// Attaching to a running process seeds the shadow from its maps.
+#[test]
+fn verify_attaches_to_a_running_process() {
+    let _guard = shared();
+    let mut busy = Command::new(workload_path())
+        .args(["--loop", "100000000"])
+        .spawn()
+        .unwrap();
+    let mut verifier = cli()
+        .args(["verify", "--json", "--pid", &busy.id().to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(&mut verifier);
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(verifier.id() as i32, libc::SIGINT) };
+    let out = verifier.wait_with_output().unwrap();
+    busy.kill().unwrap();
+    busy.wait().unwrap();
+    let records = json_lines(&stdout(&out));
+    let (_, summary) = split_summary(&records);
+    assert!(out.status.success(), "{summary}");
+    assert_eq!(summary["ended"], "SIGINT");
+    assert_eq!(summary["mismatches"], 0, "{summary}");
+    assert!(summary["checkpoints"].as_u64().unwrap() > 10, "{summary}");
+}
+
+#[test]
+fn verify_needs_one_process() {
+    let out = cli().args(["verify"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--pid") , "{}", stderr(&out));
+}

@@ -3,7 +3,10 @@
 //! that account with what `mmap-trace trace` saw, call by call.
 //!
 //! Usage: mmap-workload [--device PATH [--pages N] [--offset PAGES] [--private]]
-//!                      [--loop N]
+//!                      [--loop N] [--scenario NAME]
+//!
+//! Without --scenario: one sequence touching every traced call. Scenarios (for verify):
+//! anon, file-offset, split3, hole, mremap-move, fixed, threads.
 
 use std::{ffi::CString, io::Write as _};
 
@@ -58,6 +61,10 @@ fn main() {
                 libc::munmap(p, 16384);
             }
         }
+        return;
+    }
+    if let Some(name) = opt("--scenario") {
+        scenario(&mut rec, &name);
         return;
     }
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
@@ -130,4 +137,79 @@ fn main() {
     // SAFETY: closing our own fd.
     unsafe { libc::close(fd) };
     let _ = std::fs::remove_file(&path);
+}
+
+const RW: u64 = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+const ANON: u64 = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+const NO_FD: u64 = -1i64 as u64;
+
+fn scenario(rec: &mut Recorder, name: &str) {
+    let ro = libc::PROT_READ as u64;
+    match name {
+        "anon" => {
+            let a = rec.call("mmap", libc::SYS_mmap, &[0, 8 * PAGE, RW, ANON, NO_FD, 0]) as u64;
+            // SAFETY: writing into the mapping just made.
+            unsafe { std::ptr::write_bytes(a as *mut u8, 1, 8 * PAGE as usize) };
+            rec.call("munmap", libc::SYS_munmap, &[a, 8 * PAGE]);
+        }
+        "file-offset" => {
+            let path = std::env::temp_dir().join(format!("mmap-workload-f-{}", std::process::id()));
+            std::fs::write(&path, vec![3u8; 4 * PAGE as usize]).expect("temp file");
+            let file = std::fs::File::open(&path).expect("open temp file");
+            use std::os::fd::AsRawFd as _;
+            let fd = file.as_raw_fd() as u64;
+            let f = rec.call("mmap", libc::SYS_mmap, &[0, 2 * PAGE, ro, libc::MAP_PRIVATE as u64, fd, PAGE]) as u64;
+            let s = rec.call("mmap", libc::SYS_mmap, &[0, PAGE, ro, libc::MAP_SHARED as u64, fd, 3 * PAGE]) as u64;
+            rec.call("munmap", libc::SYS_munmap, &[f, 2 * PAGE]);
+            rec.call("munmap", libc::SYS_munmap, &[s, PAGE]);
+            let _ = std::fs::remove_file(&path);
+        }
+        "split3" => {
+            let a = rec.call("mmap", libc::SYS_mmap, &[0, 3 * PAGE, RW, ANON, NO_FD, 0]) as u64;
+            rec.call("mprotect", libc::SYS_mprotect, &[a + PAGE, PAGE, ro]);
+            rec.call("mprotect", libc::SYS_mprotect, &[a + PAGE, PAGE, RW]);
+            rec.call("munmap", libc::SYS_munmap, &[a, 3 * PAGE]);
+        }
+        "hole" => {
+            let a = rec.call("mmap", libc::SYS_mmap, &[0, 3 * PAGE, RW, ANON, NO_FD, 0]) as u64;
+            rec.call("munmap", libc::SYS_munmap, &[a + PAGE, PAGE]);
+            rec.call("munmap", libc::SYS_munmap, &[a, 3 * PAGE]);
+        }
+        "mremap-move" => {
+            let a = rec.call("mmap", libc::SYS_mmap, &[0, 2 * PAGE, RW, ANON, NO_FD, 0]) as u64;
+            // A reserved spot to move to, replaced by the move (MREMAP_FIXED).
+            let target = rec.call("mmap", libc::SYS_mmap, &[0, 4 * PAGE, libc::PROT_NONE as u64, ANON, NO_FD, 0]) as u64;
+            let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+            let b = rec.call("mremap", libc::SYS_mremap, &[a, 2 * PAGE, 3 * PAGE, flags, target + PAGE]) as u64;
+            rec.call("munmap", libc::SYS_munmap, &[b, 3 * PAGE]);
+            rec.call("munmap", libc::SYS_munmap, &[target, 4 * PAGE]);
+        }
+        "fixed" => {
+            let a = rec.call("mmap", libc::SYS_mmap, &[0, 4 * PAGE, RW, ANON, NO_FD, 0]) as u64;
+            rec.call("mmap", libc::SYS_mmap, &[a + PAGE, 2 * PAGE, ro, ANON | libc::MAP_FIXED as u64, NO_FD, 0]);
+            rec.call("munmap", libc::SYS_munmap, &[a, 4 * PAGE]);
+        }
+        "threads" => {
+            // Several threads mapping at once: each call is still checked.
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    std::thread::spawn(|| {
+                        for _ in 0..25 {
+                            // SAFETY: each thread maps, changes and unmaps its own memory.
+                            unsafe {
+                                let p = libc::mmap(std::ptr::null_mut(), 3 * PAGE as usize, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+                                assert_ne!(p, libc::MAP_FAILED);
+                                libc::mprotect(p.cast::<u8>().add(PAGE as usize).cast(), PAGE as usize, libc::PROT_READ);
+                                libc::munmap(p, 3 * PAGE as usize);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().expect("worker");
+            }
+        }
+        other => panic!("unknown scenario {other:?}"),
+    }
 }

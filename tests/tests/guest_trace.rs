@@ -1,0 +1,197 @@
+//! Guest tests of the kernel probes: the real eBPF programs on the Debian 6.1 guest kernel
+//! (which has kprobes) against the real mmtrace_drv module. Run by `cargo xtask test`.
+
+use mmap_trace_tests::{
+    cli::{cli, json_lines, split_summary, stderr, stdout, workload_path},
+    driver::{self, Kind, Module},
+    workload::{match_calls, parse_calls},
+};
+use serde_json::Value;
+
+const PAGE: u64 = 4096;
+/// VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP: what remap_pfn_range sets.
+const PFNMAP_FLAGS: [&str; 4] = ["IO", "PFNMAP", "DONTEXPAND", "DONTDUMP"];
+
+fn hex(v: &Value) -> u64 {
+    let s = v.as_str().unwrap_or_else(|| panic!("not a hex string: {v}"));
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// Traces the workload (optionally mapping a device) with every probe; returns the calls
+/// it reported and the events.
+fn trace_workload(extra: &[&str]) -> (Vec<mmap_trace_tests::workload::Call>, Vec<Value>) {
+    driver::require_guest();
+    let out_file = format!("/tmp/guest-trace-{}.jsonl", std::process::id());
+    let run = cli()
+        .args(["trace", "--json", "--output", &out_file, "--"])
+        .arg(workload_path())
+        .args(extra)
+        .output()
+        .expect("run mmap-trace");
+    assert!(run.status.success(), "mmap-trace failed: {}", stderr(&run));
+    let text = std::fs::read_to_string(&out_file).expect("trace output");
+    let records = json_lines(&text);
+    let (events, summary) = split_summary(&records);
+    assert_eq!(summary["lost_total"], 0, "{summary}");
+    let calls = parse_calls(&stdout(&run));
+    if let Err(e) = match_calls(&calls, events) {
+        panic!("{e}\ntrace:\n{text}");
+    }
+    (calls, events.to_vec())
+}
+
+fn by_probe<'a>(events: &'a [Value], probe: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["probe"] == probe).collect()
+}
+
+/// Issue #2's guest smoke test: an aya kprobe on mmap_region fires for a known mmap, and
+/// the driver skeleton loads and unloads.
+#[test]
+fn kprobe_on_mmap_region_fires_for_a_known_mmap() {
+    let module = Module::load(16).expect("insmod mmtrace_drv");
+    let (calls, events) = trace_workload(&[]);
+    let first = &calls[0]; // mmap(NULL, 4 pages, RW, PRIVATE|ANONYMOUS)
+    let regions = by_probe(&events, "mmap_region");
+    assert!(
+        regions
+            .iter()
+            .any(|e| e["len"] == format!("{:#x}", first.args[1]) && hex(&e["ret_addr"]) == first.ret as u64),
+        "no mmap_region event for {first:?} in {regions:?}"
+    );
+    // The file mapping with an offset: pgoff 1, the temp file's name.
+    assert!(
+        regions.iter().any(|e| e["pgoff"] == "0x1"
+            && e["file"]["name"].as_str().is_some_and(|n| n.starts_with("mmap-workload-"))),
+        "no file-backed mmap_region event with pgoff 1: {regions:?}"
+    );
+    module.unload().expect("rmmod mmtrace_drv");
+}
+
+/// The device mappings seen by all three kernel probes: the driver hook, mmap_region and
+/// remap_pfn_range, with PFNs equal to the driver's own list.
+fn check_device_mapping(kind: Kind, pages: u64, offset: u64) {
+    let module = Module::load(16).expect("insmod mmtrace_drv");
+    let pfns = driver::buffer_pfns(kind).expect("driver PFN list");
+    let dev = kind.dev_path();
+    let (calls, events) = trace_workload(&[
+        "--device",
+        &dev,
+        "--pages",
+        &pages.to_string(),
+        "--offset",
+        &offset.to_string(),
+    ]);
+    let dev_map = calls
+        .iter()
+        // The device is mapped after the temp file: the last fd-backed mmap of that size.
+        .rev()
+        .find(|c| c.call == "mmap" && c.args[4] != u64::MAX && c.args[5] == offset * PAGE && c.args[1] == pages * PAGE)
+        .expect("the workload's device mmap");
+    let addr = dev_map.ret as u64;
+    assert!(dev_map.ret > 0, "device mmap failed: {dev_map:?}");
+    let dev_name = dev.trim_start_matches("/dev/");
+
+    let hooks = by_probe(&events, "driver_mmap");
+    assert_eq!(hooks.len(), 1, "one driver_mmap event: {hooks:?}");
+    let hook = hooks[0];
+    assert_eq!(hook["ret"], 0, "{hook}");
+    for side in ["before", "after"] {
+        assert_eq!(hex(&hook[side]["start"]), addr, "{side}: {hook}");
+        assert_eq!(hex(&hook[side]["end"]), addr + pages * PAGE, "{side}: {hook}");
+        assert_eq!(hook[side]["file"]["name"], dev_name, "{side}: {hook}");
+    }
+    assert_eq!(hex(&hook["before"]["pgoff"]), offset, "{hook}");
+    let after_flags = hook["after"]["flags"].as_str().unwrap();
+    for flag in PFNMAP_FLAGS {
+        assert!(after_flags.split('|').any(|f| f == flag), "after.flags lacks {flag}: {hook}");
+        assert!(
+            !hook["before"]["flags"].as_str().unwrap().split('|').any(|f| f == flag),
+            "before.flags already has {flag}: {hook}"
+        );
+    }
+
+    let region = by_probe(&events, "mmap_region")
+        .into_iter()
+        .find(|e| e["file"]["name"] == dev_name)
+        .unwrap_or_else(|| panic!("no mmap_region event for {dev}"));
+    assert_eq!(hex(&region["ret_addr"]), addr, "{region}");
+    assert_eq!(hex(&region["len"]), pages * PAGE, "{region}");
+    assert_eq!(hex(&region["pgoff"]), offset, "{region}");
+
+    let remaps = by_probe(&events, "remap_pfn_range");
+    let expected: Vec<u64> = pfns[offset as usize..(offset + pages) as usize].to_vec();
+    match kind {
+        Kind::Kmalloc => {
+            assert_eq!(remaps.len(), 1, "kmalloc maps with ONE remap_pfn_range: {remaps:?}");
+            let r = remaps[0];
+            assert_eq!(hex(&r["addr"]), addr, "{r}");
+            assert_eq!(hex(&r["size"]), pages * PAGE, "{r}");
+            assert_eq!(hex(&r["pfn"]), expected[0], "first PFN vs the driver's list: {r}");
+            // One call covers the range only if the buffer is physically contiguous.
+            assert!(expected.windows(2).all(|w| w[1] == w[0] + 1), "{expected:x?}");
+        }
+        Kind::Vmalloc => {
+            assert_eq!(remaps.len() as u64, pages, "vmalloc: one remap per page: {remaps:?}");
+            for (i, r) in remaps.iter().enumerate() {
+                assert_eq!(hex(&r["addr"]), addr + i as u64 * PAGE, "{r}");
+                assert_eq!(hex(&r["size"]), PAGE, "{r}");
+                assert_eq!(hex(&r["pfn"]), expected[i], "page {i} PFN vs the driver's list: {r}");
+            }
+        }
+    }
+    for r in &remaps {
+        assert_eq!(hex(&r["vma"]["start"]), addr, "{r}");
+        assert_eq!(r["vma"]["vma"], hook["before"]["vma"], "same vm_area_struct: {r}");
+    }
+    module.unload().expect("rmmod mmtrace_drv");
+}
+
+#[test]
+fn kmalloc_device_mapping_seen_by_every_probe() {
+    check_device_mapping(Kind::Kmalloc, 4, 0);
+}
+
+#[test]
+fn kmalloc_device_mapping_with_offset() {
+    check_device_mapping(Kind::Kmalloc, 3, 5);
+}
+
+#[test]
+fn vmalloc_device_mapping_one_remap_per_page() {
+    check_device_mapping(Kind::Vmalloc, 4, 0);
+}
+
+#[test]
+fn vmalloc_device_mapping_with_offset() {
+    check_device_mapping(Kind::Vmalloc, 2, 7);
+}
+
+/// Where kprobes exist, asking for BTF that is not there is a clear error.
+#[test]
+fn missing_btf_is_a_clear_error() {
+    driver::require_guest();
+    let out = cli()
+        .args(["trace", "--probes", "mmap_region", "--btf", "/no/such/btf", "-d", "0.1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cannot read kernel BTF from /no/such/btf"), "{}", stderr(&out));
+}
+
+/// Without the module, the driver hook is skipped with a reason, the rest still runs.
+#[test]
+fn driver_hook_skipped_without_the_module() {
+    driver::require_guest();
+    let _lock = Module::lock().expect("module lock");
+    let out = cli().args(["trace", "-d", "0.2"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kernel probes skipped (driver_mmap)")
+            && stderr(&out).contains("load the mmtrace_drv module first"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli().args(["trace", "--probes", "driver_mmap"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cannot trace driver_mmap"), "{}", stderr(&out));
+}

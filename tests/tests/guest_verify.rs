@@ -1,0 +1,122 @@
+//! Issue #5 in the guest: `verify` with the kernel probes on (remap_pfn_range events feed
+//! the shadow), every scenario and both driver paths; `verify-driver` end to end; and
+//! planted mismatches that must FAIL.
+
+use mmap_trace_tests::{
+    cli::{SCENARIOS, assert_verified, cli, json_lines, stderr, stdout, verify_workload},
+    driver::{self, Module},
+};
+
+#[test]
+fn verify_agrees_on_every_scenario_with_kernel_probes() {
+    driver::require_guest();
+    let _module = Module::load(16).expect("insmod mmtrace_drv");
+    for scenario in SCENARIOS {
+        let run = verify_workload(&[], &["--scenario", scenario]);
+        assert_verified(&run, scenario);
+        let probes = run.summary()["probes"].to_string();
+        assert!(probes.contains("mmap_region"), "kernel probes missing: {probes}");
+    }
+}
+
+/// Both driver paths, with and without offset, shared and (kmalloc) private: the private
+/// mapping's maps offset is the first PFN, which the shadow learns from remap_pfn_range.
+#[test]
+fn verify_agrees_on_driver_mappings() {
+    driver::require_guest();
+    let _module = Module::load(16).expect("insmod mmtrace_drv");
+    let cases: &[&[&str]] = &[
+        &["--device", "/dev/mmtrace-kmalloc", "--pages", "4"],
+        &["--device", "/dev/mmtrace-kmalloc", "--pages", "3", "--offset", "5"],
+        &["--device", "/dev/mmtrace-kmalloc", "--pages", "2", "--offset", "1", "--private"],
+        &["--device", "/dev/mmtrace-vmalloc", "--pages", "4"],
+        &["--device", "/dev/mmtrace-vmalloc", "--pages", "2", "--offset", "9"],
+    ];
+    for case in cases {
+        let run = verify_workload(&[], case);
+        assert_verified(&run, &case.join(" "));
+        let remaps = run.records.iter().filter(|r| r["probe"] == "remap_pfn_range").count();
+        assert!(remaps > 0, "{case:?}: no remap_pfn_range event");
+    }
+}
+
+#[test]
+fn verify_catches_a_planted_mismatch() {
+    driver::require_guest();
+    let run = verify_workload(&["--plant", "maps-perms"], &["--scenario", "split3"]);
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    assert!(run.mismatches().iter().any(|m| m["field"] == "perms"), "{:?}", run.mismatches());
+}
+
+fn verify_driver(args: &[&str]) -> (std::process::Output, Vec<serde_json::Value>) {
+    let out = cli().args(["verify-driver", "--json"]).args(args).output().unwrap();
+    let records = json_lines(&stdout(&out));
+    (out, records)
+}
+
+fn failed_checks(records: &[serde_json::Value]) -> Vec<String> {
+    records
+        .iter()
+        .filter(|r| r["type"] == "check" && r["pass"] == false)
+        .map(|r| format!("{} {}: {}", r["device"], r["check"], r["detail"]))
+        .collect()
+}
+
+/// Issue #5's done-when: verify-driver PASSes for both devices, with and without offset.
+#[test]
+fn verify_driver_passes_for_both_devices() {
+    driver::require_guest();
+    let _module = Module::load(16).expect("insmod mmtrace_drv");
+    let cases: &[&[&str]] = &[
+        &[],
+        &["--offset", "5", "--pages", "3"],
+        &["--device", "/dev/mmtrace-kmalloc", "--private", "--offset", "2", "--pages", "2"],
+    ];
+    for case in cases {
+        let (out, records) = verify_driver(case);
+        let failed = failed_checks(&records);
+        assert!(out.status.success() && failed.is_empty(), "{case:?}: {failed:#?}\n{}", stderr(&out));
+        let summary = records.last().unwrap();
+        assert!(summary["passed"].as_u64().unwrap() >= 12, "{summary}");
+    }
+    // The human table says PASS too.
+    let out = cli().args(["verify-driver"]).output().unwrap();
+    assert!(stdout(&out).contains("PASS: 24 of 24 checks passed"), "{}", stdout(&out));
+}
+
+#[test]
+fn verify_driver_catches_a_planted_pfn_error() {
+    driver::require_guest();
+    let _module = Module::load(16).expect("insmod mmtrace_drv");
+    let (out, records) = verify_driver(&["--plant", "pfn-off-by-one"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let failed = failed_checks(&records);
+    for check in ["remap PFNs == driver's PFN list", "page tables == driver's PFN list"] {
+        assert_eq!(
+            failed.iter().filter(|f| f.contains(check)).count(),
+            2,
+            "{check} must fail for both devices: {failed:#?}"
+        );
+    }
+}
+
+#[test]
+fn verify_driver_refuses_what_is_not_the_driver() {
+    driver::require_guest();
+    let _module = Module::load(16).expect("insmod mmtrace_drv");
+    let out = cli().args(["verify-driver", "--device", "/dev/null"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("/dev/null is not an mmtrace_drv device"), "{}", stderr(&out));
+    let out = cli().args(["verify-driver", "--device", "/dev/mmtrace-vmalloc", "--private"]).output().unwrap();
+    assert!(stderr(&out).contains("shared mappings only"), "{}", stderr(&out));
+    let out = cli().args(["verify-driver", "--offset", "16"]).output().unwrap();
+    assert!(stderr(&out).contains("past the 16-page buffer"), "{}", stderr(&out));
+}
+
+#[test]
+fn verify_driver_without_the_module_says_so() {
+    driver::require_guest();
+    let _lock = Module::lock().expect("module lock");
+    let out = cli().args(["verify-driver", "--device", "/dev/null"]).output().unwrap();
+    assert!(stderr(&out).contains("module is not loaded"), "{}", stderr(&out));
+}

@@ -228,7 +228,7 @@ fn check_hook(checks: &mut Checks, events: &[Event], m: &Mapping, offset: u64, n
         && b.vm_pgoff == offset
         && c_str(&b.file.name) == name
         && hook.ret == 0;
-    checks.add("driver hook saw the VMA", same, format!("{} events; before: {} file {}; ret {}", hooks.len(), vma_str(b), c_str(&b.file.name), hook.ret));
+    checks.add("driver hook saw the VMA", same, format!("{} call(s); before: {} file {}; ret {}", hooks.len(), vma_str(b), c_str(&b.file.name), hook.ret));
     let a = &hook.after;
     let flags_ok = a.vm_flags & PFNMAP_FLAGS == PFNMAP_FLAGS && b.vm_flags & PFNMAP_FLAGS == 0;
     checks.add("driver set IO|PFNMAP|DONTEXPAND|DONTDUMP", flags_ok, format!("after: {}", flags::decode(flags::VM, a.vm_flags)));
@@ -293,7 +293,8 @@ fn check_page_tables(checks: &mut Checks, kind: DeviceKind, m: &Mapping, expecte
     let table = driver_truth::page_table(kind)?;
     let ours: Vec<Option<u64>> = table.iter().filter(|(a, _)| *a >= m.addr && *a < m.addr + m.len).map(|(_, p)| *p).collect();
     let want: Vec<Option<u64>> = expected.iter().map(|p| Some(*p)).collect();
-    checks.add("page tables == driver's PFN list", ours == want, format!("page tables {ours:x?}"));
+    let shown: Vec<String> = ours.iter().map(|p| p.map_or("-".into(), |p| format!("{p:x}"))).collect();
+    checks.add("page tables == driver's PFN list", ours == want, format!("page tables [{}]", shown.join(", ")));
     Ok(())
 }
 

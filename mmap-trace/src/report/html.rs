@@ -761,6 +761,13 @@ function vmaTip(v) {
   for (const [id, role] of shown) h += eventRow(id, role);
   return h + "</table>";
 }
+// For tests and curious readers: how many bars the page has and how many have a size on
+// screen (`chromium --dump-dom` shows these attributes).
+{
+  const bars = [...document.querySelectorAll("rect.vma")];
+  document.body.dataset.vmaBars = bars.length;
+  document.body.dataset.renderedBars = bars.filter(r => { const b = r.getBoundingClientRect(); return b.width > 0 && b.height > 0; }).length;
+}
 let lit = null;
 document.addEventListener("mousemove", ev => {
   const el = ev.target.closest ? ev.target.closest("[data-v],[data-e],[data-m]") : null;

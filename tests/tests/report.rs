@@ -1,0 +1,263 @@
+//! `mmap-trace report` on recorded traces (tests/fixtures/): the real CLI writes the HTML,
+//! headless Chromium renders it, and the page must show one bar per VMA interval of the
+//! model. Host-only and unprivileged; needs Debian's `chromium` (`cargo xtask test`
+//! installs it). Screenshots land in target/tmp/report-*.png.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use mmap_trace_tests::cli::{cli, stderr, stdout};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// One Chromium at a time: each is a few hundred MB and the CI machine has two cores.
+static CHROMIUM_LOCK: Mutex<()> = Mutex::new(());
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+fn out_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+fn report(args: &[&str]) -> Output {
+    cli().arg("report").args(args).output().expect("run mmap-trace report")
+}
+
+/// `N VMA intervals` summed over the processes of the text report: the model's count.
+fn model_bars(trace: &Path, pid: Option<&str>) -> usize {
+    let mut args = vec![trace.to_str().unwrap()];
+    if let Some(pid) = pid {
+        args.extend(["--pid", pid]);
+    }
+    let run = report(&args);
+    assert!(run.status.success(), "text report failed: {}", stderr(&run));
+    stdout(&run)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("timeline:"))
+        .map(|l| l.split_whitespace().next().unwrap().parse::<usize>().unwrap())
+        .sum()
+}
+
+/// Runs headless Chromium with `args` after the common flags; kills it after 90 s.
+fn chromium(args: &[String]) -> Output {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is not installed: the report test renders HTML in headless Chromium. \
+         Install it with `apt-get install -y chromium` (`cargo xtask test` installs it)."
+    );
+    let _one = CHROMIUM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let profile = tempdir("chromium-profile");
+    let mut child = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chromium");
+    let started = Instant::now();
+    while child.try_wait().expect("wait for chromium").is_none() {
+        if started.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            panic!("chromium ran for more than 90 s: {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("chromium output");
+    let _ = std::fs::remove_dir_all(&profile);
+    out
+}
+
+fn tempdir(what: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("mmtrace-report-{what}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The DOM Chromium built from `html`, after its scripts ran.
+struct Dom(String);
+
+impl Dom {
+    fn load(html: &Path) -> Self {
+        let out = chromium(&["--dump-dom".to_string(), format!("file://{}", html.display())]);
+        assert!(out.status.success(), "chromium --dump-dom failed: {}", stderr(&out));
+        Self(stdout(&out))
+    }
+
+    /// An attribute of `<body>` set by the page's script.
+    fn body_attr(&self, name: &str) -> usize {
+        let body = &self.0[self.0.find("<body").expect("a body")..];
+        let body = &body[..body.find('>').unwrap()];
+        let at = body.find(&format!("{name}=\"")).unwrap_or_else(|| panic!("no {name} on {body}: did the script run?"));
+        let value = &body[at + name.len() + 2..];
+        value[..value.find('"').unwrap()].parse().unwrap()
+    }
+
+    /// Elements whose start tag begins with `prefix` (e.g. `<rect class="vma`).
+    fn count(&self, prefix: &str) -> usize {
+        self.0.matches(prefix).count()
+    }
+
+    /// `<rect class="vma …">` tags whose class list has `class`.
+    fn bars_with_class(&self, class: &str) -> usize {
+        self.0
+            .split("<rect class=\"")
+            .skip(1)
+            .filter(|tag| tag.starts_with("vma ") && tag[..tag.find('"').unwrap()].split(' ').any(|c| c == class))
+            .count()
+    }
+}
+
+/// Writes the HTML report of `fixture`, renders it, screenshots it; checks the bar count
+/// against `expected` and against the model (the text report), and that nothing external
+/// is referenced.
+fn render(name: &str, extra: &[&str], expected: usize) -> Dom {
+    let trace = fixture(name);
+    let stem = name.trim_end_matches(".jsonl");
+    let suffix = extra.join("");
+    let html = out_dir().join(format!("report-{stem}{suffix}.html"));
+    let mut args = vec![trace.to_str().unwrap(), "--html", html.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let run = report(&args);
+    assert!(run.status.success(), "report --html failed: {}", stderr(&run));
+    assert!(stderr(&run).contains(&format!("{expected} VMA bars")), "{}", stderr(&run));
+    let pid = extra.iter().position(|a| *a == "--pid").map(|i| extra[i + 1]);
+    assert_eq!(model_bars(&trace, pid), expected, "the text report's model disagrees with the expected count");
+
+    let dom = Dom::load(&html);
+    assert_eq!(dom.count("<rect class=\"vma "), expected, "rect.vma elements in the DOM");
+    assert_eq!(dom.body_attr("data-vma-bars"), expected, "querySelectorAll('rect.vma')");
+    assert_eq!(dom.body_attr("data-rendered-bars"), expected, "bars with a size on screen");
+    for external in ["<link", "<img", "<iframe", "src=\"http", "href=\"http", "url(http", "@import"] {
+        assert!(!dom.0.contains(external), "the page references something external: {external}");
+    }
+
+    let png = out_dir().join(format!("report-{stem}{suffix}.png"));
+    let _ = std::fs::remove_file(&png);
+    let shot = chromium(&[
+        format!("--screenshot={}", png.display()),
+        "--window-size=1400,900".to_string(),
+        format!("file://{}", html.display()),
+    ]);
+    assert!(shot.status.success(), "chromium --screenshot failed: {}", stderr(&shot));
+    let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 20_000, "{} is {size} bytes: an empty page?", png.display());
+    eprintln!("screenshot: {}", png.display());
+    dom
+}
+
+/// Hand-written (tests/fixtures/synthetic.jsonl): pid 100 makes 10 intervals (the mmap
+/// split by mprotect into 4, a munmap splitting off one more, an mremap move with growth
+/// adding 2, a MAP_FIXED replacement 1, the heap's growth and shrink 2), pid 200 one.
+#[test]
+fn html_synthetic_trace_has_one_bar_per_interval() {
+    let dom = render("synthetic.jsonl", &[], 11);
+    assert_eq!(dom.count("<section class=\"process\""), 2);
+    assert_eq!(dom.bars_with_class("mismatch"), 1, "the verify mismatch marks the MAP_FIXED file mapping");
+    assert_eq!(dom.count("<g class=\"mm\" data-m="), 1);
+    assert_eq!(dom.bars_with_class("k-heap"), 2);
+    assert_eq!(dom.bars_with_class("k-file"), 1);
+    assert_eq!(dom.bars_with_class("p-none"), 1, "the mprotect(PROT_NONE) guard");
+    let one = render("synthetic.jsonl", &["--pid", "200"], 1);
+    assert_eq!(one.count("<section class=\"process\""), 1);
+}
+
+/// The workload traced on this kind of host (syscall probes only).
+#[test]
+fn html_host_trace_renders_in_chromium() {
+    let dom = render("host-workload.jsonl", &[], 15);
+    assert_eq!(dom.bars_with_class("k-heap"), 3);
+    assert_eq!(dom.bars_with_class("driver"), 0);
+}
+
+/// The workload mapping /dev/mmtrace-kmalloc in the guest, all probes: the driver mapping
+/// is one highlighted device bar.
+#[test]
+fn html_guest_driver_trace_highlights_the_driver_mapping() {
+    let dom = render("guest-driver.jsonl", &[], 25);
+    assert_eq!(dom.bars_with_class("driver"), 1);
+    assert_eq!(dom.bars_with_class("k-device"), 1);
+    assert!(dom.0.contains("mmtrace-kmalloc rw- · driver · pfn 0x61a0"), "the driver bar's label");
+    assert!(dom.count("<g class=\"exec\"") == 1);
+}
+
+/// `verify --plant maps-perms` in the guest: 9 mismatch records, each marked.
+#[test]
+fn html_verify_trace_marks_mismatches() {
+    let dom = render("guest-verify-planted.jsonl", &[], 25);
+    assert_eq!(dom.count("<g class=\"mm\" data-m="), 9);
+    assert!(dom.bars_with_class("mismatch") >= 3, "bars under the mismatches are flagged");
+    assert!(dom.0.contains("9 verify mismatch(es)"));
+}
+
+#[test]
+fn text_report_summarises_each_process() {
+    let run = report(&[fixture("synthetic.jsonl").to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let text = stdout(&run);
+    for line in [
+        "lost events: 2 (mmap 2): the timeline is incomplete",
+        "records of unknown type (ignored): \"note\" 1",
+        "pid 100 (synth): 9 events",
+        "events:    mmap 2, munmap 2 (1 refused), mprotect 1, mremap 1, brk 3",
+        "mapped:    156 KiB",
+        "unmapped:  76 KiB",
+        "refused:   EINVAL 1 (munmap 1)",
+        "timeline:  10 VMA intervals (0 device, 0 driver); at the end 5 VMAs, 80 KiB",
+        "mismatches: 1",
+        "field=perms expected=r--p found=rw-p",
+        "pid 200 (other): 1 events",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    let run = report(&[fixture("guest-driver.jsonl").to_str().unwrap()]);
+    let text = stdout(&run);
+    assert!(text.contains("16 KiB  0x7fe918eb0000-0x7fe918eb4000  mmap rw- device mmtrace-kmalloc (driver)"), "{text}");
+    assert!(text.contains("lost events: none"), "{text}");
+}
+
+#[test]
+fn report_errors_are_clear() {
+    let dir = tempdir("errors");
+    let check = |args: &[&str], wanted: &str| {
+        let run = report(args);
+        let err = stderr(&run);
+        assert_eq!(run.status.code(), Some(2), "{args:?}: errors exit with 2: {err}");
+        assert!(err.contains(wanted), "{args:?}: wanted {wanted:?} in {err:?}");
+        assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    };
+    let missing = dir.join("missing.jsonl");
+    check(&[missing.to_str().unwrap()], "cannot read");
+    let bad = dir.join("bad.jsonl");
+    let good = std::fs::read_to_string(fixture("synthetic.jsonl")).unwrap();
+    let mut lines: Vec<&str> = good.lines().collect();
+    lines.insert(3, "{\"type\":\"event\", truncated");
+    std::fs::write(&bad, lines.join("\n")).unwrap();
+    check(&[bad.to_str().unwrap()], "line 4 is not JSON");
+    let empty = dir.join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    check(&[empty.to_str().unwrap()], "the trace is empty");
+    let synthetic = fixture("synthetic.jsonl");
+    check(&[synthetic.to_str().unwrap(), "--pid", "4242"], "pid 4242 has no events");
+    check(&[synthetic.to_str().unwrap(), "--html", "/nonexistent-dir/x.html"], "cannot write /nonexistent-dir/x.html");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -59,6 +59,9 @@ pub fn driver_mmap_ret(ctx: RetProbeContext) -> u32 {
     }
     let _ = DRIVER_MMAP_ENTRY.remove(task.tid);
     entry.submit(0);
+    // Rare (one per driver mmap): worth a line in the CLI's log (RUST_LOG=info).
+    let ret = ctx.ret::<i32>();
+    aya_log_ebpf::info!(&ctx, "driver mmap hook returned {} (pid {})", ret, task.pid);
     0
 }
 

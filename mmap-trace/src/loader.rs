@@ -29,8 +29,12 @@ pub struct LoadOptions {
     pub driver_hooks: Vec<String>,
 }
 
+type Logger = std::sync::Arc<std::sync::Mutex<aya_log::EbpfLogger<&'static dyn log::Log>>>;
+
 pub struct Tracer {
     pub ebpf: Ebpf,
+    /// aya-log records from the probes, forwarded to the CLI's logger by a thread.
+    logger: Option<Logger>,
     pub attached: Vec<Probe>,
     /// (probe, why it is not attached), for probes skipped when not explicitly requested.
     pub skipped: Vec<(Probe, String)>,
@@ -86,15 +90,25 @@ impl Tracer {
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs")?;
-        match aya_log::EbpfLogger::init(&mut ebpf) {
-            Ok(logger) => forward_logs(logger),
-            Err(e) => log::debug!("no eBPF log messages: {e}"),
-        }
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(forward_logs(logger)),
+            Err(e) => {
+                log::debug!("no eBPF log messages: {e}");
+                None
+            }
+        };
         for probe in &chosen {
             attach(&mut ebpf, *probe, &driver_hooks)
                 .with_context(|| format!("attaching the {} probe", probe.name()))?;
         }
-        Ok(Self { ebpf, attached: chosen, skipped })
+        Ok(Self { ebpf, logger, attached: chosen, skipped })
+    }
+
+    /// Forwards the probes' log records still waiting (call before exiting).
+    pub fn flush_logs(&self) {
+        if let Some(logger) = &self.logger {
+            logger.lock().unwrap_or_else(|e| e.into_inner()).flush();
+        }
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
@@ -168,9 +182,11 @@ fn present_driver_hooks(hooks: &[String]) -> Result<Vec<String>> {
 }
 
 /// aya-log records from the probes go to the CLI's logger (RUST_LOG) from a thread.
-fn forward_logs(mut logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+fn forward_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> Logger {
     use std::os::fd::AsRawFd as _;
     let fd = logger.as_raw_fd();
+    let logger = std::sync::Arc::new(std::sync::Mutex::new(logger));
+    let shared = logger.clone();
     std::thread::spawn(move || {
         loop {
             let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
@@ -178,7 +194,8 @@ fn forward_logs(mut logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
             if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
                 break;
             }
-            logger.flush();
+            shared.lock().unwrap_or_else(|e| e.into_inner()).flush();
         }
     });
+    logger
 }

@@ -50,6 +50,7 @@ pub fn run(config: TraceConfig) -> Result<()> {
         config.duration,
         &tracer,
     ))?;
+    tracer.flush_logs();
     summary.attached = tracer.attached.clone();
     summary.duration_ns = monotonic_ns().saturating_sub(start_ns);
     summary.events = out.counts;

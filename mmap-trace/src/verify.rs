@@ -122,6 +122,7 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         }
         anyhow::Ok(ended)
     })?;
+    tracer.flush_logs();
     // Never leave the target stopped behind us.
     // SAFETY: plain kill(2).
     unsafe { libc::kill(pid as i32, libc::SIGCONT) };

@@ -195,3 +195,19 @@ fn driver_hook_skipped_without_the_module() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("cannot trace driver_mmap"), "{}", stderr(&out));
 }
+
+/// The probes' aya-log records reach the CLI's logger (RUST_LOG).
+#[test]
+fn probe_log_messages_reach_the_cli_logger() {
+    let module = Module::load(16).expect("insmod mmtrace_drv");
+    let out = cli()
+        .env("RUST_LOG", "info")
+        .args(["trace", "--json", "--output", "/tmp/log-trace.jsonl", "--"])
+        .arg(workload_path())
+        .args(["--device", "/dev/mmtrace-kmalloc"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("driver mmap hook returned 0"), "{}", stderr(&out));
+    module.unload().expect("rmmod mmtrace_drv");
+}

@@ -8,6 +8,7 @@ mod flags;
 mod json;
 mod loader;
 mod output;
+mod paths;
 mod report;
 mod session;
 mod spawn;

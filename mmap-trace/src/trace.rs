@@ -5,14 +5,13 @@ use std::{io::Write, os::fd::OwnedFd, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
-use mmap_trace_common::Probe;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
 };
 
 use crate::{
-    decode::{self, Event},
+    decode,
     loader::{LoadOptions, Tracer},
     output::{Format, Output, Summary},
     session::{Session, Target, monotonic_ns, reap},
@@ -141,10 +140,11 @@ async fn event_loop(
 }
 
 fn drain(ring: &mut RingBuf<MapData>, out: &mut Output, summary: &mut Summary) -> Result<()> {
+    crate::paths::new_batch();
     while let Some(item) = ring.next() {
         match decode::decode(&item) {
             Ok(event) => {
-                let path = mapped_path(&event);
+                let path = crate::paths::mapped_path(&event);
                 out.event(&event, path).or_else(ignore_closed_output)?;
             }
             Err(e) => {
@@ -155,19 +155,6 @@ fn drain(ring: &mut RingBuf<MapData>, out: &mut Output, summary: &mut Summary) -
     }
     out.flush().or_else(ignore_closed_output)?;
     Ok(())
-}
-
-/// The file behind an mmap's fd, while the process still has it open.
-fn mapped_path(event: &Event) -> Option<String> {
-    let Event::Syscall(e) = event else { return None };
-    if e.header.probe != Probe::Mmap as u32
-        || e.args[3] & libc::MAP_ANONYMOUS as u64 != 0
-        || (e.args[4] as i32) < 0
-    {
-        return None;
-    }
-    let link = format!("/proc/{}/fd/{}", e.header.pid, e.args[4] as i32);
-    std::fs::read_link(link).ok().map(|p| p.display().to_string())
 }
 
 /// A closed stdout (e.g. `| head`) ends the trace quietly rather than as an error.

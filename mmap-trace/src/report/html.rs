@@ -238,6 +238,7 @@ fn bar(
         "driver": a.driver,
         "mismatch": flagged,
         "touches": touches,
+        "elided": vma.elided,
     }));
     let _ = writeln!(
         out,
@@ -734,7 +735,8 @@ table.mismatches td:last-child { font-family: ui-monospace, "DejaVu Sans Mono", 
 .empty { color: #5a6273; font-style: italic; }
 #tip { position: fixed; display: none; max-width: 620px; pointer-events: none; background: #fffffe; border: 1px solid #b9bfca; border-radius: 6px; box-shadow: 0 4px 16px rgba(0,0,0,.18); padding: 8px 10px; font-size: 12px; z-index: 10; }
 #tip .h { font-weight: 700; font-size: 13px; } #tip .mono, #tip td.d { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 11px; }
-#tip table { border-collapse: collapse; margin-top: 4px; } #tip td { padding: 1px 6px 1px 0; vertical-align: top; } #tip td.r { font-weight: 600; white-space: nowrap; }
+#tip table { border-collapse: collapse; margin-top: 4px; } #tip td { padding: 1px 6px 1px 0; vertical-align: top; white-space: nowrap; } #tip td.r { font-weight: 600; }
+#tip td.d { white-space: normal; overflow-wrap: anywhere; }
 #tip .err { color: #d1001f; font-weight: 600; }
 "#;
 
@@ -756,9 +758,13 @@ function vmaTip(v) {
   if (v.driver) h += `<div class="err">mapped by the mmtrace driver</div>`;
   if (v.mismatch) h += `<div class="err">verify reported a mismatch here</div>`;
   h += `<div>${esc(v.span)}</div><table>`;
-  const shown = v.touches.slice(-12);
-  if (shown.length < v.touches.length) h += `<tr><td></td><td colspan="2">… ${v.touches.length - shown.length} earlier</td></tr>`;
-  for (const [id, role] of shown) h += eventRow(id, role);
+  // The first event (what made the mapping), then the latest ones.
+  const t = v.touches, rows = t.length > 12 ? [t[0], ...t.slice(-11)] : t;
+  const hidden = v.elided + (t.length - rows.length);
+  rows.forEach(([id, role], k) => {
+    h += eventRow(id, role);
+    if (k === 0 && hidden > 0) h += `<tr><td></td><td colspan="2">… ${hidden} more events …</td></tr>`;
+  });
   return h + "</table>";
 }
 // For tests and curious readers: how many bars the page has and how many have a size on

@@ -147,8 +147,25 @@ pub struct Vma {
     /// `None`: still mapped when the trace ended.
     pub t_end: Option<u64>,
     pub attrs: Attrs,
-    /// Oldest first, inherited through splits, prot changes and moves.
+    /// Oldest first, inherited through splits, prot changes and moves; the first (what
+    /// made the mapping) and the latest [`HISTORY`] - 1 are kept.
     pub touches: Vec<Touch>,
+    /// Touches dropped from the middle of a long history.
+    pub elided: usize,
+}
+
+/// How many touches a VMA's history keeps: a region split or re-protected thousands of
+/// times must not carry thousands of events into every piece.
+pub const HISTORY: usize = 24;
+
+impl Vma {
+    fn remember(&mut self, touch: Touch) {
+        self.touches.push(touch);
+        if self.touches.len() > HISTORY {
+            self.touches.remove(1);
+            self.elided += 1;
+        }
+    }
 }
 
 impl Vma {
@@ -319,7 +336,11 @@ impl Space {
                 let (start, end) = pages(*addr, *len);
                 if in_mmap {
                     self.annotate(start, end, t, i, |a| {
-                        a.learn_vm_flags(*vm_flags);
+                        // mmap_region reports the flags it was asked for; a driver's mmap
+                        // may add to them (VM_IO|VM_PFNMAP), and its event says so.
+                        if !a.driver {
+                            a.learn_vm_flags(*vm_flags);
+                        }
                         if file.is_some() {
                             a.file.clone_from(file);
                         }
@@ -365,19 +386,23 @@ impl Space {
 
     fn map(&mut self, start: u64, end: u64, t: u64, i: usize, attrs: Attrs, role: Role) {
         self.unmap(start, end, t, i, Role::Replaced);
-        self.insert(start, end, t, attrs, vec![Touch { event: i, role }]);
+        self.insert(start, end, t, attrs, Touch { event: i, role });
     }
 
     fn unmap(&mut self, start: u64, end: u64, t: u64, i: usize, role: Role) {
         self.for_each_in(start, end, |_| true, t, i, role, |_| None);
     }
 
-    fn insert(&mut self, start: u64, end: u64, t: u64, attrs: Attrs, touches: Vec<Touch>) {
-        if start < end {
-            if matches!(touches.last(), Some(Touch { role: Role::Created | Role::Grown, .. })) {
-                self.mapped += end - start;
+    fn insert(&mut self, start: u64, end: u64, t: u64, attrs: Attrs, touch: Touch) {
+        self.insert_vma(Vma { start, end, t_start: t, t_end: None, attrs, touches: vec![touch], elided: 0 });
+    }
+
+    fn insert_vma(&mut self, vma: Vma) {
+        if vma.start < vma.end {
+            if matches!(vma.touches.last(), Some(Touch { role: Role::Created | Role::Grown, .. })) {
+                self.mapped += vma.len();
             }
-            self.live.insert(start, Vma { start, end, t_start: t, t_end: None, attrs, touches });
+            self.live.insert(vma.start, vma);
         }
     }
 
@@ -393,8 +418,8 @@ impl Space {
         let split = Touch { event: i, role: Role::Split };
         // One call may cut a VMA at both ends of its range: one `split` is enough.
         if vma.touches.last() != Some(&split) {
-            vma.touches.push(split);
-            upper.touches.push(split);
+            vma.remember(split);
+            upper.remember(split);
         }
         self.live.insert(addr, upper);
     }
@@ -408,6 +433,7 @@ impl Space {
     /// For each live VMA overlapping `[start, end)` that `wanted` selects: the part inside
     /// the range ends at `t` with `role`; `successor` gives the attributes of what replaces
     /// it from `t` on (`None`: nothing does).
+    #[allow(clippy::too_many_arguments)]
     fn for_each_in(
         &mut self,
         start: u64,
@@ -428,19 +454,14 @@ impl Space {
                 self.split_at(end, i);
             }
             let mut old = self.live.remove(&vstart.max(start)).expect("the piece inside the range");
-            let next = successor(&old.attrs);
-            let mut history = old.touches.clone();
-            history.push(Touch { event: i, role });
-            let (s, e) = (old.start, old.end);
-            if next.is_none() && matches!(role, Role::Removed | Role::Shrunk | Role::Replaced) {
-                self.unmapped += e - s;
+            old.remember(Touch { event: i, role });
+            if let Some(attrs) = successor(&old.attrs) {
+                self.insert_vma(Vma { t_start: t, attrs, ..old.clone() });
+            } else if matches!(role, Role::Removed | Role::Shrunk | Role::Replaced) {
+                self.unmapped += old.len();
             }
             old.t_end = Some(t);
-            old.touches.push(Touch { event: i, role });
             self.done.push(old);
-            if let Some(attrs) = next {
-                self.insert(s, e, t, attrs, history);
-            }
         }
     }
 
@@ -456,7 +477,7 @@ impl Space {
             }
             let vma = self.live.get_mut(&key.max(start)).expect("the piece inside the range");
             change(&mut vma.attrs);
-            vma.touches.push(Touch { event: i, role: Role::Annotated });
+            vma.remember(Touch { event: i, role: Role::Annotated });
         }
     }
 
@@ -475,7 +496,7 @@ impl Space {
             gaps.push((cursor, end));
         }
         for (s, e) in gaps {
-            self.insert(s, e, t, attrs.clone(), vec![Touch { event: i, role }]);
+            self.insert(s, e, t, attrs.clone(), Touch { event: i, role });
         }
     }
 
@@ -504,15 +525,14 @@ impl Space {
         }
         self.unmap(new, end(new, new_len), t, i, Role::Replaced);
         let mut last = fallback;
-        for vma in moved {
+        for mut vma in moved {
             let from = vma.start.max(old) - old;
             let to = (vma.end.min(end(old, source_len)) - old).min(new_len);
-            let mut touches = vma.touches;
-            touches.push(Touch { event: i, role: Role::MovedHere });
+            vma.remember(Touch { event: i, role: Role::MovedHere });
+            last = vma.attrs.clone();
             if from < to {
-                self.insert(end(new, from), end(new, to), t, vma.attrs.clone(), touches);
+                self.insert_vma(Vma { start: end(new, from), end: end(new, to), t_start: t, t_end: None, ..vma });
             }
-            last = vma.attrs;
         }
         if new_len > source_len {
             self.fill_gaps(end(new, source_len), end(new, new_len), t, i, &last, Role::Grown);
@@ -895,7 +915,7 @@ mod tests {
             // Another thread's mmap between them must not take the annotations.
             .push_as(2, Call::RemapPfnRange { vma: vma.clone(), addr: dev, pfn: 0x1234, size: 2 * P }, None)
             .push_as(2, Call::DriverMmap { after: VmaInfo { flags_raw: 0x40044fb, ..vma.clone() } }, None)
-            .push_as(2, Call::MmapRegion { len: 2 * P, vm_flags: 0x40044fb, file: None, ret: Some(dev) }, None)
+            .push_as(2, Call::MmapRegion { len: 2 * P, vm_flags: 0xfb, file: None, ret: Some(dev) }, None)
             .anon(A, P, 3)
             .push_as(
                 2,
@@ -906,6 +926,7 @@ mod tests {
         assert_eq!(p.vmas.len(), 2);
         let d = p.vmas.iter().find(|v| v.start == dev).unwrap();
         assert_eq!((d.end, d.t_start, d.attrs.kind, d.attrs.driver), (dev + 2 * P, ts(4), Kind::Device, true));
+        // The driver's after-flags, not mmap_region's requested ones (0xfb).
         assert_eq!(d.attrs.vm_flags, Some(0x40044fb));
         assert_eq!(d.attrs.pfns, vec![PfnRange { addr: dev, pfn: 0x1234, size: 2 * P }]);
         assert_eq!(d.attrs.file.as_deref(), Some("mmtrace-kmalloc"));
@@ -966,6 +987,21 @@ mod tests {
         let trace = Trace { events: calls.0, ..Trace::default() };
         let ps = replay(&trace);
         assert_eq!(ps.iter().map(|p| (p.pid, p.vmas.len())).collect::<Vec<_>>(), vec![(1, 1), (2, 1)]);
+    }
+
+    #[test]
+    fn long_histories_keep_the_creation_and_the_latest() {
+        let mut calls = Calls::new().anon(A, P, 3);
+        for k in 0..100 {
+            calls = calls.mprotect(A, P, if k % 2 == 0 { 1 } else { 3 });
+        }
+        let p = calls.replay();
+        let last = p.vmas.iter().find(|v| v.t_end.is_none()).unwrap();
+        assert_eq!(last.touches.len(), HISTORY);
+        assert_eq!(last.touches[0], Touch { event: 0, role: Role::Created });
+        assert_eq!(last.touches.last(), Some(&Touch { event: 100, role: Role::ProtChanged }));
+        assert_eq!(last.elided, 100 + 1 - HISTORY);
+        assert_eq!(p.vmas.len(), 101);
     }
 
     #[test]

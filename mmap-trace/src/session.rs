@@ -12,6 +12,33 @@ use crate::{
     spawn,
 };
 
+/// SIGINT and SIGTERM, caught from before the ready line on: a Ctrl-C at any moment
+/// after "ready" ends the trace through the drain-and-summary path, never by default
+/// action.
+pub struct StopSignals {
+    pub sigint: tokio::signal::unix::Signal,
+    pub sigterm: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub fn install(runtime: &tokio::runtime::Runtime) -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _context = runtime.enter();
+        Ok(Self {
+            sigint: signal(SignalKind::interrupt()).context("catching SIGINT")?,
+            sigterm: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+        })
+    }
+}
+
+/// A single-threaded event loop (no thread exists before the held child's fork).
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")
+}
+
 /// What to trace, already validated by the CLI.
 pub enum Target {
     All,

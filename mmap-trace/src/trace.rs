@@ -5,16 +5,13 @@ use std::{io::Write, os::fd::OwnedFd, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
+use tokio::io::unix::AsyncFd;
 
 use crate::{
     decode,
     loader::{LoadOptions, Tracer},
     output::{Format, Output, Summary},
-    session::{Session, Target, monotonic_ns, reap},
+    session::{Session, StopSignals, Target, monotonic_ns, reap, runtime},
 };
 
 pub struct TraceConfig {
@@ -26,6 +23,8 @@ pub struct TraceConfig {
 }
 
 pub fn run(config: TraceConfig) -> Result<()> {
+    let runtime = runtime()?;
+    let signals = StopSignals::install(&runtime)?;
     let session = Session::start("trace", &config.target, config.load)?;
     let sink: Box<dyn Write + Send> = match &config.output {
         Some(path) => Box::new(
@@ -37,12 +36,9 @@ pub fn run(config: TraceConfig) -> Result<()> {
     let mut out = Output::new(config.format, sink, session.start_ns);
     let Session { tracer, ring, pidfd, child, start_ns, .. } = session;
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the event loop")?;
     let mut summary = runtime.block_on(event_loop(
         ring,
+        signals,
         &mut out,
         pidfd,
         child,
@@ -64,6 +60,7 @@ pub fn run(config: TraceConfig) -> Result<()> {
 
 async fn event_loop(
     ring: RingBuf<MapData>,
+    signals: StopSignals,
     out: &mut Output,
     pidfd: Option<OwnedFd>,
     child: Option<u32>,
@@ -82,8 +79,7 @@ async fn event_loop(
         ),
         None => None,
     };
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+    let StopSignals { mut sigint, mut sigterm } = signals;
     let deadline = async {
         match duration {
             Some(d) => tokio::time::sleep(d).await,

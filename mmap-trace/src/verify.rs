@@ -12,10 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
 use mmap_trace_common::{Probe, SyscallEvent};
 use serde::Serialize;
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
+use tokio::io::unix::AsyncFd;
 
 use crate::{
     decode::{self, Event},
@@ -23,7 +20,7 @@ use crate::{
     loader::LoadOptions,
     maps,
     output::{Format, Output, Summary},
-    session::{Session, Target, monotonic_ns, reap},
+    session::{Session, StopSignals, Target, monotonic_ns, reap, runtime},
     shadow::{Difference, FileIdentity, ShadowSpace, compare},
     trace::ignore_closed_output,
 };
@@ -75,6 +72,8 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     }
     let mut load = config.load;
     load.filter.stop_after_event = 1;
+    let runtime = runtime()?;
+    let StopSignals { mut sigint, mut sigterm } = StopSignals::install(&runtime)?;
     let session = Session::start("verify", &config.target, load)?;
     let sink: Box<dyn Write + Send> = match &config.output {
         Some(path) => Box::new(
@@ -91,12 +90,9 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         // A running process: seed from its maps while it holds still.
         verifier.hold(|v| v.seed())?;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let ended = runtime.block_on(async {
         let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
         let exited = unsafe { AsyncFd::register(pidfd.context("no pidfd")?) }.map_err(|e| e.into_parts().1)?;
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
         let ended = loop {
             tokio::select! {
                 guard = ring.readable_mut() => {

@@ -85,6 +85,7 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     let mut out = Output::new(config.format, sink, session.start_ns);
     let Session { tracer, ring, pidfd, child, pid, start_ns } = session;
     let pid = pid.context("verify needs one process")?;
+    let _continue = ContinueOnDrop(pid);
     let mut verifier = Verifier { pid, shadow: None, checkpoints: 0, mismatches: 0, plant: config.plant };
     if child.is_none() {
         // A running process: seed from its maps while it holds still.
@@ -119,9 +120,6 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         anyhow::Ok(ended)
     })?;
     tracer.flush_logs();
-    // Never leave the target stopped behind us.
-    // SAFETY: plain kill(2).
-    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
 
     let mut summary = Summary {
         attached: tracer.attached.clone(),
@@ -148,6 +146,16 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         eprintln!("mmap-trace: nothing was checked: the target made no traced call");
     }
     Ok(agreed)
+}
+
+/// Never leave the target stopped behind us, whatever path ends the run.
+struct ContinueOnDrop(u32);
+
+impl Drop for ContinueOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+    }
 }
 
 fn drain(ring: &mut RingBuf<MapData>) -> Result<Vec<Event>> {

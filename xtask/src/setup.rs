@@ -31,6 +31,8 @@ const APT_PACKAGES: &[&str] = &[
     "bison",
     "xz-utils",
     "zstd",
+    // Headless browser for the report test (renders the HTML and counts the bars).
+    "chromium",
 ];
 
 /// The eBPF nightly must use bpf-linker's LLVM major; this one does (LLVM 22.1.4).

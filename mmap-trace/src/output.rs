@@ -48,6 +48,18 @@ struct JsonSummary<'a> {
     mismatches: Option<u64>,
 }
 
+/// The file to write records to, or standard output.
+pub fn open(path: Option<&std::path::Path>) -> anyhow::Result<Box<dyn Write + Send>> {
+    use anyhow::Context as _;
+    Ok(match path {
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create output file {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    })
+}
+
 pub struct Output {
     format: Format,
     out: BufWriter<Box<dyn Write + Send>>,

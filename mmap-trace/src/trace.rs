@@ -1,7 +1,7 @@
 //! `mmap-trace trace`: attach, stream events until the target exits, the duration ends or
 //! a signal arrives, then drain the ring buffer, write the summary and flush.
 
-use std::{io::Write, os::fd::OwnedFd, path::PathBuf, time::Duration};
+use std::{os::fd::OwnedFd, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
@@ -25,14 +25,9 @@ pub struct TraceConfig {
 pub fn run(config: TraceConfig) -> Result<()> {
     let runtime = runtime()?;
     let signals = StopSignals::install(&runtime)?;
+    // Before attaching: a bad path must not leave a command running untraced.
+    let sink = crate::output::open(config.output.as_deref())?;
     let session = Session::start("trace", &config.target, config.load)?;
-    let sink: Box<dyn Write + Send> = match &config.output {
-        Some(path) => Box::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create output file {}", path.display()))?,
-        ),
-        None => Box::new(std::io::stdout()),
-    };
     let mut out = Output::new(config.format, sink, session.start_ns);
     let Session { tracer, ring, pidfd, child, start_ns, .. } = session;
 

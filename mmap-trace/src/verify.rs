@@ -6,7 +6,7 @@
 //! until every thread is stopped, drains the ring buffer (each call that completed has
 //! submitted its event by then), applies the events, compares, and sends SIGCONT.
 
-use std::{io::Write, os::unix::fs::MetadataExt as _, path::PathBuf, time::Duration};
+use std::{os::unix::fs::MetadataExt as _, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
@@ -74,14 +74,9 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     load.filter.stop_after_event = 1;
     let runtime = runtime()?;
     let StopSignals { mut sigint, mut sigterm } = StopSignals::install(&runtime)?;
+    // Before attaching: a bad path must not leave a command running untraced.
+    let sink = crate::output::open(config.output.as_deref())?;
     let session = Session::start("verify", &config.target, load)?;
-    let sink: Box<dyn Write + Send> = match &config.output {
-        Some(path) => Box::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create output file {}", path.display()))?,
-        ),
-        None => Box::new(std::io::stdout()),
-    };
     let mut out = Output::new(config.format, sink, session.start_ns);
     let Session { tracer, ring, pidfd, child, pid, start_ns } = session;
     let pid = pid.context("verify needs one process")?;

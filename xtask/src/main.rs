@@ -1,6 +1,7 @@
 //! Developer and CI tasks for mmap-trace: set-up, the static build, the QEMU guest and
 //! the test run. All QEMU knowledge lives here, not in the tests.
 
+mod bench;
 mod build;
 mod cmd;
 mod guest_kernel;
@@ -46,6 +47,9 @@ enum Task {
         #[command(flatten)]
         guest: GuestArgs,
     },
+    /// Tracing overhead, loss, throughput, start-up and RSS vs bpftrace and strace, and the
+    /// loop in the guest; prints the table and writes it into README.md.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -193,6 +197,13 @@ fn run(cli: Cli) -> Result<i32> {
             section("build");
             let artifacts = build::build_all(&ws, &ready)?;
             test::run(&ws, &ready, &artifacts, &guest.options())?
+        }
+        Task::Bench(args) => {
+            section("setup");
+            let ready = setup::ensure(&ws, args.guest.kernel.kernel_version.as_deref())?;
+            section("build");
+            let artifacts = build::build_all(&ws, &ready)?;
+            bench::run(&ws, &ready, &artifacts, &args)?
         }
     };
     eprintln!("xtask: done in {:.0} s", started.elapsed().as_secs_f64());

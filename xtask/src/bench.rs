@@ -1,0 +1,228 @@
+//! `cargo xtask bench`: what tracing the mmap/munmap loop costs with mmap-trace, bpftrace
+//! and strace, how much each keeps, mmap-trace's lossless throughput, start-up and memory,
+//! and the loop in the guest with the kernel probes on. One run alternates the variants
+//! round by round (so drift hits them all alike), prints one table and writes it into
+//! README.md between the bench markers.
+//!
+//! Every loop is started held (`sh` waiting on a pipe before it execs the workload), the
+//! tracer is attached to that pid and reports ready, and only then is the loop released
+//! and timed from release to exit: the tracer's start-up is not billed to the loop, and
+//! the untraced loop is timed exactly the same way.
+
+mod guest;
+mod host;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+
+use crate::build::Artifacts;
+use crate::setup::{self, Apt, Ready};
+use crate::{GuestArgs, Workspace, cmd, section};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub guest: GuestArgs,
+    /// Rounds: each runs every variant once, in rotating order.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Iterations of {mmap 16 KiB, munmap} per loop on the host.
+    #[arg(long, default_value_t = 200_000)]
+    loops: u64,
+    /// Iterations per loop in the guest (TCG is ~20-50x slower than the host).
+    #[arg(long, default_value_t = 20_000)]
+    guest_loops: u64,
+    /// Concurrent loops for the throughput runs (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1u32, 2, 4])]
+    parallel: Vec<u32>,
+    /// The ring buffer (KiB) of the run that shows what mmap-trace reports when it loses.
+    #[arg(long, default_value_t = 16)]
+    small_ring_kib: u32,
+    /// Skip the guest part.
+    #[arg(long)]
+    no_guest: bool,
+    /// Print the table without writing README.md.
+    #[arg(long)]
+    no_readme: bool,
+}
+
+/// Packages the comparison needs: (binary, Debian package).
+const TOOLS: &[(&str, &str)] = &[
+    ("bpftrace", "bpftrace"),
+    ("strace", "strace"),
+    ("/usr/bin/time", "time"),
+];
+
+/// The programs a bench run drives.
+pub struct Tools {
+    pub cli: PathBuf,
+    pub workload: PathBuf,
+    pub bpftrace: PathBuf,
+    pub strace: PathBuf,
+    pub time: PathBuf,
+    /// Scratch files (traces, RSS reports).
+    pub scratch: PathBuf,
+}
+
+pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, args: &BenchArgs) -> Result<i32> {
+    if args.rounds == 0 || args.loops == 0 || args.parallel.is_empty() {
+        bail!("--rounds, --loops and --parallel must be positive");
+    }
+    section("bench: tools");
+    let tools = ensure_tools(ws, artifacts)?;
+
+    section(&format!(
+        "bench: host loop ({} rounds x {} iterations; untraced, mmap-trace, bpftrace, strace)",
+        args.rounds, args.loops
+    ));
+    let overhead = host::overhead(&tools, args.rounds, args.loops)?;
+
+    section(&format!(
+        "bench: throughput ({:?} concurrent loops)",
+        args.parallel
+    ));
+    let throughput = host::throughput(&tools, args.rounds, args.loops, &args.parallel)?;
+    let small_ring = host::small_ring(
+        &tools,
+        args.loops,
+        *args.parallel.iter().max().unwrap_or(&1),
+        args.small_ring_kib,
+    )?;
+
+    let guest = if args.no_guest {
+        None
+    } else {
+        section(&format!(
+            "bench: guest loop ({} rounds x {} iterations, kernel probes on, TCG)",
+            args.rounds, args.guest_loops
+        ));
+        Some(guest::run(
+            ready,
+            artifacts,
+            args.rounds,
+            args.guest_loops,
+            &args.guest.options(),
+        )?)
+    };
+
+    section("bench: results");
+    let results = report::Results {
+        machine: report::Machine::probe(),
+        rounds: args.rounds,
+        loops: args.loops,
+        overhead,
+        throughput,
+        small_ring,
+        guest,
+    };
+    let table = results.markdown();
+    println!("{table}");
+    if !args.no_readme {
+        let readme = ws.root.join("README.md");
+        report::write_readme(&readme, &table)?;
+        eprintln!("bench: wrote the table into {}", readme.display());
+    }
+    Ok(0)
+}
+
+/// Installs the comparison tracers if missing and finds the binaries.
+fn ensure_tools(ws: &Workspace, artifacts: &Artifacts) -> Result<Tools> {
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(bin, _)| which::which(bin).is_err())
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        eprintln!("bench: bpftrace, strace, time: present");
+    } else {
+        eprintln!("bench: installing apt packages: {}", missing.join(" "));
+        let mut apt = Apt::default();
+        apt.update_once()?;
+        cmd::run(
+            setup::apt_command("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing),
+        )?;
+    }
+    let find = |bin: &str| which::which(bin).with_context(|| format!("{bin} is not on PATH"));
+    let workload = artifacts
+        .bins
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "mmap-workload"))
+        .cloned()
+        .context("the build produced no mmap-workload")?;
+    let scratch = ws.target_dir.join("bench");
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let tools = Tools {
+        cli: artifacts.cli.clone(),
+        workload,
+        bpftrace: find("bpftrace")?,
+        strace: find("strace")?,
+        time: find("/usr/bin/time")?,
+        scratch,
+    };
+    for (name, path) in [("bpftrace", &tools.bpftrace), ("strace", &tools.strace)] {
+        eprintln!("bench: {name}: {}", version(path));
+    }
+    Ok(tools)
+}
+
+/// The version `--version` prints (its first line's last word: `bpftrace v0.17.0`,
+/// `strace -- version 6.1`, `mmap-trace 0.1.0`).
+pub fn version(program: &Path) -> String {
+    cmd::output(Command::new(program).arg("--version"))
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let word = text.lines().next()?.split_whitespace().last()?;
+            Some(word.trim_start_matches('v').to_owned())
+        })
+        .unwrap_or_else(|| "unknown version".into())
+}
+
+/// Median and range of a sample.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Spread {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return Spread::default();
+        }
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        let median = if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        };
+        Spread {
+            median,
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_of_odd_and_even_samples() {
+        let s = Spread::of(&[3.0, 1.0, 2.0]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        let s = Spread::of(&[4.0, 1.0, 2.0, 3.0]);
+        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 4.0));
+        assert_eq!(Spread::of(&[]).median, 0.0);
+    }
+}

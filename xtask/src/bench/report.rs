@@ -1,0 +1,329 @@
+//! The results table (Markdown) and its place in README.md.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context as _, Result};
+
+use super::Spread;
+use super::guest::Guest;
+use super::host::{Overhead, SmallRing, ThroughputRow};
+use crate::cmd;
+
+pub const BEGIN: &str = "<!-- bench:begin -->";
+pub const END: &str = "<!-- bench:end -->";
+
+/// Targets from issue 6: reported, never asserted.
+const TARGET_SLOWDOWN: f64 = 1.3;
+const TARGET_READY_MS: f64 = 150.0;
+const TARGET_RSS_MB: f64 = 30.0;
+
+pub struct Machine {
+    pub date: String,
+    pub nproc: usize,
+    pub kernel: String,
+    pub cpu: String,
+}
+
+impl Machine {
+    pub fn probe() -> Self {
+        let first_line = |c: &mut Command| {
+            cmd::stdout(c)
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".into())
+        };
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("model name"))
+                    .map(|l| l.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        Machine {
+            date: first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+            nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel: first_line(Command::new("uname").arg("-r")),
+            cpu,
+        }
+    }
+}
+
+pub struct Results {
+    pub machine: Machine,
+    pub rounds: usize,
+    pub loops: u64,
+    pub overhead: Overhead,
+    pub throughput: Vec<ThroughputRow>,
+    pub small_ring: SmallRing,
+    pub guest: Option<Guest>,
+}
+
+fn range(s: Spread, unit: &str, digits: usize) -> String {
+    format!(
+        "{:.d$}{unit} ({:.d$}–{:.d$})",
+        s.median,
+        s.min,
+        s.max,
+        d = digits
+    )
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
+}
+
+impl Results {
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let m = &self.machine;
+        let _ = writeln!(
+            s,
+            "Measured {} on {} CPUs, kernel {}, {}. {} rounds, variants alternating; \
+             median (min–max).\n",
+            m.date, m.nproc, m.kernel, m.cpu, self.rounds
+        );
+        let o = &self.overhead;
+        let untraced = Spread::of(&o.variants[0].secs);
+        let _ = writeln!(
+            s,
+            "**Host loop**: `mmap-workload --loop {}` ({} mmap+munmap calls of 16 KiB), held \
+             until the tracer is attached to its pid, timed from release to exit.\n",
+            self.loops, o.expected
+        );
+        s.push_str(
+            "| variant | loop time | slowdown | loop calls kept / expected | lost (tracer's own count) | peak RSS |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        let mut mmap_trace_slowdown = Spread::default();
+        let mut mmap_trace_lost = 0;
+        for v in &o.variants {
+            let secs = Spread::of(&v.secs);
+            let ratios: Vec<f64> = v
+                .secs
+                .iter()
+                .zip(&o.variants[0].secs)
+                .map(|(t, u)| t / u)
+                .collect();
+            let slowdown = Spread::of(&ratios);
+            let name = if v.version.is_empty() {
+                v.name.to_owned()
+            } else {
+                format!("{} ({})", v.name, v.version)
+            };
+            let kept = if v.kept.is_empty() {
+                "–".to_owned()
+            } else {
+                let min = v.kept.iter().copied().min().unwrap_or(0);
+                let max = v.kept.iter().copied().max().unwrap_or(0);
+                format!(
+                    "{min}–{max} / {} ({:.1}–{:.1}%)",
+                    o.expected,
+                    percent(min, o.expected),
+                    percent(max, o.expected)
+                )
+            };
+            let lost: Vec<u64> = v.lost.iter().flatten().copied().collect();
+            let lost = match (v.name, lost.iter().max()) {
+                ("untraced", _) => "–".to_owned(),
+                (_, None) => "not reported".to_owned(),
+                (_, Some(max)) => format!("{}–{max}", lost.iter().min().unwrap_or(max)),
+            };
+            let rss = if v.rss_kib.is_empty() {
+                "–".to_owned()
+            } else {
+                let mb: Vec<f64> = v.rss_kib.iter().map(|k| *k as f64 / 1024.0).collect();
+                range(Spread::of(&mb), " MB", 1)
+            };
+            if v.name == "mmap-trace" {
+                mmap_trace_slowdown = slowdown;
+                // Worst run: what it reported lost, or what is missing from its output.
+                mmap_trace_lost = v
+                    .kept
+                    .iter()
+                    .zip(&v.lost)
+                    .map(|(k, l)| l.unwrap_or(0).max(o.expected.saturating_sub(*k)))
+                    .max()
+                    .unwrap_or(0);
+            }
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {} | {kept} | {lost} | {rss} |",
+                range(secs, " s", 3),
+                if v.name == "untraced" {
+                    "1.00×".to_owned()
+                } else {
+                    range(slowdown, "×", 2)
+                },
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nbpftrace prints entry and exit as separate records (its \"kept\" counts entry \
+             records); its loss is the sum of its `Lost N events` lines. strace loses nothing \
+             by design. untraced: {}.\n",
+            range(untraced, " s", 3)
+        );
+
+        // Part 2.
+        let _ = writeln!(
+            s,
+            "**Throughput**: k loops at once under one `mmap-trace trace --json --comm \
+             mmap-workload` (default 1 MiB ring buffer).\n"
+        );
+        s.push_str(
+            "| loops | calls | untraced calls/s | traced calls/s | kept | lost |\n|---|---|---|---|---|---|\n",
+        );
+        let mut best_lossless: Option<f64> = None;
+        for r in &self.throughput {
+            for (rate, lost) in r.traced_rate.iter().zip(&r.lost) {
+                if *lost == 0 && r.kept.iter().all(|k| *k == r.calls) {
+                    best_lossless = Some(best_lossless.map_or(*rate, |b: f64| b.max(*rate)));
+                }
+            }
+            let kmin = r.kept.iter().copied().min().unwrap_or(0);
+            let lmax = r.lost.iter().copied().max().unwrap_or(0);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | ≥ {kmin} ({:.1}%) | ≤ {lmax} |",
+                r.loops,
+                r.calls,
+                range(Spread::of(&r.untraced_rate), "", 0),
+                range(Spread::of(&r.traced_rate), "", 0),
+                percent(kmin, r.calls),
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nHighest rate with nothing lost: {}.",
+            best_lossless.map_or("none (every run lost events)".to_owned(), |b| format!(
+                "{b:.0} calls/s"
+            ))
+        );
+        let sr = &self.small_ring;
+        let _ = writeln!(
+            s,
+            "With `--ring-buffer-kib {}` and {} loops it kept {} of {} calls ({:.1}%) and \
+             reported {} lost: summary `\"lost\":{}`; stderr: {}.\n",
+            sr.kib,
+            sr.loops,
+            sr.kept,
+            sr.calls,
+            percent(sr.kept, sr.calls),
+            sr.lost,
+            sr.lost_json,
+            if sr.warnings.is_empty() {
+                "no warning".to_owned()
+            } else {
+                sr.warnings
+                    .iter()
+                    .map(|w| format!("`{w}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+
+        // Part 3.
+        let mt = o.variants.iter().find(|v| v.name == "mmap-trace");
+        let ready = mt.map(|v| Spread::of(&v.ready_ms)).unwrap_or_default();
+        let rss_mb: Vec<f64> = mt
+            .map(|v| v.rss_kib.iter().map(|k| *k as f64 / 1024.0).collect())
+            .unwrap_or_default();
+        let rss = Spread::of(&rss_mb);
+        let _ = writeln!(
+            s,
+            "**Start-up** (launch of `mmap-trace trace --pid` to its `ready` line): {}; \
+             **peak RSS** during the loop: {}.\n",
+            range(ready, " ms", 0),
+            range(rss, " MB", 1)
+        );
+
+        // Part 4.
+        if let Some(g) = &self.guest {
+            let expected = 2 * g.iterations;
+            let _ = writeln!(
+                s,
+                "**Guest** (Debian 6.1 under QEMU TCG, {}; probes: {}): `--loop {}` untraced {}, \
+                 traced {}, ratio {}; loop calls kept {}–{} / {expected}, mmap_region events \
+                 {}–{} / {}, lost {}.\n",
+                g.cpu,
+                g.probes,
+                g.iterations,
+                range(Spread::of(&g.untraced_secs), " s", 2),
+                range(Spread::of(&g.traced_secs), " s", 2),
+                range(g.ratio(), "×", 2),
+                g.kept.iter().min().unwrap_or(&0),
+                g.kept.iter().max().unwrap_or(&0),
+                g.region_kept.iter().min().unwrap_or(&0),
+                g.region_kept.iter().max().unwrap_or(&0),
+                g.iterations,
+                g.lost.iter().max().unwrap_or(&0),
+            );
+        }
+
+        // Targets.
+        let _ = writeln!(
+            s,
+            "**Targets** (issue 6): slowdown ≤ {TARGET_SLOWDOWN}× with nothing lost: {} \
+             ({:.2}×, {mmap_trace_lost} lost at worst); start-up < {TARGET_READY_MS} ms: {} \
+             ({:.0} ms); peak RSS < {TARGET_RSS_MB} MB: {} ({:.1} MB).",
+            met(mmap_trace_slowdown.median <= TARGET_SLOWDOWN && mmap_trace_lost == 0),
+            mmap_trace_slowdown.median,
+            met(ready.median < TARGET_READY_MS),
+            ready.median,
+            met(rss.max < TARGET_RSS_MB),
+            rss.max,
+        );
+        s
+    }
+}
+
+/// Puts `table` between the bench markers of README.md, adding a "Benchmarks" section
+/// at the end if there is none; nothing else in the file changes.
+pub fn write_readme(readme: &Path, table: &str) -> Result<()> {
+    let text =
+        std::fs::read_to_string(readme).with_context(|| format!("reading {}", readme.display()))?;
+    let updated = splice(&text, table);
+    std::fs::write(readme, updated).with_context(|| format!("writing {}", readme.display()))
+}
+
+fn splice(text: &str, table: &str) -> String {
+    let block = format!("{BEGIN}\n{}\n{END}", table.trim_end());
+    if let (Some(b), Some(e)) = (text.find(BEGIN), text.find(END))
+        && b < e
+    {
+        return format!("{}{block}{}", &text[..b], &text[e + END.len()..]);
+    }
+    format!(
+        "{}\n\n## Benchmarks\n\n`cargo xtask bench` (as root) measures what tracing costs and \
+         what it keeps, next to bpftrace and strace, and rewrites the block below with its \
+         results; it installs bpftrace, strace and GNU time from apt if missing. \
+         `--rounds`, `--loops`, `--guest-loops`, `--parallel`, `--no-guest` and \
+         `--no-readme` change what it runs.\n\n{block}\n",
+        text.trim_end()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splices_between_markers_or_appends_a_section() {
+        let first = splice("# x\n\nintro\n", "T1");
+        assert!(first.starts_with("# x\n\nintro\n\n## Benchmarks\n"));
+        assert!(first.ends_with(&format!("{BEGIN}\nT1\n{END}\n")));
+        let again = splice(&(first.clone() + "\n## Later\n"), "T2\n");
+        assert!(again.contains(&format!("{BEGIN}\nT2\n{END}\n\n## Later\n")));
+        assert!(!again.contains("T1"));
+    }
+}

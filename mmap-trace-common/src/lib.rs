@@ -18,6 +18,7 @@ pub enum EventKind {
     RemapPfn = 3,
     DriverMmap = 4,
     Exec = 5,
+    PageCache = 6,
 }
 
 impl EventKind {
@@ -28,6 +29,7 @@ impl EventKind {
             3 => Some(Self::RemapPfn),
             4 => Some(Self::DriverMmap),
             5 => Some(Self::Exec),
+            6 => Some(Self::PageCache),
             _ => None,
         }
     }
@@ -47,9 +49,12 @@ pub enum Probe {
     DriverMmap = 7,
     /// `sched/sched_process_exec`: the address space was replaced.
     Exec = 8,
+    /// `filemap/mm_filemap_add_to_page_cache`: a file page got its PFN (opt-in for
+    /// `trace`; `verify` uses it to check present file pages against pagemap).
+    PageCache = 9,
 }
 
-pub const PROBE_COUNT: usize = 9;
+pub const PROBE_COUNT: usize = 10;
 
 impl Probe {
     pub const ALL: [Probe; PROBE_COUNT] = [
@@ -62,6 +67,7 @@ impl Probe {
         Probe::RemapPfnRange,
         Probe::DriverMmap,
         Probe::Exec,
+        Probe::PageCache,
     ];
 
     /// The name users pass to `--probes` and see in summaries.
@@ -76,6 +82,7 @@ impl Probe {
             Probe::RemapPfnRange => "remap_pfn_range",
             Probe::DriverMmap => "driver_mmap",
             Probe::Exec => "exec",
+            Probe::PageCache => "page_cache",
         }
     }
 
@@ -196,6 +203,34 @@ pub struct ExecEvent {
     pub header: EventHeader,
 }
 
+/// A folio entered the page cache on behalf of the traced process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PageCacheEvent {
+    pub header: EventHeader,
+    pub pfn: u64,
+    pub ino: u64,
+    /// Page index in the file.
+    pub index: u64,
+    /// `s_dev` (kernel encoding: major << 20 | minor).
+    pub dev: u32,
+    /// The folio spans 2^order pages (0 where the kernel's record has no order field).
+    pub order: u32,
+}
+
+/// Where `mm_filemap_add_to_page_cache` keeps its fields on this kernel (from its format
+/// file; `order` is absent on older kernels: offset 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilemapFormat {
+    pub pfn: u32,
+    pub ino: u32,
+    pub index: u32,
+    pub dev: u32,
+    pub order: u32,
+    pub valid: u32,
+}
+
 /// Field offsets of kernel structs, resolved from the running kernel's BTF at load time
 /// (Rust eBPF has no CO-RE relocations, and these move between kernel versions).
 #[repr(C)]
@@ -238,6 +273,7 @@ mod pod {
     // SAFETY: all of these are repr(C) integers and arrays with explicit padding.
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::TargetFilter {}
+    unsafe impl aya::Pod for super::FilemapFormat {}
 }
 
 /// Bytes the CLI expects for each record kind.
@@ -248,6 +284,7 @@ pub const fn record_size(kind: EventKind) -> usize {
         EventKind::RemapPfn => core::mem::size_of::<RemapPfnEvent>(),
         EventKind::DriverMmap => core::mem::size_of::<DriverMmapEvent>(),
         EventKind::Exec => core::mem::size_of::<ExecEvent>(),
+        EventKind::PageCache => core::mem::size_of::<PageCacheEvent>(),
     }
 }
 

@@ -8,6 +8,7 @@ mod emit;
 mod exec;
 mod kernel;
 mod mmap_region;
+mod page_cache;
 mod remap_pfn_range;
 mod syscalls;
 

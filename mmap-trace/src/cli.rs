@@ -168,7 +168,8 @@ struct VerifyArgs {
 struct ProbeArgs {
     /// Comma-separated probes to attach; default: every probe this kernel supports.
     /// Names: mmap, munmap, mprotect, mremap, brk, exec, mmap_region, remap_pfn_range,
-    /// driver_mmap.
+    /// driver_mmap, and page_cache (file pages entering the page cache with their PFN:
+    /// noisy, so not in the default set).
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_probe)]
     probes: Option<Vec<Probe>>,
     /// Kernel BTF used to find struct field offsets for the kernel probes.
@@ -248,6 +249,7 @@ impl ProbeArgs {
             btf: self.btf,
             ring_buffer_bytes: self.ring_buffer_kib * 1024,
             driver_hooks: self.driver_hooks,
+            implicit: false,
         }
     }
 }

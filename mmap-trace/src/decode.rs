@@ -4,7 +4,8 @@
 use std::fmt;
 
 use mmap_trace_common::{
-    DriverMmapEvent, EventHeader, EventKind, ExecEvent, MmapRegionEvent, Probe, RemapPfnEvent,
+    DriverMmapEvent, EventHeader, EventKind, ExecEvent, MmapRegionEvent, PageCacheEvent, Probe,
+    RemapPfnEvent,
     SyscallEvent, record_size,
 };
 
@@ -15,6 +16,7 @@ pub enum Event {
     RemapPfn(RemapPfnEvent),
     DriverMmap(DriverMmapEvent),
     Exec(ExecEvent),
+    PageCache(PageCacheEvent),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -60,6 +62,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         Probe::MmapRegion => EventKind::MmapRegion,
         Probe::RemapPfnRange => EventKind::RemapPfn,
         Probe::Exec => EventKind::Exec,
+        Probe::PageCache => EventKind::PageCache,
         _ => EventKind::DriverMmap,
     };
     if kind != expected_kind {
@@ -78,6 +81,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::RemapPfn => Event::RemapPfn(read(bytes)?),
         EventKind::DriverMmap => Event::DriverMmap(read(bytes)?),
         EventKind::Exec => Event::Exec(read(bytes)?),
+        EventKind::PageCache => Event::PageCache(read(bytes)?),
     })
 }
 
@@ -89,6 +93,7 @@ impl Event {
             Event::RemapPfn(e) => &e.header,
             Event::DriverMmap(e) => &e.header,
             Event::Exec(e) => &e.header,
+            Event::PageCache(e) => &e.header,
         }
     }
 

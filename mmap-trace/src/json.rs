@@ -182,6 +182,15 @@ pub enum Body {
     },
     /// execve replaced the address space (no fields of its own).
     Exec {},
+    PageCache {
+        dev: String,
+        ino: u64,
+        /// Page index in the file.
+        index: u64,
+        pfn: Hex,
+        /// The folio's pages: pfn..pfn+pages hold index..index+pages.
+        pages: u64,
+    },
     DriverMmap {
         before: JsonVma,
         after: JsonVma,
@@ -259,6 +268,13 @@ pub fn record(event: &Event, path: Option<String>) -> EventRecord<'_> {
             outcome: Outcome::status(e.ret),
         },
         Event::Exec(_) => Body::Exec {},
+        Event::PageCache(e) => Body::PageCache {
+            dev: format_dev(e.dev),
+            ino: e.ino,
+            index: e.index,
+            pfn: Hex(e.pfn),
+            pages: 1 << e.order.min(20),
+        },
     };
     EventRecord {
         record_type: "event",

@@ -9,7 +9,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{KProbe, TracePoint},
 };
-use mmap_trace_common::{KernelOffsets, PROBE_COUNT, Probe, TargetFilter};
+use mmap_trace_common::{FilemapFormat, KernelOffsets, PROBE_COUNT, Probe, TargetFilter};
 
 use crate::{btf, tracefs};
 
@@ -27,6 +27,9 @@ pub struct LoadOptions {
     pub btf: PathBuf,
     pub ring_buffer_bytes: u32,
     pub driver_hooks: Vec<String>,
+    /// `requested` was chosen by the command, not the user: skip what this kernel cannot
+    /// serve instead of failing.
+    pub implicit: bool,
 }
 
 type Logger = std::sync::Arc<std::sync::Mutex<aya_log::EbpfLogger<&'static dyn log::Log>>>;
@@ -42,8 +45,8 @@ pub struct Tracer {
 
 impl Tracer {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
-        let wanted: Vec<Probe> = opts.requested.clone().unwrap_or_else(|| Probe::ALL.to_vec());
-        let explicit = opts.requested.is_some();
+        let wanted: Vec<Probe> = opts.requested.clone().unwrap_or_else(default_probes);
+        let explicit = opts.requested.is_some() && !opts.implicit;
         let mut skipped = Vec::new();
         let mut chosen = Vec::new();
         let kprobes_available = Path::new(KPROBE_PMU).exists();
@@ -84,8 +87,14 @@ impl Tracer {
             KernelOffsets::default()
         };
 
+        let filemap = if chosen.contains(&Probe::PageCache) {
+            tracefs::filemap_format()?
+        } else {
+            FilemapFormat::default()
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global("FILTER", &opts.filter, true)
+            .override_global("FILEMAP_FORMAT", &filemap, true)
             .override_global("OFFSETS", &offsets, true)
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)
@@ -132,21 +141,28 @@ fn attach(ebpf: &mut Ebpf, probe: Probe, driver_hooks: &[String]) -> Result<()> 
     match probe {
         p if p.is_syscall() => {
             for point in ["enter", "exit"] {
-                let name = format!("sys_{point}_{}", p.name());
-                let program: &mut TracePoint = program(ebpf, &name)?.try_into()?;
-                program.load()?;
-                program.attach("syscalls", &name)?;
+                attach_tracepoint(ebpf, "syscalls", &format!("sys_{point}_{}", p.name()))?;
             }
         }
-        Probe::Exec => {
-            let program: &mut TracePoint = program(ebpf, "sched_process_exec")?.try_into()?;
-            program.load()?;
-            program.attach("sched", "sched_process_exec")?;
-        }
+        Probe::Exec => attach_tracepoint(ebpf, "sched", "sched_process_exec")?,
+        Probe::PageCache => attach_tracepoint(ebpf, "filemap", "mm_filemap_add_to_page_cache")?,
         Probe::MmapRegion => attach_kprobe(ebpf, "mmap_region", &["mmap_region"])?,
         Probe::RemapPfnRange => attach_kprobe(ebpf, "remap_pfn_range", &["remap_pfn_range"])?,
         _ => attach_kprobe(ebpf, "driver_mmap", driver_hooks)?,
     }
+    Ok(())
+}
+
+/// Every probe but page_cache, which is noisy (every file page read) and opt-in.
+pub fn default_probes() -> Vec<Probe> {
+    Probe::ALL.iter().copied().filter(|p| *p != Probe::PageCache).collect()
+}
+
+/// Attaches the tracepoint program named like the tracepoint.
+fn attach_tracepoint(ebpf: &mut Ebpf, category: &str, name: &str) -> Result<()> {
+    let program: &mut TracePoint = program(ebpf, name)?.try_into()?;
+    program.load()?;
+    program.attach(category, name)?;
     Ok(())
 }
 

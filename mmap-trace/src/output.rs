@@ -16,6 +16,15 @@ pub enum Format {
     Json,
 }
 
+/// What `verify` counted.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct VerifyStats {
+    pub checkpoints: u64,
+    pub mismatches: u64,
+    /// Present file pages whose PFN was compared with pagemap.
+    pub pfn_checks: u64,
+}
+
 /// What a finished trace reports.
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -26,8 +35,7 @@ pub struct Summary {
     pub duration_ns: u64,
     pub ended: String,
     pub attached: Vec<Probe>,
-    /// `verify`: (checkpoints, mismatches).
-    pub verify: Option<(u64, u64)>,
+    pub verify: Option<VerifyStats>,
 }
 
 #[derive(Serialize)]
@@ -42,10 +50,8 @@ struct JsonSummary<'a> {
     duration_s: f64,
     ended: &'a str,
     probes: Vec<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    checkpoints: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    mismatches: Option<u64>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    verify: Option<VerifyStats>,
 }
 
 /// The file to write records to, or standard output.
@@ -138,8 +144,7 @@ impl Output {
                     duration_s: s.duration_ns as f64 / 1e9,
                     ended: &s.ended,
                     probes: s.attached.iter().map(|p| p.name()).collect(),
-                    checkpoints: s.verify.map(|v| v.0),
-                    mismatches: s.verify.map(|v| v.1),
+                    verify: s.verify,
                 };
                 serde_json::to_writer(&mut self.out, &summary)?;
                 self.out.write_all(b"\n")
@@ -160,8 +165,12 @@ impl Output {
                         s.lost[*p as usize]
                     )?;
                 }
-                if let Some((checkpoints, mismatches)) = s.verify {
-                    writeln!(self.out, "# verify: {checkpoints} checkpoints, {mismatches} mismatches")?;
+                if let Some(v) = s.verify {
+                    writeln!(
+                        self.out,
+                        "# verify: {} checkpoints, {} mismatches, {} page PFNs checked",
+                        v.checkpoints, v.mismatches, v.pfn_checks
+                    )?;
                 }
                 if s.malformed > 0 {
                     writeln!(self.out, "#   malformed records: {}", s.malformed)?;

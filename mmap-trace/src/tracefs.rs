@@ -32,13 +32,8 @@ pub fn ensure_mounted() -> Result<()> {
 /// The programs read syscall arguments at byte 16 of `sys_enter_*` records and the
 /// return value at byte 16 of `sys_exit_*` records.
 pub fn check_syscall_layout() -> Result<()> {
-    let base = if Path::new(TRACEFS).join("events").is_dir() {
-        Path::new(TRACEFS).to_path_buf()
-    } else {
-        Path::new("/sys/kernel/debug/tracing").to_path_buf()
-    };
     for (event, field) in [("sys_enter_mmap", "addr"), ("sys_exit_mmap", "ret")] {
-        let path = base.join("events/syscalls").join(event).join("format");
+        let path = events_dir().join("syscalls").join(event).join("format");
         let format = std::fs::read_to_string(&path).with_context(|| {
             format!(
                 "reading {}: this kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS)",
@@ -51,6 +46,33 @@ pub fn check_syscall_layout() -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn events_dir() -> std::path::PathBuf {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        Path::new(TRACEFS).join("events")
+    } else {
+        Path::new("/sys/kernel/debug/tracing/events").to_path_buf()
+    }
+}
+
+/// Field offsets of `filemap/mm_filemap_add_to_page_cache` on this kernel.
+pub fn filemap_format() -> Result<mmap_trace_common::FilemapFormat> {
+    let path = events_dir().join("filemap/mm_filemap_add_to_page_cache/format");
+    let format = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let field = |name: &str| {
+        field_offset(&format, name)
+            .with_context(|| format!("{}: no field {name}", path.display()))
+    };
+    Ok(mmap_trace_common::FilemapFormat {
+        pfn: field("pfn")?,
+        ino: field("i_ino")?,
+        index: field("index")?,
+        dev: field("s_dev")?,
+        order: field_offset(&format, "order").unwrap_or(0),
+        valid: 1,
+    })
 }
 
 /// `offset:N;` of the field named `name` in a tracepoint format file.

@@ -6,7 +6,9 @@
 //! until every thread is stopped, drains the ring buffer (each call that completed has
 //! submitted its event by then), applies the events, compares, and sends SIGCONT.
 
-use std::{os::unix::fs::MetadataExt as _, path::PathBuf, time::Duration};
+use std::{collections::HashMap, os::unix::fs::MetadataExt as _, path::PathBuf, time::Duration};
+
+use procfs::process::{MemoryPageFlags, PageInfo};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
@@ -19,9 +21,9 @@ use crate::{
     json::{Hex, is_error},
     loader::LoadOptions,
     maps,
-    output::{Format, Output, Summary},
+    output::{Format, Output, Summary, VerifyStats},
     session::{Session, StopSignals, Target, monotonic_ns, reap, runtime},
-    shadow::{Difference, FileIdentity, ShadowSpace, compare},
+    shadow::{Difference, FileIdentity, PAGE, ShadowSpace, compare},
     trace::ignore_closed_output,
 };
 
@@ -31,6 +33,8 @@ use crate::{
 pub enum Plant {
     /// Drop the write bit of the first writable region of every maps snapshot.
     MapsPerms,
+    /// Add one to every PFN the page_cache events report.
+    PfnOffByOne,
 }
 
 pub struct VerifyConfig {
@@ -60,9 +64,10 @@ struct MismatchRecord<'a> {
 struct Verifier {
     pid: u32,
     shadow: Option<ShadowSpace>,
-    checkpoints: u64,
-    mismatches: u64,
+    stats: VerifyStats,
     plant: Option<Plant>,
+    /// (device, inode, page index) → PFN, from page_cache events.
+    file_pfns: HashMap<((u32, u32), u64, u64), u64>,
 }
 
 /// Returns whether the kernel agreed with the events at every checkpoint.
@@ -72,6 +77,13 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     }
     let mut load = config.load;
     load.filter.stop_after_event = 1;
+    if load.requested.is_none() {
+        let mut probes = crate::loader::default_probes();
+        probes.push(Probe::PageCache);
+        // Asked for implicitly: where the kernel lacks kprobes, skip those with a note.
+        load.implicit = true;
+        load.requested = Some(probes);
+    }
     let runtime = runtime()?;
     let StopSignals { mut sigint, mut sigterm } = StopSignals::install(&runtime)?;
     // Before attaching: a bad path must not leave a command running untraced.
@@ -81,7 +93,13 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     let Session { tracer, ring, pidfd, child, pid, start_ns } = session;
     let pid = pid.context("verify needs one process")?;
     let _continue = ContinueOnDrop(pid);
-    let mut verifier = Verifier { pid, shadow: None, checkpoints: 0, mismatches: 0, plant: config.plant };
+    let mut verifier = Verifier {
+        pid,
+        shadow: None,
+        stats: VerifyStats::default(),
+        plant: config.plant,
+        file_pfns: HashMap::new(),
+    };
     if child.is_none() {
         // A running process: seed from its maps while it holds still.
         verifier.hold(|v| v.seed())?;
@@ -125,19 +143,21 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         ..Summary::default()
     };
     let lost: u64 = summary.lost.iter().sum();
-    summary.verify = Some((verifier.checkpoints, verifier.mismatches));
+    let stats = verifier.stats;
+    summary.verify = Some(stats);
     out.summary(&summary).and_then(|()| out.flush()).or_else(ignore_closed_output)?;
-    let agreed = verifier.mismatches == 0 && lost == 0 && verifier.checkpoints > 0;
+    let agreed = stats.mismatches == 0 && lost == 0;
     eprintln!(
-        "mmap-trace: verify: {} checkpoints, {} mismatches, {lost} events lost: {}",
-        verifier.checkpoints,
-        verifier.mismatches,
+        "mmap-trace: verify: {} checkpoints, {} mismatches, {} page PFNs checked, {lost} events lost: {}",
+        stats.checkpoints,
+        stats.mismatches,
+        stats.pfn_checks,
         if agreed { "PASS" } else { "FAIL" }
     );
     if lost > 0 {
         eprintln!("mmap-trace: events were lost, so the shadow is incomplete; rerun with a larger --ring-buffer-kib");
     }
-    if verifier.checkpoints == 0 {
+    if stats.checkpoints == 0 {
         eprintln!("mmap-trace: nothing was checked: the target made no traced call");
     }
     Ok(agreed)
@@ -213,25 +233,33 @@ impl Verifier {
         match event {
             Event::Syscall(e) if !is_error(e.ret) => apply_syscall(shadow, e, pid),
             Event::RemapPfn(e) => shadow.remap_pfn_range(e.vma.vm_start, e.vma.vm_flags, e.pfn),
+            Event::PageCache(e) => {
+                let dev = (e.dev >> 20, e.dev & 0xfffff);
+                let planted = u64::from(self.plant == Some(Plant::PfnOffByOne));
+                for i in 0..1u64 << e.order.min(20) {
+                    self.file_pfns.insert((dev, e.ino, e.index + i), e.pfn + i + planted);
+                }
+            }
             _ => {}
         }
         Ok(())
     }
 
     fn compare(&mut self, last: &Event, out: &mut Output) -> Result<()> {
-        self.checkpoints += 1;
+        self.stats.checkpoints += 1;
         let mut kernel = maps::read(self.pid)?;
+        let mut differences = self.check_file_pfns(&kernel)?;
         if self.plant == Some(Plant::MapsPerms)
             && let Some(r) = kernel.iter_mut().find(|r| r.perms.starts_with("rw"))
         {
             r.perms.replace_range(1..2, "-");
         }
         let shadow = self.shadow.as_ref().expect("checked by the caller");
-        let differences = compare(shadow.regions(), &kernel);
+        differences.extend(compare(shadow.regions(), &kernel));
         if differences.is_empty() {
             return Ok(());
         }
-        self.mismatches += differences.len() as u64;
+        self.stats.mismatches += differences.len() as u64;
         for d in &differences {
             self.report(d, last, out)?;
         }
@@ -244,11 +272,63 @@ impl Verifier {
         Ok(())
     }
 
+    /// Present page-cache pages of the file mappings against the PFNs the page_cache
+    /// events reported for the same (device, inode, index). Pages that are present but
+    /// not file pages are private copies (copy-on-write) and are not compared.
+    fn check_file_pfns(&mut self, kernel: &[maps::Region]) -> Result<Vec<Difference>> {
+        let mut out = Vec::new();
+        if self.file_pfns.is_empty() {
+            return Ok(out);
+        }
+        let mut pagemap = None;
+        for r in kernel.iter().filter(|r| r.inode != 0) {
+            let first_index = r.offset / PAGE;
+            let pages = r.len() / PAGE;
+            let known: Vec<(u64, u64)> = (0..pages)
+                .filter_map(|k| self.file_pfns.get(&(r.dev, r.inode, first_index + k)).map(|p| (k, *p)))
+                .collect();
+            if known.is_empty() {
+                continue;
+            }
+            let pagemap = match &mut pagemap {
+                Some(p) => p,
+                None => pagemap.insert(
+                    procfs::process::Process::new(self.pid as i32)
+                        .and_then(|p| p.pagemap())
+                        .with_context(|| format!("opening /proc/{}/pagemap", self.pid))?,
+                ),
+            };
+            let first_page = (r.start / PAGE) as usize;
+            for (k, expected) in known {
+                let info = pagemap
+                    .get_info(first_page + k as usize)
+                    .with_context(|| format!("reading /proc/{}/pagemap", self.pid))?;
+                let PageInfo::MemoryPage(flags) = info else { continue };
+                if !flags.contains(MemoryPageFlags::PRESENT) || !flags.contains(MemoryPageFlags::FILE) {
+                    continue;
+                }
+                self.stats.pfn_checks += 1;
+                let found = flags.get_page_frame_number().0;
+                if found != expected {
+                    let addr = r.start + k * PAGE;
+                    out.push(Difference {
+                        start: addr,
+                        end: addr + PAGE,
+                        field: "pfn",
+                        expected: format!("{expected:#x}"),
+                        found: format!("{found:#x}"),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn report(&self, d: &Difference, last: &Event, out: &mut Output) -> Result<()> {
         let record = MismatchRecord {
             record_type: "mismatch",
             pid: self.pid,
-            checkpoint: self.checkpoints,
+            checkpoint: self.stats.checkpoints,
             after_probe: last.probe().name(),
             after_ts_ns: last.header().ts_ns,
             start: Hex(d.start),
@@ -257,8 +337,9 @@ impl Verifier {
             expected: &d.expected,
             found: &d.found,
         };
+        let source = if d.field == "pfn" { "pagemap" } else { "maps" };
         eprintln!(
-            "mmap-trace: MISMATCH at checkpoint {} (after {} at {} ns): {:#x}-{:#x} {}: events imply {:?}, /proc/{}/maps shows {:?}",
+            "mmap-trace: MISMATCH at checkpoint {} (after {} at {} ns): {:#x}-{:#x} {}: events imply {:?}, /proc/{}/{source} shows {:?}",
             record.checkpoint, record.after_probe, record.after_ts_ns, d.start, d.end, d.field, d.expected, self.pid, d.found
         );
         out.record(&record).or_else(ignore_closed_output)?;

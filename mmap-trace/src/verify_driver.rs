@@ -81,6 +81,7 @@ pub fn run(config: VerifyDriverConfig) -> Result<bool> {
         btf: config.btf.clone(),
         ring_buffer_bytes: 1 << 20,
         driver_hooks: crate::loader::DEFAULT_DRIVER_HOOKS.iter().map(|s| s.to_string()).collect(),
+        implicit: false,
     };
     let mut tracer = Tracer::load(&load)?;
     let mut ring = tracer.take_events()?;

@@ -54,7 +54,8 @@ pub fn split_summary(records: &[Value]) -> (&[Value], &Value) {
 }
 
 /// The scenarios `mmap-workload --scenario` knows (see its source).
-pub const SCENARIOS: &[&str] = &["anon", "file-offset", "split3", "hole", "mremap-move", "fixed", "threads"];
+pub const SCENARIOS: &[&str] =
+    &["anon", "file-offset", "file-pages", "split3", "hole", "mremap-move", "fixed", "threads"];
 
 /// A finished `mmap-trace verify --json` run.
 pub struct VerifyRun {

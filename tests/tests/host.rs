@@ -238,6 +238,11 @@ fn verify_agrees_on_every_scenario() {
     for scenario in mmap_trace_tests::cli::SCENARIOS {
         let run = mmap_trace_tests::cli::verify_workload(&[], &["--scenario", scenario]);
         mmap_trace_tests::cli::assert_verified(&run, scenario);
+        if *scenario == "file-pages" {
+            // 4 shared pages + the private page that was read but not written.
+            let checked = run.summary()["pfn_checks"].as_u64().unwrap();
+            assert!(checked >= 5, "file-pages: {checked} PFNs compared with pagemap");
+        }
     }
     // The default sequence: brk, a file with an offset, failed calls…
     let run = mmap_trace_tests::cli::verify_workload(&[], &[]);
@@ -293,4 +298,15 @@ fn verify_needs_one_process() {
     let out = cli().args(["verify"]).output().unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--pid") , "{}", stderr(&out));
+}
+
+/// PFNs from page_cache events off by one must be caught against pagemap.
+#[test]
+fn verify_reports_planted_pfn_errors() {
+    let _guard = shared();
+    let run = mmap_trace_tests::cli::verify_workload(&["--plant", "pfn-off-by-one"], &["--scenario", "file-pages"]);
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    let pfn = run.mismatches().into_iter().filter(|m| m["field"] == "pfn").count();
+    assert!(pfn >= 5, "{pfn} PFN mismatches: {:?}", run.mismatches());
+    assert!(run.stderr.contains("pagemap shows"), "{}", run.stderr);
 }

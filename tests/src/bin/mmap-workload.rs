@@ -6,7 +6,7 @@
 //!                      [--loop N] [--scenario NAME]
 //!
 //! Without --scenario: one sequence touching every traced call. Scenarios (for verify):
-//! anon, file-offset, split3, hole, mremap-move, fixed, threads.
+//! anon, file-offset, file-pages, split3, hole, mremap-move, fixed, threads.
 
 use std::{ffi::CString, io::Write as _};
 
@@ -188,6 +188,31 @@ fn scenario(rec: &mut Recorder, name: &str) {
             let a = rec.call("mmap", libc::SYS_mmap, &[0, 4 * PAGE, RW, ANON, NO_FD, 0]) as u64;
             rec.call("mmap", libc::SYS_mmap, &[a + PAGE, 2 * PAGE, ro, ANON | libc::MAP_FIXED as u64, NO_FD, 0]);
             rec.call("munmap", libc::SYS_munmap, &[a, 4 * PAGE]);
+        }
+        "file-pages" => {
+            // Fresh file pages (their PFNs come from page_cache events as write() adds
+            // them), mapped and touched so pagemap shows them present.
+            let path = std::env::temp_dir().join(format!("mmap-workload-p-{}", std::process::id()));
+            std::fs::write(&path, vec![5u8; 8 * PAGE as usize]).expect("temp file");
+            let file = std::fs::File::options().read(true).write(true).open(&path).expect("open temp file");
+            use std::os::fd::AsRawFd as _;
+            let fd = file.as_raw_fd() as u64;
+            let touch = |addr: u64, pages: u64| {
+                for p in 0..pages {
+                    // SAFETY: reading inside a mapping just made.
+                    unsafe { std::ptr::read_volatile((addr + p * PAGE) as *const u8) };
+                }
+            };
+            let shared = rec.call("mmap", libc::SYS_mmap, &[0, 4 * PAGE, ro, libc::MAP_SHARED as u64, fd, 2 * PAGE]) as u64;
+            touch(shared, 4);
+            let private = rec.call("mmap", libc::SYS_mmap, &[0, 2 * PAGE, RW, libc::MAP_PRIVATE as u64, fd, 0]) as u64;
+            touch(private, 2);
+            // A store copies the page: from then on it is not a file page.
+            // SAFETY: writing inside the private mapping just made.
+            unsafe { std::ptr::write_volatile(private as *mut u8, 9) };
+            rec.call("munmap", libc::SYS_munmap, &[shared, 4 * PAGE]);
+            rec.call("munmap", libc::SYS_munmap, &[private, 2 * PAGE]);
+            let _ = std::fs::remove_file(&path);
         }
         "threads" => {
             // Several threads mapping at once: each call is still checked.

@@ -75,7 +75,7 @@ fn on_exit(ctx: &TracePointContext, probe: Probe) -> u32 {
         args: call.args,
         ret,
     });
-    entry.submit(0);
+    emit::submit_batched(entry);
     0
 }
 

@@ -53,6 +53,9 @@ pub fn run(config: TraceConfig) -> Result<()> {
     Ok(())
 }
 
+/// How long a record may sit in the ring buffer below the probes' wake-up threshold.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+
 async fn event_loop(
     ring: RingBuf<MapData>,
     signals: StopSignals,
@@ -89,6 +92,10 @@ async fn event_loop(
         }
     };
     tokio::pin!(target_exit);
+    // The syscall probes wake us only once the buffer fills past a threshold (emit.rs):
+    // drain on a short timer as well, so no record waits longer than DRAIN_INTERVAL.
+    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_check = tokio::time::interval(Duration::from_secs(1));
     let mut lost_seen = 0u64;
     let mut summary = Summary::default();
@@ -101,6 +108,11 @@ async fn event_loop(
                     break "output closed".to_string();
                 }
                 guard.clear_ready();
+            }
+            _ = drain_tick.tick() => {
+                if drain(ring.get_mut(), out, &mut summary).is_err() {
+                    break "output closed".to_string();
+                }
             }
             _ = sigint.recv() => break "SIGINT".to_string(),
             _ = sigterm.recv() => break "SIGTERM".to_string(),

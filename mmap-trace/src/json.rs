@@ -240,6 +240,80 @@ fn syscall_body(e: &SyscallEvent, probe: Probe, path: Option<String>) -> Body {
     }
 }
 
+/// The JSON line (without newline) of a syscall record appended to `out`: byte for byte
+/// what serializing [`record`] gives (the test below holds them together), without
+/// building a `Body` or going through serde's `flatten` buffering. `trace --json` writes
+/// one of these per traced call, so this is its hot path.
+pub fn write_syscall(out: &mut Vec<u8>, e: &SyscallEvent, probe: Probe, path: Option<&str>) {
+    use std::io::Write as _;
+    // Writes into a Vec cannot fail.
+    let h = &e.header;
+    let _ = write!(out, r#"{{"type":"event","ts_ns":{},"pid":{},"tid":{},"comm":"#, h.ts_ns, h.pid, h.tid);
+    let _ = serde_json::to_writer(&mut *out, &*c_str(&h.comm));
+    let _ = write!(out, r#","probe":"{}""#, probe.name());
+    let hex = |out: &mut Vec<u8>, key: &str, v: u64| {
+        let _ = write!(out, r#","{key}":"{v:#x}""#);
+    };
+    // Flag names are [A-Z0-9_|x] only: nothing to escape.
+    let names = |out: &mut Vec<u8>, key: &str, names: String, raw: u64| {
+        let _ = write!(out, r#","{key}":"{names}","{key}_raw":{raw}"#);
+    };
+    let a = e.args;
+    match probe {
+        Probe::Mmap => {
+            hex(out, "addr", a[0]);
+            hex(out, "len", a[1]);
+            names(out, "prot", flags::decode(flags::PROT, a[2]), a[2]);
+            names(out, "flags", flags::decode_map(a[3]), a[3]);
+            let _ = write!(out, r#","fd":{}"#, a[4] as i32);
+            hex(out, "offset", a[5]);
+            if let Some(path) = path {
+                out.extend_from_slice(br#","path":"#);
+                let _ = serde_json::to_writer(&mut *out, path);
+            }
+            write_outcome(out, &Outcome::address(e.ret));
+        }
+        Probe::Munmap => {
+            hex(out, "addr", a[0]);
+            hex(out, "len", a[1]);
+            write_outcome(out, &Outcome::status(e.ret));
+        }
+        Probe::Mprotect => {
+            hex(out, "addr", a[0]);
+            hex(out, "len", a[1]);
+            names(out, "prot", flags::decode(flags::PROT, a[2]), a[2]);
+            write_outcome(out, &Outcome::status(e.ret));
+        }
+        Probe::Mremap => {
+            hex(out, "old_addr", a[0]);
+            hex(out, "old_len", a[1]);
+            hex(out, "new_len", a[2]);
+            names(out, "flags", flags::decode(flags::MREMAP, a[3]), a[3]);
+            hex(out, "new_addr", a[4]);
+            write_outcome(out, &Outcome::address(e.ret));
+        }
+        _ => {
+            hex(out, "addr", a[0]);
+            hex(out, "ret_addr", e.ret as u64);
+        }
+    }
+    out.push(b'}');
+}
+
+fn write_outcome(out: &mut Vec<u8>, o: &Outcome) {
+    use std::io::Write as _;
+    if let Some(ret) = o.ret {
+        let _ = write!(out, r#","ret":{ret}"#);
+    }
+    if let Some(Hex(addr)) = o.ret_addr {
+        let _ = write!(out, r#","ret_addr":"{addr:#x}""#);
+    }
+    if let Some(error) = &o.error {
+        out.extend_from_slice(br#","error":"#);
+        let _ = serde_json::to_writer(&mut *out, error);
+    }
+}
+
 /// `path`: the resolved path of an mmap's fd, when there is one.
 pub fn record(event: &Event, path: Option<String>) -> EventRecord<'_> {
     let header = event.header();
@@ -284,5 +358,62 @@ pub fn record(event: &Event, path: Option<String>) -> EventRecord<'_> {
         comm: c_str(&header.comm),
         probe: probe.name(),
         body,
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use mmap_trace_common::{EventHeader, EventKind};
+
+    use super::*;
+
+    /// `write_syscall` must give exactly the bytes serde gives for `record`.
+    #[test]
+    fn write_syscall_matches_serde() {
+        let probes = [Probe::Mmap, Probe::Munmap, Probe::Mprotect, Probe::Mremap, Probe::Brk];
+        let rets = [0i64, 5, -1, -22, -4095, -4096, 0x7f12_3456_7000, i64::MIN, i64::MAX];
+        let args = [
+            [0, 16384, 3, 0x22, u64::MAX, 0],
+            [0x7f00_0000_1000, 4096, 0, 0x1 | 0x10 | 0x8000_0000, 3, 4096],
+            [u64::MAX, u64::MAX, 0x7 | 0x100, 0x3 | 0x40, 7, u64::MAX],
+            [1, 2, 0x1000_0000, 0, 0x8000_0000, 5],
+        ];
+        let comms: [&[u8]; 4] = [b"mmap-workload", b"q\"uo\\te\n\x01", b"\xff\xfebad", b"exactly15bytes!"];
+        let paths = [None, Some("/tmp/a file"), Some("/x/\"quoted\"\t\u{e9}")];
+        let mut line = Vec::new();
+        for probe in probes {
+            for ret in rets {
+                for a in args {
+                    for comm in comms {
+                        for path in paths {
+                            let mut c = [0u8; 16];
+                            c[..comm.len()].copy_from_slice(comm);
+                            let e = SyscallEvent {
+                                header: EventHeader {
+                                    kind: EventKind::Syscall as u32,
+                                    probe: probe as u32,
+                                    pid: 42,
+                                    tid: 43,
+                                    ts_ns: 123_456_789_012,
+                                    comm: c,
+                                },
+                                enter_ts_ns: 1,
+                                args: a,
+                                ret,
+                            };
+                            let event = Event::Syscall(e);
+                            let expected =
+                                serde_json::to_vec(&record(&event, path.map(str::to_owned))).unwrap();
+                            line.clear();
+                            write_syscall(&mut line, &e, probe, path);
+                            assert_eq!(
+                                String::from_utf8_lossy(&line),
+                                String::from_utf8_lossy(&expected)
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -73,6 +73,8 @@ pub struct Output {
     start_ns: u64,
     header_done: bool,
     pub counts: [u64; PROBE_COUNT],
+    /// The JSON line being written (reused: no allocation per event).
+    line: Vec<u8>,
 }
 
 impl Output {
@@ -83,11 +85,19 @@ impl Output {
             start_ns,
             header_done: false,
             counts: [0; PROBE_COUNT],
+            line: Vec::with_capacity(512),
         }
     }
 
     pub fn event(&mut self, event: &Event, path: Option<String>) -> io::Result<()> {
         self.counts[event.probe() as usize] += 1;
+        if let (Format::Json, Event::Syscall(e)) = (self.format, event) {
+            // The hot path: one line per traced call, into a buffer reused for every line.
+            self.line.clear();
+            json::write_syscall(&mut self.line, e, event.probe(), path.as_deref());
+            self.line.push(b'\n');
+            return self.out.write_all(&self.line);
+        }
         let record = json::record(event, path);
         match self.format {
             Format::Json => {

@@ -181,7 +181,11 @@ static noinline int mmtrace_vmalloc_mmap(struct file *file, struct vm_area_struc
 	ret = mmtrace_check_request(vma);
 	if (ret)
 		goto refuse;
-	if (!(vma->vm_flags & VM_SHARED)) {
+	/*
+	 * Copy-on-write (MAP_PRIVATE, may write) only: a MAP_SHARED mapping of a
+	 * read-only fd has VM_SHARED cleared by do_mmap() but can never COW.
+	 */
+	if (is_cow_mapping(vma->vm_flags)) {
 		ret = -EINVAL;
 		goto refuse;
 	}

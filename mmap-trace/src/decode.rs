@@ -182,3 +182,37 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use mmap_trace_common::{EventKind, record_size};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes at all: an event or an error, never a panic.
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            let _ = decode(&bytes);
+        }
+
+        /// A plausible header (kind and probe near the real ids) on a record cut short,
+        /// exact or padded: decoded only when the kind, probe and length agree.
+        #[test]
+        fn short_exact_and_oversized_records(
+            kind in 0u32..8, probe in 0u32..16, len in 0usize..1024, fill in any::<u8>(),
+        ) {
+            let mut bytes = vec![fill; len];
+            for (i, b) in kind.to_ne_bytes().into_iter().chain(probe.to_ne_bytes()).enumerate() {
+                if i < len {
+                    bytes[i] = b;
+                }
+            }
+            if let Ok(event) = decode(&bytes) {
+                let k = EventKind::from_u32(kind).expect("decoded an unknown kind");
+                prop_assert!(len >= record_size(k));
+                prop_assert_eq!(event.header().probe, probe);
+            }
+        }
+    }
+}

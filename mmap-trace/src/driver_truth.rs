@@ -153,3 +153,19 @@ mod tests {
         assert!(parse_vmas("1000 2000 0 0 -\n").is_err(), "no total");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Garbage and near-misses of the driver's formats: Ok or Err, never a panic.
+        #[test]
+        fn parsers_never_panic(text in "([0-9a-fx -]{0,24}(total )?[0-9a-z/ -]{0,12}\n){0,8}|\\PC{0,200}") {
+            let _ = parse_pfns(&text);
+            let _ = parse_page_table(&text);
+            let _ = parse_vmas(&text);
+        }
+    }
+}

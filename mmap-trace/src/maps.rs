@@ -174,3 +174,34 @@ pub mod tests {
         assert!(regions.windows(2).all(|w| w[0].end <= w[1].start));
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn region() -> impl Strategy<Value = Region> {
+        (any::<u64>(), any::<u64>(), any::<u64>(), 0u64..3, prop::bool::ANY).prop_map(
+            |(start, end, offset, inode, file)| Region {
+                start,
+                end,
+                perms: "rw-p".into(),
+                offset,
+                dev: (0, 0),
+                inode,
+                backing: if file { Backing::File("/f".into()) } else { Backing::Anonymous },
+            },
+        )
+    }
+
+    proptest! {
+        /// Any regions, even nonsense ones from a hostile maps file: sorted, non-empty,
+        /// never a panic (overflowing offsets included).
+        #[test]
+        fn normalize_never_panics(regions in proptest::collection::vec(region(), 0..12)) {
+            let out = normalize(regions);
+            prop_assert!(out.iter().all(|r| r.end > r.start));
+            prop_assert!(out.windows(2).all(|w| w[0].start <= w[1].start));
+        }
+    }
+}

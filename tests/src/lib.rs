@@ -2,4 +2,5 @@
 
 pub mod cli;
 pub mod driver;
+pub mod stress;
 pub mod workload;

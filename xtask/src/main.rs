@@ -8,6 +8,7 @@ mod guest_kernel;
 mod initramfs;
 mod qemu;
 mod setup;
+mod stress;
 mod test;
 
 use std::ffi::OsString;
@@ -50,6 +51,12 @@ enum Task {
     /// Tracing overhead, loss, throughput, start-up and RSS vs bpftrace and strace, and the
     /// loop in the guest; prints the table and writes it into README.md.
     Bench(bench::BenchArgs),
+    /// The reliability suites with soak counts (200,000 random driver requests, 1,000
+    /// reloads, …); MMTRACE_STRESS_* variables override them.
+    Stress {
+        #[command(flatten)]
+        guest: GuestArgs,
+    },
 }
 
 #[derive(Args)]
@@ -204,6 +211,13 @@ fn run(cli: Cli) -> Result<i32> {
             section("build");
             let artifacts = build::build_all(&ws, &ready)?;
             bench::run(&ws, &ready, &artifacts, &args)?
+        }
+        Task::Stress { guest } => {
+            section("setup");
+            let ready = setup::ensure(&ws, guest.kernel.kernel_version.as_deref())?;
+            section("build");
+            let artifacts = build::build_all(&ws, &ready)?;
+            stress::run(&ws, &ready, &artifacts, &guest.options())?
         }
     };
     eprintln!("xtask: done in {:.0} s", started.elapsed().as_secs_f64());

@@ -20,7 +20,7 @@ pub struct FileIdentity {
     pub path: String,
 }
 
-#[derive(Default, Debug)]
+#[derive(Clone, Default, Debug)]
 pub struct ShadowSpace {
     regions: Vec<Region>,
     start_brk: u64,

@@ -194,14 +194,57 @@ impl Verifier {
         events.extend(drain(ring)?);
         for event in &events {
             out.event(event, None).or_else(ignore_closed_output)?;
-            self.apply(event)?;
         }
-        if alive && self.shadow.is_some() {
-            self.compare(events.last().expect("non-empty"), out)?;
+        if alive {
+            self.apply_and_compare(&events, out)?;
+        } else {
+            for event in &events {
+                self.apply(event)?;
+            }
         }
         // SAFETY: plain kill(2).
         unsafe { libc::kill(self.pid as i32, libc::SIGCONT) };
         Ok(())
+    }
+
+    /// Calls of different threads that overlap in time reach sys_exit in an order that
+    /// need not be the one in which they changed the address space (mmap_lock decides).
+    /// The batch is applied in exit order first and, if the kernel disagrees, in each
+    /// other order that keeps every thread's own order and real time (a call that exited
+    /// before another entered stays first). A mismatch is reported only when no such
+    /// order explains the kernel's view, and then as the exit order shows it.
+    fn apply_and_compare(&mut self, events: &[Event], out: &mut Output) -> Result<()> {
+        let units = units(events);
+        let base = self.shadow.clone();
+        let mut first_failure = None;
+        for order in serial_orders(&units) {
+            self.shadow = base.clone();
+            for &u in &order {
+                for event in &units[u].events {
+                    self.apply(event)?;
+                }
+            }
+            if self.shadow.is_none() {
+                return Ok(()); // before the command's exec: nothing to compare yet
+            }
+            let (kernel, differences, pfn_checks) = self.differences()?;
+            if differences.is_empty() {
+                self.stats.checkpoints += 1;
+                self.stats.pfn_checks += pfn_checks;
+                return Ok(());
+            }
+            if first_failure.is_none() {
+                first_failure = Some((kernel, differences, pfn_checks, self.shadow.clone()));
+            }
+        }
+        let Some((kernel, differences, pfn_checks, shadow)) = first_failure else {
+            return Ok(());
+        };
+        self.shadow = shadow;
+        self.stats.checkpoints += 1;
+        self.stats.pfn_checks += pfn_checks;
+        let last = *events.last().expect("non-empty batch");
+        self.report_all(&differences, kernel, &last, out)
     }
 
     /// Runs `f` with the process stopped by us.
@@ -245,10 +288,11 @@ impl Verifier {
         Ok(())
     }
 
-    fn compare(&mut self, last: &Event, out: &mut Output) -> Result<()> {
-        self.stats.checkpoints += 1;
+    /// The kernel's view now, how the shadow differs from it, and how many page PFNs
+    /// were compared.
+    fn differences(&mut self) -> Result<(Vec<maps::Region>, Vec<Difference>, u64)> {
         let mut kernel = maps::read(self.pid)?;
-        let mut differences = self.check_file_pfns(&kernel)?;
+        let (mut differences, pfn_checks) = self.check_file_pfns(&kernel)?;
         if self.plant == Some(Plant::MapsPerms)
             && let Some(r) = kernel.iter_mut().find(|r| r.perms.starts_with("rw"))
         {
@@ -256,11 +300,15 @@ impl Verifier {
         }
         let shadow = self.shadow.as_ref().expect("checked by the caller");
         differences.extend(compare(shadow.regions(), &kernel));
+        Ok((kernel, differences, pfn_checks))
+    }
+
+    fn report_all(&mut self, differences: &[Difference], kernel: Vec<maps::Region>, last: &Event, out: &mut Output) -> Result<()> {
         if differences.is_empty() {
             return Ok(());
         }
         self.stats.mismatches += differences.len() as u64;
-        for d in &differences {
+        for d in differences {
             self.report(d, last, out)?;
         }
         // Adopt the kernel's view so the next checkpoint reports only new differences.
@@ -275,10 +323,11 @@ impl Verifier {
     /// Present page-cache pages of the file mappings against the PFNs the page_cache
     /// events reported for the same (device, inode, index). Pages that are present but
     /// not file pages are private copies (copy-on-write) and are not compared.
-    fn check_file_pfns(&mut self, kernel: &[maps::Region]) -> Result<Vec<Difference>> {
+    fn check_file_pfns(&self, kernel: &[maps::Region]) -> Result<(Vec<Difference>, u64)> {
         let mut out = Vec::new();
+        let mut checked = 0;
         if self.file_pfns.is_empty() {
-            return Ok(out);
+            return Ok((out, checked));
         }
         let mut pagemap = None;
         for r in kernel.iter().filter(|r| r.inode != 0) {
@@ -307,7 +356,7 @@ impl Verifier {
                 if !flags.contains(MemoryPageFlags::PRESENT) || !flags.contains(MemoryPageFlags::FILE) {
                     continue;
                 }
-                self.stats.pfn_checks += 1;
+                checked += 1;
                 let found = flags.get_page_frame_number().0;
                 if found != expected {
                     let addr = r.start + k * PAGE;
@@ -321,7 +370,7 @@ impl Verifier {
                 }
             }
         }
-        Ok(out)
+        Ok((out, checked))
     }
 
     fn report(&self, d: &Difference, last: &Event, out: &mut Output) -> Result<()> {
@@ -345,6 +394,93 @@ impl Verifier {
         out.record(&record).or_else(ignore_closed_output)?;
         Ok(())
     }
+}
+
+/// A thread's syscall event with the kernel-probe events its call produced before it.
+struct Unit {
+    events: Vec<Event>,
+    tid: u32,
+    enter_ns: u64,
+    exit_ns: u64,
+    /// exec replaces the whole address space: never reordered.
+    pinned: bool,
+}
+
+fn units(events: &[Event]) -> Vec<Unit> {
+    let mut waiting: Vec<(u32, Vec<Event>)> = Vec::new();
+    let mut units = Vec::new();
+    for event in events {
+        let h = event.header();
+        let mut taken = || {
+            waiting.iter().position(|(t, _)| *t == h.tid).map(|i| waiting.swap_remove(i).1).unwrap_or_default()
+        };
+        match event {
+            Event::Syscall(s) => {
+                let mut evs = taken();
+                evs.push(*event);
+                units.push(Unit { events: evs, tid: h.tid, enter_ns: s.enter_ts_ns, exit_ns: h.ts_ns, pinned: false });
+            }
+            Event::Exec(_) => {
+                let mut evs = taken();
+                evs.push(*event);
+                units.push(Unit { events: evs, tid: h.tid, enter_ns: h.ts_ns, exit_ns: h.ts_ns, pinned: true });
+            }
+            _ => match waiting.iter_mut().find(|(t, _)| *t == h.tid) {
+                Some((_, evs)) => evs.push(*event),
+                None => waiting.push((h.tid, vec![*event])),
+            },
+        }
+    }
+    for (tid, evs) in waiting {
+        let ts = evs[0].header().ts_ns;
+        units.push(Unit { events: evs, tid, enter_ns: ts, exit_ns: ts, pinned: false });
+    }
+    units
+}
+
+/// Orders of `units` that respect each thread's order and real time, exit order first;
+/// only the exit order for batches too large to search or holding an exec.
+fn serial_orders(units: &[Unit]) -> Vec<Vec<usize>> {
+    const MAX_ORDERS: usize = 720;
+    let identity: Vec<usize> = (0..units.len()).collect();
+    if units.len() > 6 || units.iter().any(|u| u.pinned) {
+        return vec![identity];
+    }
+    // i must come before j (i < j in exit order) when the same thread made both, or i
+    // had returned before j was entered.
+    let before = |i: usize, j: usize| {
+        i < j && (units[i].tid == units[j].tid || units[i].exit_ns < units[j].enter_ns)
+    };
+    let mut orders = Vec::new();
+    let mut current = Vec::new();
+    let mut used = vec![false; units.len()];
+    fn search(
+        n: usize,
+        before: &dyn Fn(usize, usize) -> bool,
+        current: &mut Vec<usize>,
+        used: &mut Vec<bool>,
+        orders: &mut Vec<Vec<usize>>,
+    ) {
+        if orders.len() >= MAX_ORDERS {
+            return;
+        }
+        if current.len() == n {
+            orders.push(current.clone());
+            return;
+        }
+        for j in 0..n {
+            if used[j] || (0..n).any(|i| !used[i] && i != j && before(i, j)) {
+                continue;
+            }
+            used[j] = true;
+            current.push(j);
+            search(n, before, current, used, orders);
+            current.pop();
+            used[j] = false;
+        }
+    }
+    search(units.len(), &before, &mut current, &mut used, &mut orders);
+    orders
 }
 
 fn apply_syscall(shadow: &mut ShadowSpace, e: &SyscallEvent, pid: u32) {
@@ -408,3 +544,26 @@ fn wait_stopped(pid: u32) -> Result<bool> {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(tid: u32, enter_ns: u64, exit_ns: u64) -> Unit {
+        Unit { events: Vec::new(), tid, enter_ns, exit_ns, pinned: false }
+    }
+
+    #[test]
+    fn only_overlapping_calls_of_different_threads_are_reordered() {
+        // Two threads' calls overlap in time: both orders, exit order first.
+        assert_eq!(serial_orders(&[unit(1, 0, 10), unit(2, 5, 8)]), [vec![0, 1], vec![1, 0]]);
+        // The first returned before the second began: one order.
+        assert_eq!(serial_orders(&[unit(1, 0, 4), unit(2, 5, 8)]), [vec![0, 1]]);
+        // One thread's calls keep their order however the times look.
+        assert_eq!(serial_orders(&[unit(1, 0, 10), unit(1, 5, 8)]), [vec![0, 1]]);
+        // An exec pins the batch.
+        let mut exec = unit(1, 0, 10);
+        exec.pinned = true;
+        assert_eq!(serial_orders(&[exec, unit(2, 5, 8)]).len(), 1);
+    }
+}

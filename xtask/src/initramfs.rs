@@ -111,6 +111,8 @@ mount -t tmpfs tmpfs /tmp
 export PATH={GUEST_BIN}:/bin:/sbin HOME=/root
 export MMTRACE_GUEST=1 MMTRACE_CLI={GUEST_CLI} MMTRACE_KO={GUEST_KO} MMTRACE_WORKLOAD={GUEST_WORKLOAD}
 cd /tmp
+echo
+echo "{start}"
 /bin/sh {GUEST_COMMAND}
 status=$?
 echo "{exit} $status"
@@ -119,6 +121,7 @@ dmesg
 echo "{end}"
 poweroff -f
 "#,
+        start = m.start(),
         exit = m.exit_prefix(),
         begin = m.dmesg_begin(),
         end = m.dmesg_end(),

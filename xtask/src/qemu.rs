@@ -49,6 +49,12 @@ impl Markers {
     }
 
     /// Followed by a space and the command's exit status.
+    /// Printed by /init just before the command: what comes before is firmware and
+    /// kernel chatter (stderr), what follows is the command's output (stdout).
+    pub fn start(&self) -> String {
+        format!("MMTRACE-START-{}", self.nonce)
+    }
+
     pub fn exit_prefix(&self) -> String {
         format!("MMTRACE-EXIT-{}", self.nonce)
     }
@@ -191,6 +197,8 @@ fn boot(kernel: &GuestKernel, initrd: &Path, markers: &Markers, opts: &Options) 
     let mut console = Vec::new();
     let mut dmesg: Option<Vec<String>> = None;
     let mut in_dmesg = false;
+    let mut in_command = false;
+    let start_marker = markers.start();
     let mut timed_out = false;
     let mut finished = false;
     loop {
@@ -208,10 +216,25 @@ fn boot(kernel: &GuestKernel, initrd: &Path, markers: &Markers, opts: &Options) 
                 } else if line.contains(&begin) {
                     in_dmesg = true;
                     dmesg = Some(Vec::new());
-                } else {
-                    if let Some(rest) = line.split_once(&exit_prefix).map(|(_, r)| r) {
-                        status = rest.trim().parse::<i32>().ok();
+                } else if !in_command {
+                    // The marker may share a line with SeaBIOS's "Booting from ROM..".
+                    match line.split_once(&start_marker) {
+                        Some((before, _)) => {
+                            in_command = true;
+                            if !before.is_empty() {
+                                eprintln!("{before}");
+                            }
+                        }
+                        None => eprintln!("{line}"),
                     }
+                    console.push(line);
+                } else if let Some(rest) = line.split_once(&exit_prefix).map(|(_, r)| r) {
+                    // The command is done: its status, and nothing after it, on stdout.
+                    status = rest.trim().parse::<i32>().ok();
+                    in_command = false;
+                    eprintln!("{line}");
+                    console.push(line);
+                } else {
                     println!("{line}");
                     console.push(line);
                 }

@@ -1,7 +1,7 @@
 //! The ring buffer, the target filter and the per-probe lost-event counters.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
     macros::map,
     maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
@@ -66,9 +66,11 @@ pub fn reserve<T: 'static>(probe: Probe) -> Option<RingBufEntry<T>> {
     entry
 }
 
-/// The reader is woken once the buffer holds this fraction of its size (or at once under
-/// `verify`); below it, records wait for the reader's periodic drain (trace.rs).
-const WAKEUP_FRACTION: u64 = 8;
+/// The reader is woken once the buffer holds this many bytes (or at once under
+/// `verify`); below it, records wait for the reader's periodic drain (trace.rs). Set by
+/// the loader (an eighth of the ring) so the hot path does not query the ring's size.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 0;
 
 /// Submits a high-rate record (one per traced syscall) without waking the reader,
 /// unless the buffer is filling up. A wake-up per record costs the traced task an
@@ -78,11 +80,11 @@ const WAKEUP_FRACTION: u64 = 8;
 pub fn submit_batched<T>(entry: RingBufEntry<T>) {
     // SAFETY: a read of our own global; volatile so the loader's value is seen.
     let verifying = unsafe { core::ptr::read_volatile(&FILTER.stop_after_event) } != 0;
-    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    // SAFETY: as above.
+    let wakeup_bytes = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
     let flags = if verifying {
         0 // the kernel's default: wake a reader that has caught up
-    } else if pending >= size / WAKEUP_FRACTION {
+    } else if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

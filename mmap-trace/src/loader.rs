@@ -50,7 +50,12 @@ impl Tracer {
         let mut skipped = Vec::new();
         let mut chosen = Vec::new();
         let kprobes_available = Path::new(KPROBE_PMU).exists();
-        let driver_hooks = present_driver_hooks(&opts.driver_hooks)?;
+        // /proc/kallsyms is large: read it only when the driver hook can be attached.
+        let driver_hooks = if kprobes_available && wanted.contains(&Probe::DriverMmap) {
+            present_driver_hooks(&opts.driver_hooks)?
+        } else {
+            Vec::new()
+        };
         for probe in wanted {
             let unavailable = if !probe.is_kprobe() {
                 None
@@ -96,6 +101,7 @@ impl Tracer {
             .override_global("FILTER", &opts.filter, true)
             .override_global("FILEMAP_FORMAT", &filemap, true)
             .override_global("OFFSETS", &offsets, true)
+            .override_global("WAKEUP_BYTES", &(u64::from(opts.ring_buffer_bytes) / 8), true)
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs")?;

@@ -30,27 +30,32 @@ static FILTER: TargetFilter = TargetFilter {
 pub struct Task {
     pub pid: u32,
     pub tid: u32,
+    /// Read once here for both the filter and the record header.
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// Whether the filter can pass this process (the cheap tgid half of the filter, for
+/// hooks that fire for every task on the system before they know it is a call of ours).
+#[inline(always)]
+pub fn tgid_passes(pid_tgid: u64) -> bool {
+    // SAFETY: a read of our own global; volatile so the loader's value is seen.
+    let tgid = unsafe { core::ptr::read_volatile(&FILTER.tgid) };
+    tgid == 0 || tgid == (pid_tgid >> 32) as u32
 }
 
 #[inline(always)]
 pub fn current_task() -> Option<Task> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let task = Task {
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-    };
-    // SAFETY: a read of our own global; volatile so the loader's value is seen.
-    let filter = unsafe { core::ptr::read_volatile(&FILTER) };
-    if filter.tgid != 0 && filter.tgid != task.pid {
+    if !tgid_passes(pid_tgid) {
         return None;
     }
-    if filter.match_comm != 0 {
-        let comm = bpf_get_current_comm().ok()?;
-        if comm != filter.comm {
-            return None;
-        }
+    let comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+    // SAFETY: a read of our own global; volatile so the loader's value is seen.
+    let filter = unsafe { core::ptr::read_volatile(&FILTER) };
+    if filter.match_comm != 0 && comm != filter.comm {
+        return None;
     }
-    Some(task)
+    Some(Task { pid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32, comm })
 }
 
 /// Reserves a record of type `T` for `probe`, counting the loss when the buffer is full.
@@ -101,7 +106,7 @@ pub fn header(kind: EventKind, probe: Probe, task: &Task) -> EventHeader {
         tid: task.tid,
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
+        comm: task.comm,
     }
 }
 

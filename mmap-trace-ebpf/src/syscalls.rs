@@ -1,103 +1,154 @@
-//! Syscall tracepoints for mmap, munmap, mprotect, mremap and brk. The entry's arguments
-//! wait in a per-thread map; the exit emits ONE joined `SyscallEvent`.
+//! mmap, munmap, mprotect, mremap and brk, seen from the raw `sys_exit` tracepoint: one
+//! `SyscallEvent` per call, with the arguments and the return value.
+//!
+//! Raw tracepoints, not the `syscalls/sys_*_mmap` trace events: those build a perf
+//! record on every call before any program runs, which doubled the system time of an
+//! mmap/munmap loop even with programs that returned at once (issue 6). A raw
+//! tracepoint fires for every syscall of every task, so the program checks the tgid
+//! filter and the syscall number before anything else.
+//!
+//! The arguments are read at exit: the kernel keeps the caller's registers in `pt_regs`
+//! for the whole call and these syscalls do not change them (the x86-64 ABI preserves
+//! them across `syscall`), so there is nothing to join. Only `verify` also attaches
+//! `sys_enter`, for the entry time it needs to order overlapping calls of threads; that
+//! join happens here, in a per-thread map.
 
 use aya_ebpf::{
-    macros::{map, tracepoint},
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{bpf_get_current_task, bpf_ktime_get_ns},
+    },
+    macros::{map, raw_tracepoint},
     maps::LruHashMap,
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 use mmap_trace_common::{EventKind, Probe, SyscallEvent};
 
-use crate::emit::{self, Task};
+use crate::emit;
 
-/// `struct trace_entry` (8 bytes) + `int __syscall_nr` + padding precede the arguments
-/// of every `syscalls/sys_enter_*` record and the `ret` of every `sys_exit_*` record;
-/// the loader checks this against the tracepoint's format file.
-const ARGS_OFFSET: usize = 16;
-const RET_OFFSET: usize = 16;
+/// Bit `1 << probe` for each syscall probe the user asked for; set by the loader.
+#[unsafe(no_mangle)]
+static SYSCALL_PROBES: u32 = 0;
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct PendingCall {
-    enter_ts_ns: u64,
-    args: [u64; 6],
-}
+/// Non-zero when `sys_enter` is attached and entry times are wanted (`verify`).
+#[unsafe(no_mangle)]
+static ENTRY_TIMES: u32 = 0;
 
-/// Entries of in-flight calls by thread id. LRU: a thread killed inside a call never
+/// Entry times of in-flight calls by thread id. LRU: a thread killed inside a call never
 /// reaches its exit, and its entry must not pin a slot forever.
 #[map]
-static PENDING: LruHashMap<u32, PendingCall> = LruHashMap::with_max_entries(16384, 0);
+static ENTERED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
+/// Offset of `thread_info.status` in `task_struct`, from BTF; set by the loader.
+#[unsafe(no_mangle)]
+static TI_STATUS_OFFSET: u32 = 0;
+
+/// x86's `TS_COMPAT`: the task is inside an ia32 syscall.
+const TS_COMPAT: u32 = 0x0002;
+
+/// The kernel's `in_ia32_syscall()`: true for the syscalls of 32-bit code (and `int
+/// $0x80` from 64-bit code), whose numbers name other calls (9 is `link` there).
 #[inline(always)]
-fn on_enter(ctx: &TracePointContext, nargs: usize) -> u32 {
+fn in_compat_syscall() -> bool {
+    // SAFETY: a read of our own global; volatile so the loader's value is seen.
+    let offset = unsafe { core::ptr::read_volatile(&TI_STATUS_OFFSET) };
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: the helper tolerates bad addresses.
+    let status = unsafe { bpf_probe_read_kernel((task + u64::from(offset)) as *const u32) };
+    status.is_ok_and(|s| s & TS_COMPAT != 0)
+}
+
+/// The probe for an x86-64 syscall number, if the user asked for it.
+#[inline(always)]
+fn traced(nr: u64) -> Option<Probe> {
+    let probe = match nr {
+        9 => Probe::Mmap,
+        10 => Probe::Mprotect,
+        11 => Probe::Munmap,
+        12 => Probe::Brk,
+        25 => Probe::Mremap,
+        _ => return None,
+    };
+    // SAFETY: a read of our own global; volatile so the loader's value is seen.
+    let wanted = unsafe { core::ptr::read_volatile(&SYSCALL_PROBES) };
+    (wanted & (1 << probe as u32) != 0).then_some(probe)
+}
+
+/// `sys_enter(struct pt_regs *regs, long id)`: attached under `verify` only.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    if !emit::tgid_passes(bpf_get_current_pid_tgid()) || traced(ctx.arg::<u64>(1)).is_none() {
+        return 0;
+    }
     let Some(task) = emit::current_task() else {
         return 0;
     };
-    let mut call = PendingCall {
-        // SAFETY: helper without preconditions.
-        enter_ts_ns: unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() },
-        args: [0; 6],
-    };
-    let mut i = 0;
-    while i < nargs && i < 6 {
-        // SAFETY: the offset lies inside this tracepoint's record (checked at load).
-        call.args[i] = unsafe { ctx.read_at::<u64>(ARGS_OFFSET + i * 8) }.unwrap_or(0);
-        i += 1;
-    }
-    let _ = PENDING.insert(task.tid, call, 0);
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = ENTERED.insert(task.tid, now, 0);
     0
 }
 
-#[inline(always)]
-fn on_exit(ctx: &TracePointContext, probe: Probe) -> u32 {
-    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-    // Only calls whose entry passed the filter are pending.
-    let Some(pending) = PENDING.get_ptr(tid) else {
+/// The syscall's arguments as `pt_regs` holds them, `r10` to `orig_ax` (one read).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SyscallRegs {
+    r10: u64,
+    r9: u64,
+    r8: u64,
+    _ax: u64,
+    _cx: u64,
+    dx: u64,
+    si: u64,
+    di: u64,
+    orig_ax: u64,
+}
+
+/// `sys_exit(struct pt_regs *regs, long ret)`.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    if !emit::tgid_passes(bpf_get_current_pid_tgid()) {
+        return 0;
+    }
+    let regs: *const pt_regs = ctx.arg(0);
+    // SAFETY: the helper tolerates bad addresses; `regs` is the kernel's own, and the
+    // struct mirrors pt_regs from r10 on.
+    let Ok(regs) = (unsafe {
+        bpf_probe_read_kernel(core::ptr::addr_of!((*regs).r10).cast::<SyscallRegs>())
+    }) else {
         return 0;
     };
-    // SAFETY: the pointer came from a successful lookup in a map we own.
-    let call = unsafe { *pending };
-    let _ = PENDING.remove(tid);
-    let task = Task {
-        pid: (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32,
-        tid,
+    let Some(probe) = traced(regs.orig_ax) else {
+        return 0;
+    };
+    if in_compat_syscall() {
+        return 0; // an ia32 syscall: its numbers mean other calls
+    }
+    let Some(task) = emit::current_task() else {
+        return 0;
+    };
+    // SAFETY: a read of our own global; volatile so the loader's value is seen.
+    let enter_ts_ns = if unsafe { core::ptr::read_volatile(&ENTRY_TIMES) } != 0 {
+        let ts = ENTERED.get_ptr(task.tid).map(|ts| unsafe { *ts }).unwrap_or(0);
+        let _ = ENTERED.remove(task.tid);
+        ts
+    } else {
+        0
     };
     // Stop even when the record is lost: verify must not let the process run ahead.
     emit::stop_if_verifying();
     let Some(mut entry) = emit::reserve::<SyscallEvent>(probe) else {
         return 0;
     };
-    // SAFETY: the offset lies inside the sys_exit record.
-    let ret = unsafe { ctx.read_at::<i64>(RET_OFFSET) }.unwrap_or(0);
     entry.write(SyscallEvent {
         header: emit::header(EventKind::Syscall, probe, &task),
-        enter_ts_ns: call.enter_ts_ns,
-        args: call.args,
-        ret,
+        enter_ts_ns,
+        // The x86-64 syscall convention: r10 stands in for rcx.
+        args: [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9],
+        ret: ctx.arg::<i64>(1),
     });
     emit::submit_batched(entry);
     0
 }
-
-/// One enter and one exit program per syscall: (enter, exit, probe, number of arguments).
-macro_rules! syscall_probes {
-    ($(($enter:ident, $exit:ident, $probe:expr, $nargs:expr)),* $(,)?) => {$(
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            on_enter(&ctx, $nargs)
-        }
-
-        #[tracepoint]
-        pub fn $exit(ctx: TracePointContext) -> u32 {
-            on_exit(&ctx, $probe)
-        }
-    )*};
-}
-
-syscall_probes!(
-    (sys_enter_mmap, sys_exit_mmap, Probe::Mmap, 6),
-    (sys_enter_munmap, sys_exit_munmap, Probe::Munmap, 2),
-    (sys_enter_mprotect, sys_exit_mprotect, Probe::Mprotect, 3),
-    (sys_enter_mremap, sys_exit_mremap, Probe::Mremap, 5),
-    (sys_enter_brk, sys_exit_brk, Probe::Brk, 1),
-);

@@ -10,32 +10,53 @@ use mmap_trace_common::KernelOffsets;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
-    let btf = Btf::from_file(path).with_context(|| {
-        format!(
-            "cannot read kernel BTF from {}: the kernel probes need a kernel built with \
-             CONFIG_DEBUG_INFO_BTF=y (or pass --btf PATH)",
-            path.display()
-        )
-    })?;
-    let offset = |ty: &str, fields: &[&str]| {
-        field_offset(&btf, ty, fields)
-            .with_context(|| format!("BTF in {}: struct {ty}: {}", path.display(), fields.join(".")))
-    };
-    Ok(KernelOffsets {
-        vma_vm_start: offset("vm_area_struct", &["vm_start"])?,
-        vma_vm_end: offset("vm_area_struct", &["vm_end"])?,
-        vma_vm_flags: offset("vm_area_struct", &["vm_flags"])?,
-        vma_vm_pgoff: offset("vm_area_struct", &["vm_pgoff"])?,
-        vma_vm_file: offset("vm_area_struct", &["vm_file"])?,
-        file_f_inode: offset("file", &["f_inode"])?,
-        file_dentry: offset("file", &["f_path", "dentry"])?,
-        dentry_name: offset("dentry", &["d_name", "name"])?,
-        inode_i_ino: offset("inode", &["i_ino"])?,
-        inode_i_sb: offset("inode", &["i_sb"])?,
-        sb_s_dev: offset("super_block", &["s_dev"])?,
-        valid: 1,
-    })
+/// The running kernel's BTF, parsed once per start.
+pub struct KernelBtf {
+    btf: Btf,
+    path: std::path::PathBuf,
+}
+
+impl KernelBtf {
+    pub fn open(path: &Path) -> Result<Self> {
+        let btf = Btf::from_file(path).with_context(|| {
+            format!(
+                "cannot read kernel BTF from {}: mmap-trace needs a kernel built with \
+                 CONFIG_DEBUG_INFO_BTF=y (or pass --btf PATH)",
+                path.display()
+            )
+        })?;
+        Ok(Self { btf, path: path.to_owned() })
+    }
+
+    fn offset(&self, ty: &str, fields: &[&str]) -> Result<u32> {
+        field_offset(&self.btf, ty, fields).with_context(|| {
+            format!("BTF in {}: struct {ty}: {}", self.path.display(), fields.join("."))
+        })
+    }
+
+    /// What the kernel probes read from `vm_area_struct` and the file behind it.
+    pub fn kernel_offsets(&self) -> Result<KernelOffsets> {
+        Ok(KernelOffsets {
+            vma_vm_start: self.offset("vm_area_struct", &["vm_start"])?,
+            vma_vm_end: self.offset("vm_area_struct", &["vm_end"])?,
+            vma_vm_flags: self.offset("vm_area_struct", &["vm_flags"])?,
+            vma_vm_pgoff: self.offset("vm_area_struct", &["vm_pgoff"])?,
+            vma_vm_file: self.offset("vm_area_struct", &["vm_file"])?,
+            file_f_inode: self.offset("file", &["f_inode"])?,
+            file_dentry: self.offset("file", &["f_path", "dentry"])?,
+            dentry_name: self.offset("dentry", &["d_name", "name"])?,
+            inode_i_ino: self.offset("inode", &["i_ino"])?,
+            inode_i_sb: self.offset("inode", &["i_sb"])?,
+            sb_s_dev: self.offset("super_block", &["s_dev"])?,
+            valid: 1,
+        })
+    }
+
+    /// `offsetof(task_struct, thread_info.status)`: the syscall probe tests x86's
+    /// `TS_COMPAT` there to skip ia32 syscalls, whose numbers name other calls.
+    pub fn thread_info_status(&self) -> Result<u32> {
+        self.offset("task_struct", &["thread_info", "status"])
+    }
 }
 
 /// Byte offset of `fields` (a path through nested structs) in `struct ty`.
@@ -102,11 +123,15 @@ mod tests {
         if !path.exists() {
             panic!("{VMLINUX_BTF} missing: this test needs a kernel with BTF");
         }
-        let o = kernel_offsets(path).unwrap();
+        let btf = KernelBtf::open(path).unwrap();
+        let o = btf.kernel_offsets().unwrap();
         assert!(o.vma_vm_end > o.vma_vm_start, "{o:?}");
         assert!(o.vma_vm_pgoff > o.vma_vm_end, "{o:?}");
         assert_ne!(o.file_dentry, 0, "{o:?}");
         assert_eq!(o.valid, 1);
+        // thread_info is the first member of x86's task_struct; status follows two longs
+        // (flags, syscall_work) on every kernel with syscall_work (5.11+).
+        assert_eq!(btf.thread_info_status().unwrap(), 16);
     }
 
     #[test]

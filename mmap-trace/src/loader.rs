@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{KProbe, TracePoint},
+    programs::{KProbe, RawTracePoint, TracePoint},
 };
 use mmap_trace_common::{FilemapFormat, KernelOffsets, PROBE_COUNT, Probe, TargetFilter};
 
@@ -83,14 +83,20 @@ impl Tracer {
         }
 
         tracefs::ensure_mounted()?;
-        if chosen.iter().any(|p| p.is_syscall()) {
-            tracefs::check_syscall_layout()?;
-        }
-        let offsets = if chosen.iter().any(|p| p.is_kprobe()) {
-            btf::kernel_offsets(&opts.btf)?
-        } else {
-            KernelOffsets::default()
+        let needs_btf = chosen.iter().any(|p| p.is_syscall() || p.is_kprobe());
+        let kernel_btf = needs_btf.then(|| btf::KernelBtf::open(&opts.btf)).transpose()?;
+        let offsets = match &kernel_btf {
+            Some(btf) if chosen.iter().any(|p| p.is_kprobe()) => btf.kernel_offsets()?,
+            _ => KernelOffsets::default(),
         };
+        let ti_status = match &kernel_btf {
+            Some(btf) if chosen.iter().any(|p| p.is_syscall()) => btf.thread_info_status()?,
+            _ => 0,
+        };
+        let syscall_probes: u32 =
+            chosen.iter().filter(|p| p.is_syscall()).map(|p| 1 << *p as u32).sum();
+        // verify orders overlapping calls of threads by their entry times.
+        let entry_times = u32::from(opts.filter.stop_after_event != 0);
 
         let filemap = if chosen.contains(&Probe::PageCache) {
             tracefs::filemap_format()?
@@ -101,6 +107,9 @@ impl Tracer {
             .override_global("FILTER", &opts.filter, true)
             .override_global("FILEMAP_FORMAT", &filemap, true)
             .override_global("OFFSETS", &offsets, true)
+            .override_global("SYSCALL_PROBES", &syscall_probes, true)
+            .override_global("TI_STATUS_OFFSET", &ti_status, true)
+            .override_global("ENTRY_TIMES", &entry_times, true)
             .override_global("WAKEUP_BYTES", &(u64::from(opts.ring_buffer_bytes) / 8), true)
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)
@@ -112,7 +121,11 @@ impl Tracer {
                 None
             }
         };
-        for probe in &chosen {
+        if syscall_probes != 0 {
+            attach_syscall_probes(&mut ebpf, entry_times != 0)
+                .context("attaching the syscall probes (raw tracepoints sys_enter/sys_exit)")?;
+        }
+        for probe in chosen.iter().filter(|p| !p.is_syscall()) {
             attach(&mut ebpf, *probe, &driver_hooks)
                 .with_context(|| format!("attaching the {} probe", probe.name()))?;
         }
@@ -143,18 +156,26 @@ impl Tracer {
     }
 }
 
+/// One raw tracepoint serves every syscall probe (the `SYSCALL_PROBES` mask); `sys_enter`
+/// only records entry times.
+fn attach_syscall_probes(ebpf: &mut Ebpf, entry_times: bool) -> Result<()> {
+    let points: &[&str] = if entry_times { &["sys_enter", "sys_exit"] } else { &["sys_exit"] };
+    for point in points {
+        let program: &mut RawTracePoint = program(ebpf, point)?.try_into()?;
+        program.load()?;
+        program.attach(point)?;
+    }
+    Ok(())
+}
+
 fn attach(ebpf: &mut Ebpf, probe: Probe, driver_hooks: &[String]) -> Result<()> {
     match probe {
-        p if p.is_syscall() => {
-            for point in ["enter", "exit"] {
-                attach_tracepoint(ebpf, "syscalls", &format!("sys_{point}_{}", p.name()))?;
-            }
-        }
         Probe::Exec => attach_tracepoint(ebpf, "sched", "sched_process_exec")?,
         Probe::PageCache => attach_tracepoint(ebpf, "filemap", "mm_filemap_add_to_page_cache")?,
         Probe::MmapRegion => attach_kprobe(ebpf, "mmap_region", &["mmap_region"])?,
         Probe::RemapPfnRange => attach_kprobe(ebpf, "remap_pfn_range", &["remap_pfn_range"])?,
-        _ => attach_kprobe(ebpf, "driver_mmap", driver_hooks)?,
+        Probe::DriverMmap => attach_kprobe(ebpf, "driver_mmap", driver_hooks)?,
+        syscall => bail!("{} is attached with the other syscall probes", syscall.name()),
     }
     Ok(())
 }

@@ -61,6 +61,34 @@ fn trace_json_captures_every_call_of_a_command() {
     let _ = std::fs::remove_file(out_file);
 }
 
+/// The syscall probe sees every syscall number; an ia32 call numbered like mmap (9 is
+/// link there) must not be reported, while the real munmap of the same address must.
+#[test]
+fn ia32_syscalls_are_not_taken_for_mmap_calls() {
+    let _guard = shared();
+    let out_file = std::env::temp_dir().join(format!("host-ia32-{}.jsonl", std::process::id()));
+    let run = cli()
+        .args(["trace", "--json", "--output"])
+        .arg(&out_file)
+        .arg("--")
+        .arg(workload_path())
+        .arg("--ia32")
+        .output()
+        .expect("run mmap-trace");
+    assert!(run.status.success(), "mmap-trace failed: {}", stderr(&run));
+    let said = stdout(&run);
+    let ia32: Vec<_> = said.lines().filter(|l| l.starts_with("{\"ia32\"")).collect();
+    assert_eq!(ia32.len(), 4, "the ia32 calls did not run: {said}");
+    assert!(ia32.iter().all(|l| l.contains("\"ret\":-14")), "expected EFAULT: {ia32:?}");
+    let text = std::fs::read_to_string(&out_file).expect("trace file");
+    let _ = std::fs::remove_file(&out_file);
+    let records = json_lines(&text);
+    let (events, _) = split_summary(&records);
+    let marked: Vec<_> = events.iter().filter(|e| e["addr"] == "0x4d4d0000").collect();
+    assert_eq!(marked.len(), 1, "expected only the x86-64 munmap: {marked:?}");
+    assert_eq!(marked[0]["probe"], "munmap", "{marked:?}");
+}
+
 #[test]
 fn table_output_is_aligned_and_decoded() {
     let _guard = shared();

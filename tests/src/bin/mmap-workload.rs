@@ -3,10 +3,12 @@
 //! that account with what `mmap-trace trace` saw, call by call.
 //!
 //! Usage: mmap-workload [--device PATH [--pages N] [--offset PAGES] [--private]]
-//!                      [--loop N] [--scenario NAME]
+//!                      [--loop N] [--scenario NAME] [--ia32]
 //!
 //! Without --scenario: one sequence touching every traced call. Scenarios (for verify):
 //! anon, file-offset, file-pages, split3, hole, mremap-move, fixed, threads.
+//! --ia32: ia32 syscalls (`int $0x80`) numbered like the traced x86-64 calls, then one
+//! real munmap of the same address; only the munmap may appear in a trace.
 
 use std::{ffi::CString, io::Write as _};
 
@@ -38,6 +40,36 @@ impl Recorder {
     }
 }
 
+/// The marker address of `--ia32` (never mapped by anything else).
+const IA32_MARKER: u64 = 0x4d4d_0000;
+
+/// In the ia32 table 9, 10, 12 and 25 are link, unlink, chdir and stime (the x86-64
+/// mmap, mprotect, brk and mremap); with the marker as every pointer they fail with
+/// EFAULT and change nothing. 11 (munmap here) is execve there: left out.
+fn ia32_calls(rec: &mut Recorder) {
+    for nr in [9u32, 10, 12, 25] {
+        let ret: i32;
+        // SAFETY: the calls only read the (unmapped) marker address. rbx cannot be an
+        // asm operand, so the first argument is swapped into it and back.
+        unsafe {
+            std::arch::asm!(
+                "xchg {b:r}, rbx",
+                "int 0x80",
+                "xchg {b:r}, rbx",
+                b = inout(reg) IA32_MARKER => _,
+                inlateout("eax") nr => ret,
+                in("ecx") IA32_MARKER as u32,
+                in("edx") IA32_MARKER as u32,
+                // What a 64-bit probe would read as arguments, if it took this call for one.
+                in("rdi") IA32_MARKER,
+                in("rsi") 4096u64,
+            );
+        }
+        println!("{{\"ia32\":{nr},\"ret\":{ret}}}");
+    }
+    rec.call("munmap", libc::SYS_munmap, &[IA32_MARKER, PAGE]);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opt = |name: &str| {
@@ -61,6 +93,10 @@ fn main() {
                 libc::munmap(p, 16384);
             }
         }
+        return;
+    }
+    if args.iter().any(|a| a == "--ia32") {
+        ia32_calls(&mut rec);
         return;
     }
     if let Some(name) = opt("--scenario") {

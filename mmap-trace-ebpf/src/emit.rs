@@ -2,7 +2,10 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_comm, bpf_ktime_get_ns},
+    },
     macros::map,
     maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
@@ -49,13 +52,34 @@ pub fn current_task() -> Option<Task> {
     if !tgid_passes(pid_tgid) {
         return None;
     }
-    let comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+    let comm = current_comm();
     // SAFETY: a read of our own global; volatile so the loader's value is seen.
     let filter = unsafe { core::ptr::read_volatile(&FILTER) };
-    if filter.match_comm != 0 && comm != filter.comm {
+    if filter.match_comm != 0 && comm != words(filter.comm) {
         return None;
     }
+    // SAFETY: two u64s are sixteen bytes.
+    let comm = unsafe { core::mem::transmute::<[u64; 2], [u8; TASK_COMM_LEN]>(comm) };
     Some(Task { pid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32, comm })
+}
+
+/// The comm as two words: filled by the helper without zeroing it first, and compared
+/// word by word (aya's `bpf_get_current_comm` zeroes 16 bytes one at a time, on every
+/// event).
+#[inline(always)]
+fn current_comm() -> [u64; 2] {
+    let mut comm = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+    // SAFETY: the helper writes all 16 bytes (NUL-padded, or zeroes on failure).
+    unsafe {
+        bpf_get_current_comm(comm.as_mut_ptr().cast(), TASK_COMM_LEN as u32);
+        comm.assume_init()
+    }
+}
+
+#[inline(always)]
+fn words(comm: [u8; TASK_COMM_LEN]) -> [u64; 2] {
+    // SAFETY: sixteen bytes are two u64s.
+    unsafe { core::mem::transmute(comm) }
 }
 
 /// Reserves a record of type `T` for `probe`, counting the loss when the buffer is full.
@@ -77,19 +101,23 @@ pub fn reserve<T: 'static>(probe: Probe) -> Option<RingBufEntry<T>> {
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 0;
 
-/// Submits a high-rate record (one per traced syscall) without waking the reader,
-/// unless the buffer is filling up. A wake-up per record costs the traced task an
-/// irq_work and a cross-CPU wake-up on every call: that, not the copy, was most of
-/// the tracing overhead (issue 6).
+/// Submits a high-rate record (one per traced syscall) without waking the reader, except
+/// for the record that fills the buffer past `WAKEUP_BYTES`. A wake-up per record costs
+/// the traced task an irq_work and a cross-CPU wake-up on every call: that, not the copy,
+/// was most of the tracing overhead (issue 6). Only the crossing wakes: while the reader
+/// is on its way, the records after it must not queue the irq_work again.
 #[inline(always)]
 pub fn submit_batched<T>(entry: RingBufEntry<T>) {
     // SAFETY: a read of our own global; volatile so the loader's value is seen.
     let verifying = unsafe { core::ptr::read_volatile(&FILTER.stop_after_event) } != 0;
     // SAFETY: as above.
     let wakeup_bytes = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    // Includes this record (reserved, not yet submitted) and its 8-byte ring header.
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let record = (core::mem::size_of::<T>().next_multiple_of(8) + 8) as u64;
     let flags = if verifying {
         0 // the kernel's default: wake a reader that has caught up
-    } else if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes {
+    } else if avail >= wakeup_bytes && avail < wakeup_bytes + record {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

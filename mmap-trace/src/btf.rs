@@ -18,7 +18,11 @@ pub struct KernelBtf {
 
 impl KernelBtf {
     pub fn open(path: &Path) -> Result<Self> {
-        let btf = Btf::from_file(path).with_context(|| {
+        // Mapped, only the types asked for are parsed: ~2 ms and ~3 MB instead of ~100 ms
+        // and ~60 MB for the whole kernel's BTF. sysfs maps vmlinux BTF since 6.16; older
+        // kernels (the 6.1 guest) are read whole.
+        let btf = Btf::from_file_with_backend(path, btf_rs::Backend::Mmap);
+        let btf = btf.or_else(|_| Btf::from_file(path)).with_context(|| {
             format!(
                 "cannot read kernel BTF from {}: mmap-trace needs a kernel built with \
                  CONFIG_DEBUG_INFO_BTF=y (or pass --btf PATH)",

@@ -73,38 +73,78 @@ pub const VM: Table = &[
 
 /// `READ|WRITE|0x100000`; `0` as `NONE`.
 pub fn decode(table: Table, value: u64) -> String {
-    let mut names = Vec::new();
+    let mut out = Vec::new();
+    write_names(&mut out, table, value);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends what [`decode`] returns to `out` (no allocation: the JSON hot path).
+pub fn write_names(out: &mut Vec<u8>, table: Table, value: u64) {
+    let start = out.len();
     let mut rest = value;
     for &(bit, name) in table {
         if bit != 0 && value & bit == bit {
-            names.push(name.to_string());
+            separate(out, start);
+            out.extend_from_slice(name.as_bytes());
             rest &= !bit;
         }
     }
     if rest != 0 {
-        names.push(format!("{rest:#x}"));
+        separate(out, start);
+        write_hex(out, rest);
     }
-    if names.is_empty() {
-        "NONE".to_string()
-    } else {
-        names.join("|")
+    if out.len() == start {
+        out.extend_from_slice(b"NONE");
     }
+}
+
+fn separate(out: &mut Vec<u8>, start: usize) {
+    if out.len() > start {
+        out.push(b'|');
+    }
+}
+
+/// `{:#x}`: `0x` and lowercase digits, `0x0` for zero.
+pub fn write_hex(out: &mut Vec<u8>, value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    let mut i = buf.len();
+    let mut v = value;
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(b"0x");
+    out.extend_from_slice(&buf[i..]);
 }
 
 /// MAP_SHARED and MAP_PRIVATE share the 2-bit "type" field; decode it as a type first.
 pub fn decode_map(flags: u64) -> String {
+    let mut out = Vec::new();
+    write_map_names(&mut out, flags);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends what [`decode_map`] returns to `out`.
+pub fn write_map_names(out: &mut Vec<u8>, flags: u64) {
     let kind = flags & libc::MAP_TYPE as u64;
-    let kind_name = match kind as i32 {
-        libc::MAP_SHARED => "SHARED".to_string(),
-        libc::MAP_PRIVATE => "PRIVATE".to_string(),
-        libc::MAP_SHARED_VALIDATE => "SHARED_VALIDATE".to_string(),
-        _ => format!("TYPE{kind:#x}"),
-    };
+    match kind as i32 {
+        libc::MAP_SHARED => out.extend_from_slice(b"SHARED"),
+        libc::MAP_PRIVATE => out.extend_from_slice(b"PRIVATE"),
+        libc::MAP_SHARED_VALIDATE => out.extend_from_slice(b"SHARED_VALIDATE"),
+        _ => {
+            out.extend_from_slice(b"TYPE");
+            write_hex(out, kind);
+        }
+    }
     let rest = flags & !(libc::MAP_TYPE as u64);
-    if rest == 0 {
-        kind_name
-    } else {
-        format!("{kind_name}|{}", decode(&MAP[2..], rest))
+    if rest != 0 {
+        out.push(b'|');
+        write_names(out, &MAP[2..], rest);
     }
 }
 
@@ -147,6 +187,15 @@ pub fn vm_perms(vm_flags: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_hex_is_alternate_lower_hex() {
+        for v in [0, 1, 0xf, 0x10, 0xdead_beef, 0x7fff_ffff_f000, u64::MAX, 1 << 63] {
+            let mut out = Vec::new();
+            write_hex(&mut out, v);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{v:#x}"));
+        }
+    }
 
     #[test]
     fn decodes_known_and_unknown_bits() {

@@ -245,31 +245,49 @@ fn syscall_body(e: &SyscallEvent, probe: Probe, path: Option<String>) -> Body {
 /// building a `Body` or going through serde's `flatten` buffering. `trace --json` writes
 /// one of these per traced call, so this is its hot path.
 pub fn write_syscall(out: &mut Vec<u8>, e: &SyscallEvent, probe: Probe, path: Option<&str>) {
-    use std::io::Write as _;
-    // Writes into a Vec cannot fail.
     let h = &e.header;
-    let _ = write!(out, r#"{{"type":"event","ts_ns":{},"pid":{},"tid":{},"comm":"#, h.ts_ns, h.pid, h.tid);
-    let _ = serde_json::to_writer(&mut *out, &*c_str(&h.comm));
-    let _ = write!(out, r#","probe":"{}""#, probe.name());
+    let mut num = itoa::Buffer::new();
+    out.extend_from_slice(br#"{"type":"event","ts_ns":"#);
+    out.extend_from_slice(num.format(h.ts_ns).as_bytes());
+    out.extend_from_slice(br#","pid":"#);
+    out.extend_from_slice(num.format(h.pid).as_bytes());
+    out.extend_from_slice(br#","tid":"#);
+    out.extend_from_slice(num.format(h.tid).as_bytes());
+    out.extend_from_slice(br#","comm":"#);
+    write_str(out, &c_str(&h.comm));
+    out.extend_from_slice(br#","probe":""#);
+    out.extend_from_slice(probe.name().as_bytes());
+    out.push(b'"');
     let hex = |out: &mut Vec<u8>, key: &str, v: u64| {
-        let _ = write!(out, r#","{key}":"{v:#x}""#);
+        key_start(out, key);
+        out.push(b'"');
+        flags::write_hex(out, v);
+        out.push(b'"');
     };
     // Flag names are [A-Z0-9_|x] only: nothing to escape.
-    let names = |out: &mut Vec<u8>, key: &str, names: String, raw: u64| {
-        let _ = write!(out, r#","{key}":"{names}","{key}_raw":{raw}"#);
+    let names = |out: &mut Vec<u8>, key: &str, raw: u64, write: &dyn Fn(&mut Vec<u8>, u64)| {
+        key_start(out, key);
+        out.push(b'"');
+        write(out, raw);
+        out.extend_from_slice(b"\",\"");
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"_raw\":");
+        out.extend_from_slice(itoa::Buffer::new().format(raw).as_bytes());
     };
+    let prot = |out: &mut Vec<u8>, v: u64| flags::write_names(out, flags::PROT, v);
     let a = e.args;
     match probe {
         Probe::Mmap => {
             hex(out, "addr", a[0]);
             hex(out, "len", a[1]);
-            names(out, "prot", flags::decode(flags::PROT, a[2]), a[2]);
-            names(out, "flags", flags::decode_map(a[3]), a[3]);
-            let _ = write!(out, r#","fd":{}"#, a[4] as i32);
+            names(out, "prot", a[2], &prot);
+            names(out, "flags", a[3], &flags::write_map_names);
+            key_start(out, "fd");
+            out.extend_from_slice(num.format(a[4] as i32).as_bytes());
             hex(out, "offset", a[5]);
             if let Some(path) = path {
-                out.extend_from_slice(br#","path":"#);
-                let _ = serde_json::to_writer(&mut *out, path);
+                key_start(out, "path");
+                write_str(out, path);
             }
             write_outcome(out, &Outcome::address(e.ret));
         }
@@ -281,14 +299,14 @@ pub fn write_syscall(out: &mut Vec<u8>, e: &SyscallEvent, probe: Probe, path: Op
         Probe::Mprotect => {
             hex(out, "addr", a[0]);
             hex(out, "len", a[1]);
-            names(out, "prot", flags::decode(flags::PROT, a[2]), a[2]);
+            names(out, "prot", a[2], &prot);
             write_outcome(out, &Outcome::status(e.ret));
         }
         Probe::Mremap => {
             hex(out, "old_addr", a[0]);
             hex(out, "old_len", a[1]);
             hex(out, "new_len", a[2]);
-            names(out, "flags", flags::decode(flags::MREMAP, a[3]), a[3]);
+            names(out, "flags", a[3], &|out, v| flags::write_names(out, flags::MREMAP, v));
             hex(out, "new_addr", a[4]);
             write_outcome(out, &Outcome::address(e.ret));
         }
@@ -300,17 +318,40 @@ pub fn write_syscall(out: &mut Vec<u8>, e: &SyscallEvent, probe: Probe, path: Op
     out.push(b'}');
 }
 
+/// `,"key":`
+fn key_start(out: &mut Vec<u8>, key: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+/// A JSON string: printable ASCII without quotes or backslashes as it is (comms and
+/// paths nearly always are), anything else through serde_json's escaping.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writes into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
 fn write_outcome(out: &mut Vec<u8>, o: &Outcome) {
-    use std::io::Write as _;
     if let Some(ret) = o.ret {
-        let _ = write!(out, r#","ret":{ret}"#);
+        key_start(out, "ret");
+        out.extend_from_slice(itoa::Buffer::new().format(ret).as_bytes());
     }
     if let Some(Hex(addr)) = o.ret_addr {
-        let _ = write!(out, r#","ret_addr":"{addr:#x}""#);
+        key_start(out, "ret_addr");
+        out.push(b'"');
+        flags::write_hex(out, addr);
+        out.push(b'"');
     }
     if let Some(error) = &o.error {
-        out.extend_from_slice(br#","error":"#);
-        let _ = serde_json::to_writer(&mut *out, error);
+        key_start(out, "error");
+        write_str(out, error);
     }
 }
 

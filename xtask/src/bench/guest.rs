@@ -52,6 +52,8 @@ for r in $(seq 1 {rounds}); do
   t0=$(now); echo go > /tmp/go; wait $P || exit 1; t1=$(now)
   echo "{TAG} untraced $t0 $t1"
   held; P=$!
+  # A stale ready line from the last round must not release the loop early.
+  rm -f /tmp/bench.err /tmp/bench.jsonl
   "$MMTRACE_CLI" trace --json --output /tmp/bench.jsonl --pid $P 2>/tmp/bench.err & T=$!
   until grep -q 'mmap-trace: ready' /tmp/bench.err; do
     kill -0 $T 2>/dev/null || {{ cat /tmp/bench.err; exit 1; }}

@@ -63,17 +63,18 @@ pub fn current_task() -> Option<Task> {
     Some(Task { pid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32, comm })
 }
 
-/// The comm as two words: filled by the helper without zeroing it first, and compared
-/// word by word (aya's `bpf_get_current_comm` zeroes 16 bytes one at a time, on every
-/// event).
+/// The comm as two words, zeroed by two stores and compared word by word (aya's
+/// `bpf_get_current_comm` zeroes 16 bytes one at a time, on every event). Not left
+/// uninitialised for the helper: on the 6.1 guest the kprobes then lost most events
+/// (a guest stress test caught it).
 #[inline(always)]
 fn current_comm() -> [u64; 2] {
-    let mut comm = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+    let mut comm = [0u64; 2];
     // SAFETY: the helper writes all 16 bytes (NUL-padded, or zeroes on failure).
     unsafe {
         bpf_get_current_comm(comm.as_mut_ptr().cast(), TASK_COMM_LEN as u32);
-        comm.assume_init()
     }
+    comm
 }
 
 #[inline(always)]

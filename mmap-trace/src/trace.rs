@@ -104,10 +104,12 @@ async fn event_loop(
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
+                // Cleared before draining: a wake-up that arrives while we drain must
+                // bring us back (the probes wake us once per threshold crossing only).
+                guard.clear_ready();
                 if drain(guard.get_inner_mut(), out, &mut summary).is_err() {
                     break "output closed".to_string();
                 }
-                guard.clear_ready();
             }
             _ = drain_tick.tick() => {
                 if drain(ring.get_mut(), out, &mut summary).is_err() {

@@ -12,7 +12,7 @@ use libc::{
 };
 use mmap_trace_tests::driver::{
     Device, DriverVma, KPF_RESERVED, Kind, Mapping, MapsLine, Module, PATTERN, buffer_pfns,
-    counter, delete_module, device_maps_lines, driver_vmas, errno_of, finit_module, is_loaded,
+    counter, delete_module, device_maps_lines, errno_of, finit_module, is_loaded,
     kpageflags, live_maps, maps_line_at, module_refcnt, page_size, pagetable, parse_driver_vmas,
     parse_maps, require_guest,
 };

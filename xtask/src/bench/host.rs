@@ -386,6 +386,13 @@ pub fn overhead(tools: &Tools, rounds: usize, iterations: u64) -> Result<Overhea
     })
 }
 
+/// Writes back what earlier runs left dirty (tracers write tens of MB each), so the
+/// kernel's flusher does not run during, and bill its work to, the next timed loop.
+fn settle() {
+    // Best effort: a failed sync only makes the figures noisier.
+    let _ = Command::new("sync").status();
+}
+
 fn one_run(
     tools: &Tools,
     kind: Kind,
@@ -393,10 +400,11 @@ fn one_run(
     iterations: u64,
     v: &mut Variant,
 ) -> Result<()> {
-    let mut held = [HeldLoop::start(&tools.workload, iterations)?];
-    let pid = held[0].pid();
     let out = tools.scratch.join(format!("{}.out", v.name));
     let _ = std::fs::remove_file(&out);
+    settle();
+    let mut held = [HeldLoop::start(&tools.workload, iterations)?];
+    let pid = held[0].pid();
     let os = |s: &str| OsString::from(s);
     let (tracer, stop) = match kind {
         Kind::Untraced => (None, Stop::Exits),
@@ -631,6 +639,7 @@ pub fn small_ring(tools: &Tools, iterations: u64, loops: u32, kib: u32) -> Resul
 }
 
 fn start_loops(tools: &Tools, iterations: u64, k: u32) -> Result<Vec<HeldLoop>> {
+    settle();
     (0..k)
         .map(|_| HeldLoop::start(&tools.workload, iterations))
         .collect()

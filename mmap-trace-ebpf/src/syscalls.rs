@@ -79,7 +79,10 @@ fn traced(nr: u64) -> Option<Probe> {
 /// `sys_enter(struct pt_regs *regs, long id)`: attached under `verify` only.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
-    if !emit::tgid_passes(bpf_get_current_pid_tgid()) || traced(ctx.arg::<u64>(1)).is_none() {
+    if !emit::tgid_passes(bpf_get_current_pid_tgid())
+        || traced(ctx.arg::<u64>(1)).is_none()
+        || in_compat_syscall()
+    {
         return 0;
     }
     let Some(task) = emit::current_task() else {

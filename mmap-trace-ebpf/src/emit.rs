@@ -11,9 +11,9 @@ use aya_ebpf::{
 };
 use mmap_trace_common::{EventHeader, EventKind, PROBE_COUNT, Probe, TASK_COMM_LEN, TargetFilter};
 
-/// Default 1 MiB; userspace resizes it with `--ring-buffer-kib` before load.
+/// Userspace sizes it with `--ring-buffer-kib` (default 4 MiB) before load.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 /// Ring-buffer reservations that failed, per probe (per CPU: no atomics on the hot path).
 #[map]

@@ -175,8 +175,10 @@ struct ProbeArgs {
     /// Kernel BTF used to find struct field offsets for the kernel probes.
     #[arg(long, value_name = "PATH", default_value = VMLINUX_BTF)]
     btf: PathBuf,
-    /// Ring buffer size in KiB (a power of two, at least 4).
-    #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = parse_ring_kib)]
+    /// Ring buffer size in KiB (a power of two, at least 4). The default holds ~35 ms of
+    /// the fastest single-process mmap/munmap loop, so a reader delayed that long by a
+    /// busy machine loses nothing.
+    #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     ring_buffer_kib: u32,
     /// Kernel function(s) of the driver's mmap file operation to probe (repeatable).
     #[arg(long = "driver-hook", value_name = "SYMBOL", default_values_t = DEFAULT_DRIVER_HOOKS.iter().map(|s| s.to_string()))]

@@ -27,8 +27,9 @@ use crate::{GuestArgs, Workspace, cmd, section};
 pub struct BenchArgs {
     #[command(flatten)]
     pub guest: GuestArgs,
-    /// Rounds: each runs every variant once, in rotating order.
-    #[arg(long, default_value_t = 5)]
+    /// Rounds: each runs every variant once, in rotating order (7: single runs on this
+    /// shared machine vary by ±20%, the median of 7 much less).
+    #[arg(long, default_value_t = 7)]
     rounds: usize,
     /// Iterations of {mmap 16 KiB, munmap} per loop on the host.
     #[arg(long, default_value_t = 200_000)]

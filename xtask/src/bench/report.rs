@@ -178,7 +178,7 @@ impl Results {
         let _ = writeln!(
             s,
             "**Throughput**: k loops at once under one `mmap-trace trace --json --comm \
-             mmap-workload` (default 1 MiB ring buffer).\n"
+             mmap-workload` (default 4 MiB ring buffer).\n"
         );
         s.push_str(
             "| loops | calls | untraced calls/s | traced calls/s | kept | lost |\n|---|---|---|---|---|---|\n",

@@ -16,7 +16,8 @@
 //! Every mode ends with one `STRESS-RESULT key=value …` line; a failure prints
 //! `STRESS-FAIL …` (with the seed) and exits 1. For a replay, MMTRACE_STRESS_VERBOSE=1
 //! prints every request and its answer, MMTRACE_STRESS_KMSG=1 every kernel log line at
-//! warning level or worse next to the request that caused it.
+//! warning level or worse next to the request that caused it, MMTRACE_FORK_ALWAYS=1 forks
+//! even with private device mappings held (see README "Reliability", Found (2)).
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -701,8 +702,9 @@ impl Client {
         // Seen on 6.1, not explained yet (see README "Reliability"): fork fails with ENOMEM
         // and a __vm_enough_memory pr_err when the process holds private kmalloc-device
         // VMAs that were reshaped (mprotect/munmap/mremap). Fork only while every device
-        // mapping is shared; count the skips.
-        if self.m.pages.values().any(|p| !p.shared) {
+        // mapping is shared; count the skips. MMTRACE_FORK_ALWAYS=1 forks anyway, to
+        // reproduce it.
+        if std::env::var_os("MMTRACE_FORK_ALWAYS").is_none() && self.m.pages.values().any(|p| !p.shared) {
             self.t.forks_skipped += 1;
             return self.load_check();
         }

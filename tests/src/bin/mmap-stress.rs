@@ -12,12 +12,14 @@
 //!       disjoint part of the buffers, so any foreign byte in it is corruption.
 //!   mmap-stress mremap-burst N
 //!       N no-op mremap calls as fast as possible (a known number of traced events).
+//!   mmap-stress fork-cases
+//!       fork() with one private kmalloc-device mapping reshaped in one way per case
+//!       (COW, munmap, mprotect, mremap); one `FORK-CASE` line each (README Found (2)).
 //!
 //! Every mode ends with one `STRESS-RESULT key=value …` line; a failure prints
 //! `STRESS-FAIL …` (with the seed) and exits 1. For a replay, MMTRACE_STRESS_VERBOSE=1
 //! prints every request and its answer, MMTRACE_STRESS_KMSG=1 every kernel log line at
-//! warning level or worse next to the request that caused it, MMTRACE_FORK_ALWAYS=1 forks
-//! even with private device mappings held (see README "Reliability", Found (2)).
+//! warning level or worse next to the request that caused it.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -53,9 +55,72 @@ fn main() {
         }
         Some("concurrent") => concurrent(num("--slot", 0), num("--slots", 1), num("--threads", 2), num("--rounds", 20)),
         Some("mremap-burst") => mremap_burst(opt("mremap-burst").map_or(0, |n| n.parse().expect("N"))),
+        Some("fork-cases") => fork_cases(),
         _ => {
             eprintln!("usage: mmap-stress random [--seed S] [--requests N] | concurrent --slot K --slots M [--threads T] [--rounds R] | mremap-burst N");
             std::process::exit(2);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------ fork-cases
+
+/// Each case maps 4 private pages of the kmalloc device read-write, reshapes them, forks
+/// a child that exits at once, and says what fork answered.
+fn fork_cases() {
+    let fd = open(&Kind::Kmalloc.dev_path(), libc::O_RDWR);
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let write = |addr: u64| {
+        // SAFETY: a store into a page of a mapping this case made writable.
+        unsafe { std::ptr::write_volatile(addr as *mut u8, 0x5a) }
+    };
+    let cases: &[(&str, &dyn Fn(u64) -> u64)] = &[
+        ("untouched", &|a| a),
+        ("cow-page0", &|a| { write(a); a }),
+        ("cow-page1", &|a| { write(a + PAGE); a }),
+        ("munmap-page0", &|a| { sys(libc::SYS_munmap, [a, PAGE, 0, 0, 0, 0]).unwrap(); a + PAGE }),
+        ("cow-page1-munmap-page0", &|a| {
+            write(a + PAGE);
+            sys(libc::SYS_munmap, [a, PAGE, 0, 0, 0, 0]).unwrap();
+            a + PAGE
+        }),
+        ("mprotect-split", &|a| {
+            sys(libc::SYS_mprotect, [a + PAGE, PAGE, libc::PROT_READ as u64, 0, 0, 0]).unwrap();
+            a
+        }),
+        ("cow-page0-mprotect-page0", &|a| {
+            write(a);
+            sys(libc::SYS_mprotect, [a, PAGE, libc::PROT_READ as u64, 0, 0, 0]).unwrap();
+            a
+        }),
+        ("mremap-shrink", &|a| { sys(libc::SYS_mremap, [a, 4 * PAGE, PAGE, 0, 0, 0]).unwrap(); a }),
+        ("mremap-move", &|a| {
+            let hole = sys(libc::SYS_mmap, [0, 8 * PAGE, 0, (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64, u64::MAX, 0]).unwrap();
+            let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+            sys(libc::SYS_mremap, [a, 4 * PAGE, 4 * PAGE, flags, hole, 0]).unwrap()
+        }),
+    ];
+    for (name, reshape) in cases {
+        let a = sys(libc::SYS_mmap, [0, 4 * PAGE, rw, libc::MAP_PRIVATE as u64, fd as u64, 0]).expect("mmap");
+        let _kept = reshape(a);
+        // SAFETY: the child only exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: leaving the child at once.
+            unsafe { libc::_exit(0) };
+        }
+        let result = if pid < 0 {
+            errno_name(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)).to_string()
+        } else {
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            "ok".to_string()
+        };
+        println!("FORK-CASE name={name} fork={result}");
+        // Unmap whatever is left of the 4 pages and anything a move put elsewhere.
+        let _ = sys(libc::SYS_munmap, [a, 4 * PAGE, 0, 0, 0, 0]);
+        if _kept != a && _kept != a + PAGE {
+            let _ = sys(libc::SYS_munmap, [_kept, 8 * PAGE, 0, 0, 0, 0]);
         }
     }
 }
@@ -164,6 +229,20 @@ impl Model {
         out
     }
 
+    /// Whether fork must fail: x86 PAT on 6.1 (`get_pat_info`) re-reads the cache mode of
+    /// a private (copy-on-write) `remap_pfn_range` VMA from the PTE at its start, and once
+    /// that first page is an anonymous COW copy it gives up and fails fork() (reported as
+    /// ENOMEM). `mmap-stress fork-cases` shows it: only the cases whose first page was
+    /// written fail.
+    fn fork_refused(&self) -> bool {
+        let mut last_vma = None;
+        self.pages.values().any(|p| {
+            let first = last_vma != Some(p.vma);
+            last_vma = Some(p.vma);
+            first && !p.shared && p.copy.is_some()
+        })
+    }
+
     fn new_vma(&mut self) -> u64 {
         self.next_vma += 1;
         self.next_vma
@@ -255,7 +334,8 @@ struct Tally {
     mappings: u64,
     refused: BTreeMap<String, u64>,
     forks: u64,
-    forks_skipped: u64,
+    /// Forks refused as the model predicted (see `Model::fork_refused`).
+    forks_refused: u64,
     checks: u64,
 }
 
@@ -301,7 +381,7 @@ fn random(seed: u64, requests: u64) {
         rng: Rng::new(seed),
         m: Model { npages, bufs, pages: BTreeMap::new(), next_vma: 0, split: Default::default(), arena },
         fds,
-        t: Tally { requests: 0, served: 0, mappings: 0, refused: BTreeMap::new(), forks: 0, forks_skipped: 0, checks: 0 },
+        t: Tally { requests: 0, served: 0, mappings: 0, refused: BTreeMap::new(), forks: 0, forks_refused: 0, checks: 0 },
         request: 0,
         what: String::new(),
     };
@@ -328,13 +408,13 @@ fn random(seed: u64, requests: u64) {
     c.check_all();
     let refusals: Vec<String> = c.t.refused.iter().map(|(e, n)| format!("{e}:{n}")).collect();
     println!(
-        "STRESS-RESULT mode=random seed={seed} npages={npages} requests={} served={} refused={} mappings={} forks={} forks_skipped={} checks={} refusals={}",
+        "STRESS-RESULT mode=random seed={seed} npages={npages} requests={} served={} refused={} mappings={} forks={} forks_refused={} checks={} refusals={}",
         c.t.requests,
         c.t.served,
         c.t.refused.values().sum::<u64>(),
         c.t.mappings,
         c.t.forks,
-        c.t.forks_skipped,
+        c.t.forks_refused,
         c.t.checks,
         refusals.join(",")
     );
@@ -699,15 +779,7 @@ impl Client {
     /// waits while the parent counts twice the VMAs.
     fn fork(&mut self) {
         self.what = "fork".into();
-        // Seen on 6.1, not explained yet (see README "Reliability"): fork fails with ENOMEM
-        // and a __vm_enough_memory pr_err when the process holds private kmalloc-device
-        // VMAs that were reshaped (mprotect/munmap/mremap). Fork only while every device
-        // mapping is shared; count the skips. MMTRACE_FORK_ALWAYS=1 forks anyway, to
-        // reproduce it.
-        if std::env::var_os("MMTRACE_FORK_ALWAYS").is_none() && self.m.pages.values().any(|p| !p.shared) {
-            self.t.forks_skipped += 1;
-            return self.load_check();
-        }
+        let refused = self.m.fork_refused();
         let shared_w = self.m.vmas().into_iter().find(|v| v.shared && v.prot & libc::PROT_WRITE != 0);
         let private_w = self.m.vmas().into_iter().find(|v| !v.shared && v.prot & libc::PROT_WRITE != 0);
         let readable: Vec<(u64, usize)> = (0..3).filter_map(|_| self.mapped_span(libc::PROT_READ)).collect();
@@ -743,6 +815,13 @@ impl Client {
                 libc::_exit(code);
             }
         }
+        if pid < 0 && refused && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOMEM) {
+            self.t.forks_refused += 1;
+            self.outcome(Err(libc::ENOMEM), Err(libc::ENOMEM));
+            // SAFETY: our own pipe fds.
+            unsafe { up.into_iter().chain(down).for_each(|fd| { libc::close(fd); }) };
+            return;
+        }
         if pid < 0 {
             let e = std::io::Error::last_os_error();
             let maps: String = std::fs::read_to_string("/proc/self/smaps")
@@ -777,6 +856,9 @@ impl Client {
         }
         if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
             fail!(self, "the child failed (wait status {status:#x}; 3: it saw bytes that differ from the model)");
+        }
+        if refused {
+            fail!(self, "fork succeeded; the model predicted ENOMEM (a private VMA starts with a COW page)");
         }
         self.t.served += 1;
         if let Some(v) = shared_w {

@@ -21,24 +21,33 @@ fn shared() -> std::sync::MutexGuard<'static, ()> {
     EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Issue #2's smoke test and issue #4's host test: every mmap/munmap/mprotect/mremap/brk
-/// the workload makes appears in the JSON trace with the same arguments and result.
-#[test]
-fn trace_json_captures_every_call_of_a_command() {
-    let _guard = shared();
+/// `mmap-trace trace --json --output FILE -- mmap-workload ARGS`, which must succeed: its
+/// output (the workload's account on stdout) and the trace file's text.
+fn trace_workload(args: &[&str]) -> (std::process::Output, String) {
     let out_file = std::env::temp_dir().join(format!("host-trace-{}.jsonl", std::process::id()));
     let run = cli()
         .args(["trace", "--json", "--output"])
         .arg(&out_file)
         .arg("--")
         .arg(workload_path())
+        .args(args)
         .output()
         .expect("run mmap-trace");
     assert!(run.status.success(), "mmap-trace failed: {}", stderr(&run));
+    let text = std::fs::read_to_string(&out_file).expect("trace file");
+    let _ = std::fs::remove_file(&out_file);
+    (run, text)
+}
+
+/// Issue #2's smoke test and issue #4's host test: every mmap/munmap/mprotect/mremap/brk
+/// the workload makes appears in the JSON trace with the same arguments and result.
+#[test]
+fn trace_json_captures_every_call_of_a_command() {
+    let _guard = shared();
+    let (run, text) = trace_workload(&[]);
     assert!(stderr(&run).contains("ready:"), "no ready line: {}", stderr(&run));
     let calls = parse_calls(&stdout(&run));
     assert!(calls.len() >= 14, "the workload reported {} calls", calls.len());
-    let text = std::fs::read_to_string(&out_file).expect("trace file");
     let records = json_lines(&text);
     let (events, summary) = split_summary(&records);
     // The smoke part: a known mmap with the right length and flags.
@@ -58,7 +67,6 @@ fn trace_json_captures_every_call_of_a_command() {
     assert_eq!(summary["lost_total"], 0, "{summary}");
     assert_eq!(summary["events_total"], events.len() as u64, "{summary}");
     assert!(summary["ended"].as_str().unwrap().starts_with("command exited (status 0)"));
-    let _ = std::fs::remove_file(out_file);
 }
 
 /// The syscall probe sees every syscall number; an ia32 call numbered like mmap (9 is
@@ -66,22 +74,11 @@ fn trace_json_captures_every_call_of_a_command() {
 #[test]
 fn ia32_syscalls_are_not_taken_for_mmap_calls() {
     let _guard = shared();
-    let out_file = std::env::temp_dir().join(format!("host-ia32-{}.jsonl", std::process::id()));
-    let run = cli()
-        .args(["trace", "--json", "--output"])
-        .arg(&out_file)
-        .arg("--")
-        .arg(workload_path())
-        .arg("--ia32")
-        .output()
-        .expect("run mmap-trace");
-    assert!(run.status.success(), "mmap-trace failed: {}", stderr(&run));
+    let (run, text) = trace_workload(&["--ia32"]);
     let said = stdout(&run);
     let ia32: Vec<_> = said.lines().filter(|l| l.starts_with("{\"ia32\"")).collect();
     assert_eq!(ia32.len(), 4, "the ia32 calls did not run: {said}");
     assert!(ia32.iter().all(|l| l.contains("\"ret\":-14")), "expected EFAULT: {ia32:?}");
-    let text = std::fs::read_to_string(&out_file).expect("trace file");
-    let _ = std::fs::remove_file(&out_file);
     let records = json_lines(&text);
     let (events, _) = split_summary(&records);
     let marked: Vec<_> = events.iter().filter(|e| e["addr"] == "0x4d4d0000").collect();

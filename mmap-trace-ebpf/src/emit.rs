@@ -103,22 +103,25 @@ pub fn reserve<T: 'static>(probe: Probe) -> Option<RingBufEntry<T>> {
 static WAKEUP_BYTES: u64 = 0;
 
 /// Submits a high-rate record (one per traced syscall) without waking the reader, except
-/// for the record that fills the buffer past `WAKEUP_BYTES`. A wake-up per record costs
-/// the traced task an irq_work and a cross-CPU wake-up on every call: that, not the copy,
-/// was most of the tracing overhead (issue 6). Only the crossing wakes: while the reader
-/// is on its way, the records after it must not queue the irq_work again.
+/// for a record that fills the buffer past a multiple of `WAKEUP_BYTES`. A wake-up per
+/// record costs the traced task an irq_work and a cross-CPU wake-up on every call: that,
+/// not the copy, was most of the tracing overhead (issue 6). Only crossings wake: while
+/// the reader is on its way, the records after it must not queue the irq_work again. Every
+/// multiple (up to 8 per ring) rather than the first only: the first crossing can fall to
+/// a record of another probe, or to another CPU's reservation, and must not leave the
+/// reader to its 10 ms timer.
 #[inline(always)]
 pub fn submit_batched<T>(entry: RingBufEntry<T>) {
     // SAFETY: a read of our own global; volatile so the loader's value is seen.
     let verifying = unsafe { core::ptr::read_volatile(&FILTER.stop_after_event) } != 0;
-    // SAFETY: as above.
-    let wakeup_bytes = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    // SAFETY: as above. At least 1: the loader sets an eighth of the ring.
+    let wakeup_bytes = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) }.max(1);
     // Includes this record (reserved, not yet submitted) and its 8-byte ring header.
     let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let record = (core::mem::size_of::<T>().next_multiple_of(8) + 8) as u64;
     let flags = if verifying {
         0 // the kernel's default: wake a reader that has caught up
-    } else if avail >= wakeup_bytes && avail < wakeup_bytes + record {
+    } else if avail / wakeup_bytes != avail.saturating_sub(record) / wakeup_bytes {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

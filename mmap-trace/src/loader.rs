@@ -20,6 +20,10 @@ pub const DEFAULT_DRIVER_HOOKS: &[&str] = &["mmtrace_kmalloc_mmap", "mmtrace_vma
 
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
+/// `offsetof(task_struct, thread_info.status)` on x86-64 since 5.11 (thread_info comes
+/// first: flags, syscall_work, status), for kernels without BTF.
+const TI_STATUS_FALLBACK: u32 = 16;
+
 pub struct LoadOptions {
     pub filter: TargetFilter,
     /// Probes the user asked for by name; None: every probe this kernel supports.
@@ -83,15 +87,28 @@ impl Tracer {
         }
 
         tracefs::ensure_mounted()?;
-        let needs_btf = chosen.iter().any(|p| p.is_syscall() || p.is_kprobe());
-        let kernel_btf = needs_btf.then(|| btf::KernelBtf::open(&opts.btf)).transpose()?;
+        let kprobes = chosen.iter().any(|p| p.is_kprobe());
+        let syscalls = chosen.iter().any(|p| p.is_syscall());
+        // The kernel probes cannot do without BTF; the syscall probe only wants one offset.
+        let kernel_btf = match (kprobes || syscalls).then(|| btf::KernelBtf::open(&opts.btf)) {
+            Some(Ok(btf)) => Some(btf),
+            Some(Err(e)) if kprobes => return Err(e),
+            Some(Err(e)) => {
+                eprintln!(
+                    "mmap-trace: warning: {e:#}; assuming thread_info.status at byte \
+                     {TI_STATUS_FALLBACK} of task_struct (x86-64, Linux 5.11 and later)"
+                );
+                None
+            }
+            None => None,
+        };
         let offsets = match &kernel_btf {
-            Some(btf) if chosen.iter().any(|p| p.is_kprobe()) => btf.kernel_offsets()?,
+            Some(btf) if kprobes => btf.kernel_offsets()?,
             _ => KernelOffsets::default(),
         };
         let ti_status = match &kernel_btf {
-            Some(btf) if chosen.iter().any(|p| p.is_syscall()) => btf.thread_info_status()?,
-            _ => 0,
+            Some(btf) if syscalls => btf.thread_info_status()?,
+            _ => TI_STATUS_FALLBACK,
         };
         let syscall_probes: u32 =
             chosen.iter().filter(|p| p.is_syscall()).map(|p| 1 << *p as u32).sum();

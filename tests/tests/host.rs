@@ -21,12 +21,14 @@ fn shared() -> std::sync::MutexGuard<'static, ()> {
     EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `mmap-trace trace --json --output FILE -- mmap-workload ARGS`, which must succeed: its
-/// output (the workload's account on stdout) and the trace file's text.
-fn trace_workload(args: &[&str]) -> (std::process::Output, String) {
+/// `mmap-trace trace --json TRACER_ARGS --output FILE -- mmap-workload ARGS`, which must
+/// succeed: its output (the workload's account on stdout) and the trace file's text.
+fn trace_workload(tracer_args: &[&str], args: &[&str]) -> (std::process::Output, String) {
     let out_file = std::env::temp_dir().join(format!("host-trace-{}.jsonl", std::process::id()));
     let run = cli()
-        .args(["trace", "--json", "--output"])
+        .args(["trace", "--json"])
+        .args(tracer_args)
+        .arg("--output")
         .arg(&out_file)
         .arg("--")
         .arg(workload_path())
@@ -44,7 +46,7 @@ fn trace_workload(args: &[&str]) -> (std::process::Output, String) {
 #[test]
 fn trace_json_captures_every_call_of_a_command() {
     let _guard = shared();
-    let (run, text) = trace_workload(&[]);
+    let (run, text) = trace_workload(&[], &[]);
     assert!(stderr(&run).contains("ready:"), "no ready line: {}", stderr(&run));
     let calls = parse_calls(&stdout(&run));
     assert!(calls.len() >= 14, "the workload reported {} calls", calls.len());
@@ -74,16 +76,22 @@ fn trace_json_captures_every_call_of_a_command() {
 #[test]
 fn ia32_syscalls_are_not_taken_for_mmap_calls() {
     let _guard = shared();
-    let (run, text) = trace_workload(&["--ia32"]);
-    let said = stdout(&run);
-    let ia32: Vec<_> = said.lines().filter(|l| l.starts_with("{\"ia32\"")).collect();
-    assert_eq!(ia32.len(), 4, "the ia32 calls did not run: {said}");
-    assert!(ia32.iter().all(|l| l.contains("\"ret\":-14")), "expected EFAULT: {ia32:?}");
-    let records = json_lines(&text);
-    let (events, _) = split_summary(&records);
-    let marked: Vec<_> = events.iter().filter(|e| e["addr"] == "0x4d4d0000").collect();
-    assert_eq!(marked.len(), 1, "expected only the x86-64 munmap: {marked:?}");
-    assert_eq!(marked[0]["probe"], "munmap", "{marked:?}");
+    // With the kernel's BTF, and without (the documented fallback offset must be right).
+    for tracer_args in [&[][..], &["--btf", "/no/such/btf"]] {
+        let (run, text) = trace_workload(tracer_args, &["--ia32"]);
+        if !tracer_args.is_empty() {
+            assert!(stderr(&run).contains("assuming thread_info.status"), "{}", stderr(&run));
+        }
+        let said = stdout(&run);
+        let ia32: Vec<_> = said.lines().filter(|l| l.starts_with("{\"ia32\"")).collect();
+        assert_eq!(ia32.len(), 4, "the ia32 calls did not run: {said}");
+        assert!(ia32.iter().all(|l| l.contains("\"ret\":-14")), "expected EFAULT: {ia32:?}");
+        let records = json_lines(&text);
+        let (events, _) = split_summary(&records);
+        let marked: Vec<_> = events.iter().filter(|e| e["addr"] == "0x4d4d0000").collect();
+        assert_eq!(marked.len(), 1, "{tracer_args:?}: expected only the x86-64 munmap: {marked:?}");
+        assert_eq!(marked[0]["probe"], "munmap", "{marked:?}");
+    }
 }
 
 #[test]

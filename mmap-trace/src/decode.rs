@@ -109,25 +109,34 @@ pub fn c_str(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(&bytes[..end])
 }
 
+/// A syscall record as the probe writes it (pid 7, tid 8, entry 1 ns, exit 9 ns), for
+/// the tests of the decoder and of the JSON writer.
+#[cfg(test)]
+pub fn test_syscall_event(probe: Probe, comm: &[u8], args: [u64; 6], ret: i64) -> SyscallEvent {
+    let mut c = [0u8; mmap_trace_common::TASK_COMM_LEN];
+    c[..comm.len()].copy_from_slice(comm);
+    SyscallEvent {
+        header: EventHeader {
+            kind: EventKind::Syscall as u32,
+            probe: probe as u32,
+            pid: 7,
+            tid: 8,
+            ts_ns: 9,
+            comm: c,
+        },
+        enter_ts_ns: 1,
+        args,
+        ret,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use mmap_trace_common::TASK_COMM_LEN;
 
     fn syscall_record(probe: Probe) -> Vec<u8> {
-        let event = SyscallEvent {
-            header: EventHeader {
-                kind: EventKind::Syscall as u32,
-                probe: probe as u32,
-                pid: 7,
-                tid: 8,
-                ts_ns: 9,
-                comm: *b"workload\0\0\0\0\0\0\0\0",
-            },
-            enter_ts_ns: 1,
-            args: [1, 2, 3, 4, 5, 6],
-            ret: -22,
-        };
+        let event = test_syscall_event(probe, b"workload", [1, 2, 3, 4, 5, 6], -22);
         // SAFETY: plain data viewed as bytes.
         unsafe {
             std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<SyscallEvent>())

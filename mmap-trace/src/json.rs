@@ -404,7 +404,6 @@ pub fn record(event: &Event, path: Option<String>) -> EventRecord<'_> {
 
 #[cfg(test)]
 mod fast_path_tests {
-    use mmap_trace_common::{EventHeader, EventKind};
 
     use super::*;
 
@@ -427,21 +426,7 @@ mod fast_path_tests {
                 for a in args {
                     for comm in comms {
                         for path in paths {
-                            let mut c = [0u8; 16];
-                            c[..comm.len()].copy_from_slice(comm);
-                            let e = SyscallEvent {
-                                header: EventHeader {
-                                    kind: EventKind::Syscall as u32,
-                                    probe: probe as u32,
-                                    pid: 42,
-                                    tid: 43,
-                                    ts_ns: 123_456_789_012,
-                                    comm: c,
-                                },
-                                enter_ts_ns: 1,
-                                args: a,
-                                ret,
-                            };
+                            let e = crate::decode::test_syscall_event(probe, comm, a, ret);
                             let event = Event::Syscall(e);
                             let expected =
                                 serde_json::to_vec(&record(&event, path.map(str::to_owned))).unwrap();

@@ -48,7 +48,16 @@ fn random_client_is_served_or_refused_as_the_rules_predict() {
     );
     let r = parse_result(&text).unwrap_or_else(|| panic!("no result line:\n{text}"));
     assert!(field(&r, "requests") >= requests, "{r:?}");
-    assert!(field(&r, "mappings") > requests / 20 && field(&r, "refused") > requests / 20, "{r:?}");
+    // A floor that says the client really mapped and was really refused, not a
+    // statistic: over 25 seeds of 10,000 requests mappings ran 497-574 (mean ~535) and
+    // refusals ~3,700, so a tenth of the mean leaves no seed near it.
+    let (mappings, refused) = (field(&r, "mappings"), field(&r, "refused"));
+    assert!(
+        mappings >= requests / 200 && refused >= requests / 30,
+        "the random client made too few mappings ({mappings}, want >= {}) or refusals ({refused}, want >= {}): {r:?}",
+        requests / 200,
+        requests / 30
+    );
     assert_counters_idle(NPAGES, "after the random client");
     module.unload().expect("rmmod after the random client (and a clean kernel log)");
     for pfn in pfns {

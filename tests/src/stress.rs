@@ -163,8 +163,12 @@ pub fn per_probe(summary: &serde_json::Value, which: &str, probe: &str) -> u64 {
     summary[which][probe].as_u64().unwrap_or(0)
 }
 
-/// `MemFree` of /proc/meminfo, in KiB.
+/// `MemFree` of /proc/meminfo, in KiB, after dropping clean caches (so page cache
+/// filled by the run between two readings does not count as memory lost).
 pub fn mem_free_kib() -> u64 {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("write /proc/sys/vm/drop_caches (root)");
     let text = std::fs::read_to_string("/proc/meminfo").expect("/proc/meminfo");
     text.lines()
         .find_map(|l| l.strip_prefix("MemFree:"))

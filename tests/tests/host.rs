@@ -191,6 +191,8 @@ fn mounts_tracefs_when_missing() {
 /// Each bad invocation gives one clear message and a non-zero exit, never a panic.
 #[test]
 fn errors_are_clear_messages() {
+    // Some cases attach probes before they fail; not while another test unmounts tracefs.
+    let _guard = shared();
     let cases: &[(&[&str], &str)] = &[
         (&["trace", "--pid", "999999999"], "no process with pid 999999999"),
         (&["trace", "--", "/no/such/program"], "cannot run \"/no/such/program\""),
@@ -297,6 +299,16 @@ fn verify_reports_a_planted_mismatch() {
     assert!(run.stderr.contains("MISMATCH") && run.stderr.contains("FAIL"), "{}", run.stderr);
 }
 
+/// `voluntary_ctxt_switches` of a live process.
+fn voluntary_switches(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches in /proc/PID/status")
+}
+
 /// Attaching to a running process seeds the shadow from its maps.
 #[test]
 fn verify_attaches_to_a_running_process() {
@@ -312,7 +324,13 @@ fn verify_attaches_to_a_running_process() {
         .spawn()
         .unwrap();
     wait_ready(&mut verifier);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Each checkpoint stops the target once, a voluntary context switch it makes
+    // nowhere else in its loop: wait for plenty of them rather than for a fixed time.
+    let switches = || voluntary_switches(busy.id());
+    let (before, deadline) = (switches(), Instant::now() + Duration::from_secs(60));
+    while switches() < before + 40 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(verifier.id() as i32, libc::SIGINT) };
     let out = verifier.wait_with_output().unwrap();

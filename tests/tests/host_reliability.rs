@@ -229,7 +229,7 @@ fn garbage_arguments_give_one_clear_message() {
         &["trace", "--driver-hook", "", "--probes", "driver_mmap"],
         &["trace", "--nonsense"],
         &["verify", "--pid", "1", "--", "true"],
-        &["verify", "--pid", "4000000"],
+        &["verify", "--pid", "999999999"], // above PID_MAX_LIMIT: never a live process
         &["verify-driver", "--offset", "abc"],
         &["verify-driver", "--pages", "-1"],
         &["verify-driver", "--device", "/dev/null"],

@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::Mutex,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use mmap_trace_tests::cli::{cli, stderr, stdout};
@@ -53,7 +53,7 @@ fn chromium(args: &[String]) -> Output {
     );
     let _one = CHROMIUM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let profile = tempdir("chromium-profile");
-    let mut child = Command::new(CHROMIUM)
+    let child = Command::new(CHROMIUM)
         .args([
             "--headless",
             "--no-sandbox",
@@ -71,15 +71,21 @@ fn chromium(args: &[String]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start chromium");
-    let started = Instant::now();
-    while child.try_wait().expect("wait for chromium").is_none() {
-        if started.elapsed() > Duration::from_secs(90) {
-            let _ = child.kill();
-            panic!("chromium ran for more than 90 s: {args:?}");
+    // Read its output while it runs (a DOM dump can outgrow the pipe), killed by a
+    // watchdog if it hangs.
+    let pid = child.id() as libc::pid_t;
+    let (finished, finished_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let hung = finished_rx.recv_timeout(Duration::from_secs(90)).is_err();
+        if hung {
+            // SAFETY: our own child, not yet reaped (wait_with_output has not returned).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        hung
+    });
     let out = child.wait_with_output().expect("chromium output");
+    let _ = finished.send(());
+    assert!(!watchdog.join().unwrap(), "chromium ran for more than 90 s and was killed: {args:?}");
     let _ = std::fs::remove_dir_all(&profile);
     out
 }

@@ -94,6 +94,9 @@ fn busybox_applets() -> Result<Vec<String>> {
         .collect())
 }
 
+/// Lines of the kernel log sent back whole; the rest is scanned in the guest.
+const DMESG_TAIL: usize = 2000;
+
 /// /init: mount what the tools need, run the command, report its status and the
 /// kernel log between markers, power off.
 fn init_script(m: &crate::qemu::Markers) -> String {
@@ -117,7 +120,10 @@ echo "{start}"
 status=$?
 echo "{exit} $status"
 echo "{begin}"
-dmesg
+dmesg >/tmp/.dmesg
+echo "kernel log: $(wc -l </tmp/.dmesg) lines; every splat with its context, then the last {tail}"
+grep -F -B10 -A60 {splats} /tmp/.dmesg
+tail -n {tail} /tmp/.dmesg
 echo "{end}"
 poweroff -f
 "#,
@@ -125,6 +131,8 @@ poweroff -f
         exit = m.exit_prefix(),
         begin = m.dmesg_begin(),
         end = m.dmesg_end(),
+        splats = crate::qemu::SPLATS.iter().map(|s| format!("-e '{s}'")).collect::<Vec<_>>().join(" "),
+        tail = DMESG_TAIL,
     )
 }
 

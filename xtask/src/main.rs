@@ -70,8 +70,8 @@ struct KernelArgs {
 struct GuestArgs {
     #[command(flatten)]
     kernel: KernelArgs,
-    /// Kill the guest after this many seconds.
-    #[arg(long, default_value_t = 300)]
+    /// Kill the guest after this many seconds (generous: TCG slows several-fold on a busy host).
+    #[arg(long, default_value_t = 900)]
     timeout: u64,
     /// Guest CPUs.
     #[arg(long, default_value_t = 1)]

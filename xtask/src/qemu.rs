@@ -1,7 +1,8 @@
 //! Booting the guest under QEMU (TCG) and reading its serial console.
 //!
-//! The console is streamed to our stdout as it arrives, except the dmesg block, which
-//! goes to `target/guest/<version>/dmesg.log` and is scanned for kernel splats.
+//! The console is streamed to our stdout as it arrives, except the dmesg block (every
+//! splat of the whole run with its context, then the log's last lines), which goes to
+//! `target/guest/<version>/dmesg.log` and is scanned for kernel splats.
 
 use std::fs;
 use std::io::{BufRead as _, BufReader};
@@ -18,7 +19,7 @@ use crate::guest_kernel::GuestKernel;
 use crate::initramfs;
 
 /// Kernel log lines that fail a run.
-const SPLATS: &[&str] = &[
+pub const SPLATS: &[&str] = &[
     "Oops",
     "BUG:",
     "WARNING:",
@@ -92,7 +93,7 @@ impl Outcome {
         }
         if !self.splats.is_empty() {
             eprintln!(
-                "xtask: the guest kernel log has {} splat line(s) (full log: {}):",
+                "xtask: the guest kernel log has {} splat line(s) (with context and the last lines of the log: {}):",
                 self.splats.len(),
                 self.dmesg_log.display()
             );
@@ -150,7 +151,10 @@ fn boot(kernel: &GuestKernel, initrd: &Path, markers: &Markers, opts: &Options) 
         .arg(&kernel.vmlinux)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        // A log buffer that holds the whole run (the driver logs every mmap), so the splat
+        // scan sees all of it; no TSC or lockup watchdogs, which a host stalled by other
+        // work would trip under TCG without anything being wrong in the guest.
+        .args(["-append", "console=ttyS0 panic=-1 quiet log_buf_len=32M tsc=reliable nowatchdog"])
         .args([
             "-nographic",
             "-m",

@@ -168,13 +168,19 @@ fn guest_tests(
     Ok(outcome.splats.is_empty() && !outcome.timed_out && outcome.status.is_some())
 }
 
+/// One guest test binary may take this long, so a hang still leaves the others' results.
+const GUEST_BINARY_LIMIT: std::time::Duration = std::time::Duration::from_secs(400);
+
 fn guest_script<'a>(names: impl Iterator<Item = &'a str>, prefix: &str) -> String {
     let mut s = String::from("failed=0\n");
     for name in names {
         let bin = Path::new(crate::initramfs::GUEST_BIN).join(name);
         s.push_str(&format!(
-            "echo '===== guest test: {name} ====='\n{bin} --test-threads=1\nrc=$?\necho \"{prefix} {name} $rc\"\n[ $rc -eq 0 ] || failed=1\n",
-            bin = bin.display()
+            "echo '===== guest test: {name} ====='\ntimeout -s KILL {limit} {bin} --test-threads=1\nrc=$?\n\
+             [ $rc -eq 137 ] && echo 'guest test {name}: KILLED after {limit} s'\n\
+             echo \"{prefix} {name} $rc\"\n[ $rc -eq 0 ] || failed=1\n",
+            bin = bin.display(),
+            limit = GUEST_BINARY_LIMIT.as_secs()
         ));
     }
     s.push_str("exit $failed\n");

@@ -21,10 +21,12 @@ use crate::{
     version,
     about = "Trace mmap/VMA activity with eBPF and check it against the kernel's own view",
     long_about = "Trace mmap/VMA activity with eBPF and check it against the kernel's own view.\n\n\
-        Syscall probes (mmap, munmap, mprotect, mremap, brk) use tracepoints and work on any \
-        kernel with BTF and syscall tracepoints. Kernel probes (mmap_region, remap_pfn_range, \
-        the mmtrace_drv driver's mmap hook) need kprobes; where the kernel has none they are \
-        skipped with a note. Needs root."
+        Syscall probes (mmap, munmap, mprotect, mremap, brk) use the raw sys_exit tracepoint \
+        (x86-64) and work on any kernel with BPF ring buffers; kernel BTF is used where \
+        present. Kernel probes (mmap_region, remap_pfn_range, the mmtrace_drv driver's mmap \
+        hook) need kprobes and BTF; where the kernel has no kprobes, or the driver is not \
+        loaded, they are skipped with a note. trace, verify and verify-driver need root; \
+        report does not."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -38,9 +40,14 @@ enum Command {
         after_help = "Examples:\n  \
             mmap-trace trace -- /bin/ls /            trace a command from its first mapping\n  \
             mmap-trace trace --pid 1234 --json       JSON Lines, one object per event\n  \
-            mmap-trace trace --comm nginx -d 10      every process named nginx, 10 seconds\n\n\
+            mmap-trace trace --comm nginx -d 10      every process named nginx, 10 seconds\n  \
+            mmap-trace trace -d 5                    every process on the machine\n\n\
+            --pid, --comm and -- CMD exclude each other; with none, every process is traced.\n\
             Ctrl-C (or SIGTERM) stops the trace: the ring buffer is drained and a summary \
-            with per-probe event and lost counts is written last."
+            with per-probe event and lost counts is written last. Lost events are also \
+            warned about on stderr as they are counted (checked once a second).\n\
+            Exit status: 0 when the trace ran (even with events lost: see the summary), \
+            2 on error."
     )]
     Trace(TraceArgs),
     /// Trace one process and prove, after every event, that the kernel agrees.
@@ -50,8 +57,10 @@ enum Command {
     /// /proc/<pid>/maps after every traced call: start, end, perms, offset, device, inode
     /// and path. To compare while nothing moves, the process is stopped (SIGSTOP) as each
     /// call returns and continued after the check, so it runs slower under verify.
-    /// Exit status: 0 when everything agreed, 1 on any mismatch or lost event, 2 on error.
+    /// Exit status: 0 when everything agreed, 1 on any mismatch, on any lost event, or when
+    /// nothing was checked (the target made no traced call), 2 on error.
     #[command(
+        override_usage = "mmap-trace verify [OPTIONS] --pid <PID>\n       mmap-trace verify [OPTIONS] -- <CMD> [ARGS]...",
         after_help = "Examples:\n  \
             mmap-trace verify -- /bin/ls /\n  \
             mmap-trace verify --pid 1234 --json -o verify.jsonl"
@@ -65,7 +74,8 @@ enum Command {
     /// PFNs in the remap events, the driver's PFN list and the page tables agree; that
     /// every page starts with aa bb cc dd and write()/read() are coherent with the
     /// mapping; and that the driver's own VMA walk matches /proc/self/maps. Needs root,
-    /// kprobes and the mmtrace_drv module. Exit status: 0 all PASS, 1 any FAIL, 2 error.
+    /// kprobes and the mmtrace_drv module; uses a 1 MiB ring buffer. Exit status: 0 all
+    /// PASS, 1 any FAIL, 2 error.
     #[command(name = "verify-driver")]
     VerifyDriver(VerifyDriverArgs),
     /// Replay a JSON trace into per-process address-space timelines: a text summary, or
@@ -80,7 +90,7 @@ enum Command {
 
 #[derive(Args)]
 struct VerifyDriverArgs {
-    /// Device(s) to map (repeatable); default: both of the driver's devices.
+    /// Device(s) to map (repeatable); default: /dev/mmtrace-kmalloc and /dev/mmtrace-vmalloc.
     #[arg(long, value_name = "PATH")]
     device: Vec<PathBuf>,
     /// Map from this page of the buffer.
@@ -89,7 +99,8 @@ struct VerifyDriverArgs {
     /// Pages to map (default: 4, or what is left after --offset).
     #[arg(long, value_name = "N")]
     pages: Option<u64>,
-    /// MAP_PRIVATE instead of MAP_SHARED (kmalloc device only).
+    /// MAP_PRIVATE instead of MAP_SHARED; the vmalloc device refuses copy-on-write
+    /// mappings, so give --device /dev/mmtrace-kmalloc with it.
     #[arg(long)]
     private: bool,
     /// JSON Lines: one object per check, a summary last.
@@ -133,7 +144,7 @@ struct OutputArgs {
     /// JSON Lines output (one object per record, a summary object last).
     #[arg(long)]
     json: bool,
-    /// Write records to FILE instead of standard output.
+    /// Write records to FILE (created, or truncated if it exists) instead of standard output.
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
 }
@@ -166,18 +177,21 @@ struct VerifyArgs {
 
 #[derive(Args)]
 struct ProbeArgs {
-    /// Comma-separated probes to attach; default: every probe this kernel supports.
-    /// Names: mmap, munmap, mprotect, mremap, brk, exec, mmap_region, remap_pfn_range,
-    /// driver_mmap, and page_cache (file pages entering the page cache with their PFN:
-    /// noisy, so not in the default set).
+    /// Comma-separated probes to attach; default: every probe this kernel supports
+    /// (kernel probes are skipped with a note where kprobes or the driver are missing; a
+    /// kernel probe named here that cannot attach is an error). Names: mmap, munmap,
+    /// mprotect, mremap, brk, exec, mmap_region, remap_pfn_range, driver_mmap, and
+    /// page_cache (file pages entering the page cache with their PFN: noisy, so not in
+    /// trace's default set; verify adds it to check file pages against pagemap).
+    /// verify -- CMD needs exec (the shadow starts at the command's exec).
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_probe)]
     probes: Option<Vec<Probe>>,
     /// Kernel BTF used to find struct field offsets for the kernel probes.
     #[arg(long, value_name = "PATH", default_value = VMLINUX_BTF)]
     btf: PathBuf,
-    /// Ring buffer size in KiB (a power of two, at least 4). The default holds ~35 ms of
-    /// the fastest single-process mmap/munmap loop, so a reader delayed that long by a
-    /// busy machine loses nothing.
+    /// Ring buffer size in KiB (a power of two from 4 to 1048576). The default, 4 MiB,
+    /// holds ~35 ms of the fastest single-process mmap/munmap loop, so a reader delayed
+    /// that long by a busy machine loses nothing.
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     ring_buffer_kib: u32,
     /// Kernel function(s) of the driver's mmap file operation to probe (repeatable).

@@ -84,6 +84,10 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         load.implicit = true;
         load.requested = Some(probes);
     }
+    let requested = load.requested.as_deref().unwrap_or_default();
+    if matches!(config.target, Target::Command(_)) && !requested.contains(&Probe::Exec) {
+        bail!("verify -- CMD needs the exec probe: the shadow starts from the command's maps at its exec; add exec to --probes");
+    }
     let runtime = runtime()?;
     let StopSignals { mut sigint, mut sigterm } = StopSignals::install(&runtime)?;
     // Before attaching: a bad path must not leave a command running untraced.
@@ -146,7 +150,8 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     let stats = verifier.stats;
     summary.verify = Some(stats);
     out.summary(&summary).and_then(|()| out.flush()).or_else(ignore_closed_output)?;
-    let agreed = stats.mismatches == 0 && lost == 0;
+    // Nothing checked is not a pass: the user asked for proof and got none.
+    let agreed = stats.mismatches == 0 && lost == 0 && stats.checkpoints > 0;
     eprintln!(
         "mmap-trace: verify: {} checkpoints, {} mismatches, {} page PFNs checked, {lost} events lost: {}",
         stats.checkpoints,
@@ -158,7 +163,7 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         eprintln!("mmap-trace: events were lost, so the shadow is incomplete; rerun with a larger --ring-buffer-kib");
     }
     if stats.checkpoints == 0 {
-        eprintln!("mmap-trace: nothing was checked: the target made no traced call");
+        eprintln!("mmap-trace: nothing was checked: the target made no traced call while verify ran");
     }
     Ok(agreed)
 }

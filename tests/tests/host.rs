@@ -2,7 +2,6 @@
 //! They need root; `cargo xtask test` runs them (and sets MMTRACE_CLI/MMTRACE_WORKLOAD).
 
 use std::{
-    io::{BufRead as _, BufReader},
     os::unix::process::CommandExt as _,
     process::{Command, Stdio},
     sync::Mutex,
@@ -11,6 +10,7 @@ use std::{
 
 use mmap_trace_tests::{
     cli::{cli, json_lines, split_summary, stderr, stdout, workload_path},
+    stress::wait_ready,
     workload::{match_calls, parse_calls},
 };
 
@@ -201,6 +201,7 @@ fn errors_are_clear_messages() {
         (&["trace", "--ring-buffer-kib", "5"], "power of two"),
         (&["trace", "--pid", "1", "--comm", "x"], "cannot be used with"),
         (&["trace", "--output", "/no/such/dir/x.jsonl", "--duration", "0.1"], "cannot create output file"),
+        (&["verify", "--probes", "mmap,munmap", "--", "/bin/true"], "needs the exec probe"),
     ];
     for (args, expected) in cases {
         let out = cli().args(*args).output().unwrap();
@@ -245,24 +246,6 @@ fn help_explains_itself() {
     for needle in ["--pid", "--comm", "--json", "--probes", "Examples:", "Ctrl-C"] {
         assert!(help.contains(needle), "--help lacks {needle}: {help}");
     }
-}
-
-/// Blocks until the tracer prints its ready line (attached), or fails after 30 s.
-fn wait_ready(tracer: &mut std::process::Child) {
-    let stderr = tracer.stderr.take().expect("piped stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent && line.contains("ready:") {
-                let _ = tx.send(());
-                sent = true;
-            }
-        }
-    });
-    let start = Instant::now();
-    rx.recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("no ready line after {:?}", start.elapsed()));
 }
 
 /// Issue #5 on the host: each scenario's shadow agrees with /proc/<pid>/maps after every
@@ -342,6 +325,31 @@ fn verify_attaches_to_a_running_process() {
     assert_eq!(summary["ended"], "SIGINT");
     assert_eq!(summary["mismatches"], 0, "{summary}");
     assert!(summary["checkpoints"].as_u64().unwrap() > 10, "{summary}");
+}
+
+/// A process that makes no traced call while verify runs gives no proof: not a pass.
+#[test]
+fn verify_with_nothing_checked_is_not_a_pass() {
+    let _guard = shared();
+    let mut idle = Command::new("sleep").arg("60").spawn().unwrap();
+    let mut verifier = cli()
+        .args(["verify", "--json", "--pid", &idle.id().to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rest_of_stderr = wait_ready(&mut verifier);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(verifier.id() as i32, libc::SIGINT) };
+    let out = verifier.wait_with_output().unwrap();
+    let err = rest_of_stderr.join().unwrap();
+    idle.kill().unwrap();
+    idle.wait().unwrap();
+    let records = json_lines(&stdout(&out));
+    let (_, summary) = split_summary(&records);
+    assert_eq!((summary["checkpoints"].as_u64(), summary["mismatches"].as_u64()), (Some(0), Some(0)), "{summary}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("FAIL") && err.contains("nothing was checked"), "{err}");
 }
 
 #[test]

@@ -75,6 +75,7 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, args: &BenchArg
     }
     section("bench: tools");
     let tools = ensure_tools(ws, artifacts)?;
+    let _one_at_a_time = crate::host_lock::hold("cargo xtask bench")?;
 
     section(&format!(
         "bench: host loop ({} rounds x {} iterations; untraced, mmap-trace, bpftrace, strace)",

@@ -5,6 +5,7 @@ mod bench;
 mod build;
 mod cmd;
 mod guest_kernel;
+mod host_lock;
 mod initramfs;
 mod qemu;
 mod setup;

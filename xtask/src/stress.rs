@@ -43,7 +43,10 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, opts: &Options)
     for (name, default) in HOST_KNOBS {
         c.env(name, knob(name, default));
     }
-    let host_ok = cmd::status(&mut c)?.success();
+    let host_ok = {
+        let _one_at_a_time = crate::host_lock::hold("cargo xtask stress: host suites")?;
+        cmd::status(&mut c)?.success()
+    };
 
     section("stress: guest (tests/tests/guest_stress.rs, one boot)");
     let mut script = String::new();

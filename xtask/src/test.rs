@@ -30,7 +30,10 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, opts: &Options)
         lines: Vec::new(),
     };
     section("unit + host tests (cargo test --workspace, on the host)");
-    host_tests(ws, ready, artifacts, &mut tally)?;
+    {
+        let _one_at_a_time = crate::host_lock::hold("cargo xtask test: host tests")?;
+        host_tests(ws, ready, artifacts, &mut tally)?;
+    }
 
     section("guest tests (one VM boot)");
     let dmesg_clean = guest_tests(ready, artifacts, opts, &mut tally)?;

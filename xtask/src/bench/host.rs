@@ -366,7 +366,7 @@ pub fn overhead(tools: &Tools, rounds: usize, iterations: u64) -> Result<Overhea
             one_run(tools, KINDS[index], &script, iterations, v)?;
             let last = |x: &Vec<f64>| x.last().copied().unwrap_or(f64::NAN);
             eprintln!(
-                "bench: round {}: {:<10} {:.3} s, kept {}, lost {}, ready {:.0} ms",
+                "bench: round {}: {:<10} {:.3} s, kept {}, lost {}, ready {}",
                 round + 1,
                 v.name,
                 last(&v.secs),
@@ -376,7 +376,7 @@ pub fn overhead(tools: &Tools, rounds: usize, iterations: u64) -> Result<Overhea
                     .copied()
                     .flatten()
                     .map_or("-".into(), |l| l.to_string()),
-                last(&v.ready_ms),
+                v.ready_ms.last().map_or("-".into(), |ms| format!("{ms:.0} ms")),
             );
         }
     }

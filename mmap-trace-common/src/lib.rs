@@ -19,6 +19,7 @@ pub enum EventKind {
     DriverMmap = 4,
     Exec = 5,
     PageCache = 6,
+    Mmap = 7,
 }
 
 impl EventKind {
@@ -30,6 +31,7 @@ impl EventKind {
             4 => Some(Self::DriverMmap),
             5 => Some(Self::Exec),
             6 => Some(Self::PageCache),
+            7 => Some(Self::Mmap),
             _ => None,
         }
     }
@@ -132,6 +134,17 @@ pub struct SyscallEvent {
     pub args: [u64; 6],
     /// The return value (negative errno on failure).
     pub ret: i64,
+}
+
+/// An mmap call, and the file its fd named as the call returned: the kernel's identity
+/// of what was mapped, which userspace cannot recover once the fd is closed (ld.so
+/// closes each library right after mapping it). `file` is all zero for anonymous memory,
+/// a failed call, or a kernel whose BTF gave no offsets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MmapEvent {
+    pub call: SyscallEvent,
+    pub file: FileId,
 }
 
 /// The file behind a mapping, as far as the kernel says (all zero for anonymous memory).
@@ -249,6 +262,12 @@ pub struct KernelOffsets {
     pub inode_i_ino: u32,
     pub inode_i_sb: u32,
     pub sb_s_dev: u32,
+    /// The path from a task to the file an fd names: `task_struct.files`,
+    /// `files_struct.fdt`, `fdtable.max_fds` and `fdtable.fd`.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
     /// Non-zero once userspace filled the table; kernel probes emit nothing before.
     pub valid: u32,
 }
@@ -285,6 +304,7 @@ pub const fn record_size(kind: EventKind) -> usize {
         EventKind::DriverMmap => core::mem::size_of::<DriverMmapEvent>(),
         EventKind::Exec => core::mem::size_of::<ExecEvent>(),
         EventKind::PageCache => core::mem::size_of::<PageCacheEvent>(),
+        EventKind::Mmap => core::mem::size_of::<MmapEvent>(),
     }
 }
 
@@ -292,4 +312,5 @@ pub const fn record_size(kind: EventKind) -> usize {
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 40);
 const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 40 + 8 + 48 + 8);
 const _: () = assert!(core::mem::size_of::<FileId>() == 16 + FILE_NAME_LEN);
+const _: () = assert!(core::mem::size_of::<MmapEvent>() == 104 + 16 + FILE_NAME_LEN);
 const _: () = assert!(core::mem::size_of::<VmaFields>() == 40 + 16 + FILE_NAME_LEN);

@@ -1,7 +1,9 @@
-//! Reading `vm_area_struct`, `file`, `inode` and `dentry` fields at offsets the loader
-//! resolved from the running kernel's BTF.
+//! Reading `vm_area_struct`, `file`, `inode`, `dentry` and fd-table fields at offsets
+//! the loader resolved from the running kernel's BTF.
 
-use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
+use aya_ebpf::helpers::{
+    bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_task,
+};
 use mmap_trace_common::{FileId, KernelOffsets, VmaFields};
 
 #[unsafe(no_mangle)]
@@ -17,6 +19,10 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     inode_i_ino: 0,
     inode_i_sb: 0,
     sb_s_dev: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
     valid: 0,
 };
 
@@ -40,10 +46,7 @@ fn read<T: Default>(base: u64, offset: u32) -> T {
 /// Fills `out` for `struct file *file` (zeroes for anonymous memory).
 #[inline(always)]
 pub fn read_file(file: u64, o: &KernelOffsets, out: &mut FileId) {
-    out.dev = 0;
-    out._pad = 0;
-    out.ino = 0;
-    out.name[0] = 0;
+    no_file(out);
     if file == 0 {
         return;
     }
@@ -57,6 +60,33 @@ pub fn read_file(file: u64, o: &KernelOffsets, out: &mut FileId) {
         // SAFETY: the helper bounds the copy by `out.name` and tolerates bad addresses.
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut out.name) };
     }
+}
+
+/// An anonymous mapping's `FileId`: all zero.
+#[inline(always)]
+pub fn no_file(out: &mut FileId) {
+    out.dev = 0;
+    out._pad = 0;
+    out.ino = 0;
+    out.name[0] = 0;
+}
+
+/// Fills `out` for the file that `fd` names in the current task (zeroes when it names
+/// none).
+#[inline(always)]
+pub fn read_fd_file(fd: i32, o: &KernelOffsets, out: &mut FileId) {
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, o.task_files);
+    let fdt: u64 = read(files, o.files_fdt);
+    let max_fds: u32 = read(fdt, o.fdt_max_fds);
+    let file = if fd >= 0 && (fd as u32) < max_fds {
+        let fds: u64 = read(fdt, o.fdt_fd);
+        read(fds, fd as u32 * 8)
+    } else {
+        0
+    };
+    read_file(file, o, out);
 }
 
 /// Fills `out` for `struct vm_area_struct *vma`.

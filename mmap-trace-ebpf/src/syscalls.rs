@@ -1,5 +1,6 @@
 //! mmap, munmap, mprotect, mremap and brk, seen from the raw `sys_exit` tracepoint: one
-//! `SyscallEvent` per call, with the arguments and the return value.
+//! `SyscallEvent` per call, with the arguments and the return value (an `MmapEvent` for
+//! mmap: the same, and the file its fd named).
 //!
 //! Raw tracepoints, not the `syscalls/sys_*_mmap` trace events: those build a perf
 //! record on every call before any program runs, which doubled the system time of an
@@ -23,9 +24,12 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::RawTracePointContext,
 };
-use mmap_trace_common::{EventKind, Probe, SyscallEvent};
+use mmap_trace_common::{EventKind, MmapEvent, Probe, SyscallEvent};
 
-use crate::emit;
+use crate::{emit, kernel};
+
+/// `MAP_ANONYMOUS`: the fd argument is ignored.
+const MAP_ANONYMOUS: u64 = 0x20;
 
 /// Bit `1 << probe` for each syscall probe the user asked for; set by the loader.
 #[unsafe(no_mangle)]
@@ -142,16 +146,44 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     };
     // Stop even when the record is lost: verify must not let the process run ahead.
     emit::stop_if_verifying();
-    let Some(mut entry) = emit::reserve::<SyscallEvent>(probe) else {
-        return 0;
-    };
-    entry.write(SyscallEvent {
+    let call = SyscallEvent {
         header: emit::header(EventKind::Syscall, probe, &task),
         enter_ts_ns,
         // The x86-64 syscall convention: r10 stands in for rcx.
         args: [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9],
         ret: ctx.arg::<i64>(1),
-    });
+    };
+    if probe == Probe::Mmap {
+        emit_mmap(call);
+        return 0;
+    }
+    let Some(mut entry) = emit::reserve::<SyscallEvent>(probe) else {
+        return 0;
+    };
+    entry.write(call);
     emit::submit_batched(entry);
     0
+}
+
+/// An mmap and, for a successful file mapping, the file its fd names as the call returns
+/// (the process may close the fd before userspace reads the record).
+#[inline(always)]
+fn emit_mmap(mut call: SyscallEvent) {
+    call.header.kind = EventKind::Mmap as u32;
+    let Some(mut entry) = emit::reserve::<MmapEvent>(Probe::Mmap) else {
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    let fd = call.args[4] as i32;
+    let maps_file = call.args[3] & MAP_ANONYMOUS == 0 && fd >= 0 && !(-4095..0).contains(&call.ret);
+    // SAFETY: `event` points at a reserved record we own until submit; every field is
+    // written before submit.
+    unsafe {
+        (*event).call = call;
+        match kernel::offsets() {
+            Some(offsets) if maps_file => kernel::read_fd_file(fd, &offsets, &mut (*event).file),
+            _ => kernel::no_file(&mut (*event).file),
+        }
+    }
+    emit::submit_batched(entry);
 }

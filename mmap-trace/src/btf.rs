@@ -52,6 +52,10 @@ impl KernelBtf {
             inode_i_ino: self.offset("inode", &["i_ino"])?,
             inode_i_sb: self.offset("inode", &["i_sb"])?,
             sb_s_dev: self.offset("super_block", &["s_dev"])?,
+            task_files: self.offset("task_struct", &["files"])?,
+            files_fdt: self.offset("files_struct", &["fdt"])?,
+            fdt_max_fds: self.offset("fdtable", &["max_fds"])?,
+            fdt_fd: self.offset("fdtable", &["fd"])?,
             valid: 1,
         })
     }

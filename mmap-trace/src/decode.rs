@@ -4,14 +4,15 @@
 use std::fmt;
 
 use mmap_trace_common::{
-    DriverMmapEvent, EventHeader, EventKind, ExecEvent, MmapRegionEvent, PageCacheEvent, Probe,
-    RemapPfnEvent,
-    SyscallEvent, record_size,
+    DriverMmapEvent, EventHeader, EventKind, ExecEvent, FileId, MmapEvent, MmapRegionEvent,
+    PageCacheEvent, Probe, RemapPfnEvent, SyscallEvent, record_size,
 };
 
 #[derive(Clone, Copy, Debug)]
 pub enum Event {
+    /// munmap, mprotect, mremap, brk.
     Syscall(SyscallEvent),
+    Mmap(MmapEvent),
     MmapRegion(MmapRegionEvent),
     RemapPfn(RemapPfnEvent),
     DriverMmap(DriverMmapEvent),
@@ -58,6 +59,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let kind = EventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
     let probe = Probe::from_u32(header.probe).ok_or(DecodeError::UnknownProbe(header.probe))?;
     let expected_kind = match probe {
+        Probe::Mmap => EventKind::Mmap,
         p if p.is_syscall() => EventKind::Syscall,
         Probe::MmapRegion => EventKind::MmapRegion,
         Probe::RemapPfnRange => EventKind::RemapPfn,
@@ -77,6 +79,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     }
     Ok(match kind {
         EventKind::Syscall => Event::Syscall(read(bytes)?),
+        EventKind::Mmap => Event::Mmap(read(bytes)?),
         EventKind::MmapRegion => Event::MmapRegion(read(bytes)?),
         EventKind::RemapPfn => Event::RemapPfn(read(bytes)?),
         EventKind::DriverMmap => Event::DriverMmap(read(bytes)?),
@@ -89,11 +92,30 @@ impl Event {
     pub fn header(&self) -> &EventHeader {
         match self {
             Event::Syscall(e) => &e.header,
+            Event::Mmap(e) => &e.call.header,
             Event::MmapRegion(e) => &e.header,
             Event::RemapPfn(e) => &e.header,
             Event::DriverMmap(e) => &e.header,
             Event::Exec(e) => &e.header,
             Event::PageCache(e) => &e.header,
+        }
+    }
+
+    /// The call of a syscall probe's event (mmap's included).
+    pub fn syscall(&self) -> Option<&SyscallEvent> {
+        match self {
+            Event::Syscall(e) => Some(e),
+            Event::Mmap(e) => Some(&e.call),
+            _ => None,
+        }
+    }
+
+    /// The file an mmap's fd named, as the kernel saw it (None for other events and
+    /// anonymous or failed mmaps).
+    pub fn mmap_file(&self) -> Option<&FileId> {
+        match self {
+            Event::Mmap(e) if e.file.ino != 0 || e.file.dev != 0 => Some(&e.file),
+            _ => None,
         }
     }
 
@@ -117,7 +139,7 @@ pub fn test_syscall_event(probe: Probe, comm: &[u8], args: [u64; 6], ret: i64) -
     c[..comm.len()].copy_from_slice(comm);
     SyscallEvent {
         header: EventHeader {
-            kind: EventKind::Syscall as u32,
+            kind: if probe == Probe::Mmap { EventKind::Mmap } else { EventKind::Syscall } as u32,
             probe: probe as u32,
             pid: 7,
             tid: 8,
@@ -130,18 +152,33 @@ pub fn test_syscall_event(probe: Probe, comm: &[u8], args: [u64; 6], ret: i64) -
     }
 }
 
+/// The event a syscall probe emits for `call`: mmap's carries `file` (None: all zero).
+#[cfg(test)]
+pub fn test_event(call: SyscallEvent, file: Option<FileId>) -> Event {
+    if call.header.probe == Probe::Mmap as u32 {
+        let none = FileId { dev: 0, _pad: 0, ino: 0, name: [0; mmap_trace_common::FILE_NAME_LEN] };
+        Event::Mmap(MmapEvent { call, file: file.unwrap_or(none) })
+    } else {
+        Event::Syscall(call)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use mmap_trace_common::TASK_COMM_LEN;
 
+    /// The bytes a syscall probe puts in the ring for `probe`.
     fn syscall_record(probe: Probe) -> Vec<u8> {
-        let event = test_syscall_event(probe, b"workload", [1, 2, 3, 4, 5, 6], -22);
-        // SAFETY: plain data viewed as bytes.
-        unsafe {
-            std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<SyscallEvent>())
+        fn bytes<T>(v: &T) -> Vec<u8> {
+            // SAFETY: plain data viewed as bytes.
+            unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
         }
-        .to_vec()
+        let call = test_syscall_event(probe, b"workload", [1, 2, 3, 4, 5, 6], -22);
+        match test_event(call, None) {
+            Event::Mmap(e) => bytes(&e),
+            _ => bytes(&call),
+        }
     }
 
     #[test]
@@ -153,6 +190,10 @@ mod tests {
         assert_eq!(e.args, [1, 2, 3, 4, 5, 6]);
         assert_eq!(c_str(&e.header.comm), "workload");
         assert_eq!(TASK_COMM_LEN, e.header.comm.len());
+        let Event::Mmap(e) = decode(&syscall_record(Probe::Mmap)).unwrap() else {
+            panic!("mmap's record is an MmapEvent");
+        };
+        assert_eq!((e.call.args, e.file.ino), ([1, 2, 3, 4, 5, 6], 0));
     }
 
     #[test]

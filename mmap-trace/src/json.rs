@@ -129,6 +129,9 @@ pub enum Body {
         flags_raw: u64,
         fd: i32,
         offset: Hex,
+        /// The file the fd named as the call returned (the kernel's view).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        file: Option<JsonFile>,
         #[serde(skip_serializing_if = "Option::is_none")]
         path: Option<String>,
         #[serde(flatten)]
@@ -199,7 +202,7 @@ pub enum Body {
     },
 }
 
-fn syscall_body(e: &SyscallEvent, probe: Probe, path: Option<String>) -> Body {
+fn syscall_body(e: &SyscallEvent, probe: Probe, file: Option<&FileId>, path: Option<String>) -> Body {
     let a = e.args;
     match probe {
         Probe::Mmap => Body::Mmap {
@@ -211,6 +214,7 @@ fn syscall_body(e: &SyscallEvent, probe: Probe, path: Option<String>) -> Body {
             flags_raw: a[3],
             fd: a[4] as i32,
             offset: Hex(a[5]),
+            file: file.and_then(JsonFile::new),
             path,
             outcome: Outcome::address(e.ret),
         },
@@ -244,7 +248,13 @@ fn syscall_body(e: &SyscallEvent, probe: Probe, path: Option<String>) -> Body {
 /// what serializing [`record`] gives (the test below holds them together), without
 /// building a `Body` or going through serde's `flatten` buffering. `trace --json` writes
 /// one of these per traced call, so this is its hot path.
-pub fn write_syscall(out: &mut Vec<u8>, e: &SyscallEvent, probe: Probe, path: Option<&str>) {
+pub fn write_syscall(
+    out: &mut Vec<u8>,
+    e: &SyscallEvent,
+    probe: Probe,
+    file: Option<&FileId>,
+    path: Option<&str>,
+) {
     let h = &e.header;
     let mut num = itoa::Buffer::new();
     out.extend_from_slice(br#"{"type":"event","ts_ns":"#);
@@ -285,6 +295,16 @@ pub fn write_syscall(out: &mut Vec<u8>, e: &SyscallEvent, probe: Probe, path: Op
             key_start(out, "fd");
             out.extend_from_slice(num.format(a[4] as i32).as_bytes());
             hex(out, "offset", a[5]);
+            if let Some(f) = file.filter(|f| f.ino != 0 || f.dev != 0) {
+                key_start(out, "file");
+                out.extend_from_slice(br#"{"dev":""#);
+                out.extend_from_slice(format_dev(f.dev).as_bytes());
+                out.extend_from_slice(br#"","ino":"#);
+                out.extend_from_slice(num.format(f.ino).as_bytes());
+                out.extend_from_slice(br#","name":"#);
+                write_str(out, &c_str(&f.name));
+                out.push(b'}');
+            }
             if let Some(path) = path {
                 key_start(out, "path");
                 write_str(out, path);
@@ -360,7 +380,8 @@ pub fn record(event: &Event, path: Option<String>) -> EventRecord<'_> {
     let header = event.header();
     let probe = event.probe();
     let body = match event {
-        Event::Syscall(e) => syscall_body(e, probe, path),
+        Event::Syscall(e) => syscall_body(e, probe, None, path),
+        Event::Mmap(e) => syscall_body(&e.call, probe, Some(&e.file), path),
         Event::MmapRegion(e) => Body::MmapRegion {
             addr: Hex(e.addr),
             len: Hex(e.len),
@@ -420,18 +441,29 @@ mod fast_path_tests {
         ];
         let comms: [&[u8]; 4] = [b"mmap-workload", b"q\"uo\\te\n\x01", b"\xff\xfebad", b"exactly15bytes!"];
         let paths = [None, Some("/tmp/a file"), Some("/x/\"quoted\"\t\u{e9}")];
+        let file = |dev: u32, ino: u64, name: &[u8]| {
+            let mut f = FileId { dev, _pad: 0, ino, name: [0; mmap_trace_common::FILE_NAME_LEN] };
+            f.name[..name.len()].copy_from_slice(name);
+            f
+        };
+        let files = [
+            None,
+            Some(file(0, 0, b"")),
+            Some(file(0xfe << 20, 326_279, b"libc.so.6")),
+            Some(file(5, u64::MAX, b"we\"ird\n\xff name")),
+        ];
         let mut line = Vec::new();
         for probe in probes {
             for ret in rets {
                 for a in args {
                     for comm in comms {
-                        for path in paths {
+                        for (path, f) in paths.iter().flat_map(|p| files.iter().map(move |f| (*p, f))) {
                             let e = crate::decode::test_syscall_event(probe, comm, a, ret);
-                            let event = Event::Syscall(e);
+                            let event = crate::decode::test_event(e, *f);
                             let expected =
                                 serde_json::to_vec(&record(&event, path.map(str::to_owned))).unwrap();
                             line.clear();
-                            write_syscall(&mut line, &e, probe, path);
+                            write_syscall(&mut line, &e, probe, event.mmap_file(), path);
                             assert_eq!(
                                 String::from_utf8_lossy(&line),
                                 String::from_utf8_lossy(&expected)

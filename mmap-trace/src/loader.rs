@@ -96,7 +96,8 @@ impl Tracer {
             Some(Err(e)) => {
                 eprintln!(
                     "mmap-trace: warning: {e:#}; assuming thread_info.status at byte \
-                     {TI_STATUS_FALLBACK} of task_struct (x86-64, Linux 5.11 and later)"
+                     {TI_STATUS_FALLBACK} of task_struct (x86-64, Linux 5.11 and later), \
+                     and mmap events carry no file identity"
                 );
                 None
             }
@@ -104,6 +105,12 @@ impl Tracer {
         };
         let offsets = match &kernel_btf {
             Some(btf) if kprobes => btf.kernel_offsets()?,
+            // The mmap probe reads the file its fd names; without the offsets it still
+            // reports the call.
+            Some(btf) if chosen.contains(&Probe::Mmap) => btf.kernel_offsets().unwrap_or_else(|e| {
+                eprintln!("mmap-trace: warning: {e:#}; mmap events carry no file identity");
+                KernelOffsets::default()
+            }),
             _ => KernelOffsets::default(),
         };
         let ti_status = match &kernel_btf {

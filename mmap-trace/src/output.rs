@@ -91,10 +91,10 @@ impl Output {
 
     pub fn event(&mut self, event: &Event, path: Option<String>) -> io::Result<()> {
         self.counts[event.probe() as usize] += 1;
-        if let (Format::Json, Event::Syscall(e)) = (self.format, event) {
+        if let (Format::Json, Some(e)) = (self.format, event.syscall()) {
             // The hot path: one line per traced call, into a buffer reused for every line.
             self.line.clear();
-            json::write_syscall(&mut self.line, e, event.probe(), path.as_deref());
+            json::write_syscall(&mut self.line, e, event.probe(), event.mmap_file(), path.as_deref());
             self.line.push(b'\n');
             return self.out.write_all(&self.line);
         }

@@ -1,8 +1,11 @@
-//! The file behind a traced mmap, for display (best effort). The syscall event carries
-//! only the fd, and by the time userspace reads the event the process may have closed it
-//! and reused the number (ld.so closes each library right after mapping it), so the fd is
-//! no witness. /proc/<pid>/maps answers by the mapped address instead: parsed by procfs,
-//! read once per drained batch and process, so it reflects the state after the batch.
+//! The full path of the file behind a traced mmap, for display (best effort). The event
+//! carries the kernel's identity of the file (device, inode, name) but no path, and by
+//! the time userspace reads it the process may have closed the fd and reused the number
+//! (ld.so closes each library right after mapping it), so the fd is no witness.
+//! /proc/<pid>/maps answers by the mapped address instead, and the inode must agree
+//! (the range may have been remapped since): parsed by procfs, read once per drained
+//! batch and process, so it reflects the state after the batch. Once the process has
+//! exited there is no path, only the event's name.
 
 use std::{cell::RefCell, collections::HashMap};
 
@@ -10,8 +13,8 @@ use mmap_trace_common::Probe;
 
 use crate::{decode::Event, json::is_error};
 
-/// Cached maps per pid: (start, end, path).
-type MapsCache = HashMap<u32, Vec<(u64, u64, String)>>;
+/// Cached maps per pid: (start, end, inode, path).
+type MapsCache = HashMap<u32, Vec<(u64, u64, u64, String)>>;
 
 thread_local! {
     static CACHE: RefCell<MapsCache> = RefCell::new(HashMap::new());
@@ -19,7 +22,7 @@ thread_local! {
 
 /// The path of the file a successful fd-backed mmap mapped, when it can still be found.
 pub fn mapped_path(event: &Event) -> Option<String> {
-    let Event::Syscall(e) = event else { return None };
+    let e = event.syscall()?;
     if e.header.probe != Probe::Mmap as u32
         || e.args[3] & libc::MAP_ANONYMOUS as u64 != 0
         || (e.args[4] as i32) < 0
@@ -28,13 +31,16 @@ pub fn mapped_path(event: &Event) -> Option<String> {
         return None;
     }
     let (pid, addr) = (e.header.pid, e.ret as u64);
+    let inode = event.mmap_file().map(|f| f.ino);
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
         let maps = match cache.entry(pid) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => v.insert(read_file_maps(pid)),
         };
-        maps.iter().find(|(s, e, _)| *s <= addr && addr < *e).map(|(_, _, p)| p.clone())
+        maps.iter()
+            .find(|(s, e, ino, _)| *s <= addr && addr < *e && inode.is_none_or(|i| i == *ino))
+            .map(|(_, _, _, p)| p.clone())
     })
 }
 
@@ -44,13 +50,13 @@ pub fn new_batch() {
 }
 
 /// The file-backed regions of `pid` (none once it has exited).
-fn read_file_maps(pid: u32) -> Vec<(u64, u64, String)> {
+fn read_file_maps(pid: u32) -> Vec<(u64, u64, u64, String)> {
     let Ok(maps) = procfs::process::Process::new(pid as i32).and_then(|p| p.maps()) else {
         return Vec::new();
     };
     maps.into_iter()
         .filter_map(|m| match m.pathname {
-            procfs::process::MMapPath::Path(p) => Some((m.address.0, m.address.1, p.display().to_string())),
+            procfs::process::MMapPath::Path(p) => Some((m.address.0, m.address.1, m.inode, p.display().to_string())),
             _ => None,
         })
         .collect()

@@ -280,6 +280,7 @@ impl Verifier {
         };
         match event {
             Event::Syscall(e) if !is_error(e.ret) => apply_syscall(shadow, e, pid),
+            Event::Mmap(e) if !is_error(e.call.ret) => apply_syscall(shadow, &e.call, pid),
             Event::RemapPfn(e) => shadow.remap_pfn_range(e.vma.vm_start, e.vma.vm_flags, e.pfn),
             Event::PageCache(e) => {
                 let dev = (e.dev >> 20, e.dev & 0xfffff);
@@ -420,10 +421,11 @@ fn units(events: &[Event]) -> Vec<Unit> {
             waiting.iter().position(|(t, _)| *t == h.tid).map(|i| waiting.swap_remove(i).1).unwrap_or_default()
         };
         match event {
-            Event::Syscall(s) => {
+            Event::Syscall(_) | Event::Mmap(_) => {
+                let enter_ns = event.syscall().map_or(h.ts_ns, |s| s.enter_ts_ns);
                 let mut evs = taken();
                 evs.push(*event);
-                units.push(Unit { events: evs, tid: h.tid, enter_ns: s.enter_ts_ns, exit_ns: h.ts_ns, pinned: false });
+                units.push(Unit { events: evs, tid: h.tid, enter_ns, exit_ns: h.ts_ns, pinned: false });
             }
             Event::Exec(_) => {
                 let mut evs = taken();

@@ -64,6 +64,11 @@ fn kprobe_on_mmap_region_fires_for_a_known_mmap() {
             && e["file"]["name"].as_str().is_some_and(|n| n.starts_with("mmap-workload-"))),
         "no file-backed mmap_region event with pgoff 1: {regions:?}"
     );
+    // The mmap syscall event's file (read from the fd table at sys_exit) is the very
+    // file mmap_region saw (read from the file pointer it was given).
+    let region_file = &regions.iter().find(|e| e["pgoff"] == "0x1").unwrap()["file"];
+    let call_file = &by_probe(&events, "mmap").into_iter().find(|e| e["fd"].as_i64() >= Some(0)).unwrap()["file"];
+    assert_eq!(call_file, region_file, "mmap's file vs mmap_region's");
     module.unload().expect("rmmod mmtrace_drv");
 }
 
@@ -117,6 +122,13 @@ fn check_device_mapping(kind: Kind, pages: u64, offset: u64) {
     assert_eq!(hex(&region["ret_addr"]), addr, "{region}");
     assert_eq!(hex(&region["len"]), pages * PAGE, "{region}");
     assert_eq!(hex(&region["pgoff"]), offset, "{region}");
+    let call = by_probe(&events, "mmap")
+        .into_iter()
+        .rev() // the device is mapped last; an earlier mapping may have used the address
+        .find(|e| e.get("ret_addr").is_some_and(|a| hex(a) == addr))
+        .unwrap_or_else(|| panic!("no mmap event returning {addr:#x}"));
+    assert_eq!(call["file"], region["file"], "the device by its fd and by mmap_region: {call}");
+    assert_eq!(call["file"]["name"], dev_name, "{call}");
 
     let remaps = by_probe(&events, "remap_pfn_range");
     let expected: Vec<u64> = pfns[offset as usize..(offset + pages) as usize].to_vec();

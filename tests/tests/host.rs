@@ -66,6 +66,22 @@ fn trace_json_captures_every_call_of_a_command() {
     // Only the command's own process is traced.
     let pid = events[0]["pid"].clone();
     assert!(events.iter().all(|e| e["pid"] == pid), "events from another process");
+    // The file its fd named, from the kernel: the workload's temp file (deleted by the
+    // time the trace is read, so neither /proc nor a path could say), on /tmp's device.
+    let file_maps: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["probe"] == "mmap" && e["fd"].as_i64().unwrap() >= 0).collect();
+    assert_eq!(file_maps.len(), 1, "{file_maps:?}");
+    let file = &file_maps[0]["file"];
+    let tmp = std::fs::metadata(std::env::temp_dir()).unwrap();
+    use std::os::unix::fs::MetadataExt as _;
+    let tmp_dev = format!("{:02x}:{:02x}", libc::major(tmp.dev()), libc::minor(tmp.dev()));
+    assert_eq!(file["name"], format!("mmap-workload-{pid}"), "{file}");
+    assert_eq!(file["dev"], tmp_dev, "{file}");
+    assert!(file["ino"].as_u64().unwrap() > 0, "{file}");
+    assert!(
+        events.iter().filter(|e| e["probe"] == "mmap" && e["fd"] == -1).all(|e| e.get("file").is_none()),
+        "anonymous mmaps carry no file"
+    );
     assert_eq!(summary["lost_total"], 0, "{summary}");
     assert_eq!(summary["events_total"], events.len() as u64, "{summary}");
     assert!(summary["ended"].as_str().unwrap().starts_with("command exited (status 0)"));

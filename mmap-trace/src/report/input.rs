@@ -175,7 +175,12 @@ fn event(line: usize, obj: &Map<String, Value>) -> Result<Event> {
             len: u64_field(obj, "len")?,
             prot: u64_field(obj, "prot_raw")?,
             flags: u64_field(obj, "flags_raw")?,
-            path: obj.get("path").and_then(Value::as_str).map(str::to_string),
+            // The full path when trace found one, else the kernel's name for the file.
+            path: obj
+                .get("path")
+                .or_else(|| obj.get("file").and_then(|f| f.get("name")))
+                .and_then(Value::as_str)
+                .map(str::to_string),
             ret: ret_addr()?,
         },
         "munmap" => Call::Munmap { addr: u64_field(obj, "addr")?, len: u64_field(obj, "len")? },

@@ -72,7 +72,8 @@ pub fn no_file(out: &mut FileId) {
 }
 
 /// Fills `out` for the file that `fd` names in the current task (zeroes when it names
-/// none).
+/// none). Read at the call's exit: a thread that closed or replaced the fd meanwhile
+/// makes this another file, or none (the README says so).
 #[inline(always)]
 pub fn read_fd_file(fd: i32, o: &KernelOffsets, out: &mut FileId) {
     // SAFETY: helper without preconditions.
@@ -82,7 +83,7 @@ pub fn read_fd_file(fd: i32, o: &KernelOffsets, out: &mut FileId) {
     let max_fds: u32 = read(fdt, o.fdt_max_fds);
     let file = if fd >= 0 && (fd as u32) < max_fds {
         let fds: u64 = read(fdt, o.fdt_fd);
-        read(fds, fd as u32 * 8)
+        read(fds + u64::from(fd as u32) * 8, 0)
     } else {
         0
     };

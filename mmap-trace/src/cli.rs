@@ -190,7 +190,7 @@ struct ProbeArgs {
     #[arg(long, value_name = "PATH", default_value = VMLINUX_BTF)]
     btf: PathBuf,
     /// Ring buffer size in KiB (a power of two from 4 to 1048576). The default, 4 MiB,
-    /// holds ~35 ms of the fastest single-process mmap/munmap loop, so a reader delayed
+    /// holds ~25 ms of the fastest single-process mmap/munmap loop, so a reader delayed
     /// that long by a busy machine loses nothing.
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     ring_buffer_kib: u32,

@@ -94,10 +94,14 @@ impl Tracer {
             Some(Ok(btf)) => Some(btf),
             Some(Err(e)) if kprobes => return Err(e),
             Some(Err(e)) => {
+                let no_file = if chosen.contains(&Probe::Mmap) {
+                    ", and mmap events carry no file identity"
+                } else {
+                    ""
+                };
                 eprintln!(
                     "mmap-trace: warning: {e:#}; assuming thread_info.status at byte \
-                     {TI_STATUS_FALLBACK} of task_struct (x86-64, Linux 5.11 and later), \
-                     and mmap events carry no file identity"
+                     {TI_STATUS_FALLBACK} of task_struct (x86-64, Linux 5.11 and later){no_file}"
                 );
                 None
             }

@@ -10,6 +10,28 @@ pub struct Call {
     pub call: String,
     pub args: Vec<u64>,
     pub ret: i64,
+    /// For an mmap of an fd: the file as fstat(2) saw it before the call (the trace's
+    /// `file` must agree). Absent where the workload did not record it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileKey>,
+}
+
+/// A file's identity as /proc/<pid>/maps writes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileKey {
+    /// `major:minor` in hex.
+    pub dev: String,
+    pub ino: u64,
+}
+
+impl Call {
+    /// Same call, arguments and result; and the same file where the workload noted one.
+    pub fn matches(&self, traced: &Call) -> bool {
+        self.call == traced.call
+            && self.args == traced.args
+            && self.ret == traced.ret
+            && (self.file.is_none() || self.file == traced.file)
+    }
 }
 
 pub fn parse_calls(stdout: &str) -> Vec<Call> {
@@ -55,7 +77,10 @@ pub fn event_as_call(event: &Value) -> Option<Call> {
         "brk" => vec![hex(event, "addr")?],
         _ => return None,
     };
-    Some(Call { call: probe.to_string(), args, ret })
+    let file = event.get("file").and_then(|f| {
+        Some(FileKey { dev: f.get("dev")?.as_str()?.to_string(), ino: f.get("ino")?.as_u64()? })
+    });
+    Some(Call { call: probe.to_string(), args, ret, file })
 }
 
 /// Checks that `calls` appear, in order and with equal values, among `events` (other
@@ -65,7 +90,7 @@ pub fn match_calls(calls: &[Call], events: &[Value]) -> Result<(), String> {
     let traced: Vec<Call> = events.iter().filter_map(event_as_call).collect();
     let mut next = 0;
     for call in calls {
-        match traced[next..].iter().position(|t| t == call) {
+        match traced[next..].iter().position(|t| call.matches(t)) {
             Some(i) => next += i + 1,
             None => {
                 let same_kind: Vec<&Call> =

@@ -178,9 +178,9 @@ fn event(line: usize, obj: &Map<String, Value>) -> Result<Event> {
             // The full path when trace found one, else the kernel's name for the file.
             path: obj
                 .get("path")
-                .or_else(|| obj.get("file").and_then(|f| f.get("name")))
                 .and_then(Value::as_str)
-                .map(str::to_string),
+                .map(str::to_string)
+                .or_else(|| file_name(obj.get("file"))),
             ret: ret_addr()?,
         },
         "munmap" => Call::Munmap { addr: u64_field(obj, "addr")?, len: u64_field(obj, "len")? },
@@ -352,6 +352,25 @@ mod tests {
         assert!(m.detail.contains("expected=r--p found=rw-p"), "{}", m.detail);
         assert_eq!(trace.unknown.get("later"), Some(&1));
         assert_eq!(trace.lost(), vec![("munmap".to_string(), 3)]);
+    }
+
+    /// A file mmap read after its process exited has no path: the kernel's name stands in.
+    #[test]
+    fn a_file_mmap_without_a_path_is_named_by_its_file() {
+        let line = |extra: &str| {
+            format!(
+                r#"{{"type":"event","ts_ns":5,"pid":7,"tid":7,"comm":"ls","probe":"mmap","addr":"0x0","len":"0x1000","prot_raw":1,"flags_raw":2,"fd":3,"offset":"0x0"{extra},"ret_addr":"0x7f0000000000"}}"#
+            )
+        };
+        let path_of = |extra: &str| match parse(&line(extra)).unwrap().events[0].call.clone() {
+            Call::Mmap { path, .. } => path,
+            other => panic!("{other:?}"),
+        };
+        let file = r#","file":{"dev":"fe:00","ino":9,"name":"libc.so.6"}"#;
+        assert_eq!(path_of(file).as_deref(), Some("libc.so.6"));
+        assert_eq!(path_of(&format!("{file},\"path\":\"/usr/lib/libc.so.6\"")).as_deref(), Some("/usr/lib/libc.so.6"));
+        assert_eq!(path_of(r#","file":{"dev":"fe:00","ino":9,"name":""}"#), None);
+        assert_eq!(path_of(""), None);
     }
 
     #[test]

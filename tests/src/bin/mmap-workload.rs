@@ -12,7 +12,7 @@
 
 use std::{ffi::CString, io::Write as _};
 
-use mmap_trace_tests::workload::Call;
+use mmap_trace_tests::workload::{Call, FileKey};
 
 const PAGE: u64 = 4096;
 
@@ -33,11 +33,24 @@ impl Recorder {
         } else {
             ret as i64
         };
-        let call = Call { call: name.to_string(), args: args.to_vec(), ret };
+        let file = (name == "mmap" && args[3] & libc::MAP_ANONYMOUS as u64 == 0 && ret >= 0)
+            .then(|| fd_file(args[4] as i32))
+            .flatten();
+        let call = Call { call: name.to_string(), args: args.to_vec(), ret, file };
         let line = serde_json::to_string(&call).expect("serializable");
         writeln!(self.out, "{line}").expect("stdout");
         ret
     }
+}
+
+/// The file `fd` names, by fstat(2).
+fn fd_file(fd: i32) -> Option<FileKey> {
+    // SAFETY: fstat into a zeroed struct we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then(|| FileKey {
+        dev: format!("{:02x}:{:02x}", libc::major(st.st_dev), libc::minor(st.st_dev)),
+        ino: st.st_ino,
+    })
 }
 
 /// The marker address of `--ia32` (never mapped by anything else).

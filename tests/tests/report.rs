@@ -58,6 +58,8 @@ fn chromium(args: &[String]) -> Output {
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
+            // A container's small /dev/shm must not crash the renderer.
+            "--disable-dev-shm-usage",
             "--disable-quic",
             "--no-first-run",
             "--disable-background-networking",

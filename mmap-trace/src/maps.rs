@@ -28,6 +28,10 @@ pub struct Region {
     pub dev: (u32, u32),
     pub inode: u64,
     pub backing: Backing,
+    /// A file on overlayfs, as the events imply it: the fd names the overlay's file, but
+    /// maps shows the backing (layer) file's device and inode on some kernels (6.1) and
+    /// the overlay's on others (6.18), so those two are not compared for it.
+    pub overlay: bool,
 }
 
 impl fmt::Display for Region {
@@ -125,6 +129,7 @@ pub fn read(pid: u32) -> Result<Vec<Region>> {
                 MMapPath::Rollup => Backing::Special("[rollup]".into()),
                 MMapPath::Other(s) => Backing::Special(s),
             },
+            overlay: false,
         })
         .collect();
     Ok(normalize(regions))
@@ -143,6 +148,7 @@ pub mod tests {
             dev: (0, 0),
             inode: 0,
             backing: Backing::Anonymous,
+            overlay: false,
         }
     }
 
@@ -190,6 +196,7 @@ mod proptests {
                 dev: (0, 0),
                 inode,
                 backing: if file { Backing::File("/f".into()) } else { Backing::Anonymous },
+                overlay: false,
             },
         )
     }

@@ -18,6 +18,8 @@ pub struct FileIdentity {
     pub dev: (u32, u32),
     pub inode: u64,
     pub path: String,
+    /// On overlayfs (see `Region::overlay`).
+    pub overlay: bool,
 }
 
 #[derive(Clone, Default, Debug)]
@@ -98,6 +100,7 @@ impl ShadowSpace {
             dev: (0, 0),
             inode: 0,
             backing: Backing::Anonymous,
+            overlay: false,
         };
         match file {
             Some(f) if flags & libc::MAP_ANONYMOUS as u64 == 0 => {
@@ -105,6 +108,7 @@ impl ShadowSpace {
                 region.dev = f.dev;
                 region.inode = f.inode;
                 region.backing = Backing::File(f.path);
+                region.overlay = f.overlay;
             }
             _ if shared => {
                 region.dev = (0, 1);
@@ -188,6 +192,7 @@ impl ShadowSpace {
                 dev: (0, 0),
                 inode: 0,
                 backing: Backing::Heap,
+                overlay: false,
             });
         }
     }
@@ -261,10 +266,10 @@ fn fields(s: &Region, k: &Region, at: u64) -> Vec<(&'static str, String, String)
     if offset_at(s) != offset_at(k) && !shared_anon {
         d.push(("offset", format!("{:#x}", offset_at(s)), format!("{:#x}", offset_at(k))));
     }
-    if s.dev != k.dev && !shared_anon {
+    if s.dev != k.dev && !shared_anon && !s.overlay {
         d.push(("device", format!("{:02x}:{:02x}", s.dev.0, s.dev.1), format!("{:02x}:{:02x}", k.dev.0, k.dev.1)));
     }
-    if s.inode != k.inode && !shared_anon {
+    if s.inode != k.inode && !shared_anon && !s.overlay {
         d.push(("inode", s.inode.to_string(), k.inode.to_string()));
     }
     d
@@ -308,7 +313,7 @@ mod tests {
     #[test]
     fn mremap_moves_grows_and_keeps_file_offsets() {
         let mut s = ShadowSpace::default();
-        let file = FileIdentity { dev: (8, 1), inode: 7, path: "/f".into() };
+        let file = FileIdentity { dev: (8, 1), inode: 7, path: "/f".into(), overlay: false };
         s.mmap(0x10000, 2 * PAGE, RW, libc::MAP_PRIVATE as u64, 0x3000, Some(file));
         s.mremap(0x10000, 2 * PAGE, 3 * PAGE, libc::MREMAP_MAYMOVE as u64, 0x40000);
         let r = &s.regions()[0];
@@ -332,7 +337,7 @@ mod tests {
     fn cow_remap_rewrites_the_offset() {
         let mut s = ShadowSpace::default();
         s.remap_pfn_range(0x10000, 0x20 | 0x10 | 0x1, 0x531c);
-        let dev = FileIdentity { dev: (0, 5), inode: 9, path: "/dev/x".into() };
+        let dev = FileIdentity { dev: (0, 5), inode: 9, path: "/dev/x".into(), overlay: false };
         s.mmap(0x10000, PAGE, RW, libc::MAP_PRIVATE as u64, 0, Some(dev));
         assert_eq!(s.regions()[0].offset, 0x531c000);
     }
@@ -354,5 +359,24 @@ mod tests {
         assert_eq!(d.len(), 2, "{d:?}");
         assert_eq!((d[0].start, d[0].end, d[0].found.as_str()), (0x1000, 0x2000, "unmapped"));
         assert_eq!((d[1].start, d[1].end, d[1].expected.as_str()), (0x4000, 0x5000, "unmapped"));
+    }
+
+    /// An overlayfs file: maps may name the layer's device and inode (6.1); the path,
+    /// perms and offset are still compared.
+    #[test]
+    fn overlay_files_are_compared_without_device_and_inode() {
+        let mut s = ShadowSpace::default();
+        let file = FileIdentity { dev: (0, 0x17), inode: 14, path: "/o/m/f".into(), overlay: true };
+        s.mmap(0x10000, PAGE, 1, libc::MAP_PRIVATE as u64, PAGE, Some(file));
+        let mut layer = s.regions().to_vec();
+        (layer[0].dev, layer[0].inode, layer[0].overlay) = ((0, 0x16), 99, false);
+        assert!(compare(s.regions(), &layer).is_empty(), "{:?}", compare(s.regions(), &layer));
+        layer[0].offset = 0;
+        assert_eq!(compare(s.regions(), &layer)[0].field, "offset");
+        let mut plain = s.regions().to_vec();
+        plain[0].overlay = false;
+        (layer[0].offset, layer[0].backing) = (PAGE, Backing::File("/o/m/f".into()));
+        let fields: Vec<_> = compare(&plain, &layer).iter().map(|d| d.field).collect();
+        assert_eq!(fields, ["device", "inode"]);
     }
 }

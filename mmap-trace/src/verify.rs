@@ -518,7 +518,17 @@ fn file_identity(pid: u32, fd: i32) -> Option<FileIdentity> {
         dev: (libc::major(dev), libc::minor(dev)),
         inode: meta.ino(),
         path: path.display().to_string(),
+        overlay: on_overlayfs(&link),
     })
+}
+
+/// Whether `path` (followed) is on overlayfs.
+fn on_overlayfs(path: &str) -> bool {
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    let Ok(cpath) = std::ffi::CString::new(path) else { return false };
+    // SAFETY: statfs into a zeroed struct we own, with a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(cpath.as_ptr(), &mut st) } == 0) && st.f_type as i64 == OVERLAYFS_SUPER_MAGIC
 }
 
 /// Waits until every thread of `pid` is stopped; false if the process is gone.

@@ -78,6 +78,11 @@ impl VerifyRun {
 
 /// Runs `mmap-trace verify --json <extra> -- mmap-workload <workload_args>`.
 pub fn verify_workload(extra: &[&str], workload_args: &[&str]) -> VerifyRun {
+    verify_workload_in(&std::env::temp_dir(), extra, workload_args)
+}
+
+/// The same, with the workload's temp files in `tmpdir` (its TMPDIR).
+pub fn verify_workload_in(tmpdir: &std::path::Path, extra: &[&str], workload_args: &[&str]) -> VerifyRun {
     let out_file = std::env::temp_dir().join(format!(
         "verify-{}-{}.jsonl",
         std::process::id(),
@@ -90,6 +95,7 @@ pub fn verify_workload(extra: &[&str], workload_args: &[&str]) -> VerifyRun {
         .arg("--")
         .arg(workload_path())
         .args(workload_args)
+        .env("TMPDIR", tmpdir)
         .output()
         .expect("run mmap-trace verify");
     let text = std::fs::read_to_string(&out_file).unwrap_or_default();

@@ -3,8 +3,12 @@
 //! planted mismatches that must FAIL.
 
 use mmap_trace_tests::{
-    cli::{SCENARIOS, assert_verified, cli, json_lines, stderr, stdout, verify_workload},
+    cli::{
+        SCENARIOS, assert_verified, cli, json_lines, split_summary, stderr, stdout, verify_workload,
+        verify_workload_in, workload_path,
+    },
     driver::{self, Module},
+    workload::{match_calls, parse_calls},
 };
 
 #[test]
@@ -119,4 +123,61 @@ fn verify_driver_without_the_module_says_so() {
     let _lock = Module::lock().expect("module lock");
     let out = cli().args(["verify-driver", "--device", "/dev/null"]).output().unwrap();
     assert!(stderr(&out).contains("module is not loaded"), "{}", stderr(&out));
+}
+
+/// On overlayfs (a container's root): 6.1's /proc/<pid>/maps names the layer file's
+/// device while the fd names the overlay's. verify must agree on every scenario there,
+/// and trace's `file` must be the one the workload's fstat sees.
+#[test]
+fn verify_and_trace_agree_on_overlayfs() {
+    driver::require_guest();
+    let ko = std::env::var("MMTRACE_OVERLAY_KO").expect("MMTRACE_OVERLAY_KO (set by the guest's /init)");
+    assert!(
+        std::path::Path::new(&ko).exists(),
+        "{ko} is missing: the guest kernel package has no overlay module, so verify on overlayfs CANNOT be tested"
+    );
+    let loaded = std::process::Command::new("insmod").arg(&ko).output().unwrap();
+    assert!(loaded.status.success() || stderr(&loaded).contains("File exists"), "insmod {ko}: {}", stderr(&loaded));
+    let base = std::env::temp_dir().join(format!("ovl-{}", std::process::id()));
+    let dirs = ["lower", "upper", "work", "merged"].map(|d| base.join(d));
+    dirs.iter().for_each(|d| std::fs::create_dir_all(d).unwrap());
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        dirs[0].display(),
+        dirs[1].display(),
+        dirs[2].display()
+    );
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &options])
+        .arg(&dirs[3])
+        .output()
+        .unwrap();
+    assert!(mounted.status.success(), "mount overlay: {}", stderr(&mounted));
+    let merged = &dirs[3];
+
+    for scenario in ["file-offset", "file-pages"] {
+        let run = verify_workload_in(merged, &[], &["--scenario", scenario]);
+        assert_verified(&run, &format!("{scenario} on overlayfs"));
+    }
+    let run = verify_workload_in(merged, &[], &[]);
+    assert_verified(&run, "the default sequence on overlayfs");
+
+    let out_file = base.join("trace.jsonl");
+    let traced = cli()
+        .args(["trace", "--json", "-o"])
+        .arg(&out_file)
+        .arg("--")
+        .arg(workload_path())
+        .env("TMPDIR", merged)
+        .output()
+        .unwrap();
+    assert!(traced.status.success(), "{}", stderr(&traced));
+    let records = json_lines(&std::fs::read_to_string(&out_file).unwrap());
+    let (events, _) = split_summary(&records);
+    let calls = parse_calls(&stdout(&traced));
+    assert!(calls.iter().any(|c| c.file.is_some()), "the workload mapped no file on the overlay");
+    match_calls(&calls, events).unwrap();
+
+    let unmounted = std::process::Command::new("umount").arg(merged).output().unwrap();
+    assert!(unmounted.status.success(), "umount: {}", stderr(&unmounted));
 }

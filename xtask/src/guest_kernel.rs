@@ -50,6 +50,30 @@ impl GuestKernel {
     fn root(&self) -> PathBuf {
         self.dir.join("root")
     }
+
+    /// overlayfs as a loadable module of this kernel, uncompressed (the guest tests mount
+    /// an overlay to check `verify` on it), or None if the package has none.
+    pub fn overlay_module(&self) -> Result<Option<PathBuf>> {
+        let dir = self.root().join(format!("lib/modules/{}/kernel/fs/overlayfs", self.version));
+        let plain = dir.join("overlay.ko");
+        if plain.is_file() {
+            return Ok(Some(plain));
+        }
+        let packed = dir.join("overlay.ko.xz");
+        if !packed.is_file() {
+            return Ok(None);
+        }
+        let out = self.dir.join("overlay.ko");
+        if !out.is_file() {
+            let file = fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+            let status = cmd::status(Command::new("xz").arg("-dc").arg(&packed).stdout(file))?;
+            if !status.success() {
+                let _ = fs::remove_file(&out);
+                bail!("xz -dc {}: {status}", packed.display());
+            }
+        }
+        Ok(Some(out))
+    }
 }
 
 /// Returns the cached kernel, downloading and preparing it first if needed.

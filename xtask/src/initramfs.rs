@@ -18,6 +18,7 @@ pub const GUEST_BIN: &str = "/mmtrace/bin";
 pub const GUEST_CLI: &str = "/mmtrace/bin/mmap-trace";
 pub const GUEST_KO: &str = "/mmtrace/mmtrace_drv.ko";
 pub const GUEST_WORKLOAD: &str = "/mmtrace/bin/mmap-workload";
+pub const GUEST_OVERLAY_KO: &str = "/mmtrace/overlay.ko";
 const GUEST_COMMAND: &str = "/mmtrace/command.sh";
 
 pub struct Contents<'a> {
@@ -25,6 +26,8 @@ pub struct Contents<'a> {
     /// Installed as /mmtrace/bin/<name>.
     pub bins: Vec<(String, PathBuf)>,
     pub driver: Option<&'a Path>,
+    /// The guest kernel's overlayfs module, if it has one.
+    pub overlay: Option<&'a Path>,
     /// Shell script run as root by /init; its exit status is reported.
     pub command: String,
     /// Printed around the status and dmesg so the host can find them.
@@ -79,6 +82,9 @@ pub fn write(path: &Path, contents: &Contents) -> Result<()> {
         if let Some(ko) = contents.driver {
             cpio.file_from(GUEST_KO.trim_start_matches('/'), ko, 0o644)?;
         }
+        if let Some(ko) = contents.overlay {
+            cpio.file_from(GUEST_OVERLAY_KO.trim_start_matches('/'), ko, 0o644)?;
+        }
         cpio.finish()
     })();
     result.with_context(|| format!("writing initramfs {}", path.display()))
@@ -113,6 +119,7 @@ mount -t bpf bpf /sys/fs/bpf
 mount -t tmpfs tmpfs /tmp
 export PATH={GUEST_BIN}:/bin:/sbin HOME=/root
 export MMTRACE_GUEST=1 MMTRACE_CLI={GUEST_CLI} MMTRACE_KO={GUEST_KO} MMTRACE_WORKLOAD={GUEST_WORKLOAD}
+export MMTRACE_OVERLAY_KO={GUEST_OVERLAY_KO}
 cd /tmp
 echo
 echo "{start}"

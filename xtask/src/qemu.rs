@@ -127,12 +127,14 @@ pub fn run_in_guest(
         .collect();
     bins.extend(artifacts.guest_tests.iter().cloned());
     let initrd = kernel.dir.join("initramfs.cpio");
+    let overlay = kernel.overlay_module()?;
     initramfs::write(
         &initrd,
         &initramfs::Contents {
             cli: &artifacts.cli,
             bins,
             driver: artifacts.driver.as_deref(),
+            overlay: overlay.as_deref(),
             command,
             markers,
         },

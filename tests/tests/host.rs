@@ -314,6 +314,18 @@ fn voluntary_switches(pid: u32) -> u64 {
         .expect("voluntary_ctxt_switches in /proc/PID/status")
 }
 
+/// `verify --json --pid PID`, started and ready; the rest of its stderr comes from the handle.
+fn start_verify(pid: u32) -> (std::process::Child, std::thread::JoinHandle<String>) {
+    let mut verifier = cli()
+        .args(["verify", "--json", "--pid", &pid.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rest_of_stderr = wait_ready(&mut verifier);
+    (verifier, rest_of_stderr)
+}
+
 /// Attaching to a running process seeds the shadow from its maps.
 #[test]
 fn verify_attaches_to_a_running_process() {
@@ -322,13 +334,7 @@ fn verify_attaches_to_a_running_process() {
         .args(["--loop", "100000000"])
         .spawn()
         .unwrap();
-    let mut verifier = cli()
-        .args(["verify", "--json", "--pid", &busy.id().to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_ready(&mut verifier);
+    let (verifier, _) = start_verify(busy.id());
     // Each checkpoint stops the target once, a voluntary context switch it makes
     // nowhere else in its loop: wait for plenty of them rather than for a fixed time.
     let switches = || voluntary_switches(busy.id());
@@ -354,13 +360,7 @@ fn verify_attaches_to_a_running_process() {
 fn verify_with_nothing_checked_is_not_a_pass() {
     let _guard = shared();
     let mut idle = Command::new("sleep").arg("60").spawn().unwrap();
-    let mut verifier = cli()
-        .args(["verify", "--json", "--pid", &idle.id().to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rest_of_stderr = wait_ready(&mut verifier);
+    let (verifier, rest_of_stderr) = start_verify(idle.id());
     // SAFETY: signalling our own child.
     unsafe { libc::kill(verifier.id() as i32, libc::SIGINT) };
     let out = verifier.wait_with_output().unwrap();

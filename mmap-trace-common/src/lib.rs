@@ -159,6 +159,13 @@ pub struct FileId {
     pub name: [u8; FILE_NAME_LEN],
 }
 
+impl FileId {
+    /// False for the all-zero identity the probes write for anonymous memory.
+    pub const fn is_file(&self) -> bool {
+        self.ino != 0 || self.dev != 0
+    }
+}
+
 /// The fields of a `struct vm_area_struct` that mmap-trace reports.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

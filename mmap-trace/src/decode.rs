@@ -114,7 +114,7 @@ impl Event {
     /// anonymous or failed mmaps).
     pub fn mmap_file(&self) -> Option<&FileId> {
         match self {
-            Event::Mmap(e) if e.file.ino != 0 || e.file.dev != 0 => Some(&e.file),
+            Event::Mmap(e) if e.file.is_file() => Some(&e.file),
             _ => None,
         }
     }

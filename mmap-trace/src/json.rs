@@ -78,7 +78,7 @@ pub struct JsonFile {
 
 impl JsonFile {
     fn new(file: &FileId) -> Option<Self> {
-        (file.ino != 0 || file.dev != 0).then(|| Self {
+        file.is_file().then(|| Self {
             dev: format_dev(file.dev),
             ino: file.ino,
             name: c_str(&file.name).into_owned(),
@@ -247,7 +247,7 @@ fn syscall_body(e: &SyscallEvent, probe: Probe, file: Option<&FileId>, path: Opt
 /// The JSON line (without newline) of a syscall record appended to `out`: byte for byte
 /// what serializing [`record`] gives (the test below holds them together), without
 /// building a `Body` or going through serde's `flatten` buffering. `trace --json` writes
-/// one of these per traced call, so this is its hot path.
+/// one of these per traced call, so this is its hot path. `file`: [`Event::mmap_file`].
 pub fn write_syscall(
     out: &mut Vec<u8>,
     e: &SyscallEvent,
@@ -295,7 +295,7 @@ pub fn write_syscall(
             key_start(out, "fd");
             out.extend_from_slice(num.format(a[4] as i32).as_bytes());
             hex(out, "offset", a[5]);
-            if let Some(f) = file.filter(|f| f.ino != 0 || f.dev != 0) {
+            if let Some(f) = file {
                 key_start(out, "file");
                 out.extend_from_slice(br#"{"dev":""#);
                 out.extend_from_slice(format_dev(f.dev).as_bytes());
@@ -381,7 +381,7 @@ pub fn record(event: &Event, path: Option<String>) -> EventRecord<'_> {
     let probe = event.probe();
     let body = match event {
         Event::Syscall(e) => syscall_body(e, probe, None, path),
-        Event::Mmap(e) => syscall_body(&e.call, probe, Some(&e.file), path),
+        Event::Mmap(e) => syscall_body(&e.call, probe, event.mmap_file(), path),
         Event::MmapRegion(e) => Body::MmapRegion {
             addr: Hex(e.addr),
             len: Hex(e.len),

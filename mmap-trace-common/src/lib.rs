@@ -20,6 +20,8 @@ pub enum EventKind {
     Exec = 5,
     PageCache = 6,
     Mmap = 7,
+    Fork = 8,
+    MmChange = 9,
 }
 
 impl EventKind {
@@ -32,6 +34,8 @@ impl EventKind {
             5 => Some(Self::Exec),
             6 => Some(Self::PageCache),
             7 => Some(Self::Mmap),
+            8 => Some(Self::Fork),
+            9 => Some(Self::MmChange),
             _ => None,
         }
     }
@@ -54,9 +58,15 @@ pub enum Probe {
     /// `filemap/mm_filemap_add_to_page_cache`: a file page got its PFN (opt-in for
     /// `trace`; `verify` uses it to check present file pages against pagemap).
     PageCache = 9,
+    /// The catch-all: `mmap_lock/mmap_lock_acquire_returned` with the write lock taken on
+    /// a traced process's mm, by any syscall (reported at its exit), a fault (stack growth)
+    /// or another task (a kernel thread, a process acting on it).
+    MmLock = 10,
+    /// `sched/sched_process_fork` of a followed process (`--follow-forks`, verify).
+    Fork = 11,
 }
 
-pub const PROBE_COUNT: usize = 10;
+pub const PROBE_COUNT: usize = 12;
 
 impl Probe {
     pub const ALL: [Probe; PROBE_COUNT] = [
@@ -70,6 +80,8 @@ impl Probe {
         Probe::DriverMmap,
         Probe::Exec,
         Probe::PageCache,
+        Probe::MmLock,
+        Probe::Fork,
     ];
 
     /// The name users pass to `--probes` and see in summaries.
@@ -85,6 +97,8 @@ impl Probe {
             Probe::DriverMmap => "driver_mmap",
             Probe::Exec => "exec",
             Probe::PageCache => "page_cache",
+            Probe::MmLock => "mm_lock",
+            Probe::Fork => "fork",
         }
     }
 
@@ -216,6 +230,67 @@ pub struct DriverMmapEvent {
     pub ret: i64,
 }
 
+/// A followed process forked (or cloned a process, not a thread).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkEvent {
+    /// The parent (the task that called fork/clone/vfork).
+    pub header: EventHeader,
+    /// The child's tgid and tid (equal: a new process).
+    pub child_pid: u32,
+    pub child_tid: u32,
+    /// Non-zero when the child shares the parent's mm (`CLONE_VM` without a thread:
+    /// vfork, `posix_spawn`): its changes are the parent's until it execs.
+    pub shares_mm: u32,
+    pub _pad: u32,
+}
+
+/// What took the write lock of a traced process's mm.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmChangeCause {
+    /// A syscall of the process itself other than the five with probes of their own;
+    /// reported as it returns, with its number, arguments and result.
+    Syscall = 1,
+    /// A page fault of the process outside any syscall (stack or MAP_GROWSDOWN growth).
+    Fault = 2,
+    /// Another task: a kernel thread (khugepaged, kdamond), or a process acting on this
+    /// one's mm (fork's parent, process_madvise, ptrace pokes).
+    Kernel = 3,
+}
+
+impl MmChangeCause {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Syscall),
+            2 => Some(Self::Fault),
+            3 => Some(Self::Kernel),
+            _ => None,
+        }
+    }
+}
+
+/// The catch-all's record: a traced process's mm was write-locked (so its VMAs may have
+/// changed). `header.pid` is the process whose mm it is; `header.tid`/`comm` the task
+/// that took the lock.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MmChangeEvent {
+    pub header: EventHeader,
+    /// An [`MmChangeCause`].
+    pub cause: u32,
+    /// The tgid of the task that took the lock (another process's for `Kernel`).
+    pub locker_pid: u32,
+    /// The x86-64 syscall number for `Syscall`, -1 otherwise; an ia32 syscall's own
+    /// number when `compat` is set.
+    pub nr: i64,
+    pub args: [u64; 6],
+    pub ret: i64,
+    /// Non-zero: an ia32 syscall (`nr` is in the ia32 table).
+    pub compat: u32,
+    pub _pad: u32,
+}
+
 /// The traced process called execve: its address space is new.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -288,10 +363,25 @@ pub struct TargetFilter {
     /// Non-zero: only tasks whose comm equals `comm`.
     pub match_comm: u32,
     pub comm: [u8; TASK_COMM_LEN],
-    /// Non-zero (`verify`): stop the process with SIGSTOP after each reported syscall or
-    /// exec, so userspace can compare /proc/<pid>/maps while nothing moves.
+    /// Non-zero (`verify`): stop the reporting thread with SIGSTOP after each reported
+    /// syscall, exec or fault (verify holds the process with ptrace and swallows the
+    /// signal, so the target never sees it), so userspace can compare
+    /// /proc/<pid>/maps while nothing moves.
     pub stop_after_event: u32,
-    pub _pad: u32,
+    /// Non-zero: the children of `tgid` (and theirs) pass the filter too, from the fork
+    /// on (an in-kernel map of followed tgids).
+    pub follow_forks: u32,
+}
+
+/// `task_struct` fields the catch-all and fork programs read, from BTF at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub mm: u32,
+    pub pid: u32,
+    pub tgid: u32,
+    /// Non-zero once userspace filled the table.
+    pub valid: u32,
 }
 
 #[cfg(feature = "user")]
@@ -300,6 +390,7 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::TargetFilter {}
     unsafe impl aya::Pod for super::FilemapFormat {}
+    unsafe impl aya::Pod for super::TaskOffsets {}
 }
 
 /// Bytes the CLI expects for each record kind.
@@ -312,6 +403,8 @@ pub const fn record_size(kind: EventKind) -> usize {
         EventKind::Exec => core::mem::size_of::<ExecEvent>(),
         EventKind::PageCache => core::mem::size_of::<PageCacheEvent>(),
         EventKind::Mmap => core::mem::size_of::<MmapEvent>(),
+        EventKind::Fork => core::mem::size_of::<ForkEvent>(),
+        EventKind::MmChange => core::mem::size_of::<MmChangeEvent>(),
     }
 }
 
@@ -321,3 +414,5 @@ const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 40 + 8 + 48 + 8);
 const _: () = assert!(core::mem::size_of::<FileId>() == 16 + FILE_NAME_LEN);
 const _: () = assert!(core::mem::size_of::<MmapEvent>() == 104 + 16 + FILE_NAME_LEN);
 const _: () = assert!(core::mem::size_of::<VmaFields>() == 40 + 16 + FILE_NAME_LEN);
+const _: () = assert!(core::mem::size_of::<ForkEvent>() == 40 + 16);
+const _: () = assert!(core::mem::size_of::<MmChangeEvent>() == 40 + 16 + 48 + 16);

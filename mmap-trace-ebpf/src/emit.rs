@@ -7,7 +7,7 @@ use aya_ebpf::{
         generated::{bpf_get_current_comm, bpf_ktime_get_ns},
     },
     macros::map,
-    maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
+    maps::{HashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
 use mmap_trace_common::{EventHeader, EventKind, PROBE_COUNT, Probe, TASK_COMM_LEN, TargetFilter};
 
@@ -26,8 +26,15 @@ static FILTER: TargetFilter = TargetFilter {
     match_comm: 0,
     comm: [0; TASK_COMM_LEN],
     stop_after_event: 0,
-    _pad: 0,
+    follow_forks: 0,
 };
+
+/// The followed descendants of `FILTER.tgid` (tgid → 1), added by the fork program as
+/// each is created, so no event between a fork and userspace noticing it is missed.
+/// Entries stay until the session ends: a pid is reused only after the kernel's pid space
+/// wraps.
+#[map]
+pub static FOLLOWED: HashMap<u32, u32> = HashMap::with_max_entries(8192, 0);
 
 /// The current task, when the filter wants it.
 pub struct Task {
@@ -43,7 +50,14 @@ pub struct Task {
 pub fn tgid_passes(pid_tgid: u64) -> bool {
     // SAFETY: a read of our own global; volatile so the loader's value is seen.
     let tgid = unsafe { core::ptr::read_volatile(&FILTER.tgid) };
-    tgid == 0 || tgid == (pid_tgid >> 32) as u32
+    let current = (pid_tgid >> 32) as u32;
+    if tgid == 0 || tgid == current {
+        return true;
+    }
+    // SAFETY: as above. The lookup is paid only when following forks.
+    let follow = unsafe { core::ptr::read_volatile(&FILTER.follow_forks) } != 0;
+    // SAFETY: a plain lookup.
+    follow && unsafe { FOLLOWED.get(&current) }.is_some()
 }
 
 #[inline(always)]
@@ -83,17 +97,33 @@ fn words(comm: [u8; TASK_COMM_LEN]) -> [u64; 2] {
     unsafe { core::mem::transmute(comm) }
 }
 
+/// The current task whatever the filter says (the catch-all's record of another task
+/// locking a traced process's mm).
+#[inline(always)]
+pub fn any_task() -> Option<Task> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: two u64s are sixteen bytes.
+    let comm = unsafe { core::mem::transmute::<[u64; 2], [u8; TASK_COMM_LEN]>(current_comm()) };
+    Some(Task { pid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32, comm })
+}
+
 /// Reserves a record of type `T` for `probe`, counting the loss when the buffer is full.
 #[inline(always)]
 pub fn reserve<T: 'static>(probe: Probe) -> Option<RingBufEntry<T>> {
     let entry = EVENTS.reserve::<T>(0);
-    if entry.is_none()
-        && let Some(lost) = LOST.get_ptr_mut(probe as u32)
-    {
+    if entry.is_none() {
+        count_lost(probe);
+    }
+    entry
+}
+
+/// Counts an event of `probe` that could not be reported.
+#[inline(always)]
+pub fn count_lost(probe: Probe) {
+    if let Some(lost) = LOST.get_ptr_mut(probe as u32) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe { *lost += 1 };
     }
-    entry
 }
 
 /// The reader is woken once the buffer holds this many bytes (or at once under
@@ -142,12 +172,15 @@ pub fn header(kind: EventKind, probe: Probe, task: &Task) -> EventHeader {
     }
 }
 
-/// Under `verify`, stops the whole process once this syscall returns to user mode.
+/// Under `verify`, stops this thread once it returns to user mode (after the syscall or
+/// fault that is running now). Thread-directed: under ptrace the signal must reach this
+/// thread, which verify then holds in signal-delivery-stop and resumes without the
+/// signal; a process-directed SIGSTOP could be taken by another thread.
 #[inline(always)]
 pub fn stop_if_verifying() {
     // SAFETY: a read of our own global; volatile so the loader's value is seen.
     if unsafe { core::ptr::read_volatile(&FILTER.stop_after_event) } != 0 {
         // SAFETY: helper without memory arguments; SIGSTOP is 19 on every Linux arch we build for.
-        unsafe { aya_ebpf::helpers::generated::bpf_send_signal(19) };
+        unsafe { aya_ebpf::helpers::generated::bpf_send_signal_thread(19) };
     }
 }

@@ -4,7 +4,7 @@
 use aya_ebpf::helpers::{
     bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_task,
 };
-use mmap_trace_common::{FileId, KernelOffsets, VmaFields};
+use mmap_trace_common::{FileId, KernelOffsets, TaskOffsets, VmaFields};
 
 #[unsafe(no_mangle)]
 static OFFSETS: KernelOffsets = KernelOffsets {
@@ -26,6 +26,17 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     valid: 0,
 };
 
+/// `task_struct.{mm,pid,tgid}`, for the fork and catch-all programs; set by the loader.
+#[unsafe(no_mangle)]
+static TASK_OFFSETS: TaskOffsets = TaskOffsets { mm: 0, pid: 0, tgid: 0, valid: 0 };
+
+#[inline(always)]
+pub fn task_offsets() -> Option<TaskOffsets> {
+    // SAFETY: a read of our own global; volatile so the loader's value is seen.
+    let offsets = unsafe { core::ptr::read_volatile(&TASK_OFFSETS) };
+    (offsets.valid != 0).then_some(offsets)
+}
+
 #[inline(always)]
 pub fn offsets() -> Option<KernelOffsets> {
     // SAFETY: a read of our own global; volatile so the loader's value is seen.
@@ -35,7 +46,7 @@ pub fn offsets() -> Option<KernelOffsets> {
 
 /// Reads a `T` at `base + offset` in kernel memory; zero when unreadable.
 #[inline(always)]
-fn read<T: Default>(base: u64, offset: u32) -> T {
+pub fn read<T: Default>(base: u64, offset: u32) -> T {
     if base == 0 {
         return T::default();
     }

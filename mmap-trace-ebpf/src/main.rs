@@ -6,7 +6,9 @@
 mod driver_mmap;
 mod emit;
 mod exec;
+mod fork;
 mod kernel;
+mod mm_lock;
 mod mmap_region;
 mod page_cache;
 mod remap_pfn_range;

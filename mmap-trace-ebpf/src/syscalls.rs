@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use mmap_trace_common::{EventKind, MmapEvent, Probe, SyscallEvent};
 
-use crate::{emit, kernel};
+use crate::{emit, kernel, mm_lock};
 
 /// `MAP_ANONYMOUS`: the fd argument is ignored.
 const MAP_ANONYMOUS: u64 = 0x20;
@@ -54,7 +54,7 @@ const TS_COMPAT: u32 = 0x0002;
 /// The kernel's `in_ia32_syscall()`: true for the syscalls of 32-bit code (and `int
 /// $0x80` from 64-bit code), whose numbers name other calls (9 is `link` there).
 #[inline(always)]
-fn in_compat_syscall() -> bool {
+pub fn in_compat_syscall() -> bool {
     // SAFETY: a read of our own global; volatile so the loader's value is seen.
     let offset = unsafe { core::ptr::read_volatile(&TI_STATUS_OFFSET) };
     // SAFETY: helper without preconditions.
@@ -66,7 +66,7 @@ fn in_compat_syscall() -> bool {
 
 /// The probe for an x86-64 syscall number, if the user asked for it.
 #[inline(always)]
-fn traced(nr: u64) -> Option<Probe> {
+pub fn traced(nr: u64) -> Option<Probe> {
     let probe = match nr {
         9 => Probe::Mmap,
         10 => Probe::Mprotect,
@@ -116,7 +116,8 @@ struct SyscallRegs {
 /// `sys_exit(struct pt_regs *regs, long ret)`.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
-    if !emit::tgid_passes(bpf_get_current_pid_tgid()) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !emit::tgid_passes(pid_tgid) {
         return 0;
     }
     let regs: *const pt_regs = ctx.arg(0);
@@ -127,11 +128,16 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     }) else {
         return 0;
     };
+    let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
     let Some(probe) = traced(regs.orig_ax) else {
+        // Any other call that write-locked the mm (the catch-all noted it).
+        mm_lock::syscall_returned(pid_tgid as u32, regs.orig_ax, args, ctx.arg::<i64>(1));
         return 0;
     };
     if in_compat_syscall() {
-        return 0; // an ia32 syscall: its numbers mean other calls
+        // An ia32 syscall: its numbers mean other calls.
+        mm_lock::syscall_returned(pid_tgid as u32, regs.orig_ax, args, ctx.arg::<i64>(1));
+        return 0;
     }
     let Some(task) = emit::current_task() else {
         return 0;
@@ -150,7 +156,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         header: emit::header(EventKind::Syscall, probe, &task),
         enter_ts_ns,
         // The x86-64 syscall convention: r10 stands in for rcx.
-        args: [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9],
+        args,
         ret: ctx.arg::<i64>(1),
     };
     if probe == Probe::Mmap {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Btf, Type};
-use mmap_trace_common::KernelOffsets;
+use mmap_trace_common::{KernelOffsets, TaskOffsets};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -58,6 +58,41 @@ impl KernelBtf {
             fdt_fd: self.offset("fdtable", &["fd"])?,
             valid: 1,
         })
+    }
+
+    /// What the fork and catch-all programs read from `task_struct`.
+    pub fn task_offsets(&self) -> Result<TaskOffsets> {
+        Ok(TaskOffsets {
+            mm: self.offset("task_struct", &["mm"])?,
+            pid: self.offset("task_struct", &["pid"])?,
+            tgid: self.offset("task_struct", &["tgid"])?,
+            valid: 1,
+        })
+    }
+
+    /// Index of the `write` argument of the `mmap_lock_acquire_returned` tracepoint:
+    /// `(mm, memcg_path, write, success)` on 6.1–6.12, `(mm, write, success)` since.
+    /// Read from the `btf_trace_*` typedef (a pointer to a prototype whose first
+    /// parameter is the tracepoint's private data).
+    pub fn mmap_lock_write_arg(&self) -> Result<u32> {
+        const TYPEDEF: &str = "btf_trace_mmap_lock_acquire_returned";
+        let missing = || anyhow!("BTF in {}: no {TYPEDEF} (a kernel without mmap_lock tracepoints, before 5.10)", self.path.display());
+        let ty = self.btf.resolve_types_by_name(TYPEDEF).map_err(|_| missing())?;
+        let Some(Type::Typedef(t)) = ty.into_iter().find(|t| matches!(t, Type::Typedef(_))) else {
+            return Err(missing());
+        };
+        let proto = match strip(&self.btf, self.btf.resolve_chained_type(&t)?)? {
+            Type::Ptr(p) => self.btf.resolve_chained_type(&p)?,
+            other => other,
+        };
+        let Type::FuncProto(proto) = proto else {
+            bail!("{TYPEDEF} is not a function prototype");
+        };
+        match proto.parameters.len() {
+            5 => Ok(2),
+            4 => Ok(1),
+            n => bail!("{TYPEDEF} has {n} parameters; mmap-trace knows the 6.1 (mm, memcg_path, write, success) and 6.13+ (mm, write, success) forms"),
+        }
     }
 
     /// `offsetof(task_struct, thread_info.status)`: the syscall probe tests x86's
@@ -140,6 +175,10 @@ mod tests {
         // thread_info is the first member of x86's task_struct; status follows two longs
         // (flags, syscall_work) on every kernel with syscall_work (5.11+).
         assert_eq!(btf.thread_info_status().unwrap(), 16);
+        let t = btf.task_offsets().unwrap();
+        assert!(t.mm != 0 && t.pid != 0 && t.tgid == t.pid + 4, "{t:?}");
+        // 6.18 dropped memcg_path: (mm, write, success).
+        assert_eq!(btf.mmap_lock_write_arg().unwrap(), 1);
     }
 
     #[test]

@@ -160,6 +160,11 @@ struct TraceArgs {
     duration: Option<Duration>,
     #[command(flatten)]
     probes: ProbeArgs,
+    /// Follow the children of --pid or -- CMD (and theirs), as strace -f does: each fork
+    /// adds the child in the kernel, so nothing between the fork and its first call is
+    /// missed; the trace ends when the target and every followed child have exited.
+    #[arg(long, short = 'f')]
+    follow_forks: bool,
 }
 
 #[derive(Args)]
@@ -170,6 +175,11 @@ struct VerifyArgs {
     output: OutputArgs,
     #[command(flatten)]
     probes: ProbeArgs,
+    /// Check only the target process, not the children it forks (followed by default:
+    /// each child's shadow starts as its parent's at the fork, and every process is
+    /// checked and summarized on its own).
+    #[arg(long)]
+    no_follow_forks: bool,
     /// Self-test: doctor an input so that the checks must fail.
     #[arg(long, hide = true, value_enum)]
     plant: Option<crate::verify::Plant>,
@@ -217,11 +227,13 @@ impl Cli {
                     Some(pid) => Target::Pid(pid),
                     None => Target::Command(args.target.command),
                 };
+                let mut load = args.probes.into_load_options();
+                load.filter.follow_forks = u32::from(!args.no_follow_forks);
                 let config = VerifyConfig {
                     target,
                     format: args.output.format(),
                     output: args.output.output,
-                    load: args.probes.into_load_options(),
+                    load,
                     plant: args.plant,
                 };
                 if verify::run(config)? { Outcome::Done } else { Outcome::Disagreed }
@@ -279,12 +291,14 @@ impl TraceArgs {
             (_, _, false) => Target::Command(t.command),
             _ => Target::All,
         };
+        let mut load = self.probes.into_load_options();
+        load.filter.follow_forks = u32::from(self.follow_forks);
         TraceConfig {
             target,
             format: self.output.format(),
             output: self.output.output,
             duration: self.duration,
-            load: self.probes.into_load_options(),
+            load,
         }
     }
 }

@@ -4,8 +4,9 @@
 use std::fmt;
 
 use mmap_trace_common::{
-    DriverMmapEvent, EventHeader, EventKind, ExecEvent, FileId, MmapEvent, MmapRegionEvent,
-    PageCacheEvent, Probe, RemapPfnEvent, SyscallEvent, record_size,
+    DriverMmapEvent, EventHeader, EventKind, ExecEvent, FileId, ForkEvent, MmChangeEvent,
+    MmapEvent, MmapRegionEvent, PageCacheEvent, Probe, RemapPfnEvent, SyscallEvent,
+    record_size,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -18,6 +19,9 @@ pub enum Event {
     DriverMmap(DriverMmapEvent),
     Exec(ExecEvent),
     PageCache(PageCacheEvent),
+    Fork(ForkEvent),
+    /// The catch-all: a traced process's mm was write-locked.
+    MmChange(MmChangeEvent),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -65,6 +69,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         Probe::RemapPfnRange => EventKind::RemapPfn,
         Probe::Exec => EventKind::Exec,
         Probe::PageCache => EventKind::PageCache,
+        Probe::Fork => EventKind::Fork,
+        Probe::MmLock => EventKind::MmChange,
         _ => EventKind::DriverMmap,
     };
     if kind != expected_kind {
@@ -85,6 +91,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::DriverMmap => Event::DriverMmap(read(bytes)?),
         EventKind::Exec => Event::Exec(read(bytes)?),
         EventKind::PageCache => Event::PageCache(read(bytes)?),
+        EventKind::Fork => Event::Fork(read(bytes)?),
+        EventKind::MmChange => Event::MmChange(read(bytes)?),
     })
 }
 
@@ -98,6 +106,8 @@ impl Event {
             Event::DriverMmap(e) => &e.header,
             Event::Exec(e) => &e.header,
             Event::PageCache(e) => &e.header,
+            Event::Fork(e) => &e.header,
+            Event::MmChange(e) => &e.header,
         }
     }
 

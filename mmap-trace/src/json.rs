@@ -1,7 +1,7 @@
 //! The JSON Lines schema (documented in the README). 64-bit quantities that can exceed
 //! 2^53 (addresses, lengths, offsets, PFNs, flag words) are `"0x…"` strings.
 
-use mmap_trace_common::{FileId, Probe, SyscallEvent, VmaFields};
+use mmap_trace_common::{FileId, MmChangeCause, Probe, SyscallEvent, VmaFields};
 use serde::{Serialize, Serializer};
 
 use crate::{
@@ -199,6 +199,26 @@ pub enum Body {
         after: JsonVma,
         #[serde(flatten)]
         outcome: Outcome,
+    },
+    /// A followed process made a child process.
+    Fork {
+        child_pid: u32,
+        /// The child shares the parent's address space until it execs (vfork, CLONE_VM).
+        shares_mm: bool,
+    },
+    /// The catch-all: the process's mm was write-locked by `cause`.
+    MmLock {
+        /// `syscall`, `fault` or `kernel` (another task).
+        cause: &'static str,
+        /// The syscall's name (`cause` syscall).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        syscall: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        args: Option<[Hex; 6]>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ret: Option<i64>,
+        /// The process of the task that took the lock (`kernel`: another one).
+        locker_pid: u32,
     },
 }
 
@@ -404,6 +424,17 @@ pub fn record(event: &Event, path: Option<String>) -> EventRecord<'_> {
             outcome: Outcome::status(e.ret),
         },
         Event::Exec(_) => Body::Exec {},
+        Event::Fork(e) => Body::Fork { child_pid: e.child_pid, shares_mm: e.shares_mm != 0 },
+        Event::MmChange(e) => {
+            let syscall = e.cause == MmChangeCause::Syscall as u32;
+            Body::MmLock {
+                cause: crate::syscall_names::cause_name(e.cause),
+                syscall: syscall.then(|| crate::syscall_names::name(e.nr, e.compat != 0)),
+                args: syscall.then(|| e.args.map(Hex)),
+                ret: syscall.then_some(e.ret),
+                locker_pid: e.locker_pid,
+            }
+        }
         Event::PageCache(e) => Body::PageCache {
             dev: format_dev(e.dev),
             ino: e.ino,

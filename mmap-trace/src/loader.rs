@@ -7,9 +7,9 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{KProbe, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, KProbe, RawTracePoint, TracePoint},
 };
-use mmap_trace_common::{FilemapFormat, KernelOffsets, PROBE_COUNT, Probe, TargetFilter};
+use mmap_trace_common::{FilemapFormat, KernelOffsets, PROBE_COUNT, Probe, TargetFilter, TaskOffsets};
 
 use crate::{btf, tracefs};
 
@@ -49,7 +49,10 @@ pub struct Tracer {
 
 impl Tracer {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
-        let wanted: Vec<Probe> = opts.requested.clone().unwrap_or_else(default_probes);
+        let mut wanted: Vec<Probe> = opts.requested.clone().unwrap_or_else(default_probes);
+        if opts.filter.follow_forks != 0 && !wanted.contains(&Probe::Fork) {
+            wanted.push(Probe::Fork);
+        }
         let explicit = opts.requested.is_some() && !opts.implicit;
         let mut skipped = Vec::new();
         let mut chosen = Vec::new();
@@ -61,7 +64,9 @@ impl Tracer {
             Vec::new()
         };
         for probe in wanted {
-            let unavailable = if !probe.is_kprobe() {
+            let unavailable = if probe == Probe::MmLock && !Path::new(&opts.btf).exists() {
+                Some(format!("the catch-all is a BTF tracepoint and {} is missing", opts.btf.display()))
+            } else if !probe.is_kprobe() {
                 None
             } else if !kprobes_available {
                 Some(format!(
@@ -89,10 +94,14 @@ impl Tracer {
         tracefs::ensure_mounted()?;
         let kprobes = chosen.iter().any(|p| p.is_kprobe());
         let syscalls = chosen.iter().any(|p| p.is_syscall());
-        // The kernel probes cannot do without BTF; the syscall probe only wants one offset.
-        let kernel_btf = match (kprobes || syscalls).then(|| btf::KernelBtf::open(&opts.btf)) {
+        let catch_all = chosen.contains(&Probe::MmLock);
+        let fork = chosen.contains(&Probe::Fork);
+        // The kernel probes, the catch-all and fork following cannot do without BTF; the
+        // syscall probe only wants one offset.
+        let needs_btf = kprobes || catch_all || fork;
+        let kernel_btf = match (needs_btf || syscalls).then(|| btf::KernelBtf::open(&opts.btf)) {
             Some(Ok(btf)) => Some(btf),
-            Some(Err(e)) if kprobes => return Err(e),
+            Some(Err(e)) if needs_btf => return Err(e),
             Some(Err(e)) => {
                 let no_file = if chosen.contains(&Probe::Mmap) {
                     ", and mmap events carry no file identity"
@@ -121,6 +130,13 @@ impl Tracer {
             Some(btf) if syscalls => btf.thread_info_status()?,
             _ => TI_STATUS_FALLBACK,
         };
+        let (task_offsets, write_arg) = match &kernel_btf {
+            Some(btf) if catch_all || fork => (
+                btf.task_offsets()?,
+                if catch_all { btf.mmap_lock_write_arg()? } else { 2 },
+            ),
+            _ => (TaskOffsets::default(), 2),
+        };
         let syscall_probes: u32 =
             chosen.iter().filter(|p| p.is_syscall()).map(|p| 1 << *p as u32).sum();
         // verify orders overlapping calls of threads by their entry times.
@@ -138,6 +154,8 @@ impl Tracer {
             .override_global("SYSCALL_PROBES", &syscall_probes, true)
             .override_global("TI_STATUS_OFFSET", &ti_status, true)
             .override_global("ENTRY_TIMES", &entry_times, true)
+            .override_global("TASK_OFFSETS", &task_offsets, true)
+            .override_global("CATCH_ALL", &u32::from(catch_all), true)
             .override_global("WAKEUP_BYTES", &(u64::from(opts.ring_buffer_bytes) / 8), true)
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)
@@ -149,12 +167,13 @@ impl Tracer {
                 None
             }
         };
-        if syscall_probes != 0 {
-            attach_syscall_probes(&mut ebpf, entry_times != 0)
+        // The catch-all reports other syscalls from sys_exit.
+        if syscall_probes != 0 || catch_all {
+            attach_syscall_probes(&mut ebpf, entry_times != 0 && syscall_probes != 0)
                 .context("attaching the syscall probes (raw tracepoints sys_enter/sys_exit)")?;
         }
         for probe in chosen.iter().filter(|p| !p.is_syscall()) {
-            attach(&mut ebpf, *probe, &driver_hooks)
+            attach(&mut ebpf, *probe, &driver_hooks, write_arg)
                 .with_context(|| format!("attaching the {} probe", probe.name()))?;
         }
         Ok(Self { ebpf, logger, attached: chosen, skipped })
@@ -196,10 +215,25 @@ fn attach_syscall_probes(ebpf: &mut Ebpf, entry_times: bool) -> Result<()> {
     Ok(())
 }
 
-fn attach(ebpf: &mut Ebpf, probe: Probe, driver_hooks: &[String]) -> Result<()> {
+/// `write_arg`: where `mmap_lock_acquire_returned` has its `write` argument (picks the
+/// catch-all program built for that prototype).
+fn attach(ebpf: &mut Ebpf, probe: Probe, driver_hooks: &[String], write_arg: u32) -> Result<()> {
     match probe {
         Probe::Exec => attach_tracepoint(ebpf, "sched", "sched_process_exec")?,
         Probe::PageCache => attach_tracepoint(ebpf, "filemap", "mm_filemap_add_to_page_cache")?,
+        Probe::Fork => {
+            let program: &mut RawTracePoint = program(ebpf, "sched_process_fork")?.try_into()?;
+            program.load()?;
+            program.attach("sched_process_fork")?;
+        }
+        Probe::MmLock => {
+            const POINT: &str = "mmap_lock_acquire_returned";
+            let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF for the tp_btf catch-all")?;
+            let name = if write_arg == 1 { POINT } else { "mmap_lock_acquire_returned_memcg" };
+            let program: &mut BtfTracePoint = program(ebpf, name)?.try_into()?;
+            program.load(POINT, &btf)?;
+            program.attach()?;
+        }
         Probe::MmapRegion => attach_kprobe(ebpf, "mmap_region", &["mmap_region"])?,
         Probe::RemapPfnRange => attach_kprobe(ebpf, "remap_pfn_range", &["remap_pfn_range"])?,
         Probe::DriverMmap => attach_kprobe(ebpf, "driver_mmap", driver_hooks)?,
@@ -208,9 +242,10 @@ fn attach(ebpf: &mut Ebpf, probe: Probe, driver_hooks: &[String]) -> Result<()> 
     Ok(())
 }
 
-/// Every probe but page_cache, which is noisy (every file page read) and opt-in.
+/// Every probe but page_cache, which is noisy (every file page read) and opt-in, and
+/// fork, which `--follow-forks` adds.
 pub fn default_probes() -> Vec<Probe> {
-    Probe::ALL.iter().copied().filter(|p| *p != Probe::PageCache).collect()
+    Probe::ALL.iter().copied().filter(|p| !matches!(p, Probe::PageCache | Probe::Fork)).collect()
 }
 
 /// Attaches the tracepoint program named like the tracepoint.

@@ -19,10 +19,29 @@ pub enum Format {
 /// What `verify` counted.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct VerifyStats {
+    /// Processes checked (the summary's total; absent from a process's own record).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub processes: u64,
     pub checkpoints: u64,
     pub mismatches: u64,
+    /// Checkpoints where a change the shadow does not model (named by the catch-all) was
+    /// adopted from the kernel's view.
+    pub unmodelled: u64,
     /// Present file pages whose PFN was compared with pagemap.
     pub pfn_checks: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl VerifyStats {
+    pub fn add(&mut self, other: &VerifyStats) {
+        self.checkpoints += other.checkpoints;
+        self.mismatches += other.mismatches;
+        self.unmodelled += other.unmodelled;
+        self.pfn_checks += other.pfn_checks;
+    }
 }
 
 /// What a finished trace reports.

@@ -8,6 +8,7 @@ use aya::maps::{MapData, RingBuf};
 use mmap_trace_common::{Probe, TASK_COMM_LEN, TargetFilter};
 
 use crate::{
+    hold::Holder,
     loader::{LoadOptions, Tracer},
     spawn,
 };
@@ -62,15 +63,26 @@ pub struct Session {
 
 impl Session {
     /// Attaches to `target`; `command` names the CLI subcommand for error messages.
-    pub fn start(command: &str, target: &Target, mut load: LoadOptions) -> Result<Self> {
+    /// `hold` (verify): the target is seized with ptrace before any probe can stop it.
+    pub fn start(command: &str, target: &Target, mut load: LoadOptions, hold: Option<&mut Holder>) -> Result<Self> {
         crate::require_root(command)?;
         // Fork before anything starts a thread (see spawn.rs).
         let held = match target {
             Target::Command(argv) => Some(spawn::spawn_held(argv)?),
             _ => None,
         };
+        if let Some(holder) = hold {
+            match (target, &held) {
+                (Target::Pid(pid), _) => holder.seize(*pid)?,
+                (_, Some(child)) => holder.seize(child.pid)?,
+                _ => {}
+            }
+        }
         let mut pidfd = None;
-        let stop = load.filter.stop_after_event;
+        let (stop, follow) = (load.filter.stop_after_event, load.filter.follow_forks);
+        if follow != 0 && matches!(target, Target::All | Target::Comm(_)) {
+            bail!("--follow-forks follows the children of --pid or -- CMD; --comm and the whole-system trace see every matching process already");
+        }
         load.filter = match target {
             Target::All => TargetFilter::default(),
             Target::Pid(pid) => {
@@ -85,6 +97,7 @@ impl Session {
             },
         };
         load.filter.stop_after_event = stop;
+        load.filter.follow_forks = follow;
         let mut tracer = Tracer::load(&load)?;
         report_skipped(&tracer.skipped);
         let ring = tracer.take_events()?;

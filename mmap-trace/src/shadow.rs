@@ -55,6 +55,11 @@ impl ShadowSpace {
         &self.regions
     }
 
+    /// The child's address space at fork.
+    pub fn fork_child(&self) -> Self {
+        self.clone()
+    }
+
     /// Splits the region containing `addr` (strictly inside) in two.
     fn split_at(&mut self, addr: u64) {
         let Some(i) = self.regions.iter().position(|r| r.start < addr && addr < r.end) else {

@@ -48,6 +48,9 @@ pub fn spawn_held(argv: &[String]) -> Result<HeldChild> {
     let (err_read, err_write) = pipe()?;
     use std::os::fd::AsRawFd as _;
     let (go_fd, err_fd) = (go_read.as_raw_fd(), err_write.as_raw_fd());
+    // The child's own copies of the ends it does not use: it must see EOF on `go` when
+    // the tracer goes away (or drops it on a set-up error), not wait for itself.
+    let (go_write_fd, err_read_fd) = (go_write.as_raw_fd(), err_read.as_raw_fd());
 
     // SAFETY: the child only calls read, execvp, write and _exit.
     let pid = unsafe { libc::fork() };
@@ -57,6 +60,8 @@ pub fn spawn_held(argv: &[String]) -> Result<HeldChild> {
     if pid == 0 {
         // SAFETY: async-signal-safe calls on descriptors and buffers set up before fork.
         unsafe {
+            libc::close(go_write_fd);
+            libc::close(err_read_fd);
             let mut byte = 0u8;
             if libc::read(go_fd, (&raw mut byte).cast(), 1) != 1 {
                 libc::_exit(127); // the tracer went away before releasing us

@@ -22,13 +22,43 @@ pub struct TraceConfig {
     pub load: LoadOptions,
 }
 
+/// The processes `--follow-forks` added (from the fork probe's records): the trace goes
+/// on until the last of them has exited too.
+#[derive(Default)]
+struct Followed {
+    pids: Vec<u32>,
+}
+
+impl Followed {
+    fn note(&mut self, event: &decode::Event) {
+        if let decode::Event::Fork(f) = event {
+            self.pids.push(f.child_pid);
+        }
+    }
+
+    /// Drops the exited ones; true when none is left.
+    fn all_exited(&mut self) -> bool {
+        // SAFETY: kill(2) with signal 0 only checks that the process exists.
+        self.pids.retain(|&pid| unsafe { libc::kill(pid as i32, 0) } == 0 && !is_zombie(pid));
+        self.pids.is_empty()
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .map_or(true, |s| s.state == 'Z' || s.state == 'X')
+}
+
 pub fn run(config: TraceConfig) -> Result<()> {
     let runtime = runtime()?;
     let signals = StopSignals::install(&runtime)?;
     // Before attaching: a bad path must not leave a command running untraced.
     let sink = crate::output::open(config.output.as_deref())?;
-    let session = Session::start("trace", &config.target, config.load)?;
+    let follow_forks = config.load.filter.follow_forks;
+    let session = Session::start("trace", &config.target, config.load, None)?;
     let mut out = Output::new(config.format, sink, session.start_ns);
+    let follow = follow_forks != 0;
     let Session { tracer, ring, pidfd, child, start_ns, .. } = session;
 
     let mut summary = runtime.block_on(event_loop(
@@ -39,6 +69,7 @@ pub fn run(config: TraceConfig) -> Result<()> {
         child,
         config.duration,
         &tracer,
+        follow,
     ))?;
     tracer.flush_logs();
     summary.attached = tracer.attached.clone();
@@ -64,7 +95,11 @@ async fn event_loop(
     child: Option<u32>,
     duration: Option<Duration>,
     tracer: &Tracer,
+    follow: bool,
 ) -> Result<Summary> {
+    let mut followed = Followed::default();
+    // With --follow-forks the target's exit is not the end while its children live.
+    let mut root_ended: Option<String> = None;
     // SAFETY (both): the AsyncFd owns the descriptor, so it stays open while registered.
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| e.into_parts().1)
@@ -107,24 +142,33 @@ async fn event_loop(
                 // Cleared before draining: a wake-up that arrives while we drain must
                 // bring us back (the probes wake us once per threshold crossing only).
                 guard.clear_ready();
-                if drain(guard.get_inner_mut(), out, &mut summary).is_err() {
+                if drain(guard.get_inner_mut(), out, &mut summary, &mut followed).is_err() {
                     break "output closed".to_string();
                 }
             }
             _ = drain_tick.tick() => {
-                if drain(ring.get_mut(), out, &mut summary).is_err() {
+                if drain(ring.get_mut(), out, &mut summary, &mut followed).is_err() {
                     break "output closed".to_string();
+                }
+                if let Some(ended) = &root_ended
+                    && followed.all_exited()
+                {
+                    break format!("{ended}; its followed children exited too");
                 }
             }
             _ = sigint.recv() => break "SIGINT".to_string(),
             _ = sigterm.recv() => break "SIGTERM".to_string(),
             () = &mut deadline => break "duration elapsed".to_string(),
-            res = &mut target_exit => {
+            res = &mut target_exit, if root_ended.is_none() => {
                 res?;
-                break match child {
+                let ended = match child {
                     Some(pid) => format!("command exited ({})", reap(pid)),
                     None => "target process exited".to_string(),
                 };
+                if !follow {
+                    break ended;
+                }
+                root_ended = Some(ended);
             }
             _ = lost_check.tick() => {
                 let lost: u64 = tracer.lost()?.iter().sum();
@@ -139,16 +183,17 @@ async fn event_loop(
         eprintln!("mmap-trace: note: the traced process exited; trace ended");
     }
     // Whatever the kernel submitted before we stopped is still in the buffer.
-    let _ = drain(ring.get_mut(), out, &mut summary);
+    let _ = drain(ring.get_mut(), out, &mut summary, &mut followed);
     summary.ended = ended;
     Ok(summary)
 }
 
-fn drain(ring: &mut RingBuf<MapData>, out: &mut Output, summary: &mut Summary) -> Result<()> {
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Output, summary: &mut Summary, followed: &mut Followed) -> Result<()> {
     crate::paths::new_batch();
     while let Some(item) = ring.next() {
         match decode::decode(&item) {
             Ok(event) => {
+                followed.note(&event);
                 let path = crate::paths::mapped_path(&event);
                 out.event(&event, path).or_else(ignore_closed_output)?;
             }

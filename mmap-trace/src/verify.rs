@@ -6,23 +6,28 @@
 //! until every thread is stopped, drains the ring buffer (each call that completed has
 //! submitted its event by then), applies the events, compares, and sends SIGCONT.
 
-use std::{collections::HashMap, os::unix::fs::MetadataExt as _, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+};
 
 use procfs::process::{MemoryPageFlags, PageInfo};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
-use mmap_trace_common::{Probe, SyscallEvent};
+use mmap_trace_common::{MmChangeCause, MmChangeEvent, Probe, SyscallEvent};
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
     decode::{self, Event},
+    hold::{Holder, Notice},
     json::{Hex, is_error},
     loader::LoadOptions,
     maps,
     output::{Format, Output, Summary, VerifyStats},
-    session::{Session, StopSignals, Target, monotonic_ns, reap, runtime},
+    session::{Session, StopSignals, Target, monotonic_ns, runtime},
     shadow::{Difference, FileIdentity, PAGE, ShadowSpace, compare},
     trace::ignore_closed_output,
 };
@@ -61,10 +66,59 @@ struct MismatchRecord<'a> {
     found: &'a str,
 }
 
-struct Verifier {
+/// A change the shadow does not model, caught by the catch-all and adopted from the
+/// kernel's view (never a mismatch).
+#[derive(Serialize)]
+struct UnmodelledRecord<'a> {
+    #[serde(rename = "type")]
+    record_type: &'static str,
     pid: u32,
-    shadow: Option<ShadowSpace>,
+    checkpoint: u64,
+    /// The syscall's name, `fault` (stack growth) or `kernel (COMM)` (another task).
+    cause: String,
+    /// What the kernel shows now where the shadow differed.
+    ranges: Vec<AdoptedRange<'a>>,
+}
+
+#[derive(Serialize)]
+struct AdoptedRange<'a> {
+    start: Hex,
+    end: Hex,
+    field: &'static str,
+    expected: &'a str,
+    found: &'a str,
+}
+
+/// One process's account, written before the summary.
+#[derive(Serialize)]
+struct ProcessRecord<'a> {
+    #[serde(rename = "type")]
+    record_type: &'static str,
+    pid: u32,
+    /// The process it was forked from (absent for the target).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent: Option<u32>,
+    #[serde(flatten)]
     stats: VerifyStats,
+    ended: &'a str,
+}
+
+/// One verified process.
+#[derive(Default)]
+struct Proc {
+    shadow: Option<ShadowSpace>,
+    /// A vfork (CLONE_VM) child: its changes are this process's address space until it
+    /// execs.
+    shares_with: Option<u32>,
+    parent: Option<u32>,
+    stats: VerifyStats,
+    /// Causes the shadow does not model, seen since the last checkpoint.
+    unmodelled: Vec<String>,
+    ended: Option<String>,
+}
+
+struct Verifier {
+    procs: BTreeMap<u32, Proc>,
     plant: Option<Plant>,
     /// (device, inode, page index) → PFN, from page_cache events.
     file_pfns: HashMap<((u32, u32), u64, u64), u64>,
@@ -77,6 +131,7 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     }
     let mut load = config.load;
     load.filter.stop_after_event = 1;
+    let follow = load.filter.follow_forks != 0;
     if load.requested.is_none() {
         let mut probes = crate::loader::default_probes();
         probes.push(Probe::PageCache);
@@ -88,45 +143,60 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     if matches!(config.target, Target::Command(_)) && !requested.contains(&Probe::Exec) {
         bail!("verify -- CMD needs the exec probe: the shadow starts from the command's maps at its exec; add exec to --probes");
     }
+    let catch_all = requested.contains(&Probe::MmLock);
     let runtime = runtime()?;
     let StopSignals { mut sigint, mut sigterm } = StopSignals::install(&runtime)?;
+    let mut sigchld = {
+        let _context = runtime.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).context("catching SIGCHLD")?
+    };
     // Before attaching: a bad path must not leave a command running untraced.
     let sink = crate::output::open(config.output.as_deref())?;
-    let session = Session::start("verify", &config.target, load)?;
+    let mut holder = Holder::new(follow);
+    let session = Session::start("verify", &config.target, load, Some(&mut holder))?;
     let mut out = Output::new(config.format, sink, session.start_ns);
-    let Session { tracer, ring, pidfd, child, pid, start_ns } = session;
+    let Session { tracer, ring, child, pid, start_ns, .. } = session;
     let pid = pid.context("verify needs one process")?;
-    let _continue = ContinueOnDrop(pid);
-    let mut verifier = Verifier {
-        pid,
-        shadow: None,
-        stats: VerifyStats::default(),
-        plant: config.plant,
-        file_pfns: HashMap::new(),
-    };
+    if catch_all && !tracer.attached.contains(&Probe::MmLock) {
+        eprintln!(
+            "mmap-trace: warning: the catch-all (mm_lock) is not attached: changes made by calls other than mmap, munmap, mprotect, mremap and brk, by faults or by other tasks are not seen"
+        );
+    }
+    let mut verifier = Verifier { procs: BTreeMap::new(), plant: config.plant, file_pfns: HashMap::new() };
+    verifier.procs.insert(pid, Proc::default());
     if child.is_none() {
         // A running process: seed from its maps while it holds still.
-        verifier.hold(|v| v.seed())?;
+        if holder.stop_process(pid, &[])? {
+            verifier.seed(pid)?;
+        }
+        holder.resume_process(pid);
     }
     let ended = runtime.block_on(async {
         let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
-        let exited = unsafe { AsyncFd::register(pidfd.context("no pidfd")?) }.map_err(|e| e.into_parts().1)?;
         let ended = loop {
             tokio::select! {
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
-                    verifier.checkpoint(guard.get_inner_mut(), &mut out)?;
                     guard.clear_ready();
                 }
-                res = exited.readable() => {
-                    let _ = res?;
-                    break match child {
-                        Some(c) => format!("command exited ({})", reap(c)),
-                        None => "target process exited".to_string(),
-                    };
-                }
+                _ = sigchld.recv() => {}
                 _ = sigint.recv() => break "SIGINT".to_string(),
                 _ = sigterm.recv() => break "SIGTERM".to_string(),
+            }
+            for notice in holder.poll()? {
+                verifier.notice(notice);
+            }
+            verifier.checkpoint(&mut holder, ring.get_mut(), &mut out)?;
+            // Exits seen while holding processes for the checkpoint.
+            for notice in holder.poll()? {
+                verifier.notice(notice);
+            }
+            if holder.is_empty() || (!follow && !holder.is_traced(pid)) {
+                let status = verifier.procs.get(&pid).and_then(|p| p.ended.clone()).unwrap_or_else(|| "status unknown".into());
+                break match child {
+                    Some(_) => format!("command exited ({status})"),
+                    None => "target process exited".to_string(),
+                };
             }
         };
         // Events of the last calls before exit: logged, not compared (nothing to compare with).
@@ -138,6 +208,22 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     })?;
     tracer.flush_logs();
 
+    let mut stats = VerifyStats::default();
+    for (&p, proc) in &verifier.procs {
+        stats.add(&proc.stats);
+        let ended = proc.ended.as_deref().unwrap_or("still running");
+        let record = ProcessRecord { record_type: "process", pid: p, parent: proc.parent, stats: proc.stats, ended };
+        out.record(&record).or_else(ignore_closed_output)?;
+        eprintln!(
+            "mmap-trace: verify: pid {p}{}: {} checkpoints, {} mismatches, {} unmodelled changes adopted, {} page PFNs checked ({ended})",
+            proc.parent.map(|pp| format!(" (child of {pp})")).unwrap_or_default(),
+            proc.stats.checkpoints,
+            proc.stats.mismatches,
+            proc.stats.unmodelled,
+            proc.stats.pfn_checks,
+        );
+    }
+    stats.processes = verifier.procs.len() as u64;
     let mut summary = Summary {
         attached: tracer.attached.clone(),
         duration_ns: monotonic_ns().saturating_sub(start_ns),
@@ -147,15 +233,16 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         ..Summary::default()
     };
     let lost: u64 = summary.lost.iter().sum();
-    let stats = verifier.stats;
     summary.verify = Some(stats);
     out.summary(&summary).and_then(|()| out.flush()).or_else(ignore_closed_output)?;
     // Nothing checked is not a pass: the user asked for proof and got none.
     let agreed = stats.mismatches == 0 && lost == 0 && stats.checkpoints > 0;
     eprintln!(
-        "mmap-trace: verify: {} checkpoints, {} mismatches, {} page PFNs checked, {lost} events lost: {}",
+        "mmap-trace: verify: {} processes, {} checkpoints, {} mismatches, {} unmodelled changes adopted, {} page PFNs checked, {lost} events lost: {}",
+        stats.processes,
         stats.checkpoints,
         stats.mismatches,
+        stats.unmodelled,
         stats.pfn_checks,
         if agreed { "PASS" } else { "FAIL" }
     );
@@ -166,16 +253,6 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         eprintln!("mmap-trace: nothing was checked: the target made no traced call while verify ran");
     }
     Ok(agreed)
-}
-
-/// Never leave the target stopped behind us, whatever path ends the run.
-struct ContinueOnDrop(u32);
-
-impl Drop for ContinueOnDrop {
-    fn drop(&mut self) {
-        // SAFETY: plain kill(2).
-        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
-    }
 }
 
 fn drain(ring: &mut RingBuf<MapData>) -> Result<Vec<Event>> {
@@ -189,26 +266,112 @@ fn drain(ring: &mut RingBuf<MapData>) -> Result<Vec<Event>> {
     Ok(events)
 }
 
+/// Whether the probe that wrote `event` stopped its thread (verify waits for that stop
+/// rather than interrupting the thread).
+fn stops_thread(event: &Event) -> bool {
+    match event {
+        Event::Syscall(_) | Event::Mmap(_) | Event::Exec(_) => true,
+        Event::MmChange(c) => c.cause != MmChangeCause::Kernel as u32,
+        _ => false,
+    }
+}
+
 impl Verifier {
-    fn checkpoint(&mut self, ring: &mut RingBuf<MapData>, out: &mut Output) -> Result<()> {
+    fn notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::NewProcess { parent, child } => {
+                self.procs.entry(child).or_default().parent.get_or_insert(parent);
+            }
+            Notice::Exited { pid, status } => {
+                self.procs.entry(pid).or_default().ended = Some(status);
+            }
+        }
+    }
+
+    /// The process whose shadow `pid`'s changes go to (a vfork child's parent).
+    fn owner(&self, pid: u32) -> u32 {
+        let mut p = pid;
+        for _ in 0..64 {
+            match self.procs.get(&p).and_then(|x| x.shares_with) {
+                Some(up) => p = up,
+                None => break,
+            }
+        }
+        p
+    }
+
+    fn checkpoint(&mut self, holder: &mut Holder, ring: &mut RingBuf<MapData>, out: &mut Output) -> Result<()> {
         let mut events = drain(ring)?;
-        if events.is_empty() {
+        let waiting = holder.waiting();
+        if events.is_empty() && waiting.is_empty() {
             return Ok(());
         }
-        let alive = wait_stopped(self.pid)?;
+        let mut pids: BTreeSet<u32> = waiting.into_iter().collect();
+        let mut expect = Vec::new();
+        for e in &events {
+            pids.insert(e.header().pid);
+            if let Event::Fork(f) = e {
+                pids.insert(f.child_pid);
+            }
+            if stops_thread(e) {
+                expect.push(e.header().tid);
+            }
+        }
+        let mut alive = BTreeSet::new();
+        for &p in &pids {
+            if holder.is_traced(p) && holder.stop_process(p, &expect)? {
+                alive.insert(p);
+            }
+        }
         events.extend(drain(ring)?);
         for event in &events {
             out.event(event, None).or_else(ignore_closed_output)?;
         }
-        if alive {
-            self.apply_and_compare(&events, out)?;
-        } else {
-            for event in &events {
-                self.apply(event)?;
+        // Partitions by address space, in order of first appearance (a parent's fork
+        // comes before its child's first event).
+        let mut order: Vec<u32> = Vec::new();
+        let mut batches: HashMap<u32, Vec<Event>> = HashMap::new();
+        for event in &events {
+            // Shares are settled as events arrive: a vfork child belongs to its parent's
+            // space until its exec.
+            let owner = match event {
+                Event::Exec(_) => event.header().pid,
+                _ => self.owner(event.header().pid),
+            };
+            if !batches.contains_key(&owner) {
+                order.push(owner);
+            }
+            batches.entry(owner).or_default().push(*event);
+            if let Event::Fork(f) = event
+                && f.shares_mm != 0
+            {
+                self.procs.entry(f.child_pid).or_default().shares_with = Some(f.header.pid);
             }
         }
-        // SAFETY: plain kill(2).
-        unsafe { libc::kill(self.pid as i32, libc::SIGCONT) };
+        for p in alive.iter().map(|&p| self.owner(p)) {
+            if !order.contains(&p) {
+                order.push(p);
+            }
+        }
+        for owner in order {
+            let batch = batches.remove(&owner).unwrap_or_default();
+            // The live process to read the kernel's view from: the owner, or a vfork
+            // child that shares its mm.
+            let reader = std::iter::once(owner)
+                .chain(alive.iter().copied().filter(|&p| self.owner(p) == owner))
+                .find(|p| alive.contains(p));
+            match reader {
+                Some(reader) => self.apply_and_compare(owner, reader, &batch, out)?,
+                None => {
+                    for event in &batch {
+                        self.apply(event)?;
+                    }
+                }
+            }
+        }
+        for p in pids {
+            holder.resume_process(p);
+        }
         Ok(())
     }
 
@@ -218,75 +381,101 @@ impl Verifier {
     /// other order that keeps every thread's own order and real time (a call that exited
     /// before another entered stays first). A mismatch is reported only when no such
     /// order explains the kernel's view, and then as the exit order shows it.
-    fn apply_and_compare(&mut self, events: &[Event], out: &mut Output) -> Result<()> {
+    fn apply_and_compare(&mut self, owner: u32, reader: u32, events: &[Event], out: &mut Output) -> Result<()> {
         let units = units(events);
-        let base = self.shadow.clone();
+        let base = self.procs.get(&owner).and_then(|p| p.shadow.clone());
+        let base_unmodelled = self.procs.get(&owner).map(|p| p.unmodelled.len()).unwrap_or(0);
         let mut first_failure = None;
         for order in serial_orders(&units) {
-            self.shadow = base.clone();
+            if let Some(p) = self.procs.get_mut(&owner) {
+                p.shadow = base.clone();
+                p.unmodelled.truncate(base_unmodelled);
+            }
             for &u in &order {
                 for event in &units[u].events {
                     self.apply(event)?;
                 }
             }
-            if self.shadow.is_none() {
+            let proc = self.procs.entry(owner).or_default();
+            if proc.shadow.is_none() {
+                if proc.parent.is_some() && events.is_empty() {
+                    // A child whose fork record is missing: start from its maps.
+                    self.seed(owner)?;
+                }
                 return Ok(()); // before the command's exec: nothing to compare yet
             }
-            let (kernel, differences, pfn_checks) = self.differences()?;
+            let (kernel, differences, pfn_checks) = self.differences(owner, reader)?;
+            let proc = self.procs.entry(owner).or_default();
             if differences.is_empty() {
-                self.stats.checkpoints += 1;
-                self.stats.pfn_checks += pfn_checks;
+                proc.stats.checkpoints += 1;
+                proc.stats.pfn_checks += pfn_checks;
+                proc.unmodelled.clear();
                 return Ok(());
             }
             if first_failure.is_none() {
-                first_failure = Some((kernel, differences, pfn_checks, self.shadow.clone()));
+                first_failure = Some((kernel, differences, pfn_checks, proc.shadow.clone(), proc.unmodelled.clone()));
             }
         }
-        let Some((kernel, differences, pfn_checks, shadow)) = first_failure else {
+        let Some((kernel, differences, pfn_checks, shadow, unmodelled)) = first_failure else {
             return Ok(());
         };
-        self.shadow = shadow;
-        self.stats.checkpoints += 1;
-        self.stats.pfn_checks += pfn_checks;
-        let last = *events.last().expect("non-empty batch");
-        self.report_all(&differences, kernel, &last, out)
+        let proc = self.procs.entry(owner).or_default();
+        proc.shadow = shadow;
+        proc.stats.checkpoints += 1;
+        proc.stats.pfn_checks += pfn_checks;
+        proc.unmodelled = unmodelled;
+        let last = events.last().copied();
+        self.report_all(owner, reader, &differences, kernel, last.as_ref(), out)
     }
 
-    /// Runs `f` with the process stopped by us.
-    fn hold(&mut self, f: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
-        // SAFETY: plain kill(2).
-        unsafe { libc::kill(self.pid as i32, libc::SIGSTOP) };
-        let result = wait_stopped(self.pid).and_then(|_| f(self));
-        // SAFETY: plain kill(2).
-        unsafe { libc::kill(self.pid as i32, libc::SIGCONT) };
-        result
-    }
-
-    fn seed(&mut self) -> Result<()> {
-        let stat = procfs::process::Process::new(self.pid as i32)
+    fn seed(&mut self, pid: u32) -> Result<()> {
+        let stat = procfs::process::Process::new(pid as i32)
             .and_then(|p| p.stat())
-            .with_context(|| format!("reading /proc/{}/stat", self.pid))?;
-        self.shadow = Some(ShadowSpace::seed(maps::read(self.pid)?, stat.start_brk.unwrap_or(0)));
+            .with_context(|| format!("reading /proc/{pid}/stat"))?;
+        let shadow = ShadowSpace::seed(maps::read(pid)?, stat.start_brk.unwrap_or(0));
+        let proc = self.procs.entry(pid).or_default();
+        proc.shadow = Some(shadow);
+        proc.shares_with = None;
         Ok(())
     }
 
     fn apply(&mut self, event: &Event) -> Result<()> {
+        let pid = event.header().pid;
         if let Event::Exec(_) = event {
-            return self.seed();
+            return self.seed(pid);
         }
-        let pid = self.pid;
-        let Some(shadow) = self.shadow.as_mut() else {
+        let owner = self.owner(pid);
+        if let Event::Fork(f) = event {
+            // The child starts as the parent is at the fork (a vfork child shares it).
+            let inherited = self.procs.get(&owner).and_then(|p| p.shadow.as_ref()).map(ShadowSpace::fork_child);
+            let child = self.procs.entry(f.child_pid).or_default();
+            child.parent.get_or_insert(pid);
+            if f.shares_mm != 0 {
+                child.shares_with = Some(pid);
+            } else {
+                child.shadow = inherited;
+            }
+            return Ok(());
+        }
+        if let Event::PageCache(e) = event {
+            let dev = (e.dev >> 20, e.dev & 0xfffff);
+            let planted = u64::from(self.plant == Some(Plant::PfnOffByOne));
+            for i in 0..1u64 << e.order.min(20) {
+                self.file_pfns.insert((dev, e.ino, e.index + i), e.pfn + i + planted);
+            }
+            return Ok(());
+        }
+        let Some(proc) = self.procs.get_mut(&owner) else { return Ok(()) };
+        let Some(shadow) = proc.shadow.as_mut() else {
             return Ok(()); // before the command's exec: its pre-exec image is ours
         };
         match event {
             Event::Syscall(e) if !is_error(e.ret) => apply_syscall(shadow, e, pid),
             Event::Mmap(e) if !is_error(e.call.ret) => apply_syscall(shadow, &e.call, pid),
             Event::RemapPfn(e) => shadow.remap_pfn_range(e.vma.vm_start, e.vma.vm_flags, e.pfn),
-            Event::PageCache(e) => {
-                let dev = (e.dev >> 20, e.dev & 0xfffff);
-                let planted = u64::from(self.plant == Some(Plant::PfnOffByOne));
-                for i in 0..1u64 << e.order.min(20) {
-                    self.file_pfns.insert((dev, e.ino, e.index + i), e.pfn + i + planted);
+            Event::MmChange(c) => {
+                if let Some(cause) = apply_change(shadow, c, pid) {
+                    proc.unmodelled.push(cause);
                 }
             }
             _ => {}
@@ -294,42 +483,70 @@ impl Verifier {
         Ok(())
     }
 
-    /// The kernel's view now, how the shadow differs from it, and how many page PFNs
-    /// were compared.
-    fn differences(&mut self) -> Result<(Vec<maps::Region>, Vec<Difference>, u64)> {
-        let mut kernel = maps::read(self.pid)?;
-        let (mut differences, pfn_checks) = self.check_file_pfns(&kernel)?;
+    /// The kernel's view now (read from `reader`), how `owner`'s shadow differs from it,
+    /// and how many page PFNs were compared.
+    fn differences(&mut self, owner: u32, reader: u32) -> Result<(Vec<maps::Region>, Vec<Difference>, u64)> {
+        let mut kernel = maps::read(reader)?;
+        let (mut differences, pfn_checks) = self.check_file_pfns(reader, &kernel)?;
         if self.plant == Some(Plant::MapsPerms)
             && let Some(r) = kernel.iter_mut().find(|r| r.perms.starts_with("rw"))
         {
             r.perms.replace_range(1..2, "-");
         }
-        let shadow = self.shadow.as_ref().expect("checked by the caller");
+        let shadow = self.procs[&owner].shadow.as_ref().expect("checked by the caller");
         differences.extend(compare(shadow.regions(), &kernel));
         Ok((kernel, differences, pfn_checks))
     }
 
-    fn report_all(&mut self, differences: &[Difference], kernel: Vec<maps::Region>, last: &Event, out: &mut Output) -> Result<()> {
+    fn report_all(
+        &mut self,
+        owner: u32,
+        reader: u32,
+        differences: &[Difference],
+        kernel: Vec<maps::Region>,
+        last: Option<&Event>,
+        out: &mut Output,
+    ) -> Result<()> {
         if differences.is_empty() {
             return Ok(());
         }
-        self.stats.mismatches += differences.len() as u64;
-        for d in differences {
-            self.report(d, last, out)?;
+        let proc = self.procs.entry(owner).or_default();
+        let unmodelled = std::mem::take(&mut proc.unmodelled);
+        if unmodelled.is_empty() {
+            proc.stats.mismatches += differences.len() as u64;
+            for d in differences {
+                self.report(owner, d, last, out)?;
+            }
+        } else {
+            // A cause the shadow does not model explains the change: adopt it.
+            proc.stats.unmodelled += 1;
+            let mut causes = unmodelled;
+            causes.dedup();
+            let record = UnmodelledRecord {
+                record_type: "unmodelled",
+                pid: owner,
+                checkpoint: proc.stats.checkpoints,
+                cause: causes.join(", "),
+                ranges: differences
+                    .iter()
+                    .map(|d| AdoptedRange { start: Hex(d.start), end: Hex(d.end), field: d.field, expected: &d.expected, found: &d.found })
+                    .collect(),
+            };
+            out.record(&record).or_else(ignore_closed_output)?;
         }
         // Adopt the kernel's view so the next checkpoint reports only new differences.
-        let start_brk = procfs::process::Process::new(self.pid as i32)
+        let start_brk = procfs::process::Process::new(reader as i32)
             .and_then(|p| p.stat())
             .map(|s| s.start_brk.unwrap_or(0))
             .unwrap_or(0);
-        self.shadow = Some(ShadowSpace::seed(kernel, start_brk));
+        self.procs.entry(owner).or_default().shadow = Some(ShadowSpace::seed(kernel, start_brk));
         Ok(())
     }
 
     /// Present page-cache pages of the file mappings against the PFNs the page_cache
     /// events reported for the same (device, inode, index). Pages that are present but
     /// not file pages are private copies (copy-on-write) and are not compared.
-    fn check_file_pfns(&self, kernel: &[maps::Region]) -> Result<(Vec<Difference>, u64)> {
+    fn check_file_pfns(&self, pid: u32, kernel: &[maps::Region]) -> Result<(Vec<Difference>, u64)> {
         let mut out = Vec::new();
         let mut checked = 0;
         if self.file_pfns.is_empty() {
@@ -348,16 +565,16 @@ impl Verifier {
             let pagemap = match &mut pagemap {
                 Some(p) => p,
                 None => pagemap.insert(
-                    procfs::process::Process::new(self.pid as i32)
+                    procfs::process::Process::new(pid as i32)
                         .and_then(|p| p.pagemap())
-                        .with_context(|| format!("opening /proc/{}/pagemap", self.pid))?,
+                        .with_context(|| format!("opening /proc/{pid}/pagemap"))?,
                 ),
             };
             let first_page = (r.start / PAGE) as usize;
             for (k, expected) in known {
                 let info = pagemap
                     .get_info(first_page + k as usize)
-                    .with_context(|| format!("reading /proc/{}/pagemap", self.pid))?;
+                    .with_context(|| format!("reading /proc/{pid}/pagemap"))?;
                 let PageInfo::MemoryPage(flags) = info else { continue };
                 if !flags.contains(MemoryPageFlags::PRESENT) || !flags.contains(MemoryPageFlags::FILE) {
                     continue;
@@ -379,13 +596,13 @@ impl Verifier {
         Ok((out, checked))
     }
 
-    fn report(&self, d: &Difference, last: &Event, out: &mut Output) -> Result<()> {
+    fn report(&self, pid: u32, d: &Difference, last: Option<&Event>, out: &mut Output) -> Result<()> {
         let record = MismatchRecord {
             record_type: "mismatch",
-            pid: self.pid,
-            checkpoint: self.stats.checkpoints,
-            after_probe: last.probe().name(),
-            after_ts_ns: last.header().ts_ns,
+            pid,
+            checkpoint: self.procs.get(&pid).map_or(0, |p| p.stats.checkpoints),
+            after_probe: last.map_or("fork", |e| e.probe().name()),
+            after_ts_ns: last.map_or(0, |e| e.header().ts_ns),
             start: Hex(d.start),
             end: Hex(d.end),
             field: d.field,
@@ -394,8 +611,8 @@ impl Verifier {
         };
         let source = if d.field == "pfn" { "pagemap" } else { "maps" };
         eprintln!(
-            "mmap-trace: MISMATCH at checkpoint {} (after {} at {} ns): {:#x}-{:#x} {}: events imply {:?}, /proc/{}/{source} shows {:?}",
-            record.checkpoint, record.after_probe, record.after_ts_ns, d.start, d.end, d.field, d.expected, self.pid, d.found
+            "mmap-trace: MISMATCH at checkpoint {} of pid {pid} (after {} at {} ns): {:#x}-{:#x} {}: events imply {:?}, /proc/{pid}/{source} shows {:?}",
+            record.checkpoint, record.after_probe, record.after_ts_ns, d.start, d.end, d.field, d.expected, d.found
         );
         out.record(&record).or_else(ignore_closed_output)?;
         Ok(())
@@ -421,13 +638,13 @@ fn units(events: &[Event]) -> Vec<Unit> {
             waiting.iter().position(|(t, _)| *t == h.tid).map(|i| waiting.swap_remove(i).1).unwrap_or_default()
         };
         match event {
-            Event::Syscall(_) | Event::Mmap(_) => {
+            Event::Syscall(_) | Event::Mmap(_) | Event::MmChange(_) => {
                 let enter_ns = event.syscall().map_or(h.ts_ns, |s| s.enter_ts_ns);
                 let mut evs = taken();
                 evs.push(*event);
                 units.push(Unit { events: evs, tid: h.tid, enter_ns, exit_ns: h.ts_ns, pinned: false });
             }
-            Event::Exec(_) => {
+            Event::Exec(_) | Event::Fork(_) => {
                 let mut evs = taken();
                 evs.push(*event);
                 units.push(Unit { events: evs, tid: h.tid, enter_ns: h.ts_ns, exit_ns: h.ts_ns, pinned: true });
@@ -490,6 +707,23 @@ fn serial_orders(units: &[Unit]) -> Vec<Vec<usize>> {
     orders
 }
 
+/// A catch-all record: the cause, when the shadow does not model it (the caller adopts
+/// the kernel's view at the checkpoint and says so).
+fn apply_change(shadow: &mut ShadowSpace, c: &MmChangeEvent, pid: u32) -> Option<String> {
+    let _ = (shadow, pid);
+    Some(match MmChangeCause::from_u32(c.cause) {
+        Some(MmChangeCause::Syscall) => {
+            let name = crate::syscall_names::name(c.nr, c.compat != 0);
+            if is_error(c.ret) {
+                return None; // a failed call changed nothing
+            }
+            name
+        }
+        Some(MmChangeCause::Fault) => "fault".to_string(),
+        _ => format!("kernel ({} pid {})", decode::c_str(&c.header.comm), c.locker_pid),
+    })
+}
+
 fn apply_syscall(shadow: &mut ShadowSpace, e: &SyscallEvent, pid: u32) {
     let a = e.args;
     match mmap_trace_common::Probe::from_u32(e.header.probe) {
@@ -530,37 +764,6 @@ fn on_overlayfs(path: &str) -> bool {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     (unsafe { libc::statfs(cpath.as_ptr(), &mut st) } == 0) && st.f_type as i64 == OVERLAYFS_SUPER_MAGIC
 }
-
-/// Waits until every thread of `pid` is stopped; false if the process is gone.
-fn wait_stopped(pid: u32) -> Result<bool> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let Ok(process) = procfs::process::Process::new(pid as i32) else {
-            return Ok(false);
-        };
-        let Ok(tasks) = process.tasks() else { return Ok(false) };
-        let mut all_stopped = true;
-        let mut any = false;
-        for task in tasks.flatten() {
-            match task.stat().map(|s| s.state) {
-                Ok('T') | Ok('t') => any = true,
-                Ok('Z') | Ok('X') | Err(_) => {}
-                Ok(_) => all_stopped = false,
-            }
-        }
-        if !any && all_stopped {
-            return Ok(false); // only zombies left
-        }
-        if all_stopped {
-            return Ok(true);
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("process {pid} did not stop within 10 s after an event (is it being traced by another tool?)");
-        }
-        std::thread::sleep(Duration::from_micros(50));
-    }
-}
-
 
 #[cfg(test)]
 mod tests {

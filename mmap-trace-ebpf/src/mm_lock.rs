@@ -1,0 +1,145 @@
+//! The catch-all: `mmap_lock/mmap_lock_acquire_returned` with `write && success` on a
+//! traced process's mm. Whatever the cause, a change to what /proc/<pid>/maps prints
+//! happens under the mm's write lock, so this sees every one (research: VMA-CHANGES.md):
+//!
+//! - a syscall of the process other than the five with probes of their own (shmat,
+//!   madvise, mlock, pkey_mprotect, …): noted per thread here and reported by `sys_exit`
+//!   as the call returns, with its arguments and result;
+//! - a page fault outside a syscall (stack and MAP_GROWSDOWN growth): reported now; the
+//!   thread stops (under verify) as the fault returns to user mode;
+//! - another task on this mm (khugepaged, kdamond, a parent writing it): reported now,
+//!   keyed by the mm pointer (the task's own `current->mm` is another one).
+//!
+//! The lock is keyed by the mm pointer (argument 0), not `current->mm`, for that third
+//! case. Its `write` argument moved: 6.1–6.12 pass `(mm, memcg_path, write, success)`,
+//! later kernels `(mm, write, success)`; the loader reads which from BTF.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_task, bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
+    macros::{btf_tracepoint, map},
+    maps::LruHashMap,
+    programs::BtfTracePointContext,
+};
+use mmap_trace_common::{EventKind, MmChangeCause, MmChangeEvent, Probe};
+
+use crate::{emit, kernel, syscalls};
+
+/// Non-zero when this program is attached: `sys_exit` then reports the syscalls noted in
+/// `WROTE_MM`.
+#[unsafe(no_mangle)]
+pub static CATCH_ALL: u32 = 0;
+
+/// Threads inside a syscall that write-locked their mm: tid → whether it was an ia32
+/// call. LRU: a thread killed in the call never reaches its exit.
+#[map]
+pub static WROTE_MM: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// The mms of traced processes (mm pointer → tgid), learnt when their own tasks lock
+/// them, so a lock taken by another task can be attributed. LRU: a freed mm's entry ages
+/// out; a reused address can at worst cause one extra, empty checkpoint.
+#[map]
+static TARGET_MMS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(8192, 0);
+
+/// `offsetof(struct pt_regs, orig_ax)` on x86-64 (a user-space ABI: ptrace exposes it).
+const PT_REGS_ORIG_AX: u32 = 120;
+
+/// `(mm, write, success)`: kernels since the late-2024 change (6.13+, the 6.18 host).
+/// The verifier refuses a context read at a variable offset or past the prototype, so
+/// each prototype has its program and the loader loads the one BTF names.
+#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
+pub fn mmap_lock_acquire_returned(ctx: BtfTracePointContext) -> i32 {
+    write_locked(ctx.arg(0), ctx.arg(1), ctx.arg(2))
+}
+
+/// `(mm, memcg_path, write, success)`: 6.1–6.12.
+#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
+pub fn mmap_lock_acquire_returned_memcg(ctx: BtfTracePointContext) -> i32 {
+    write_locked(ctx.arg(0), ctx.arg(2), ctx.arg(3))
+}
+
+#[inline(always)]
+fn write_locked(mm: u64, write: u64, success: u64) -> i32 {
+    // bools: only the low byte is defined.
+    if write & 0xff == 0 || success & 0xff == 0 {
+        return 0;
+    }
+    let Some(o) = kernel::task_offsets() else {
+        return 0;
+    };
+    // SAFETY: helper without preconditions.
+    let current = unsafe { bpf_get_current_task() };
+    let own: u64 = kernel::read(current, o.mm);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if own == mm {
+        if !emit::tgid_passes(pid_tgid) {
+            return 0;
+        }
+        let tgid = (pid_tgid >> 32) as u32;
+        // SAFETY: a plain lookup.
+        if unsafe { TARGET_MMS.get(&mm) }.is_none() {
+            let _ = TARGET_MMS.insert(&mm, &tgid, 0);
+        }
+        // SAFETY: the BTF task pointer is what the helper wants.
+        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+        let nr: i64 = kernel::read(regs, PT_REGS_ORIG_AX);
+        if nr >= 0 {
+            let compat = syscalls::in_compat_syscall();
+            if !compat && syscalls::traced(nr as u64).is_some() {
+                return 0; // mmap, munmap…: their own event says what changed
+            }
+            let _ = WROTE_MM.insert(&(pid_tgid as u32), &u32::from(compat), 0);
+            return 0;
+        }
+        // Not in a syscall: a fault growing a stack. Stop once it returns to user mode.
+        let Some(task) = emit::current_task() else {
+            return 0;
+        };
+        emit::stop_if_verifying();
+        emit_change(emit::header(EventKind::MmChange, Probe::MmLock, &task), MmChangeCause::Fault, task.pid, -1, [0; 6], 0, 0);
+        return 0;
+    }
+    // Another task locked a traced process's mm.
+    // SAFETY: a plain lookup.
+    let Some(owner) = (unsafe { TARGET_MMS.get(&mm) }).copied() else {
+        return 0;
+    };
+    let Some(task) = emit::any_task() else {
+        return 0;
+    };
+    let mut header = emit::header(EventKind::MmChange, Probe::MmLock, &task);
+    header.pid = owner;
+    emit_change(header, MmChangeCause::Kernel, task.pid, -1, [0; 6], 0, 0);
+    0
+}
+
+/// A syscall noted in `WROTE_MM` returns: report it (called by `sys_exit` for calls
+/// without a probe of their own).
+#[inline(always)]
+pub fn syscall_returned(tid: u32, nr: u64, args: [u64; 6], ret: i64) {
+    // SAFETY: a read of our own global; volatile so the loader's value is seen.
+    if unsafe { core::ptr::read_volatile(&CATCH_ALL) } == 0 {
+        return;
+    }
+    // SAFETY: a plain lookup; the value is copied out before the removal.
+    let Some(compat) = (unsafe { WROTE_MM.get(&tid) }).copied() else {
+        return;
+    };
+    let _ = WROTE_MM.remove(&tid);
+    let Some(task) = emit::current_task() else {
+        return;
+    };
+    emit::stop_if_verifying();
+    emit_change(emit::header(EventKind::MmChange, Probe::MmLock, &task), MmChangeCause::Syscall, task.pid, nr as i64, args, ret, compat);
+}
+
+#[inline(always)]
+fn emit_change(header: mmap_trace_common::EventHeader, cause: MmChangeCause, locker_pid: u32, nr: i64, args: [u64; 6], ret: i64, compat: u32) {
+    let Some(mut entry) = emit::reserve::<MmChangeEvent>(Probe::MmLock) else {
+        return;
+    };
+    entry.write(MmChangeEvent { header, cause: cause as u32, locker_pid, nr, args, ret, compat, _pad: 0 });
+    entry.submit(0);
+}

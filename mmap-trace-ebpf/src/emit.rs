@@ -60,6 +60,13 @@ pub fn tgid_passes(pid_tgid: u64) -> bool {
     follow && unsafe { FOLLOWED.get(&current) }.is_some()
 }
 
+/// Whether the filter names one process (and maybe its followed children).
+#[inline(always)]
+pub fn one_process() -> bool {
+    // SAFETY: a read of our own global; volatile so the loader's value is seen.
+    unsafe { core::ptr::read_volatile(&FILTER.tgid) } != 0
+}
+
 #[inline(always)]
 pub fn current_task() -> Option<Task> {
     let pid_tgid = bpf_get_current_pid_tgid();

@@ -79,7 +79,7 @@ fn write_locked(mm: u64, write: u64, success: u64) -> i32 {
         }
         let tgid = (pid_tgid >> 32) as u32;
         // SAFETY: a plain lookup.
-        if unsafe { TARGET_MMS.get(&mm) }.is_none() {
+        if emit::one_process() && unsafe { TARGET_MMS.get(&mm) }.is_none() {
             let _ = TARGET_MMS.insert(&mm, &tgid, 0);
         }
         // SAFETY: the BTF task pointer is what the helper wants.
@@ -101,7 +101,11 @@ fn write_locked(mm: u64, write: u64, success: u64) -> i32 {
         emit_change(emit::header(EventKind::MmChange, Probe::MmLock, &task), MmChangeCause::Fault, task.pid, -1, [0; 6], 0, 0);
         return 0;
     }
-    // Another task locked a traced process's mm.
+    // Another task locked a traced process's mm. Only for one process (tree): with every
+    // process or a name as the target, the owner's own filter cannot be checked here.
+    if !emit::one_process() {
+        return 0;
+    }
     // SAFETY: a plain lookup.
     let Some(owner) = (unsafe { TARGET_MMS.get(&mm) }).copied() else {
         return 0;

@@ -43,14 +43,22 @@ pub fn json_lines(text: &str) -> Vec<Value> {
 }
 
 /// Events and the closing summary of a JSON trace; panics unless the summary is last.
+/// verify's per-process records stand between the events and the summary.
 pub fn split_summary(records: &[Value]) -> (&[Value], &Value) {
-    let (summary, events) = records.split_last().expect("an empty trace: not even a summary");
+    let (summary, rest) = records.split_last().expect("an empty trace: not even a summary");
     assert_eq!(summary["type"], "summary", "the last record is not the summary: {summary}");
+    let processes = rest.iter().rev().take_while(|r| r["type"] == "process").count();
+    let events = &rest[..rest.len() - processes];
     assert!(
         events.iter().all(|e| e["type"] == "event"),
         "a non-event record before the summary"
     );
     (events, summary)
+}
+
+/// verify's per-process records (one per checked process, before the summary).
+pub fn process_records(records: &[Value]) -> Vec<&Value> {
+    records.iter().filter(|r| r["type"] == "process").collect()
 }
 
 /// The scenarios `mmap-workload --scenario` knows (see its source).

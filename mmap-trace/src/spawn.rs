@@ -33,8 +33,9 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Forks `argv`, held before exec. Call before any other thread exists: the child
-/// runs only async-signal-safe calls until exec.
-pub fn spawn_held(argv: &[String]) -> Result<HeldChild> {
+/// runs only async-signal-safe calls until exec. `stdout_to_stderr`: the command's
+/// standard output is our standard error (ours carries the trace).
+pub fn spawn_held(argv: &[String], stdout_to_stderr: bool) -> Result<HeldChild> {
     let Some(program) = argv.first() else {
         bail!("no command given after --");
     };
@@ -49,7 +50,7 @@ pub fn spawn_held(argv: &[String]) -> Result<HeldChild> {
     use std::os::fd::AsRawFd as _;
     let (go_fd, err_fd) = (go_read.as_raw_fd(), err_write.as_raw_fd());
 
-    // SAFETY: the child only calls read, execvp, write and _exit.
+    // SAFETY: the child only calls read, dup2, execvp, write and _exit.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(std::io::Error::last_os_error()).context("fork");
@@ -60,6 +61,11 @@ pub fn spawn_held(argv: &[String]) -> Result<HeldChild> {
             let mut byte = 0u8;
             if libc::read(go_fd, (&raw mut byte).cast(), 1) != 1 {
                 libc::_exit(127); // the tracer went away before releasing us
+            }
+            if stdout_to_stderr && libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) < 0 {
+                let errno = *libc::__errno_location();
+                libc::write(err_fd, (&raw const errno).cast(), size_of::<i32>());
+                libc::_exit(127);
             }
             libc::execvp(ptrs[0], ptrs.as_ptr());
             let errno = *libc::__errno_location();

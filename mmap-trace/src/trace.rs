@@ -19,6 +19,8 @@ pub struct TraceConfig {
     pub format: Format,
     pub output: Option<PathBuf>,
     pub duration: Option<Duration>,
+    /// `-T`: table times as the wall-clock time of day.
+    pub wall_clock: bool,
     pub load: LoadOptions,
 }
 
@@ -29,6 +31,9 @@ pub fn run(config: TraceConfig) -> Result<()> {
     let sink = crate::output::open(config.output.as_deref())?;
     let session = Session::start("trace", &config.target, config.load)?;
     let mut out = Output::new(config.format, sink, session.start_ns);
+    if config.wall_clock {
+        out.wall_clock();
+    }
     let Session { tracer, ring, pidfd, child, start_ns, .. } = session;
 
     let mut summary = runtime.block_on(event_loop(

@@ -1,8 +1,8 @@
 //! cgroup v2: `trace --cgroup PATH` (the in-kernel filter's id and level) and the
 //! `cgroup` path of each JSON event (the id the probes record, named in userspace).
 //!
-//! A cgroup v2 id is its directory's inode number on the cgroup2 filesystem; the root is
-//! 1. The probes keep a task when its ancestor at the cgroup's level is the cgroup
+//! A cgroup v2 id is its directory's inode number on the cgroup2 filesystem (the root's
+//! is 1). The probes keep a task when its ancestor at the cgroup's level is the cgroup
 //! (`bpf_get_current_ancestor_cgroup_id`), so the level must be the kernel's: counted
 //! from the hierarchy's root, which is why a cgroup2 mount that is not the root (inside
 //! a cgroup namespace) is refused rather than guessed at.

@@ -135,6 +135,9 @@ pub struct EventHeader {
     /// `bpf_ktime_get_ns()` when the record was emitted (CLOCK_MONOTONIC).
     pub ts_ns: u64,
     pub comm: [u8; TASK_COMM_LEN],
+    /// `bpf_get_current_cgroup_id()`: the task's cgroup v2 id (the cgroup directory's
+    /// inode number; 1 is the root, and every task of a cgroup v1-only system).
+    pub cgroup_id: u64,
 }
 
 /// One syscall, entry and exit joined in the kernel.
@@ -384,11 +387,24 @@ pub struct TaskOffsets {
     pub valid: u32,
 }
 
+/// `trace --cgroup`: only tasks in the cgroup v2 `id` or below it, set before load. Kept
+/// apart from [`TargetFilter`] (it composes with `--comm`). The test is one helper call
+/// per event, no map: the task's ancestor at `level` (the root is level 0) is `id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupFilter {
+    /// 0: no cgroup filter.
+    pub id: u64,
+    pub level: u32,
+    pub _pad: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are repr(C) integers and arrays with explicit padding.
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::TargetFilter {}
+    unsafe impl aya::Pod for super::CgroupFilter {}
     unsafe impl aya::Pod for super::FilemapFormat {}
     unsafe impl aya::Pod for super::TaskOffsets {}
 }
@@ -409,10 +425,10 @@ pub const fn record_size(kind: EventKind) -> usize {
 }
 
 // The layouts are part of the ABI between the two sides: pin them.
-const _: () = assert!(core::mem::size_of::<EventHeader>() == 40);
-const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 40 + 8 + 48 + 8);
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 48);
+const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 48 + 8 + 48 + 8);
 const _: () = assert!(core::mem::size_of::<FileId>() == 16 + FILE_NAME_LEN);
-const _: () = assert!(core::mem::size_of::<MmapEvent>() == 104 + 16 + FILE_NAME_LEN);
+const _: () = assert!(core::mem::size_of::<MmapEvent>() == 112 + 16 + FILE_NAME_LEN);
 const _: () = assert!(core::mem::size_of::<VmaFields>() == 40 + 16 + FILE_NAME_LEN);
-const _: () = assert!(core::mem::size_of::<ForkEvent>() == 40 + 16);
-const _: () = assert!(core::mem::size_of::<MmChangeEvent>() == 40 + 16 + 48 + 16);
+const _: () = assert!(core::mem::size_of::<ForkEvent>() == 48 + 16);
+const _: () = assert!(core::mem::size_of::<MmChangeEvent>() == 48 + 16 + 48 + 16);

@@ -4,12 +4,17 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_comm, bpf_ktime_get_ns},
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+            bpf_ktime_get_ns,
+        },
     },
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
-use mmap_trace_common::{EventHeader, EventKind, PROBE_COUNT, Probe, TASK_COMM_LEN, TargetFilter};
+use mmap_trace_common::{
+    CgroupFilter, EventHeader, EventKind, PROBE_COUNT, Probe, TASK_COMM_LEN, TargetFilter,
+};
 
 /// Userspace sizes it with `--ring-buffer-kib` (default 4 MiB) before load.
 #[map]
@@ -35,6 +40,20 @@ static FILTER: TargetFilter = TargetFilter {
 /// wraps.
 #[map]
 pub static FOLLOWED: HashMap<u32, u32> = HashMap::with_max_entries(8192, 0);
+/// `trace --cgroup`, set by userspace before load (id 0: off).
+#[unsafe(no_mangle)]
+static CGROUP_FILTER: CgroupFilter = CgroupFilter { id: 0, level: 0, _pad: 0 };
+
+/// Whether the current task is in the `--cgroup` cgroup or below it: its ancestor at the
+/// cgroup's level is the cgroup itself. One helper call, no map lookup.
+#[inline(always)]
+fn cgroup_passes() -> bool {
+    // SAFETY: a read of our own global; volatile so the loader's value is seen.
+    let filter = unsafe { core::ptr::read_volatile(&CGROUP_FILTER) };
+    // SAFETY: helper without memory arguments.
+    filter.id == 0
+        || unsafe { bpf_get_current_ancestor_cgroup_id(filter.level as i32) } == filter.id
+}
 
 /// The current task, when the filter wants it.
 pub struct Task {
@@ -64,13 +83,13 @@ pub fn tgid_passes(pid_tgid: u64) -> bool {
 #[inline(always)]
 pub fn one_process() -> bool {
     // SAFETY: a read of our own global; volatile so the loader's value is seen.
-    unsafe { core::ptr::read_volatile(&FILTER.tgid) } != 0
+    (unsafe { core::ptr::read_volatile(&FILTER.tgid) }) != 0
 }
 
 #[inline(always)]
 pub fn current_task() -> Option<Task> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !tgid_passes(pid_tgid) {
+    if !tgid_passes(pid_tgid) || !cgroup_passes() {
         return None;
     }
     let comm = current_comm();
@@ -176,6 +195,8 @@ pub fn header(kind: EventKind, probe: Probe, task: &Task) -> EventHeader {
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         comm: task.comm,
+        // SAFETY: helper without preconditions.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
     }
 }
 

@@ -4,13 +4,13 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use mmap_trace_common::{Probe, TargetFilter};
+use mmap_trace_common::{CgroupFilter, Probe, TargetFilter};
 
 use crate::{
     btf::VMLINUX_BTF,
     loader::{DEFAULT_DRIVER_HOOKS, LoadOptions},
     output::Format,
-    session::Target,
+    session::{SpawnCommand, Target},
     trace::{self, TraceConfig},
     verify::{self, VerifyConfig},
 };
@@ -41,8 +41,17 @@ enum Command {
             mmap-trace trace -- /bin/ls /            trace a command from its first mapping\n  \
             mmap-trace trace --pid 1234 --json       JSON Lines, one object per event\n  \
             mmap-trace trace --comm nginx -d 10      every process named nginx, 10 seconds\n  \
-            mmap-trace trace -d 5                    every process on the machine\n\n\
+            mmap-trace trace -d 5                    every process on the machine\n  \
+            mmap-trace trace --cgroup /sys/fs/cgroup/foo.slice   a container's cgroup and below\n  \
+            mmap-trace trace --json -- CMD | jq .    the command's own output goes to stderr\n  \
+            mmap-trace trace -T -- CMD               times of day instead of seconds\n\n\
             --pid, --comm and -- CMD exclude each other; with none, every process is traced.\n\
+            --cgroup narrows --comm, or the whole machine (not --pid or -- CMD).\n\
+            Output: the trace is the product, so it goes to standard output (or -o FILE) \
+            where pipes read it; the traced command's standard output is sent to standard \
+            error instead, so `trace --json -- CMD | jq .` reads the trace alone and the \
+            command's output still shows on the terminal (with -o FILE the command keeps its \
+            standard output). Notes and warnings go to standard error.\n\
             Ctrl-C (or SIGTERM) stops the trace: the ring buffer is drained and a summary \
             with per-probe event and lost counts is written last. Lost events are also \
             warned about on stderr as they are counted (checked once a second).\n\
@@ -86,6 +95,27 @@ enum Command {
             mmap-trace report trace.jsonl --html report.html   VMAs over time, per process"
     )]
     Report(crate::report::ReportArgs),
+    /// Print a shell completion script, generated from these definitions, to standard output.
+    #[command(
+        after_help = "Install (as root):\n  \
+            mmap-trace completions bash > /usr/share/bash-completion/completions/mmap-trace\n  \
+            mmap-trace completions zsh > /usr/local/share/zsh/site-functions/_mmap-trace\n  \
+            mmap-trace completions fish > /usr/share/fish/vendor_completions.d/mmap-trace.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into DIR with --dir.
+    #[command(
+        after_help = "Read: mmap-trace man | man -l -\n\
+            Install (as root): mmap-trace man --dir /usr/local/share/man/man1"
+    )]
+    Man {
+        /// Write mmap-trace.1 and mmap-trace-<command>.1 into DIR (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -145,6 +175,8 @@ struct OutputArgs {
     #[arg(long)]
     json: bool,
     /// Write records to FILE (created, or truncated if it exists) instead of standard output.
+    /// Without it a traced command's standard output goes to standard error, so that
+    /// standard output carries only the trace.
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
 }
@@ -158,6 +190,15 @@ struct TraceArgs {
     /// Stop after SECS seconds (fractions allowed).
     #[arg(long, short, value_name = "SECS", value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Only processes in this cgroup v2 directory or below it (a container's or a systemd
+    /// unit's cgroup, e.g. /sys/fs/cgroup/system.slice/foo.service), filtered in the
+    /// kernel by cgroup id. JSON events name each process's cgroup in `cgroup`.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["pid", "command"])]
+    cgroup: Option<PathBuf>,
+    /// Table times as the wall-clock time of day (HH:MM:SS.ffffff, local time) instead of
+    /// seconds since the probes attached (JSON keeps ts_ns, CLOCK_MONOTONIC).
+    #[arg(short = 'T', long = "time", conflicts_with = "json")]
+    wall_clock: bool,
     #[command(flatten)]
     probes: ProbeArgs,
     /// Follow the children of --pid or -- CMD (and theirs), as strace -f does: each fork
@@ -219,13 +260,13 @@ impl Cli {
     pub fn run(self) -> Result<Outcome> {
         Ok(match self.command {
             Command::Trace(args) => {
-                trace::run(args.into_config())?;
+                trace::run(args.into_config()?)?;
                 Outcome::Done
             }
             Command::Verify(args) => {
                 let target = match args.target.pid {
                     Some(pid) => Target::Pid(pid),
-                    None => Target::Command(args.target.command),
+                    None => Target::Command(command(args.target.command, &args.output)),
                 };
                 let mut load = args.probes.into_load_options();
                 load.filter.follow_forks = u32::from(!args.no_follow_forks);
@@ -259,6 +300,14 @@ impl Cli {
                 crate::report::run(args)?;
                 Outcome::Done
             }
+            Command::Completions { shell } => {
+                crate::manual::completions(shell)?;
+                Outcome::Done
+            }
+            Command::Man { dir } => {
+                crate::manual::man(dir.as_deref())?;
+                Outcome::Done
+            }
         })
     }
 }
@@ -269,10 +318,17 @@ impl OutputArgs {
     }
 }
 
+/// `-- CMD`: while the records go to standard output, the command's standard output goes
+/// to standard error, so that a pipe (`| jq`, `| less`) gets the trace alone.
+fn command(argv: Vec<String>, output: &OutputArgs) -> SpawnCommand {
+    SpawnCommand { argv, stdout_to_stderr: output.output.is_none() }
+}
+
 impl ProbeArgs {
     fn into_load_options(self) -> LoadOptions {
         LoadOptions {
             filter: TargetFilter::default(),
+            cgroup: CgroupFilter::default(),
             requested: self.probes,
             btf: self.btf,
             ring_buffer_bytes: self.ring_buffer_kib * 1024,
@@ -283,23 +339,27 @@ impl ProbeArgs {
 }
 
 impl TraceArgs {
-    fn into_config(self) -> TraceConfig {
+    fn into_config(self) -> Result<TraceConfig> {
         let t = self.target;
         let target = match (t.pid, t.comm, t.command.is_empty()) {
             (Some(pid), _, _) => Target::Pid(pid),
             (_, Some(comm), _) => Target::Comm(comm),
-            (_, _, false) => Target::Command(t.command),
+            (_, _, false) => Target::Command(command(t.command, &self.output)),
             _ => Target::All,
         };
         let mut load = self.probes.into_load_options();
         load.filter.follow_forks = u32::from(self.follow_forks);
-        TraceConfig {
+        if let Some(path) = &self.cgroup {
+            load.cgroup = crate::cgroup::select(path)?;
+        }
+        Ok(TraceConfig {
             target,
             format: self.output.format(),
             output: self.output.output,
             duration: self.duration,
+            wall_clock: self.wall_clock,
             load,
-        }
+        })
     }
 }
 

@@ -155,6 +155,7 @@ pub fn test_syscall_event(probe: Probe, comm: &[u8], args: [u64; 6], ret: i64) -
             tid: 8,
             ts_ns: 9,
             comm: c,
+            cgroup_id: 1,
         },
         enter_ts_ns: 1,
         args,

@@ -30,6 +30,26 @@ pub struct EventRecord<'a> {
     pub probe: &'static str,
     #[serde(flatten)]
     pub body: Body,
+    /// The task's cgroup v2 id, and its path below the cgroup2 root when it could be
+    /// named (cgroup.rs); last in the object, as [`append_cgroup`] writes them.
+    pub cgroup_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+}
+
+/// Appends `"cgroup_id"` and `"cgroup"` to a JSON object just written into `out` (its
+/// closing brace last): the fast path's equivalent of [`EventRecord`]'s last fields.
+pub fn append_cgroup(out: &mut Vec<u8>, id: u64, name: Option<&str>) {
+    if out.last() == Some(&b'}') {
+        out.pop();
+    }
+    out.extend_from_slice(br#","cgroup_id":"#);
+    out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+    if let Some(name) = name {
+        key_start(out, "cgroup");
+        write_str(out, name);
+    }
+    out.push(b'}');
 }
 
 /// How a call ended: an address, a plain value, or an errno.
@@ -451,6 +471,8 @@ pub fn record(event: &Event, path: Option<String>) -> EventRecord<'_> {
         comm: c_str(&header.comm),
         probe: probe.name(),
         body,
+        cgroup_id: header.cgroup_id,
+        cgroup: None,
     }
 }
 
@@ -491,10 +513,13 @@ mod fast_path_tests {
                         for (path, f) in paths.iter().flat_map(|p| files.iter().map(move |f| (*p, f))) {
                             let e = crate::decode::test_syscall_event(probe, comm, a, ret);
                             let event = crate::decode::test_event(e, *f);
-                            let expected =
-                                serde_json::to_vec(&record(&event, path.map(str::to_owned))).unwrap();
+                            let cgroup = path.map(|_| "/sys\"tem.slice/a b.service");
+                            let mut rec = record(&event, path.map(str::to_owned));
+                            rec.cgroup = cgroup.map(str::to_owned);
+                            let expected = serde_json::to_vec(&rec).unwrap();
                             line.clear();
                             write_syscall(&mut line, &e, probe, event.mmap_file(), path);
+                            append_cgroup(&mut line, e.header.cgroup_id, cgroup);
                             assert_eq!(
                                 String::from_utf8_lossy(&line),
                                 String::from_utf8_lossy(&expected)

@@ -9,7 +9,9 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, KProbe, RawTracePoint, TracePoint},
 };
-use mmap_trace_common::{FilemapFormat, KernelOffsets, PROBE_COUNT, Probe, TargetFilter, TaskOffsets};
+use mmap_trace_common::{
+    CgroupFilter, FilemapFormat, KernelOffsets, PROBE_COUNT, Probe, TargetFilter, TaskOffsets,
+};
 
 use crate::{btf, tracefs};
 
@@ -26,6 +28,8 @@ const TI_STATUS_FALLBACK: u32 = 16;
 
 pub struct LoadOptions {
     pub filter: TargetFilter,
+    /// `trace --cgroup` (id 0: none).
+    pub cgroup: CgroupFilter,
     /// Probes the user asked for by name; None: every probe this kernel supports.
     pub requested: Option<Vec<Probe>>,
     pub btf: PathBuf,
@@ -149,6 +153,7 @@ impl Tracer {
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("FILTER", &opts.filter, true)
+            .override_global("CGROUP_FILTER", &opts.cgroup, true)
             .override_global("FILEMAP_FORMAT", &filemap, true)
             .override_global("OFFSETS", &offsets, true)
             .override_global("SYSCALL_PROBES", &syscall_probes, true)

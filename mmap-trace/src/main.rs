@@ -2,11 +2,13 @@
 //! accounts (/proc/<pid>/maps, pagemap, the companion driver's ground truth).
 
 mod btf;
+mod cgroup;
 mod cli;
 mod decode;
 mod flags;
 mod json;
 mod loader;
+mod manual;
 mod output;
 mod paths;
 mod report;

@@ -90,6 +90,11 @@ pub struct Output {
     out: BufWriter<Box<dyn Write + Send>>,
     /// CLOCK_MONOTONIC ns at attach; table times are relative to it.
     start_ns: u64,
+    /// `trace -T`: CLOCK_REALTIME − CLOCK_MONOTONIC (ns), to print table times as the
+    /// wall-clock time of day.
+    wall_clock: Option<i64>,
+    /// JSON only: names the cgroup id of each event.
+    cgroups: Option<crate::cgroup::Names>,
     header_done: bool,
     pub counts: [u64; PROBE_COUNT],
     /// The JSON line being written (reused: no allocation per event).
@@ -102,41 +107,62 @@ impl Output {
             format,
             out: BufWriter::with_capacity(256 * 1024, out),
             start_ns,
+            wall_clock: None,
+            cgroups: (format == Format::Json).then(crate::cgroup::Names::new),
             header_done: false,
             counts: [0; PROBE_COUNT],
             line: Vec::with_capacity(512),
         }
     }
 
+    /// Table times as the wall-clock time of day (`trace -T`), from now on.
+    pub fn wall_clock(&mut self) {
+        let realtime = clock_ns(libc::CLOCK_REALTIME);
+        self.wall_clock = Some(realtime as i64 - clock_ns(libc::CLOCK_MONOTONIC) as i64);
+    }
+
     pub fn event(&mut self, event: &Event, path: Option<String>) -> io::Result<()> {
         self.counts[event.probe() as usize] += 1;
+        let cgroup_id = event.header().cgroup_id;
+        let cgroup = self.cgroups.as_mut().and_then(|names| names.name(cgroup_id));
         if let (Format::Json, Some(e)) = (self.format, event.syscall()) {
             // The hot path: one line per traced call, into a buffer reused for every line.
             self.line.clear();
             json::write_syscall(&mut self.line, e, event.probe(), event.mmap_file(), path.as_deref());
+            json::append_cgroup(&mut self.line, cgroup_id, cgroup);
             self.line.push(b'\n');
             return self.out.write_all(&self.line);
         }
-        let record = json::record(event, path);
+        let cgroup = cgroup.map(str::to_owned);
+        let mut record = json::record(event, path);
         match self.format {
             Format::Json => {
+                record.cgroup = cgroup;
                 serde_json::to_writer(&mut self.out, &record)?;
                 self.out.write_all(b"\n")
             }
             Format::Table => {
+                // `12.345678` (seconds since attach) or `HH:MM:SS.ffffff`.
+                let width = if self.wall_clock.is_some() { 15 } else { 12 };
                 if !self.header_done {
                     self.header_done = true;
+                    let time = if self.wall_clock.is_some() { "TIME" } else { "TIME(s)" };
                     writeln!(
                         self.out,
-                        "{:>12} {:>7} {:>7} {:<16} {:<15} DETAILS",
-                        "TIME(s)", "PID", "TID", "COMM", "PROBE"
+                        "{time:>width$} {:>7} {:>7} {:<16} {:<15} DETAILS",
+                        "PID", "TID", "COMM", "PROBE"
                     )?;
                 }
-                let since = record.ts_ns.saturating_sub(self.start_ns) as f64 / 1e9;
+                let time = match self.wall_clock {
+                    Some(offset) => time_of_day(record.ts_ns as i64 + offset),
+                    None => {
+                        format!("{:.6}", record.ts_ns.saturating_sub(self.start_ns) as f64 / 1e9)
+                    }
+                };
                 let details = details(&record.body);
                 writeln!(
                     self.out,
-                    "{since:>12.6} {:>7} {:>7} {:<16} {:<15} {details}",
+                    "{time:>width$} {:>7} {:>7} {:<16} {:<15} {details}",
                     record.pid, record.tid, record.comm, record.probe
                 )
             }
@@ -212,6 +238,25 @@ impl Output {
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid timespec out-pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `HH:MM:SS.ffffff` in local time for CLOCK_REALTIME ns (bcc's `-T`, with microseconds).
+fn time_of_day(realtime_ns: i64) -> String {
+    let secs = realtime_ns.div_euclid(1_000_000_000) as libc::time_t;
+    let micros = realtime_ns.rem_euclid(1_000_000_000) / 1_000;
+    // SAFETY: an all-zero tm is valid; localtime_r writes it from a valid time_t.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
+        return format!("{secs}.{micros:06}");
+    }
+    format!("{:02}:{:02}:{:02}.{micros:06}", tm.tm_hour, tm.tm_min, tm.tm_sec)
 }
 
 /// `key=value …` from the JSON body, so the table shows exactly what JSON carries.

@@ -45,7 +45,14 @@ pub enum Target {
     All,
     Pid(u32),
     Comm(String),
-    Command(Vec<String>),
+    Command(SpawnCommand),
+}
+
+/// A command to run traced.
+pub struct SpawnCommand {
+    pub argv: Vec<String>,
+    /// Its standard output goes to our standard error (the records are on our stdout).
+    pub stdout_to_stderr: bool,
 }
 
 pub struct Session {
@@ -68,7 +75,7 @@ impl Session {
         crate::require_root(command)?;
         // Fork before anything starts a thread (see spawn.rs).
         let held = match target {
-            Target::Command(argv) => Some(spawn::spawn_held(argv)?),
+            Target::Command(cmd) => Some(spawn::spawn_held(&cmd.argv, cmd.stdout_to_stderr)?),
             _ => None,
         };
         if let Some(holder) = hold {
@@ -98,6 +105,7 @@ impl Session {
         };
         load.filter.stop_after_event = stop;
         load.filter.follow_forks = follow;
+        let cgroup = load.cgroup;
         let mut tracer = Tracer::load(&load)?;
         report_skipped(&tracer.skipped);
         let ring = tracer.take_events()?;
@@ -116,10 +124,17 @@ impl Session {
         };
         let names: Vec<&str> = tracer.attached.iter().map(|p| p.name()).collect();
         eprintln!(
-            "mmap-trace: ready: {} probes attached ({}), tracing {}",
+            "mmap-trace: ready: {} probes attached ({}), tracing {}{}",
             names.len(),
             names.join(","),
-            describe(target, child)
+            describe(target, child),
+            match cgroup.id {
+                0 => String::new(),
+                id => format!(
+                    " in cgroup {} and below",
+                    crate::cgroup::Names::new().name(id).unwrap_or("(unnamed)")
+                ),
+            }
         );
         Ok(Self { tracer, ring, pidfd, child, pid, start_ns })
     }
@@ -184,7 +199,9 @@ fn describe(target: &Target, child: Option<u32>) -> String {
         Target::All => "every process".to_string(),
         Target::Pid(pid) => format!("pid {pid}"),
         Target::Comm(name) => format!("processes named {name:?}"),
-        Target::Command(argv) => format!("{:?} (pid {})", argv.join(" "), child.unwrap_or(0)),
+        Target::Command(cmd) => {
+            format!("{:?} (pid {})", cmd.argv.join(" "), child.unwrap_or(0))
+        }
     }
 }
 

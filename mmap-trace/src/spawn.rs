@@ -33,8 +33,9 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Forks `argv`, held before exec. Call before any other thread exists: the child
-/// runs only async-signal-safe calls until exec.
-pub fn spawn_held(argv: &[String]) -> Result<HeldChild> {
+/// runs only async-signal-safe calls until exec. `stdout_to_stderr`: the command's
+/// standard output is our standard error (ours carries the trace).
+pub fn spawn_held(argv: &[String], stdout_to_stderr: bool) -> Result<HeldChild> {
     let Some(program) = argv.first() else {
         bail!("no command given after --");
     };
@@ -52,7 +53,7 @@ pub fn spawn_held(argv: &[String]) -> Result<HeldChild> {
     // the tracer goes away (or drops it on a set-up error), not wait for itself.
     let (go_write_fd, err_read_fd) = (go_write.as_raw_fd(), err_read.as_raw_fd());
 
-    // SAFETY: the child only calls read, execvp, write and _exit.
+    // SAFETY: the child only calls read, dup2, execvp, write and _exit.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(std::io::Error::last_os_error()).context("fork");
@@ -65,6 +66,11 @@ pub fn spawn_held(argv: &[String]) -> Result<HeldChild> {
             let mut byte = 0u8;
             if libc::read(go_fd, (&raw mut byte).cast(), 1) != 1 {
                 libc::_exit(127); // the tracer went away before releasing us
+            }
+            if stdout_to_stderr && libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) < 0 {
+                let errno = *libc::__errno_location();
+                libc::write(err_fd, (&raw const errno).cast(), size_of::<i32>());
+                libc::_exit(127);
             }
             libc::execvp(ptrs[0], ptrs.as_ptr());
             let errno = *libc::__errno_location();

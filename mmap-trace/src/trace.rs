@@ -19,6 +19,8 @@ pub struct TraceConfig {
     pub format: Format,
     pub output: Option<PathBuf>,
     pub duration: Option<Duration>,
+    /// `-T`: table times as the wall-clock time of day.
+    pub wall_clock: bool,
     pub load: LoadOptions,
 }
 
@@ -59,6 +61,9 @@ pub fn run(config: TraceConfig) -> Result<()> {
     let session = Session::start("trace", &config.target, config.load, None)?;
     let mut out = Output::new(config.format, sink, session.start_ns);
     let follow = follow_forks != 0;
+    if config.wall_clock {
+        out.wall_clock();
+    }
     let Session { tracer, ring, pidfd, child, start_ns, .. } = session;
 
     let mut summary = runtime.block_on(event_loop(

@@ -77,6 +77,7 @@ pub fn run(config: VerifyDriverConfig) -> Result<bool> {
         config.devices.iter().map(|d| DeviceKind::of_device(d)).collect::<Result<_>>()?;
     let load = LoadOptions {
         filter: TargetFilter { tgid: std::process::id(), ..TargetFilter::default() },
+        cgroup: Default::default(),
         requested: Some(vec![Probe::Mmap, Probe::Munmap, Probe::MmapRegion, Probe::RemapPfnRange, Probe::DriverMmap]),
         btf: config.btf.clone(),
         ring_buffer_bytes: 1 << 20,

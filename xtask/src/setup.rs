@@ -33,7 +33,18 @@ const APT_PACKAGES: &[&str] = &[
     "zstd",
     // Headless browser for the report test (renders the HTML and counts the bars).
     "chromium",
+    // The Perfetto test's decoder runs in a venv (see ensure_perfetto_python); the CLI
+    // docs test renders the generated man pages with man(1).
+    "python3-venv",
+    "man-db",
 ];
+
+/// Perfetto's own generated protobuf classes, from PyPI, pinned: the test of
+/// `report --perfetto` decodes the file with them (tests/scripts/perfetto_decode.py).
+const PERFETTO_PY_PACKAGES: &[&str] = &["perfetto==0.59.1", "protobuf==7.36.2"];
+
+/// Env var that tells the tests which Python has them.
+pub const PERFETTO_PYTHON_VAR: &str = "MMTRACE_PERFETTO_PYTHON";
 
 /// The eBPF nightly must use bpf-linker's LLVM major; this one does (LLVM 22.1.4).
 const PINNED_NIGHTLY: &str = "nightly-2026-05-19";
@@ -51,6 +62,8 @@ pub struct Ready {
     /// PATH for child processes (with bpf-linker's directory on it).
     pub path: OsString,
     pub guest: GuestKernel,
+    /// A Python that can import perfetto's protobuf classes.
+    pub perfetto_python: PathBuf,
 }
 
 /// `apt-get update` runs at most once per xtask run, and only when something needs it.
@@ -89,11 +102,45 @@ pub fn ensure(ws: &Workspace, kernel_version: Option<&str>) -> Result<Ready> {
     ensure_rust_src(&ebpf_toolchain)?;
     let path = ensure_bpf_linker()?;
     let guest = guest_kernel::ensure(ws, &mut apt, kernel_version)?;
+    let perfetto_python = ensure_perfetto_python(ws)?;
     Ok(Ready {
         ebpf_toolchain,
         path,
         guest,
+        perfetto_python,
     })
+}
+
+/// A venv under target/ with [`PERFETTO_PY_PACKAGES`] (pip, once).
+fn ensure_perfetto_python(ws: &Workspace) -> Result<PathBuf> {
+    let venv = ws.target_dir.join("perfetto-py");
+    let python = venv.join("bin").join("python3");
+    let ready = || {
+        cmd::output(Command::new(&python).args([
+            "-c",
+            "import perfetto.protos.perfetto.trace.perfetto_trace_pb2",
+        ]))
+        .is_ok_and(|o| o.status.success())
+    };
+    if ready() {
+        eprintln!("setup: perfetto protobuf classes for the tests: present ({})", venv.display());
+        return Ok(python);
+    }
+    eprintln!(
+        "setup: installing {} into {} (pip)",
+        PERFETTO_PY_PACKAGES.join(" "),
+        venv.display()
+    );
+    cmd::run(Command::new("/usr/bin/python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
+    cmd::run(
+        Command::new(venv.join("bin").join("pip"))
+            .args(["install", "-q", "--disable-pip-version-check"])
+            .args(PERFETTO_PY_PACKAGES),
+    )?;
+    if !ready() {
+        bail!("{} cannot import perfetto's protobuf classes after pip install", python.display());
+    }
+    Ok(python)
 }
 
 fn ensure_apt_packages(apt: &mut Apt) -> Result<()> {

@@ -80,6 +80,7 @@ fn host_tests(
             "mmap-trace-ebpf",
         ])
         .env("MMTRACE_CLI", &artifacts.cli)
+        .env(crate::setup::PERFETTO_PYTHON_VAR, &ready.perfetto_python)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     if let Some(workload) = artifacts

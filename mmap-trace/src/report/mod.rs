@@ -5,6 +5,7 @@
 mod html;
 mod input;
 mod model;
+mod perfetto;
 mod text;
 
 use std::path::PathBuf;
@@ -23,6 +24,11 @@ pub struct ReportArgs {
     /// Write an HTML timeline of the address space to FILE instead of the text summary.
     #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
+    /// Write the timeline as a Perfetto trace to FILE (open it in ui.perfetto.dev): per
+    /// process a slice per VMA interval and a counter of the mapped bytes. With --html,
+    /// both are written.
+    #[arg(long, value_name = "FILE")]
+    perfetto: Option<PathBuf>,
 }
 
 pub fn run(args: ReportArgs) -> Result<()> {
@@ -36,7 +42,19 @@ pub fn run(args: ReportArgs) -> Result<()> {
         }
     }
     let title = args.trace.display().to_string();
+    if let Some(path) = &args.perfetto {
+        let written = perfetto::render(&trace, &processes);
+        std::fs::write(path, &written.bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!(
+            "mmap-trace: wrote {} ({} process(es), {} VMA slices on {} lanes)",
+            path.display(),
+            processes.len(),
+            written.slices,
+            written.lanes
+        );
+    }
     match args.html {
+        None if args.perfetto.is_some() => {}
         Some(path) => {
             let page = html::render(&trace, &processes, &title);
             std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;

@@ -87,7 +87,7 @@ fn write_locked(mm: u64, write: u64, success: u64) -> i32 {
         let nr: i64 = kernel::read(regs, PT_REGS_ORIG_AX);
         if nr >= 0 {
             let compat = syscalls::in_compat_syscall();
-            if !compat && syscalls::traced(nr as u64).is_some() {
+            if !compat && (syscalls::traced(nr as u64).is_some() || leaves_own_maps(nr)) {
                 return 0; // mmap, munmap…: their own event says what changed
             }
             let _ = WROTE_MM.insert(&(pid_tgid as u32), &u32::from(compat), 0);
@@ -117,6 +117,15 @@ fn write_locked(mm: u64, write: u64, success: u64) -> i32 {
     header.pid = owner;
     emit_change(header, MmChangeCause::Kernel, task.pid, -1, [0; 6], 0, 0);
     0
+}
+
+/// x86-64 calls that write-lock the caller's mm without changing what its maps show:
+/// fork's `dup_mmap` locks the parent's mm to copy it (the child's is reported by the
+/// fork probe), exec's is reported by the exec probe, exit's never returns.
+#[inline(always)]
+fn leaves_own_maps(nr: i64) -> bool {
+    // clone, fork, vfork, execve, exit, exit_group, execveat, clone3
+    matches!(nr, 56 | 57 | 58 | 59 | 60 | 231 | 322 | 435)
 }
 
 /// A syscall noted in `WROTE_MM` returns: report it (called by `sys_exit` for calls

@@ -59,13 +59,24 @@ enum Command {
             2 on error."
     )]
     Trace(TraceArgs),
-    /// Trace one process and prove, after every event, that the kernel agrees.
+    /// Trace one process (and the children it forks) and prove, after every event, that
+    /// the kernel agrees.
     ///
     /// A shadow address space is built from the events alone (seeded from
-    /// /proc/<pid>/maps at attach, or at the command's exec) and compared with
-    /// /proc/<pid>/maps after every traced call: start, end, perms, offset, device, inode
-    /// and path. To compare while nothing moves, the process is stopped (SIGSTOP) as each
-    /// call returns and continued after the check, so it runs slower under verify.
+    /// /proc/<pid>/maps at attach, or at the command's exec; a child's starts as its
+    /// parent's at the fork) and compared with /proc/<pid>/maps after every change:
+    /// start, end, perms, offset, device, inode and path. Besides mmap, munmap, mprotect,
+    /// mremap and brk, a catch-all on the mm's write lock (the mm_lock probe) sees any
+    /// other change, from any syscall, a fault (stack growth) or another task; a change
+    /// the shadow does not model is adopted from the kernel's view and written as an
+    /// `unmodelled` record naming its cause, never as a mismatch.
+    ///
+    /// To compare while nothing moves, the process is held with ptrace (PTRACE_SEIZE) as
+    /// each change returns: the probes' SIGSTOP is swallowed and other threads are held
+    /// with PTRACE_INTERRUPT, so no handler of the target runs, no syscall of it fails
+    /// with EINTR and its parent sees no stop. What verify still changes: time (each
+    /// checkpoint costs a maps read), and the target is ptraced meanwhile (TracerPid in
+    /// /proc/<pid>/status; gdb or strace cannot attach to it at the same time).
     /// Exit status: 0 when everything agreed, 1 on any mismatch, on any lost event, or when
     /// nothing was checked (the target made no traced call), 2 on error.
     #[command(

@@ -77,6 +77,9 @@ pub struct Holder {
     follow_forks: bool,
     /// Notices seen while waiting inside `stop_process`.
     pending: Vec<Notice>,
+    /// Processes being held for a checkpoint: their event stops (fork, vfork done, exec)
+    /// are kept, not resumed, so a thread once stopped stays stopped.
+    holding: std::collections::HashSet<u32>,
 }
 
 fn errno() -> std::io::Error {
@@ -116,7 +119,7 @@ impl Holder {
         if follow_forks {
             options |= libc::PTRACE_O_TRACEFORK;
         }
-        Self { threads: HashMap::new(), options, follow_forks, pending: Vec::new() }
+        Self { threads: HashMap::new(), options, follow_forks, pending: Vec::new(), holding: Default::default() }
     }
 
     /// Seizes every thread of `pid` (a running process, or our held child before exec).
@@ -250,16 +253,16 @@ impl Holder {
                 if let Some(t) = self.threads.get_mut(&tid) {
                     t.in_vfork = event == PTRACE_EVENT_VFORK;
                 }
-                self.cont(tid, 0);
+                self.event_stop(tid, tgid);
             }
             PTRACE_EVENT_VFORK_DONE => {
                 thread.in_vfork = false;
-                self.cont(tid, 0);
+                self.event_stop(tid, tgid);
             }
             PTRACE_EVENT_EXEC => {
                 // A non-leader thread's exec takes over the leader's tid; the others are gone.
                 self.threads.retain(|&t, th| th.tgid != tgid || t == tid);
-                self.cont(tid, 0);
+                self.event_stop(tid, tgid);
             }
             PTRACE_EVENT_STOP if thread.detach => {
                 let _ = ptrace(libc::PTRACE_DETACH, tid, 0, 0);
@@ -287,9 +290,20 @@ impl Holder {
                     self.cont(tid, sig); // the target's own signal: deliver it now
                 }
             }
-            _ => self.cont(tid, 0),
+            _ => self.event_stop(tid, tgid),
         }
         Ok(true)
+    }
+
+    /// A ptrace event stop (fork, exec…): passed on, unless its process is being held.
+    fn event_stop(&mut self, tid: u32, tgid: u32) {
+        if self.holding.contains(&tgid) {
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.state = State::Stopped { resume_with: 0, listen: false, why: Why::Held };
+            }
+        } else {
+            self.cont(tid, 0);
+        }
     }
 
     fn cont(&mut self, tid: u32, sig: i32) {
@@ -308,6 +322,8 @@ impl Holder {
         let (grace, deadline) = (start + Duration::from_millis(2), start + Duration::from_secs(10));
         let mut interrupted = std::collections::HashSet::new();
         let mut notices = Vec::new();
+        let mut idle = 0u32;
+        self.holding.insert(pid);
         loop {
             if !self.is_traced(pid) {
                 return Ok(false);
@@ -328,11 +344,19 @@ impl Holder {
                     interrupted.insert(tid);
                 }
             }
-            if !self.wait_one(libc::WNOHANG, &mut notices)? {
+            if self.wait_one(libc::WNOHANG, &mut notices)? {
+                idle = 0;
+            } else {
                 if now > deadline {
                     bail!("process {pid} did not stop within 10 s after an event (a thread in uninterruptible sleep?)");
                 }
-                std::thread::sleep(Duration::from_micros(20));
+                // A stop is microseconds away: yield first, sleep only when it is not.
+                idle += 1;
+                if idle < 200 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
             }
             self.pending.append(&mut notices);
         }
@@ -340,6 +364,7 @@ impl Holder {
 
     /// Resumes every held thread of `pid`, delivering any signal that arrived meanwhile.
     pub fn resume_process(&mut self, pid: u32) {
+        self.holding.remove(&pid);
         let held: Vec<(u32, i32, bool)> = self
             .threads
             .iter()

@@ -6,7 +6,7 @@
 //! until every thread is stopped, drains the ring buffer (each call that completed has
 //! submitted its event by then), applies the events, compares, and sends SIGCONT.
 
-use std::{collections::HashMap, os::unix::fs::MetadataExt as _, path::PathBuf, time::Duration};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use procfs::process::{MemoryPageFlags, PageInfo};
 
@@ -18,12 +18,12 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     decode::{self, Event},
-    json::{Hex, is_error},
+    json::Hex,
     loader::LoadOptions,
-    maps,
     output::{Format, Output, Summary, VerifyStats},
     session::{Session, StopSignals, Target, monotonic_ns, reap, runtime},
-    shadow::{Difference, FileIdentity, PAGE, ShadowSpace, compare},
+    shadow::{Difference, PAGE, ShadowSpace},
+    space::{self, ProcEnv, Region},
     trace::ignore_closed_output,
 };
 
@@ -266,7 +266,7 @@ impl Verifier {
         let stat = procfs::process::Process::new(self.pid as i32)
             .and_then(|p| p.stat())
             .with_context(|| format!("reading /proc/{}/stat", self.pid))?;
-        self.shadow = Some(ShadowSpace::seed(maps::read(self.pid)?, stat.start_brk.unwrap_or(0)));
+        self.shadow = Some(ShadowSpace::seed(space::maps::read(self.pid)?.regions, stat.start_brk.unwrap_or(0)));
         Ok(())
     }
 
@@ -279,9 +279,9 @@ impl Verifier {
             return Ok(()); // before the command's exec: its pre-exec image is ours
         };
         match event {
-            Event::Syscall(e) if !is_error(e.ret) => apply_syscall(shadow, e, pid),
-            Event::Mmap(e) if !is_error(e.call.ret) => apply_syscall(shadow, &e.call, pid),
-            Event::RemapPfn(e) => shadow.remap_pfn_range(e.vma.vm_start, e.vma.vm_flags, e.pfn),
+            Event::Syscall(e) => apply_syscall(shadow, e, pid),
+            Event::Mmap(e) => apply_syscall(shadow, &e.call, pid),
+            Event::RemapPfn(e) => shadow.space_mut().remap_pfn_range(e.vma.vm_start, e.vma.vm_flags, e.pfn),
             Event::PageCache(e) => {
                 let dev = (e.dev >> 20, e.dev & 0xfffff);
                 let planted = u64::from(self.plant == Some(Plant::PfnOffByOne));
@@ -296,20 +296,36 @@ impl Verifier {
 
     /// The kernel's view now, how the shadow differs from it, and how many page PFNs
     /// were compared.
-    fn differences(&mut self) -> Result<(Vec<maps::Region>, Vec<Difference>, u64)> {
-        let mut kernel = maps::read(self.pid)?;
+    fn differences(&mut self) -> Result<(Vec<Region>, Vec<Difference>, u64)> {
+        let view = space::maps::read(self.pid)?;
+        let mut kernel = view.regions;
         let (mut differences, pfn_checks) = self.check_file_pfns(&kernel)?;
+        // A line verify cannot parse is a mismatch of its own, never an abort.
+        differences.extend(view.unparsed.iter().map(|u| Difference {
+            start: 0,
+            end: 0,
+            field: "maps line",
+            expected: format!("a maps line (line {}: {})", u.line, u.reason),
+            found: u.text.to_string(),
+        }));
         if self.plant == Some(Plant::MapsPerms)
             && let Some(r) = kernel.iter_mut().find(|r| r.perms.starts_with("rw"))
         {
             r.perms.replace_range(1..2, "-");
         }
-        let shadow = self.shadow.as_ref().expect("checked by the caller");
-        differences.extend(compare(shadow.regions(), &kernel));
+        let shadow = self.shadow.as_mut().expect("checked by the caller");
+        let comparison = shadow.check(&kernel);
+        for n in &comparison.notes {
+            eprintln!(
+                "mmap-trace: note: {:#x}-{:#x}: the same file (device and inode) is now named {:?} (events named it {:?}): renamed or unlinked, no mapping changed",
+                n.start, n.end, n.found, n.expected
+            );
+        }
+        differences.extend(comparison.differences);
         Ok((kernel, differences, pfn_checks))
     }
 
-    fn report_all(&mut self, differences: &[Difference], kernel: Vec<maps::Region>, last: &Event, out: &mut Output) -> Result<()> {
+    fn report_all(&mut self, differences: &[Difference], kernel: Vec<Region>, last: &Event, out: &mut Output) -> Result<()> {
         if differences.is_empty() {
             return Ok(());
         }
@@ -329,7 +345,7 @@ impl Verifier {
     /// Present page-cache pages of the file mappings against the PFNs the page_cache
     /// events reported for the same (device, inode, index). Pages that are present but
     /// not file pages are private copies (copy-on-write) and are not compared.
-    fn check_file_pfns(&self, kernel: &[maps::Region]) -> Result<(Vec<Difference>, u64)> {
+    fn check_file_pfns(&self, kernel: &[Region]) -> Result<(Vec<Difference>, u64)> {
         let mut out = Vec::new();
         let mut checked = 0;
         if self.file_pfns.is_empty() {
@@ -490,45 +506,17 @@ fn serial_orders(units: &[Unit]) -> Vec<Vec<usize>> {
     orders
 }
 
+/// The model's entry point, from a syscall probe's event (the probe names the call).
 fn apply_syscall(shadow: &mut ShadowSpace, e: &SyscallEvent, pid: u32) {
-    let a = e.args;
-    match mmap_trace_common::Probe::from_u32(e.header.probe) {
-        Some(Probe::Mmap) => {
-            let file = (a[3] & libc::MAP_ANONYMOUS as u64 == 0)
-                .then(|| file_identity(pid, a[4] as i32))
-                .flatten();
-            shadow.mmap(e.ret as u64, a[1], a[2], a[3], a[5], file);
-        }
-        Some(Probe::Munmap) => shadow.munmap(a[0], a[1]),
-        Some(Probe::Mprotect) => shadow.mprotect(a[0], a[1], a[2]),
-        Some(Probe::Mremap) => shadow.mremap(a[0], a[1], a[2], a[3], e.ret as u64),
-        Some(Probe::Brk) => shadow.brk(e.ret as u64),
-        _ => {}
-    }
-}
-
-/// The file behind `fd` now: the process is stopped right after its mmap, so the fd is
-/// the one it mapped.
-fn file_identity(pid: u32, fd: i32) -> Option<FileIdentity> {
-    let link = format!("/proc/{pid}/fd/{fd}");
-    let meta = std::fs::metadata(&link).ok()?;
-    let path = std::fs::read_link(&link).ok()?;
-    let dev = meta.dev();
-    Some(FileIdentity {
-        dev: (libc::major(dev), libc::minor(dev)),
-        inode: meta.ino(),
-        path: path.display().to_string(),
-        overlay: on_overlayfs(&link),
-    })
-}
-
-/// Whether `path` (followed) is on overlayfs.
-fn on_overlayfs(path: &str) -> bool {
-    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
-    let Ok(cpath) = std::ffi::CString::new(path) else { return false };
-    // SAFETY: statfs into a zeroed struct we own, with a NUL-terminated path.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(cpath.as_ptr(), &mut st) } == 0) && st.f_type as i64 == OVERLAYFS_SUPER_MAGIC
+    let nr = match Probe::from_u32(e.header.probe) {
+        Some(Probe::Mmap) => libc::SYS_mmap,
+        Some(Probe::Munmap) => libc::SYS_munmap,
+        Some(Probe::Mprotect) => libc::SYS_mprotect,
+        Some(Probe::Mremap) => libc::SYS_mremap,
+        Some(Probe::Brk) => libc::SYS_brk,
+        _ => return,
+    };
+    shadow.apply_syscall(nr as u64, e.args, e.ret, &ProcEnv { pid });
 }
 
 /// Waits until every thread of `pid` is stopped; false if the process is gone.

@@ -361,8 +361,24 @@ impl AddressSpace {
         // stays.
         let keep_source = old_len == 0 || flags & MREMAP_DONTUNMAP != 0;
         let source_len = if old_len == 0 { new_len } else { old_len };
-        let source: Vec<Region> =
-            self.regions[self.overlapping(old, end(old, source_len))].iter().map(|r| clip(r, old, end(old, source_len))).collect();
+        let mut source: Vec<Region> = self.regions[self.overlapping(old, end(old, source_len))]
+            .iter()
+            .map(|r| clip(r, old, end(old, source_len)))
+            .collect();
+        if old_len == 0 {
+            // A duplicate copies the one VMA at `old` (copy_vma), grown to new_len: not
+            // whatever lies after it.
+            let first_piece = source.first().filter(|r| r.start == old).cloned();
+            let mut kept: Vec<Region> = Vec::new();
+            for r in source.into_iter() {
+                if kept.last().map_or(first_piece.as_ref() == Some(&r), |l| l.continues(&r)) {
+                    kept.push(r);
+                } else {
+                    break;
+                }
+            }
+            source = kept;
+        }
         if !keep_source {
             self.take(old, end(old, old_len), Why::MovedAway);
         }
@@ -381,16 +397,21 @@ impl AddressSpace {
         }
         // A source the model never saw still arrives somewhere (a trace that began after
         // it was mapped); verify's model always has it.
-        if last.is_none() {
-            self.put(Region::anonymous(new, end(new, new_len.min(source_len)), "rw-p"), Why::MovedHere, None);
-        }
-        if new_len > source_len {
+        let arrived = match &last {
+            Some(r) => (r.end - old).min(new_len),
+            None => {
+                let len = new_len.min(source_len);
+                self.put(Region::anonymous(new, end(new, len), "rw-p"), Why::MovedHere, None);
+                len
+            }
+        };
+        if new_len > arrived {
             // Growth continues the last piece's mapping.
             let mut grown = match &last {
                 Some(r) => r.upper_part(r.end),
                 None => Region::anonymous(0, 0, "rw-p"),
             };
-            (grown.start, grown.end) = (end(new, source_len), new_end);
+            (grown.start, grown.end) = (end(new, arrived), new_end);
             self.put(grown, Why::Grown, last.as_ref().map(|r| r.end - 1));
         }
     }

@@ -1001,6 +1001,72 @@ mod tests {
     }
 
     #[test]
+    fn mremap_dup_keeps_the_source_and_maps_a_second_copy() {
+        let dest = 0x50_0000;
+        let p = Calls::new()
+            .push(Call::Mmap { len: 2 * P, prot: 3, flags: 1, path: Some("/dev/shm/x".into()), ret: Some(A) })
+            .mremap(A + P, 0, 3 * P, 1, dest)
+            .replay();
+        assert_eq!(live(&p), vec![(A, A + 2 * P), (dest, dest + P), (dest + P, dest + 3 * P)]);
+        let copy = p.vmas.iter().find(|v| v.start == dest).unwrap();
+        assert_eq!((copy.attrs.file.as_deref(), roles(copy)), (Some("/dev/shm/x"), vec![(0, Role::Created), (1, Role::MovedHere)]));
+        let grown = p.vmas.iter().find(|v| v.start == dest + P).unwrap();
+        assert_eq!(roles(grown), vec![(1, Role::Grown)]);
+    }
+
+    /// verify's shadow and this replay run the one model: the same calls leave the same
+    /// address space in both (issue 12: a rule fixed once is fixed for both). mremap with
+    /// old_len 0 was the rule they disagreed on.
+    #[test]
+    fn report_and_verify_agree() {
+        let dest = 0x50_0000;
+        let h = 0x55_0000;
+        let sequences = [
+            Calls::new().anon(A, 4 * P, 3).munmap(A + P, P).mprotect(A + 2 * P, P, 1).anon(A + 3 * P, P, 0),
+            // mremap dup of a shared file mapping (old_len 0): a second mapping, the old stays.
+            Calls::new()
+                .push(Call::Mmap { len: 2 * P, prot: 3, flags: 1, path: Some("/dev/shm/x".into()), ret: Some(A) })
+                .mremap(A + P, 0, 3 * P, 1, dest),
+            // Move with growth, DONTUNMAP, in-place shrink.
+            Calls::new()
+                .file(A, 2 * P, "/data")
+                .mprotect(A + P, P, 0)
+                .mremap(A, 2 * P, 3 * P, 1, dest)
+                .anon(A + 8 * P, P, 3)
+                .mremap(A + 8 * P, P, P, 1 | 2 | MREMAP_DONTUNMAP, dest + 8 * P)
+                .mremap(dest, 3 * P, P, 0, dest),
+            Calls::new().brk(0, h).brk(h + 0x3000, h + 0x3000).brk(h + 0x1800, h + 0x1800),
+        ];
+        for calls in sequences {
+            let mut shadow = crate::shadow::ShadowSpace::default();
+            for e in &calls.0 {
+                match &e.call {
+                    Call::Mmap { len, prot, flags, path, ret: Some(ret) } => {
+                        let args = [0, *len, *prot, *flags, 0, 0];
+                        shadow.apply_syscall(libc::SYS_mmap as u64, args, *ret as i64, &TracedFile(path.as_deref()));
+                    }
+                    call => {
+                        let (nr, args, ret) = raw_call(call).expect("a syscall");
+                        shadow.apply_syscall(nr as u64, args, ret, &NoEnv);
+                    }
+                }
+            }
+            let p = calls.replay();
+            let mut report: Vec<(u64, u64, u64)> = Vec::new();
+            let mut pieces: Vec<&Vma> = p.vmas.iter().filter(|v| v.t_end.is_none()).collect();
+            pieces.sort_by_key(|v| v.start);
+            for v in pieces {
+                match report.last_mut() {
+                    Some(last) if last.1 == v.start && last.2 == v.attrs.prot => last.1 = v.end,
+                    _ => report.push((v.start, v.end, v.attrs.prot)),
+                }
+            }
+            let verify: Vec<(u64, u64, u64)> = shadow.regions().iter().map(|r| (r.start, r.end, prot_bits(&r.perms))).collect();
+            assert_eq!(report, verify);
+        }
+    }
+
+    #[test]
     fn prot_strings() {
         assert_eq!(prot_string(0), "---");
         assert_eq!(prot_string(5), "r-x");

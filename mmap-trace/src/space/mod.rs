@@ -17,9 +17,8 @@ pub mod syscall;
 #[cfg(test)]
 mod tests;
 
-pub use compare::{Comparison, Difference, Note, compare};
-pub use maps::{MapsView, Unparsed};
+pub use compare::{Comparison, Difference, compare};
 pub use model::{AddressSpace, Change, FileIdentity, Why};
 pub use proc::ProcEnv;
-pub use region::{Backing, Hidden, Name, PAGE, Region, SHARED_ANON_PATH, normalize, page_down, page_up};
-pub use syscall::{Applied, CallEnv, NoEnv, ShmSegment, apply_syscall, syscall_name};
+pub use region::{Backing, Name, PAGE, Region, page_down, page_up};
+pub use syscall::{Applied, CallEnv, NoEnv, ShmSegment, apply_syscall};

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::*;
+use super::{region::{Hidden, normalize}, syscall::syscall_name, *};
 
 const RW: u64 = (libc::PROT_READ | libc::PROT_WRITE) as u64;
 const R: u64 = libc::PROT_READ as u64;

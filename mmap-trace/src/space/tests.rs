@@ -608,3 +608,74 @@ mod real {
         assert!(compare(model.regions(), &got).differences.is_empty());
     }
 }
+
+mod proptests {
+    //! Any sequence of calls, plausible or not (a trace file is input like any other):
+    //! never a panic, and the regions stay sorted, disjoint and non-empty.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn value() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            (0u64..24).prop_map(|k| A + k * P),
+            (0u64..8).prop_map(|k| k * P),
+            Just(0u64),
+            Just(u64::MAX),
+            Just(u64::MAX - P + 1),
+            any::<u64>(),
+            (0u64..24).prop_map(|k| A + k * P + 7),
+        ]
+    }
+
+    fn a_call() -> impl Strategy<Value = (u64, [u64; 6], i64)> {
+        let nrs = prop::sample::select(vec![9u64, 10, 11, 12, 25, 28, 30, 67, 216, 329, 453, 149, 157, 59, 1000]);
+        let ret = prop_oneof![value().prop_map(|v| v as i64), (1i64..4096).prop_map(|e| -e)];
+        (nrs, [value(), value(), value(), value(), value(), value()], ret).prop_map(|(nr, mut args, ret)| {
+            // Flags that mean something, often.
+            if nr == 9 {
+                args[3] &= 0x1_0133;
+            }
+            if nr == 28 {
+                args[2] %= 20;
+            }
+            (nr, args, ret)
+        })
+    }
+
+    struct AnyEnv;
+
+    impl CallEnv for AnyEnv {
+        fn fd_file(&self, fd: i32) -> Option<FileIdentity> {
+            (fd % 3 != 0).then(|| FileIdentity {
+                dev: (8, 1),
+                inode: fd as u64,
+                path: b"/f\n\xff".to_vec(),
+                overlay: fd % 5 == 0,
+                rdev: (fd % 7 == 0).then_some((1, 5)),
+            })
+        }
+        fn shm_segment(&self, shmid: i32) -> Option<ShmSegment> {
+            (shmid % 2 == 0).then_some(ShmSegment { size: (shmid as u64 % 9) * P + 1, key: shmid as u32 })
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_model_never_panics(calls in proptest::collection::vec(a_call(), 0..40), record in any::<bool>()) {
+            let mut s = if record { AddressSpace::recording() } else { AddressSpace::from_kernel(vec![], A + 30 * P) };
+            for (nr, args, ret) in calls {
+                apply_syscall(&mut s, nr, args, ret, &AnyEnv);
+                let r = s.regions();
+                prop_assert!(r.iter().all(|r| r.start < r.end), "{r:?}");
+                prop_assert!(r.windows(2).all(|w| w[0].end <= w[1].start), "{r:?}");
+            }
+            let child = s.fork_child();
+            let kernel = child.regions().to_vec();
+            s.grow_down(&kernel);
+            let c = compare(&normalize(s.regions().to_vec()), &kernel);
+            s.adopt(&kernel, &c.ranges());
+        }
+    }
+}

@@ -40,6 +40,15 @@ impl ShadowSpace {
         Self { space: self.space.fork_child() }
     }
 
+    #[allow(dead_code, reason = "used by verify's catch-all and fork following (issue 12), which the lead wires in")]
+    /// Stack and MAP_GROWSDOWN growth (a fault, no syscall) seen in the kernel's view;
+    /// returns the ranges grown (empty: the change was something else).
+    pub fn grow_down(&mut self, kernel: &[Region]) -> Vec<(u64, u64)> {
+        let grown = self.space.grow_down(kernel);
+        self.space.merge();
+        grown
+    }
+
     /// Compares with the kernel's view. A note (same file, new name) is said once: the
     /// shadow takes the kernel's name for it.
     pub fn check(&mut self, kernel: &[Region]) -> Comparison {

@@ -21,7 +21,7 @@ mod tracefs;
 mod verify;
 mod verify_driver;
 mod driver_truth;
-mod maps;
+mod space;
 mod shadow;
 
 use std::process::ExitCode;

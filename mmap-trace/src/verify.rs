@@ -8,7 +8,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    os::unix::fs::MetadataExt as _,
     path::PathBuf,
 };
 
@@ -25,10 +24,10 @@ use crate::{
     hold::{Holder, Notice},
     json::{Hex, is_error},
     loader::LoadOptions,
-    maps,
     output::{Format, Output, Summary, VerifyStats},
     session::{Session, StopSignals, Target, monotonic_ns, runtime},
-    shadow::{Difference, FileIdentity, PAGE, ShadowSpace, compare},
+    shadow::{Difference, PAGE, ShadowSpace},
+    space::{self, Applied, Comparison, ProcEnv, Region},
     trace::ignore_closed_output,
 };
 
@@ -40,6 +39,9 @@ pub enum Plant {
     MapsPerms,
     /// Add one to every PFN the page_cache events report.
     PfnOffByOne,
+    /// Treat shmat and shmdt as calls the shadow does not model: the catch-all, not the
+    /// model, must then account for them (an `unmodelled` record naming them).
+    UnmodelShm,
 }
 
 pub struct VerifyConfig {
@@ -404,35 +406,39 @@ impl Verifier {
                 }
                 return Ok(()); // before the command's exec: nothing to compare yet
             }
-            let (kernel, differences, pfn_checks) = self.differences(owner, reader)?;
+            let check = self.differences(owner, reader)?;
             let proc = self.procs.entry(owner).or_default();
-            if differences.is_empty() {
+            if check.agrees() {
                 proc.stats.checkpoints += 1;
-                proc.stats.pfn_checks += pfn_checks;
+                proc.stats.pfn_checks += check.pfn_checks;
                 proc.unmodelled.clear();
                 return Ok(());
             }
             if first_failure.is_none() {
-                first_failure = Some((kernel, differences, pfn_checks, proc.shadow.clone(), proc.unmodelled.clone()));
+                first_failure = Some((check, proc.shadow.clone(), proc.unmodelled.clone()));
             }
         }
-        let Some((kernel, differences, pfn_checks, shadow, unmodelled)) = first_failure else {
+        let Some((check, shadow, unmodelled)) = first_failure else {
             return Ok(());
         };
         let proc = self.procs.entry(owner).or_default();
         proc.shadow = shadow;
         proc.stats.checkpoints += 1;
-        proc.stats.pfn_checks += pfn_checks;
+        proc.stats.pfn_checks += check.pfn_checks;
         proc.unmodelled = unmodelled;
         let last = events.last().copied();
-        self.report_all(owner, reader, &differences, kernel, last.as_ref(), out)
+        self.report_all(owner, check, last.as_ref(), out)
     }
 
     fn seed(&mut self, pid: u32) -> Result<()> {
         let stat = procfs::process::Process::new(pid as i32)
             .and_then(|p| p.stat())
             .with_context(|| format!("reading /proc/{pid}/stat"))?;
-        let shadow = ShadowSpace::seed(maps::read(pid)?, stat.start_brk.unwrap_or(0));
+        let view = space::maps::read(pid)?;
+        for u in &view.unparsed {
+            eprintln!("mmap-trace: warning: pid {pid}: /proc/{pid}/maps line {} could not be read ({}): {}; the shadow starts without it", u.line, u.reason, u.text);
+        }
+        let shadow = ShadowSpace::seed(view.regions, stat.start_brk.unwrap_or(0));
         let proc = self.procs.entry(pid).or_default();
         proc.shadow = Some(shadow);
         proc.shares_with = None;
@@ -469,55 +475,69 @@ impl Verifier {
         let Some(shadow) = proc.shadow.as_mut() else {
             return Ok(()); // before the command's exec: its pre-exec image is ours
         };
-        match event {
-            Event::Syscall(e) if !is_error(e.ret) => apply_syscall(shadow, e, pid),
-            Event::Mmap(e) if !is_error(e.call.ret) => apply_syscall(shadow, &e.call, pid),
-            Event::RemapPfn(e) => shadow.remap_pfn_range(e.vma.vm_start, e.vma.vm_flags, e.pfn),
-            Event::MmChange(c) => {
-                if let Some(cause) = apply_change(shadow, c, pid) {
-                    proc.unmodelled.push(cause);
-                }
+        let plant = self.plant;
+        let cause = match event {
+            Event::Syscall(e) => apply_call(shadow, e, pid),
+            Event::Mmap(e) => apply_call(shadow, &e.call, pid),
+            Event::RemapPfn(e) => {
+                shadow.space_mut().remap_pfn_range(e.vma.vm_start, e.vma.vm_flags, e.pfn);
+                None
             }
-            _ => {}
-        }
+            Event::MmChange(c) => apply_change(shadow, c, pid, plant),
+            _ => None,
+        };
+        proc.unmodelled.extend(cause);
         Ok(())
     }
 
     /// The kernel's view now (read from `reader`), how `owner`'s shadow differs from it,
-    /// and how many page PFNs were compared.
-    fn differences(&mut self, owner: u32, reader: u32) -> Result<(Vec<maps::Region>, Vec<Difference>, u64)> {
-        let mut kernel = maps::read(reader)?;
-        let (mut differences, pfn_checks) = self.check_file_pfns(reader, &kernel)?;
+    /// and how many page PFNs were compared. A fault's checkpoint first lets the shadow
+    /// grow its stacks and MAP_GROWSDOWN mappings to what the kernel shows.
+    fn differences(&mut self, owner: u32, reader: u32) -> Result<Check> {
+        let view = space::maps::read(reader)?;
+        let mut kernel = view.regions;
+        let (mut extra, pfn_checks) = self.check_file_pfns(reader, &kernel)?;
+        // A line verify cannot parse is a mismatch of its own, never an abort.
+        extra.extend(view.unparsed.iter().map(|u| Difference {
+            start: 0,
+            end: 0,
+            field: "maps line",
+            expected: format!("a maps line (line {}: {})", u.line, u.reason),
+            found: u.text.to_string(),
+        }));
         if self.plant == Some(Plant::MapsPerms)
             && let Some(r) = kernel.iter_mut().find(|r| r.perms.starts_with("rw"))
         {
             r.perms.replace_range(1..2, "-");
         }
-        let shadow = self.procs[&owner].shadow.as_ref().expect("checked by the caller");
-        differences.extend(compare(shadow.regions(), &kernel));
-        Ok((kernel, differences, pfn_checks))
+        let proc = self.procs.get_mut(&owner).expect("checked by the caller");
+        let shadow = proc.shadow.as_mut().expect("checked by the caller");
+        let mut comparison = shadow.check(&kernel);
+        if !comparison.differences.is_empty() && proc.unmodelled.iter().any(|c| c == "fault") {
+            // Stack growth is modelled: the fault's cause is settled if that explains it.
+            if !shadow.grow_down(&kernel).is_empty() {
+                proc.unmodelled.retain(|c| c != "fault");
+                comparison = shadow.check(&kernel);
+            }
+        }
+        for n in &comparison.notes {
+            eprintln!(
+                "mmap-trace: note: pid {reader}: {:#x}-{:#x}: the same file (device and inode) is now named {:?} (events named it {:?}): renamed or unlinked, no mapping changed",
+                n.start, n.end, n.found, n.expected
+            );
+        }
+        Ok(Check { kernel, comparison, extra, pfn_checks })
     }
 
-    fn report_all(
-        &mut self,
-        owner: u32,
-        reader: u32,
-        differences: &[Difference],
-        kernel: Vec<maps::Region>,
-        last: Option<&Event>,
-        out: &mut Output,
-    ) -> Result<()> {
-        if differences.is_empty() {
-            return Ok(());
-        }
+    fn report_all(&mut self, owner: u32, check: Check, last: Option<&Event>, out: &mut Output) -> Result<()> {
         let proc = self.procs.entry(owner).or_default();
         let unmodelled = std::mem::take(&mut proc.unmodelled);
+        let maps_differences = &check.comparison.differences;
+        // Page PFNs and unreadable maps lines are never explained by a cause: mismatches.
+        let mut mismatches: Vec<&Difference> = check.extra.iter().collect();
         if unmodelled.is_empty() {
-            proc.stats.mismatches += differences.len() as u64;
-            for d in differences {
-                self.report(owner, d, last, out)?;
-            }
-        } else {
+            mismatches.extend(maps_differences);
+        } else if !maps_differences.is_empty() {
             // A cause the shadow does not model explains the change: adopt it.
             proc.stats.unmodelled += 1;
             let mut causes = unmodelled;
@@ -527,26 +547,34 @@ impl Verifier {
                 pid: owner,
                 checkpoint: proc.stats.checkpoints,
                 cause: causes.join(", "),
-                ranges: differences
+                ranges: maps_differences
                     .iter()
                     .map(|d| AdoptedRange { start: Hex(d.start), end: Hex(d.end), field: d.field, expected: &d.expected, found: &d.found })
                     .collect(),
             };
+            eprintln!(
+                "mmap-trace: pid {owner}: {} changed what maps shows ({} ranges); not modelled: adopted from the kernel's view",
+                record.cause,
+                record.ranges.len()
+            );
             out.record(&record).or_else(ignore_closed_output)?;
         }
+        let proc = self.procs.entry(owner).or_default();
+        proc.stats.mismatches += mismatches.len() as u64;
+        for d in mismatches {
+            self.report(owner, d, last, out)?;
+        }
         // Adopt the kernel's view so the next checkpoint reports only new differences.
-        let start_brk = procfs::process::Process::new(reader as i32)
-            .and_then(|p| p.stat())
-            .map(|s| s.start_brk.unwrap_or(0))
-            .unwrap_or(0);
-        self.procs.entry(owner).or_default().shadow = Some(ShadowSpace::seed(kernel, start_brk));
+        if let Some(shadow) = self.procs.entry(owner).or_default().shadow.as_mut() {
+            shadow.adopt(&check.kernel, &check.comparison);
+        }
         Ok(())
     }
 
     /// Present page-cache pages of the file mappings against the PFNs the page_cache
     /// events reported for the same (device, inode, index). Pages that are present but
     /// not file pages are private copies (copy-on-write) and are not compared.
-    fn check_file_pfns(&self, pid: u32, kernel: &[maps::Region]) -> Result<(Vec<Difference>, u64)> {
+    fn check_file_pfns(&self, pid: u32, kernel: &[Region]) -> Result<(Vec<Difference>, u64)> {
         let mut out = Vec::new();
         let mut checked = 0;
         if self.file_pfns.is_empty() {
@@ -707,62 +735,60 @@ fn serial_orders(units: &[Unit]) -> Vec<Vec<usize>> {
     orders
 }
 
-/// A catch-all record: the cause, when the shadow does not model it (the caller adopts
-/// the kernel's view at the checkpoint and says so).
-fn apply_change(shadow: &mut ShadowSpace, c: &MmChangeEvent, pid: u32) -> Option<String> {
-    let _ = (shadow, pid);
-    Some(match MmChangeCause::from_u32(c.cause) {
-        Some(MmChangeCause::Syscall) => {
-            let name = crate::syscall_names::name(c.nr, c.compat != 0);
-            if is_error(c.ret) {
-                return None; // a failed call changed nothing
-            }
-            name
-        }
-        Some(MmChangeCause::Fault) => "fault".to_string(),
-        _ => format!("kernel ({} pid {})", decode::c_str(&c.header.comm), c.locker_pid),
-    })
+/// What the kernel's view of a checkpoint says.
+struct Check {
+    kernel: Vec<Region>,
+    /// The shadow against maps (differences and notes).
+    comparison: Comparison,
+    /// Page PFNs that disagree and maps lines that could not be read.
+    extra: Vec<Difference>,
+    pfn_checks: u64,
 }
 
-fn apply_syscall(shadow: &mut ShadowSpace, e: &SyscallEvent, pid: u32) {
-    let a = e.args;
-    match mmap_trace_common::Probe::from_u32(e.header.probe) {
-        Some(Probe::Mmap) => {
-            let file = (a[3] & libc::MAP_ANONYMOUS as u64 == 0)
-                .then(|| file_identity(pid, a[4] as i32))
-                .flatten();
-            shadow.mmap(e.ret as u64, a[1], a[2], a[3], a[5], file);
-        }
-        Some(Probe::Munmap) => shadow.munmap(a[0], a[1]),
-        Some(Probe::Mprotect) => shadow.mprotect(a[0], a[1], a[2]),
-        Some(Probe::Mremap) => shadow.mremap(a[0], a[1], a[2], a[3], e.ret as u64),
-        Some(Probe::Brk) => shadow.brk(e.ret as u64),
-        _ => {}
+impl Check {
+    fn agrees(&self) -> bool {
+        self.comparison.differences.is_empty() && self.extra.is_empty()
     }
 }
 
-/// The file behind `fd` now: the process is stopped right after its mmap, so the fd is
-/// the one it mapped.
-fn file_identity(pid: u32, fd: i32) -> Option<FileIdentity> {
-    let link = format!("/proc/{pid}/fd/{fd}");
-    let meta = std::fs::metadata(&link).ok()?;
-    let path = std::fs::read_link(&link).ok()?;
-    let dev = meta.dev();
-    Some(FileIdentity {
-        dev: (libc::major(dev), libc::minor(dev)),
-        inode: meta.ino(),
-        path: path.display().to_string(),
-        overlay: on_overlayfs(&link),
-    })
+/// One of the five probed calls, through the model; its cause when not modelled.
+fn apply_call(shadow: &mut ShadowSpace, e: &SyscallEvent, pid: u32) -> Option<String> {
+    let nr = match Probe::from_u32(e.header.probe) {
+        Some(Probe::Mmap) => libc::SYS_mmap,
+        Some(Probe::Munmap) => libc::SYS_munmap,
+        Some(Probe::Mprotect) => libc::SYS_mprotect,
+        Some(Probe::Mremap) => libc::SYS_mremap,
+        Some(Probe::Brk) => libc::SYS_brk,
+        _ => return None,
+    };
+    unmodelled(shadow.apply_syscall(nr as u64, e.args, e.ret, &ProcEnv { pid }))
 }
 
-/// Whether `path` (followed) is on overlayfs.
-fn on_overlayfs(path: &str) -> bool {
-    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
-    let Ok(cpath) = std::ffi::CString::new(path) else { return false };
-    // SAFETY: statfs into a zeroed struct we own, with a NUL-terminated path.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(cpath.as_ptr(), &mut st) } == 0) && st.f_type as i64 == OVERLAYFS_SUPER_MAGIC
+fn unmodelled(applied: Applied) -> Option<String> {
+    match applied {
+        Applied::Unmodelled { cause } => Some(cause.to_string()),
+        Applied::Modelled | Applied::NoMapsChange | Applied::Failed => None,
+    }
+}
+
+/// A catch-all record through the model: the cause, when the shadow does not model it
+/// (the checkpoint then adopts the kernel's view and says so).
+fn apply_change(shadow: &mut ShadowSpace, c: &MmChangeEvent, pid: u32, plant: Option<Plant>) -> Option<String> {
+    match MmChangeCause::from_u32(c.cause) {
+        Some(MmChangeCause::Syscall) if c.compat != 0 => {
+            (!is_error(c.ret)).then(|| crate::syscall_names::name(c.nr, true))
+        }
+        Some(MmChangeCause::Syscall) => {
+            let nr = c.nr as u64;
+            if plant == Some(Plant::UnmodelShm) && matches!(nr as i64, libc::SYS_shmat | libc::SYS_shmdt) {
+                return Some(crate::syscall_names::name(c.nr, false));
+            }
+            unmodelled(shadow.apply_syscall(nr, c.args, c.ret, &ProcEnv { pid }))
+        }
+        // Settled at the checkpoint: stack growth, or adopted.
+        Some(MmChangeCause::Fault) => Some("fault".to_string()),
+        _ => Some(format!("kernel ({} pid {})", decode::c_str(&c.header.comm), c.locker_pid)),
+    }
 }
 
 #[cfg(test)]

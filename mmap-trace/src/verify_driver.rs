@@ -3,7 +3,7 @@
 //! PFN list, the page tables and the bytes all tell the same story.
 
 use std::{
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -17,7 +17,7 @@ use crate::{
     driver_truth::{self, DeviceKind},
     flags,
     loader::{LoadOptions, Tracer},
-    maps::{self, Backing},
+    space::{self, Backing},
     output::Format,
     shadow::PAGE,
 };
@@ -275,14 +275,14 @@ fn check_remaps(checks: &mut Checks, kind: DeviceKind, remaps: &[&RemapPfnEvent]
 }
 
 fn check_maps_line(checks: &mut Checks, m: &Mapping, offset: u64, inode: u64, device: &Path, private: bool, expected: &[u64]) -> Result<()> {
-    let regions = maps::read(std::process::id())?;
+    let regions = space::maps::read(std::process::id())?.regions;
     let Some(r) = regions.iter().find(|r| r.start <= m.addr && m.addr < r.end) else {
         checks.add("/proc/self/maps shows the VMA", false, "no maps line at the address");
         return Ok(());
     };
     // A private mapping's vm_pgoff becomes the first PFN (remap_pfn_range on a COW VMA).
     let want_offset = if private { expected[0] * PAGE } else { offset * PAGE };
-    let path_ok = matches!(&r.backing, Backing::File(p) if Path::new(p) == std::fs::canonicalize(device).unwrap_or_default());
+    let path_ok = matches!(&r.backing, Backing::File(p) if Path::new(std::ffi::OsStr::from_bytes(p.as_bytes())) == std::fs::canonicalize(device).unwrap_or_default());
     checks.add(
         "/proc/self/maps shows the VMA",
         r.start == m.addr && r.end == m.addr + m.len && r.offset == want_offset && r.inode == inode && path_ok,

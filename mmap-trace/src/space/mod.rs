@@ -1,0 +1,24 @@
+//! The address-space model, once, for verify and report: the kernel's view
+//! (/proc/<pid>/maps, parsed as bytes: [`maps`]), the model of what the calls imply
+//! ([`model`]), the one entry point from a raw syscall ([`syscall`]) and the comparison of
+//! the two ([`compare`]).
+//!
+//! verify keeps a model per process and checks it against maps at each checkpoint
+//! (`shadow.rs`); report keeps one per process of a trace and draws its history from the
+//! model's [`Change`]s (`report/model.rs`). A rule fixed here is fixed for both.
+
+pub mod compare;
+pub mod maps;
+pub mod model;
+pub mod proc;
+pub mod region;
+pub mod syscall;
+
+#[cfg(test)]
+mod tests;
+
+pub use compare::{Comparison, Difference, compare};
+pub use model::{AddressSpace, Change, FileIdentity, Why};
+pub use proc::ProcEnv;
+pub use region::{Backing, Name, PAGE, Region, page_down, page_up};
+pub use syscall::{Applied, CallEnv, NoEnv, ShmSegment, apply_syscall};

@@ -173,6 +173,10 @@ struct VerifyArgs {
     /// Self-test: doctor an input so that the checks must fail.
     #[arg(long, hide = true, value_enum)]
     plant: Option<crate::verify::Plant>,
+    /// Compare the PFN of every known file page at every checkpoint, not only of the
+    /// pages that could have changed since their last check (slower; for self-tests).
+    #[arg(long)]
+    full: bool,
 }
 
 #[derive(Args)]
@@ -223,6 +227,7 @@ impl Cli {
                     output: args.output.output,
                     load: args.probes.into_load_options(),
                     plant: args.plant,
+                    full: args.full,
                 };
                 if verify::run(config)? { Outcome::Done } else { Outcome::Disagreed }
             }

@@ -6,9 +6,11 @@
 //! until every thread is stopped, drains the ring buffer (each call that completed has
 //! submitted its event by then), applies the events, compares, and sends SIGCONT.
 
-use std::{collections::HashMap, os::unix::fs::MetadataExt as _, path::PathBuf, time::Duration};
+mod pages;
 
-use procfs::process::{MemoryPageFlags, PageInfo};
+pub use pages::PageStats;
+
+use std::{os::unix::fs::MetadataExt as _, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
@@ -23,7 +25,7 @@ use crate::{
     maps,
     output::{Format, Output, Summary, VerifyStats},
     session::{Session, StopSignals, Target, monotonic_ns, reap, runtime},
-    shadow::{Difference, FileIdentity, PAGE, ShadowSpace, compare},
+    shadow::{Difference, FileIdentity, ShadowSpace, compare},
     trace::ignore_closed_output,
 };
 
@@ -43,6 +45,9 @@ pub struct VerifyConfig {
     pub output: Option<PathBuf>,
     pub load: LoadOptions,
     pub plant: Option<Plant>,
+    /// PFN-check every known page at every checkpoint (self-tests), not only those that
+    /// could have changed.
+    pub full: bool,
 }
 
 #[derive(Serialize)]
@@ -66,8 +71,8 @@ struct Verifier {
     shadow: Option<ShadowSpace>,
     stats: VerifyStats,
     plant: Option<Plant>,
-    /// (device, inode, page index) → PFN, from page_cache events.
-    file_pfns: HashMap<((u32, u32), u64, u64), u64>,
+    /// File pages against pagemap (verify/pages.rs).
+    pages: pages::PageChecks,
 }
 
 /// Returns whether the kernel agreed with the events at every checkpoint.
@@ -102,7 +107,7 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         shadow: None,
         stats: VerifyStats::default(),
         plant: config.plant,
-        file_pfns: HashMap::new(),
+        pages: pages::PageChecks::new(config.full, config.plant == Some(Plant::PfnOffByOne)),
     };
     if child.is_none() {
         // A running process: seed from its maps while it holds still.
@@ -147,7 +152,8 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         ..Summary::default()
     };
     let lost: u64 = summary.lost.iter().sum();
-    let stats = verifier.stats;
+    let mut stats = verifier.stats;
+    stats.add_page_checks(&verifier.pages.stats);
     summary.verify = Some(stats);
     out.summary(&summary).and_then(|()| out.flush()).or_else(ignore_closed_output)?;
     // Nothing checked is not a pass: the user asked for proof and got none.
@@ -222,6 +228,9 @@ impl Verifier {
         let units = units(events);
         let base = self.shadow.clone();
         let mut first_failure = None;
+        // The page checks depend on the kernel's view only, not on the order tried: once
+        // per checkpoint, with the maps the first order is compared with.
+        let mut page_differences = None;
         for order in serial_orders(&units) {
             self.shadow = base.clone();
             for &u in &order {
@@ -232,22 +241,21 @@ impl Verifier {
             if self.shadow.is_none() {
                 return Ok(()); // before the command's exec: nothing to compare yet
             }
-            let (kernel, differences, pfn_checks) = self.differences()?;
+            let (kernel, differences) = self.differences(&mut page_differences)?;
             if differences.is_empty() {
                 self.stats.checkpoints += 1;
-                self.stats.pfn_checks += pfn_checks;
-                return Ok(());
+                return self.report_pages(page_differences.unwrap_or_default(), events, out);
             }
             if first_failure.is_none() {
-                first_failure = Some((kernel, differences, pfn_checks, self.shadow.clone()));
+                first_failure = Some((kernel, differences, self.shadow.clone()));
             }
         }
-        let Some((kernel, differences, pfn_checks, shadow)) = first_failure else {
+        let Some((kernel, differences, shadow)) = first_failure else {
             return Ok(());
         };
         self.shadow = shadow;
         self.stats.checkpoints += 1;
-        self.stats.pfn_checks += pfn_checks;
+        self.report_pages(page_differences.unwrap_or_default(), events, out)?;
         let last = *events.last().expect("non-empty batch");
         self.report_all(&differences, kernel, &last, out)
     }
@@ -271,6 +279,7 @@ impl Verifier {
     }
 
     fn apply(&mut self, event: &Event) -> Result<()> {
+        self.pages.record(event);
         if let Event::Exec(_) = event {
             return self.seed();
         }
@@ -282,31 +291,36 @@ impl Verifier {
             Event::Syscall(e) if !is_error(e.ret) => apply_syscall(shadow, e, pid),
             Event::Mmap(e) if !is_error(e.call.ret) => apply_syscall(shadow, &e.call, pid),
             Event::RemapPfn(e) => shadow.remap_pfn_range(e.vma.vm_start, e.vma.vm_flags, e.pfn),
-            Event::PageCache(e) => {
-                let dev = (e.dev >> 20, e.dev & 0xfffff);
-                let planted = u64::from(self.plant == Some(Plant::PfnOffByOne));
-                for i in 0..1u64 << e.order.min(20) {
-                    self.file_pfns.insert((dev, e.ino, e.index + i), e.pfn + i + planted);
-                }
-            }
             _ => {}
         }
         Ok(())
     }
 
-    /// The kernel's view now, how the shadow differs from it, and how many page PFNs
-    /// were compared.
-    fn differences(&mut self) -> Result<(Vec<maps::Region>, Vec<Difference>, u64)> {
+    /// The kernel's view now and how the shadow's maps differ from it; the first call of
+    /// a checkpoint also runs the page checks into `pages`.
+    fn differences(&mut self, pages: &mut Option<Vec<Difference>>) -> Result<(Vec<maps::Region>, Vec<Difference>)> {
         let mut kernel = maps::read(self.pid)?;
-        let (mut differences, pfn_checks) = self.check_file_pfns(&kernel)?;
+        if pages.is_none() {
+            *pages = Some(self.pages.check(self.pid, &kernel)?);
+        }
         if self.plant == Some(Plant::MapsPerms)
             && let Some(r) = kernel.iter_mut().find(|r| r.perms.starts_with("rw"))
         {
             r.perms.replace_range(1..2, "-");
         }
         let shadow = self.shadow.as_ref().expect("checked by the caller");
-        differences.extend(compare(shadow.regions(), &kernel));
-        Ok((kernel, differences, pfn_checks))
+        let differences = compare(shadow.regions(), &kernel);
+        Ok((kernel, differences))
+    }
+
+    /// PFN differences of a checkpoint (the page checks adopt the kernel's PFN already).
+    fn report_pages(&mut self, differences: Vec<Difference>, events: &[Event], out: &mut Output) -> Result<()> {
+        let last = *events.last().expect("non-empty batch");
+        self.stats.mismatches += differences.len() as u64;
+        for d in &differences {
+            self.report(d, &last, out)?;
+        }
+        Ok(())
     }
 
     fn report_all(&mut self, differences: &[Difference], kernel: Vec<maps::Region>, last: &Event, out: &mut Output) -> Result<()> {
@@ -324,59 +338,6 @@ impl Verifier {
             .unwrap_or(0);
         self.shadow = Some(ShadowSpace::seed(kernel, start_brk));
         Ok(())
-    }
-
-    /// Present page-cache pages of the file mappings against the PFNs the page_cache
-    /// events reported for the same (device, inode, index). Pages that are present but
-    /// not file pages are private copies (copy-on-write) and are not compared.
-    fn check_file_pfns(&self, kernel: &[maps::Region]) -> Result<(Vec<Difference>, u64)> {
-        let mut out = Vec::new();
-        let mut checked = 0;
-        if self.file_pfns.is_empty() {
-            return Ok((out, checked));
-        }
-        let mut pagemap = None;
-        for r in kernel.iter().filter(|r| r.inode != 0) {
-            let first_index = r.offset / PAGE;
-            let pages = r.len() / PAGE;
-            let known: Vec<(u64, u64)> = (0..pages)
-                .filter_map(|k| self.file_pfns.get(&(r.dev, r.inode, first_index + k)).map(|p| (k, *p)))
-                .collect();
-            if known.is_empty() {
-                continue;
-            }
-            let pagemap = match &mut pagemap {
-                Some(p) => p,
-                None => pagemap.insert(
-                    procfs::process::Process::new(self.pid as i32)
-                        .and_then(|p| p.pagemap())
-                        .with_context(|| format!("opening /proc/{}/pagemap", self.pid))?,
-                ),
-            };
-            let first_page = (r.start / PAGE) as usize;
-            for (k, expected) in known {
-                let info = pagemap
-                    .get_info(first_page + k as usize)
-                    .with_context(|| format!("reading /proc/{}/pagemap", self.pid))?;
-                let PageInfo::MemoryPage(flags) = info else { continue };
-                if !flags.contains(MemoryPageFlags::PRESENT) || !flags.contains(MemoryPageFlags::FILE) {
-                    continue;
-                }
-                checked += 1;
-                let found = flags.get_page_frame_number().0;
-                if found != expected {
-                    let addr = r.start + k * PAGE;
-                    out.push(Difference {
-                        start: addr,
-                        end: addr + PAGE,
-                        field: "pfn",
-                        expected: format!("{expected:#x}"),
-                        found: format!("{found:#x}"),
-                    });
-                }
-            }
-        }
-        Ok((out, checked))
     }
 
     fn report(&self, d: &Difference, last: &Event, out: &mut Output) -> Result<()> {

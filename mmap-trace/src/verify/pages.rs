@@ -98,8 +98,8 @@ pub struct PageChecks {
     /// Page-aligned address ranges touched since the last check.
     touched: Vec<(u64, u64)>,
     touched_all: bool,
-    /// Addresses of known pages found not present at their last check.
-    not_present: BTreeSet<u64>,
+    /// Known pages found not present at their last check, in address order.
+    not_present: Vec<Wanted>,
     last_full: Option<Instant>,
     pagemap: Option<(u32, File)>,
     pub stats: PageStats,
@@ -115,7 +115,7 @@ impl PageChecks {
             recorded: HashMap::new(),
             touched: Vec::new(),
             touched_all: true,
-            not_present: BTreeSet::new(),
+            not_present: Vec::new(),
             last_full: None,
             pagemap: None,
             stats: PageStats::default(),
@@ -206,7 +206,7 @@ impl PageChecks {
             self.stats.full_passes += 1;
         }
         let mut differences = Vec::new();
-        let mut not_present = BTreeSet::new();
+        let mut not_present = Vec::new();
         let mut run_start = 0;
         while run_start < wanted.len() {
             let mut run_end = run_start + 1;
@@ -218,11 +218,11 @@ impl PageChecks {
             for w in run {
                 let raw = entries[((w.addr - run[0].addr) / PAGE) as usize];
                 let PageInfo::MemoryPage(flags) = PageInfo::parse_info(raw) else {
-                    not_present.insert(w.addr); // swapped out: may come back
+                    not_present.push(*w); // swapped out: may come back
                     continue;
                 };
                 if !flags.contains(MemoryPageFlags::PRESENT) {
-                    not_present.insert(w.addr);
+                    not_present.push(*w);
                     continue;
                 }
                 if !flags.contains(MemoryPageFlags::FILE) {
@@ -257,6 +257,10 @@ impl PageChecks {
     /// when `full`), in address order.
     fn wanted(&self, kernel: &[Region], full: bool) -> Vec<Wanted> {
         let mut wanted = Vec::new();
+        // Still wanted: the pages not present last time that the same (file, index)
+        // still maps (else a touched range covers the address).
+        let mut still_not_present = Vec::with_capacity(self.not_present.len());
+        let mut next = 0;
         for r in kernel.iter().filter(|r| r.inode != 0) {
             let file = (r.dev, r.inode);
             let Some(known) = self.pfns.get(&file) else { continue };
@@ -284,15 +288,37 @@ impl PageChecks {
                     wanted.push(Wanted { addr: addr(i), file, index: i });
                 }
             }
-            for &a in self.not_present.range(r.start..r.end) {
-                if known.contains_key(&index(a)) {
-                    wanted.push(Wanted { addr: a, file, index: index(a) });
+            // Both in address order: one merge, no lookups.
+            while next < self.not_present.len() && self.not_present[next].addr < r.start {
+                next += 1;
+            }
+            while next < self.not_present.len() && self.not_present[next].addr < r.end {
+                let w = self.not_present[next];
+                if w.file == file && w.index == index(w.addr) {
+                    still_not_present.push(w);
                 }
+                next += 1;
             }
         }
+        if wanted.is_empty() {
+            return still_not_present;
+        }
         wanted.sort_unstable_by_key(|w| w.addr);
-        wanted.dedup_by_key(|w| w.addr);
-        wanted
+        let mut merged = Vec::with_capacity(wanted.len() + still_not_present.len());
+        let (mut a, mut b) = (wanted.into_iter().peekable(), still_not_present.into_iter().peekable());
+        loop {
+            let take_a = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => x.addr <= y.addr,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let w = if take_a { a.next() } else { b.next() }.expect("peeked");
+            if merged.last().is_none_or(|l: &Wanted| l.addr != w.addr) {
+                merged.push(w);
+            }
+        }
+        merged
     }
 
     /// The pagemap entries of [start, end), in one pread.

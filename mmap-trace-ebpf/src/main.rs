@@ -6,6 +6,7 @@
 mod driver_mmap;
 mod emit;
 mod exec;
+mod floor;
 mod kernel;
 mod mmap_region;
 mod page_cache;

@@ -78,6 +78,13 @@ enum Command {
     /// PASS, 1 any FAIL, 2 error.
     #[command(name = "verify-driver")]
     VerifyDriver(VerifyDriverArgs),
+    /// Bench only: an empty eBPF program on the syscall probes' attach point (raw
+    /// tracepoint sys_exit) until PID exits.
+    #[command(hide = true)]
+    Floor {
+        #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+        pid: u32,
+    },
     /// Replay a JSON trace into per-process address-space timelines: a text summary, or
     /// one self-contained HTML page with --html.
     #[command(
@@ -247,6 +254,10 @@ impl Cli {
                     plant: args.plant,
                 };
                 if crate::verify_driver::run(config)? { Outcome::Done } else { Outcome::Disagreed }
+            }
+            Command::Floor { pid } => {
+                crate::floor::run(pid)?;
+                Outcome::Done
             }
             Command::Report(args) => {
                 crate::report::run(args)?;

@@ -5,6 +5,7 @@ mod btf;
 mod cli;
 mod decode;
 mod flags;
+mod floor;
 mod json;
 mod loader;
 mod output;

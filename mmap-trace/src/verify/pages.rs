@@ -10,13 +10,11 @@
 //! |---|---|---|
 //! | the page left the page cache and came back (new PFN) | a `page_cache` event | every address mapping that (file, index), at the next checkpoint |
 //! | what is mapped at an address (mmap, munmap, mremap, mprotect; anything the run loop's catch-all flags) | [`PageChecks::record`], [`PageChecks::touch_range`], [`PageChecks::touch_all`] | the pages in those ranges |
-//! | a fault mapped a page that was not present (no event at all) | — | every page found not present at its last check is read again at every checkpoint until it is present |
+//! | a fault mapped a page that was not present, or a private copy was dropped (`MADV_DONTNEED`) and the file page faulted back (no event at all) | — | every page found not present, or not a file page, at its last check is read again at every checkpoint until it is a present file page |
 //! | the kernel moved a cached page without a `page_cache` event (migration, compaction, khugepaged's collapse of a file range) | — | a full comparison, at least every [`FULL_INTERVAL`] |
 //!
 //! A page found present, holding its file PFN, stays so until one of those happens: it
-//! is not read again. A present page that is not a file page (a private copy) can turn
-//! back into one only by a call on its range (munmap, `MADV_DONTNEED`: the catch-all).
-//! `--full` (self-tests) reads every known page at every checkpoint, as before.
+//! is not read again. `--full` (self-tests) reads every known page at every checkpoint, as before.
 //!
 //! pagemap is read with one `pread` per run of neighbouring pages (gaps of up to
 //! [`MERGE_GAP`] pages are read through), never page by page: procfs's `get_info` seeks
@@ -98,8 +96,10 @@ pub struct PageChecks {
     /// Page-aligned address ranges touched since the last check.
     touched: Vec<(u64, u64)>,
     touched_all: bool,
-    /// Known pages found not present at their last check, in address order.
-    not_present: Vec<Wanted>,
+    /// Known pages found not present, or present but not file pages (private copies), at
+    /// their last check, in address order: a fault can make them file pages without an
+    /// event.
+    unsettled: Vec<Wanted>,
     last_full: Option<Instant>,
     pagemap: Option<(u32, File)>,
     pub stats: PageStats,
@@ -115,7 +115,7 @@ impl PageChecks {
             recorded: HashMap::new(),
             touched: Vec::new(),
             touched_all: true,
-            not_present: Vec::new(),
+            unsettled: Vec::new(),
             last_full: None,
             pagemap: None,
             stats: PageStats::default(),
@@ -206,7 +206,7 @@ impl PageChecks {
             self.stats.full_passes += 1;
         }
         let mut differences = Vec::new();
-        let mut not_present = Vec::new();
+        let mut unsettled = Vec::new();
         let mut run_start = 0;
         while run_start < wanted.len() {
             let mut run_end = run_start + 1;
@@ -218,15 +218,13 @@ impl PageChecks {
             for w in run {
                 let raw = entries[((w.addr - run[0].addr) / PAGE) as usize];
                 let PageInfo::MemoryPage(flags) = PageInfo::parse_info(raw) else {
-                    not_present.push(*w); // swapped out: may come back
+                    unsettled.push(*w); // swapped out: may come back
                     continue;
                 };
-                if !flags.contains(MemoryPageFlags::PRESENT) {
-                    not_present.push(*w);
+                // Not present, or a private copy (copy-on-write): not a page-cache page now.
+                if !flags.contains(MemoryPageFlags::PRESENT) || !flags.contains(MemoryPageFlags::FILE) {
+                    unsettled.push(*w);
                     continue;
-                }
-                if !flags.contains(MemoryPageFlags::FILE) {
-                    continue; // a private copy (copy-on-write): not a page-cache page
                 }
                 self.stats.checked += 1;
                 let found = flags.get_page_frame_number().0;
@@ -247,9 +245,9 @@ impl PageChecks {
             }
             run_start = run_end;
         }
-        // Every page not present last time was wanted now, unless it is no longer mapped
-        // as a known file page: what was not present now is the whole set.
-        self.not_present = not_present;
+        // Every unsettled page was wanted now, unless it is no longer mapped as a known
+        // file page: what is unsettled now is the whole set.
+        self.unsettled = unsettled;
         Ok(differences)
     }
 
@@ -257,9 +255,9 @@ impl PageChecks {
     /// when `full`), in address order.
     fn wanted(&self, kernel: &[Region], full: bool) -> Vec<Wanted> {
         let mut wanted = Vec::new();
-        // Still wanted: the pages not present last time that the same (file, index)
-        // still maps (else a touched range covers the address).
-        let mut still_not_present = Vec::with_capacity(self.not_present.len());
+        // Still wanted: the unsettled pages that the same (file, index) still maps (else
+        // a touched range covers the address).
+        let mut still_unsettled = Vec::with_capacity(self.unsettled.len());
         let mut next = 0;
         for r in kernel.iter().filter(|r| r.inode != 0) {
             let file = (r.dev, r.inode);
@@ -289,23 +287,23 @@ impl PageChecks {
                 }
             }
             // Both in address order: one merge, no lookups.
-            while next < self.not_present.len() && self.not_present[next].addr < r.start {
+            while next < self.unsettled.len() && self.unsettled[next].addr < r.start {
                 next += 1;
             }
-            while next < self.not_present.len() && self.not_present[next].addr < r.end {
-                let w = self.not_present[next];
+            while next < self.unsettled.len() && self.unsettled[next].addr < r.end {
+                let w = self.unsettled[next];
                 if w.file == file && w.index == index(w.addr) {
-                    still_not_present.push(w);
+                    still_unsettled.push(w);
                 }
                 next += 1;
             }
         }
         if wanted.is_empty() {
-            return still_not_present;
+            return still_unsettled;
         }
         wanted.sort_unstable_by_key(|w| w.addr);
-        let mut merged = Vec::with_capacity(wanted.len() + still_not_present.len());
-        let (mut a, mut b) = (wanted.into_iter().peekable(), still_not_present.into_iter().peekable());
+        let mut merged = Vec::with_capacity(wanted.len() + still_unsettled.len());
+        let (mut a, mut b) = (wanted.into_iter().peekable(), still_unsettled.into_iter().peekable());
         loop {
             let take_a = match (a.peek(), b.peek()) {
                 (Some(x), Some(y)) => x.addr <= y.addr,
@@ -511,6 +509,36 @@ mod tests {
         // SAFETY: unmapping the second mapping.
         unsafe { libc::munmap(other as *mut libc::c_void, (PAGES * PAGE) as usize) };
     }
+    #[test]
+    fn a_private_copy_dropped_by_madvise_is_checked_when_the_file_page_returns() {
+        let m = map_file("private");
+        let pid = std::process::id();
+        touch(&m, 0);
+        let mut checks = incremental(false);
+        checks.record(&page_cache_event(&m, 0, pfn_at(m.addr, 0)));
+        // A private writable mapping of the same file; its page 0 is copied on write.
+        // SAFETY: a fresh private mapping of a file we own.
+        let private = unsafe {
+            libc::mmap(std::ptr::null_mut(), PAGE as usize, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE, m.file.as_raw_fd(), 0)
+        } as u64;
+        // SAFETY: writing inside the private mapping just made.
+        unsafe { std::ptr::write_volatile(private as *mut u8, 1) };
+        assert!(checks.check(pid, &kernel()).unwrap().is_empty());
+        assert_eq!(checks.stats.checked, 1, "the copy is not a file page");
+        // Drop the copy (a call verify does not trace): the next read maps the file page.
+        // SAFETY: our own private mapping.
+        assert_eq!(unsafe { libc::madvise(private as *mut libc::c_void, PAGE as usize, libc::MADV_DONTNEED) }, 0);
+        // SAFETY: reading inside the private mapping.
+        unsafe { std::ptr::read_volatile(private as *const u8) };
+        let file = (crate::maps::read(pid).unwrap().into_iter().find(|r| r.start == m.addr).unwrap().dev, m.file.metadata().unwrap().ino());
+        let real = pfn_at(m.addr, 0);
+        checks.pfns.get_mut(&file).unwrap().insert(0, real + 1);
+        let diffs = checks.check(pid, &kernel()).unwrap();
+        assert_eq!(diffs.iter().map(|d| d.start).collect::<Vec<_>>(), [private], "{diffs:?}");
+        // SAFETY: unmapping the private mapping.
+        unsafe { libc::munmap(private as *mut libc::c_void, PAGE as usize) };
+    }
+
     fn map_file_again(m: &Mapped) -> u64 {
         // SAFETY: a second shared read-only mapping of the same file.
         let addr = unsafe {

@@ -144,7 +144,11 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, args: &BenchArg
         )?)
     };
 
-    let programs = if args.no_programs { Vec::new() } else { run_programs(args.rounds)? };
+    let programs = if args.no_programs {
+        Vec::new()
+    } else {
+        run_programs(args.rounds)?
+    };
 
     section("bench: results");
     let results = report::Results {

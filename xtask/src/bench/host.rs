@@ -414,7 +414,13 @@ fn one_run(
         Kind::Untraced => (None, Stop::Exits),
         Kind::Floor => {
             let args = vec![os("floor"), os("--pid"), os(&pid.to_string())];
-            let t = Tracer::start(tools, v.name, &tools.cli, args, ReadyOn::Stderr("mmap-trace: ready:"))?;
+            let t = Tracer::start(
+                tools,
+                v.name,
+                &tools.cli,
+                args,
+                ReadyOn::Stderr("mmap-trace: ready:"),
+            )?;
             (Some(t), Stop::Exits)
         }
         Kind::MmapTrace => {

@@ -83,7 +83,11 @@ pub struct ProgramRow {
 
 impl ProgramRow {
     pub fn slowdowns(&self) -> Vec<f64> {
-        self.verify_secs.iter().zip(&self.untraced_secs).map(|(v, u)| v / u).collect()
+        self.verify_secs
+            .iter()
+            .zip(&self.untraced_secs)
+            .map(|(v, u)| v / u)
+            .collect()
     }
 }
 
@@ -98,7 +102,9 @@ fn programs(tools: &Tools) -> Result<Vec<Program>> {
     let java_file = tools.scratch.join("Hello.java");
     std::fs::write(&java_file, JAVA).with_context(|| format!("writing {}", java_file.display()))?;
     let db = tools.scratch.join("bench.db");
-    let os = |parts: &[&dyn AsRef<std::ffi::OsStr>]| parts.iter().map(|p| p.as_ref().to_owned()).collect();
+    let os = |parts: &[&dyn AsRef<std::ffi::OsStr>]| {
+        parts.iter().map(|p| p.as_ref().to_owned()).collect()
+    };
     Ok(vec![
         Program {
             name: "python3",
@@ -179,7 +185,11 @@ pub fn run(tools: &Tools, rounds: usize, verify_cli: &Path) -> Result<Vec<Progra
                 row.verify_secs.last().unwrap_or(&f64::NAN),
                 row.checkpoints.last().unwrap_or(&0),
                 row.pfn_checks.last().unwrap_or(&0),
-                if row.passed.last() == Some(&true) { "PASS" } else { "FAIL" }
+                if row.passed.last() == Some(&true) {
+                    "PASS"
+                } else {
+                    "FAIL"
+                }
             );
         }
     }
@@ -189,7 +199,8 @@ pub fn run(tools: &Tools, rounds: usize, verify_cli: &Path) -> Result<Vec<Progra
 /// Writes back dirty pages, then drops the page cache, dentries and inodes.
 fn drop_caches() -> Result<()> {
     let _ = Command::new("sync").status();
-    std::fs::write("/proc/sys/vm/drop_caches", "3\n").context("writing /proc/sys/vm/drop_caches (needs root)")
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n")
+        .context("writing /proc/sys/vm/drop_caches (needs root)")
 }
 
 fn untraced_once(argv: &[OsString]) -> Result<f64> {
@@ -221,9 +232,14 @@ fn verify_once(cli: &Path, argv: &[OsString], out: &PathBuf, row: &mut ProgramRo
         .with_context(|| format!("running {} verify", cli.display()))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !matches!(output.status.code(), Some(0 | 1)) {
-        bail!("verify of {:?} failed ({}):\n{stderr}", argv[0], output.status);
+        bail!(
+            "verify of {:?} failed ({}):\n{stderr}",
+            argv[0],
+            output.status
+        );
     }
-    let text = std::fs::read_to_string(out).with_context(|| format!("reading {}", out.display()))?;
+    let text =
+        std::fs::read_to_string(out).with_context(|| format!("reading {}", out.display()))?;
     let summary = text
         .lines()
         .rev()
@@ -231,10 +247,22 @@ fn verify_once(cli: &Path, argv: &[OsString], out: &PathBuf, row: &mut ProgramRo
         .with_context(|| format!("verify of {:?} wrote no summary:\n{stderr}", argv[0]))?;
     let summary: serde_json::Value = serde_json::from_str(summary)?;
     let n = |key: &str| summary[key].as_u64().unwrap_or(0);
-    if !summary["ended"].as_str().unwrap_or_default().contains("status 0") {
-        bail!("{:?} did not exit cleanly under verify: {}", argv[0], summary["ended"]);
+    if !summary["ended"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("status 0")
+    {
+        bail!(
+            "{:?} did not exit cleanly under verify: {}",
+            argv[0],
+            summary["ended"]
+        );
     }
-    row.verify_secs.push(summary["duration_s"].as_f64().context("summary without duration_s")?);
+    row.verify_secs.push(
+        summary["duration_s"]
+            .as_f64()
+            .context("summary without duration_s")?,
+    );
     row.checkpoints.push(n("checkpoints"));
     row.pfn_checks.push(n("pfn_checks"));
     row.full_passes.push(n("pfn_full_passes"));

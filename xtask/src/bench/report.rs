@@ -111,8 +111,14 @@ pub fn programs_markdown(rows: &[ProgramRow]) -> String {
         );
     }
     s.push('\n');
-    for name in rows.iter().map(|r| (r.name, r.shown.as_str())).collect::<std::collections::BTreeMap<_, _>>() {
-        let _ = writeln!(s, "- {}: `{}`", name.0, name.1);
+    // Each program has a cold and a warm row, next to each other.
+    let mut shown = rows
+        .iter()
+        .map(|r| (r.name, r.shown.as_str()))
+        .collect::<Vec<_>>();
+    shown.dedup();
+    for (name, command) in shown {
+        let _ = writeln!(s, "- {name}: `{command}`");
     }
     let cold: Vec<f64> = rows
         .iter()

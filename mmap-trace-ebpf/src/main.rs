@@ -6,6 +6,7 @@
 mod driver_mmap;
 mod emit;
 mod exec;
+mod floor;
 mod fork;
 mod kernel;
 mod mm_lock;

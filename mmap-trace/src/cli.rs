@@ -98,6 +98,13 @@ enum Command {
     /// PASS, 1 any FAIL, 2 error.
     #[command(name = "verify-driver")]
     VerifyDriver(VerifyDriverArgs),
+    /// Bench only: an empty eBPF program on the syscall probes' attach point (raw
+    /// tracepoint sys_exit) until PID exits.
+    #[command(hide = true)]
+    Floor {
+        #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+        pid: u32,
+    },
     /// Replay a JSON trace into per-process address-space timelines: a text summary, or
     /// one self-contained HTML page with --html.
     #[command(
@@ -235,6 +242,10 @@ struct VerifyArgs {
     /// Self-test: doctor an input so that the checks must fail.
     #[arg(long, hide = true, value_enum)]
     plant: Option<crate::verify::Plant>,
+    /// Compare the PFN of every known file page at every checkpoint, not only of the
+    /// pages that could have changed since their last check (slower; for self-tests).
+    #[arg(long)]
+    full: bool,
 }
 
 #[derive(Args)]
@@ -287,6 +298,7 @@ impl Cli {
                     output: args.output.output,
                     load,
                     plant: args.plant,
+                    full: args.full,
                 };
                 if verify::run(config)? { Outcome::Done } else { Outcome::Disagreed }
             }
@@ -306,6 +318,10 @@ impl Cli {
                     plant: args.plant,
                 };
                 if crate::verify_driver::run(config)? { Outcome::Done } else { Outcome::Disagreed }
+            }
+            Command::Floor { pid } => {
+                crate::floor::run(pid)?;
+                Outcome::Done
             }
             Command::Report(args) => {
                 crate::report::run(args)?;

@@ -208,6 +208,17 @@ impl Tracer {
     }
 }
 
+/// The bench's floor (`mmap-trace floor`): only the empty program on `sys_exit`, from the
+/// same object, with nothing else loaded or attached.
+pub fn attach_floor() -> Result<Ebpf> {
+    tracefs::ensure_mounted()?;
+    let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).context("loading the eBPF object")?;
+    let program: &mut RawTracePoint = program(&mut ebpf, "floor_sys_exit")?.try_into()?;
+    program.load().context("loading floor_sys_exit")?;
+    program.attach("sys_exit").context("attaching floor_sys_exit to the raw tracepoint sys_exit")?;
+    Ok(ebpf)
+}
+
 /// One raw tracepoint serves every syscall probe (the `SYSCALL_PROBES` mask); `sys_enter`
 /// only records entry times.
 fn attach_syscall_probes(ebpf: &mut Ebpf, entry_times: bool) -> Result<()> {

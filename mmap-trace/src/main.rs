@@ -6,6 +6,7 @@ mod cgroup;
 mod cli;
 mod decode;
 mod flags;
+mod floor;
 mod json;
 mod loader;
 mod manual;

@@ -29,6 +29,21 @@ pub struct VerifyStats {
     pub unmodelled: u64,
     /// Present file pages whose PFN was compared with pagemap.
     pub pfn_checks: u64,
+    /// Checkpoints whose page check compared every known page (the rest compared only
+    /// the pages that could have changed: see verify/pages.rs).
+    pub pfn_full_passes: u64,
+    /// pread calls on /proc/<pid>/pagemap, and the entries they read.
+    pub pagemap_reads: u64,
+    pub pagemap_entries: u64,
+}
+
+impl VerifyStats {
+    pub fn add_page_checks(&mut self, pages: &crate::verify::PageStats) {
+        self.pfn_checks += pages.checked;
+        self.pfn_full_passes += pages.full_passes;
+        self.pagemap_reads += pages.reads;
+        self.pagemap_entries += pages.entries;
+    }
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -41,6 +56,9 @@ impl VerifyStats {
         self.mismatches += other.mismatches;
         self.unmodelled += other.unmodelled;
         self.pfn_checks += other.pfn_checks;
+        self.pfn_full_passes += other.pfn_full_passes;
+        self.pagemap_reads += other.pagemap_reads;
+        self.pagemap_entries += other.pagemap_entries;
     }
 }
 
@@ -223,8 +241,8 @@ impl Output {
                 if let Some(v) = s.verify {
                     writeln!(
                         self.out,
-                        "# verify: {} checkpoints, {} mismatches, {} page PFNs checked",
-                        v.checkpoints, v.mismatches, v.pfn_checks
+                        "# verify: {} checkpoints, {} mismatches, {} page PFNs checked ({} full passes, {} pagemap reads of {} entries)",
+                        v.checkpoints, v.mismatches, v.pfn_checks, v.pfn_full_passes, v.pagemap_reads, v.pagemap_entries
                     )?;
                 }
                 if s.malformed > 0 {

@@ -6,12 +6,15 @@
 //! until every thread is stopped, drains the ring buffer (each call that completed has
 //! submitted its event by then), applies the events, compares, and sends SIGCONT.
 
+mod pages;
+
+pub use pages::PageStats;
+
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     path::PathBuf,
 };
 
-use procfs::process::{MemoryPageFlags, PageInfo};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
@@ -26,7 +29,7 @@ use crate::{
     loader::LoadOptions,
     output::{Format, Output, Summary, VerifyStats},
     session::{Session, StopSignals, Target, monotonic_ns, runtime},
-    shadow::{Difference, PAGE, ShadowSpace},
+    shadow::{Difference, ShadowSpace},
     space::{self, Applied, Comparison, ProcEnv, Region},
     trace::ignore_closed_output,
 };
@@ -50,6 +53,9 @@ pub struct VerifyConfig {
     pub output: Option<PathBuf>,
     pub load: LoadOptions,
     pub plant: Option<Plant>,
+    /// PFN-check every known page at every checkpoint (self-tests), not only those that
+    /// could have changed.
+    pub full: bool,
 }
 
 #[derive(Serialize)]
@@ -122,8 +128,9 @@ struct Proc {
 struct Verifier {
     procs: BTreeMap<u32, Proc>,
     plant: Option<Plant>,
-    /// (device, inode, page index) → PFN, from page_cache events.
-    file_pfns: HashMap<((u32, u32), u64, u64), u64>,
+    /// File pages against pagemap, per address space (verify/pages.rs).
+    pages: HashMap<u32, pages::PageChecks>,
+    full: bool,
 }
 
 /// Returns whether the kernel agreed with the events at every checkpoint.
@@ -164,7 +171,7 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
             "mmap-trace: warning: the catch-all (mm_lock) is not attached: changes made by calls other than mmap, munmap, mprotect, mremap and brk, by faults or by other tasks are not seen"
         );
     }
-    let mut verifier = Verifier { procs: BTreeMap::new(), plant: config.plant, file_pfns: HashMap::new() };
+    let mut verifier = Verifier { procs: BTreeMap::new(), plant: config.plant, pages: HashMap::new(), full: config.full };
     verifier.procs.insert(pid, Proc::default());
     if child.is_none() {
         // A running process: seed from its maps while it holds still.
@@ -211,6 +218,11 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     tracer.flush_logs();
 
     let mut stats = VerifyStats::default();
+    for (p, checks) in &verifier.pages {
+        if let Some(proc) = verifier.procs.get_mut(p) {
+            proc.stats.add_page_checks(&checks.stats);
+        }
+    }
     for (&p, proc) in &verifier.procs {
         stats.add(&proc.stats);
         let ended = proc.ended.as_deref().unwrap_or("still running");
@@ -388,6 +400,7 @@ impl Verifier {
         let base = self.procs.get(&owner).and_then(|p| p.shadow.clone());
         let base_unmodelled = self.procs.get(&owner).map(|p| p.unmodelled.len()).unwrap_or(0);
         let mut first_failure = None;
+        let mut pfns = None;
         for order in serial_orders(&units) {
             if let Some(p) = self.procs.get_mut(&owner) {
                 p.shadow = base.clone();
@@ -406,13 +419,13 @@ impl Verifier {
                 }
                 return Ok(()); // before the command's exec: nothing to compare yet
             }
-            let check = self.differences(owner, reader)?;
+            let check = self.differences(owner, reader, &mut pfns)?;
             let proc = self.procs.entry(owner).or_default();
             if check.agrees() {
                 proc.stats.checkpoints += 1;
-                proc.stats.pfn_checks += check.pfn_checks;
                 proc.unmodelled.clear();
-                return Ok(());
+                let last = events.last().copied();
+                return self.report_pages(owner, pfns.unwrap_or_default(), last.as_ref(), out);
             }
             if first_failure.is_none() {
                 first_failure = Some((check, proc.shadow.clone(), proc.unmodelled.clone()));
@@ -424,9 +437,9 @@ impl Verifier {
         let proc = self.procs.entry(owner).or_default();
         proc.shadow = shadow;
         proc.stats.checkpoints += 1;
-        proc.stats.pfn_checks += check.pfn_checks;
         proc.unmodelled = unmodelled;
         let last = events.last().copied();
+        self.report_pages(owner, pfns.unwrap_or_default(), last.as_ref(), out)?;
         self.report_all(owner, check, last.as_ref(), out)
     }
 
@@ -445,13 +458,36 @@ impl Verifier {
         Ok(())
     }
 
+    fn page_checks(&mut self, owner: u32) -> &mut pages::PageChecks {
+        let (full, plant) = (self.full, self.plant == Some(Plant::PfnOffByOne));
+        self.pages.entry(owner).or_insert_with(|| pages::PageChecks::new(full, plant))
+    }
+
     fn apply(&mut self, event: &Event) -> Result<()> {
         let pid = event.header().pid;
+        if let Event::PageCache(_) = event {
+            // The page cache is shared: every process may map the page.
+            self.page_checks(pid);
+            for checks in self.pages.values_mut() {
+                checks.record(event);
+            }
+            return Ok(());
+        }
         if let Event::Exec(_) = event {
+            self.page_checks(pid).record(event);
             return self.seed(pid);
         }
         let owner = self.owner(pid);
+        match event {
+            // Anything may have changed where a cause the model does not name ran.
+            Event::MmChange(_) => self.page_checks(owner).touch_all(),
+            _ => self.page_checks(owner).record(event),
+        }
         if let Event::Fork(f) = event {
+            if f.shares_mm == 0 {
+                let inherited = self.page_checks(owner).fork();
+                self.pages.insert(f.child_pid, inherited);
+            }
             // The child starts as the parent is at the fork (a vfork child shares it).
             let inherited = self.procs.get(&owner).and_then(|p| p.shadow.as_ref()).map(ShadowSpace::fork_child);
             let child = self.procs.entry(f.child_pid).or_default();
@@ -460,14 +496,6 @@ impl Verifier {
                 child.shares_with = Some(pid);
             } else {
                 child.shadow = inherited;
-            }
-            return Ok(());
-        }
-        if let Event::PageCache(e) = event {
-            let dev = (e.dev >> 20, e.dev & 0xfffff);
-            let planted = u64::from(self.plant == Some(Plant::PfnOffByOne));
-            for i in 0..1u64 << e.order.min(20) {
-                self.file_pfns.insert((dev, e.ino, e.index + i), e.pfn + i + planted);
             }
             return Ok(());
         }
@@ -493,10 +521,15 @@ impl Verifier {
     /// The kernel's view now (read from `reader`), how `owner`'s shadow differs from it,
     /// and how many page PFNs were compared. A fault's checkpoint first lets the shadow
     /// grow its stacks and MAP_GROWSDOWN mappings to what the kernel shows.
-    fn differences(&mut self, owner: u32, reader: u32) -> Result<Check> {
+    fn differences(&mut self, owner: u32, reader: u32, pfns: &mut Option<Vec<Difference>>) -> Result<Check> {
         let view = space::maps::read(reader)?;
         let mut kernel = view.regions;
-        let (mut extra, pfn_checks) = self.check_file_pfns(reader, &kernel)?;
+        if pfns.is_none() {
+            // Once per checkpoint: it depends on the kernel's view only, not on the order
+            // of the batch tried.
+            *pfns = Some(self.page_checks(owner).check(reader, &kernel)?);
+        }
+        let mut extra = Vec::new();
         // A line verify cannot parse is a mismatch of its own, never an abort.
         extra.extend(view.unparsed.iter().map(|u| Difference {
             start: 0,
@@ -526,7 +559,7 @@ impl Verifier {
                 n.start, n.end, n.found, n.expected
             );
         }
-        Ok(Check { kernel, comparison, extra, pfn_checks })
+        Ok(Check { kernel, comparison, extra })
     }
 
     fn report_all(&mut self, owner: u32, check: Check, last: Option<&Event>, out: &mut Output) -> Result<()> {
@@ -571,57 +604,13 @@ impl Verifier {
         Ok(())
     }
 
-    /// Present page-cache pages of the file mappings against the PFNs the page_cache
-    /// events reported for the same (device, inode, index). Pages that are present but
-    /// not file pages are private copies (copy-on-write) and are not compared.
-    fn check_file_pfns(&self, pid: u32, kernel: &[Region]) -> Result<(Vec<Difference>, u64)> {
-        let mut out = Vec::new();
-        let mut checked = 0;
-        if self.file_pfns.is_empty() {
-            return Ok((out, checked));
+    /// PFN differences of a checkpoint (the page checks adopt the kernel's PFN already).
+    fn report_pages(&mut self, owner: u32, differences: Vec<Difference>, last: Option<&Event>, out: &mut Output) -> Result<()> {
+        self.procs.entry(owner).or_default().stats.mismatches += differences.len() as u64;
+        for d in &differences {
+            self.report(owner, d, last, out)?;
         }
-        let mut pagemap = None;
-        for r in kernel.iter().filter(|r| r.inode != 0) {
-            let first_index = r.offset / PAGE;
-            let pages = r.len() / PAGE;
-            let known: Vec<(u64, u64)> = (0..pages)
-                .filter_map(|k| self.file_pfns.get(&(r.dev, r.inode, first_index + k)).map(|p| (k, *p)))
-                .collect();
-            if known.is_empty() {
-                continue;
-            }
-            let pagemap = match &mut pagemap {
-                Some(p) => p,
-                None => pagemap.insert(
-                    procfs::process::Process::new(pid as i32)
-                        .and_then(|p| p.pagemap())
-                        .with_context(|| format!("opening /proc/{pid}/pagemap"))?,
-                ),
-            };
-            let first_page = (r.start / PAGE) as usize;
-            for (k, expected) in known {
-                let info = pagemap
-                    .get_info(first_page + k as usize)
-                    .with_context(|| format!("reading /proc/{pid}/pagemap"))?;
-                let PageInfo::MemoryPage(flags) = info else { continue };
-                if !flags.contains(MemoryPageFlags::PRESENT) || !flags.contains(MemoryPageFlags::FILE) {
-                    continue;
-                }
-                checked += 1;
-                let found = flags.get_page_frame_number().0;
-                if found != expected {
-                    let addr = r.start + k * PAGE;
-                    out.push(Difference {
-                        start: addr,
-                        end: addr + PAGE,
-                        field: "pfn",
-                        expected: format!("{expected:#x}"),
-                        found: format!("{found:#x}"),
-                    });
-                }
-            }
-        }
-        Ok((out, checked))
+        Ok(())
     }
 
     fn report(&self, pid: u32, d: &Difference, last: Option<&Event>, out: &mut Output) -> Result<()> {
@@ -740,9 +729,8 @@ struct Check {
     kernel: Vec<Region>,
     /// The shadow against maps (differences and notes).
     comparison: Comparison,
-    /// Page PFNs that disagree and maps lines that could not be read.
+    /// Maps lines that could not be read.
     extra: Vec<Difference>,
-    pfn_checks: u64,
 }
 
 impl Check {

@@ -381,6 +381,26 @@ fn verify_needs_one_process() {
     assert!(stderr(&out).contains("--pid") , "{}", stderr(&out));
 }
 
+/// `--full` (every known page at every checkpoint) agrees too and checks at least the
+/// pages the incremental checks do; a planted PFN error is caught by both.
+#[test]
+fn verify_full_page_checks_agree_with_incremental_ones() {
+    let _guard = shared();
+    let args = ["--scenario", "file-pages"];
+    let incremental = mmap_trace_tests::cli::verify_workload(&[], &args);
+    mmap_trace_tests::cli::assert_verified(&incremental, "file-pages");
+    let full = mmap_trace_tests::cli::verify_workload(&["--full"], &args);
+    mmap_trace_tests::cli::assert_verified(&full, "file-pages --full");
+    let count = |run: &mmap_trace_tests::cli::VerifyRun, key: &str| run.summary()[key].as_u64().unwrap();
+    let (i, f) = (count(&incremental, "pfn_checks"), count(&full, "pfn_checks"));
+    assert!(i >= 5 && f >= i, "PFN checks: incremental {i}, --full {f}");
+    assert_eq!(count(&full, "pfn_full_passes"), count(&full, "checkpoints"), "--full: every checkpoint a full pass");
+    let planted = mmap_trace_tests::cli::verify_workload(&["--full", "--plant", "pfn-off-by-one"], &args);
+    assert_eq!(planted.status.code(), Some(1), "{}", planted.stderr);
+    let pfn = planted.mismatches().into_iter().filter(|m| m["field"] == "pfn").count();
+    assert!(pfn >= 5, "--full: {pfn} PFN mismatches");
+}
+
 /// PFNs from page_cache events off by one must be caught against pagemap.
 #[test]
 fn verify_reports_planted_pfn_errors() {

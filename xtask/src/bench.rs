@@ -11,6 +11,7 @@
 
 mod guest;
 mod host;
+mod programs;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -46,6 +47,16 @@ pub struct BenchArgs {
     /// Skip the guest part.
     #[arg(long)]
     no_guest: bool,
+    /// Skip verify on real programs (python3, node, java, sqlite3).
+    #[arg(long)]
+    no_programs: bool,
+    /// Run only verify on real programs (prints its table; README untouched).
+    #[arg(long, conflicts_with = "no_programs")]
+    only_programs: bool,
+    /// The mmap-trace binary whose verify the program runs use (default: this build's;
+    /// another one gives a before/after comparison).
+    #[arg(long, value_name = "PATH")]
+    verify_cli: Option<PathBuf>,
     /// Print the table without writing README.md.
     #[arg(long)]
     no_readme: bool,
@@ -56,6 +67,11 @@ const TOOLS: &[(&str, &str)] = &[
     ("bpftrace", "bpftrace"),
     ("strace", "strace"),
     ("/usr/bin/time", "time"),
+    // The real programs verify runs on (Debian's python3, not a pyenv shim on PATH).
+    ("/usr/bin/python3", "python3"),
+    ("node", "nodejs"),
+    ("java", "default-jdk-headless"),
+    ("sqlite3", "sqlite3"),
 ];
 
 /// The programs a bench run drives.
@@ -65,6 +81,10 @@ pub struct Tools {
     pub bpftrace: PathBuf,
     pub strace: PathBuf,
     pub time: PathBuf,
+    pub python: PathBuf,
+    pub node: PathBuf,
+    pub java: PathBuf,
+    pub sqlite3: PathBuf,
     /// Scratch files (traces, RSS reports).
     pub scratch: PathBuf,
 }
@@ -76,6 +96,19 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, args: &BenchArg
     section("bench: tools");
     let tools = ensure_tools(ws, artifacts)?;
     let _one_at_a_time = crate::host_lock::hold("cargo xtask bench")?;
+    let verify_cli = args.verify_cli.clone().unwrap_or_else(|| tools.cli.clone());
+    let run_programs = |rounds| -> Result<Vec<programs::ProgramRow>> {
+        section(&format!(
+            "bench: verify on real programs ({rounds} rounds; cold and warm page cache; {})",
+            verify_cli.display()
+        ));
+        programs::run(&tools, rounds, &verify_cli)
+    };
+    if args.only_programs {
+        let rows = run_programs(args.rounds)?;
+        println!("{}", report::programs_markdown(&rows));
+        return Ok(0);
+    }
 
     section(&format!(
         "bench: host loop ({} rounds x {} iterations; untraced, mmap-trace, bpftrace, strace)",
@@ -111,6 +144,12 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, args: &BenchArg
         )?)
     };
 
+    let programs = if args.no_programs {
+        Vec::new()
+    } else {
+        run_programs(args.rounds)?
+    };
+
     section("bench: results");
     let results = report::Results {
         machine: report::Machine::probe(),
@@ -120,6 +159,7 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, args: &BenchArg
         throughput,
         small_ring,
         guest,
+        programs,
     };
     let table = results.markdown();
     println!("{table}");
@@ -139,7 +179,7 @@ fn ensure_tools(ws: &Workspace, artifacts: &Artifacts) -> Result<Tools> {
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
-        eprintln!("bench: bpftrace, strace, time: present");
+        eprintln!("bench: bpftrace, strace, time, python3, node, java, sqlite3: present");
     } else {
         eprintln!("bench: installing apt packages: {}", missing.join(" "));
         let mut apt = Apt::default();
@@ -165,6 +205,10 @@ fn ensure_tools(ws: &Workspace, artifacts: &Artifacts) -> Result<Tools> {
         bpftrace: find("bpftrace")?,
         strace: find("strace")?,
         time: find("/usr/bin/time")?,
+        python: find("/usr/bin/python3")?,
+        node: find("node")?,
+        java: find("java")?,
+        sqlite3: find("sqlite3")?,
         scratch,
     };
     for (name, path) in [("bpftrace", &tools.bpftrace), ("strace", &tools.strace)] {

@@ -55,7 +55,7 @@ for r in $(seq 1 {rounds}); do
   # A stale ready line from the last round must not release the loop early.
   rm -f /tmp/bench.err /tmp/bench.jsonl
   "$MMTRACE_CLI" trace --json --output /tmp/bench.jsonl --pid $P 2>/tmp/bench.err & T=$!
-  until grep -q 'mmap-trace: ready' /tmp/bench.err; do
+  until grep -q 'mmap-trace: ready' /tmp/bench.err 2>/dev/null; do
     kill -0 $T 2>/dev/null || {{ cat /tmp/bench.err; exit 1; }}
     sleep 0.05
   done

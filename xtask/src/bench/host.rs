@@ -314,20 +314,23 @@ pub struct Variant {
 pub struct Overhead {
     /// Calls each loop makes (2 per iteration).
     pub expected: u64,
-    /// untraced, mmap-trace, bpftrace, strace.
+    /// untraced, floor, mmap-trace, bpftrace, strace.
     pub variants: Vec<Variant>,
 }
 
 #[derive(Clone, Copy)]
 enum Kind {
     Untraced,
+    /// An empty program on mmap-trace's attach point (`mmap-trace floor`).
+    Floor,
     MmapTrace,
     Bpftrace,
     Strace,
 }
 
-const KINDS: [Kind; 4] = [
+const KINDS: [Kind; 5] = [
     Kind::Untraced,
+    Kind::Floor,
     Kind::MmapTrace,
     Kind::Bpftrace,
     Kind::Strace,
@@ -341,6 +344,7 @@ pub fn overhead(tools: &Tools, rounds: usize, iterations: u64) -> Result<Overhea
         .map(|k| {
             let (name, version) = match k {
                 Kind::Untraced => ("untraced", String::new()),
+                Kind::Floor => ("floor", String::new()),
                 Kind::MmapTrace => ("mmap-trace", super::version(&tools.cli)),
                 Kind::Bpftrace => ("bpftrace", super::version(&tools.bpftrace)),
                 Kind::Strace => ("strace", super::version(&tools.strace)),
@@ -408,6 +412,17 @@ fn one_run(
     let os = |s: &str| OsString::from(s);
     let (tracer, stop) = match kind {
         Kind::Untraced => (None, Stop::Exits),
+        Kind::Floor => {
+            let args = vec![os("floor"), os("--pid"), os(&pid.to_string())];
+            let t = Tracer::start(
+                tools,
+                v.name,
+                &tools.cli,
+                args,
+                ReadyOn::Stderr("mmap-trace: ready:"),
+            )?;
+            (Some(t), Stop::Exits)
+        }
         Kind::MmapTrace => {
             let args = vec![
                 os("trace"),
@@ -464,6 +479,9 @@ fn one_run(
         return Ok(());
     };
     let done = tracer.finish(stop)?;
+    if let Kind::Floor = kind {
+        return Ok(()); // it keeps nothing; its start-up and memory are not mmap-trace's
+    }
     v.rss_kib.extend(done.rss_kib);
     v.ready_ms.push(done.ready.as_secs_f64() * 1e3);
     let (kept, lost) = match kind {

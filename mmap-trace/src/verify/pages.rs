@@ -1,0 +1,577 @@
+//! The page check of `verify`, done incrementally (issue 20): a present page of a file
+//! mapping whose (device, inode, index) got a PFN from a `page_cache` event must hold
+//! that PFN in /proc/<pid>/pagemap.
+//!
+//! Re-reading every such page at every checkpoint made verify 76–431× slower on the
+//! first (cold page cache) run of python3 or node. Between two checkpoints the answer
+//! for a page can change only in these ways, and each has its own trigger here:
+//!
+//! | what changed | seen as | rechecked |
+//! |---|---|---|
+//! | the page left the page cache and came back (new PFN) | a `page_cache` event | every address mapping that (file, index), at the next checkpoint |
+//! | what is mapped at an address (mmap, munmap, mremap, mprotect; anything the run loop's catch-all flags) | [`PageChecks::record`], [`PageChecks::touch_range`], [`PageChecks::touch_all`] | the pages in those ranges |
+//! | a fault mapped a page that was not present, or a private copy was dropped (`MADV_DONTNEED`) and the file page faulted back (no event at all) | — | every page found not present, or not a file page, at its last check is read again at every checkpoint until it is a present file page |
+//! | the kernel moved a cached page without a `page_cache` event (migration, compaction, khugepaged's collapse of a file range) | — | a full comparison, at least every [`FULL_INTERVAL`] |
+//!
+//! A page found present, holding its file PFN, stays so until one of those happens: it
+//! is not read again. `--full` (self-tests) reads every known page at every checkpoint, as before.
+//!
+//! pagemap is read with one `pread` per run of neighbouring pages (gaps of up to
+//! [`MERGE_GAP`] pages are read through), never page by page: procfs's `get_info` seeks
+//! and refills an 8 KiB `BufReader`, i.e. walks 1,024 pages of page tables to return one.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fs::File,
+    os::unix::fs::FileExt as _,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use procfs::process::{MemoryPageFlags, PageInfo};
+
+use crate::{
+    decode::Event,
+    json::is_error,
+    shadow::{Difference, PAGE},
+    space::Region,
+};
+
+/// How often a full comparison runs however little changed: it is the only check of
+/// page-cache moves that have no event (migration, compaction, khugepaged), which keep
+/// the page mapped, so a periodic sample finds them while they last. A full pass costs
+/// ~1 ms per 10,000 known pages (one pread per run), so 4 per second cost under 1% of a run.
+pub const FULL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Pages of a gap between two wanted pages that one pread reads through rather than
+/// issuing a second call (a pagemap entry costs far less than a syscall).
+pub const MERGE_GAP: u64 = 16;
+
+/// `(major, minor)` as maps shows it, and the inode.
+type FileKey = ((u32, u32), u64);
+
+/// What the page checks counted (reported in verify's summary).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PageStats {
+    /// Present file pages whose PFN was compared (`pfn_checks`).
+    pub checked: u64,
+    /// Checkpoints that compared every known page (`--full`, the first one, after an
+    /// exec or a `touch_all`, and every `FULL_INTERVAL`).
+    pub full_passes: u64,
+    /// pread calls on pagemap, and the entries they returned.
+    pub reads: u64,
+    pub entries: u64,
+}
+
+/// One wanted page: its address and what the events say it holds.
+#[derive(Clone, Copy)]
+struct Wanted {
+    addr: u64,
+    file: FileKey,
+    index: u64,
+}
+
+/// The page checks of one address space. See the module documentation for the rules;
+/// the calls a run loop makes:
+///
+/// 1. [`record`](Self::record) every event as it is applied (page_cache events of any
+///    traced process, since the page cache is shared; the others of this process).
+///    Recording the same event twice (a batch replayed in another order) is harmless.
+/// 2. [`touch_range`](Self::touch_range) / [`touch_all`](Self::touch_all) for anything
+///    else that may have changed what is mapped (the catch-all).
+/// 3. [`check`](Self::check) once per checkpoint, with the process stopped and the
+///    maps read at that stop: it returns the PFN differences, and adopts the kernel's
+///    PFN for each so it is reported once.
+pub struct PageChecks {
+    /// Every checkpoint compares every known page.
+    full: bool,
+    /// A full comparison at least this often (FULL_INTERVAL).
+    full_interval: Duration,
+    /// Self-test: every PFN recorded is off by one.
+    plant_off_by_one: bool,
+    /// PFNs from page_cache events, by file and page index.
+    pfns: HashMap<FileKey, BTreeMap<u64, u64>>,
+    /// Pages whose PFN was recorded since the last check.
+    recorded: HashMap<FileKey, BTreeSet<u64>>,
+    /// Page-aligned address ranges touched since the last check.
+    touched: Vec<(u64, u64)>,
+    touched_all: bool,
+    /// Known pages found not present, or present but not file pages (private copies), at
+    /// their last check, in address order: a fault can make them file pages without an
+    /// event.
+    unsettled: Vec<Wanted>,
+    last_full: Option<Instant>,
+    pagemap: Option<(u32, File)>,
+    pub stats: PageStats,
+}
+
+impl PageChecks {
+    pub fn new(full: bool, plant_off_by_one: bool) -> Self {
+        Self {
+            full,
+            full_interval: FULL_INTERVAL,
+            plant_off_by_one,
+            pfns: HashMap::new(),
+            recorded: HashMap::new(),
+            touched: Vec::new(),
+            touched_all: true,
+            unsettled: Vec::new(),
+            last_full: None,
+            pagemap: None,
+            stats: PageStats::default(),
+        }
+    }
+
+    /// A forked child's checks: the PFNs known so far (the page cache is shared), every
+    /// page to be checked at its first checkpoint.
+    pub fn fork(&self) -> Self {
+        let mut child = Self::new(self.full, self.plant_off_by_one);
+        child.full_interval = self.full_interval;
+        child.pfns = self.pfns.clone();
+        child
+    }
+
+    /// Takes what an event says about pages: a PFN (page_cache), a changed range (the
+    /// syscalls: the range asked for, and the result's for mmap and mremap, even when the
+    /// call failed, since a failed MAP_FIXED may have unmapped its range), or a new
+    /// address space (exec). brk is left out: it maps and unmaps anonymous memory only.
+    pub fn record(&mut self, event: &Event) {
+        match event {
+            Event::PageCache(e) => {
+                let file = ((e.dev >> 20, e.dev & 0xfffff), e.ino);
+                let planted = u64::from(self.plant_off_by_one);
+                let pages = 1u64 << e.order.min(20);
+                let known = self.pfns.entry(file).or_default();
+                let recorded = self.recorded.entry(file).or_default();
+                for i in 0..pages {
+                    known.insert(e.index + i, e.pfn + i + planted);
+                    recorded.insert(e.index + i);
+                }
+            }
+            Event::Exec(_) => self.touch_all(),
+            Event::Syscall(_) | Event::Mmap(_) => {
+                let Some(call) = event.syscall() else { return };
+                let a = call.args;
+                let ok = !is_error(call.ret);
+                match mmap_trace_common::Probe::from_u32(call.header.probe) {
+                    Some(mmap_trace_common::Probe::Mmap) => {
+                        if ok {
+                            self.touch_range(call.ret as u64, (call.ret as u64).saturating_add(a[1]));
+                        } else if a[0] != 0 {
+                            self.touch_range(a[0], a[0].saturating_add(a[1]));
+                        }
+                    }
+                    Some(
+                        mmap_trace_common::Probe::Munmap | mmap_trace_common::Probe::Mprotect,
+                    ) => self.touch_range(a[0], a[0].saturating_add(a[1])),
+                    Some(mmap_trace_common::Probe::Mremap) => {
+                        self.touch_range(a[0], a[0].saturating_add(a[1]));
+                        if ok {
+                            self.touch_range(call.ret as u64, (call.ret as u64).saturating_add(a[2]));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Anything in [start, end) may have changed: its known pages are read at the next
+    /// check.
+    pub fn touch_range(&mut self, start: u64, end: u64) {
+        let start = start & !(PAGE - 1);
+        let end = end.saturating_add(PAGE - 1) & !(PAGE - 1);
+        if start < end {
+            self.touched.push((start, end));
+        }
+    }
+
+    /// Anything may have changed (an exec, a call the run loop cannot bound): the next
+    /// check is a full one.
+    pub fn touch_all(&mut self) {
+        self.touched_all = true;
+    }
+
+    /// Whether the next check will compare every known page.
+    fn due_full(&self) -> bool {
+        self.full || self.touched_all || self.last_full.is_none_or(|t| t.elapsed() >= self.full_interval)
+    }
+
+    /// Compares the pages that could have changed (all known pages when a full pass is
+    /// due) with pagemap, `kernel` being /proc/<pid>/maps read at this stop.
+    pub fn check(&mut self, pid: u32, kernel: &[Region]) -> Result<Vec<Difference>> {
+        let full = self.due_full();
+        let wanted = self.wanted(kernel, full);
+        if self.touched_all || self.pagemap.as_ref().is_none_or(|(p, _)| *p != pid) {
+            // pagemap is bound to the address space it was opened on: reopen after exec.
+            self.pagemap = None;
+        }
+        self.recorded.clear();
+        self.touched.clear();
+        self.touched_all = false;
+        if full {
+            self.last_full = Some(Instant::now());
+            self.stats.full_passes += 1;
+        }
+        let mut differences = Vec::new();
+        let mut unsettled = Vec::new();
+        let mut run_start = 0;
+        while run_start < wanted.len() {
+            let mut run_end = run_start + 1;
+            while run_end < wanted.len() && wanted[run_end].addr - wanted[run_end - 1].addr <= (MERGE_GAP + 1) * PAGE {
+                run_end += 1;
+            }
+            let run = &wanted[run_start..run_end];
+            let entries = self.read_pagemap(pid, run[0].addr, run[run.len() - 1].addr + PAGE)?;
+            for w in run {
+                let raw = entries[((w.addr - run[0].addr) / PAGE) as usize];
+                let PageInfo::MemoryPage(flags) = PageInfo::parse_info(raw) else {
+                    unsettled.push(*w); // swapped out: may come back
+                    continue;
+                };
+                // Not present, or a private copy (copy-on-write): not a page-cache page now.
+                if !flags.contains(MemoryPageFlags::PRESENT) || !flags.contains(MemoryPageFlags::FILE) {
+                    unsettled.push(*w);
+                    continue;
+                }
+                self.stats.checked += 1;
+                let found = flags.get_page_frame_number().0;
+                let expected = self.pfns.get_mut(&w.file).and_then(|k| k.get_mut(&w.index));
+                if let Some(expected) = expected
+                    && *expected != found
+                {
+                    differences.push(Difference {
+                        start: w.addr,
+                        end: w.addr + PAGE,
+                        field: "pfn",
+                        expected: format!("{expected:#x}"),
+                        found: format!("{found:#x}"),
+                    });
+                    // Adopt the kernel's view so the next report is new.
+                    *expected = found;
+                }
+            }
+            run_start = run_end;
+        }
+        // Every unsettled page was wanted now, unless it is no longer mapped as a known
+        // file page: what is unsettled now is the whole set.
+        self.unsettled = unsettled;
+        Ok(differences)
+    }
+
+    /// The known pages of `kernel`'s file mappings that may have changed (all of them
+    /// when `full`), in address order.
+    fn wanted(&self, kernel: &[Region], full: bool) -> Vec<Wanted> {
+        let mut wanted = Vec::new();
+        // Still wanted: the unsettled pages that the same (file, index) still maps (else
+        // a touched range covers the address).
+        let mut still_unsettled = Vec::with_capacity(self.unsettled.len());
+        let mut next = 0;
+        for r in kernel.iter().filter(|r| r.inode != 0) {
+            let file = (r.dev, r.inode);
+            let Some(known) = self.pfns.get(&file) else { continue };
+            let first = r.offset / PAGE;
+            let pages = (r.end - r.start) / PAGE;
+            let addr = |index: u64| r.start + (index - first) * PAGE;
+            let index = |addr: u64| first + (addr - r.start) / PAGE;
+            let mut add_range = |from: u64, to: u64| {
+                for (&i, _) in known.range(from..to) {
+                    wanted.push(Wanted { addr: addr(i), file, index: i });
+                }
+            };
+            if full {
+                add_range(first, first + pages);
+                continue;
+            }
+            for &(s, e) in &self.touched {
+                let (s, e) = (s.max(r.start), e.min(r.end));
+                if s < e {
+                    add_range(index(s), index(e));
+                }
+            }
+            if let Some(recorded) = self.recorded.get(&file) {
+                for &i in recorded.range(first..first + pages) {
+                    wanted.push(Wanted { addr: addr(i), file, index: i });
+                }
+            }
+            // Both in address order: one merge, no lookups.
+            while next < self.unsettled.len() && self.unsettled[next].addr < r.start {
+                next += 1;
+            }
+            while next < self.unsettled.len() && self.unsettled[next].addr < r.end {
+                let w = self.unsettled[next];
+                if w.file == file && w.index == index(w.addr) {
+                    still_unsettled.push(w);
+                }
+                next += 1;
+            }
+        }
+        if wanted.is_empty() {
+            return still_unsettled;
+        }
+        wanted.sort_unstable_by_key(|w| w.addr);
+        let mut merged = Vec::with_capacity(wanted.len() + still_unsettled.len());
+        let (mut a, mut b) = (wanted.into_iter().peekable(), still_unsettled.into_iter().peekable());
+        loop {
+            let take_a = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => x.addr <= y.addr,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let w = if take_a { a.next() } else { b.next() }.expect("peeked");
+            if merged.last().is_none_or(|l: &Wanted| l.addr != w.addr) {
+                merged.push(w);
+            }
+        }
+        merged
+    }
+
+    /// The pagemap entries of [start, end), in one pread.
+    fn read_pagemap(&mut self, pid: u32, start: u64, end: u64) -> Result<Vec<u64>> {
+        let (_, file) = match &mut self.pagemap {
+            Some(open) => open,
+            None => self.pagemap.insert((
+                pid,
+                File::open(format!("/proc/{pid}/pagemap")).with_context(|| format!("opening /proc/{pid}/pagemap"))?,
+            )),
+        };
+        let count = ((end - start) / PAGE) as usize;
+        let mut bytes = vec![0u8; count * 8];
+        file.read_exact_at(&mut bytes, start / PAGE * 8)
+            .with_context(|| format!("reading /proc/{pid}/pagemap at {start:#x}"))?;
+        self.stats.reads += 1;
+        self.stats.entries += count as u64;
+        Ok(bytes.chunks_exact(8).map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes"))).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Real pages of this test process: a file mapped shared, its PFNs as pagemap shows
+    //! them fed in as page_cache events. Needs root (pagemap hides PFNs from others).
+
+    use std::os::{fd::AsRawFd as _, unix::fs::MetadataExt as _};
+
+    use mmap_trace_common::{EventHeader, EventKind, PageCacheEvent, Probe, TASK_COMM_LEN};
+
+    use super::*;
+
+    /// Larger than the kernel's fault-around window (16 pages), so that a fault in one
+    /// part leaves another not present.
+    const PAGES: u64 = 64;
+
+    struct Mapped {
+        addr: u64,
+        file: File,
+        path: std::path::PathBuf,
+    }
+
+    impl Drop for Mapped {
+        fn drop(&mut self) {
+            // SAFETY: unmapping our own mapping.
+            unsafe { libc::munmap(self.addr as *mut libc::c_void, (PAGES * PAGE) as usize) };
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    fn map_file(name: &str) -> Mapped {
+        assert_eq!(unsafe { libc::geteuid() }, 0, "these tests read PFNs from pagemap: run them as root");
+        let path = std::env::temp_dir().join(format!("mmap-trace-pages-{name}-{}", std::process::id()));
+        std::fs::write(&path, vec![7u8; (PAGES * PAGE) as usize]).unwrap();
+        let file = File::open(&path).unwrap();
+        // SAFETY: a fresh shared read-only mapping of a file we own.
+        let addr = unsafe {
+            libc::mmap(std::ptr::null_mut(), (PAGES * PAGE) as usize, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0)
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        Mapped { addr: addr as u64, file, path }
+    }
+
+    fn touch(m: &Mapped, page: u64) {
+        // SAFETY: reading inside the mapping.
+        unsafe { std::ptr::read_volatile((m.addr + page * PAGE) as *const u8) };
+    }
+
+    fn kernel() -> Vec<Region> {
+        crate::space::maps::read(std::process::id()).unwrap().regions
+    }
+
+    fn page_cache_event(m: &Mapped, index: u64, pfn: u64) -> Event {
+        let meta = m.file.metadata().unwrap();
+        let dev = (libc::major(meta.dev()) << 20) | libc::minor(meta.dev());
+        let header = EventHeader {
+            kind: EventKind::PageCache as u32,
+            probe: Probe::PageCache as u32,
+            pid: std::process::id(),
+            tid: std::process::id(),
+            ts_ns: 0,
+            comm: [0; TASK_COMM_LEN],
+            cgroup_id: 0,
+        };
+        Event::PageCache(PageCacheEvent { header, pfn, ino: meta.ino(), index, dev, order: 0 })
+    }
+
+    /// Incremental checks whose periodic full pass never falls due during the test.
+    fn incremental(plant: bool) -> PageChecks {
+        let mut checks = PageChecks::new(false, plant);
+        checks.full_interval = Duration::from_secs(3600);
+        checks
+    }
+
+    #[test]
+    fn only_pages_that_could_have_changed_are_read_again() {
+        let m = map_file("incremental");
+        let pid = std::process::id();
+        for p in 0..PAGES {
+            touch(&m, p);
+        }
+        let mut checks = incremental(false);
+        for p in 0..PAGES {
+            checks.record(&page_cache_event(&m, p, pfn_at(m.addr, p)));
+        }
+        // First check: full, every page agrees.
+        assert!(checks.check(pid, &kernel()).unwrap().is_empty());
+        assert_eq!((checks.stats.checked, checks.stats.full_passes), (PAGES, 1));
+        // Nothing changed: nothing read.
+        assert!(checks.check(pid, &kernel()).unwrap().is_empty());
+        assert_eq!((checks.stats.checked, checks.stats.reads), (PAGES, 1));
+        // Page 3 re-added to the page cache with another PFN: read again, and wrong.
+        let real = pfn_at(m.addr, 3);
+        checks.record(&page_cache_event(&m, 3, real + 1));
+        let diffs = checks.check(pid, &kernel()).unwrap();
+        assert_eq!(diffs.len(), 1, "{diffs:?}");
+        assert_eq!((diffs[0].start, diffs[0].field), (m.addr + 3 * PAGE, "pfn"));
+        assert_eq!((diffs[0].expected.as_str(), diffs[0].found.as_str()), (format!("{:#x}", real + 1).as_str(), format!("{real:#x}").as_str()));
+        assert_eq!(checks.stats.checked, PAGES + 1);
+        // Reported once: the kernel's PFN is adopted.
+        assert!(checks.check(pid, &kernel()).unwrap().is_empty());
+        assert_eq!(checks.stats.checked, PAGES + 1);
+        // A touched range is read again, in one pread.
+        let reads = checks.stats.reads;
+        checks.touch_range(m.addr + PAGE, m.addr + 3 * PAGE);
+        assert!(checks.check(pid, &kernel()).unwrap().is_empty());
+        assert_eq!((checks.stats.checked, checks.stats.reads), (PAGES + 3, reads + 1));
+        // touch_all: a full pass.
+        checks.touch_all();
+        assert!(checks.check(pid, &kernel()).unwrap().is_empty());
+        assert_eq!((checks.stats.checked, checks.stats.full_passes), (2 * PAGES + 3, 2));
+        // --full: every page every time.
+        let mut full = PageChecks::new(true, false);
+        for p in 0..PAGES {
+            full.record(&page_cache_event(&m, p, pfn_at(m.addr, p)));
+        }
+        for _ in 0..3 {
+            assert!(full.check(pid, &kernel()).unwrap().is_empty());
+        }
+        assert_eq!((full.stats.checked, full.stats.full_passes), (3 * PAGES, 3));
+    }
+
+    #[test]
+    fn a_planted_wrong_pfn_is_caught_incrementally() {
+        let m = map_file("planted");
+        let pid = std::process::id();
+        for p in 0..PAGES {
+            touch(&m, p);
+        }
+        let mut checks = incremental(true);
+        // The first check is full; the events of later checkpoints are checked as they come.
+        checks.record(&page_cache_event(&m, 0, pfn_at(m.addr, 0)));
+        assert_eq!(checks.check(pid, &kernel()).unwrap().len(), 1);
+        for p in 1..PAGES {
+            checks.record(&page_cache_event(&m, p, pfn_at(m.addr, p)));
+            let diffs = checks.check(pid, &kernel()).unwrap();
+            assert_eq!(diffs.len(), 1, "page {p}: {diffs:?}");
+            assert_eq!(diffs[0].start, m.addr + p * PAGE);
+        }
+        assert_eq!((checks.stats.checked, checks.stats.full_passes), (PAGES, 1));
+    }
+
+    #[test]
+    fn a_page_faulted_in_without_an_event_is_checked_at_the_next_checkpoint() {
+        let m = map_file("fault");
+        let pid = std::process::id();
+        // The file's pages are cached and mapped present elsewhere; here only page 0.
+        let other = map_file_again(&m);
+        let mut checks = incremental(false);
+        for p in 0..PAGES {
+            // SAFETY: reading inside the second mapping.
+            unsafe { std::ptr::read_volatile((other + p * PAGE) as *const u8) };
+            checks.record(&page_cache_event(&m, p, pfn_at(other, p)));
+        }
+        touch(&m, 0);
+        assert!(checks.check(pid, &kernel()).unwrap().is_empty());
+        let present_before = present(m.addr);
+        assert_eq!(checks.stats.checked, PAGES + present_before);
+        assert!(present_before < PAGES / 2, "fault-around mapped {present_before} pages");
+        // The PFN the events gave for page 40 is now wrong (as if the kernel had mapped
+        // another page), with no event saying so; then page 40 faults in.
+        let file = (crate::space::maps::read(pid).unwrap().regions.into_iter().find(|r| r.start == m.addr).unwrap().dev, m.file.metadata().unwrap().ino());
+        let real = pfn_at(other, 40);
+        checks.pfns.get_mut(&file).unwrap().insert(40, real + 1);
+        touch(&m, 40);
+        let diffs = checks.check(pid, &kernel()).unwrap();
+        assert_eq!(diffs.len(), 1, "{diffs:?}");
+        assert_eq!(diffs[0].start, m.addr + 40 * PAGE);
+        // Exactly the pages that faulted in (40 and its fault-around neighbours) are new.
+        assert_eq!(checks.stats.checked, PAGES + present(m.addr));
+        // SAFETY: unmapping the second mapping.
+        unsafe { libc::munmap(other as *mut libc::c_void, (PAGES * PAGE) as usize) };
+    }
+    #[test]
+    fn a_private_copy_dropped_by_madvise_is_checked_when_the_file_page_returns() {
+        let m = map_file("private");
+        let pid = std::process::id();
+        touch(&m, 0);
+        let mut checks = incremental(false);
+        checks.record(&page_cache_event(&m, 0, pfn_at(m.addr, 0)));
+        // A private writable mapping of the same file; its page 0 is copied on write.
+        // SAFETY: a fresh private mapping of a file we own.
+        let private = unsafe {
+            libc::mmap(std::ptr::null_mut(), PAGE as usize, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE, m.file.as_raw_fd(), 0)
+        } as u64;
+        // SAFETY: writing inside the private mapping just made.
+        unsafe { std::ptr::write_volatile(private as *mut u8, 1) };
+        assert!(checks.check(pid, &kernel()).unwrap().is_empty());
+        assert_eq!(checks.stats.checked, 1, "the copy is not a file page");
+        // Drop the copy (a call verify does not trace): the next read maps the file page.
+        // SAFETY: our own private mapping.
+        assert_eq!(unsafe { libc::madvise(private as *mut libc::c_void, PAGE as usize, libc::MADV_DONTNEED) }, 0);
+        // SAFETY: reading inside the private mapping.
+        unsafe { std::ptr::read_volatile(private as *const u8) };
+        let file = (crate::space::maps::read(pid).unwrap().regions.into_iter().find(|r| r.start == m.addr).unwrap().dev, m.file.metadata().unwrap().ino());
+        let real = pfn_at(m.addr, 0);
+        checks.pfns.get_mut(&file).unwrap().insert(0, real + 1);
+        let diffs = checks.check(pid, &kernel()).unwrap();
+        assert_eq!(diffs.iter().map(|d| d.start).collect::<Vec<_>>(), [private], "{diffs:?}");
+        // SAFETY: unmapping the private mapping.
+        unsafe { libc::munmap(private as *mut libc::c_void, PAGE as usize) };
+    }
+
+    fn map_file_again(m: &Mapped) -> u64 {
+        // SAFETY: a second shared read-only mapping of the same file.
+        let addr = unsafe {
+            libc::mmap(std::ptr::null_mut(), (PAGES * PAGE) as usize, libc::PROT_READ, libc::MAP_SHARED, m.file.as_raw_fd(), 0)
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        addr as u64
+    }
+
+    /// Present pages of a mapping of PAGES pages.
+    fn present(addr: u64) -> u64 {
+        let f = File::open("/proc/self/pagemap").unwrap();
+        let mut b = vec![0u8; PAGES as usize * 8];
+        f.read_exact_at(&mut b, addr / PAGE * 8).unwrap();
+        b.chunks_exact(8).filter(|e| u64::from_ne_bytes((*e).try_into().unwrap()) & (1 << 63) != 0).count() as u64
+    }
+
+    fn pfn_at(addr: u64, page: u64) -> u64 {
+        let f = File::open("/proc/self/pagemap").unwrap();
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, (addr / PAGE + page) * 8).unwrap();
+        let PageInfo::MemoryPage(flags) = PageInfo::parse_info(u64::from_ne_bytes(b)) else { panic!("swapped") };
+        assert!(flags.contains(MemoryPageFlags::PRESENT), "page {page} at {addr:#x} not present");
+        flags.get_page_frame_number().0
+    }
+}

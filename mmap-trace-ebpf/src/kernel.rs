@@ -19,6 +19,14 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     inode_i_ino: 0,
     inode_i_sb: 0,
     sb_s_dev: 0,
+    file_vfsmount: 0,
+    dentry_parent: 0,
+    dentry_hash_pprev: 0,
+    vfsmount_root: 0,
+    mount_mnt: 0,
+    mount_parent: 0,
+    mount_mountpoint: 0,
+    walk_paths: 0,
     task_files: 0,
     files_fdt: 0,
     fdt_max_fds: 0,
@@ -35,7 +43,7 @@ pub fn offsets() -> Option<KernelOffsets> {
 
 /// Reads a `T` at `base + offset` in kernel memory; zero when unreadable.
 #[inline(always)]
-fn read<T: Default>(base: u64, offset: u32) -> T {
+pub fn read<T: Default>(base: u64, offset: u32) -> T {
     if base == 0 {
         return T::default();
     }
@@ -66,14 +74,16 @@ pub fn read_file(file: u64, o: &KernelOffsets, out: &mut FileId) {
 #[inline(always)]
 pub fn no_file(out: &mut FileId) {
     out.dev = 0;
-    out._pad = 0;
+    out.flags = 0;
+    out.name_len = 0;
     out.ino = 0;
     out.name[0] = 0;
 }
 
 /// Fills `out` for the file that `fd` names in the current task (zeroes when it names
-/// none). Read at the call's exit: a thread that closed or replaced the fd meanwhile
-/// makes this another file, or none (the README says so).
+/// none), with its full path where BTF gave the walk's offsets (path.rs). Read at the
+/// call's exit: a thread that closed or replaced the fd meanwhile makes this another
+/// file, or none (the README says so).
 #[inline(always)]
 pub fn read_fd_file(fd: i32, o: &KernelOffsets, out: &mut FileId) {
     // SAFETY: helper without preconditions.
@@ -88,6 +98,9 @@ pub fn read_fd_file(fd: i32, o: &KernelOffsets, out: &mut FileId) {
         0
     };
     read_file(file, o, out);
+    if file != 0 && o.walk_paths != 0 {
+        crate::path::walk(file, o, out);
+    }
 }
 
 /// Fills `out` for `struct vm_area_struct *vma`.

@@ -9,6 +9,7 @@ mod exec;
 mod kernel;
 mod mmap_region;
 mod page_cache;
+mod path;
 mod remap_pfn_range;
 mod syscalls;
 

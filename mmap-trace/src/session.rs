@@ -44,7 +44,7 @@ pub enum Target {
     All,
     Pid(u32),
     Comm(String),
-    Command(Vec<String>),
+    Command(Vec<std::ffi::OsString>),
 }
 
 pub struct Session {
@@ -171,7 +171,7 @@ fn describe(target: &Target, child: Option<u32>) -> String {
         Target::All => "every process".to_string(),
         Target::Pid(pid) => format!("pid {pid}"),
         Target::Comm(name) => format!("processes named {name:?}"),
-        Target::Command(argv) => format!("{:?} (pid {})", argv.join(" "), child.unwrap_or(0)),
+        Target::Command(argv) => format!("{:?} (pid {})", argv.join(std::ffi::OsStr::new(" ")), child.unwrap_or(0)),
     }
 }
 

@@ -2,5 +2,7 @@
 
 pub mod cli;
 pub mod driver;
+pub mod recorder;
+pub mod scenarios;
 pub mod stress;
 pub mod workload;

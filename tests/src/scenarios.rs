@@ -30,6 +30,8 @@ pub const SCENARIOS: &[&str] = &[
     "sigcont-handler",
     "blocked-read",
     "waitpid-stop",
+    "deep-path",
+    "long-path",
     // Issue 12: changes outside mmap/munmap/mprotect/mremap/brk, and process trees.
     "shmat",
     "shmat-shmdt",
@@ -65,6 +67,8 @@ pub fn run(rec: &mut Recorder, name: &str) -> bool {
         "sigcont-handler" => sigcont_handler(rec),
         "blocked-read" => blocked_read(rec),
         "waitpid-stop" => waitpid_stop(rec),
+        "deep-path" => map_nested(rec, &[b"d".as_slice(); 40]),
+        "long-path" => map_nested(rec, &[[b'l'; 200].as_slice(), &[b'm'; 200]]),
         "shmat" => shm(rec, true),
         "shmat-shmdt" => shm(rec, false),
         "pkey-mprotect" => pkey_mprotect(rec),
@@ -218,6 +222,22 @@ fn map_named(rec: &mut Recorder, name: &[u8]) {
     rec.call("munmap", libc::SYS_munmap, &[f, 2 * PAGE]);
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_dir(&dir);
+}
+
+/// Maps a file under the directories `dirs` (nested in that order): deeper or longer
+/// than a probe's path walk keeps.
+fn map_nested(rec: &mut Recorder, dirs: &[&[u8]]) {
+    let top = scratch_dir();
+    let dir = dirs.iter().fold(top.clone(), |d, name| d.join(OsStr::from_bytes(name)));
+    std::fs::create_dir_all(&dir).expect("nested directories");
+    let path = dir.join("leaf");
+    let fd = make_file(&path, 1);
+    rec.observe("path_hex", hex(path.as_os_str().as_bytes()));
+    let f = rec.call("mmap", libc::SYS_mmap, &[0, PAGE, RO, libc::MAP_PRIVATE as u64, fd as u64, 0]) as u64;
+    close(fd);
+    checkpoint(rec);
+    rec.call("munmap", libc::SYS_munmap, &[f, PAGE]);
+    let _ = std::fs::remove_dir_all(&top);
 }
 
 /// Maps a file, then unlinks (or renames) it while mapped, then a traced call.
@@ -508,33 +528,45 @@ fn shadow_stack(rec: &mut Recorder) {
     }
 }
 
-/// A process tree: fork + exec of this program with `--scenario anon`, then vfork + exec
-/// with `--scenario hole`; waits for both and prints their statuses.
+/// A process tree: fork + exec of this program with `--scenario anon`, then a vfork +
+/// exec with `--scenario hole` (posix_spawn: glibc's is clone(CLONE_VM | CLONE_VFORK) +
+/// exec on a stack of its own, which Rust cannot do safely with a bare vfork); waits for
+/// both and prints their statuses.
 fn fork_exec(rec: &mut Recorder) {
     checkpoint(rec);
     let exe = std::fs::read_link("/proc/self/exe").expect("readlink /proc/self/exe");
-    let argv = |scenario: &str| -> Vec<CString> {
-        [exe.as_os_str().as_bytes(), b"--scenario", scenario.as_bytes()]
-            .into_iter()
-            .map(|a| CString::new(a).expect("no NUL"))
-            .collect()
-    };
     let mut children = Vec::new();
     for (how, scenario) in [("fork", "anon"), ("vfork", "hole")] {
-        let args = argv(scenario);
-        let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-        ptrs.push(std::ptr::null());
-        // SAFETY: between fork/vfork and exec the child calls only execv and _exit on
-        // memory prepared before.
-        let pid = unsafe { if how == "fork" { libc::fork() } else { libc::vfork() } };
-        if pid == 0 {
-            // SAFETY: as above.
-            unsafe {
-                libc::execv(ptrs[0], ptrs.as_ptr());
-                libc::_exit(127);
+        let args: Vec<CString> = [exe.as_os_str().as_bytes(), b"--scenario", scenario.as_bytes()]
+            .into_iter()
+            .map(|a| CString::new(a).expect("no NUL"))
+            .collect();
+        let mut ptrs: Vec<*mut libc::c_char> = args.iter().map(|a| a.as_ptr().cast_mut()).collect();
+        ptrs.push(std::ptr::null_mut());
+        let pid = if how == "fork" {
+            // SAFETY: the child calls only execv and _exit on memory prepared before.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: as above.
+                unsafe {
+                    libc::execv(ptrs[0], ptrs.as_ptr().cast());
+                    libc::_exit(127);
+                }
             }
-        }
-        assert!(pid > 0, "{how}: {}", std::io::Error::last_os_error());
+            assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+            pid
+        } else {
+            let mut pid = 0;
+            // SAFETY: NUL-terminated argv; no file actions or attributes; our environ.
+            let r = unsafe {
+                unsafe extern "C" {
+                    static environ: *const *mut libc::c_char;
+                }
+                libc::posix_spawn(&mut pid, ptrs[0], std::ptr::null(), std::ptr::null(), ptrs.as_ptr(), environ)
+            };
+            assert_eq!(r, 0, "posix_spawn: {}", std::io::Error::from_raw_os_error(r));
+            pid
+        };
         let (status, _) = wait_child(pid, false);
         children.push(json!({ "how": how, "scenario": scenario, "pid": pid, "status": status }));
     }

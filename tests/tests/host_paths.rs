@@ -1,0 +1,215 @@
+//! Host tests for issue 19's paths and bytes: full paths from the kernel for every file
+//! mapping, even of a process that is gone before anyone reads /proc; names that are
+//! not text (newline, tab, non-UTF-8 …) given back exactly; arguments that are not UTF-8
+//! accepted. Real eBPF on this kernel; `cargo xtask test` runs them (root).
+
+use std::{
+    ffi::OsStr,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use mmap_trace_tests::{
+    cli::{cli, json_lines, split_summary, stderr, stdout, workload_path},
+    workload::{parse_calls, parse_observations},
+};
+use serde_json::Value;
+
+/// One tracer at a time in this binary (2 shared cores).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")).collect()
+}
+
+/// `mmap-trace trace --json -o FILE -- argv…`, which must succeed: the command's stdout
+/// and the trace's event records.
+fn trace_json(argv: &[&OsStr]) -> (String, Vec<Value>) {
+    let out_file = std::env::temp_dir().join(format!("host-paths-{}.jsonl", std::process::id()));
+    let run = cli()
+        .args(["trace", "--json", "-o"])
+        .arg(&out_file)
+        .arg("--")
+        .args(argv)
+        .output()
+        .expect("run mmap-trace");
+    assert!(run.status.success(), "mmap-trace trace failed: {}", stderr(&run));
+    let text = std::fs::read_to_string(&out_file).expect("trace file");
+    let _ = std::fs::remove_file(&out_file);
+    let records = json_lines(&text);
+    let (events, summary) = split_summary(&records);
+    assert_eq!(summary["lost_total"], 0, "{summary}");
+    (stdout(&run), events.to_vec())
+}
+
+/// The exact bytes of an event's `path` (its `path_hex` where it has one).
+fn path_bytes(event: &Value) -> Option<Vec<u8>> {
+    match event["path_hex"].as_str() {
+        Some(hex) => Some(unhex(hex)),
+        None => event["path"].as_str().map(|p| p.as_bytes().to_vec()),
+    }
+}
+
+/// The mmap events that mapped a file.
+fn file_mmaps(events: &[Value]) -> Vec<&Value> {
+    events.iter().filter(|e| e["probe"] == "mmap" && e["file"].is_object()).collect()
+}
+
+/// Issue 19: `trace -o` of a short-lived command has a full path on every file mapping,
+/// and it is the real one: stat(path) names the inode the kernel recorded.
+#[test]
+fn short_lived_commands_have_a_full_path_on_every_file_mapping() {
+    let _one = serial();
+    for argv in [&["/bin/true"][..], &["/bin/ls", "/"]] {
+        let argv: Vec<&OsStr> = argv.iter().map(OsStr::new).collect();
+        let (_, events) = trace_json(&argv);
+        let mapped = file_mmaps(&events);
+        assert!(mapped.len() >= 2, "{argv:?}: only {} file mappings traced", mapped.len());
+        for e in &mapped {
+            let path = path_bytes(e).unwrap_or_else(|| panic!("{argv:?}: no path: {e}"));
+            assert!(e["path_truncated"].is_null() && e["path_deleted"].is_null(), "{argv:?}: {e}");
+            assert_eq!(path.first(), Some(&b'/'), "{argv:?}: not absolute: {e}");
+            let meta = std::fs::metadata(OsStr::from_bytes(&path))
+                .unwrap_or_else(|err| panic!("{argv:?}: stat {}: {err} ({e})", String::from_utf8_lossy(&path)));
+            assert_eq!(meta.ino(), e["file"]["ino"].as_u64().unwrap(), "{argv:?}: another file: {e}");
+            let dev = format!("{:02x}:{:02x}", libc::major(meta.dev()), libc::minor(meta.dev()));
+            assert_eq!(e["file"]["dev"], dev.as_str(), "{argv:?}: another device: {e}");
+        }
+        eprintln!("{argv:?}: {} of {} file mappings with a full, correct path", mapped.len(), mapped.len());
+    }
+}
+
+/// The traced mmap of the file the workload reported (by inode) in scenario `scenario`,
+/// with the path the workload printed (`path_hex`).
+fn scenario_mapping(scenario: &str) -> (Value, Vec<u8>, String) {
+    let workload = workload_path();
+    let argv = [workload.as_os_str(), OsStr::new("--scenario"), OsStr::new(scenario)];
+    let (out, events) = trace_json(&argv);
+    let observations = parse_observations(&out);
+    let expected = observations
+        .iter()
+        .find(|o| o.observe == "path_hex")
+        .map(|o| unhex(o.value.as_str().expect("hex string")))
+        .unwrap_or_else(|| panic!("{scenario}: the workload printed no path: {out}"));
+    let ino = parse_calls(&out)
+        .into_iter()
+        .find_map(|c| c.file.map(|f| f.ino))
+        .unwrap_or_else(|| panic!("{scenario}: the workload mapped no file: {out}"));
+    let event = file_mmaps(&events)
+        .into_iter()
+        .find(|e| e["file"]["ino"] == ino)
+        .unwrap_or_else(|| panic!("{scenario}: no traced mmap of inode {ino}"))
+        .clone();
+    (event, expected, out)
+}
+
+/// Names with a space, newline, tab, " (deleted)", "[heap]" and bytes that are not
+/// UTF-8 come back byte for byte; an unlinked or renamed file keeps the path it had when
+/// it was mapped.
+#[test]
+fn odd_names_come_back_exactly() {
+    let _one = serial();
+    for scenario in [
+        "name-space",
+        "name-newline",
+        "name-tab",
+        "name-deleted-suffix",
+        "name-heap",
+        "name-not-utf8",
+        "unlink-mapped",
+        "rename-mapped",
+    ] {
+        let (event, expected, _) = scenario_mapping(scenario);
+        let got = path_bytes(&event).unwrap_or_else(|| panic!("{scenario}: no path: {event}"));
+        assert_eq!(
+            got,
+            expected,
+            "{scenario}: path {:?}, the workload mapped {:?}",
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&expected)
+        );
+        let valid_utf8 = std::str::from_utf8(&expected).is_ok();
+        // path_hex only where the text had to be replaced; the leaf name likewise.
+        assert_eq!(event["path_hex"].is_null(), valid_utf8, "{scenario}: {event}");
+        assert_eq!(event["file"]["name_hex"].is_null(), valid_utf8, "{scenario}: {event}");
+        let leaf = Path::new(OsStr::from_bytes(&expected)).file_name().unwrap().as_bytes().to_vec();
+        let name = match event["file"]["name_hex"].as_str() {
+            Some(h) => unhex(h),
+            None => event["file"]["name"].as_str().unwrap().as_bytes().to_vec(),
+        };
+        assert_eq!(name, leaf, "{scenario}: {event}");
+    }
+}
+
+/// A walk cut short keeps the components nearest the file and says so.
+#[test]
+fn cut_walks_are_marked_truncated() {
+    let _one = serial();
+    for scenario in ["deep-path", "long-path"] {
+        let (event, expected, _) = scenario_mapping(scenario);
+        assert_eq!(event["path_truncated"], true, "{scenario}: {event}");
+        let got = path_bytes(&event).unwrap();
+        assert!(got.len() > 4 && got[0] != b'/', "{scenario}: {event}");
+        assert!(
+            expected.ends_with(&got) && expected[expected.len() - got.len() - 1] == b'/',
+            "{scenario}: {:?} is not a tail of {:?}",
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&expected)
+        );
+    }
+}
+
+/// The table escapes what would break a line or a column, as maps does (`\012`).
+#[test]
+fn table_shows_odd_names_escaped() {
+    let _one = serial();
+    let out_file = std::env::temp_dir().join(format!("host-paths-table-{}.txt", std::process::id()));
+    let run = cli()
+        .args(["trace", "-o"])
+        .arg(&out_file)
+        .arg("--")
+        .arg(workload_path())
+        .args(["--scenario", "name-newline"])
+        .output()
+        .expect("run mmap-trace");
+    assert!(run.status.success(), "{}", stderr(&run));
+    let text = std::fs::read_to_string(&out_file).expect("table file");
+    let _ = std::fs::remove_file(&out_file);
+    let line = text
+        .lines()
+        .find(|l| l.contains(" mmap ") && l.contains("file.name="))
+        .unwrap_or_else(|| panic!("no file mmap line in:\n{text}"));
+    assert!(line.contains("file.name=new\\012line") && line.contains("/new\\012line "), "{line}");
+    // Every line is a record of the table (no line starts inside a name).
+    assert!(text.lines().all(|l| l.starts_with('#') || l.trim_start().starts_with(|c: char| c.is_ascii_digit() || c == 'T')), "{text}");
+}
+
+/// `-- CMD ARGS…` takes any bytes: an argument that is not UTF-8 reaches the command
+/// as it was given (touch creates a file of exactly that name), for trace and verify.
+#[test]
+fn arguments_that_are_not_utf8_are_passed_exactly() {
+    let _one = serial();
+    let dir = std::env::temp_dir().join(format!("host-paths-args-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, command) in ["trace", "verify"].into_iter().enumerate() {
+        let name: PathBuf = dir.join(OsStr::from_bytes(&[0xff, b'0' + i as u8, 0xfe]));
+        let run = cli()
+            .arg(command)
+            .args(["--json", "-o"])
+            .arg(dir.join("out.jsonl"))
+            .args(["--", "/usr/bin/touch"])
+            .arg(&name)
+            .output()
+            .expect("run mmap-trace");
+        let err = stderr(&run);
+        assert!(!err.contains("invalid UTF-8"), "{command}: refused the argument: {err}");
+        assert_ne!(run.status.code(), Some(2), "{command}: {err}");
+        assert!(name.exists(), "{command}: touch did not get the argument's bytes: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -51,13 +51,23 @@ pub fn read<T: Default>(base: u64, offset: u32) -> T {
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.unwrap_or_default()
 }
 
-/// Fills `out` for `struct file *file` (zeroes for anonymous memory).
+/// Fills `out` for `struct file *file` (zeroes for anonymous memory): its identity, and
+/// its full path where BTF gave the walk's offsets (path.rs), else its leaf name.
 #[inline(always)]
 pub fn read_file(file: u64, o: &KernelOffsets, out: &mut FileId) {
     no_file(out);
     if file == 0 {
         return;
     }
+    read_identity(file, o, out);
+    if o.walk_paths != 0 {
+        crate::path::walk(file, o, out);
+    }
+}
+
+/// Device, inode and the dentry's own name.
+#[inline(always)]
+fn read_identity(file: u64, o: &KernelOffsets, out: &mut FileId) {
     let inode: u64 = read(file, o.file_f_inode);
     out.ino = read(inode, o.inode_i_ino);
     let sb: u64 = read(inode, o.inode_i_sb);
@@ -81,9 +91,8 @@ pub fn no_file(out: &mut FileId) {
 }
 
 /// Fills `out` for the file that `fd` names in the current task (zeroes when it names
-/// none), with its full path where BTF gave the walk's offsets (path.rs). Read at the
-/// call's exit: a thread that closed or replaced the fd meanwhile makes this another
-/// file, or none (the README says so).
+/// none). Read at the call's exit: a thread that closed or replaced the fd meanwhile
+/// makes this another file, or none (the README says so).
 #[inline(always)]
 pub fn read_fd_file(fd: i32, o: &KernelOffsets, out: &mut FileId) {
     // SAFETY: helper without preconditions.
@@ -98,9 +107,6 @@ pub fn read_fd_file(fd: i32, o: &KernelOffsets, out: &mut FileId) {
         0
     };
     read_file(file, o, out);
-    if file != 0 && o.walk_paths != 0 {
-        crate::path::walk(file, o, out);
-    }
 }
 
 /// Fills `out` for `struct vm_area_struct *vma`.

@@ -156,6 +156,9 @@ pub struct JsonVma {
     pub pgoff: Hex,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<JsonFile>,
+    /// The file's path as the kernel probe walked it.
+    #[serde(flatten)]
+    pub path: JsonPath,
 }
 
 impl JsonVma {
@@ -168,6 +171,7 @@ impl JsonVma {
             flags_raw: Hex(v.vm_flags),
             pgoff: Hex(v.vm_pgoff),
             file: JsonFile::new(&v.file),
+            path: JsonPath::new(FilePath::from_kernel(&v.file).as_ref()),
         }
     }
 }
@@ -228,6 +232,9 @@ pub enum Body {
         pgoff: Hex,
         #[serde(skip_serializing_if = "Option::is_none")]
         file: Option<JsonFile>,
+        /// The file's path as the kernel probe walked it.
+        #[serde(flatten)]
+        path: JsonPath,
         #[serde(flatten)]
         outcome: Outcome,
     },
@@ -461,6 +468,7 @@ pub fn record(event: &Event, path: Option<FilePath>) -> EventRecord<'_> {
             vm_flags_raw: Hex(e.vm_flags),
             pgoff: Hex(e.pgoff),
             file: JsonFile::new(&e.file),
+            path: JsonPath::new(FilePath::from_kernel(&e.file).as_ref()),
             outcome: Outcome::address(e.ret),
         },
         Event::RemapPfn(e) => Body::RemapPfnRange {

@@ -25,13 +25,19 @@ thread_local! {
 
 /// The path of the file a successful fd-backed mmap mapped, when it can still be found.
 pub fn mapped_path(event: &Event) -> Option<FilePath> {
-    let walked = event.mmap_file().and_then(FilePath::from_kernel);
+    let walked = kernel_path(event);
     if walked.as_ref().is_some_and(|p| !p.truncated) {
         return walked;
     }
     maps_path(event)
         .map(|bytes| FilePath { bytes, truncated: false, deleted: walked.as_ref().is_some_and(|p| p.deleted) })
         .or(walked)
+}
+
+/// The path the probe recorded for the file an event names, without asking /proc
+/// (for `verify`, whose checkpoints read maps anyway).
+pub fn kernel_path(event: &Event) -> Option<FilePath> {
+    event.mmap_file().and_then(FilePath::from_kernel)
 }
 
 /// The path /proc/<pid>/maps shows at the mapped address (mangled as maps mangles it).

@@ -132,7 +132,7 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         // Events of the last calls before exit: logged, not compared (nothing to compare with).
         let tail = drain(ring.get_mut())?;
         for event in &tail {
-            out.event(event, None).or_else(ignore_closed_output)?;
+            out.event(event, crate::paths::kernel_path(event)).or_else(ignore_closed_output)?;
         }
         anyhow::Ok(ended)
     })?;
@@ -198,7 +198,7 @@ impl Verifier {
         let alive = wait_stopped(self.pid)?;
         events.extend(drain(ring)?);
         for event in &events {
-            out.event(event, None).or_else(ignore_closed_output)?;
+            out.event(event, crate::paths::kernel_path(event)).or_else(ignore_closed_output)?;
         }
         if alive {
             self.apply_and_compare(&events, out)?;

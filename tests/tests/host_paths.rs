@@ -213,3 +213,39 @@ fn arguments_that_are_not_utf8_are_passed_exactly() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The path walk must stay cheap to verify: it once cost the sys_exit program 591,679
+/// verified instructions on this kernel and went past the 1,000,000 limit on the 6.1
+/// guest, whose verifier prunes less. Every loaded program must stay under a tenth of the
+/// limit here (the kernel reports `verified_insns` in each program fd's fdinfo).
+#[test]
+fn programs_stay_cheap_to_verify() {
+    let _one = serial();
+    let mut tracer = cli()
+        .args(["trace", "-d", "30", "-o", "/dev/null"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start mmap-trace");
+    let log = mmap_trace_tests::stress::wait_ready(&mut tracer);
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", tracer.id())).expect("fd dir");
+    let mut costs = Vec::new();
+    for fd in fds.map_while(Result::ok) {
+        if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:bpf-prog") {
+            let info = std::fs::read_to_string(format!("/proc/{}/fdinfo/{}", tracer.id(), fd.file_name().to_string_lossy()))
+                .expect("fdinfo");
+            let field = |key: &str| {
+                info.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().parse::<u64>().expect("number"))
+            };
+            costs.push((field("prog_type:").unwrap(), field("verified_insns:").expect("verified_insns (5.16+)")));
+        }
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+    let status = tracer.wait().expect("wait mmap-trace");
+    let log = log.join().expect("stderr reader");
+    assert!(status.success(), "{log}");
+    // sys_enter is attached by verify only: sys_exit, exec and page-cache here at least.
+    assert!(costs.len() >= 2, "programs found: {costs:?}\n{log}");
+    assert!(costs.iter().all(|&(_, insns)| insns < 100_000), "verified instructions per program (type, insns): {costs:?}");
+    eprintln!("verified instructions per program (type, insns): {costs:?}");
+}

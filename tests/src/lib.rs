@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod driver;
+pub mod paths;
 pub mod recorder;
 pub mod scenarios;
 pub mod stress;

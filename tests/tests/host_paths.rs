@@ -11,53 +11,15 @@ use std::{
 };
 
 use mmap_trace_tests::{
-    cli::{cli, json_lines, split_summary, stderr, stdout, workload_path},
-    workload::{parse_calls, parse_observations},
+    cli::{cli, stderr, workload_path},
+    paths::{file_mmaps, path_bytes, scenario_mapping, trace_json, unhex},
 };
-use serde_json::Value;
 
 /// One tracer at a time in this binary (2 shared cores).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn unhex(hex: &str) -> Vec<u8> {
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")).collect()
-}
-
-/// `mmap-trace trace --json -o FILE -- argv…`, which must succeed: the command's stdout
-/// and the trace's event records.
-fn trace_json(argv: &[&OsStr]) -> (String, Vec<Value>) {
-    let out_file = std::env::temp_dir().join(format!("host-paths-{}.jsonl", std::process::id()));
-    let run = cli()
-        .args(["trace", "--json", "-o"])
-        .arg(&out_file)
-        .arg("--")
-        .args(argv)
-        .output()
-        .expect("run mmap-trace");
-    assert!(run.status.success(), "mmap-trace trace failed: {}", stderr(&run));
-    let text = std::fs::read_to_string(&out_file).expect("trace file");
-    let _ = std::fs::remove_file(&out_file);
-    let records = json_lines(&text);
-    let (events, summary) = split_summary(&records);
-    assert_eq!(summary["lost_total"], 0, "{summary}");
-    (stdout(&run), events.to_vec())
-}
-
-/// The exact bytes of an event's `path` (its `path_hex` where it has one).
-fn path_bytes(event: &Value) -> Option<Vec<u8>> {
-    match event["path_hex"].as_str() {
-        Some(hex) => Some(unhex(hex)),
-        None => event["path"].as_str().map(|p| p.as_bytes().to_vec()),
-    }
-}
-
-/// The mmap events that mapped a file.
-fn file_mmaps(events: &[Value]) -> Vec<&Value> {
-    events.iter().filter(|e| e["probe"] == "mmap" && e["file"].is_object()).collect()
 }
 
 /// Issue 19: `trace -o` of a short-lived command has a full path on every file mapping,
@@ -82,30 +44,6 @@ fn short_lived_commands_have_a_full_path_on_every_file_mapping() {
         }
         eprintln!("{argv:?}: {} of {} file mappings with a full, correct path", mapped.len(), mapped.len());
     }
-}
-
-/// The traced mmap of the file the workload reported (by inode) in scenario `scenario`,
-/// with the path the workload printed (`path_hex`).
-fn scenario_mapping(scenario: &str) -> (Value, Vec<u8>, String) {
-    let workload = workload_path();
-    let argv = [workload.as_os_str(), OsStr::new("--scenario"), OsStr::new(scenario)];
-    let (out, events) = trace_json(&argv);
-    let observations = parse_observations(&out);
-    let expected = observations
-        .iter()
-        .find(|o| o.observe == "path_hex")
-        .map(|o| unhex(o.value.as_str().expect("hex string")))
-        .unwrap_or_else(|| panic!("{scenario}: the workload printed no path: {out}"));
-    let ino = parse_calls(&out)
-        .into_iter()
-        .find_map(|c| c.file.map(|f| f.ino))
-        .unwrap_or_else(|| panic!("{scenario}: the workload mapped no file: {out}"));
-    let event = file_mmaps(&events)
-        .into_iter()
-        .find(|e| e["file"]["ino"] == ino)
-        .unwrap_or_else(|| panic!("{scenario}: no traced mmap of inode {ino}"))
-        .clone();
-    (event, expected, out)
 }
 
 /// Names with a space, newline, tab, " (deleted)", "[heap]" and bytes that are not

@@ -6,8 +6,22 @@
 #![no_std]
 
 pub const TASK_COMM_LEN: usize = 16;
-/// Bytes of a backing file's dentry name kept per event (NUL-terminated, truncated).
-pub const FILE_NAME_LEN: usize = 64;
+/// Bytes of a backing file's names kept per event: the dentry's name and, where the probe
+/// walks the path, its ancestors' (see [`FileId::name`]). Components that do not fit are
+/// left out and the record says so ([`FILE_PATH_TRUNCATED`]).
+pub const FILE_NAME_LEN: usize = 256;
+/// At most this many steps of the path walk (one per component, one per mount crossed);
+/// a deeper path is cut, leaf side kept, and marked [`FILE_PATH_TRUNCATED`].
+pub const FILE_PATH_MAX_DEPTH: usize = 32;
+
+/// [`FileId::flags`]: `name` holds every component up to the root: the full path.
+pub const FILE_PATH_FULL: u16 = 1;
+/// [`FileId::flags`]: the walk stopped before the root (depth or length): `name` holds
+/// the components nearest the leaf only.
+pub const FILE_PATH_TRUNCATED: u16 = 2;
+/// [`FileId::flags`]: the dentry was unlinked (or never linked: memfd, a shared mapping
+/// of /dev/zero) when the probe read it; /proc/<pid>/maps adds " (deleted)".
+pub const FILE_UNLINKED: u16 = 4;
 
 /// What follows the header.
 #[repr(u32)]
@@ -170,9 +184,15 @@ pub struct MmapEvent {
 pub struct FileId {
     /// `inode->i_sb->s_dev` (kernel encoding: major << 20 | minor).
     pub dev: u32,
-    pub _pad: u32,
+    /// `FILE_PATH_*` and [`FILE_UNLINKED`] bits (0: `name` is the leaf name only).
+    pub flags: u16,
+    /// Bytes of `name` in use (each component with its NUL).
+    pub name_len: u16,
     pub ino: u64,
-    /// The dentry's name (the last path component), NUL-terminated.
+    /// The dentry's name (the last path component), NUL-terminated; where the probe walks
+    /// the path (`flags` not 0), its ancestors' names follow, leaf to root, each
+    /// NUL-terminated, crossing mounts at their mount points (the root itself has none).
+    /// Names are bytes, not text: any byte but NUL and '/'.
     pub name: [u8; FILE_NAME_LEN],
 }
 
@@ -347,6 +367,19 @@ pub struct KernelOffsets {
     pub inode_i_ino: u32,
     pub inode_i_sb: u32,
     pub sb_s_dev: u32,
+    /// The path walk (zero where BTF lacks one: the probes then record the leaf name
+    /// only): `offsetof(file, f_path.mnt)`, `dentry.d_parent`, `dentry.d_hash.pprev`
+    /// (NULL: unhashed, i.e. unlinked), `vfsmount.mnt_root`, and in `struct mount`
+    /// (which embeds the `vfsmount` as `mnt`): `mnt`, `mnt_parent`, `mnt_mountpoint`.
+    pub file_vfsmount: u32,
+    pub dentry_parent: u32,
+    pub dentry_hash_pprev: u32,
+    pub vfsmount_root: u32,
+    pub mount_mnt: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
+    /// Non-zero when the seven offsets above were found.
+    pub walk_paths: u32,
     /// The path from a task to the file an fd names: `task_struct.files`,
     /// `files_struct.fdt`, `fdtable.max_fds` and `fdtable.fd`.
     pub task_files: u32,
@@ -428,6 +461,7 @@ pub const fn record_size(kind: EventKind) -> usize {
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 48);
 const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 48 + 8 + 48 + 8);
 const _: () = assert!(core::mem::size_of::<FileId>() == 16 + FILE_NAME_LEN);
+const _: () = assert!(FILE_NAME_LEN == 256, "the probe's path walk masks offsets with 255");
 const _: () = assert!(core::mem::size_of::<MmapEvent>() == 112 + 16 + FILE_NAME_LEN);
 const _: () = assert!(core::mem::size_of::<VmaFields>() == 40 + 16 + FILE_NAME_LEN);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 48 + 16);

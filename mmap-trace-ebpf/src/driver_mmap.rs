@@ -73,7 +73,8 @@ static EMPTY_VMA: VmaFields = VmaFields {
     vm_pgoff: 0,
     file: mmap_trace_common::FileId {
         dev: 0,
-        _pad: 0,
+        flags: 0,
+        name_len: 0,
         ino: 0,
         name: [0; mmap_trace_common::FILE_NAME_LEN],
     },

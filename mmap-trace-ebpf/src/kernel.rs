@@ -19,6 +19,14 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     inode_i_ino: 0,
     inode_i_sb: 0,
     sb_s_dev: 0,
+    file_vfsmount: 0,
+    dentry_parent: 0,
+    dentry_hash_pprev: 0,
+    vfsmount_root: 0,
+    mount_mnt: 0,
+    mount_parent: 0,
+    mount_mountpoint: 0,
+    walk_paths: 0,
     task_files: 0,
     files_fdt: 0,
     fdt_max_fds: 0,
@@ -54,13 +62,23 @@ pub fn read<T: Default>(base: u64, offset: u32) -> T {
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.unwrap_or_default()
 }
 
-/// Fills `out` for `struct file *file` (zeroes for anonymous memory).
+/// Fills `out` for `struct file *file` (zeroes for anonymous memory): its identity, and
+/// its full path where BTF gave the walk's offsets (path.rs), else its leaf name.
 #[inline(always)]
 pub fn read_file(file: u64, o: &KernelOffsets, out: &mut FileId) {
     no_file(out);
     if file == 0 {
         return;
     }
+    read_identity(file, o, out);
+    if o.walk_paths != 0 {
+        crate::path::walk(file, o, out);
+    }
+}
+
+/// Device, inode and the dentry's own name.
+#[inline(always)]
+fn read_identity(file: u64, o: &KernelOffsets, out: &mut FileId) {
     let inode: u64 = read(file, o.file_f_inode);
     out.ino = read(inode, o.inode_i_ino);
     let sb: u64 = read(inode, o.inode_i_sb);
@@ -77,7 +95,8 @@ pub fn read_file(file: u64, o: &KernelOffsets, out: &mut FileId) {
 #[inline(always)]
 pub fn no_file(out: &mut FileId) {
     out.dev = 0;
-    out._pad = 0;
+    out.flags = 0;
+    out.name_len = 0;
     out.ino = 0;
     out.name[0] = 0;
 }

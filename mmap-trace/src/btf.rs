@@ -40,7 +40,7 @@ impl KernelBtf {
 
     /// What the kernel probes read from `vm_area_struct` and the file behind it.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets> {
-        Ok(KernelOffsets {
+        let offsets = KernelOffsets {
             vma_vm_start: self.offset("vm_area_struct", &["vm_start"])?,
             vma_vm_end: self.offset("vm_area_struct", &["vm_end"])?,
             vma_vm_flags: self.offset("vm_area_struct", &["vm_flags"])?,
@@ -57,6 +57,30 @@ impl KernelBtf {
             fdt_max_fds: self.offset("fdtable", &["max_fds"])?,
             fdt_fd: self.offset("fdtable", &["fd"])?,
             valid: 1,
+            ..KernelOffsets::default()
+        };
+        Ok(match self.path_walk_offsets(offsets) {
+            Ok(with_walk) => with_walk,
+            Err(e) => {
+                log::warn!("no full paths from the kernel (leaf names only): {e:#}");
+                offsets
+            }
+        })
+    }
+
+    /// The offsets of the probe's path walk (mmap-trace-ebpf/src/path.rs). `struct mount`
+    /// is internal to fs/, but BTF has it like any other type.
+    fn path_walk_offsets(&self, o: KernelOffsets) -> Result<KernelOffsets> {
+        Ok(KernelOffsets {
+            file_vfsmount: self.offset("file", &["f_path", "mnt"])?,
+            dentry_parent: self.offset("dentry", &["d_parent"])?,
+            dentry_hash_pprev: self.offset("dentry", &["d_hash", "pprev"])?,
+            vfsmount_root: self.offset("vfsmount", &["mnt_root"])?,
+            mount_mnt: self.offset("mount", &["mnt"])?,
+            mount_parent: self.offset("mount", &["mnt_parent"])?,
+            mount_mountpoint: self.offset("mount", &["mnt_mountpoint"])?,
+            walk_paths: 1,
+            ..o
         })
     }
 
@@ -172,6 +196,11 @@ mod tests {
         assert!(o.vma_vm_pgoff > o.vma_vm_end, "{o:?}");
         assert_ne!(o.file_dentry, 0, "{o:?}");
         assert_eq!(o.valid, 1);
+        // The path walk's offsets: every kernel since 3.3 has struct mount with the
+        // vfsmount embedded after mnt_hash, mnt_parent and mnt_mountpoint.
+        assert_eq!(o.walk_paths, 1, "{o:?}");
+        assert!(o.mount_mnt > o.mount_mountpoint && o.mount_mountpoint > o.mount_parent, "{o:?}");
+        assert_eq!(o.file_vfsmount + 8, o.file_dentry, "struct path is {{ mnt, dentry }}: {o:?}");
         // thread_info is the first member of x86's task_struct; status follows two longs
         // (flags, syscall_work) on every kernel with syscall_work (5.11+).
         assert_eq!(btf.thread_info_status().unwrap(), 16);

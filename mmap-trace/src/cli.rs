@@ -1,6 +1,6 @@
 //! Command-line interface (clap derive).
 
-use std::{path::PathBuf, time::Duration};
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -172,8 +172,9 @@ struct TargetArgs {
     #[arg(long, short, value_name = "NAME")]
     comm: Option<String>,
     /// Run CMD, traced from before its first instruction; the trace ends when it exits.
-    #[arg(last = true, value_name = "CMD")]
-    command: Vec<String>,
+    /// CMD and its arguments may be any bytes (they are passed to exec as they are).
+    #[arg(last = true, value_name = "CMD", value_parser = clap::value_parser!(OsString))]
+    command: Vec<OsString>,
 }
 
 #[derive(Args)]
@@ -182,9 +183,9 @@ struct ProcessArgs {
     /// Verify this running process.
     #[arg(long, short, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
     pid: Option<u32>,
-    /// Run CMD and verify it from its exec to its exit.
-    #[arg(last = true, value_name = "CMD")]
-    command: Vec<String>,
+    /// Run CMD and verify it from its exec to its exit (any bytes, as for trace).
+    #[arg(last = true, value_name = "CMD", value_parser = clap::value_parser!(OsString))]
+    command: Vec<OsString>,
 }
 
 #[derive(Args)]
@@ -347,7 +348,7 @@ impl OutputArgs {
 
 /// `-- CMD`: while the records go to standard output, the command's standard output goes
 /// to standard error, so that a pipe (`| jq`, `| less`) gets the trace alone.
-fn command(argv: Vec<String>, output: &OutputArgs) -> SpawnCommand {
+fn command(argv: Vec<std::ffi::OsString>, output: &OutputArgs) -> SpawnCommand {
     SpawnCommand { argv, stdout_to_stderr: output.output.is_none() }
 }
 

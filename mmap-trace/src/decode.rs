@@ -4,9 +4,9 @@
 use std::fmt;
 
 use mmap_trace_common::{
-    DriverMmapEvent, EventHeader, EventKind, ExecEvent, FileId, ForkEvent, MmChangeEvent,
-    MmapEvent, MmapRegionEvent, PageCacheEvent, Probe, RemapPfnEvent, SyscallEvent,
-    record_size,
+    DriverMmapEvent, EventHeader, EventKind, ExecEvent, FILE_PATH_FULL, FILE_PATH_TRUNCATED,
+    FILE_UNLINKED, FileId, ForkEvent, MmChangeEvent, MmapEvent, MmapRegionEvent, PageCacheEvent,
+    Probe, RemapPfnEvent, SyscallEvent, record_size,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -141,6 +141,43 @@ pub fn c_str(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(&bytes[..end])
 }
 
+/// A mapped file's path as the probe walked it (mmap-trace-ebpf/src/path.rs). Bytes, as
+/// the kernel has them: a file name may hold any byte but NUL and '/'.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilePath {
+    /// Absolute; or, when `truncated`, the components nearest the file, joined (no
+    /// leading '/': what came before them is unknown).
+    pub bytes: Vec<u8>,
+    /// The walk was cut (FILE_PATH_MAX_DEPTH steps or FILE_NAME_LEN bytes of names).
+    pub truncated: bool,
+    /// The file was unlinked, or never linked (memfd, shared /dev/zero), when mapped.
+    pub deleted: bool,
+}
+
+impl FilePath {
+    /// The path from the probe's record, if the probe walked it.
+    pub fn from_kernel(file: &FileId) -> Option<Self> {
+        let full = file.flags & FILE_PATH_FULL != 0;
+        let truncated = file.flags & FILE_PATH_TRUNCATED != 0;
+        if !file.is_file() || !(full || truncated) {
+            return None;
+        }
+        let used = &file.name[..usize::from(file.name_len).min(file.name.len())];
+        let mut bytes = Vec::with_capacity(used.len() + 1);
+        // Leaf first, each component NUL-terminated: reversed here.
+        for component in used.split(|&b| b == 0).filter(|c| !c.is_empty()).rev() {
+            if full || !bytes.is_empty() {
+                bytes.push(b'/');
+            }
+            bytes.extend_from_slice(component);
+        }
+        if bytes.is_empty() {
+            bytes.push(b'/');
+        }
+        Some(Self { bytes, truncated: !full, deleted: file.flags & FILE_UNLINKED != 0 })
+    }
+}
+
 /// A syscall record as the probe writes it (pid 7, tid 8, entry 1 ns, exit 9 ns), for
 /// the tests of the decoder and of the JSON writer.
 #[cfg(test)]
@@ -167,7 +204,7 @@ pub fn test_syscall_event(probe: Probe, comm: &[u8], args: [u64; 6], ret: i64) -
 #[cfg(test)]
 pub fn test_event(call: SyscallEvent, file: Option<FileId>) -> Event {
     if call.header.probe == Probe::Mmap as u32 {
-        let none = FileId { dev: 0, _pad: 0, ino: 0, name: [0; mmap_trace_common::FILE_NAME_LEN] };
+        let none = FileId { dev: 0, flags: 0, name_len: 0, ino: 0, name: [0; mmap_trace_common::FILE_NAME_LEN] };
         Event::Mmap(MmapEvent { call, file: file.unwrap_or(none) })
     } else {
         Event::Syscall(call)
@@ -205,6 +242,37 @@ mod tests {
             panic!("mmap's record is an MmapEvent");
         };
         assert_eq!((e.call.args, e.file.ino), ([1, 2, 3, 4, 5, 6], 0));
+    }
+
+    /// A FileId as the path walk writes it: `names` leaf first.
+    fn walked(flags: u16, names: &[&[u8]]) -> FileId {
+        let mut f = FileId { dev: 1, flags, name_len: 0, ino: 2, name: [0; mmap_trace_common::FILE_NAME_LEN] };
+        let mut off = 0;
+        for n in names {
+            f.name[off..off + n.len()].copy_from_slice(n);
+            off += n.len() + 1;
+        }
+        f.name_len = off as u16;
+        f
+    }
+
+    #[test]
+    fn reassembles_walked_paths() {
+        let path = |f: FileId| FilePath::from_kernel(&f).map(|p| (p.bytes, p.truncated, p.deleted));
+        let full = walked(FILE_PATH_FULL, &[b"libc.so.6", b"x86_64-linux-gnu", b"lib", b"usr"]);
+        assert_eq!(path(full), Some((b"/usr/lib/x86_64-linux-gnu/libc.so.6".to_vec(), false, false)));
+        let cut = walked(FILE_PATH_TRUNCATED, &[b"f", b"deep"]);
+        assert_eq!(path(cut), Some((b"deep/f".to_vec(), true, false)));
+        let memfd = walked(FILE_PATH_FULL | FILE_UNLINKED, &[b"memfd:x"]);
+        assert_eq!(path(memfd), Some((b"/memfd:x".to_vec(), false, true)));
+        let odd = walked(FILE_PATH_FULL, &[b"new\nline \xff", b"t\tmp"]);
+        assert_eq!(path(odd).unwrap().0, b"/t\tmp/new\nline \xff".to_vec());
+        // Leaf name only (a kprobe's record, or no BTF for the walk): no path.
+        assert_eq!(path(walked(0, &[b"libc.so.6"])), None);
+        // A length past the buffer is clamped, not trusted.
+        let mut bad = walked(FILE_PATH_FULL, &[b"a"]);
+        bad.name_len = u16::MAX;
+        assert_eq!(path(bad).unwrap().0, b"/a".to_vec());
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! The JSON Lines schema (documented in the README). 64-bit quantities that can exceed
-//! 2^53 (addresses, lengths, offsets, PFNs, flag words) are `"0x…"` strings.
+//! 2^53 (addresses, lengths, offsets, PFNs, flag words) are `"0x…"` strings. Names the
+//! kernel holds as bytes (comms, file names, paths) are strings, with invalid UTF-8
+//! replaced by U+FFFD; where that happened, a `…_hex` field beside it has the exact
+//! bytes in hex.
 
 use mmap_trace_common::{FileId, MmChangeCause, Probe, SyscallEvent, VmaFields};
 use serde::{Serialize, Serializer};
 
 use crate::{
-    decode::{Event, c_str},
+    decode::{Event, FilePath},
     flags,
 };
 
@@ -27,6 +30,8 @@ pub struct EventRecord<'a> {
     pub pid: u32,
     pub tid: u32,
     pub comm: std::borrow::Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm_hex: Option<String>,
     pub probe: &'static str,
     #[serde(flatten)]
     pub body: Body,
@@ -88,21 +93,71 @@ pub fn is_error(ret: i64) -> bool {
     (-4095..0).contains(&ret)
 }
 
+/// The bytes of a fixed-size kernel string before its first NUL.
+pub fn c_bytes(bytes: &[u8]) -> &[u8] {
+    &bytes[..bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len())]
+}
+
+/// Bytes as a JSON string (invalid UTF-8 replaced) and, only where something was
+/// replaced, the exact bytes in lowercase hex.
+pub fn text_and_hex(bytes: &[u8]) -> (std::borrow::Cow<'_, str>, Option<String>) {
+    let text = String::from_utf8_lossy(bytes);
+    let hex = matches!(text, std::borrow::Cow::Owned(_)).then(|| hex(bytes));
+    (text, hex)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
 #[derive(Serialize)]
 pub struct JsonFile {
     /// `major:minor` in hex, as the dev column of /proc/<pid>/maps.
     pub dev: String,
     pub ino: u64,
+    /// The last component of the path.
     pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name_hex: Option<String>,
 }
 
 impl JsonFile {
     fn new(file: &FileId) -> Option<Self> {
-        file.is_file().then(|| Self {
-            dev: format_dev(file.dev),
-            ino: file.ino,
-            name: c_str(&file.name).into_owned(),
+        file.is_file().then(|| {
+            let (name, name_hex) = text_and_hex(c_bytes(&file.name));
+            Self { dev: format_dev(file.dev), ino: file.ino, name: name.into_owned(), name_hex }
         })
+    }
+}
+
+/// An mmap's path: `path` and `path_hex` as for names (module doc); `path_truncated`:
+/// the kernel's walk was cut (too deep or too long) and no /proc/<pid>/maps line filled
+/// in the rest, so `path` holds the components nearest the file only, without a
+/// leading '/'; `path_deleted`: the file was unlinked (or never linked: memfd, a shared
+/// mapping of /dev/zero) when it was mapped. The two flags appear only when true.
+#[derive(Serialize, Default)]
+pub struct JsonPath {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub path_truncated: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub path_deleted: bool,
+}
+
+impl JsonPath {
+    fn new(path: Option<&FilePath>) -> Self {
+        let Some(p) = path else {
+            return Self::default();
+        };
+        let (text, hex) = text_and_hex(&p.bytes);
+        Self { path: Some(text.into_owned()), path_hex: hex, path_truncated: p.truncated, path_deleted: p.deleted }
     }
 }
 
@@ -121,6 +176,9 @@ pub struct JsonVma {
     pub pgoff: Hex,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<JsonFile>,
+    /// The file's path as the kernel probe walked it.
+    #[serde(flatten)]
+    pub path: JsonPath,
 }
 
 impl JsonVma {
@@ -133,6 +191,7 @@ impl JsonVma {
             flags_raw: Hex(v.vm_flags),
             pgoff: Hex(v.vm_pgoff),
             file: JsonFile::new(&v.file),
+            path: JsonPath::new(FilePath::from_kernel(&v.file).as_ref()),
         }
     }
 }
@@ -152,8 +211,8 @@ pub enum Body {
         /// The file the fd named as the call returned (the kernel's view).
         #[serde(skip_serializing_if = "Option::is_none")]
         file: Option<JsonFile>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        path: Option<String>,
+        #[serde(flatten)]
+        path: JsonPath,
         #[serde(flatten)]
         outcome: Outcome,
     },
@@ -193,6 +252,9 @@ pub enum Body {
         pgoff: Hex,
         #[serde(skip_serializing_if = "Option::is_none")]
         file: Option<JsonFile>,
+        /// The file's path as the kernel probe walked it.
+        #[serde(flatten)]
+        path: JsonPath,
         #[serde(flatten)]
         outcome: Outcome,
     },
@@ -242,7 +304,7 @@ pub enum Body {
     },
 }
 
-fn syscall_body(e: &SyscallEvent, probe: Probe, file: Option<&FileId>, path: Option<String>) -> Body {
+fn syscall_body(e: &SyscallEvent, probe: Probe, file: Option<&FileId>, path: Option<&FilePath>) -> Body {
     let a = e.args;
     match probe {
         Probe::Mmap => Body::Mmap {
@@ -255,7 +317,7 @@ fn syscall_body(e: &SyscallEvent, probe: Probe, file: Option<&FileId>, path: Opt
             fd: a[4] as i32,
             offset: Hex(a[5]),
             file: file.and_then(JsonFile::new),
-            path,
+            path: JsonPath::new(path),
             outcome: Outcome::address(e.ret),
         },
         Probe::Munmap => Body::Munmap {
@@ -293,7 +355,7 @@ pub fn write_syscall(
     e: &SyscallEvent,
     probe: Probe,
     file: Option<&FileId>,
-    path: Option<&str>,
+    path: Option<&FilePath>,
 ) {
     let h = &e.header;
     let mut num = itoa::Buffer::new();
@@ -303,8 +365,7 @@ pub fn write_syscall(
     out.extend_from_slice(num.format(h.pid).as_bytes());
     out.extend_from_slice(br#","tid":"#);
     out.extend_from_slice(num.format(h.tid).as_bytes());
-    out.extend_from_slice(br#","comm":"#);
-    write_str(out, &c_str(&h.comm));
+    write_bytes(out, "comm", c_bytes(&h.comm));
     out.extend_from_slice(br#","probe":""#);
     out.extend_from_slice(probe.name().as_bytes());
     out.push(b'"');
@@ -341,13 +402,17 @@ pub fn write_syscall(
                 out.extend_from_slice(format_dev(f.dev).as_bytes());
                 out.extend_from_slice(br#"","ino":"#);
                 out.extend_from_slice(num.format(f.ino).as_bytes());
-                out.extend_from_slice(br#","name":"#);
-                write_str(out, &c_str(&f.name));
+                write_bytes(out, "name", c_bytes(&f.name));
                 out.push(b'}');
             }
             if let Some(path) = path {
-                key_start(out, "path");
-                write_str(out, path);
+                write_bytes(out, "path", &path.bytes);
+                if path.truncated {
+                    out.extend_from_slice(br#","path_truncated":true"#);
+                }
+                if path.deleted {
+                    out.extend_from_slice(br#","path_deleted":true"#);
+                }
             }
             write_outcome(out, &Outcome::address(e.ret));
         }
@@ -385,6 +450,20 @@ fn key_start(out: &mut Vec<u8>, key: &str) {
     out.extend_from_slice(b"\":");
 }
 
+/// `,"key":"…"` for bytes, and `,"key_hex":"…"` after it where they are not UTF-8.
+fn write_bytes(out: &mut Vec<u8>, key: &str, bytes: &[u8]) {
+    key_start(out, key);
+    let (text, hex) = text_and_hex(bytes);
+    write_str(out, &text);
+    if let Some(hex) = hex {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"_hex\":\"");
+        out.extend_from_slice(hex.as_bytes());
+        out.push(b'"');
+    }
+}
+
 /// A JSON string: printable ASCII without quotes or backslashes as it is (comms and
 /// paths nearly always are), anything else through serde_json's escaping.
 fn write_str(out: &mut Vec<u8>, s: &str) {
@@ -415,13 +494,13 @@ fn write_outcome(out: &mut Vec<u8>, o: &Outcome) {
     }
 }
 
-/// `path`: the resolved path of an mmap's fd, when there is one.
-pub fn record(event: &Event, path: Option<String>) -> EventRecord<'_> {
+/// `path`: the path of the file an mmap mapped, when there is one (paths.rs).
+pub fn record(event: &Event, path: Option<FilePath>) -> EventRecord<'_> {
     let header = event.header();
     let probe = event.probe();
     let body = match event {
-        Event::Syscall(e) => syscall_body(e, probe, None, path),
-        Event::Mmap(e) => syscall_body(&e.call, probe, event.mmap_file(), path),
+        Event::Syscall(e) => syscall_body(e, probe, None, path.as_ref()),
+        Event::Mmap(e) => syscall_body(&e.call, probe, event.mmap_file(), path.as_ref()),
         Event::MmapRegion(e) => Body::MmapRegion {
             addr: Hex(e.addr),
             len: Hex(e.len),
@@ -429,6 +508,7 @@ pub fn record(event: &Event, path: Option<String>) -> EventRecord<'_> {
             vm_flags_raw: Hex(e.vm_flags),
             pgoff: Hex(e.pgoff),
             file: JsonFile::new(&e.file),
+            path: JsonPath::new(FilePath::from_kernel(&e.file).as_ref()),
             outcome: Outcome::address(e.ret),
         },
         Event::RemapPfn(e) => Body::RemapPfnRange {
@@ -463,12 +543,14 @@ pub fn record(event: &Event, path: Option<String>) -> EventRecord<'_> {
             pages: 1 << e.order.min(20),
         },
     };
+    let (comm, comm_hex) = text_and_hex(c_bytes(&header.comm));
     EventRecord {
         record_type: "event",
         ts_ns: header.ts_ns,
         pid: header.pid,
         tid: header.tid,
-        comm: c_str(&header.comm),
+        comm,
+        comm_hex,
         probe: probe.name(),
         body,
         cgroup_id: header.cgroup_id,
@@ -493,9 +575,17 @@ mod fast_path_tests {
             [1, 2, 0x1000_0000, 0, 0x8000_0000, 5],
         ];
         let comms: [&[u8]; 4] = [b"mmap-workload", b"q\"uo\\te\n\x01", b"\xff\xfebad", b"exactly15bytes!"];
-        let paths = [None, Some("/tmp/a file"), Some("/x/\"quoted\"\t\u{e9}")];
+        let path = |bytes: &[u8], truncated, deleted| Some(FilePath { bytes: bytes.to_vec(), truncated, deleted });
+        let paths = [
+            None,
+            path(b"/tmp/a file", false, false),
+            path("/x/\"quoted\"\t\u{e9}".as_bytes(), false, true),
+            path(b"/tmp/\xff\xfe-bin\n", false, false),
+            path(b"lib/deep", true, false),
+            path(b"e/\x80", true, true),
+        ];
         let file = |dev: u32, ino: u64, name: &[u8]| {
-            let mut f = FileId { dev, _pad: 0, ino, name: [0; mmap_trace_common::FILE_NAME_LEN] };
+            let mut f = FileId { dev, flags: 0, name_len: 0, ino, name: [0; mmap_trace_common::FILE_NAME_LEN] };
             f.name[..name.len()].copy_from_slice(name);
             f
         };
@@ -510,15 +600,15 @@ mod fast_path_tests {
             for ret in rets {
                 for a in args {
                     for comm in comms {
-                        for (path, f) in paths.iter().flat_map(|p| files.iter().map(move |f| (*p, f))) {
+                        for (path, f) in paths.iter().flat_map(|p| files.iter().map(move |f| (p, f))) {
                             let e = crate::decode::test_syscall_event(probe, comm, a, ret);
                             let event = crate::decode::test_event(e, *f);
-                            let cgroup = path.map(|_| "/sys\"tem.slice/a b.service");
-                            let mut rec = record(&event, path.map(str::to_owned));
+                            let cgroup = path.as_ref().map(|_| "/sys\"tem.slice/a b.service");
+                            let mut rec = record(&event, path.clone());
                             rec.cgroup = cgroup.map(str::to_owned);
                             let expected = serde_json::to_vec(&rec).unwrap();
                             line.clear();
-                            write_syscall(&mut line, &e, probe, event.mmap_file(), path);
+                            write_syscall(&mut line, &e, probe, event.mmap_file(), path.as_ref());
                             append_cgroup(&mut line, e.header.cgroup_id, cgroup);
                             assert_eq!(
                                 String::from_utf8_lossy(&line),

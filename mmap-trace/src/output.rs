@@ -8,7 +8,10 @@ use mmap_trace_common::{PROBE_COUNT, Probe};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::{decode::Event, json};
+use crate::{
+    decode::{Event, FilePath},
+    json,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -139,14 +142,14 @@ impl Output {
         self.wall_clock = Some(realtime as i64 - clock_ns(libc::CLOCK_MONOTONIC) as i64);
     }
 
-    pub fn event(&mut self, event: &Event, path: Option<String>) -> io::Result<()> {
+    pub fn event(&mut self, event: &Event, path: Option<FilePath>) -> io::Result<()> {
         self.counts[event.probe() as usize] += 1;
         let cgroup_id = event.header().cgroup_id;
         let cgroup = self.cgroups.as_mut().and_then(|names| names.name(cgroup_id));
         if let (Format::Json, Some(e)) = (self.format, event.syscall()) {
             // The hot path: one line per traced call, into a buffer reused for every line.
             self.line.clear();
-            json::write_syscall(&mut self.line, e, event.probe(), event.mmap_file(), path.as_deref());
+            json::write_syscall(&mut self.line, e, event.probe(), event.mmap_file(), path.as_ref());
             json::append_cgroup(&mut self.line, cgroup_id, cgroup);
             self.line.push(b'\n');
             return self.out.write_all(&self.line);
@@ -178,10 +181,11 @@ impl Output {
                     }
                 };
                 let details = details(&record.body);
+                let comm = escape(json::c_bytes(&event.header().comm));
                 writeln!(
                     self.out,
-                    "{time:>width$} {:>7} {:>7} {:<16} {:<15} {details}",
-                    record.pid, record.tid, record.comm, record.probe
+                    "{time:>width$} {:>7} {:>7} {comm:<16} {:<15} {details}",
+                    record.pid, record.tid, record.probe
                 )
             }
         }
@@ -288,14 +292,59 @@ fn details(body: &json::Body) -> String {
 
 fn flatten(prefix: &str, map: &Map<String, Value>, parts: &mut Vec<String>) {
     for (key, value) in map {
-        // Raw flag words repeat the decoded names.
-        if key.ends_with("_raw") {
+        // Raw flag words repeat the decoded names; `X_hex` is shown as X's value.
+        if key.ends_with("_raw") || key.ends_with("_hex") {
             continue;
         }
+        let exact = map.get(&format!("{key}_hex")).and_then(Value::as_str).and_then(unhex);
         match value {
             Value::Object(inner) => flatten(&format!("{prefix}{key}."), inner, parts),
-            Value::String(s) => parts.push(format!("{prefix}{key}={s}")),
+            Value::String(s) => {
+                let text = escape(exact.as_deref().unwrap_or(s.as_bytes()));
+                parts.push(format!("{prefix}{key}={text}"));
+            }
             other => parts.push(format!("{prefix}{key}={other}")),
         }
+    }
+}
+
+fn unhex(hex: &str) -> Option<Vec<u8>> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect()
+}
+
+/// Bytes for one table cell, as the kernel's maps escapes a path (`\012` for a newline):
+/// control characters, space, backslash and bytes that are not UTF-8 as `\ooo`, so a
+/// name can neither break the line nor the `key=value` columns.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    let octal = |out: &mut String, b: u8| out.push_str(&format!("\\{b:03o}"));
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == ' ' || c == '\\' {
+                let mut buf = [0; 4];
+                c.encode_utf8(&mut buf).bytes().for_each(|b| octal(&mut out, b));
+            } else {
+                out.push(c);
+            }
+        }
+        chunk.invalid().iter().for_each(|&b| octal(&mut out, b));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn table_cells_escape_like_the_kernel() {
+        assert_eq!(escape(b"/tmp/new\nline"), "/tmp/new\\012line");
+        assert_eq!(escape(b"a b\tc\\d"), "a\\040b\\011c\\134d");
+        assert_eq!(escape(b"\xff\xfe-bin"), "\\377\\376-bin");
+        assert_eq!(escape("caf\u{e9}".as_bytes()), "caf\u{e9}");
+        assert_eq!(escape(b"[heap]"), "[heap]");
     }
 }

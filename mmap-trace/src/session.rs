@@ -50,7 +50,8 @@ pub enum Target {
 
 /// A command to run traced.
 pub struct SpawnCommand {
-    pub argv: Vec<String>,
+    /// Bytes: any but NUL, as exec takes them.
+    pub argv: Vec<std::ffi::OsString>,
     /// Its standard output goes to our standard error (the records are on our stdout).
     pub stdout_to_stderr: bool,
 }
@@ -200,7 +201,7 @@ fn describe(target: &Target, child: Option<u32>) -> String {
         Target::Pid(pid) => format!("pid {pid}"),
         Target::Comm(name) => format!("processes named {name:?}"),
         Target::Command(cmd) => {
-            format!("{:?} (pid {})", cmd.argv.join(" "), child.unwrap_or(0))
+            format!("{:?} (pid {})", cmd.argv.join(std::ffi::OsStr::new(" ")), child.unwrap_or(0))
         }
     }
 }

@@ -6,10 +6,13 @@
 //! execs. An exec failure comes back through a close-on-exec pipe as an errno.
 
 use std::{
-    ffi::CString,
+    ffi::{CString, OsString},
     fs::File,
     io::{Read as _, Write as _},
-    os::fd::{FromRawFd as _, OwnedFd},
+    os::{
+        fd::{FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -19,7 +22,7 @@ pub struct HeldChild {
     /// None once released.
     go: Option<File>,
     exec_error: File,
-    program: String,
+    program: OsString,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -33,15 +36,19 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Forks `argv`, held before exec. Call before any other thread exists: the child
-/// runs only async-signal-safe calls until exec. `stdout_to_stderr`: the command's
-/// standard output is our standard error (ours carries the trace).
-pub fn spawn_held(argv: &[String], stdout_to_stderr: bool) -> Result<HeldChild> {
+/// runs only async-signal-safe calls until exec. `argv` is bytes: any but NUL, as exec
+/// takes them. `stdout_to_stderr`: the command's standard output is our standard error
+/// (ours carries the trace).
+pub fn spawn_held(argv: &[OsString], stdout_to_stderr: bool) -> Result<HeldChild> {
     let Some(program) = argv.first() else {
         bail!("no command given after --");
     };
     let cargs: Vec<CString> = argv
         .iter()
-        .map(|a| CString::new(a.as_bytes()).with_context(|| format!("argument {a:?} contains NUL")))
+        .map(|a| {
+            CString::new(a.as_bytes())
+                .with_context(|| format!("argument {a:?} contains a NUL byte, which exec cannot pass"))
+        })
         .collect::<Result<_>>()?;
     let mut ptrs: Vec<*const libc::c_char> = cargs.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());

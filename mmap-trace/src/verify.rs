@@ -211,7 +211,7 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         // Events of the last calls before exit: logged, not compared (nothing to compare with).
         let tail = drain(ring.get_mut())?;
         for event in &tail {
-            out.event(event, None).or_else(ignore_closed_output)?;
+            out.event(event, crate::paths::kernel_path(event)).or_else(ignore_closed_output)?;
         }
         anyhow::Ok(ended)
     })?;
@@ -339,7 +339,7 @@ impl Verifier {
         }
         events.extend(drain(ring)?);
         for event in &events {
-            out.event(event, None).or_else(ignore_closed_output)?;
+            out.event(event, crate::paths::kernel_path(event)).or_else(ignore_closed_output)?;
         }
         // Partitions by address space, in order of first appearance (a parent's fork
         // comes before its child's first event).

@@ -2,5 +2,8 @@
 
 pub mod cli;
 pub mod driver;
+pub mod paths;
+pub mod recorder;
+pub mod scenarios;
 pub mod stress;
 pub mod workload;

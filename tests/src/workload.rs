@@ -34,11 +34,35 @@ impl Call {
     }
 }
 
+/// Something the workload did or saw besides a traced call (a signal handler's count,
+/// what read() returned, a syscall the probes do not trace, its own maps lines…): the
+/// program's own account, which must read the same with and without a tracer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Observation {
+    pub observe: String,
+    pub value: Value,
+}
+
+/// The workload's traced calls, in order (observation lines skipped).
 pub fn parse_calls(stdout: &str) -> Vec<Call> {
     stdout
         .lines()
+        .filter(|l| !is_observation(l))
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("workload line {l:?}: {e}")))
         .collect()
+}
+
+/// The workload's observations, in order.
+pub fn parse_observations(stdout: &str) -> Vec<Observation> {
+    stdout
+        .lines()
+        .filter(|l| is_observation(l))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("workload line {l:?}: {e}")))
+        .collect()
+}
+
+fn is_observation(line: &str) -> bool {
+    line.starts_with(r#"{"observe":"#)
 }
 
 fn hex(v: &Value, key: &str) -> Option<u64> {

@@ -6,52 +6,15 @@
 //!                      [--loop N] [--scenario NAME] [--ia32]
 //!
 //! Without --scenario: one sequence touching every traced call. Scenarios (for verify):
-//! anon, file-offset, file-pages, split3, hole, mremap-move, fixed, threads.
+//! anon, file-offset, file-pages, split3, hole, mremap-move, fixed, threads, and those of
+//! mmap_trace_tests::scenarios (odd names, signals, shm, pkeys, forks…), which also
+//! print their own observations as `{"observe": …}` lines.
 //! --ia32: ia32 syscalls (`int $0x80`) numbered like the traced x86-64 calls, then one
 //! real munmap of the same address; only the munmap may appear in a trace.
 
-use std::{ffi::CString, io::Write as _};
+use std::ffi::CString;
 
-use mmap_trace_tests::workload::{Call, FileKey};
-
-const PAGE: u64 = 4096;
-
-struct Recorder {
-    out: std::io::StdoutLock<'static>,
-}
-
-impl Recorder {
-    /// Makes the syscall `nr` with `args` (raw, so libc adds no calls of its own) and
-    /// records it.
-    fn call(&mut self, name: &'static str, nr: libc::c_long, args: &[u64]) -> i64 {
-        let mut a = [0u64; 6];
-        a[..args.len()].copy_from_slice(args);
-        // SAFETY: the calls made here only touch memory this program maps itself.
-        let ret = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
-        let ret = if ret == -1 {
-            -(std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as i64)
-        } else {
-            ret as i64
-        };
-        let file = (name == "mmap" && args[3] & libc::MAP_ANONYMOUS as u64 == 0 && ret >= 0)
-            .then(|| fd_file(args[4] as i32))
-            .flatten();
-        let call = Call { call: name.to_string(), args: args.to_vec(), ret, file };
-        let line = serde_json::to_string(&call).expect("serializable");
-        writeln!(self.out, "{line}").expect("stdout");
-        ret
-    }
-}
-
-/// The file `fd` names, by fstat(2).
-fn fd_file(fd: i32) -> Option<FileKey> {
-    // SAFETY: fstat into a zeroed struct we own.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    (unsafe { libc::fstat(fd, &mut st) } == 0).then(|| FileKey {
-        dev: format!("{:02x}:{:02x}", libc::major(st.st_dev), libc::minor(st.st_dev)),
-        ino: st.st_ino,
-    })
-}
+use mmap_trace_tests::recorder::{PAGE, Recorder};
 
 /// The marker address of `--ia32` (never mapped by anything else).
 const IA32_MARKER: u64 = 0x4d4d_0000;
@@ -284,6 +247,10 @@ fn scenario(rec: &mut Recorder, name: &str) {
                 w.join().expect("worker");
             }
         }
-        other => panic!("unknown scenario {other:?}"),
+        other => {
+            if !mmap_trace_tests::scenarios::run(rec, other) {
+                panic!("unknown scenario {other:?}");
+            }
+        }
     }
 }

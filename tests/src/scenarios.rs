@@ -1,0 +1,575 @@
+//! `mmap-workload --scenario NAME` for issues 12 and 19: programs that do what real
+//! programs do and a verifier must neither misjudge nor disturb. Each makes the real
+//! calls (traced calls as [`Call`](crate::workload::Call) lines, the rest as
+//! observations) and prints what it saw itself — handler counts, what read() returned,
+//! whether its parent saw a stop, the kernel's maps lines for its mappings — so a test
+//! can check the program behaves the same under `verify` as alone.
+
+use std::{
+    ffi::{CString, OsStr},
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use serde_json::{Value, json};
+
+use crate::recorder::{PAGE, Recorder, errno_name};
+
+/// Every scenario [`run`] knows.
+pub const SCENARIOS: &[&str] = &[
+    // Issue 19: names, renames, signals.
+    "name-space",
+    "name-newline",
+    "name-tab",
+    "name-deleted-suffix",
+    "name-heap",
+    "name-not-utf8",
+    "unlink-mapped",
+    "rename-mapped",
+    "sigcont-handler",
+    "blocked-read",
+    "waitpid-stop",
+    "deep-path",
+    "long-path",
+    // Issue 12: changes outside mmap/munmap/mprotect/mremap/brk, and process trees.
+    "shmat",
+    "shmat-shmdt",
+    "pkey-mprotect",
+    "remap-file-pages",
+    "growsdown",
+    "mremap-dup",
+    "dev-zero-shared",
+    "madvise-fork",
+    "mlock-split",
+    "mseal",
+    "shadow-stack",
+    "fork-exec",
+];
+
+const RO: u64 = libc::PROT_READ as u64;
+const RW: u64 = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+const ANON: u64 = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+const SHARED: u64 = libc::MAP_SHARED as u64;
+const NO_FD: u64 = -1i64 as u64;
+
+/// Runs scenario `name`; false if there is none of that name.
+pub fn run(rec: &mut Recorder, name: &str) -> bool {
+    match name {
+        "name-space" => map_named(rec, b"a b"),
+        "name-newline" => map_named(rec, b"new\nline"),
+        "name-tab" => map_named(rec, b"t\tab"),
+        "name-deleted-suffix" => map_named(rec, b"x (deleted)"),
+        "name-heap" => map_named(rec, b"[heap]"),
+        "name-not-utf8" => map_named(rec, b"\xff\xfe-bin"),
+        "unlink-mapped" => unlink_or_rename(rec, false),
+        "rename-mapped" => unlink_or_rename(rec, true),
+        "sigcont-handler" => sigcont_handler(rec),
+        "blocked-read" => blocked_read(rec),
+        "waitpid-stop" => waitpid_stop(rec),
+        "deep-path" => map_nested(rec, &[b"d".as_slice(); 40]),
+        "long-path" => map_nested(rec, &[[b'l'; 200].as_slice(), &[b'm'; 200]]),
+        "shmat" => shm(rec, true),
+        "shmat-shmdt" => shm(rec, false),
+        "pkey-mprotect" => pkey_mprotect(rec),
+        "remap-file-pages" => remap_file_pages(rec),
+        "growsdown" => growsdown(rec),
+        "mremap-dup" => mremap_dup(rec),
+        "dev-zero-shared" => dev_zero_shared(rec),
+        "madvise-fork" => madvise_fork(rec),
+        "mlock-split" => mlock_split(rec),
+        "mseal" => mseal(rec),
+        "shadow-stack" => shadow_stack(rec),
+        "fork-exec" => fork_exec(rec),
+        _ => return false,
+    }
+    true
+}
+
+// ---- helpers ----
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A fresh directory for this process's files, under TMPDIR.
+fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mmap-workload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    dir
+}
+
+/// Opens `path` (any bytes) with `flags`, panicking with the reason.
+fn open(path: &Path, flags: i32) -> i32 {
+    let c = CString::new(path.as_os_str().as_bytes()).expect("no NUL in a path");
+    // SAFETY: plain open of a path we made.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+    assert!(fd >= 0, "open {}: {}", path.display(), std::io::Error::last_os_error());
+    fd
+}
+
+fn close(fd: i32) {
+    // SAFETY: closing a descriptor we opened.
+    unsafe { libc::close(fd) };
+}
+
+/// A file of `pages` pages at `path`, opened read-write.
+fn make_file(path: &Path, pages: u64) -> i32 {
+    std::fs::write(path, vec![7u8; (pages * PAGE) as usize]).expect("write scratch file");
+    open(path, libc::O_RDWR)
+}
+
+/// The lines of /proc/self/maps that overlap `[lo, hi)`, as bytes made printable the way
+/// the kernel prints them (a name's newline is already `\012` there).
+pub fn maps_lines(lo: u64, hi: u64) -> Vec<String> {
+    let maps = std::fs::read("/proc/self/maps").expect("read /proc/self/maps");
+    maps.split(|&b| b == b'\n')
+        .filter(|l| {
+            let text = String::from_utf8_lossy(l);
+            let Some((range, _)) = text.split_once(' ') else {
+                return false;
+            };
+            let Some((s, e)) = range.split_once('-') else {
+                return false;
+            };
+            let (Ok(s), Ok(e)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) else {
+                return false;
+            };
+            s < hi && lo < e
+        })
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect()
+}
+
+fn observe_maps(rec: &mut Recorder, what: &str, lo: u64, hi: u64) {
+    let lines = maps_lines(lo, hi);
+    rec.observe(what, json!(lines));
+}
+
+/// One anonymous mmap and munmap: a traced call after the step before, so a verifier
+/// takes a checkpoint while the earlier mappings are in place.
+fn checkpoint(rec: &mut Recorder) {
+    let a = rec.call("mmap", libc::SYS_mmap, &[0, PAGE, RW, ANON, NO_FD, 0]) as u64;
+    rec.call("munmap", libc::SYS_munmap, &[a, PAGE]);
+}
+
+fn touch(addr: u64) {
+    // SAFETY: callers pass addresses inside writable mappings they made.
+    unsafe { std::ptr::write_volatile(addr as *mut u8, 0x5a) };
+}
+
+fn peek(addr: u64) -> u8 {
+    // SAFETY: callers pass addresses inside readable mappings they made.
+    unsafe { std::ptr::read_volatile(addr as *const u8) }
+}
+
+/// waitpid until `pid` ends: its exit status (or 128 + signal), and how many times
+/// WUNTRACED reported it stopped.
+fn wait_child(pid: i32, untraced: bool) -> (i32, u32) {
+    let mut stops = 0;
+    loop {
+        let mut status = 0;
+        let flags = if untraced { libc::WUNTRACED } else { 0 };
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+        if r < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            panic!("waitpid {pid}: {}", std::io::Error::last_os_error());
+        }
+        if libc::WIFSTOPPED(status) {
+            stops += 1;
+        } else if libc::WIFEXITED(status) {
+            return (libc::WEXITSTATUS(status), stops);
+        } else if libc::WIFSIGNALED(status) {
+            return (128 + libc::WTERMSIG(status), stops);
+        }
+    }
+}
+
+/// Installs `handler` for `signal`, with or without SA_RESTART.
+fn install(signal: i32, handler: extern "C" fn(i32), restart: bool) {
+    // SAFETY: a zeroed sigaction with a handler that only touches an atomic.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler as usize;
+        sa.sa_flags = if restart { libc::SA_RESTART } else { 0 };
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(signal, &sa, std::ptr::null_mut()), 0, "sigaction");
+    }
+}
+
+static SIGCONT_RUNS: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn on_sigcont(_: i32) {
+    SIGCONT_RUNS.fetch_add(1, Ordering::Relaxed);
+}
+
+// ---- issue 19 ----
+
+/// Maps a file whose last component is `name` (any bytes), closes the fd (as ld.so does),
+/// then makes a traced call with the mapping in place.
+fn map_named(rec: &mut Recorder, name: &[u8]) {
+    let dir = scratch_dir();
+    let path = dir.join(OsStr::from_bytes(name));
+    let fd = make_file(&path, 2);
+    rec.observe("path_hex", hex(path.as_os_str().as_bytes()));
+    let f = rec.call("mmap", libc::SYS_mmap, &[0, 2 * PAGE, RO, libc::MAP_PRIVATE as u64, fd as u64, 0]) as u64;
+    close(fd);
+    observe_maps(rec, "maps", f, f + 2 * PAGE);
+    checkpoint(rec);
+    rec.call("munmap", libc::SYS_munmap, &[f, 2 * PAGE]);
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir(&dir);
+}
+
+/// Maps a file under the directories `dirs` (nested in that order): deeper or longer
+/// than a probe's path walk keeps.
+fn map_nested(rec: &mut Recorder, dirs: &[&[u8]]) {
+    let top = scratch_dir();
+    let dir = dirs.iter().fold(top.clone(), |d, name| d.join(OsStr::from_bytes(name)));
+    std::fs::create_dir_all(&dir).expect("nested directories");
+    let path = dir.join("leaf");
+    let fd = make_file(&path, 1);
+    rec.observe("path_hex", hex(path.as_os_str().as_bytes()));
+    let f = rec.call("mmap", libc::SYS_mmap, &[0, PAGE, RO, libc::MAP_PRIVATE as u64, fd as u64, 0]) as u64;
+    close(fd);
+    checkpoint(rec);
+    rec.call("munmap", libc::SYS_munmap, &[f, PAGE]);
+    let _ = std::fs::remove_dir_all(&top);
+}
+
+/// Maps a file, then unlinks (or renames) it while mapped, then a traced call.
+fn unlink_or_rename(rec: &mut Recorder, rename: bool) {
+    let dir = scratch_dir();
+    let path = dir.join("mapped");
+    let fd = make_file(&path, 2);
+    rec.observe("path_hex", hex(path.as_os_str().as_bytes()));
+    let f = rec.call("mmap", libc::SYS_mmap, &[0, 2 * PAGE, RO, SHARED, fd as u64, 0]) as u64;
+    close(fd);
+    let renamed = dir.join("renamed");
+    if rename {
+        std::fs::rename(&path, &renamed).expect("rename the mapped file");
+        rec.observe("renamed_hex", hex(renamed.as_os_str().as_bytes()));
+    } else {
+        std::fs::remove_file(&path).expect("unlink the mapped file");
+    }
+    observe_maps(rec, "maps", f, f + 2 * PAGE);
+    checkpoint(rec);
+    rec.call("munmap", libc::SYS_munmap, &[f, 2 * PAGE]);
+    let _ = std::fs::remove_file(&renamed);
+    let _ = std::fs::remove_dir(&dir);
+}
+
+/// A SIGCONT handler (with SA_RESTART) and 20 mmap/munmap pairs: the handler must run
+/// as often as SIGCONT is sent by someone else — alone, never.
+fn sigcont_handler(rec: &mut Recorder) {
+    install(libc::SIGCONT, on_sigcont, true);
+    for _ in 0..20 {
+        let a = rec.call("mmap", libc::SYS_mmap, &[0, 2 * PAGE, RW, ANON, NO_FD, 0]) as u64;
+        rec.call("munmap", libc::SYS_munmap, &[a, 2 * PAGE]);
+    }
+    rec.observe("sigcont_handler_runs", SIGCONT_RUNS.load(Ordering::Relaxed));
+}
+
+/// Whether thread `tid` of this process sits in read(2) (syscall 0), from
+/// /proc/self/task/TID/syscall.
+fn in_read(tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).is_ok_and(|s| s.starts_with("0 "))
+}
+
+/// A thread blocked in read() on a pipe, with a SIGCONT handler installed WITHOUT
+/// SA_RESTART, while the main thread maps: read() must return the data the main thread
+/// writes at the end, not EINTR.
+fn blocked_read(rec: &mut Recorder) {
+    install(libc::SIGCONT, on_sigcont, false);
+    let mut fds = [0; 2];
+    // SAFETY: a two-int array for pipe2.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0, "pipe2");
+    let (rfd, wfd) = (fds[0], fds[1]);
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        // SAFETY: gettid has no arguments.
+        tid_tx.send(unsafe { libc::gettid() }).expect("send tid");
+        let mut buf = [0u8; 16];
+        // SAFETY: reading into our buffer.
+        let n = unsafe { libc::read(rfd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            json!({ "error": errno_name(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) })
+        } else {
+            json!({ "data": String::from_utf8_lossy(&buf[..n as usize]) })
+        }
+    });
+    let tid = tid_rx.recv().expect("reader tid");
+    // Wait (bounded, 10 s) until the reader is inside read(): the maps below must happen
+    // while it is blocked. Not a timing assertion: the observation says if it was.
+    let blocked = (0..10_000).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        in_read(tid)
+    });
+    rec.observe("reader_blocked_before_maps", blocked);
+    for _ in 0..20 {
+        let a = rec.call("mmap", libc::SYS_mmap, &[0, 2 * PAGE, RW, ANON, NO_FD, 0]) as u64;
+        rec.call("munmap", libc::SYS_munmap, &[a, 2 * PAGE]);
+    }
+    // SAFETY: writing a constant to our pipe.
+    unsafe { libc::write(wfd, b"done".as_ptr().cast(), 4) };
+    let got = reader.join().expect("reader thread");
+    rec.observe("read_returned", got);
+    rec.observe("sigcont_handler_runs", SIGCONT_RUNS.load(Ordering::Relaxed));
+    close(rfd);
+    close(wfd);
+}
+
+/// The parent forks a child that maps (20 mmap/munmap) and waits for it with
+/// waitpid(WUNTRACED): it must never see the child stopped.
+fn waitpid_stop(rec: &mut Recorder) {
+    checkpoint(rec);
+    // SAFETY: the child only makes raw syscalls, prints through the recorder (its line
+    // buffer was flushed) and _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        for _ in 0..20 {
+            let a = rec.call("mmap", libc::SYS_mmap, &[0, 2 * PAGE, RW, ANON, NO_FD, 0]) as u64;
+            rec.call("munmap", libc::SYS_munmap, &[a, 2 * PAGE]);
+        }
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    let (status, stops) = wait_child(pid, true);
+    rec.observe("child_status", status);
+    rec.observe("child_stops_seen", stops);
+    checkpoint(rec);
+}
+
+// ---- issue 12 ----
+
+/// A SysV segment attached, touched, then (`then_mmap`) an mmap while it is attached,
+/// then detached and removed. Without `then_mmap`: shmat…shmdt with nothing between.
+fn shm(rec: &mut Recorder, then_mmap: bool) {
+    let id = rec.other("shmget", libc::SYS_shmget, &[libc::IPC_PRIVATE as u64, 4 * PAGE, (libc::IPC_CREAT | 0o600) as u64]);
+    assert!(id >= 0, "shmget failed");
+    let addr = rec.other("shmat", libc::SYS_shmat, &[id as u64, 0, 0]);
+    assert!(addr > 0, "shmat failed");
+    let addr = addr as u64;
+    if then_mmap {
+        touch(addr);
+        observe_maps(rec, "maps", addr, addr + 4 * PAGE);
+        checkpoint(rec);
+    }
+    rec.other("shmdt", libc::SYS_shmdt, &[addr]);
+    rec.other("shmctl", libc::SYS_shmctl, &[id as u64, libc::IPC_RMID as u64, 0]);
+    if then_mmap {
+        checkpoint(rec);
+    }
+}
+
+/// pkey_mprotect(p + page, page, PROT_READ, -1) (works like mprotect, PKU or not), and
+/// with a real key where the CPU and kernel have protection keys.
+fn pkey_mprotect(rec: &mut Recorder) {
+    let key = rec.other("pkey_alloc", libc::SYS_pkey_alloc, &[0, 0]);
+    rec.observe(
+        "pkeys",
+        if key >= 0 { "supported".to_string() } else { format!("unsupported: pkey_alloc {}", errno_name(-key as i32)) },
+    );
+    let p = rec.call("mmap", libc::SYS_mmap, &[0, 3 * PAGE, RW, ANON, NO_FD, 0]) as u64;
+    rec.other("pkey_mprotect", libc::SYS_pkey_mprotect, &[p + PAGE, PAGE, RO, -1i64 as u64]);
+    if key >= 0 {
+        rec.other("pkey_mprotect", libc::SYS_pkey_mprotect, &[p + 2 * PAGE, PAGE, RW, key as u64]);
+    }
+    observe_maps(rec, "maps", p, p + 3 * PAGE);
+    checkpoint(rec);
+    rec.call("munmap", libc::SYS_munmap, &[p, 3 * PAGE]);
+    if key >= 0 {
+        rec.other("pkey_free", libc::SYS_pkey_free, &[key as u64]);
+    }
+}
+
+/// remap_file_pages on a shared file mapping: the first page shows file page 3.
+fn remap_file_pages(rec: &mut Recorder) {
+    let dir = scratch_dir();
+    let path = dir.join("remap");
+    let fd = make_file(&path, 4);
+    let p = rec.call("mmap", libc::SYS_mmap, &[0, 4 * PAGE, RW, SHARED, fd as u64, 0]) as u64;
+    close(fd);
+    rec.other("remap_file_pages", libc::SYS_remap_file_pages, &[p, PAGE, 0, 3, 0]);
+    observe_maps(rec, "maps", p, p + 4 * PAGE);
+    checkpoint(rec);
+    rec.call("munmap", libc::SYS_munmap, &[p, 4 * PAGE]);
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir(&dir);
+}
+
+/// A MAP_GROWSDOWN mapping grown by touching the two pages below it, then an mmap. Room
+/// below: the top of a PROT_NONE reservation is replaced by the mapping and the ~2 MiB
+/// under it unmapped (more than stack_guard_gap), so the faults grow it.
+fn growsdown(rec: &mut Recorder) {
+    let none = libc::PROT_NONE as u64;
+    let r = rec.call("mmap", libc::SYS_mmap, &[0, 600 * PAGE, none, ANON, NO_FD, 0]) as u64;
+    let g = r + 598 * PAGE;
+    let flags = ANON | (libc::MAP_FIXED | libc::MAP_GROWSDOWN) as u64;
+    rec.call("mmap", libc::SYS_mmap, &[g, 2 * PAGE, RW, flags, NO_FD, 0]);
+    rec.call("munmap", libc::SYS_munmap, &[r + 100 * PAGE, 498 * PAGE]);
+    observe_maps(rec, "maps_before", g - 4 * PAGE, g + 2 * PAGE);
+    touch(g - PAGE);
+    touch(g - 2 * PAGE);
+    observe_maps(rec, "maps_after", g - 4 * PAGE, g + 2 * PAGE);
+    checkpoint(rec);
+    rec.call("munmap", libc::SYS_munmap, &[g - 2 * PAGE, 4 * PAGE]);
+    rec.call("munmap", libc::SYS_munmap, &[r, 100 * PAGE]);
+}
+
+/// mremap(p, 0, n, MREMAP_MAYMOVE) of a shared mapping: a second mapping of the same
+/// pages; the first stays.
+fn mremap_dup(rec: &mut Recorder) {
+    let shared_anon = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
+    let p = rec.call("mmap", libc::SYS_mmap, &[0, 2 * PAGE, RW, shared_anon, NO_FD, 0]) as u64;
+    touch(p);
+    let q = rec.call("mremap", libc::SYS_mremap, &[p, 0, 2 * PAGE, libc::MREMAP_MAYMOVE as u64, 0]);
+    if q > 0 {
+        rec.observe("same_pages", peek(q as u64) == 0x5a);
+        observe_maps(rec, "maps_dup", q as u64, q as u64 + 2 * PAGE);
+    }
+    observe_maps(rec, "maps", p, p + 2 * PAGE);
+    checkpoint(rec);
+    if q > 0 {
+        rec.call("munmap", libc::SYS_munmap, &[q as u64, 2 * PAGE]);
+    }
+    rec.call("munmap", libc::SYS_munmap, &[p, 2 * PAGE]);
+}
+
+/// MAP_SHARED of /dev/zero: shmem behind it, which maps names "/dev/zero (deleted)".
+fn dev_zero_shared(rec: &mut Recorder) {
+    let fd = open(Path::new("/dev/zero"), libc::O_RDWR);
+    let p = rec.call("mmap", libc::SYS_mmap, &[0, 2 * PAGE, RW, SHARED, fd as u64, 0]) as u64;
+    close(fd);
+    touch(p);
+    observe_maps(rec, "maps", p, p + 2 * PAGE);
+    checkpoint(rec);
+    rec.call("munmap", libc::SYS_munmap, &[p, 2 * PAGE]);
+}
+
+/// MADV_DONTFORK on one page of a mapping and MADV_WIPEONFORK on one page of another
+/// (each splits its VMA), then fork: the child sees the first page gone and the wiped
+/// one zeroed, maps something and exits.
+fn madvise_fork(rec: &mut Recorder) {
+    let d = rec.call("mmap", libc::SYS_mmap, &[0, 2 * PAGE, RW, ANON, NO_FD, 0]) as u64;
+    let w = rec.call("mmap", libc::SYS_mmap, &[0, 2 * PAGE, RW, ANON, NO_FD, 0]) as u64;
+    for a in [d, d + PAGE, w, w + PAGE] {
+        touch(a);
+    }
+    rec.other("madvise", libc::SYS_madvise, &[d, PAGE, libc::MADV_DONTFORK as u64]);
+    rec.other("madvise", libc::SYS_madvise, &[w + PAGE, PAGE, libc::MADV_WIPEONFORK as u64]);
+    observe_maps(rec, "maps_dontfork", d, d + 2 * PAGE);
+    observe_maps(rec, "maps_wipeonfork", w, w + 2 * PAGE);
+    checkpoint(rec);
+    // SAFETY: the child makes raw syscalls, reads its own memory, prints and _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        observe_maps(rec, "child_maps_dontfork", d, d + 2 * PAGE);
+        rec.observe("child_wiped_page", peek(w + PAGE));
+        rec.observe("child_kept_page", peek(w));
+        checkpoint(rec);
+        // SAFETY: ends the child.
+        unsafe { libc::_exit(0) };
+    }
+    let (status, _) = wait_child(pid, false);
+    rec.observe("child_status", status);
+    rec.call("munmap", libc::SYS_munmap, &[d, 2 * PAGE]);
+    rec.call("munmap", libc::SYS_munmap, &[w, 2 * PAGE]);
+}
+
+/// mlock of one page in the middle of four (a split), munlock (merged back).
+fn mlock_split(rec: &mut Recorder) {
+    let p = rec.call("mmap", libc::SYS_mmap, &[0, 4 * PAGE, RW, ANON, NO_FD, 0]) as u64;
+    rec.other("mlock", libc::SYS_mlock, &[p + PAGE, PAGE]);
+    observe_maps(rec, "maps_locked", p, p + 4 * PAGE);
+    checkpoint(rec);
+    rec.other("munlock", libc::SYS_munlock, &[p + PAGE, PAGE]);
+    observe_maps(rec, "maps_unlocked", p, p + 4 * PAGE);
+    checkpoint(rec);
+    rec.call("munmap", libc::SYS_munmap, &[p, 4 * PAGE]);
+}
+
+/// mseal(2) of the middle page (Linux 6.10+; ENOSYS before): a split, and a sealed page
+/// that munmap must refuse (EPERM).
+fn mseal(rec: &mut Recorder) {
+    const SYS_MSEAL: libc::c_long = 462;
+    let p = rec.call("mmap", libc::SYS_mmap, &[0, 3 * PAGE, RW, ANON, NO_FD, 0]) as u64;
+    let r = rec.other("mseal", SYS_MSEAL, &[p + PAGE, PAGE, 0]);
+    rec.observe("mseal", if r == 0 { "supported".to_string() } else { format!("unsupported: {}", errno_name(-r as i32)) });
+    observe_maps(rec, "maps", p, p + 3 * PAGE);
+    checkpoint(rec);
+    if r == 0 {
+        rec.call("munmap", libc::SYS_munmap, &[p, 3 * PAGE]); // refused: EPERM
+        rec.call("munmap", libc::SYS_munmap, &[p, PAGE]);
+        rec.call("munmap", libc::SYS_munmap, &[p + 2 * PAGE, PAGE]);
+    } else {
+        rec.call("munmap", libc::SYS_munmap, &[p, 3 * PAGE]);
+    }
+}
+
+/// map_shadow_stack(2) (x86 user shadow stacks, 6.6+, needs CET in CPU and kernel).
+fn shadow_stack(rec: &mut Recorder) {
+    const SYS_MAP_SHADOW_STACK: libc::c_long = 453;
+    const SHADOW_STACK_SET_TOKEN: u64 = 1;
+    let r = rec.other("map_shadow_stack", SYS_MAP_SHADOW_STACK, &[0, 4 * PAGE, SHADOW_STACK_SET_TOKEN]);
+    if r > 0 {
+        rec.observe("shadow_stack", "supported");
+        observe_maps(rec, "maps", r as u64, r as u64 + 4 * PAGE);
+        checkpoint(rec);
+        rec.call("munmap", libc::SYS_munmap, &[r as u64, 4 * PAGE]);
+    } else {
+        rec.observe("shadow_stack", format!("unsupported: {}", errno_name(-r as i32)));
+        checkpoint(rec);
+    }
+}
+
+/// A process tree: fork + exec of this program with `--scenario anon`, then a vfork +
+/// exec with `--scenario hole` (posix_spawn: glibc's is clone(CLONE_VM | CLONE_VFORK) +
+/// exec on a stack of its own, which Rust cannot do safely with a bare vfork); waits for
+/// both and prints their statuses.
+fn fork_exec(rec: &mut Recorder) {
+    checkpoint(rec);
+    let exe = std::fs::read_link("/proc/self/exe").expect("readlink /proc/self/exe");
+    let mut children = Vec::new();
+    for (how, scenario) in [("fork", "anon"), ("vfork", "hole")] {
+        let args: Vec<CString> = [exe.as_os_str().as_bytes(), b"--scenario", scenario.as_bytes()]
+            .into_iter()
+            .map(|a| CString::new(a).expect("no NUL"))
+            .collect();
+        let mut ptrs: Vec<*mut libc::c_char> = args.iter().map(|a| a.as_ptr().cast_mut()).collect();
+        ptrs.push(std::ptr::null_mut());
+        let pid = if how == "fork" {
+            // SAFETY: the child calls only execv and _exit on memory prepared before.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: as above.
+                unsafe {
+                    libc::execv(ptrs[0], ptrs.as_ptr().cast());
+                    libc::_exit(127);
+                }
+            }
+            assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+            pid
+        } else {
+            let mut pid = 0;
+            // SAFETY: NUL-terminated argv; no file actions or attributes; our environ.
+            let r = unsafe {
+                unsafe extern "C" {
+                    static environ: *const *mut libc::c_char;
+                }
+                libc::posix_spawn(&mut pid, ptrs[0], std::ptr::null(), std::ptr::null(), ptrs.as_ptr(), environ)
+            };
+            assert_eq!(r, 0, "posix_spawn: {}", std::io::Error::from_raw_os_error(r));
+            pid
+        };
+        let (status, _) = wait_child(pid, false);
+        children.push(json!({ "how": how, "scenario": scenario, "pid": pid, "status": status }));
+    }
+    rec.observe("children", Value::Array(children));
+    checkpoint(rec);
+}

@@ -16,7 +16,6 @@ mod trace;
 mod tracefs;
 mod verify;
 mod verify_driver;
-mod driver_truth;
 mod maps;
 mod shadow;
 

@@ -10,21 +10,16 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
 use mmap_trace_common::{DriverMmapEvent, MmapRegionEvent, Probe, RemapPfnEvent, TargetFilter};
+use mmtrace_driver_abi::{self as driver, DeviceKind, PAGE, PATTERN, vm};
 use serde::Serialize;
 
 use crate::{
     decode::{self, Event, c_str},
-    driver_truth::{self, DeviceKind},
     flags,
     loader::{LoadOptions, Tracer},
     maps::{self, Backing},
     output::Format,
-    shadow::PAGE,
 };
-
-const PATTERN: [u8; 4] = [0xaa, 0xbb, 0xcc, 0xdd];
-/// What remap_pfn_range must leave in vm_flags.
-const PFNMAP_FLAGS: u64 = 0x4000 | 0x400 | 0x40000 | 0x4000000;
 
 /// Self-test: doctor one input so that the checks must fail (hidden flag).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -157,7 +152,7 @@ fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
 }
 
 fn check_device(config: &VerifyDriverConfig, device: &Path, kind: DeviceKind, ring: &mut RingBuf<MapData>) -> Result<Checks> {
-    let npages = driver_truth::npages()?;
+    let npages = driver::npages()?;
     let offset = config.offset;
     if offset >= npages {
         bail!("--offset {offset} is past the {npages}-page buffer");
@@ -170,7 +165,7 @@ fn check_device(config: &VerifyDriverConfig, device: &Path, kind: DeviceKind, ri
         bail!("{} serves shared mappings only (page-by-page remap_pfn_range cannot serve a private mapping); drop --private", device.display());
     }
     let mut checks = Checks { device: device.display().to_string(), list: Vec::new() };
-    let mut pfns = driver_truth::buffer_pfns(kind)?;
+    let mut pfns = driver::buffer_pfns(kind)?;
     if config.plant == Some(DriverPlant::PfnOffByOne) {
         pfns.iter_mut().for_each(|p| *p += 1);
     }
@@ -231,7 +226,7 @@ fn check_hook(checks: &mut Checks, events: &[Event], m: &Mapping, offset: u64, n
         && hook.ret == 0;
     checks.add("driver hook saw the VMA", same, format!("{} call(s); before: {} file {}; ret {}", hooks.len(), vma_str(b), c_str(&b.file.name), hook.ret));
     let a = &hook.after;
-    let flags_ok = a.vm_flags & PFNMAP_FLAGS == PFNMAP_FLAGS && b.vm_flags & PFNMAP_FLAGS == 0;
+    let flags_ok = a.vm_flags & vm::REMAP_PFN_RANGE == vm::REMAP_PFN_RANGE && b.vm_flags & vm::REMAP_PFN_RANGE == 0;
     checks.add("driver set IO|PFNMAP|DONTEXPAND|DONTDUMP", flags_ok, format!("after: {}", flags::decode(flags::VM, a.vm_flags)));
 }
 
@@ -291,7 +286,7 @@ fn check_maps_line(checks: &mut Checks, m: &Mapping, offset: u64, inode: u64, de
 }
 
 fn check_page_tables(checks: &mut Checks, kind: DeviceKind, m: &Mapping, expected: &[u64]) -> Result<()> {
-    let table = driver_truth::page_table(kind)?;
+    let table = driver::page_table(kind)?;
     let ours: Vec<Option<u64>> = table.iter().filter(|(a, _)| *a >= m.addr && *a < m.addr + m.len).map(|(_, p)| *p).collect();
     let want: Vec<Option<u64>> = expected.iter().map(|p| Some(*p)).collect();
     let shown: Vec<String> = ours.iter().map(|p| p.map_or("-".into(), |p| format!("{p:x}"))).collect();
@@ -344,11 +339,11 @@ fn check_driver_walk(checks: &mut Checks) -> Result<()> {
     use std::io::Read as _;
     let mut walk = Vec::with_capacity(1 << 20);
     let mut maps_text = Vec::with_capacity(1 << 20);
-    std::fs::File::open(driver_truth::PROC_VMAS)
-        .with_context(|| format!("opening {}", driver_truth::PROC_VMAS))?
+    std::fs::File::open(driver::PROC_VMAS)
+        .with_context(|| format!("opening {}", driver::PROC_VMAS))?
         .read_to_end(&mut walk)?;
     std::fs::File::open("/proc/self/maps")?.read_to_end(&mut maps_text)?;
-    let (vmas, total) = driver_truth::parse_vmas(&String::from_utf8_lossy(&walk))?;
+    let (vmas, total) = driver::parse_vmas(&String::from_utf8_lossy(&walk))?;
     let maps_text = String::from_utf8_lossy(&maps_text);
     let lines: Vec<&str> = maps_text.lines().filter(|l| !l.ends_with("[vsyscall]")).collect();
     let mut problems = Vec::new();
@@ -361,7 +356,7 @@ fn check_driver_walk(checks: &mut Checks) -> Result<()> {
         let perms = f.next().unwrap_or("");
         let offset = u64::from_str_radix(f.next().unwrap_or(""), 16).unwrap_or(u64::MAX);
         let want_range = format!("{:x}-{:x}", vma.start, vma.end);
-        let want_perms = crate::flags::vm_perms(vma.flags);
+        let want_perms = vm::perms(vma.flags);
         let want_offset = if vma.path.is_some() { vma.pgoff * PAGE } else { 0 };
         if range.trim_start_matches('0') != want_range.trim_start_matches('0') || perms != want_perms || offset != want_offset {
             problems.push(format!("walk {want_range} {want_perms} {want_offset:x} vs maps {line:?}"));

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use mmap_trace_tests::driver::{Kind, live_maps, parse_maps};
+use mmap_trace_tests::driver::{DeviceKind, live_maps, parse_maps};
 use mmap_trace_tests::stress::{Rng, errno_name};
 
 const PAGE: u64 = 4096;
@@ -68,7 +68,7 @@ fn main() {
 /// Each case maps 4 private pages of the kmalloc device read-write, reshapes them, forks
 /// a child that exits at once, and says what fork answered.
 fn fork_cases() {
-    let fd = open(&Kind::Kmalloc.dev_path(), libc::O_RDWR);
+    let fd = open(&DeviceKind::Kmalloc.dev_path(), libc::O_RDWR);
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
     let write = |addr: u64| {
         // SAFETY: a store into a page of a mapping this case made writable.
@@ -175,7 +175,7 @@ fn store(addr: u64, data: &[u8]) {
 /// One mapped page of a device, as the model expects it.
 #[derive(Clone)]
 struct Page {
-    kind: Kind,
+    kind: DeviceKind,
     shared: bool,
     /// Which buffer page it maps.
     buf_page: u64,
@@ -190,7 +190,7 @@ struct Page {
 struct Vma {
     start: u64,
     end: u64,
-    kind: Kind,
+    kind: DeviceKind,
     shared: bool,
     prot: i32,
     fd_writable: bool,
@@ -198,7 +198,7 @@ struct Vma {
 
 struct Model {
     npages: u64,
-    /// Buffer contents, by Kind as usize.
+    /// Buffer contents, by DeviceKind as usize.
     bufs: [Vec<u8>; 2],
     pages: BTreeMap<u64, Page>,
     next_vma: u64,
@@ -207,7 +207,7 @@ struct Model {
     arena: u64,
 }
 
-fn ki(kind: Kind) -> usize {
+fn ki(kind: DeviceKind) -> usize {
     kind as usize
 }
 
@@ -361,7 +361,7 @@ fn random(seed: u64, requests: u64) {
     println!("seed={seed} requests={requests}");
     let npages = npages();
     let fds = Fds {
-        fds: Kind::ALL.map(|k| [open(&k.dev_path(), libc::O_RDWR), open(&k.dev_path(), libc::O_RDONLY)]),
+        fds: DeviceKind::ALL.map(|k| [open(&k.dev_path(), libc::O_RDWR), open(&k.dev_path(), libc::O_RDONLY)]),
     };
     let arena_len = SLOTS * SLOT_PAGES * PAGE;
     let arena = sys(
@@ -369,8 +369,8 @@ fn random(seed: u64, requests: u64) {
         [0, arena_len, 0, (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE) as u64, u64::MAX, 0],
     )
     .expect("arena");
-    let bufs = Kind::ALL.map(|k| pread(fds.fds[ki(k)][0], (npages * PAGE) as usize, 0).expect("initial read"));
-    for (k, buf) in Kind::ALL.iter().zip(&bufs) {
+    let bufs = DeviceKind::ALL.map(|k| pread(fds.fds[ki(k)][0], (npages * PAGE) as usize, 0).expect("initial read"));
+    for (k, buf) in DeviceKind::ALL.iter().zip(&bufs) {
         assert_eq!(buf.len() as u64, npages * PAGE, "{k:?}: short initial read");
         // The model starts from the load-time pattern; an earlier run's writes are
         // still in the buffer until the module is reloaded.
@@ -472,7 +472,7 @@ impl Client {
     fn mmap(&mut self) {
         let r = &mut self.rng;
         let np = self.m.npages;
-        let kind = *r.pick(&Kind::ALL);
+        let kind = *r.pick(&DeviceKind::ALL);
         let len = match r.below(9) {
             0 => 0,
             1 => 1,
@@ -698,7 +698,7 @@ impl Client {
     }
 
     fn pread(&mut self) {
-        let kind = *self.rng.pick(&Kind::ALL);
+        let kind = *self.rng.pick(&DeviceKind::ALL);
         let ro = usize::from(self.rng.chance(50));
         let (pos, len) = self.rw_span();
         self.what = format!("pread({kind:?}, len {len}, pos {pos})");
@@ -717,7 +717,7 @@ impl Client {
     }
 
     fn pwrite(&mut self) {
-        let kind = *self.rng.pick(&Kind::ALL);
+        let kind = *self.rng.pick(&DeviceKind::ALL);
         let (pos, len) = self.rw_span();
         let data = self.rng.bytes(len);
         self.what = format!("pwrite({kind:?}, len {len}, pos {pos})");
@@ -845,7 +845,7 @@ impl Client {
         // SAFETY: pipe fds and a one-byte buffer.
         unsafe { libc::read(up[0], b.as_mut_ptr().cast(), 1) };
         let vmas = self.m.vmas();
-        for kind in Kind::ALL {
+        for kind in DeviceKind::ALL {
             let mine = vmas.iter().filter(|v| v.kind == kind).count() as i64;
             let live = live_maps(kind).unwrap_or(-1);
             if live != 2 * mine {
@@ -905,7 +905,7 @@ impl Client {
         if got != want {
             fail!(self, "after {what}: /proc/self/maps device lines differ from the model:\n got  {got:x?}\n want {want:x?}");
         }
-        for kind in Kind::ALL {
+        for kind in DeviceKind::ALL {
             let n = vmas.iter().filter(|v| v.kind == kind).count() as i64;
             match live_maps(kind) {
                 Ok(live) if live == n => {}
@@ -928,7 +928,7 @@ impl Client {
 }
 
 /// What the kernel (do_mmap(), file_mmap_ok()) and the driver answer, in their order.
-fn predict_mmap(npages: u64, kind: Kind, len: u64, off: u64, prot: i32, flags: i32, writable: bool) -> Result<(), i32> {
+fn predict_mmap(npages: u64, kind: DeviceKind, len: u64, off: u64, prot: i32, flags: i32, writable: bool) -> Result<(), i32> {
     if off % PAGE != 0 || len == 0 {
         return Err(libc::EINVAL);
     }
@@ -967,7 +967,7 @@ fn predict_mmap(npages: u64, kind: Kind, len: u64, off: u64, prot: i32, flags: i
     if pgoff + alen / PAGE > npages {
         return Err(libc::EINVAL);
     }
-    if kind == Kind::Vmalloc && !shared {
+    if kind == DeviceKind::Vmalloc && !shared {
         return Err(libc::EINVAL);
     }
     Ok(())
@@ -1006,7 +1006,7 @@ fn concurrent(slot: u64, slots: u64, threads: u64, rounds: u64) {
                 let first = part * part_pages;
                 let mut rng = Rng::new(part);
                 for round in 0..rounds {
-                    for kind in Kind::ALL {
+                    for kind in DeviceKind::ALL {
                         hammer(kind, npages, first, part_pages, round, &mut rng, mmaps, checks);
                     }
                 }
@@ -1022,7 +1022,7 @@ fn concurrent(slot: u64, slots: u64, threads: u64, rounds: u64) {
 
 /// One round on one device for the thread owning pages first..first+n.
 #[allow(clippy::too_many_arguments)]
-fn hammer(kind: Kind, npages: u64, first: u64, n: u64, round: u64, rng: &mut Rng, mmaps: &AtomicU64, checks: &AtomicU64) {
+fn hammer(kind: DeviceKind, npages: u64, first: u64, n: u64, round: u64, rng: &mut Rng, mmaps: &AtomicU64, checks: &AtomicU64) {
     let fd = open(&kind.dev_path(), libc::O_RDWR);
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
     let die = |what: String| -> ! {
@@ -1057,7 +1057,7 @@ fn hammer(kind: Kind, npages: u64, first: u64, n: u64, round: u64, rng: &mut Rng
     if load(part, len) != data {
         die("the part mapped at its offset differs".into());
     }
-    if kind == Kind::Kmalloc {
+    if kind == DeviceKind::Kmalloc {
         // A private copy: stores stay in this process, the buffer keeps our bytes.
         let private = map(n * PAGE, libc::MAP_PRIVATE, mine);
         store(private, &rng.bytes(len));

@@ -27,6 +27,12 @@ pub fn perms(vm_flags: u64) -> String {
     [bit(READ, 'r'), bit(WRITE, 'w'), bit(EXEC, 'x'), if vm_flags & MAYSHARE != 0 { 's' } else { 'p' }].into_iter().collect()
 }
 
+/// The vm_flags mmap(2) gives a mapping made with `prot` (PROT_READ/WRITE/EXEC are the
+/// same bits as VM_READ/WRITE/EXEC, the kernel's calc_vm_prot_bits) and MAP_SHARED or not.
+pub fn from_prot(prot: u64, shared: bool) -> u64 {
+    (prot & (READ | WRITE | EXEC)) | if shared { SHARED | MAYSHARE } else { 0 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,5 +44,7 @@ mod tests {
         // A read-only shared mapping: VM_SHARED is clear, VM_MAYSHARE is not.
         assert_eq!(perms(READ | MAYREAD | MAYSHARE), "r--s");
         assert_eq!(perms(0), "---p");
+        assert_eq!(perms(from_prot(libc::PROT_READ as u64 | libc::PROT_EXEC as u64, false)), "r-xp");
+        assert_eq!(perms(from_prot(libc::PROT_WRITE as u64, true)), "-w-s");
     }
 }

@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 pub use mmtrace_driver_abi::{
     DEV_PREFIX, DeviceKind, DriverVma, MODULE, PAGE, PATTERN, PROC_VMAS, buffer_pfns, counter,
-    driver_vmas, is_loaded, live_maps, page_table, parse_vmas, vm,
+    driver_vmas, is_loaded, live_maps, npages, page_table, parse_vmas, vm,
 };
 
 /// Fails the calling test unless it runs in the mmap-trace guest (as root, with the

@@ -12,9 +12,8 @@
 
 use std::{ffi::CString, io::Write as _};
 
+use mmap_trace_tests::driver::PAGE;
 use mmap_trace_tests::workload::{Call, FileKey};
-
-const PAGE: u64 = 4096;
 
 struct Recorder {
     out: std::io::StdoutLock<'static>,

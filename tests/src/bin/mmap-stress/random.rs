@@ -1,352 +1,31 @@
-//! mmap-stress: load generators for the reliability tests (issue 7).
-//!
-//!   mmap-stress random [--seed S] [--requests N]
-//!       A seeded random client of both mmtrace_drv devices (the module must be loaded):
-//!       mmap with every kind of length, offset, prot and flags, partial munmap, mprotect,
-//!       mremap, fork with the mappings held, pread/pwrite and loads/stores through the
-//!       mappings. Each request is checked against a model of the buffers and of this
-//!       process's device mappings: served as the model says, or refused with the errno
-//!       the README's rules predict. Prints `seed=S` first; `--seed S` replays a run.
-//!   mmap-stress concurrent --slot K --slots M [--threads T] [--rounds R]
-//!       One of M processes hammering both devices from T threads; each thread owns a
-//!       disjoint part of the buffers, so any foreign byte in it is corruption.
-//!   mmap-stress mremap-burst N
-//!       N no-op mremap calls as fast as possible (a known number of traced events).
-//!   mmap-stress fork-cases
-//!       fork() with one private kmalloc-device mapping reshaped in one way per case
-//!       (COW, munmap, mprotect, mremap); one `FORK-CASE` line each (README Found (2)).
-//!
-//! Every mode ends with one `STRESS-RESULT key=value …` line; a failure prints
-//! `STRESS-FAIL …` (with the seed) and exits 1. For a replay, MMTRACE_STRESS_VERBOSE=1
-//! prints every request and its answer, MMTRACE_STRESS_KMSG=1 every kernel log line at
-//! warning level or worse next to the request that caused it.
+//! `mmap-stress random`: the seeded random client, checked request by request against the model.
 
-use std::collections::BTreeMap;
-use std::ffi::CString;
-use std::sync::atomic::{AtomicU64, Ordering};
+use super::*;
 
-use mmap_trace_tests::driver::{DeviceKind, live_maps, parse_maps};
-use mmap_trace_tests::stress::{Rng, errno_name};
-
-const PAGE: u64 = 4096;
-/// MAP_FIXED and mremap targets live in an arena of slots this size (PROT_NONE when free).
-const SLOT_PAGES: u64 = 64;
-const SLOTS: u64 = 24;
-/// x86-64 user address space with 4-level page tables (the guest CPU has no LA57).
-const TASK_SIZE: u64 = 0x7fff_ffff_f000;
-/// Full consistency check (maps, counters, every mapped byte, both buffers) this often.
-const CHECK_EVERY: u64 = 97;
-/// Not too many live VMAs: beyond this, requests lean towards unmapping.
-const MAX_VMAS: usize = 48;
-
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let opt = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let num = |name: &str, default: u64| {
-        opt(name).map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name} {v:?}: not a number")))
-    };
-    match args.first().map(String::as_str) {
-        Some("random") => {
-            let seed = opt("--seed").map_or_else(
-                || mmap_trace_tests::stress::seed_from("MMTRACE_STRESS_SEED"),
-                |s| s.parse().expect("--seed N"),
-            );
-            random(seed, num("--requests", 10_000));
-        }
-        Some("concurrent") => concurrent(num("--slot", 0), num("--slots", 1), num("--threads", 2), num("--rounds", 20)),
-        Some("mremap-burst") => mremap_burst(opt("mremap-burst").map_or(0, |n| n.parse().expect("N"))),
-        Some("fork-cases") => fork_cases(),
-        _ => {
-            eprintln!("usage: mmap-stress random [--seed S] [--requests N] | concurrent --slot K --slots M [--threads T] [--rounds R] | mremap-burst N");
-            std::process::exit(2);
-        }
-    }
-}
-
-// ------------------------------------------------------------------------ fork-cases
-
-/// Each case maps 4 private pages of the kmalloc device read-write, reshapes them, forks
-/// a child that exits at once, and says what fork answered.
-fn fork_cases() {
-    let fd = open(&DeviceKind::Kmalloc.dev_path(), libc::O_RDWR);
-    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-    let write = |addr: u64| {
-        // SAFETY: a store into a page of a mapping this case made writable.
-        unsafe { std::ptr::write_volatile(addr as *mut u8, 0x5a) }
-    };
-    let cases: &[(&str, &dyn Fn(u64) -> u64)] = &[
-        ("untouched", &|a| a),
-        ("cow-page0", &|a| { write(a); a }),
-        ("cow-page1", &|a| { write(a + PAGE); a }),
-        ("munmap-page0", &|a| { sys(libc::SYS_munmap, [a, PAGE, 0, 0, 0, 0]).unwrap(); a + PAGE }),
-        ("cow-page1-munmap-page0", &|a| {
-            write(a + PAGE);
-            sys(libc::SYS_munmap, [a, PAGE, 0, 0, 0, 0]).unwrap();
-            a + PAGE
-        }),
-        ("mprotect-split", &|a| {
-            sys(libc::SYS_mprotect, [a + PAGE, PAGE, libc::PROT_READ as u64, 0, 0, 0]).unwrap();
-            a
-        }),
-        ("cow-page0-mprotect-page0", &|a| {
-            write(a);
-            sys(libc::SYS_mprotect, [a, PAGE, libc::PROT_READ as u64, 0, 0, 0]).unwrap();
-            a
-        }),
-        ("mremap-shrink", &|a| { sys(libc::SYS_mremap, [a, 4 * PAGE, PAGE, 0, 0, 0]).unwrap(); a }),
-        ("mremap-move", &|a| {
-            let hole = sys(libc::SYS_mmap, [0, 8 * PAGE, 0, (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64, u64::MAX, 0]).unwrap();
-            let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
-            sys(libc::SYS_mremap, [a, 4 * PAGE, 4 * PAGE, flags, hole, 0]).unwrap()
-        }),
-    ];
-    for (name, reshape) in cases {
-        let a = sys(libc::SYS_mmap, [0, 4 * PAGE, rw, libc::MAP_PRIVATE as u64, fd as u64, 0]).expect("mmap");
-        let _kept = reshape(a);
-        // SAFETY: the child only exits.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            // SAFETY: leaving the child at once.
-            unsafe { libc::_exit(0) };
-        }
-        let result = if pid < 0 {
-            errno_name(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)).to_string()
-        } else {
-            // SAFETY: reaping our own child.
-            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-            "ok".to_string()
-        };
-        println!("FORK-CASE name={name} fork={result}");
-        // Unmap whatever is left of the 4 pages and anything a move put elsewhere.
-        let _ = sys(libc::SYS_munmap, [a, 4 * PAGE, 0, 0, 0, 0]);
-        if _kept != a && _kept != a + PAGE {
-            let _ = sys(libc::SYS_munmap, [_kept, 8 * PAGE, 0, 0, 0, 0]);
-        }
-    }
-}
-
-// ------------------------------------------------------------------------ syscalls
-
-/// A raw syscall (no libc argument checks: the kernel must see exactly these values).
-fn sys(nr: libc::c_long, a: [u64; 6]) -> Result<u64, i32> {
-    // SAFETY: the callers only pass addresses of memory this program maps and tracks.
-    let ret = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
-    if ret == -1 { Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) } else { Ok(ret as u64) }
-}
-
-fn open(path: &str, flags: i32) -> i32 {
-    let c = CString::new(path).unwrap();
-    // SAFETY: a NUL-terminated path.
-    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
-    assert!(fd >= 0, "open {path}: {}", std::io::Error::last_os_error());
-    fd
-}
-
-fn npages() -> u64 {
-    let p = "/sys/module/mmtrace_drv/parameters/npages";
-    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{p}: {e} (is mmtrace_drv loaded?)")).trim().parse().unwrap()
-}
-
-fn pread(fd: i32, len: usize, pos: i64) -> Result<Vec<u8>, i32> {
-    let mut buf = vec![0u8; len];
-    let n = sys(libc::SYS_pread64, [fd as u64, buf.as_mut_ptr() as u64, len as u64, pos as u64, 0, 0])?;
-    buf.truncate(n as usize);
-    Ok(buf)
-}
-
-fn pwrite(fd: i32, data: &[u8], pos: i64) -> Result<u64, i32> {
-    sys(libc::SYS_pwrite64, [fd as u64, data.as_ptr() as u64, data.len() as u64, pos as u64, 0, 0])
-}
-
-fn load(addr: u64, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    // SAFETY: [addr, addr+len) is a readable mapping the model tracks.
-    unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, out.as_mut_ptr(), len) };
-    out
-}
-
-fn store(addr: u64, data: &[u8]) {
-    // SAFETY: [addr, addr+len) is a writable mapping the model tracks.
-    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut u8, data.len()) };
-}
-
-// ------------------------------------------------------------------------ the model
-
-/// One mapped page of a device, as the model expects it.
-#[derive(Clone)]
-struct Page {
-    kind: DeviceKind,
-    shared: bool,
-    /// Which buffer page it maps.
-    buf_page: u64,
-    prot: i32,
-    fd_writable: bool,
-    /// A private page after its first store: its own copy (COW), no longer the buffer.
-    copy: Option<Vec<u8>>,
-    /// The VMA it belongs to (device VMAs never merge: they have vm_ops->close).
-    vma: u64,
-}
-
-struct Vma {
-    start: u64,
-    end: u64,
-    kind: DeviceKind,
-    shared: bool,
-    prot: i32,
-    fd_writable: bool,
-}
-
-struct Model {
-    npages: u64,
-    /// Buffer contents, by DeviceKind as usize.
-    bufs: [Vec<u8>; 2],
-    pages: BTreeMap<u64, Page>,
-    next_vma: u64,
-    /// VMAs that come from a split (munmap, mprotect, mremap shrink of part of a VMA).
-    split: std::collections::BTreeSet<u64>,
-    arena: u64,
-}
-
-fn ki(kind: DeviceKind) -> usize {
-    kind as usize
-}
-
-impl Model {
-    fn size(&self) -> u64 {
-        self.npages * PAGE
-    }
-
-    fn vmas(&self) -> Vec<Vma> {
-        let mut out: Vec<Vma> = Vec::new();
-        let mut last_id = u64::MAX;
-        for (&addr, p) in &self.pages {
-            match out.last_mut() {
-                Some(v) if p.vma == last_id && v.end == addr => v.end += PAGE,
-                _ => out.push(Vma { start: addr, end: addr + PAGE, kind: p.kind, shared: p.shared, prot: p.prot, fd_writable: p.fd_writable }),
-            }
-            last_id = p.vma;
-        }
-        out
-    }
-
-    /// Whether fork must fail: x86 PAT on 6.1 (`get_pat_info`) re-reads the cache mode of
-    /// a private (copy-on-write) `remap_pfn_range` VMA from the PTE at its start, and once
-    /// that first page is an anonymous COW copy it gives up and fails fork() (reported as
-    /// ENOMEM). `mmap-stress fork-cases` shows it: only the cases whose first page was
-    /// written fail.
-    fn fork_refused(&self) -> bool {
-        let mut last_vma = None;
-        self.pages.values().any(|p| {
-            let first = last_vma != Some(p.vma);
-            last_vma = Some(p.vma);
-            first && !p.shared && p.copy.is_some()
-        })
-    }
-
-    fn new_vma(&mut self) -> u64 {
-        self.next_vma += 1;
-        self.next_vma
-    }
-
-    /// A VMA boundary at `addr` (as munmap and mprotect make): the pages from addr to
-    /// the end of its VMA get a new id.
-    fn split_at(&mut self, addr: u64) {
-        let (Some(before), Some(at)) = (self.pages.get(&(addr - PAGE)), self.pages.get(&addr)) else { return };
-        if before.vma != at.vma {
-            return;
-        }
-        let (old, new) = (at.vma, self.new_vma());
-        self.split.extend([old, new]);
-        let mut a = addr;
-        while let Some(p) = self.pages.get_mut(&a).filter(|p| p.vma == old) {
-            p.vma = new;
-            a += PAGE;
-        }
-    }
-
-    /// The byte the model expects at page `addr`, offset `off`.
-    fn expected(&self, addr: u64, off: usize) -> u8 {
-        let p = &self.pages[&addr];
-        match &p.copy {
-            Some(c) => c[off],
-            None => self.bufs[ki(p.kind)][(p.buf_page * PAGE) as usize + off],
-        }
-    }
-
-    fn expected_range(&self, addr: u64, len: usize) -> Vec<u8> {
-        (0..len as u64).map(|i| {
-            let a = addr + i;
-            self.expected(a & !(PAGE - 1), (a & (PAGE - 1)) as usize)
-        }).collect()
-    }
-
-    fn apply_store(&mut self, addr: u64, data: &[u8]) {
-        for (i, b) in data.iter().enumerate() {
-            let a = addr + i as u64;
-            let (page, off) = (a & !(PAGE - 1), (a & (PAGE - 1)) as usize);
-            let p = self.pages.get(&page).expect("store to a modelled page");
-            if p.shared {
-                let (k, bp) = (ki(p.kind), p.buf_page);
-                self.bufs[k][(bp * PAGE) as usize + off] = *b;
-            } else {
-                if p.copy.is_none() {
-                    let start = (p.buf_page * PAGE) as usize;
-                    let copy = self.bufs[ki(p.kind)][start..start + PAGE as usize].to_vec();
-                    self.pages.get_mut(&page).unwrap().copy = Some(copy);
-                }
-                self.pages.get_mut(&page).unwrap().copy.as_mut().unwrap()[off] = *b;
-            }
-        }
-    }
-
-    fn slot_addr(&self, slot: u64) -> u64 {
-        self.arena + slot * SLOT_PAGES * PAGE
-    }
-
-    fn slot_is_free(&self, slot: u64) -> bool {
-        let start = self.slot_addr(slot);
-        self.pages.range(start..start + SLOT_PAGES * PAGE).next().is_none()
-    }
-
-    /// Free slots go back to PROT_NONE anonymous memory, so nothing else (the allocator)
-    /// can land in a hole a MAP_FIXED request would later replace.
-    fn recover_slots(&self) {
-        for slot in 0..SLOTS {
-            if self.slot_is_free(slot) {
-                let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE) as u64;
-                sys(libc::SYS_mmap, [self.slot_addr(slot), SLOT_PAGES * PAGE, 0, flags, u64::MAX, 0])
-                    .expect("re-reserving an arena slot");
-            }
-        }
-    }
-}
-
-// ------------------------------------------------------------------------ random client
-
-struct Fds {
+pub(crate) struct Fds {
     /// [kind][0: O_RDWR, 1: O_RDONLY]
-    fds: [[i32; 2]; 2],
+    pub(crate) fds: [[i32; 2]; 2],
 }
 
-struct Tally {
-    requests: u64,
-    served: u64,
-    mappings: u64,
-    refused: BTreeMap<String, u64>,
-    forks: u64,
+pub(crate) struct Tally {
+    pub(crate) requests: u64,
+    pub(crate) served: u64,
+    pub(crate) mappings: u64,
+    pub(crate) refused: BTreeMap<String, u64>,
+    pub(crate) forks: u64,
     /// Forks refused as the model predicted (see `Model::fork_refused`).
-    forks_refused: u64,
-    checks: u64,
+    pub(crate) forks_refused: u64,
+    pub(crate) checks: u64,
 }
 
-struct Client {
-    seed: u64,
-    rng: Rng,
-    m: Model,
-    fds: Fds,
-    t: Tally,
-    request: u64,
-    what: String,
+pub(crate) struct Client {
+    pub(crate) seed: u64,
+    pub(crate) rng: Rng,
+    pub(crate) m: Model,
+    pub(crate) fds: Fds,
+    pub(crate) t: Tally,
+    pub(crate) request: u64,
+    pub(crate) what: String,
 }
 
 macro_rules! fail {
@@ -357,7 +36,7 @@ macro_rules! fail {
     }};
 }
 
-fn random(seed: u64, requests: u64) {
+pub(crate) fn random(seed: u64, requests: u64) {
     println!("seed={seed} requests={requests}");
     let npages = npages();
     let fds = Fds {
@@ -374,7 +53,7 @@ fn random(seed: u64, requests: u64) {
         assert_eq!(buf.len() as u64, npages * PAGE, "{k:?}: short initial read");
         // The model starts from the load-time pattern; an earlier run's writes are
         // still in the buffer until the module is reloaded.
-        if let Some(p) = (0..npages as usize).find(|p| buf[p * PAGE as usize..][..4] != [0xaa, 0xbb, 0xcc, 0xdd]) {
+        if let Some(p) = (0..npages as usize).find(|p| buf[p * PAGE as usize..][..PATTERN.len()] != PATTERN) {
             eprintln!(
                 "mmap-stress: page {p} of {} no longer holds the load-time pattern (an earlier run wrote to it);\n\
                  the random client needs a freshly loaded module: rmmod mmtrace_drv && insmod mmtrace_drv.ko npages=N",
@@ -429,7 +108,7 @@ fn random(seed: u64, requests: u64) {
 
 impl Client {
     /// Counts a request and compares its result with the prediction.
-    fn outcome(&mut self, got: Result<u64, i32>, want: Result<(), i32>) -> Option<u64> {
+    pub(crate) fn outcome(&mut self, got: Result<u64, i32>, want: Result<(), i32>) -> Option<u64> {
         self.t.requests += 1;
         if std::env::var_os("MMTRACE_STRESS_VERBOSE").is_some() {
             println!("#{} {} -> {:x?}", self.request, self.what, got);
@@ -452,7 +131,7 @@ impl Client {
         }
     }
 
-    fn step(&mut self) {
+    pub(crate) fn step(&mut self) {
         let crowded = self.m.vmas().len() >= MAX_VMAS;
         let roll = self.rng.below(100);
         match roll {
@@ -469,7 +148,7 @@ impl Client {
         }
     }
 
-    fn mmap(&mut self) {
+    pub(crate) fn mmap(&mut self) {
         let r = &mut self.rng;
         let np = self.m.npages;
         let kind = *r.pick(&DeviceKind::ALL);
@@ -564,7 +243,7 @@ impl Client {
     }
 
     /// A random existing VMA and a page-aligned subrange of it.
-    fn some_range(&mut self) -> Option<(Vma, u64, u64)> {
+    pub(crate) fn some_range(&mut self) -> Option<(Vma, u64, u64)> {
         let vmas = self.m.vmas();
         if vmas.is_empty() {
             return None;
@@ -587,7 +266,7 @@ impl Client {
         Some((v, start, start + n * PAGE))
     }
 
-    fn munmap(&mut self) {
+    pub(crate) fn munmap(&mut self) {
         let Some((_, start, end)) = self.some_range() else { return self.mmap() };
         self.what = format!("munmap({start:#x}, {:#x})", end - start);
         let got = sys(libc::SYS_munmap, [start, end - start, 0, 0, 0, 0]);
@@ -601,7 +280,7 @@ impl Client {
         self.m.recover_slots();
     }
 
-    fn mprotect(&mut self) {
+    pub(crate) fn mprotect(&mut self) {
         let Some((v, start, end)) = self.some_range() else { return self.mmap() };
         let prot = *self.rng.pick(&[
             libc::PROT_NONE,
@@ -623,7 +302,7 @@ impl Client {
         }
     }
 
-    fn mremap(&mut self) {
+    pub(crate) fn mremap(&mut self) {
         let vmas = self.m.vmas();
         if vmas.is_empty() {
             return self.mmap();
@@ -662,7 +341,7 @@ impl Client {
     }
 
     /// An odd position and size, inside, across or past the end of the buffer.
-    fn rw_span(&mut self) -> (i64, usize) {
+    pub(crate) fn rw_span(&mut self) -> (i64, usize) {
         let size = self.m.size() as i64;
         let r = &mut self.rng;
         let pos = match r.below(8) {
@@ -686,7 +365,7 @@ impl Client {
     /// read()/write() rules (README + the VFS's rw_verify_area()): negative position or
     /// position + length overflowing loff_t: EINVAL; reads clamp at the end and return 0
     /// there; writes starting at or past the end: ENOSPC (zero-length: 0).
-    fn rw_predict(&self, pos: i64, len: usize, write: bool) -> Result<usize, i32> {
+    pub(crate) fn rw_predict(&self, pos: i64, len: usize, write: bool) -> Result<usize, i32> {
         let size = self.m.size() as i64;
         if pos < 0 || pos.checked_add(len as i64).is_none() {
             return Err(libc::EINVAL);
@@ -697,7 +376,7 @@ impl Client {
         Ok(len.min((size - pos) as usize))
     }
 
-    fn pread(&mut self) {
+    pub(crate) fn pread(&mut self) {
         let kind = *self.rng.pick(&DeviceKind::ALL);
         let ro = usize::from(self.rng.chance(50));
         let (pos, len) = self.rw_span();
@@ -716,7 +395,7 @@ impl Client {
         }
     }
 
-    fn pwrite(&mut self) {
+    pub(crate) fn pwrite(&mut self) {
         let kind = *self.rng.pick(&DeviceKind::ALL);
         let (pos, len) = self.rw_span();
         let data = self.rng.bytes(len);
@@ -734,7 +413,7 @@ impl Client {
     }
 
     /// A span of one VMA with odd start and length, if one allows `prot`.
-    fn mapped_span(&mut self, prot: i32) -> Option<(u64, usize)> {
+    pub(crate) fn mapped_span(&mut self, prot: i32) -> Option<(u64, usize)> {
         let vmas: Vec<Vma> = self.m.vmas().into_iter().filter(|v| v.prot & prot == prot).collect();
         if vmas.is_empty() {
             return None;
@@ -746,7 +425,7 @@ impl Client {
         Some((start, n as usize))
     }
 
-    fn load_check(&mut self) {
+    pub(crate) fn load_check(&mut self) {
         let Some((addr, len)) = self.mapped_span(libc::PROT_READ) else { return self.pread() };
         self.what = format!("load {len} bytes at {addr:#x}");
         self.t.requests += 1;
@@ -756,7 +435,7 @@ impl Client {
         }
     }
 
-    fn store(&mut self) {
+    pub(crate) fn store(&mut self) {
         let Some((addr, len)) = self.mapped_span(libc::PROT_WRITE) else { return self.pwrite() };
         let data = self.rng.bytes(len);
         self.what = format!("store {len} bytes at {addr:#x}");
@@ -767,7 +446,7 @@ impl Client {
     }
 
     /// Calls refused before they reach a mapping: unaligned, zero-length, bad prot.
-    fn bad_calls(&mut self) {
+    pub(crate) fn bad_calls(&mut self) {
         let a = self.m.pages.keys().next().copied().unwrap_or(self.m.arena);
         let (name, nr, args, want) = match self.rng.below(5) {
             0 => ("munmap unaligned", libc::SYS_munmap, [a + 1, PAGE, 0, 0, 0, 0], libc::EINVAL),
@@ -784,7 +463,7 @@ impl Client {
     /// fork with every mapping held: the child checks what it sees, stores through a
     /// shared mapping (the parent must see it) and a private one (it must not), and
     /// waits while the parent counts twice the VMAs.
-    fn fork(&mut self) {
+    pub(crate) fn fork(&mut self) {
         self.what = "fork".into();
         let refused = self.m.fork_refused();
         let shared_w = self.m.vmas().into_iter().find(|v| v.shared && v.prot & libc::PROT_WRITE != 0);
@@ -876,27 +555,20 @@ impl Client {
 
     /// /proc/self/maps and the driver's counters against the model; every mapped byte
     /// and both buffers against the model.
-    fn check_all(&mut self) {
+    pub(crate) fn check_all(&mut self) {
         self.t.checks += 1;
         let what = std::mem::replace(&mut self.what, "check".into());
         let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
         let lines: Vec<_> = parse_maps(&maps)
             .expect("parse maps")
             .into_iter()
-            .filter(|l| l.name.as_deref().is_some_and(|n| n.starts_with("/dev/mmtrace-")))
+            .filter(|l| l.name.as_deref().is_some_and(|n| n.starts_with(DEV_PREFIX)))
             .collect();
         let vmas = self.m.vmas();
         let want: Vec<(u64, u64, String, String)> = vmas
             .iter()
             .map(|v| {
-                let bit = |p, c| if v.prot & p != 0 { c } else { '-' };
-                let perms = format!(
-                    "{}{}{}{}",
-                    bit(libc::PROT_READ, 'r'),
-                    bit(libc::PROT_WRITE, 'w'),
-                    bit(libc::PROT_EXEC, 'x'),
-                    if v.shared { 's' } else { 'p' }
-                );
+                let perms = vm::perms(vm::from_prot(v.prot as u64, v.shared));
                 (v.start, v.end, perms, v.kind.dev_path())
             })
             .collect();
@@ -928,7 +600,7 @@ impl Client {
 }
 
 /// What the kernel (do_mmap(), file_mmap_ok()) and the driver answer, in their order.
-fn predict_mmap(npages: u64, kind: DeviceKind, len: u64, off: u64, prot: i32, flags: i32, writable: bool) -> Result<(), i32> {
+pub(crate) fn predict_mmap(npages: u64, kind: DeviceKind, len: u64, off: u64, prot: i32, flags: i32, writable: bool) -> Result<(), i32> {
     if off % PAGE != 0 || len == 0 {
         return Err(libc::EINVAL);
     }
@@ -975,7 +647,7 @@ fn predict_mmap(npages: u64, kind: DeviceKind, len: u64, off: u64, prot: i32, fl
 
 /// The pages __vm_enough_memory() lets one mapping charge: RAM + swap under the default
 /// heuristic overcommit (mode 0), unlimited under mode 1.
-fn commit_limit_pages() -> u64 {
+pub(crate) fn commit_limit_pages() -> u64 {
     let mode = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").unwrap_or_default();
     match mode.trim() {
         "1" => u64::MAX,
@@ -987,100 +659,4 @@ fn commit_limit_pages() -> u64 {
         }
         other => panic!("vm.overcommit_memory={other:?}: the model knows modes 0 and 1 only"),
     }
-}
-
-// ------------------------------------------------------------------------ concurrent
-
-fn concurrent(slot: u64, slots: u64, threads: u64, rounds: u64) {
-    let npages = npages();
-    let parts = slots * threads;
-    let part_pages = npages / parts;
-    assert!(part_pages >= 1, "{npages} pages cannot be split into {parts} parts");
-    let mmaps = AtomicU64::new(0);
-    let checks = AtomicU64::new(0);
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            let (mmaps, checks) = (&mmaps, &checks);
-            s.spawn(move || {
-                let part = slot * threads + t;
-                let first = part * part_pages;
-                let mut rng = Rng::new(part);
-                for round in 0..rounds {
-                    for kind in DeviceKind::ALL {
-                        hammer(kind, npages, first, part_pages, round, &mut rng, mmaps, checks);
-                    }
-                }
-            });
-        }
-    });
-    println!(
-        "STRESS-RESULT mode=concurrent slot={slot} threads={threads} rounds={rounds} mmaps={} checks={}",
-        mmaps.into_inner(),
-        checks.into_inner()
-    );
-}
-
-/// One round on one device for the thread owning pages first..first+n.
-#[allow(clippy::too_many_arguments)]
-fn hammer(kind: DeviceKind, npages: u64, first: u64, n: u64, round: u64, rng: &mut Rng, mmaps: &AtomicU64, checks: &AtomicU64) {
-    let fd = open(&kind.dev_path(), libc::O_RDWR);
-    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-    let die = |what: String| -> ! {
-        println!("STRESS-FAIL concurrent {kind:?} pages {first}+{n} round {round}: {what}");
-        std::process::exit(1)
-    };
-    let map = |len: u64, flags: i32, off: u64| {
-        mmaps.fetch_add(1, Ordering::Relaxed);
-        sys(libc::SYS_mmap, [0, len, rw, flags as u64, fd as u64, off])
-            .unwrap_or_else(|e| die(format!("mmap {len:#x} at {off:#x}: {}", errno_name(e))))
-    };
-    let (mine, len) = (first * PAGE, (n * PAGE) as usize);
-    // The whole buffer, shared: store into our part, read it back with pread.
-    let whole = map(npages * PAGE, libc::MAP_SHARED, 0);
-    let data = rng.bytes(len);
-    store(whole + mine, &data);
-    let _ = load(whole, (npages * PAGE) as usize); // others' parts: read, not checked
-    if pread(fd, len, mine as i64).ok().as_deref() != Some(&data[..]) {
-        die("a store through the mapping is not what pread returns".into());
-    }
-    // pwrite, then the mapping must show it.
-    let data = rng.bytes(len);
-    if pwrite(fd, &data, mine as i64) != Ok(len as u64) {
-        die("short pwrite".into());
-    }
-    if load(whole + mine, len) != data {
-        die("pwrite not visible through the whole-buffer mapping".into());
-    }
-    sys(libc::SYS_munmap, [whole, npages * PAGE, 0, 0, 0, 0]).unwrap();
-    // Only our part, from its offset.
-    let part = map(n * PAGE, libc::MAP_SHARED, mine);
-    if load(part, len) != data {
-        die("the part mapped at its offset differs".into());
-    }
-    if kind == DeviceKind::Kmalloc {
-        // A private copy: stores stay in this process, the buffer keeps our bytes.
-        let private = map(n * PAGE, libc::MAP_PRIVATE, mine);
-        store(private, &rng.bytes(len));
-        if pread(fd, len, mine as i64).ok().as_deref() != Some(&data[..]) {
-            die("a store to a private mapping reached the buffer".into());
-        }
-        sys(libc::SYS_munmap, [private, n * PAGE, 0, 0, 0, 0]).unwrap();
-    }
-    sys(libc::SYS_munmap, [part, n * PAGE, 0, 0, 0, 0]).unwrap();
-    checks.fetch_add(1, Ordering::Relaxed);
-    // SAFETY: our own fd.
-    unsafe { libc::close(fd) };
-}
-
-// ------------------------------------------------------------------------ mremap burst
-
-fn mremap_burst(n: u64) {
-    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-    let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-    let a = sys(libc::SYS_mmap, [0, PAGE, rw, anon, u64::MAX, 0]).expect("mmap");
-    for _ in 0..n {
-        // Same size, no flags: a no-op the kernel answers with the address.
-        sys(libc::SYS_mremap, [a, PAGE, PAGE, 0, 0, 0]).expect("mremap");
-    }
-    println!("STRESS-RESULT mode=mremap-burst calls={n}");
 }

@@ -162,7 +162,7 @@ fn unload_and_reload_with_mappings_in_between() {
     ));
 }
 
-/// Found (2) of the README, pinned: on 6.1 fork() fails (ENOMEM) exactly when a private
+/// Found (2) of docs/reliability.md, pinned: on 6.1 fork() fails (ENOMEM) exactly when a private
 /// kmalloc-device VMA starts with a page that was copied on write (x86 PAT re-reads the
 /// cache mode from the PTE at vm_start); every other reshaping forks fine. The random
 /// client's model predicts the same rule for every fork it makes.

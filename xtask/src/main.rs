@@ -50,7 +50,7 @@ enum Task {
         guest: GuestArgs,
     },
     /// Tracing overhead, loss, throughput, start-up and RSS vs bpftrace and strace, and the
-    /// loop in the guest; prints the table and writes it into README.md.
+    /// loop in the guest; prints the table and writes it into docs/benchmarks.md.
     Bench(bench::BenchArgs),
     /// The reliability suites with soak counts (200,000 random driver requests, 1,000
     /// reloads, …); MMTRACE_STRESS_* variables override them.

@@ -6,7 +6,7 @@
 //!       mremap, fork with the mappings held, pread/pwrite and loads/stores through the
 //!       mappings. Each request is checked against a model of the buffers and of this
 //!       process's device mappings: served as the model says, or refused with the errno
-//!       the README's rules predict. Prints `seed=S` first; `--seed S` replays a run.
+//!       docs/driver.md's rules predict. Prints `seed=S` first; `--seed S` replays a run.
 //!   mmap-stress concurrent --slot K --slots M [--threads T] [--rounds R]
 //!       One of M processes hammering both devices from T threads; each thread owns a
 //!       disjoint part of the buffers, so any foreign byte in it is corruption.
@@ -14,7 +14,7 @@
 //!       N no-op mremap calls as fast as possible (a known number of traced events).
 //!   mmap-stress fork-cases
 //!       fork() with one private kmalloc-device mapping reshaped in one way per case
-//!       (COW, munmap, mprotect, mremap); one `FORK-CASE` line each (README Found (2)).
+//!       (COW, munmap, mprotect, mremap); one `FORK-CASE` line each (docs/reliability.md, Found (2)).
 //!
 //! Every mode ends with one `STRESS-RESULT key=value …` line; a failure prints
 //! `STRESS-FAIL …` (with the seed) and exits 1. For a replay, MMTRACE_STRESS_VERBOSE=1

@@ -362,7 +362,7 @@ impl Client {
         (pos, len)
     }
 
-    /// read()/write() rules (README + the VFS's rw_verify_area()): negative position or
+    /// read()/write() rules (docs/driver.md + the VFS's rw_verify_area()): negative position or
     /// position + length overflowing loff_t: EINVAL; reads clamp at the end and return 0
     /// there; writes starting at or past the end: ENOSPC (zero-length: 0).
     pub(crate) fn rw_predict(&self, pos: i64, len: usize, write: bool) -> Result<usize, i32> {

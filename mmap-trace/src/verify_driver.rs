@@ -298,8 +298,10 @@ fn check_bytes(checks: &mut Checks, file: &std::fs::File, m: &Mapping, offset: u
     use std::os::unix::fs::FileExt as _;
     let base = m.addr as *mut u8;
     let pages = m.len / PAGE;
-    // SAFETY (reads and writes below): inside our live mapping of `m.len` bytes.
-    let byte = |at: u64| unsafe { std::ptr::read_volatile(base.add(at as usize)) };
+    let byte = |at: u64| {
+        // SAFETY: callers pass offsets below `m.len`, inside our live mapping.
+        unsafe { std::ptr::read_volatile(base.add(at as usize)) }
+    };
     let bad: Vec<u64> = (0..pages).filter(|p| (0..4).any(|i| byte(p * PAGE + i) != PATTERN[i as usize])).collect();
     checks.add("pattern aa bb cc dd on every page", bad.is_empty(), if bad.is_empty() { format!("{pages} pages") } else { format!("pages without it: {bad:?}") });
 

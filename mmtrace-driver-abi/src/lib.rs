@@ -76,7 +76,8 @@ impl DeviceKind {
     /// Finds the driver device `path` is, by its device number (the name may differ).
     pub fn of_device(path: &Path) -> Result<Self> {
         use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
-        let meta = std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
         if !is_loaded() {
             bail!("the {MODULE} module is not loaded: insmod mmtrace_drv.ko first");
         }
@@ -115,14 +116,17 @@ fn read(path: &str) -> Result<String> {
 }
 
 fn hex(word: &str, path: &str, line: &str) -> Result<u64> {
-    u64::from_str_radix(word, 16).with_context(|| format!("{path}: {word:?} is not hex in line {line:?}"))
+    u64::from_str_radix(word, 16)
+        .with_context(|| format!("{path}: {word:?} is not hex in line {line:?}"))
 }
 
 /// `npages`, the module parameter: the size of each buffer in pages.
 pub fn npages() -> Result<u64> {
     let path = format!("/sys/module/{MODULE}/parameters/npages");
     let text = read(&path)?;
-    text.trim().parse().with_context(|| format!("{path}: {text:?}"))
+    text.trim()
+        .parse()
+        .with_context(|| format!("{path}: {text:?}"))
 }
 
 /// The PFN of each buffer page of `kind`, by page index.
@@ -137,8 +141,13 @@ pub fn parse_pfns(text: &str) -> Result<Vec<u64>> {
     text.lines()
         .enumerate()
         .map(|(i, line)| {
-            let (idx, pfn) = line.split_once(' ').with_context(|| format!("{WHAT}: bad line {line:?}"))?;
-            ensure!(idx.parse::<usize>() == Ok(i), "{WHAT}: line {i} has page index {idx:?}");
+            let (idx, pfn) = line
+                .split_once(' ')
+                .with_context(|| format!("{WHAT}: bad line {line:?}"))?;
+            ensure!(
+                idx.parse::<usize>() == Ok(i),
+                "{WHAT}: line {i} has page index {idx:?}"
+            );
             hex(pfn.trim(), WHAT, line)
         })
         .collect()
@@ -156,7 +165,9 @@ pub fn parse_page_table(text: &str) -> Result<Vec<(u64, Option<u64>)>> {
     const WHAT: &str = "page table";
     text.lines()
         .map(|line| {
-            let (addr, pfn) = line.split_once(' ').with_context(|| format!("{WHAT}: bad line {line:?}"))?;
+            let (addr, pfn) = line
+                .split_once(' ')
+                .with_context(|| format!("{WHAT}: bad line {line:?}"))?;
             let pfn = match pfn.trim() {
                 "-" => None,
                 p => Some(hex(p, WHAT, line)?),
@@ -212,11 +223,19 @@ pub fn parse_vmas(text: &str) -> Result<(Vec<DriverVma>, u64)> {
     for line in text.lines() {
         ensure!(total.is_none(), "{WHAT}: line after the total: {line:?}");
         if let Some(t) = line.strip_prefix("total ") {
-            total = Some(t.trim().parse().with_context(|| format!("{WHAT}: bad total {line:?}"))?);
+            total = Some(
+                t.trim()
+                    .parse()
+                    .with_context(|| format!("{WHAT}: bad total {line:?}"))?,
+            );
             continue;
         }
         let mut fields = line.splitn(5, ' ');
-        let mut next = |what: &str| fields.next().with_context(|| format!("{WHAT}: no {what} in {line:?}"));
+        let mut next = |what: &str| {
+            fields
+                .next()
+                .with_context(|| format!("{WHAT}: no {what} in {line:?}"))
+        };
         let start = hex(next("vm_start")?, WHAT, line)?;
         let end = hex(next("vm_end")?, WHAT, line)?;
         let flags = hex(next("vm_flags")?, WHAT, line)?;
@@ -225,9 +244,18 @@ pub fn parse_vmas(text: &str) -> Result<(Vec<DriverVma>, u64)> {
             "-" => None,
             p => Some(p.to_owned()),
         };
-        vmas.push(DriverVma { start, end, flags, pgoff, path });
+        vmas.push(DriverVma {
+            start,
+            end,
+            flags,
+            pgoff,
+            path,
+        });
     }
-    Ok((vmas, total.with_context(|| format!("{WHAT}: no total line:\n{text}"))?))
+    Ok((
+        vmas,
+        total.with_context(|| format!("{WHAT}: no total line:\n{text}"))?,
+    ))
 }
 
 #[cfg(test)]
@@ -238,17 +266,34 @@ mod tests {
     fn parses_the_driver_formats() {
         assert_eq!(parse_pfns("0 1a2b\n1 1a2c\n").unwrap(), [0x1a2b, 0x1a2c]);
         assert!(parse_pfns("1 1a2b\n").is_err(), "out of order");
-        assert_eq!(parse_page_table("7f00 12\n7f01 -\n").unwrap(), [(0x7f00, Some(0x12)), (0x7f01, None)]);
-        let (vmas, total) = parse_vmas("1000 3000 73 0 -\n5000 6000 fb 2 /dev/mmtrace-kmalloc\ntotal 12288\n").unwrap();
+        assert_eq!(
+            parse_page_table("7f00 12\n7f01 -\n").unwrap(),
+            [(0x7f00, Some(0x12)), (0x7f01, None)]
+        );
+        let (vmas, total) =
+            parse_vmas("1000 3000 73 0 -\n5000 6000 fb 2 /dev/mmtrace-kmalloc\ntotal 12288\n")
+                .unwrap();
         assert_eq!(total, 12288);
         assert_eq!(vmas[1].path.as_deref(), Some("/dev/mmtrace-kmalloc"));
-        assert_eq!((vmas[0].start, vmas[0].end, vmas[0].flags, vmas[0].pgoff), (0x1000, 0x3000, 0x73, 0));
+        assert_eq!(
+            (vmas[0].start, vmas[0].end, vmas[0].flags, vmas[0].pgoff),
+            (0x1000, 0x3000, 0x73, 0)
+        );
         assert!(parse_vmas("zz 1 2 3 -\ntotal 1\n").is_err());
         assert!(parse_vmas("1000 2000 0 0 -\n").is_err(), "no total");
-        assert!(parse_vmas("total 1\n1000 2000 0 0 -\n").is_err(), "line after the total");
-        assert!(parse_vmas("1000 2000 0 0\ntotal 1\n").is_err(), "no path column");
+        assert!(
+            parse_vmas("total 1\n1000 2000 0 0 -\n").is_err(),
+            "line after the total"
+        );
+        assert!(
+            parse_vmas("1000 2000 0 0\ntotal 1\n").is_err(),
+            "no path column"
+        );
         let counters = "npages 16\nkmalloc_live_maps 2\nvmalloc_live_maps 0\nreserved_pages 32\n";
-        assert_eq!(parse_counter(counters, &DeviceKind::Kmalloc.live_maps_counter()).unwrap(), 2);
+        assert_eq!(
+            parse_counter(counters, &DeviceKind::Kmalloc.live_maps_counter()).unwrap(),
+            2
+        );
         assert_eq!(parse_counter(counters, "npages").unwrap(), 16);
         assert!(parse_counter(counters, "missing").is_err());
     }
@@ -256,8 +301,14 @@ mod tests {
     #[test]
     fn names_and_paths() {
         assert_eq!(DeviceKind::Vmalloc.dev_path(), "/dev/mmtrace-vmalloc");
-        assert_eq!(DeviceKind::Kmalloc.pfns_path(), "/sys/kernel/debug/mmtrace/kmalloc_pfns");
-        assert_eq!(DeviceKind::Vmalloc.pagetable_path(), "/sys/kernel/debug/mmtrace/vmalloc_pagetable");
+        assert_eq!(
+            DeviceKind::Kmalloc.pfns_path(),
+            "/sys/kernel/debug/mmtrace/kmalloc_pfns"
+        );
+        assert_eq!(
+            DeviceKind::Vmalloc.pagetable_path(),
+            "/sys/kernel/debug/mmtrace/vmalloc_pagetable"
+        );
     }
 }
 

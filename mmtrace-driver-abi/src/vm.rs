@@ -24,7 +24,14 @@ pub const REMAP_PFN_RANGE: u64 = IO | PFNMAP | DONTEXPAND | DONTDUMP;
 /// show_map_vma: `s` for VM_MAYSHARE, so a read-only shared file mapping is `r--s`).
 pub fn perms(vm_flags: u64) -> String {
     let bit = |b: u64, c: char| if vm_flags & b != 0 { c } else { '-' };
-    [bit(READ, 'r'), bit(WRITE, 'w'), bit(EXEC, 'x'), if vm_flags & MAYSHARE != 0 { 's' } else { 'p' }].into_iter().collect()
+    [
+        bit(READ, 'r'),
+        bit(WRITE, 'w'),
+        bit(EXEC, 'x'),
+        if vm_flags & MAYSHARE != 0 { 's' } else { 'p' },
+    ]
+    .into_iter()
+    .collect()
 }
 
 /// The vm_flags mmap(2) gives a mapping made with `prot` (PROT_READ/WRITE/EXEC are the
@@ -44,7 +51,13 @@ mod tests {
         // A read-only shared mapping: VM_SHARED is clear, VM_MAYSHARE is not.
         assert_eq!(perms(READ | MAYREAD | MAYSHARE), "r--s");
         assert_eq!(perms(0), "---p");
-        assert_eq!(perms(from_prot(libc::PROT_READ as u64 | libc::PROT_EXEC as u64, false)), "r-xp");
+        assert_eq!(
+            perms(from_prot(
+                libc::PROT_READ as u64 | libc::PROT_EXEC as u64,
+                false
+            )),
+            "r-xp"
+        );
         assert_eq!(perms(from_prot(libc::PROT_WRITE as u64, true)), "-w-s");
     }
 }

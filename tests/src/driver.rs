@@ -269,10 +269,8 @@ impl Device {
             return Err(errno()).with_context(|| format!("opening {}", kind.dev_path()));
         }
         // SAFETY: fd was just opened and is owned by nobody else.
-        Ok(Device {
-            kind,
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Device { kind, fd })
     }
 
     pub fn raw_fd(&self) -> i32 {

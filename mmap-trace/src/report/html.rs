@@ -190,7 +190,7 @@ fn overlaps_mismatch(vma: &Vma, m: &Mismatch, last: u64) -> bool {
 }
 
 /// Draws one VMA bar; returns its box.
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments, reason = "one bar: its geometry, its VMA and the page's shared data")]
 fn bar(
     out: &mut String,
     vma: &Vma,

@@ -14,62 +14,16 @@ use libc::{
 };
 use mmap_trace_tests::driver::{
     DEV_PREFIX, Device, DeviceKind, DriverVma, KPF_RESERVED, Mapping, MapsLine, Module, PATTERN,
-    buffer_pfns,
-    counter, delete_module, device_maps_lines, errno_of, finit_module, is_loaded,
-    kpageflags, live_maps, maps_line_at, module_refcnt, page_size, page_table, parse_vmas,
-    parse_maps, require_guest, vm,
+    buffer_pfns, counter, delete_module, device_maps_lines, errno_of, finit_module, is_loaded,
+    kpageflags, live_maps, maps_line_at, module_refcnt, page_size, page_table, parse_maps,
+    parse_vmas, require_guest, vm,
 };
 
-const NPAGES: usize = 16;
-
-fn ps() -> usize {
-    page_size()
-}
-
-fn setup() -> Result<Module> {
-    require_guest();
-    Module::load(NPAGES)
-}
-
-/// What `<dev>_pagetable` must say for these mappings of these buffer pages.
-fn expected_pagetable(maps: &[(&Mapping, usize)], pfns: &[u64]) -> Vec<(u64, Option<u64>)> {
-    let mut want: Vec<(u64, Option<u64>)> = maps
-        .iter()
-        .flat_map(|(m, first_page)| {
-            (0..m.len() / ps())
-                .map(move |i| (m.addr() + (i * ps()) as u64, Some(pfns[first_page + i])))
-        })
-        .collect();
-    want.sort();
-    want
-}
-
-fn assert_unmapped(kind: DeviceKind, what: &str) -> Result<()> {
-    let lines = device_maps_lines()?;
-    ensure!(
-        lines.is_empty(),
-        "{kind:?}, {what}: /proc/self/maps still maps the device: {lines:?}"
-    );
-    let pt = page_table(kind)?;
-    ensure!(
-        pt.is_empty(),
-        "{kind:?}, {what}: {}_pagetable is not empty: {pt:x?}",
-        kind.name()
-    );
-    let live = live_maps(kind)?;
-    ensure!(
-        live == 0,
-        "{kind:?}, {what}: {} live mappings counted, want 0",
-        live
-    );
-    Ok(())
-}
-
-mod mapping;
 mod load;
-mod procfs;
+mod mapping;
 mod page_tables;
 mod processes;
+mod procfs;
 
 const NPAGES: usize = 16;
 

@@ -99,10 +99,7 @@ fn procfs_listing_matches_proc_self_maps() -> Result<()> {
                 && name_ok,
             "/proc/mmtrace_vmas line {v:x?} (perms {perms}, offset {offset:#x}) disagrees with /proc/self/maps {l:x?}"
         );
-        if v.path
-            .as_deref()
-            .is_some_and(|p| p.starts_with(DEV_PREFIX))
-        {
+        if v.path.as_deref().is_some_and(|p| p.starts_with(DEV_PREFIX)) {
             let want = vm::REMAP_PFN_RANGE;
             ensure!(
                 v.flags & want == want,

@@ -6,7 +6,10 @@ pub(crate) fn concurrent(slot: u64, slots: u64, threads: u64, rounds: u64) {
     let npages = npages();
     let parts = slots * threads;
     let part_pages = npages / parts;
-    assert!(part_pages >= 1, "{npages} pages cannot be split into {parts} parts");
+    assert!(
+        part_pages >= 1,
+        "{npages} pages cannot be split into {parts} parts"
+    );
     let mmaps = AtomicU64::new(0);
     let checks = AtomicU64::new(0);
     std::thread::scope(|s| {
@@ -18,7 +21,9 @@ pub(crate) fn concurrent(slot: u64, slots: u64, threads: u64, rounds: u64) {
                 let mut rng = Rng::new(part);
                 for round in 0..rounds {
                     for kind in DeviceKind::ALL {
-                        hammer(kind, npages, first, part_pages, round, &mut rng, mmaps, checks);
+                        hammer(
+                            kind, npages, first, part_pages, round, &mut rng, mmaps, checks,
+                        );
                     }
                 }
             });
@@ -32,8 +37,20 @@ pub(crate) fn concurrent(slot: u64, slots: u64, threads: u64, rounds: u64) {
 }
 
 /// One round on one device for the thread owning pages first..first+n.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn hammer(kind: DeviceKind, npages: u64, first: u64, n: u64, round: u64, rng: &mut Rng, mmaps: &AtomicU64, checks: &AtomicU64) {
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one thread's part of the buffers, its round and the shared counters"
+)]
+pub(crate) fn hammer(
+    kind: DeviceKind,
+    npages: u64,
+    first: u64,
+    n: u64,
+    round: u64,
+    rng: &mut Rng,
+    mmaps: &AtomicU64,
+    checks: &AtomicU64,
+) {
     let fd = open(&kind.dev_path(), libc::O_RDWR);
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
     let die = |what: String| -> ! {

@@ -13,32 +13,67 @@ pub(crate) fn fork_cases() {
     };
     let cases: &[(&str, &dyn Fn(u64) -> u64)] = &[
         ("untouched", &|a| a),
-        ("cow-page0", &|a| { write(a); a }),
-        ("cow-page1", &|a| { write(a + PAGE); a }),
-        ("munmap-page0", &|a| { sys(libc::SYS_munmap, [a, PAGE, 0, 0, 0, 0]).unwrap(); a + PAGE }),
+        ("cow-page0", &|a| {
+            write(a);
+            a
+        }),
+        ("cow-page1", &|a| {
+            write(a + PAGE);
+            a
+        }),
+        ("munmap-page0", &|a| {
+            sys(libc::SYS_munmap, [a, PAGE, 0, 0, 0, 0]).unwrap();
+            a + PAGE
+        }),
         ("cow-page1-munmap-page0", &|a| {
             write(a + PAGE);
             sys(libc::SYS_munmap, [a, PAGE, 0, 0, 0, 0]).unwrap();
             a + PAGE
         }),
         ("mprotect-split", &|a| {
-            sys(libc::SYS_mprotect, [a + PAGE, PAGE, libc::PROT_READ as u64, 0, 0, 0]).unwrap();
+            sys(
+                libc::SYS_mprotect,
+                [a + PAGE, PAGE, libc::PROT_READ as u64, 0, 0, 0],
+            )
+            .unwrap();
             a
         }),
         ("cow-page0-mprotect-page0", &|a| {
             write(a);
-            sys(libc::SYS_mprotect, [a, PAGE, libc::PROT_READ as u64, 0, 0, 0]).unwrap();
+            sys(
+                libc::SYS_mprotect,
+                [a, PAGE, libc::PROT_READ as u64, 0, 0, 0],
+            )
+            .unwrap();
             a
         }),
-        ("mremap-shrink", &|a| { sys(libc::SYS_mremap, [a, 4 * PAGE, PAGE, 0, 0, 0]).unwrap(); a }),
+        ("mremap-shrink", &|a| {
+            sys(libc::SYS_mremap, [a, 4 * PAGE, PAGE, 0, 0, 0]).unwrap();
+            a
+        }),
         ("mremap-move", &|a| {
-            let hole = sys(libc::SYS_mmap, [0, 8 * PAGE, 0, (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64, u64::MAX, 0]).unwrap();
+            let hole = sys(
+                libc::SYS_mmap,
+                [
+                    0,
+                    8 * PAGE,
+                    0,
+                    (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                    u64::MAX,
+                    0,
+                ],
+            )
+            .unwrap();
             let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
             sys(libc::SYS_mremap, [a, 4 * PAGE, 4 * PAGE, flags, hole, 0]).unwrap()
         }),
     ];
     for (name, reshape) in cases {
-        let a = sys(libc::SYS_mmap, [0, 4 * PAGE, rw, libc::MAP_PRIVATE as u64, fd as u64, 0]).expect("mmap");
+        let a = sys(
+            libc::SYS_mmap,
+            [0, 4 * PAGE, rw, libc::MAP_PRIVATE as u64, fd as u64, 0],
+        )
+        .expect("mmap");
         let _kept = reshape(a);
         // SAFETY: the child only exits.
         let pid = unsafe { libc::fork() };

@@ -24,12 +24,12 @@
 //! One file per mode (fork_cases, random + its model, concurrent, mremap_burst) and the
 //! raw syscalls they share (sys).
 
-mod fork_cases;
-mod sys;
-mod model;
-mod random;
 mod concurrent;
+mod fork_cases;
+mod model;
 mod mremap_burst;
+mod random;
+mod sys;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -57,9 +57,17 @@ pub(crate) const MAX_VMAS: usize = 48;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let opt = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let num = |name: &str, default: u64| {
-        opt(name).map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name} {v:?}: not a number")))
+        opt(name).map_or(default, |v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} {v:?}: not a number"))
+        })
     };
     match args.first().map(String::as_str) {
         Some("random") => {
@@ -69,11 +77,20 @@ fn main() {
             );
             random(seed, num("--requests", 10_000));
         }
-        Some("concurrent") => concurrent(num("--slot", 0), num("--slots", 1), num("--threads", 2), num("--rounds", 20)),
-        Some("mremap-burst") => mremap_burst(opt("mremap-burst").map_or(0, |n| n.parse().expect("N"))),
+        Some("concurrent") => concurrent(
+            num("--slot", 0),
+            num("--slots", 1),
+            num("--threads", 2),
+            num("--rounds", 20),
+        ),
+        Some("mremap-burst") => {
+            mremap_burst(opt("mremap-burst").map_or(0, |n| n.parse().expect("N")))
+        }
         Some("fork-cases") => fork_cases(),
         _ => {
-            eprintln!("usage: mmap-stress random [--seed S] [--requests N] | concurrent --slot K --slots M [--threads T] [--rounds R] | mremap-burst N");
+            eprintln!(
+                "usage: mmap-stress random [--seed S] [--requests N] | concurrent --slot K --slots M [--threads T] [--rounds R] | mremap-burst N"
+            );
             std::process::exit(2);
         }
     }

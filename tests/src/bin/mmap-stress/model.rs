@@ -52,7 +52,14 @@ impl Model {
         for (&addr, p) in &self.pages {
             match out.last_mut() {
                 Some(v) if p.vma == last_id && v.end == addr => v.end += PAGE,
-                _ => out.push(Vma { start: addr, end: addr + PAGE, kind: p.kind, shared: p.shared, prot: p.prot, fd_writable: p.fd_writable }),
+                _ => out.push(Vma {
+                    start: addr,
+                    end: addr + PAGE,
+                    kind: p.kind,
+                    shared: p.shared,
+                    prot: p.prot,
+                    fd_writable: p.fd_writable,
+                }),
             }
             last_id = p.vma;
         }
@@ -81,7 +88,10 @@ impl Model {
     /// A VMA boundary at `addr` (as munmap and mprotect make): the pages from addr to
     /// the end of its VMA get a new id.
     pub(crate) fn split_at(&mut self, addr: u64) {
-        let (Some(before), Some(at)) = (self.pages.get(&(addr - PAGE)), self.pages.get(&addr)) else { return };
+        let (Some(before), Some(at)) = (self.pages.get(&(addr - PAGE)), self.pages.get(&addr))
+        else {
+            return;
+        };
         if before.vma != at.vma {
             return;
         }
@@ -104,10 +114,12 @@ impl Model {
     }
 
     pub(crate) fn expected_range(&self, addr: u64, len: usize) -> Vec<u8> {
-        (0..len as u64).map(|i| {
-            let a = addr + i;
-            self.expected(a & !(PAGE - 1), (a & (PAGE - 1)) as usize)
-        }).collect()
+        (0..len as u64)
+            .map(|i| {
+                let a = addr + i;
+                self.expected(a & !(PAGE - 1), (a & (PAGE - 1)) as usize)
+            })
+            .collect()
     }
 
     pub(crate) fn apply_store(&mut self, addr: u64, data: &[u8]) {
@@ -135,7 +147,10 @@ impl Model {
 
     pub(crate) fn slot_is_free(&self, slot: u64) -> bool {
         let start = self.slot_addr(slot);
-        self.pages.range(start..start + SLOT_PAGES * PAGE).next().is_none()
+        self.pages
+            .range(start..start + SLOT_PAGES * PAGE)
+            .next()
+            .is_none()
     }
 
     /// Free slots go back to PROT_NONE anonymous memory, so nothing else (the allocator)
@@ -143,9 +158,22 @@ impl Model {
     pub(crate) fn recover_slots(&self) {
         for slot in 0..SLOTS {
             if self.slot_is_free(slot) {
-                let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE) as u64;
-                sys(libc::SYS_mmap, [self.slot_addr(slot), SLOT_PAGES * PAGE, 0, flags, u64::MAX, 0])
-                    .expect("re-reserving an arena slot");
+                let flags = (libc::MAP_PRIVATE
+                    | libc::MAP_ANONYMOUS
+                    | libc::MAP_FIXED
+                    | libc::MAP_NORESERVE) as u64;
+                sys(
+                    libc::SYS_mmap,
+                    [
+                        self.slot_addr(slot),
+                        SLOT_PAGES * PAGE,
+                        0,
+                        flags,
+                        u64::MAX,
+                        0,
+                    ],
+                )
+                .expect("re-reserving an arena slot");
             }
         }
     }

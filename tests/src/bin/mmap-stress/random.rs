@@ -40,20 +40,35 @@ pub(crate) fn random(seed: u64, requests: u64) {
     println!("seed={seed} requests={requests}");
     let npages = npages();
     let fds = Fds {
-        fds: DeviceKind::ALL.map(|k| [open(&k.dev_path(), libc::O_RDWR), open(&k.dev_path(), libc::O_RDONLY)]),
+        fds: DeviceKind::ALL.map(|k| {
+            [
+                open(&k.dev_path(), libc::O_RDWR),
+                open(&k.dev_path(), libc::O_RDONLY),
+            ]
+        }),
     };
     let arena_len = SLOTS * SLOT_PAGES * PAGE;
     let arena = sys(
         libc::SYS_mmap,
-        [0, arena_len, 0, (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE) as u64, u64::MAX, 0],
+        [
+            0,
+            arena_len,
+            0,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE) as u64,
+            u64::MAX,
+            0,
+        ],
     )
     .expect("arena");
-    let bufs = DeviceKind::ALL.map(|k| pread(fds.fds[ki(k)][0], (npages * PAGE) as usize, 0).expect("initial read"));
+    let bufs = DeviceKind::ALL
+        .map(|k| pread(fds.fds[ki(k)][0], (npages * PAGE) as usize, 0).expect("initial read"));
     for (k, buf) in DeviceKind::ALL.iter().zip(&bufs) {
         assert_eq!(buf.len() as u64, npages * PAGE, "{k:?}: short initial read");
         // The model starts from the load-time pattern; an earlier run's writes are
         // still in the buffer until the module is reloaded.
-        if let Some(p) = (0..npages as usize).find(|p| buf[p * PAGE as usize..][..PATTERN.len()] != PATTERN) {
+        if let Some(p) =
+            (0..npages as usize).find(|p| buf[p * PAGE as usize..][..PATTERN.len()] != PATTERN)
+        {
             eprintln!(
                 "mmap-stress: page {p} of {} no longer holds the load-time pattern (an earlier run wrote to it);\n\
                  the random client needs a freshly loaded module: rmmod mmtrace_drv && insmod mmtrace_drv.ko npages=N",
@@ -65,13 +80,29 @@ pub(crate) fn random(seed: u64, requests: u64) {
     let mut c = Client {
         seed,
         rng: Rng::new(seed),
-        m: Model { npages, bufs, pages: BTreeMap::new(), next_vma: 0, split: Default::default(), arena },
+        m: Model {
+            npages,
+            bufs,
+            pages: BTreeMap::new(),
+            next_vma: 0,
+            split: Default::default(),
+            arena,
+        },
         fds,
-        t: Tally { requests: 0, served: 0, mappings: 0, refused: BTreeMap::new(), forks: 0, forks_refused: 0, checks: 0 },
+        t: Tally {
+            requests: 0,
+            served: 0,
+            mappings: 0,
+            refused: BTreeMap::new(),
+            forks: 0,
+            forks_refused: 0,
+            checks: 0,
+        },
         request: 0,
         what: String::new(),
     };
-    let mut kmsg = std::env::var_os("MMTRACE_STRESS_KMSG").map(|_| mmap_trace_tests::driver::Kmsg::open_at_end().unwrap());
+    let mut kmsg = std::env::var_os("MMTRACE_STRESS_KMSG")
+        .map(|_| mmap_trace_tests::driver::Kmsg::open_at_end().unwrap());
     for i in 0..requests {
         c.request = i;
         c.step();
@@ -92,7 +123,11 @@ pub(crate) fn random(seed: u64, requests: u64) {
     }
     c.m.pages.clear();
     c.check_all();
-    let refusals: Vec<String> = c.t.refused.iter().map(|(e, n)| format!("{e}:{n}")).collect();
+    let refusals: Vec<String> =
+        c.t.refused
+            .iter()
+            .map(|(e, n)| format!("{e}:{n}"))
+            .collect();
     println!(
         "STRESS-RESULT mode=random seed={seed} npages={npages} requests={} served={} refused={} mappings={} forks={} forks_refused={} checks={} refusals={}",
         c.t.requests,
@@ -136,7 +171,7 @@ impl Client {
         let roll = self.rng.below(100);
         match roll {
             0..=29 if !crowded => self.mmap(),
-            0..=29 | 30..=41 => self.munmap(),
+            0..=41 => self.munmap(),
             42..=51 => self.mprotect(),
             52..=58 => self.mremap(),
             59..=68 => self.pread(),
@@ -162,7 +197,13 @@ impl Client {
             7 => 1 << 30,
             _ => {
                 let near_max = u64::MAX - r.below(PAGE);
-                *r.pick(&[u64::MAX, near_max, u64::MAX - 2 * PAGE + 1, 1 << 63, TASK_SIZE + PAGE])
+                *r.pick(&[
+                    u64::MAX,
+                    near_max,
+                    u64::MAX - 2 * PAGE + 1,
+                    1 << 63,
+                    TASK_SIZE + PAGE,
+                ])
             }
         };
         let off = match r.below(8) {
@@ -170,7 +211,12 @@ impl Client {
             3 | 4 => r.below(np) * PAGE,
             5 => np * PAGE + r.below(4) * PAGE,
             6 => r.range(1, PAGE - 1) + r.below(np) * PAGE,
-            _ => *r.pick(&[u64::MAX & !(PAGE - 1), 1 << 63, (u64::MAX >> 1) & !(PAGE - 1), u64::MAX - PAGE * np + 1]),
+            _ => *r.pick(&[
+                !(PAGE - 1),
+                1 << 63,
+                (u64::MAX >> 1) & !(PAGE - 1),
+                u64::MAX - PAGE * np + 1,
+            ]),
         };
         let prot = *r.pick(&[
             libc::PROT_READ,
@@ -202,7 +248,9 @@ impl Client {
         // MAP_FIXED into a free arena slot, only for lengths that fit in it.
         let fixed_slot = if len > 0 && len <= SLOT_PAGES * PAGE && r.chance(30) {
             let from = r.below(SLOTS);
-            (0..SLOTS).map(|i| (from + i) % SLOTS).find(|&s| self.m.slot_is_free(s))
+            (0..SLOTS)
+                .map(|i| (from + i) % SLOTS)
+                .find(|&s| self.m.slot_is_free(s))
         } else {
             None
         };
@@ -219,7 +267,10 @@ impl Client {
             if writable { "O_RDWR" } else { "O_RDONLY" }
         );
         let want = predict_mmap(np, kind, len, off, prot, flags, writable);
-        let got = sys(libc::SYS_mmap, [addr, len, prot as u64, flags as u64, fd as u64, off]);
+        let got = sys(
+            libc::SYS_mmap,
+            [addr, len, prot as u64, flags as u64, fd as u64, off],
+        );
         let served = self.outcome(got, want);
         if let Some(a) = served {
             if fixed_slot.is_some() && a != addr {
@@ -229,7 +280,15 @@ impl Client {
             let vma = self.m.new_vma();
             let shared = flags & libc::MAP_TYPE != libc::MAP_PRIVATE;
             for i in 0..pages {
-                let page = Page { kind, shared, buf_page: off / PAGE + i, prot, fd_writable: writable, copy: None, vma };
+                let page = Page {
+                    kind,
+                    shared,
+                    buf_page: off / PAGE + i,
+                    prot,
+                    fd_writable: writable,
+                    copy: None,
+                    vma,
+                };
                 if self.m.pages.insert(a + i * PAGE, page).is_some() {
                     fail!(self, "the kernel mapped {a:#x} over a live device mapping");
                 }
@@ -248,7 +307,9 @@ impl Client {
         if vmas.is_empty() {
             return None;
         }
-        let v = vmas.into_iter().nth(self.rng.below(self.m.vmas().len() as u64) as usize)?;
+        let v = vmas
+            .into_iter()
+            .nth(self.rng.below(self.m.vmas().len() as u64) as usize)?;
         let pages = (v.end - v.start) / PAGE;
         let (first, n) = match self.rng.below(4) {
             0 => (0, pages),
@@ -267,7 +328,9 @@ impl Client {
     }
 
     pub(crate) fn munmap(&mut self) {
-        let Some((_, start, end)) = self.some_range() else { return self.mmap() };
+        let Some((_, start, end)) = self.some_range() else {
+            return self.mmap();
+        };
         self.what = format!("munmap({start:#x}, {:#x})", end - start);
         let got = sys(libc::SYS_munmap, [start, end - start, 0, 0, 0, 0]);
         self.outcome(got, Ok(()));
@@ -281,7 +344,9 @@ impl Client {
     }
 
     pub(crate) fn mprotect(&mut self) {
-        let Some((v, start, end)) = self.some_range() else { return self.mmap() };
+        let Some((v, start, end)) = self.some_range() else {
+            return self.mmap();
+        };
         let prot = *self.rng.pick(&[
             libc::PROT_NONE,
             libc::PROT_READ,
@@ -289,10 +354,22 @@ impl Client {
             libc::PROT_READ | libc::PROT_EXEC,
             libc::PROT_WRITE,
         ]);
-        self.what = format!("mprotect({start:#x}, {:#x}, {prot:#x}) on {:?} shared={}", end - start, v.kind, v.shared);
+        self.what = format!(
+            "mprotect({start:#x}, {:#x}, {prot:#x}) on {:?} shared={}",
+            end - start,
+            v.kind,
+            v.shared
+        );
         // A shared mapping of a read-only fd lost VM_MAYWRITE at mmap.
-        let want = if v.shared && !v.fd_writable && prot & libc::PROT_WRITE != 0 { Err(libc::EACCES) } else { Ok(()) };
-        let got = sys(libc::SYS_mprotect, [start, end - start, prot as u64, 0, 0, 0]);
+        let want = if v.shared && !v.fd_writable && prot & libc::PROT_WRITE != 0 {
+            Err(libc::EACCES)
+        } else {
+            Ok(())
+        };
+        let got = sys(
+            libc::SYS_mprotect,
+            [start, end - start, prot as u64, 0, 0, 0],
+        );
         if self.outcome(got, want).is_some() && prot != v.prot {
             self.m.split_at(start);
             self.m.split_at(end);
@@ -307,7 +384,10 @@ impl Client {
         if vmas.is_empty() {
             return self.mmap();
         }
-        let v = vmas.into_iter().nth(self.rng.below(self.m.vmas().len() as u64) as usize).unwrap();
+        let v = vmas
+            .into_iter()
+            .nth(self.rng.below(self.m.vmas().len() as u64) as usize)
+            .unwrap();
         let len = v.end - v.start;
         let free_slot = (0..SLOTS).find(|&s| self.m.slot_is_free(s));
         let choice = self.rng.below(5);
@@ -316,13 +396,31 @@ impl Client {
             (0, _) => (len + self.rng.range(1, 4) * PAGE, 0, 0, Err(libc::EFAULT)),
             (1, _) => (len + PAGE, libc::MREMAP_MAYMOVE, 0, Err(libc::EFAULT)),
             (2, _) if len > PAGE => (len - self.rng.range(1, len / PAGE - 1) * PAGE, 0, 0, Ok(())),
-            (3, Some(s)) => (len, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, self.m.slot_addr(s), Ok(())),
+            (3, Some(s)) => (
+                len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                self.m.slot_addr(s),
+                Ok(()),
+            ),
             _ => (len, 0, 0, Ok(())),
         };
-        self.what = format!("mremap({:#x}, {len:#x}, {new_len:#x}, {flags:#x}, {new_addr:#x})", v.start);
-        let got = sys(libc::SYS_mremap, [v.start, len, new_len, flags as u64, new_addr, 0]);
-        let Some(at) = self.outcome(got, want) else { return };
-        let moved: Vec<(u64, Page)> = self.m.pages.range(v.start..v.end).map(|(a, p)| (*a, p.clone())).collect();
+        self.what = format!(
+            "mremap({:#x}, {len:#x}, {new_len:#x}, {flags:#x}, {new_addr:#x})",
+            v.start
+        );
+        let got = sys(
+            libc::SYS_mremap,
+            [v.start, len, new_len, flags as u64, new_addr, 0],
+        );
+        let Some(at) = self.outcome(got, want) else {
+            return;
+        };
+        let moved: Vec<(u64, Page)> = self
+            .m
+            .pages
+            .range(v.start..v.end)
+            .map(|(a, p)| (*a, p.clone()))
+            .collect();
         for (a, _) in &moved {
             self.m.pages.remove(a);
         }
@@ -332,7 +430,11 @@ impl Client {
         if new_addr == 0 && at != v.start {
             fail!(self, "an in-place mremap answered {at:#x}");
         }
-        let vma = if at == v.start { moved[0].1.vma } else { self.m.new_vma() };
+        let vma = if at == v.start {
+            moved[0].1.vma
+        } else {
+            self.m.new_vma()
+        };
         for (a, mut p) in moved.into_iter().filter(|(a, _)| a - v.start < new_len) {
             p.vma = vma;
             self.m.pages.insert(at + (a - v.start), p);
@@ -371,7 +473,11 @@ impl Client {
             return Err(libc::EINVAL);
         }
         if pos >= size {
-            return if write && len > 0 { Err(libc::ENOSPC) } else { Ok(0) };
+            return if write && len > 0 {
+                Err(libc::ENOSPC)
+            } else {
+                Ok(0)
+            };
         }
         Ok(len.min((size - pos) as usize))
     }
@@ -383,7 +489,10 @@ impl Client {
         self.what = format!("pread({kind:?}, len {len}, pos {pos})");
         let want = self.rw_predict(pos, len, false);
         let got = pread(self.fds.fds[ki(kind)][ro], len, pos);
-        let n = self.outcome(got.as_ref().map(|b| b.len() as u64).map_err(|e| *e), want.map(|_| ()));
+        let n = self.outcome(
+            got.as_ref().map(|b| b.len() as u64).map_err(|e| *e),
+            want.map(|_| ()),
+        );
         if let (Some(n), Ok(w)) = (n, want) {
             if n as usize != w {
                 fail!(self, "read {n} bytes, the model says {w}");
@@ -414,7 +523,12 @@ impl Client {
 
     /// A span of one VMA with odd start and length, if one allows `prot`.
     pub(crate) fn mapped_span(&mut self, prot: i32) -> Option<(u64, usize)> {
-        let vmas: Vec<Vma> = self.m.vmas().into_iter().filter(|v| v.prot & prot == prot).collect();
+        let vmas: Vec<Vma> = self
+            .m
+            .vmas()
+            .into_iter()
+            .filter(|v| v.prot & prot == prot)
+            .collect();
         if vmas.is_empty() {
             return None;
         }
@@ -426,7 +540,9 @@ impl Client {
     }
 
     pub(crate) fn load_check(&mut self) {
-        let Some((addr, len)) = self.mapped_span(libc::PROT_READ) else { return self.pread() };
+        let Some((addr, len)) = self.mapped_span(libc::PROT_READ) else {
+            return self.pread();
+        };
         self.what = format!("load {len} bytes at {addr:#x}");
         self.t.requests += 1;
         self.t.served += 1;
@@ -436,7 +552,9 @@ impl Client {
     }
 
     pub(crate) fn store(&mut self) {
-        let Some((addr, len)) = self.mapped_span(libc::PROT_WRITE) else { return self.pwrite() };
+        let Some((addr, len)) = self.mapped_span(libc::PROT_WRITE) else {
+            return self.pwrite();
+        };
         let data = self.rng.bytes(len);
         self.what = format!("store {len} bytes at {addr:#x}");
         self.t.requests += 1;
@@ -449,11 +567,36 @@ impl Client {
     pub(crate) fn bad_calls(&mut self) {
         let a = self.m.pages.keys().next().copied().unwrap_or(self.m.arena);
         let (name, nr, args, want) = match self.rng.below(5) {
-            0 => ("munmap unaligned", libc::SYS_munmap, [a + 1, PAGE, 0, 0, 0, 0], libc::EINVAL),
-            1 => ("munmap len 0", libc::SYS_munmap, [a, 0, 0, 0, 0, 0], libc::EINVAL),
-            2 => ("mprotect unaligned", libc::SYS_mprotect, [a + 3, PAGE, libc::PROT_READ as u64, 0, 0, 0], libc::EINVAL),
-            3 => ("mprotect bad prot", libc::SYS_mprotect, [a, PAGE, 0x100, 0, 0, 0], libc::EINVAL),
-            _ => ("mremap new_len 0", libc::SYS_mremap, [a, PAGE, 0, 0, 0, 0], libc::EINVAL),
+            0 => (
+                "munmap unaligned",
+                libc::SYS_munmap,
+                [a + 1, PAGE, 0, 0, 0, 0],
+                libc::EINVAL,
+            ),
+            1 => (
+                "munmap len 0",
+                libc::SYS_munmap,
+                [a, 0, 0, 0, 0, 0],
+                libc::EINVAL,
+            ),
+            2 => (
+                "mprotect unaligned",
+                libc::SYS_mprotect,
+                [a + 3, PAGE, libc::PROT_READ as u64, 0, 0, 0],
+                libc::EINVAL,
+            ),
+            3 => (
+                "mprotect bad prot",
+                libc::SYS_mprotect,
+                [a, PAGE, 0x100, 0, 0, 0],
+                libc::EINVAL,
+            ),
+            _ => (
+                "mremap new_len 0",
+                libc::SYS_mremap,
+                [a, PAGE, 0, 0, 0, 0],
+                libc::EINVAL,
+            ),
         };
         self.what = name.to_owned();
         let got = sys(nr, args);
@@ -466,9 +609,19 @@ impl Client {
     pub(crate) fn fork(&mut self) {
         self.what = "fork".into();
         let refused = self.m.fork_refused();
-        let shared_w = self.m.vmas().into_iter().find(|v| v.shared && v.prot & libc::PROT_WRITE != 0);
-        let private_w = self.m.vmas().into_iter().find(|v| !v.shared && v.prot & libc::PROT_WRITE != 0);
-        let readable: Vec<(u64, usize)> = (0..3).filter_map(|_| self.mapped_span(libc::PROT_READ)).collect();
+        let shared_w = self
+            .m
+            .vmas()
+            .into_iter()
+            .find(|v| v.shared && v.prot & libc::PROT_WRITE != 0);
+        let private_w = self
+            .m
+            .vmas()
+            .into_iter()
+            .find(|v| !v.shared && v.prot & libc::PROT_WRITE != 0);
+        let readable: Vec<(u64, usize)> = (0..3)
+            .filter_map(|_| self.mapped_span(libc::PROT_READ))
+            .collect();
         let child_data = self.rng.bytes(16);
         let mut up = [0i32; 2];
         let mut down = [0i32; 2];
@@ -501,11 +654,18 @@ impl Client {
                 libc::_exit(code);
             }
         }
-        if pid < 0 && refused && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOMEM) {
+        if pid < 0
+            && refused
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOMEM)
+        {
             self.t.forks_refused += 1;
             self.outcome(Err(libc::ENOMEM), Err(libc::ENOMEM));
             // SAFETY: our own pipe fds.
-            unsafe { up.into_iter().chain(down).for_each(|fd| { libc::close(fd); }) };
+            unsafe {
+                up.into_iter().chain(down).for_each(|fd| {
+                    libc::close(fd);
+                })
+            };
             return;
         }
         if pid < 0 {
@@ -513,7 +673,12 @@ impl Client {
             let maps: String = std::fs::read_to_string("/proc/self/smaps")
                 .unwrap_or_default()
                 .lines()
-                .filter(|l| l.contains('-') && !l.contains(':') || l.contains("-") && l.contains("/dev") || l.starts_with("VmFlags") || l.starts_with("Size"))
+                .filter(|l| {
+                    l.contains('-') && !l.contains(':')
+                        || l.contains("-") && l.contains("/dev")
+                        || l.starts_with("VmFlags")
+                        || l.starts_with("Size")
+                })
                 .map(|l| format!("{l}\n"))
                 .collect();
             fail!(self, "fork: {e}; /proc/self/maps:\n{maps}");
@@ -528,7 +693,11 @@ impl Client {
             let mine = vmas.iter().filter(|v| v.kind == kind).count() as i64;
             let live = live_maps(kind).unwrap_or(-1);
             if live != 2 * mine {
-                fail!(self, "{kind:?}: {live} live mappings with the child holding copies, want {}", 2 * mine);
+                fail!(
+                    self,
+                    "{kind:?}: {live} live mappings with the child holding copies, want {}",
+                    2 * mine
+                );
             }
         }
         let mut status = 0;
@@ -541,10 +710,16 @@ impl Client {
             }
         }
         if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-            fail!(self, "the child failed (wait status {status:#x}; 3: it saw bytes that differ from the model)");
+            fail!(
+                self,
+                "the child failed (wait status {status:#x}; 3: it saw bytes that differ from the model)"
+            );
         }
         if refused {
-            fail!(self, "fork succeeded; the model predicted ENOMEM (a private VMA starts with a COW page)");
+            fail!(
+                self,
+                "fork succeeded; the model predicted ENOMEM (a private VMA starts with a COW page)"
+            );
         }
         self.t.served += 1;
         if let Some(v) = shared_w {
@@ -572,27 +747,53 @@ impl Client {
                 (v.start, v.end, perms, v.kind.dev_path())
             })
             .collect();
-        let got: Vec<(u64, u64, String, String)> =
-            lines.iter().map(|l| (l.start, l.end, l.perms.clone(), l.name.clone().unwrap_or_default())).collect();
+        let got: Vec<(u64, u64, String, String)> = lines
+            .iter()
+            .map(|l| {
+                (
+                    l.start,
+                    l.end,
+                    l.perms.clone(),
+                    l.name.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
         if got != want {
-            fail!(self, "after {what}: /proc/self/maps device lines differ from the model:\n got  {got:x?}\n want {want:x?}");
+            fail!(
+                self,
+                "after {what}: /proc/self/maps device lines differ from the model:\n got  {got:x?}\n want {want:x?}"
+            );
         }
         for kind in DeviceKind::ALL {
             let n = vmas.iter().filter(|v| v.kind == kind).count() as i64;
             match live_maps(kind) {
                 Ok(live) if live == n => {}
-                other => fail!(self, "after {what}: {kind:?} live mappings {other:?}, the model has {n} VMAs"),
+                other => fail!(
+                    self,
+                    "after {what}: {kind:?} live mappings {other:?}, the model has {n} VMAs"
+                ),
             }
-            let buf = pread(self.fds.fds[ki(kind)][0], self.m.size() as usize, 0).expect("pread whole buffer");
+            let buf = pread(self.fds.fds[ki(kind)][0], self.m.size() as usize, 0)
+                .expect("pread whole buffer");
             if buf != self.m.bufs[ki(kind)] {
-                let at = buf.iter().zip(&self.m.bufs[ki(kind)]).position(|(a, b)| a != b);
-                fail!(self, "after {what}: {kind:?} buffer differs from the model at byte {at:?}");
+                let at = buf
+                    .iter()
+                    .zip(&self.m.bufs[ki(kind)])
+                    .position(|(a, b)| a != b);
+                fail!(
+                    self,
+                    "after {what}: {kind:?} buffer differs from the model at byte {at:?}"
+                );
             }
         }
         for v in vmas.iter().filter(|v| v.prot & libc::PROT_READ != 0) {
             let len = (v.end - v.start) as usize;
             if load(v.start, len) != self.m.expected_range(v.start, len) {
-                fail!(self, "after {what}: the mapping at {:#x} differs from the model", v.start);
+                fail!(
+                    self,
+                    "after {what}: the mapping at {:#x} differs from the model",
+                    v.start
+                );
             }
         }
         self.what = what;
@@ -600,11 +801,21 @@ impl Client {
 }
 
 /// What the kernel (do_mmap(), file_mmap_ok()) and the driver answer, in their order.
-pub(crate) fn predict_mmap(npages: u64, kind: DeviceKind, len: u64, off: u64, prot: i32, flags: i32, writable: bool) -> Result<(), i32> {
-    if off % PAGE != 0 || len == 0 {
+pub(crate) fn predict_mmap(
+    npages: u64,
+    kind: DeviceKind,
+    len: u64,
+    off: u64,
+    prot: i32,
+    flags: i32,
+    writable: bool,
+) -> Result<(), i32> {
+    if !off.is_multiple_of(PAGE) || len == 0 {
         return Err(libc::EINVAL);
     }
-    let Some(alen) = len.checked_next_multiple_of(PAGE) else { return Err(libc::ENOMEM) };
+    let Some(alen) = len.checked_next_multiple_of(PAGE) else {
+        return Err(libc::ENOMEM);
+    };
     let pgoff = off / PAGE;
     if alen > TASK_SIZE {
         return Err(libc::ENOMEM);
@@ -629,7 +840,11 @@ pub(crate) fn predict_mmap(npages: u64, kind: DeviceKind, len: u64, off: u64, pr
     }
     // mmap_region() charges a private writable mapping against the commit limit before
     // the driver sees it (the 1 GiB request in a 1 GiB guest).
-    if !shared && prot & libc::PROT_WRITE != 0 && flags & libc::MAP_NORESERVE == 0 && alen / PAGE > commit_limit_pages() {
+    if !shared
+        && prot & libc::PROT_WRITE != 0
+        && flags & libc::MAP_NORESERVE == 0
+        && alen / PAGE > commit_limit_pages()
+    {
         return Err(libc::ENOMEM);
     }
     // The driver (mmtrace_check_request()).
@@ -652,8 +867,9 @@ pub(crate) fn commit_limit_pages() -> u64 {
     match mode.trim() {
         "1" => u64::MAX,
         "0" => {
-            // SAFETY: sysinfo fills the struct.
+            // SAFETY: an all-zero sysinfo is a valid value of this plain C struct.
             let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
+            // SAFETY: sysinfo fills the struct we own.
             assert_eq!(unsafe { libc::sysinfo(&mut si) }, 0);
             (si.totalram + si.totalswap) * u64::from(si.mem_unit) / PAGE
         }

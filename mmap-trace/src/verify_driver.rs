@@ -81,9 +81,19 @@ pub fn run(config: VerifyDriverConfig) -> Result<bool> {
     let mut tracer = Tracer::load(&load)?;
     let mut ring = tracer.take_events()?;
     let mut all = Vec::new();
+    let mut malformed = 0;
     for (device, kind) in config.devices.iter().zip(kinds) {
-        let checks = check_device(&config, device, kind, &mut ring)?;
+        let checks = check_device(&config, device, kind, &mut ring, &mut malformed)?;
         all.extend(checks.list);
+    }
+    if malformed > 0 {
+        all.push(Check {
+            record_type: "check",
+            device: "-".into(),
+            check: "no malformed records",
+            pass: false,
+            detail: format!("{malformed} records could not be decoded"),
+        });
     }
     let lost: u64 = tracer.lost()?.iter().sum();
     if lost > 0 {
@@ -141,17 +151,23 @@ impl Drop for Mapping {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
+/// The ring's events. A malformed record is counted and warned about, as `trace` does,
+/// and then fails the run like a lost event (the picture is incomplete): see `run`.
+fn drain(ring: &mut RingBuf<MapData>, malformed: &mut u64) -> Vec<Event> {
     let mut events = Vec::new();
     while let Some(item) = ring.next() {
-        if let Ok(e) = decode::decode(&item) {
-            events.push(e);
+        match decode::decode(&item) {
+            Ok(e) => events.push(e),
+            Err(e) => {
+                *malformed += 1;
+                log::warn!("skipping a malformed record: {e}");
+            }
         }
     }
     events
 }
 
-fn check_device(config: &VerifyDriverConfig, device: &Path, kind: DeviceKind, ring: &mut RingBuf<MapData>) -> Result<Checks> {
+fn check_device(config: &VerifyDriverConfig, device: &Path, kind: DeviceKind, ring: &mut RingBuf<MapData>, malformed: &mut u64) -> Result<Checks> {
     let npages = driver::npages()?;
     let offset = config.offset;
     if offset >= npages {
@@ -177,7 +193,7 @@ fn check_device(config: &VerifyDriverConfig, device: &Path, kind: DeviceKind, ri
         .with_context(|| format!("cannot open {}", device.display()))?;
     let dev_inode = file.metadata()?.ino();
     let len = pages * PAGE;
-    let _ = drain(ring);
+    let _ = drain(ring, malformed);
     let share = if config.private { libc::MAP_PRIVATE } else { libc::MAP_SHARED };
     // SAFETY: a fresh mapping of the device; only accessed through `Mapping`'s range.
     let addr = unsafe {
@@ -188,7 +204,7 @@ fn check_device(config: &VerifyDriverConfig, device: &Path, kind: DeviceKind, ri
         bail!("mmap of {} ({pages} pages at page {offset}) failed: {err}", device.display());
     }
     let mapping = Mapping { addr: addr as u64, len };
-    let events = drain(ring);
+    let events = drain(ring, malformed);
     let dev_name = device.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     // The driver may be reached through another node name: the kernel reports the node's.
     let kernel_name = std::fs::canonicalize(device).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or(dev_name);
@@ -202,7 +218,7 @@ fn check_device(config: &VerifyDriverConfig, device: &Path, kind: DeviceKind, ri
     check_bytes(&mut checks, &file, &mapping, offset, config.private)?;
     check_driver_walk(&mut checks)?;
     drop(mapping);
-    let unmapped = drain(ring).iter().any(|e| matches!(e, Event::Syscall(s) if s.header.probe == Probe::Munmap as u32 && s.args[0] == addr as u64));
+    let unmapped = drain(ring, malformed).iter().any(|e| matches!(e, Event::Syscall(s) if s.header.probe == Probe::Munmap as u32 && s.args[0] == addr as u64));
     checks.add("munmap traced", unmapped, if unmapped { "munmap event seen" } else { "no munmap event" });
     Ok(checks)
 }

@@ -47,6 +47,8 @@ pub fn run(ws: &Workspace, ready: &Ready) -> Result<i32> {
         "--all-targets",
         "--test",
         "guest_*",
+        // A crate with findings must not hide its dependents' findings.
+        "--keep-going",
         "--",
         "-D",
         "warnings",
@@ -59,7 +61,7 @@ pub fn run(ws: &Workspace, ready: &Ready) -> Result<i32> {
     let mut ebpf = Command::new("rustup");
     ebpf.current_dir(&ws.root)
         .args(["run", &ready.ebpf_toolchain, "cargo", "clippy", "--package", EBPF_CRATE])
-        .args(["--target", EBPF_TARGET, "-Z", "build-std=core", "--release"])
+        .args(["--target", EBPF_TARGET, "-Z", "build-std=core", "--release", "--keep-going"])
         // Its own target dir: host RUSTFLAGS and these must not evict each other's cache.
         .arg("--target-dir")
         .arg(ws.target_dir.join("lint-ebpf"))

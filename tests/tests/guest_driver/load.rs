@@ -112,13 +112,7 @@ fn rmmod_is_refused_while_a_process_holds_a_mapping() -> Result<()> {
         ensure!(is_loaded(), "module gone after a refused rmmod");
         Ok(())
     })();
-    send_byte(to_child_w);
-    // SAFETY: closing our ends.
-    unsafe {
-        libc::close(to_child_w);
-        libc::close(to_parent_r);
-    }
-    let code = reap(pid)?;
+    let code = release_child(pid, to_child_w, to_parent_r)?;
     result?;
     ensure!(code == 0, "child exited {code} (2: open or mmap failed)");
     ensure!(

@@ -108,6 +108,18 @@ fn reap(pid: i32) -> Result<i32> {
     Ok(libc::WEXITSTATUS(status))
 }
 
+/// Lets the child go on (one byte on its pipe), closes the parent's pipe ends and waits
+/// for it; returns its exit code.
+fn release_child(pid: i32, to_child_w: i32, to_parent_r: i32) -> Result<i32> {
+    send_byte(to_child_w);
+    // SAFETY: closing our own ends of the pipes.
+    unsafe {
+        libc::close(to_child_w);
+        libc::close(to_parent_r);
+    }
+    reap(pid)
+}
+
 /// Forks; the child runs `body` (which must not allocate: the parent is threaded) and
 /// exits with its return value.
 fn fork_child(body: impl FnOnce() -> i32) -> Result<i32> {

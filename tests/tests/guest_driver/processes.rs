@@ -101,13 +101,7 @@ fn two_processes_see_each_others_writes() -> Result<()> {
             map.write(parent_off, b"parent");
             Ok(())
         })();
-        send_byte(to_child_w);
-        // SAFETY: closing our ends.
-        unsafe {
-            libc::close(to_child_w);
-            libc::close(to_parent_r);
-        }
-        let code = reap(pid)?;
+        let code = release_child(pid, to_child_w, to_parent_r)?;
         result?;
         ensure!(
             code == 0,

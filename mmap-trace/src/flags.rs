@@ -1,5 +1,7 @@
 //! Flag words decoded to the names a reader knows: PROT_*, MAP_*, MREMAP_*, VM_*, errno.
 
+use mmtrace_driver_abi::vm;
+
 /// A flag table: (bit, name). Bits not in the table are shown as hex.
 type Table = &'static [(u64, &'static str)];
 
@@ -36,26 +38,27 @@ pub const MREMAP: Table = &[
     (4, "DONTUNMAP"),
 ];
 
-/// `vm_flags` bits from include/linux/mm.h (stable across 6.1 and 6.18 for these).
+/// `vm_flags` bits from include/linux/mm.h (stable across 6.1 and 6.18 for these); the
+/// bits other modules test by name live in `mmtrace_driver_abi::vm`.
 pub const VM: Table = &[
-    (0x1, "READ"),
-    (0x2, "WRITE"),
-    (0x4, "EXEC"),
-    (0x8, "SHARED"),
-    (0x10, "MAYREAD"),
-    (0x20, "MAYWRITE"),
-    (0x40, "MAYEXEC"),
-    (0x80, "MAYSHARE"),
-    (0x100, "GROWSDOWN"),
+    (vm::READ, "READ"),
+    (vm::WRITE, "WRITE"),
+    (vm::EXEC, "EXEC"),
+    (vm::SHARED, "SHARED"),
+    (vm::MAYREAD, "MAYREAD"),
+    (vm::MAYWRITE, "MAYWRITE"),
+    (vm::MAYEXEC, "MAYEXEC"),
+    (vm::MAYSHARE, "MAYSHARE"),
+    (vm::GROWSDOWN, "GROWSDOWN"),
     (0x200, "UFFD_MISSING"),
-    (0x400, "PFNMAP"),
+    (vm::PFNMAP, "PFNMAP"),
     (0x1000, "UFFD_WP"),
     (0x2000, "LOCKED"),
-    (0x4000, "IO"),
+    (vm::IO, "IO"),
     (0x8000, "SEQ_READ"),
     (0x10000, "RAND_READ"),
     (0x20000, "DONTCOPY"),
-    (0x40000, "DONTEXPAND"),
+    (vm::DONTEXPAND, "DONTEXPAND"),
     (0x80000, "LOCKONFAULT"),
     (0x100000, "ACCOUNT"),
     (0x200000, "NORESERVE"),
@@ -63,9 +66,9 @@ pub const VM: Table = &[
     (0x800000, "SYNC"),
     (0x1000000, "PAT"),
     (0x2000000, "WIPEONFORK"),
-    (0x4000000, "DONTDUMP"),
+    (vm::DONTDUMP, "DONTDUMP"),
     (0x8000000, "SOFTDIRTY"),
-    (0x10000000, "MIXEDMAP"),
+    (vm::MIXEDMAP, "MIXEDMAP"),
     (0x20000000, "HUGEPAGE"),
     (0x40000000, "NOHUGEPAGE"),
     (0x80000000, "MERGEABLE"),
@@ -178,12 +181,6 @@ pub fn errno_name(errno: i64) -> String {
     name.to_string()
 }
 
-/// `r-xp`: the perms column of /proc/<pid>/maps for a set of vm_flags.
-pub fn vm_perms(vm_flags: u64) -> String {
-    let bit = |b: u64, c: char| if vm_flags & b != 0 { c } else { '-' };
-    format!("{}{}{}{}", bit(0x1, 'r'), bit(0x2, 'w'), bit(0x4, 'x'), if vm_flags & 0x8 != 0 { 's' } else { 'p' })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,8 +206,6 @@ mod tests {
             "PFNMAP|IO|DONTEXPAND|DONTDUMP"
         );
         assert_eq!(errno_name(22), "EINVAL");
-        assert_eq!(vm_perms(0x1 | 0x4), "r-xp");
-        assert_eq!(vm_perms(0x1 | 0x2 | 0x8), "rw-s");
         assert_eq!(errno_name(4095), "E4095");
     }
 }

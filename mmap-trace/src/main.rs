@@ -21,7 +21,6 @@ mod trace;
 mod tracefs;
 mod verify;
 mod verify_driver;
-mod driver_truth;
 mod space;
 mod shadow;
 

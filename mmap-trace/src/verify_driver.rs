@@ -10,21 +10,16 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
 use mmap_trace_common::{DriverMmapEvent, MmapRegionEvent, Probe, RemapPfnEvent, TargetFilter};
+use mmtrace_driver_abi::{self as driver, DeviceKind, PAGE, PATTERN, vm};
 use serde::Serialize;
 
 use crate::{
     decode::{self, Event, c_str},
-    driver_truth::{self, DeviceKind},
     flags,
     loader::{LoadOptions, Tracer},
     space::{self, Backing},
     output::Format,
-    shadow::PAGE,
 };
-
-const PATTERN: [u8; 4] = [0xaa, 0xbb, 0xcc, 0xdd];
-/// What remap_pfn_range must leave in vm_flags.
-const PFNMAP_FLAGS: u64 = 0x4000 | 0x400 | 0x40000 | 0x4000000;
 
 /// Self-test: doctor one input so that the checks must fail (hidden flag).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -87,9 +82,19 @@ pub fn run(config: VerifyDriverConfig) -> Result<bool> {
     let mut tracer = Tracer::load(&load)?;
     let mut ring = tracer.take_events()?;
     let mut all = Vec::new();
+    let mut malformed = 0;
     for (device, kind) in config.devices.iter().zip(kinds) {
-        let checks = check_device(&config, device, kind, &mut ring)?;
+        let checks = check_device(&config, device, kind, &mut ring, &mut malformed)?;
         all.extend(checks.list);
+    }
+    if malformed > 0 {
+        all.push(Check {
+            record_type: "check",
+            device: "-".into(),
+            check: "no malformed records",
+            pass: false,
+            detail: format!("{malformed} records could not be decoded"),
+        });
     }
     let lost: u64 = tracer.lost()?.iter().sum();
     if lost > 0 {
@@ -147,18 +152,24 @@ impl Drop for Mapping {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
+/// The ring's events. A malformed record is counted and warned about, as `trace` does,
+/// and then fails the run like a lost event (the picture is incomplete): see `run`.
+fn drain(ring: &mut RingBuf<MapData>, malformed: &mut u64) -> Vec<Event> {
     let mut events = Vec::new();
     while let Some(item) = ring.next() {
-        if let Ok(e) = decode::decode(&item) {
-            events.push(e);
+        match decode::decode(&item) {
+            Ok(e) => events.push(e),
+            Err(e) => {
+                *malformed += 1;
+                log::warn!("skipping a malformed record: {e}");
+            }
         }
     }
     events
 }
 
-fn check_device(config: &VerifyDriverConfig, device: &Path, kind: DeviceKind, ring: &mut RingBuf<MapData>) -> Result<Checks> {
-    let npages = driver_truth::npages()?;
+fn check_device(config: &VerifyDriverConfig, device: &Path, kind: DeviceKind, ring: &mut RingBuf<MapData>, malformed: &mut u64) -> Result<Checks> {
+    let npages = driver::npages()?;
     let offset = config.offset;
     if offset >= npages {
         bail!("--offset {offset} is past the {npages}-page buffer");
@@ -171,7 +182,7 @@ fn check_device(config: &VerifyDriverConfig, device: &Path, kind: DeviceKind, ri
         bail!("{} serves shared mappings only (page-by-page remap_pfn_range cannot serve a private mapping); drop --private", device.display());
     }
     let mut checks = Checks { device: device.display().to_string(), list: Vec::new() };
-    let mut pfns = driver_truth::buffer_pfns(kind)?;
+    let mut pfns = driver::buffer_pfns(kind)?;
     if config.plant == Some(DriverPlant::PfnOffByOne) {
         pfns.iter_mut().for_each(|p| *p += 1);
     }
@@ -183,7 +194,7 @@ fn check_device(config: &VerifyDriverConfig, device: &Path, kind: DeviceKind, ri
         .with_context(|| format!("cannot open {}", device.display()))?;
     let dev_inode = file.metadata()?.ino();
     let len = pages * PAGE;
-    let _ = drain(ring);
+    let _ = drain(ring, malformed);
     let share = if config.private { libc::MAP_PRIVATE } else { libc::MAP_SHARED };
     // SAFETY: a fresh mapping of the device; only accessed through `Mapping`'s range.
     let addr = unsafe {
@@ -194,7 +205,7 @@ fn check_device(config: &VerifyDriverConfig, device: &Path, kind: DeviceKind, ri
         bail!("mmap of {} ({pages} pages at page {offset}) failed: {err}", device.display());
     }
     let mapping = Mapping { addr: addr as u64, len };
-    let events = drain(ring);
+    let events = drain(ring, malformed);
     let dev_name = device.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     // The driver may be reached through another node name: the kernel reports the node's.
     let kernel_name = std::fs::canonicalize(device).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or(dev_name);
@@ -208,7 +219,7 @@ fn check_device(config: &VerifyDriverConfig, device: &Path, kind: DeviceKind, ri
     check_bytes(&mut checks, &file, &mapping, offset, config.private)?;
     check_driver_walk(&mut checks)?;
     drop(mapping);
-    let unmapped = drain(ring).iter().any(|e| matches!(e, Event::Syscall(s) if s.header.probe == Probe::Munmap as u32 && s.args[0] == addr as u64));
+    let unmapped = drain(ring, malformed).iter().any(|e| matches!(e, Event::Syscall(s) if s.header.probe == Probe::Munmap as u32 && s.args[0] == addr as u64));
     checks.add("munmap traced", unmapped, if unmapped { "munmap event seen" } else { "no munmap event" });
     Ok(checks)
 }
@@ -232,7 +243,7 @@ fn check_hook(checks: &mut Checks, events: &[Event], m: &Mapping, offset: u64, n
         && hook.ret == 0;
     checks.add("driver hook saw the VMA", same, format!("{} call(s); before: {} file {}; ret {}", hooks.len(), vma_str(b), c_str(&b.file.name), hook.ret));
     let a = &hook.after;
-    let flags_ok = a.vm_flags & PFNMAP_FLAGS == PFNMAP_FLAGS && b.vm_flags & PFNMAP_FLAGS == 0;
+    let flags_ok = a.vm_flags & vm::REMAP_PFN_RANGE == vm::REMAP_PFN_RANGE && b.vm_flags & vm::REMAP_PFN_RANGE == 0;
     checks.add("driver set IO|PFNMAP|DONTEXPAND|DONTDUMP", flags_ok, format!("after: {}", flags::decode(flags::VM, a.vm_flags)));
 }
 
@@ -292,7 +303,7 @@ fn check_maps_line(checks: &mut Checks, m: &Mapping, offset: u64, inode: u64, de
 }
 
 fn check_page_tables(checks: &mut Checks, kind: DeviceKind, m: &Mapping, expected: &[u64]) -> Result<()> {
-    let table = driver_truth::page_table(kind)?;
+    let table = driver::page_table(kind)?;
     let ours: Vec<Option<u64>> = table.iter().filter(|(a, _)| *a >= m.addr && *a < m.addr + m.len).map(|(_, p)| *p).collect();
     let want: Vec<Option<u64>> = expected.iter().map(|p| Some(*p)).collect();
     let shown: Vec<String> = ours.iter().map(|p| p.map_or("-".into(), |p| format!("{p:x}"))).collect();
@@ -304,8 +315,10 @@ fn check_bytes(checks: &mut Checks, file: &std::fs::File, m: &Mapping, offset: u
     use std::os::unix::fs::FileExt as _;
     let base = m.addr as *mut u8;
     let pages = m.len / PAGE;
-    // SAFETY (reads and writes below): inside our live mapping of `m.len` bytes.
-    let byte = |at: u64| unsafe { std::ptr::read_volatile(base.add(at as usize)) };
+    let byte = |at: u64| {
+        // SAFETY: callers pass offsets below `m.len`, inside our live mapping.
+        unsafe { std::ptr::read_volatile(base.add(at as usize)) }
+    };
     let bad: Vec<u64> = (0..pages).filter(|p| (0..4).any(|i| byte(p * PAGE + i) != PATTERN[i as usize])).collect();
     checks.add("pattern aa bb cc dd on every page", bad.is_empty(), if bad.is_empty() { format!("{pages} pages") } else { format!("pages without it: {bad:?}") });
 
@@ -345,11 +358,11 @@ fn check_driver_walk(checks: &mut Checks) -> Result<()> {
     use std::io::Read as _;
     let mut walk = Vec::with_capacity(1 << 20);
     let mut maps_text = Vec::with_capacity(1 << 20);
-    std::fs::File::open(driver_truth::PROC_VMAS)
-        .with_context(|| format!("opening {}", driver_truth::PROC_VMAS))?
+    std::fs::File::open(driver::PROC_VMAS)
+        .with_context(|| format!("opening {}", driver::PROC_VMAS))?
         .read_to_end(&mut walk)?;
     std::fs::File::open("/proc/self/maps")?.read_to_end(&mut maps_text)?;
-    let (vmas, total) = driver_truth::parse_vmas(&String::from_utf8_lossy(&walk))?;
+    let (vmas, total) = driver::parse_vmas(&String::from_utf8_lossy(&walk))?;
     let maps_text = String::from_utf8_lossy(&maps_text);
     let lines: Vec<&str> = maps_text.lines().filter(|l| !l.ends_with("[vsyscall]")).collect();
     let mut problems = Vec::new();
@@ -362,7 +375,7 @@ fn check_driver_walk(checks: &mut Checks) -> Result<()> {
         let perms = f.next().unwrap_or("");
         let offset = u64::from_str_radix(f.next().unwrap_or(""), 16).unwrap_or(u64::MAX);
         let want_range = format!("{:x}-{:x}", vma.start, vma.end);
-        let want_perms = crate::flags::vm_perms(vma.flags);
+        let want_perms = vm::perms(vma.flags);
         let want_offset = if vma.path.is_some() { vma.pgoff * PAGE } else { 0 };
         if range.trim_start_matches('0') != want_range.trim_start_matches('0') || perms != want_perms || offset != want_offset {
             problems.push(format!("walk {want_range} {want_perms} {want_offset:x} vs maps {line:?}"));

@@ -1,7 +1,8 @@
-//! Helpers for the driver's guest tests (`tests/tests/guest_driver.rs`): load and unload
-//! `mmtrace_drv`, map its devices, read its ground-truth files, /proc/self/maps and the
-//! kernel log. Everything here talks to the kernel directly (syscalls through libc), so
-//! a failing call carries its exact errno.
+//! Helpers for the driver's guest tests (`tests/tests/guest_driver/`): load and unload
+//! `mmtrace_drv`, map its devices, read /proc/self/maps and the kernel log. The driver's
+//! names, ground-truth files and their parsers are `mmtrace_driver_abi`'s (re-exported
+//! here), shared with the CLI. Everything here talks to the kernel directly (syscalls
+//! through libc), so a failing call carries its exact errno.
 
 use std::ffi::CString;
 use std::fs;
@@ -12,11 +13,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-pub const MODULE_NAME: &str = "mmtrace_drv";
-pub const DEBUGFS_DIR: &str = "/sys/kernel/debug/mmtrace";
-pub const PROC_VMAS: &str = "/proc/mmtrace_vmas";
-/// The bytes every buffer page starts with after load.
-pub const PATTERN: [u8; 4] = [0xaa, 0xbb, 0xcc, 0xdd];
+pub use mmtrace_driver_abi::{
+    DEV_PREFIX, DeviceKind, DriverVma, MODULE, PAGE, PATTERN, PROC_VMAS, buffer_pfns, counter,
+    driver_vmas, is_loaded, live_maps, npages, page_table, parse_vmas, vm,
+};
 
 /// Fails the calling test unless it runs in the mmap-trace guest (as root, with the
 /// module built for that kernel).
@@ -36,29 +36,6 @@ pub fn page_size() -> usize {
 
 fn errno() -> io::Error {
     io::Error::last_os_error()
-}
-
-/// The two devices of the driver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Kmalloc,
-    Vmalloc,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Kmalloc, Kind::Vmalloc];
-
-    /// The prefix of its ground-truth files: `kmalloc` or `vmalloc`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Kmalloc => "kmalloc",
-            Kind::Vmalloc => "vmalloc",
-        }
-    }
-
-    pub fn dev_path(self) -> String {
-        format!("/dev/mmtrace-{}", self.name())
-    }
 }
 
 // ---------------------------------------------------------------- module loading
@@ -81,19 +58,15 @@ pub fn finit_module(params: &str) -> io::Result<()> {
 /// `delete_module(2)` like `rmmod`: O_NONBLOCK, so a module in use fails with
 /// EWOULDBLOCK (EAGAIN) instead of waiting.
 pub fn delete_module() -> io::Result<()> {
-    let name = CString::new(MODULE_NAME).unwrap();
+    let name = CString::new(MODULE).unwrap();
     // SAFETY: a NUL-terminated string that outlives the call.
     let rc = unsafe { libc::syscall(libc::SYS_delete_module, name.as_ptr(), libc::O_NONBLOCK) };
     if rc == 0 { Ok(()) } else { Err(errno()) }
 }
 
-pub fn is_loaded() -> bool {
-    Path::new("/sys/module").join(MODULE_NAME).exists()
-}
-
 /// The module's reference count as the kernel reports it.
 pub fn module_refcnt() -> Result<u64> {
-    let path = format!("/sys/module/{MODULE_NAME}/refcnt");
+    let path = format!("/sys/module/{MODULE}/refcnt");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     text.trim()
         .parse()
@@ -114,13 +87,13 @@ impl Module {
     pub fn load(npages: usize) -> Result<Module> {
         let mut module = Module::lock()?;
         finit_module(&format!("npages={npages} dyndbg=+p"))
-            .with_context(|| format!("loading {MODULE_NAME} with npages={npages}"))?;
+            .with_context(|| format!("loading {MODULE} with npages={npages}"))?;
         module.npages = npages;
         module.loaded = true;
-        for kind in Kind::ALL {
+        for kind in DeviceKind::ALL {
             ensure!(
                 Path::new(&kind.dev_path()).exists(),
-                "{MODULE_NAME} loaded but {} does not exist (is devtmpfs mounted on /dev?)",
+                "{MODULE} loaded but {} does not exist (is devtmpfs mounted on /dev?)",
                 kind.dev_path()
             );
         }
@@ -134,7 +107,7 @@ impl Module {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if is_loaded() {
             // Left behind by a failed test: start from a clean slate.
-            delete_module().with_context(|| format!("unloading a leftover {MODULE_NAME}"))?;
+            delete_module().with_context(|| format!("unloading a leftover {MODULE}"))?;
         }
         Ok(Module {
             npages: 0,
@@ -156,11 +129,11 @@ impl Module {
     /// Unloads the module (it must not be in use) and fails if the kernel logged a
     /// warning, an error or a splat since the load.
     pub fn unload(mut self) -> Result<()> {
-        delete_module().with_context(|| format!("rmmod {MODULE_NAME}"))?;
+        delete_module().with_context(|| format!("rmmod {MODULE}"))?;
         self.loaded = false;
         ensure!(
             !is_loaded(),
-            "{MODULE_NAME} still in /sys/module after a successful delete_module"
+            "{MODULE} still in /sys/module after a successful delete_module"
         );
         let records = self.kmsg.read_new()?;
         assert_log_clean(&records, &[])
@@ -283,12 +256,12 @@ pub fn assert_log_clean(records: &[KmsgRecord], allowed: &[&str]) -> Result<()> 
 
 /// An open device file.
 pub struct Device {
-    pub kind: Kind,
+    pub kind: DeviceKind,
     fd: OwnedFd,
 }
 
 impl Device {
-    pub fn open(kind: Kind) -> Result<Device> {
+    pub fn open(kind: DeviceKind) -> Result<Device> {
         let path = CString::new(kind.dev_path()).unwrap();
         // SAFETY: a NUL-terminated path; the fd is owned below.
         let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
@@ -296,10 +269,8 @@ impl Device {
             return Err(errno()).with_context(|| format!("opening {}", kind.dev_path()));
         }
         // SAFETY: fd was just opened and is owned by nobody else.
-        Ok(Device {
-            kind,
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Device { kind, fd })
     }
 
     pub fn raw_fd(&self) -> i32 {
@@ -421,129 +392,10 @@ impl Drop for Mapping {
     }
 }
 
-// ---------------------------------------------------------------- ground truth
-
-fn read_ground_truth(path: &str) -> Result<String> {
-    fs::read_to_string(path).with_context(|| format!("reading {path}"))
-}
+// ---------------------------------------------------------------- /proc/self/maps
 
 fn hex(word: &str, what: &str) -> Result<u64> {
     u64::from_str_radix(word, 16).with_context(|| format!("{what}: {word:?} is not hex"))
-}
-
-/// `<dev>_pfns`: the PFN of each buffer page, indexed by page.
-pub fn buffer_pfns(kind: Kind) -> Result<Vec<u64>> {
-    let path = format!("{DEBUGFS_DIR}/{}_pfns", kind.name());
-    let text = read_ground_truth(&path)?;
-    let mut pfns = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let (idx, pfn) = line
-            .split_once(' ')
-            .with_context(|| format!("{path}: bad line {line:?}"))?;
-        ensure!(
-            idx == i.to_string(),
-            "{path}: line {i} has page index {idx:?}"
-        );
-        pfns.push(hex(pfn, &path)?);
-    }
-    Ok(pfns)
-}
-
-/// `<dev>_pagetable`: for each page of this process's mappings of the device, the user
-/// address and the PFN its page-table entry holds (None: not present).
-pub fn pagetable(kind: Kind) -> Result<Vec<(u64, Option<u64>)>> {
-    let path = format!("{DEBUGFS_DIR}/{}_pagetable", kind.name());
-    let text = read_ground_truth(&path)?;
-    text.lines()
-        .map(|line| {
-            let (addr, pfn) = line
-                .split_once(' ')
-                .with_context(|| format!("{path}: bad line {line:?}"))?;
-            let pfn = if pfn == "-" {
-                None
-            } else {
-                Some(hex(pfn, &path)?)
-            };
-            Ok((hex(addr, &path)?, pfn))
-        })
-        .collect()
-}
-
-/// `counters`: `<name> <decimal>` lines.
-pub fn counter(name: &str) -> Result<i64> {
-    let path = format!("{DEBUGFS_DIR}/counters");
-    let text = read_ground_truth(&path)?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .with_context(|| format!("{path} has no {name:?}:\n{text}"))?
-        .trim()
-        .parse()
-        .with_context(|| format!("{path}: {name} is not a number"))
-}
-
-pub fn live_maps(kind: Kind) -> Result<i64> {
-    counter(&format!("{}_live_maps", kind.name()))
-}
-
-/// One line of /proc/mmtrace_vmas.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DriverVma {
-    pub start: u64,
-    pub end: u64,
-    pub flags: u64,
-    pub pgoff: u64,
-    pub path: Option<String>,
-}
-
-/// /proc/mmtrace_vmas: this process's VMAs and the total mapped size in bytes.
-pub fn driver_vmas() -> Result<(Vec<DriverVma>, u64)> {
-    let text = read_ground_truth(PROC_VMAS)?;
-    parse_driver_vmas(&text)
-}
-
-pub fn parse_driver_vmas(text: &str) -> Result<(Vec<DriverVma>, u64)> {
-    let mut vmas = Vec::new();
-    let mut total = None;
-    for line in text.lines() {
-        if let Some(t) = line.strip_prefix("total ") {
-            total = Some(
-                t.parse()
-                    .with_context(|| format!("{PROC_VMAS}: bad total {line:?}"))?,
-            );
-            continue;
-        }
-        ensure!(
-            total.is_none(),
-            "{PROC_VMAS}: line after the total: {line:?}"
-        );
-        let mut words = line.splitn(5, ' ');
-        let mut next = |what: &str| {
-            words
-                .next()
-                .with_context(|| format!("{PROC_VMAS}: no {what} in {line:?}"))
-        };
-        let start = hex(next("vm_start")?, PROC_VMAS)?;
-        let end = hex(next("vm_end")?, PROC_VMAS)?;
-        let flags = hex(next("vm_flags")?, PROC_VMAS)?;
-        let pgoff = hex(next("vm_pgoff")?, PROC_VMAS)?;
-        let path = next("path")?;
-        let path = if path == "-" {
-            None
-        } else {
-            Some(path.to_owned())
-        };
-        vmas.push(DriverVma {
-            start,
-            end,
-            flags,
-            pgoff,
-            path,
-        });
-    }
-    Ok((
-        vmas,
-        total.with_context(|| format!("{PROC_VMAS} has no total line:\n{text}"))?,
-    ))
 }
 
 /// One line of /proc/self/maps.
@@ -600,7 +452,7 @@ pub fn device_maps_lines() -> Result<Vec<MapsLine>> {
         .filter(|l| {
             l.name
                 .as_deref()
-                .is_some_and(|n| n.starts_with("/dev/mmtrace-"))
+                .is_some_and(|n| n.starts_with(DEV_PREFIX))
         })
         .collect())
 }

@@ -109,25 +109,6 @@ pub fn report(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seeded_sequences_repeat() {
-        let (mut a, mut b) = (Rng::new(7), Rng::new(7));
-        assert!((0..100).all(|_| a.next_u64() == b.next_u64()));
-        assert!((0..1000).all(|_| a.range(3, 5) >= 3 && b.range(3, 5) <= 5));
-    }
-
-    #[test]
-    fn parses_a_result_line() {
-        let f = parse_result("noise\nSTRESS-RESULT mode=x requests=12 refusals=EINVAL:3\n").unwrap();
-        assert_eq!(field(&f, "requests"), 12);
-        assert_eq!(f["refusals"], "EINVAL:3");
-    }
-}
-
 /// The stress client, next to the workload binary (host and guest alike).
 pub fn stress_path() -> std::path::PathBuf {
     crate::cli::workload_path().with_file_name("mmap-stress")
@@ -174,4 +155,23 @@ pub fn mem_free_kib() -> u64 {
         .find_map(|l| l.strip_prefix("MemFree:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("MemFree in /proc/meminfo")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeded_sequences_repeat() {
+        let (mut a, mut b) = (Rng::new(7), Rng::new(7));
+        assert!((0..100).all(|_| a.next_u64() == b.next_u64()));
+        assert!((0..1000).all(|_| a.range(3, 5) >= 3 && b.range(3, 5) <= 5));
+    }
+
+    #[test]
+    fn parses_a_result_line() {
+        let f = parse_result("noise\nSTRESS-RESULT mode=x requests=12 refusals=EINVAL:3\n").unwrap();
+        assert_eq!(field(&f, "requests"), 12);
+        assert_eq!(f["refusals"], "EINVAL:3");
+    }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use mmap_trace_tests::cli::{cli, json_lines, split_summary, stderr, stdout};
 use mmap_trace_tests::driver::{
-    Device, KPF_RESERVED, Kind, Module, PATTERN, buffer_pfns, counter, kpageflags, live_maps,
+    Device, KPF_RESERVED, DeviceKind, Module, PATTERN, buffer_pfns, counter, kpageflags, live_maps,
     page_size, require_guest,
 };
 use mmap_trace_tests::stress::{
@@ -19,7 +19,7 @@ use mmap_trace_tests::stress::{
 
 /// After a run: no live mapping, every buffer page still reserved exactly once.
 fn assert_counters_idle(npages: usize, what: &str) {
-    for kind in Kind::ALL {
+    for kind in DeviceKind::ALL {
         assert_eq!(live_maps(kind).unwrap(), 0, "{what}: {kind:?} live mappings left");
     }
     assert_eq!(counter("reserved_pages").unwrap(), 2 * npages as i64, "{what}: reserved_pages");
@@ -32,7 +32,7 @@ fn random_client_is_served_or_refused_as_the_rules_predict() {
     let requests = env_count("MMTRACE_STRESS_REQUESTS", 10_000);
     let free_before = mem_free_kib();
     let module = Module::load(NPAGES).expect("insmod");
-    let pfns: Vec<u64> = Kind::ALL.iter().flat_map(|k| buffer_pfns(*k).unwrap()).collect();
+    let pfns: Vec<u64> = DeviceKind::ALL.iter().flat_map(|k| buffer_pfns(*k).unwrap()).collect();
     let started = Instant::now();
     let out = Command::new(stress_path())
         .args(["random", "--requests", &requests.to_string()])
@@ -143,7 +143,7 @@ fn unload_and_reload_with_mappings_in_between() {
         let npages = 1 + (i as usize * 7) % 64;
         let module = Module::load(npages).unwrap_or_else(|e| panic!("load #{i} (npages={npages}): {e:#}"));
         assert_eq!(counter("reserved_pages").unwrap(), 2 * npages as i64, "load #{i}");
-        for kind in Kind::ALL {
+        for kind in DeviceKind::ALL {
             let dev = Device::open(kind).unwrap();
             let map = dev.map(npages, 0, libc::MAP_SHARED).unwrap();
             for page in [0, npages - 1] {
@@ -162,7 +162,7 @@ fn unload_and_reload_with_mappings_in_between() {
     ));
 }
 
-/// Found (2) of the README, pinned: on 6.1 fork() fails (ENOMEM) exactly when a private
+/// Found (2) of docs/reliability.md, pinned: on 6.1 fork() fails (ENOMEM) exactly when a private
 /// kmalloc-device VMA starts with a page that was copied on write (x86 PAT re-reads the
 /// cache mode from the PTE at vm_start); every other reshaping forks fine. The random
 /// client's model predicts the same rule for every fork it makes.

@@ -3,12 +3,11 @@
 
 use mmap_trace_tests::{
     cli::{cli, json_lines, split_summary, stderr, stdout, workload_path},
-    driver::{self, Kind, Module},
+    driver::{self, DeviceKind, Module, PAGE},
     workload::{match_calls, parse_calls},
 };
 use serde_json::Value;
 
-const PAGE: u64 = 4096;
 /// VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP: what remap_pfn_range sets.
 const PFNMAP_FLAGS: [&str; 4] = ["IO", "PFNMAP", "DONTEXPAND", "DONTDUMP"];
 
@@ -74,7 +73,7 @@ fn kprobe_on_mmap_region_fires_for_a_known_mmap() {
 
 /// The device mappings seen by all three kernel probes: the driver hook, mmap_region and
 /// remap_pfn_range, with PFNs equal to the driver's own list.
-fn check_device_mapping(kind: Kind, pages: u64, offset: u64) {
+fn check_device_mapping(kind: DeviceKind, pages: u64, offset: u64) {
     let module = Module::load(16).expect("insmod mmtrace_drv");
     let pfns = driver::buffer_pfns(kind).expect("driver PFN list");
     let dev = kind.dev_path();
@@ -133,7 +132,7 @@ fn check_device_mapping(kind: Kind, pages: u64, offset: u64) {
     let remaps = by_probe(&events, "remap_pfn_range");
     let expected: Vec<u64> = pfns[offset as usize..(offset + pages) as usize].to_vec();
     match kind {
-        Kind::Kmalloc => {
+        DeviceKind::Kmalloc => {
             assert_eq!(remaps.len(), 1, "kmalloc maps with ONE remap_pfn_range: {remaps:?}");
             let r = remaps[0];
             assert_eq!(hex(&r["addr"]), addr, "{r}");
@@ -142,7 +141,7 @@ fn check_device_mapping(kind: Kind, pages: u64, offset: u64) {
             // One call covers the range only if the buffer is physically contiguous.
             assert!(expected.windows(2).all(|w| w[1] == w[0] + 1), "{expected:x?}");
         }
-        Kind::Vmalloc => {
+        DeviceKind::Vmalloc => {
             assert_eq!(remaps.len() as u64, pages, "vmalloc: one remap per page: {remaps:?}");
             for (i, r) in remaps.iter().enumerate() {
                 assert_eq!(hex(&r["addr"]), addr + i as u64 * PAGE, "{r}");
@@ -160,22 +159,22 @@ fn check_device_mapping(kind: Kind, pages: u64, offset: u64) {
 
 #[test]
 fn kmalloc_device_mapping_seen_by_every_probe() {
-    check_device_mapping(Kind::Kmalloc, 4, 0);
+    check_device_mapping(DeviceKind::Kmalloc, 4, 0);
 }
 
 #[test]
 fn kmalloc_device_mapping_with_offset() {
-    check_device_mapping(Kind::Kmalloc, 3, 5);
+    check_device_mapping(DeviceKind::Kmalloc, 3, 5);
 }
 
 #[test]
 fn vmalloc_device_mapping_one_remap_per_page() {
-    check_device_mapping(Kind::Vmalloc, 4, 0);
+    check_device_mapping(DeviceKind::Vmalloc, 4, 0);
 }
 
 #[test]
 fn vmalloc_device_mapping_with_offset() {
-    check_device_mapping(Kind::Vmalloc, 2, 7);
+    check_device_mapping(DeviceKind::Vmalloc, 2, 7);
 }
 
 /// Where kprobes exist, asking for BTF that is not there is a clear error.

@@ -2,7 +2,7 @@
 //! and strace, how much each keeps, mmap-trace's lossless throughput, start-up and memory,
 //! and the loop in the guest with the kernel probes on. One run alternates the variants
 //! round by round (so drift hits them all alike), prints one table and writes it into
-//! README.md between the bench markers.
+//! docs/benchmarks.md between the bench markers.
 //!
 //! Every loop is started held (`sh` waiting on a pipe before it execs the workload), the
 //! tracer is attached to that pid and reports ready, and only then is the loop released
@@ -57,7 +57,7 @@ pub struct BenchArgs {
     /// another one gives a before/after comparison).
     #[arg(long, value_name = "PATH")]
     verify_cli: Option<PathBuf>,
-    /// Print the table without writing README.md.
+    /// Print the table without writing docs/benchmarks.md.
     #[arg(long)]
     no_readme: bool,
 }
@@ -164,7 +164,7 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, args: &BenchArg
     let table = results.markdown();
     println!("{table}");
     if !args.no_readme {
-        let readme = ws.root.join("README.md");
+        let readme = ws.root.join("docs/benchmarks.md");
         report::write_readme(&readme, &table)?;
         eprintln!("bench: wrote the table into {}", readme.display());
     }

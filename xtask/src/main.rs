@@ -7,6 +7,7 @@ mod cmd;
 mod guest_kernel;
 mod host_lock;
 mod initramfs;
+mod lint;
 mod qemu;
 mod setup;
 mod stress;
@@ -50,8 +51,11 @@ enum Task {
         guest: GuestArgs,
     },
     /// Tracing overhead, loss, throughput, start-up and RSS vs bpftrace and strace, and the
-    /// loop in the guest; prints the table and writes it into README.md.
+    /// loop in the guest; prints the table and writes it into docs/benchmarks.md.
     Bench(bench::BenchArgs),
+    /// cargo fmt --check, then clippy -D warnings on the host crates and on the eBPF crate
+    /// (its nightly, bpfel-unknown-none). Not yet run by `test` (see xtask/src/lint.rs).
+    Lint,
     /// The reliability suites with soak counts (200,000 random driver requests, 1,000
     /// reloads, …); MMTRACE_STRESS_* variables override them.
     Stress {
@@ -212,6 +216,11 @@ fn run(cli: Cli) -> Result<i32> {
             section("build");
             let artifacts = build::build_all(&ws, &ready)?;
             bench::run(&ws, &ready, &artifacts, &args)?
+        }
+        Task::Lint => {
+            section("setup");
+            let ready = setup::ensure(&ws, None)?;
+            lint::run(&ws, &ready)?
         }
         Task::Stress { guest } => {
             section("setup");

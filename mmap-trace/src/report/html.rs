@@ -57,7 +57,8 @@ pub fn render(trace: &Trace, processes: &[Process], title: &str) -> String {
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>mmap-trace report: {title}</title>
-<style>{STYLE}</style></head>
+<style>
+{STYLE}</style></head>
 <body>
 <header><h1>mmap-trace report <span class="src">{title}</span></h1>
 <p class="meta">{events} events · {procs} process(es) · lost events: {lost}{ended}</p>
@@ -65,7 +66,8 @@ pub fn render(trace: &Trace, processes: &[Process], title: &str) -> String {
 </header>
 {body}<div id="tip" role="tooltip"></div>
 <script type="application/json" id="report-data">{json}</script>
-<script>{SCRIPT}</script>
+<script>
+{SCRIPT}</script>
 </body></html>
 "#,
         title = esc(title),
@@ -188,7 +190,7 @@ fn overlaps_mismatch(vma: &Vma, m: &Mismatch, last: u64) -> bool {
 }
 
 /// Draws one VMA bar; returns its box.
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments, reason = "one bar: its geometry, its VMA and the page's shared data")]
 fn bar(
     out: &mut String,
     vma: &Vma,
@@ -699,97 +701,9 @@ fn esc(s: &str) -> String {
     out
 }
 
-const STYLE: &str = r#"
-:root { color-scheme: light; }
-body { font: 13px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 16px 20px; color: #1d2330; background: #fff; }
-h1 { font-size: 19px; margin: 0 0 2px; } h1 .src { font-weight: 400; color: #5a6273; font-size: 14px; margin-left: 8px; }
-h2 { font-size: 16px; margin: 18px 0 2px; } h2 .comm { font-weight: 500; color: #2c5fb3; }
-.meta, .stats { margin: 2px 0 6px; color: #444b59; }
-.bad { color: #c0006a; font-weight: 600; }
-.legend { display: flex; flex-wrap: wrap; gap: 4px 14px; align-items: center; padding: 6px 10px; background: #f5f6f8; border: 1px solid #e1e4ea; border-radius: 6px; }
-.legend span { display: inline-flex; align-items: center; gap: 5px; }
-.legend .sep { color: #5a6273; font-weight: 600; margin-left: 6px; }
-.legend .hint { color: #5a6273; flex-basis: 100%; }
-svg.timeline { display: block; max-width: 100%; height: auto; }
-text { font-family: inherit; }
-rect.vma, rect.sw { fill: hsl(var(--h, 215) var(--s, 70%) var(--l, 58%)); stroke: hsl(var(--h, 215) 45% 28%); stroke-width: .6; }
-.k-anon { --h: 214; } .k-file { --h: 140; --s: 50%; } .k-device { --h: 18; --s: 85%; } .k-heap { --h: 275; --s: 55%; } .k-stack { --h: 44; --s: 85%; }
-.p-none { --l: 93%; stroke-dasharray: 3 2; } .p-r { --l: 78%; } .p-rw { --l: 58%; } .p-x { --l: 36%; }
-rect.driver { stroke: #d1001f; stroke-width: 2.5; }
-rect.vma.mismatch { stroke: #c0006a; stroke-width: 2.5; stroke-dasharray: 5 3; }
-rect.vma:hover, rect.vma.hl { stroke: #000; stroke-width: 2; }
-rect.region { fill: #fbfbfc; } rect.region.alt { fill: #f1f3f6; }
-.rname { font-size: 12px; font-weight: 600; text-anchor: end; fill: #263042; }
-.raddr { font-size: 10.5px; text-anchor: end; fill: #6a7283; font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
-.gap line { stroke: #9aa1ad; stroke-dasharray: 2 4; stroke-width: 1.2; } .gap text { font-size: 10.5px; fill: #8a919d; text-anchor: end; font-style: italic; }
-.axis-title { font-size: 11px; fill: #5a6273; }
-.tick { stroke: #dfe2e8; stroke-width: 1; } .tlabel { font-size: 10.5px; fill: #5a6273; text-anchor: middle; } .tlabel.end { text-anchor: end; font-style: italic; }
-.break line { stroke: #9aa1ad; stroke-width: 1.2; stroke-dasharray: 6 3; } .break text { font-size: 10px; fill: #7a818d; text-anchor: middle; }
-.exec line { stroke: #222; stroke-width: 1.2; stroke-dasharray: 1 3; } .exec text { font-size: 10.5px; fill: #222; font-weight: 600; }
-.blabel { font-size: 11px; pointer-events: none; } .blabel.dark { fill: #1d2330; } .blabel.light { fill: #fff; }
-.blabel.out { fill: #b00018; font-weight: 700; paint-order: stroke; stroke: #fff; stroke-width: 3px; }
-line.ev { stroke: #6b7485; stroke-width: 1.2; } line.ev.refused { stroke: #d1001f; stroke-width: 2; } line.ev:hover { stroke: #000; stroke-width: 3; }
-.mm line { stroke: #c0006a; stroke-width: 2.5; } .mm path { fill: #c0006a; stroke: #fff; stroke-width: 1; }
-table.mismatches { border-collapse: collapse; margin: 8px 0; font-size: 12px; } table.mismatches td, table.mismatches th { border: 1px solid #e1e4ea; padding: 2px 8px; text-align: left; }
-table.mismatches td:last-child { font-family: ui-monospace, "DejaVu Sans Mono", monospace; color: #8a0049; }
-.empty { color: #5a6273; font-style: italic; }
-#tip { position: fixed; display: none; max-width: 620px; pointer-events: none; background: #fffffe; border: 1px solid #b9bfca; border-radius: 6px; box-shadow: 0 4px 16px rgba(0,0,0,.18); padding: 8px 10px; font-size: 12px; z-index: 10; }
-#tip .h { font-weight: 700; font-size: 13px; } #tip .mono, #tip td.d { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 11px; }
-#tip table { border-collapse: collapse; margin-top: 4px; } #tip td { padding: 1px 6px 1px 0; vertical-align: top; white-space: nowrap; } #tip td.r { font-weight: 600; }
-#tip td.d { white-space: normal; overflow-wrap: anywhere; }
-#tip .err { color: #d1001f; font-weight: 600; }
-"#;
-
-const SCRIPT: &str = r#"
-"use strict";
-const D = JSON.parse(document.getElementById("report-data").textContent);
-const tip = document.getElementById("tip");
-const esc = s => String(s ?? "").replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
-function eventRow(id, role) {
-  const e = D.events[id];
-  const err = e.error ? ` <span class="err">${esc(e.error)}</span>` : "";
-  return `<tr><td class="r">${esc(role)}</td><td>${esc(e.t)}</td><td class="d"><b>${esc(e.probe)}</b>${err} ${esc(e.detail)}</td></tr>`;
-}
-function vmaTip(v) {
-  let h = `<div class="h">${esc(v.kind)} ${esc(v.prot)} · ${esc(v.size)}</div><div class="mono">${esc(v.range)}</div>`;
-  if (v.file) h += `<div>file: <span class="mono">${esc(v.file)}</span></div>`;
-  if (v.vm_flags) h += `<div>vm_flags: <span class="mono">${esc(v.vm_flags)}</span></div>`;
-  for (const p of v.pfns) h += `<div>PFNs: <span class="mono">${esc(p)}</span></div>`;
-  if (v.driver) h += `<div class="err">mapped by the mmtrace driver</div>`;
-  if (v.mismatch) h += `<div class="err">verify reported a mismatch here</div>`;
-  h += `<div>${esc(v.span)}</div><table>`;
-  // The first event (what made the mapping), then the latest ones.
-  const t = v.touches, rows = t.length > 12 ? [t[0], ...t.slice(-11)] : t;
-  const hidden = v.elided + (t.length - rows.length);
-  rows.forEach(([id, role], k) => {
-    h += eventRow(id, role);
-    if (k === 0 && hidden > 0) h += `<tr><td></td><td colspan="2">… ${hidden} more events …</td></tr>`;
-  });
-  return h + "</table>";
-}
-// For tests and curious readers: how many bars the page has and how many have a size on
-// screen (`chromium --dump-dom` shows these attributes).
-{
-  const bars = [...document.querySelectorAll("rect.vma")];
-  document.body.dataset.vmaBars = bars.length;
-  document.body.dataset.renderedBars = bars.filter(r => { const b = r.getBoundingClientRect(); return b.width > 0 && b.height > 0; }).length;
-}
-let lit = null;
-document.addEventListener("mousemove", ev => {
-  const el = ev.target.closest ? ev.target.closest("[data-v],[data-e],[data-m]") : null;
-  if (lit && lit !== el) { lit.classList.remove("hl"); lit = null; }
-  if (!el) { tip.style.display = "none"; return; }
-  if (el.dataset.v !== undefined) { tip.innerHTML = vmaTip(D.vmas[+el.dataset.v]); el.classList.add("hl"); lit = el; }
-  else if (el.dataset.e !== undefined) tip.innerHTML = `<table>${eventRow(+el.dataset.e, "event")}</table>`;
-  else { const m = D.mismatches[+el.dataset.m]; tip.innerHTML = `<div class="h err">verify mismatch (line ${m.line})</div><div class="mono">${esc(m.detail)}</div>`; }
-  tip.style.display = "block";
-  const w = tip.offsetWidth, h = tip.offsetHeight;
-  let x = ev.clientX + 14, y = ev.clientY + 14;
-  if (x + w > innerWidth - 4) x = Math.max(4, ev.clientX - w - 14);
-  if (y + h > innerHeight - 4) y = Math.max(4, ev.clientY - h - 14);
-  tip.style.left = x + "px"; tip.style.top = y + "px";
-});
-"#;
+/// The page's style and tooltip script, kept as real files so editors and linters read them.
+const STYLE: &str = include_str!("assets/report.css");
+const SCRIPT: &str = include_str!("assets/report.js");
 
 #[cfg(test)]
 mod tests {

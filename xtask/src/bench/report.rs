@@ -1,4 +1,4 @@
-//! The results table (Markdown) and its place in README.md.
+//! The results table (Markdown) and its place in docs/benchmarks.md.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -397,7 +397,7 @@ impl Results {
     }
 }
 
-/// Puts `table` between the bench markers of README.md, adding a "Benchmarks" section
+/// Puts `table` between the bench markers of docs/benchmarks.md, adding a "Benchmarks" section
 /// at the end if there is none; nothing else in the file changes.
 pub fn write_readme(readme: &Path, table: &str) -> Result<()> {
     let text =

@@ -1,0 +1,88 @@
+//! `cargo xtask lint`: the style gate, for the whole tree.
+//!
+//! 1. `cargo fmt --all --check` (rustfmt.toml; every crate, the eBPF one included: rustfmt
+//!    compiles nothing).
+//! 2. `cargo clippy -D warnings` on the host crates: every target, the `guest_*` test
+//!    targets too (they are `test = false`, so `--all-targets` alone skips them).
+//! 3. `cargo clippy -D warnings` on the eBPF crate with the eBPF nightly, for
+//!    `bpfel-unknown-none` (`-Z build-std=core`), as `mmap-trace/build.rs` compiles it.
+//!
+//! The lints themselves are `[workspace.lints]` in Cargo.toml. All three steps run even
+//! when one fails, so one run lists everything. `cargo xtask test` does not call this
+//! yet: the tree is formatted in one commit first (see the README's Style section), and
+//! from then on `test` runs `lint::run` before the tests.
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::{Workspace, build, cmd, section, setup::Ready};
+
+const EBPF_CRATE: &str = "mmap-trace-ebpf";
+const EBPF_TARGET: &str = "bpfel-unknown-none";
+/// What aya-build passes to the eBPF build (the cfg the programs' code tests).
+const EBPF_RUSTFLAGS: &str = r#"--cfg bpf_target_arch="x86_64""#;
+
+/// Runs the three steps; returns 0 when all pass, 1 otherwise.
+pub fn run(ws: &Workspace, ready: &Ready) -> Result<i32> {
+    let mut failed = Vec::new();
+
+    section("lint: cargo fmt --check");
+    let mut fmt = Command::new(crate::cargo());
+    fmt.current_dir(&ws.root).args(["fmt", "--all", "--check"]);
+    if !cmd::status(&mut fmt)?.success() {
+        failed.push("cargo fmt --check (fix: cargo fmt --all)");
+    }
+
+    section("lint: clippy (host crates)");
+    let mut host = build::cargo(ready);
+    host.current_dir(&ws.root).args([
+        "clippy",
+        "--release",
+        "--target",
+        build::TARGET,
+        "--workspace",
+        "--exclude",
+        EBPF_CRATE,
+        "--all-targets",
+        "--test",
+        "guest_*",
+        // A crate with findings must not hide its dependents' findings.
+        "--keep-going",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    if !cmd::status(&mut host)?.success() {
+        failed.push("clippy on the host crates");
+    }
+
+    section("lint: clippy (eBPF crate)");
+    let mut ebpf = Command::new("rustup");
+    ebpf.current_dir(&ws.root)
+        .args(["run", &ready.ebpf_toolchain, "cargo", "clippy", "--package", EBPF_CRATE])
+        .args(["--target", EBPF_TARGET, "-Z", "build-std=core", "--release", "--keep-going"])
+        // Its own target dir: host RUSTFLAGS and these must not evict each other's cache.
+        .arg("--target-dir")
+        .arg(ws.target_dir.join("lint-ebpf"))
+        .args(["--", "-D", "warnings"])
+        .env("RUSTFLAGS", EBPF_RUSTFLAGS)
+        .env("PATH", &ready.path)
+        // Set by the outer (stable) cargo; they would pick its toolchain or flags.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("RUSTDOC");
+    if !cmd::status(&mut ebpf)?.success() {
+        failed.push("clippy on the eBPF crate");
+    }
+
+    section("lint: summary");
+    if failed.is_empty() {
+        eprintln!("lint: fmt and clippy clean");
+        Ok(0)
+    } else {
+        eprintln!("lint: FAILED: {}", failed.join("; "));
+        Ok(1)
+    }
+}

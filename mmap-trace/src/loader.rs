@@ -169,11 +169,43 @@ impl Tracer {
         Ok(Self { ebpf, logger, attached: chosen, skipped })
     }
 
-    /// Forwards the probes' log records still waiting (call before exiting).
+    /// Forwards the probes' log records still waiting and says which programs the kernel
+    /// skipped (call before exiting).
     pub fn flush_logs(&self) {
         if let Some(logger) = &self.logger {
             logger.lock().unwrap_or_else(|e| e.into_inner()).flush();
         }
+        for (name, misses) in self.skipped_runs() {
+            eprintln!(
+                "mmap-trace: warning: the kernel skipped the {name} program {misses} time(s) \
+                 (recursion_misses): a run of it on this CPU was preempted and another task \
+                 reached the hook meanwhile. Kernels whose syscall tracepoints run \
+                 preemptible BPF (7.x with lazy preemption) do this; calls of the traced \
+                 process may be missing from the output and verify may report mismatches"
+            );
+        }
+    }
+
+    /// Programs whose runs the kernel skipped because the program was already running on
+    /// that CPU (`recursion_misses` in the fd's fdinfo, Linux 5.12+), with the count.
+    /// Preemptible hooks (the syscall raw tracepoints on 7.x) lose events this way without
+    /// touching the ring buffer, so `lost()` cannot see them.
+    pub fn skipped_runs(&self) -> Vec<(String, u64)> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let fd = program.fd().ok()?.as_fd().as_raw_fd();
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+                let misses = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("recursion_misses:"))?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()?;
+                (misses > 0).then(|| (name.to_owned(), misses))
+            })
+            .collect()
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {

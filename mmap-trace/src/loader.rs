@@ -61,9 +61,14 @@ impl Tracer {
         let mut skipped = Vec::new();
         let mut chosen = Vec::new();
         let kprobes_available = Path::new(KPROBE_PMU).exists();
-        // /proc/kallsyms is large: read it only when the driver hook can be attached.
-        let driver_hooks = if kprobes_available && wanted.contains(&Probe::DriverMmap) {
-            present_driver_hooks(&opts.driver_hooks)?
+        // /proc/kallsyms is large: read it only when a kprobe can be attached.
+        let kallsyms = if kprobes_available && wanted.iter().any(|p| p.is_kprobe()) {
+            std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?
+        } else {
+            String::new()
+        };
+        let driver_hooks = if wanted.contains(&Probe::DriverMmap) {
+            present_driver_hooks(&kallsyms, &opts.driver_hooks)
         } else {
             Vec::new()
         };
@@ -76,6 +81,10 @@ impl Tracer {
                 Some(format!(
                     "this kernel has no kprobes ({KPROBE_PMU} is missing: CONFIG_KPROBES is unset)"
                 ))
+            } else if let Some(function) = kernel_function(probe)
+                && !in_kallsyms(&kallsyms, function)
+            {
+                Some(missing_function(&kallsyms, function))
             } else if probe == Probe::DriverMmap && driver_hooks.is_empty() {
                 Some(format!(
                     "none of the driver's mmap functions ({}) is in /proc/kallsyms: \
@@ -184,11 +193,43 @@ impl Tracer {
         Ok(Self { ebpf, logger, attached: chosen, skipped })
     }
 
-    /// Forwards the probes' log records still waiting (call before exiting).
+    /// Forwards the probes' log records still waiting and says which programs the kernel
+    /// skipped (call before exiting).
     pub fn flush_logs(&self) {
         if let Some(logger) = &self.logger {
             logger.lock().unwrap_or_else(|e| e.into_inner()).flush();
         }
+        for (name, misses) in self.skipped_runs() {
+            eprintln!(
+                "mmap-trace: warning: the kernel skipped the {name} program {misses} time(s) \
+                 (recursion_misses): a run of it on this CPU was preempted and another task \
+                 reached the hook meanwhile. Kernels whose syscall tracepoints run \
+                 preemptible BPF (7.x with lazy preemption) do this; calls of the traced \
+                 process may be missing from the output and verify may report mismatches"
+            );
+        }
+    }
+
+    /// Programs whose runs the kernel skipped because the program was already running on
+    /// that CPU (`recursion_misses` in the fd's fdinfo, Linux 5.12+), with the count.
+    /// Preemptible hooks (the syscall raw tracepoints on 7.x) lose events this way without
+    /// touching the ring buffer, so `lost()` cannot see them.
+    pub fn skipped_runs(&self) -> Vec<(String, u64)> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let fd = program.fd().ok()?.as_fd().as_raw_fd();
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+                let misses = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("recursion_misses:"))?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()?;
+                (misses > 0).then(|| (name.to_owned(), misses))
+            })
+            .collect()
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
@@ -250,8 +291,10 @@ fn attach(ebpf: &mut Ebpf, probe: Probe, driver_hooks: &[String], write_arg: u32
             program.load(POINT, &btf)?;
             program.attach()?;
         }
-        Probe::MmapRegion => attach_kprobe(ebpf, "mmap_region", &["mmap_region"])?,
-        Probe::RemapPfnRange => attach_kprobe(ebpf, "remap_pfn_range", &["remap_pfn_range"])?,
+        Probe::MmapRegion | Probe::RemapPfnRange => {
+            let function = kernel_function(probe).unwrap_or_default();
+            attach_kprobe(ebpf, probe.name(), &[function])?
+        }
         Probe::DriverMmap => attach_kprobe(ebpf, "driver_mmap", driver_hooks)?,
         syscall => bail!("{} is attached with the other syscall probes", syscall.name()),
     }
@@ -294,13 +337,48 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
     ebpf.program_mut(name).ok_or_else(|| anyhow!("the eBPF object has no program {name}"))
 }
 
+/// The kernel function a kernel-function kprobe attaches to. The same name from 6.1 to
+/// 7.2: since 6.13 `mmap_region()` (mm/vma.c) only checks the flags and calls
+/// `__mmap_region()`, with the same arguments and return value, so its kprobe and
+/// kretprobe still see every mapping (checked in the 6.12.95 and 7.2.13 guests).
+fn kernel_function(probe: Probe) -> Option<&'static str> {
+    match probe {
+        Probe::MmapRegion => Some("mmap_region"),
+        Probe::RemapPfnRange => Some("remap_pfn_range"),
+        _ => None,
+    }
+}
+
+fn kallsyms_names(kallsyms: &str) -> impl Iterator<Item = &str> {
+    kallsyms.lines().filter_map(|line| line.split_whitespace().nth(2))
+}
+
+fn in_kallsyms(kallsyms: &str, function: &str) -> bool {
+    kallsyms_names(kallsyms).any(|name| name == function)
+}
+
+/// Why `function` cannot be probed: gone, or only a compiler-made copy of it
+/// (`mmap_region.constprop.0`) whose arguments need not be the function's.
+fn missing_function(kallsyms: &str, function: &str) -> String {
+    let copies: Vec<&str> = kallsyms_names(kallsyms)
+        .filter(|name| name.strip_prefix(function).is_some_and(|rest| rest.starts_with('.')))
+        .collect();
+    if copies.is_empty() {
+        format!(
+            "{function} is not in /proc/kallsyms: this kernel inlined, renamed or removed it"
+        )
+    } else {
+        format!(
+            "{function} is not in /proc/kallsyms, only compiler-made copies ({}) whose \
+             arguments may differ: this kernel cannot be traced there",
+            copies.join(", ")
+        )
+    }
+}
+
 /// The hooks that /proc/kallsyms lists (module symbols appear once it is loaded).
-fn present_driver_hooks(hooks: &[String]) -> Result<Vec<String>> {
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
-    let present = |hook: &str| {
-        kallsyms.lines().any(|line| line.split_whitespace().nth(2) == Some(hook))
-    };
-    Ok(hooks.iter().filter(|h| present(h)).cloned().collect())
+fn present_driver_hooks(kallsyms: &str, hooks: &[String]) -> Vec<String> {
+    hooks.iter().filter(|h| in_kallsyms(kallsyms, h)).cloned().collect()
 }
 
 /// aya-log records from the probes go to the CLI's logger (RUST_LOG) from a thread.

@@ -246,7 +246,10 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         ended,
         ..Summary::default()
     };
-    let lost: u64 = summary.lost.iter().sum();
+    // Runs of a program the kernel skipped (a preemptible hook re-entered on one CPU)
+    // lose events without touching the ring buffer: they break the proof just the same.
+    let skipped: u64 = tracer.skipped_runs().iter().map(|(_, n)| n).sum();
+    let lost: u64 = summary.lost.iter().sum::<u64>() + skipped;
     summary.verify = Some(stats);
     out.summary(&summary).and_then(|()| out.flush()).or_else(ignore_closed_output)?;
     // Nothing checked is not a pass: the user asked for proof and got none.

@@ -13,8 +13,10 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 use crate::Workspace;
+use crate::chroot;
 use crate::cmd;
 use crate::guest_kernel::GuestKernel;
+use crate::kernel_line::Compiler;
 use crate::setup::{EBPF_TOOLCHAIN_VAR, Ready};
 
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -33,8 +35,19 @@ pub struct Artifacts {
     pub bins: Vec<PathBuf>,
     /// `guest_*` test targets of the tests crate: (target name, executable).
     pub guest_tests: Vec<(String, PathBuf)>,
-    /// The driver built against the guest headers, if driver/ has sources yet.
-    pub driver: Option<PathBuf>,
+    /// (kernel version, the driver built against its headers) for each guest kernel of
+    /// the run; empty while driver/ has no sources.
+    pub drivers: Vec<(String, PathBuf)>,
+}
+
+impl Artifacts {
+    /// The driver built for `kernel`, if any.
+    pub fn driver(&self, kernel: &GuestKernel) -> Option<&Path> {
+        self.drivers
+            .iter()
+            .find(|(v, _)| *v == kernel.version)
+            .map(|(_, ko)| ko.as_path())
+    }
 }
 
 /// A `cargo` command with the build configuration's environment.
@@ -154,8 +167,9 @@ fn is_kind(target: &Value, kind: &str) -> bool {
         .is_some_and(|kinds| kinds.iter().any(|k| k == kind))
 }
 
-/// Builds driver/ against the guest headers in `target/guest/<v>/driver-build/` (a copy,
-/// so the source tree stays clean). None, loudly, while driver/ has no sources.
+/// Builds driver/ against `kernel`'s headers with the compiler that kernel was built with
+/// (its CONFIG_CC_VERSION_TEXT): the host's gcc in `target/guest/<v>/driver-build/`, or a
+/// chroot of the line's suite (chroot.rs). None, loudly, while driver/ has no sources.
 pub fn build_driver(ws: &Workspace, kernel: &GuestKernel) -> Result<Option<PathBuf>> {
     let src = ws.root.join("driver");
     if !src.join(DRIVER_SOURCE).exists() {
@@ -164,20 +178,66 @@ pub fn build_driver(ws: &Workspace, kernel: &GuestKernel) -> Result<Option<PathB
         );
         return Ok(None);
     }
-    let build = kernel.dir.join("driver-build");
-    sync_sources(&src, &build)?;
-    eprintln!("build: driver against {} headers", kernel.version);
-    cmd::run(
-        Command::new("make")
-            .arg("-C")
-            .arg(&kernel.headers)
-            .arg(format!("M={}", build.display()))
-            // linux-kbuild-6.1 ships no resolve_btfids; module BTF does not need it.
-            .arg("RESOLVE_BTFIDS=true")
-            .arg("modules"),
-    )
-    .context("building the driver")?;
-    let ko = build.join("mmtrace_drv.ko");
+    let cc = kernel.cc_version_text()?;
+    let compiler = cc.split_whitespace().next().unwrap_or_default().to_owned();
+    let make_args = |headers: &Path, build: &Path| {
+        let mut args = vec![
+            "make".to_owned(),
+            "-C".to_owned(),
+            headers.display().to_string(),
+            format!("M={}", build.display()),
+        ];
+        // linux-kbuild-6.1 ships no resolve_btfids; the driver has no BTF ids to resolve.
+        if !kernel
+            .headers
+            .join("tools/bpf/resolve_btfids/resolve_btfids")
+            .exists()
+        {
+            args.push("RESOLVE_BTFIDS=true".to_owned());
+        }
+        args.push("modules".to_owned());
+        args
+    };
+    eprintln!("build: driver against {} headers with {cc}", kernel.version);
+    let ko = match kernel.line.compiler {
+        Compiler::Host => {
+            if which::which(&compiler).is_err() {
+                bail!(
+                    "kernel {} was built with `{cc}` (CONFIG_CC_VERSION_TEXT) and its driver \
+                     must be too, but this host has no {compiler}. Fix: apt-get install {} \
+                     (cargo xtask setup installs gcc-12, the compiler of the 6.1 and 6.12 lines)",
+                    kernel.version,
+                    compiler.trim_start_matches("x86_64-linux-gnu-")
+                );
+            }
+            let build = kernel.dir.join("driver-build");
+            sync_sources(&src, &build)?;
+            let args = make_args(&kernel.headers, &build);
+            cmd::run(Command::new(&args[0]).args(&args[1..])).context("building the driver")?;
+            build.join("mmtrace_drv.ko")
+        }
+        Compiler::Chroot { suite } => {
+            let chroot = chroot::ensure(kernel, suite)?;
+            if !chroot::has_program(&chroot, &compiler) {
+                bail!(
+                    "the {suite} chroot {} has no {compiler}, the compiler kernel {} was built \
+                     with ({cc}). Fix: delete {} and {}/chroot.complete so the next run \
+                     rebuilds it with the headers' current dependencies",
+                    chroot.dir.display(),
+                    kernel.version,
+                    chroot.dir.display(),
+                    kernel.dir.display()
+                );
+            }
+            let inside = "/mmtrace-driver";
+            sync_sources(&src, &chroot.host_path(inside))?;
+            let headers = Path::new("/usr/src").join(format!("linux-headers-{}", kernel.version));
+            chroot
+                .run(&make_args(&headers, Path::new(inside)))
+                .context("building the driver in the chroot")?;
+            chroot.host_path(inside).join("mmtrace_drv.ko")
+        }
+    };
     if !ko.exists() {
         bail!("the driver build produced no {}", ko.display());
     }
@@ -216,11 +276,16 @@ pub fn build_all(ws: &Workspace, ready: &Ready) -> Result<Artifacts> {
     eprintln!("build: cargo build --release --target {TARGET} (static)");
     let (cli, bins) = build_bins(ws, ready)?;
     let guest_tests = build_guest_tests(ws, ready)?;
-    let driver = build_driver(ws, &ready.guest)?;
+    let mut drivers = Vec::new();
+    for kernel in &ready.guests {
+        if let Some(ko) = build_driver(ws, kernel)? {
+            drivers.push((kernel.version.clone(), ko));
+        }
+    }
     Ok(Artifacts {
         cli,
         bins,
         guest_tests,
-        driver,
+        drivers,
     })
 }

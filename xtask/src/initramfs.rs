@@ -34,7 +34,7 @@ pub struct Contents<'a> {
     pub markers: &'a crate::qemu::Markers,
 }
 
-pub fn write(path: &Path, contents: &Contents) -> Result<()> {
+pub fn write(path: &Path, contents: &Contents<'_>) -> Result<()> {
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut cpio = Cpio::new(BufWriter::new(file));
     let result = (|| -> Result<()> {

@@ -3,11 +3,13 @@
 
 mod bench;
 mod build;
+mod chroot;
 mod cmd;
 mod guest_kernel;
 mod host_lock;
 mod initramfs;
 mod lint;
+mod kernel_line;
 mod qemu;
 mod setup;
 mod stress;
@@ -45,7 +47,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
-    /// Unit and host tests, then all guest tests in one VM boot.
+    /// Unit and host tests, then the guest tests, one VM boot per kernel: without
+    /// --kernel, every suite on 6.1 and guest_driver, guest_trace and guest_verify on 6.12
+    /// and 7; with --kernel, every suite on that kernel.
     Test {
         #[command(flatten)]
         guest: GuestArgs,
@@ -66,9 +70,20 @@ enum Task {
 
 #[derive(Args)]
 struct KernelArgs {
-    /// Guest kernel version, e.g. 6.1.0-56-amd64 (default: what linux-image-amd64 depends on).
-    #[arg(long)]
-    kernel_version: Option<String>,
+    /// Guest kernel: a line, 6.1 (bookworm), 6.12 (bookworm-backports) or 7 (sid's newest
+    /// 7.x), or a full version of one, e.g. 6.12.95+deb12-amd64 (default: 6.1).
+    #[arg(long = "kernel", alias = "kernel-version", value_name = "LINE|VERSION")]
+    kernel: Option<String>,
+}
+
+impl KernelArgs {
+    /// The kernel asked for, or the default line.
+    fn request(&self) -> Result<kernel_line::KernelRequest> {
+        match &self.kernel {
+            Some(k) => kernel_line::KernelRequest::parse(k),
+            None => Ok(kernel_line::KernelRequest::default_line()),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -168,12 +183,12 @@ fn run(cli: Cli) -> Result<i32> {
     let code = match cli.command {
         Task::Setup(k) => {
             section("setup");
-            setup::ensure(&ws, k.kernel_version.as_deref())?;
+            setup::ensure(&ws, &[k.request()?])?;
             0
         }
         Task::Run { args } => {
             section("setup");
-            let ready = setup::ensure(&ws, None)?;
+            let ready = setup::ensure(&ws, &[kernel_line::KernelRequest::default_line()])?;
             section("build");
             let (cli, _) = build::build_bins(&ws, &ready)?;
             section("run");
@@ -183,14 +198,14 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Task::Vm { guest, command } => {
             section("setup");
-            let ready = setup::ensure(&ws, guest.kernel.kernel_version.as_deref())?;
+            let ready = setup::ensure(&ws, &[guest.kernel.request()?])?;
             section("build");
             let artifacts = build::build_all(&ws, &ready)?;
             section("guest");
             let script: Vec<String> = command.iter().map(|w| cmd::shell_quote(w)).collect();
             let markers = qemu::Markers::new();
             let outcome = qemu::run_in_guest(
-                &ready.guest,
+                ready.guest(),
                 &artifacts,
                 script.join(" "),
                 &markers,
@@ -205,26 +220,36 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Task::Test { guest } => {
             section("setup");
-            let ready = setup::ensure(&ws, guest.kernel.kernel_version.as_deref())?;
+            // Without --kernel: the matrix, every line (the default line first).
+            let matrix = guest.kernel.kernel.is_none();
+            let kernels = if matrix {
+                kernel_line::LINES
+                    .iter()
+                    .map(|l| kernel_line::KernelRequest::parse(l.name))
+                    .collect::<Result<Vec<_>>>()?
+            } else {
+                vec![guest.kernel.request()?]
+            };
+            let ready = setup::ensure(&ws, &kernels)?;
             section("build");
             let artifacts = build::build_all(&ws, &ready)?;
-            test::run(&ws, &ready, &artifacts, &guest.options())?
+            test::run(&ws, &ready, &artifacts, &guest.options(), matrix)?
         }
         Task::Bench(args) => {
             section("setup");
-            let ready = setup::ensure(&ws, args.guest.kernel.kernel_version.as_deref())?;
+            let ready = setup::ensure(&ws, &[args.guest.kernel.request()?])?;
             section("build");
             let artifacts = build::build_all(&ws, &ready)?;
             bench::run(&ws, &ready, &artifacts, &args)?
         }
         Task::Lint => {
             section("setup");
-            let ready = setup::ensure(&ws, None)?;
+            let ready = setup::ensure(&ws, &[kernel_line::KernelRequest::default_line()])?;
             lint::run(&ws, &ready)?
         }
         Task::Stress { guest } => {
             section("setup");
-            let ready = setup::ensure(&ws, guest.kernel.kernel_version.as_deref())?;
+            let ready = setup::ensure(&ws, &[guest.kernel.request()?])?;
             section("build");
             let artifacts = build::build_all(&ws, &ready)?;
             stress::run(&ws, &ready, &artifacts, &guest.options())?

@@ -133,7 +133,7 @@ pub fn run_in_guest(
         &initramfs::Contents {
             cli: &artifacts.cli,
             bins,
-            driver: artifacts.driver.as_deref(),
+            driver: artifacts.driver(kernel),
             overlay: overlay.as_deref(),
             command,
             markers,

@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::Workspace;
 use crate::cmd;
 use crate::guest_kernel::{self, GuestKernel};
+use crate::kernel_line::KernelRequest;
 
 /// Host packages: LLVM 22 for bpf-linker, QEMU + busybox for the guest, the rest for
 /// building the driver against the guest's headers (gcc-12 matches the guest kernel's
@@ -31,6 +32,8 @@ const APT_PACKAGES: &[&str] = &[
     "bison",
     "xz-utils",
     "zstd",
+    // A chroot of sid to build the driver with gcc-16 for the 7.x guest (chroot.rs).
+    "mmdebstrap",
     // Headless browser for the report test (renders the HTML and counts the bars).
     "chromium",
     // The Perfetto test's decoder runs in a venv (see ensure_perfetto_python); the CLI
@@ -61,9 +64,17 @@ pub struct Ready {
     pub ebpf_toolchain: String,
     /// PATH for child processes (with bpf-linker's directory on it).
     pub path: OsString,
-    pub guest: GuestKernel,
     /// A Python that can import perfetto's protobuf classes.
     pub perfetto_python: PathBuf,
+    /// The guest kernels asked for, the first being the one `vm` boots.
+    pub guests: Vec<GuestKernel>,
+}
+
+impl Ready {
+    /// The first guest kernel asked for (the only one, except for the test matrix).
+    pub fn guest(&self) -> &GuestKernel {
+        &self.guests[0]
+    }
 }
 
 /// `apt-get update` runs at most once per xtask run, and only when something needs it.
@@ -81,10 +92,6 @@ impl Apt {
         }
         Ok(())
     }
-
-    pub fn updated(&self) -> bool {
-        self.updated
-    }
 }
 
 /// An apt command that never prompts.
@@ -94,19 +101,26 @@ pub fn apt_command(program: &str) -> Command {
     c
 }
 
-/// Installs whatever is missing; prints one line per item.
-pub fn ensure(ws: &Workspace, kernel_version: Option<&str>) -> Result<Ready> {
+/// Installs whatever is missing, including each of `kernels` (at least one); prints one
+/// line per item.
+pub fn ensure(ws: &Workspace, kernels: &[KernelRequest]) -> Result<Ready> {
     let mut apt = Apt::default();
     ensure_apt_packages(&mut apt)?;
     let ebpf_toolchain = ensure_nightly()?;
     ensure_rust_src(&ebpf_toolchain)?;
     let path = ensure_bpf_linker()?;
-    let guest = guest_kernel::ensure(ws, &mut apt, kernel_version)?;
     let perfetto_python = ensure_perfetto_python(ws)?;
+    let guests = kernels
+        .iter()
+        .map(|k| guest_kernel::ensure(ws, k))
+        .collect::<Result<Vec<_>>>()?;
+    if guests.is_empty() {
+        bail!("no guest kernel was asked for");
+    }
     Ok(Ready {
         ebpf_toolchain,
         path,
-        guest,
+        guests,
         perfetto_python,
     })
 }

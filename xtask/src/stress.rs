@@ -54,7 +54,7 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, opts: &Options)
         script.push_str(&format!("export {name}={}\n", cmd::shell_quote(&knob(name, default))));
     }
     script.push_str(&format!("{}/guest_stress --test-threads=1\n", crate::initramfs::GUEST_BIN));
-    let outcome = qemu::run_in_guest(&ready.guest, artifacts, script, &Markers::new(), opts)?;
+    let outcome = qemu::run_in_guest(ready.guest(), artifacts, script, &Markers::new(), opts)?;
     let guest_code = outcome.report();
 
     section("stress: summary");

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: unit and host tests, then every guest test in one VM boot.
+//! `cargo xtask test`: unit and host tests, then the guest tests, one VM boot per guest
+//! kernel (the matrix of kernel_line.rs without --kernel).
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -8,6 +9,7 @@ use anyhow::{Context as _, Result};
 
 use crate::build::{self, Artifacts, TARGET};
 use crate::cmd;
+use crate::guest_kernel::GuestKernel;
 use crate::qemu::{self, Markers, Options};
 use crate::setup::Ready;
 use crate::{Workspace, section};
@@ -23,7 +25,14 @@ struct Tally {
     lines: Vec<String>,
 }
 
-pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, opts: &Options) -> Result<i32> {
+/// `matrix`: run each line's default suites (kernel_line::LINES); otherwise every suite.
+pub fn run(
+    ws: &Workspace,
+    ready: &Ready,
+    artifacts: &Artifacts,
+    opts: &Options,
+    matrix: bool,
+) -> Result<i32> {
     let mut tally = Tally {
         passed: 0,
         failed: 0,
@@ -35,21 +44,50 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, opts: &Options)
         host_tests(ws, ready, artifacts, &mut tally)?;
     }
 
-    section("guest tests (one VM boot)");
-    let dmesg_clean = guest_tests(ready, artifacts, opts, &mut tally)?;
+    let mut dmesg_clean = true;
+    for kernel in &ready.guests {
+        let suites: Vec<&(String, std::path::PathBuf)> = artifacts
+            .guest_tests
+            .iter()
+            .filter(|(name, _)| match kernel.line.default_suites {
+                Some(chosen) if matrix => chosen.contains(&name.as_str()),
+                _ => true,
+            })
+            .collect();
+        section(&format!(
+            "guest tests on {} (kernel line {}, one VM boot)",
+            kernel.version, kernel.line.name
+        ));
+        let left_out: Vec<&str> = artifacts
+            .guest_tests
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .filter(|name| !suites.iter().any(|(n, _)| n == name))
+            .collect();
+        if !left_out.is_empty() {
+            // Said aloud, in the summary too: not run is not passed.
+            let line = format!(
+                "guest {}: NOT RUN on the {} line: {} (docs/kernels.md says why)",
+                kernel.version,
+                kernel.line.name,
+                left_out.join(", ")
+            );
+            println!("!!! {line}");
+            tally.lines.push(line);
+        }
+        let clean = guest_tests(kernel, &suites, artifacts, opts, &mut tally)?;
+        tally.lines.push(format!(
+            "guest {} dmesg: {}",
+            kernel.version,
+            if clean { "clean" } else { "SPLATS (see above)" }
+        ));
+        dmesg_clean &= clean;
+    }
 
     section("summary");
     for l in &tally.lines {
         println!("{l}");
     }
-    println!(
-        "guest dmesg: {}",
-        if dmesg_clean {
-            "clean"
-        } else {
-            "SPLATS (see above)"
-        }
-    );
     println!("{} passed, {} failed", tally.passed, tally.failed);
     Ok(if tally.failed == 0 && dmesg_clean {
         0
@@ -116,17 +154,17 @@ fn host_tests(
     Ok(())
 }
 
-/// Boots once, runs each guest test binary with `--test-threads=1`; returns whether the
+/// Boots `kernel` once, runs each of `tests` with `--test-threads=1`; returns whether the
 /// guest kernel log was clean.
 fn guest_tests(
-    ready: &Ready,
+    kernel: &GuestKernel,
+    tests: &[&(String, std::path::PathBuf)],
     artifacts: &Artifacts,
     opts: &Options,
     tally: &mut Tally,
 ) -> Result<bool> {
     let markers = Markers::new();
     let prefix = result_prefix(&markers);
-    let tests = &artifacts.guest_tests;
     let script = if tests.is_empty() {
         println!(
             "!!! no guest tests defined (no guest_* [[test]] targets in tests/Cargo.toml): smoke boot only"
@@ -135,13 +173,14 @@ fn guest_tests(
     } else {
         guest_script(tests.iter().map(|(n, _)| n.as_str()), &prefix)
     };
-    let outcome = qemu::run_in_guest(&ready.guest, artifacts, script, &markers, opts)?;
+    let outcome = qemu::run_in_guest(kernel, artifacts, script, &markers, opts)?;
     let code = outcome.report();
 
     if tests.is_empty() {
         let ok = code == 0;
         tally.lines.push(format!(
-            "guest: smoke boot {}",
+            "guest {}: smoke boot {}",
+            kernel.version,
             if ok { "ok" } else { "FAILED" }
         ));
         if !ok {
@@ -167,7 +206,9 @@ fn guest_tests(
                 "FAILED (no result: the guest stopped before it finished)".to_owned()
             }
         };
-        tally.lines.push(format!("guest: {name}: {verdict}"));
+        tally
+            .lines
+            .push(format!("guest {}: {name}: {verdict}", kernel.version));
     }
     Ok(outcome.splats.is_empty() && !outcome.timed_out && outcome.status.is_some())
 }

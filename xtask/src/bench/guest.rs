@@ -80,7 +80,7 @@ pub fn run(
 ) -> Result<Guest> {
     let markers = Markers::new();
     let outcome = qemu::run_in_guest(
-        &ready.guest,
+        ready.guest(),
         artifacts,
         script(rounds, iterations),
         &markers,

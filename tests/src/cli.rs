@@ -65,6 +65,47 @@ pub fn process_records(records: &[Value]) -> Vec<&Value> {
 pub const SCENARIOS: &[&str] =
     &["anon", "file-offset", "file-pages", "split3", "hole", "mremap-move", "fixed", "threads"];
 
+/// The workload's scenarios for issues 12 and 19 (src/scenarios.rs): each changes what
+/// maps shows by a path outside the five probed calls, or names a file or behaves in a way
+/// that verify once got wrong. (`pkey-mprotect` and `shadow-stack` run what the CPU
+/// allows: pkeys without PKU, no shadow stacks; the scenario says so itself.)
+pub const TRUTH_SCENARIOS: &[&str] = &[
+    "name-space",
+    "name-newline",
+    "name-tab",
+    "name-deleted-suffix",
+    "name-heap",
+    "name-not-utf8",
+    "unlink-mapped",
+    "rename-mapped",
+    "sigcont-handler",
+    "blocked-read",
+    "waitpid-stop",
+    "deep-path",
+    "long-path",
+    "shmat",
+    "shmat-shmdt",
+    "pkey-mprotect",
+    "remap-file-pages",
+    "growsdown",
+    "mremap-dup",
+    "dev-zero-shared",
+    "madvise-fork",
+    "mlock-split",
+    "mseal",
+    "shadow-stack",
+    "fork-exec",
+];
+
+/// How many processes verify checks in a scenario (it follows forks).
+pub fn processes_of(scenario: &str) -> usize {
+    match scenario {
+        "fork-exec" => 3,
+        "madvise-fork" | "waitpid-stop" => 2,
+        _ => 1,
+    }
+}
+
 /// A finished `mmap-trace verify --json` run.
 pub struct VerifyRun {
     pub status: std::process::ExitStatus,
@@ -91,9 +132,12 @@ pub fn verify_workload(extra: &[&str], workload_args: &[&str]) -> VerifyRun {
 
 /// The same, with the workload's temp files in `tmpdir` (its TMPDIR).
 pub fn verify_workload_in(tmpdir: &std::path::Path, extra: &[&str], workload_args: &[&str]) -> VerifyRun {
+    // Unique per call: tests of one binary run in parallel, some with the same arguments.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let out_file = std::env::temp_dir().join(format!(
-        "verify-{}-{}.jsonl",
+        "verify-{}-{}-{}.jsonl",
         std::process::id(),
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         workload_args.join("_").replace('/', "_")
     ));
     let out = cli()

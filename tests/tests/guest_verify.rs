@@ -23,6 +23,28 @@ fn verify_agrees_on_every_scenario_with_kernel_probes() {
     }
 }
 
+/// Issues 12 and 19 in the guest, kernel probes on: every cause and name verifies in
+/// every process, with the catch-all's tp_btf program for the 6.1/6.12 prototype.
+#[test]
+fn verify_agrees_on_every_cause_and_name_with_kernel_probes() {
+    driver::require_guest();
+    for scenario in mmap_trace_tests::cli::TRUTH_SCENARIOS {
+        let run = verify_workload(&[], &["--scenario", scenario]);
+        let summary = run.summary();
+        assert!(
+            run.status.success() && summary["mismatches"] == 0 && summary["lost_total"] == 0,
+            "{scenario}: verify disagreed (exit {:?}):\n{}\n{:?}",
+            run.status.code(),
+            run.stderr,
+            run.mismatches()
+        );
+        let probes = summary["probes"].to_string();
+        assert!(probes.contains("mm_lock") && probes.contains("mmap_region"), "{scenario}: probes {probes}");
+        let processes = run.records.iter().filter(|r| r["type"] == "process").count();
+        assert_eq!(processes, mmap_trace_tests::cli::processes_of(scenario), "{scenario}");
+    }
+}
+
 /// Both driver paths, with and without offset, shared and (kmalloc) private: the private
 /// mapping's maps offset is the first PFN, which the shadow learns from remap_pfn_range.
 #[test]

@@ -3,6 +3,8 @@
 //! programs (the system's `sh` and `ls`, and the workload).
 
 
+use std::process::Command;
+
 use mmap_trace_tests::cli::{cli, json_lines, process_records, split_summary, stderr, workload_path};
 use serde_json::Value;
 
@@ -91,4 +93,75 @@ fn follow_forks_needs_a_pid_or_a_command() {
     let out = cli().args(["trace", "-f", "--comm", "nothing", "-d", "0.1"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--follow-forks follows the children of --pid or -- CMD"), "{}", stderr(&out));
+}
+
+/// Observations of the scenarios whose point is that verify changes nothing the program
+/// can see: they must read the same under verify as alone.
+const INVISIBLE: &[&str] = &["sigcont-handler", "blocked-read", "waitpid-stop"];
+
+fn observations(stdout: &str) -> Vec<(String, Value)> {
+    mmap_trace_tests::workload::parse_observations(stdout)
+        .into_iter()
+        .map(|o| (o.observe, o.value))
+        .collect()
+}
+
+/// Every scenario verifies with no mismatch and exit 0, in every process it makes; the
+/// invisible ones observe exactly what they observe alone.
+#[test]
+fn verify_agrees_on_every_cause_and_name() {
+    for scenario in mmap_trace_tests::cli::TRUTH_SCENARIOS {
+        let run = mmap_trace_tests::cli::verify_workload(&[], &["--scenario", scenario]);
+        let summary = run.summary();
+        assert!(
+            run.status.success() && summary["mismatches"] == 0 && summary["lost_total"] == 0,
+            "{scenario}: verify disagreed (exit {:?}):\n{}\n{:?}",
+            run.status.code(),
+            run.stderr,
+            run.mismatches()
+        );
+        assert!(summary["checkpoints"].as_u64().unwrap() > 0, "{scenario}: {summary}");
+        let processes = process_records(&run.records);
+        assert_eq!(processes.len(), mmap_trace_tests::cli::processes_of(scenario), "{scenario}: {processes:?}");
+        if INVISIBLE.contains(scenario) {
+            let alone = Command::new(workload_path()).args(["--scenario", scenario]).output().unwrap();
+            assert!(alone.status.success(), "{scenario} alone failed");
+            assert_eq!(
+                observations(&run.workload_stdout),
+                observations(&String::from_utf8_lossy(&alone.stdout)),
+                "{scenario}: the program saw something else under verify"
+            );
+        }
+    }
+}
+
+/// shmat…shmdt with no mmap between: the catch-all makes a checkpoint of each (before it,
+/// the segment was never seen), and stack growth is seen as a fault.
+#[test]
+fn the_catch_all_sees_calls_and_faults_the_probes_do_not() {
+    let run = mmap_trace_tests::cli::verify_workload(&[], &["--scenario", "shmat-shmdt"]);
+    let (events, _) = split_summary(&run.records);
+    for call in ["shmat", "shmdt"] {
+        assert!(
+            events.iter().any(|e| e["probe"] == "mm_lock" && e["syscall"] == call),
+            "no catch-all record of {call}: {events:?}"
+        );
+    }
+    let run = mmap_trace_tests::cli::verify_workload(&[], &["--scenario", "growsdown"]);
+    let (events, _) = split_summary(&run.records);
+    assert!(events.iter().any(|e| e["probe"] == "mm_lock" && e["cause"] == "fault"), "{events:?}");
+}
+
+/// With the shm model switched off (hidden --plant), the same scenario is proven by the
+/// catch-all alone: an `unmodelled` record names each call and the run still passes.
+#[test]
+fn a_change_the_model_does_not_know_is_adopted_and_named() {
+    let run = mmap_trace_tests::cli::verify_workload(&["--plant", "unmodel-shm"], &["--scenario", "shmat-shmdt"]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let unmodelled: Vec<&Value> = run.records.iter().filter(|r| r["type"] == "unmodelled").collect();
+    let causes: Vec<&str> = unmodelled.iter().map(|r| r["cause"].as_str().unwrap()).collect();
+    assert_eq!(causes, ["shmat", "shmdt"], "{unmodelled:?}");
+    assert!(unmodelled[0]["ranges"][0]["found"].as_str().unwrap().contains("/SYSV"), "{unmodelled:?}");
+    assert_eq!(run.summary()["unmodelled"], 2, "{}", run.summary());
+    assert_eq!(run.summary()["mismatches"], 0);
 }

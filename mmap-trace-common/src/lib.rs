@@ -131,7 +131,10 @@ impl Probe {
 
     /// Kernel-function probes need kprobes, which some kernels lack.
     pub const fn is_kprobe(self) -> bool {
-        matches!(self, Probe::MmapRegion | Probe::RemapPfnRange | Probe::DriverMmap)
+        matches!(
+            self,
+            Probe::MmapRegion | Probe::RemapPfnRange | Probe::DriverMmap
+        )
     }
 }
 
@@ -461,7 +464,10 @@ pub const fn record_size(kind: EventKind) -> usize {
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 48);
 const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 48 + 8 + 48 + 8);
 const _: () = assert!(core::mem::size_of::<FileId>() == 16 + FILE_NAME_LEN);
-const _: () = assert!(FILE_NAME_LEN == 256, "the probe's path walk masks offsets with 255");
+const _: () = assert!(
+    FILE_NAME_LEN == 256,
+    "the probe's path walk masks offsets with 255"
+);
 const _: () = assert!(core::mem::size_of::<MmapEvent>() == 112 + 16 + FILE_NAME_LEN);
 const _: () = assert!(core::mem::size_of::<VmaFields>() == 40 + 16 + FILE_NAME_LEN);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 48 + 16);

@@ -42,7 +42,11 @@ static FILTER: TargetFilter = TargetFilter {
 pub static FOLLOWED: HashMap<u32, u32> = HashMap::with_max_entries(8192, 0);
 /// `trace --cgroup`, set by userspace before load (id 0: off).
 #[unsafe(no_mangle)]
-static CGROUP_FILTER: CgroupFilter = CgroupFilter { id: 0, level: 0, _pad: 0 };
+static CGROUP_FILTER: CgroupFilter = CgroupFilter {
+    id: 0,
+    level: 0,
+    _pad: 0,
+};
 
 /// Whether the current task is in the `--cgroup` cgroup or below it: its ancestor at the
 /// cgroup's level is the cgroup itself. One helper call, no map lookup.
@@ -100,7 +104,11 @@ pub fn current_task() -> Option<Task> {
     }
     // SAFETY: two u64s are sixteen bytes.
     let comm = unsafe { core::mem::transmute::<[u64; 2], [u8; TASK_COMM_LEN]>(comm) };
-    Some(Task { pid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32, comm })
+    Some(Task {
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        comm,
+    })
 }
 
 /// The comm as two words, zeroed by two stores and compared word by word (aya's
@@ -130,7 +138,11 @@ pub fn any_task() -> Option<Task> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: two u64s are sixteen bytes.
     let comm = unsafe { core::mem::transmute::<[u64; 2], [u8; TASK_COMM_LEN]>(current_comm()) };
-    Some(Task { pid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32, comm })
+    Some(Task {
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        comm,
+    })
 }
 
 /// Reserves a record of type `T` for `probe`, counting the loss when the buffer is full.

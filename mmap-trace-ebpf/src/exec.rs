@@ -13,7 +13,9 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     };
     emit::stop_if_verifying();
     if let Some(mut entry) = emit::reserve::<ExecEvent>(Probe::Exec) {
-        entry.write(ExecEvent { header: emit::header(EventKind::Exec, Probe::Exec, &task) });
+        entry.write(ExecEvent {
+            header: emit::header(EventKind::Exec, Probe::Exec, &task),
+        });
         entry.submit(0);
     }
     0

@@ -36,7 +36,12 @@ static OFFSETS: KernelOffsets = KernelOffsets {
 
 /// `task_struct.{mm,pid,tgid}`, for the fork and catch-all programs; set by the loader.
 #[unsafe(no_mangle)]
-static TASK_OFFSETS: TaskOffsets = TaskOffsets { mm: 0, pid: 0, tgid: 0, valid: 0 };
+static TASK_OFFSETS: TaskOffsets = TaskOffsets {
+    mm: 0,
+    pid: 0,
+    tgid: 0,
+    valid: 0,
+};
 
 #[inline(always)]
 pub fn task_offsets() -> Option<TaskOffsets> {

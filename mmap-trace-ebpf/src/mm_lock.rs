@@ -98,7 +98,15 @@ fn write_locked(mm: u64, write: u64, success: u64) -> i32 {
             return 0;
         };
         emit::stop_if_verifying();
-        emit_change(emit::header(EventKind::MmChange, Probe::MmLock, &task), MmChangeCause::Fault, task.pid, -1, [0; 6], 0, 0);
+        emit_change(
+            emit::header(EventKind::MmChange, Probe::MmLock, &task),
+            MmChangeCause::Fault,
+            task.pid,
+            -1,
+            [0; 6],
+            0,
+            0,
+        );
         return 0;
     }
     // Another task locked a traced process's mm. Only for one process (tree): with every
@@ -145,14 +153,39 @@ pub fn syscall_returned(tid: u32, nr: u64, args: [u64; 6], ret: i64) {
         return;
     };
     emit::stop_if_verifying();
-    emit_change(emit::header(EventKind::MmChange, Probe::MmLock, &task), MmChangeCause::Syscall, task.pid, nr as i64, args, ret, compat);
+    emit_change(
+        emit::header(EventKind::MmChange, Probe::MmLock, &task),
+        MmChangeCause::Syscall,
+        task.pid,
+        nr as i64,
+        args,
+        ret,
+        compat,
+    );
 }
 
 #[inline(always)]
-fn emit_change(header: mmap_trace_common::EventHeader, cause: MmChangeCause, locker_pid: u32, nr: i64, args: [u64; 6], ret: i64, compat: u32) {
+fn emit_change(
+    header: mmap_trace_common::EventHeader,
+    cause: MmChangeCause,
+    locker_pid: u32,
+    nr: i64,
+    args: [u64; 6],
+    ret: i64,
+    compat: u32,
+) {
     let Some(mut entry) = emit::reserve::<MmChangeEvent>(Probe::MmLock) else {
         return;
     };
-    entry.write(MmChangeEvent { header, cause: cause as u32, locker_pid, nr, args, ret, compat, _pad: 0 });
+    entry.write(MmChangeEvent {
+        header,
+        cause: cause as u32,
+        locker_pid,
+        nr,
+        args,
+        ret,
+        compat,
+        _pad: 0,
+    });
     entry.submit(0);
 }

@@ -8,8 +8,14 @@ use crate::emit;
 
 /// Field offsets from this kernel's format file, set by the loader.
 #[unsafe(no_mangle)]
-static FILEMAP_FORMAT: FilemapFormat =
-    FilemapFormat { pfn: 0, ino: 0, index: 0, dev: 0, order: 0, valid: 0 };
+static FILEMAP_FORMAT: FilemapFormat = FilemapFormat {
+    pfn: 0,
+    ino: 0,
+    index: 0,
+    dev: 0,
+    order: 0,
+    valid: 0,
+};
 
 #[tracepoint]
 pub fn mm_filemap_add_to_page_cache(ctx: TracePointContext) -> u32 {
@@ -29,7 +35,11 @@ pub fn mm_filemap_add_to_page_cache(ctx: TracePointContext) -> u32 {
         ino: read(f.ino),
         index: read(f.index),
         dev: read(f.dev) as u32,
-        order: if f.order == 0 { 0 } else { read(f.order) as u8 as u32 },
+        order: if f.order == 0 {
+            0
+        } else {
+            read(f.order) as u8 as u32
+        },
     };
     if let Some(mut entry) = emit::reserve::<PageCacheEvent>(Probe::PageCache) {
         entry.write(event);

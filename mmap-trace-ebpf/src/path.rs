@@ -65,7 +65,11 @@ pub fn walk(file: u64, o: &KernelOffsets, out: &mut FileId) {
     let unlinked = read::<u64>(dentry, o.dentry_hash_pprev) == 0;
     unsafe {
         off.write_volatile(0);
-        flags.write_volatile(if unlinked { u64::from(FILE_UNLINKED) } else { 0 });
+        flags.write_volatile(if unlinked {
+            u64::from(FILE_UNLINKED)
+        } else {
+            0
+        });
     }
     for _ in 0..FILE_PATH_MAX_DEPTH {
         if dentry == 0 {
@@ -118,9 +122,17 @@ pub fn walk(file: u64, o: &KernelOffsets, out: &mut FileId) {
     }
     // SAFETY: both buffers hold FILE_NAME_LEN bytes; the source is our scratch.
     unsafe {
-        bpf_probe_read_kernel(out.name.as_mut_ptr().cast(), FILE_NAME_LEN as u32, buf.cast());
+        bpf_probe_read_kernel(
+            out.name.as_mut_ptr().cast(),
+            FILE_NAME_LEN as u32,
+            buf.cast(),
+        );
     }
     out.name_len = used as u16;
     let found = found as u16;
-    out.flags = if found & FILE_PATH_FULL != 0 { found } else { found | FILE_PATH_TRUNCATED };
+    out.flags = if found & FILE_PATH_FULL != 0 {
+        found
+    } else {
+        found | FILE_PATH_TRUNCATED
+    };
 }

@@ -123,9 +123,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let regs: *const pt_regs = ctx.arg(0);
     // SAFETY: the helper tolerates bad addresses; `regs` is the kernel's own, and the
     // struct mirrors pt_regs from r10 on.
-    let Ok(regs) = (unsafe {
-        bpf_probe_read_kernel(core::ptr::addr_of!((*regs).r10).cast::<SyscallRegs>())
-    }) else {
+    let Ok(regs) =
+        (unsafe { bpf_probe_read_kernel(core::ptr::addr_of!((*regs).r10).cast::<SyscallRegs>()) })
+    else {
         return 0;
     };
     let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
@@ -144,7 +144,10 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     };
     // SAFETY: a read of our own global; volatile so the loader's value is seen.
     let enter_ts_ns = if unsafe { core::ptr::read_volatile(&ENTRY_TIMES) } != 0 {
-        let ts = ENTERED.get_ptr(task.tid).map(|ts| unsafe { *ts }).unwrap_or(0);
+        let ts = ENTERED
+            .get_ptr(task.tid)
+            .map(|ts| unsafe { *ts })
+            .unwrap_or(0);
         let _ = ENTERED.remove(task.tid);
         ts
     } else {

@@ -1,28 +1,16 @@
 //! mmap-trace: trace mmap/VMA activity with eBPF and check it against the kernel's own
 //! accounts (/proc/<pid>/maps, pagemap, the companion driver's ground truth).
 
-mod btf;
-mod cgroup;
+// One folder per concern: the kernel side, the traced processes, the address-space model,
+// what each command does, and how records are written.
 mod cli;
-mod decode;
-mod flags;
-mod floor;
-mod json;
-mod loader;
-mod manual;
+mod kernel;
 mod output;
-mod paths;
+mod process;
 mod report;
-mod session;
-mod hold;
-mod spawn;
-mod syscall_names;
-mod trace;
-mod tracefs;
-mod verify;
-mod verify_driver;
 mod space;
-mod shadow;
+mod trace;
+mod verify;
 
 use std::process::ExitCode;
 

@@ -8,10 +8,10 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    decode,
-    loader::{LoadOptions, Tracer},
+    kernel::decode,
+    kernel::loader::{LoadOptions, Tracer},
     output::{Format, Output, Summary},
-    session::{Session, StopSignals, Target, monotonic_ns, reap, runtime},
+    process::session::{Session, StopSignals, Target, monotonic_ns, reap, runtime},
 };
 
 pub struct TraceConfig {
@@ -41,7 +41,8 @@ impl Followed {
     /// Drops the exited ones; true when none is left.
     fn all_exited(&mut self) -> bool {
         // SAFETY: kill(2) with signal 0 only checks that the process exists.
-        self.pids.retain(|&pid| unsafe { libc::kill(pid as i32, 0) } == 0 && !is_zombie(pid));
+        self.pids
+            .retain(|&pid| unsafe { libc::kill(pid as i32, 0) } == 0 && !is_zombie(pid));
         self.pids.is_empty()
     }
 }
@@ -64,7 +65,14 @@ pub fn run(config: TraceConfig) -> Result<()> {
     if config.wall_clock {
         out.wall_clock();
     }
-    let Session { tracer, ring, pidfd, child, start_ns, .. } = session;
+    let Session {
+        tracer,
+        ring,
+        pidfd,
+        child,
+        start_ns,
+        ..
+    } = session;
 
     let mut summary = runtime.block_on(event_loop(
         ring,
@@ -81,10 +89,14 @@ pub fn run(config: TraceConfig) -> Result<()> {
     summary.duration_ns = monotonic_ns().saturating_sub(start_ns);
     summary.events = out.counts;
     summary.lost = tracer.lost()?;
-    out.summary(&summary).and_then(|()| out.flush()).or_else(ignore_closed_output)?;
+    out.summary(&summary)
+        .and_then(|()| out.flush())
+        .or_else(ignore_closed_output)?;
     let lost: u64 = summary.lost.iter().sum();
     if lost > 0 {
-        eprintln!("mmap-trace: WARNING: {lost} events were lost (ring buffer full); see the summary");
+        eprintln!(
+            "mmap-trace: WARNING: {lost} events were lost (ring buffer full); see the summary"
+        );
     }
     Ok(())
 }
@@ -117,7 +129,10 @@ async fn event_loop(
         ),
         None => None,
     };
-    let StopSignals { mut sigint, mut sigterm } = signals;
+    let StopSignals {
+        mut sigint,
+        mut sigterm,
+    } = signals;
     let deadline = async {
         match duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -193,13 +208,18 @@ async fn event_loop(
     Ok(summary)
 }
 
-fn drain(ring: &mut RingBuf<MapData>, out: &mut Output, summary: &mut Summary, followed: &mut Followed) -> Result<()> {
-    crate::paths::new_batch();
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    out: &mut Output,
+    summary: &mut Summary,
+    followed: &mut Followed,
+) -> Result<()> {
+    crate::output::paths::new_batch();
     while let Some(item) = ring.next() {
         match decode::decode(&item) {
             Ok(event) => {
                 followed.note(&event);
-                let path = crate::paths::mapped_path(&event);
+                let path = crate::output::paths::mapped_path(&event);
                 out.event(&event, path).or_else(ignore_closed_output)?;
             }
             Err(e) => {
@@ -214,6 +234,9 @@ fn drain(ring: &mut RingBuf<MapData>, out: &mut Output, summary: &mut Summary, f
 
 /// A closed stdout (e.g. `| head`) ends the trace quietly rather than as an error.
 pub fn ignore_closed_output(e: std::io::Error) -> std::io::Result<()> {
-    if e.kind() == std::io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e) }
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(e)
+    }
 }
-

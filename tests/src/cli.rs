@@ -37,7 +37,8 @@ pub fn json_lines(text: &str) -> Vec<Value> {
     text.lines()
         .enumerate()
         .map(|(i, l)| {
-            serde_json::from_str(l).unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {l:?}", i + 1))
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {l:?}", i + 1))
         })
         .collect()
 }
@@ -45,9 +46,18 @@ pub fn json_lines(text: &str) -> Vec<Value> {
 /// Events and the closing summary of a JSON trace; panics unless the summary is last.
 /// verify's per-process records stand between the events and the summary.
 pub fn split_summary(records: &[Value]) -> (&[Value], &Value) {
-    let (summary, rest) = records.split_last().expect("an empty trace: not even a summary");
-    assert_eq!(summary["type"], "summary", "the last record is not the summary: {summary}");
-    let processes = rest.iter().rev().take_while(|r| r["type"] == "process").count();
+    let (summary, rest) = records
+        .split_last()
+        .expect("an empty trace: not even a summary");
+    assert_eq!(
+        summary["type"], "summary",
+        "the last record is not the summary: {summary}"
+    );
+    let processes = rest
+        .iter()
+        .rev()
+        .take_while(|r| r["type"] == "process")
+        .count();
     let events = &rest[..rest.len() - processes];
     assert!(
         events.iter().all(|e| e["type"] == "event"),
@@ -62,8 +72,16 @@ pub fn process_records(records: &[Value]) -> Vec<&Value> {
 }
 
 /// The scenarios `mmap-workload --scenario` knows (see its source).
-pub const SCENARIOS: &[&str] =
-    &["anon", "file-offset", "file-pages", "split3", "hole", "mremap-move", "fixed", "threads"];
+pub const SCENARIOS: &[&str] = &[
+    "anon",
+    "file-offset",
+    "file-pages",
+    "split3",
+    "hole",
+    "mremap-move",
+    "fixed",
+    "threads",
+];
 
 /// The workload's scenarios for issues 12 and 19 (src/scenarios.rs): each changes what
 /// maps shows by a path outside the five probed calls, or names a file or behaves in a way
@@ -121,7 +139,10 @@ impl VerifyRun {
     }
 
     pub fn mismatches(&self) -> Vec<&Value> {
-        self.records.iter().filter(|r| r["type"] == "mismatch").collect()
+        self.records
+            .iter()
+            .filter(|r| r["type"] == "mismatch")
+            .collect()
     }
 }
 
@@ -131,7 +152,11 @@ pub fn verify_workload(extra: &[&str], workload_args: &[&str]) -> VerifyRun {
 }
 
 /// The same, with the workload's temp files in `tmpdir` (its TMPDIR).
-pub fn verify_workload_in(tmpdir: &std::path::Path, extra: &[&str], workload_args: &[&str]) -> VerifyRun {
+pub fn verify_workload_in(
+    tmpdir: &std::path::Path,
+    extra: &[&str],
+    workload_args: &[&str],
+) -> VerifyRun {
     // Unique per call: tests of one binary run in parallel, some with the same arguments.
     static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let out_file = std::env::temp_dir().join(format!(
@@ -173,5 +198,8 @@ pub fn assert_verified(run: &VerifyRun, what: &str) {
     );
     let calls = run.workload_stdout.lines().count() as u64;
     let checkpoints = summary["checkpoints"].as_u64().unwrap_or(0);
-    assert!(checkpoints > calls, "{what}: {checkpoints} checkpoints for {calls} calls: {summary}");
+    assert!(
+        checkpoints > calls,
+        "{what}: {checkpoints} checkpoints for {calls} calls: {summary}"
+    );
 }

@@ -449,11 +449,7 @@ pub fn parse_maps(text: &str) -> Result<Vec<MapsLine>> {
 pub fn device_maps_lines() -> Result<Vec<MapsLine>> {
     Ok(self_maps()?
         .into_iter()
-        .filter(|l| {
-            l.name
-                .as_deref()
-                .is_some_and(|n| n.starts_with(DEV_PREFIX))
-        })
+        .filter(|l| l.name.as_deref().is_some_and(|n| n.starts_with(DEV_PREFIX)))
         .collect())
 }
 

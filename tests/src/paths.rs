@@ -11,7 +11,10 @@ use crate::{
 };
 
 pub fn unhex(hex: &str) -> Vec<u8> {
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")).collect()
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
 }
 
 /// `mmap-trace trace --json -o FILE -- argv…`, which must succeed with no event lost:
@@ -25,7 +28,11 @@ pub fn trace_json(argv: &[&OsStr]) -> (String, Vec<Value>) {
         .args(argv)
         .output()
         .expect("run mmap-trace");
-    assert!(run.status.success(), "mmap-trace trace failed: {}", stderr(&run));
+    assert!(
+        run.status.success(),
+        "mmap-trace trace failed: {}",
+        stderr(&run)
+    );
     let text = std::fs::read_to_string(&out_file).expect("trace file");
     let _ = std::fs::remove_file(&out_file);
     let records = json_lines(&text);
@@ -44,14 +51,21 @@ pub fn path_bytes(record: &Value) -> Option<Vec<u8>> {
 
 /// The mmap events that mapped a file.
 pub fn file_mmaps(events: &[Value]) -> Vec<&Value> {
-    events.iter().filter(|e| e["probe"] == "mmap" && e["file"].is_object()).collect()
+    events
+        .iter()
+        .filter(|e| e["probe"] == "mmap" && e["file"].is_object())
+        .collect()
 }
 
 /// Traces `mmap-workload --scenario SCENARIO`: the traced mmap of the file the workload
 /// reported (by inode), the path the workload printed (`path_hex`), and all events.
 pub fn scenario_mapping(scenario: &str) -> (Value, Vec<u8>, Vec<Value>) {
     let workload = workload_path();
-    let argv = [workload.as_os_str(), OsStr::new("--scenario"), OsStr::new(scenario)];
+    let argv = [
+        workload.as_os_str(),
+        OsStr::new("--scenario"),
+        OsStr::new(scenario),
+    ];
     let (out, events) = trace_json(&argv);
     let expected = parse_observations(&out)
         .iter()

@@ -16,7 +16,9 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new() -> Self {
-        Self { out: std::io::stdout().lock() }
+        Self {
+            out: std::io::stdout().lock(),
+        }
     }
 
     /// Makes the syscall `nr` with `args` (raw, so libc adds no calls of its own) and
@@ -26,7 +28,12 @@ impl Recorder {
         let file = (name == "mmap" && args[3] & libc::MAP_ANONYMOUS as u64 == 0 && ret >= 0)
             .then(|| fd_file(args[4] as i32))
             .flatten();
-        let call = Call { call: name.to_string(), args: args.to_vec(), ret, file };
+        let call = Call {
+            call: name.to_string(),
+            args: args.to_vec(),
+            ret,
+            file,
+        };
         self.line(&call);
         ret
     }
@@ -44,13 +51,18 @@ impl Recorder {
     }
 
     pub fn observe(&mut self, what: &str, value: impl Into<serde_json::Value>) {
-        self.line(&Observation { observe: what.to_string(), value: value.into() });
+        self.line(&Observation {
+            observe: what.to_string(),
+            value: value.into(),
+        });
     }
 
     fn line<T: Serialize>(&mut self, record: &T) {
         let line = serde_json::to_string(record).expect("serializable");
         // Line by line and flushed: a fork must not copy unwritten lines.
-        writeln!(self.out, "{line}").and_then(|()| self.out.flush()).expect("stdout");
+        writeln!(self.out, "{line}")
+            .and_then(|()| self.out.flush())
+            .expect("stdout");
     }
 }
 
@@ -66,7 +78,11 @@ pub fn raw(nr: libc::c_long, args: &[u64]) -> i64 {
     a[..args.len()].copy_from_slice(args);
     // SAFETY: the calls made here only touch memory the workload maps itself.
     let ret = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
-    if ret == -1 { -(std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as i64) } else { ret as i64 }
+    if ret == -1 {
+        -(std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as i64)
+    } else {
+        ret as i64
+    }
 }
 
 /// "EINVAL" and the like (libc's own description where the name is not one we list).
@@ -93,7 +109,11 @@ pub fn fd_file(fd: i32) -> Option<FileKey> {
     // SAFETY: fstat into a zeroed struct we own.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     (unsafe { libc::fstat(fd, &mut st) } == 0).then(|| FileKey {
-        dev: format!("{:02x}:{:02x}", libc::major(st.st_dev), libc::minor(st.st_dev)),
+        dev: format!(
+            "{:02x}:{:02x}",
+            libc::major(st.st_dev),
+            libc::minor(st.st_dev)
+        ),
         ino: st.st_ino,
     })
 }

@@ -104,7 +104,12 @@ fn open(path: &Path, flags: i32) -> i32 {
     let c = CString::new(path.as_os_str().as_bytes()).expect("no NUL in a path");
     // SAFETY: plain open of a path we made.
     let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
-    assert!(fd >= 0, "open {}: {}", path.display(), std::io::Error::last_os_error());
+    assert!(
+        fd >= 0,
+        "open {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
     fd
 }
 
@@ -196,7 +201,11 @@ fn install(signal: i32, handler: extern "C" fn(i32), restart: bool) {
         sa.sa_sigaction = handler as usize;
         sa.sa_flags = if restart { libc::SA_RESTART } else { 0 };
         libc::sigemptyset(&mut sa.sa_mask);
-        assert_eq!(libc::sigaction(signal, &sa, std::ptr::null_mut()), 0, "sigaction");
+        assert_eq!(
+            libc::sigaction(signal, &sa, std::ptr::null_mut()),
+            0,
+            "sigaction"
+        );
     }
 }
 
@@ -215,7 +224,11 @@ fn map_named(rec: &mut Recorder, name: &[u8]) {
     let path = dir.join(OsStr::from_bytes(name));
     let fd = make_file(&path, 2);
     rec.observe("path_hex", hex(path.as_os_str().as_bytes()));
-    let f = rec.call("mmap", libc::SYS_mmap, &[0, 2 * PAGE, RO, libc::MAP_PRIVATE as u64, fd as u64, 0]) as u64;
+    let f = rec.call(
+        "mmap",
+        libc::SYS_mmap,
+        &[0, 2 * PAGE, RO, libc::MAP_PRIVATE as u64, fd as u64, 0],
+    ) as u64;
     close(fd);
     observe_maps(rec, "maps", f, f + 2 * PAGE);
     checkpoint(rec);
@@ -228,12 +241,18 @@ fn map_named(rec: &mut Recorder, name: &[u8]) {
 /// than a probe's path walk keeps.
 fn map_nested(rec: &mut Recorder, dirs: &[&[u8]]) {
     let top = scratch_dir();
-    let dir = dirs.iter().fold(top.clone(), |d, name| d.join(OsStr::from_bytes(name)));
+    let dir = dirs
+        .iter()
+        .fold(top.clone(), |d, name| d.join(OsStr::from_bytes(name)));
     std::fs::create_dir_all(&dir).expect("nested directories");
     let path = dir.join("leaf");
     let fd = make_file(&path, 1);
     rec.observe("path_hex", hex(path.as_os_str().as_bytes()));
-    let f = rec.call("mmap", libc::SYS_mmap, &[0, PAGE, RO, libc::MAP_PRIVATE as u64, fd as u64, 0]) as u64;
+    let f = rec.call(
+        "mmap",
+        libc::SYS_mmap,
+        &[0, PAGE, RO, libc::MAP_PRIVATE as u64, fd as u64, 0],
+    ) as u64;
     close(fd);
     checkpoint(rec);
     rec.call("munmap", libc::SYS_munmap, &[f, PAGE]);
@@ -246,7 +265,11 @@ fn unlink_or_rename(rec: &mut Recorder, rename: bool) {
     let path = dir.join("mapped");
     let fd = make_file(&path, 2);
     rec.observe("path_hex", hex(path.as_os_str().as_bytes()));
-    let f = rec.call("mmap", libc::SYS_mmap, &[0, 2 * PAGE, RO, SHARED, fd as u64, 0]) as u64;
+    let f = rec.call(
+        "mmap",
+        libc::SYS_mmap,
+        &[0, 2 * PAGE, RO, SHARED, fd as u64, 0],
+    ) as u64;
     close(fd);
     let renamed = dir.join("renamed");
     if rename {
@@ -276,7 +299,8 @@ fn sigcont_handler(rec: &mut Recorder) {
 /// Whether thread `tid` of this process sits in read(2) (syscall 0), from
 /// /proc/self/task/TID/syscall.
 fn in_read(tid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).is_ok_and(|s| s.starts_with("0 "))
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall"))
+        .is_ok_and(|s| s.starts_with("0 "))
 }
 
 /// A thread blocked in read() on a pipe, with a SIGCONT handler installed WITHOUT
@@ -286,7 +310,11 @@ fn blocked_read(rec: &mut Recorder) {
     install(libc::SIGCONT, on_sigcont, false);
     let mut fds = [0; 2];
     // SAFETY: a two-int array for pipe2.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0, "pipe2");
+    assert_eq!(
+        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
+        0,
+        "pipe2"
+    );
     let (rfd, wfd) = (fds[0], fds[1]);
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
@@ -349,7 +377,15 @@ fn waitpid_stop(rec: &mut Recorder) {
 /// A SysV segment attached, touched, then (`then_mmap`) an mmap while it is attached,
 /// then detached and removed. Without `then_mmap`: shmat…shmdt with nothing between.
 fn shm(rec: &mut Recorder, then_mmap: bool) {
-    let id = rec.other("shmget", libc::SYS_shmget, &[libc::IPC_PRIVATE as u64, 4 * PAGE, (libc::IPC_CREAT | 0o600) as u64]);
+    let id = rec.other(
+        "shmget",
+        libc::SYS_shmget,
+        &[
+            libc::IPC_PRIVATE as u64,
+            4 * PAGE,
+            (libc::IPC_CREAT | 0o600) as u64,
+        ],
+    );
     assert!(id >= 0, "shmget failed");
     let addr = rec.other("shmat", libc::SYS_shmat, &[id as u64, 0, 0]);
     assert!(addr > 0, "shmat failed");
@@ -360,7 +396,11 @@ fn shm(rec: &mut Recorder, then_mmap: bool) {
         checkpoint(rec);
     }
     rec.other("shmdt", libc::SYS_shmdt, &[addr]);
-    rec.other("shmctl", libc::SYS_shmctl, &[id as u64, libc::IPC_RMID as u64, 0]);
+    rec.other(
+        "shmctl",
+        libc::SYS_shmctl,
+        &[id as u64, libc::IPC_RMID as u64, 0],
+    );
     if then_mmap {
         checkpoint(rec);
     }
@@ -372,12 +412,24 @@ fn pkey_mprotect(rec: &mut Recorder) {
     let key = rec.other("pkey_alloc", libc::SYS_pkey_alloc, &[0, 0]);
     rec.observe(
         "pkeys",
-        if key >= 0 { "supported".to_string() } else { format!("unsupported: pkey_alloc {}", errno_name(-key as i32)) },
+        if key >= 0 {
+            "supported".to_string()
+        } else {
+            format!("unsupported: pkey_alloc {}", errno_name(-key as i32))
+        },
     );
     let p = rec.call("mmap", libc::SYS_mmap, &[0, 3 * PAGE, RW, ANON, NO_FD, 0]) as u64;
-    rec.other("pkey_mprotect", libc::SYS_pkey_mprotect, &[p + PAGE, PAGE, RO, -1i64 as u64]);
+    rec.other(
+        "pkey_mprotect",
+        libc::SYS_pkey_mprotect,
+        &[p + PAGE, PAGE, RO, -1i64 as u64],
+    );
     if key >= 0 {
-        rec.other("pkey_mprotect", libc::SYS_pkey_mprotect, &[p + 2 * PAGE, PAGE, RW, key as u64]);
+        rec.other(
+            "pkey_mprotect",
+            libc::SYS_pkey_mprotect,
+            &[p + 2 * PAGE, PAGE, RW, key as u64],
+        );
     }
     observe_maps(rec, "maps", p, p + 3 * PAGE);
     checkpoint(rec);
@@ -392,9 +444,17 @@ fn remap_file_pages(rec: &mut Recorder) {
     let dir = scratch_dir();
     let path = dir.join("remap");
     let fd = make_file(&path, 4);
-    let p = rec.call("mmap", libc::SYS_mmap, &[0, 4 * PAGE, RW, SHARED, fd as u64, 0]) as u64;
+    let p = rec.call(
+        "mmap",
+        libc::SYS_mmap,
+        &[0, 4 * PAGE, RW, SHARED, fd as u64, 0],
+    ) as u64;
     close(fd);
-    rec.other("remap_file_pages", libc::SYS_remap_file_pages, &[p, PAGE, 0, 3, 0]);
+    rec.other(
+        "remap_file_pages",
+        libc::SYS_remap_file_pages,
+        &[p, PAGE, 0, 3, 0],
+    );
     observe_maps(rec, "maps", p, p + 4 * PAGE);
     checkpoint(rec);
     rec.call("munmap", libc::SYS_munmap, &[p, 4 * PAGE]);
@@ -407,7 +467,11 @@ fn remap_file_pages(rec: &mut Recorder) {
 /// under it unmapped (more than stack_guard_gap), so the faults grow it.
 fn growsdown(rec: &mut Recorder) {
     let none = libc::PROT_NONE as u64;
-    let r = rec.call("mmap", libc::SYS_mmap, &[0, 600 * PAGE, none, ANON, NO_FD, 0]) as u64;
+    let r = rec.call(
+        "mmap",
+        libc::SYS_mmap,
+        &[0, 600 * PAGE, none, ANON, NO_FD, 0],
+    ) as u64;
     let g = r + 598 * PAGE;
     let flags = ANON | (libc::MAP_FIXED | libc::MAP_GROWSDOWN) as u64;
     rec.call("mmap", libc::SYS_mmap, &[g, 2 * PAGE, RW, flags, NO_FD, 0]);
@@ -425,9 +489,17 @@ fn growsdown(rec: &mut Recorder) {
 /// pages; the first stays.
 fn mremap_dup(rec: &mut Recorder) {
     let shared_anon = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
-    let p = rec.call("mmap", libc::SYS_mmap, &[0, 2 * PAGE, RW, shared_anon, NO_FD, 0]) as u64;
+    let p = rec.call(
+        "mmap",
+        libc::SYS_mmap,
+        &[0, 2 * PAGE, RW, shared_anon, NO_FD, 0],
+    ) as u64;
     touch(p);
-    let q = rec.call("mremap", libc::SYS_mremap, &[p, 0, 2 * PAGE, libc::MREMAP_MAYMOVE as u64, 0]);
+    let q = rec.call(
+        "mremap",
+        libc::SYS_mremap,
+        &[p, 0, 2 * PAGE, libc::MREMAP_MAYMOVE as u64, 0],
+    );
     if q > 0 {
         rec.observe("same_pages", peek(q as u64) == 0x5a);
         observe_maps(rec, "maps_dup", q as u64, q as u64 + 2 * PAGE);
@@ -443,7 +515,11 @@ fn mremap_dup(rec: &mut Recorder) {
 /// MAP_SHARED of /dev/zero: shmem behind it, which maps names "/dev/zero (deleted)".
 fn dev_zero_shared(rec: &mut Recorder) {
     let fd = open(Path::new("/dev/zero"), libc::O_RDWR);
-    let p = rec.call("mmap", libc::SYS_mmap, &[0, 2 * PAGE, RW, SHARED, fd as u64, 0]) as u64;
+    let p = rec.call(
+        "mmap",
+        libc::SYS_mmap,
+        &[0, 2 * PAGE, RW, SHARED, fd as u64, 0],
+    ) as u64;
     close(fd);
     touch(p);
     observe_maps(rec, "maps", p, p + 2 * PAGE);
@@ -460,8 +536,16 @@ fn madvise_fork(rec: &mut Recorder) {
     for a in [d, d + PAGE, w, w + PAGE] {
         touch(a);
     }
-    rec.other("madvise", libc::SYS_madvise, &[d, PAGE, libc::MADV_DONTFORK as u64]);
-    rec.other("madvise", libc::SYS_madvise, &[w + PAGE, PAGE, libc::MADV_WIPEONFORK as u64]);
+    rec.other(
+        "madvise",
+        libc::SYS_madvise,
+        &[d, PAGE, libc::MADV_DONTFORK as u64],
+    );
+    rec.other(
+        "madvise",
+        libc::SYS_madvise,
+        &[w + PAGE, PAGE, libc::MADV_WIPEONFORK as u64],
+    );
     observe_maps(rec, "maps_dontfork", d, d + 2 * PAGE);
     observe_maps(rec, "maps_wipeonfork", w, w + 2 * PAGE);
     checkpoint(rec);
@@ -500,7 +584,14 @@ fn mseal(rec: &mut Recorder) {
     const SYS_MSEAL: libc::c_long = 462;
     let p = rec.call("mmap", libc::SYS_mmap, &[0, 3 * PAGE, RW, ANON, NO_FD, 0]) as u64;
     let r = rec.other("mseal", SYS_MSEAL, &[p + PAGE, PAGE, 0]);
-    rec.observe("mseal", if r == 0 { "supported".to_string() } else { format!("unsupported: {}", errno_name(-r as i32)) });
+    rec.observe(
+        "mseal",
+        if r == 0 {
+            "supported".to_string()
+        } else {
+            format!("unsupported: {}", errno_name(-r as i32))
+        },
+    );
     observe_maps(rec, "maps", p, p + 3 * PAGE);
     checkpoint(rec);
     if r == 0 {
@@ -516,14 +607,21 @@ fn mseal(rec: &mut Recorder) {
 fn shadow_stack(rec: &mut Recorder) {
     const SYS_MAP_SHADOW_STACK: libc::c_long = 453;
     const SHADOW_STACK_SET_TOKEN: u64 = 1;
-    let r = rec.other("map_shadow_stack", SYS_MAP_SHADOW_STACK, &[0, 4 * PAGE, SHADOW_STACK_SET_TOKEN]);
+    let r = rec.other(
+        "map_shadow_stack",
+        SYS_MAP_SHADOW_STACK,
+        &[0, 4 * PAGE, SHADOW_STACK_SET_TOKEN],
+    );
     if r > 0 {
         rec.observe("shadow_stack", "supported");
         observe_maps(rec, "maps", r as u64, r as u64 + 4 * PAGE);
         checkpoint(rec);
         rec.call("munmap", libc::SYS_munmap, &[r as u64, 4 * PAGE]);
     } else {
-        rec.observe("shadow_stack", format!("unsupported: {}", errno_name(-r as i32)));
+        rec.observe(
+            "shadow_stack",
+            format!("unsupported: {}", errno_name(-r as i32)),
+        );
         checkpoint(rec);
     }
 }
@@ -537,10 +635,14 @@ fn fork_exec(rec: &mut Recorder) {
     let exe = std::fs::read_link("/proc/self/exe").expect("readlink /proc/self/exe");
     let mut children = Vec::new();
     for (how, scenario) in [("fork", "anon"), ("vfork", "hole")] {
-        let args: Vec<CString> = [exe.as_os_str().as_bytes(), b"--scenario", scenario.as_bytes()]
-            .into_iter()
-            .map(|a| CString::new(a).expect("no NUL"))
-            .collect();
+        let args: Vec<CString> = [
+            exe.as_os_str().as_bytes(),
+            b"--scenario",
+            scenario.as_bytes(),
+        ]
+        .into_iter()
+        .map(|a| CString::new(a).expect("no NUL"))
+        .collect();
         let mut ptrs: Vec<*mut libc::c_char> = args.iter().map(|a| a.as_ptr().cast_mut()).collect();
         ptrs.push(std::ptr::null_mut());
         let pid = if how == "fork" {
@@ -562,9 +664,21 @@ fn fork_exec(rec: &mut Recorder) {
                 unsafe extern "C" {
                     static environ: *const *mut libc::c_char;
                 }
-                libc::posix_spawn(&mut pid, ptrs[0], std::ptr::null(), std::ptr::null(), ptrs.as_ptr(), environ)
+                libc::posix_spawn(
+                    &mut pid,
+                    ptrs[0],
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    ptrs.as_ptr(),
+                    environ,
+                )
             };
-            assert_eq!(r, 0, "posix_spawn: {}", std::io::Error::from_raw_os_error(r));
+            assert_eq!(
+                r,
+                0,
+                "posix_spawn: {}",
+                std::io::Error::from_raw_os_error(r)
+            );
             pid
         };
         let (status, _) = wait_child(pid, false);

@@ -46,7 +46,9 @@ impl Rng {
 /// `var` from the environment if set, else a seed from the clock (printed by the caller).
 pub fn seed_from(var: &str) -> u64 {
     if let Some(s) = std::env::var(var).ok().filter(|s| !s.is_empty()) {
-        return s.parse().unwrap_or_else(|_| panic!("{var}={s:?} is not a number"));
+        return s
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={s:?} is not a number"));
     }
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -57,7 +59,9 @@ pub fn seed_from(var: &str) -> u64 {
 /// A count knob: `var` from the environment, else `default`.
 pub fn env_count(var: &str, default: u64) -> u64 {
     match std::env::var(var) {
-        Ok(s) if !s.is_empty() => s.parse().unwrap_or_else(|_| panic!("{var}={s:?} is not a count")),
+        Ok(s) if !s.is_empty() => s
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={s:?} is not a count")),
         _ => default,
     }
 }
@@ -170,7 +174,8 @@ mod tests {
 
     #[test]
     fn parses_a_result_line() {
-        let f = parse_result("noise\nSTRESS-RESULT mode=x requests=12 refusals=EINVAL:3\n").unwrap();
+        let f =
+            parse_result("noise\nSTRESS-RESULT mode=x requests=12 refusals=EINVAL:3\n").unwrap();
         assert_eq!(field(&f, "requests"), 12);
         assert_eq!(f["refusals"], "EINVAL:3");
     }

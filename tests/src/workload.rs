@@ -90,7 +90,11 @@ pub fn event_as_call(event: &Value) -> Option<Call> {
             hex(event, "offset")?,
         ],
         "munmap" => vec![hex(event, "addr")?, hex(event, "len")?],
-        "mprotect" => vec![hex(event, "addr")?, hex(event, "len")?, event.get("prot_raw")?.as_u64()?],
+        "mprotect" => vec![
+            hex(event, "addr")?,
+            hex(event, "len")?,
+            event.get("prot_raw")?.as_u64()?,
+        ],
         "mremap" => vec![
             hex(event, "old_addr")?,
             hex(event, "old_len")?,
@@ -102,9 +106,17 @@ pub fn event_as_call(event: &Value) -> Option<Call> {
         _ => return None,
     };
     let file = event.get("file").and_then(|f| {
-        Some(FileKey { dev: f.get("dev")?.as_str()?.to_string(), ino: f.get("ino")?.as_u64()? })
+        Some(FileKey {
+            dev: f.get("dev")?.as_str()?.to_string(),
+            ino: f.get("ino")?.as_u64()?,
+        })
     });
-    Some(Call { call: probe.to_string(), args, ret, file })
+    Some(Call {
+        call: probe.to_string(),
+        args,
+        ret,
+        file,
+    })
 }
 
 /// Checks that `calls` appear, in order and with equal values, among `events` (other
@@ -117,8 +129,7 @@ pub fn match_calls(calls: &[Call], events: &[Value]) -> Result<(), String> {
         match traced[next..].iter().position(|t| call.matches(t)) {
             Some(i) => next += i + 1,
             None => {
-                let same_kind: Vec<&Call> =
-                    traced.iter().filter(|t| t.call == call.call).collect();
+                let same_kind: Vec<&Call> = traced.iter().filter(|t| t.call == call.call).collect();
                 return Err(format!(
                     "call {call:?} not found in the trace (after position {next}); \
                      traced {} calls, those of this kind: {same_kind:?}",

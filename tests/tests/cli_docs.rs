@@ -8,7 +8,11 @@ use mmap_trace_tests::cli::{cli, stderr, stdout};
 
 fn generated(args: &[&str]) -> String {
     let run = cli().args(args).output().expect("run mmap-trace");
-    assert!(run.status.success(), "mmap-trace {args:?}: {}", stderr(&run));
+    assert!(
+        run.status.success(),
+        "mmap-trace {args:?}: {}",
+        stderr(&run)
+    );
     stdout(&run)
 }
 
@@ -35,11 +39,15 @@ fn bash_completes(script: &std::path::Path, words: &str) -> Vec<String> {
 #[test]
 fn bash_completion_offers_subcommands_and_flags() {
     let script = generated(&["completions", "bash"]);
-    let path = std::env::temp_dir().join(format!("mmap-trace-completion-{}.bash", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("mmap-trace-completion-{}.bash", std::process::id()));
     std::fs::write(&path, &script).unwrap();
     let subcommands = bash_completes(&path, "mmap-trace ");
     for expected in ["trace", "verify", "report", "completions", "man"] {
-        assert!(subcommands.iter().any(|s| s == expected), "no {expected} in {subcommands:?}");
+        assert!(
+            subcommands.iter().any(|s| s == expected),
+            "no {expected} in {subcommands:?}"
+        );
     }
     let flags = bash_completes(&path, "mmap-trace trace --cg");
     assert_eq!(flags, ["--cgroup"], "completing `trace --cg`");
@@ -48,9 +56,15 @@ fn bash_completion_offers_subcommands_and_flags() {
     let _ = std::fs::remove_file(&path);
 
     // The other shells' scripts name the same flags.
-    for (shell, marker) in [("zsh", "#compdef mmap-trace"), ("fish", "complete -c mmap-trace")] {
+    for (shell, marker) in [
+        ("zsh", "#compdef mmap-trace"),
+        ("fish", "complete -c mmap-trace"),
+    ] {
         let script = generated(&["completions", shell]);
-        assert!(script.contains(marker) && script.contains("cgroup"), "{shell}:\n{script}");
+        assert!(
+            script.contains(marker) && script.contains("cgroup"),
+            "{shell}:\n{script}"
+        );
     }
     let bad = cli().args(["completions", "tcsh"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
@@ -60,7 +74,10 @@ fn bash_completion_offers_subcommands_and_flags() {
 fn man_pages_render() {
     // The top page on stdout, as man -l - reads it.
     let page = generated(&["man"]);
-    assert!(page.starts_with(".ie") || page.contains(".TH mmap-trace 1"), "{page}");
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH mmap-trace 1"),
+        "{page}"
+    );
     let dir = std::env::temp_dir().join(format!("mmap-trace-man-{}", std::process::id()));
     let run = cli().args(["man", "--dir"]).arg(&dir).output().unwrap();
     assert!(run.status.success(), "{}", stderr(&run));
@@ -69,8 +86,16 @@ fn man_pages_render() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     pages.sort();
-    for expected in ["mmap-trace.1", "mmap-trace-trace.1", "mmap-trace-report.1", "mmap-trace-man.1"] {
-        assert!(pages.iter().any(|p| p == expected), "{expected} missing from {pages:?}");
+    for expected in [
+        "mmap-trace.1",
+        "mmap-trace-trace.1",
+        "mmap-trace-report.1",
+        "mmap-trace-man.1",
+    ] {
+        assert!(
+            pages.iter().any(|p| p == expected),
+            "{expected} missing from {pages:?}"
+        );
     }
     // man(1) formats each without a warning; the trace page documents the new flags.
     for page in &pages {
@@ -81,7 +106,11 @@ fn man_pages_render() {
             .env("PAGER", "cat")
             .output()
             .expect("run man (apt-get install man-db)");
-        assert!(run.status.success() && stderr(&run).is_empty(), "man -l {page}: {}", stderr(&run));
+        assert!(
+            run.status.success() && stderr(&run).is_empty(),
+            "man -l {page}: {}",
+            stderr(&run)
+        );
         let text = stdout(&run);
         assert!(text.contains("mmap-trace"), "{page}: {text}");
         if page == "mmap-trace-trace.1" {

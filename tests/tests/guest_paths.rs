@@ -19,12 +19,20 @@ fn both_probes_record_exact_paths() {
     driver::require_guest();
     for scenario in ["name-newline", "name-not-utf8", "name-space"] {
         let (mmap, expected, events) = scenario_mapping(scenario);
-        assert_eq!(path_bytes(&mmap), Some(expected.clone()), "{scenario}: mmap: {mmap}");
+        assert_eq!(
+            path_bytes(&mmap),
+            Some(expected.clone()),
+            "{scenario}: mmap: {mmap}"
+        );
         let region = events
             .iter()
             .find(|e| e["probe"] == "mmap_region" && e["file"] == mmap["file"])
             .unwrap_or_else(|| panic!("{scenario}: no mmap_region event for {}", mmap["file"]));
-        assert_eq!(path_bytes(region), Some(expected), "{scenario}: mmap_region: {region}");
+        assert_eq!(
+            path_bytes(region),
+            Some(expected),
+            "{scenario}: mmap_region: {region}"
+        );
     }
 }
 
@@ -38,8 +46,12 @@ fn short_lived_command_has_full_paths() {
     assert!(!files.is_empty(), "no file mapped: {events:?}");
     for e in files {
         let path = path_bytes(e).unwrap_or_else(|| panic!("no path: {e}"));
-        assert!(e["path_truncated"].is_null() && path.first() == Some(&b'/'), "{e}");
-        let meta = std::fs::metadata(OsStr::from_bytes(&path)).unwrap_or_else(|err| panic!("stat: {err}: {e}"));
+        assert!(
+            e["path_truncated"].is_null() && path.first() == Some(&b'/'),
+            "{e}"
+        );
+        let meta = std::fs::metadata(OsStr::from_bytes(&path))
+            .unwrap_or_else(|err| panic!("stat: {err}: {e}"));
         assert_eq!(meta.ino(), e["file"]["ino"].as_u64().unwrap(), "{e}");
     }
 }
@@ -52,6 +64,9 @@ fn cut_walks_are_marked_truncated() {
         let (mmap, expected, _) = scenario_mapping(scenario);
         let got = path_bytes(&mmap).unwrap();
         assert_eq!(mmap["path_truncated"], true, "{scenario}: {mmap}");
-        assert!(expected.ends_with(&got) && got[0] != b'/', "{scenario}: {mmap}");
+        assert!(
+            expected.ends_with(&got) && got[0] != b'/',
+            "{scenario}: {mmap}"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use mmap_trace_tests::cli::{cli, json_lines, split_summary, stderr, stdout};
 use mmap_trace_tests::driver::{
-    Device, KPF_RESERVED, DeviceKind, Module, PATTERN, buffer_pfns, counter, kpageflags, live_maps,
+    Device, DeviceKind, KPF_RESERVED, Module, PATTERN, buffer_pfns, counter, kpageflags, live_maps,
     page_size, require_guest,
 };
 use mmap_trace_tests::stress::{
@@ -20,9 +20,17 @@ use mmap_trace_tests::stress::{
 /// After a run: no live mapping, every buffer page still reserved exactly once.
 fn assert_counters_idle(npages: usize, what: &str) {
     for kind in DeviceKind::ALL {
-        assert_eq!(live_maps(kind).unwrap(), 0, "{what}: {kind:?} live mappings left");
+        assert_eq!(
+            live_maps(kind).unwrap(),
+            0,
+            "{what}: {kind:?} live mappings left"
+        );
     }
-    assert_eq!(counter("reserved_pages").unwrap(), 2 * npages as i64, "{what}: reserved_pages");
+    assert_eq!(
+        counter("reserved_pages").unwrap(),
+        2 * npages as i64,
+        "{what}: reserved_pages"
+    );
 }
 
 #[test]
@@ -32,7 +40,10 @@ fn random_client_is_served_or_refused_as_the_rules_predict() {
     let requests = env_count("MMTRACE_STRESS_REQUESTS", 10_000);
     let free_before = mem_free_kib();
     let module = Module::load(NPAGES).expect("insmod");
-    let pfns: Vec<u64> = DeviceKind::ALL.iter().flat_map(|k| buffer_pfns(*k).unwrap()).collect();
+    let pfns: Vec<u64> = DeviceKind::ALL
+        .iter()
+        .flat_map(|k| buffer_pfns(*k).unwrap())
+        .collect();
     let started = Instant::now();
     let out = Command::new(stress_path())
         .args(["random", "--requests", &requests.to_string()])
@@ -43,7 +54,10 @@ fn random_client_is_served_or_refused_as_the_rules_predict() {
         out.status.success(),
         "the random client failed ({}):\n{}\n{}",
         out.status,
-        text.lines().filter(|l| l.starts_with("STRESS-FAIL") || l.starts_with("replay:")).collect::<Vec<_>>().join("\n"),
+        text.lines()
+            .filter(|l| l.starts_with("STRESS-FAIL") || l.starts_with("replay:"))
+            .collect::<Vec<_>>()
+            .join("\n"),
         stderr(&out)
     );
     let r = parse_result(&text).unwrap_or_else(|| panic!("no result line:\n{text}"));
@@ -59,18 +73,35 @@ fn random_client_is_served_or_refused_as_the_rules_predict() {
         requests / 30
     );
     assert_counters_idle(NPAGES, "after the random client");
-    module.unload().expect("rmmod after the random client (and a clean kernel log)");
+    module
+        .unload()
+        .expect("rmmod after the random client (and a clean kernel log)");
     for pfn in pfns {
-        assert_eq!(kpageflags(pfn).unwrap() & KPF_RESERVED, 0, "PFN {pfn:#x} still PG_reserved after rmmod");
+        assert_eq!(
+            kpageflags(pfn).unwrap() & KPF_RESERVED,
+            0,
+            "PFN {pfn:#x} still PG_reserved after rmmod"
+        );
     }
     let free_after = mem_free_kib();
     let delta = free_before as i64 - free_after as i64;
     // Coarse: page cache, slab and per-CPU lists move by a few MiB under TCG. The exact
     // leak checks are the counters and PG_reserved above; this catches a runaway leak.
-    assert!(delta < 16 * 1024, "MemFree fell by {delta} KiB over load, run and unload");
+    assert!(
+        delta < 16 * 1024,
+        "MemFree fell by {delta} KiB over load, run and unload"
+    );
     report(&format!(
         "RELIABILITY driver-random seed={} requests={} served={} refused={} mappings={} forks={} forks_refused={} checks={} refusals={} memfree_delta_kib={delta} secs={:.1}",
-        r["seed"], r["requests"], r["served"], r["refused"], r["mappings"], r["forks"], r["forks_refused"], r["checks"], r["refusals"],
+        r["seed"],
+        r["requests"],
+        r["served"],
+        r["refused"],
+        r["mappings"],
+        r["forks"],
+        r["forks_refused"],
+        r["checks"],
+        r["refusals"],
         started.elapsed().as_secs_f64()
     ));
 }
@@ -95,8 +126,19 @@ fn concurrent_processes_and_threads_under_the_tracer() {
     let workers: Vec<_> = (0..PROCS)
         .map(|slot| {
             Command::new(stress_path())
-                .args(["concurrent", "--slot", &slot.to_string(), "--slots", &PROCS.to_string()])
-                .args(["--threads", &THREADS.to_string(), "--rounds", &rounds.to_string()])
+                .args([
+                    "concurrent",
+                    "--slot",
+                    &slot.to_string(),
+                    "--slots",
+                    &PROCS.to_string(),
+                ])
+                .args([
+                    "--threads",
+                    &THREADS.to_string(),
+                    "--rounds",
+                    &rounds.to_string(),
+                ])
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap()
@@ -106,7 +148,10 @@ fn concurrent_processes_and_threads_under_the_tracer() {
     for w in workers {
         let out = w.wait_with_output().unwrap();
         assert!(out.status.success(), "a worker failed: {}", stdout(&out));
-        mmaps += field(&parse_result(&stdout(&out)).expect("worker result"), "mmaps");
+        mmaps += field(
+            &parse_result(&stdout(&out)).expect("worker result"),
+            "mmaps",
+        );
     }
     let secs = started.elapsed().as_secs_f64();
     // SAFETY: signalling our own child.
@@ -114,18 +159,33 @@ fn concurrent_processes_and_threads_under_the_tracer() {
     let status = tracer.wait().unwrap();
     let err = tracer_err.join().unwrap();
     assert!(status.success(), "tracer: {err}");
-    assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("internal error"),
+        "{err}"
+    );
     let records = json_lines(&std::fs::read_to_string(out_file).unwrap());
     let (events, summary) = split_summary(&records);
     assert_eq!(summary["ended"], "SIGINT", "{summary}");
     assert_eq!(summary["malformed"], 0, "{summary}");
-    assert!(events.iter().all(|e| e["comm"] == "mmap-stress"), "an event from another process");
+    assert!(
+        events.iter().all(|e| e["comm"] == "mmap-stress"),
+        "an event from another process"
+    );
     // Every device mmap the workers made reached the driver's mmap function once.
-    let kept = events.iter().filter(|e| e["probe"] == "driver_mmap").count() as u64;
+    let kept = events
+        .iter()
+        .filter(|e| e["probe"] == "driver_mmap")
+        .count() as u64;
     let lost = per_probe(summary, "lost", "driver_mmap");
-    assert_eq!(kept + lost, mmaps, "driver_mmap events kept {kept} + lost {lost} != {mmaps} device mmaps: {summary}");
+    assert_eq!(
+        kept + lost,
+        mmaps,
+        "driver_mmap events kept {kept} + lost {lost} != {mmaps} device mmaps: {summary}"
+    );
     assert_counters_idle(NPAGES, "after the concurrent workers");
-    module.unload().expect("rmmod after the concurrent run (and a clean kernel log)");
+    module
+        .unload()
+        .expect("rmmod after the concurrent run (and a clean kernel log)");
     report(&format!(
         "RELIABILITY driver-concurrent processes={PROCS} threads={THREADS} rounds={rounds} device_mmaps={mmaps} driver_mmap_kept={kept} driver_mmap_lost={lost} events_total={} lost_total={} secs={secs:.1}",
         summary["events_total"], summary["lost_total"]
@@ -141,20 +201,35 @@ fn unload_and_reload_with_mappings_in_between() {
     for i in 0..reloads {
         // Vary the buffer size: 1, 2, … 64 pages.
         let npages = 1 + (i as usize * 7) % 64;
-        let module = Module::load(npages).unwrap_or_else(|e| panic!("load #{i} (npages={npages}): {e:#}"));
-        assert_eq!(counter("reserved_pages").unwrap(), 2 * npages as i64, "load #{i}");
+        let module =
+            Module::load(npages).unwrap_or_else(|e| panic!("load #{i} (npages={npages}): {e:#}"));
+        assert_eq!(
+            counter("reserved_pages").unwrap(),
+            2 * npages as i64,
+            "load #{i}"
+        );
         for kind in DeviceKind::ALL {
             let dev = Device::open(kind).unwrap();
             let map = dev.map(npages, 0, libc::MAP_SHARED).unwrap();
             for page in [0, npages - 1] {
-                assert_eq!(map.read(page * ps, 4), PATTERN, "load #{i}, {kind:?} page {page}");
+                assert_eq!(
+                    map.read(page * ps, 4),
+                    PATTERN,
+                    "load #{i}, {kind:?} page {page}"
+                );
             }
             map.write(ps / 2, &[i as u8; 8]);
-            assert_eq!(dev.pread(8, (ps / 2) as i64).unwrap(), [i as u8; 8], "load #{i}");
+            assert_eq!(
+                dev.pread(8, (ps / 2) as i64).unwrap(),
+                [i as u8; 8],
+                "load #{i}"
+            );
             assert_eq!(live_maps(kind).unwrap(), 1, "load #{i}");
         }
         assert_counters_idle(npages, &format!("load #{i}"));
-        module.unload().unwrap_or_else(|e| panic!("unload #{i}: {e:#}"));
+        module
+            .unload()
+            .unwrap_or_else(|e| panic!("unload #{i}: {e:#}"));
     }
     report(&format!(
         "RELIABILITY driver-reload cycles={reloads} secs={:.1}",
@@ -170,9 +245,16 @@ fn unload_and_reload_with_mappings_in_between() {
 fn fork_with_private_device_mappings_fails_only_when_the_first_page_is_a_copy() {
     require_guest();
     let module = Module::load(4).expect("insmod");
-    let out = Command::new(stress_path()).arg("fork-cases").output().expect("run mmap-stress");
+    let out = Command::new(stress_path())
+        .arg("fork-cases")
+        .output()
+        .expect("run mmap-stress");
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    let got: Vec<String> = stdout(&out).lines().filter(|l| l.starts_with("FORK-CASE")).map(str::to_owned).collect();
+    let got: Vec<String> = stdout(&out)
+        .lines()
+        .filter(|l| l.starts_with("FORK-CASE"))
+        .map(str::to_owned)
+        .collect();
     let want: Vec<String> = [
         ("untouched", "ok"),
         ("cow-page0", "ENOMEM"),
@@ -189,6 +271,11 @@ fn fork_with_private_device_mappings_fails_only_when_the_first_page_is_a_copy() 
     .collect();
     assert_eq!(got, want);
     assert_counters_idle(4, "after the fork cases");
-    module.unload().expect("rmmod after the fork cases (and a clean kernel log)");
-    report(&format!("RELIABILITY fork-cases cases={} refused_as_predicted=3", got.len()));
+    module
+        .unload()
+        .expect("rmmod after the fork cases (and a clean kernel log)");
+    report(&format!(
+        "RELIABILITY fork-cases cases={} refused_as_predicted=3",
+        got.len()
+    ));
 }

@@ -12,7 +12,9 @@ use serde_json::Value;
 const PFNMAP_FLAGS: [&str; 4] = ["IO", "PFNMAP", "DONTEXPAND", "DONTDUMP"];
 
 fn hex(v: &Value) -> u64 {
-    let s = v.as_str().unwrap_or_else(|| panic!("not a hex string: {v}"));
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("not a hex string: {v}"));
     u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or_else(|e| panic!("{s}: {e}"))
 }
 
@@ -54,19 +56,25 @@ fn kprobe_on_mmap_region_fires_for_a_known_mmap() {
     assert!(
         regions
             .iter()
-            .any(|e| e["len"] == format!("{:#x}", first.args[1]) && hex(&e["ret_addr"]) == first.ret as u64),
+            .any(|e| e["len"] == format!("{:#x}", first.args[1])
+                && hex(&e["ret_addr"]) == first.ret as u64),
         "no mmap_region event for {first:?} in {regions:?}"
     );
     // The file mapping with an offset: pgoff 1, the temp file's name.
     assert!(
         regions.iter().any(|e| e["pgoff"] == "0x1"
-            && e["file"]["name"].as_str().is_some_and(|n| n.starts_with("mmap-workload-"))),
+            && e["file"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("mmap-workload-"))),
         "no file-backed mmap_region event with pgoff 1: {regions:?}"
     );
     // The mmap syscall event's file (read from the fd table at sys_exit) is the very
     // file mmap_region saw (read from the file pointer it was given).
     let region_file = &regions.iter().find(|e| e["pgoff"] == "0x1").unwrap()["file"];
-    let call_file = &by_probe(&events, "mmap").into_iter().find(|e| e["fd"].as_i64() >= Some(0)).unwrap()["file"];
+    let call_file = &by_probe(&events, "mmap")
+        .into_iter()
+        .find(|e| e["fd"].as_i64() >= Some(0))
+        .unwrap()["file"];
     assert_eq!(call_file, region_file, "mmap's file vs mmap_region's");
     module.unload().expect("rmmod mmtrace_drv");
 }
@@ -101,15 +109,26 @@ fn check_device_mapping(kind: DeviceKind, pages: u64, offset: u64) {
     assert_eq!(hook["ret"], 0, "{hook}");
     for side in ["before", "after"] {
         assert_eq!(hex(&hook[side]["start"]), addr, "{side}: {hook}");
-        assert_eq!(hex(&hook[side]["end"]), addr + pages * PAGE, "{side}: {hook}");
+        assert_eq!(
+            hex(&hook[side]["end"]),
+            addr + pages * PAGE,
+            "{side}: {hook}"
+        );
         assert_eq!(hook[side]["file"]["name"], dev_name, "{side}: {hook}");
     }
     assert_eq!(hex(&hook["before"]["pgoff"]), offset, "{hook}");
     let after_flags = hook["after"]["flags"].as_str().unwrap();
     for flag in PFNMAP_FLAGS {
-        assert!(after_flags.split('|').any(|f| f == flag), "after.flags lacks {flag}: {hook}");
         assert!(
-            !hook["before"]["flags"].as_str().unwrap().split('|').any(|f| f == flag),
+            after_flags.split('|').any(|f| f == flag),
+            "after.flags lacks {flag}: {hook}"
+        );
+        assert!(
+            !hook["before"]["flags"]
+                .as_str()
+                .unwrap()
+                .split('|')
+                .any(|f| f == flag),
             "before.flags already has {flag}: {hook}"
         );
     }
@@ -126,33 +145,58 @@ fn check_device_mapping(kind: DeviceKind, pages: u64, offset: u64) {
         .rev() // the device is mapped last; an earlier mapping may have used the address
         .find(|e| e.get("ret_addr").is_some_and(|a| hex(a) == addr))
         .unwrap_or_else(|| panic!("no mmap event returning {addr:#x}"));
-    assert_eq!(call["file"], region["file"], "the device by its fd and by mmap_region: {call}");
+    assert_eq!(
+        call["file"], region["file"],
+        "the device by its fd and by mmap_region: {call}"
+    );
     assert_eq!(call["file"]["name"], dev_name, "{call}");
 
     let remaps = by_probe(&events, "remap_pfn_range");
     let expected: Vec<u64> = pfns[offset as usize..(offset + pages) as usize].to_vec();
     match kind {
         DeviceKind::Kmalloc => {
-            assert_eq!(remaps.len(), 1, "kmalloc maps with ONE remap_pfn_range: {remaps:?}");
+            assert_eq!(
+                remaps.len(),
+                1,
+                "kmalloc maps with ONE remap_pfn_range: {remaps:?}"
+            );
             let r = remaps[0];
             assert_eq!(hex(&r["addr"]), addr, "{r}");
             assert_eq!(hex(&r["size"]), pages * PAGE, "{r}");
-            assert_eq!(hex(&r["pfn"]), expected[0], "first PFN vs the driver's list: {r}");
+            assert_eq!(
+                hex(&r["pfn"]),
+                expected[0],
+                "first PFN vs the driver's list: {r}"
+            );
             // One call covers the range only if the buffer is physically contiguous.
-            assert!(expected.windows(2).all(|w| w[1] == w[0] + 1), "{expected:x?}");
+            assert!(
+                expected.windows(2).all(|w| w[1] == w[0] + 1),
+                "{expected:x?}"
+            );
         }
         DeviceKind::Vmalloc => {
-            assert_eq!(remaps.len() as u64, pages, "vmalloc: one remap per page: {remaps:?}");
+            assert_eq!(
+                remaps.len() as u64,
+                pages,
+                "vmalloc: one remap per page: {remaps:?}"
+            );
             for (i, r) in remaps.iter().enumerate() {
                 assert_eq!(hex(&r["addr"]), addr + i as u64 * PAGE, "{r}");
                 assert_eq!(hex(&r["size"]), PAGE, "{r}");
-                assert_eq!(hex(&r["pfn"]), expected[i], "page {i} PFN vs the driver's list: {r}");
+                assert_eq!(
+                    hex(&r["pfn"]),
+                    expected[i],
+                    "page {i} PFN vs the driver's list: {r}"
+                );
             }
         }
     }
     for r in &remaps {
         assert_eq!(hex(&r["vma"]["start"]), addr, "{r}");
-        assert_eq!(r["vma"]["vma"], hook["before"]["vma"], "same vm_area_struct: {r}");
+        assert_eq!(
+            r["vma"]["vma"], hook["before"]["vma"],
+            "same vm_area_struct: {r}"
+        );
     }
     module.unload().expect("rmmod mmtrace_drv");
 }
@@ -182,11 +226,23 @@ fn vmalloc_device_mapping_with_offset() {
 fn missing_btf_is_a_clear_error() {
     driver::require_guest();
     let out = cli()
-        .args(["trace", "--probes", "mmap_region", "--btf", "/no/such/btf", "-d", "0.1"])
+        .args([
+            "trace",
+            "--probes",
+            "mmap_region",
+            "--btf",
+            "/no/such/btf",
+            "-d",
+            "0.1",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("cannot read kernel BTF from /no/such/btf"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read kernel BTF from /no/such/btf"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Without the module, the driver hook is skipped with a reason, the rest still runs.
@@ -202,9 +258,16 @@ fn driver_hook_skipped_without_the_module() {
         "{}",
         stderr(&out)
     );
-    let out = cli().args(["trace", "--probes", "driver_mmap"]).output().unwrap();
+    let out = cli()
+        .args(["trace", "--probes", "driver_mmap"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("cannot trace driver_mmap"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot trace driver_mmap"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// The probes' aya-log records reach the CLI's logger (RUST_LOG).
@@ -219,6 +282,10 @@ fn probe_log_messages_reach_the_cli_logger() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("driver mmap hook returned 0"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("driver mmap hook returned 0"),
+        "{}",
+        stderr(&out)
+    );
     module.unload().expect("rmmod mmtrace_drv");
 }

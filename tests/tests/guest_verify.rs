@@ -4,8 +4,8 @@
 
 use mmap_trace_tests::{
     cli::{
-        SCENARIOS, assert_verified, cli, json_lines, split_summary, stderr, stdout, verify_workload,
-        verify_workload_in, workload_path,
+        SCENARIOS, assert_verified, cli, json_lines, split_summary, stderr, stdout,
+        verify_workload, verify_workload_in, workload_path,
     },
     driver::{self, Module},
     workload::{match_calls, parse_calls},
@@ -19,7 +19,10 @@ fn verify_agrees_on_every_scenario_with_kernel_probes() {
         let run = verify_workload(&[], &["--scenario", scenario]);
         assert_verified(&run, scenario);
         let probes = run.summary()["probes"].to_string();
-        assert!(probes.contains("mmap_region"), "kernel probes missing: {probes}");
+        assert!(
+            probes.contains("mmap_region"),
+            "kernel probes missing: {probes}"
+        );
     }
 }
 
@@ -39,9 +42,20 @@ fn verify_agrees_on_every_cause_and_name_with_kernel_probes() {
             run.mismatches()
         );
         let probes = summary["probes"].to_string();
-        assert!(probes.contains("mm_lock") && probes.contains("mmap_region"), "{scenario}: probes {probes}");
-        let processes = run.records.iter().filter(|r| r["type"] == "process").count();
-        assert_eq!(processes, mmap_trace_tests::cli::processes_of(scenario), "{scenario}");
+        assert!(
+            probes.contains("mm_lock") && probes.contains("mmap_region"),
+            "{scenario}: probes {probes}"
+        );
+        let processes = run
+            .records
+            .iter()
+            .filter(|r| r["type"] == "process")
+            .count();
+        assert_eq!(
+            processes,
+            mmap_trace_tests::cli::processes_of(scenario),
+            "{scenario}"
+        );
     }
 }
 
@@ -53,15 +67,41 @@ fn verify_agrees_on_driver_mappings() {
     let _module = Module::load(16).expect("insmod mmtrace_drv");
     let cases: &[&[&str]] = &[
         &["--device", "/dev/mmtrace-kmalloc", "--pages", "4"],
-        &["--device", "/dev/mmtrace-kmalloc", "--pages", "3", "--offset", "5"],
-        &["--device", "/dev/mmtrace-kmalloc", "--pages", "2", "--offset", "1", "--private"],
+        &[
+            "--device",
+            "/dev/mmtrace-kmalloc",
+            "--pages",
+            "3",
+            "--offset",
+            "5",
+        ],
+        &[
+            "--device",
+            "/dev/mmtrace-kmalloc",
+            "--pages",
+            "2",
+            "--offset",
+            "1",
+            "--private",
+        ],
         &["--device", "/dev/mmtrace-vmalloc", "--pages", "4"],
-        &["--device", "/dev/mmtrace-vmalloc", "--pages", "2", "--offset", "9"],
+        &[
+            "--device",
+            "/dev/mmtrace-vmalloc",
+            "--pages",
+            "2",
+            "--offset",
+            "9",
+        ],
     ];
     for case in cases {
         let run = verify_workload(&[], case);
         assert_verified(&run, &case.join(" "));
-        let remaps = run.records.iter().filter(|r| r["probe"] == "remap_pfn_range").count();
+        let remaps = run
+            .records
+            .iter()
+            .filter(|r| r["probe"] == "remap_pfn_range")
+            .count();
         assert!(remaps > 0, "{case:?}: no remap_pfn_range event");
     }
 }
@@ -71,11 +111,19 @@ fn verify_catches_a_planted_mismatch() {
     driver::require_guest();
     let run = verify_workload(&["--plant", "maps-perms"], &["--scenario", "split3"]);
     assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
-    assert!(run.mismatches().iter().any(|m| m["field"] == "perms"), "{:?}", run.mismatches());
+    assert!(
+        run.mismatches().iter().any(|m| m["field"] == "perms"),
+        "{:?}",
+        run.mismatches()
+    );
 }
 
 fn verify_driver(args: &[&str]) -> (std::process::Output, Vec<serde_json::Value>) {
-    let out = cli().args(["verify-driver", "--json"]).args(args).output().unwrap();
+    let out = cli()
+        .args(["verify-driver", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
     let records = json_lines(&stdout(&out));
     (out, records)
 }
@@ -96,18 +144,34 @@ fn verify_driver_passes_for_both_devices() {
     let cases: &[&[&str]] = &[
         &[],
         &["--offset", "5", "--pages", "3"],
-        &["--device", "/dev/mmtrace-kmalloc", "--private", "--offset", "2", "--pages", "2"],
+        &[
+            "--device",
+            "/dev/mmtrace-kmalloc",
+            "--private",
+            "--offset",
+            "2",
+            "--pages",
+            "2",
+        ],
     ];
     for case in cases {
         let (out, records) = verify_driver(case);
         let failed = failed_checks(&records);
-        assert!(out.status.success() && failed.is_empty(), "{case:?}: {failed:#?}\n{}", stderr(&out));
+        assert!(
+            out.status.success() && failed.is_empty(),
+            "{case:?}: {failed:#?}\n{}",
+            stderr(&out)
+        );
         let summary = records.last().unwrap();
         assert!(summary["passed"].as_u64().unwrap() >= 12, "{summary}");
     }
     // The human table says PASS too.
     let out = cli().args(["verify-driver"]).output().unwrap();
-    assert!(stdout(&out).contains("PASS: 24 of 24 checks passed"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("PASS: 24 of 24 checks passed"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -117,7 +181,10 @@ fn verify_driver_catches_a_planted_pfn_error() {
     let (out, records) = verify_driver(&["--plant", "pfn-off-by-one"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let failed = failed_checks(&records);
-    for check in ["remap PFNs == driver's PFN list", "page tables == driver's PFN list"] {
+    for check in [
+        "remap PFNs == driver's PFN list",
+        "page tables == driver's PFN list",
+    ] {
         assert_eq!(
             failed.iter().filter(|f| f.contains(check)).count(),
             2,
@@ -130,21 +197,54 @@ fn verify_driver_catches_a_planted_pfn_error() {
 fn verify_driver_refuses_what_is_not_the_driver() {
     driver::require_guest();
     let _module = Module::load(16).expect("insmod mmtrace_drv");
-    let out = cli().args(["verify-driver", "--device", "/dev/null"]).output().unwrap();
+    let out = cli()
+        .args(["verify-driver", "--device", "/dev/null"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("/dev/null is not an mmtrace_drv device"), "{}", stderr(&out));
-    let out = cli().args(["verify-driver", "--device", "/dev/mmtrace-vmalloc", "--private"]).output().unwrap();
-    assert!(stderr(&out).contains("shared mappings only"), "{}", stderr(&out));
-    let out = cli().args(["verify-driver", "--offset", "16"]).output().unwrap();
-    assert!(stderr(&out).contains("past the 16-page buffer"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/dev/null is not an mmtrace_drv device"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli()
+        .args([
+            "verify-driver",
+            "--device",
+            "/dev/mmtrace-vmalloc",
+            "--private",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("shared mappings only"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli()
+        .args(["verify-driver", "--offset", "16"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("past the 16-page buffer"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn verify_driver_without_the_module_says_so() {
     driver::require_guest();
     let _lock = Module::lock().expect("module lock");
-    let out = cli().args(["verify-driver", "--device", "/dev/null"]).output().unwrap();
-    assert!(stderr(&out).contains("module is not loaded"), "{}", stderr(&out));
+    let out = cli()
+        .args(["verify-driver", "--device", "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("module is not loaded"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// On overlayfs (a container's root): 6.1's /proc/<pid>/maps names the layer file's
@@ -153,16 +253,25 @@ fn verify_driver_without_the_module_says_so() {
 #[test]
 fn verify_and_trace_agree_on_overlayfs() {
     driver::require_guest();
-    let ko = std::env::var("MMTRACE_OVERLAY_KO").expect("MMTRACE_OVERLAY_KO (set by the guest's /init)");
+    let ko =
+        std::env::var("MMTRACE_OVERLAY_KO").expect("MMTRACE_OVERLAY_KO (set by the guest's /init)");
     assert!(
         std::path::Path::new(&ko).exists(),
         "{ko} is missing: the guest kernel package has no overlay module, so verify on overlayfs CANNOT be tested"
     );
-    let loaded = std::process::Command::new("insmod").arg(&ko).output().unwrap();
-    assert!(loaded.status.success() || stderr(&loaded).contains("File exists"), "insmod {ko}: {}", stderr(&loaded));
+    let loaded = std::process::Command::new("insmod")
+        .arg(&ko)
+        .output()
+        .unwrap();
+    assert!(
+        loaded.status.success() || stderr(&loaded).contains("File exists"),
+        "insmod {ko}: {}",
+        stderr(&loaded)
+    );
     let base = std::env::temp_dir().join(format!("ovl-{}", std::process::id()));
     let dirs = ["lower", "upper", "work", "merged"].map(|d| base.join(d));
-    dirs.iter().for_each(|d| std::fs::create_dir_all(d).unwrap());
+    dirs.iter()
+        .for_each(|d| std::fs::create_dir_all(d).unwrap());
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
         dirs[0].display(),
@@ -174,7 +283,11 @@ fn verify_and_trace_agree_on_overlayfs() {
         .arg(&dirs[3])
         .output()
         .unwrap();
-    assert!(mounted.status.success(), "mount overlay: {}", stderr(&mounted));
+    assert!(
+        mounted.status.success(),
+        "mount overlay: {}",
+        stderr(&mounted)
+    );
     let merged = &dirs[3];
 
     for scenario in ["file-offset", "file-pages"] {
@@ -197,9 +310,15 @@ fn verify_and_trace_agree_on_overlayfs() {
     let records = json_lines(&std::fs::read_to_string(&out_file).unwrap());
     let (events, _) = split_summary(&records);
     let calls = parse_calls(&stdout(&traced));
-    assert!(calls.iter().any(|c| c.file.is_some()), "the workload mapped no file on the overlay");
+    assert!(
+        calls.iter().any(|c| c.file.is_some()),
+        "the workload mapped no file on the overlay"
+    );
     match_calls(&calls, events).unwrap();
 
-    let unmounted = std::process::Command::new("umount").arg(merged).output().unwrap();
+    let unmounted = std::process::Command::new("umount")
+        .arg(merged)
+        .output()
+        .unwrap();
     assert!(unmounted.status.success(), "umount: {}", stderr(&unmounted));
 }

@@ -47,9 +47,17 @@ fn trace_workload(tracer_args: &[&str], args: &[&str]) -> (std::process::Output,
 fn trace_json_captures_every_call_of_a_command() {
     let _guard = shared();
     let (run, text) = trace_workload(&[], &[]);
-    assert!(stderr(&run).contains("ready:"), "no ready line: {}", stderr(&run));
+    assert!(
+        stderr(&run).contains("ready:"),
+        "no ready line: {}",
+        stderr(&run)
+    );
     let calls = parse_calls(&stdout(&run));
-    assert!(calls.len() >= 14, "the workload reported {} calls", calls.len());
+    assert!(
+        calls.len() >= 14,
+        "the workload reported {} calls",
+        calls.len()
+    );
     let records = json_lines(&text);
     let (events, summary) = split_summary(&records);
     // The smoke part: a known mmap with the right length and flags.
@@ -65,29 +73,57 @@ fn trace_json_captures_every_call_of_a_command() {
     }
     // Only the command's own process is traced.
     let pid = events[0]["pid"].clone();
-    assert!(events.iter().all(|e| e["pid"] == pid), "events from another process");
+    assert!(
+        events.iter().all(|e| e["pid"] == pid),
+        "events from another process"
+    );
     // The file its fd named, from the kernel: the workload's temp file, deleted by the
     // time the trace is read, so neither /proc nor a path could say. match_calls has
     // compared its device and inode with the workload's fstat; the name is the kernel's.
-    let file_maps: Vec<&serde_json::Value> =
-        events.iter().filter(|e| e["probe"] == "mmap" && e["fd"].as_i64().unwrap() >= 0).collect();
+    let file_maps: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["probe"] == "mmap" && e["fd"].as_i64().unwrap() >= 0)
+        .collect();
     assert_eq!(file_maps.len(), 1, "{file_maps:?}");
-    assert!(calls.iter().any(|c| c.file.is_some()), "the workload noted no file");
-    assert_eq!(file_maps[0]["file"]["name"], format!("mmap-workload-{pid}"), "{}", file_maps[0]);
     assert!(
-        events.iter().filter(|e| e["probe"] == "mmap" && e["fd"] == -1).all(|e| e.get("file").is_none()),
+        calls.iter().any(|c| c.file.is_some()),
+        "the workload noted no file"
+    );
+    assert_eq!(
+        file_maps[0]["file"]["name"],
+        format!("mmap-workload-{pid}"),
+        "{}",
+        file_maps[0]
+    );
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["probe"] == "mmap" && e["fd"] == -1)
+            .all(|e| e.get("file").is_none()),
         "anonymous mmaps carry no file"
     );
     assert_eq!(summary["lost_total"], 0, "{summary}");
     assert_eq!(summary["events_total"], events.len() as u64, "{summary}");
-    assert!(summary["ended"].as_str().unwrap().starts_with("command exited (status 0)"));
+    assert!(
+        summary["ended"]
+            .as_str()
+            .unwrap()
+            .starts_with("command exited (status 0)")
+    );
 
     // Without kernel BTF the calls are all there, and no event claims a file.
     let (run, text) = trace_workload(&["--btf", "/no/such/btf"], &[]);
-    assert!(stderr(&run).contains("mmap events carry no file identity"), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("mmap events carry no file identity"),
+        "{}",
+        stderr(&run)
+    );
     let records = json_lines(&text);
     let (events, _) = split_summary(&records);
-    assert!(events.iter().all(|e| e.get("file").is_none()), "a file without BTF: {events:?}");
+    assert!(
+        events.iter().all(|e| e.get("file").is_none()),
+        "a file without BTF: {events:?}"
+    );
     let mut calls = parse_calls(&stdout(&run));
     calls.iter_mut().for_each(|c| c.file = None);
     match_calls(&calls, events).unwrap();
@@ -102,16 +138,33 @@ fn ia32_syscalls_are_not_taken_for_mmap_calls() {
     for tracer_args in [&[][..], &["--btf", "/no/such/btf"]] {
         let (run, text) = trace_workload(tracer_args, &["--ia32"]);
         if !tracer_args.is_empty() {
-            assert!(stderr(&run).contains("assuming thread_info.status"), "{}", stderr(&run));
+            assert!(
+                stderr(&run).contains("assuming thread_info.status"),
+                "{}",
+                stderr(&run)
+            );
         }
         let said = stdout(&run);
-        let ia32: Vec<_> = said.lines().filter(|l| l.starts_with("{\"ia32\"")).collect();
+        let ia32: Vec<_> = said
+            .lines()
+            .filter(|l| l.starts_with("{\"ia32\""))
+            .collect();
         assert_eq!(ia32.len(), 4, "the ia32 calls did not run: {said}");
-        assert!(ia32.iter().all(|l| l.contains("\"ret\":-14")), "expected EFAULT: {ia32:?}");
+        assert!(
+            ia32.iter().all(|l| l.contains("\"ret\":-14")),
+            "expected EFAULT: {ia32:?}"
+        );
         let records = json_lines(&text);
         let (events, _) = split_summary(&records);
-        let marked: Vec<_> = events.iter().filter(|e| e["addr"] == "0x4d4d0000").collect();
-        assert_eq!(marked.len(), 1, "{tracer_args:?}: expected only the x86-64 munmap: {marked:?}");
+        let marked: Vec<_> = events
+            .iter()
+            .filter(|e| e["addr"] == "0x4d4d0000")
+            .collect();
+        assert_eq!(
+            marked.len(),
+            1,
+            "{tracer_args:?}: expected only the x86-64 munmap: {marked:?}"
+        );
         assert_eq!(marked[0]["probe"], "munmap", "{marked:?}");
     }
 }
@@ -120,15 +173,31 @@ fn ia32_syscalls_are_not_taken_for_mmap_calls() {
 fn table_output_is_aligned_and_decoded() {
     let _guard = shared();
     let out_file = std::env::temp_dir().join(format!("host-table-{}.txt", std::process::id()));
-    let run = cli().arg("trace").arg("-o").arg(&out_file).arg("--").arg(workload_path()).output().unwrap();
+    let run = cli()
+        .arg("trace")
+        .arg("-o")
+        .arg(&out_file)
+        .arg("--")
+        .arg(workload_path())
+        .output()
+        .unwrap();
     assert!(run.status.success(), "{}", stderr(&run));
     let text = std::fs::read_to_string(&out_file).unwrap();
     let _ = std::fs::remove_file(&out_file);
     let mut lines = text.lines();
     let header = lines.next().unwrap();
-    assert!(header.contains("TIME(s)") && header.contains("PROBE"), "{header}");
-    assert!(text.contains("prot=READ|WRITE flags=PRIVATE|ANONYMOUS"), "{text}");
-    assert!(text.contains("error=EINVAL"), "refused calls must show their errno: {text}");
+    assert!(
+        header.contains("TIME(s)") && header.contains("PROBE"),
+        "{header}"
+    );
+    assert!(
+        text.contains("prot=READ|WRITE flags=PRIVATE|ANONYMOUS"),
+        "{text}"
+    );
+    assert!(
+        text.contains("error=EINVAL"),
+        "refused calls must show their errno: {text}"
+    );
     assert!(text.contains("# summary:"), "{text}");
 }
 
@@ -136,7 +205,14 @@ fn table_output_is_aligned_and_decoded() {
 fn comm_filter_traces_only_matching_processes() {
     let _guard = shared();
     let mut tracer = cli()
-        .args(["trace", "--json", "--comm", "mmap-workload", "--duration", "4"])
+        .args([
+            "trace",
+            "--json",
+            "--comm",
+            "mmap-workload",
+            "--duration",
+            "4",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -148,7 +224,10 @@ fn comm_filter_traces_only_matching_processes() {
     let out = tracer.wait_with_output().unwrap();
     let records = json_lines(&stdout(&out));
     let (events, summary) = split_summary(&records);
-    assert!(events.iter().all(|e| e["comm"] == "mmap-workload"), "other processes traced");
+    assert!(
+        events.iter().all(|e| e["comm"] == "mmap-workload"),
+        "other processes traced"
+    );
     match_calls(&calls, events).unwrap();
     assert_eq!(summary["ended"], "duration elapsed");
 }
@@ -165,7 +244,10 @@ fn sigint_ends_with_whole_lines_and_a_summary() {
             .unwrap();
         wait_ready(&mut tracer);
         // Keep events flowing while the signal lands.
-        let mut load = Command::new(workload_path()).args(["--loop", "20000"]).spawn().unwrap();
+        let mut load = Command::new(workload_path())
+            .args(["--loop", "20000"])
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         // SAFETY: signalling our own child.
         unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
@@ -188,7 +270,11 @@ fn pid_that_exits_ends_the_trace_cleanly() {
         .unwrap();
     sleeper.wait().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("the traced process exited"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the traced process exited"),
+        "{}",
+        stderr(&out)
+    );
     let records = json_lines(&stdout(&out));
     let (_, summary) = split_summary(&records);
     assert_eq!(summary["ended"], "target process exited");
@@ -216,21 +302,51 @@ fn errors_are_clear_messages() {
     // Some cases attach probes before they fail; not while another test unmounts tracefs.
     let _guard = shared();
     let cases: &[(&[&str], &str)] = &[
-        (&["trace", "--pid", "999999999"], "no process with pid 999999999"),
-        (&["trace", "--", "/no/such/program"], "cannot run \"/no/such/program\""),
-        (&["trace", "--probes", "mmap,bogus"], "unknown probe \"bogus\""),
+        (
+            &["trace", "--pid", "999999999"],
+            "no process with pid 999999999",
+        ),
+        (
+            &["trace", "--", "/no/such/program"],
+            "cannot run \"/no/such/program\"",
+        ),
+        (
+            &["trace", "--probes", "mmap,bogus"],
+            "unknown probe \"bogus\"",
+        ),
         (&["trace", "--duration=-3"], "positive number of seconds"),
         (&["trace", "--ring-buffer-kib", "5"], "power of two"),
-        (&["trace", "--pid", "1", "--comm", "x"], "cannot be used with"),
-        (&["trace", "--output", "/no/such/dir/x.jsonl", "--duration", "0.1"], "cannot create output file"),
-        (&["verify", "--probes", "mmap,munmap", "--", "/bin/true"], "needs the exec probe"),
+        (
+            &["trace", "--pid", "1", "--comm", "x"],
+            "cannot be used with",
+        ),
+        (
+            &[
+                "trace",
+                "--output",
+                "/no/such/dir/x.jsonl",
+                "--duration",
+                "0.1",
+            ],
+            "cannot create output file",
+        ),
+        (
+            &["verify", "--probes", "mmap,munmap", "--", "/bin/true"],
+            "needs the exec probe",
+        ),
     ];
     for (args, expected) in cases {
         let out = cli().args(*args).output().unwrap();
         let err = stderr(&out);
         assert!(!out.status.success(), "{args:?} succeeded");
-        assert!(err.contains(expected), "{args:?}: expected {expected:?} in {err:?}");
-        assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{args:?}: {err}");
+        assert!(
+            err.contains(expected),
+            "{args:?}: expected {expected:?} in {err:?}"
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+            "{args:?}: {err}"
+        );
     }
 }
 
@@ -238,25 +354,59 @@ fn errors_are_clear_messages() {
 fn kernel_probes_are_refused_or_skipped_with_a_reason() {
     if std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
         // A kernel with kprobes: the guest tests cover the kernel probes.
-        let out = cli().args(["trace", "--probes", "mmap_region", "--btf", "/no/such/btf", "-d", "0.1"]).output().unwrap();
-        assert!(stderr(&out).contains("cannot read kernel BTF from /no/such/btf"), "{}", stderr(&out));
+        let out = cli()
+            .args([
+                "trace",
+                "--probes",
+                "mmap_region",
+                "--btf",
+                "/no/such/btf",
+                "-d",
+                "0.1",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            stderr(&out).contains("cannot read kernel BTF from /no/such/btf"),
+            "{}",
+            stderr(&out)
+        );
         return;
     }
-    let out = cli().args(["trace", "--probes", "mmap_region"]).output().unwrap();
+    let out = cli()
+        .args(["trace", "--probes", "mmap_region"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("cannot trace mmap_region: this kernel has no kprobes"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot trace mmap_region: this kernel has no kprobes"),
+        "{}",
+        stderr(&out)
+    );
     let _guard = shared();
     let out = cli().args(["trace", "-d", "0.1"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
-    let skipped: Vec<&str> = err.lines().filter(|l| l.contains("kernel probes skipped")).collect();
+    let skipped: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("kernel probes skipped"))
+        .collect();
     assert_eq!(skipped.len(), 1, "one clear line: {err}");
-    assert!(skipped[0].contains("mmap_region, remap_pfn_range, driver_mmap"), "{}", skipped[0]);
+    assert!(
+        skipped[0].contains("mmap_region, remap_pfn_range, driver_mmap"),
+        "{}",
+        skipped[0]
+    );
 }
 
 #[test]
 fn refuses_to_run_without_root() {
-    let out = cli().args(["trace", "-d", "0.1"]).uid(65534).gid(65534).output().unwrap();
+    let out = cli()
+        .args(["trace", "-d", "0.1"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("needs root"), "{}", stderr(&out));
 }
@@ -265,7 +415,14 @@ fn refuses_to_run_without_root() {
 fn help_explains_itself() {
     let out = cli().args(["trace", "--help"]).output().unwrap();
     let help = stdout(&out);
-    for needle in ["--pid", "--comm", "--json", "--probes", "Examples:", "Ctrl-C"] {
+    for needle in [
+        "--pid",
+        "--comm",
+        "--json",
+        "--probes",
+        "Examples:",
+        "Ctrl-C",
+    ] {
         assert!(help.contains(needle), "--help lacks {needle}: {help}");
     }
 }
@@ -281,7 +438,10 @@ fn verify_agrees_on_every_scenario() {
         if *scenario == "file-pages" {
             // 4 shared pages + the private page that was read but not written.
             let checked = run.summary()["pfn_checks"].as_u64().unwrap();
-            assert!(checked >= 5, "file-pages: {checked} PFNs compared with pagemap");
+            assert!(
+                checked >= 5,
+                "file-pages: {checked} PFNs compared with pagemap"
+            );
         }
     }
     // The default sequence: brk, a file with an offset, failed calls…
@@ -293,7 +453,8 @@ fn verify_agrees_on_every_scenario() {
 #[test]
 fn verify_reports_a_planted_mismatch() {
     let _guard = shared();
-    let run = mmap_trace_tests::cli::verify_workload(&["--plant", "maps-perms"], &["--scenario", "anon"]);
+    let run =
+        mmap_trace_tests::cli::verify_workload(&["--plant", "maps-perms"], &["--scenario", "anon"]);
     assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
     let mismatches = run.mismatches();
     assert!(!mismatches.is_empty(), "no mismatch record");
@@ -301,7 +462,11 @@ fn verify_reports_a_planted_mismatch() {
     assert_eq!(m["field"], "perms", "{m}");
     assert!(m["expected"].as_str().unwrap().starts_with("rw"), "{m}");
     assert!(m["found"].as_str().unwrap().starts_with("r-"), "{m}");
-    assert!(run.stderr.contains("MISMATCH") && run.stderr.contains("FAIL"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("MISMATCH") && run.stderr.contains("FAIL"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// `voluntary_ctxt_switches` of a live process.
@@ -369,16 +534,26 @@ fn verify_with_nothing_checked_is_not_a_pass() {
     idle.wait().unwrap();
     let records = json_lines(&stdout(&out));
     let (_, summary) = split_summary(&records);
-    assert_eq!((summary["checkpoints"].as_u64(), summary["mismatches"].as_u64()), (Some(0), Some(0)), "{summary}");
+    assert_eq!(
+        (
+            summary["checkpoints"].as_u64(),
+            summary["mismatches"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{summary}"
+    );
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("FAIL") && err.contains("nothing was checked"), "{err}");
+    assert!(
+        err.contains("FAIL") && err.contains("nothing was checked"),
+        "{err}"
+    );
 }
 
 #[test]
 fn verify_needs_one_process() {
     let out = cli().args(["verify"]).output().unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("--pid") , "{}", stderr(&out));
+    assert!(stderr(&out).contains("--pid"), "{}", stderr(&out));
 }
 
 /// `--full` (every known page at every checkpoint) agrees too and checks at least the
@@ -391,13 +566,26 @@ fn verify_full_page_checks_agree_with_incremental_ones() {
     mmap_trace_tests::cli::assert_verified(&incremental, "file-pages");
     let full = mmap_trace_tests::cli::verify_workload(&["--full"], &args);
     mmap_trace_tests::cli::assert_verified(&full, "file-pages --full");
-    let count = |run: &mmap_trace_tests::cli::VerifyRun, key: &str| run.summary()[key].as_u64().unwrap();
-    let (i, f) = (count(&incremental, "pfn_checks"), count(&full, "pfn_checks"));
+    let count =
+        |run: &mmap_trace_tests::cli::VerifyRun, key: &str| run.summary()[key].as_u64().unwrap();
+    let (i, f) = (
+        count(&incremental, "pfn_checks"),
+        count(&full, "pfn_checks"),
+    );
     assert!(i >= 5 && f >= i, "PFN checks: incremental {i}, --full {f}");
-    assert_eq!(count(&full, "pfn_full_passes"), count(&full, "checkpoints"), "--full: every checkpoint a full pass");
-    let planted = mmap_trace_tests::cli::verify_workload(&["--full", "--plant", "pfn-off-by-one"], &args);
+    assert_eq!(
+        count(&full, "pfn_full_passes"),
+        count(&full, "checkpoints"),
+        "--full: every checkpoint a full pass"
+    );
+    let planted =
+        mmap_trace_tests::cli::verify_workload(&["--full", "--plant", "pfn-off-by-one"], &args);
     assert_eq!(planted.status.code(), Some(1), "{}", planted.stderr);
-    let pfn = planted.mismatches().into_iter().filter(|m| m["field"] == "pfn").count();
+    let pfn = planted
+        .mismatches()
+        .into_iter()
+        .filter(|m| m["field"] == "pfn")
+        .count();
     assert!(pfn >= 5, "--full: {pfn} PFN mismatches");
 }
 
@@ -405,9 +593,16 @@ fn verify_full_page_checks_agree_with_incremental_ones() {
 #[test]
 fn verify_reports_planted_pfn_errors() {
     let _guard = shared();
-    let run = mmap_trace_tests::cli::verify_workload(&["--plant", "pfn-off-by-one"], &["--scenario", "file-pages"]);
+    let run = mmap_trace_tests::cli::verify_workload(
+        &["--plant", "pfn-off-by-one"],
+        &["--scenario", "file-pages"],
+    );
     assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
-    let pfn = run.mismatches().into_iter().filter(|m| m["field"] == "pfn").count();
+    let pfn = run
+        .mismatches()
+        .into_iter()
+        .filter(|m| m["field"] == "pfn")
+        .count();
     assert!(pfn >= 5, "{pfn} PFN mismatches: {:?}", run.mismatches());
     assert!(run.stderr.contains("pagemap shows"), "{}", run.stderr);
 }

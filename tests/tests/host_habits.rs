@@ -26,7 +26,10 @@ fn one() -> std::sync::MutexGuard<'static, ()> {
 
 /// The workload's account of its calls among other lines (the tracer's notes).
 fn calls_in(text: &str) -> Vec<Call> {
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("{\"call\"")).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("{\"call\""))
+        .collect();
     parse_calls(&lines.join("\n"))
 }
 
@@ -36,32 +39,70 @@ fn calls_in(text: &str) -> Vec<Call> {
 #[test]
 fn trace_on_stdout_command_output_on_stderr() {
     let _one = one();
-    let run = cli().args(["trace", "--json", "--"]).arg(workload_path()).output().unwrap();
+    let run = cli()
+        .args(["trace", "--json", "--"])
+        .arg(workload_path())
+        .output()
+        .unwrap();
     assert!(run.status.success(), "{}", stderr(&run));
     let records = json_lines(&stdout(&run));
     let (events, summary) = split_summary(&records);
-    assert!(records.iter().all(|r| r.get("call").is_none()), "command output on stdout");
+    assert!(
+        records.iter().all(|r| r.get("call").is_none()),
+        "command output on stdout"
+    );
     let calls = calls_in(&stderr(&run));
-    assert!(calls.len() >= 14, "the workload's output is not on stderr: {}", stderr(&run));
+    assert!(
+        calls.len() >= 14,
+        "the workload's output is not on stderr: {}",
+        stderr(&run)
+    );
     match_calls(&calls, events).unwrap();
-    assert!(summary["ended"].as_str().unwrap().starts_with("command exited (status 0)"));
+    assert!(
+        summary["ended"]
+            .as_str()
+            .unwrap()
+            .starts_with("command exited (status 0)")
+    );
 
     // The table too: nothing but the header, event rows and `#` summary lines.
-    let run = cli().args(["trace", "--"]).arg(workload_path()).output().unwrap();
+    let run = cli()
+        .args(["trace", "--"])
+        .arg(workload_path())
+        .output()
+        .unwrap();
     assert!(run.status.success(), "{}", stderr(&run));
     let table = stdout(&run);
     assert!(table.lines().next().unwrap().contains("TIME(s)"), "{table}");
-    assert!(!table.contains("{\"call\""), "command output in the table:\n{table}");
-    assert_eq!(calls_in(&stderr(&run)).len(), calls.len(), "{}", stderr(&run));
+    assert!(
+        !table.contains("{\"call\""),
+        "command output in the table:\n{table}"
+    );
+    assert_eq!(
+        calls_in(&stderr(&run)).len(),
+        calls.len(),
+        "{}",
+        stderr(&run)
+    );
 
     // With -o FILE the command keeps its standard output.
     let file = std::env::temp_dir().join(format!("habits-o-{}.jsonl", std::process::id()));
-    let run = cli().args(["trace", "--json", "-o"]).arg(&file).arg("--").arg(workload_path()).output().unwrap();
+    let run = cli()
+        .args(["trace", "--json", "-o"])
+        .arg(&file)
+        .arg("--")
+        .arg(workload_path())
+        .output()
+        .unwrap();
     assert!(run.status.success(), "{}", stderr(&run));
     assert_eq!(parse_calls(&stdout(&run)).len(), calls.len());
     let text = std::fs::read_to_string(&file).unwrap();
     let _ = std::fs::remove_file(&file);
-    match_calls(&parse_calls(&stdout(&run)), split_summary(&json_lines(&text)).0).unwrap();
+    match_calls(
+        &parse_calls(&stdout(&run)),
+        split_summary(&json_lines(&text)).0,
+    )
+    .unwrap();
 }
 
 /// Seconds since local midnight, now.
@@ -81,7 +122,11 @@ fn local_seconds_of_day() -> i64 {
 fn dash_t_prints_the_time_of_day() {
     let _one = one();
     let before = local_seconds_of_day();
-    let run = cli().args(["trace", "-T", "--"]).arg(workload_path()).output().unwrap();
+    let run = cli()
+        .args(["trace", "-T", "--"])
+        .arg(workload_path())
+        .output()
+        .unwrap();
     let after = local_seconds_of_day() + 1;
     assert!(run.status.success(), "{}", stderr(&run));
     let table = stdout(&run);
@@ -101,10 +146,20 @@ fn dash_t_prints_the_time_of_day() {
         let secs = n[0] * 3600 + n[1] * 60 + n[2];
         // Modulo a day, so a run across midnight is judged right too.
         let span = (after - before).rem_euclid(86_400);
-        assert!((secs - before).rem_euclid(86_400) <= span, "{time} outside the run ({before}..{after} s of day)");
+        assert!(
+            (secs - before).rem_euclid(86_400) <= span,
+            "{time} outside the run ({before}..{after} s of day)"
+        );
     }
-    let json = cli().args(["trace", "-T", "--json", "--", "/bin/true"]).output().unwrap();
-    assert!(!json.status.success() && stderr(&json).contains("cannot be used with"), "{}", stderr(&json));
+    let json = cli()
+        .args(["trace", "-T", "--json", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    assert!(
+        !json.status.success() && stderr(&json).contains("cannot be used with"),
+        "{}",
+        stderr(&json)
+    );
 }
 
 /// The cgroup2 mount (on a hybrid system, /sys/fs/cgroup/unified).
@@ -137,7 +192,10 @@ impl Drop for TestCgroup {
 fn in_cgroup(cgroup: &Path, script: &str) -> Command {
     let mut c = Command::new("/bin/sh");
     c.arg("-c")
-        .arg(format!("echo $$ > {}/cgroup.procs && {script}", cgroup.display()))
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && {script}",
+            cgroup.display()
+        ))
         .env("W", workload_path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -154,7 +212,9 @@ fn cgroup_filter_traces_exactly_the_cgroup() {
     let mount = cgroup2_mount();
     let dir = mount.join(format!("mmtrace-test-{}", std::process::id()));
     let inner = dir.join("inner");
-    let _cleanup = TestCgroup { dirs: vec![dir.clone(), inner.clone()] };
+    let _cleanup = TestCgroup {
+        dirs: vec![dir.clone(), inner.clone()],
+    };
     std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     std::fs::create_dir(&inner).unwrap();
     let name = |p: &Path| format!("/{}", p.strip_prefix(&mount).unwrap().display());
@@ -169,7 +229,11 @@ fn cgroup_filter_traces_exactly_the_cgroup() {
         .unwrap();
     let tracer_stderr = wait_ready(&mut tracer);
     let run = |mut c: Command| {
-        let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let child = c
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let pid = child.id();
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
@@ -184,19 +248,38 @@ fn cgroup_filter_traces_exactly_the_cgroup() {
     let out = tracer.wait_with_output().unwrap();
     let notes = tracer_stderr.join().unwrap();
     assert!(out.status.success(), "{notes}");
-    assert!(notes.contains(&format!("in cgroup {} and below", name(&dir))), "{notes}");
+    assert!(
+        notes.contains(&format!("in cgroup {} and below", name(&dir))),
+        "{notes}"
+    );
     let records = json_lines(&stdout(&out));
     let (events, summary) = split_summary(&records);
     assert_eq!(summary["lost_total"], 0, "{summary}");
 
     let pid_of = |e: &Value| e["pid"].as_u64().unwrap() as u32;
-    let of = |pid: u32| -> Vec<Value> { events.iter().filter(|e| pid_of(e) == pid).cloned().collect() };
+    let of = |pid: u32| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| pid_of(e) == pid)
+            .cloned()
+            .collect()
+    };
     // The nested workload is the shell's child: the one other pid, in inner.
-    let others: std::collections::BTreeSet<u32> =
-        events.iter().map(pid_of).filter(|p| ![first_pid, shell_pid].contains(p)).collect();
-    assert_eq!(others.len(), 1, "pids besides {first_pid} and {shell_pid}: {others:?} in {events:?}");
+    let others: std::collections::BTreeSet<u32> = events
+        .iter()
+        .map(pid_of)
+        .filter(|p| ![first_pid, shell_pid].contains(p))
+        .collect();
+    assert_eq!(
+        others.len(),
+        1,
+        "pids besides {first_pid} and {shell_pid}: {others:?} in {events:?}"
+    );
     let child_pid = *others.first().unwrap();
-    assert!(child_pid != outside_pid, "the workload outside the cgroup was traced");
+    assert!(
+        child_pid != outside_pid,
+        "the workload outside the cgroup was traced"
+    );
     assert!(of(outside_pid).is_empty());
     for (pid, cgroup) in [(first_pid, &dir), (shell_pid, &inner), (child_pid, &inner)] {
         for e in of(pid) {
@@ -207,14 +290,32 @@ fn cgroup_filter_traces_exactly_the_cgroup() {
     // Every call of both workloads inside the cgroup.
     match_calls(&parse_calls(&stdout(&first)), &of(first_pid)).unwrap();
     let child_events = of(child_pid);
-    assert!(child_events.iter().all(|e| e["comm"] == "mmap-workload"), "{child_events:?}");
+    assert!(
+        child_events.iter().all(|e| e["comm"] == "mmap-workload"),
+        "{child_events:?}"
+    );
     match_calls(&calls_in(&stdout(&nested)), &child_events).unwrap();
-    assert!(parse_calls(&stdout(&outside)).len() >= 14, "the outside workload ran");
+    assert!(
+        parse_calls(&stdout(&outside)).len() >= 14,
+        "the outside workload ran"
+    );
 
     // Clear refusals: a path that is not there, a directory that is not a cgroup.
-    let missing = cli().args(["trace", "--cgroup"]).arg(dir.join("nope")).output().unwrap();
-    assert!(stderr(&missing).contains("no such cgroup directory"), "{}", stderr(&missing));
+    let missing = cli()
+        .args(["trace", "--cgroup"])
+        .arg(dir.join("nope"))
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&missing).contains("no such cgroup directory"),
+        "{}",
+        stderr(&missing)
+    );
     let not_cgroup = cli().args(["trace", "--cgroup", "/tmp"]).output().unwrap();
-    assert!(stderr(&not_cgroup).contains("is not a cgroup v2 directory"), "{}", stderr(&not_cgroup));
+    assert!(
+        stderr(&not_cgroup).contains("is not a cgroup v2 directory"),
+        "{}",
+        stderr(&not_cgroup)
+    );
     assert_eq!(not_cgroup.status.code(), Some(2));
 }

@@ -31,18 +31,45 @@ fn short_lived_commands_have_a_full_path_on_every_file_mapping() {
         let argv: Vec<&OsStr> = argv.iter().map(OsStr::new).collect();
         let (_, events) = trace_json(&argv);
         let mapped = file_mmaps(&events);
-        assert!(mapped.len() >= 2, "{argv:?}: only {} file mappings traced", mapped.len());
+        assert!(
+            mapped.len() >= 2,
+            "{argv:?}: only {} file mappings traced",
+            mapped.len()
+        );
         for e in &mapped {
             let path = path_bytes(e).unwrap_or_else(|| panic!("{argv:?}: no path: {e}"));
-            assert!(e["path_truncated"].is_null() && e["path_deleted"].is_null(), "{argv:?}: {e}");
+            assert!(
+                e["path_truncated"].is_null() && e["path_deleted"].is_null(),
+                "{argv:?}: {e}"
+            );
             assert_eq!(path.first(), Some(&b'/'), "{argv:?}: not absolute: {e}");
-            let meta = std::fs::metadata(OsStr::from_bytes(&path))
-                .unwrap_or_else(|err| panic!("{argv:?}: stat {}: {err} ({e})", String::from_utf8_lossy(&path)));
-            assert_eq!(meta.ino(), e["file"]["ino"].as_u64().unwrap(), "{argv:?}: another file: {e}");
-            let dev = format!("{:02x}:{:02x}", libc::major(meta.dev()), libc::minor(meta.dev()));
-            assert_eq!(e["file"]["dev"], dev.as_str(), "{argv:?}: another device: {e}");
+            let meta = std::fs::metadata(OsStr::from_bytes(&path)).unwrap_or_else(|err| {
+                panic!(
+                    "{argv:?}: stat {}: {err} ({e})",
+                    String::from_utf8_lossy(&path)
+                )
+            });
+            assert_eq!(
+                meta.ino(),
+                e["file"]["ino"].as_u64().unwrap(),
+                "{argv:?}: another file: {e}"
+            );
+            let dev = format!(
+                "{:02x}:{:02x}",
+                libc::major(meta.dev()),
+                libc::minor(meta.dev())
+            );
+            assert_eq!(
+                e["file"]["dev"],
+                dev.as_str(),
+                "{argv:?}: another device: {e}"
+            );
         }
-        eprintln!("{argv:?}: {} of {} file mappings with a full, correct path", mapped.len(), mapped.len());
+        eprintln!(
+            "{argv:?}: {} of {} file mappings with a full, correct path",
+            mapped.len(),
+            mapped.len()
+        );
     }
 }
 
@@ -73,9 +100,21 @@ fn odd_names_come_back_exactly() {
         );
         let valid_utf8 = std::str::from_utf8(&expected).is_ok();
         // path_hex only where the text had to be replaced; the leaf name likewise.
-        assert_eq!(event["path_hex"].is_null(), valid_utf8, "{scenario}: {event}");
-        assert_eq!(event["file"]["name_hex"].is_null(), valid_utf8, "{scenario}: {event}");
-        let leaf = Path::new(OsStr::from_bytes(&expected)).file_name().unwrap().as_bytes().to_vec();
+        assert_eq!(
+            event["path_hex"].is_null(),
+            valid_utf8,
+            "{scenario}: {event}"
+        );
+        assert_eq!(
+            event["file"]["name_hex"].is_null(),
+            valid_utf8,
+            "{scenario}: {event}"
+        );
+        let leaf = Path::new(OsStr::from_bytes(&expected))
+            .file_name()
+            .unwrap()
+            .as_bytes()
+            .to_vec();
         let name = match event["file"]["name_hex"].as_str() {
             Some(h) => unhex(h),
             None => event["file"]["name"].as_str().unwrap().as_bytes().to_vec(),
@@ -106,7 +145,8 @@ fn cut_walks_are_marked_truncated() {
 #[test]
 fn table_shows_odd_names_escaped() {
     let _one = serial();
-    let out_file = std::env::temp_dir().join(format!("host-paths-table-{}.txt", std::process::id()));
+    let out_file =
+        std::env::temp_dir().join(format!("host-paths-table-{}.txt", std::process::id()));
     let run = cli()
         .args(["trace", "-o"])
         .arg(&out_file)
@@ -122,9 +162,17 @@ fn table_shows_odd_names_escaped() {
         .lines()
         .find(|l| l.contains(" mmap ") && l.contains("file.name="))
         .unwrap_or_else(|| panic!("no file mmap line in:\n{text}"));
-    assert!(line.contains("file.name=new\\012line") && line.contains("/new\\012line "), "{line}");
+    assert!(
+        line.contains("file.name=new\\012line") && line.contains("/new\\012line "),
+        "{line}"
+    );
     // Every line is a record of the table (no line starts inside a name).
-    assert!(text.lines().all(|l| l.starts_with('#') || l.trim_start().starts_with(|c: char| c.is_ascii_digit() || c == 'T')), "{text}");
+    assert!(
+        text.lines().all(|l| l.starts_with('#')
+            || l.trim_start()
+                .starts_with(|c: char| c.is_ascii_digit() || c == 'T')),
+        "{text}"
+    );
 }
 
 /// `-- CMD ARGS…` takes any bytes: an argument that is not UTF-8 reaches the command
@@ -145,9 +193,15 @@ fn arguments_that_are_not_utf8_are_passed_exactly() {
             .output()
             .expect("run mmap-trace");
         let err = stderr(&run);
-        assert!(!err.contains("invalid UTF-8"), "{command}: refused the argument: {err}");
+        assert!(
+            !err.contains("invalid UTF-8"),
+            "{command}: refused the argument: {err}"
+        );
         assert_ne!(run.status.code(), Some(2), "{command}: {err}");
-        assert!(name.exists(), "{command}: touch did not get the argument's bytes: {err}");
+        assert!(
+            name.exists(),
+            "{command}: touch did not get the argument's bytes: {err}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -169,12 +223,21 @@ fn programs_stay_cheap_to_verify() {
     let mut costs = Vec::new();
     for fd in fds.map_while(Result::ok) {
         if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:bpf-prog") {
-            let info = std::fs::read_to_string(format!("/proc/{}/fdinfo/{}", tracer.id(), fd.file_name().to_string_lossy()))
-                .expect("fdinfo");
+            let info = std::fs::read_to_string(format!(
+                "/proc/{}/fdinfo/{}",
+                tracer.id(),
+                fd.file_name().to_string_lossy()
+            ))
+            .expect("fdinfo");
             let field = |key: &str| {
-                info.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().parse::<u64>().expect("number"))
+                info.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .map(|v| v.trim().parse::<u64>().expect("number"))
             };
-            costs.push((field("prog_type:").unwrap(), field("verified_insns:").expect("verified_insns (5.16+)")));
+            costs.push((
+                field("prog_type:").unwrap(),
+                field("verified_insns:").expect("verified_insns (5.16+)"),
+            ));
         }
     }
     // SAFETY: signalling our own child.
@@ -184,6 +247,9 @@ fn programs_stay_cheap_to_verify() {
     assert!(status.success(), "{log}");
     // sys_enter is attached by verify only: sys_exit, exec and page-cache here at least.
     assert!(costs.len() >= 2, "programs found: {costs:?}\n{log}");
-    assert!(costs.iter().all(|&(_, insns)| insns < 100_000), "verified instructions per program (type, insns): {costs:?}");
+    assert!(
+        costs.iter().all(|&(_, insns)| insns < 100_000),
+        "verified instructions per program (type, insns): {costs:?}"
+    );
     eprintln!("verified instructions per program (type, insns): {costs:?}");
 }

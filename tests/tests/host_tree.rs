@@ -2,10 +2,11 @@
 //! checks every process a command forks, each on its own. Real eBPF on this kernel, real
 //! programs (the system's `sh` and `ls`, and the workload).
 
-
 use std::process::Command;
 
-use mmap_trace_tests::cli::{cli, json_lines, process_records, split_summary, stderr, workload_path};
+use mmap_trace_tests::cli::{
+    cli, json_lines, process_records, split_summary, stderr, workload_path,
+};
 use serde_json::Value;
 
 fn out_file(name: &str) -> std::path::PathBuf {
@@ -13,7 +14,11 @@ fn out_file(name: &str) -> std::path::PathBuf {
 }
 
 /// Runs `mmap-trace ARGS -o FILE -- sh -c SCRIPT`; its status, stderr and the records.
-fn run_sh(args: &[&str], name: &str, script: &str) -> (std::process::ExitStatus, String, Vec<Value>) {
+fn run_sh(
+    args: &[&str],
+    name: &str,
+    script: &str,
+) -> (std::process::ExitStatus, String, Vec<Value>) {
     let file = out_file(name);
     let out = cli()
         .args(args)
@@ -31,30 +36,49 @@ fn run_sh(args: &[&str], name: &str, script: &str) -> (std::process::ExitStatus,
 /// record each, every one with checkpoints and no mismatch, and the summary counts them.
 #[test]
 fn verify_checks_every_process_of_a_shell_tree() {
-    let script = format!("true; ls / >/dev/null; {} --scenario anon >/dev/null", workload_path().display());
+    let script = format!(
+        "true; ls / >/dev/null; {} --scenario anon >/dev/null",
+        workload_path().display()
+    );
     let (status, err, records) = run_sh(&["verify", "--json"], "verify", &script);
     let (_, summary) = split_summary(&records);
     let processes = process_records(&records);
     assert!(status.success(), "verify failed: {err}");
-    assert!(processes.len() >= 3, "sh, ls and the workload: {processes:?}\n{err}");
+    assert!(
+        processes.len() >= 3,
+        "sh, ls and the workload: {processes:?}\n{err}"
+    );
     assert_eq!(summary["processes"], processes.len(), "{summary}");
     assert_eq!(summary["mismatches"], 0, "{summary}");
     for p in &processes {
-        assert!(p["checkpoints"].as_u64().unwrap() > 0, "a process never checked: {p}");
+        assert!(
+            p["checkpoints"].as_u64().unwrap() > 0,
+            "a process never checked: {p}"
+        );
         assert_eq!(p["mismatches"], 0, "{p}");
     }
     // The children name their parent; the command itself has none.
-    let root = processes.iter().filter(|p| p.get("parent").is_none()).count();
+    let root = processes
+        .iter()
+        .filter(|p| p.get("parent").is_none())
+        .count();
     assert_eq!(root, 1, "{processes:?}");
     // Every process line on stderr too.
-    assert_eq!(err.matches("mmap-trace: verify: pid ").count(), processes.len(), "{err}");
+    assert_eq!(
+        err.matches("mmap-trace: verify: pid ").count(),
+        processes.len(),
+        "{err}"
+    );
 }
 
 /// `--no-follow-forks` checks the command alone.
 #[test]
 fn verify_without_following_checks_one_process() {
-    let (status, err, records) =
-        run_sh(&["verify", "--json", "--no-follow-forks"], "nofollow", "true; ls / >/dev/null; true");
+    let (status, err, records) = run_sh(
+        &["verify", "--json", "--no-follow-forks"],
+        "nofollow",
+        "true; ls / >/dev/null; true",
+    );
     let processes = process_records(&records);
     assert!(status.success(), "verify failed: {err}");
     assert_eq!(processes.len(), 1, "{processes:?}");
@@ -71,28 +95,43 @@ fn trace_follow_forks_shows_the_children() {
     let sh = events[0]["pid"].clone();
     let forks: Vec<&Value> = events.iter().filter(|e| e["probe"] == "fork").collect();
     assert!(!forks.is_empty(), "no fork event: {summary}");
-    let ls_mmaps: Vec<&Value> =
-        events.iter().filter(|e| e["comm"] == "ls" && e["probe"] == "mmap" && e["pid"] != sh).collect();
+    let ls_mmaps: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["comm"] == "ls" && e["probe"] == "mmap" && e["pid"] != sh)
+        .collect();
     assert!(ls_mmaps.len() >= 5, "ls's mmaps: {ls_mmaps:?}");
     assert!(
         forks.iter().any(|f| f["child_pid"] == ls_mmaps[0]["pid"]),
         "the fork that made ls ({}) is not in {forks:?}",
         ls_mmaps[0]["pid"]
     );
-    assert!(summary["ended"].as_str().unwrap().contains("exited"), "{summary}");
+    assert!(
+        summary["ended"].as_str().unwrap().contains("exited"),
+        "{summary}"
+    );
 
     let (status, err, records) = run_sh(&["trace", "--json"], "trace-nof", script);
     assert!(status.success(), "trace failed: {err}");
     let (events, _) = split_summary(&records);
-    assert!(events.iter().all(|e| e["comm"] != "ls"), "ls traced without -f");
+    assert!(
+        events.iter().all(|e| e["comm"] != "ls"),
+        "ls traced without -f"
+    );
 }
 
 /// -f needs a process to follow.
 #[test]
 fn follow_forks_needs_a_pid_or_a_command() {
-    let out = cli().args(["trace", "-f", "--comm", "nothing", "-d", "0.1"]).output().unwrap();
+    let out = cli()
+        .args(["trace", "-f", "--comm", "nothing", "-d", "0.1"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("--follow-forks follows the children of --pid or -- CMD"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--follow-forks follows the children of --pid or -- CMD"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Observations of the scenarios whose point is that verify changes nothing the program
@@ -120,11 +159,21 @@ fn verify_agrees_on_every_cause_and_name() {
             run.stderr,
             run.mismatches()
         );
-        assert!(summary["checkpoints"].as_u64().unwrap() > 0, "{scenario}: {summary}");
+        assert!(
+            summary["checkpoints"].as_u64().unwrap() > 0,
+            "{scenario}: {summary}"
+        );
         let processes = process_records(&run.records);
-        assert_eq!(processes.len(), mmap_trace_tests::cli::processes_of(scenario), "{scenario}: {processes:?}");
+        assert_eq!(
+            processes.len(),
+            mmap_trace_tests::cli::processes_of(scenario),
+            "{scenario}: {processes:?}"
+        );
         if INVISIBLE.contains(scenario) {
-            let alone = Command::new(workload_path()).args(["--scenario", scenario]).output().unwrap();
+            let alone = Command::new(workload_path())
+                .args(["--scenario", scenario])
+                .output()
+                .unwrap();
             assert!(alone.status.success(), "{scenario} alone failed");
             assert_eq!(
                 observations(&run.workload_stdout),
@@ -143,25 +192,48 @@ fn the_catch_all_sees_calls_and_faults_the_probes_do_not() {
     let (events, _) = split_summary(&run.records);
     for call in ["shmat", "shmdt"] {
         assert!(
-            events.iter().any(|e| e["probe"] == "mm_lock" && e["syscall"] == call),
+            events
+                .iter()
+                .any(|e| e["probe"] == "mm_lock" && e["syscall"] == call),
             "no catch-all record of {call}: {events:?}"
         );
     }
     let run = mmap_trace_tests::cli::verify_workload(&[], &["--scenario", "growsdown"]);
     let (events, _) = split_summary(&run.records);
-    assert!(events.iter().any(|e| e["probe"] == "mm_lock" && e["cause"] == "fault"), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["probe"] == "mm_lock" && e["cause"] == "fault"),
+        "{events:?}"
+    );
 }
 
 /// With the shm model switched off (hidden --plant), the same scenario is proven by the
 /// catch-all alone: an `unmodelled` record names each call and the run still passes.
 #[test]
 fn a_change_the_model_does_not_know_is_adopted_and_named() {
-    let run = mmap_trace_tests::cli::verify_workload(&["--plant", "unmodel-shm"], &["--scenario", "shmat-shmdt"]);
+    let run = mmap_trace_tests::cli::verify_workload(
+        &["--plant", "unmodel-shm"],
+        &["--scenario", "shmat-shmdt"],
+    );
     assert!(run.status.success(), "{}", run.stderr);
-    let unmodelled: Vec<&Value> = run.records.iter().filter(|r| r["type"] == "unmodelled").collect();
-    let causes: Vec<&str> = unmodelled.iter().map(|r| r["cause"].as_str().unwrap()).collect();
+    let unmodelled: Vec<&Value> = run
+        .records
+        .iter()
+        .filter(|r| r["type"] == "unmodelled")
+        .collect();
+    let causes: Vec<&str> = unmodelled
+        .iter()
+        .map(|r| r["cause"].as_str().unwrap())
+        .collect();
     assert_eq!(causes, ["shmat", "shmdt"], "{unmodelled:?}");
-    assert!(unmodelled[0]["ranges"][0]["found"].as_str().unwrap().contains("/SYSV"), "{unmodelled:?}");
+    assert!(
+        unmodelled[0]["ranges"][0]["found"]
+            .as_str()
+            .unwrap()
+            .contains("/SYSV"),
+        "{unmodelled:?}"
+    );
     assert_eq!(run.summary()["unmodelled"], 2, "{}", run.summary());
     assert_eq!(run.summary()["mismatches"], 0);
 }

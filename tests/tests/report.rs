@@ -18,7 +18,9 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 static CHROMIUM_LOCK: Mutex<()> = Mutex::new(());
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 fn out_dir() -> PathBuf {
@@ -26,7 +28,11 @@ fn out_dir() -> PathBuf {
 }
 
 fn report(args: &[&str]) -> Output {
-    cli().arg("report").args(args).output().expect("run mmap-trace report")
+    cli()
+        .arg("report")
+        .args(args)
+        .output()
+        .expect("run mmap-trace report")
 }
 
 /// `N VMA intervals` summed over the processes of the text report: the model's count.
@@ -40,7 +46,13 @@ fn model_bars(trace: &Path, pid: Option<&str>) -> usize {
     stdout(&run)
         .lines()
         .filter_map(|l| l.trim().strip_prefix("timeline:"))
-        .map(|l| l.split_whitespace().next().unwrap().parse::<usize>().unwrap())
+        .map(|l| {
+            l.split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        })
         .sum()
 }
 
@@ -87,7 +99,10 @@ fn chromium(args: &[String]) -> Output {
     });
     let out = child.wait_with_output().expect("chromium output");
     let _ = finished.send(());
-    assert!(!watchdog.join().unwrap(), "chromium ran for more than 90 s and was killed: {args:?}");
+    assert!(
+        !watchdog.join().unwrap(),
+        "chromium ran for more than 90 s and was killed: {args:?}"
+    );
     let _ = std::fs::remove_dir_all(&profile);
     out
 }
@@ -95,7 +110,8 @@ fn chromium(args: &[String]) -> Output {
 fn tempdir(what: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("mmtrace-report-{what}-{}-{n}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("mmtrace-report-{what}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -105,8 +121,15 @@ struct Dom(String);
 
 impl Dom {
     fn load(html: &Path) -> Self {
-        let out = chromium(&["--dump-dom".to_string(), format!("file://{}", html.display())]);
-        assert!(out.status.success(), "chromium --dump-dom failed: {}", stderr(&out));
+        let out = chromium(&[
+            "--dump-dom".to_string(),
+            format!("file://{}", html.display()),
+        ]);
+        assert!(
+            out.status.success(),
+            "chromium --dump-dom failed: {}",
+            stderr(&out)
+        );
         Self(stdout(&out))
     }
 
@@ -114,7 +137,9 @@ impl Dom {
     fn body_attr(&self, name: &str) -> usize {
         let body = &self.0[self.0.find("<body").expect("a body")..];
         let body = &body[..body.find('>').unwrap()];
-        let at = body.find(&format!("{name}=\"")).unwrap_or_else(|| panic!("no {name} on {body}: did the script run?"));
+        let at = body
+            .find(&format!("{name}=\""))
+            .unwrap_or_else(|| panic!("no {name} on {body}: did the script run?"));
         let value = &body[at + name.len() + 2..];
         value[..value.find('"').unwrap()].parse().unwrap()
     }
@@ -129,7 +154,10 @@ impl Dom {
         self.0
             .split("<rect class=\"")
             .skip(1)
-            .filter(|tag| tag.starts_with("vma ") && tag[..tag.find('"').unwrap()].split(' ').any(|c| c == class))
+            .filter(|tag| {
+                tag.starts_with("vma ")
+                    && tag[..tag.find('"').unwrap()].split(' ').any(|c| c == class)
+            })
             .count()
     }
 }
@@ -145,17 +173,55 @@ fn render(name: &str, extra: &[&str], expected: usize) -> Dom {
     let mut args = vec![trace.to_str().unwrap(), "--html", html.to_str().unwrap()];
     args.extend_from_slice(extra);
     let run = report(&args);
-    assert!(run.status.success(), "report --html failed: {}", stderr(&run));
-    assert!(stderr(&run).contains(&format!("{expected} VMA bars")), "{}", stderr(&run));
-    let pid = extra.iter().position(|a| *a == "--pid").map(|i| extra[i + 1]);
-    assert_eq!(model_bars(&trace, pid), expected, "the text report's model disagrees with the expected count");
+    assert!(
+        run.status.success(),
+        "report --html failed: {}",
+        stderr(&run)
+    );
+    assert!(
+        stderr(&run).contains(&format!("{expected} VMA bars")),
+        "{}",
+        stderr(&run)
+    );
+    let pid = extra
+        .iter()
+        .position(|a| *a == "--pid")
+        .map(|i| extra[i + 1]);
+    assert_eq!(
+        model_bars(&trace, pid),
+        expected,
+        "the text report's model disagrees with the expected count"
+    );
 
     let dom = Dom::load(&html);
-    assert_eq!(dom.count("<rect class=\"vma "), expected, "rect.vma elements in the DOM");
-    assert_eq!(dom.body_attr("data-vma-bars"), expected, "querySelectorAll('rect.vma')");
-    assert_eq!(dom.body_attr("data-rendered-bars"), expected, "bars with a size on screen");
-    for external in ["<link", "<img", "<iframe", "src=\"http", "href=\"http", "url(http", "@import"] {
-        assert!(!dom.0.contains(external), "the page references something external: {external}");
+    assert_eq!(
+        dom.count("<rect class=\"vma "),
+        expected,
+        "rect.vma elements in the DOM"
+    );
+    assert_eq!(
+        dom.body_attr("data-vma-bars"),
+        expected,
+        "querySelectorAll('rect.vma')"
+    );
+    assert_eq!(
+        dom.body_attr("data-rendered-bars"),
+        expected,
+        "bars with a size on screen"
+    );
+    for external in [
+        "<link",
+        "<img",
+        "<iframe",
+        "src=\"http",
+        "href=\"http",
+        "url(http",
+        "@import",
+    ] {
+        assert!(
+            !dom.0.contains(external),
+            "the page references something external: {external}"
+        );
     }
 
     let png = out_dir().join(format!("report-{stem}{suffix}.png"));
@@ -165,9 +231,17 @@ fn render(name: &str, extra: &[&str], expected: usize) -> Dom {
         "--window-size=1400,900".to_string(),
         format!("file://{}", html.display()),
     ]);
-    assert!(shot.status.success(), "chromium --screenshot failed: {}", stderr(&shot));
+    assert!(
+        shot.status.success(),
+        "chromium --screenshot failed: {}",
+        stderr(&shot)
+    );
     let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
-    assert!(size > 20_000, "{} is {size} bytes: an empty page?", png.display());
+    assert!(
+        size > 20_000,
+        "{} is {size} bytes: an empty page?",
+        png.display()
+    );
     eprintln!("screenshot: {}", png.display());
     dom
 }
@@ -179,11 +253,19 @@ fn render(name: &str, extra: &[&str], expected: usize) -> Dom {
 fn html_synthetic_trace_has_one_bar_per_interval() {
     let dom = render("synthetic.jsonl", &[], 11);
     assert_eq!(dom.count("<section class=\"process\""), 2);
-    assert_eq!(dom.bars_with_class("mismatch"), 1, "the verify mismatch marks the MAP_FIXED file mapping");
+    assert_eq!(
+        dom.bars_with_class("mismatch"),
+        1,
+        "the verify mismatch marks the MAP_FIXED file mapping"
+    );
     assert_eq!(dom.count("<g class=\"mm\" data-m="), 1);
     assert_eq!(dom.bars_with_class("k-heap"), 2);
     assert_eq!(dom.bars_with_class("k-file"), 1);
-    assert_eq!(dom.bars_with_class("p-none"), 1, "the mprotect(PROT_NONE) guard");
+    assert_eq!(
+        dom.bars_with_class("p-none"),
+        1,
+        "the mprotect(PROT_NONE) guard"
+    );
     let one = render("synthetic.jsonl", &["--pid", "200"], 1);
     assert_eq!(one.count("<section class=\"process\""), 1);
 }
@@ -203,7 +285,10 @@ fn html_guest_driver_trace_highlights_the_driver_mapping() {
     let dom = render("guest-driver.jsonl", &[], 25);
     assert_eq!(dom.bars_with_class("driver"), 1);
     assert_eq!(dom.bars_with_class("k-device"), 1);
-    assert!(dom.0.contains("mmtrace-kmalloc rw- · driver · pfn 0x61a0"), "the driver bar's label");
+    assert!(
+        dom.0.contains("mmtrace-kmalloc rw- · driver · pfn 0x61a0"),
+        "the driver bar's label"
+    );
     assert!(dom.count("<g class=\"exec\"") == 1);
 }
 
@@ -212,7 +297,10 @@ fn html_guest_driver_trace_highlights_the_driver_mapping() {
 fn html_verify_trace_marks_mismatches() {
     let dom = render("guest-verify-planted.jsonl", &[], 25);
     assert_eq!(dom.count("<g class=\"mm\" data-m="), 9);
-    assert!(dom.bars_with_class("mismatch") >= 3, "bars under the mismatches are flagged");
+    assert!(
+        dom.bars_with_class("mismatch") >= 3,
+        "bars under the mismatches are flagged"
+    );
     assert!(dom.0.contains("9 verify mismatch(es)"));
 }
 
@@ -238,7 +326,12 @@ fn text_report_summarises_each_process() {
     }
     let run = report(&[fixture("guest-driver.jsonl").to_str().unwrap()]);
     let text = stdout(&run);
-    assert!(text.contains("16 KiB  0x7fe918eb0000-0x7fe918eb4000  mmap rw- device mmtrace-kmalloc (driver)"), "{text}");
+    assert!(
+        text.contains(
+            "16 KiB  0x7fe918eb0000-0x7fe918eb4000  mmap rw- device mmtrace-kmalloc (driver)"
+        ),
+        "{text}"
+    );
     assert!(text.contains("lost events: none"), "{text}");
 }
 
@@ -248,9 +341,19 @@ fn report_errors_are_clear() {
     let check = |args: &[&str], wanted: &str| {
         let run = report(args);
         let err = stderr(&run);
-        assert_eq!(run.status.code(), Some(2), "{args:?}: errors exit with 2: {err}");
-        assert!(err.contains(wanted), "{args:?}: wanted {wanted:?} in {err:?}");
-        assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
+        assert_eq!(
+            run.status.code(),
+            Some(2),
+            "{args:?}: errors exit with 2: {err}"
+        );
+        assert!(
+            err.contains(wanted),
+            "{args:?}: wanted {wanted:?} in {err:?}"
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("internal error"),
+            "{err}"
+        );
         assert_eq!(err.lines().count(), 1, "one line: {err}");
     };
     let missing = dir.join("missing.jsonl");
@@ -265,7 +368,17 @@ fn report_errors_are_clear() {
     std::fs::write(&empty, "").unwrap();
     check(&[empty.to_str().unwrap()], "the trace is empty");
     let synthetic = fixture("synthetic.jsonl");
-    check(&[synthetic.to_str().unwrap(), "--pid", "4242"], "pid 4242 has no events");
-    check(&[synthetic.to_str().unwrap(), "--html", "/nonexistent-dir/x.html"], "cannot write /nonexistent-dir/x.html");
+    check(
+        &[synthetic.to_str().unwrap(), "--pid", "4242"],
+        "pid 4242 has no events",
+    );
+    check(
+        &[
+            synthetic.to_str().unwrap(),
+            "--html",
+            "/nonexistent-dir/x.html",
+        ],
+        "cannot write /nonexistent-dir/x.html",
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,7 +14,9 @@ use mmap_trace_tests::cli::{cli, stderr, stdout};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 fn decode(file: &Path) -> Value {
@@ -24,9 +26,20 @@ fn decode(file: &Path) -> Value {
              (`cargo xtask test` makes one under target/perfetto-py)"
         )
     });
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join("perfetto_decode.py");
-    let run = Command::new(python).arg(script).arg(file).output().expect("run the decoder");
-    assert!(run.status.success(), "perfetto's classes cannot decode {}: {}", file.display(), stderr(&run));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join("perfetto_decode.py");
+    let run = Command::new(python)
+        .arg(script)
+        .arg(file)
+        .output()
+        .expect("run the decoder");
+    assert!(
+        run.status.success(),
+        "perfetto's classes cannot decode {}: {}",
+        file.display(),
+        stderr(&run)
+    );
     serde_json::from_str(&stdout(&run)).expect("the decoder's JSON")
 }
 
@@ -65,25 +78,53 @@ fn text_report(trace: &Path) -> Vec<(u64, String, usize, f64)> {
 fn round_trip(name: &str) {
     let trace = fixture(name);
     let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.pftrace"));
-    let run = cli().arg("report").arg(&trace).arg("--perfetto").arg(&file).output().unwrap();
+    let run = cli()
+        .arg("report")
+        .arg(&trace)
+        .arg("--perfetto")
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(run.status.success(), "{}", stderr(&run));
-    assert!(stdout(&run).is_empty(), "--perfetto alone prints no text report");
+    assert!(
+        stdout(&run).is_empty(),
+        "--perfetto alone prints no text report"
+    );
     let decoded = decode(&file);
-    assert_eq!(decoded["unknown_fields"], serde_json::json!([]), "fields perfetto does not define");
+    assert_eq!(
+        decoded["unknown_fields"],
+        serde_json::json!([]),
+        "fields perfetto does not define"
+    );
 
     let tracks = decoded["tracks"].as_array().unwrap();
     let events = decoded["events"].as_array().unwrap();
     let uuid = |v: &Value| v.as_u64().unwrap();
-    let parent_of: BTreeMap<u64, u64> =
-        tracks.iter().filter(|t| t.get("parent").is_some()).map(|t| (uuid(&t["uuid"]), uuid(&t["parent"]))).collect();
+    let parent_of: BTreeMap<u64, u64> = tracks
+        .iter()
+        .filter(|t| t.get("parent").is_some())
+        .map(|t| (uuid(&t["uuid"]), uuid(&t["parent"])))
+        .collect();
     for (pid, comm, intervals, end_bytes) in text_report(&trace) {
-        let process: Vec<&Value> = tracks.iter().filter(|t| t["pid"].as_u64() == Some(pid)).collect();
-        assert_eq!(process.len(), 1, "one process track for pid {pid}: {tracks:?}");
+        let process: Vec<&Value> = tracks
+            .iter()
+            .filter(|t| t["pid"].as_u64() == Some(pid))
+            .collect();
+        assert_eq!(
+            process.len(),
+            1,
+            "one process track for pid {pid}: {tracks:?}"
+        );
         assert_eq!(process[0]["process_name"], comm.as_str());
         let process_uuid = uuid(&process[0]["uuid"]);
-        let children: Vec<&Value> =
-            tracks.iter().filter(|t| t["parent"].as_u64() == Some(process_uuid)).collect();
-        let counters: Vec<&&Value> = children.iter().filter(|t| t.get("counter_unit").is_some()).collect();
+        let children: Vec<&Value> = tracks
+            .iter()
+            .filter(|t| t["parent"].as_u64() == Some(process_uuid))
+            .collect();
+        let counters: Vec<&&Value> = children
+            .iter()
+            .filter(|t| t.get("counter_unit").is_some())
+            .collect();
         assert_eq!(counters.len(), 1, "one counter track for pid {pid}");
         assert_eq!(counters[0]["counter_unit"], "UNIT_SIZE_BYTES");
         let counter_uuid = uuid(&counters[0]["uuid"]);
@@ -109,23 +150,45 @@ fn round_trip(name: &str) {
             }
             match e["type"].as_str().unwrap() {
                 "TYPE_SLICE_BEGIN" => {
-                    assert!(open.insert(track, e).is_none(), "two open slices on one lane: {e}");
+                    assert!(
+                        open.insert(track, e).is_none(),
+                        "two open slices on one lane: {e}"
+                    );
                     let args = &e["args"];
-                    let start = u64::from_str_radix(args["start"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
-                    let end = u64::from_str_radix(args["end"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+                    let start = u64::from_str_radix(
+                        args["start"].as_str().unwrap().trim_start_matches("0x"),
+                        16,
+                    )
+                    .unwrap();
+                    let end = u64::from_str_radix(
+                        args["end"].as_str().unwrap().trim_start_matches("0x"),
+                        16,
+                    )
+                    .unwrap();
                     assert_eq!(args["len"].as_u64(), Some(end - start), "{e}");
-                    assert!(e["name"].as_str().unwrap().starts_with(args["prot"].as_str().unwrap()), "{e}");
+                    assert!(
+                        e["name"]
+                            .as_str()
+                            .unwrap()
+                            .starts_with(args["prot"].as_str().unwrap()),
+                        "{e}"
+                    );
                     slices += 1;
                 }
                 "TYPE_SLICE_END" => {
-                    let begin = open.remove(&track).unwrap_or_else(|| panic!("an end without a begin: {e}"));
+                    let begin = open
+                        .remove(&track)
+                        .unwrap_or_else(|| panic!("an end without a begin: {e}"));
                     assert!(uuid(&begin["ts"]) <= ts);
                 }
                 other => panic!("unexpected {other} on a lane: {e}"),
             }
         }
         assert!(open.is_empty(), "slices never ended: {open:?}");
-        assert_eq!(slices, intervals, "pid {pid}: slices vs the model's VMA intervals");
+        assert_eq!(
+            slices, intervals,
+            "pid {pid}: slices vs the model's VMA intervals"
+        );
         // The counter ends at what the text report says is mapped at the end.
         let last = counter_values.last().copied().unwrap_or(0) as f64;
         assert!(

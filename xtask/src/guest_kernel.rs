@@ -94,7 +94,8 @@ impl GuestKernel {
         }
         let out = self.dir.join("overlay.ko");
         if !out.is_file() {
-            let file = fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+            let file =
+                fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
             let status = cmd::status(Command::new("xz").arg("-dc").arg(&packed).stdout(file))?;
             if !status.success() {
                 let _ = fs::remove_file(&out);
@@ -269,7 +270,9 @@ fn prepare(kernel: &GuestKernel, apt: &PrivateApt) -> Result<()> {
     ]
     .into_iter()
     .find(|p| p.is_file())
-    .with_context(|| format!("the packages of {v} hold no vmlinuz (looked in boot/ and usr/lib/modules/)"))?;
+    .with_context(|| {
+        format!("the packages of {v} hold no vmlinuz (looked in boot/ and usr/lib/modules/)")
+    })?;
     extract_vmlinux(&bzimage, &kernel.vmlinux)?;
     // Raw BTF of the guest kernel: kbuild generates module BTF against <headers>/vmlinux
     // (6.12 and 7.x headers ship one; 6.1's do not).
@@ -337,7 +340,10 @@ fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
             }
         }
     }
-    bail!("no xz- or zstd-compressed ELF found in {}", bzimage.display())
+    bail!(
+        "no xz- or zstd-compressed ELF found in {}",
+        bzimage.display()
+    )
 }
 
 fn decompress(program: &str, data: &[u8]) -> Result<Vec<u8>> {

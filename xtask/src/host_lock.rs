@@ -14,7 +14,11 @@ const LOCK: &str = "/run/lock/mmap-trace-host.lock";
 pub struct HostLock(#[allow(dead_code)] File);
 
 pub fn hold(what: &str) -> Result<HostLock> {
-    let path = if Path::new("/run/lock").is_dir() { LOCK } else { "/tmp/mmap-trace-host.lock" };
+    let path = if Path::new("/run/lock").is_dir() {
+        LOCK
+    } else {
+        "/tmp/mmap-trace-host.lock"
+    };
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)

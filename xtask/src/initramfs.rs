@@ -138,7 +138,11 @@ poweroff -f
         exit = m.exit_prefix(),
         begin = m.dmesg_begin(),
         end = m.dmesg_end(),
-        splats = crate::qemu::SPLATS.iter().map(|s| format!("-e '{s}'")).collect::<Vec<_>>().join(" "),
+        splats = crate::qemu::SPLATS
+            .iter()
+            .map(|s| format!("-e '{s}'"))
+            .collect::<Vec<_>>()
+            .join(" "),
         tail = DMESG_TAIL,
     )
 }

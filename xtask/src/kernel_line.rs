@@ -88,7 +88,10 @@ impl KernelRequest {
     pub fn parse(arg: &str) -> Result<Self> {
         let arg = arg.trim();
         if let Some(line) = LINES.iter().find(|l| l.name == arg) {
-            return Ok(KernelRequest { line, version: None });
+            return Ok(KernelRequest {
+                line,
+                version: None,
+            });
         }
         // A full version: "6.12.95+deb12-amd64", "6.1.0-57-amd64", "7.2.13+deb14-amd64".
         let line = LINES.iter().find(|l| arg.starts_with(l.version_prefix));
@@ -136,7 +139,11 @@ impl PrivateApt {
             // New sources: the old lists describe other suites.
             clear_lists(&dir.join("lists"))?;
         }
-        Ok(PrivateApt { line, dir, updated: false })
+        Ok(PrivateApt {
+            line,
+            dir,
+            updated: false,
+        })
     }
 
     /// `program` (apt-get or apt-cache) with the private configuration.
@@ -157,7 +164,10 @@ impl PrivateApt {
         // The cache dir is root's; without this apt warns that _apt cannot write it.
         c.args(["-o", "APT::Sandbox::User=root", "-q"]);
         // Only the package lists: the host's appstream hook would add ~6 MB per suite.
-        c.args(["-o", "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"]);
+        c.args([
+            "-o",
+            "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false",
+        ]);
         c
     }
 
@@ -239,7 +249,10 @@ mod tests {
         let full = KernelRequest::parse("6.12.95+deb12-amd64").unwrap();
         assert_eq!(full.line.name, "6.12");
         assert_eq!(full.version.as_deref(), Some("6.12.95+deb12-amd64"));
-        assert_eq!(KernelRequest::parse("6.1.0-57-amd64").unwrap().line.name, "6.1");
+        assert_eq!(
+            KernelRequest::parse("6.1.0-57-amd64").unwrap().line.name,
+            "6.1"
+        );
         let err = KernelRequest::parse("6.6").err().unwrap().to_string();
         assert!(err.contains("unknown guest kernel `6.6`"), "{err}");
         assert!(KernelRequest::parse("6.12.95").is_err());

@@ -137,7 +137,10 @@ fn ensure_perfetto_python(ws: &Workspace) -> Result<PathBuf> {
         .is_ok_and(|o| o.status.success())
     };
     if ready() {
-        eprintln!("setup: perfetto protobuf classes for the tests: present ({})", venv.display());
+        eprintln!(
+            "setup: perfetto protobuf classes for the tests: present ({})",
+            venv.display()
+        );
         return Ok(python);
     }
     eprintln!(
@@ -145,14 +148,21 @@ fn ensure_perfetto_python(ws: &Workspace) -> Result<PathBuf> {
         PERFETTO_PY_PACKAGES.join(" "),
         venv.display()
     );
-    cmd::run(Command::new("/usr/bin/python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
+    cmd::run(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )?;
     cmd::run(
         Command::new(venv.join("bin").join("pip"))
             .args(["install", "-q", "--disable-pip-version-check"])
             .args(PERFETTO_PY_PACKAGES),
     )?;
     if !ready() {
-        bail!("{} cannot import perfetto's protobuf classes after pip install", python.display());
+        bail!(
+            "{} cannot import perfetto's protobuf classes after pip install",
+            python.display()
+        );
     }
     Ok(python)
 }

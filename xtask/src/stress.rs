@@ -35,7 +35,16 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, opts: &Options)
         .context("no mmap-workload binary was built")?;
     let mut c = build::cargo(ready);
     c.current_dir(&ws.root)
-        .args(["test", "--release", "--target", TARGET, "-p", "mmap-trace-tests", "--test", "host_reliability"])
+        .args([
+            "test",
+            "--release",
+            "--target",
+            TARGET,
+            "-p",
+            "mmap-trace-tests",
+            "--test",
+            "host_reliability",
+        ])
         .args(["--", "--test-threads=1", "--nocapture"])
         .env("MMTRACE_CLI", &artifacts.cli)
         .env("MMTRACE_WORKLOAD", workload)
@@ -51,14 +60,26 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, opts: &Options)
     section("stress: guest (tests/tests/guest_stress.rs, one boot)");
     let mut script = String::new();
     for (name, default) in GUEST_KNOBS.iter().chain(&[("MMTRACE_STRESS_SEED", "")]) {
-        script.push_str(&format!("export {name}={}\n", cmd::shell_quote(&knob(name, default))));
+        script.push_str(&format!(
+            "export {name}={}\n",
+            cmd::shell_quote(&knob(name, default))
+        ));
     }
-    script.push_str(&format!("{}/guest_stress --test-threads=1\n", crate::initramfs::GUEST_BIN));
+    script.push_str(&format!(
+        "{}/guest_stress --test-threads=1\n",
+        crate::initramfs::GUEST_BIN
+    ));
     let outcome = qemu::run_in_guest(ready.guest(), artifacts, script, &Markers::new(), opts)?;
     let guest_code = outcome.report();
 
     section("stress: summary");
-    println!("host reliability: {}", if host_ok { "ok" } else { "FAILED" });
-    println!("guest stress: {}", if guest_code == 0 { "ok" } else { "FAILED" });
+    println!(
+        "host reliability: {}",
+        if host_ok { "ok" } else { "FAILED" }
+    );
+    println!(
+        "guest stress: {}",
+        if guest_code == 0 { "ok" } else { "FAILED" }
+    );
     Ok(if host_ok && guest_code == 0 { 0 } else { 1 })
 }

@@ -15,7 +15,7 @@ use super::{
     model::{Kind, Process, Vma, prot_string},
     text,
 };
-use crate::flags;
+use crate::output::flags;
 
 const WIDTH: f64 = 1360.0;
 /// The plot's left edge: region labels live to its left.
@@ -41,7 +41,12 @@ const END_PAD: f64 = 26.0;
 
 pub fn render(trace: &Trace, processes: &[Process], title: &str) -> String {
     let t0 = trace.events.iter().map(|e| e.ts_ns).min().unwrap_or(0);
-    let mut data = Data { events: Vec::new(), vmas: Vec::new(), mismatches: Vec::new(), event_ids: Vec::new() };
+    let mut data = Data {
+        events: Vec::new(),
+        vmas: Vec::new(),
+        mismatches: Vec::new(),
+        event_ids: Vec::new(),
+    };
     data.event_ids = vec![None; trace.events.len()];
     let mut body = String::new();
     for p in processes {
@@ -138,7 +143,10 @@ mapped {mapped}, unmapped {unmapped} · refused: {refused} · {bars} VMA interva
         mm = if mismatches.is_empty() {
             String::new()
         } else {
-            format!(r#" · <span class="bad">{} verify mismatch(es)</span>"#, mismatches.len())
+            format!(
+                r#" · <span class="bad">{} verify mismatch(es)</span>"#,
+                mismatches.len()
+            )
         },
     );
     if p.vmas.is_empty() {
@@ -147,7 +155,12 @@ mapped {mapped}, unmapped {unmapped} · refused: {refused} · {bars} VMA interva
     }
     let addr = AddrAxis::new(&p.vmas);
     let mut times: Vec<u64> = p.events.iter().map(|&i| trace.events[i].ts_ns).collect();
-    times.extend(p.vmas.iter().flat_map(|v| [Some(v.t_start), v.t_end]).flatten());
+    times.extend(
+        p.vmas
+            .iter()
+            .flat_map(|v| [Some(v.t_start), v.t_end])
+            .flatten(),
+    );
     times.extend(mismatches.iter().filter_map(|m| m.ts_ns));
     let time = TimeAxis::new(times);
     let height = addr.bottom + BOTTOM_PAD;
@@ -160,7 +173,9 @@ mapped {mapped}, unmapped {unmapped} · refused: {refused} · {bars} VMA interva
     out.push_str("<g class=\"bars\">\n");
     let mut labels = String::new();
     for vma in &p.vmas {
-        let flagged = mismatches.iter().any(|m| overlaps_mismatch(vma, m, time.last));
+        let flagged = mismatches
+            .iter()
+            .any(|m| overlaps_mismatch(vma, m, time.last));
         let (x0, y0, x1, y1) = bar(out, vma, &addr, &time, flagged, trace, t0, data);
         bar_label(&mut labels, vma, x0, y0, x1, y1);
     }
@@ -172,9 +187,16 @@ mapped {mapped}, unmapped {unmapped} · refused: {refused} · {bars} VMA interva
     }
     out.push_str("</svg>\n");
     if !mismatches.is_empty() {
-        out.push_str("<table class=\"mismatches\"><tr><th>line</th><th>verify mismatch</th></tr>\n");
+        out.push_str(
+            "<table class=\"mismatches\"><tr><th>line</th><th>verify mismatch</th></tr>\n",
+        );
         for m in &mismatches {
-            let _ = writeln!(out, "<tr><td>{}</td><td>{}</td></tr>", m.line, esc(&m.detail));
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td>{}</td></tr>",
+                m.line,
+                esc(&m.detail)
+            );
         }
         out.push_str("</table>\n");
     }
@@ -190,7 +212,10 @@ fn overlaps_mismatch(vma: &Vma, m: &Mismatch, last: u64) -> bool {
 }
 
 /// Draws one VMA bar; returns its box.
-#[expect(clippy::too_many_arguments, reason = "one bar: its geometry, its VMA and the page's shared data")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one bar: its geometry, its VMA and the page's shared data"
+)]
 fn bar(
     out: &mut String,
     vma: &Vma,
@@ -221,8 +246,11 @@ fn bar(
     if vma.t_end.is_none() {
         classes.push_str(" live");
     }
-    let touches: Vec<Value> =
-        vma.touches.iter().map(|t| json!([data.event(trace, t.event, t0), t.role.name()])).collect();
+    let touches: Vec<Value> = vma
+        .touches
+        .iter()
+        .map(|t| json!([data.event(trace, t.event, t0), t.role.name()]))
+        .collect();
     let id = data.vmas.len();
     data.vmas.push(json!({
         "range": format!("{:#x}-{:#x}", vma.start, vma.end),
@@ -262,7 +290,10 @@ fn bar(
 fn bar_label(out: &mut String, vma: &Vma, x0: f64, y0: f64, x1: f64, y1: f64) {
     let a = &vma.attrs;
     let special = a.kind == Kind::Device || a.driver;
-    let name = a.file.as_deref().map(|f| f.rsplit('/').next().unwrap_or(f).to_string());
+    let name = a
+        .file
+        .as_deref()
+        .map(|f| f.rsplit('/').next().unwrap_or(f).to_string());
     let mut label = match (&name, a.kind) {
         (Some(n), _) => format!("{n} {}", prot_string(a.prot)),
         (None, kind) => format!("{} {}", kind.name(), prot_string(a.prot)),
@@ -285,7 +316,11 @@ fn bar_label(out: &mut String, vma: &Vma, x0: f64, y0: f64, x1: f64, y1: f64) {
             t = esc(&label)
         );
     } else if special {
-        let (x, anchor) = if x1 + text_w < PLOT_RIGHT { (x1 + 5.0, "start") } else { (x0 - 5.0, "end") };
+        let (x, anchor) = if x1 + text_w < PLOT_RIGHT {
+            (x1 + 5.0, "start")
+        } else {
+            (x0 - 5.0, "end")
+        };
         let _ = writeln!(
             out,
             r#"<text class="blabel out" x="{x:.1}" y="{y:.1}" text-anchor="{anchor}">{t}</text>"#,
@@ -304,9 +339,16 @@ fn kind_label(kind: Kind) -> &'static str {
     }
 }
 
-fn mismatch_mark(out: &mut String, m: &Mismatch, addr: &AddrAxis, time: &TimeAxis, data: &mut Data) {
+fn mismatch_mark(
+    out: &mut String,
+    m: &Mismatch,
+    addr: &AddrAxis,
+    time: &TimeAxis,
+    data: &mut Data,
+) {
     let id = data.mismatches.len();
-    data.mismatches.push(json!({ "line": m.line, "detail": m.detail }));
+    data.mismatches
+        .push(json!({ "line": m.line, "detail": m.detail }));
     let x = m.ts_ns.map_or(time.end_x, |t| time.x(t));
     let Some(start) = m.addr else {
         let _ = writeln!(
@@ -378,7 +420,13 @@ impl AddrAxis {
                 // A small hole inside a region: visible, but thinner than a mapping.
                 2.0 + 1.2 * pages.log2()
             };
-            rows.push(Row { lo, hi, top: 0.0, height, gap });
+            rows.push(Row {
+                lo,
+                hi,
+                top: 0.0,
+                height,
+                gap,
+            });
         }
         rows.reverse();
         // Regions: maximal runs of non-gap rows; each tall enough for its label.
@@ -398,7 +446,9 @@ impl AddrAxis {
         for &(a, b) in &spans {
             let h: f64 = rows[a..b].iter().map(|r| r.height).sum();
             if h < CLUSTER_MIN {
-                rows[a..b].iter_mut().for_each(|r| r.height *= CLUSTER_MIN / h);
+                rows[a..b]
+                    .iter_mut()
+                    .for_each(|r| r.height *= CLUSTER_MIN / h);
             }
         }
         // Small pictures grow (up to 4x) to a readable height, big ones shrink.
@@ -411,7 +461,9 @@ impl AddrAxis {
         } else {
             1.0
         };
-        rows.iter_mut().filter(|r| !r.gap).for_each(|r| r.height = (r.height * scale).max(1.5));
+        rows.iter_mut()
+            .filter(|r| !r.gap)
+            .for_each(|r| r.height = (r.height * scale).max(1.5));
         let mut y = PLOT_TOP;
         for r in &mut rows {
             r.top = y;
@@ -426,12 +478,18 @@ impl AddrAxis {
                 bottom: rows[b - 1].top + rows[b - 1].height,
             })
             .collect();
-        Self { rows, regions, bottom: y }
+        Self {
+            rows,
+            regions,
+            bottom: y,
+        }
     }
 
     /// The y of an address: exact at row edges, linear inside a row, clamped outside.
     fn y(&self, addr: u64) -> f64 {
-        let Some(first) = self.rows.first() else { return PLOT_TOP };
+        let Some(first) = self.rows.first() else {
+            return PLOT_TOP;
+        };
         if addr >= first.hi {
             return first.top;
         }
@@ -466,11 +524,20 @@ impl TimeAxis {
         let cap = (span / 5).max(1);
         let capped: Vec<u64> = times.windows(2).map(|w| (w[1] - w[0]).min(cap)).collect();
         let total: u64 = capped.iter().sum();
-        let step = if steps == 0 { 0.0 } else { EVENT_STEP.min(0.4 * width / steps as f64) };
+        let step = if steps == 0 {
+            0.0
+        } else {
+            EVENT_STEP.min(0.4 * width / steps as f64)
+        };
         let share = width - step * steps as f64;
         let mut xs = vec![PLOT_LEFT];
         for c in &capped {
-            let dx = step + if total > 0 { share * *c as f64 / total as f64 } else { share / steps as f64 };
+            let dx = step
+                + if total > 0 {
+                    share * *c as f64 / total as f64
+                } else {
+                    share / steps as f64
+                };
             xs.push(xs.last().expect("non-empty") + dx);
         }
         let breaks = times
@@ -481,7 +548,13 @@ impl TimeAxis {
             .collect();
         let last = times.last().copied().unwrap_or(0);
         let end_x = xs.last().copied().unwrap_or(PLOT_LEFT) + END_PAD;
-        Self { times, xs, breaks, last, end_x }
+        Self {
+            times,
+            xs,
+            breaks,
+            last,
+            end_x,
+        }
     }
 
     fn x(&self, t: u64) -> f64 {
@@ -571,8 +644,17 @@ fn region_name(vmas: &[Vma], lo: u64, hi: u64) -> (String, String) {
         files.iter().map(|(f, _)| *f).collect::<Vec<_>>().join("\n")
     };
     let base = |f: &str| f.rsplit('/').next().unwrap_or(f).to_string();
-    let bytes_of = |k: Kind| inside.iter().filter(|v| v.attrs.kind == k).map(|v| v.len()).sum::<u64>();
-    let dominant = Kind::ALL.into_iter().max_by_key(|k| bytes_of(*k)).unwrap_or(Kind::Anon);
+    let bytes_of = |k: Kind| {
+        inside
+            .iter()
+            .filter(|v| v.attrs.kind == k)
+            .map(|v| v.len())
+            .sum::<u64>()
+    };
+    let dominant = Kind::ALL
+        .into_iter()
+        .max_by_key(|k| bytes_of(*k))
+        .unwrap_or(Kind::Anon);
     let top_file = files.first().map(|(f, _)| base(f));
     let name = match dominant {
         Kind::Heap => "[heap]".to_string(),
@@ -596,7 +678,15 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 /// Ticks with real times, idle breaks, exec markers and one tick per event (the rug).
-fn time_axis(out: &mut String, time: &TimeAxis, trace: &Trace, p: &Process, t0: u64, bottom: f64, data: &mut Data) {
+fn time_axis(
+    out: &mut String,
+    time: &TimeAxis,
+    trace: &Trace,
+    p: &Process,
+    t0: u64,
+    bottom: f64,
+    data: &mut Data,
+) {
     out.push_str("<g class=\"axis-x\">\n");
     let _ = writeln!(
         out,
@@ -669,7 +759,12 @@ fn legend() -> String {
         );
     }
     s.push_str("<span class=\"sep\">prot:</span>");
-    for (class, label) in [("p-none", "--- (guard)"), ("p-r", "r--"), ("p-rw", "rw-"), ("p-x", "r-x / rwx")] {
+    for (class, label) in [
+        ("p-none", "--- (guard)"),
+        ("p-r", "r--"),
+        ("p-rw", "rw-"),
+        ("p-x", "r-x / rwx"),
+    ] {
         let _ = write!(
             s,
             r#"<span><svg width="22" height="14"><rect class="sw k-anon {class}" x="1" y="1" width="20" height="12"/></svg>{label}</span>"#
@@ -729,19 +824,40 @@ mod tests {
         let expected: usize = processes.iter().map(|p| p.vmas.len()).sum();
         assert_eq!(expected, 4);
         assert_eq!(html.matches("<rect class=\"vma ").count(), expected);
-        assert_eq!(html.matches("class=\"vma").count(), expected, "only the bars have class vma");
-        let flagged: Vec<_> =
-            html.lines().filter(|l| l.starts_with("<rect class=\"vma") && l.contains(" mismatch")).collect();
+        assert_eq!(
+            html.matches("class=\"vma").count(),
+            expected,
+            "only the bars have class vma"
+        );
+        let flagged: Vec<_> = html
+            .lines()
+            .filter(|l| l.starts_with("<rect class=\"vma") && l.contains(" mismatch"))
+            .collect();
         assert_eq!(flagged.len(), 1, "{flagged:?}");
-        assert!(flagged[0].contains("data-start=\"0x7f0000000000\" data-end=\"0x7f0000001000\""), "{flagged:?}");
+        assert!(
+            flagged[0].contains("data-start=\"0x7f0000000000\" data-end=\"0x7f0000001000\""),
+            "{flagged:?}"
+        );
         for external in ["http://", "https://", "src=", "href=", "@import", "url("] {
-            let hits: Vec<_> = html.match_indices(external).map(|(i, _)| &html[i.saturating_sub(40)..i + 40]).collect();
+            let hits: Vec<_> = html
+                .match_indices(external)
+                .map(|(i, _)| &html[i.saturating_sub(40)..i + 40])
+                .collect();
             // The SVG namespace is an identifier, not a fetch.
-            assert!(hits.iter().all(|h| h.contains("xmlns=")), "{external}: {hits:?}");
+            assert!(
+                hits.iter().all(|h| h.contains("xmlns=")),
+                "{external}: {hits:?}"
+            );
         }
-        assert!(!html.contains("r--p </script>"), "a trace string closed the script");
+        assert!(
+            !html.contains("r--p </script>"),
+            "a trace string closed the script"
+        );
         assert!(html.contains("w&lt;x&gt;"));
-        assert!(html.contains("≈ 5.000 s idle"), "the idle stretch is marked");
+        assert!(
+            html.contains("≈ 5.000 s idle"),
+            "the idle stretch is marked"
+        );
     }
 
     #[test]
@@ -753,8 +869,16 @@ mod tests {
         assert!(anon < heap, "higher addresses are drawn higher");
         assert_eq!(axis.rows.iter().filter(|r| r.gap).count(), 1);
         assert_eq!(axis.regions.len(), 2);
-        assert!(axis.bottom - PLOT_TOP <= MIN_PLOT_HEIGHT + 1.0, "{}", axis.bottom);
-        assert!(axis.regions.iter().all(|r| r.bottom - r.top >= CLUSTER_MIN - 1e-9));
+        assert!(
+            axis.bottom - PLOT_TOP <= MIN_PLOT_HEIGHT + 1.0,
+            "{}",
+            axis.bottom
+        );
+        assert!(
+            axis.regions
+                .iter()
+                .all(|r| r.bottom - r.top >= CLUSTER_MIN - 1e-9)
+        );
     }
 
     #[test]

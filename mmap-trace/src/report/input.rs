@@ -117,7 +117,9 @@ impl Trace {
         let Some(Value::Object(lost)) = self.summary.as_ref().and_then(|s| s.get("lost")) else {
             return Vec::new();
         };
-        lost.iter().filter_map(|(probe, n)| n.as_u64().filter(|n| *n > 0).map(|n| (probe.clone(), n))).collect()
+        lost.iter()
+            .filter_map(|(probe, n)| n.as_u64().filter(|n| *n > 0).map(|n| (probe.clone(), n)))
+            .collect()
     }
 }
 
@@ -143,9 +145,13 @@ pub fn parse(text: &str) -> Result<Trace> {
         };
         let record_type = obj.get("type").and_then(Value::as_str).unwrap_or("");
         match record_type {
-            "event" => trace.events.push(event(line, &obj).with_context(|| format!("line {line}"))?),
+            "event" => trace
+                .events
+                .push(event(line, &obj).with_context(|| format!("line {line}"))?),
             "summary" => trace.summary = Some(obj),
-            "mismatch" => trace.mismatches.push(mismatch(line, &obj).with_context(|| format!("line {line}"))?),
+            "mismatch" => trace
+                .mismatches
+                .push(mismatch(line, &obj).with_context(|| format!("line {line}"))?),
             other => *trace.unknown.entry(other.to_string()).or_default() += 1,
         }
     }
@@ -160,7 +166,11 @@ pub fn parse(text: &str) -> Result<Trace> {
 
 fn excerpt(line: &str) -> String {
     let cut: String = line.chars().take(60).collect();
-    if cut.len() < line.len() { format!("{cut:?}…") } else { format!("{cut:?}") }
+    if cut.len() < line.len() {
+        format!("{cut:?}…")
+    } else {
+        format!("{cut:?}")
+    }
 }
 
 /// The header fields every record carries, then the probe's own fields.
@@ -183,7 +193,10 @@ fn event(line: usize, obj: &Map<String, Value>) -> Result<Event> {
                 .or_else(|| file_name(obj.get("file"))),
             ret: ret_addr()?,
         },
-        "munmap" => Call::Munmap { addr: u64_field(obj, "addr")?, len: u64_field(obj, "len")? },
+        "munmap" => Call::Munmap {
+            addr: u64_field(obj, "addr")?,
+            len: u64_field(obj, "len")?,
+        },
         "mprotect" => Call::Mprotect {
             addr: u64_field(obj, "addr")?,
             len: u64_field(obj, "len")?,
@@ -196,7 +209,10 @@ fn event(line: usize, obj: &Map<String, Value>) -> Result<Event> {
             flags: u64_field(obj, "flags_raw")?,
             ret: ret_addr()?,
         },
-        "brk" => Call::Brk { addr: u64_field(obj, "addr")?, ret: u64_field(obj, "ret_addr")? },
+        "brk" => Call::Brk {
+            addr: u64_field(obj, "addr")?,
+            ret: u64_field(obj, "ret_addr")?,
+        },
         "mmap_region" => Call::MmapRegion {
             len: u64_field(obj, "len")?,
             vm_flags: u64_field(obj, "vm_flags_raw")?,
@@ -209,7 +225,9 @@ fn event(line: usize, obj: &Map<String, Value>) -> Result<Event> {
             pfn: u64_field(obj, "pfn")?,
             size: u64_field(obj, "size")?,
         },
-        "driver_mmap" => Call::DriverMmap { after: vma(obj, "after")? },
+        "driver_mmap" => Call::DriverMmap {
+            after: vma(obj, "after")?,
+        },
         "exec" => Call::Exec,
         _ => Call::Other,
     };
@@ -218,7 +236,11 @@ fn event(line: usize, obj: &Map<String, Value>) -> Result<Event> {
         ts_ns: u64_field(obj, "ts_ns")?,
         pid: u32_field(obj, "pid")?,
         tid: u32_field(obj, "tid").unwrap_or(0),
-        comm: obj.get("comm").and_then(Value::as_str).unwrap_or("").to_string(),
+        comm: obj
+            .get("comm")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
         probe,
         call,
         error,
@@ -227,9 +249,12 @@ fn event(line: usize, obj: &Map<String, Value>) -> Result<Event> {
 }
 
 fn mismatch(line: usize, obj: &Map<String, Value>) -> Result<Mismatch> {
-    let addr =
-        ["start", "addr", "vma_start", "vm_start", "address"].iter().find_map(|key| obj.get(*key).and_then(number));
-    let ts_ns = ["ts_ns", "after_ts_ns"].iter().find_map(|key| obj.get(*key).and_then(number));
+    let addr = ["start", "addr", "vma_start", "vm_start", "address"]
+        .iter()
+        .find_map(|key| obj.get(*key).and_then(number));
+    let ts_ns = ["ts_ns", "after_ts_ns"]
+        .iter()
+        .find_map(|key| obj.get(*key).and_then(number));
     Ok(Mismatch {
         line,
         pid: u32_field(obj, "pid")?,
@@ -253,7 +278,11 @@ fn vma(obj: &Map<String, Value>, key: &str) -> Result<VmaInfo> {
 }
 
 fn file_name(file: Option<&Value>) -> Option<String> {
-    file?.get("name")?.as_str().filter(|n| !n.is_empty()).map(str::to_string)
+    file?
+        .get("name")?
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
 }
 
 /// A JSON number or a `"0x…"` (or decimal) string.
@@ -274,7 +303,9 @@ fn opt_u64(obj: &Map<String, Value>, key: &str) -> Result<Option<u64>> {
 
 fn u64_field(obj: &Map<String, Value>, key: &str) -> Result<u64> {
     match obj.get(key) {
-        Some(v) => number(v).with_context(|| format!("`{key}` is not a number or \"0x…\" string: {v}")),
+        Some(v) => {
+            number(v).with_context(|| format!("`{key}` is not a number or \"0x…\" string: {v}"))
+        }
         None => bail!("{} record has no `{key}`", record_name(obj)),
     }
 }
@@ -285,7 +316,9 @@ fn u32_field(obj: &Map<String, Value>, key: &str) -> Result<u32> {
 }
 
 fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str> {
-    obj.get(key).and_then(Value::as_str).with_context(|| format!("{} record has no `{key}` string", record_name(obj)))
+    obj.get(key)
+        .and_then(Value::as_str)
+        .with_context(|| format!("{} record has no `{key}` string", record_name(obj)))
 }
 
 fn record_name(obj: &Map<String, Value>) -> String {
@@ -339,8 +372,22 @@ mod tests {
         let trace = parse(text).unwrap();
         assert_eq!(trace.events.len(), 4);
         let mmap = &trace.events[0];
-        assert_eq!(mmap.call, Call::Mmap { len: 0x4000, prot: 3, flags: 34, path: None, ret: Some(0x7f00_0000_0000) });
-        assert!(mmap.detail.starts_with("addr=0x0 len=0x4000 prot=READ|WRITE flags="), "{}", mmap.detail);
+        assert_eq!(
+            mmap.call,
+            Call::Mmap {
+                len: 0x4000,
+                prot: 3,
+                flags: 34,
+                path: None,
+                ret: Some(0x7f00_0000_0000)
+            }
+        );
+        assert!(
+            mmap.detail
+                .starts_with("addr=0x0 len=0x4000 prot=READ|WRITE flags="),
+            "{}",
+            mmap.detail
+        );
         assert!(!mmap.detail.contains("prot_raw"));
         assert_eq!(trace.events[1].error.as_deref(), Some("EINVAL"));
         assert_eq!(trace.events[1].line, 2);
@@ -348,8 +395,15 @@ mod tests {
         assert!(trace.events[2].detail.contains("pfn=0x1234"));
         assert_eq!(trace.events[3].call, Call::Other);
         let m = &trace.mismatches[0];
-        assert_eq!((m.addr, m.end, m.ts_ns, m.line), (Some(0x1000), Some(0x3000), Some(7), 6));
-        assert!(m.detail.contains("expected=r--p found=rw-p"), "{}", m.detail);
+        assert_eq!(
+            (m.addr, m.end, m.ts_ns, m.line),
+            (Some(0x1000), Some(0x3000), Some(7), 6)
+        );
+        assert!(
+            m.detail.contains("expected=r--p found=rw-p"),
+            "{}",
+            m.detail
+        );
         assert_eq!(trace.unknown.get("later"), Some(&1));
         assert_eq!(trace.lost(), vec![("munmap".to_string(), 3)]);
     }
@@ -368,8 +422,14 @@ mod tests {
         };
         let file = r#","file":{"dev":"fe:00","ino":9,"name":"libc.so.6"}"#;
         assert_eq!(path_of(file).as_deref(), Some("libc.so.6"));
-        assert_eq!(path_of(&format!("{file},\"path\":\"/usr/lib/libc.so.6\"")).as_deref(), Some("/usr/lib/libc.so.6"));
-        assert_eq!(path_of(r#","file":{"dev":"fe:00","ino":9,"name":""}"#), None);
+        assert_eq!(
+            path_of(&format!("{file},\"path\":\"/usr/lib/libc.so.6\"")).as_deref(),
+            Some("/usr/lib/libc.so.6")
+        );
+        assert_eq!(
+            path_of(r#","file":{"dev":"fe:00","ino":9,"name":""}"#),
+            None
+        );
         assert_eq!(path_of(""), None);
     }
 
@@ -382,7 +442,10 @@ mod tests {
         assert!(e.contains("empty"), "{e}");
         let e = format!("{:#}", parse("{\"type\":\"summary\"}\n").unwrap_err());
         assert!(e.contains("no events"), "{e}");
-        let e = format!("{:#}", parse("{\"type\":\"event\",\"ts_ns\":1,\"pid\":1,\"probe\":\"mmap\"}\n").unwrap_err());
+        let e = format!(
+            "{:#}",
+            parse("{\"type\":\"event\",\"ts_ns\":1,\"pid\":1,\"probe\":\"mmap\"}\n").unwrap_err()
+        );
         assert!(e.contains("line 1") && e.contains("no `len`"), "{e}");
     }
 }

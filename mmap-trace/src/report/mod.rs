@@ -35,16 +35,24 @@ pub fn run(args: ReportArgs) -> Result<()> {
     let trace = input::read(&args.trace)?;
     let mut processes = model::replay(&trace);
     if let Some(pid) = args.pid {
-        let present: Vec<String> = processes.iter().map(|p| format!("{} ({})", p.pid, p.comm)).collect();
+        let present: Vec<String> = processes
+            .iter()
+            .map(|p| format!("{} ({})", p.pid, p.comm))
+            .collect();
         processes.retain(|p| p.pid == pid);
         if processes.is_empty() {
-            bail!("pid {pid} has no events in {}; the trace has: {}", args.trace.display(), present.join(", "));
+            bail!(
+                "pid {pid} has no events in {}; the trace has: {}",
+                args.trace.display(),
+                present.join(", ")
+            );
         }
     }
     let title = args.trace.display().to_string();
     if let Some(path) = &args.perfetto {
         let written = perfetto::render(&trace, &processes);
-        std::fs::write(path, &written.bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, &written.bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!(
             "mmap-trace: wrote {} ({} process(es), {} VMA slices on {} lanes)",
             path.display(),
@@ -57,9 +65,14 @@ pub fn run(args: ReportArgs) -> Result<()> {
         None if args.perfetto.is_some() => {}
         Some(path) => {
             let page = html::render(&trace, &processes, &title);
-            std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(&path, page)
+                .with_context(|| format!("cannot write {}", path.display()))?;
             let bars: usize = processes.iter().map(|p| p.vmas.len()).sum();
-            eprintln!("mmap-trace: wrote {} ({} process(es), {bars} VMA bars)", path.display(), processes.len());
+            eprintln!(
+                "mmap-trace: wrote {} ({} process(es), {bars} VMA bars)",
+                path.display(),
+                processes.len()
+            );
         }
         None => print!("{}", text::render(&trace, &processes, &title)),
     }

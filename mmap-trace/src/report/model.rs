@@ -14,10 +14,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::input::{Call, Event, Trace, VmaInfo};
-pub use crate::space::{PAGE, page_down, page_up};
 use crate::space::{
-    self, AddressSpace, Backing, CallEnv, Change, FileIdentity, Name, NoEnv, Region, Why, apply_syscall,
+    self, AddressSpace, Backing, CallEnv, Change, FileIdentity, Name, NoEnv, Region, Why,
+    apply_syscall,
 };
+pub use crate::space::{PAGE, page_down, page_up};
 
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_GROWSDOWN: u64 = 0x100;
@@ -40,7 +41,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::Anon, Kind::File, Kind::Device, Kind::Heap, Kind::Stack];
+    pub const ALL: [Kind; 5] = [
+        Kind::Anon,
+        Kind::File,
+        Kind::Device,
+        Kind::Heap,
+        Kind::Stack,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -120,7 +127,14 @@ pub struct Attrs {
 
 impl Attrs {
     pub fn new(kind: Kind, prot: u64) -> Self {
-        Self { kind, prot: prot & PROT_RWX, vm_flags: None, file: None, pfns: Vec::new(), driver: false }
+        Self {
+            kind,
+            prot: prot & PROT_RWX,
+            vm_flags: None,
+            file: None,
+            pfns: Vec::new(),
+            driver: false,
+        }
     }
 
     fn with_file(mut self, file: Option<String>) -> Self {
@@ -237,7 +251,13 @@ struct TracedFile<'a>(Option<&'a str>);
 
 impl CallEnv for TracedFile<'_> {
     fn fd_file(&self, _fd: i32) -> Option<FileIdentity> {
-        self.0.map(|path| FileIdentity { dev: (0, 0), inode: 0, path: path.as_bytes().to_vec(), overlay: false, rdev: None })
+        self.0.map(|path| FileIdentity {
+            dev: (0, 0),
+            inode: 0,
+            path: path.as_bytes().to_vec(),
+            overlay: false,
+            rdev: None,
+        })
     }
     fn shm_segment(&self, _shmid: i32) -> Option<crate::space::ShmSegment> {
         None
@@ -295,9 +315,17 @@ fn raw_call(call: &Call) -> Option<(i64, [u64; 6], i64)> {
     Some(match *call {
         Call::Munmap { addr, len } => (libc::SYS_munmap, [addr, len, 0, 0, 0, 0], 0),
         Call::Mprotect { addr, len, prot } => (libc::SYS_mprotect, [addr, len, prot, 0, 0, 0], 0),
-        Call::Mremap { old_addr, old_len, new_len, flags, ret: Some(new) } => {
-            (libc::SYS_mremap, [old_addr, old_len, new_len, flags, new, 0], new as i64)
-        }
+        Call::Mremap {
+            old_addr,
+            old_len,
+            new_len,
+            flags,
+            ret: Some(new),
+        } => (
+            libc::SYS_mremap,
+            [old_addr, old_len, new_len, flags, new, 0],
+            new as i64,
+        ),
         Call::Brk { addr, ret } => (libc::SYS_brk, [addr, 0, 0, 0, 0, 0], ret as i64),
         _ => return None,
     })
@@ -312,11 +340,23 @@ impl Space {
             Call::MmapRegion { .. } | Call::RemapPfnRange { .. } | Call::DriverMmap { .. } => {
                 self.pending.entry(e.tid).or_default().push(i);
             }
-            Call::Mmap { len, prot, flags, path, ret } => {
+            Call::Mmap {
+                len,
+                prot,
+                flags,
+                path,
+                ret,
+            } => {
                 let waiting = self.pending.remove(&e.tid).unwrap_or_default();
                 if let (Some(ret), None) = (ret, &e.error) {
                     let args = [0, *len, *prot, *flags, 0, 0];
-                    apply_syscall(&mut self.model, libc::SYS_mmap as u64, args, *ret as i64, &TracedFile(path.as_deref()));
+                    apply_syscall(
+                        &mut self.model,
+                        libc::SYS_mmap as u64,
+                        args,
+                        *ret as i64,
+                        &TracedFile(path.as_deref()),
+                    );
                     self.mirror(t, i, &mmap_attrs(*prot, *flags, path.clone()));
                     for w in waiting {
                         self.kernel_event(events, w, t, true);
@@ -332,7 +372,11 @@ impl Space {
                 self.flush_thread(events, e.tid, t);
                 if let (false, Some((nr, args, ret))) = (e.refused(), raw_call(call)) {
                     apply_syscall(&mut self.model, nr as u64, args, ret, &NoEnv);
-                    let fresh = if matches!(call, Call::Brk { .. }) { Kind::Heap } else { Kind::Anon };
+                    let fresh = if matches!(call, Call::Brk { .. }) {
+                        Kind::Heap
+                    } else {
+                        Kind::Anon
+                    };
                     self.mirror(t, i, &Attrs::new(fresh, 3));
                 }
             }
@@ -348,10 +392,14 @@ impl Space {
         for change in self.model.take_changes() {
             match change {
                 Change::Split { at } => self.split_at(at, i),
-                Change::End { start, end, why } => before.extend(self.end(start, end, t, i, role(why))),
+                Change::End { start, end, why } => {
+                    before.extend(self.end(start, end, t, i, role(why)))
+                }
                 Change::Begin { region, why, from } => {
                     let role = role(why);
-                    let sources = from.map(|src| self.sources(&before, src, region.len(), why)).unwrap_or_default();
+                    let sources = from
+                        .map(|src| self.sources(&before, src, region.len(), why))
+                        .unwrap_or_default();
                     if sources.is_empty() {
                         let mut attrs = fresh.clone();
                         if why != Why::Created {
@@ -369,13 +417,31 @@ impl Space {
                         } else {
                             (
                                 region.start.saturating_add(source.start.max(src) - src),
-                                region.start.saturating_add(source.end - src).min(region.end),
+                                region
+                                    .start
+                                    .saturating_add(source.end - src)
+                                    .min(region.end),
                             )
                         };
                         let vma = if why == Why::Grown {
-                            Vma { start, end, t_start: t, t_end: None, attrs, touches: vec![Touch { event: i, role }], elided: 0 }
+                            Vma {
+                                start,
+                                end,
+                                t_start: t,
+                                t_end: None,
+                                attrs,
+                                touches: vec![Touch { event: i, role }],
+                                elided: 0,
+                            }
                         } else {
-                            let mut vma = Vma { start, end, t_start: t, t_end: None, attrs, ..source };
+                            let mut vma = Vma {
+                                start,
+                                end,
+                                t_start: t,
+                                t_end: None,
+                                attrs,
+                                ..source
+                            };
                             vma.remember(Touch { event: i, role });
                             vma
                         };
@@ -389,7 +455,11 @@ impl Space {
     /// The pieces (ended in this change, else still live) that a piece of `len` bytes
     /// beginning from `src` continues; for growth, the one piece holding `src`.
     fn sources(&self, before: &[Vma], src: u64, len: u64, why: Why) -> Vec<Vma> {
-        let end = if why == Why::Grown { src + 1 } else { src.saturating_add(len) };
+        let end = if why == Why::Grown {
+            src + 1
+        } else {
+            src.saturating_add(len)
+        };
         let overlaps = |v: &&Vma| v.start < end && v.end > src;
         let ended: Vec<Vma> = before.iter().filter(overlaps).cloned().collect();
         if !ended.is_empty() {
@@ -436,7 +506,12 @@ impl Space {
             return;
         }
         match &e.call {
-            Call::MmapRegion { len, vm_flags, file, ret: Some(addr) } => {
+            Call::MmapRegion {
+                len,
+                vm_flags,
+                file,
+                ret: Some(addr),
+            } => {
                 let (start, end) = pages(*addr, *len);
                 if in_mmap {
                     self.annotate(start, end, t, i, |a| {
@@ -450,16 +525,33 @@ impl Space {
                         }
                     });
                 } else {
-                    let mut attrs =
-                        Attrs::new(if file.is_some() { Kind::File } else { Kind::Anon }, 0).with_file(file.clone());
+                    let mut attrs = Attrs::new(
+                        if file.is_some() {
+                            Kind::File
+                        } else {
+                            Kind::Anon
+                        },
+                        0,
+                    )
+                    .with_file(file.clone());
                     attrs.learn_vm_flags(*vm_flags);
-                    self.model.map(probe_region(start, end, *vm_flags, file.as_deref()));
+                    self.model
+                        .map(probe_region(start, end, *vm_flags, file.as_deref()));
                     self.mirror(t, i, &attrs);
                 }
             }
-            Call::RemapPfnRange { vma, addr, pfn, size } => {
+            Call::RemapPfnRange {
+                vma,
+                addr,
+                pfn,
+                size,
+            } => {
                 let (start, end) = pages(*addr, *size);
-                let range = PfnRange { addr: *addr, pfn: *pfn, size: *size };
+                let range = PfnRange {
+                    addr: *addr,
+                    pfn: *pfn,
+                    size: *size,
+                };
                 self.ensure(vma, t, i);
                 self.annotate(start, end, t, i, |a| {
                     a.kind = Kind::Device;
@@ -486,18 +578,37 @@ impl Space {
         let mut attrs = Attrs::new(Kind::Device, 0).with_file(vma.file.clone());
         attrs.learn_vm_flags(vma.flags_raw);
         attrs.kind = Kind::Device;
-        let region = probe_region(page_down(vma.start), page_up(vma.end), vma.flags_raw, vma.file.as_deref());
+        let region = probe_region(
+            page_down(vma.start),
+            page_up(vma.end),
+            vma.flags_raw,
+            vma.file.as_deref(),
+        );
         self.model.fill(region);
         self.mirror(t, i, &attrs);
     }
 
     fn insert(&mut self, start: u64, end: u64, t: u64, attrs: Attrs, touch: Touch) {
-        self.insert_vma(Vma { start, end, t_start: t, t_end: None, attrs, touches: vec![touch], elided: 0 });
+        self.insert_vma(Vma {
+            start,
+            end,
+            t_start: t,
+            t_end: None,
+            attrs,
+            touches: vec![touch],
+            elided: 0,
+        });
     }
 
     fn insert_vma(&mut self, vma: Vma) {
         if vma.start < vma.end {
-            if matches!(vma.touches.last(), Some(Touch { role: Role::Created | Role::Grown, .. })) {
+            if matches!(
+                vma.touches.last(),
+                Some(Touch {
+                    role: Role::Created | Role::Grown,
+                    ..
+                })
+            ) {
                 self.mapped = self.mapped.saturating_add(vma.len());
             }
             self.live.insert(vma.start, vma);
@@ -506,14 +617,19 @@ impl Space {
 
     /// Cuts the live VMA containing `addr` (strictly inside it) in two.
     fn split_at(&mut self, addr: u64, i: usize) {
-        let Some((_, vma)) = self.live.range_mut(..addr).next_back() else { return };
+        let Some((_, vma)) = self.live.range_mut(..addr).next_back() else {
+            return;
+        };
         if vma.end <= addr {
             return;
         }
         let mut upper = vma.clone();
         vma.end = addr;
         upper.start = addr;
-        let split = Touch { event: i, role: Role::Split };
+        let split = Touch {
+            event: i,
+            role: Role::Split,
+        };
         // One call may cut a VMA at both ends of its range: one `split` is enough.
         if vma.touches.last() != Some(&split) {
             vma.remember(split);
@@ -527,8 +643,21 @@ impl Space {
         if start >= end {
             return Vec::new(); // a malformed probe record
         }
-        let first = self.live.range(..=start).next_back().filter(|(_, v)| v.end > start).map(|(k, _)| *k);
-        first.into_iter().chain(self.live.range(start..end).map(|(k, _)| *k).filter(|k| Some(*k) != first)).collect()
+        let first = self
+            .live
+            .range(..=start)
+            .next_back()
+            .filter(|(_, v)| v.end > start)
+            .map(|(k, _)| *k);
+        first
+            .into_iter()
+            .chain(
+                self.live
+                    .range(start..end)
+                    .map(|(k, _)| *k)
+                    .filter(|k| Some(*k) != first),
+            )
+            .collect()
     }
 
     /// Changes attributes in place (no new interval): kernel probes describe the mapping
@@ -541,9 +670,15 @@ impl Space {
             if self.live[&key.max(start)].end > end {
                 self.split_at(end, i);
             }
-            let vma = self.live.get_mut(&key.max(start)).expect("the piece inside the range");
+            let vma = self
+                .live
+                .get_mut(&key.max(start))
+                .expect("the piece inside the range");
             change(&mut vma.attrs);
-            vma.remember(Touch { event: i, role: Role::Annotated });
+            vma.remember(Touch {
+                event: i,
+                role: Role::Annotated,
+            });
         }
     }
 
@@ -567,12 +702,20 @@ fn pages(addr: u64, len: u64) -> (u64, u64) {
 /// PROT_* bits of `rwxp`.
 fn prot_bits(perms: &str) -> u64 {
     let b = perms.as_bytes();
-    [(0, b'r', 1), (1, b'w', 2), (2, b'x', 4)].iter().filter(|&&(i, c, _)| b.get(i) == Some(&c)).map(|&(_, _, bit)| bit).sum()
+    [(0, b'r', 1), (1, b'w', 2), (2, b'x', 4)]
+        .iter()
+        .filter(|&&(i, c, _)| b.get(i) == Some(&c))
+        .map(|&(_, _, bit)| bit)
+        .sum()
 }
 
 /// A VMA a kernel probe reported (its vm_flags' rwx and shared bits, its file's name).
 fn probe_region(start: u64, end: u64, vm_flags: u64, file: Option<&str>) -> Region {
-    let mut region = Region::anonymous(start, end, &space::region::perms(vm_flags & PROT_RWX, vm_flags & VM_SHARED != 0));
+    let mut region = Region::anonymous(
+        start,
+        end,
+        &space::region::perms(vm_flags & PROT_RWX, vm_flags & VM_SHARED != 0),
+    );
     if let Some(f) = file {
         region.backing = Backing::File(Name::from_path(f.as_bytes()));
     }
@@ -581,10 +724,18 @@ fn probe_region(start: u64, end: u64, vm_flags: u64, file: Option<&str>) -> Regi
 
 fn mmap_attrs(prot: u64, flags: u64, path: Option<String>) -> Attrs {
     let kind = if flags & MAP_ANONYMOUS != 0 {
-        if flags & (MAP_GROWSDOWN | MAP_STACK) != 0 { Kind::Stack } else { Kind::Anon }
+        if flags & (MAP_GROWSDOWN | MAP_STACK) != 0 {
+            Kind::Stack
+        } else {
+            Kind::Anon
+        }
     } else {
         match path.as_deref() {
-            Some(p) if p.starts_with("/dev/") && p != "/dev/zero" && !p.starts_with("/dev/shm/") => Kind::Device,
+            Some(p)
+                if p.starts_with("/dev/") && p != "/dev/zero" && !p.starts_with("/dev/shm/") =>
+            {
+                Kind::Device
+            }
             _ => Kind::File,
         }
     };
@@ -593,7 +744,10 @@ fn mmap_attrs(prot: u64, flags: u64, path: Option<String>) -> Attrs {
 
 /// `rw-`, `r-x`, `---`.
 pub fn prot_string(prot: u64) -> String {
-    [(1, 'r'), (2, 'w'), (4, 'x')].iter().map(|&(bit, c)| if prot & bit != 0 { c } else { '-' }).collect()
+    [(1, 'r'), (2, 'w'), (4, 'x')]
+        .iter()
+        .map(|&(bit, c)| if prot & bit != 0 { c } else { '-' })
+        .collect()
 }
 
 #[cfg(test)]
@@ -633,11 +787,23 @@ mod tests {
         }
 
         fn anon(self, ret: u64, len: u64, prot: u64) -> Self {
-            self.push(Call::Mmap { len, prot, flags: 0x22, path: None, ret: Some(ret) })
+            self.push(Call::Mmap {
+                len,
+                prot,
+                flags: 0x22,
+                path: None,
+                ret: Some(ret),
+            })
         }
 
         fn file(self, ret: u64, len: u64, path: &str) -> Self {
-            self.push(Call::Mmap { len, prot: 1, flags: 0x2, path: Some(path.into()), ret: Some(ret) })
+            self.push(Call::Mmap {
+                len,
+                prot: 1,
+                flags: 0x2,
+                path: Some(path.into()),
+                ret: Some(ret),
+            })
         }
 
         fn munmap(self, addr: u64, len: u64) -> Self {
@@ -649,7 +815,13 @@ mod tests {
         }
 
         fn mremap(self, old_addr: u64, old_len: u64, new_len: u64, flags: u64, ret: u64) -> Self {
-            self.push(Call::Mremap { old_addr, old_len, new_len, flags, ret: Some(ret) })
+            self.push(Call::Mremap {
+                old_addr,
+                old_len,
+                new_len,
+                flags,
+                ret: Some(ret),
+            })
         }
 
         fn brk(self, addr: u64, ret: u64) -> Self {
@@ -657,7 +829,10 @@ mod tests {
         }
 
         fn replay(self) -> Process {
-            let trace = Trace { events: self.0, ..Trace::default() };
+            let trace = Trace {
+                events: self.0,
+                ..Trace::default()
+            };
             replay(&trace).pop().expect("one process")
         }
     }
@@ -668,14 +843,31 @@ mod tests {
 
     /// `(start, end, t_start, t_end, kind, prot)` of every interval, sorted.
     fn shape(p: &Process) -> Vec<(u64, u64, u64, Option<u64>, Kind, u64)> {
-        let mut s: Vec<_> =
-            p.vmas.iter().map(|v| (v.start, v.end, v.t_start, v.t_end, v.attrs.kind, v.attrs.prot)).collect();
+        let mut s: Vec<_> = p
+            .vmas
+            .iter()
+            .map(|v| {
+                (
+                    v.start,
+                    v.end,
+                    v.t_start,
+                    v.t_end,
+                    v.attrs.kind,
+                    v.attrs.prot,
+                )
+            })
+            .collect();
         s.sort_by_key(|x| (x.0, x.2));
         s
     }
 
     fn live(p: &Process) -> Vec<(u64, u64)> {
-        let mut l: Vec<_> = p.vmas.iter().filter(|v| v.t_end.is_none()).map(|v| (v.start, v.end)).collect();
+        let mut l: Vec<_> = p
+            .vmas
+            .iter()
+            .filter(|v| v.t_end.is_none())
+            .map(|v| (v.start, v.end))
+            .collect();
         l.sort();
         l
     }
@@ -707,7 +899,10 @@ mod tests {
             ]
         );
         let removed = p.vmas.iter().find(|v| v.t_end.is_some()).unwrap();
-        assert_eq!(roles(removed), vec![(0, Role::Created), (1, Role::Split), (1, Role::Removed)]);
+        assert_eq!(
+            roles(removed),
+            vec![(0, Role::Created), (1, Role::Split), (1, Role::Removed)]
+        );
         let high = p.vmas.iter().find(|v| v.start == A + 2 * P).unwrap();
         assert_eq!(roles(high), vec![(0, Role::Created), (1, Role::Split)]);
         let low = p.vmas.iter().find(|v| v.start == A).unwrap();
@@ -747,7 +942,10 @@ mod tests {
 
     #[test]
     fn map_fixed_replaces_the_overlapped_range() {
-        let p = Calls::new().file(A, 4 * P, "/lib/libc.so.6").anon(A + P, 2 * P, 3).replay();
+        let p = Calls::new()
+            .file(A, 4 * P, "/lib/libc.so.6")
+            .anon(A + P, 2 * P, 3)
+            .replay();
         assert_eq!(
             shape(&p),
             vec![
@@ -758,7 +956,13 @@ mod tests {
             ]
         );
         let replaced = p.vmas.iter().find(|v| v.t_end.is_some()).unwrap();
-        assert_eq!(replaced.touches.last(), Some(&Touch { event: 1, role: Role::Replaced }));
+        assert_eq!(
+            replaced.touches.last(),
+            Some(&Touch {
+                event: 1,
+                role: Role::Replaced
+            })
+        );
         assert_eq!((p.mapped_bytes, p.unmapped_bytes), (6 * P, 2 * P));
         assert_eq!(replaced.attrs.file.as_deref(), Some("/lib/libc.so.6"));
         let new = p.vmas.iter().find(|v| v.t_start == ts(1)).unwrap();
@@ -767,15 +971,28 @@ mod tests {
 
     #[test]
     fn map_fixed_over_exactly_one_vma_and_over_several() {
-        let p = Calls::new().anon(A, P, 1).anon(A + P, P, 3).anon(A, 2 * P, 7).replay();
+        let p = Calls::new()
+            .anon(A, P, 1)
+            .anon(A + P, P, 3)
+            .anon(A, 2 * P, 7)
+            .replay();
         assert_eq!(live(&p), vec![(A, A + 2 * P)]);
         assert_eq!(p.vmas.len(), 3);
-        assert!(p.vmas.iter().filter(|v| v.t_end == Some(ts(2))).all(|v| v.touches.len() == 2));
+        assert!(
+            p.vmas
+                .iter()
+                .filter(|v| v.t_end == Some(ts(2)))
+                .all(|v| v.touches.len() == 2)
+        );
     }
 
     #[test]
     fn mprotect_changes_prot_per_range() {
-        let p = Calls::new().anon(A, 3 * P, 3).mprotect(A + P, P, 0).mprotect(A + P, P, 0).replay();
+        let p = Calls::new()
+            .anon(A, 3 * P, 3)
+            .mprotect(A + P, P, 0)
+            .mprotect(A + P, P, 0)
+            .replay();
         assert_eq!(
             shape(&p),
             vec![
@@ -787,7 +1004,10 @@ mod tests {
         );
         // The second, identical mprotect changed nothing: no new interval.
         let guard = p.vmas.iter().find(|v| v.attrs.prot == 0).unwrap();
-        assert_eq!(roles(guard), vec![(0, Role::Created), (1, Role::Split), (1, Role::ProtChanged)]);
+        assert_eq!(
+            roles(guard),
+            vec![(0, Role::Created), (1, Role::Split), (1, Role::ProtChanged)]
+        );
     }
 
     #[test]
@@ -800,26 +1020,62 @@ mod tests {
 
     #[test]
     fn mprotect_spanning_vmas_with_mixed_prot_only_changes_the_different_ones() {
-        let p = Calls::new().anon(A, P, 1).anon(A + P, P, 3).mprotect(A, 2 * P, 1).replay();
+        let p = Calls::new()
+            .anon(A, P, 1)
+            .anon(A + P, P, 3)
+            .mprotect(A, 2 * P, 1)
+            .replay();
         assert_eq!(p.vmas.len(), 3);
-        assert_eq!(p.vmas.iter().filter(|v| v.t_end.is_none() && v.attrs.prot == 1).count(), 2);
+        assert_eq!(
+            p.vmas
+                .iter()
+                .filter(|v| v.t_end.is_none() && v.attrs.prot == 1)
+                .count(),
+            2
+        );
     }
 
     #[test]
     fn mremap_move_carries_attributes_and_history() {
         let dest = 0x50_0000;
-        let p = Calls::new().file(A, 2 * P, "/data").mprotect(A + P, P, 0).mremap(A, 2 * P, 3 * P, 1, dest).replay();
-        assert_eq!(live(&p), vec![(dest, dest + P), (dest + P, dest + 2 * P), (dest + 2 * P, dest + 3 * P)]);
-        assert!(p.vmas.iter().filter(|v| v.start < dest).all(|v| v.t_end.is_some()));
+        let p = Calls::new()
+            .file(A, 2 * P, "/data")
+            .mprotect(A + P, P, 0)
+            .mremap(A, 2 * P, 3 * P, 1, dest)
+            .replay();
+        assert_eq!(
+            live(&p),
+            vec![
+                (dest, dest + P),
+                (dest + P, dest + 2 * P),
+                (dest + 2 * P, dest + 3 * P)
+            ]
+        );
+        assert!(
+            p.vmas
+                .iter()
+                .filter(|v| v.start < dest)
+                .all(|v| v.t_end.is_some())
+        );
         let moved = p.vmas.iter().find(|v| v.start == dest).unwrap();
         assert_eq!(moved.attrs.file.as_deref(), Some("/data"));
         assert_eq!(moved.t_start, ts(2));
-        assert_eq!(roles(moved), vec![(0, Role::Created), (1, Role::Split), (2, Role::MovedHere)]);
+        assert_eq!(
+            roles(moved),
+            vec![(0, Role::Created), (1, Role::Split), (2, Role::MovedHere)]
+        );
         let guard = p.vmas.iter().find(|v| v.start == dest + P).unwrap();
         assert_eq!(guard.attrs.prot, 0);
         let grown = p.vmas.iter().find(|v| v.start == dest + 2 * P).unwrap();
-        assert_eq!((grown.attrs.prot, roles(grown)), (0, vec![(2, Role::Grown)]));
-        let away = p.vmas.iter().find(|v| v.start == A && v.t_end.is_some()).unwrap();
+        assert_eq!(
+            (grown.attrs.prot, roles(grown)),
+            (0, vec![(2, Role::Grown)])
+        );
+        let away = p
+            .vmas
+            .iter()
+            .find(|v| v.start == A && v.t_end.is_some())
+            .unwrap();
         assert_eq!(away.touches.last().unwrap().role, Role::MovedAway);
         // The move itself maps and unmaps nothing; the growth maps a page.
         assert_eq!((p.mapped_bytes, p.unmapped_bytes), (3 * P, 0));
@@ -827,7 +1083,11 @@ mod tests {
 
     #[test]
     fn mremap_in_place_grow_and_shrink() {
-        let p = Calls::new().anon(A, 2 * P, 3).mremap(A, 2 * P, 4 * P, 0, A).mremap(A, 4 * P, P, 0, A).replay();
+        let p = Calls::new()
+            .anon(A, 2 * P, 3)
+            .mremap(A, 2 * P, 4 * P, 0, A)
+            .mremap(A, 4 * P, P, 0, A)
+            .replay();
         assert_eq!(live(&p), vec![(A, A + P)]);
         assert_eq!(
             shape(&p),
@@ -837,24 +1097,44 @@ mod tests {
                 (A + 2 * P, A + 4 * P, ts(1), Some(ts(2)), Kind::Anon, 3),
             ]
         );
-        assert!(p.vmas.iter().filter(|v| v.t_end.is_some()).all(|v| v.touches.last().unwrap().role == Role::Shrunk));
+        assert!(
+            p.vmas
+                .iter()
+                .filter(|v| v.t_end.is_some())
+                .all(|v| v.touches.last().unwrap().role == Role::Shrunk)
+        );
     }
 
     #[test]
     fn mremap_dontunmap_keeps_the_source_and_fixed_replaces_the_target() {
         let dest = 0x50_0000;
-        let p = Calls::new().anon(A, P, 3).anon(dest, P, 1).mremap(A, P, P, 1 | 2 | MREMAP_DONTUNMAP, dest).replay();
+        let p = Calls::new()
+            .anon(A, P, 3)
+            .anon(dest, P, 1)
+            .mremap(A, P, P, 1 | 2 | MREMAP_DONTUNMAP, dest)
+            .replay();
         assert_eq!(live(&p), vec![(A, A + P), (dest, dest + P)]);
-        let target = p.vmas.iter().find(|v| v.start == dest && v.t_end.is_none()).unwrap();
+        let target = p
+            .vmas
+            .iter()
+            .find(|v| v.start == dest && v.t_end.is_none())
+            .unwrap();
         assert_eq!(target.attrs.prot, 3);
-        let old_target = p.vmas.iter().find(|v| v.start == dest && v.t_end.is_some()).unwrap();
+        let old_target = p
+            .vmas
+            .iter()
+            .find(|v| v.start == dest && v.t_end.is_some())
+            .unwrap();
         assert_eq!(old_target.touches.last().unwrap().role, Role::Replaced);
     }
 
     #[test]
     fn mremap_of_an_unknown_source_still_maps_the_target() {
         let p = Calls::new().mremap(A, P, 2 * P, 1, 0x50_0000).replay();
-        assert_eq!(live(&p), vec![(0x50_0000, 0x50_1000), (0x50_1000, 0x50_2000)]);
+        assert_eq!(
+            live(&p),
+            vec![(0x50_0000, 0x50_1000), (0x50_1000, 0x50_2000)]
+        );
     }
 
     #[test]
@@ -890,14 +1170,21 @@ mod tests {
             .brk(0, 0xd5_0000_0000)
             .brk(0xd5_0000_2000, 0xd5_0000_2000)
             .replay();
-        assert_eq!(live(&p), vec![(0x55_0000, 0x55_1000), (0xd5_0000_0000, 0xd5_0000_2000)]);
+        assert_eq!(
+            live(&p),
+            vec![(0x55_0000, 0x55_1000), (0xd5_0000_0000, 0xd5_0000_2000)]
+        );
         assert_eq!(p.mapped_bytes, 3 * P);
     }
 
     #[test]
     fn brk_with_an_unaligned_start() {
         let h = 0x55_0010;
-        let p = Calls::new().brk(0, h).brk(h + 10, h + 10).brk(h + P, h + P).replay();
+        let p = Calls::new()
+            .brk(0, h)
+            .brk(h + 10, h + 10)
+            .brk(h + P, h + P)
+            .replay();
         assert_eq!(live(&p), vec![(0x55_1000, 0x55_2000)]);
     }
 
@@ -906,7 +1193,17 @@ mod tests {
         let p = Calls::new()
             .anon(A, P, 3)
             .push_as(1, Call::Munmap { addr: A, len: P }, Some("EINVAL"))
-            .push_as(1, Call::Mmap { len: P, prot: 3, flags: 0x22, path: None, ret: None }, Some("ENOMEM"))
+            .push_as(
+                1,
+                Call::Mmap {
+                    len: P,
+                    prot: 3,
+                    flags: 0x22,
+                    path: None,
+                    ret: None,
+                },
+                Some("ENOMEM"),
+            )
             .replay();
         assert_eq!(shape(&p), vec![(A, A + P, ts(0), None, Kind::Anon, 3)]);
         assert_eq!(p.events.len(), 3);
@@ -915,7 +1212,12 @@ mod tests {
     #[test]
     fn kernel_probes_annotate_their_threads_mmap() {
         let dev = 0x7f00_0000_0000;
-        let vma = VmaInfo { start: dev, end: dev + 2 * P, flags_raw: 0xfb, file: Some("mmtrace-kmalloc".into()) };
+        let vma = VmaInfo {
+            start: dev,
+            end: dev + 2 * P,
+            flags_raw: 0xfb,
+            file: Some("mmtrace-kmalloc".into()),
+        };
         let p = Calls::new()
             // Another thread's mmap between them must not take the annotations.
             .push_as(2, Call::RemapPfnRange { vma: vma.clone(), addr: dev, pfn: 0x1234, size: 2 * P }, None)
@@ -930,27 +1232,68 @@ mod tests {
             .replay();
         assert_eq!(p.vmas.len(), 2);
         let d = p.vmas.iter().find(|v| v.start == dev).unwrap();
-        assert_eq!((d.end, d.t_start, d.attrs.kind, d.attrs.driver), (dev + 2 * P, ts(4), Kind::Device, true));
+        assert_eq!(
+            (d.end, d.t_start, d.attrs.kind, d.attrs.driver),
+            (dev + 2 * P, ts(4), Kind::Device, true)
+        );
         // The driver's after-flags, not mmap_region's requested ones (0xfb).
         assert_eq!(d.attrs.vm_flags, Some(0x40044fb));
-        assert_eq!(d.attrs.pfns, vec![PfnRange { addr: dev, pfn: 0x1234, size: 2 * P }]);
+        assert_eq!(
+            d.attrs.pfns,
+            vec![PfnRange {
+                addr: dev,
+                pfn: 0x1234,
+                size: 2 * P
+            }]
+        );
         assert_eq!(d.attrs.file.as_deref(), Some("mmtrace-kmalloc"));
         assert_eq!(
             roles(d),
-            vec![(4, Role::Created), (0, Role::Annotated), (1, Role::Annotated), (2, Role::Annotated)]
+            vec![
+                (4, Role::Created),
+                (0, Role::Annotated),
+                (1, Role::Annotated),
+                (2, Role::Annotated)
+            ]
         );
     }
 
     #[test]
     fn a_device_path_alone_makes_a_device_mapping() {
         let p = Calls::new()
-            .push(Call::Mmap { len: P, prot: 3, flags: 1, path: Some("/dev/fb0".into()), ret: Some(A) })
-            .push(Call::Mmap { len: P, prot: 3, flags: 1, path: Some("/dev/zero".into()), ret: Some(A + P) })
+            .push(Call::Mmap {
+                len: P,
+                prot: 3,
+                flags: 1,
+                path: Some("/dev/fb0".into()),
+                ret: Some(A),
+            })
+            .push(Call::Mmap {
+                len: P,
+                prot: 3,
+                flags: 1,
+                path: Some("/dev/zero".into()),
+                ret: Some(A + P),
+            })
             .anon(A + 2 * P, P, 0x3 | 0x100_0000)
-            .push(Call::Mmap { len: P, prot: 3, flags: 0x20022, path: None, ret: Some(A + 3 * P) })
+            .push(Call::Mmap {
+                len: P,
+                prot: 3,
+                flags: 0x20022,
+                path: None,
+                ret: Some(A + 3 * P),
+            })
             .replay();
         let kinds: Vec<_> = shape(&p).iter().map(|s| (s.4, s.5)).collect();
-        assert_eq!(kinds, vec![(Kind::Device, 3), (Kind::File, 3), (Kind::Anon, 3), (Kind::Stack, 3)]);
+        assert_eq!(
+            kinds,
+            vec![
+                (Kind::Device, 3),
+                (Kind::File, 3),
+                (Kind::Anon, 3),
+                (Kind::Stack, 3)
+            ]
+        );
     }
 
     #[test]
@@ -958,22 +1301,42 @@ mod tests {
         let p = Calls::new()
             .anon(A, P, 3)
             .brk(0, 0x55_0000)
-            .push(Call::MmapRegion { len: 2 * P, vm_flags: 0x875, file: Some("ld.so".into()), ret: Some(0x40_0000) })
+            .push(Call::MmapRegion {
+                len: 2 * P,
+                vm_flags: 0x875,
+                file: Some("ld.so".into()),
+                ret: Some(0x40_0000),
+            })
             .push(Call::Exec)
             .brk(0, 0x66_0000)
             .brk(0x66_1000, 0x66_1000)
             .replay();
-        assert_eq!(live(&p), vec![(0x40_0000, 0x40_2000), (0x66_0000, 0x66_1000)]);
+        assert_eq!(
+            live(&p),
+            vec![(0x40_0000, 0x40_2000), (0x66_0000, 0x66_1000)]
+        );
         let old = p.vmas.iter().find(|v| v.start == A).unwrap();
-        assert_eq!((old.t_end, old.touches.last().unwrap().role), (Some(ts(3)), Role::Exec));
+        assert_eq!(
+            (old.t_end, old.touches.last().unwrap().role),
+            (Some(ts(3)), Role::Exec)
+        );
         let ld = p.vmas.iter().find(|v| v.start == 0x40_0000).unwrap();
-        assert_eq!((ld.attrs.kind, ld.attrs.prot, ld.t_start), (Kind::File, 5, ts(3)));
+        assert_eq!(
+            (ld.attrs.kind, ld.attrs.prot, ld.t_start),
+            (Kind::File, 5, ts(3))
+        );
     }
 
     #[test]
     fn unannotated_pending_events_apply_at_the_end() {
-        let p =
-            Calls::new().push(Call::MmapRegion { len: P, vm_flags: 0x400 | 0x3, file: None, ret: Some(A) }).replay();
+        let p = Calls::new()
+            .push(Call::MmapRegion {
+                len: P,
+                vm_flags: 0x400 | 0x3,
+                file: None,
+                ret: Some(A),
+            })
+            .replay();
         assert_eq!(shape(&p), vec![(A, A + P, ts(0), None, Kind::Device, 3)]);
     }
 
@@ -982,16 +1345,26 @@ mod tests {
         let mut calls = Calls::new().anon(A, 2 * P, 3).munmap(A, P);
         calls.0[1].ts_ns = 1;
         let p = calls.replay();
-        assert!(p.vmas.iter().all(|v| v.t_end.is_none_or(|e| e >= v.t_start)));
+        assert!(
+            p.vmas
+                .iter()
+                .all(|v| v.t_end.is_none_or(|e| e >= v.t_start))
+        );
     }
 
     #[test]
     fn processes_are_kept_apart() {
         let mut calls = Calls::new().anon(A, P, 3).anon(A, P, 1);
         calls.0[1].pid = 2;
-        let trace = Trace { events: calls.0, ..Trace::default() };
+        let trace = Trace {
+            events: calls.0,
+            ..Trace::default()
+        };
         let ps = replay(&trace);
-        assert_eq!(ps.iter().map(|p| (p.pid, p.vmas.len())).collect::<Vec<_>>(), vec![(1, 1), (2, 1)]);
+        assert_eq!(
+            ps.iter().map(|p| (p.pid, p.vmas.len())).collect::<Vec<_>>(),
+            vec![(1, 1), (2, 1)]
+        );
     }
 
     #[test]
@@ -1003,8 +1376,20 @@ mod tests {
         let p = calls.replay();
         let last = p.vmas.iter().find(|v| v.t_end.is_none()).unwrap();
         assert_eq!(last.touches.len(), HISTORY);
-        assert_eq!(last.touches[0], Touch { event: 0, role: Role::Created });
-        assert_eq!(last.touches.last(), Some(&Touch { event: 100, role: Role::ProtChanged }));
+        assert_eq!(
+            last.touches[0],
+            Touch {
+                event: 0,
+                role: Role::Created
+            }
+        );
+        assert_eq!(
+            last.touches.last(),
+            Some(&Touch {
+                event: 100,
+                role: Role::ProtChanged
+            })
+        );
         assert_eq!(last.elided, 100 + 1 - HISTORY);
         assert_eq!(p.vmas.len(), 101);
     }
@@ -1013,12 +1398,27 @@ mod tests {
     fn mremap_dup_keeps_the_source_and_maps_a_second_copy() {
         let dest = 0x50_0000;
         let p = Calls::new()
-            .push(Call::Mmap { len: 2 * P, prot: 3, flags: 1, path: Some("/dev/shm/x".into()), ret: Some(A) })
+            .push(Call::Mmap {
+                len: 2 * P,
+                prot: 3,
+                flags: 1,
+                path: Some("/dev/shm/x".into()),
+                ret: Some(A),
+            })
             .mremap(A + P, 0, 3 * P, 1, dest)
             .replay();
-        assert_eq!(live(&p), vec![(A, A + 2 * P), (dest, dest + P), (dest + P, dest + 3 * P)]);
+        assert_eq!(
+            live(&p),
+            vec![(A, A + 2 * P), (dest, dest + P), (dest + P, dest + 3 * P)]
+        );
         let copy = p.vmas.iter().find(|v| v.start == dest).unwrap();
-        assert_eq!((copy.attrs.file.as_deref(), roles(copy)), (Some("/dev/shm/x"), vec![(0, Role::Created), (1, Role::MovedHere)]));
+        assert_eq!(
+            (copy.attrs.file.as_deref(), roles(copy)),
+            (
+                Some("/dev/shm/x"),
+                vec![(0, Role::Created), (1, Role::MovedHere)]
+            )
+        );
         let grown = p.vmas.iter().find(|v| v.start == dest + P).unwrap();
         assert_eq!(roles(grown), vec![(1, Role::Grown)]);
     }
@@ -1031,10 +1431,20 @@ mod tests {
         let dest = 0x50_0000;
         let h = 0x55_0000;
         let sequences = [
-            Calls::new().anon(A, 4 * P, 3).munmap(A + P, P).mprotect(A + 2 * P, P, 1).anon(A + 3 * P, P, 0),
+            Calls::new()
+                .anon(A, 4 * P, 3)
+                .munmap(A + P, P)
+                .mprotect(A + 2 * P, P, 1)
+                .anon(A + 3 * P, P, 0),
             // mremap dup of a shared file mapping (old_len 0): a second mapping, the old stays.
             Calls::new()
-                .push(Call::Mmap { len: 2 * P, prot: 3, flags: 1, path: Some("/dev/shm/x".into()), ret: Some(A) })
+                .push(Call::Mmap {
+                    len: 2 * P,
+                    prot: 3,
+                    flags: 1,
+                    path: Some("/dev/shm/x".into()),
+                    ret: Some(A),
+                })
                 .mremap(A + P, 0, 3 * P, 1, dest),
             // Move with growth, DONTUNMAP, in-place shrink.
             Calls::new()
@@ -1044,15 +1454,29 @@ mod tests {
                 .anon(A + 8 * P, P, 3)
                 .mremap(A + 8 * P, P, P, 1 | 2 | MREMAP_DONTUNMAP, dest + 8 * P)
                 .mremap(dest, 3 * P, P, 0, dest),
-            Calls::new().brk(0, h).brk(h + 0x3000, h + 0x3000).brk(h + 0x1800, h + 0x1800),
+            Calls::new()
+                .brk(0, h)
+                .brk(h + 0x3000, h + 0x3000)
+                .brk(h + 0x1800, h + 0x1800),
         ];
         for calls in sequences {
-            let mut shadow = crate::shadow::ShadowSpace::default();
+            let mut shadow = crate::verify::shadow::ShadowSpace::default();
             for e in &calls.0 {
                 match &e.call {
-                    Call::Mmap { len, prot, flags, path, ret: Some(ret) } => {
+                    Call::Mmap {
+                        len,
+                        prot,
+                        flags,
+                        path,
+                        ret: Some(ret),
+                    } => {
                         let args = [0, *len, *prot, *flags, 0, 0];
-                        shadow.apply_syscall(libc::SYS_mmap as u64, args, *ret as i64, &TracedFile(path.as_deref()));
+                        shadow.apply_syscall(
+                            libc::SYS_mmap as u64,
+                            args,
+                            *ret as i64,
+                            &TracedFile(path.as_deref()),
+                        );
                     }
                     call => {
                         let (nr, args, ret) = raw_call(call).expect("a syscall");
@@ -1070,7 +1494,11 @@ mod tests {
                     _ => report.push((v.start, v.end, v.attrs.prot)),
                 }
             }
-            let verify: Vec<(u64, u64, u64)> = shadow.regions().iter().map(|r| (r.start, r.end, prot_bits(&r.perms))).collect();
+            let verify: Vec<(u64, u64, u64)> = shadow
+                .regions()
+                .iter()
+                .map(|r| (r.start, r.end, prot_bits(&r.perms)))
+                .collect();
             assert_eq!(report, verify);
         }
     }
@@ -1088,22 +1516,77 @@ mod tests {
         use super::*;
 
         fn value() -> impl Strategy<Value = u64> {
-            prop_oneof![(0u64..16).prop_map(|k| A + k * P), (0u64..6).prop_map(|k| k * P), Just(u64::MAX), any::<u64>()]
+            prop_oneof![
+                (0u64..16).prop_map(|k| A + k * P),
+                (0u64..6).prop_map(|k| k * P),
+                Just(u64::MAX),
+                any::<u64>()
+            ]
         }
 
         fn a_call() -> impl Strategy<Value = (u32, Call)> {
-            let vma = || (value(), value(), any::<u64>()).prop_map(|(start, end, flags_raw)| VmaInfo { start, end, flags_raw, file: None });
+            let vma = || {
+                (value(), value(), any::<u64>()).prop_map(|(start, end, flags_raw)| VmaInfo {
+                    start,
+                    end,
+                    flags_raw,
+                    file: None,
+                })
+            };
             let call = prop_oneof![
-                (value(), any::<u64>(), any::<u64>(), prop::option::of(Just("/f".to_string())), prop::option::of(value()))
-                    .prop_map(|(len, prot, flags, path, ret)| Call::Mmap { len, prot, flags, path, ret }),
+                (
+                    value(),
+                    any::<u64>(),
+                    any::<u64>(),
+                    prop::option::of(Just("/f".to_string())),
+                    prop::option::of(value())
+                )
+                    .prop_map(|(len, prot, flags, path, ret)| Call::Mmap {
+                        len,
+                        prot,
+                        flags,
+                        path,
+                        ret
+                    }),
                 (value(), value()).prop_map(|(addr, len)| Call::Munmap { addr, len }),
-                (value(), value(), any::<u64>()).prop_map(|(addr, len, prot)| Call::Mprotect { addr, len, prot }),
-                (value(), value(), value(), 0u64..8, prop::option::of(value()))
-                    .prop_map(|(old_addr, old_len, new_len, flags, ret)| Call::Mremap { old_addr, old_len, new_len, flags, ret }),
+                (value(), value(), any::<u64>()).prop_map(|(addr, len, prot)| Call::Mprotect {
+                    addr,
+                    len,
+                    prot
+                }),
+                (
+                    value(),
+                    value(),
+                    value(),
+                    0u64..8,
+                    prop::option::of(value())
+                )
+                    .prop_map(|(old_addr, old_len, new_len, flags, ret)| {
+                        Call::Mremap {
+                            old_addr,
+                            old_len,
+                            new_len,
+                            flags,
+                            ret,
+                        }
+                    }),
                 (value(), value()).prop_map(|(addr, ret)| Call::Brk { addr, ret }),
-                (value(), any::<u64>(), prop::option::of(value()))
-                    .prop_map(|(len, vm_flags, ret)| Call::MmapRegion { len, vm_flags, file: None, ret }),
-                (vma(), value(), any::<u64>(), value()).prop_map(|(vma, addr, pfn, size)| Call::RemapPfnRange { vma, addr, pfn, size }),
+                (value(), any::<u64>(), prop::option::of(value())).prop_map(
+                    |(len, vm_flags, ret)| Call::MmapRegion {
+                        len,
+                        vm_flags,
+                        file: None,
+                        ret
+                    }
+                ),
+                (vma(), value(), any::<u64>(), value()).prop_map(|(vma, addr, pfn, size)| {
+                    Call::RemapPfnRange {
+                        vma,
+                        addr,
+                        pfn,
+                        size,
+                    }
+                }),
                 vma().prop_map(|after| Call::DriverMmap { after }),
                 Just(Call::Exec),
             ];

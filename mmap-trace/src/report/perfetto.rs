@@ -141,7 +141,9 @@ pub fn render(trace: &Trace, processes: &[Process]) -> Written {
             uuid: Some(counter_uuid),
             name: Some("mapped bytes".into()),
             parent_uuid: Some(process_uuid),
-            counter: Some(CounterDescriptor { unit: Some(UNIT_SIZE_BYTES) }),
+            counter: Some(CounterDescriptor {
+                unit: Some(UNIT_SIZE_BYTES),
+            }),
             sibling_order_rank: Some(0),
             ..Default::default()
         }));
@@ -155,7 +157,9 @@ pub fn render(trace: &Trace, processes: &[Process]) -> Written {
             timed.push((ts, 1, event));
         }
         let lanes = lanes(&p.vmas, trace_end);
-        let lane_uuids: Vec<u64> = (0..lanes.iter().max().map_or(0, |l| l + 1)).map(|_| uuid()).collect();
+        let lane_uuids: Vec<u64> = (0..lanes.iter().max().map_or(0, |l| l + 1))
+            .map(|_| uuid())
+            .collect();
         for (i, &lane_uuid) in lane_uuids.iter().enumerate() {
             packets.push(descriptor(TrackDescriptor {
                 uuid: Some(lane_uuid),
@@ -197,7 +201,11 @@ pub fn render(trace: &Trace, processes: &[Process]) -> Written {
     if let Some(first) = packets.first_mut() {
         first.sequence_flags = Some(SEQ_INCREMENTAL_STATE_CLEARED);
     }
-    Written { bytes: PerfettoTrace { packet: packets }.encode_to_vec(), slices, lanes: lanes_total }
+    Written {
+        bytes: PerfettoTrace { packet: packets }.encode_to_vec(),
+        slices,
+        lanes: lanes_total,
+    }
 }
 
 fn descriptor(track: TrackDescriptor) -> TracePacket {
@@ -223,7 +231,11 @@ fn annotations(vma: &Vma) -> Vec<DebugAnnotation> {
     let mut list = vec![
         text("start", format!("{:#x}", vma.start)),
         text("end", format!("{:#x}", vma.end)),
-        DebugAnnotation { name: Some("len".into()), uint_value: Some(vma.len()), ..Default::default() },
+        DebugAnnotation {
+            name: Some("len".into()),
+            uint_value: Some(vma.len()),
+            ..Default::default()
+        },
         text("kind", vma.attrs.kind.name().into()),
         text("prot", prot_string(vma.attrs.prot)),
     ];
@@ -297,14 +309,26 @@ mod tests {
 
     #[test]
     fn lanes_never_overlap_and_are_reused() {
-        let vmas = [vma(0, Some(10), 4096), vma(5, Some(20), 4096), vma(10, None, 4096), vma(7, Some(7), 4096)];
+        let vmas = [
+            vma(0, Some(10), 4096),
+            vma(5, Some(20), 4096),
+            vma(10, None, 4096),
+            vma(7, Some(7), 4096),
+        ];
         let lanes = lanes(&vmas, 30);
         assert_eq!(lanes, vec![0, 1, 0, 2]);
     }
 
     #[test]
     fn mapped_bytes_follow_the_live_intervals() {
-        let vmas = [vma(0, Some(10), 4096), vma(5, Some(20), 8192), vma(10, None, 4096)];
-        assert_eq!(mapped_bytes(&vmas), vec![(0, 4096), (5, 12288), (10, 12288), (20, 4096)]);
+        let vmas = [
+            vma(0, Some(10), 4096),
+            vma(5, Some(20), 8192),
+            vma(10, None, 4096),
+        ];
+        assert_eq!(
+            mapped_bytes(&vmas),
+            vec![(0, 4096), (5, 12288), (10, 12288), (20, 4096)]
+        );
     }
 }

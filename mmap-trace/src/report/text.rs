@@ -9,8 +9,17 @@ use super::{
 };
 
 /// The probes in the order a reader expects them; others follow by name.
-const PROBE_ORDER: &[&str] =
-    &["mmap", "munmap", "mprotect", "mremap", "brk", "exec", "mmap_region", "remap_pfn_range", "driver_mmap"];
+const PROBE_ORDER: &[&str] = &[
+    "mmap",
+    "munmap",
+    "mprotect",
+    "mremap",
+    "brk",
+    "exec",
+    "mmap_region",
+    "remap_pfn_range",
+    "driver_mmap",
+];
 
 /// What one process's events add up to.
 pub struct Stats {
@@ -32,20 +41,44 @@ pub fn stats(trace: &Trace, p: &Process) -> Stats {
         entry.0 += 1;
         if let Some(errno) = &e.error {
             entry.1 += 1;
-            *refused.entry(errno.clone()).or_default().entry(e.probe.clone()).or_default() += 1;
+            *refused
+                .entry(errno.clone())
+                .or_default()
+                .entry(e.probe.clone())
+                .or_default() += 1;
             continue;
         }
         match e.call {
-            Call::Mmap { len, ret: Some(addr), .. } => largest.push((page_up(len), addr, i)),
-            Call::Mremap { new_len, ret: Some(addr), .. } => largest.push((page_up(new_len), addr, i)),
+            Call::Mmap {
+                len,
+                ret: Some(addr),
+                ..
+            } => largest.push((page_up(len), addr, i)),
+            Call::Mremap {
+                new_len,
+                ret: Some(addr),
+                ..
+            } => largest.push((page_up(new_len), addr, i)),
             _ => {}
         }
     }
     largest.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)));
-    let rank = |name: &str| PROBE_ORDER.iter().position(|p| *p == name).unwrap_or(PROBE_ORDER.len());
-    let mut per_probe: Vec<_> = per_probe.into_iter().map(|(k, (n, r))| (k.to_string(), n, r)).collect();
+    let rank = |name: &str| {
+        PROBE_ORDER
+            .iter()
+            .position(|p| *p == name)
+            .unwrap_or(PROBE_ORDER.len())
+    };
+    let mut per_probe: Vec<_> = per_probe
+        .into_iter()
+        .map(|(k, (n, r))| (k.to_string(), n, r))
+        .collect();
     per_probe.sort_by(|a, b| rank(&a.0).cmp(&rank(&b.0)).then(a.0.cmp(&b.0)));
-    Stats { per_probe, refused, largest }
+    Stats {
+        per_probe,
+        refused,
+        largest,
+    }
 }
 
 /// `mmap 20 (2 refused), munmap 10`.
@@ -53,11 +86,13 @@ pub fn probe_counts(s: &Stats) -> String {
     let parts: Vec<String> = s
         .per_probe
         .iter()
-        .map(
-            |(probe, n, refused)| {
-                if *refused > 0 { format!("{probe} {n} ({refused} refused)") } else { format!("{probe} {n}") }
-            },
-        )
+        .map(|(probe, n, refused)| {
+            if *refused > 0 {
+                format!("{probe} {n} ({refused} refused)")
+            } else {
+                format!("{probe} {n}")
+            }
+        })
         .collect();
     parts.join(", ")
 }
@@ -73,7 +108,11 @@ pub fn refused_counts(s: &Stats) -> String {
             format!("{errno} {total} ({})", by.join(", "))
         })
         .collect();
-    if parts.is_empty() { "none".to_string() } else { parts.join("; ") }
+    if parts.is_empty() {
+        "none".to_string()
+    } else {
+        parts.join("; ")
+    }
 }
 
 /// `lost: 12 (mmap 10, munmap 2)` or `none`.
@@ -93,9 +132,13 @@ pub fn lost_counts(trace: &Trace) -> String {
 /// `mmap rw- device mmtrace-kmalloc (driver)`: what the model made of a mapping call.
 fn describe_mapping(p: &Process, event: usize, probe: &str) -> String {
     let made = p.vmas.iter().find(|v| {
-        v.touches.iter().any(|t| t.event == event && matches!(t.role, Role::Created | Role::MovedHere | Role::Grown))
+        v.touches.iter().any(|t| {
+            t.event == event && matches!(t.role, Role::Created | Role::MovedHere | Role::Grown)
+        })
     });
-    let Some(vma) = made else { return probe.to_string() };
+    let Some(vma) = made else {
+        return probe.to_string();
+    };
     let a = &vma.attrs;
     let mut what = format!("{probe} {} {}", prot_string(a.prot), a.kind.name());
     if let Some(file) = &a.file {
@@ -110,13 +153,27 @@ fn describe_mapping(p: &Process, event: usize, probe: &str) -> String {
 pub fn render(trace: &Trace, processes: &[Process], title: &str) -> String {
     let mut out = String::new();
     let t0 = trace.events.iter().map(|e| e.ts_ns).min().unwrap_or(0);
-    let _ = writeln!(out, "report of {title}: {} events, {} process(es)", trace.events.len(), processes.len());
-    if let Some(ended) = trace.summary.as_ref().and_then(|s| s.get("ended")).and_then(|v| v.as_str()) {
+    let _ = writeln!(
+        out,
+        "report of {title}: {} events, {} process(es)",
+        trace.events.len(),
+        processes.len()
+    );
+    if let Some(ended) = trace
+        .summary
+        .as_ref()
+        .and_then(|s| s.get("ended"))
+        .and_then(|v| v.as_str())
+    {
         let _ = writeln!(out, "ended: {ended}");
     }
     let _ = writeln!(out, "lost events: {}", lost_counts(trace));
     if !trace.unknown.is_empty() {
-        let by: Vec<String> = trace.unknown.iter().map(|(t, n)| format!("{t:?} {n}")).collect();
+        let by: Vec<String> = trace
+            .unknown
+            .iter()
+            .map(|(t, n)| format!("{t:?} {n}"))
+            .collect();
         let _ = writeln!(out, "records of unknown type (ignored): {}", by.join(", "));
     }
     for p in processes {
@@ -136,7 +193,11 @@ pub fn render(trace: &Trace, processes: &[Process], title: &str) -> String {
         let _ = writeln!(out, "  refused:   {}", refused_counts(&s));
         let live: Vec<_> = p.vmas.iter().filter(|v| v.t_end.is_none()).collect();
         let driver = p.vmas.iter().filter(|v| v.attrs.driver).count();
-        let device = p.vmas.iter().filter(|v| v.attrs.kind == Kind::Device).count();
+        let device = p
+            .vmas
+            .iter()
+            .filter(|v| v.attrs.kind == Kind::Device)
+            .count();
         let _ = writeln!(
             out,
             "  timeline:  {} VMA intervals ({device} device, {driver} driver); at the end {} VMAs, {}",
@@ -162,7 +223,11 @@ pub fn render(trace: &Trace, processes: &[Process], title: &str) -> String {
         let _ = writeln!(
             out,
             "  mismatches: {}",
-            if mismatches.is_empty() { "none".into() } else { mismatches.len().to_string() }
+            if mismatches.is_empty() {
+                "none".into()
+            } else {
+                mismatches.len().to_string()
+            }
         );
         for m in mismatches.iter().take(10) {
             let _ = writeln!(out, "    line {}: {}", m.line, m.detail);

@@ -51,7 +51,11 @@ impl Comparison {
 /// Walks both accounts over every boundary either has, so a difference is reported for
 /// exactly the addresses it covers, whatever VMA boundaries either side drew.
 pub fn compare(model: &[Region], kernel: &[Region]) -> Comparison {
-    let mut bounds: Vec<u64> = model.iter().chain(kernel).flat_map(|r| [r.start, r.end]).collect();
+    let mut bounds: Vec<u64> = model
+        .iter()
+        .chain(kernel)
+        .flat_map(|r| [r.start, r.end])
+        .collect();
     bounds.sort_unstable();
     bounds.dedup();
     fn covering(regions: &[Region], a: u64) -> Option<&Region> {
@@ -72,23 +76,46 @@ pub fn compare(model: &[Region], kernel: &[Region]) -> Comparison {
         };
         for (field, expected, found) in diffs {
             match out.differences.last_mut() {
-                Some(d) if d.end == start && d.field == field && d.expected == expected && d.found == found => {
+                Some(d)
+                    if d.end == start
+                        && d.field == field
+                        && d.expected == expected
+                        && d.found == found =>
+                {
                     d.end = end
                 }
-                _ => out.differences.push(Difference { start, end, field, expected, found }),
+                _ => out.differences.push(Difference {
+                    start,
+                    end,
+                    field,
+                    expected,
+                    found,
+                }),
             }
         }
         if let Some((expected, found)) = note {
             match out.notes.last_mut() {
-                Some(n) if n.end == start && n.expected == expected && n.found == found => n.end = end,
-                _ => out.notes.push(Note { start, end, expected, found }),
+                Some(n) if n.end == start && n.expected == expected && n.found == found => {
+                    n.end = end
+                }
+                _ => out.notes.push(Note {
+                    start,
+                    end,
+                    expected,
+                    found,
+                }),
             }
         }
     }
     out
 }
 
-fn fields(s: &Region, k: &Region, at: u64, note: &mut Option<(String, String)>) -> Vec<(&'static str, String, String)> {
+fn fields(
+    s: &Region,
+    k: &Region,
+    at: u64,
+    note: &mut Option<(String, String)>,
+) -> Vec<(&'static str, String, String)> {
     let mut d = Vec::new();
     if s.perms != k.perms {
         d.push(("perms", s.perms.clone(), k.perms.clone()));
@@ -108,15 +135,29 @@ fn fields(s: &Region, k: &Region, at: u64, note: &mut Option<(String, String)>) 
             *note = Some((s.backing.to_string(), k.backing.to_string()));
         }
     }
-    let offset_at = |r: &Region| if r.has_file() { r.offset.wrapping_add(at - r.start) } else { r.offset };
+    let offset_at = |r: &Region| {
+        if r.has_file() {
+            r.offset.wrapping_add(at - r.start)
+        } else {
+            r.offset
+        }
+    };
     if offset_at(s) != offset_at(k) {
-        d.push(("offset", format!("{:#x}", offset_at(s)), format!("{:#x}", offset_at(k))));
+        d.push((
+            "offset",
+            format!("{:#x}", offset_at(s)),
+            format!("{:#x}", offset_at(k)),
+        ));
     }
     // Shared anonymous memory and SysV segments live on shmem's internal mount, whatever
     // its device number is on this boot; shared anonymous memory's inode is unknown.
     let shmem = s.shared_anon() || s.hidden.sysv_shm;
     if s.dev != k.dev && !shmem && !s.overlay {
-        d.push(("device", format!("{:02x}:{:02x}", s.dev.0, s.dev.1), format!("{:02x}:{:02x}", k.dev.0, k.dev.1)));
+        d.push((
+            "device",
+            format!("{:02x}:{:02x}", s.dev.0, s.dev.1),
+            format!("{:02x}:{:02x}", k.dev.0, k.dev.1),
+        ));
     }
     if s.inode != k.inode && !s.shared_anon() && !s.overlay {
         d.push(("inode", s.inode.to_string(), k.inode.to_string()));
@@ -130,7 +171,12 @@ mod tests {
     use crate::space::region::{Name, tests::anon};
 
     fn file(start: u64, end: u64, path: &[u8], inode: u64) -> Region {
-        Region { dev: (8, 1), inode, backing: Backing::File(Name(path.to_vec())), ..anon(start, end, "r--p") }
+        Region {
+            dev: (8, 1),
+            inode,
+            backing: Backing::File(Name(path.to_vec())),
+            ..anon(start, end, "r--p")
+        }
     }
 
     #[test]
@@ -140,17 +186,36 @@ mod tests {
         // The kernel drew two VMAs where the model has one: not a difference.
         let split = vec![anon(0x1000, 0x2000, "rw-p"), anon(0x2000, 0x4000, "rw-p")];
         assert_eq!(compare(&model, &split), Comparison::default());
-        let perms = vec![anon(0x1000, 0x2000, "rw-p"), anon(0x2000, 0x3000, "r--p"), anon(0x3000, 0x4000, "rw-p")];
+        let perms = vec![
+            anon(0x1000, 0x2000, "rw-p"),
+            anon(0x2000, 0x3000, "r--p"),
+            anon(0x3000, 0x4000, "rw-p"),
+        ];
         let d = compare(&model, &perms).differences;
         assert_eq!(d.len(), 1);
-        assert_eq!((d[0].start, d[0].end, d[0].field), (0x2000, 0x3000, "perms"));
-        assert_eq!((d[0].expected.as_str(), d[0].found.as_str()), ("rw-p", "r--p"));
+        assert_eq!(
+            (d[0].start, d[0].end, d[0].field),
+            (0x2000, 0x3000, "perms")
+        );
+        assert_eq!(
+            (d[0].expected.as_str(), d[0].found.as_str()),
+            ("rw-p", "r--p")
+        );
         let shifted = vec![anon(0x2000, 0x5000, "rw-p")];
         let d = compare(&model, &shifted).differences;
         assert_eq!(d.len(), 2, "{d:?}");
-        assert_eq!((d[0].start, d[0].end, d[0].found.as_str()), (0x1000, 0x2000, "unmapped"));
-        assert_eq!((d[1].start, d[1].end, d[1].expected.as_str()), (0x4000, 0x5000, "unmapped"));
-        assert_eq!(compare(&model, &shifted).ranges(), [(0x1000, 0x2000), (0x4000, 0x5000)]);
+        assert_eq!(
+            (d[0].start, d[0].end, d[0].found.as_str()),
+            (0x1000, 0x2000, "unmapped")
+        );
+        assert_eq!(
+            (d[1].start, d[1].end, d[1].expected.as_str()),
+            (0x4000, 0x5000, "unmapped")
+        );
+        assert_eq!(
+            compare(&model, &shifted).ranges(),
+            [(0x1000, 0x2000), (0x4000, 0x5000)]
+        );
     }
 
     /// Issue 19: unlinked, renamed, newline-escaped: the same file, only a note.
@@ -161,11 +226,17 @@ mod tests {
             let c = compare(&model, &[file(0x1000, 0x2000, kernel_name, 7)]);
             assert!(c.differences.is_empty(), "{c:?}");
             assert_eq!(c.notes.len(), 1);
-            assert_eq!((c.notes[0].start, c.notes[0].expected.as_str()), (0x1000, "/tmp/x"));
+            assert_eq!(
+                (c.notes[0].start, c.notes[0].expected.as_str()),
+                (0x1000, "/tmp/x")
+            );
         }
         // Another inode under the same name is a difference, not a note.
         let c = compare(&model, &[file(0x1000, 0x2000, b"/tmp/x", 8)]);
-        assert_eq!(c.differences.iter().map(|d| d.field).collect::<Vec<_>>(), ["inode"]);
+        assert_eq!(
+            c.differences.iter().map(|d| d.field).collect::<Vec<_>>(),
+            ["inode"]
+        );
         assert!(c.notes.is_empty());
         // A file where the kernel has anonymous memory: a path difference.
         let c = compare(&model, &[anon(0x1000, 0x2000, "r--p")]);
@@ -180,15 +251,28 @@ mod tests {
         (model.dev, model.overlay, model.offset) = ((0, 0x17), true, 0x1000);
         let mut layer = model.clone();
         (layer.dev, layer.inode, layer.overlay) = ((0, 0x16), 99, false);
-        assert_eq!(compare(&[model.clone()], &[layer.clone()]), Comparison::default());
+        assert_eq!(
+            compare(&[model.clone()], &[layer.clone()]),
+            Comparison::default()
+        );
         layer.offset = 0;
-        assert_eq!(compare(&[model.clone()], &[layer.clone()]).differences[0].field, "offset");
+        assert_eq!(
+            compare(&[model.clone()], &[layer.clone()]).differences[0].field,
+            "offset"
+        );
         layer.backing = Backing::File("/o/m/g".into());
         layer.offset = 0x1000;
-        assert_eq!(compare(&[model.clone()], &[layer.clone()]).differences[0].field, "path");
+        assert_eq!(
+            compare(&[model.clone()], &[layer.clone()]).differences[0].field,
+            "path"
+        );
         model.overlay = false;
         layer.backing = model.backing.clone();
-        let fields: Vec<_> = compare(&[model], &[layer]).differences.iter().map(|d| d.field).collect();
+        let fields: Vec<_> = compare(&[model], &[layer])
+            .differences
+            .iter()
+            .map(|d| d.field)
+            .collect();
         assert_eq!(fields, ["device", "inode"]);
     }
 }

@@ -27,7 +27,8 @@ pub struct MapsView {
 /// /proc/<pid>/maps. An error only when the file cannot be read (the process is gone).
 pub fn read(pid: u32) -> Result<MapsView> {
     let path = format!("/proc/{pid}/maps");
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {path} (has process {pid} exited?)"))?;
+    let bytes = std::fs::read(&path)
+        .with_context(|| format!("reading {path} (has process {pid} exited?)"))?;
     Ok(parse(&bytes))
 }
 
@@ -40,7 +41,11 @@ pub fn parse(bytes: &[u8]) -> MapsView {
         }
         match parse_line(line) {
             Ok(r) => regions.push(r),
-            Err(reason) => view.unparsed.push(Unparsed { line: i + 1, text: Name(line.to_vec()), reason }),
+            Err(reason) => view.unparsed.push(Unparsed {
+                line: i + 1,
+                text: Name(line.to_vec()),
+                reason,
+            }),
         }
     }
     view.regions = normalize(regions);
@@ -67,7 +72,10 @@ pub fn parse_line(line: &[u8]) -> Result<Region, &'static str> {
         None => (rest, &[][..]),
     };
     let (start, end) = split2(range, b'-').ok_or("bad address range")?;
-    let (start, end) = (hex(start).ok_or("bad start address")?, hex(end).ok_or("bad end address")?);
+    let (start, end) = (
+        hex(start).ok_or("bad start address")?,
+        hex(end).ok_or("bad end address")?,
+    );
     if start >= end {
         return Err("empty or inverted address range");
     }
@@ -77,10 +85,17 @@ pub fn parse_line(line: &[u8]) -> Result<Region, &'static str> {
     let offset = hex(offset).ok_or("bad offset")?;
     let (major, minor) = split2(dev, b':').ok_or("bad device")?;
     let dev = (
-        hex(major).and_then(|v| u32::try_from(v).ok()).ok_or("bad device major")?,
-        hex(minor).and_then(|v| u32::try_from(v).ok()).ok_or("bad device minor")?,
+        hex(major)
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or("bad device major")?,
+        hex(minor)
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or("bad device minor")?,
     );
-    let inode = std::str::from_utf8(inode).ok().and_then(|s| s.parse::<u64>().ok()).ok_or("bad inode")?;
+    let inode = std::str::from_utf8(inode)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or("bad inode")?;
     let backing = backing(name, dev, inode);
     let hidden = Hidden {
         sysv_shm: matches!(&backing, Backing::File(n) if is_sysv_name(n.as_bytes())),
@@ -151,7 +166,11 @@ mod tests {
         let view = read(std::process::id()).unwrap();
         assert!(view.unparsed.is_empty(), "{:?}", view.unparsed);
         assert!(view.regions.iter().any(|r| r.backing == Backing::Stack));
-        assert!(view.regions.iter().any(|r| matches!(&r.backing, Backing::File(n) if n.as_bytes().starts_with(b"/"))));
+        assert!(
+            view.regions
+                .iter()
+                .any(|r| matches!(&r.backing, Backing::File(n) if n.as_bytes().starts_with(b"/")))
+        );
         assert!(view.regions.windows(2).all(|w| w[0].end <= w[1].start));
     }
 
@@ -188,7 +207,10 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0  [vsyscall]\n";
             ]
         );
         // Two anonymous lines, with and without a trailing space.
-        assert_eq!((view.regions[0].start, view.regions[1].end), (0x7f00, 0xa000));
+        assert_eq!(
+            (view.regions[0].start, view.regions[1].end),
+            (0x7f00, 0xa000)
+        );
         assert!(matches!(view.regions[2].backing, Backing::Heap));
         assert!(view.regions[4].hidden.sysv_shm);
         assert_eq!(view.regions[9].offset, 0x1000);
@@ -200,7 +222,14 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0  [vsyscall]\n";
         let view = parse(b"zz-10 rw-p 0 00:00 0\n1000-2000 rw-p 00000000 00:00 0 \n2000-1000 rw-p 0 0:0 0\ngarbage\n");
         assert_eq!(view.regions.len(), 1);
         let why: Vec<(usize, &str)> = view.unparsed.iter().map(|u| (u.line, u.reason)).collect();
-        assert_eq!(why, [(1, "bad start address"), (3, "empty or inverted address range"), (4, "no address range")]);
+        assert_eq!(
+            why,
+            [
+                (1, "bad start address"),
+                (3, "empty or inverted address range"),
+                (4, "no address range")
+            ]
+        );
     }
 }
 

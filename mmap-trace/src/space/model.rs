@@ -8,7 +8,9 @@
 //! Regions are kept as the calls cut them (never merged here), so a caller that keeps
 //! history per piece sees every split; `normalize` merges for comparison.
 
-use super::region::{Backing, Hidden, Name, PAGE, Region, SHARED_ANON_PATH, normalize, page_up, perms};
+use super::region::{
+    Backing, Hidden, Name, PAGE, Region, SHARED_ANON_PATH, normalize, page_up, perms,
+};
 
 const MAP_SHARED_TYPE_MASK: u64 = libc::MAP_TYPE as u64;
 const MAP_PRIVATE: u64 = libc::MAP_PRIVATE as u64;
@@ -66,7 +68,11 @@ pub enum Change {
     /// A region began. `from`: where what it continues was just before the change (the
     /// source of a move or duplicate: the same offset into it; the piece a prot change
     /// replaced; the last byte of what was grown).
-    Begin { region: Region, why: Why, from: Option<u64> },
+    Begin {
+        region: Region,
+        why: Why,
+        from: Option<u64>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -97,18 +103,28 @@ impl AddressSpace {
     pub fn from_kernel(regions: Vec<Region>, start_brk: u64) -> Self {
         Self {
             regions: normalize(regions),
-            heap: (start_brk != 0).then_some(Heap { start: start_brk, brk: None, guessed: false }),
+            heap: (start_brk != 0).then_some(Heap {
+                start: start_brk,
+                brk: None,
+                guessed: false,
+            }),
             ..Self::default()
         }
     }
 
     /// An empty space that records its changes (report's replay).
     pub fn recording() -> Self {
-        Self { changes: Some(Vec::new()), ..Self::default() }
+        Self {
+            changes: Some(Vec::new()),
+            ..Self::default()
+        }
     }
 
     pub fn take_changes(&mut self) -> Vec<Change> {
-        self.changes.as_mut().map(std::mem::take).unwrap_or_default()
+        self.changes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Sorted, non-overlapping, as the calls cut them.
@@ -136,13 +152,17 @@ impl AddressSpace {
     }
 
     pub fn region_at(&self, addr: u64) -> Option<&Region> {
-        self.regions.get(self.first_ending_after(addr)).filter(|r| r.start <= addr)
+        self.regions
+            .get(self.first_ending_after(addr))
+            .filter(|r| r.start <= addr)
     }
 
     /// Cuts the region containing `addr` (strictly inside) in two.
     fn split_at(&mut self, addr: u64) {
         let i = self.first_ending_after(addr);
-        let Some(r) = self.regions.get(i).filter(|r| r.start < addr) else { return };
+        let Some(r) = self.regions.get(i).filter(|r| r.start < addr) else {
+            return;
+        };
         let upper = r.upper_part(addr);
         self.regions[i].end = addr;
         self.regions.insert(i + 1, upper);
@@ -158,12 +178,21 @@ impl AddressSpace {
 
     /// Removes the parts of `[start, end)` that `wanted` selects (cutting those at the
     /// range's edges) and returns them.
-    fn take_where(&mut self, start: u64, end: u64, why: Why, wanted: impl Fn(&Region) -> bool) -> Vec<Region> {
+    fn take_where(
+        &mut self,
+        start: u64,
+        end: u64,
+        why: Why,
+        wanted: impl Fn(&Region) -> bool,
+    ) -> Vec<Region> {
         if start >= end {
             return Vec::new();
         }
-        let selected: Vec<u64> =
-            self.regions[self.overlapping(start, end)].iter().filter(|r| wanted(r)).map(|r| r.start).collect();
+        let selected: Vec<u64> = self.regions[self.overlapping(start, end)]
+            .iter()
+            .filter(|r| wanted(r))
+            .map(|r| r.start)
+            .collect();
         let mut taken = Vec::new();
         for s in selected {
             if s < start {
@@ -174,7 +203,11 @@ impl AddressSpace {
                 self.split_at(end);
             }
             let r = self.regions.remove(i);
-            self.log(|| Change::End { start: r.start, end: r.end, why });
+            self.log(|| Change::End {
+                start: r.start,
+                end: r.end,
+                why,
+            });
             taken.push(r);
         }
         taken
@@ -190,7 +223,11 @@ impl AddressSpace {
             return;
         }
         let i = self.first_ending_after(region.start);
-        self.log(|| Change::Begin { region: region.clone(), why, from });
+        self.log(|| Change::Begin {
+            region: region.clone(),
+            why,
+            from,
+        });
         self.regions.insert(i, region);
     }
 
@@ -202,7 +239,13 @@ impl AddressSpace {
 
     /// Changes the regions in `[start, end)` that `change` alters (returns `Some`), cutting
     /// them at the range's edges; the others are left whole.
-    fn update(&mut self, start: u64, end: u64, why: Why, change: impl Fn(&Region) -> Option<Region>) {
+    fn update(
+        &mut self,
+        start: u64,
+        end: u64,
+        why: Why,
+        change: impl Fn(&Region) -> Option<Region>,
+    ) {
         let mut changed = Vec::new();
         for r in self.regions[self.overlapping(start, end)].iter() {
             if change(r).is_some() {
@@ -248,9 +291,21 @@ impl AddressSpace {
     /// A successful mmap that returned `addr`. `file`: the fd's file (`None` for
     /// anonymous memory, or when it could not be known: then the mapping is still made,
     /// named by nothing, and the caller must treat it as unmodelled).
-    pub fn mmap(&mut self, addr: u64, len: u64, prot: u64, flags: u64, offset: u64, file: Option<FileIdentity>) {
+    pub fn mmap(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: u64,
+        flags: u64,
+        offset: u64,
+        file: Option<FileIdentity>,
+    ) {
         let shared = flags & MAP_SHARED_TYPE_MASK != MAP_PRIVATE;
-        let mut region = Region::anonymous(addr, addr.saturating_add(page_up(len)), &perms(prot, shared));
+        let mut region = Region::anonymous(
+            addr,
+            addr.saturating_add(page_up(len)),
+            &perms(prot, shared),
+        );
         region.hidden.grows_down = flags & MAP_GROWSDOWN != 0;
         match file {
             _ if flags & MAP_ANONYMOUS != 0 => {
@@ -288,8 +343,10 @@ impl AddressSpace {
     /// did not have).
     pub fn fill(&mut self, region: Region) {
         let mut cursor = region.start;
-        let covered: Vec<(u64, u64)> =
-            self.regions[self.overlapping(region.start, region.end)].iter().map(|r| (r.start, r.end)).collect();
+        let covered: Vec<(u64, u64)> = self.regions[self.overlapping(region.start, region.end)]
+            .iter()
+            .map(|r| (r.start, r.end))
+            .collect();
         let mut gaps = Vec::new();
         for (s, e) in covered {
             if s > cursor {
@@ -320,7 +377,10 @@ impl AddressSpace {
         let end = addr.saturating_add(page_up(len));
         self.update(addr, end, Why::ProtChanged, |r| {
             let p = perms(prot, r.shared());
-            (p != r.perms).then(|| Region { perms: p, ..r.clone() })
+            (p != r.perms).then(|| Region {
+                perms: p,
+                ..r.clone()
+            })
         });
     }
 
@@ -371,7 +431,10 @@ impl AddressSpace {
             let first_piece = source.first().filter(|r| r.start == old).cloned();
             let mut kept: Vec<Region> = Vec::new();
             for r in source.into_iter() {
-                if kept.last().map_or(first_piece.as_ref() == Some(&r), |l| l.continues(&r)) {
+                if kept
+                    .last()
+                    .map_or(first_piece.as_ref() == Some(&r), |l| l.continues(&r))
+                {
                     kept.push(r);
                 } else {
                     break;
@@ -401,7 +464,11 @@ impl AddressSpace {
             Some(r) => (r.end - old).min(new_len),
             None => {
                 let len = new_len.min(source_len);
-                self.put(Region::anonymous(new, end(new, len), "rw-p"), Why::MovedHere, None);
+                self.put(
+                    Region::anonymous(new, end(new, len), "rw-p"),
+                    Why::MovedHere,
+                    None,
+                );
                 len
             }
         };
@@ -424,7 +491,11 @@ impl AddressSpace {
             // exec the trace did not show) or lost events: start over from there.
             Some(h) if !(h.guessed && addr == 0 && h.brk.is_some_and(|b| b != ret)) => h,
             _ => {
-                self.heap = Some(Heap { start: ret, brk: Some(ret), guessed: true });
+                self.heap = Some(Heap {
+                    start: ret,
+                    brk: Some(ret),
+                    guessed: true,
+                });
                 return;
             }
         };
@@ -446,7 +517,10 @@ impl AddressSpace {
         } else if new_top < old_top {
             self.take(new_top, old_top, Why::Shrunk);
         }
-        self.heap = Some(Heap { brk: Some(ret), ..heap });
+        self.heap = Some(Heap {
+            brk: Some(ret),
+            ..heap
+        });
     }
 
     /// execve replaced the whole space (the caller reseeds from the kernel's view, or
@@ -462,9 +536,18 @@ impl AddressSpace {
     /// (ipc/shm.c: the file is `SYSV%08x`, unlinked; its inode is the shmid).
     pub fn shmat(&mut self, addr: u64, shmid: u64, key: u32, size: u64, flags: u64) {
         let prot = libc::PROT_READ as u64
-            | if flags & SHM_RDONLY == 0 { libc::PROT_WRITE as u64 } else { 0 }
-            | if flags & SHM_EXEC != 0 { libc::PROT_EXEC as u64 } else { 0 };
-        let mut region = Region::anonymous(addr, addr.saturating_add(page_up(size)), &perms(prot, true));
+            | if flags & SHM_RDONLY == 0 {
+                libc::PROT_WRITE as u64
+            } else {
+                0
+            }
+            | if flags & SHM_EXEC != 0 {
+                libc::PROT_EXEC as u64
+            } else {
+                0
+            };
+        let mut region =
+            Region::anonymous(addr, addr.saturating_add(page_up(size)), &perms(prot, true));
         region.dev = SHMEM_DEV;
         region.inode = shmid;
         region.backing = Backing::File(Name(format!("/SYSV{key:08x} (deleted)").into_bytes()));
@@ -487,14 +570,23 @@ impl AddressSpace {
     /// segment attached at `addr` within the segment's size goes. `size`: the segment's
     /// size when the caller knows it. Returns whether anything went.
     pub fn shmdt(&mut self, addr: u64, size: Option<u64>) -> bool {
-        let attached_here = |r: &Region| r.hidden.sysv_shm && r.start >= addr && r.offset == r.start - addr;
-        let Some(first) = self.regions[self.first_ending_after(addr)..].iter().find(|r| attached_here(r)) else {
+        let attached_here =
+            |r: &Region| r.hidden.sysv_shm && r.start >= addr && r.offset == r.start - addr;
+        let Some(first) = self.regions[self.first_ending_after(addr)..]
+            .iter()
+            .find(|r| attached_here(r))
+        else {
             return false;
         };
         let shmid = first.inode;
         let first_start = first.start;
         let size = size
-            .or_else(|| self.shm_sizes.iter().find(|&&(id, _)| id == shmid).map(|&(_, s)| s))
+            .or_else(|| {
+                self.shm_sizes
+                    .iter()
+                    .find(|&&(id, _)| id == shmid)
+                    .map(|&(_, s)| s)
+            })
             .map_or(u64::MAX, page_up);
         self.take_where(addr, u64::MAX, Why::Removed, |r| {
             attached_here(r) && r.inode == shmid && (r.start == first_start || r.end - addr <= size)
@@ -507,10 +599,19 @@ impl AddressSpace {
     /// (mm/mmap.c). Returns false when nothing shared is mapped at `start`.
     pub fn remap_file_pages(&mut self, start: u64, size: u64, pgoff: u64) -> bool {
         let (start, size) = (start & !(PAGE - 1), size & !(PAGE - 1));
-        let Some(r) = self.region_at(start).filter(|r| r.shared() && r.has_file()).cloned() else {
+        let Some(r) = self
+            .region_at(start)
+            .filter(|r| r.shared() && r.has_file())
+            .cloned()
+        else {
             return false;
         };
-        let region = Region { start, end: start.saturating_add(size), offset: pgoff.wrapping_mul(PAGE), ..r };
+        let region = Region {
+            start,
+            end: start.saturating_add(size),
+            offset: pgoff.wrapping_mul(PAGE),
+            ..r
+        };
         self.replace(region, Why::Created, None);
         true
     }
@@ -518,7 +619,11 @@ impl AddressSpace {
     /// map_shadow_stack returned `addr`: alloc_shstk maps PROT_READ with VM_WRITE added,
     /// private anonymous (arch/x86/kernel/shstk.c): `rw-p`.
     pub fn map_shadow_stack(&mut self, addr: u64, size: u64) {
-        self.replace(Region::anonymous(addr, addr.saturating_add(page_up(size)), "rw-p"), Why::Created, None);
+        self.replace(
+            Region::anonymous(addr, addr.saturating_add(page_up(size)), "rw-p"),
+            Why::Created,
+            None,
+        );
     }
 
     /// madvise's advice that sets flags maps does not show (the regions are cut where
@@ -547,7 +652,12 @@ impl AddressSpace {
     /// MADV_DONTFORK (VM_DONTCOPY) regions; MADV_WIPEONFORK regions stay mapped (empty).
     pub fn fork_child(&self) -> Self {
         Self {
-            regions: self.regions.iter().filter(|r| !r.hidden.dont_fork).cloned().collect(),
+            regions: self
+                .regions
+                .iter()
+                .filter(|r| !r.hidden.dont_fork)
+                .cloned()
+                .collect(),
             heap: self.heap,
             cow_remaps: Vec::new(),
             shm_sizes: self.shm_sizes.clone(),
@@ -560,14 +670,24 @@ impl AddressSpace {
     /// attributes, is extended to match. Returns the ranges grown.
     pub fn grow_down(&mut self, kernel: &[Region]) -> Vec<(u64, u64)> {
         let mut grown = Vec::new();
-        let growers: Vec<Region> = self.regions.iter().filter(|r| r.hidden.grows_down).cloned().collect();
+        let growers: Vec<Region> = self
+            .regions
+            .iter()
+            .filter(|r| r.hidden.grows_down)
+            .cloned()
+            .collect();
         for r in growers {
-            let Some(k) = kernel.iter().find(|k| k.start < r.start && r.start < k.end) else { continue };
+            let Some(k) = kernel.iter().find(|k| k.start < r.start && r.start < k.end) else {
+                continue;
+            };
             if k.perms != r.perms || k.backing != r.backing {
                 continue;
             }
             // Only into what the model has as free.
-            let low = self.regions[..self.first_ending_after(r.start)].last().map_or(0, |p| p.end).max(k.start);
+            let low = self.regions[..self.first_ending_after(r.start)]
+                .last()
+                .map_or(0, |p| p.end)
+                .max(k.start);
             if low < r.start {
                 let mut piece = r.clone();
                 (piece.start, piece.end) = (low, r.start);
@@ -616,7 +736,11 @@ fn shmem_zero(region: &mut Region, offset: u64) {
 
 /// The part of `r` inside `[start, end)`.
 fn clip(r: &Region, start: u64, end: u64) -> Region {
-    let mut c = if r.start < start { r.upper_part(start) } else { r.clone() };
+    let mut c = if r.start < start {
+        r.upper_part(start)
+    } else {
+        r.clone()
+    };
     c.end = c.end.min(end);
     c
 }

@@ -43,18 +43,28 @@ pub fn shm_segment(table: &[u8], shmid: i32) -> Option<ShmSegment> {
     let text = String::from_utf8_lossy(table);
     text.lines().skip(1).find_map(|line| {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let (key, id, size) = (f.first()?.parse::<i64>().ok()?, f.get(1)?.parse::<i32>().ok()?, f.get(3)?.parse().ok()?);
-        (id == shmid).then_some(ShmSegment { size, key: key as u32 })
+        let (key, id, size) = (
+            f.first()?.parse::<i64>().ok()?,
+            f.get(1)?.parse::<i32>().ok()?,
+            f.get(3)?.parse().ok()?,
+        );
+        (id == shmid).then_some(ShmSegment {
+            size,
+            key: key as u32,
+        })
     })
 }
 
 /// Whether `path` (followed) is on overlayfs.
 fn on_overlayfs(path: &str) -> bool {
     const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
-    let Ok(cpath) = std::ffi::CString::new(path) else { return false };
+    let Ok(cpath) = std::ffi::CString::new(path) else {
+        return false;
+    };
     // SAFETY: statfs into a zeroed struct we own, with a NUL-terminated path.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(cpath.as_ptr(), &mut st) } == 0) && st.f_type as i64 == OVERLAYFS_SUPER_MAGIC
+    (unsafe { libc::statfs(cpath.as_ptr(), &mut st) } == 0)
+        && st.f_type as i64 == OVERLAYFS_SUPER_MAGIC
 }
 
 #[cfg(test)]
@@ -66,8 +76,20 @@ mod tests {
         let table = b"       key      shmid perms                  size  cpid  lpid nattch   uid   gid  cuid  cgid      atime      dtime      ctime                   rss                  swap\n\
          0          0   600                 12293 16337 16337      1     0     0     0     0 1796191448          0 1796191448                     0                     0\n\
       4660          1   600                  8192 16337 16337      2     0     0     0     0 1796191448          0 1796191448                     0                     0\n";
-        assert_eq!(shm_segment(table, 1), Some(ShmSegment { size: 8192, key: 0x1234 }));
-        assert_eq!(shm_segment(table, 0), Some(ShmSegment { size: 12293, key: 0 }));
+        assert_eq!(
+            shm_segment(table, 1),
+            Some(ShmSegment {
+                size: 8192,
+                key: 0x1234
+            })
+        );
+        assert_eq!(
+            shm_segment(table, 0),
+            Some(ShmSegment {
+                size: 12293,
+                key: 0
+            })
+        );
         assert_eq!(shm_segment(table, 2), None);
     }
 }

@@ -118,7 +118,14 @@ impl fmt::Display for Region {
         write!(
             f,
             "{:x}-{:x} {} {:08x} {:02x}:{:02x} {} {}",
-            self.start, self.end, self.perms, self.offset, self.dev.0, self.dev.1, self.inode, self.backing
+            self.start,
+            self.end,
+            self.perms,
+            self.offset,
+            self.dev.0,
+            self.dev.1,
+            self.inode,
+            self.backing
         )
     }
 }
@@ -249,13 +256,27 @@ pub mod tests {
             file(0x7000, 0x8000, 0x5000),
         ]);
         let spans: Vec<(u64, u64)> = merged.iter().map(|r| (r.start, r.end)).collect();
-        assert_eq!(spans, [(0x1000, 0x4000), (0x4000, 0x5000), (0x5000, 0x7000), (0x7000, 0x8000)]);
+        assert_eq!(
+            spans,
+            [
+                (0x1000, 0x4000),
+                (0x4000, 0x5000),
+                (0x5000, 0x7000),
+                (0x7000, 0x8000)
+            ]
+        );
     }
 
     #[test]
     fn names_print_every_byte_and_escape_newlines_like_the_kernel() {
-        assert_eq!(Name(b"/t/\xff\xfe-bin".to_vec()).to_string(), "/t/\\xff\\xfe-bin");
-        assert_eq!(Name::from_path(b"/t/new\nline").as_bytes(), b"/t/new\\012line");
+        assert_eq!(
+            Name(b"/t/\xff\xfe-bin".to_vec()).to_string(),
+            "/t/\\xff\\xfe-bin"
+        );
+        assert_eq!(
+            Name::from_path(b"/t/new\nline").as_bytes(),
+            b"/t/new\\012line"
+        );
         assert_eq!(Name::from("/t/a b\tc").to_string(), "/t/a b\tc");
     }
 }
@@ -266,14 +287,23 @@ mod proptests {
     use proptest::prelude::*;
 
     fn region() -> impl Strategy<Value = Region> {
-        (any::<u64>(), any::<u64>(), any::<u64>(), 0u64..3, prop::bool::ANY).prop_map(
-            |(start, end, offset, inode, file)| Region {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            0u64..3,
+            prop::bool::ANY,
+        )
+            .prop_map(|(start, end, offset, inode, file)| Region {
                 offset,
                 inode,
-                backing: if file { Backing::File("/f".into()) } else { Backing::Anonymous },
+                backing: if file {
+                    Backing::File("/f".into())
+                } else {
+                    Backing::Anonymous
+                },
                 ..Region::anonymous(start, end, "rw-p")
-            },
-        )
+            })
     }
 
     proptest! {

@@ -62,9 +62,17 @@ const MAP_HUGETLB: u64 = libc::MAP_HUGETLB as u64;
 /// Applies a completed call (`ret`: the raw return value, `-errno` on failure) made by
 /// the process whose space this is. exec is the caller's: it reseeds the space from the
 /// kernel's view (or calls [`AddressSpace::exec`]); here it is `Unmodelled`.
-pub fn apply_syscall(space: &mut AddressSpace, nr: u64, args: [u64; 6], ret: i64, env: &dyn CallEnv) -> Applied {
+pub fn apply_syscall(
+    space: &mut AddressSpace,
+    nr: u64,
+    args: [u64; 6],
+    ret: i64,
+    env: &dyn CallEnv,
+) -> Applied {
     let Some(sysno) = usize::try_from(nr).ok().and_then(Sysno::new) else {
-        return Applied::Unmodelled { cause: "unknown syscall" };
+        return Applied::Unmodelled {
+            cause: "unknown syscall",
+        };
     };
     let failed = (-4095..0).contains(&ret);
     let a = args;
@@ -78,7 +86,11 @@ pub fn apply_syscall(space: &mut AddressSpace, nr: u64, args: [u64; 6], ret: i64
         // madvise_walk_vmas applies the advice to every mapped part, then says ENOMEM
         // for the holes.
         Sysno::madvise if ret == -ENOMEM => {
-            return if space.madvise(a[0], a[1], a[2]) { Applied::Modelled } else { Applied::NoMapsChange };
+            return if space.madvise(a[0], a[1], a[2]) {
+                Applied::Modelled
+            } else {
+                Applied::NoMapsChange
+            };
         }
         // brk never fails: it returns the old break.
         Sysno::brk => {

@@ -4,7 +4,10 @@
 
 use std::collections::HashMap;
 
-use super::{region::{Hidden, normalize}, *};
+use super::{
+    region::{Hidden, normalize},
+    *,
+};
 
 const RW: u64 = (libc::PROT_READ | libc::PROT_WRITE) as u64;
 const R: u64 = libc::PROT_READ as u64;
@@ -40,7 +43,13 @@ impl CallEnv for FakeEnv {
 }
 
 fn file(path: &[u8], inode: u64) -> FileIdentity {
-    FileIdentity { dev: (8, 1), inode, path: path.to_vec(), overlay: false, rdev: None }
+    FileIdentity {
+        dev: (8, 1),
+        inode,
+        path: path.to_vec(),
+        overlay: false,
+        rdev: None,
+    }
 }
 
 fn env_with_file(fd: i32, f: FileIdentity) -> FakeEnv {
@@ -52,18 +61,55 @@ fn env_with_file(fd: i32, f: FileIdentity) -> FakeEnv {
 /// `(start, end, perms, name, offset)` of the model as maps would show it (merged, the
 /// flags maps does not print left out).
 fn shape(s: &AddressSpace) -> Vec<(u64, u64, String, String, u64)> {
-    normalize(s.regions().iter().map(|r| Region { hidden: Hidden::default(), ..r.clone() }).collect())
-        .into_iter()
-        .map(|r| (r.start, r.end, r.perms.clone(), r.backing.to_string(), r.offset))
-        .collect()
+    normalize(
+        s.regions()
+            .iter()
+            .map(|r| Region {
+                hidden: Hidden::default(),
+                ..r.clone()
+            })
+            .collect(),
+    )
+    .into_iter()
+    .map(|r| {
+        (
+            r.start,
+            r.end,
+            r.perms.clone(),
+            r.backing.to_string(),
+            r.offset,
+        )
+    })
+    .collect()
 }
 
-fn row(start: u64, end: u64, perms: &str, name: &str, offset: u64) -> (u64, u64, String, String, u64) {
+fn row(
+    start: u64,
+    end: u64,
+    perms: &str,
+    name: &str,
+    offset: u64,
+) -> (u64, u64, String, String, u64) {
     (start, end, perms.into(), name.into(), offset)
 }
 
-fn mmap(s: &mut AddressSpace, addr: u64, len: u64, prot: u64, flags: u64, fd: i32, off: u64, env: &dyn CallEnv) -> Applied {
-    apply_syscall(s, nr(libc::SYS_mmap), [addr, len, prot, flags, fd as u64, off], addr as i64, env)
+fn mmap(
+    s: &mut AddressSpace,
+    addr: u64,
+    len: u64,
+    prot: u64,
+    flags: u64,
+    fd: i32,
+    off: u64,
+    env: &dyn CallEnv,
+) -> Applied {
+    apply_syscall(
+        s,
+        nr(libc::SYS_mmap),
+        [addr, len, prot, flags, fd as u64, off],
+        addr as i64,
+        env,
+    )
 }
 
 fn call(s: &mut AddressSpace, n: i64, args: &[u64], ret: i64) -> Applied {
@@ -76,9 +122,18 @@ fn call(s: &mut AddressSpace, n: i64, args: &[u64], ret: i64) -> Applied {
 fn mmap_file_anon_and_shared_anon() {
     let mut s = AddressSpace::default();
     let env = env_with_file(3, file(b"/lib/x.so", 7));
-    assert_eq!(mmap(&mut s, A, 2 * P, R, PRIVATE, 3, 0x3000, &env), Applied::Modelled);
-    assert_eq!(mmap(&mut s, A + 2 * P, 100, RW, PRIVATE_ANON, -1, 0, &env), Applied::Modelled);
-    assert_eq!(mmap(&mut s, A + 3 * P, P, RW, SHARED_ANON, -1, 0, &env), Applied::Modelled);
+    assert_eq!(
+        mmap(&mut s, A, 2 * P, R, PRIVATE, 3, 0x3000, &env),
+        Applied::Modelled
+    );
+    assert_eq!(
+        mmap(&mut s, A + 2 * P, 100, RW, PRIVATE_ANON, -1, 0, &env),
+        Applied::Modelled
+    );
+    assert_eq!(
+        mmap(&mut s, A + 3 * P, P, RW, SHARED_ANON, -1, 0, &env),
+        Applied::Modelled
+    );
     assert_eq!(
         shape(&s),
         [
@@ -89,7 +144,10 @@ fn mmap_file_anon_and_shared_anon() {
     );
     // A file mapping whose fd the environment cannot name is still made, and said to be
     // unmodelled (the caller adopts the kernel's view of it).
-    assert_eq!(mmap(&mut s, A + 8 * P, P, R, PRIVATE, 9, 0, &env), Applied::Unmodelled { cause: "mmap" });
+    assert_eq!(
+        mmap(&mut s, A + 8 * P, P, R, PRIVATE, 9, 0, &env),
+        Applied::Unmodelled { cause: "mmap" }
+    );
     assert!(s.region_at(A + 8 * P).is_some());
 }
 
@@ -102,7 +160,11 @@ fn map_fixed_replaces_and_munmap_splits() {
     call(&mut s, libc::SYS_munmap, &[A + 2 * P, 1], 0);
     assert_eq!(
         shape(&s),
-        [row(A, A + P, "r--p", "/data", 0), row(A + P, A + 2 * P, "rw-p", "", 0), row(A + 3 * P, A + 4 * P, "r--p", "/data", 3 * P)]
+        [
+            row(A, A + P, "r--p", "/data", 0),
+            row(A + P, A + 2 * P, "rw-p", "", 0),
+            row(A + 3 * P, A + 4 * P, "r--p", "/data", 3 * P)
+        ]
     );
 }
 
@@ -110,17 +172,49 @@ fn map_fixed_replaces_and_munmap_splits() {
 fn mprotect_and_pkey_mprotect_change_perms_and_failures_change_nothing() {
     let mut s = AddressSpace::default();
     mmap(&mut s, A, 3 * P, RW, PRIVATE_ANON, -1, 0, &NoEnv);
-    assert_eq!(call(&mut s, libc::SYS_mprotect, &[A + P, P, R], 0), Applied::Modelled);
-    assert_eq!(call(&mut s, libc::SYS_pkey_mprotect, &[A + 2 * P, P, 0, u64::MAX], 0), Applied::Modelled);
-    assert_eq!(call(&mut s, libc::SYS_munmap, &[A, P], -(libc::EINVAL as i64)), Applied::Failed);
+    assert_eq!(
+        call(&mut s, libc::SYS_mprotect, &[A + P, P, R], 0),
+        Applied::Modelled
+    );
+    assert_eq!(
+        call(
+            &mut s,
+            libc::SYS_pkey_mprotect,
+            &[A + 2 * P, P, 0, u64::MAX],
+            0
+        ),
+        Applied::Modelled
+    );
+    assert_eq!(
+        call(&mut s, libc::SYS_munmap, &[A, P], -(libc::EINVAL as i64)),
+        Applied::Failed
+    );
     assert_eq!(
         shape(&s),
-        [row(A, A + P, "rw-p", "", 0), row(A + P, A + 2 * P, "r--p", "", 0), row(A + 2 * P, A + 3 * P, "---p", "", 0)]
+        [
+            row(A, A + P, "rw-p", "", 0),
+            row(A + P, A + 2 * P, "r--p", "", 0),
+            row(A + 2 * P, A + 3 * P, "---p", "", 0)
+        ]
     );
     // ENOMEM: the kernel changed everything up to the hole before it failed.
     call(&mut s, libc::SYS_munmap, &[A + P, P], 0);
-    assert_eq!(call(&mut s, libc::SYS_mprotect, &[A, 3 * P, 0], -(libc::ENOMEM as i64)), Applied::Modelled);
-    assert_eq!(shape(&s), [row(A, A + P, "---p", "", 0), row(A + 2 * P, A + 3 * P, "---p", "", 0)]);
+    assert_eq!(
+        call(
+            &mut s,
+            libc::SYS_mprotect,
+            &[A, 3 * P, 0],
+            -(libc::ENOMEM as i64)
+        ),
+        Applied::Modelled
+    );
+    assert_eq!(
+        shape(&s),
+        [
+            row(A, A + P, "---p", "", 0),
+            row(A + 2 * P, A + 3 * P, "---p", "", 0)
+        ]
+    );
 }
 
 #[test]
@@ -128,12 +222,36 @@ fn mremap_moves_grows_shrinks_and_keeps_file_offsets() {
     let mut s = AddressSpace::default();
     let env = env_with_file(3, file(b"/f", 7));
     mmap(&mut s, A, 2 * P, RW, PRIVATE, 3, 0x3000, &env);
-    call(&mut s, libc::SYS_mremap, &[A, 2 * P, 3 * P, MAYMOVE], (A + 0x40000) as i64);
-    assert_eq!(shape(&s), [row(A + 0x40000, A + 0x43000, "rw-p", "/f", 0x3000)]);
-    call(&mut s, libc::SYS_mremap, &[A + 0x40000, 3 * P, P, 0], (A + 0x40000) as i64);
-    assert_eq!(shape(&s), [row(A + 0x40000, A + 0x41000, "rw-p", "/f", 0x3000)]);
-    call(&mut s, libc::SYS_mremap, &[A + 0x40000, P, 2 * P, 0], (A + 0x40000) as i64);
-    assert_eq!(shape(&s), [row(A + 0x40000, A + 0x42000, "rw-p", "/f", 0x3000)]);
+    call(
+        &mut s,
+        libc::SYS_mremap,
+        &[A, 2 * P, 3 * P, MAYMOVE],
+        (A + 0x40000) as i64,
+    );
+    assert_eq!(
+        shape(&s),
+        [row(A + 0x40000, A + 0x43000, "rw-p", "/f", 0x3000)]
+    );
+    call(
+        &mut s,
+        libc::SYS_mremap,
+        &[A + 0x40000, 3 * P, P, 0],
+        (A + 0x40000) as i64,
+    );
+    assert_eq!(
+        shape(&s),
+        [row(A + 0x40000, A + 0x41000, "rw-p", "/f", 0x3000)]
+    );
+    call(
+        &mut s,
+        libc::SYS_mremap,
+        &[A + 0x40000, P, 2 * P, 0],
+        (A + 0x40000) as i64,
+    );
+    assert_eq!(
+        shape(&s),
+        [row(A + 0x40000, A + 0x42000, "rw-p", "/f", 0x3000)]
+    );
 }
 
 /// Issue 12: old_len 0 of a shared mapping makes a second mapping; the old one stays.
@@ -142,14 +260,42 @@ fn mremap_dup_and_dontunmap_keep_the_source() {
     let mut s = AddressSpace::default();
     let env = env_with_file(3, file(b"/shm/x", 5));
     mmap(&mut s, A, 2 * P, RW, SHARED, 3, P, &env);
-    assert_eq!(call(&mut s, libc::SYS_mremap, &[A + P, 0, 2 * P, MAYMOVE], (A + 8 * P) as i64), Applied::Modelled);
+    assert_eq!(
+        call(
+            &mut s,
+            libc::SYS_mremap,
+            &[A + P, 0, 2 * P, MAYMOVE],
+            (A + 8 * P) as i64
+        ),
+        Applied::Modelled
+    );
     assert_eq!(
         shape(&s),
-        [row(A, A + 2 * P, "rw-s", "/shm/x", P), row(A + 8 * P, A + 10 * P, "rw-s", "/shm/x", 2 * P)]
+        [
+            row(A, A + 2 * P, "rw-s", "/shm/x", P),
+            row(A + 8 * P, A + 10 * P, "rw-s", "/shm/x", 2 * P)
+        ]
     );
     mmap(&mut s, A + 16 * P, P, R, PRIVATE_ANON, -1, 0, &env);
-    call(&mut s, libc::SYS_mremap, &[A + 16 * P, P, P, MAYMOVE | MREMAP_FIXED | DONTUNMAP, A + 20 * P], (A + 20 * P) as i64);
-    assert_eq!(shape(&s)[2..], [row(A + 16 * P, A + 17 * P, "r--p", "", 0), row(A + 20 * P, A + 21 * P, "r--p", "", 0)]);
+    call(
+        &mut s,
+        libc::SYS_mremap,
+        &[
+            A + 16 * P,
+            P,
+            P,
+            MAYMOVE | MREMAP_FIXED | DONTUNMAP,
+            A + 20 * P,
+        ],
+        (A + 20 * P) as i64,
+    );
+    assert_eq!(
+        shape(&s)[2..],
+        [
+            row(A + 16 * P, A + 17 * P, "r--p", "", 0),
+            row(A + 20 * P, A + 21 * P, "r--p", "", 0)
+        ]
+    );
 }
 
 #[test]
@@ -157,12 +303,23 @@ fn brk_grows_and_shrinks_the_heap_from_a_known_start() {
     let h = 0x5555_0000_0000;
     let mut s = AddressSpace::from_kernel(vec![], h);
     call(&mut s, libc::SYS_brk, &[0], h as i64);
-    call(&mut s, libc::SYS_brk, &[h + 3 * P + 1], (h + 3 * P + 1) as i64);
+    call(
+        &mut s,
+        libc::SYS_brk,
+        &[h + 3 * P + 1],
+        (h + 3 * P + 1) as i64,
+    );
     assert_eq!(shape(&s), [row(h, h + 4 * P, "rw-p", "[heap]", 0)]);
     call(&mut s, libc::SYS_brk, &[h + P], (h + P) as i64);
     assert_eq!(shape(&s), [row(h, h + P, "rw-p", "[heap]", 0)]);
     // Attached later: a brk(0) answering a break above the start is not a new program.
-    let mut seeded = AddressSpace::from_kernel(vec![Region { backing: Backing::Heap, ..Region::anonymous(h, h + 2 * P, "rw-p") }], h);
+    let mut seeded = AddressSpace::from_kernel(
+        vec![Region {
+            backing: Backing::Heap,
+            ..Region::anonymous(h, h + 2 * P, "rw-p")
+        }],
+        h,
+    );
     call(&mut seeded, libc::SYS_brk, &[0], (h + 2 * P - 8) as i64);
     call(&mut seeded, libc::SYS_brk, &[h + 3 * P], (h + 3 * P) as i64);
     assert_eq!(shape(&seeded), [row(h, h + 3 * P, "rw-p", "[heap]", 0)]);
@@ -173,29 +330,63 @@ fn brk_grows_and_shrinks_the_heap_from_a_known_start() {
 #[test]
 fn shmat_and_shmdt() {
     let mut env = FakeEnv::default();
-    env.shm.insert(3, ShmSegment { size: 3 * P + 5, key: 0x1234 });
+    env.shm.insert(
+        3,
+        ShmSegment {
+            size: 3 * P + 5,
+            key: 0x1234,
+        },
+    );
     let mut s = AddressSpace::default();
-    assert_eq!(call(&mut s, libc::SYS_shmat, &[3, 0, 0], A as i64), Applied::Unmodelled { cause: "shmat" });
+    assert_eq!(
+        call(&mut s, libc::SYS_shmat, &[3, 0, 0], A as i64),
+        Applied::Unmodelled { cause: "shmat" }
+    );
     let shmat = |s: &mut AddressSpace, addr: u64, flags: u64| {
-        apply_syscall(s, nr(libc::SYS_shmat), [3, 0, flags, 0, 0, 0], addr as i64, &env)
+        apply_syscall(
+            s,
+            nr(libc::SYS_shmat),
+            [3, 0, flags, 0, 0, 0],
+            addr as i64,
+            &env,
+        )
     };
     assert_eq!(shmat(&mut s, A, 0), Applied::Modelled);
-    assert_eq!(shmat(&mut s, A + 8 * P, libc::SHM_RDONLY as u64), Applied::Modelled);
-    assert_eq!(shmat(&mut s, A + 16 * P, libc::SHM_EXEC as u64), Applied::Modelled);
+    assert_eq!(
+        shmat(&mut s, A + 8 * P, libc::SHM_RDONLY as u64),
+        Applied::Modelled
+    );
+    assert_eq!(
+        shmat(&mut s, A + 16 * P, libc::SHM_EXEC as u64),
+        Applied::Modelled
+    );
     let r = s.region_at(A).unwrap();
-    assert_eq!((r.end, r.perms.as_str(), r.inode, r.dev), (A + 4 * P, "rw-s", 3, model::SHMEM_DEV));
+    assert_eq!(
+        (r.end, r.perms.as_str(), r.inode, r.dev),
+        (A + 4 * P, "rw-s", 3, model::SHMEM_DEV)
+    );
     assert_eq!(r.backing.to_string(), "/SYSV00001234 (deleted)");
     assert_eq!(s.region_at(A + 8 * P).unwrap().perms, "r--s");
     assert_eq!(s.region_at(A + 16 * P).unwrap().perms, "rwxs");
     // Fragments: a hole punched in the first attach, a page re-protected.
     call(&mut s, libc::SYS_munmap, &[A + P, P], 0);
     call(&mut s, libc::SYS_mprotect, &[A + 2 * P, P, R], 0);
-    assert_eq!(apply_syscall(&mut s, nr(libc::SYS_shmdt), [A, 0, 0, 0, 0, 0], 0, &env), Applied::Modelled);
-    assert!(s.regions().iter().all(|r| r.start >= A + 8 * P), "{:?}", s.regions());
+    assert_eq!(
+        apply_syscall(&mut s, nr(libc::SYS_shmdt), [A, 0, 0, 0, 0, 0], 0, &env),
+        Applied::Modelled
+    );
+    assert!(
+        s.regions().iter().all(|r| r.start >= A + 8 * P),
+        "{:?}",
+        s.regions()
+    );
     // The other attaches of the segment stay.
     assert_eq!(s.regions().len(), 2);
     // Nothing attached there: the model cannot explain a successful shmdt.
-    assert_eq!(call(&mut s, libc::SYS_shmdt, &[A], 0), Applied::Unmodelled { cause: "shmdt" });
+    assert_eq!(
+        call(&mut s, libc::SYS_shmdt, &[A], 0),
+        Applied::Unmodelled { cause: "shmdt" }
+    );
 }
 
 /// mm/mmap.c: a MAP_FIXED mmap of the same file with the region's permissions, offset
@@ -205,10 +396,17 @@ fn remap_file_pages_maps_the_file_again_at_pgoff() {
     let mut s = AddressSpace::default();
     let env = env_with_file(3, file(b"/db", 11));
     mmap(&mut s, A, 4 * P, RW, SHARED, 3, 0, &env);
-    assert_eq!(call(&mut s, libc::SYS_remap_file_pages, &[A + P, P, 0, 3, 0], 0), Applied::Modelled);
+    assert_eq!(
+        call(&mut s, libc::SYS_remap_file_pages, &[A + P, P, 0, 3, 0], 0),
+        Applied::Modelled
+    );
     assert_eq!(
         shape(&s),
-        [row(A, A + P, "rw-s", "/db", 0), row(A + P, A + 2 * P, "rw-s", "/db", 3 * P), row(A + 2 * P, A + 4 * P, "rw-s", "/db", 2 * P)]
+        [
+            row(A, A + P, "rw-s", "/db", 0),
+            row(A + P, A + 2 * P, "rw-s", "/db", 3 * P),
+            row(A + 2 * P, A + 4 * P, "rw-s", "/db", 2 * P)
+        ]
     );
 }
 
@@ -217,17 +415,32 @@ fn remap_file_pages_maps_the_file_again_at_pgoff() {
 #[test]
 fn dev_zero_shared_becomes_shmem() {
     let mut s = AddressSpace::default();
-    let zero = FileIdentity { dev: (0, 6), inode: 4, path: b"/dev/zero".to_vec(), overlay: false, rdev: Some((1, 5)) };
+    let zero = FileIdentity {
+        dev: (0, 6),
+        inode: 4,
+        path: b"/dev/zero".to_vec(),
+        overlay: false,
+        rdev: Some((1, 5)),
+    };
     let env = env_with_file(3, zero);
     mmap(&mut s, A, P, RW, SHARED, 3, 3 * P, &env);
     mmap(&mut s, A + 4 * P, P, RW, PRIVATE, 3, 0, &env);
-    assert_eq!(shape(&s), [row(A, A + P, "rw-s", "/dev/zero (deleted)", 3 * P), row(A + 4 * P, A + 5 * P, "rw-p", "/dev/zero", 0)]);
+    assert_eq!(
+        shape(&s),
+        [
+            row(A, A + P, "rw-s", "/dev/zero (deleted)", 3 * P),
+            row(A + 4 * P, A + 5 * P, "rw-p", "/dev/zero", 0)
+        ]
+    );
 }
 
 #[test]
 fn shadow_stacks_are_private_anonymous_rw() {
     let mut s = AddressSpace::default();
-    assert_eq!(call(&mut s, 453, &[0, 5 * P, 1], A as i64), Applied::Modelled);
+    assert_eq!(
+        call(&mut s, 453, &[0, 5 * P, 1], A as i64),
+        Applied::Modelled
+    );
     assert_eq!(shape(&s), [row(A, A + 5 * P, "rw-p", "", 0)]);
 }
 
@@ -237,7 +450,10 @@ fn split_only_causes_change_nothing_maps_shows() {
     mmap(&mut s, A, 4 * P, RW, PRIVATE_ANON, -1, 0, &NoEnv);
     let before = shape(&s);
     for (n, args) in [
-        (libc::SYS_madvise, vec![A + P, P, libc::MADV_HUGEPAGE as u64]),
+        (
+            libc::SYS_madvise,
+            vec![A + P, P, libc::MADV_HUGEPAGE as u64],
+        ),
         (libc::SYS_madvise, vec![A, P, libc::MADV_DONTNEED as u64]),
         (libc::SYS_mlock, vec![A + P, P]),
         (libc::SYS_mlock2, vec![A + P, P, 1]),
@@ -250,7 +466,12 @@ fn split_only_causes_change_nothing_maps_shows() {
         (libc::SYS_close, vec![5]),
         (libc::SYS_clone, vec![]),
     ] {
-        assert_eq!(call(&mut s, n, &args, 0), Applied::NoMapsChange, "{}", crate::syscall_names::name(n as i64, false));
+        assert_eq!(
+            call(&mut s, n, &args, 0),
+            Applied::NoMapsChange,
+            "{}",
+            crate::kernel::syscall_names::name(n as i64, false)
+        );
     }
     assert_eq!(shape(&s), before);
 }
@@ -260,13 +481,29 @@ fn unmodelled_causes_are_named() {
     let mut s = AddressSpace::default();
     assert_eq!(
         call(&mut s, libc::SYS_prctl, &[0x5356_4d41, 0, A, P, 0], 0),
-        Applied::Unmodelled { cause: "prctl(PR_SET_VMA)" }
+        Applied::Unmodelled {
+            cause: "prctl(PR_SET_VMA)"
+        }
     );
-    assert_eq!(call(&mut s, libc::SYS_io_setup, &[1, 0], 0), Applied::Unmodelled { cause: "io_setup" });
-    assert_eq!(call(&mut s, libc::SYS_ioctl, &[3, 0], 0), Applied::Unmodelled { cause: "ioctl" });
-    assert_eq!(call(&mut s, 100_000, &[], 0), Applied::Unmodelled { cause: "unknown syscall" });
-    assert_eq!(crate::syscall_names::name(30, false), "shmat");
-    assert_eq!(crate::syscall_names::name(453, false), "map_shadow_stack");
+    assert_eq!(
+        call(&mut s, libc::SYS_io_setup, &[1, 0], 0),
+        Applied::Unmodelled { cause: "io_setup" }
+    );
+    assert_eq!(
+        call(&mut s, libc::SYS_ioctl, &[3, 0], 0),
+        Applied::Unmodelled { cause: "ioctl" }
+    );
+    assert_eq!(
+        call(&mut s, 100_000, &[], 0),
+        Applied::Unmodelled {
+            cause: "unknown syscall"
+        }
+    );
+    assert_eq!(crate::kernel::syscall_names::name(30, false), "shmat");
+    assert_eq!(
+        crate::kernel::syscall_names::name(453, false),
+        "map_shadow_stack"
+    );
 }
 
 /// kernel/fork.c: the child lacks MADV_DONTFORK ranges; MADV_WIPEONFORK ones stay
@@ -275,16 +512,39 @@ fn unmodelled_causes_are_named() {
 fn fork_inherits_all_but_dontfork() {
     let mut s = AddressSpace::default();
     mmap(&mut s, A, 6 * P, RW, PRIVATE_ANON, -1, 0, &NoEnv);
-    let madvise = |s: &mut AddressSpace, addr, len, advice: i32| call(s, libc::SYS_madvise, &[addr, len, advice as u64], 0);
-    assert_eq!(madvise(&mut s, A, 2 * P, libc::MADV_DONTFORK), Applied::Modelled);
-    assert_eq!(madvise(&mut s, A + P, P, libc::MADV_DOFORK), Applied::Modelled);
-    assert_eq!(madvise(&mut s, A + 3 * P, P, libc::MADV_WIPEONFORK), Applied::Modelled);
-    assert_eq!(madvise(&mut s, A + 4 * P, 2 * P, libc::MADV_DONTFORK), Applied::Modelled);
-    assert_eq!(madvise(&mut s, A + 5 * P, P, libc::MADV_DOFORK), Applied::Modelled);
+    let madvise = |s: &mut AddressSpace, addr, len, advice: i32| {
+        call(s, libc::SYS_madvise, &[addr, len, advice as u64], 0)
+    };
+    assert_eq!(
+        madvise(&mut s, A, 2 * P, libc::MADV_DONTFORK),
+        Applied::Modelled
+    );
+    assert_eq!(
+        madvise(&mut s, A + P, P, libc::MADV_DOFORK),
+        Applied::Modelled
+    );
+    assert_eq!(
+        madvise(&mut s, A + 3 * P, P, libc::MADV_WIPEONFORK),
+        Applied::Modelled
+    );
+    assert_eq!(
+        madvise(&mut s, A + 4 * P, 2 * P, libc::MADV_DONTFORK),
+        Applied::Modelled
+    );
+    assert_eq!(
+        madvise(&mut s, A + 5 * P, P, libc::MADV_DOFORK),
+        Applied::Modelled
+    );
     // maps shows the parent unchanged.
     assert_eq!(shape(&s), [row(A, A + 6 * P, "rw-p", "", 0)]);
     let child = s.fork_child();
-    assert_eq!(shape(&child), [row(A + P, A + 4 * P, "rw-p", "", 0), row(A + 5 * P, A + 6 * P, "rw-p", "", 0)]);
+    assert_eq!(
+        shape(&child),
+        [
+            row(A + P, A + 4 * P, "rw-p", "", 0),
+            row(A + 5 * P, A + 6 * P, "rw-p", "", 0)
+        ]
+    );
     assert!(child.region_at(A + 3 * P).unwrap().hidden.wipe_on_fork);
     // KEEPONFORK clears it.
     madvise(&mut s, A + 3 * P, P, libc::MADV_KEEPONFORK);
@@ -296,21 +556,48 @@ fn fork_inherits_all_but_dontfork() {
 #[test]
 fn growsdown_regions_grow_to_the_kernels_view() {
     let mut s = AddressSpace::default();
-    mmap(&mut s, A + 4 * P, 2 * P, RW, PRIVATE_ANON | libc::MAP_GROWSDOWN as u64, -1, 0, &NoEnv);
+    mmap(
+        &mut s,
+        A + 4 * P,
+        2 * P,
+        RW,
+        PRIVATE_ANON | libc::MAP_GROWSDOWN as u64,
+        -1,
+        0,
+        &NoEnv,
+    );
     mmap(&mut s, A + 8 * P, P, RW, PRIVATE_ANON, -1, 0, &NoEnv);
-    let kernel = vec![Region::anonymous(A + 2 * P, A + 6 * P, "rw-p"), Region::anonymous(A + 7 * P, A + 9 * P, "rw-p")];
+    let kernel = vec![
+        Region::anonymous(A + 2 * P, A + 6 * P, "rw-p"),
+        Region::anonymous(A + 7 * P, A + 9 * P, "rw-p"),
+    ];
     assert_eq!(s.grow_down(&kernel), [(A + 2 * P, A + 4 * P)]);
-    assert_eq!(shape(&s), [row(A + 2 * P, A + 6 * P, "rw-p", "", 0), row(A + 8 * P, A + 9 * P, "rw-p", "", 0)]);
+    assert_eq!(
+        shape(&s),
+        [
+            row(A + 2 * P, A + 6 * P, "rw-p", "", 0),
+            row(A + 8 * P, A + 9 * P, "rw-p", "", 0)
+        ]
+    );
 }
 
 #[test]
 fn adopt_takes_only_the_ranges_given() {
     let mut s = AddressSpace::default();
     mmap(&mut s, A, 4 * P, RW, PRIVATE_ANON, -1, 0, &NoEnv);
-    let kernel = vec![Region::anonymous(A, A + 2 * P, "rw-p"), Region::anonymous(A + 2 * P, A + 6 * P, "r--p")];
+    let kernel = vec![
+        Region::anonymous(A, A + 2 * P, "rw-p"),
+        Region::anonymous(A + 2 * P, A + 6 * P, "r--p"),
+    ];
     let c = compare(&normalize(s.regions().to_vec()), &kernel);
     s.adopt(&kernel, &c.ranges());
-    assert_eq!(shape(&s), [row(A, A + 2 * P, "rw-p", "", 0), row(A + 2 * P, A + 6 * P, "r--p", "", 0)]);
+    assert_eq!(
+        shape(&s),
+        [
+            row(A, A + 2 * P, "rw-p", "", 0),
+            row(A + 2 * P, A + 6 * P, "r--p", "", 0)
+        ]
+    );
 }
 
 #[test]
@@ -320,7 +607,14 @@ fn exec_ends_everything() {
     s.take_changes();
     s.exec();
     assert!(s.regions().is_empty());
-    assert_eq!(s.take_changes(), [Change::End { start: A, end: A + P, why: Why::Exec }]);
+    assert_eq!(
+        s.take_changes(),
+        [Change::End {
+            start: A,
+            end: A + P,
+            why: Why::Exec
+        }]
+    );
 }
 
 /// The change log a recording space hands to report: splits, then ends, then begins.
@@ -331,12 +625,21 @@ fn changes_describe_a_prot_change() {
     s.take_changes();
     call(&mut s, libc::SYS_mprotect, &[A + P, P, R], 0);
     let changes = s.take_changes();
-    assert_eq!(changes[..3], [
-        Change::Split { at: A + P },
-        Change::Split { at: A + 2 * P },
-        Change::End { start: A + P, end: A + 2 * P, why: Why::ProtChanged }
-    ]);
-    assert!(matches!(&changes[3], Change::Begin { region, why: Why::ProtChanged, from: Some(f) } if *f == A + P && region.perms == "r--p"));
+    assert_eq!(
+        changes[..3],
+        [
+            Change::Split { at: A + P },
+            Change::Split { at: A + 2 * P },
+            Change::End {
+                start: A + P,
+                end: A + 2 * P,
+                why: Why::ProtChanged
+            }
+        ]
+    );
+    assert!(
+        matches!(&changes[3], Change::Begin { region, why: Why::ProtChanged, from: Some(f) } if *f == A + P && region.perms == "r--p")
+    );
     // The same protection again: nothing is cut (mprotect_fixup returns early).
     call(&mut s, libc::SYS_mprotect, &[A + P, P, R], 0);
     assert!(s.take_changes().is_empty());
@@ -363,11 +666,25 @@ mod real {
             let len = pages * P;
             // SAFETY: a fresh reservation nobody else uses.
             let base = unsafe {
-                libc::mmap(std::ptr::null_mut(), len as usize, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1, 0)
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len as usize,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
             };
             assert_ne!(base, libc::MAP_FAILED);
             let base = base as u64;
-            let mut w = Window { base, len, model: AddressSpace::default(), env: ProcEnv { pid: std::process::id() } };
+            let mut w = Window {
+                base,
+                len,
+                model: AddressSpace::default(),
+                env: ProcEnv {
+                    pid: std::process::id(),
+                },
+            };
             w.model = AddressSpace::from_kernel(w.kernel(), 0);
             w
         }
@@ -382,9 +699,17 @@ mod real {
             a[..args.len()].copy_from_slice(args);
             // SAFETY: calls on memory inside our own window, with arguments the test chose.
             let ret = unsafe { libc::syscall(n, a[0], a[1], a[2], a[3], a[4], a[5]) };
-            let ret = if ret == -1 { -(std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as i64) } else { ret };
+            let ret = if ret == -1 {
+                -(std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as i64)
+            } else {
+                ret
+            };
             let applied = apply_syscall(&mut self.model, n as u64, a, ret, &self.env);
-            assert!(matches!(applied, Applied::Modelled | Applied::NoMapsChange), "{} -> {ret}: {applied:?}", crate::syscall_names::name(n as i64, false));
+            assert!(
+                matches!(applied, Applied::Modelled | Applied::NoMapsChange),
+                "{} -> {ret}: {applied:?}",
+                crate::kernel::syscall_names::name(n as i64, false)
+            );
             ret
         }
 
@@ -395,7 +720,11 @@ mod real {
                     .iter()
                     .filter(|r| r.start < hi && r.end > lo)
                     .map(|r| {
-                        let mut c = if r.start < lo { r.upper_part(lo) } else { r.clone() };
+                        let mut c = if r.start < lo {
+                            r.upper_part(lo)
+                        } else {
+                            r.clone()
+                        };
                         c.end = c.end.min(hi);
                         c
                     })
@@ -418,8 +747,16 @@ mod real {
                 c.differences.is_empty(),
                 "{what}: {:#?}\nmodel:  {}\nkernel: {}",
                 c.differences,
-                model.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n        "),
-                kernel.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n        ")
+                model
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n        "),
+                kernel
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n        ")
             );
             c
         }
@@ -437,7 +774,13 @@ mod real {
         let dir = std::env::temp_dir().join(format!("mmtrace-space-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(std::ffi::OsStr::from_bytes(name));
-        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
         f.set_len(pages * P).unwrap();
         (f, path)
     }
@@ -447,21 +790,39 @@ mod real {
     #[test]
     fn mmap_mprotect_munmap_mremap() {
         let mut w = Window::new(32);
-        w.call(libc::SYS_mmap, &[w.at(0), 4 * P, RW, FIXED_ANON, u64::MAX, 0]);
+        w.call(
+            libc::SYS_mmap,
+            &[w.at(0), 4 * P, RW, FIXED_ANON, u64::MAX, 0],
+        );
         w.call(libc::SYS_mprotect, &[w.at(1), P, R]);
         w.call(libc::SYS_pkey_mprotect, &[w.at(2), P, 0, u64::MAX]);
         w.check("mprotect, pkey_mprotect");
-        w.call(libc::SYS_mremap, &[w.at(0), P, 2 * P, MAYMOVE | MREMAP_FIXED, w.at(8)]);
+        w.call(
+            libc::SYS_mremap,
+            &[w.at(0), P, 2 * P, MAYMOVE | MREMAP_FIXED, w.at(8)],
+        );
         w.check("mremap move and grow");
         w.call(libc::SYS_mremap, &[w.at(8), 2 * P, P, 0]);
-        w.call(libc::SYS_mremap, &[w.at(3), P, P, MAYMOVE | MREMAP_FIXED | DONTUNMAP, w.at(12)]);
+        w.call(
+            libc::SYS_mremap,
+            &[w.at(3), P, P, MAYMOVE | MREMAP_FIXED | DONTUNMAP, w.at(12)],
+        );
         w.check("mremap shrink, DONTUNMAP");
         w.call(libc::SYS_munmap, &[w.at(2), P]);
         // mlock/madvise split VMAs; maps shows more lines, the comparison the same.
-        w.call(libc::SYS_mmap, &[w.at(16), 4 * P, RW, FIXED_ANON, u64::MAX, 0]);
+        w.call(
+            libc::SYS_mmap,
+            &[w.at(16), 4 * P, RW, FIXED_ANON, u64::MAX, 0],
+        );
         w.call(libc::SYS_mlock, &[w.at(17), P]);
-        w.call(libc::SYS_madvise, &[w.at(18), P, libc::MADV_NOHUGEPAGE as u64]);
-        w.call(libc::SYS_madvise, &[w.at(19), P, libc::MADV_DONTFORK as u64]);
+        w.call(
+            libc::SYS_madvise,
+            &[w.at(18), P, libc::MADV_NOHUGEPAGE as u64],
+        );
+        w.call(
+            libc::SYS_madvise,
+            &[w.at(19), P, libc::MADV_DONTFORK as u64],
+        );
         w.check("munmap, mlock, madvise");
     }
 
@@ -469,11 +830,23 @@ mod real {
     #[test]
     fn mremap_dup_of_shared_memory() {
         let mut w = Window::new(32);
-        w.call(libc::SYS_mmap, &[w.at(0), 2 * P, RW, SHARED_ANON | FIXED, u64::MAX, 0]);
-        w.call(libc::SYS_mremap, &[w.at(1), 0, 3 * P, MAYMOVE | MREMAP_FIXED, w.at(8)]);
+        w.call(
+            libc::SYS_mmap,
+            &[w.at(0), 2 * P, RW, SHARED_ANON | FIXED, u64::MAX, 0],
+        );
+        w.call(
+            libc::SYS_mremap,
+            &[w.at(1), 0, 3 * P, MAYMOVE | MREMAP_FIXED, w.at(8)],
+        );
         let (f, _path) = temp_file(b"dup", 4);
-        w.call(libc::SYS_mmap, &[w.at(16), 4 * P, RW, SHARED | FIXED, f.as_raw_fd() as u64, 0]);
-        w.call(libc::SYS_mremap, &[w.at(17), 0, P, MAYMOVE | MREMAP_FIXED, w.at(24)]);
+        w.call(
+            libc::SYS_mmap,
+            &[w.at(16), 4 * P, RW, SHARED | FIXED, f.as_raw_fd() as u64, 0],
+        );
+        w.call(
+            libc::SYS_mremap,
+            &[w.at(17), 0, P, MAYMOVE | MREMAP_FIXED, w.at(24)],
+        );
         w.check("mremap old_len 0");
     }
 
@@ -485,8 +858,14 @@ mod real {
         assert!(shmid >= 0);
         const SHM_REMAP: u64 = 0o40000;
         w.call(libc::SYS_shmat, &[shmid as u64, w.at(0), SHM_REMAP]);
-        w.call(libc::SYS_shmat, &[shmid as u64, w.at(8), SHM_REMAP | libc::SHM_RDONLY as u64]);
-        w.call(libc::SYS_shmat, &[shmid as u64, w.at(16), SHM_REMAP | libc::SHM_EXEC as u64]);
+        w.call(
+            libc::SYS_shmat,
+            &[shmid as u64, w.at(8), SHM_REMAP | libc::SHM_RDONLY as u64],
+        );
+        w.call(
+            libc::SYS_shmat,
+            &[shmid as u64, w.at(16), SHM_REMAP | libc::SHM_EXEC as u64],
+        );
         w.check("shmat");
         w.call(libc::SYS_munmap, &[w.at(1), P]);
         w.call(libc::SYS_mprotect, &[w.at(3), P, R]);
@@ -502,18 +881,51 @@ mod real {
     fn remap_file_pages_of_a_shared_file() {
         let mut w = Window::new(16);
         let (f, _path) = temp_file(b"rfp", 8);
-        w.call(libc::SYS_mmap, &[w.at(0), 4 * P, RW, SHARED | FIXED, f.as_raw_fd() as u64, 0]);
-        assert_eq!(w.call(libc::SYS_remap_file_pages, &[w.at(1), 2 * P, 0, 6, 0]), 0);
+        w.call(
+            libc::SYS_mmap,
+            &[w.at(0), 4 * P, RW, SHARED | FIXED, f.as_raw_fd() as u64, 0],
+        );
+        assert_eq!(
+            w.call(libc::SYS_remap_file_pages, &[w.at(1), 2 * P, 0, 6, 0]),
+            0
+        );
         w.check("remap_file_pages");
     }
 
     #[test]
     fn dev_zero_shared_and_private() {
         let mut w = Window::new(16);
-        let zero = std::fs::OpenOptions::new().read(true).write(true).open("/dev/zero").unwrap();
-        w.call(libc::SYS_mmap, &[w.at(0), 2 * P, RW, SHARED | FIXED, zero.as_raw_fd() as u64, 3 * P]);
-        w.call(libc::SYS_mmap, &[w.at(4), 2 * P, RW, PRIVATE | FIXED, zero.as_raw_fd() as u64, 0]);
-        w.call(libc::SYS_mmap, &[w.at(8), 2 * P, RW, SHARED_ANON | FIXED, u64::MAX, 0]);
+        let zero = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/zero")
+            .unwrap();
+        w.call(
+            libc::SYS_mmap,
+            &[
+                w.at(0),
+                2 * P,
+                RW,
+                SHARED | FIXED,
+                zero.as_raw_fd() as u64,
+                3 * P,
+            ],
+        );
+        w.call(
+            libc::SYS_mmap,
+            &[
+                w.at(4),
+                2 * P,
+                RW,
+                PRIVATE | FIXED,
+                zero.as_raw_fd() as u64,
+                0,
+            ],
+        );
+        w.call(
+            libc::SYS_mmap,
+            &[w.at(8), 2 * P, RW, SHARED_ANON | FIXED, u64::MAX, 0],
+        );
         w.check("/dev/zero");
     }
 
@@ -522,7 +934,17 @@ mod real {
     fn growsdown_growth_by_touching_below() {
         let mut w = Window::new(16);
         w.call(libc::SYS_munmap, &[w.at(4), 4 * P]);
-        w.call(libc::SYS_mmap, &[w.at(8), 2 * P, RW, FIXED_ANON | libc::MAP_GROWSDOWN as u64, u64::MAX, 0]);
+        w.call(
+            libc::SYS_mmap,
+            &[
+                w.at(8),
+                2 * P,
+                RW,
+                FIXED_ANON | libc::MAP_GROWSDOWN as u64,
+                u64::MAX,
+                0,
+            ],
+        );
         w.check("before growth");
         // SAFETY: below a MAP_GROWSDOWN mapping with free space under it (the PROT_NONE
         // reservation below is not accessible, so no guard gap applies): the kernel grows
@@ -538,11 +960,27 @@ mod real {
     #[test]
     fn files_named_anything_and_renamed_or_unlinked() {
         let mut w = Window::new(16);
-        let names: [&[u8]; 5] = [b"new\nline", b"\xff\xfe-bin", b"a b\tc", b"[heap]", b"x (deleted)"];
+        let names: [&[u8]; 5] = [
+            b"new\nline",
+            b"\xff\xfe-bin",
+            b"a b\tc",
+            b"[heap]",
+            b"x (deleted)",
+        ];
         let mut files = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let (f, path) = temp_file(name, 1);
-            w.call(libc::SYS_mmap, &[w.at(2 * i as u64), P, R, PRIVATE | FIXED, f.as_raw_fd() as u64, 0]);
+            w.call(
+                libc::SYS_mmap,
+                &[
+                    w.at(2 * i as u64),
+                    P,
+                    R,
+                    PRIVATE | FIXED,
+                    f.as_raw_fd() as u64,
+                    0,
+                ],
+            );
             files.push((f, path));
         }
         let c = w.check("odd names");
@@ -565,9 +1003,18 @@ mod real {
     #[test]
     fn fork_child_lacks_dontfork_ranges() {
         let mut w = Window::new(16);
-        w.call(libc::SYS_mmap, &[w.at(0), 6 * P, RW, FIXED_ANON, u64::MAX, 0]);
-        w.call(libc::SYS_madvise, &[w.at(1), 2 * P, libc::MADV_DONTFORK as u64]);
-        w.call(libc::SYS_madvise, &[w.at(4), P, libc::MADV_WIPEONFORK as u64]);
+        w.call(
+            libc::SYS_mmap,
+            &[w.at(0), 6 * P, RW, FIXED_ANON, u64::MAX, 0],
+        );
+        w.call(
+            libc::SYS_madvise,
+            &[w.at(1), 2 * P, libc::MADV_DONTFORK as u64],
+        );
+        w.call(
+            libc::SYS_madvise,
+            &[w.at(4), P, libc::MADV_WIPEONFORK as u64],
+        );
         // SAFETY: the child only calls pause() (async-signal-safe) until killed.
         let child = unsafe { libc::fork() };
         if child == 0 {
@@ -596,7 +1043,11 @@ mod real {
         let mut model = AddressSpace::default();
         // SAFETY: asks the kernel for a new mapping anywhere.
         let ret = unsafe { libc::syscall(453, 0, 4 * P, 0) };
-        let ret = if ret == -1 { -(std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as i64) } else { ret };
+        let ret = if ret == -1 {
+            -(std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as i64)
+        } else {
+            ret
+        };
         let applied = apply_syscall(&mut model, 453, [0, 4 * P, 0, 0, 0, 0], ret, &NoEnv);
         if ret < 0 {
             assert_eq!(applied, Applied::Failed);
@@ -604,7 +1055,10 @@ mod real {
             return;
         }
         let kernel = maps::read(std::process::id()).unwrap().regions;
-        let got: Vec<Region> = kernel.into_iter().filter(|r| r.start >= ret as u64 && r.end <= ret as u64 + 4 * P).collect();
+        let got: Vec<Region> = kernel
+            .into_iter()
+            .filter(|r| r.start >= ret as u64 && r.end <= ret as u64 + 4 * P)
+            .collect();
         assert!(compare(model.regions(), &got).differences.is_empty());
     }
 }
@@ -630,18 +1084,28 @@ mod proptests {
     }
 
     fn a_call() -> impl Strategy<Value = (u64, [u64; 6], i64)> {
-        let nrs = prop::sample::select(vec![9u64, 10, 11, 12, 25, 28, 30, 67, 216, 329, 453, 149, 157, 59, 1000]);
-        let ret = prop_oneof![value().prop_map(|v| v as i64), (1i64..4096).prop_map(|e| -e)];
-        (nrs, [value(), value(), value(), value(), value(), value()], ret).prop_map(|(nr, mut args, ret)| {
-            // Flags that mean something, often.
-            if nr == 9 {
-                args[3] &= 0x1_0133;
-            }
-            if nr == 28 {
-                args[2] %= 20;
-            }
-            (nr, args, ret)
-        })
+        let nrs = prop::sample::select(vec![
+            9u64, 10, 11, 12, 25, 28, 30, 67, 216, 329, 453, 149, 157, 59, 1000,
+        ]);
+        let ret = prop_oneof![
+            value().prop_map(|v| v as i64),
+            (1i64..4096).prop_map(|e| -e)
+        ];
+        (
+            nrs,
+            [value(), value(), value(), value(), value(), value()],
+            ret,
+        )
+            .prop_map(|(nr, mut args, ret)| {
+                // Flags that mean something, often.
+                if nr == 9 {
+                    args[3] &= 0x1_0133;
+                }
+                if nr == 28 {
+                    args[2] %= 20;
+                }
+                (nr, args, ret)
+            })
     }
 
     struct AnyEnv;
@@ -657,7 +1121,10 @@ mod proptests {
             })
         }
         fn shm_segment(&self, shmid: i32) -> Option<ShmSegment> {
-            (shmid % 2 == 0).then_some(ShmSegment { size: (shmid as u64 % 9) * P + 1, key: shmid as u32 })
+            (shmid % 2 == 0).then_some(ShmSegment {
+                size: (shmid as u64 % 9) * P + 1,
+                key: shmid as u32,
+            })
         }
     }
 

@@ -31,10 +31,10 @@ use anyhow::{Context as _, Result};
 use procfs::process::{MemoryPageFlags, PageInfo};
 
 use crate::{
-    decode::Event,
-    json::is_error,
-    shadow::{Difference, PAGE},
+    kernel::decode::Event,
+    output::json::is_error,
     space::Region,
+    verify::shadow::{Difference, PAGE},
 };
 
 /// How often a full comparison runs however little changed: it is the only check of
@@ -156,18 +156,24 @@ impl PageChecks {
                 match mmap_trace_common::Probe::from_u32(call.header.probe) {
                     Some(mmap_trace_common::Probe::Mmap) => {
                         if ok {
-                            self.touch_range(call.ret as u64, (call.ret as u64).saturating_add(a[1]));
+                            self.touch_range(
+                                call.ret as u64,
+                                (call.ret as u64).saturating_add(a[1]),
+                            );
                         } else if a[0] != 0 {
                             self.touch_range(a[0], a[0].saturating_add(a[1]));
                         }
                     }
-                    Some(
-                        mmap_trace_common::Probe::Munmap | mmap_trace_common::Probe::Mprotect,
-                    ) => self.touch_range(a[0], a[0].saturating_add(a[1])),
+                    Some(mmap_trace_common::Probe::Munmap | mmap_trace_common::Probe::Mprotect) => {
+                        self.touch_range(a[0], a[0].saturating_add(a[1]))
+                    }
                     Some(mmap_trace_common::Probe::Mremap) => {
                         self.touch_range(a[0], a[0].saturating_add(a[1]));
                         if ok {
-                            self.touch_range(call.ret as u64, (call.ret as u64).saturating_add(a[2]));
+                            self.touch_range(
+                                call.ret as u64,
+                                (call.ret as u64).saturating_add(a[2]),
+                            );
                         }
                     }
                     _ => {}
@@ -195,7 +201,11 @@ impl PageChecks {
 
     /// Whether the next check will compare every known page.
     fn due_full(&self) -> bool {
-        self.full || self.touched_all || self.last_full.is_none_or(|t| t.elapsed() >= self.full_interval)
+        self.full
+            || self.touched_all
+            || self
+                .last_full
+                .is_none_or(|t| t.elapsed() >= self.full_interval)
     }
 
     /// Compares the pages that could have changed (all known pages when a full pass is
@@ -219,7 +229,9 @@ impl PageChecks {
         let mut run_start = 0;
         while run_start < wanted.len() {
             let mut run_end = run_start + 1;
-            while run_end < wanted.len() && wanted[run_end].addr - wanted[run_end - 1].addr <= (MERGE_GAP + 1) * PAGE {
+            while run_end < wanted.len()
+                && wanted[run_end].addr - wanted[run_end - 1].addr <= (MERGE_GAP + 1) * PAGE
+            {
                 run_end += 1;
             }
             let run = &wanted[run_start..run_end];
@@ -231,7 +243,9 @@ impl PageChecks {
                     continue;
                 };
                 // Not present, or a private copy (copy-on-write): not a page-cache page now.
-                if !flags.contains(MemoryPageFlags::PRESENT) || !flags.contains(MemoryPageFlags::FILE) {
+                if !flags.contains(MemoryPageFlags::PRESENT)
+                    || !flags.contains(MemoryPageFlags::FILE)
+                {
                     unsettled.push(*w);
                     continue;
                 }
@@ -270,14 +284,20 @@ impl PageChecks {
         let mut next = 0;
         for r in kernel.iter().filter(|r| r.inode != 0) {
             let file = (r.dev, r.inode);
-            let Some(known) = self.pfns.get(&file) else { continue };
+            let Some(known) = self.pfns.get(&file) else {
+                continue;
+            };
             let first = r.offset / PAGE;
             let pages = (r.end - r.start) / PAGE;
             let addr = |index: u64| r.start + (index - first) * PAGE;
             let index = |addr: u64| first + (addr - r.start) / PAGE;
             let mut add_range = |from: u64, to: u64| {
                 for (&i, _) in known.range(from..to) {
-                    wanted.push(Wanted { addr: addr(i), file, index: i });
+                    wanted.push(Wanted {
+                        addr: addr(i),
+                        file,
+                        index: i,
+                    });
                 }
             };
             if full {
@@ -292,7 +312,11 @@ impl PageChecks {
             }
             if let Some(recorded) = self.recorded.get(&file) {
                 for &i in recorded.range(first..first + pages) {
-                    wanted.push(Wanted { addr: addr(i), file, index: i });
+                    wanted.push(Wanted {
+                        addr: addr(i),
+                        file,
+                        index: i,
+                    });
                 }
             }
             // Both in address order: one merge, no lookups.
@@ -312,7 +336,10 @@ impl PageChecks {
         }
         wanted.sort_unstable_by_key(|w| w.addr);
         let mut merged = Vec::with_capacity(wanted.len() + still_unsettled.len());
-        let (mut a, mut b) = (wanted.into_iter().peekable(), still_unsettled.into_iter().peekable());
+        let (mut a, mut b) = (
+            wanted.into_iter().peekable(),
+            still_unsettled.into_iter().peekable(),
+        );
         loop {
             let take_a = match (a.peek(), b.peek()) {
                 (Some(x), Some(y)) => x.addr <= y.addr,
@@ -334,7 +361,8 @@ impl PageChecks {
             Some(open) => open,
             None => self.pagemap.insert((
                 pid,
-                File::open(format!("/proc/{pid}/pagemap")).with_context(|| format!("opening /proc/{pid}/pagemap"))?,
+                File::open(format!("/proc/{pid}/pagemap"))
+                    .with_context(|| format!("opening /proc/{pid}/pagemap"))?,
             )),
         };
         let count = ((end - start) / PAGE) as usize;
@@ -343,7 +371,10 @@ impl PageChecks {
             .with_context(|| format!("reading /proc/{pid}/pagemap at {start:#x}"))?;
         self.stats.reads += 1;
         self.stats.entries += count as u64;
-        Ok(bytes.chunks_exact(8).map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes"))).collect())
+        Ok(bytes
+            .chunks_exact(8)
+            .map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
+            .collect())
     }
 }
 
@@ -377,16 +408,32 @@ mod tests {
     }
 
     fn map_file(name: &str) -> Mapped {
-        assert_eq!(unsafe { libc::geteuid() }, 0, "these tests read PFNs from pagemap: run them as root");
-        let path = std::env::temp_dir().join(format!("mmap-trace-pages-{name}-{}", std::process::id()));
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "these tests read PFNs from pagemap: run them as root"
+        );
+        let path =
+            std::env::temp_dir().join(format!("mmap-trace-pages-{name}-{}", std::process::id()));
         std::fs::write(&path, vec![7u8; (PAGES * PAGE) as usize]).unwrap();
         let file = File::open(&path).unwrap();
         // SAFETY: a fresh shared read-only mapping of a file we own.
         let addr = unsafe {
-            libc::mmap(std::ptr::null_mut(), (PAGES * PAGE) as usize, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                (PAGES * PAGE) as usize,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
         };
         assert_ne!(addr, libc::MAP_FAILED);
-        Mapped { addr: addr as u64, file, path }
+        Mapped {
+            addr: addr as u64,
+            file,
+            path,
+        }
     }
 
     fn touch(m: &Mapped, page: u64) {
@@ -395,7 +442,9 @@ mod tests {
     }
 
     fn kernel() -> Vec<Region> {
-        crate::space::maps::read(std::process::id()).unwrap().regions
+        crate::space::maps::read(std::process::id())
+            .unwrap()
+            .regions
     }
 
     fn page_cache_event(m: &Mapped, index: u64, pfn: u64) -> Event {
@@ -410,7 +459,14 @@ mod tests {
             comm: [0; TASK_COMM_LEN],
             cgroup_id: 0,
         };
-        Event::PageCache(PageCacheEvent { header, pfn, ino: meta.ino(), index, dev, order: 0 })
+        Event::PageCache(PageCacheEvent {
+            header,
+            pfn,
+            ino: meta.ino(),
+            index,
+            dev,
+            order: 0,
+        })
     }
 
     /// Incremental checks whose periodic full pass never falls due during the test.
@@ -443,7 +499,13 @@ mod tests {
         let diffs = checks.check(pid, &kernel()).unwrap();
         assert_eq!(diffs.len(), 1, "{diffs:?}");
         assert_eq!((diffs[0].start, diffs[0].field), (m.addr + 3 * PAGE, "pfn"));
-        assert_eq!((diffs[0].expected.as_str(), diffs[0].found.as_str()), (format!("{:#x}", real + 1).as_str(), format!("{real:#x}").as_str()));
+        assert_eq!(
+            (diffs[0].expected.as_str(), diffs[0].found.as_str()),
+            (
+                format!("{:#x}", real + 1).as_str(),
+                format!("{real:#x}").as_str()
+            )
+        );
         assert_eq!(checks.stats.checked, PAGES + 1);
         // Reported once: the kernel's PFN is adopted.
         assert!(checks.check(pid, &kernel()).unwrap().is_empty());
@@ -452,11 +514,17 @@ mod tests {
         let reads = checks.stats.reads;
         checks.touch_range(m.addr + PAGE, m.addr + 3 * PAGE);
         assert!(checks.check(pid, &kernel()).unwrap().is_empty());
-        assert_eq!((checks.stats.checked, checks.stats.reads), (PAGES + 3, reads + 1));
+        assert_eq!(
+            (checks.stats.checked, checks.stats.reads),
+            (PAGES + 3, reads + 1)
+        );
         // touch_all: a full pass.
         checks.touch_all();
         assert!(checks.check(pid, &kernel()).unwrap().is_empty());
-        assert_eq!((checks.stats.checked, checks.stats.full_passes), (2 * PAGES + 3, 2));
+        assert_eq!(
+            (checks.stats.checked, checks.stats.full_passes),
+            (2 * PAGES + 3, 2)
+        );
         // --full: every page every time.
         let mut full = PageChecks::new(true, false);
         for p in 0..PAGES {
@@ -504,10 +572,22 @@ mod tests {
         assert!(checks.check(pid, &kernel()).unwrap().is_empty());
         let present_before = present(m.addr);
         assert_eq!(checks.stats.checked, PAGES + present_before);
-        assert!(present_before < PAGES / 2, "fault-around mapped {present_before} pages");
+        assert!(
+            present_before < PAGES / 2,
+            "fault-around mapped {present_before} pages"
+        );
         // The PFN the events gave for page 40 is now wrong (as if the kernel had mapped
         // another page), with no event saying so; then page 40 faults in.
-        let file = (crate::space::maps::read(pid).unwrap().regions.into_iter().find(|r| r.start == m.addr).unwrap().dev, m.file.metadata().unwrap().ino());
+        let file = (
+            crate::space::maps::read(pid)
+                .unwrap()
+                .regions
+                .into_iter()
+                .find(|r| r.start == m.addr)
+                .unwrap()
+                .dev,
+            m.file.metadata().unwrap().ino(),
+        );
         let real = pfn_at(other, 40);
         checks.pfns.get_mut(&file).unwrap().insert(40, real + 1);
         touch(&m, 40);
@@ -529,7 +609,14 @@ mod tests {
         // A private writable mapping of the same file; its page 0 is copied on write.
         // SAFETY: a fresh private mapping of a file we own.
         let private = unsafe {
-            libc::mmap(std::ptr::null_mut(), PAGE as usize, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE, m.file.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                m.file.as_raw_fd(),
+                0,
+            )
         } as u64;
         // SAFETY: writing inside the private mapping just made.
         unsafe { std::ptr::write_volatile(private as *mut u8, 1) };
@@ -537,14 +624,36 @@ mod tests {
         assert_eq!(checks.stats.checked, 1, "the copy is not a file page");
         // Drop the copy (a call verify does not trace): the next read maps the file page.
         // SAFETY: our own private mapping.
-        assert_eq!(unsafe { libc::madvise(private as *mut libc::c_void, PAGE as usize, libc::MADV_DONTNEED) }, 0);
+        assert_eq!(
+            unsafe {
+                libc::madvise(
+                    private as *mut libc::c_void,
+                    PAGE as usize,
+                    libc::MADV_DONTNEED,
+                )
+            },
+            0
+        );
         // SAFETY: reading inside the private mapping.
         unsafe { std::ptr::read_volatile(private as *const u8) };
-        let file = (crate::space::maps::read(pid).unwrap().regions.into_iter().find(|r| r.start == m.addr).unwrap().dev, m.file.metadata().unwrap().ino());
+        let file = (
+            crate::space::maps::read(pid)
+                .unwrap()
+                .regions
+                .into_iter()
+                .find(|r| r.start == m.addr)
+                .unwrap()
+                .dev,
+            m.file.metadata().unwrap().ino(),
+        );
         let real = pfn_at(m.addr, 0);
         checks.pfns.get_mut(&file).unwrap().insert(0, real + 1);
         let diffs = checks.check(pid, &kernel()).unwrap();
-        assert_eq!(diffs.iter().map(|d| d.start).collect::<Vec<_>>(), [private], "{diffs:?}");
+        assert_eq!(
+            diffs.iter().map(|d| d.start).collect::<Vec<_>>(),
+            [private],
+            "{diffs:?}"
+        );
         // SAFETY: unmapping the private mapping.
         unsafe { libc::munmap(private as *mut libc::c_void, PAGE as usize) };
     }
@@ -552,7 +661,14 @@ mod tests {
     fn map_file_again(m: &Mapped) -> u64 {
         // SAFETY: a second shared read-only mapping of the same file.
         let addr = unsafe {
-            libc::mmap(std::ptr::null_mut(), (PAGES * PAGE) as usize, libc::PROT_READ, libc::MAP_SHARED, m.file.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                (PAGES * PAGE) as usize,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                m.file.as_raw_fd(),
+                0,
+            )
         };
         assert_ne!(addr, libc::MAP_FAILED);
         addr as u64
@@ -563,15 +679,22 @@ mod tests {
         let f = File::open("/proc/self/pagemap").unwrap();
         let mut b = vec![0u8; PAGES as usize * 8];
         f.read_exact_at(&mut b, addr / PAGE * 8).unwrap();
-        b.chunks_exact(8).filter(|e| u64::from_ne_bytes((*e).try_into().unwrap()) & (1 << 63) != 0).count() as u64
+        b.chunks_exact(8)
+            .filter(|e| u64::from_ne_bytes((*e).try_into().unwrap()) & (1 << 63) != 0)
+            .count() as u64
     }
 
     fn pfn_at(addr: u64, page: u64) -> u64 {
         let f = File::open("/proc/self/pagemap").unwrap();
         let mut b = [0u8; 8];
         f.read_exact_at(&mut b, (addr / PAGE + page) * 8).unwrap();
-        let PageInfo::MemoryPage(flags) = PageInfo::parse_info(u64::from_ne_bytes(b)) else { panic!("swapped") };
-        assert!(flags.contains(MemoryPageFlags::PRESENT), "page {page} at {addr:#x} not present");
+        let PageInfo::MemoryPage(flags) = PageInfo::parse_info(u64::from_ne_bytes(b)) else {
+            panic!("swapped")
+        };
+        assert!(
+            flags.contains(MemoryPageFlags::PRESENT),
+            "page {page} at {addr:#x} not present"
+        );
         flags.get_page_frame_number().0
     }
 }

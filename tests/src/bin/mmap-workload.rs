@@ -49,9 +49,14 @@ fn ia32_calls(rec: &mut Recorder) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opt = |name: &str| {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
     };
-    let mut rec = Recorder { out: std::io::stdout().lock() };
+    let mut rec = Recorder {
+        out: std::io::stdout().lock(),
+    };
     if let Some(n) = opt("--loop") {
         // The benchmark loop: N × {mmap 16 KiB anonymous, munmap}, not recorded.
         let n: u64 = n.parse().expect("--loop N");
@@ -85,7 +90,11 @@ fn main() {
 
     // Anonymous 4 pages, then split by mprotect and a partial munmap.
     let a = rec.call("mmap", libc::SYS_mmap, &[0, 4 * PAGE, rw, anon, no_fd, 0]) as u64;
-    rec.call("mprotect", libc::SYS_mprotect, &[a + PAGE, PAGE, libc::PROT_READ as u64]);
+    rec.call(
+        "mprotect",
+        libc::SYS_mprotect,
+        &[a + PAGE, PAGE, libc::PROT_READ as u64],
+    );
     rec.call("munmap", libc::SYS_munmap, &[a + 2 * PAGE, PAGE]);
     // Grow the first page in place or move it.
     let b = rec.call(
@@ -97,7 +106,14 @@ fn main() {
     rec.call(
         "mmap",
         libc::SYS_mmap,
-        &[a + 3 * PAGE, PAGE, libc::PROT_READ as u64, anon | libc::MAP_FIXED as u64, no_fd, 0],
+        &[
+            a + 3 * PAGE,
+            PAGE,
+            libc::PROT_READ as u64,
+            anon | libc::MAP_FIXED as u64,
+            no_fd,
+            0,
+        ],
     );
     // A file mapping with an offset.
     let path = std::env::temp_dir().join(format!("mmap-workload-{}", std::process::id()));
@@ -109,7 +125,14 @@ fn main() {
     let f = rec.call(
         "mmap",
         libc::SYS_mmap,
-        &[0, PAGE, libc::PROT_READ as u64, libc::MAP_PRIVATE as u64, fd as u64, PAGE],
+        &[
+            0,
+            PAGE,
+            libc::PROT_READ as u64,
+            libc::MAP_PRIVATE as u64,
+            fd as u64,
+            PAGE,
+        ],
     ) as u64;
     // Refused calls: zero length, unaligned munmap.
     rec.call("mmap", libc::SYS_mmap, &[0, 0, rw, anon, no_fd, 0]);
@@ -130,7 +153,11 @@ fn main() {
         let cdev = CString::new(device.as_str()).expect("no NUL");
         // SAFETY: plain open of the device.
         let dfd = unsafe { libc::open(cdev.as_ptr(), libc::O_RDWR) };
-        assert!(dfd >= 0, "open {device}: {}", std::io::Error::last_os_error());
+        assert!(
+            dfd >= 0,
+            "open {device}: {}",
+            std::io::Error::last_os_error()
+        );
         let d = rec.call(
             "mmap",
             libc::SYS_mmap,
@@ -170,8 +197,16 @@ fn scenario(rec: &mut Recorder, name: &str) {
             let file = std::fs::File::open(&path).expect("open temp file");
             use std::os::fd::AsRawFd as _;
             let fd = file.as_raw_fd() as u64;
-            let f = rec.call("mmap", libc::SYS_mmap, &[0, 2 * PAGE, ro, libc::MAP_PRIVATE as u64, fd, PAGE]) as u64;
-            let s = rec.call("mmap", libc::SYS_mmap, &[0, PAGE, ro, libc::MAP_SHARED as u64, fd, 3 * PAGE]) as u64;
+            let f = rec.call(
+                "mmap",
+                libc::SYS_mmap,
+                &[0, 2 * PAGE, ro, libc::MAP_PRIVATE as u64, fd, PAGE],
+            ) as u64;
+            let s = rec.call(
+                "mmap",
+                libc::SYS_mmap,
+                &[0, PAGE, ro, libc::MAP_SHARED as u64, fd, 3 * PAGE],
+            ) as u64;
             rec.call("munmap", libc::SYS_munmap, &[f, 2 * PAGE]);
             rec.call("munmap", libc::SYS_munmap, &[s, PAGE]);
             let _ = std::fs::remove_file(&path);
@@ -190,15 +225,34 @@ fn scenario(rec: &mut Recorder, name: &str) {
         "mremap-move" => {
             let a = rec.call("mmap", libc::SYS_mmap, &[0, 2 * PAGE, RW, ANON, NO_FD, 0]) as u64;
             // A reserved spot to move to, replaced by the move (MREMAP_FIXED).
-            let target = rec.call("mmap", libc::SYS_mmap, &[0, 4 * PAGE, libc::PROT_NONE as u64, ANON, NO_FD, 0]) as u64;
+            let target = rec.call(
+                "mmap",
+                libc::SYS_mmap,
+                &[0, 4 * PAGE, libc::PROT_NONE as u64, ANON, NO_FD, 0],
+            ) as u64;
             let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
-            let b = rec.call("mremap", libc::SYS_mremap, &[a, 2 * PAGE, 3 * PAGE, flags, target + PAGE]) as u64;
+            let b = rec.call(
+                "mremap",
+                libc::SYS_mremap,
+                &[a, 2 * PAGE, 3 * PAGE, flags, target + PAGE],
+            ) as u64;
             rec.call("munmap", libc::SYS_munmap, &[b, 3 * PAGE]);
             rec.call("munmap", libc::SYS_munmap, &[target, 4 * PAGE]);
         }
         "fixed" => {
             let a = rec.call("mmap", libc::SYS_mmap, &[0, 4 * PAGE, RW, ANON, NO_FD, 0]) as u64;
-            rec.call("mmap", libc::SYS_mmap, &[a + PAGE, 2 * PAGE, ro, ANON | libc::MAP_FIXED as u64, NO_FD, 0]);
+            rec.call(
+                "mmap",
+                libc::SYS_mmap,
+                &[
+                    a + PAGE,
+                    2 * PAGE,
+                    ro,
+                    ANON | libc::MAP_FIXED as u64,
+                    NO_FD,
+                    0,
+                ],
+            );
             rec.call("munmap", libc::SYS_munmap, &[a, 4 * PAGE]);
         }
         "file-pages" => {
@@ -206,7 +260,11 @@ fn scenario(rec: &mut Recorder, name: &str) {
             // them), mapped and touched so pagemap shows them present.
             let path = std::env::temp_dir().join(format!("mmap-workload-p-{}", std::process::id()));
             std::fs::write(&path, vec![5u8; 8 * PAGE as usize]).expect("temp file");
-            let file = std::fs::File::options().read(true).write(true).open(&path).expect("open temp file");
+            let file = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .expect("open temp file");
             use std::os::fd::AsRawFd as _;
             let fd = file.as_raw_fd() as u64;
             let touch = |addr: u64, pages: u64| {
@@ -215,9 +273,17 @@ fn scenario(rec: &mut Recorder, name: &str) {
                     unsafe { std::ptr::read_volatile((addr + p * PAGE) as *const u8) };
                 }
             };
-            let shared = rec.call("mmap", libc::SYS_mmap, &[0, 4 * PAGE, ro, libc::MAP_SHARED as u64, fd, 2 * PAGE]) as u64;
+            let shared = rec.call(
+                "mmap",
+                libc::SYS_mmap,
+                &[0, 4 * PAGE, ro, libc::MAP_SHARED as u64, fd, 2 * PAGE],
+            ) as u64;
             touch(shared, 4);
-            let private = rec.call("mmap", libc::SYS_mmap, &[0, 2 * PAGE, RW, libc::MAP_PRIVATE as u64, fd, 0]) as u64;
+            let private = rec.call(
+                "mmap",
+                libc::SYS_mmap,
+                &[0, 2 * PAGE, RW, libc::MAP_PRIVATE as u64, fd, 0],
+            ) as u64;
             touch(private, 2);
             // A store copies the page: from then on it is not a file page.
             // SAFETY: writing inside the private mapping just made.
@@ -234,9 +300,20 @@ fn scenario(rec: &mut Recorder, name: &str) {
                         for _ in 0..25 {
                             // SAFETY: each thread maps, changes and unmaps its own memory.
                             unsafe {
-                                let p = libc::mmap(std::ptr::null_mut(), 3 * PAGE as usize, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+                                let p = libc::mmap(
+                                    std::ptr::null_mut(),
+                                    3 * PAGE as usize,
+                                    libc::PROT_READ | libc::PROT_WRITE,
+                                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                                    -1,
+                                    0,
+                                );
                                 assert_ne!(p, libc::MAP_FAILED);
-                                libc::mprotect(p.cast::<u8>().add(PAGE as usize).cast(), PAGE as usize, libc::PROT_READ);
+                                libc::mprotect(
+                                    p.cast::<u8>().add(PAGE as usize).cast(),
+                                    PAGE as usize,
+                                    libc::PROT_READ,
+                                );
                                 libc::munmap(p, 3 * PAGE as usize);
                             }
                         }

@@ -380,7 +380,9 @@ pub fn overhead(tools: &Tools, rounds: usize, iterations: u64) -> Result<Overhea
                     .copied()
                     .flatten()
                     .map_or("-".into(), |l| l.to_string()),
-                v.ready_ms.last().map_or("-".into(), |ms| format!("{ms:.0} ms")),
+                v.ready_ms
+                    .last()
+                    .map_or("-".into(), |ms| format!("{ms:.0} ms")),
             );
         }
     }

@@ -6,7 +6,9 @@
 //! until every thread is stopped, drains the ring buffer (each call that completed has
 //! submitted its event by then), applies the events, compares, and sends SIGCONT.
 
+pub mod driver;
 mod pages;
+pub mod shadow;
 
 pub use pages::PageStats;
 
@@ -15,7 +17,6 @@ use std::{
     path::PathBuf,
 };
 
-
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
 use mmap_trace_common::{MmChangeCause, MmChangeEvent, Probe, SyscallEvent};
@@ -23,15 +24,15 @@ use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    decode::{self, Event},
-    hold::{Holder, Notice},
-    json::{Hex, is_error},
-    loader::LoadOptions,
+    kernel::decode::{self, Event},
+    kernel::loader::LoadOptions,
+    output::json::{Hex, is_error},
     output::{Format, Output, Summary, VerifyStats},
-    session::{Session, StopSignals, Target, monotonic_ns, runtime},
-    shadow::{Difference, ShadowSpace},
+    process::hold::{Holder, Notice},
+    process::session::{Session, StopSignals, Target, monotonic_ns, runtime},
     space::{self, Applied, Comparison, ProcEnv, Region},
     trace::ignore_closed_output,
+    verify::shadow::{Difference, ShadowSpace},
 };
 
 /// Self-test: doctor one input so the checks must fail (hidden flag; used by the tests
@@ -142,7 +143,7 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     load.filter.stop_after_event = 1;
     let follow = load.filter.follow_forks != 0;
     if load.requested.is_none() {
-        let mut probes = crate::loader::default_probes();
+        let mut probes = crate::kernel::loader::default_probes();
         probes.push(Probe::PageCache);
         // Asked for implicitly: where the kernel lacks kprobes, skip those with a note.
         load.implicit = true;
@@ -150,28 +151,46 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     }
     let requested = load.requested.as_deref().unwrap_or_default();
     if matches!(config.target, Target::Command(_)) && !requested.contains(&Probe::Exec) {
-        bail!("verify -- CMD needs the exec probe: the shadow starts from the command's maps at its exec; add exec to --probes");
+        bail!(
+            "verify -- CMD needs the exec probe: the shadow starts from the command's maps at its exec; add exec to --probes"
+        );
     }
     let catch_all = requested.contains(&Probe::MmLock);
     let runtime = runtime()?;
-    let StopSignals { mut sigint, mut sigterm } = StopSignals::install(&runtime)?;
+    let StopSignals {
+        mut sigint,
+        mut sigterm,
+    } = StopSignals::install(&runtime)?;
     let mut sigchld = {
         let _context = runtime.enter();
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).context("catching SIGCHLD")?
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+            .context("catching SIGCHLD")?
     };
     // Before attaching: a bad path must not leave a command running untraced.
     let sink = crate::output::open(config.output.as_deref())?;
     let mut holder = Holder::new(follow);
     let session = Session::start("verify", &config.target, load, Some(&mut holder))?;
     let mut out = Output::new(config.format, sink, session.start_ns);
-    let Session { tracer, ring, child, pid, start_ns, .. } = session;
+    let Session {
+        tracer,
+        ring,
+        child,
+        pid,
+        start_ns,
+        ..
+    } = session;
     let pid = pid.context("verify needs one process")?;
     if catch_all && !tracer.attached.contains(&Probe::MmLock) {
         eprintln!(
             "mmap-trace: warning: the catch-all (mm_lock) is not attached: changes made by calls other than mmap, munmap, mprotect, mremap and brk, by faults or by other tasks are not seen"
         );
     }
-    let mut verifier = Verifier { procs: BTreeMap::new(), plant: config.plant, pages: HashMap::new(), full: config.full };
+    let mut verifier = Verifier {
+        procs: BTreeMap::new(),
+        plant: config.plant,
+        pages: HashMap::new(),
+        full: config.full,
+    };
     verifier.procs.insert(pid, Proc::default());
     if child.is_none() {
         // A running process: seed from its maps while it holds still.
@@ -201,7 +220,11 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
                 verifier.notice(notice);
             }
             if holder.is_empty() || (!follow && !holder.is_traced(pid)) {
-                let status = verifier.procs.get(&pid).and_then(|p| p.ended.clone()).unwrap_or_else(|| "status unknown".into());
+                let status = verifier
+                    .procs
+                    .get(&pid)
+                    .and_then(|p| p.ended.clone())
+                    .unwrap_or_else(|| "status unknown".into());
                 break match child {
                     Some(_) => format!("command exited ({status})"),
                     None => "target process exited".to_string(),
@@ -211,7 +234,8 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         // Events of the last calls before exit: logged, not compared (nothing to compare with).
         let tail = drain(ring.get_mut())?;
         for event in &tail {
-            out.event(event, crate::paths::kernel_path(event)).or_else(ignore_closed_output)?;
+            out.event(event, crate::output::paths::kernel_path(event))
+                .or_else(ignore_closed_output)?;
         }
         anyhow::Ok(ended)
     })?;
@@ -226,11 +250,19 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     for (&p, proc) in &verifier.procs {
         stats.add(&proc.stats);
         let ended = proc.ended.as_deref().unwrap_or("still running");
-        let record = ProcessRecord { record_type: "process", pid: p, parent: proc.parent, stats: proc.stats, ended };
+        let record = ProcessRecord {
+            record_type: "process",
+            pid: p,
+            parent: proc.parent,
+            stats: proc.stats,
+            ended,
+        };
         out.record(&record).or_else(ignore_closed_output)?;
         eprintln!(
             "mmap-trace: verify: pid {p}{}: {} checkpoints, {} mismatches, {} unmodelled changes adopted, {} page PFNs checked ({ended})",
-            proc.parent.map(|pp| format!(" (child of {pp})")).unwrap_or_default(),
+            proc.parent
+                .map(|pp| format!(" (child of {pp})"))
+                .unwrap_or_default(),
             proc.stats.checkpoints,
             proc.stats.mismatches,
             proc.stats.unmodelled,
@@ -251,7 +283,9 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     let skipped: u64 = tracer.skipped_runs().iter().map(|(_, n)| n).sum();
     let lost: u64 = summary.lost.iter().sum::<u64>() + skipped;
     summary.verify = Some(stats);
-    out.summary(&summary).and_then(|()| out.flush()).or_else(ignore_closed_output)?;
+    out.summary(&summary)
+        .and_then(|()| out.flush())
+        .or_else(ignore_closed_output)?;
     // Nothing checked is not a pass: the user asked for proof and got none.
     let agreed = stats.mismatches == 0 && lost == 0 && stats.checkpoints > 0;
     eprintln!(
@@ -264,10 +298,14 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         if agreed { "PASS" } else { "FAIL" }
     );
     if lost > 0 {
-        eprintln!("mmap-trace: events were lost, so the shadow is incomplete; rerun with a larger --ring-buffer-kib");
+        eprintln!(
+            "mmap-trace: events were lost, so the shadow is incomplete; rerun with a larger --ring-buffer-kib"
+        );
     }
     if stats.checkpoints == 0 {
-        eprintln!("mmap-trace: nothing was checked: the target made no traced call while verify ran");
+        eprintln!(
+            "mmap-trace: nothing was checked: the target made no traced call while verify ran"
+        );
     }
     Ok(agreed)
 }
@@ -297,7 +335,11 @@ impl Verifier {
     fn notice(&mut self, notice: Notice) {
         match notice {
             Notice::NewProcess { parent, child } => {
-                self.procs.entry(child).or_default().parent.get_or_insert(parent);
+                self.procs
+                    .entry(child)
+                    .or_default()
+                    .parent
+                    .get_or_insert(parent);
             }
             Notice::Exited { pid, status } => {
                 self.procs.entry(pid).or_default().ended = Some(status);
@@ -317,7 +359,12 @@ impl Verifier {
         p
     }
 
-    fn checkpoint(&mut self, holder: &mut Holder, ring: &mut RingBuf<MapData>, out: &mut Output) -> Result<()> {
+    fn checkpoint(
+        &mut self,
+        holder: &mut Holder,
+        ring: &mut RingBuf<MapData>,
+        out: &mut Output,
+    ) -> Result<()> {
         let mut events = drain(ring)?;
         let waiting = holder.waiting();
         if events.is_empty() && waiting.is_empty() {
@@ -342,7 +389,8 @@ impl Verifier {
         }
         events.extend(drain(ring)?);
         for event in &events {
-            out.event(event, crate::paths::kernel_path(event)).or_else(ignore_closed_output)?;
+            out.event(event, crate::output::paths::kernel_path(event))
+                .or_else(ignore_closed_output)?;
         }
         // Partitions by address space, in order of first appearance (a parent's fork
         // comes before its child's first event).
@@ -398,10 +446,20 @@ impl Verifier {
     /// other order that keeps every thread's own order and real time (a call that exited
     /// before another entered stays first). A mismatch is reported only when no such
     /// order explains the kernel's view, and then as the exit order shows it.
-    fn apply_and_compare(&mut self, owner: u32, reader: u32, events: &[Event], out: &mut Output) -> Result<()> {
+    fn apply_and_compare(
+        &mut self,
+        owner: u32,
+        reader: u32,
+        events: &[Event],
+        out: &mut Output,
+    ) -> Result<()> {
         let units = units(events);
         let base = self.procs.get(&owner).and_then(|p| p.shadow.clone());
-        let base_unmodelled = self.procs.get(&owner).map(|p| p.unmodelled.len()).unwrap_or(0);
+        let base_unmodelled = self
+            .procs
+            .get(&owner)
+            .map(|p| p.unmodelled.len())
+            .unwrap_or(0);
         let mut first_failure = None;
         let mut pfns = None;
         for order in serial_orders(&units) {
@@ -452,7 +510,10 @@ impl Verifier {
             .with_context(|| format!("reading /proc/{pid}/stat"))?;
         let view = space::maps::read(pid)?;
         for u in &view.unparsed {
-            eprintln!("mmap-trace: warning: pid {pid}: /proc/{pid}/maps line {} could not be read ({}): {}; the shadow starts without it", u.line, u.reason, u.text);
+            eprintln!(
+                "mmap-trace: warning: pid {pid}: /proc/{pid}/maps line {} could not be read ({}): {}; the shadow starts without it",
+                u.line, u.reason, u.text
+            );
         }
         let shadow = ShadowSpace::seed(view.regions, stat.start_brk.unwrap_or(0));
         let proc = self.procs.entry(pid).or_default();
@@ -463,7 +524,9 @@ impl Verifier {
 
     fn page_checks(&mut self, owner: u32) -> &mut pages::PageChecks {
         let (full, plant) = (self.full, self.plant == Some(Plant::PfnOffByOne));
-        self.pages.entry(owner).or_insert_with(|| pages::PageChecks::new(full, plant))
+        self.pages
+            .entry(owner)
+            .or_insert_with(|| pages::PageChecks::new(full, plant))
     }
 
     fn apply(&mut self, event: &Event) -> Result<()> {
@@ -492,7 +555,11 @@ impl Verifier {
                 self.pages.insert(f.child_pid, inherited);
             }
             // The child starts as the parent is at the fork (a vfork child shares it).
-            let inherited = self.procs.get(&owner).and_then(|p| p.shadow.as_ref()).map(ShadowSpace::fork_child);
+            let inherited = self
+                .procs
+                .get(&owner)
+                .and_then(|p| p.shadow.as_ref())
+                .map(ShadowSpace::fork_child);
             let child = self.procs.entry(f.child_pid).or_default();
             child.parent.get_or_insert(pid);
             if f.shares_mm != 0 {
@@ -502,7 +569,9 @@ impl Verifier {
             }
             return Ok(());
         }
-        let Some(proc) = self.procs.get_mut(&owner) else { return Ok(()) };
+        let Some(proc) = self.procs.get_mut(&owner) else {
+            return Ok(());
+        };
         let Some(shadow) = proc.shadow.as_mut() else {
             return Ok(()); // before the command's exec: its pre-exec image is ours
         };
@@ -511,7 +580,9 @@ impl Verifier {
             Event::Syscall(e) => apply_call(shadow, e, pid),
             Event::Mmap(e) => apply_call(shadow, &e.call, pid),
             Event::RemapPfn(e) => {
-                shadow.space_mut().remap_pfn_range(e.vma.vm_start, e.vma.vm_flags, e.pfn);
+                shadow
+                    .space_mut()
+                    .remap_pfn_range(e.vma.vm_start, e.vma.vm_flags, e.pfn);
                 None
             }
             Event::MmChange(c) => apply_change(shadow, c, pid, plant),
@@ -524,7 +595,12 @@ impl Verifier {
     /// The kernel's view now (read from `reader`), how `owner`'s shadow differs from it,
     /// and how many page PFNs were compared. A fault's checkpoint first lets the shadow
     /// grow its stacks and MAP_GROWSDOWN mappings to what the kernel shows.
-    fn differences(&mut self, owner: u32, reader: u32, pfns: &mut Option<Vec<Difference>>) -> Result<Check> {
+    fn differences(
+        &mut self,
+        owner: u32,
+        reader: u32,
+        pfns: &mut Option<Vec<Difference>>,
+    ) -> Result<Check> {
         let view = space::maps::read(reader)?;
         let mut kernel = view.regions;
         if pfns.is_none() {
@@ -562,10 +638,20 @@ impl Verifier {
                 n.start, n.end, n.found, n.expected
             );
         }
-        Ok(Check { kernel, comparison, extra })
+        Ok(Check {
+            kernel,
+            comparison,
+            extra,
+        })
     }
 
-    fn report_all(&mut self, owner: u32, check: Check, last: Option<&Event>, out: &mut Output) -> Result<()> {
+    fn report_all(
+        &mut self,
+        owner: u32,
+        check: Check,
+        last: Option<&Event>,
+        out: &mut Output,
+    ) -> Result<()> {
         let proc = self.procs.entry(owner).or_default();
         let unmodelled = std::mem::take(&mut proc.unmodelled);
         let maps_differences = &check.comparison.differences;
@@ -585,7 +671,13 @@ impl Verifier {
                 cause: causes.join(", "),
                 ranges: maps_differences
                     .iter()
-                    .map(|d| AdoptedRange { start: Hex(d.start), end: Hex(d.end), field: d.field, expected: &d.expected, found: &d.found })
+                    .map(|d| AdoptedRange {
+                        start: Hex(d.start),
+                        end: Hex(d.end),
+                        field: d.field,
+                        expected: &d.expected,
+                        found: &d.found,
+                    })
                     .collect(),
             };
             eprintln!(
@@ -608,7 +700,13 @@ impl Verifier {
     }
 
     /// PFN differences of a checkpoint (the page checks adopt the kernel's PFN already).
-    fn report_pages(&mut self, owner: u32, differences: Vec<Difference>, last: Option<&Event>, out: &mut Output) -> Result<()> {
+    fn report_pages(
+        &mut self,
+        owner: u32,
+        differences: Vec<Difference>,
+        last: Option<&Event>,
+        out: &mut Output,
+    ) -> Result<()> {
         self.procs.entry(owner).or_default().stats.mismatches += differences.len() as u64;
         for d in &differences {
             self.report(owner, d, last, out)?;
@@ -616,7 +714,13 @@ impl Verifier {
         Ok(())
     }
 
-    fn report(&self, pid: u32, d: &Difference, last: Option<&Event>, out: &mut Output) -> Result<()> {
+    fn report(
+        &self,
+        pid: u32,
+        d: &Difference,
+        last: Option<&Event>,
+        out: &mut Output,
+    ) -> Result<()> {
         let record = MismatchRecord {
             record_type: "mismatch",
             pid,
@@ -632,7 +736,14 @@ impl Verifier {
         let source = if d.field == "pfn" { "pagemap" } else { "maps" };
         eprintln!(
             "mmap-trace: MISMATCH at checkpoint {} of pid {pid} (after {} at {} ns): {:#x}-{:#x} {}: events imply {:?}, /proc/{pid}/{source} shows {:?}",
-            record.checkpoint, record.after_probe, record.after_ts_ns, d.start, d.end, d.field, d.expected, d.found
+            record.checkpoint,
+            record.after_probe,
+            record.after_ts_ns,
+            d.start,
+            d.end,
+            d.field,
+            d.expected,
+            d.found
         );
         out.record(&record).or_else(ignore_closed_output)?;
         Ok(())
@@ -655,19 +766,35 @@ fn units(events: &[Event]) -> Vec<Unit> {
     for event in events {
         let h = event.header();
         let mut taken = || {
-            waiting.iter().position(|(t, _)| *t == h.tid).map(|i| waiting.swap_remove(i).1).unwrap_or_default()
+            waiting
+                .iter()
+                .position(|(t, _)| *t == h.tid)
+                .map(|i| waiting.swap_remove(i).1)
+                .unwrap_or_default()
         };
         match event {
             Event::Syscall(_) | Event::Mmap(_) | Event::MmChange(_) => {
                 let enter_ns = event.syscall().map_or(h.ts_ns, |s| s.enter_ts_ns);
                 let mut evs = taken();
                 evs.push(*event);
-                units.push(Unit { events: evs, tid: h.tid, enter_ns, exit_ns: h.ts_ns, pinned: false });
+                units.push(Unit {
+                    events: evs,
+                    tid: h.tid,
+                    enter_ns,
+                    exit_ns: h.ts_ns,
+                    pinned: false,
+                });
             }
             Event::Exec(_) | Event::Fork(_) => {
                 let mut evs = taken();
                 evs.push(*event);
-                units.push(Unit { events: evs, tid: h.tid, enter_ns: h.ts_ns, exit_ns: h.ts_ns, pinned: true });
+                units.push(Unit {
+                    events: evs,
+                    tid: h.tid,
+                    enter_ns: h.ts_ns,
+                    exit_ns: h.ts_ns,
+                    pinned: true,
+                });
             }
             _ => match waiting.iter_mut().find(|(t, _)| *t == h.tid) {
                 Some((_, evs)) => evs.push(*event),
@@ -677,7 +804,13 @@ fn units(events: &[Event]) -> Vec<Unit> {
     }
     for (tid, evs) in waiting {
         let ts = evs[0].header().ts_ns;
-        units.push(Unit { events: evs, tid, enter_ns: ts, exit_ns: ts, pinned: false });
+        units.push(Unit {
+            events: evs,
+            tid,
+            enter_ns: ts,
+            exit_ns: ts,
+            pinned: false,
+        });
     }
     units
 }
@@ -764,21 +897,32 @@ fn unmodelled(applied: Applied) -> Option<String> {
 
 /// A catch-all record through the model: the cause, when the shadow does not model it
 /// (the checkpoint then adopts the kernel's view and says so).
-fn apply_change(shadow: &mut ShadowSpace, c: &MmChangeEvent, pid: u32, plant: Option<Plant>) -> Option<String> {
+fn apply_change(
+    shadow: &mut ShadowSpace,
+    c: &MmChangeEvent,
+    pid: u32,
+    plant: Option<Plant>,
+) -> Option<String> {
     match MmChangeCause::from_u32(c.cause) {
         Some(MmChangeCause::Syscall) if c.compat != 0 => {
-            (!is_error(c.ret)).then(|| crate::syscall_names::name(c.nr, true))
+            (!is_error(c.ret)).then(|| crate::kernel::syscall_names::name(c.nr, true))
         }
         Some(MmChangeCause::Syscall) => {
             let nr = c.nr as u64;
-            if plant == Some(Plant::UnmodelShm) && matches!(nr as i64, libc::SYS_shmat | libc::SYS_shmdt) {
-                return Some(crate::syscall_names::name(c.nr, false));
+            if plant == Some(Plant::UnmodelShm)
+                && matches!(nr as i64, libc::SYS_shmat | libc::SYS_shmdt)
+            {
+                return Some(crate::kernel::syscall_names::name(c.nr, false));
             }
             unmodelled(shadow.apply_syscall(nr, c.args, c.ret, &ProcEnv { pid }))
         }
         // Settled at the checkpoint: stack growth, or adopted.
         Some(MmChangeCause::Fault) => Some("fault".to_string()),
-        _ => Some(format!("kernel ({} pid {})", decode::c_str(&c.header.comm), c.locker_pid)),
+        _ => Some(format!(
+            "kernel ({} pid {})",
+            decode::c_str(&c.header.comm),
+            c.locker_pid
+        )),
     }
 }
 
@@ -787,17 +931,29 @@ mod tests {
     use super::*;
 
     fn unit(tid: u32, enter_ns: u64, exit_ns: u64) -> Unit {
-        Unit { events: Vec::new(), tid, enter_ns, exit_ns, pinned: false }
+        Unit {
+            events: Vec::new(),
+            tid,
+            enter_ns,
+            exit_ns,
+            pinned: false,
+        }
     }
 
     #[test]
     fn only_overlapping_calls_of_different_threads_are_reordered() {
         // Two threads' calls overlap in time: both orders, exit order first.
-        assert_eq!(serial_orders(&[unit(1, 0, 10), unit(2, 5, 8)]), [vec![0, 1], vec![1, 0]]);
+        assert_eq!(
+            serial_orders(&[unit(1, 0, 10), unit(2, 5, 8)]),
+            [vec![0, 1], vec![1, 0]]
+        );
         // The first returned before the second began: one order.
         assert_eq!(serial_orders(&[unit(1, 0, 4), unit(2, 5, 8)]), [vec![0, 1]]);
         // One thread's calls keep their order however the times look.
-        assert_eq!(serial_orders(&[unit(1, 0, 10), unit(1, 5, 8)]), [vec![0, 1]]);
+        assert_eq!(
+            serial_orders(&[unit(1, 0, 10), unit(1, 5, 8)]),
+            [vec![0, 1]]
+        );
         // An exec pins the batch.
         let mut exec = unit(1, 0, 10);
         exec.pinned = true;

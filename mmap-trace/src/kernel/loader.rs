@@ -13,7 +13,7 @@ use mmap_trace_common::{
     CgroupFilter, FilemapFormat, KernelOffsets, PROBE_COUNT, Probe, TargetFilter, TaskOffsets,
 };
 
-use crate::{btf, tracefs};
+use crate::{kernel::btf, kernel::tracefs};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mmap-trace"));
 
@@ -74,7 +74,10 @@ impl Tracer {
         };
         for probe in wanted {
             let unavailable = if probe == Probe::MmLock && !Path::new(&opts.btf).exists() {
-                Some(format!("the catch-all is a BTF tracepoint and {} is missing", opts.btf.display()))
+                Some(format!(
+                    "the catch-all is a BTF tracepoint and {} is missing",
+                    opts.btf.display()
+                ))
             } else if !probe.is_kprobe() {
                 None
             } else if !kprobes_available {
@@ -133,10 +136,12 @@ impl Tracer {
             Some(btf) if kprobes => btf.kernel_offsets()?,
             // The mmap probe reads the file its fd names; without the offsets it still
             // reports the call.
-            Some(btf) if chosen.contains(&Probe::Mmap) => btf.kernel_offsets().unwrap_or_else(|e| {
-                eprintln!("mmap-trace: warning: {e:#}; mmap events carry no file identity");
-                KernelOffsets::default()
-            }),
+            Some(btf) if chosen.contains(&Probe::Mmap) => {
+                btf.kernel_offsets().unwrap_or_else(|e| {
+                    eprintln!("mmap-trace: warning: {e:#}; mmap events carry no file identity");
+                    KernelOffsets::default()
+                })
+            }
             _ => KernelOffsets::default(),
         };
         let ti_status = match &kernel_btf {
@@ -146,12 +151,19 @@ impl Tracer {
         let (task_offsets, write_arg) = match &kernel_btf {
             Some(btf) if catch_all || fork => (
                 btf.task_offsets()?,
-                if catch_all { btf.mmap_lock_write_arg()? } else { 2 },
+                if catch_all {
+                    btf.mmap_lock_write_arg()?
+                } else {
+                    2
+                },
             ),
             _ => (TaskOffsets::default(), 2),
         };
-        let syscall_probes: u32 =
-            chosen.iter().filter(|p| p.is_syscall()).map(|p| 1 << *p as u32).sum();
+        let syscall_probes: u32 = chosen
+            .iter()
+            .filter(|p| p.is_syscall())
+            .map(|p| 1 << *p as u32)
+            .sum();
         // verify orders overlapping calls of threads by their entry times.
         let entry_times = u32::from(opts.filter.stop_after_event != 0);
 
@@ -170,7 +182,11 @@ impl Tracer {
             .override_global("ENTRY_TIMES", &entry_times, true)
             .override_global("TASK_OFFSETS", &task_offsets, true)
             .override_global("CATCH_ALL", &u32::from(catch_all), true)
-            .override_global("WAKEUP_BYTES", &(u64::from(opts.ring_buffer_bytes) / 8), true)
+            .override_global(
+                "WAKEUP_BYTES",
+                &(u64::from(opts.ring_buffer_bytes) / 8),
+                true,
+            )
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs")?;
@@ -190,7 +206,12 @@ impl Tracer {
             attach(&mut ebpf, *probe, &driver_hooks, write_arg)
                 .with_context(|| format!("attaching the {} probe", probe.name()))?;
         }
-        Ok(Self { ebpf, logger, attached: chosen, skipped })
+        Ok(Self {
+            ebpf,
+            logger,
+            attached: chosen,
+            skipped,
+        })
     }
 
     /// Forwards the probes' log records still waiting and says which programs the kernel
@@ -233,13 +254,19 @@ impl Tracer {
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("no EVENTS map"))?;
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| anyhow!("no EVENTS map"))?;
         Ok(RingBuf::try_from(map)?)
     }
 
     /// Ring-buffer reservations that failed, per probe, summed over CPUs.
     pub fn lost(&self) -> Result<[u64; PROBE_COUNT]> {
-        let map = self.ebpf.map("LOST").ok_or_else(|| anyhow!("no LOST map"))?;
+        let map = self
+            .ebpf
+            .map("LOST")
+            .ok_or_else(|| anyhow!("no LOST map"))?;
         let lost = PerCpuArray::<_, u64>::try_from(map)?;
         let mut out = [0; PROBE_COUNT];
         for (i, slot) in out.iter_mut().enumerate() {
@@ -253,17 +280,25 @@ impl Tracer {
 /// same object, with nothing else loaded or attached.
 pub fn attach_floor() -> Result<Ebpf> {
     tracefs::ensure_mounted()?;
-    let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).context("loading the eBPF object")?;
+    let mut ebpf = EbpfLoader::new()
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object")?;
     let program: &mut RawTracePoint = program(&mut ebpf, "floor_sys_exit")?.try_into()?;
     program.load().context("loading floor_sys_exit")?;
-    program.attach("sys_exit").context("attaching floor_sys_exit to the raw tracepoint sys_exit")?;
+    program
+        .attach("sys_exit")
+        .context("attaching floor_sys_exit to the raw tracepoint sys_exit")?;
     Ok(ebpf)
 }
 
 /// One raw tracepoint serves every syscall probe (the `SYSCALL_PROBES` mask); `sys_enter`
 /// only records entry times.
 fn attach_syscall_probes(ebpf: &mut Ebpf, entry_times: bool) -> Result<()> {
-    let points: &[&str] = if entry_times { &["sys_enter", "sys_exit"] } else { &["sys_exit"] };
+    let points: &[&str] = if entry_times {
+        &["sys_enter", "sys_exit"]
+    } else {
+        &["sys_exit"]
+    };
     for point in points {
         let program: &mut RawTracePoint = program(ebpf, point)?.try_into()?;
         program.load()?;
@@ -285,8 +320,13 @@ fn attach(ebpf: &mut Ebpf, probe: Probe, driver_hooks: &[String], write_arg: u32
         }
         Probe::MmLock => {
             const POINT: &str = "mmap_lock_acquire_returned";
-            let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF for the tp_btf catch-all")?;
-            let name = if write_arg == 1 { POINT } else { "mmap_lock_acquire_returned_memcg" };
+            let btf = aya::Btf::from_sys_fs()
+                .context("reading the kernel's BTF for the tp_btf catch-all")?;
+            let name = if write_arg == 1 {
+                POINT
+            } else {
+                "mmap_lock_acquire_returned_memcg"
+            };
             let program: &mut BtfTracePoint = program(ebpf, name)?.try_into()?;
             program.load(POINT, &btf)?;
             program.attach()?;
@@ -296,7 +336,10 @@ fn attach(ebpf: &mut Ebpf, probe: Probe, driver_hooks: &[String], write_arg: u32
             attach_kprobe(ebpf, probe.name(), &[function])?
         }
         Probe::DriverMmap => attach_kprobe(ebpf, "driver_mmap", driver_hooks)?,
-        syscall => bail!("{} is attached with the other syscall probes", syscall.name()),
+        syscall => bail!(
+            "{} is attached with the other syscall probes",
+            syscall.name()
+        ),
     }
     Ok(())
 }
@@ -304,7 +347,11 @@ fn attach(ebpf: &mut Ebpf, probe: Probe, driver_hooks: &[String], write_arg: u32
 /// Every probe but page_cache, which is noisy (every file page read) and opt-in, and
 /// fork, which `--follow-forks` adds.
 pub fn default_probes() -> Vec<Probe> {
-    Probe::ALL.iter().copied().filter(|p| !matches!(p, Probe::PageCache | Probe::Fork)).collect()
+    Probe::ALL
+        .iter()
+        .copied()
+        .filter(|p| !matches!(p, Probe::PageCache | Probe::Fork))
+        .collect()
 }
 
 /// Attaches the tracepoint program named like the tracepoint.
@@ -334,7 +381,8 @@ fn attach_kprobe<S: AsRef<str>>(ebpf: &mut Ebpf, name: &str, functions: &[S]) ->
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
-    ebpf.program_mut(name).ok_or_else(|| anyhow!("the eBPF object has no program {name}"))
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))
 }
 
 /// The kernel function a kernel-function kprobe attaches to. The same name from 6.1 to
@@ -350,7 +398,9 @@ fn kernel_function(probe: Probe) -> Option<&'static str> {
 }
 
 fn kallsyms_names(kallsyms: &str) -> impl Iterator<Item = &str> {
-    kallsyms.lines().filter_map(|line| line.split_whitespace().nth(2))
+    kallsyms
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(2))
 }
 
 fn in_kallsyms(kallsyms: &str, function: &str) -> bool {
@@ -361,12 +411,13 @@ fn in_kallsyms(kallsyms: &str, function: &str) -> bool {
 /// (`mmap_region.constprop.0`) whose arguments need not be the function's.
 fn missing_function(kallsyms: &str, function: &str) -> String {
     let copies: Vec<&str> = kallsyms_names(kallsyms)
-        .filter(|name| name.strip_prefix(function).is_some_and(|rest| rest.starts_with('.')))
+        .filter(|name| {
+            name.strip_prefix(function)
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
         .collect();
     if copies.is_empty() {
-        format!(
-            "{function} is not in /proc/kallsyms: this kernel inlined, renamed or removed it"
-        )
+        format!("{function} is not in /proc/kallsyms: this kernel inlined, renamed or removed it")
     } else {
         format!(
             "{function} is not in /proc/kallsyms, only compiler-made copies ({}) whose \
@@ -378,7 +429,11 @@ fn missing_function(kallsyms: &str, function: &str) -> String {
 
 /// The hooks that /proc/kallsyms lists (module symbols appear once it is loaded).
 fn present_driver_hooks(kallsyms: &str, hooks: &[String]) -> Vec<String> {
-    hooks.iter().filter(|h| in_kallsyms(kallsyms, h)).cloned().collect()
+    hooks
+        .iter()
+        .filter(|h| in_kallsyms(kallsyms, h))
+        .cloned()
+        .collect()
 }
 
 /// aya-log records from the probes go to the CLI's logger (RUST_LOG) from a thread.
@@ -389,7 +444,11 @@ fn forward_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> Logger {
     let shared = logger.clone();
     std::thread::spawn(move || {
         loop {
-            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: one valid pollfd.
             if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
                 break;

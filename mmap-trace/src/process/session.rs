@@ -8,9 +8,9 @@ use aya::maps::{MapData, RingBuf};
 use mmap_trace_common::{Probe, TASK_COMM_LEN, TargetFilter};
 
 use crate::{
-    hold::Holder,
-    loader::{LoadOptions, Tracer},
-    spawn,
+    kernel::loader::{LoadOptions, Tracer},
+    process::hold::Holder,
+    process::spawn,
 };
 
 /// SIGINT and SIGTERM, caught from before the ready line on: a Ctrl-C at any moment
@@ -72,7 +72,12 @@ pub struct Session {
 impl Session {
     /// Attaches to `target`; `command` names the CLI subcommand for error messages.
     /// `hold` (verify): the target is seized with ptrace before any probe can stop it.
-    pub fn start(command: &str, target: &Target, mut load: LoadOptions, hold: Option<&mut Holder>) -> Result<Self> {
+    pub fn start(
+        command: &str,
+        target: &Target,
+        mut load: LoadOptions,
+        hold: Option<&mut Holder>,
+    ) -> Result<Self> {
         crate::require_root(command)?;
         // Fork before anything starts a thread (see spawn.rs).
         let held = match target {
@@ -89,14 +94,19 @@ impl Session {
         let mut pidfd = None;
         let (stop, follow) = (load.filter.stop_after_event, load.filter.follow_forks);
         if follow != 0 && matches!(target, Target::All | Target::Comm(_)) {
-            bail!("--follow-forks follows the children of --pid or -- CMD; --comm and the whole-system trace see every matching process already");
+            bail!(
+                "--follow-forks follows the children of --pid or -- CMD; --comm and the whole-system trace see every matching process already"
+            );
         }
         load.filter = match target {
             Target::All => TargetFilter::default(),
             Target::Pid(pid) => {
                 pidfd =
                     Some(pidfd_open(*pid).with_context(|| format!("no process with pid {pid}"))?);
-                TargetFilter { tgid: *pid, ..TargetFilter::default() }
+                TargetFilter {
+                    tgid: *pid,
+                    ..TargetFilter::default()
+                }
             }
             Target::Comm(name) => comm_filter(name)?,
             Target::Command(_) => TargetFilter {
@@ -133,11 +143,20 @@ impl Session {
                 0 => String::new(),
                 id => format!(
                     " in cgroup {} and below",
-                    crate::cgroup::Names::new().name(id).unwrap_or("(unnamed)")
+                    crate::process::cgroup::Names::new()
+                        .name(id)
+                        .unwrap_or("(unnamed)")
                 ),
             }
         );
-        Ok(Self { tracer, ring, pidfd, child, pid, start_ns })
+        Ok(Self {
+            tracer,
+            ring,
+            pidfd,
+            child,
+            pid,
+            start_ns,
+        })
     }
 }
 
@@ -172,9 +191,15 @@ fn report_skipped(skipped: &[(Probe, String)]) {
     let mut reasons: Vec<&String> = skipped.iter().map(|(_, why)| why).collect();
     reasons.dedup();
     for why in reasons {
-        let names: Vec<&str> =
-            skipped.iter().filter(|(_, w)| w == why).map(|(p, _)| p.name()).collect();
-        eprintln!("mmap-trace: kernel probes skipped ({}): {why}", names.join(", "));
+        let names: Vec<&str> = skipped
+            .iter()
+            .filter(|(_, w)| w == why)
+            .map(|(p, _)| p.name())
+            .collect();
+        eprintln!(
+            "mmap-trace: kernel probes skipped ({}): {why}",
+            names.join(", ")
+        );
     }
 }
 
@@ -192,7 +217,11 @@ fn comm_filter(name: &str) -> Result<TargetFilter> {
             String::from_utf8_lossy(bytes)
         );
     }
-    Ok(TargetFilter { match_comm: 1, comm, ..TargetFilter::default() })
+    Ok(TargetFilter {
+        match_comm: 1,
+        comm,
+        ..TargetFilter::default()
+    })
 }
 
 fn describe(target: &Target, child: Option<u32>) -> String {
@@ -201,13 +230,20 @@ fn describe(target: &Target, child: Option<u32>) -> String {
         Target::Pid(pid) => format!("pid {pid}"),
         Target::Comm(name) => format!("processes named {name:?}"),
         Target::Command(cmd) => {
-            format!("{:?} (pid {})", cmd.argv.join(std::ffi::OsStr::new(" ")), child.unwrap_or(0))
+            format!(
+                "{:?} (pid {})",
+                cmd.argv.join(std::ffi::OsStr::new(" ")),
+                child.unwrap_or(0)
+            )
         }
     }
 }
 
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid timespec out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

@@ -2,16 +2,17 @@
 //! only: records are formatted into a buffer and written line by line, so a signal can
 //! never leave half a record behind.
 
+pub mod flags;
+pub mod json;
+pub mod paths;
+
 use std::io::{self, BufWriter, Write};
 
 use mmap_trace_common::{PROBE_COUNT, Probe};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::{
-    decode::{Event, FilePath},
-    json,
-};
+use crate::kernel::decode::{Event, FilePath};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -115,7 +116,7 @@ pub struct Output {
     /// wall-clock time of day.
     wall_clock: Option<i64>,
     /// JSON only: names the cgroup id of each event.
-    cgroups: Option<crate::cgroup::Names>,
+    cgroups: Option<crate::process::cgroup::Names>,
     header_done: bool,
     pub counts: [u64; PROBE_COUNT],
     /// The JSON line being written (reused: no allocation per event).
@@ -129,7 +130,7 @@ impl Output {
             out: BufWriter::with_capacity(256 * 1024, out),
             start_ns,
             wall_clock: None,
-            cgroups: (format == Format::Json).then(crate::cgroup::Names::new),
+            cgroups: (format == Format::Json).then(crate::process::cgroup::Names::new),
             header_done: false,
             counts: [0; PROBE_COUNT],
             line: Vec::with_capacity(512),
@@ -145,11 +146,20 @@ impl Output {
     pub fn event(&mut self, event: &Event, path: Option<FilePath>) -> io::Result<()> {
         self.counts[event.probe() as usize] += 1;
         let cgroup_id = event.header().cgroup_id;
-        let cgroup = self.cgroups.as_mut().and_then(|names| names.name(cgroup_id));
+        let cgroup = self
+            .cgroups
+            .as_mut()
+            .and_then(|names| names.name(cgroup_id));
         if let (Format::Json, Some(e)) = (self.format, event.syscall()) {
             // The hot path: one line per traced call, into a buffer reused for every line.
             self.line.clear();
-            json::write_syscall(&mut self.line, e, event.probe(), event.mmap_file(), path.as_ref());
+            json::write_syscall(
+                &mut self.line,
+                e,
+                event.probe(),
+                event.mmap_file(),
+                path.as_ref(),
+            );
             json::append_cgroup(&mut self.line, cgroup_id, cgroup);
             self.line.push(b'\n');
             return self.out.write_all(&self.line);
@@ -167,7 +177,11 @@ impl Output {
                 let width = if self.wall_clock.is_some() { 15 } else { 12 };
                 if !self.header_done {
                     self.header_done = true;
-                    let time = if self.wall_clock.is_some() { "TIME" } else { "TIME(s)" };
+                    let time = if self.wall_clock.is_some() {
+                        "TIME"
+                    } else {
+                        "TIME(s)"
+                    };
                     writeln!(
                         self.out,
                         "{time:>width$} {:>7} {:>7} {:<16} {:<15} DETAILS",
@@ -177,7 +191,10 @@ impl Output {
                 let time = match self.wall_clock {
                     Some(offset) => time_of_day(record.ts_ns as i64 + offset),
                     None => {
-                        format!("{:.6}", record.ts_ns.saturating_sub(self.start_ns) as f64 / 1e9)
+                        format!(
+                            "{:.6}",
+                            record.ts_ns.saturating_sub(self.start_ns) as f64 / 1e9
+                        )
                     }
                 };
                 let details = details(&record.body);
@@ -246,7 +263,12 @@ impl Output {
                     writeln!(
                         self.out,
                         "# verify: {} checkpoints, {} mismatches, {} page PFNs checked ({} full passes, {} pagemap reads of {} entries)",
-                        v.checkpoints, v.mismatches, v.pfn_checks, v.pfn_full_passes, v.pagemap_reads, v.pagemap_entries
+                        v.checkpoints,
+                        v.mismatches,
+                        v.pfn_checks,
+                        v.pfn_full_passes,
+                        v.pagemap_reads,
+                        v.pagemap_entries
                     )?;
                 }
                 if s.malformed > 0 {
@@ -263,7 +285,10 @@ impl Output {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid timespec out-pointer.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -278,7 +303,10 @@ fn time_of_day(realtime_ns: i64) -> String {
     if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
         return format!("{secs}.{micros:06}");
     }
-    format!("{:02}:{:02}:{:02}.{micros:06}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+    format!(
+        "{:02}:{:02}:{:02}.{micros:06}",
+        tm.tm_hour, tm.tm_min, tm.tm_sec
+    )
 }
 
 /// `key=value …` from the JSON body, so the table shows exactly what JSON carries.
@@ -296,7 +324,10 @@ fn flatten(prefix: &str, map: &Map<String, Value>, parts: &mut Vec<String>) {
         if key.ends_with("_raw") || key.ends_with("_hex") {
             continue;
         }
-        let exact = map.get(&format!("{key}_hex")).and_then(Value::as_str).and_then(unhex);
+        let exact = map
+            .get(&format!("{key}_hex"))
+            .and_then(Value::as_str)
+            .and_then(unhex);
         match value {
             Value::Object(inner) => flatten(&format!("{prefix}{key}."), inner, parts),
             Value::String(s) => {
@@ -311,7 +342,10 @@ fn flatten(prefix: &str, map: &Map<String, Value>, parts: &mut Vec<String>) {
 fn unhex(hex: &str) -> Option<Vec<u8>> {
     (0..hex.len())
         .step_by(2)
-        .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
         .collect()
 }
 
@@ -325,7 +359,9 @@ pub fn escape(bytes: &[u8]) -> String {
         for c in chunk.valid().chars() {
             if c.is_control() || c == ' ' || c == '\\' {
                 let mut buf = [0; 4];
-                c.encode_utf8(&mut buf).bytes().for_each(|b| octal(&mut out, b));
+                c.encode_utf8(&mut buf)
+                    .bytes()
+                    .for_each(|b| octal(&mut out, b));
             } else {
                 out.push(c);
             }

@@ -7,14 +7,20 @@ use std::os::fd::AsRawFd as _;
 
 use anyhow::{Context as _, Result};
 
-use crate::session::pidfd_open;
+use crate::process::session::pidfd_open;
 
 pub fn run(pid: u32) -> Result<()> {
     crate::require_root("floor")?;
     let pidfd = pidfd_open(pid).with_context(|| format!("no process with pid {pid}"))?;
-    let _ebpf = crate::loader::attach_floor()?;
-    eprintln!("mmap-trace: ready: floor (an empty program on raw tracepoint sys_exit), until pid {pid} exits");
-    let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let _ebpf = crate::kernel::loader::attach_floor()?;
+    eprintln!(
+        "mmap-trace: ready: floor (an empty program on raw tracepoint sys_exit), until pid {pid} exits"
+    );
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd; EINTR is retried.
     while unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
         let err = std::io::Error::last_os_error();

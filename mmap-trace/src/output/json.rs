@@ -8,8 +8,8 @@ use mmap_trace_common::{FileId, MmChangeCause, Probe, SyscallEvent, VmaFields};
 use serde::{Serialize, Serializer};
 
 use crate::{
-    decode::{Event, FilePath},
-    flags,
+    kernel::decode::{Event, FilePath},
+    output::flags,
 };
 
 /// A u64 written as a `"0x…"` string.
@@ -74,17 +74,31 @@ impl Outcome {
         if is_error(ret) {
             Self::errno(ret)
         } else {
-            Self { ret_addr: Some(Hex(ret as u64)), ..Self::default() }
+            Self {
+                ret_addr: Some(Hex(ret as u64)),
+                ..Self::default()
+            }
         }
     }
 
     /// For calls that return 0 on success (munmap, mprotect, a driver's mmap).
     fn status(ret: i64) -> Self {
-        if ret < 0 { Self::errno(ret) } else { Self { ret: Some(ret), ..Self::default() } }
+        if ret < 0 {
+            Self::errno(ret)
+        } else {
+            Self {
+                ret: Some(ret),
+                ..Self::default()
+            }
+        }
     }
 
     fn errno(ret: i64) -> Self {
-        Self { ret: Some(ret), error: Some(flags::errno_name(-ret)), ..Self::default() }
+        Self {
+            ret: Some(ret),
+            error: Some(flags::errno_name(-ret)),
+            ..Self::default()
+        }
     }
 }
 
@@ -108,10 +122,12 @@ pub fn text_and_hex(bytes: &[u8]) -> (std::borrow::Cow<'_, str>, Option<String>)
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[derive(Serialize)]
@@ -129,7 +145,12 @@ impl JsonFile {
     fn new(file: &FileId) -> Option<Self> {
         file.is_file().then(|| {
             let (name, name_hex) = text_and_hex(c_bytes(&file.name));
-            Self { dev: format_dev(file.dev), ino: file.ino, name: name.into_owned(), name_hex }
+            Self {
+                dev: format_dev(file.dev),
+                ino: file.ino,
+                name: name.into_owned(),
+                name_hex,
+            }
         })
     }
 }
@@ -157,7 +178,12 @@ impl JsonPath {
             return Self::default();
         };
         let (text, hex) = text_and_hex(&p.bytes);
-        Self { path: Some(text.into_owned()), path_hex: hex, path_truncated: p.truncated, path_deleted: p.deleted }
+        Self {
+            path: Some(text.into_owned()),
+            path_hex: hex,
+            path_truncated: p.truncated,
+            path_deleted: p.deleted,
+        }
     }
 }
 
@@ -304,7 +330,12 @@ pub enum Body {
     },
 }
 
-fn syscall_body(e: &SyscallEvent, probe: Probe, file: Option<&FileId>, path: Option<&FilePath>) -> Body {
+fn syscall_body(
+    e: &SyscallEvent,
+    probe: Probe,
+    file: Option<&FileId>,
+    path: Option<&FilePath>,
+) -> Body {
     let a = e.args;
     match probe {
         Probe::Mmap => Body::Mmap {
@@ -342,7 +373,10 @@ fn syscall_body(e: &SyscallEvent, probe: Probe, file: Option<&FileId>, path: Opt
             outcome: Outcome::address(e.ret),
         },
         // brk(2) returns the (possibly unchanged) break, never an errno.
-        _ => Body::Brk { addr: Hex(a[0]), ret_addr: Hex(e.ret as u64) },
+        _ => Body::Brk {
+            addr: Hex(a[0]),
+            ret_addr: Hex(e.ret as u64),
+        },
     }
 }
 
@@ -431,7 +465,9 @@ pub fn write_syscall(
             hex(out, "old_addr", a[0]);
             hex(out, "old_len", a[1]);
             hex(out, "new_len", a[2]);
-            names(out, "flags", a[3], &|out, v| flags::write_names(out, flags::MREMAP, v));
+            names(out, "flags", a[3], &|out, v| {
+                flags::write_names(out, flags::MREMAP, v)
+            });
             hex(out, "new_addr", a[4]);
             write_outcome(out, &Outcome::address(e.ret));
         }
@@ -467,7 +503,9 @@ fn write_bytes(out: &mut Vec<u8>, key: &str, bytes: &[u8]) {
 /// A JSON string: printable ASCII without quotes or backslashes as it is (comms and
 /// paths nearly always are), anything else through serde_json's escaping.
 fn write_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+    if s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
@@ -524,12 +562,15 @@ pub fn record(event: &Event, path: Option<FilePath>) -> EventRecord<'_> {
             outcome: Outcome::status(e.ret),
         },
         Event::Exec(_) => Body::Exec {},
-        Event::Fork(e) => Body::Fork { child_pid: e.child_pid, shares_mm: e.shares_mm != 0 },
+        Event::Fork(e) => Body::Fork {
+            child_pid: e.child_pid,
+            shares_mm: e.shares_mm != 0,
+        },
         Event::MmChange(e) => {
             let syscall = e.cause == MmChangeCause::Syscall as u32;
             Body::MmLock {
-                cause: crate::syscall_names::cause_name(e.cause),
-                syscall: syscall.then(|| crate::syscall_names::name(e.nr, e.compat != 0)),
+                cause: crate::kernel::syscall_names::cause_name(e.cause),
+                syscall: syscall.then(|| crate::kernel::syscall_names::name(e.nr, e.compat != 0)),
                 args: syscall.then(|| e.args.map(Hex)),
                 ret: syscall.then_some(e.ret),
                 locker_pid: e.locker_pid,
@@ -566,16 +607,43 @@ mod fast_path_tests {
     /// `write_syscall` must give exactly the bytes serde gives for `record`.
     #[test]
     fn write_syscall_matches_serde() {
-        let probes = [Probe::Mmap, Probe::Munmap, Probe::Mprotect, Probe::Mremap, Probe::Brk];
-        let rets = [0i64, 5, -1, -22, -4095, -4096, 0x7f12_3456_7000, i64::MIN, i64::MAX];
+        let probes = [
+            Probe::Mmap,
+            Probe::Munmap,
+            Probe::Mprotect,
+            Probe::Mremap,
+            Probe::Brk,
+        ];
+        let rets = [
+            0i64,
+            5,
+            -1,
+            -22,
+            -4095,
+            -4096,
+            0x7f12_3456_7000,
+            i64::MIN,
+            i64::MAX,
+        ];
         let args = [
             [0, 16384, 3, 0x22, u64::MAX, 0],
             [0x7f00_0000_1000, 4096, 0, 0x1 | 0x10 | 0x8000_0000, 3, 4096],
             [u64::MAX, u64::MAX, 0x7 | 0x100, 0x3 | 0x40, 7, u64::MAX],
             [1, 2, 0x1000_0000, 0, 0x8000_0000, 5],
         ];
-        let comms: [&[u8]; 4] = [b"mmap-workload", b"q\"uo\\te\n\x01", b"\xff\xfebad", b"exactly15bytes!"];
-        let path = |bytes: &[u8], truncated, deleted| Some(FilePath { bytes: bytes.to_vec(), truncated, deleted });
+        let comms: [&[u8]; 4] = [
+            b"mmap-workload",
+            b"q\"uo\\te\n\x01",
+            b"\xff\xfebad",
+            b"exactly15bytes!",
+        ];
+        let path = |bytes: &[u8], truncated, deleted| {
+            Some(FilePath {
+                bytes: bytes.to_vec(),
+                truncated,
+                deleted,
+            })
+        };
         let paths = [
             None,
             path(b"/tmp/a file", false, false),
@@ -585,7 +653,13 @@ mod fast_path_tests {
             path(b"e/\x80", true, true),
         ];
         let file = |dev: u32, ino: u64, name: &[u8]| {
-            let mut f = FileId { dev, flags: 0, name_len: 0, ino, name: [0; mmap_trace_common::FILE_NAME_LEN] };
+            let mut f = FileId {
+                dev,
+                flags: 0,
+                name_len: 0,
+                ino,
+                name: [0; mmap_trace_common::FILE_NAME_LEN],
+            };
             f.name[..name.len()].copy_from_slice(name);
             f
         };
@@ -600,9 +674,11 @@ mod fast_path_tests {
             for ret in rets {
                 for a in args {
                     for comm in comms {
-                        for (path, f) in paths.iter().flat_map(|p| files.iter().map(move |f| (p, f))) {
-                            let e = crate::decode::test_syscall_event(probe, comm, a, ret);
-                            let event = crate::decode::test_event(e, *f);
+                        for (path, f) in
+                            paths.iter().flat_map(|p| files.iter().map(move |f| (p, f)))
+                        {
+                            let e = crate::kernel::decode::test_syscall_event(probe, comm, a, ret);
+                            let event = crate::kernel::decode::test_event(e, *f);
                             let cgroup = path.as_ref().map(|_| "/sys\"tem.slice/a b.service");
                             let mut rec = record(&event, path.clone());
                             rec.cgroup = cgroup.map(str::to_owned);

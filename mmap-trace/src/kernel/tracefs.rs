@@ -16,7 +16,13 @@ pub fn ensure_mounted() -> Result<()> {
     let target = std::ffi::CString::new(TRACEFS)?;
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe {
-        libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
@@ -40,11 +46,10 @@ fn events_dir() -> std::path::PathBuf {
 /// Field offsets of `filemap/mm_filemap_add_to_page_cache` on this kernel.
 pub fn filemap_format() -> Result<mmap_trace_common::FilemapFormat> {
     let path = events_dir().join("filemap/mm_filemap_add_to_page_cache/format");
-    let format = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let format =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let field = |name: &str| {
-        field_offset(&format, name)
-            .with_context(|| format!("{}: no field {name}", path.display()))
+        field_offset(&format, name).with_context(|| format!("{}: no field {name}", path.display()))
     };
     Ok(mmap_trace_common::FilemapFormat {
         pfn: field("pfn")?,

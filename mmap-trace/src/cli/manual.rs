@@ -17,7 +17,9 @@ pub fn completions(shell: clap_complete::Shell) -> Result<()> {
         script = fix_bash_states(&script);
     }
     let mut out = std::io::stdout().lock();
-    out.write_all(&script).and_then(|()| out.flush()).context("writing the completion script")
+    out.write_all(&script)
+        .and_then(|()| out.flush())
+        .context("writing the completion script")
 }
 
 /// clap_complete 4.6's bash script spells a subcommand's state one way in its dispatch
@@ -26,7 +28,9 @@ pub fn completions(shell: clap_complete::Shell) -> Result<()> {
 /// subcommand's flags ever complete (clap-rs/clap#6421, open). Spell the arms like the
 /// loop; tests/tests/cli_docs.rs completes `trace --cg` in a real bash.
 fn fix_bash_states(script: &[u8]) -> Vec<u8> {
-    String::from_utf8_lossy(script).replace("mmap__subcmd__trace", "mmap__trace").into_bytes()
+    String::from_utf8_lossy(script)
+        .replace("mmap__subcmd__trace", "mmap__trace")
+        .into_bytes()
 }
 
 /// The top page to standard output, or every page (`mmap-trace.1`,
@@ -36,7 +40,9 @@ pub fn man(dir: Option<&Path>) -> Result<()> {
     match dir {
         None => {
             let mut out = std::io::stdout().lock();
-            clap_mangen::Man::new(cmd).render(&mut out).context("writing the man page")?;
+            clap_mangen::Man::new(cmd)
+                .render(&mut out)
+                .context("writing the man page")?;
             out.flush().context("writing the man page")
         }
         Some(dir) => {

@@ -8,7 +8,11 @@ use syscalls::{x86::Sysno as Ia32, x86_64::Sysno};
 /// `ia32 NAME`.
 pub fn name(nr: i64, compat: bool) -> String {
     let known = usize::try_from(nr).ok().and_then(|n| {
-        if compat { Ia32::new(n).map(|s| s.name()) } else { Sysno::new(n).map(|s| s.name()) }
+        if compat {
+            Ia32::new(n).map(|s| s.name())
+        } else {
+            Sysno::new(n).map(|s| s.name())
+        }
     });
     match (known, compat) {
         (Some(name), false) => name.to_string(),

@@ -46,8 +46,9 @@ pub fn spawn_held(argv: &[OsString], stdout_to_stderr: bool) -> Result<HeldChild
     let cargs: Vec<CString> = argv
         .iter()
         .map(|a| {
-            CString::new(a.as_bytes())
-                .with_context(|| format!("argument {a:?} contains a NUL byte, which exec cannot pass"))
+            CString::new(a.as_bytes()).with_context(|| {
+                format!("argument {a:?} contains a NUL byte, which exec cannot pass")
+            })
         })
         .collect::<Result<_>>()?;
     let mut ptrs: Vec<*const libc::c_char> = cargs.iter().map(|a| a.as_ptr()).collect();

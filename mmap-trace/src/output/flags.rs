@@ -187,7 +187,16 @@ mod tests {
 
     #[test]
     fn write_hex_is_alternate_lower_hex() {
-        for v in [0, 1, 0xf, 0x10, 0xdead_beef, 0x7fff_ffff_f000, u64::MAX, 1 << 63] {
+        for v in [
+            0,
+            1,
+            0xf,
+            0x10,
+            0xdead_beef,
+            0x7fff_ffff_f000,
+            u64::MAX,
+            1 << 63,
+        ] {
             let mut out = Vec::new();
             write_hex(&mut out, v);
             assert_eq!(String::from_utf8(out).unwrap(), format!("{v:#x}"));

@@ -1,5 +1,7 @@
 //! Command-line interface (clap derive).
 
+pub mod manual;
+
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use anyhow::Result;
@@ -7,10 +9,10 @@ use clap::{Args, Parser, Subcommand};
 use mmap_trace_common::{CgroupFilter, Probe, TargetFilter};
 
 use crate::{
-    btf::VMLINUX_BTF,
-    loader::{DEFAULT_DRIVER_HOOKS, LoadOptions},
+    kernel::btf::VMLINUX_BTF,
+    kernel::loader::{DEFAULT_DRIVER_HOOKS, LoadOptions},
     output::Format,
-    session::{SpawnCommand, Target},
+    process::session::{SpawnCommand, Target},
     trace::{self, TraceConfig},
     verify::{self, VerifyConfig},
 };
@@ -36,8 +38,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Stream mmap/VMA events of one process, a command, processes by name, or everything.
-    #[command(
-        after_help = "Examples:\n  \
+    #[command(after_help = "Examples:\n  \
             mmap-trace trace -- /bin/ls /            trace a command from its first mapping\n  \
             mmap-trace trace --pid 1234 --json       JSON Lines, one object per event\n  \
             mmap-trace trace --comm nginx -d 10      every process named nginx, 10 seconds\n  \
@@ -56,8 +57,7 @@ enum Command {
             with per-probe event and lost counts is written last. Lost events are also \
             warned about on stderr as they are counted (checked once a second).\n\
             Exit status: 0 when the trace ran (even with events lost: see the summary), \
-            2 on error."
-    )]
+            2 on error.")]
     Trace(TraceArgs),
     /// Trace one process (and the children it forks) and prove, after every event, that
     /// the kernel agrees.
@@ -107,28 +107,22 @@ enum Command {
     },
     /// Replay a JSON trace into per-process address-space timelines: a text summary, or
     /// one self-contained HTML page with --html.
-    #[command(
-        after_help = "Examples:\n  \
+    #[command(after_help = "Examples:\n  \
             mmap-trace report trace.jsonl                      events, bytes, refusals, lost\n  \
-            mmap-trace report trace.jsonl --html report.html   VMAs over time, per process"
-    )]
+            mmap-trace report trace.jsonl --html report.html   VMAs over time, per process")]
     Report(crate::report::ReportArgs),
     /// Print a shell completion script, generated from these definitions, to standard output.
-    #[command(
-        after_help = "Install (as root):\n  \
+    #[command(after_help = "Install (as root):\n  \
             mmap-trace completions bash > /usr/share/bash-completion/completions/mmap-trace\n  \
             mmap-trace completions zsh > /usr/local/share/zsh/site-functions/_mmap-trace\n  \
-            mmap-trace completions fish > /usr/share/fish/vendor_completions.d/mmap-trace.fish"
-    )]
+            mmap-trace completions fish > /usr/share/fish/vendor_completions.d/mmap-trace.fish")]
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
     /// Print the man page (roff), or write one page per command into DIR with --dir.
-    #[command(
-        after_help = "Read: mmap-trace man | man -l -\n\
-            Install (as root): mmap-trace man --dir /usr/local/share/man/man1"
-    )]
+    #[command(after_help = "Read: mmap-trace man | man -l -\n\
+            Install (as root): mmap-trace man --dir /usr/local/share/man/man1")]
     Man {
         /// Write mmap-trace.1 and mmap-trace-<command>.1 into DIR (created if missing).
         #[arg(long, value_name = "DIR")]
@@ -159,7 +153,7 @@ struct VerifyDriverArgs {
     btf: PathBuf,
     /// Self-test: doctor an input so that the checks must fail.
     #[arg(long, hide = true, value_enum)]
-    plant: Option<crate::verify_driver::DriverPlant>,
+    plant: Option<crate::verify::driver::DriverPlant>,
 }
 
 #[derive(Args)]
@@ -301,27 +295,41 @@ impl Cli {
                     plant: args.plant,
                     full: args.full,
                 };
-                if verify::run(config)? { Outcome::Done } else { Outcome::Disagreed }
+                if verify::run(config)? {
+                    Outcome::Done
+                } else {
+                    Outcome::Disagreed
+                }
             }
             Command::VerifyDriver(args) => {
                 let devices = if args.device.is_empty() {
-                    ["/dev/mmtrace-kmalloc", "/dev/mmtrace-vmalloc"].map(PathBuf::from).to_vec()
+                    ["/dev/mmtrace-kmalloc", "/dev/mmtrace-vmalloc"]
+                        .map(PathBuf::from)
+                        .to_vec()
                 } else {
                     args.device
                 };
-                let config = crate::verify_driver::VerifyDriverConfig {
+                let config = crate::verify::driver::VerifyDriverConfig {
                     devices,
                     offset: args.offset,
                     pages: args.pages,
                     private: args.private,
-                    format: if args.json { Format::Json } else { Format::Table },
+                    format: if args.json {
+                        Format::Json
+                    } else {
+                        Format::Table
+                    },
                     btf: args.btf,
                     plant: args.plant,
                 };
-                if crate::verify_driver::run(config)? { Outcome::Done } else { Outcome::Disagreed }
+                if crate::verify::driver::run(config)? {
+                    Outcome::Done
+                } else {
+                    Outcome::Disagreed
+                }
             }
             Command::Floor { pid } => {
-                crate::floor::run(pid)?;
+                crate::kernel::floor::run(pid)?;
                 Outcome::Done
             }
             Command::Report(args) => {
@@ -329,11 +337,11 @@ impl Cli {
                 Outcome::Done
             }
             Command::Completions { shell } => {
-                crate::manual::completions(shell)?;
+                crate::cli::manual::completions(shell)?;
                 Outcome::Done
             }
             Command::Man { dir } => {
-                crate::manual::man(dir.as_deref())?;
+                crate::cli::manual::man(dir.as_deref())?;
                 Outcome::Done
             }
         })
@@ -342,14 +350,21 @@ impl Cli {
 
 impl OutputArgs {
     fn format(&self) -> Format {
-        if self.json { Format::Json } else { Format::Table }
+        if self.json {
+            Format::Json
+        } else {
+            Format::Table
+        }
     }
 }
 
 /// `-- CMD`: while the records go to standard output, the command's standard output goes
 /// to standard error, so that a pipe (`| jq`, `| less`) gets the trace alone.
 fn command(argv: Vec<std::ffi::OsString>, output: &OutputArgs) -> SpawnCommand {
-    SpawnCommand { argv, stdout_to_stderr: output.output.is_none() }
+    SpawnCommand {
+        argv,
+        stdout_to_stderr: output.output.is_none(),
+    }
 }
 
 impl ProbeArgs {
@@ -378,7 +393,7 @@ impl TraceArgs {
         let mut load = self.probes.into_load_options();
         load.filter.follow_forks = u32::from(self.follow_forks);
         if let Some(path) = &self.cgroup {
-            load.cgroup = crate::cgroup::select(path)?;
+            load.cgroup = crate::process::cgroup::select(path)?;
         }
         Ok(TraceConfig {
             target,
@@ -392,24 +407,36 @@ impl TraceArgs {
 }
 
 fn parse_probe(name: &str) -> Result<Probe, String> {
-    Probe::ALL.iter().copied().find(|p| p.name() == name).ok_or_else(|| {
-        let names: Vec<_> = Probe::ALL.iter().map(|p| p.name()).collect();
-        format!("unknown probe {name:?}; known probes: {}", names.join(", "))
-    })
+    Probe::ALL
+        .iter()
+        .copied()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| {
+            let names: Vec<_> = Probe::ALL.iter().map(|p| p.name()).collect();
+            format!("unknown probe {name:?}; known probes: {}", names.join(", "))
+        })
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
     if !(secs > 0.0 && secs.is_finite() && secs < 1e9) {
-        return Err(format!("{s:?}: the duration must be a positive number of seconds"));
+        return Err(format!(
+            "{s:?}: the duration must be a positive number of seconds"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
-    let kib: u32 = s.parse().map_err(|_| format!("{s:?} is not a whole number of KiB"))?;
+    let kib: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of KiB"))?;
     if kib < 4 || !kib.is_power_of_two() || kib > 1 << 20 {
-        return Err(format!("{kib} KiB: the ring buffer must be a power of two from 4 KiB to 1 GiB"));
+        return Err(format!(
+            "{kib} KiB: the ring buffer must be a power of two from 4 KiB to 1 GiB"
+        ));
     }
     Ok(kib)
 }
@@ -421,7 +448,11 @@ mod tests {
     #[test]
     fn validates_values() {
         assert!(parse_probe("mmap_region").is_ok());
-        assert!(parse_probe("nope").unwrap_err().contains("known probes: mmap,"));
+        assert!(
+            parse_probe("nope")
+                .unwrap_err()
+                .contains("known probes: mmap,")
+        );
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("nan").is_err());

@@ -2,7 +2,9 @@
 //! `space::model`'s), merged after each call so it stays small, and checked against the
 //! kernel's view at each checkpoint.
 
-use crate::space::{AddressSpace, Applied, Backing, CallEnv, Comparison, Region, apply_syscall, compare};
+use crate::space::{
+    AddressSpace, Applied, Backing, CallEnv, Comparison, Region, apply_syscall, compare,
+};
 
 pub use crate::space::{Difference, PAGE};
 
@@ -14,7 +16,9 @@ pub struct ShadowSpace {
 impl ShadowSpace {
     /// From the kernel's view (at attach or exec) and /proc/<pid>/stat's start_brk.
     pub fn seed(regions: Vec<Region>, start_brk: u64) -> Self {
-        Self { space: AddressSpace::from_kernel(regions, start_brk) }
+        Self {
+            space: AddressSpace::from_kernel(regions, start_brk),
+        }
     }
 
     #[cfg(test)]
@@ -28,7 +32,13 @@ impl ShadowSpace {
         &mut self.space
     }
 
-    pub fn apply_syscall(&mut self, nr: u64, args: [u64; 6], ret: i64, env: &dyn CallEnv) -> Applied {
+    pub fn apply_syscall(
+        &mut self,
+        nr: u64,
+        args: [u64; 6],
+        ret: i64,
+        env: &dyn CallEnv,
+    ) -> Applied {
         let applied = apply_syscall(&mut self.space, nr, args, ret, env);
         self.space.merge();
         applied
@@ -36,7 +46,9 @@ impl ShadowSpace {
 
     /// The child at fork (without MADV_DONTFORK ranges).
     pub fn fork_child(&self) -> Self {
-        Self { space: self.space.fork_child() }
+        Self {
+            space: self.space.fork_child(),
+        }
     }
 
     /// Stack and MAP_GROWSDOWN growth (a fault, no syscall) seen in the kernel's view;
@@ -52,7 +64,11 @@ impl ShadowSpace {
     pub fn check(&mut self, kernel: &[Region]) -> Comparison {
         let comparison = compare(self.space.regions(), kernel);
         for note in &comparison.notes {
-            if let Some(Backing::File(name)) = kernel.iter().find(|k| k.start <= note.start && note.start < k.end).map(|k| &k.backing) {
+            if let Some(Backing::File(name)) = kernel
+                .iter()
+                .find(|k| k.start <= note.start && note.start < k.end)
+                .map(|k| &k.backing)
+            {
                 self.space.rename(note.start, note.end, name);
             }
         }
@@ -94,7 +110,11 @@ mod tests {
     #[test]
     fn adopting_takes_the_kernels_view_where_it_differs() {
         let mut s = ShadowSpace::seed(vec![anon(0x1000, 0x3000, "rw-p")], 0);
-        let kernel = vec![anon(0x1000, 0x2000, "rw-p"), anon(0x2000, 0x3000, "r--p"), anon(0x5000, 0x6000, "rw-p")];
+        let kernel = vec![
+            anon(0x1000, 0x2000, "rw-p"),
+            anon(0x2000, 0x3000, "r--p"),
+            anon(0x5000, 0x6000, "rw-p"),
+        ];
         let c = s.check(&kernel);
         assert_eq!(s.adopt(&kernel, &c), [(0x2000, 0x3000), (0x5000, 0x6000)]);
         assert!(s.check(&kernel).differences.is_empty());

@@ -37,7 +37,11 @@ enum State {
     Running,
     /// In a ptrace-stop; resumed with this signal (0: none) or, for a real group stop
     /// that someone else asked for, with PTRACE_LISTEN so it stays stopped.
-    Stopped { resume_with: i32, listen: bool, why: Why },
+    Stopped {
+        resume_with: i32,
+        listen: bool,
+        why: Why,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,7 +90,12 @@ fn errno() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
-fn ptrace(request: libc::c_uint, tid: u32, addr: usize, data: usize) -> std::io::Result<libc::c_long> {
+fn ptrace(
+    request: libc::c_uint,
+    tid: u32,
+    addr: usize,
+    data: usize,
+) -> std::io::Result<libc::c_long> {
     // SAFETY: the requests used here take integers or point into memory we own.
     let rc = unsafe { libc::ptrace(request, tid as libc::pid_t, addr, data) };
     if rc < 0 { Err(errno()) } else { Ok(rc) }
@@ -95,7 +104,10 @@ fn ptrace(request: libc::c_uint, tid: u32, addr: usize, data: usize) -> std::io:
 /// The thread group of `tid`, from /proc.
 fn tgid_of(tid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn describe_exit(status: libc::c_int) -> String {
@@ -119,7 +131,13 @@ impl Holder {
         if follow_forks {
             options |= libc::PTRACE_O_TRACEFORK;
         }
-        Self { threads: HashMap::new(), options, follow_forks, pending: Vec::new(), holding: Default::default() }
+        Self {
+            threads: HashMap::new(),
+            options,
+            follow_forks,
+            pending: Vec::new(),
+            holding: Default::default(),
+        }
     }
 
     /// Seizes every thread of `pid` (a running process, or our held child before exec).
@@ -129,7 +147,10 @@ impl Holder {
         loop {
             let mut new = 0;
             let tids: Vec<u32> = match std::fs::read_dir(format!("/proc/{pid}/task")) {
-                Ok(dir) => dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect(),
+                Ok(dir) => dir
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect(),
                 Err(e) => bail!("cannot list the threads of process {pid}: {e}"),
             };
             for tid in tids {
@@ -139,14 +160,24 @@ impl Holder {
                 if let Err(e) = ptrace(libc::PTRACE_SEIZE, tid, 0, self.options as usize) {
                     if tid == pid || self.threads.is_empty() {
                         let hint = match e.raw_os_error() {
-                            Some(libc::EPERM) => ": it is already traced (gdb, strace?) or ptrace is restricted (kernel.yama.ptrace_scope=3)",
+                            Some(libc::EPERM) => {
+                                ": it is already traced (gdb, strace?) or ptrace is restricted (kernel.yama.ptrace_scope=3)"
+                            }
                             _ => "",
                         };
                         bail!("cannot hold process {pid} with ptrace: {e}{hint}");
                     }
                     continue; // a thread that just exited
                 }
-                self.threads.insert(tid, Thread { tgid: pid, state: State::Running, in_vfork: false, detach: false });
+                self.threads.insert(
+                    tid,
+                    Thread {
+                        tgid: pid,
+                        state: State::Running,
+                        in_vfork: false,
+                        detach: false,
+                    },
+                );
                 new += 1;
             }
             if new == 0 {
@@ -169,7 +200,15 @@ impl Holder {
         let mut pids: Vec<u32> = self
             .threads
             .values()
-            .filter(|t| matches!(t.state, State::Stopped { why: Why::Event | Why::Held, .. }))
+            .filter(|t| {
+                matches!(
+                    t.state,
+                    State::Stopped {
+                        why: Why::Event | Why::Held,
+                        ..
+                    }
+                )
+            })
             .map(|t| t.tgid)
             .collect();
         pids.sort_unstable();
@@ -209,7 +248,10 @@ impl Holder {
             if let Some(t) = self.threads.remove(&tid)
                 && !self.is_traced(t.tgid)
             {
-                notices.push(Notice::Exited { pid: t.tgid, status: describe_exit(status) });
+                notices.push(Notice::Exited {
+                    pid: t.tgid,
+                    status: describe_exit(status),
+                });
             }
             return Ok(true);
         }
@@ -227,13 +269,21 @@ impl Holder {
             detach: false,
         });
         let tgid = thread.tgid;
-        let stopped = |resume_with, listen, why| State::Stopped { resume_with, listen, why };
+        let stopped = |resume_with, listen, why| State::Stopped {
+            resume_with,
+            listen,
+            why,
+        };
         match event {
             PTRACE_EVENT_FORK | PTRACE_EVENT_VFORK | PTRACE_EVENT_CLONE => {
                 let mut child: libc::c_ulong = 0;
                 let _ = ptrace(libc::PTRACE_GETEVENTMSG, tid, 0, (&raw mut child) as usize);
                 let child = child as u32;
-                let child_tgid = if event == PTRACE_EVENT_CLONE { tgid_of(child).unwrap_or(tgid) } else { child };
+                let child_tgid = if event == PTRACE_EVENT_CLONE {
+                    tgid_of(child).unwrap_or(tgid)
+                } else {
+                    child
+                };
                 let detach = event == PTRACE_EVENT_VFORK && !self.follow_forks;
                 let entry = self.threads.entry(child).or_insert(Thread {
                     tgid: child_tgid,
@@ -248,7 +298,10 @@ impl Holder {
                     self.threads.remove(&child);
                 }
                 if child_tgid != tgid && !detach {
-                    notices.push(Notice::NewProcess { parent: tgid, child: child_tgid });
+                    notices.push(Notice::NewProcess {
+                        parent: tgid,
+                        child: child_tgid,
+                    });
                 }
                 if let Some(t) = self.threads.get_mut(&tid) {
                     t.in_vfork = event == PTRACE_EVENT_VFORK;
@@ -269,7 +322,10 @@ impl Holder {
                 self.threads.remove(&tid);
             }
             PTRACE_EVENT_STOP => {
-                let group_stop = matches!(sig, libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU);
+                let group_stop = matches!(
+                    sig,
+                    libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                );
                 thread.state = if !known || !group_stop {
                     stopped(0, false, Why::Held) // our interrupt, or a new task's first stop
                 } else {
@@ -299,7 +355,11 @@ impl Holder {
     fn event_stop(&mut self, tid: u32, tgid: u32) {
         if self.holding.contains(&tgid) {
             if let Some(t) = self.threads.get_mut(&tid) {
-                t.state = State::Stopped { resume_with: 0, listen: false, why: Why::Held };
+                t.state = State::Stopped {
+                    resume_with: 0,
+                    listen: false,
+                    why: Why::Held,
+                };
             }
         } else {
             self.cont(tid, 0);
@@ -319,7 +379,10 @@ impl Holder {
     /// not interrupted, so one checkpoint covers them).
     pub fn stop_process(&mut self, pid: u32, expect: &[u32]) -> Result<bool> {
         let start = Instant::now();
-        let (grace, deadline) = (start + Duration::from_millis(2), start + Duration::from_secs(10));
+        let (grace, deadline) = (
+            start + Duration::from_millis(2),
+            start + Duration::from_secs(10),
+        );
         let mut interrupted = std::collections::HashSet::new();
         let mut notices = Vec::new();
         let mut idle = 0u32;
@@ -348,7 +411,9 @@ impl Holder {
                 idle = 0;
             } else {
                 if now > deadline {
-                    bail!("process {pid} did not stop within 10 s after an event (a thread in uninterruptible sleep?)");
+                    bail!(
+                        "process {pid} did not stop within 10 s after an event (a thread in uninterruptible sleep?)"
+                    );
                 }
                 // A stop is microseconds away: yield first, sleep only when it is not.
                 idle += 1;
@@ -370,7 +435,11 @@ impl Holder {
             .iter()
             .filter(|(_, t)| t.tgid == pid)
             .filter_map(|(&tid, t)| match t.state {
-                State::Stopped { resume_with, listen, .. } => Some((tid, resume_with, listen)),
+                State::Stopped {
+                    resume_with,
+                    listen,
+                    ..
+                } => Some((tid, resume_with, listen)),
                 State::Running => None,
             })
             .collect();
@@ -378,7 +447,11 @@ impl Holder {
             if listen {
                 let _ = ptrace(libc::PTRACE_LISTEN, tid, 0, 0);
                 if let Some(t) = self.threads.get_mut(&tid) {
-                    t.state = State::Stopped { resume_with: 0, listen: true, why: Why::Other };
+                    t.state = State::Stopped {
+                        resume_with: 0,
+                        listen: true,
+                        why: Why::Other,
+                    };
                 }
             } else {
                 self.cont(tid, sig);

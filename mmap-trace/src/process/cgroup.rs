@@ -28,7 +28,11 @@ fn cgroup2_mounts() -> Vec<PathBuf> {
     procfs::process::Process::myself()
         .and_then(|p| p.mountinfo())
         .map(|infos| {
-            infos.into_iter().filter(|m| m.fs_type == "cgroup2").map(|m| m.mount_point).collect()
+            infos
+                .into_iter()
+                .filter(|m| m.fs_type == "cgroup2")
+                .map(|m| m.mount_point)
+                .collect()
         })
         .unwrap_or_default()
 }
@@ -48,17 +52,25 @@ fn fs_type(path: &Path) -> std::io::Result<i64> {
 pub fn select(path: &Path) -> Result<CgroupFilter> {
     let v2_hint = || match cgroup2_mounts().first() {
         Some(m) => format!("cgroup v2 is mounted at {} on this machine", m.display()),
-        None => "this machine has no cgroup v2 mount (mount -t cgroup2 none /sys/fs/cgroup)"
-            .to_string(),
+        None => {
+            "this machine has no cgroup v2 mount (mount -t cgroup2 none /sys/fs/cgroup)".to_string()
+        }
     };
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
-            anyhow::anyhow!("--cgroup {}: no such cgroup directory ({})", path.display(), v2_hint())
+            anyhow::anyhow!(
+                "--cgroup {}: no such cgroup directory ({})",
+                path.display(),
+                v2_hint()
+            )
         }
         _ => anyhow::anyhow!("--cgroup {}: {e}", path.display()),
     })?;
     if !meta.is_dir() {
-        bail!("--cgroup {}: not a directory; give a cgroup v2 directory", path.display());
+        bail!(
+            "--cgroup {}: not a directory; give a cgroup v2 directory",
+            path.display()
+        );
     }
     match fs_type(path).with_context(|| format!("--cgroup {}", path.display()))? {
         CGROUP2_SUPER_MAGIC => {}
@@ -81,7 +93,10 @@ pub fn select(path: &Path) -> Result<CgroupFilter> {
         .filter(|m| canonical.starts_with(m))
         .max_by_key(|m| m.components().count())
         .with_context(|| {
-            format!("--cgroup {}: no cgroup2 mount contains it in /proc/self/mountinfo", path.display())
+            format!(
+                "--cgroup {}: no cgroup2 mount contains it in /proc/self/mountinfo",
+                path.display()
+            )
         })?;
     let root_id = std::fs::metadata(&mount).map(|m| m.ino()).unwrap_or(0);
     if root_id != ROOT_ID {
@@ -95,7 +110,11 @@ pub fn select(path: &Path) -> Result<CgroupFilter> {
     }
     let relative = canonical.strip_prefix(&mount).unwrap_or(Path::new(""));
     let level = relative.components().count() as u32;
-    Ok(CgroupFilter { id: meta.ino(), level, _pad: 0 })
+    Ok(CgroupFilter {
+        id: meta.ino(),
+        level,
+        _pad: 0,
+    })
 }
 
 /// `file_handle` with room for a cgroup id (`FILEID_KERNFS`: the 64-bit id itself).
@@ -122,12 +141,18 @@ impl Names {
             .into_iter()
             .find(|m| std::fs::metadata(m).is_ok_and(|md| md.ino() == ROOT_ID))
             .and_then(|m| File::open(&m).ok().map(|f| (f, m)));
-        Self { mount, cache: HashMap::new() }
+        Self {
+            mount,
+            cache: HashMap::new(),
+        }
     }
 
     pub fn name(&mut self, id: u64) -> Option<&str> {
         let mount = &self.mount;
-        self.cache.entry(id).or_insert_with(|| resolve(mount.as_ref()?, id)).as_deref()
+        self.cache
+            .entry(id)
+            .or_insert_with(|| resolve(mount.as_ref()?, id))
+            .as_deref()
     }
 }
 
@@ -135,7 +160,11 @@ fn resolve((mount_fd, mount): &(File, PathBuf), id: u64) -> Option<String> {
     if id == ROOT_ID {
         return Some("/".to_string());
     }
-    let mut handle = KernfsHandle { handle_bytes: 8, handle_type: FILEID_KERNFS, id };
+    let mut handle = KernfsHandle {
+        handle_bytes: 8,
+        handle_type: FILEID_KERNFS,
+        id,
+    };
     // SAFETY: a valid mount fd and a file_handle whose handle_bytes match its payload.
     let fd = unsafe {
         libc::syscall(
@@ -161,11 +190,18 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_cgroup_v2_directory() {
-        let missing = select(Path::new("/nonexistent/cgroup")).unwrap_err().to_string();
+        let missing = select(Path::new("/nonexistent/cgroup"))
+            .unwrap_err()
+            .to_string();
         assert!(missing.contains("no such cgroup directory"), "{missing}");
         let not_cgroup = select(Path::new("/proc")).unwrap_err().to_string();
-        assert!(not_cgroup.contains("not a cgroup v2 directory"), "{not_cgroup}");
-        let file = select(Path::new("/proc/self/maps")).unwrap_err().to_string();
+        assert!(
+            not_cgroup.contains("not a cgroup v2 directory"),
+            "{not_cgroup}"
+        );
+        let file = select(Path::new("/proc/self/maps"))
+            .unwrap_err()
+            .to_string();
         assert!(file.contains("not a directory"), "{file}");
     }
 
@@ -174,7 +210,14 @@ mod tests {
         let Some(mount) = cgroup2_mounts().into_iter().next() else {
             panic!("this test needs a cgroup2 mount (see /proc/self/mountinfo)");
         };
-        assert_eq!(select(&mount).unwrap(), CgroupFilter { id: 1, level: 0, _pad: 0 });
+        assert_eq!(
+            select(&mount).unwrap(),
+            CgroupFilter {
+                id: 1,
+                level: 0,
+                _pad: 0
+            }
+        );
         let mut names = Names::new();
         assert_eq!(names.name(1), Some("/"));
         assert_eq!(names.name(u64::MAX), None);

@@ -51,7 +51,10 @@ impl std::error::Error for DecodeError {}
 fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::Short { len: bytes.len(), need });
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            need,
+        });
     }
     // SAFETY: the length is checked; every T here is repr(C) plain data for which any
     // bit pattern is valid.
@@ -81,7 +84,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     }
     let need = record_size(kind);
     if bytes.len() < need {
-        return Err(DecodeError::Short { len: bytes.len(), need });
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            need,
+        });
     }
     Ok(match kind {
         EventKind::Syscall => Event::Syscall(read(bytes)?),
@@ -174,7 +180,11 @@ impl FilePath {
         if bytes.is_empty() {
             bytes.push(b'/');
         }
-        Some(Self { bytes, truncated: !full, deleted: file.flags & FILE_UNLINKED != 0 })
+        Some(Self {
+            bytes,
+            truncated: !full,
+            deleted: file.flags & FILE_UNLINKED != 0,
+        })
     }
 }
 
@@ -186,7 +196,11 @@ pub fn test_syscall_event(probe: Probe, comm: &[u8], args: [u64; 6], ret: i64) -
     c[..comm.len()].copy_from_slice(comm);
     SyscallEvent {
         header: EventHeader {
-            kind: if probe == Probe::Mmap { EventKind::Mmap } else { EventKind::Syscall } as u32,
+            kind: if probe == Probe::Mmap {
+                EventKind::Mmap
+            } else {
+                EventKind::Syscall
+            } as u32,
             probe: probe as u32,
             pid: 7,
             tid: 8,
@@ -204,8 +218,17 @@ pub fn test_syscall_event(probe: Probe, comm: &[u8], args: [u64; 6], ret: i64) -
 #[cfg(test)]
 pub fn test_event(call: SyscallEvent, file: Option<FileId>) -> Event {
     if call.header.probe == Probe::Mmap as u32 {
-        let none = FileId { dev: 0, flags: 0, name_len: 0, ino: 0, name: [0; mmap_trace_common::FILE_NAME_LEN] };
-        Event::Mmap(MmapEvent { call, file: file.unwrap_or(none) })
+        let none = FileId {
+            dev: 0,
+            flags: 0,
+            name_len: 0,
+            ino: 0,
+            name: [0; mmap_trace_common::FILE_NAME_LEN],
+        };
+        Event::Mmap(MmapEvent {
+            call,
+            file: file.unwrap_or(none),
+        })
     } else {
         Event::Syscall(call)
     }
@@ -220,7 +243,8 @@ mod tests {
     fn syscall_record(probe: Probe) -> Vec<u8> {
         fn bytes<T>(v: &T) -> Vec<u8> {
             // SAFETY: plain data viewed as bytes.
-            unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+            unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+                .to_vec()
         }
         let call = test_syscall_event(probe, b"workload", [1, 2, 3, 4, 5, 6], -22);
         match test_event(call, None) {
@@ -246,7 +270,13 @@ mod tests {
 
     /// A FileId as the path walk writes it: `names` leaf first.
     fn walked(flags: u16, names: &[&[u8]]) -> FileId {
-        let mut f = FileId { dev: 1, flags, name_len: 0, ino: 2, name: [0; mmap_trace_common::FILE_NAME_LEN] };
+        let mut f = FileId {
+            dev: 1,
+            flags,
+            name_len: 0,
+            ino: 2,
+            name: [0; mmap_trace_common::FILE_NAME_LEN],
+        };
         let mut off = 0;
         for n in names {
             f.name[off..off + n.len()].copy_from_slice(n);
@@ -259,8 +289,18 @@ mod tests {
     #[test]
     fn reassembles_walked_paths() {
         let path = |f: FileId| FilePath::from_kernel(&f).map(|p| (p.bytes, p.truncated, p.deleted));
-        let full = walked(FILE_PATH_FULL, &[b"libc.so.6", b"x86_64-linux-gnu", b"lib", b"usr"]);
-        assert_eq!(path(full), Some((b"/usr/lib/x86_64-linux-gnu/libc.so.6".to_vec(), false, false)));
+        let full = walked(
+            FILE_PATH_FULL,
+            &[b"libc.so.6", b"x86_64-linux-gnu", b"lib", b"usr"],
+        );
+        assert_eq!(
+            path(full),
+            Some((
+                b"/usr/lib/x86_64-linux-gnu/libc.so.6".to_vec(),
+                false,
+                false
+            ))
+        );
         let cut = walked(FILE_PATH_TRUNCATED, &[b"f", b"deep"]);
         assert_eq!(path(cut), Some((b"deep/f".to_vec(), true, false)));
         let memfd = walked(FILE_PATH_FULL | FILE_UNLINKED, &[b"memfd:x"]);
@@ -286,7 +326,10 @@ mod tests {
         assert_eq!(decode(&bad).unwrap_err(), DecodeError::UnknownKind(99));
         let mut bad = good.clone();
         bad[4] = Probe::RemapPfnRange as u8;
-        assert!(matches!(decode(&bad), Err(DecodeError::ProbeKindMismatch { .. })));
+        assert!(matches!(
+            decode(&bad),
+            Err(DecodeError::ProbeKindMismatch { .. })
+        ));
         let mut bad = good;
         bad[4] = 200;
         assert_eq!(decode(&bad).unwrap_err(), DecodeError::UnknownProbe(200));

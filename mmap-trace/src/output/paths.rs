@@ -12,8 +12,8 @@ use std::{cell::RefCell, collections::HashMap, os::unix::ffi::OsStrExt as _};
 use mmap_trace_common::Probe;
 
 use crate::{
-    decode::{Event, FilePath},
-    json::is_error,
+    kernel::decode::{Event, FilePath},
+    output::json::is_error,
 };
 
 /// Cached maps per pid: (start, end, inode, path).
@@ -30,7 +30,11 @@ pub fn mapped_path(event: &Event) -> Option<FilePath> {
         return walked;
     }
     maps_path(event)
-        .map(|bytes| FilePath { bytes, truncated: false, deleted: walked.as_ref().is_some_and(|p| p.deleted) })
+        .map(|bytes| FilePath {
+            bytes,
+            truncated: false,
+            deleted: walked.as_ref().is_some_and(|p| p.deleted),
+        })
         .or(walked)
 }
 
@@ -77,7 +81,12 @@ fn read_file_maps(pid: u32) -> Vec<(u64, u64, u64, Vec<u8>)> {
     };
     maps.into_iter()
         .filter_map(|m| match m.pathname {
-            procfs::process::MMapPath::Path(p) => Some((m.address.0, m.address.1, m.inode, p.as_os_str().as_bytes().to_vec())),
+            procfs::process::MMapPath::Path(p) => Some((
+                m.address.0,
+                m.address.1,
+                m.inode,
+                p.as_os_str().as_bytes().to_vec(),
+            )),
             _ => None,
         })
         .collect()

@@ -29,12 +29,19 @@ impl KernelBtf {
                 path.display()
             )
         })?;
-        Ok(Self { btf, path: path.to_owned() })
+        Ok(Self {
+            btf,
+            path: path.to_owned(),
+        })
     }
 
     fn offset(&self, ty: &str, fields: &[&str]) -> Result<u32> {
         field_offset(&self.btf, ty, fields).with_context(|| {
-            format!("BTF in {}: struct {ty}: {}", self.path.display(), fields.join("."))
+            format!(
+                "BTF in {}: struct {ty}: {}",
+                self.path.display(),
+                fields.join(".")
+            )
         })
     }
 
@@ -100,8 +107,16 @@ impl KernelBtf {
     /// parameter is the tracepoint's private data).
     pub fn mmap_lock_write_arg(&self) -> Result<u32> {
         const TYPEDEF: &str = "btf_trace_mmap_lock_acquire_returned";
-        let missing = || anyhow!("BTF in {}: no {TYPEDEF} (a kernel without mmap_lock tracepoints, before 5.10)", self.path.display());
-        let ty = self.btf.resolve_types_by_name(TYPEDEF).map_err(|_| missing())?;
+        let missing = || {
+            anyhow!(
+                "BTF in {}: no {TYPEDEF} (a kernel without mmap_lock tracepoints, before 5.10)",
+                self.path.display()
+            )
+        };
+        let ty = self
+            .btf
+            .resolve_types_by_name(TYPEDEF)
+            .map_err(|_| missing())?;
         let Some(Type::Typedef(t)) = ty.into_iter().find(|t| matches!(t, Type::Typedef(_))) else {
             return Err(missing());
         };
@@ -115,7 +130,9 @@ impl KernelBtf {
         match proto.parameters.len() {
             5 => Ok(2),
             4 => Ok(1),
-            n => bail!("{TYPEDEF} has {n} parameters; mmap-trace knows the 6.1 (mm, memcg_path, write, success) and 6.13+ (mm, write, success) forms"),
+            n => bail!(
+                "{TYPEDEF} has {n} parameters; mmap-trace knows the 6.1 (mm, memcg_path, write, success) and 6.13+ (mm, write, success) forms"
+            ),
         }
     }
 
@@ -199,8 +216,15 @@ mod tests {
         // The path walk's offsets: every kernel since 3.3 has struct mount with the
         // vfsmount embedded after mnt_hash, mnt_parent and mnt_mountpoint.
         assert_eq!(o.walk_paths, 1, "{o:?}");
-        assert!(o.mount_mnt > o.mount_mountpoint && o.mount_mountpoint > o.mount_parent, "{o:?}");
-        assert_eq!(o.file_vfsmount + 8, o.file_dentry, "struct path is {{ mnt, dentry }}: {o:?}");
+        assert!(
+            o.mount_mnt > o.mount_mountpoint && o.mount_mountpoint > o.mount_parent,
+            "{o:?}"
+        );
+        assert_eq!(
+            o.file_vfsmount + 8,
+            o.file_dentry,
+            "struct path is {{ mnt, dentry }}: {o:?}"
+        );
         // thread_info is the first member of x86's task_struct; status follows two longs
         // (flags, syscall_work) on every kernel with syscall_work (5.11+).
         assert_eq!(btf.thread_info_status().unwrap(), 16);

@@ -1,0 +1,7 @@
+//! The traced processes: choosing and starting them (`session`, `spawn`), holding them
+//! still for verify with ptrace (`hold`), and cgroup v2 targets (`cgroup`).
+
+pub mod cgroup;
+pub mod hold;
+pub mod session;
+pub mod spawn;

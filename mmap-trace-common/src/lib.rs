@@ -437,11 +437,15 @@ pub struct CgroupFilter {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are repr(C) integers and arrays with explicit padding.
+    // SAFETY: repr(C) integers and arrays with explicit padding: any bytes are a value.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::TargetFilter {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::CgroupFilter {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::FilemapFormat {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::TaskOffsets {}
 }
 

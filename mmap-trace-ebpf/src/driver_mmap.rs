@@ -24,7 +24,7 @@ pub fn driver_mmap(ctx: ProbeContext) -> u32 {
     };
     // Insert first, then fill in place: VmaFields is too big to build on the BPF stack
     // twice.
-    let _ = DRIVER_MMAP_ENTRY.insert(task.tid, &EMPTY_VMA, 0);
+    let _ = DRIVER_MMAP_ENTRY.insert(task.tid, EMPTY_VMA, 0);
     let Some(before) = DRIVER_MMAP_ENTRY.get_ptr_mut(task.tid) else {
         return 0;
     };

@@ -80,7 +80,7 @@ pub fn tgid_passes(pid_tgid: u64) -> bool {
     // SAFETY: as above. The lookup is paid only when following forks.
     let follow = unsafe { core::ptr::read_volatile(&FILTER.follow_forks) } != 0;
     // SAFETY: a plain lookup.
-    follow && unsafe { FOLLOWED.get(&current) }.is_some()
+    follow && unsafe { FOLLOWED.get(current) }.is_some()
 }
 
 /// Whether the filter names one process (and maybe its followed children).

@@ -25,7 +25,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     if child_pid == 0 || child_pid == task.pid {
         return 0; // a thread: already followed with its process
     }
-    if FOLLOWED.insert(&child_pid, &1, 0).is_err() {
+    if FOLLOWED.insert(child_pid, 1, 0).is_err() {
         emit::count_lost(Probe::Fork); // the followed set is full: the child is not traced
         return 0;
     }

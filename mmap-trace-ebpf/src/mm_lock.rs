@@ -79,8 +79,8 @@ fn write_locked(mm: u64, write: u64, success: u64) -> i32 {
         }
         let tgid = (pid_tgid >> 32) as u32;
         // SAFETY: a plain lookup.
-        if emit::one_process() && unsafe { TARGET_MMS.get(&mm) }.is_none() {
-            let _ = TARGET_MMS.insert(&mm, &tgid, 0);
+        if emit::one_process() && unsafe { TARGET_MMS.get(mm) }.is_none() {
+            let _ = TARGET_MMS.insert(mm, tgid, 0);
         }
         // SAFETY: the BTF task pointer is what the helper wants.
         let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
@@ -90,7 +90,7 @@ fn write_locked(mm: u64, write: u64, success: u64) -> i32 {
             if !compat && (syscalls::traced(nr as u64).is_some() || leaves_own_maps(nr)) {
                 return 0; // mmap, munmap…: their own event says what changed
             }
-            let _ = WROTE_MM.insert(&(pid_tgid as u32), &u32::from(compat), 0);
+            let _ = WROTE_MM.insert(pid_tgid as u32, u32::from(compat), 0);
             return 0;
         }
         // Not in a syscall: a fault growing a stack. Stop once it returns to user mode.
@@ -115,7 +115,7 @@ fn write_locked(mm: u64, write: u64, success: u64) -> i32 {
         return 0;
     }
     // SAFETY: a plain lookup.
-    let Some(owner) = (unsafe { TARGET_MMS.get(&mm) }).copied() else {
+    let Some(owner) = (unsafe { TARGET_MMS.get(mm) }).copied() else {
         return 0;
     };
     let Some(task) = emit::any_task() else {
@@ -145,10 +145,10 @@ pub fn syscall_returned(tid: u32, nr: u64, args: [u64; 6], ret: i64) {
         return;
     }
     // SAFETY: a plain lookup; the value is copied out before the removal.
-    let Some(compat) = (unsafe { WROTE_MM.get(&tid) }).copied() else {
+    let Some(compat) = (unsafe { WROTE_MM.get(tid) }).copied() else {
         return;
     };
-    let _ = WROTE_MM.remove(&tid);
+    let _ = WROTE_MM.remove(tid);
     let Some(task) = emit::current_task() else {
         return;
     };

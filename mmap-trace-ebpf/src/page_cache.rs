@@ -27,8 +27,10 @@ pub fn mm_filemap_add_to_page_cache(ctx: TracePointContext) -> u32 {
     if f.valid == 0 {
         return 0;
     }
-    // SAFETY (reads): offsets inside this tracepoint's record, from its format file.
-    let read = |offset: u32| unsafe { ctx.read_at::<u64>(offset as usize) }.unwrap_or(0);
+    let read = |offset: u32| {
+        // SAFETY: offsets inside this tracepoint's record, from its format file.
+        unsafe { ctx.read_at::<u64>(offset as usize) }.unwrap_or(0)
+    };
     let event = PageCacheEvent {
         header: emit::header(EventKind::PageCache, Probe::PageCache, &task),
         pfn: read(f.pfn),

@@ -52,10 +52,12 @@ pub fn walk(file: u64, o: &KernelOffsets, out: &mut FileId) {
     let Some(s) = PATH_SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY (all accesses to `*s`): a per-CPU map value; the program cannot be preempted
+    // SAFETY: (all accesses to `*s`) a per-CPU map value; the program cannot be preempted
     // on this CPU while it runs. Volatile so each step reloads them (see PathScratch).
     let off = unsafe { &raw mut (*s).off };
+    // SAFETY: the per-CPU scratch slot this program owns while it runs (see PathScratch).
     let flags = unsafe { &raw mut (*s).flags };
+    // SAFETY: the per-CPU scratch slot this program owns while it runs (see PathScratch).
     let buf = unsafe { (&raw mut (*s).buf).cast::<u8>() };
     let vfsmount: u64 = read(file, o.file_vfsmount);
     let mut dentry: u64 = read(file, o.file_dentry);
@@ -63,6 +65,7 @@ pub fn walk(file: u64, o: &KernelOffsets, out: &mut FileId) {
     let mut mnt_root: u64 = read(vfsmount, o.vfsmount_root);
     // d_unlinked(): unhashed, or a root that is no mount's root (a pseudo file, below).
     let unlinked = read::<u64>(dentry, o.dentry_hash_pprev) == 0;
+    // SAFETY: writes inside the scratch slot above, bounded by its size.
     unsafe {
         off.write_volatile(0);
         flags.write_volatile(if unlinked {
@@ -79,6 +82,7 @@ pub fn walk(file: u64, o: &KernelOffsets, out: &mut FileId) {
             let parent: u64 = read(mnt, o.mount_parent);
             if parent == mnt || parent == 0 {
                 // The namespace's root mount: the path is whole.
+                // SAFETY: the per-CPU scratch slot this program owns while it runs (see PathScratch).
                 unsafe { flags.write_volatile(flags.read_volatile() | u64::from(FILE_PATH_FULL)) };
                 break;
             }
@@ -87,6 +91,7 @@ pub fn walk(file: u64, o: &KernelOffsets, out: &mut FileId) {
             mnt_root = read(mnt + u64::from(o.mount_mnt), o.vfsmount_root);
             continue;
         }
+        // SAFETY: the per-CPU scratch slot this program owns while it runs (see PathScratch).
         let at = unsafe { off.read_volatile() };
         if at >= FILE_NAME_LEN as u64 {
             break; // full: what is left is lost
@@ -105,17 +110,20 @@ pub fn walk(file: u64, o: &KernelOffsets, out: &mut FileId) {
         if n <= 0 || at + n as u64 > FILE_NAME_LEN as u64 {
             break; // unreadable, or does not fit: dropped with the rest
         }
+        // SAFETY: the per-CPU scratch slot this program owns while it runs (see PathScratch).
         unsafe { off.write_volatile(at + n as u64) };
         let parent: u64 = read(dentry, o.dentry_parent);
         if parent == dentry {
             // A root that is not its mount's root: a pseudo file (memfd, shared
             // /dev/zero, SysV shm) or a detached tree. d_path stops here too.
             let done = u64::from(FILE_UNLINKED | FILE_PATH_FULL);
+            // SAFETY: the per-CPU scratch slot this program owns while it runs (see PathScratch).
             unsafe { flags.write_volatile(flags.read_volatile() | done) };
             break;
         }
         dentry = parent;
     }
+    // SAFETY: the per-CPU scratch slot this program owns while it runs (see PathScratch).
     let (used, found) = unsafe { (off.read_volatile(), flags.read_volatile()) };
     if used == 0 || used > FILE_NAME_LEN as u64 {
         return; // nothing read: keep the leaf name read before

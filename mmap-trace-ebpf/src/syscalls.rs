@@ -146,6 +146,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let enter_ts_ns = if unsafe { core::ptr::read_volatile(&ENTRY_TIMES) } != 0 {
         let ts = ENTERED
             .get_ptr(task.tid)
+            // SAFETY: the map value lives while the lookup holds it.
             .map(|ts| unsafe { *ts })
             .unwrap_or(0);
         let _ = ENTERED.remove(task.tid);

@@ -104,6 +104,10 @@ pub fn run(config: TraceConfig) -> Result<()> {
 /// How long a record may sit in the ring buffer below the probes' wake-up threshold.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the loop's inputs, each used once; a struct would only rename them"
+)]
 async fn event_loop(
     ring: RingBuf<MapData>,
     signals: StopSignals,
@@ -118,11 +122,13 @@ async fn event_loop(
     // With --follow-forks the target's exit is not the end while its children live.
     let mut root_ended: Option<String> = None;
     // SAFETY (both): the AsyncFd owns the descriptor, so it stays open while registered.
+    // SAFETY: the AsyncFd owns the descriptor, so it stays open while registered.
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| e.into_parts().1)
         .context("polling the ring buffer")?;
     let exited = match pidfd {
         Some(fd) => Some(
+            // SAFETY: as above.
             unsafe { AsyncFd::register(fd) }
                 .map_err(|e| e.into_parts().1)
                 .context("polling the target")?,

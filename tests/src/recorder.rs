@@ -106,8 +106,9 @@ pub fn errno_name(errno: i32) -> String {
 
 /// The file `fd` names, by fstat(2).
 pub fn fd_file(fd: i32) -> Option<FileKey> {
-    // SAFETY: fstat into a zeroed struct we own.
+    // SAFETY: an all-zero stat is a valid value of this plain C struct.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat into the struct we own.
     (unsafe { libc::fstat(fd, &mut st) } == 0).then(|| FileKey {
         dev: format!(
             "{:02x}:{:02x}",

@@ -309,8 +309,8 @@ fn in_read(tid: i32) -> bool {
 fn blocked_read(rec: &mut Recorder) {
     install(libc::SIGCONT, on_sigcont, false);
     let mut fds = [0; 2];
-    // SAFETY: a two-int array for pipe2.
     assert_eq!(
+        // SAFETY: a two-int array for pipe2.
         unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
         0,
         "pipe2"

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 const LOCK: &str = "/run/lock/mmap-trace-host.lock";
 
 /// Held until dropped; waits, saying for whom, while another run holds it.
-pub struct HostLock(#[allow(dead_code)] File);
+pub struct HostLock(#[expect(dead_code, reason = "held for its lock, never read")] File);
 
 pub fn hold(what: &str) -> Result<HostLock> {
     let path = if Path::new("/run/lock").is_dir() {

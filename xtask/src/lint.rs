@@ -8,9 +8,8 @@
 //!    `bpfel-unknown-none` (`-Z build-std=core`), as `mmap-trace/build.rs` compiles it.
 //!
 //! The lints themselves are `[workspace.lints]` in Cargo.toml. All three steps run even
-//! when one fails, so one run lists everything. `cargo xtask test` does not call this
-//! yet: the tree is formatted in one commit first (see the README's Style section), and
-//! from then on `test` runs `lint::run` before the tests.
+//! when one fails, so one run lists everything. `cargo xtask test` runs it first and
+//! counts a failure like a failed test binary.
 
 use std::process::Command;
 

@@ -231,9 +231,19 @@ fn run(cli: Cli) -> Result<i32> {
                 vec![guest.kernel.request()?]
             };
             let ready = setup::ensure(&ws, &kernels)?;
+            // Style first: fmt --check and clippy -D warnings (eBPF crate included) hold
+            // the line in CI; a failure is counted, the tests still run.
+            let lint_failed = lint::run(&ws, &ready)? != 0;
             section("build");
             let artifacts = build::build_all(&ws, &ready)?;
-            test::run(&ws, &ready, &artifacts, &guest.options(), matrix)?
+            test::run(
+                &ws,
+                &ready,
+                &artifacts,
+                &guest.options(),
+                matrix,
+                lint_failed,
+            )?
         }
         Task::Bench(args) => {
             section("setup");

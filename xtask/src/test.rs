@@ -32,12 +32,23 @@ pub fn run(
     artifacts: &Artifacts,
     opts: &Options,
     matrix: bool,
+
+    lint_failed: bool,
 ) -> Result<i32> {
     let mut tally = Tally {
         passed: 0,
         failed: 0,
         lines: Vec::new(),
     };
+    if lint_failed {
+        tally.failed += 1;
+        tally
+            .lines
+            .push("lint: FAILED (cargo xtask lint: fmt --check, clippy -D warnings)".into());
+    } else {
+        tally.passed += 1;
+        tally.lines.push("lint: fmt and clippy clean".into());
+    }
     section("unit + host tests (cargo test --workspace, on the host)");
     {
         let _one_at_a_time = crate::host_lock::hold("cargo xtask test: host tests")?;

@@ -9,6 +9,10 @@ use mmap_trace_common::{
     Probe, RemapPfnEvent, SyscallEvent, record_size,
 };
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "records are Copy and decoded by value on the hot path; boxing would allocate per event"
+)]
 #[derive(Clone, Copy, Debug)]
 pub enum Event {
     /// munmap, mprotect, mremap, brk.

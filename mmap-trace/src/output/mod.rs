@@ -300,6 +300,7 @@ fn time_of_day(realtime_ns: i64) -> String {
     let micros = realtime_ns.rem_euclid(1_000_000_000) / 1_000;
     // SAFETY: an all-zero tm is valid; localtime_r writes it from a valid time_t.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to locals that outlive the call.
     if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
         return format!("{secs}.{micros:06}");
     }

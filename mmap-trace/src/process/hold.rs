@@ -334,6 +334,7 @@ impl Holder {
             }
             0 => {
                 // Signal-delivery-stop.
+                // SAFETY: an all-zero siginfo_t is a valid value of this plain C struct.
                 let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
                 let from_probe = sig == libc::SIGSTOP
                     && ptrace(libc::PTRACE_GETSIGINFO, tid, 0, (&raw mut info) as usize).is_ok()

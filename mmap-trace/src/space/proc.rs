@@ -63,6 +63,7 @@ fn on_overlayfs(path: &str) -> bool {
     };
     // SAFETY: statfs into a zeroed struct we own, with a NUL-terminated path.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statfs out-buffer we own.
     (unsafe { libc::statfs(cpath.as_ptr(), &mut st) } == 0)
         && st.f_type as i64 == OVERLAYFS_SUPER_MAGIC
 }

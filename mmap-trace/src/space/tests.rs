@@ -93,6 +93,10 @@ fn row(
     (start, end, perms.into(), name.into(), offset)
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "mmap(2)'s own six arguments, its result and the file"
+)]
 fn mmap(
     s: &mut AddressSpace,
     addr: u64,
@@ -470,7 +474,7 @@ fn split_only_causes_change_nothing_maps_shows() {
             call(&mut s, n, &args, 0),
             Applied::NoMapsChange,
             "{}",
-            crate::kernel::syscall_names::name(n as i64, false)
+            crate::kernel::syscall_names::name(n, false)
         );
     }
     assert_eq!(shape(&s), before);
@@ -708,7 +712,7 @@ mod real {
             assert!(
                 matches!(applied, Applied::Modelled | Applied::NoMapsChange),
                 "{} -> {ret}: {applied:?}",
-                crate::kernel::syscall_names::name(n as i64, false)
+                crate::kernel::syscall_names::name(n, false)
             );
             ret
         }
@@ -1019,6 +1023,7 @@ mod real {
         let child = unsafe { libc::fork() };
         if child == 0 {
             loop {
+                // SAFETY: no preconditions.
                 unsafe { libc::pause() };
             }
         }

@@ -200,6 +200,7 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         holder.resume_process(pid);
     }
     let ended = runtime.block_on(async {
+        // SAFETY: the AsyncFd owns the ring buffer's descriptor while registered.
         let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
         let ended = loop {
             tokio::select! {

@@ -409,6 +409,7 @@ mod tests {
 
     fn map_file(name: &str) -> Mapped {
         assert_eq!(
+            // SAFETY: no preconditions.
             unsafe { libc::geteuid() },
             0,
             "these tests read PFNs from pagemap: run them as root"
@@ -625,6 +626,7 @@ mod tests {
         // Drop the copy (a call verify does not trace): the next read maps the file page.
         // SAFETY: our own private mapping.
         assert_eq!(
+            // SAFETY: our own private mapping.
             unsafe {
                 libc::madvise(
                     private as *mut libc::c_void,

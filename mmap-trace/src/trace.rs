@@ -189,7 +189,11 @@ async fn event_loop(
                 res?;
                 let ended = match child {
                     Some(pid) => format!("command exited ({})", reap(pid)),
-                    None => "target process exited".to_string(),
+                    None => {
+                        // A --pid target: ours to say, since no exit status reaches us.
+                        eprintln!("mmap-trace: note: the traced process exited; trace ended");
+                        "target process exited".to_string()
+                    }
                 };
                 if !follow {
                     break ended;
@@ -205,9 +209,6 @@ async fn event_loop(
             }
         }
     };
-    if ended == "target process exited" {
-        eprintln!("mmap-trace: note: the traced process exited; trace ended");
-    }
     // Whatever the kernel submitted before we stopped is still in the buffer.
     let _ = drain(ring.get_mut(), out, &mut summary, &mut followed);
     summary.ended = ended;
@@ -221,19 +222,11 @@ fn drain(
     followed: &mut Followed,
 ) -> Result<()> {
     crate::output::paths::new_batch();
-    while let Some(item) = ring.next() {
-        match decode::decode(&item) {
-            Ok(event) => {
-                followed.note(&event);
-                let path = crate::output::paths::mapped_path(&event);
-                out.event(&event, path).or_else(ignore_closed_output)?;
-            }
-            Err(e) => {
-                summary.malformed += 1;
-                log::warn!("skipping a malformed record: {e}");
-            }
-        }
-    }
+    decode::drain(ring, &mut summary.malformed, |event| {
+        followed.note(&event);
+        let path = crate::output::paths::mapped_path(&event);
+        Ok(out.event(&event, path).or_else(ignore_closed_output)?)
+    })?;
     out.flush().or_else(ignore_closed_output)?;
     Ok(())
 }

@@ -3,11 +3,44 @@
 
 use std::fmt;
 
+use aya::maps::{MapData, RingBuf};
+
 use mmap_trace_common::{
     DriverMmapEvent, EventHeader, EventKind, ExecEvent, FILE_PATH_FULL, FILE_PATH_TRUNCATED,
     FILE_UNLINKED, FileId, ForkEvent, MmChangeEvent, MmapEvent, MmapRegionEvent, PageCacheEvent,
     Probe, RemapPfnEvent, SyscallEvent, record_size,
 };
+
+/// The one drain policy, for every command: each record the ring buffer holds, in order,
+/// goes to `each`; a record that does not decode is counted in `malformed` and warned
+/// about — never fatal (the records after it are still good), never silent (trace and
+/// verify-driver report the count, and verify fails on it: its proof lost an event).
+pub fn drain(
+    ring: &mut RingBuf<MapData>,
+    malformed: &mut u64,
+    mut each: impl FnMut(Event) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    while let Some(item) = ring.next() {
+        match decode(&item) {
+            Ok(event) => each(event)?,
+            Err(e) => {
+                *malformed += 1;
+                log::warn!("skipping a malformed record from the kernel: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`drain`] into a vector.
+pub fn drain_all(ring: &mut RingBuf<MapData>, malformed: &mut u64) -> Vec<Event> {
+    let mut events = Vec::new();
+    let _ = drain(ring, malformed, |e| {
+        events.push(e);
+        Ok(())
+    });
+    events
+}
 
 #[expect(
     clippy::large_enum_variant,

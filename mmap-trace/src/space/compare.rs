@@ -4,13 +4,64 @@
 
 use super::region::{Backing, Region};
 
+/// What a difference is about: a column of maps, a page's PFN (pagemap) or a maps line
+/// that could not be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Field {
+    Mapping,
+    Perms,
+    Offset,
+    Device,
+    Inode,
+    Path,
+    Pfn,
+    #[serde(rename = "maps line")]
+    MapsLine,
+}
+
+impl Field {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Field::Mapping => "mapping",
+            Field::Perms => "perms",
+            Field::Offset => "offset",
+            Field::Device => "device",
+            Field::Inode => "inode",
+            Field::Path => "path",
+            Field::Pfn => "pfn",
+            Field::MapsLine => "maps line",
+        }
+    }
+
+    /// The kernel's account it was read from.
+    pub const fn source(self) -> &'static str {
+        match self {
+            Field::Pfn => "pagemap",
+            _ => "maps",
+        }
+    }
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Tests and callers compare with the names the JSON records carry.
+impl PartialEq<&str> for Field {
+    fn eq(&self, other: &&str) -> bool {
+        self.name() == *other
+    }
+}
+
 /// One way the kernel's account differs from the model over [start, end).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Difference {
     pub start: u64,
     pub end: u64,
-    /// `mapping`, `perms`, `offset`, `device`, `inode`, `path` (or `pfn`, from the caller).
-    pub field: &'static str,
+    pub field: Field,
     /// The model's value (what the events imply).
     pub expected: String,
     /// The kernel's value (/proc/<pid>/maps).
@@ -70,8 +121,8 @@ pub fn compare(model: &[Region], kernel: &[Region]) -> Comparison {
             (None, None) => vec![],
             // The main stack grows on page faults, not through syscalls.
             (None, Some(k)) if k.backing == Backing::Stack => vec![],
-            (None, Some(k)) => vec![("mapping", "unmapped".to_string(), k.to_string())],
-            (Some(s), None) => vec![("mapping", s.to_string(), "unmapped".to_string())],
+            (None, Some(k)) => vec![(Field::Mapping, "unmapped".to_string(), k.to_string())],
+            (Some(s), None) => vec![(Field::Mapping, s.to_string(), "unmapped".to_string())],
             (Some(s), Some(k)) => fields(s, k, start, &mut note),
         };
         for (field, expected, found) in diffs {
@@ -115,10 +166,10 @@ fn fields(
     k: &Region,
     at: u64,
     note: &mut Option<(String, String)>,
-) -> Vec<(&'static str, String, String)> {
+) -> Vec<(Field, String, String)> {
     let mut d = Vec::new();
     if s.perms != k.perms {
-        d.push(("perms", s.perms.clone(), k.perms.clone()));
+        d.push((Field::Perms, s.perms.clone(), k.perms.clone()));
     }
     if k.backing == Backing::Stack && s.backing == Backing::Stack {
         return d;
@@ -127,7 +178,7 @@ fn fields(
     let by_identity = both_files && s.identity_known();
     if s.backing != k.backing {
         if !by_identity {
-            d.push(("path", s.backing.to_string(), k.backing.to_string()));
+            d.push((Field::Path, s.backing.to_string(), k.backing.to_string()));
             return d;
         }
         // Compared by (device, inode) below; the name alone is a note when they agree.
@@ -144,7 +195,7 @@ fn fields(
     };
     if offset_at(s) != offset_at(k) {
         d.push((
-            "offset",
+            Field::Offset,
             format!("{:#x}", offset_at(s)),
             format!("{:#x}", offset_at(k)),
         ));
@@ -154,13 +205,13 @@ fn fields(
     let shmem = s.shared_anon() || s.hidden.sysv_shm;
     if s.dev != k.dev && !shmem && !s.overlay {
         d.push((
-            "device",
+            Field::Device,
             format!("{:02x}:{:02x}", s.dev.0, s.dev.1),
             format!("{:02x}:{:02x}", k.dev.0, k.dev.1),
         ));
     }
     if s.inode != k.inode && !s.shared_anon() && !s.overlay {
-        d.push(("inode", s.inode.to_string(), k.inode.to_string()));
+        d.push((Field::Inode, s.inode.to_string(), k.inode.to_string()));
     }
     d
 }
@@ -195,7 +246,7 @@ mod tests {
         assert_eq!(d.len(), 1);
         assert_eq!(
             (d[0].start, d[0].end, d[0].field),
-            (0x2000, 0x3000, "perms")
+            (0x2000, 0x3000, Field::Perms)
         );
         assert_eq!(
             (d[0].expected.as_str(), d[0].found.as_str()),

@@ -17,7 +17,7 @@ pub mod syscall;
 #[cfg(test)]
 mod tests;
 
-pub use compare::{Comparison, Difference, compare};
+pub use compare::{Comparison, Difference, Field, compare};
 pub use model::{AddressSpace, Change, FileIdentity, Why};
 pub use proc::ProcEnv;
 pub use region::{Backing, Name, PAGE, Region, page_down, page_up};

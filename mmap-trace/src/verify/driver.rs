@@ -181,20 +181,6 @@ impl Drop for Mapping {
 
 /// The ring's events. A malformed record is counted and warned about, as `trace` does,
 /// and then fails the run like a lost event (the picture is incomplete): see `run`.
-fn drain(ring: &mut RingBuf<MapData>, malformed: &mut u64) -> Vec<Event> {
-    let mut events = Vec::new();
-    while let Some(item) = ring.next() {
-        match decode::decode(&item) {
-            Ok(e) => events.push(e),
-            Err(e) => {
-                *malformed += 1;
-                log::warn!("skipping a malformed record: {e}");
-            }
-        }
-    }
-    events
-}
-
 fn check_device(
     config: &VerifyDriverConfig,
     device: &Path,
@@ -233,7 +219,7 @@ fn check_device(
         .with_context(|| format!("cannot open {}", device.display()))?;
     let dev_inode = file.metadata()?.ino();
     let len = pages * PAGE;
-    let _ = drain(ring, malformed);
+    let _ = decode::drain_all(ring, malformed);
     let share = if config.private {
         libc::MAP_PRIVATE
     } else {
@@ -261,7 +247,7 @@ fn check_device(
         addr: addr as u64,
         len,
     };
-    let events = drain(ring, malformed);
+    let events = decode::drain_all(ring, malformed);
     let dev_name = device
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -295,7 +281,7 @@ fn check_device(
     check_bytes(&mut checks, &file, &mapping, offset, config.private)?;
     check_driver_walk(&mut checks)?;
     drop(mapping);
-    let unmapped = drain(ring, malformed).iter().any(|e| matches!(e, Event::Syscall(s) if s.header.probe == Probe::Munmap as u32 && s.args[0] == addr as u64));
+    let unmapped = decode::drain_all(ring, malformed).iter().any(|e| matches!(e, Event::Syscall(s) if s.header.probe == Probe::Munmap as u32 && s.args[0] == addr as u64));
     checks.add(
         "munmap traced",
         unmapped,

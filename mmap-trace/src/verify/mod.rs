@@ -30,7 +30,7 @@ use crate::{
     output::{Format, Output, Summary, VerifyStats},
     process::hold::{Holder, Notice},
     process::session::{Session, StopSignals, Target, monotonic_ns, runtime},
-    space::{self, Applied, Comparison, ProcEnv, Region},
+    space::{self, Applied, Comparison, Field, ProcEnv, Region},
     trace::ignore_closed_output,
     verify::shadow::{Difference, ShadowSpace},
 };
@@ -70,7 +70,7 @@ struct MismatchRecord<'a> {
     after_ts_ns: u64,
     start: Hex,
     end: Hex,
-    field: &'static str,
+    field: Field,
     expected: &'a str,
     found: &'a str,
 }
@@ -93,7 +93,7 @@ struct UnmodelledRecord<'a> {
 struct AdoptedRange<'a> {
     start: Hex,
     end: Hex,
-    field: &'static str,
+    field: Field,
     expected: &'a str,
     found: &'a str,
 }
@@ -132,6 +132,8 @@ struct Verifier {
     /// File pages against pagemap, per address space (verify/pages.rs).
     pages: HashMap<u32, pages::PageChecks>,
     full: bool,
+    /// Records that did not decode: events the proof lost.
+    malformed: u64,
 }
 
 /// Returns whether the kernel agreed with the events at every checkpoint.
@@ -190,6 +192,7 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         plant: config.plant,
         pages: HashMap::new(),
         full: config.full,
+        malformed: 0,
     };
     verifier.procs.insert(pid, Proc::default());
     if child.is_none() {
@@ -233,7 +236,7 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
             }
         };
         // Events of the last calls before exit: logged, not compared (nothing to compare with).
-        let tail = drain(ring.get_mut())?;
+        let tail = decode::drain_all(ring.get_mut(), &mut verifier.malformed);
         for event in &tail {
             out.event(event, crate::output::paths::kernel_path(event))
                 .or_else(ignore_closed_output)?;
@@ -282,7 +285,8 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     // Runs of a program the kernel skipped (a preemptible hook re-entered on one CPU)
     // lose events without touching the ring buffer: they break the proof just the same.
     let skipped: u64 = tracer.skipped_runs().iter().map(|(_, n)| n).sum();
-    let lost: u64 = summary.lost.iter().sum::<u64>() + skipped;
+    summary.malformed = verifier.malformed;
+    let lost: u64 = summary.lost.iter().sum::<u64>() + skipped + verifier.malformed;
     summary.verify = Some(stats);
     out.summary(&summary)
         .and_then(|()| out.flush())
@@ -309,17 +313,6 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         );
     }
     Ok(agreed)
-}
-
-fn drain(ring: &mut RingBuf<MapData>) -> Result<Vec<Event>> {
-    let mut events = Vec::new();
-    while let Some(item) = ring.next() {
-        match decode::decode(&item) {
-            Ok(e) => events.push(e),
-            Err(e) => bail!("malformed record from the kernel: {e}"),
-        }
-    }
-    Ok(events)
 }
 
 /// Whether the probe that wrote `event` stopped its thread (verify waits for that stop
@@ -366,7 +359,7 @@ impl Verifier {
         ring: &mut RingBuf<MapData>,
         out: &mut Output,
     ) -> Result<()> {
-        let mut events = drain(ring)?;
+        let mut events = decode::drain_all(ring, &mut self.malformed);
         let waiting = holder.waiting();
         if events.is_empty() && waiting.is_empty() {
             return Ok(());
@@ -388,7 +381,7 @@ impl Verifier {
                 alive.insert(p);
             }
         }
-        events.extend(drain(ring)?);
+        events.extend(decode::drain_all(ring, &mut self.malformed));
         for event in &events {
             out.event(event, crate::output::paths::kernel_path(event))
                 .or_else(ignore_closed_output)?;
@@ -614,7 +607,7 @@ impl Verifier {
         extra.extend(view.unparsed.iter().map(|u| Difference {
             start: 0,
             end: 0,
-            field: "maps line",
+            field: Field::MapsLine,
             expected: format!("a maps line (line {}: {})", u.line, u.reason),
             found: u.text.to_string(),
         }));
@@ -734,7 +727,7 @@ impl Verifier {
             expected: &d.expected,
             found: &d.found,
         };
-        let source = if d.field == "pfn" { "pagemap" } else { "maps" };
+        let source = d.field.source();
         eprintln!(
             "mmap-trace: MISMATCH at checkpoint {} of pid {pid} (after {} at {} ns): {:#x}-{:#x} {}: events imply {:?}, /proc/{pid}/{source} shows {:?}",
             record.checkpoint,

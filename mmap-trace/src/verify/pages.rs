@@ -33,7 +33,7 @@ use procfs::process::{MemoryPageFlags, PageInfo};
 use crate::{
     kernel::decode::Event,
     output::json::is_error,
-    space::Region,
+    space::{Field, Region},
     verify::shadow::{Difference, PAGE},
 };
 
@@ -258,7 +258,7 @@ impl PageChecks {
                     differences.push(Difference {
                         start: w.addr,
                         end: w.addr + PAGE,
-                        field: "pfn",
+                        field: Field::Pfn,
                         expected: format!("{expected:#x}"),
                         found: format!("{found:#x}"),
                     });
@@ -499,7 +499,10 @@ mod tests {
         checks.record(&page_cache_event(&m, 3, real + 1));
         let diffs = checks.check(pid, &kernel()).unwrap();
         assert_eq!(diffs.len(), 1, "{diffs:?}");
-        assert_eq!((diffs[0].start, diffs[0].field), (m.addr + 3 * PAGE, "pfn"));
+        assert_eq!(
+            (diffs[0].start, diffs[0].field),
+            (m.addr + 3 * PAGE, Field::Pfn)
+        );
         assert_eq!(
             (diffs[0].expected.as_str(), diffs[0].found.as_str()),
             (

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::workload::{Call, FileKey, Observation};
 
-pub const PAGE: u64 = 4096;
+pub use mmtrace_driver_abi::PAGE;
 
 pub struct Recorder {
     pub out: std::io::StdoutLock<'static>,

@@ -23,11 +23,10 @@ pub use crate::space::{PAGE, page_down, page_up};
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_GROWSDOWN: u64 = 0x100;
 const MAP_STACK: u64 = 0x20000;
-const VM_SHARED: u64 = 0x8;
-const VM_GROWSDOWN: u64 = 0x100;
-const VM_PFNMAP: u64 = 0x400;
-const VM_IO: u64 = 0x4000;
-const VM_MIXEDMAP: u64 = 0x1000_0000;
+use mmtrace_driver_abi::vm::{
+    GROWSDOWN as VM_GROWSDOWN, IO as VM_IO, MIXEDMAP as VM_MIXEDMAP, PFNMAP as VM_PFNMAP,
+    SHARED as VM_SHARED,
+};
 /// PROT_READ|WRITE|EXEC, the same bits in vm_flags.
 const PROT_RWX: u64 = 7;
 

@@ -19,8 +19,7 @@ const MAP_GROWSDOWN: u64 = libc::MAP_GROWSDOWN as u64;
 const MREMAP_DONTUNMAP: u64 = 4;
 const SHM_RDONLY: u64 = 0o10000;
 const SHM_EXEC: u64 = 0o100000;
-const VM_SHARED: u64 = 0x8;
-const VM_MAYWRITE: u64 = 0x20;
+use mmtrace_driver_abi::vm::{MAYWRITE as VM_MAYWRITE, SHARED as VM_SHARED};
 /// /dev/zero: character device 1:5.
 const DEV_ZERO: (u32, u32) = (1, 5);
 /// The device maps shows for shmem's internal mount (shared anonymous memory, SysV

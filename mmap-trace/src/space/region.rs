@@ -3,7 +3,8 @@
 
 use std::fmt;
 
-pub const PAGE: u64 = 4096;
+/// The page size (x86-64), one definition for every crate (the driver's ABI).
+pub use mmtrace_driver_abi::PAGE;
 
 /// What maps shows for MAP_SHARED|MAP_ANONYMOUS memory and MAP_SHARED of /dev/zero: a
 /// shmem file whose inode the events do not carry (compared without it).

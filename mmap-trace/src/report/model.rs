@@ -741,12 +741,11 @@ fn mmap_attrs(prot: u64, flags: u64, path: Option<String>) -> Attrs {
     Attrs::new(kind, prot).with_file(path)
 }
 
-/// `rw-`, `r-x`, `---`.
+/// `rw-`, `r-x`, `---`: the maps column without its sharing letter.
 pub fn prot_string(prot: u64) -> String {
-    [(1, 'r'), (2, 'w'), (4, 'x')]
-        .iter()
-        .map(|&(bit, c)| if prot & bit != 0 { c } else { '-' })
-        .collect()
+    let mut perms = crate::space::region::perms(prot, false);
+    perms.pop();
+    perms
 }
 
 #[cfg(test)]

@@ -219,16 +219,11 @@ pub fn normalize(mut regions: Vec<Region>) -> Vec<Region> {
     out
 }
 
-/// `rwxp` from PROT_* bits.
+/// `rwxp` from PROT_* bits: the maps column of the vm_flags mmap(2) gives them (one
+/// formatter, the driver ABI crate's).
 pub fn perms(prot: u64, shared: bool) -> String {
-    let bit = |b: u64, c| if prot & b != 0 { c } else { '-' };
-    format!(
-        "{}{}{}{}",
-        bit(libc::PROT_READ as u64, 'r'),
-        bit(libc::PROT_WRITE as u64, 'w'),
-        bit(libc::PROT_EXEC as u64, 'x'),
-        if shared { 's' } else { 'p' }
-    )
+    use mmtrace_driver_abi::vm;
+    vm::perms(vm::from_prot(prot, shared))
 }
 
 #[cfg(test)]

@@ -237,3 +237,50 @@ fn a_change_the_model_does_not_know_is_adopted_and_named() {
     assert_eq!(run.summary()["unmodelled"], 2, "{}", run.summary());
     assert_eq!(run.summary()["mismatches"], 0);
 }
+
+/// Ctrl-C on `verify --pid` lets the target go as it found it: running, not traced, and
+/// not stopped by a SIGSTOP the probes had queued.
+#[test]
+fn interrupted_verify_leaves_the_target_running() {
+    for _ in 0..3 {
+        let mut target = Command::new(workload_path())
+            .args(["--loop", "100000000"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = target.id();
+        let mut verify = cli()
+            .args(["verify", "--pid", &pid.to_string(), "-o", "/dev/null"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = mmap_trace_tests::stress::wait_ready(&mut verify);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(verify.id() as i32, libc::SIGINT) };
+        let _ = verify.wait().unwrap();
+        let err = err.join().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
+        let _ = target.kill();
+        let _ = target.wait();
+        assert!(
+            err.contains("checkpoints"),
+            "verify did not check anything: {err}"
+        );
+        assert_eq!(field("TracerPid:"), "0", "still traced after verify ended");
+        assert!(
+            !field("State:").starts_with('T'),
+            "left stopped: {}",
+            field("State:")
+        );
+    }
+}

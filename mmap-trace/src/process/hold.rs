@@ -459,4 +459,53 @@ impl Holder {
             }
         }
     }
+
+    /// Lets every traced thread go with nothing left stopped: each is brought to a
+    /// ptrace-stop; a SIGSTOP the probes queued before they were detached is taken as a
+    /// signal-delivery-stop (so it is never delivered for real); then it is detached with no
+    /// signal. Called on drop, after the eBPF programs are gone (they are dropped first).
+    pub fn release_all(&mut self) {
+        let mut pids: Vec<u32> = self.threads.values().map(|t| t.tgid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        for pid in &pids {
+            if self.stop_process(*pid, &[]).is_err() {
+                continue; // a thread in uninterruptible sleep: detached below as it is
+            }
+        }
+        let tids: Vec<u32> = self.threads.keys().copied().collect();
+        for tid in tids {
+            if sigstop_pending(tid) {
+                // Let it reach the signal, held there, then detach suppressing it.
+                let _ = ptrace(libc::PTRACE_CONT, tid, 0, 0);
+                let mut status = 0;
+                // SAFETY: waitpid on our tracee with a valid status pointer.
+                unsafe { libc::waitpid(tid as i32, &mut status, libc::__WALL) };
+            }
+            let _ = ptrace(libc::PTRACE_DETACH, tid, 0, 0);
+        }
+        self.threads.clear();
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        self.release_all();
+    }
+}
+
+/// Whether SIGSTOP is pending for `tid` (its own or its process's pending set).
+fn sigstop_pending(tid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return false;
+    };
+    let bit = 1u64 << (libc::SIGSTOP - 1);
+    status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("SigPnd:")
+                .or_else(|| l.strip_prefix("ShdPnd:"))
+        })
+        .filter_map(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .any(|mask| mask & bit != 0)
 }

@@ -248,10 +248,13 @@ struct ProbeArgs {
     /// Comma-separated probes to attach; default: every probe this kernel supports
     /// (kernel probes are skipped with a note where kprobes or the driver are missing; a
     /// kernel probe named here that cannot attach is an error). Names: mmap, munmap,
-    /// mprotect, mremap, brk, exec, mmap_region, remap_pfn_range, driver_mmap, and
-    /// page_cache (file pages entering the page cache with their PFN: noisy, so not in
-    /// trace's default set; verify adds it to check file pages against pagemap).
-    /// verify -- CMD needs exec (the shadow starts at the command's exec).
+    /// mprotect, mremap, brk, exec, mm_lock (the catch-all: any other syscall, fault or
+    /// task that write-locks the traced process's mm — shmat, madvise, mlock, stack growth…;
+    /// a BTF tracepoint), fork (added by --follow-forks and by verify), mmap_region,
+    /// remap_pfn_range, driver_mmap, and page_cache (file pages entering the page cache
+    /// with their PFN: noisy, so not in trace's default set; verify adds it to check file
+    /// pages against pagemap). verify -- CMD needs exec (the shadow starts at the
+    /// command's exec); without mm_lock verify sees only the five calls and says so.
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_probe)]
     probes: Option<Vec<Probe>>,
     /// Kernel BTF used to find struct field offsets for the kernel probes.

@@ -83,37 +83,8 @@ pub const SCENARIOS: &[&str] = &[
     "threads",
 ];
 
-/// The workload's scenarios for issues 12 and 19 (src/scenarios.rs): each changes what
-/// maps shows by a path outside the five probed calls, or names a file or behaves in a way
-/// that verify once got wrong. (`pkey-mprotect` and `shadow-stack` run what the CPU
-/// allows: pkeys without PKU, no shadow stacks; the scenario says so itself.)
-pub const TRUTH_SCENARIOS: &[&str] = &[
-    "name-space",
-    "name-newline",
-    "name-tab",
-    "name-deleted-suffix",
-    "name-heap",
-    "name-not-utf8",
-    "unlink-mapped",
-    "rename-mapped",
-    "sigcont-handler",
-    "blocked-read",
-    "waitpid-stop",
-    "deep-path",
-    "long-path",
-    "shmat",
-    "shmat-shmdt",
-    "pkey-mprotect",
-    "remap-file-pages",
-    "growsdown",
-    "mremap-dup",
-    "dev-zero-shared",
-    "madvise-fork",
-    "mlock-split",
-    "mseal",
-    "shadow-stack",
-    "fork-exec",
-];
+/// The workload's scenarios for issues 12 and 19: every one `src/scenarios.rs` knows.
+pub use crate::scenarios::SCENARIOS as TRUTH_SCENARIOS;
 
 /// How many processes verify checks in a scenario (it follows forks).
 pub fn processes_of(scenario: &str) -> usize {

@@ -369,6 +369,8 @@ impl Verifier {
         let mut expect = Vec::new();
         for e in &events {
             pids.insert(e.header().pid);
+            // A vfork child's changes are its parent's space: hold (and read) the parent.
+            pids.insert(self.owner(e.header().pid));
             if let Event::Fork(f) = e {
                 pids.insert(f.child_pid);
             }
@@ -417,9 +419,10 @@ impl Verifier {
             let batch = batches.remove(&owner).unwrap_or_default();
             // The live process to read the kernel's view from: the owner, or a vfork
             // child that shares its mm.
-            let reader = std::iter::once(owner)
-                .chain(alive.iter().copied().filter(|&p| self.owner(p) == owner))
-                .find(|p| alive.contains(p));
+            // The kernel's view is read from the owner itself, never from a vfork child
+            // that shares its mm: mid-exec, the child's maps are already its new image
+            // (the 6.12 guest caught this with the exec's mmap_region events).
+            let reader = alive.contains(&owner).then_some(owner);
             match reader {
                 Some(reader) => self.apply_and_compare(owner, reader, &batch, out)?,
                 None => {

@@ -86,6 +86,30 @@ pub const SCENARIOS: &[&str] = &[
 /// The workload's scenarios for issues 12 and 19: every one `src/scenarios.rs` knows.
 pub use crate::scenarios::SCENARIOS as TRUTH_SCENARIOS;
 
+/// Scenarios whose point is that verify changes nothing the program can see: under
+/// verify they must observe exactly what they observe alone.
+pub const INVISIBLE: &[&str] = &["sigcont-handler", "blocked-read", "waitpid-stop"];
+
+/// For an [`INVISIBLE`] scenario: its observations under `run` equal a run alone.
+pub fn assert_unperturbed(scenario: &str, run: &VerifyRun) {
+    let observations = |stdout: &str| -> Vec<(String, Value)> {
+        crate::workload::parse_observations(stdout)
+            .into_iter()
+            .map(|o| (o.observe, o.value))
+            .collect()
+    };
+    let alone = Command::new(workload_path())
+        .args(["--scenario", scenario])
+        .output()
+        .unwrap();
+    assert!(alone.status.success(), "{scenario} alone failed");
+    assert_eq!(
+        observations(&run.workload_stdout),
+        observations(&String::from_utf8_lossy(&alone.stdout)),
+        "{scenario}: the program saw something else under verify"
+    );
+}
+
 /// How many processes verify checks in a scenario (it follows forks).
 pub fn processes_of(scenario: &str) -> usize {
     match scenario {

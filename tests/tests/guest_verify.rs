@@ -41,6 +41,9 @@ fn verify_agrees_on_every_cause_and_name_with_kernel_probes() {
             run.stderr,
             run.mismatches()
         );
+        if mmap_trace_tests::cli::INVISIBLE.contains(scenario) {
+            mmap_trace_tests::cli::assert_unperturbed(scenario, &run);
+        }
         let probes = summary["probes"].to_string();
         assert!(
             probes.contains("mm_lock") && probes.contains("mmap_region"),

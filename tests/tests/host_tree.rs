@@ -134,17 +134,6 @@ fn follow_forks_needs_a_pid_or_a_command() {
     );
 }
 
-/// Observations of the scenarios whose point is that verify changes nothing the program
-/// can see: they must read the same under verify as alone.
-const INVISIBLE: &[&str] = &["sigcont-handler", "blocked-read", "waitpid-stop"];
-
-fn observations(stdout: &str) -> Vec<(String, Value)> {
-    mmap_trace_tests::workload::parse_observations(stdout)
-        .into_iter()
-        .map(|o| (o.observe, o.value))
-        .collect()
-}
-
 /// Every scenario verifies with no mismatch and exit 0, in every process it makes; the
 /// invisible ones observe exactly what they observe alone.
 #[test]
@@ -169,17 +158,8 @@ fn verify_agrees_on_every_cause_and_name() {
             mmap_trace_tests::cli::processes_of(scenario),
             "{scenario}: {processes:?}"
         );
-        if INVISIBLE.contains(scenario) {
-            let alone = Command::new(workload_path())
-                .args(["--scenario", scenario])
-                .output()
-                .unwrap();
-            assert!(alone.status.success(), "{scenario} alone failed");
-            assert_eq!(
-                observations(&run.workload_stdout),
-                observations(&String::from_utf8_lossy(&alone.stdout)),
-                "{scenario}: the program saw something else under verify"
-            );
+        if mmap_trace_tests::cli::INVISIBLE.contains(scenario) {
+            mmap_trace_tests::cli::assert_unperturbed(scenario, &run);
         }
     }
 }

@@ -36,6 +36,9 @@ pub enum EventKind {
     Mmap = 7,
     Fork = 8,
     MmChange = 9,
+    /// `--stacks`: where exec put the new executable and its interpreter (follows the
+    /// [`ExecEvent`]).
+    ExecImage = 12,
 }
 
 impl EventKind {
@@ -50,6 +53,7 @@ impl EventKind {
             7 => Some(Self::Mmap),
             8 => Some(Self::Fork),
             9 => Some(Self::MmChange),
+            12 => Some(Self::ExecImage),
             _ => None,
         }
     }
@@ -435,8 +439,89 @@ pub struct CgroupFilter {
     pub _pad: u32,
 }
 
+/// Bytes of user stack copied per event under `--stacks`, from the stack pointer up.
+/// Chosen by measurement (README, "Call stacks"): on Debian's python3 and ls, without
+/// frame pointers, 8 KiB reached the same depth as 32 KiB for every mmap of a run,
+/// and 4 KiB cut ld.so's and python's deeper stacks short; at 8 KiB a stacked syscall
+/// record is ~8.3 KB and the bench loop still lost nothing in the default 4 MiB ring.
+pub const USER_STACK_BYTES: usize = 8192;
+/// The copy is made in chunks of this many bytes and stops at the first one that cannot
+/// be read (the stack's top, a page not present): what was read is kept.
+pub const USER_STACK_CHUNK: usize = 512;
+
+/// `--stacks`: what a DWARF unwinder needs to walk the user stack of the task at the
+/// moment of the event: the user registers the syscall (or fault) entered with and a
+/// copy of the stack's top. Appended to the event's record ([`Stacked`]), never a record
+/// of its own: one reservation keeps the two together (both kept or both lost) and
+/// needs no join in userspace.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UserStack {
+    /// The user instruction pointer, stack pointer and frame pointer (`pt_regs` ip, sp,
+    /// bp); all zero when the task had no user context.
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Bytes of `bytes` copied from `sp` upwards (a multiple of [`USER_STACK_CHUNK`]).
+    pub len: u32,
+    pub _pad: u32,
+    pub bytes: [u8; USER_STACK_BYTES],
+}
+
+/// An event record with the user stack appended. The event keeps its own layout at the
+/// record's start, so a decoder that reads only `record_size(kind)` bytes sees the event
+/// unchanged; [`stack_offset`] says where the stack starts.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Stacked<T> {
+    pub event: T,
+    pub stack: UserStack,
+}
+
+/// Where the [`UserStack`] of a stacked record of `kind` starts.
+pub const fn stack_offset(kind: EventKind) -> usize {
+    record_size(kind).next_multiple_of(8)
+}
+
+/// `--stacks`: what userspace needs to unwind through code that exec mapped (not an mmap
+/// event): the executable, where its code went, and where the interpreter (its path is
+/// the executable's `PT_INTERP`) was loaded. Read from the new `mm_struct` at
+/// `sched_process_exec`, so a process that exits before its records are read still has
+/// its own code named.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecImageEvent {
+    pub header: EventHeader,
+    /// `mm->start_code`: the load bias plus the lowest executable segment's `p_vaddr`.
+    pub start_code: u64,
+    /// `mm->end_code`.
+    pub end_code: u64,
+    /// The auxiliary vector's `AT_BASE`: the interpreter's load address (0: none, a static
+    /// executable).
+    pub interp_base: u64,
+    /// `mm->exe_file`.
+    pub exe: FileId,
+}
+
+/// `mm_struct` fields the exec probe reads under `--stacks`, from BTF at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmOffsets {
+    pub start_code: u32,
+    pub end_code: u32,
+    /// `saved_auxv`: `unsigned long[AT_VECTOR_SIZE]`, type/value pairs.
+    pub saved_auxv: u32,
+    /// Entries in `saved_auxv`.
+    pub saved_auxv_len: u32,
+    pub exe_file: u32,
+    /// Non-zero once userspace filled the table (and `--stacks` is on).
+    pub valid: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: as below.
+    unsafe impl aya::Pod for super::MmOffsets {}
     // SAFETY: repr(C) integers and arrays with explicit padding: any bytes are a value.
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
@@ -461,6 +546,7 @@ pub const fn record_size(kind: EventKind) -> usize {
         EventKind::Mmap => core::mem::size_of::<MmapEvent>(),
         EventKind::Fork => core::mem::size_of::<ForkEvent>(),
         EventKind::MmChange => core::mem::size_of::<MmChangeEvent>(),
+        EventKind::ExecImage => core::mem::size_of::<ExecImageEvent>(),
     }
 }
 
@@ -476,3 +562,15 @@ const _: () = assert!(core::mem::size_of::<MmapEvent>() == 112 + 16 + FILE_NAME_
 const _: () = assert!(core::mem::size_of::<VmaFields>() == 40 + 16 + FILE_NAME_LEN);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 48 + 16);
 const _: () = assert!(core::mem::size_of::<MmChangeEvent>() == 48 + 16 + 48 + 16);
+const _: () = assert!(core::mem::size_of::<UserStack>() == 32 + USER_STACK_BYTES);
+const _: () = assert!(USER_STACK_BYTES.is_multiple_of(USER_STACK_CHUNK));
+const _: () = assert!(core::mem::size_of::<ExecImageEvent>() == 48 + 24 + 16 + FILE_NAME_LEN);
+// The stack follows each stackable event with no padding: stack_offset is its size.
+const _: () = assert!(
+    core::mem::offset_of!(Stacked<SyscallEvent>, stack) == stack_offset(EventKind::Syscall)
+);
+const _: () =
+    assert!(core::mem::offset_of!(Stacked<MmapEvent>, stack) == stack_offset(EventKind::Mmap));
+const _: () = assert!(
+    core::mem::offset_of!(Stacked<MmChangeEvent>, stack) == stack_offset(EventKind::MmChange)
+);

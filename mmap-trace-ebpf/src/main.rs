@@ -14,6 +14,7 @@ mod mmap_region;
 mod page_cache;
 mod path;
 mod remap_pfn_range;
+mod stack;
 mod syscalls;
 
 #[cfg(not(test))]

@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use mmap_trace_common::{EventKind, MmChangeCause, MmChangeEvent, Probe};
 
-use crate::{emit, kernel, syscalls};
+use crate::{emit, kernel, stack, syscalls};
 
 /// Non-zero when this program is attached: `sys_exit` then reports the syscalls noted in
 /// `WROTE_MM`.
@@ -106,6 +106,7 @@ fn write_locked(mm: u64, write: u64, success: u64) -> i32 {
             [0; 6],
             0,
             0,
+            regs as *const _,
         );
         return 0;
     }
@@ -123,7 +124,17 @@ fn write_locked(mm: u64, write: u64, success: u64) -> i32 {
     };
     let mut header = emit::header(EventKind::MmChange, Probe::MmLock, &task);
     header.pid = owner;
-    emit_change(header, MmChangeCause::Kernel, task.pid, -1, [0; 6], 0, 0);
+    // Another task's registers say nothing of the owner's code: no stack.
+    emit_change(
+        header,
+        MmChangeCause::Kernel,
+        task.pid,
+        -1,
+        [0; 6],
+        0,
+        0,
+        core::ptr::null(),
+    );
     0
 }
 
@@ -139,7 +150,13 @@ fn leaves_own_maps(nr: i64) -> bool {
 /// A syscall noted in `WROTE_MM` returns: report it (called by `sys_exit` for calls
 /// without a probe of their own).
 #[inline(always)]
-pub fn syscall_returned(tid: u32, nr: u64, args: [u64; 6], ret: i64) {
+pub fn syscall_returned(
+    tid: u32,
+    nr: u64,
+    args: [u64; 6],
+    ret: i64,
+    user_regs: *const aya_ebpf::bindings::pt_regs,
+) {
     // SAFETY: a read of our own global; volatile so the loader's value is seen.
     if unsafe { core::ptr::read_volatile(&CATCH_ALL) } == 0 {
         return;
@@ -161,9 +178,16 @@ pub fn syscall_returned(tid: u32, nr: u64, args: [u64; 6], ret: i64) {
         args,
         ret,
         compat,
+        user_regs,
     );
 }
 
+/// `user_regs`: the locking task's user registers when it is the owner (its stack is
+/// appended under --stacks), null otherwise.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the record's fields, each written once"
+)]
 #[inline(always)]
 fn emit_change(
     header: mmap_trace_common::EventHeader,
@@ -173,19 +197,21 @@ fn emit_change(
     args: [u64; 6],
     ret: i64,
     compat: u32,
+    user_regs: *const aya_ebpf::bindings::pt_regs,
 ) {
-    let Some(mut entry) = emit::reserve::<MmChangeEvent>(Probe::MmLock) else {
-        return;
-    };
-    entry.write(MmChangeEvent {
-        header,
-        cause: cause as u32,
-        locker_pid,
-        nr,
-        args,
-        ret,
-        compat,
-        _pad: 0,
+    stack::emit::<MmChangeEvent>(Probe::MmLock, user_regs, false, |event| {
+        // SAFETY: `event` is a reserved record of this type.
+        unsafe {
+            event.write(MmChangeEvent {
+                header,
+                cause: cause as u32,
+                locker_pid,
+                nr,
+                args,
+                ret,
+                compat,
+                _pad: 0,
+            })
+        }
     });
-    entry.submit(0);
 }

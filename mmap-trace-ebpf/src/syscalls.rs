@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use mmap_trace_common::{EventKind, MmapEvent, Probe, SyscallEvent};
 
-use crate::{emit, kernel, mm_lock};
+use crate::{emit, kernel, mm_lock, stack};
 
 /// `MAP_ANONYMOUS`: the fd argument is ignored.
 const MAP_ANONYMOUS: u64 = 0x20;
@@ -120,23 +120,26 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if !emit::tgid_passes(pid_tgid) {
         return 0;
     }
-    let regs: *const pt_regs = ctx.arg(0);
+    // The task's user registers, as the syscall entered (and, under --stacks, where the
+    // user stack is).
+    let user_regs: *const pt_regs = ctx.arg(0);
     // SAFETY: the helper tolerates bad addresses; `regs` is the kernel's own, and the
     // struct mirrors pt_regs from r10 on.
-    let Ok(regs) =
-        (unsafe { bpf_probe_read_kernel(core::ptr::addr_of!((*regs).r10).cast::<SyscallRegs>()) })
+    let Ok(regs) = (unsafe {
+        bpf_probe_read_kernel(core::ptr::addr_of!((*user_regs).r10).cast::<SyscallRegs>())
+    })
     else {
         return 0;
     };
     let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
     let Some(probe) = traced(regs.orig_ax) else {
         // Any other call that write-locked the mm (the catch-all noted it).
-        mm_lock::syscall_returned(pid_tgid as u32, regs.orig_ax, args, ctx.arg::<i64>(1));
+        mm_lock::syscall_returned(pid_tgid as u32, regs.orig_ax, args, ctx.arg::<i64>(1), user_regs);
         return 0;
     };
     if in_compat_syscall() {
         // An ia32 syscall: its numbers mean other calls.
-        mm_lock::syscall_returned(pid_tgid as u32, regs.orig_ax, args, ctx.arg::<i64>(1));
+        mm_lock::syscall_returned(pid_tgid as u32, regs.orig_ax, args, ctx.arg::<i64>(1), user_regs);
         return 0;
     }
     let Some(task) = emit::current_task() else {
@@ -164,36 +167,34 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         ret: ctx.arg::<i64>(1),
     };
     if probe == Probe::Mmap {
-        emit_mmap(call);
+        emit_mmap(call, user_regs);
         return 0;
     }
-    let Some(mut entry) = emit::reserve::<SyscallEvent>(probe) else {
-        return 0;
-    };
-    entry.write(call);
-    emit::submit_batched(entry);
+    stack::emit::<SyscallEvent>(probe, user_regs, true, |event| {
+        // SAFETY: `event` is a reserved record of this type.
+        unsafe { event.write(call) }
+    });
     0
 }
 
 /// An mmap and, for a successful file mapping, the file its fd names as the call returns
 /// (the process may close the fd before userspace reads the record).
 #[inline(always)]
-fn emit_mmap(mut call: SyscallEvent) {
+fn emit_mmap(mut call: SyscallEvent, user_regs: *const pt_regs) {
     call.header.kind = EventKind::Mmap as u32;
-    let Some(mut entry) = emit::reserve::<MmapEvent>(Probe::Mmap) else {
-        return;
-    };
-    let event = entry.as_mut_ptr();
     let fd = call.args[4] as i32;
     let maps_file = call.args[3] & MAP_ANONYMOUS == 0 && fd >= 0 && !(-4095..0).contains(&call.ret);
-    // SAFETY: `event` points at a reserved record we own until submit; every field is
-    // written before submit.
-    unsafe {
-        (*event).call = call;
-        match kernel::offsets() {
-            Some(offsets) if maps_file => kernel::read_fd_file(fd, &offsets, &mut (*event).file),
-            _ => kernel::no_file(&mut (*event).file),
+    stack::emit::<MmapEvent>(Probe::Mmap, user_regs, true, |event| {
+        // SAFETY: `event` points at a reserved record we own until submit; every field
+        // is written before submit.
+        unsafe {
+            (*event).call = call;
+            match kernel::offsets() {
+                Some(offsets) if maps_file => {
+                    kernel::read_fd_file(fd, &offsets, &mut (*event).file)
+                }
+                _ => kernel::no_file(&mut (*event).file),
+            }
         }
-    }
-    emit::submit_batched(entry);
+    });
 }

@@ -9,6 +9,7 @@ mod output;
 mod process;
 mod report;
 mod space;
+mod stacks;
 mod trace;
 mod verify;
 

@@ -59,12 +59,18 @@ pub fn run(config: TraceConfig) -> Result<()> {
     // Before attaching: a bad path must not leave a command running untraced.
     let sink = crate::output::open(config.output.as_deref())?;
     let follow_forks = config.load.filter.follow_forks;
+    let stacks = config.load.stacks;
     let session = Session::start("trace", &config.target, config.load, None)?;
     let mut out = Output::new(config.format, sink, session.start_ns);
     let follow = follow_forks != 0;
     if config.wall_clock {
         out.wall_clock();
     }
+    let mut writer = if stacks {
+        Writer::Stacked(crate::stacks::Pipeline::start(out).context("starting the stack symbolizer")?)
+    } else {
+        Writer::Direct(out)
+    };
     let Session {
         tracer,
         ring,
@@ -77,7 +83,7 @@ pub fn run(config: TraceConfig) -> Result<()> {
     let mut summary = runtime.block_on(event_loop(
         ring,
         signals,
-        &mut out,
+        &mut writer,
         pidfd,
         child,
         config.duration,
@@ -87,6 +93,7 @@ pub fn run(config: TraceConfig) -> Result<()> {
     tracer.flush_logs();
     summary.attached = tracer.attached.clone();
     summary.duration_ns = monotonic_ns().saturating_sub(start_ns);
+    let mut out = writer.finish().context("writing the stacked events")?;
     summary.events = out.counts;
     summary.lost = tracer.lost()?;
     out.summary(&summary)
@@ -111,7 +118,7 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 async fn event_loop(
     ring: RingBuf<MapData>,
     signals: StopSignals,
-    out: &mut Output,
+    out: &mut Writer,
     pidfd: Option<OwnedFd>,
     child: Option<u32>,
     duration: Option<Duration>,
@@ -215,19 +222,52 @@ async fn event_loop(
     Ok(summary)
 }
 
+/// Where the reader's records go: straight to the output, or (`--stacks`) to the
+/// worker that unwinds, names and writes them.
+enum Writer {
+    Direct(Output),
+    Stacked(crate::stacks::Pipeline),
+}
+
+impl Writer {
+    /// The output back, once everything sent is written.
+    fn finish(self) -> std::io::Result<Output> {
+        match self {
+            Writer::Direct(out) => Ok(out),
+            Writer::Stacked(pipeline) => pipeline.finish(),
+        }
+    }
+}
+
 fn drain(
     ring: &mut RingBuf<MapData>,
-    out: &mut Output,
+    out: &mut Writer,
     summary: &mut Summary,
     followed: &mut Followed,
 ) -> Result<()> {
     crate::output::paths::new_batch();
-    decode::drain(ring, &mut summary.malformed, |event| {
-        followed.note(&event);
-        let path = crate::output::paths::mapped_path(&event);
-        Ok(out.event(&event, path).or_else(ignore_closed_output)?)
+    decode::drain_records(ring, &mut summary.malformed, |record| {
+        let event = match &record {
+            decode::Record::Event(event, _) => Some(*event),
+            decode::Record::ExecImage(_) => None,
+        };
+        let path = event.as_ref().and_then(|event| {
+            followed.note(event);
+            crate::output::paths::mapped_path(event)
+        });
+        match out {
+            Writer::Direct(out) => {
+                if let Some(event) = event {
+                    out.event(&event, path).or_else(ignore_closed_output)?;
+                }
+            }
+            Writer::Stacked(pipeline) => pipeline.record(record, path),
+        }
+        Ok(())
     })?;
-    out.flush().or_else(ignore_closed_output)?;
+    if let Writer::Direct(out) = out {
+        out.flush().or_else(ignore_closed_output)?;
+    }
     Ok(())
 }
 

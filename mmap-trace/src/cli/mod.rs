@@ -219,6 +219,16 @@ struct TraceArgs {
     /// missed; the trace ends when the target and every followed child have exited.
     #[arg(long, short = 'f')]
     follow_forks: bool,
+    /// A user call stack on every syscall event (mmap, munmap, mprotect, mremap, brk and
+    /// the catch-all's syscalls and faults), as bcc's -U: the probe copies the top 8 KiB
+    /// of the user stack, mmap-trace unwinds it with each file's .eh_frame (no frame
+    /// pointers needed) and names the functions from the files the trace saw mapped, so
+    /// a process that already exited still gets names. JSON: a "stack" array of
+    /// {addr, sym, file, off, src, line}; the table: the innermost frame outside libc
+    /// after the event, and the whole stack below it. Costs ~8 KiB of ring buffer per
+    /// event.
+    #[arg(long, short = 'U')]
+    stacks: bool,
 }
 
 #[derive(Args)]
@@ -380,6 +390,7 @@ impl ProbeArgs {
             ring_buffer_bytes: self.ring_buffer_kib * 1024,
             driver_hooks: self.driver_hooks,
             implicit: false,
+            stacks: false,
         }
     }
 }
@@ -395,6 +406,7 @@ impl TraceArgs {
         };
         let mut load = self.probes.into_load_options();
         load.filter.follow_forks = u32::from(self.follow_forks);
+        load.stacks = self.stacks;
         if let Some(path) = &self.cgroup {
             load.cgroup = crate::process::cgroup::select(path)?;
         }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Btf, Type};
-use mmap_trace_common::{KernelOffsets, TaskOffsets};
+use mmap_trace_common::{KernelOffsets, MmOffsets, TaskOffsets};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -101,6 +101,23 @@ impl KernelBtf {
         })
     }
 
+    /// What the exec probe reads from the new `mm_struct` under `--stacks`.
+    pub fn mm_offsets(&self) -> Result<MmOffsets> {
+        let auxv = field_offset_and_type(&self.btf, "mm_struct", &["saved_auxv"])
+            .context("BTF: struct mm_struct: saved_auxv")?;
+        let Type::Array(array) = auxv.1 else {
+            bail!("BTF: mm_struct.saved_auxv is not an array");
+        };
+        Ok(MmOffsets {
+            start_code: self.offset("mm_struct", &["start_code"])?,
+            end_code: self.offset("mm_struct", &["end_code"])?,
+            saved_auxv: auxv.0,
+            saved_auxv_len: array.len() as u32,
+            exe_file: self.offset("mm_struct", &["exe_file"])?,
+            valid: 1,
+        })
+    }
+
     /// Index of the `write` argument of the `mmap_lock_acquire_returned` tracepoint:
     /// `(mm, memcg_path, write, success)` on 6.1–6.12, `(mm, write, success)` since.
     /// Read from the `btf_trace_*` typedef (a pointer to a prototype whose first
@@ -145,6 +162,11 @@ impl KernelBtf {
 
 /// Byte offset of `fields` (a path through nested structs) in `struct ty`.
 fn field_offset(btf: &Btf, ty: &str, fields: &[&str]) -> Result<u32> {
+    field_offset_and_type(btf, ty, fields).map(|(offset, _)| offset)
+}
+
+/// [`field_offset`], and the field's type (typedefs stripped).
+fn field_offset_and_type(btf: &Btf, ty: &str, fields: &[&str]) -> Result<(u32, Type)> {
     let mut current = btf
         .resolve_types_by_name(ty)?
         .into_iter()
@@ -160,7 +182,7 @@ fn field_offset(btf: &Btf, ty: &str, fields: &[&str]) -> Result<u32> {
     if bits % 8 != 0 {
         bail!("member is a bitfield");
     }
-    Ok(bits / 8)
+    Ok((bits / 8, current))
 }
 
 /// Finds `name` in a struct or union, looking through anonymous members (the 6.18
@@ -230,6 +252,9 @@ mod tests {
         assert_eq!(btf.thread_info_status().unwrap(), 16);
         let t = btf.task_offsets().unwrap();
         assert!(t.mm != 0 && t.pid != 0 && t.tgid == t.pid + 4, "{t:?}");
+        let m = btf.mm_offsets().unwrap();
+        assert_eq!(m.end_code, m.start_code + 8, "{m:?}");
+        assert!(m.saved_auxv_len >= 40 && m.exe_file != 0, "{m:?}");
         // 6.18 dropped memcg_path: (mm, write, success).
         assert_eq!(btf.mmap_lock_write_arg().unwrap(), 1);
     }

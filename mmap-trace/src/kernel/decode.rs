@@ -6,9 +6,9 @@ use std::fmt;
 use aya::maps::{MapData, RingBuf};
 
 use mmap_trace_common::{
-    DriverMmapEvent, EventHeader, EventKind, ExecEvent, FILE_PATH_FULL, FILE_PATH_TRUNCATED,
+    DriverMmapEvent, EventHeader, EventKind, ExecEvent, ExecImageEvent, FILE_PATH_FULL, FILE_PATH_TRUNCATED,
     FILE_UNLINKED, FileId, ForkEvent, MmChangeEvent, MmapEvent, MmapRegionEvent, PageCacheEvent,
-    Probe, RemapPfnEvent, SyscallEvent, record_size,
+    Probe, RemapPfnEvent, SyscallEvent, USER_STACK_BYTES, UserStack, record_size, stack_offset,
 };
 
 /// The one drain policy, for every command: each record the ring buffer holds, in order,
@@ -20,9 +20,23 @@ pub fn drain(
     malformed: &mut u64,
     mut each: impl FnMut(Event) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    // Without --stacks no record carries a stack and no exec image comes.
+    drain_records(ring, malformed, |record| match record {
+        Record::Event(event, _) => each(event),
+        Record::ExecImage(_) => Ok(()),
+    })
+}
+
+/// [`drain`] with what `trace --stacks` adds: each event's user stack (borrowed from the
+/// ring; copy what is kept) and the exec images.
+pub fn drain_records(
+    ring: &mut RingBuf<MapData>,
+    malformed: &mut u64,
+    mut each: impl FnMut(Record<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     while let Some(item) = ring.next() {
-        match decode(&item) {
-            Ok(event) => each(event)?,
+        match decode_record(&item) {
+            Ok(record) => each(record)?,
             Err(e) => {
                 *malformed += 1;
                 log::warn!("skipping a malformed record from the kernel: {e}");
@@ -30,6 +44,72 @@ pub fn drain(
         }
     }
     Ok(())
+}
+
+/// A ring-buffer record: an event (with its user stack under --stacks), or a side record.
+pub enum Record<'a> {
+    Event(Event, Option<StackCopy<'a>>),
+    /// `--stacks`: what exec mapped (follows the exec event).
+    ExecImage(ExecImageEvent),
+}
+
+/// The user registers and stack bytes appended to a record under `--stacks`.
+#[derive(Clone, Copy, Debug)]
+pub struct StackCopy<'a> {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// The copy of the stack from `sp` up (as far as the probe could read).
+    pub bytes: &'a [u8],
+}
+
+/// The stack appended to a record of `kind`, if the record is long enough to hold one.
+fn stack_copy(bytes: &[u8], kind: EventKind) -> Result<Option<StackCopy<'_>>, DecodeError> {
+    let offset = stack_offset(kind);
+    let Some(tail) = bytes.get(offset..) else {
+        return Ok(None);
+    };
+    if tail.is_empty() {
+        return Ok(None);
+    }
+    let fixed = size_of::<UserStack>() - USER_STACK_BYTES;
+    let head: [u64; 4] = read(tail)?;
+    let len = (head[3] as u32 as usize).min(USER_STACK_BYTES);
+    let stack = &tail[fixed..];
+    if stack.len() < len {
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            need: offset + fixed + len,
+        });
+    }
+    Ok((head[0] != 0).then(|| StackCopy {
+        ip: head[0],
+        sp: head[1],
+        bp: head[2],
+        bytes: &stack[..len],
+    }))
+}
+
+/// [`decode`], with the stack appended to the record and the `--stacks` side records.
+pub fn decode_record(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
+    let header: EventHeader = read(bytes)?;
+    if header.kind == EventKind::ExecImage as u32 {
+        if header.probe != Probe::Exec as u32 {
+            return Err(DecodeError::ProbeKindMismatch {
+                kind: header.kind,
+                probe: header.probe,
+            });
+        }
+        return Ok(Record::ExecImage(read(bytes)?));
+    }
+    let event = decode(bytes)?;
+    let stack = match EventKind::from_u32(header.kind) {
+        Some(kind @ (EventKind::Syscall | EventKind::Mmap | EventKind::MmChange)) => {
+            stack_copy(bytes, kind)?
+        }
+        _ => None,
+    };
+    Ok(Record::Event(event, stack))
 }
 
 /// [`drain`] into a vector.
@@ -136,6 +216,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::PageCache => Event::PageCache(read(bytes)?),
         EventKind::Fork => Event::Fork(read(bytes)?),
         EventKind::MmChange => Event::MmChange(read(bytes)?),
+        EventKind::ExecImage => {
+            return Err(DecodeError::ProbeKindMismatch {
+                kind: header.kind,
+                probe: header.probe,
+            });
+        }
     })
 }
 

@@ -10,7 +10,7 @@ use aya::{
     programs::{BtfTracePoint, KProbe, RawTracePoint, TracePoint},
 };
 use mmap_trace_common::{
-    CgroupFilter, FilemapFormat, KernelOffsets, PROBE_COUNT, Probe, TargetFilter, TaskOffsets,
+    CgroupFilter, FilemapFormat, KernelOffsets, MmOffsets, PROBE_COUNT, Probe, TargetFilter, TaskOffsets,
 };
 
 use crate::{kernel::btf, kernel::tracefs};
@@ -38,6 +38,9 @@ pub struct LoadOptions {
     /// `requested` was chosen by the command, not the user: skip what this kernel cannot
     /// serve instead of failing.
     pub implicit: bool,
+    /// `trace --stacks`: append the user stack to syscall and catch-all records, and
+    /// report where exec put the executable and interpreter.
+    pub stacks: bool,
 }
 
 type Logger = std::sync::Arc<std::sync::Mutex<aya_log::EbpfLogger<&'static dyn log::Log>>>;
@@ -114,7 +117,9 @@ impl Tracer {
         let fork = chosen.contains(&Probe::Fork);
         // The kernel probes, the catch-all and fork following cannot do without BTF; the
         // syscall probe only wants one offset.
-        let needs_btf = kprobes || catch_all || fork;
+        // --stacks reads the new mm at exec (ExecImageEvent) through BTF offsets.
+        let stacks = opts.stacks;
+        let needs_btf = kprobes || catch_all || fork || stacks;
         let kernel_btf = match (needs_btf || syscalls).then(|| btf::KernelBtf::open(&opts.btf)) {
             Some(Ok(btf)) => Some(btf),
             Some(Err(e)) if needs_btf => return Err(e),
@@ -133,7 +138,7 @@ impl Tracer {
             None => None,
         };
         let offsets = match &kernel_btf {
-            Some(btf) if kprobes => btf.kernel_offsets()?,
+            Some(btf) if kprobes || stacks => btf.kernel_offsets()?,
             // The mmap probe reads the file its fd names; without the offsets it still
             // reports the call.
             Some(btf) if chosen.contains(&Probe::Mmap) => {
@@ -149,7 +154,7 @@ impl Tracer {
             _ => TI_STATUS_FALLBACK,
         };
         let (task_offsets, write_arg) = match &kernel_btf {
-            Some(btf) if catch_all || fork => (
+            Some(btf) if catch_all || fork || stacks => (
                 btf.task_offsets()?,
                 if catch_all {
                     btf.mmap_lock_write_arg()?
@@ -158,6 +163,10 @@ impl Tracer {
                 },
             ),
             _ => (TaskOffsets::default(), 2),
+        };
+        let mm_offsets = match &kernel_btf {
+            Some(btf) if stacks => btf.mm_offsets()?,
+            _ => MmOffsets::default(),
         };
         let syscall_probes: u32 = chosen
             .iter()
@@ -182,6 +191,8 @@ impl Tracer {
             .override_global("ENTRY_TIMES", &entry_times, true)
             .override_global("TASK_OFFSETS", &task_offsets, true)
             .override_global("CATCH_ALL", &u32::from(catch_all), true)
+            .override_global("STACKS", &u32::from(stacks), true)
+            .override_global("MM_OFFSETS", &mm_offsets, true)
             .override_global(
                 "WAKEUP_BYTES",
                 &(u64::from(opts.ring_buffer_bytes) / 8),

@@ -12,7 +12,10 @@ use mmap_trace_common::{PROBE_COUNT, Probe};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::kernel::decode::{Event, FilePath};
+use crate::{
+    kernel::decode::{Event, FilePath},
+    stacks::Frame,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -144,6 +147,18 @@ impl Output {
     }
 
     pub fn event(&mut self, event: &Event, path: Option<FilePath>) -> io::Result<()> {
+        self.event_stacked(event, path, None)
+    }
+
+    /// An event with the user stack `trace --stacks` unwound for it: JSON's `stack`
+    /// array; in the table, the innermost frame outside libc after the details and the
+    /// whole stack indented below.
+    pub fn event_stacked(
+        &mut self,
+        event: &Event,
+        path: Option<FilePath>,
+        stack: Option<&[Frame]>,
+    ) -> io::Result<()> {
         self.counts[event.probe() as usize] += 1;
         let cgroup_id = event.header().cgroup_id;
         let cgroup = self
@@ -160,6 +175,7 @@ impl Output {
                 event.mmap_file(),
                 path.as_ref(),
             );
+            append_stack(&mut self.line, stack)?;
             json::append_cgroup(&mut self.line, cgroup_id, cgroup);
             self.line.push(b'\n');
             return self.out.write_all(&self.line);
@@ -169,8 +185,11 @@ impl Output {
         match self.format {
             Format::Json => {
                 record.cgroup = cgroup;
-                serde_json::to_writer(&mut self.out, &record)?;
-                self.out.write_all(b"\n")
+                self.line.clear();
+                serde_json::to_writer(&mut self.line, &record)?;
+                append_stack(&mut self.line, stack)?;
+                self.line.push(b'\n');
+                self.out.write_all(&self.line)
             }
             Format::Table => {
                 // `12.345678` (seconds since attach) or `HH:MM:SS.ffffff`.
@@ -199,11 +218,19 @@ impl Output {
                 };
                 let details = details(&record.body);
                 let comm = escape(json::c_bytes(&event.header().comm));
+                let caller = stack
+                    .and_then(|frames| frames.iter().find(|f| !f.in_libc()))
+                    .map(|f| format!("  <- {}", frame_text(f)))
+                    .unwrap_or_default();
                 writeln!(
                     self.out,
-                    "{time:>width$} {:>7} {:>7} {comm:<16} {:<15} {details}",
+                    "{time:>width$} {:>7} {:>7} {comm:<16} {:<15} {details}{caller}",
                     record.pid, record.tid, record.probe
-                )
+                )?;
+                for (i, frame) in stack.unwrap_or_default().iter().enumerate() {
+                    writeln!(self.out, "{:>width$}   #{i:<2} {}", "", frame_text(frame))?;
+                }
+                Ok(())
             }
         }
     }
@@ -282,6 +309,32 @@ impl Output {
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+}
+
+/// Inserts `"stack":[…]` before the closing brace of the JSON object in `line`.
+fn append_stack(line: &mut Vec<u8>, stack: Option<&[Frame]>) -> io::Result<()> {
+    let Some(frames) = stack else {
+        return Ok(());
+    };
+    if line.last() == Some(&b'}') {
+        line.pop();
+    }
+    line.extend_from_slice(br#","stack":"#);
+    serde_json::to_writer(&mut *line, frames)?;
+    line.push(b'}');
+    Ok(())
+}
+
+/// `0x7f…  name (file+0xoff)` for the table, `name` `??` where unknown.
+fn frame_text(f: &Frame) -> String {
+    let mut text = format!("{:#x} {}", f.addr.0, f.sym.as_deref().unwrap_or("??"));
+    if let (Some(file), Some(off)) = (&f.file, f.off) {
+        text.push_str(&format!(" ({file}+{:#x})", off.0));
+    }
+    if let (Some(src), Some(line)) = (&f.src, f.line) {
+        text.push_str(&format!(" at {src}:{line}"));
+    }
+    text
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {

@@ -93,6 +93,7 @@ pub fn run(config: VerifyDriverConfig) -> Result<bool> {
             .map(|s| s.to_string())
             .collect(),
         implicit: false,
+        stacks: false,
     };
     let mut tracer = Tracer::load(&load)?;
     let mut ring = tracer.take_events()?;

@@ -1,0 +1,307 @@
+//! `trace --stacks`: the user stacks the probes copy, unwound with `.eh_frame`
+//! (framehop) and named (blazesym) from the mappings the trace itself recorded, on a
+//! worker thread so the ring-buffer reader never waits for a file to be parsed.
+//!
+//! The reader hands every record to the worker in ring order ([`Pipeline::record`]);
+//! the worker keeps the per-process model (process.rs), unwinds, names and writes the
+//! output. What the model is fed: exec's image (the executable and its interpreter, from
+//! the kernel's `ExecImageEvent`: no mmap event shows them), each file mmap, a fork's
+//! copy of the parent, and a /proc/<pid>/maps snapshot the reader takes when it first
+//! sees a process it did not see exec (`--pid`, a running process). A process that exits
+//! before its records are read keeps its names: nothing here asks /proc after the fact.
+
+mod elf;
+mod process;
+mod symbolize;
+
+use std::{
+    collections::HashSet,
+    io,
+    os::unix::ffi::OsStrExt as _,
+    sync::{Arc, mpsc},
+    thread::JoinHandle,
+};
+
+use mmap_trace_common::ExecImageEvent;
+use serde::Serialize;
+
+use crate::{
+    kernel::decode::{Event, FilePath, Record},
+    output::{Output, json::Hex, json::is_error},
+};
+
+pub use process::Mapping;
+
+/// One frame of a symbolized stack: the JSON `stack` array's element.
+#[derive(Clone, Debug, Serialize)]
+pub struct Frame {
+    pub addr: Hex,
+    /// The function; absent where nothing names it (stripped, JIT, deleted file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sym: Option<String>,
+    /// The mapped file the address is in, and the address's offset in that file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub off: Option<Hex>,
+    /// Source file and line, where the file has DWARF line information.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+}
+
+impl Frame {
+    /// True for frames in the C library (the table names the first frame that is not).
+    pub fn in_libc(&self) -> bool {
+        self.file.as_deref().is_some_and(|f| {
+            let name = f.rsplit('/').next().unwrap_or(f);
+            name.starts_with("libc.so") || name.starts_with("libc-")
+        })
+    }
+}
+
+/// A stack copied by the probe, owned (the ring's bytes are released after the read).
+pub struct StackBytes {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    pub bytes: Vec<u8>,
+}
+
+enum Item {
+    /// A /proc/<pid>/maps snapshot of a process first seen without its exec.
+    Maps(u32, Vec<Mapping>),
+    Image(ExecImageEvent),
+    Event(Box<Event>, Option<FilePath>, Option<StackBytes>),
+}
+
+/// The reader's end: sends records to the worker, which owns the output until
+/// [`Pipeline::finish`].
+pub struct Pipeline {
+    tx: Option<mpsc::Sender<Item>>,
+    worker: Option<JoinHandle<io::Result<Output>>>,
+    /// Processes whose mappings the worker has from their exec or a snapshot.
+    seen: HashSet<u32>,
+}
+
+impl Pipeline {
+    pub fn start(out: Output) -> io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Item>();
+        let worker = std::thread::Builder::new()
+            .name("stacks".into())
+            .spawn(move || work(rx, out))?;
+        Ok(Self {
+            tx: Some(tx),
+            worker: Some(worker),
+            seen: HashSet::new(),
+        })
+    }
+
+    /// A record, in ring order. `path`: an mmap's file path (output/paths.rs).
+    pub fn record(&mut self, record: Record<'_>, path: Option<FilePath>) {
+        let item = match record {
+            Record::ExecImage(image) => {
+                self.seen.insert(image.header.pid);
+                Item::Image(image)
+            }
+            Record::Event(event, stack) => {
+                let pid = event.header().pid;
+                if let Event::Exec(_) = event {
+                    // Its image follows; whatever a snapshot would show is gone.
+                    self.seen.insert(pid);
+                } else if self.seen.insert(pid) {
+                    self.send(Item::Maps(pid, snapshot(pid)));
+                }
+                let stack = stack.map(|s| StackBytes {
+                    ip: s.ip,
+                    sp: s.sp,
+                    bp: s.bp,
+                    bytes: s.bytes.to_vec(),
+                });
+                Item::Event(Box::new(event), path, stack)
+            }
+        };
+        self.send(item);
+    }
+
+    fn send(&mut self, item: Item) {
+        if let Some(tx) = &self.tx
+            && tx.send(item).is_err()
+        {
+            // The worker ended (its output failed): finish() reports why.
+            self.tx = None;
+        }
+    }
+
+    /// Waits for the worker to write everything sent, and takes the output back.
+    pub fn finish(mut self) -> io::Result<Output> {
+        self.tx = None;
+        match self.worker.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            _ => Err(io::Error::other("the stack symbolizer thread panicked")),
+        }
+    }
+}
+
+/// The file-backed mappings /proc/<pid>/maps shows now (none once the process is gone).
+fn snapshot(pid: u32) -> Vec<Mapping> {
+    let Ok(maps) = procfs::process::Process::new(pid as i32).and_then(|p| p.maps()) else {
+        return Vec::new();
+    };
+    maps.into_iter()
+        .filter_map(|m| match m.pathname {
+            procfs::process::MMapPath::Path(p) => Some(Mapping {
+                start: m.address.0,
+                end: m.address.1,
+                offset: m.offset,
+                path: Arc::from(String::from_utf8_lossy(p.as_os_str().as_bytes()).as_ref()),
+                exec: m.perms.contains(procfs::process::MMPermissions::EXECUTE),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+fn work(rx: mpsc::Receiver<Item>, mut out: Output) -> io::Result<Output> {
+    let mut model = Model::default();
+    // A closed output (`| head`) ends the writing quietly; the records still queued are
+    // dropped, as the direct path does.
+    let mut closed = false;
+    let step = |result: io::Result<()>, closed: &mut bool| match result {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+            *closed = true;
+            Ok(())
+        }
+        other => other,
+    };
+    while let Ok(item) = rx.recv() {
+        if closed {
+            continue;
+        }
+        let result = model.handle(item, &mut out);
+        step(result, &mut closed)?;
+        // Everything queued, then one flush: as the direct path flushes per batch.
+        while !closed && let Ok(item) = rx.try_recv() {
+            let result = model.handle(item, &mut out);
+            step(result, &mut closed)?;
+        }
+        if !closed {
+            let result = out.flush();
+            step(result, &mut closed)?;
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Default)]
+struct Model {
+    processes: process::Processes,
+    names: symbolize::Names,
+}
+
+impl Model {
+    fn handle(&mut self, item: Item, out: &mut Output) -> io::Result<()> {
+        match item {
+            Item::Maps(pid, maps) => {
+                if !self.processes.known(pid) {
+                    self.processes.exec(pid);
+                }
+                for m in maps {
+                    self.processes.add(pid, m);
+                }
+                Ok(())
+            }
+            Item::Image(image) => {
+                self.image(&image);
+                Ok(())
+            }
+            Item::Event(event, path, stack) => {
+                self.note(&event, path.as_ref());
+                let frames = stack.map(|s| self.symbolize(event.header().pid, &s));
+                out.event_stacked(&event, path, frames.as_deref())
+            }
+        }
+    }
+
+    /// What an event changes in the model: exec, a file mapping, a fork's copy.
+    fn note(&mut self, event: &Event, path: Option<&FilePath>) {
+        match event {
+            Event::Exec(e) => self.processes.exec(e.header.pid),
+            Event::Mmap(e) => {
+                let call = &e.call;
+                let Some(path) = path else {
+                    return;
+                };
+                if is_error(call.ret) {
+                    return;
+                }
+                let start = call.ret as u64;
+                self.processes.add(
+                    call.header.pid,
+                    Mapping {
+                        start,
+                        end: start + call.args[1].next_multiple_of(4096),
+                        offset: call.args[5],
+                        path: Arc::from(String::from_utf8_lossy(&path.bytes).as_ref()),
+                        exec: call.args[2] & libc::PROT_EXEC as u64 != 0,
+                    },
+                );
+            }
+            Event::Fork(f) => self.processes.fork(f.header.pid, f.child_pid),
+            _ => {}
+        }
+    }
+
+    /// Places exec's executable and its interpreter.
+    fn image(&mut self, image: &ExecImageEvent) {
+        let pid = image.header.pid;
+        self.processes.exec(pid);
+        let Some(exe) = FilePath::from_kernel(&image.exe) else {
+            return;
+        };
+        let exe: Arc<str> = Arc::from(String::from_utf8_lossy(&exe.bytes).as_ref());
+        let Some(info) = self.processes.elf.get(&exe) else {
+            return;
+        };
+        if let Some(first) = info.first_exec_vaddr() {
+            let bias = image.start_code.wrapping_sub(first);
+            self.processes.add_image(pid, exe, &info, bias);
+        }
+        if let (Some(interp), true) = (&info.interp, image.interp_base != 0) {
+            let interp: Arc<str> = Arc::from(interp.as_str());
+            if let Some(loader) = self.processes.elf.get(&interp) {
+                let lowest = loader.segments.iter().map(|s| s.vaddr).min().unwrap_or(0);
+                let bias = image.interp_base.wrapping_sub(lowest & !4095);
+                self.processes.add_image(pid, interp, &loader, bias);
+            }
+        }
+    }
+
+    fn symbolize(&mut self, pid: u32, stack: &StackBytes) -> Vec<Frame> {
+        let raw = self
+            .processes
+            .unwind(pid, stack.ip, stack.sp, stack.bp, &stack.bytes);
+        raw.into_iter()
+            .map(|f| {
+                let symbol = f
+                    .file
+                    .as_ref()
+                    .and_then(|(path, off)| self.names.lookup(path, *off));
+                let (sym, src, line) = match symbol {
+                    Some(s) => (Some(s.name), s.src, s.line),
+                    None => (None, None, None),
+                };
+                Frame {
+                    addr: Hex(f.addr),
+                    sym,
+                    file: f.file.as_ref().map(|(p, _)| p.to_string()),
+                    // The frame's own address's offset (a return address, not the call).
+                    off: f.file.as_ref().map(|(_, off)| Hex(off + (f.addr - f.lookup))),
+                    src,
+                    line,
+                }
+            })
+            .collect()
+    }
+}

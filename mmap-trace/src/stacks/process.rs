@@ -1,0 +1,188 @@
+//! Each traced process's file mappings, as the trace itself recorded them (exec's image,
+//! the mmap events, a /proc/<pid>/maps snapshot when a process is first seen), so its
+//! stacks unwind and symbolize after it has exited; and its unwinder, rebuilt when the
+//! mappings change.
+
+use std::{collections::HashMap, sync::Arc};
+
+use framehop::{
+    ExplicitModuleSectionInfo, Module, Unwinder as _,
+    x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
+};
+
+use super::elf::{ElfCache, ElfInfo};
+
+const PAGE: u64 = 4096;
+/// Frames unwound at most per stack (the copy ends long before on real programs).
+const MAX_FRAMES: usize = 128;
+
+/// A file mapped at `start..end` from file offset `offset`.
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    pub path: Arc<str>,
+    pub exec: bool,
+}
+
+/// One frame of an unwound stack: its address, and where that is in a mapped file.
+#[derive(Clone, Debug)]
+pub struct RawFrame {
+    pub addr: u64,
+    /// The address to look up: the call instruction for a return address.
+    pub lookup: u64,
+    /// The mapping's file and the file offset of `lookup`, when a mapping covers it.
+    pub file: Option<(Arc<str>, u64)>,
+}
+
+#[derive(Default)]
+struct Process {
+    /// Oldest first; a later mapping of the same range wins.
+    mappings: Vec<Mapping>,
+    unwinder: Option<UnwinderX86_64<Arc<[u8]>>>,
+}
+
+impl Process {
+    fn find(&self, addr: u64) -> Option<&Mapping> {
+        self.mappings
+            .iter()
+            .rev()
+            .find(|m| m.start <= addr && addr < m.end)
+    }
+}
+
+#[derive(Default)]
+pub struct Processes {
+    by_pid: HashMap<u32, Process>,
+    pub elf: ElfCache,
+    cache: Option<CacheX86_64>,
+}
+
+impl Processes {
+    pub fn known(&self, pid: u32) -> bool {
+        self.by_pid.contains_key(&pid)
+    }
+
+    /// A forked child starts with its parent's mappings.
+    pub fn fork(&mut self, parent: u32, child: u32) {
+        let mappings = self
+            .by_pid
+            .get(&parent)
+            .map(|p| p.mappings.clone())
+            .unwrap_or_default();
+        self.by_pid.insert(
+            child,
+            Process {
+                mappings,
+                unwinder: None,
+            },
+        );
+    }
+
+    /// exec replaced the address space.
+    pub fn exec(&mut self, pid: u32) {
+        self.by_pid.insert(pid, Process::default());
+    }
+
+    pub fn add(&mut self, pid: u32, mapping: Mapping) {
+        let process = self.by_pid.entry(pid).or_default();
+        if mapping.exec {
+            process.unwinder = None;
+        }
+        process.mappings.push(mapping);
+    }
+
+    /// A file exec (or the loader it named) mapped, placed by its ELF segments: `bias`
+    /// is where the file's address 0 went.
+    pub fn add_image(&mut self, pid: u32, path: Arc<str>, info: &ElfInfo, bias: u64) {
+        for s in &info.segments {
+            let start = (bias + s.vaddr) & !(PAGE - 1);
+            self.add(
+                pid,
+                Mapping {
+                    start,
+                    end: (bias + s.vaddr + s.memsz).next_multiple_of(PAGE),
+                    offset: s.offset & !(PAGE - 1),
+                    path: path.clone(),
+                    exec: s.exec,
+                },
+            );
+        }
+    }
+
+    /// Unwinds the stack copy of a task of `pid` (`stack`: the bytes from `sp` up).
+    pub fn unwind(&mut self, pid: u32, ip: u64, sp: u64, bp: u64, stack: &[u8]) -> Vec<RawFrame> {
+        let Self { by_pid, elf, cache } = self;
+        let process = by_pid.entry(pid).or_default();
+        if process.unwinder.is_none() {
+            process.unwinder = Some(build_unwinder(&process.mappings, elf));
+        }
+        let Some(unwinder) = process.unwinder.as_ref() else {
+            return Vec::new();
+        };
+        let cache = cache.get_or_insert_with(CacheX86_64::new);
+        let mut read_stack = |addr: u64| {
+            let at = addr.checked_sub(sp).ok_or(())? as usize;
+            let word = stack.get(at..at + 8).ok_or(())?;
+            Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?))
+        };
+        let mut frames = Vec::new();
+        let mut iter = unwinder.iter_frames(
+            ip,
+            UnwindRegsX86_64::new(ip, sp, bp),
+            cache,
+            &mut read_stack,
+        );
+        while frames.len() < MAX_FRAMES {
+            let Ok(Some(address)) = iter.next() else {
+                break;
+            };
+            let lookup = address.address_for_lookup();
+            let addr = address.address();
+            let file = process
+                .find(lookup)
+                .map(|m| (m.path.clone(), lookup - m.start + m.offset));
+            frames.push(RawFrame { addr, lookup, file });
+        }
+        frames
+    }
+}
+
+/// One framehop module per executable mapping of an ELF file with unwind sections (the
+/// newest wins where two overlap).
+fn build_unwinder(mappings: &[Mapping], elf: &mut ElfCache) -> UnwinderX86_64<Arc<[u8]>> {
+    let mut unwinder = UnwinderX86_64::new();
+    let mut taken: Vec<std::ops::Range<u64>> = Vec::new();
+    for m in mappings.iter().rev().filter(|m| m.exec) {
+        if taken.iter().any(|r| r.start < m.end && m.start < r.end) {
+            continue;
+        }
+        let Some(info) = elf.get(&m.path) else {
+            continue;
+        };
+        let Some(svma) = info.svma_of_offset(m.offset) else {
+            continue;
+        };
+        let bias = m.start.wrapping_sub(svma);
+        let section_info = ExplicitModuleSectionInfo {
+            base_svma: 0,
+            text_svma: info.text.as_ref().map(|s| s.svma.clone()),
+            text: info.text.as_ref().map(|s| s.data.clone()),
+            got_svma: info.got.clone(),
+            eh_frame_svma: info.eh_frame.as_ref().map(|s| s.svma.clone()),
+            eh_frame: info.eh_frame.as_ref().map(|s| s.data.clone()),
+            eh_frame_hdr_svma: info.eh_frame_hdr.as_ref().map(|s| s.svma.clone()),
+            eh_frame_hdr: info.eh_frame_hdr.as_ref().map(|s| s.data.clone()),
+            ..ExplicitModuleSectionInfo::default()
+        };
+        unwinder.add_module(Module::new(
+            m.path.to_string(),
+            m.start..m.end,
+            bias,
+            section_info,
+        ));
+        taken.push(m.start..m.end);
+    }
+    unwinder
+}

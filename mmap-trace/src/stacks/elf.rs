@@ -83,12 +83,16 @@ impl ElfInfo {
         })
     }
 
-    /// The link-time address of the byte at file offset `offset`, if a segment maps it.
+    /// The link-time address of the byte at file offset `offset`, if a segment maps it
+    /// (from the segment's page start: a mapping's offset is page-aligned, a segment's
+    /// need not be, and then the page is shared with the previous segment: the later
+    /// segment is the one a mapping starting there was made for).
     pub fn svma_of_offset(&self, offset: u64) -> Option<u64> {
         self.segments
             .iter()
-            .find(|s| s.offset <= offset && offset < s.offset + s.filesz.max(1))
-            .map(|s| s.vaddr + (offset - s.offset))
+            .rev()
+            .find(|s| s.offset & !4095 <= offset && offset < s.offset + s.filesz.max(1))
+            .map(|s| s.vaddr.wrapping_add(offset.wrapping_sub(s.offset)))
     }
 
     /// The lowest executable segment's address (exec's `start_code` minus the bias).

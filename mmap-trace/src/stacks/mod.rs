@@ -163,8 +163,15 @@ fn snapshot(pid: u32) -> Vec<Mapping> {
         .collect()
 }
 
+/// Test hook: the worker waits this many ms before its first record, so a test can
+/// see a short-lived process symbolized after it exited.
+const DELAY_ENV: &str = "MMTRACE_STACKS_TEST_DELAY_MS";
+
 fn work(rx: mpsc::Receiver<Item>, mut out: Output) -> io::Result<Output> {
     let mut model = Model::default();
+    if let Some(ms) = std::env::var(DELAY_ENV).ok().and_then(|v| v.parse().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
     // A closed output (`| head`) ends the writing quietly; the records still queued are
     // dropped, as the direct path does.
     let mut closed = false;

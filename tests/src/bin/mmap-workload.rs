@@ -46,6 +46,24 @@ fn ia32_calls(rec: &mut Recorder) {
     rec.call("munmap", libc::SYS_munmap, &[IA32_MARKER, PAGE]);
 }
 
+/// Maps `len` bytes of anonymous memory; a name found in no library, for the stack tests.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn mmtrace_workload_stack_marker(len: u64) -> u64 {
+    // SAFETY: a fresh anonymous mapping.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            std::hint::black_box(len) as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    std::hint::black_box(p as u64)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opt = |name: &str| {
@@ -74,6 +92,18 @@ fn main() {
                 libc::munmap(p, 16384);
             }
         }
+        return;
+    }
+    if let Some(n) = opt("--stack-marker") {
+        // `trace --stacks` tests: N mmaps made by a function only this program has,
+        // and one of them never unmapped (the leak report's planted call site).
+        let n: u64 = n.parse().expect("--stack-marker N");
+        for _ in 0..n {
+            let p = mmtrace_workload_stack_marker(4 * PAGE);
+            // SAFETY: unmaps the anonymous memory just mapped.
+            unsafe { libc::munmap(p as *mut libc::c_void, 4 * PAGE as usize) };
+        }
+        println!("{{\"leaked\":{}}}", mmtrace_workload_stack_marker(3 * PAGE));
         return;
     }
     if args.iter().any(|a| a == "--ia32") {

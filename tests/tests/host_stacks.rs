@@ -1,0 +1,170 @@
+//! Host tests for issue 16: `trace --stacks` gives each syscall event a user stack,
+//! unwound with `.eh_frame` (no frame pointers needed) and named from the files the trace
+//! itself saw mapped, so a process that exited before its records were symbolized still
+//! gets its function names. Real eBPF on this kernel; `cargo xtask test` runs them (root).
+
+use std::{
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Mutex,
+};
+
+use mmap_trace_tests::cli::{cli, json_lines, stderr, workload_path};
+use serde_json::Value;
+
+/// One tracer at a time in this binary (2 shared cores).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `trace --stacks --json -- argv`, with the symbolizer held back `delay_ms` (0: not),
+/// returning the events; fails on any lost or malformed record.
+fn trace_stacks(argv: &[&OsStr], delay_ms: u64) -> Vec<Value> {
+    let out_file =
+        std::env::temp_dir().join(format!("stacks-trace-{}-{delay_ms}.jsonl", std::process::id()));
+    let run = cli()
+        .args(["trace", "--stacks", "--json", "-o"])
+        .arg(&out_file)
+        .env("MMTRACE_STACKS_TEST_DELAY_MS", delay_ms.to_string())
+        .arg("--")
+        .args(argv)
+        .output()
+        .expect("run mmap-trace");
+    assert!(run.status.success(), "mmap-trace trace --stacks failed: {}", stderr(&run));
+    let text = std::fs::read_to_string(&out_file).expect("trace file");
+    let _ = std::fs::remove_file(&out_file);
+    let records = json_lines(&text);
+    let summary = records
+        .iter()
+        .find(|r| r["type"] == "summary")
+        .unwrap_or_else(|| panic!("no summary in:\n{text}"));
+    assert_eq!(summary["lost_total"], 0, "{summary}");
+    assert_eq!(summary["malformed"], 0, "{summary}");
+    records
+        .into_iter()
+        .filter(|r| r["type"] == "event")
+        .collect()
+}
+
+/// The mmap events of `len` bytes.
+fn mmaps_of_len(events: &[Value], len: u64) -> Vec<&Value> {
+    let len = format!("{len:#x}");
+    events
+        .iter()
+        .filter(|e| e["probe"] == "mmap" && e["len"] == len.as_str())
+        .collect()
+}
+
+fn symbols(event: &Value) -> Vec<String> {
+    event["stack"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stack: {event}"))
+        .iter()
+        .filter_map(|f| f["sym"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Every frame has an address; a frame with a file has its offset in it.
+fn check_frames(event: &Value) {
+    for frame in event["stack"].as_array().unwrap() {
+        assert!(frame["addr"].as_str().is_some_and(|a| a.starts_with("0x")), "{event}");
+        if frame["file"].is_string() {
+            assert!(frame["off"].as_str().is_some_and(|o| o.starts_with("0x")), "{event}");
+        }
+    }
+}
+
+/// The workload's own function names its mmaps, in order below it: the marker, then
+/// the workload's main. With the symbolizer held back until the workload has exited
+/// (it lives for a few ms), and without.
+#[test]
+fn workload_mmaps_name_the_workload_function_even_after_it_exited() {
+    let _one = serial();
+    let workload = workload_path();
+    for delay_ms in [0, 1500] {
+        let events = trace_stacks(
+            &[workload.as_os_str(), OsStr::new("--stack-marker"), OsStr::new("3")],
+            delay_ms,
+        );
+        // Three 4-page mmaps, then the 3-page one that is left mapped.
+        let marked: Vec<_> = [4 * 4096, 3 * 4096]
+            .iter()
+            .flat_map(|&len| mmaps_of_len(&events, len))
+            .collect();
+        assert_eq!(marked.len(), 4, "delay {delay_ms}: {events:#?}");
+        for event in marked {
+            check_frames(event);
+            let syms = symbols(event);
+            let marker = syms
+                .iter()
+                .position(|s| s == "mmtrace_workload_stack_marker")
+                .unwrap_or_else(|| panic!("delay {delay_ms}: no marker frame: {event}"));
+            assert!(
+                syms[marker + 1..].iter().any(|s| s == "mmap_workload::main"),
+                "delay {delay_ms}: main is not below the marker: {syms:?}"
+            );
+        }
+        // Events without a user context of their own carry no stack; every syscall
+        // event of the workload has one.
+        for e in events.iter().filter(|e| e["probe"] == "munmap" || e["probe"] == "brk") {
+            assert!(e["stack"].as_array().is_some_and(|s| !s.is_empty()), "{e}");
+        }
+    }
+}
+
+/// A C program built without frame pointers: the unwinder walks it by `.eh_frame`, and
+/// both of its nested functions are named, innermost first.
+#[test]
+fn c_program_without_frame_pointers_unwinds() {
+    let _one = serial();
+    let dir = std::env::temp_dir().join(format!("stacks-nofp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let program = build_nofp(&dir);
+    let events = trace_stacks(&[program.as_os_str()], 0);
+    let _ = std::fs::remove_dir_all(&dir);
+    let ours = mmaps_of_len(&events, 5 * 4096);
+    assert_eq!(ours.len(), 1, "{events:#?}");
+    check_frames(ours[0]);
+    let syms = symbols(ours[0]);
+    let inner = syms.iter().position(|s| s == "nofp_inner_site");
+    let outer = syms.iter().position(|s| s == "nofp_outer_site");
+    let main = syms.iter().position(|s| s == "main");
+    assert!(
+        matches!((inner, outer, main), (Some(i), Some(o), Some(m)) if i < o && o < m),
+        "{syms:?}"
+    );
+}
+
+fn build_nofp(dir: &Path) -> PathBuf {
+    let source = dir.join("nofp.c");
+    std::fs::write(
+        &source,
+        r#"#include <sys/mman.h>
+#include <stdio.h>
+__attribute__((noinline)) void *nofp_inner_site(size_t len) {
+    void *p = mmap(0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    __asm__ volatile("" ::: "memory");
+    return p;
+}
+__attribute__((noinline)) void *nofp_outer_site(size_t len) {
+    void *p = nofp_inner_site(len);
+    __asm__ volatile("" ::: "memory");
+    return p;
+}
+int main(void) { printf("%p\n", nofp_outer_site(5 * 4096)); return 0; }
+"#,
+    )
+    .unwrap();
+    let program = dir.join("nofp");
+    let run = Command::new("gcc")
+        .args(["-O2", "-fomit-frame-pointer", "-o"])
+        .arg(&program)
+        .arg(&source)
+        .output()
+        .unwrap_or_else(|e| panic!("this test needs gcc to build its C program: {e}"));
+    assert!(run.status.success(), "gcc failed: {}", stderr(&run));
+    program
+}

@@ -30,7 +30,12 @@ pub fn wanted() -> bool {
 /// Writes the record `T` of `probe` (filled in place by `fill`), with the user stack of
 /// `regs` (the task's user `pt_regs`) appended when `--stacks` is on, and submits it.
 #[inline(always)]
-pub fn emit<T: 'static>(probe: Probe, regs: *const pt_regs, batched: bool, fill: impl FnOnce(*mut T)) {
+pub fn emit<T: 'static>(
+    probe: Probe,
+    regs: *const pt_regs,
+    batched: bool,
+    fill: impl FnOnce(*mut T),
+) {
     if wanted() && !regs.is_null() {
         let Some(mut entry) = emit::reserve::<Stacked<T>>(probe) else {
             return;

@@ -127,19 +127,30 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     // struct mirrors pt_regs from r10 on.
     let Ok(regs) = (unsafe {
         bpf_probe_read_kernel(core::ptr::addr_of!((*user_regs).r10).cast::<SyscallRegs>())
-    })
-    else {
+    }) else {
         return 0;
     };
     let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
     let Some(probe) = traced(regs.orig_ax) else {
         // Any other call that write-locked the mm (the catch-all noted it).
-        mm_lock::syscall_returned(pid_tgid as u32, regs.orig_ax, args, ctx.arg::<i64>(1), user_regs);
+        mm_lock::syscall_returned(
+            pid_tgid as u32,
+            regs.orig_ax,
+            args,
+            ctx.arg::<i64>(1),
+            user_regs,
+        );
         return 0;
     };
     if in_compat_syscall() {
         // An ia32 syscall: its numbers mean other calls.
-        mm_lock::syscall_returned(pid_tgid as u32, regs.orig_ax, args, ctx.arg::<i64>(1), user_regs);
+        mm_lock::syscall_returned(
+            pid_tgid as u32,
+            regs.orig_ax,
+            args,
+            ctx.arg::<i64>(1),
+            user_regs,
+        );
         return 0;
     }
     let Some(task) = emit::current_task() else {

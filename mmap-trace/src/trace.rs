@@ -67,7 +67,9 @@ pub fn run(config: TraceConfig) -> Result<()> {
         out.wall_clock();
     }
     let mut writer = if stacks {
-        Writer::Stacked(crate::stacks::Pipeline::start(out).context("starting the stack symbolizer")?)
+        Writer::Stacked(
+            crate::stacks::Pipeline::start(out).context("starting the stack symbolizer")?,
+        )
     } else {
         Writer::Direct(out)
     };

@@ -23,8 +23,10 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// `trace --stacks --json -- argv`, with the symbolizer held back `delay_ms` (0: not),
 /// returning the events; fails on any lost or malformed record.
 fn trace_stacks(argv: &[&OsStr], delay_ms: u64) -> Vec<Value> {
-    let out_file =
-        std::env::temp_dir().join(format!("stacks-trace-{}-{delay_ms}.jsonl", std::process::id()));
+    let out_file = std::env::temp_dir().join(format!(
+        "stacks-trace-{}-{delay_ms}.jsonl",
+        std::process::id()
+    ));
     let run = cli()
         .args(["trace", "--stacks", "--json", "-o"])
         .arg(&out_file)
@@ -33,7 +35,11 @@ fn trace_stacks(argv: &[&OsStr], delay_ms: u64) -> Vec<Value> {
         .args(argv)
         .output()
         .expect("run mmap-trace");
-    assert!(run.status.success(), "mmap-trace trace --stacks failed: {}", stderr(&run));
+    assert!(
+        run.status.success(),
+        "mmap-trace trace --stacks failed: {}",
+        stderr(&run)
+    );
     let text = std::fs::read_to_string(&out_file).expect("trace file");
     let _ = std::fs::remove_file(&out_file);
     let records = json_lines(&text);
@@ -70,9 +76,15 @@ fn symbols(event: &Value) -> Vec<String> {
 /// Every frame has an address; a frame with a file has its offset in it.
 fn check_frames(event: &Value) {
     for frame in event["stack"].as_array().unwrap() {
-        assert!(frame["addr"].as_str().is_some_and(|a| a.starts_with("0x")), "{event}");
+        assert!(
+            frame["addr"].as_str().is_some_and(|a| a.starts_with("0x")),
+            "{event}"
+        );
         if frame["file"].is_string() {
-            assert!(frame["off"].as_str().is_some_and(|o| o.starts_with("0x")), "{event}");
+            assert!(
+                frame["off"].as_str().is_some_and(|o| o.starts_with("0x")),
+                "{event}"
+            );
         }
     }
 }
@@ -86,7 +98,11 @@ fn workload_mmaps_name_the_workload_function_even_after_it_exited() {
     let workload = workload_path();
     for delay_ms in [0, 1500] {
         let events = trace_stacks(
-            &[workload.as_os_str(), OsStr::new("--stack-marker"), OsStr::new("3")],
+            &[
+                workload.as_os_str(),
+                OsStr::new("--stack-marker"),
+                OsStr::new("3"),
+            ],
             delay_ms,
         );
         // Three 4-page mmaps, then the 3-page one that is left mapped.
@@ -103,13 +119,18 @@ fn workload_mmaps_name_the_workload_function_even_after_it_exited() {
                 .position(|s| s == "mmtrace_workload_stack_marker")
                 .unwrap_or_else(|| panic!("delay {delay_ms}: no marker frame: {event}"));
             assert!(
-                syms[marker + 1..].iter().any(|s| s == "mmap_workload::main"),
+                syms[marker + 1..]
+                    .iter()
+                    .any(|s| s == "mmap_workload::main"),
                 "delay {delay_ms}: main is not below the marker: {syms:?}"
             );
         }
         // Events without a user context of their own carry no stack; every syscall
         // event of the workload has one.
-        for e in events.iter().filter(|e| e["probe"] == "munmap" || e["probe"] == "brk") {
+        for e in events
+            .iter()
+            .filter(|e| e["probe"] == "munmap" || e["probe"] == "brk")
+        {
             assert!(e["stack"].as_array().is_some_and(|s| !s.is_empty()), "{e}");
         }
     }

@@ -6,9 +6,10 @@ use std::fmt;
 use aya::maps::{MapData, RingBuf};
 
 use mmap_trace_common::{
-    DriverMmapEvent, EventHeader, EventKind, ExecEvent, ExecImageEvent, FILE_PATH_FULL, FILE_PATH_TRUNCATED,
-    FILE_UNLINKED, FileId, ForkEvent, MmChangeEvent, MmapEvent, MmapRegionEvent, PageCacheEvent,
-    Probe, RemapPfnEvent, SyscallEvent, USER_STACK_BYTES, UserStack, record_size, stack_offset,
+    DriverMmapEvent, EventHeader, EventKind, ExecEvent, ExecImageEvent, FILE_PATH_FULL,
+    FILE_PATH_TRUNCATED, FILE_UNLINKED, FileId, ForkEvent, MmChangeEvent, MmapEvent,
+    MmapRegionEvent, PageCacheEvent, Probe, RemapPfnEvent, SyscallEvent, USER_STACK_BYTES,
+    UserStack, record_size, stack_offset,
 };
 
 /// The one drain policy, for every command: each record the ring buffer holds, in order,
@@ -47,6 +48,10 @@ pub fn drain_records(
 }
 
 /// A ring-buffer record: an event (with its user stack under --stacks), or a side record.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "decoded by value per record on the hot path, as Event is; boxing would allocate per event"
+)]
 pub enum Record<'a> {
     Event(Event, Option<StackCopy<'a>>),
     /// `--stacks`: what exec mapped (follows the exec event).

@@ -10,7 +10,8 @@ use aya::{
     programs::{BtfTracePoint, KProbe, RawTracePoint, TracePoint},
 };
 use mmap_trace_common::{
-    CgroupFilter, FilemapFormat, KernelOffsets, MmOffsets, PROBE_COUNT, Probe, TargetFilter, TaskOffsets,
+    CgroupFilter, FilemapFormat, KernelOffsets, MmOffsets, PROBE_COUNT, Probe, TargetFilter,
+    TaskOffsets,
 };
 
 use crate::{kernel::btf, kernel::tracefs};

@@ -97,7 +97,11 @@ impl ElfInfo {
 
     /// The lowest executable segment's address (exec's `start_code` minus the bias).
     pub fn first_exec_vaddr(&self) -> Option<u64> {
-        self.segments.iter().filter(|s| s.exec).map(|s| s.vaddr).min()
+        self.segments
+            .iter()
+            .filter(|s| s.exec)
+            .map(|s| s.vaddr)
+            .min()
     }
 }
 

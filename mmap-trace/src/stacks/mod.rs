@@ -72,7 +72,7 @@ pub struct StackBytes {
 enum Item {
     /// A /proc/<pid>/maps snapshot of a process first seen without its exec.
     Maps(u32, Vec<Mapping>),
-    Image(ExecImageEvent),
+    Image(Box<ExecImageEvent>),
     Event(Box<Event>, Option<FilePath>, Option<StackBytes>),
 }
 
@@ -103,7 +103,7 @@ impl Pipeline {
         let item = match record {
             Record::ExecImage(image) => {
                 self.seen.insert(image.header.pid);
-                Item::Image(image)
+                Item::Image(Box::new(image))
             }
             Record::Event(event, stack) => {
                 let pid = event.header().pid;
@@ -304,7 +304,10 @@ impl Model {
                     sym,
                     file: f.file.as_ref().map(|(p, _)| p.to_string()),
                     // The frame's own address's offset (a return address, not the call).
-                    off: f.file.as_ref().map(|(_, off)| Hex(off + (f.addr - f.lookup))),
+                    off: f
+                        .file
+                        .as_ref()
+                        .map(|(_, off)| Hex(off + (f.addr - f.lookup))),
                     src,
                     line,
                 }

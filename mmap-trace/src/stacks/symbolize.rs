@@ -40,7 +40,10 @@ impl Names {
             return hit.clone();
         }
         let src = Source::Elf(Elf::new(PathBuf::from(&**path)));
-        let symbol = match self.symbolizer.symbolize(&src, Input::FileOffset(&[offset])) {
+        let symbol = match self
+            .symbolizer
+            .symbolize(&src, Input::FileOffset(&[offset]))
+        {
             Ok(results) => match results.into_iter().next() {
                 Some(Symbolized::Sym(sym)) => Some(Symbol {
                     name: sym.name.into_owned(),

@@ -30,7 +30,7 @@ use crate::{
     output::{Output, json::Hex, json::is_error},
 };
 
-pub use process::Mapping;
+pub use process::{Mapping, RawFrame};
 
 /// One frame of a symbolized stack: the JSON `stack` array's element.
 #[derive(Clone, Debug, Serialize)]
@@ -61,28 +61,20 @@ impl Frame {
     }
 }
 
-/// A stack copied by the probe, owned (the ring's bytes are released after the read).
-pub struct StackBytes {
-    pub ip: u64,
-    pub sp: u64,
-    pub bp: u64,
-    pub bytes: Vec<u8>,
-}
-
+/// What the reader sends the worker, in ring order.
 enum Item {
-    /// A /proc/<pid>/maps snapshot of a process first seen without its exec.
-    Maps(u32, Vec<Mapping>),
-    Image(Box<ExecImageEvent>),
-    Event(Box<Event>, Option<FilePath>, Option<StackBytes>),
+    /// An event and its unwound (not yet named) stack.
+    Event(Box<Event>, Option<FilePath>, Option<Vec<RawFrame>>),
 }
 
-/// The reader's end: sends records to the worker, which owns the output until
-/// [`Pipeline::finish`].
+/// The reader's end. It keeps the process model and unwinds each stack as it reads it,
+/// straight from the ring's bytes (a few hundred of the 8 KiB are read; copying them all
+/// out is what could not keep up with a busy process); the worker names the frames and
+/// writes the output, and owns the output until [`Pipeline::finish`].
 pub struct Pipeline {
     tx: Option<mpsc::Sender<Item>>,
     worker: Option<JoinHandle<io::Result<Output>>>,
-    /// Processes whose mappings the worker has from their exec or a snapshot.
-    seen: HashSet<u32>,
+    model: Model,
 }
 
 impl Pipeline {
@@ -94,35 +86,34 @@ impl Pipeline {
         Ok(Self {
             tx: Some(tx),
             worker: Some(worker),
-            seen: HashSet::new(),
+            model: Model::default(),
         })
     }
 
     /// A record, in ring order. `path`: an mmap's file path (output/paths.rs).
     pub fn record(&mut self, record: Record<'_>, path: Option<FilePath>) {
-        let item = match record {
+        match record {
             Record::ExecImage(image) => {
-                self.seen.insert(image.header.pid);
-                Item::Image(Box::new(image))
+                self.model.seen.insert(image.header.pid);
+                self.model.image(&image);
             }
             Record::Event(event, stack) => {
                 let pid = event.header().pid;
                 if let Event::Exec(_) = event {
                     // Its image follows; whatever a snapshot would show is gone.
-                    self.seen.insert(pid);
-                } else if self.seen.insert(pid) {
-                    self.send(Item::Maps(pid, snapshot(pid)));
+                    self.model.seen.insert(pid);
+                } else if self.model.seen.insert(pid) {
+                    self.model.snapshot(pid);
                 }
-                let stack = stack.map(|s| StackBytes {
-                    ip: s.ip,
-                    sp: s.sp,
-                    bp: s.bp,
-                    bytes: s.bytes.to_vec(),
+                self.model.note(&event, path.as_ref());
+                let frames = stack.map(|s| {
+                    self.model
+                        .processes
+                        .unwind(pid, s.ip, s.sp, s.bp, s.bytes)
                 });
-                Item::Event(Box::new(event), path, stack)
+                self.send(Item::Event(Box::new(event), path, frames));
             }
-        };
-        self.send(item);
+        }
     }
 
     fn send(&mut self, item: Item) {
@@ -168,7 +159,16 @@ fn snapshot(pid: u32) -> Vec<Mapping> {
 const DELAY_ENV: &str = "MMTRACE_STACKS_TEST_DELAY_MS";
 
 fn work(rx: mpsc::Receiver<Item>, mut out: Output) -> io::Result<Output> {
-    let mut model = Model::default();
+    // Naming and writing the frames costs more than reading them (on the bench loop, the
+    // worker took twice the reader's CPU): at the lowest priority, the worker never takes
+    // the CPU the reader needs to keep the ring from filling; it catches up from the
+    // queue (a few hundred bytes per event) when the reader waits.
+    // SAFETY: plain syscalls on this thread.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+    }
+    let mut names = symbolize::Names::default();
     if let Some(ms) = std::env::var(DELAY_ENV).ok().and_then(|v| v.parse().ok()) {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
@@ -186,11 +186,11 @@ fn work(rx: mpsc::Receiver<Item>, mut out: Output) -> io::Result<Output> {
         if closed {
             continue;
         }
-        let result = model.handle(item, &mut out);
+        let result = write(&mut names, item, &mut out);
         step(result, &mut closed)?;
         // Everything queued, then one flush: as the direct path flushes per batch.
         while !closed && let Ok(item) = rx.try_recv() {
-            let result = model.handle(item, &mut out);
+            let result = write(&mut names, item, &mut out);
             step(result, &mut closed)?;
         }
         if !closed {
@@ -201,33 +201,53 @@ fn work(rx: mpsc::Receiver<Item>, mut out: Output) -> io::Result<Output> {
     Ok(out)
 }
 
+/// Names an event's frames and writes it.
+fn write(names: &mut symbolize::Names, item: Item, out: &mut Output) -> io::Result<()> {
+    let Item::Event(event, path, raw) = item;
+    let frames = raw.map(|raw| name_frames(names, raw));
+    out.event_stacked(&event, path, frames.as_deref())
+}
+
+fn name_frames(names: &mut symbolize::Names, raw: Vec<RawFrame>) -> Vec<Frame> {
+    raw.into_iter()
+        .map(|f| {
+            let symbol = f
+                .file
+                .as_ref()
+                .and_then(|(path, off)| names.lookup(path, *off));
+            let (sym, src, line) = match symbol {
+                Some(s) => (Some(s.name), s.src, s.line),
+                None => (None, None, None),
+            };
+            Frame {
+                addr: Hex(f.addr),
+                sym,
+                file: f.file.as_ref().map(|(p, _)| p.to_string()),
+                // The frame's own address's offset (a return address, not the call).
+                off: f.file.as_ref().map(|(_, off)| Hex(off + (f.addr - f.lookup))),
+                src,
+                line,
+            }
+        })
+        .collect()
+}
+
+/// The reader's model of the traced processes' mappings.
 #[derive(Default)]
 struct Model {
     processes: process::Processes,
-    names: symbolize::Names,
+    /// Processes whose mappings the model has from their exec or a snapshot.
+    seen: HashSet<u32>,
 }
 
 impl Model {
-    fn handle(&mut self, item: Item, out: &mut Output) -> io::Result<()> {
-        match item {
-            Item::Maps(pid, maps) => {
-                if !self.processes.known(pid) {
-                    self.processes.exec(pid);
-                }
-                for m in maps {
-                    self.processes.add(pid, m);
-                }
-                Ok(())
-            }
-            Item::Image(image) => {
-                self.image(&image);
-                Ok(())
-            }
-            Item::Event(event, path, stack) => {
-                self.note(&event, path.as_ref());
-                let frames = stack.map(|s| self.symbolize(event.header().pid, &s));
-                out.event_stacked(&event, path, frames.as_deref())
-            }
+    /// A /proc/<pid>/maps snapshot of a process first seen without its exec.
+    fn snapshot(&mut self, pid: u32) {
+        if !self.processes.known(pid) {
+            self.processes.exec(pid);
+        }
+        for m in snapshot(pid) {
+            self.processes.add(pid, m);
         }
     }
 
@@ -283,35 +303,5 @@ impl Model {
                 self.processes.add_image(pid, interp, &loader, bias);
             }
         }
-    }
-
-    fn symbolize(&mut self, pid: u32, stack: &StackBytes) -> Vec<Frame> {
-        let raw = self
-            .processes
-            .unwind(pid, stack.ip, stack.sp, stack.bp, &stack.bytes);
-        raw.into_iter()
-            .map(|f| {
-                let symbol = f
-                    .file
-                    .as_ref()
-                    .and_then(|(path, off)| self.names.lookup(path, *off));
-                let (sym, src, line) = match symbol {
-                    Some(s) => (Some(s.name), s.src, s.line),
-                    None => (None, None, None),
-                };
-                Frame {
-                    addr: Hex(f.addr),
-                    sym,
-                    file: f.file.as_ref().map(|(p, _)| p.to_string()),
-                    // The frame's own address's offset (a return address, not the call).
-                    off: f
-                        .file
-                        .as_ref()
-                        .map(|(_, off)| Hex(off + (f.addr - f.lookup))),
-                    src,
-                    line,
-                }
-            })
-            .collect()
     }
 }

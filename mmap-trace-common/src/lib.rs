@@ -445,6 +445,8 @@ pub struct CgroupFilter {
 /// and 4 KiB cut ld.so's and python's deeper stacks short; at 8 KiB a stacked syscall
 /// record is ~8.3 KB and the bench loop still lost nothing in the default 4 MiB ring.
 pub const USER_STACK_BYTES: usize = 8192;
+/// Bytes of a [`UserStack`] before its copy: ip, sp, bp, len and padding.
+pub const USER_STACK_HEADER: usize = 32;
 /// The copy is made in chunks of this many bytes and stops at the first one that cannot
 /// be read (the stack's top, a page not present): what was read is kept.
 pub const USER_STACK_CHUNK: usize = 512;
@@ -470,7 +472,8 @@ pub struct UserStack {
 
 /// An event record with the user stack appended. The event keeps its own layout at the
 /// record's start, so a decoder that reads only `record_size(kind)` bytes sees the event
-/// unchanged; [`stack_offset`] says where the stack starts.
+/// unchanged; [`stack_offset`] says where the stack starts. The record in the ring ends
+/// with the copy: `stack_offset + USER_STACK_HEADER + stack.len` bytes.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Stacked<T> {
@@ -514,6 +517,9 @@ pub struct MmOffsets {
     /// Entries in `saved_auxv`.
     pub saved_auxv_len: u32,
     pub exe_file: u32,
+    /// `start_stack`: the initial stack pointer (where argc is); no frame lies above it.
+    pub start_stack: u32,
+    pub _pad: u32,
     /// Non-zero once userspace filled the table (and `--stacks` is on).
     pub valid: u32,
 }
@@ -562,7 +568,7 @@ const _: () = assert!(core::mem::size_of::<MmapEvent>() == 112 + 16 + FILE_NAME_
 const _: () = assert!(core::mem::size_of::<VmaFields>() == 40 + 16 + FILE_NAME_LEN);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 48 + 16);
 const _: () = assert!(core::mem::size_of::<MmChangeEvent>() == 48 + 16 + 48 + 16);
-const _: () = assert!(core::mem::size_of::<UserStack>() == 32 + USER_STACK_BYTES);
+const _: () = assert!(core::mem::size_of::<UserStack>() == USER_STACK_HEADER + USER_STACK_BYTES);
 const _: () = assert!(USER_STACK_BYTES.is_multiple_of(USER_STACK_CHUNK));
 const _: () = assert!(core::mem::size_of::<ExecImageEvent>() == 48 + 24 + 16 + FILE_NAME_LEN);
 // The stack follows each stackable event with no padding: stack_offset is its size.

@@ -180,21 +180,50 @@ static WAKEUP_BYTES: u64 = 0;
 /// reader to its 10 ms timer.
 #[inline(always)]
 pub fn submit_batched<T>(entry: RingBufEntry<T>) {
+    // Includes this record (reserved, not yet submitted).
+    let flags = wakeup_flags(core::mem::size_of::<T>(), 0);
+    entry.submit(flags);
+}
+
+/// The flags for a high-rate record of `size` bytes (see [`submit_batched`]);
+/// `pending`: bytes of it not yet in the ring's available data (0 for a reserved
+/// record, `size` for one about to be output).
+#[inline(always)]
+fn wakeup_flags(size: usize, pending: usize) -> u64 {
     // SAFETY: a read of our own global; volatile so the loader's value is seen.
     let verifying = unsafe { core::ptr::read_volatile(&FILTER.stop_after_event) } != 0;
     // SAFETY: as above. At least 1: the loader sets an eighth of the ring.
     let wakeup_bytes = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) }.max(1);
-    // Includes this record (reserved, not yet submitted) and its 8-byte ring header.
-    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let record = (core::mem::size_of::<T>().next_multiple_of(8) + 8) as u64;
-    let flags = if verifying {
+    // With the 8-byte ring header of each record.
+    let queued = if pending > 0 {
+        (pending.next_multiple_of(8) + 8) as u64
+    } else {
+        0
+    };
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64) + queued;
+    let record = (size.next_multiple_of(8) + 8) as u64;
+    if verifying {
         0 // the kernel's default: wake a reader that has caught up
     } else if avail / wakeup_bytes != avail.saturating_sub(record) / wakeup_bytes {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// Copies a record of variable length (`--stacks`: an event with as much of the stack
+/// as holds frames) into the ring, counting the loss when it is full. `batched`: woken
+/// as [`submit_batched`] wakes; otherwise at once.
+#[inline(always)]
+pub fn output(probe: Probe, record: &[u8], batched: bool) {
+    let flags = if batched {
+        wakeup_flags(record.len(), record.len())
+    } else {
+        0
     };
-    entry.submit(flags);
+    if EVENTS.output::<[u8]>(record, flags).is_err() {
+        count_lost(probe);
+    }
 }
 
 #[inline(always)]

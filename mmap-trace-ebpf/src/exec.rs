@@ -18,8 +18,18 @@ static MM_OFFSETS: MmOffsets = MmOffsets {
     saved_auxv: 0,
     saved_auxv_len: 0,
     exe_file: 0,
+    start_stack: 0,
+    _pad: 0,
     valid: 0,
 };
+
+/// The `mm_struct` offsets, once the loader set them (`--stacks` only).
+#[inline(always)]
+pub fn mm_offsets() -> Option<MmOffsets> {
+    // SAFETY: a read of our own global; volatile so the loader's value is seen.
+    let offsets = unsafe { core::ptr::read_volatile(&MM_OFFSETS) };
+    (offsets.valid != 0).then_some(offsets)
+}
 
 /// The auxiliary vector's `AT_BASE` (the interpreter's address) and its end, `AT_NULL`.
 const AT_BASE: u64 = 7;
@@ -48,14 +58,10 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn emit_image(task: &emit::Task) {
-    // SAFETY: a read of our own global; volatile so the loader's value is seen.
-    let mo = unsafe { core::ptr::read_volatile(&MM_OFFSETS) };
-    let (Some(to), Some(ko)) = (kernel::task_offsets(), kernel::offsets()) else {
+    let (Some(mo), Some(to), Some(ko)) = (mm_offsets(), kernel::task_offsets(), kernel::offsets())
+    else {
         return;
     };
-    if mo.valid == 0 {
-        return;
-    }
     // SAFETY: helper without preconditions.
     let current = unsafe { bpf_get_current_task() };
     let mm: u64 = kernel::read(current, to.mm);

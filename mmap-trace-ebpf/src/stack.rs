@@ -5,16 +5,23 @@
 //! and libraries are built without them, so it stops after a frame or two in libc. A copy
 //! of the stack plus ip/sp/bp is what a DWARF unwinder needs (perf's `--call-graph
 //! dwarf` does the same). The copy is appended to the event's own record rather than
-//! sent as a record of its own: one reservation, so the event and its stack are kept or
-//! lost together and userspace joins nothing.
+//! sent as a record of its own: one record, so the event and its stack are kept or lost
+//! together and userspace joins nothing.
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_probe_read_kernel, generated::bpf_probe_read_user},
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_get_current_task, bpf_probe_read_user},
+    },
+    macros::map,
+    maps::PerCpuArray,
 };
-use mmap_trace_common::{Probe, Stacked, USER_STACK_BYTES, USER_STACK_CHUNK, UserStack};
+use mmap_trace_common::{
+    MmapEvent, Probe, Stacked, USER_STACK_BYTES, USER_STACK_CHUNK, USER_STACK_HEADER, UserStack,
+};
 
-use crate::emit;
+use crate::{emit, kernel};
 
 /// Non-zero with `--stacks`; set by the loader. Zero: records carry no stack and the
 /// probes pay one global read.
@@ -27,6 +34,15 @@ pub fn wanted() -> bool {
     unsafe { core::ptr::read_volatile(&STACKS) != 0 }
 }
 
+/// The largest stacked record (an mmap's), built here before it is copied to the ring.
+const SCRATCH_BYTES: usize = core::mem::size_of::<Stacked<MmapEvent>>();
+
+/// One record per CPU: the stacked record is assembled here, then copied to the ring with
+/// only the part of the stack copy that was filled (`bpf_ringbuf_output`), where a
+/// reservation would take the whole 8 KiB every time.
+#[map]
+static SCRATCH: PerCpuArray<[u64; SCRATCH_BYTES / 8]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Writes the record `T` of `probe` (filled in place by `fill`), with the user stack of
 /// `regs` (the task's user `pt_regs`) appended when `--stacks` is on, and submits it.
 #[inline(always)]
@@ -36,41 +52,62 @@ pub fn emit<T: 'static>(
     batched: bool,
     fill: impl FnOnce(*mut T),
 ) {
+    const { assert!(core::mem::size_of::<Stacked<T>>() <= SCRATCH_BYTES) };
     if wanted() && !regs.is_null() {
-        let Some(mut entry) = emit::reserve::<Stacked<T>>(probe) else {
+        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+            emit::count_lost(probe);
             return;
         };
-        let record = entry.as_mut_ptr();
-        // SAFETY: `record` is reserved and ours until submit; both parts are written.
-        unsafe {
+        let record = scratch.cast::<Stacked<T>>();
+        // SAFETY: the per-CPU scratch holds a `Stacked<T>` (size asserted above; map
+        // values are 8-aligned) and nothing else runs on this CPU's copy meanwhile.
+        let len = unsafe {
             fill(core::ptr::addr_of_mut!((*record).event));
-            capture(regs, core::ptr::addr_of_mut!((*record).stack));
-        }
-        submit(entry, batched);
+            capture(regs, core::ptr::addr_of_mut!((*record).stack))
+        };
+        let size = core::mem::offset_of!(Stacked<T>, stack) + USER_STACK_HEADER + len;
+        let size = size.min(core::mem::size_of::<Stacked<T>>());
+        // SAFETY: `size` bytes of the scratch, all written above.
+        let bytes = unsafe { core::slice::from_raw_parts(scratch.cast::<u8>(), size) };
+        emit::output(probe, bytes, batched);
     } else {
         let Some(mut entry) = emit::reserve::<T>(probe) else {
             return;
         };
         fill(entry.as_mut_ptr());
-        submit(entry, batched);
+        if batched {
+            emit::submit_batched(entry);
+        } else {
+            entry.submit(0);
+        }
     }
 }
 
+/// Where the process's first stack frame ends: `mm->start_stack` (argc's address, the
+/// initial stack pointer); 0 when unknown.
 #[inline(always)]
-fn submit<T>(entry: aya_ebpf::maps::ring_buf::RingBufEntry<T>, batched: bool) {
-    if batched {
-        emit::submit_batched(entry);
-    } else {
-        entry.submit(0);
-    }
+fn start_stack() -> u64 {
+    let (Some(mo), Some(to)) = (crate::exec::mm_offsets(), kernel::task_offsets()) else {
+        return 0;
+    };
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let mm: u64 = kernel::read(task, to.mm);
+    kernel::read(mm, mo.start_stack)
 }
 
-/// Fills `out` from the user registers at `regs` and the stack above their `sp`.
+/// Fills `out` from the user registers at `regs` and the stack above their `sp`;
+/// returns the bytes of stack copied.
+///
+/// Only up to the main thread's initial stack pointer when `sp` is within reach of it:
+/// no frame lies above it (argv, the environment and the auxiliary vector do), so a
+/// shallow stack of the main thread costs its depth, not 8 KiB. A thread's stack is
+/// elsewhere and is copied up to the full window.
 ///
 /// # Safety
-/// `out` must be writable (a reserved ring-buffer record).
+/// `out` must be writable.
 #[inline(always)]
-unsafe fn capture(regs: *const pt_regs, out: *mut UserStack) {
+unsafe fn capture(regs: *const pt_regs, out: *mut UserStack) -> usize {
     // SAFETY: the helper tolerates bad addresses; the fields are the kernel's pt_regs.
     let read = |field: *const u64| unsafe { bpf_probe_read_kernel(field) }.unwrap_or(0);
     // SAFETY: only addresses are computed here, nothing is dereferenced.
@@ -81,11 +118,21 @@ unsafe fn capture(regs: *const pt_regs, out: *mut UserStack) {
             read(core::ptr::addr_of!((*regs).rbp)),
         )
     };
-    let mut len = 0u32;
+    let top = start_stack();
+    let wanted = if top > sp && top - sp < USER_STACK_BYTES as u64 {
+        // One word above the last frame's return address is read by the unwinder.
+        (top - sp + 8) as usize
+    } else {
+        USER_STACK_BYTES
+    };
+    let mut len = 0usize;
     // Chunk by chunk: one read of the whole window fails as a whole when the stack's top
     // (or a page not present) is inside it, and this keeps what precedes it.
     for i in 0..USER_STACK_BYTES / USER_STACK_CHUNK {
         let offset = i * USER_STACK_CHUNK;
+        if offset >= wanted {
+            break;
+        }
         // SAFETY: `offset + CHUNK <= USER_STACK_BYTES`, inside `out.bytes`; the helper
         // tolerates bad user addresses (and zeroes the chunk).
         let failed = sp == 0
@@ -99,14 +146,15 @@ unsafe fn capture(regs: *const pt_regs, out: *mut UserStack) {
         if failed {
             break;
         }
-        len += USER_STACK_CHUNK as u32;
+        len += USER_STACK_CHUNK;
     }
     // SAFETY: `out` is writable (the caller's contract).
     unsafe {
         (*out).ip = ip;
         (*out).sp = sp;
         (*out).bp = bp;
-        (*out).len = len;
+        (*out).len = len as u32;
         (*out)._pad = 0;
     }
+    len
 }

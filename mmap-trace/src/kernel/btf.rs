@@ -114,6 +114,8 @@ impl KernelBtf {
             saved_auxv: auxv.0,
             saved_auxv_len: array.len() as u32,
             exe_file: self.offset("mm_struct", &["exe_file"])?,
+            start_stack: self.offset("mm_struct", &["start_stack"])?,
+            _pad: 0,
             valid: 1,
         })
     }

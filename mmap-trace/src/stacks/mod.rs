@@ -106,11 +106,8 @@ impl Pipeline {
                     self.model.snapshot(pid);
                 }
                 self.model.note(&event, path.as_ref());
-                let frames = stack.map(|s| {
-                    self.model
-                        .processes
-                        .unwind(pid, s.ip, s.sp, s.bp, s.bytes)
-                });
+                let frames =
+                    stack.map(|s| self.model.processes.unwind(pid, s.ip, s.sp, s.bp, s.bytes));
                 self.send(Item::Event(Box::new(event), path, frames));
             }
         }
@@ -224,7 +221,10 @@ fn name_frames(names: &mut symbolize::Names, raw: Vec<RawFrame>) -> Vec<Frame> {
                 sym,
                 file: f.file.as_ref().map(|(p, _)| p.to_string()),
                 // The frame's own address's offset (a return address, not the call).
-                off: f.file.as_ref().map(|(_, off)| Hex(off + (f.addr - f.lookup))),
+                off: f
+                    .file
+                    .as_ref()
+                    .map(|(_, off)| Hex(off + (f.addr - f.lookup))),
                 src,
                 line,
             }

@@ -136,6 +136,41 @@ fn workload_mmaps_name_the_workload_function_even_after_it_exited() {
     }
 }
 
+/// The leak view: `report` of a live `--stacks` trace lists the mapping the workload
+/// never unmapped under the workload's call site, with its size.
+#[test]
+fn report_lists_a_never_unmapped_mapping_by_call_site() {
+    let _one = serial();
+    let workload = workload_path();
+    let out_file = std::env::temp_dir().join(format!("stacks-leak-{}.jsonl", std::process::id()));
+    let run = cli()
+        .args(["trace", "--stacks", "--json", "-o"])
+        .arg(&out_file)
+        .arg("--")
+        .arg(&workload)
+        .args(["--stack-marker", "2"])
+        .output()
+        .expect("run mmap-trace");
+    assert!(run.status.success(), "{}", stderr(&run));
+    let report = cli().arg("report").arg(&out_file).output().expect("report");
+    let _ = std::fs::remove_file(&out_file);
+    assert!(report.status.success(), "{}", stderr(&report));
+    let text = String::from_utf8_lossy(&report.stdout);
+    let leaks = &text[text
+        .find("still mapped at exit, by call site:")
+        .unwrap_or_else(|| panic!("no leak summary: {text}"))..];
+    let site = leaks
+        .find("12 KiB in 1 VMA(s), mapped at:")
+        .unwrap_or_else(|| panic!("the planted 3-page mapping is not listed: {leaks}"));
+    let frames: Vec<&str> = leaks[site..].lines().skip(1).take(4).collect();
+    assert!(
+        frames
+            .iter()
+            .any(|l| l.contains("mmtrace_workload_stack_marker")),
+        "{frames:?}"
+    );
+}
+
 /// A C program built without frame pointers: the unwinder walks it by `.eh_frame`, and
 /// both of its nested functions are named, innermost first.
 #[test]

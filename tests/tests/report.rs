@@ -304,6 +304,70 @@ fn html_verify_trace_marks_mismatches() {
     assert!(dom.0.contains("9 verify mismatch(es)"));
 }
 
+/// Issue 16: hovering a VMA of a `trace --stacks` trace shows the stack of the call that
+/// created it (the page's own hover handler, driven by its `#hover-vma=N` test hook); the
+/// text report lists the never-unmapped mapping under its call site.
+#[test]
+fn html_hover_shows_the_creating_stack() {
+    const MARKER: &str = "mmtrace_workload_stack_marker";
+    let trace = fixture("host-stacks.jsonl");
+    let html = out_dir().join("host-stacks.html");
+    let out = report(&[trace.to_str().unwrap(), "--html", html.to_str().unwrap()]);
+    assert!(out.status.success(), "report failed: {}", stderr(&out));
+    let page = std::fs::read_to_string(&html).unwrap();
+    let data = page
+        .split(r#"<script type="application/json" id="report-data">"#)
+        .nth(1)
+        .and_then(|rest| rest.split("</script>").next())
+        .expect("the page's data");
+    let data: serde_json::Value = serde_json::from_str(data).unwrap();
+    // The live 12 KiB mapping the marker made (the fixture's planted leak).
+    let vmas = data["vmas"].as_array().unwrap();
+    let leak = vmas
+        .iter()
+        .position(|v| {
+            v["size"] == "12 KiB"
+                && v["stack"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|f| f.as_str().unwrap().starts_with(MARKER)))
+        })
+        .unwrap_or_else(|| panic!("no 12 KiB VMA with the marker's stack in {vmas:#?}"));
+    let out = chromium(&[
+        "--dump-dom".to_string(),
+        format!("file://{}#hover-vma={leak}", html.display()),
+    ]);
+    assert!(out.status.success(), "chromium failed: {}", stderr(&out));
+    let dom = stdout(&out);
+    // The tip's element, up to the page data that follows it (which names the marker
+    // whatever the hover did).
+    let tip = &dom[dom.find(r#"id="tip""#).expect("the tip")..];
+    let tip = &tip[..tip
+        .find(r#"<script type="application/json""#)
+        .expect("the data after the tip")];
+    assert!(tip.contains("created by"), "no stack in the tip: {tip}");
+    assert!(
+        tip.contains(MARKER),
+        "the tip does not name the marker: {tip}"
+    );
+    assert!(tip.contains("mmap_workload::main"), "{tip}");
+
+    let text = report(&[trace.to_str().unwrap()]);
+    let text = stdout(&text);
+    let leaks = &text[text
+        .find("still mapped at exit, by call site:")
+        .unwrap_or_else(|| panic!("no leak summary: {text}"))..];
+    let site = leaks
+        .find("12 KiB in 1 VMA(s), mapped at:")
+        .unwrap_or_else(|| panic!("the planted mapping is not listed: {leaks}"));
+    assert!(
+        leaks[site..]
+            .lines()
+            .nth(2)
+            .is_some_and(|l| l.contains(MARKER)),
+        "{leaks}"
+    );
+}
+
 #[test]
 fn text_report_summarises_each_process() {
     let run = report(&[fixture("synthetic.jsonl").to_str().unwrap()]);

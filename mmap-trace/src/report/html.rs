@@ -269,6 +269,8 @@ fn bar(
         "mismatch": flagged,
         "touches": touches,
         "elided": vma.elided,
+        // `trace --stacks`: the stack of the call that made the mapping.
+        "stack": vma.touches.first().map(|t| &trace.events[t.event].stack),
     }));
     let _ = writeln!(
         out,

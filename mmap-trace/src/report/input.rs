@@ -80,6 +80,9 @@ pub struct Event {
     pub error: Option<String>,
     /// `key=value …` of the probe's own fields, as the trace wrote them.
     pub detail: String,
+    /// `trace --stacks`: the user stack, innermost first, a line per frame
+    /// (`name (file+0xoff)`); empty without.
+    pub stack: Vec<String>,
 }
 
 impl Event {
@@ -174,7 +177,8 @@ fn excerpt(line: &str) -> String {
 }
 
 /// The header fields every record carries, then the probe's own fields.
-const HEADER: &[&str] = &["type", "ts_ns", "pid", "tid", "comm", "probe"];
+/// (`stack` is kept apart: [`Event::stack`].)
+const HEADER: &[&str] = &["type", "ts_ns", "pid", "tid", "comm", "probe", "stack"];
 
 fn event(line: usize, obj: &Map<String, Value>) -> Result<Event> {
     let probe = str_field(obj, "probe")?.to_string();
@@ -245,7 +249,33 @@ fn event(line: usize, obj: &Map<String, Value>) -> Result<Event> {
         call,
         error,
         detail: detail(obj),
+        stack: stack(obj),
     })
+}
+
+/// The `stack` array as text lines: the function where named, else the address; the
+/// file and offset where known.
+fn stack(obj: &Map<String, Value>) -> Vec<String> {
+    let Some(frames) = obj.get("stack").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    frames
+        .iter()
+        .map(|f| {
+            let text = |key: &str| f.get(key).and_then(Value::as_str);
+            let mut line = text("sym")
+                .or_else(|| text("addr"))
+                .unwrap_or("??")
+                .to_string();
+            if let (Some(file), Some(off)) = (text("file"), text("off")) {
+                line.push_str(&format!(" ({file}+{off})"));
+            }
+            if let (Some(src), Some(n)) = (text("src"), f.get("line").and_then(Value::as_u64)) {
+                line.push_str(&format!(" at {src}:{n}"));
+            }
+            line
+        })
+        .collect()
 }
 
 fn mismatch(line: usize, obj: &Map<String, Value>) -> Result<Mismatch> {

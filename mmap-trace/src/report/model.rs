@@ -776,6 +776,7 @@ mod tests {
                 call,
                 error: error.map(str::to_string),
                 detail: String::new(),
+                stack: Vec::new(),
             });
             self
         }

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use super::{
     bytes, duration,
     input::{Call, Trace},
-    model::{Kind, Process, Role, page_up, prot_string},
+    model::{Kind, Process, Role, Vma, page_up, prot_string},
 };
 
 /// The probes in the order a reader expects them; others follow by name.
@@ -150,6 +150,46 @@ fn describe_mapping(p: &Process, event: usize, probe: &str) -> String {
     what
 }
 
+/// Call sites shown in "still mapped at exit, by call site".
+const LEAK_SITES: usize = 10;
+
+/// `trace --stacks`: what was still mapped when the trace ended, grouped by the stack of
+/// the call that made it (bytes, count, the stack): the mmap-leak view. Only mappings a
+/// traced call made with a stack recorded; nothing when the trace has no stacks.
+fn leaks(out: &mut String, trace: &Trace, live: &[&Vma]) {
+    let mut sites: Vec<(&[String], u64, usize)> = Vec::new();
+    for v in live {
+        let Some(first) = v.touches.first() else {
+            continue;
+        };
+        let stack = trace.events[first.event].stack.as_slice();
+        if stack.is_empty() {
+            continue;
+        }
+        match sites.iter_mut().find(|(s, _, _)| *s == stack) {
+            Some(site) => {
+                site.1 += v.len();
+                site.2 += 1;
+            }
+            None => sites.push((stack, v.len(), 1)),
+        }
+    }
+    if sites.is_empty() {
+        return;
+    }
+    sites.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)));
+    let _ = writeln!(out, "  still mapped at exit, by call site:");
+    for (stack, len, count) in sites.iter().take(LEAK_SITES) {
+        let _ = writeln!(out, "    {:>10} in {count} VMA(s), mapped at:", bytes(*len));
+        for frame in stack.iter() {
+            let _ = writeln!(out, "        {frame}");
+        }
+    }
+    if sites.len() > LEAK_SITES {
+        let _ = writeln!(out, "    … {} more call sites", sites.len() - LEAK_SITES);
+    }
+}
+
 pub fn render(trace: &Trace, processes: &[Process], title: &str) -> String {
     let mut out = String::new();
     let t0 = trace.events.iter().map(|e| e.ts_ns).min().unwrap_or(0);
@@ -219,6 +259,7 @@ pub fn render(trace: &Trace, processes: &[Process], title: &str) -> String {
                 );
             }
         }
+        leaks(&mut out, trace, &live);
         let mismatches: Vec<_> = trace.mismatches.iter().filter(|m| m.pid == p.pid).collect();
         let _ = writeln!(
             out,

@@ -22,7 +22,10 @@ function vmaTip(v) {
     h += eventRow(id, role);
     if (k === 0 && hidden > 0) h += `<tr><td></td><td colspan="2">… ${hidden} more events …</td></tr>`;
   });
-  return h + "</table>";
+  h += "</table>";
+  // trace --stacks: the call stack that made the mapping (innermost first).
+  if (v.stack && v.stack.length) h += `<div class="h">created by</div><div class="mono stack">${v.stack.map(esc).join("<br>")}</div>`;
+  return h;
 }
 // For tests and curious readers: how many bars the page has and how many have a size on
 // screen (`chromium --dump-dom` shows these attributes).
@@ -46,3 +49,14 @@ document.addEventListener("mousemove", ev => {
   if (y + h > innerHeight - 4) y = Math.max(4, ev.clientY - h - 14);
   tip.style.left = x + "px"; tip.style.top = y + "px";
 });
+// For tests (a browser without a mouse): `#hover-vma=N` moves the pointer onto bar N once
+// the page is drawn, through the same handler as a real hover; `chromium --dump-dom`
+// then shows the tip.
+{
+  const m = /^#hover-vma=(\d+)$/.exec(location.hash);
+  const el = m && document.querySelector(`rect.vma[data-v="${m[1]}"]`);
+  if (el) {
+    const b = el.getBoundingClientRect();
+    el.dispatchEvent(new MouseEvent("mousemove", {bubbles: true, clientX: b.x + 1, clientY: b.y + 1}));
+  }
+}

@@ -439,11 +439,11 @@ pub struct CgroupFilter {
     pub _pad: u32,
 }
 
-/// Bytes of user stack copied per event under `--stacks`, from the stack pointer up.
-/// Chosen by measurement (README, "Call stacks"): on Debian's python3 and ls, without
-/// frame pointers, 8 KiB reached the same depth as 32 KiB for every mmap of a run,
-/// and 4 KiB cut ld.so's and python's deeper stacks short; at 8 KiB a stacked syscall
-/// record is ~8.3 KB and the bench loop still lost nothing in the default 4 MiB ring.
+/// Bytes of user stack copied per event under `--stacks`, at most, from the stack
+/// pointer up (the main thread's copy stops at its initial stack pointer). Chosen by
+/// measurement (docs/stacks.md): on Debian's ls and python3, without frame pointers,
+/// 8 KiB completes every stack of ls and 72% of python3's (import recursion goes deeper);
+/// 4 KiB completes 64% of ls's; 32 KiB would quadruple the ring cost of thread stacks.
 pub const USER_STACK_BYTES: usize = 8192;
 /// Bytes of a [`UserStack`] before its copy: ip, sp, bp, len and padding.
 pub const USER_STACK_HEADER: usize = 32;

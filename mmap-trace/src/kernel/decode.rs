@@ -381,6 +381,33 @@ mod tests {
         }
     }
 
+    /// `--stacks`: the stack appended to a record (as long as its copy) is found at the
+    /// record's end; a record cut inside its copy is malformed; none without a copy.
+    #[test]
+    fn decodes_the_appended_stack() {
+        let mut record = syscall_record(Probe::Munmap);
+        assert!(matches!(decode_record(&record), Ok(Record::Event(_, None))));
+        let copy: Vec<u8> = (0..64u8).collect();
+        for word in [0x40_1000u64, 0x7ffc_0000, 0x7ffc_0100, copy.len() as u64] {
+            record.extend_from_slice(&word.to_le_bytes());
+        }
+        record.extend_from_slice(&copy);
+        let Ok(Record::Event(Event::Syscall(e), Some(stack))) = decode_record(&record) else {
+            panic!("no stack decoded");
+        };
+        assert_eq!(e.ret, -22);
+        assert_eq!(
+            (stack.ip, stack.sp, stack.bp),
+            (0x40_1000, 0x7ffc_0000, 0x7ffc_0100)
+        );
+        assert_eq!(stack.bytes, &copy[..]);
+        record.truncate(record.len() - 1);
+        assert!(matches!(
+            decode_record(&record),
+            Err(DecodeError::Short { .. })
+        ));
+    }
+
     #[test]
     fn decodes_a_syscall_record() {
         let Event::Syscall(e) = decode(&syscall_record(Probe::Munmap)).unwrap() else {

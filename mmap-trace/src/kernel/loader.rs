@@ -61,6 +61,11 @@ impl Tracer {
         if opts.filter.follow_forks != 0 && !wanted.contains(&Probe::Fork) {
             wanted.push(Probe::Fork);
         }
+        // --stacks places the executable and its loader from exec's record: no mmap
+        // event shows them.
+        if opts.stacks && !wanted.contains(&Probe::Exec) {
+            wanted.push(Probe::Exec);
+        }
         let explicit = opts.requested.is_some() && !opts.implicit;
         let mut skipped = Vec::new();
         let mut chosen = Vec::new();

@@ -31,6 +31,19 @@ tracepoint:syscalls:sys_enter_munmap /pid == $1/ {
 tracepoint:syscalls:sys_exit_munmap /pid == $1/ { printf("%d %d exit munmap ret=%ld\n", pid, tid, args->ret); }
 "#;
 
+/// The same with a user stack on each call (bpftrace's `ustack`: a frame-pointer walk in
+/// the kernel, symbolized by bpftrace while the process lives), next to `trace --stacks`.
+const BPFTRACE_USTACK_SCRIPT: &str = r#"tracepoint:syscalls:sys_enter_mmap /pid == $1/ {
+  printf("%d %d enter mmap addr=%lx len=%lu prot=%lu flags=%lu fd=%ld off=%lu\n%s\n",
+         pid, tid, args->addr, args->len, args->prot, args->flags, args->fd, args->off, ustack);
+}
+tracepoint:syscalls:sys_exit_mmap /pid == $1/ { printf("%d %d exit mmap ret=%lx\n", pid, tid, args->ret); }
+tracepoint:syscalls:sys_enter_munmap /pid == $1/ {
+  printf("%d %d enter munmap addr=%lx len=%lu\n%s\n", pid, tid, args->addr, args->len, ustack);
+}
+tracepoint:syscalls:sys_exit_munmap /pid == $1/ { printf("%d %d exit munmap ret=%ld\n", pid, tid, args->ret); }
+"#;
+
 /// A loop started but held: `sh` waits for a line on stdin, then execs the workload
 /// (same pid, so a tracer can attach to it before the first call).
 pub struct HeldLoop {
@@ -326,14 +339,20 @@ enum Kind {
     MmapTrace,
     Bpftrace,
     Strace,
+    /// `trace --stacks` (issue 16).
+    MmapTraceStacks,
+    /// bpftrace with `ustack` on each call.
+    BpftraceUstack,
 }
 
-const KINDS: [Kind; 5] = [
+const KINDS: [Kind; 7] = [
     Kind::Untraced,
     Kind::Floor,
     Kind::MmapTrace,
     Kind::Bpftrace,
     Kind::Strace,
+    Kind::MmapTraceStacks,
+    Kind::BpftraceUstack,
 ];
 
 /// Part 1 and the start-up/RSS figures of part 3: every variant once per round, the
@@ -348,6 +367,8 @@ pub fn overhead(tools: &Tools, rounds: usize, iterations: u64) -> Result<Overhea
                 Kind::MmapTrace => ("mmap-trace", super::version(&tools.cli)),
                 Kind::Bpftrace => ("bpftrace", super::version(&tools.bpftrace)),
                 Kind::Strace => ("strace", super::version(&tools.strace)),
+                Kind::MmapTraceStacks => ("mmap-trace --stacks", super::version(&tools.cli)),
+                Kind::BpftraceUstack => ("bpftrace ustack", super::version(&tools.bpftrace)),
             };
             Variant {
                 name,
@@ -363,11 +384,18 @@ pub fn overhead(tools: &Tools, rounds: usize, iterations: u64) -> Result<Overhea
     let script = tools.scratch.join("loop.bt");
     std::fs::write(&script, BPFTRACE_SCRIPT)
         .with_context(|| format!("writing {}", script.display()))?;
+    let ustack_script = tools.scratch.join("loop-ustack.bt");
+    std::fs::write(&ustack_script, BPFTRACE_USTACK_SCRIPT)
+        .with_context(|| format!("writing {}", ustack_script.display()))?;
     for round in 0..rounds {
         for i in 0..KINDS.len() {
             let index = (i + round) % KINDS.len();
             let v = &mut variants[index];
-            one_run(tools, KINDS[index], &script, iterations, v)?;
+            let script = match KINDS[index] {
+                Kind::BpftraceUstack => &ustack_script,
+                _ => &script,
+            };
+            one_run(tools, KINDS[index], script, iterations, v)?;
             let last = |x: &Vec<f64>| x.last().copied().unwrap_or(f64::NAN);
             eprintln!(
                 "bench: round {}: {:<10} {:.3} s, kept {}, lost {}, ready {}",
@@ -406,7 +434,9 @@ fn one_run(
     iterations: u64,
     v: &mut Variant,
 ) -> Result<()> {
-    let out = tools.scratch.join(format!("{}.out", v.name));
+    let out = tools
+        .scratch
+        .join(format!("{}.out", v.name.replace([' ', '-'], "_")));
     let _ = std::fs::remove_file(&out);
     settle();
     let mut held = [HeldLoop::start(&tools.workload, iterations)?];
@@ -425,8 +455,8 @@ fn one_run(
             )?;
             (Some(t), Stop::Exits)
         }
-        Kind::MmapTrace => {
-            let args = vec![
+        Kind::MmapTrace | Kind::MmapTraceStacks => {
+            let mut args = vec![
                 os("trace"),
                 os("--json"),
                 os("--output"),
@@ -434,6 +464,9 @@ fn one_run(
                 os("--pid"),
                 os(&pid.to_string()),
             ];
+            if let Kind::MmapTraceStacks = kind {
+                args.push(os("--stacks"));
+            }
             let t = Tracer::start(
                 tools,
                 v.name,
@@ -443,7 +476,7 @@ fn one_run(
             )?;
             (Some(t), Stop::Exits)
         }
-        Kind::Bpftrace => {
+        Kind::Bpftrace | Kind::BpftraceUstack => {
             let args = vec![
                 os("-o"),
                 out.clone().into(),
@@ -487,11 +520,11 @@ fn one_run(
     v.rss_kib.extend(done.rss_kib);
     v.ready_ms.push(done.ready.as_secs_f64() * 1e3);
     let (kept, lost) = match kind {
-        Kind::MmapTrace => {
+        Kind::MmapTrace | Kind::MmapTraceStacks => {
             let c = count_mmap_trace(&out, &[pid])?;
             (c.kept, Some(c.lost_loop))
         }
-        Kind::Bpftrace => count_bpftrace(&out, pid)?,
+        Kind::Bpftrace | Kind::BpftraceUstack => count_bpftrace(&out, pid)?,
         _ => (count_strace(&out)?, None),
     };
     v.kept.push(kept);

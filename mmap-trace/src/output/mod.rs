@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::{
     kernel::decode::{Event, FilePath},
-    stacks::Frame,
+    stacks::{Frame, NamedStack},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,7 +157,7 @@ impl Output {
         &mut self,
         event: &Event,
         path: Option<FilePath>,
-        stack: Option<&[Frame]>,
+        stack: Option<&NamedStack>,
     ) -> io::Result<()> {
         self.counts[event.probe() as usize] += 1;
         let cgroup_id = event.header().cgroup_id;
@@ -218,8 +218,10 @@ impl Output {
                 };
                 let details = details(&record.body);
                 let comm = escape(json::c_bytes(&event.header().comm));
-                let caller = stack
-                    .and_then(|frames| frames.iter().find(|f| !f.in_libc()))
+                let frames = stack.map_or(&[][..], |s| &s.frames[..]);
+                let caller = frames
+                    .iter()
+                    .find(|f| !f.in_libc())
                     .map(|f| format!("  <- {}", frame_text(f)))
                     .unwrap_or_default();
                 writeln!(
@@ -227,7 +229,7 @@ impl Output {
                     "{time:>width$} {:>7} {:>7} {comm:<16} {:<15} {details}{caller}",
                     record.pid, record.tid, record.probe
                 )?;
-                for (i, frame) in stack.unwrap_or_default().iter().enumerate() {
+                for (i, frame) in frames.iter().enumerate() {
                     writeln!(self.out, "{:>width$}   #{i:<2} {}", "", frame_text(frame))?;
                 }
                 Ok(())
@@ -312,15 +314,15 @@ impl Output {
 }
 
 /// Inserts `"stack":[…]` before the closing brace of the JSON object in `line`.
-fn append_stack(line: &mut Vec<u8>, stack: Option<&[Frame]>) -> io::Result<()> {
-    let Some(frames) = stack else {
+fn append_stack(line: &mut Vec<u8>, stack: Option<&NamedStack>) -> io::Result<()> {
+    let Some(stack) = stack else {
         return Ok(());
     };
     if line.last() == Some(&b'}') {
         line.pop();
     }
     line.extend_from_slice(br#","stack":"#);
-    serde_json::to_writer(&mut *line, frames)?;
+    line.extend_from_slice(&stack.json);
     line.push(b'}');
     Ok(())
 }

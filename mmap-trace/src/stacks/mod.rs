@@ -15,9 +15,10 @@ mod process;
 mod symbolize;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     io,
     os::unix::ffi::OsStrExt as _,
+    rc::Rc,
     sync::{Arc, mpsc},
     thread::JoinHandle,
 };
@@ -61,10 +62,54 @@ impl Frame {
     }
 }
 
-/// What the reader sends the worker, in ring order.
-enum Item {
-    /// An event and its unwound (not yet named) stack.
-    Event(Box<Event>, Option<FilePath>, Option<Vec<RawFrame>>),
+/// What the reader sends the worker, in ring order: an event and its unwound (not yet
+/// named) stack.
+struct Item {
+    event: Event,
+    path: Option<FilePath>,
+    frames: Option<Vec<RawFrame>>,
+}
+
+/// A named stack, ready for either output format: the frames (the table) and their JSON
+/// array, serialized once per distinct stack.
+pub struct NamedStack {
+    pub frames: Vec<Frame>,
+    pub json: Vec<u8>,
+}
+
+/// Named stacks by their unwound frames (address, and the mapped file by identity and
+/// offset): a hot call site is named and serialized once. The key keeps the files'
+/// `Arc`s, so an address freed and reused for another path cannot match.
+#[derive(Default)]
+struct StackCache {
+    named: HashMap<Vec<(u64, usize, u64)>, (Vec<RawFrame>, Rc<NamedStack>)>,
+}
+
+/// Distinct stacks kept; the cache starts over past it (a program with more call sites
+/// pays the naming again, never unbounded memory).
+const STACK_CACHE_MAX: usize = 65536;
+
+impl StackCache {
+    fn get(&mut self, names: &mut symbolize::Names, raw: Vec<RawFrame>) -> Rc<NamedStack> {
+        let key: Vec<(u64, usize, u64)> = raw
+            .iter()
+            .map(|f| match &f.file {
+                Some((path, off)) => (f.addr, Arc::as_ptr(path).cast::<u8>() as usize, *off),
+                None => (f.addr, 0, 0),
+            })
+            .collect();
+        if let Some((_, named)) = self.named.get(&key) {
+            return named.clone();
+        }
+        if self.named.len() >= STACK_CACHE_MAX {
+            self.named.clear();
+        }
+        let frames = name_frames(names, &raw);
+        let json = serde_json::to_vec(&frames).unwrap_or_else(|_| b"[]".to_vec());
+        let named = Rc::new(NamedStack { frames, json });
+        self.named.insert(key, (raw, named.clone()));
+        named
+    }
 }
 
 /// The reader's end. It keeps the process model and unwinds each stack as it reads it,
@@ -108,7 +153,11 @@ impl Pipeline {
                 self.model.note(&event, path.as_ref());
                 let frames =
                     stack.map(|s| self.model.processes.unwind(pid, s.ip, s.sp, s.bp, s.bytes));
-                self.send(Item::Event(Box::new(event), path, frames));
+                self.send(Item {
+                    event,
+                    path,
+                    frames,
+                });
             }
         }
     }
@@ -156,16 +205,8 @@ fn snapshot(pid: u32) -> Vec<Mapping> {
 const DELAY_ENV: &str = "MMTRACE_STACKS_TEST_DELAY_MS";
 
 fn work(rx: mpsc::Receiver<Item>, mut out: Output) -> io::Result<Output> {
-    // Naming and writing the frames costs more than reading them (on the bench loop, the
-    // worker took twice the reader's CPU): at the lowest priority, the worker never takes
-    // the CPU the reader needs to keep the ring from filling; it catches up from the
-    // queue (a few hundred bytes per event) when the reader waits.
-    // SAFETY: plain syscalls on this thread.
-    unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
-    }
     let mut names = symbolize::Names::default();
+    let mut cache = StackCache::default();
     if let Some(ms) = std::env::var(DELAY_ENV).ok().and_then(|v| v.parse().ok()) {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
@@ -183,11 +224,11 @@ fn work(rx: mpsc::Receiver<Item>, mut out: Output) -> io::Result<Output> {
         if closed {
             continue;
         }
-        let result = write(&mut names, item, &mut out);
+        let result = write(&mut names, &mut cache, item, &mut out);
         step(result, &mut closed)?;
         // Everything queued, then one flush: as the direct path flushes per batch.
         while !closed && let Ok(item) = rx.try_recv() {
-            let result = write(&mut names, item, &mut out);
+            let result = write(&mut names, &mut cache, item, &mut out);
             step(result, &mut closed)?;
         }
         if !closed {
@@ -199,14 +240,18 @@ fn work(rx: mpsc::Receiver<Item>, mut out: Output) -> io::Result<Output> {
 }
 
 /// Names an event's frames and writes it.
-fn write(names: &mut symbolize::Names, item: Item, out: &mut Output) -> io::Result<()> {
-    let Item::Event(event, path, raw) = item;
-    let frames = raw.map(|raw| name_frames(names, raw));
-    out.event_stacked(&event, path, frames.as_deref())
+fn write(
+    names: &mut symbolize::Names,
+    cache: &mut StackCache,
+    item: Item,
+    out: &mut Output,
+) -> io::Result<()> {
+    let stack = item.frames.map(|raw| cache.get(names, raw));
+    out.event_stacked(&item.event, item.path, stack.as_deref())
 }
 
-fn name_frames(names: &mut symbolize::Names, raw: Vec<RawFrame>) -> Vec<Frame> {
-    raw.into_iter()
+fn name_frames(names: &mut symbolize::Names, raw: &[RawFrame]) -> Vec<Frame> {
+    raw.iter()
         .map(|f| {
             let symbol = f
                 .file

@@ -82,8 +82,11 @@ pub struct NamedStack {
 /// `Arc`s, so an address freed and reused for another path cannot match.
 #[derive(Default)]
 struct StackCache {
-    named: HashMap<Vec<(u64, usize, u64)>, (Vec<RawFrame>, Rc<NamedStack>)>,
+    named: HashMap<StackKey, (Vec<RawFrame>, Rc<NamedStack>)>,
 }
+
+/// Per frame: its address, its file's `Arc` address (0: none) and the offset in it.
+type StackKey = Vec<(u64, usize, u64)>;
 
 /// Distinct stacks kept; the cache starts over past it (a program with more call sites
 /// pays the naming again, never unbounded memory).
@@ -91,7 +94,7 @@ const STACK_CACHE_MAX: usize = 65536;
 
 impl StackCache {
     fn get(&mut self, names: &mut symbolize::Names, raw: Vec<RawFrame>) -> Rc<NamedStack> {
-        let key: Vec<(u64, usize, u64)> = raw
+        let key: StackKey = raw
             .iter()
             .map(|f| match &f.file {
                 Some((path, off)) => (f.addr, Arc::as_ptr(path).cast::<u8>() as usize, *off),

@@ -170,22 +170,32 @@ pub fn count_lost(probe: Probe) {
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 0;
 
-/// Submits a high-rate record (one per traced syscall) without waking the reader, except
-/// for a record that fills the buffer past a multiple of `WAKEUP_BYTES`. A wake-up per
+/// Submits a reserved record, held by its pointer (stack.rs keeps the pointer, not the
+/// entry: see `stack::Record`). `batched`, for a high-rate record (one per traced
+/// syscall): without waking the reader, except for a record that fills the buffer past a multiple of `WAKEUP_BYTES`. A wake-up per
 /// record costs the traced task an irq_work and a cross-CPU wake-up on every call: that,
 /// not the copy, was most of the tracing overhead (issue 6). Only crossings wake: while
 /// the reader is on its way, the records after it must not queue the irq_work again. Every
 /// multiple (up to 8 per ring) rather than the first only: the first crossing can fall to
 /// a record of another probe, or to another CPU's reservation, and must not leave the
 /// reader to its 10 ms timer.
+/// Not `batched`: the kernel's default (wake a reader that has caught up).
+///
+/// # Safety
+/// `record` must be a reservation of this ring not yet submitted or discarded.
 #[inline(always)]
-pub fn submit_batched<T>(entry: RingBufEntry<T>) {
-    // Includes this record (reserved, not yet submitted).
-    let flags = wakeup_flags(core::mem::size_of::<T>(), 0);
-    entry.submit(flags);
+pub unsafe fn submit_reserved<T>(record: *mut T, batched: bool) {
+    let flags = if batched {
+        // Includes this record (reserved, not yet submitted).
+        wakeup_flags(core::mem::size_of::<T>(), 0)
+    } else {
+        0
+    };
+    // SAFETY: the caller's contract.
+    unsafe { aya_ebpf::helpers::generated::bpf_ringbuf_submit(record.cast(), flags) };
 }
 
-/// The flags for a high-rate record of `size` bytes (see [`submit_batched`]);
+/// The flags for a high-rate record of `size` bytes (see [`submit_reserved`]);
 /// `pending`: bytes of it not yet in the ring's available data (0 for a reserved
 /// record, `size` for one about to be output).
 #[inline(always)]
@@ -213,7 +223,7 @@ fn wakeup_flags(size: usize, pending: usize) -> u64 {
 
 /// Copies a record of variable length (`--stacks`: an event with as much of the stack
 /// as holds frames) into the ring, counting the loss when it is full. `batched`: woken
-/// as [`submit_batched`] wakes; otherwise at once.
+/// as [`submit_reserved`] wakes; otherwise at once.
 #[inline(always)]
 pub fn output(probe: Probe, record: &[u8], batched: bool) {
     let flags = if batched {

@@ -199,19 +199,22 @@ fn emit_change(
     compat: u32,
     user_regs: *const aya_ebpf::bindings::pt_regs,
 ) {
-    stack::emit::<MmChangeEvent>(Probe::MmLock, user_regs, false, |event| {
-        // SAFETY: `event` is a reserved record of this type.
-        unsafe {
-            event.write(MmChangeEvent {
-                header,
-                cause: cause as u32,
-                locker_pid,
-                nr,
-                args,
-                ret,
-                compat,
-                _pad: 0,
-            })
-        }
-    });
+    let Some(mut record) = stack::Record::<MmChangeEvent>::start(Probe::MmLock, user_regs) else {
+        return;
+    };
+    let event = record.as_mut_ptr();
+    // SAFETY: a record of this type, ours until submit; written field by field, in place
+    // (a whole value would be built on the stack first: the 6.1 verifier caps sys_exit's
+    // call chain at 512 bytes).
+    unsafe {
+        (*event).header = header;
+        (*event).cause = cause as u32;
+        (*event).locker_pid = locker_pid;
+        (*event).nr = nr;
+        (*event).args = args;
+        (*event).ret = ret;
+        (*event).compat = compat;
+        (*event)._pad = 0;
+    }
+    record.submit(false);
 }

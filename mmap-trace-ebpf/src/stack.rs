@@ -43,43 +43,71 @@ const SCRATCH_BYTES: usize = core::mem::size_of::<Stacked<MmapEvent>>();
 #[map]
 static SCRATCH: PerCpuArray<[u64; SCRATCH_BYTES / 8]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Writes the record `T` of `probe` (filled in place by `fill`), with the user stack of
-/// `regs` (the task's user `pt_regs`) appended when `--stacks` is on, and submits it.
-#[inline(always)]
-pub fn emit<T: 'static>(
-    probe: Probe,
+/// A record of type `T` being written: in the ring (reserved), or, when `--stacks` is on,
+/// in the per-CPU scratch, to be copied to the ring with the stack appended. The caller
+/// fills it through [`Record::as_mut_ptr`] in its own body and calls [`Record::submit`]:
+/// no closure, which LLVM outlines into a subprogram whose frame adds to sys_exit's, past
+/// the 512 bytes the 6.1 verifier allows a call chain.
+pub struct Record<T: 'static> {
+    record: *mut T,
+    /// The record is in the scratch (else reserved in the ring). A flag, not an
+    /// `Option<RingBufEntry>`: the 6.1 verifier does not know a reservation is non-null
+    /// when tested again later, and walked the stacked path with the ring's record (or
+    /// left the reservation unreleased); a constant per path it follows exactly.
+    stacked: bool,
     regs: *const pt_regs,
-    batched: bool,
-    fill: impl FnOnce(*mut T),
-) {
-    const { assert!(core::mem::size_of::<Stacked<T>>() <= SCRATCH_BYTES) };
-    if wanted() && !regs.is_null() {
-        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-            emit::count_lost(probe);
+    probe: Probe,
+}
+
+impl<T: 'static> Record<T> {
+    /// `regs`: the task's user `pt_regs` (null: no stack for this record).
+    #[inline(always)]
+    pub fn start(probe: Probe, regs: *const pt_regs) -> Option<Self> {
+        const { assert!(core::mem::size_of::<Stacked<T>>() <= SCRATCH_BYTES) };
+        if wanted() && !regs.is_null() {
+            let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+                emit::count_lost(probe);
+                return None;
+            };
+            Some(Self {
+                record: scratch.cast::<T>(),
+                stacked: true,
+                regs,
+                probe,
+            })
+        } else {
+            let mut entry = emit::reserve::<T>(probe)?;
+            Some(Self {
+                record: entry.as_mut_ptr(),
+                stacked: false,
+                regs,
+                probe,
+            })
+        }
+    }
+
+    #[inline(always)]
+    pub fn as_mut_ptr(&mut self) -> *mut T {
+        self.record
+    }
+
+    /// Submits the filled record (`batched`: as [`emit::submit_reserved`] wakes).
+    #[inline(always)]
+    pub fn submit(self, batched: bool) {
+        if !self.stacked {
+            // SAFETY: a reservation made in `start`, submitted once, here.
+            unsafe { emit::submit_reserved(self.record, batched) };
             return;
-        };
-        let record = scratch.cast::<Stacked<T>>();
-        // SAFETY: the per-CPU scratch holds a `Stacked<T>` (size asserted above; map
+        }
+        let stacked = self.record.cast::<Stacked<T>>();
+        // SAFETY: the per-CPU scratch holds a `Stacked<T>` (size asserted in `start`; map
         // values are 8-aligned) and nothing else runs on this CPU's copy meanwhile.
-        let len = unsafe {
-            fill(core::ptr::addr_of_mut!((*record).event));
-            capture(regs, core::ptr::addr_of_mut!((*record).stack))
-        };
+        let len = unsafe { capture(self.regs, core::ptr::addr_of_mut!((*stacked).stack)) };
         let size = core::mem::offset_of!(Stacked<T>, stack) + USER_STACK_HEADER + len;
         let size = size.min(core::mem::size_of::<Stacked<T>>());
-        // SAFETY: `size` bytes of the scratch, all written above.
-        let bytes = unsafe { core::slice::from_raw_parts(scratch.cast::<u8>(), size) };
-        emit::output(probe, bytes, batched);
-    } else {
-        let Some(mut entry) = emit::reserve::<T>(probe) else {
-            return;
-        };
-        fill(entry.as_mut_ptr());
-        if batched {
-            emit::submit_batched(entry);
-        } else {
-            entry.submit(0);
-        }
+        // SAFETY: `size` bytes of the scratch, all written.
+        let bytes = unsafe { core::slice::from_raw_parts(self.record.cast::<u8>(), size) };
+        emit::output(self.probe, bytes, batched);
     }
 }
 

@@ -131,28 +131,22 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
-    let Some(probe) = traced(regs.orig_ax) else {
-        // Any other call that write-locked the mm (the catch-all noted it).
-        mm_lock::syscall_returned(
-            pid_tgid as u32,
-            regs.orig_ax,
-            args,
-            ctx.arg::<i64>(1),
-            user_regs,
-        );
-        return 0;
+    // An ia32 syscall's numbers mean other calls. One call site for the catch-all: each
+    // inlined copy costs stack, and the 6.1 verifier caps the call chain at 512 bytes.
+    let probe = match traced(regs.orig_ax) {
+        Some(probe) if !in_compat_syscall() => probe,
+        _ => {
+            // Any other call that write-locked the mm (the catch-all noted it).
+            mm_lock::syscall_returned(
+                pid_tgid as u32,
+                regs.orig_ax,
+                args,
+                ctx.arg::<i64>(1),
+                user_regs,
+            );
+            return 0;
+        }
     };
-    if in_compat_syscall() {
-        // An ia32 syscall: its numbers mean other calls.
-        mm_lock::syscall_returned(
-            pid_tgid as u32,
-            regs.orig_ax,
-            args,
-            ctx.arg::<i64>(1),
-            user_regs,
-        );
-        return 0;
-    }
     let Some(task) = emit::current_task() else {
         return 0;
     };
@@ -170,42 +164,69 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     };
     // Stop even when the record is lost: verify must not let the process run ahead.
     emit::stop_if_verifying();
-    let call = SyscallEvent {
-        header: emit::header(EventKind::Syscall, probe, &task),
-        enter_ts_ns,
-        // The x86-64 syscall convention: r10 stands in for rcx.
-        args,
-        ret: ctx.arg::<i64>(1),
-    };
+    let header = emit::header(EventKind::Syscall, probe, &task);
+    let ret = ctx.arg::<i64>(1);
     if probe == Probe::Mmap {
-        emit_mmap(call, user_regs);
+        emit_mmap(header, enter_ts_ns, args, ret, user_regs);
         return 0;
     }
-    stack::emit::<SyscallEvent>(probe, user_regs, true, |event| {
-        // SAFETY: `event` is a reserved record of this type.
-        unsafe { event.write(call) }
-    });
+    let Some(mut record) = stack::Record::<SyscallEvent>::start(probe, user_regs) else {
+        return 0;
+    };
+    // SAFETY: a record of this type, ours until submit; written field by field, in place
+    // (a whole value would be built on the stack first).
+    unsafe { fill_call(record.as_mut_ptr(), header, enter_ts_ns, args, ret) };
+    record.submit(true);
     0
+}
+
+/// Writes a `SyscallEvent` in place. The x86-64 syscall convention: r10 stands in for rcx
+/// in `args`.
+///
+/// # Safety
+/// `event` must be writable.
+#[inline(always)]
+unsafe fn fill_call(
+    event: *mut SyscallEvent,
+    header: mmap_trace_common::EventHeader,
+    enter_ts_ns: u64,
+    args: [u64; 6],
+    ret: i64,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        (*event).header = header;
+        (*event).enter_ts_ns = enter_ts_ns;
+        (*event).args = args;
+        (*event).ret = ret;
+    }
 }
 
 /// An mmap and, for a successful file mapping, the file its fd names as the call returns
 /// (the process may close the fd before userspace reads the record).
 #[inline(always)]
-fn emit_mmap(mut call: SyscallEvent, user_regs: *const pt_regs) {
-    call.header.kind = EventKind::Mmap as u32;
-    let fd = call.args[4] as i32;
-    let maps_file = call.args[3] & MAP_ANONYMOUS == 0 && fd >= 0 && !(-4095..0).contains(&call.ret);
-    stack::emit::<MmapEvent>(Probe::Mmap, user_regs, true, |event| {
-        // SAFETY: `event` points at a reserved record we own until submit; every field
-        // is written before submit.
-        unsafe {
-            (*event).call = call;
-            match kernel::offsets() {
-                Some(offsets) if maps_file => {
-                    kernel::read_fd_file(fd, &offsets, &mut (*event).file)
-                }
-                _ => kernel::no_file(&mut (*event).file),
-            }
+fn emit_mmap(
+    mut header: mmap_trace_common::EventHeader,
+    enter_ts_ns: u64,
+    args: [u64; 6],
+    ret: i64,
+    user_regs: *const pt_regs,
+) {
+    header.kind = EventKind::Mmap as u32;
+    let fd = args[4] as i32;
+    let maps_file = args[3] & MAP_ANONYMOUS == 0 && fd >= 0 && !(-4095..0).contains(&ret);
+    let Some(mut record) = stack::Record::<MmapEvent>::start(Probe::Mmap, user_regs) else {
+        return;
+    };
+    let event = record.as_mut_ptr();
+    // SAFETY: `event` points at a record we own until submit; every field is written
+    // before submit.
+    unsafe {
+        fill_call(&raw mut (*event).call, header, enter_ts_ns, args, ret);
+        match kernel::offsets() {
+            Some(offsets) if maps_file => kernel::read_fd_file(fd, &offsets, &mut (*event).file),
+            _ => kernel::no_file(&mut (*event).file),
         }
-    });
+    }
+    record.submit(true);
 }

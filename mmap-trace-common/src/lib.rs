@@ -442,8 +442,8 @@ pub struct CgroupFilter {
 /// Bytes of user stack copied per event under `--stacks`, at most, from the stack
 /// pointer up (the main thread's copy stops at its initial stack pointer). Chosen by
 /// measurement (docs/stacks.md): on Debian's ls and python3, without frame pointers,
-/// 8 KiB completes every stack of ls and 72% of python3's (import recursion goes deeper);
-/// 4 KiB completes 64% of ls's; 32 KiB would quadruple the ring cost of thread stacks.
+/// 8 KiB completes every stack of both (4 KiB: 64% and 53%); more would only serve deeper
+/// recursion, at the ring cost of every thread's stack.
 pub const USER_STACK_BYTES: usize = 8192;
 /// Bytes of a [`UserStack`] before its copy: ip, sp, bp, len and padding.
 pub const USER_STACK_HEADER: usize = 32;

@@ -194,10 +194,70 @@ fn c_program_without_frame_pointers_unwinds() {
     );
 }
 
+/// Bad input: an executable that deletes itself before its mmaps. Its frames cannot be
+/// named (the file is gone: blazesym opens it by path), yet they keep their address,
+/// file and offset, and the unwinder still walks through them (it read the file through
+/// /proc/<pid>/exe while the process lived): libc's frames on both sides are named;
+/// nothing fails.
+#[test]
+fn deleted_executable_keeps_file_and_offset() {
+    let _one = serial();
+    let dir = std::env::temp_dir().join(format!("stacks-deleted-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let program = build_c(
+        &dir,
+        "selfdel",
+        r#"#include <sys/mman.h>
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((noinline)) void *deleted_site(size_t len) {
+    void *p = mmap(0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    __asm__ volatile("" ::: "memory");
+    return p;
+}
+int main(int argc, char **argv) {
+    (void)argc;
+    if (unlink(argv[0]) != 0) return 1;
+    usleep(50000);
+    printf("%p\n", deleted_site(13 * 4096));
+    usleep(300000); /* /proc/<pid>/exe still holds the file meanwhile */
+    return 0;
+}
+"#,
+    );
+    let events = trace_stacks(&[program.as_os_str()], 500);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!program.exists());
+    let ours = mmaps_of_len(&events, 13 * 4096);
+    assert_eq!(ours.len(), 1, "{events:#?}");
+    check_frames(ours[0]);
+    let frames = ours[0]["stack"].as_array().unwrap();
+    assert!(
+        frames[0]["sym"].is_string(),
+        "libc's frame is named: {}",
+        ours[0]
+    );
+    let exe = program.to_str().unwrap();
+    let in_exe: Vec<_> = frames.iter().filter(|f| f["file"] == exe).collect();
+    assert!(
+        !in_exe.is_empty(),
+        "no frame in the deleted file: {}",
+        ours[0]
+    );
+    assert!(in_exe.iter().all(|f| f["sym"].is_null()), "{}", ours[0]);
+    assert!(
+        frames.iter().any(|f| f["sym"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("__libc_start"))),
+        "not unwound through the deleted file: {}",
+        ours[0]
+    );
+}
+
 fn build_nofp(dir: &Path) -> PathBuf {
-    let source = dir.join("nofp.c");
-    std::fs::write(
-        &source,
+    build_c(
+        dir,
+        "nofp",
         r#"#include <sys/mman.h>
 #include <stdio.h>
 __attribute__((noinline)) void *nofp_inner_site(size_t len) {
@@ -213,12 +273,17 @@ __attribute__((noinline)) void *nofp_outer_site(size_t len) {
 int main(void) { printf("%p\n", nofp_outer_site(5 * 4096)); return 0; }
 "#,
     )
-    .unwrap();
-    let program = dir.join("nofp");
+}
+
+/// Builds `source` with `gcc -O2 -fomit-frame-pointer` into `dir/name`.
+fn build_c(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let file = dir.join(format!("{name}.c"));
+    std::fs::write(&file, source).unwrap();
+    let program = dir.join(name);
     let run = Command::new("gcc")
         .args(["-O2", "-fomit-frame-pointer", "-o"])
         .arg(&program)
-        .arg(&source)
+        .arg(&file)
         .output()
         .unwrap_or_else(|e| panic!("this test needs gcc to build its C program: {e}"));
     assert!(run.status.success(), "gcc failed: {}", stderr(&run));

@@ -118,4 +118,18 @@ impl ElfCache {
             .or_insert_with(|| ElfInfo::read(Path::new(&**path)).map(Arc::new))
             .clone()
     }
+
+    /// [`get`](Self::get), or, when `path` cannot be read (deleted since), the same file
+    /// through `fallback` (`/proc/<pid>/exe`, which holds a deleted executable while the
+    /// process lives), kept under `path`.
+    pub fn get_or(&mut self, path: &Arc<str>, fallback: &Path) -> Option<Arc<ElfInfo>> {
+        if let Some(info) = self.get(path) {
+            return Some(info);
+        }
+        let info = ElfInfo::read(fallback).map(Arc::new);
+        if info.is_some() {
+            self.files.insert(path.clone(), info.clone());
+        }
+        info
+    }
 }

@@ -336,7 +336,8 @@ impl Model {
             return;
         };
         let exe: Arc<str> = Arc::from(String::from_utf8_lossy(&exe.bytes).as_ref());
-        let Some(info) = self.processes.elf.get(&exe) else {
+        let proc_exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+        let Some(info) = self.processes.elf.get_or(&exe, &proc_exe) else {
             return;
         };
         if let Some(first) = info.first_exec_vaddr() {

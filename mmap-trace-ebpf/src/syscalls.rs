@@ -13,6 +13,18 @@
 //! them across `syscall`), so there is nothing to join. Only `verify` also attaches
 //! `sys_enter`, for the entry time it needs to order overlapping calls of threads; that
 //! join happens here, in a per-thread map.
+//!
+//! Kernels whose syscall tracepoints run BPF preemptible (7.x with a preemptive model;
+//! the loader decides, see `SYSCALL_GATE`) skip a program for every task that reaches the
+//! hook while a preempted run of it is still in progress on that CPU: the per-program
+//! recursion guard. There each hook gets four identical programs (`sys_exit`, `sys_exit_2`
+//! … `_4`; the loader's `COPIES`): the guard is per program, so a skipped copy leaves the
+//! next one to run. Every copy that runs for a traced call of a target thread writes its
+//! place in the cycle enter 1–4, exit 1–4 into the thread's [`CallMark`]; the place it
+//! finds there says whether an earlier copy of the same hook already ran for this call
+//! (then it does nothing), whether the call's `sys_enter` was skipped by every copy (the
+//! exit still reports it, without an entry time), or whether the previous call's
+//! `sys_exit` was (that call is lost and counted as lost under its probe).
 
 use aya_ebpf::{
     bindings::pt_regs,
@@ -39,10 +51,35 @@ static SYSCALL_PROBES: u32 = 0;
 #[unsafe(no_mangle)]
 static ENTRY_TIMES: u32 = 0;
 
-/// Entry times of in-flight calls by thread id. LRU: a thread killed inside a call never
-/// reaches its exit, and its entry must not pin a slot forever.
+/// Non-zero when every copy of the hooks is attached and they take turns through
+/// `CallMark` (see the module comment); set by the loader.
+#[unsafe(no_mangle)]
+static SYSCALL_GATE: u32 = 0;
+
+/// Entry times of in-flight calls by thread id (`verify` on kernels without the gate).
+/// LRU: a thread killed inside a call never reaches its exit, and its entry must not pin
+/// a slot forever.
 #[map]
 static ENTERED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Where a gated thread's traced call is: the last copy that ran for it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CallMark {
+    /// When the first `sys_enter` copy ran (0: every copy was skipped).
+    enter_ts_ns: u64,
+    /// The call's number, to count it lost under its probe if its exit never runs.
+    nr: u64,
+    /// 0–3: `sys_enter` copy 1–4 ran last; 4–7: `sys_exit` copy 1–4.
+    place: u32,
+    _pad: u32,
+}
+
+/// The gate's marks by thread id. LRU, as `ENTERED`.
+#[map]
+static CALLS: LruHashMap<u32, CallMark> = LruHashMap::with_max_entries(16384, 0);
+
+const EXIT_PLACES: u32 = 4;
 
 /// Offset of `thread_info.status` in `task_struct`, from BTF; set by the loader.
 #[unsafe(no_mangle)]
@@ -80,12 +117,34 @@ pub fn traced(nr: u64) -> Option<Probe> {
     (wanted & (1 << probe as u32) != 0).then_some(probe)
 }
 
-/// `sys_enter(struct pt_regs *regs, long id)`: attached under `verify` only.
+/// `sys_enter(struct pt_regs *regs, long id)`: attached under `verify` (entry times) and
+/// wherever the gate is on.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
-    if !emit::tgid_passes(bpf_get_current_pid_tgid())
-        || traced(ctx.arg::<u64>(1)).is_none()
-        || in_compat_syscall()
+    on_enter(&ctx, 0)
+}
+
+/// The gate's spare copies of `sys_enter` (see the module comment).
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter_2(ctx: RawTracePointContext) -> i32 {
+    on_enter(&ctx, 1)
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter_3(ctx: RawTracePointContext) -> i32 {
+    on_enter(&ctx, 2)
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter_4(ctx: RawTracePointContext) -> i32 {
+    on_enter(&ctx, 3)
+}
+
+/// `copy`: 0 for `sys_enter`, 1–3 for the gate's spares.
+#[inline(always)]
+fn on_enter(ctx: &RawTracePointContext, copy: u32) -> i32 {
+    let nr = ctx.arg::<u64>(1);
+    if !emit::tgid_passes(bpf_get_current_pid_tgid()) || traced(nr).is_none() || in_compat_syscall()
     {
         return 0;
     }
@@ -94,7 +153,32 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let _ = ENTERED.insert(task.tid, now, 0);
+    // SAFETY: a read of our own global; volatile so the loader's value is seen.
+    if unsafe { core::ptr::read_volatile(&SYSCALL_GATE) } == 0 {
+        let _ = ENTERED.insert(task.tid, now, 0);
+        return 0;
+    }
+    // SAFETY: a plain lookup, copied out; only this thread writes its key, one copy at a
+    // time.
+    let mark = unsafe { CALLS.get(task.tid) }.copied();
+    let mut next = CallMark {
+        enter_ts_ns: now,
+        nr,
+        place: copy,
+        _pad: 0,
+    };
+    match mark {
+        // An earlier copy of this sys_enter ran: keep its time.
+        Some(m) if m.place < copy => next.enter_ts_ns = m.enter_ts_ns,
+        // The previous call entered and no sys_exit copy ran for it.
+        Some(m) if m.place < EXIT_PLACES => {
+            if let Some(probe) = traced(m.nr) {
+                emit::count_lost(probe);
+            }
+        }
+        _ => {}
+    }
+    let _ = CALLS.insert(task.tid, next, 0);
     0
 }
 
@@ -116,6 +200,28 @@ struct SyscallRegs {
 /// `sys_exit(struct pt_regs *regs, long ret)`.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    on_exit(&ctx, 0)
+}
+
+/// The gate's spare copies of `sys_exit` (see the module comment).
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_2(ctx: RawTracePointContext) -> i32 {
+    on_exit(&ctx, 1)
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_3(ctx: RawTracePointContext) -> i32 {
+    on_exit(&ctx, 2)
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_4(ctx: RawTracePointContext) -> i32 {
+    on_exit(&ctx, 3)
+}
+
+/// `copy`: 0 for `sys_exit`, 1–3 for the gate's spares.
+#[inline(always)]
+fn on_exit(ctx: &RawTracePointContext, copy: u32) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !emit::tgid_passes(pid_tgid) {
         return 0;
@@ -150,8 +256,40 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let Some(task) = emit::current_task() else {
         return 0;
     };
-    // SAFETY: a read of our own global; volatile so the loader's value is seen.
-    let enter_ts_ns = if unsafe { core::ptr::read_volatile(&ENTRY_TIMES) } != 0 {
+    // SAFETY: reads of our own globals; volatile so the loader's values are seen.
+    let (entry_times, gate) = unsafe {
+        (
+            core::ptr::read_volatile(&ENTRY_TIMES) != 0,
+            core::ptr::read_volatile(&SYSCALL_GATE) != 0,
+        )
+    };
+    let enter_ts_ns = if gate {
+        // SAFETY: a plain lookup, copied out; only this thread writes its key.
+        let mark = unsafe { CALLS.get(task.tid) }.copied();
+        let place = EXIT_PLACES + copy;
+        let (done, ts) = match mark {
+            // An earlier sys_exit copy reported this call.
+            Some(m) if m.place >= EXIT_PLACES && m.place < place => (true, 0),
+            Some(m) if m.place < EXIT_PLACES => (false, m.enter_ts_ns),
+            // Every sys_enter copy was skipped (or the call began before we attached):
+            // still reported, without an entry time.
+            _ => (false, 0),
+        };
+        let _ = CALLS.insert(
+            task.tid,
+            CallMark {
+                enter_ts_ns: 0,
+                nr: regs.orig_ax,
+                place,
+                _pad: 0,
+            },
+            0,
+        );
+        if done {
+            return 0;
+        }
+        if entry_times { ts } else { 0 }
+    } else if entry_times {
         let ts = ENTERED
             .get_ptr(task.tid)
             // SAFETY: the map value lives while the lookup holds it.

@@ -264,3 +264,82 @@ fn interrupted_verify_leaves_the_target_running() {
         );
     }
 }
+
+/// The gated syscall hooks (four copies of sys_enter and sys_exit taking turns, what
+/// kernels that preempt BPF on syscall tracepoints get: mmap-trace-ebpf/src/syscalls.rs),
+/// forced on here: every scenario still verifies with nothing lost, and trace reports
+/// exactly the calls the single-program hooks report. The 7.x guest runs them for real.
+#[test]
+fn gated_syscall_hooks_report_every_call_once() {
+    const GATE: &str = "MMTRACE_SYSCALL_GATE";
+    for scenario in [
+        "threads",
+        "anon",
+        "mremap-move",
+        "split3",
+        "shmat-shmdt",
+        "fork-exec",
+    ] {
+        if !mmap_trace_tests::cli::SCENARIOS.contains(&scenario)
+            && !mmap_trace_tests::cli::TRUTH_SCENARIOS.contains(&scenario)
+        {
+            panic!("{scenario} is not a workload scenario any more: update this test");
+        }
+        let file = out_file(&format!("gate-{scenario}"));
+        let out = cli()
+            .env(GATE, "1")
+            .env("RUST_LOG", "info")
+            .args(["verify", "--json", "-o"])
+            .arg(&file)
+            .arg("--")
+            .arg(workload_path())
+            .args(["--scenario", scenario])
+            .output()
+            .expect("run mmap-trace verify");
+        let err = stderr(&out);
+        let records = json_lines(&std::fs::read_to_string(&file).unwrap_or_default());
+        let _ = std::fs::remove_file(&file);
+        assert!(
+            err.contains("syscall hooks: gated"),
+            "{scenario}: gate not on:\n{err}"
+        );
+        let (_, summary) = split_summary(&records);
+        assert!(
+            out.status.success() && summary["mismatches"] == 0 && summary["lost_total"] == 0,
+            "{scenario}: gated verify disagreed:\n{err}\n{summary}"
+        );
+    }
+    // The workload's default sequence (one thread, every traced call, fixed): both forms
+    // report the same calls, in order.
+    let calls = |gate: &str| -> Vec<(String, Value)> {
+        let file = out_file(&format!("gate-trace-{gate}"));
+        let out = cli()
+            .env(GATE, gate)
+            .args(["trace", "--json", "-o"])
+            .arg(&file)
+            .arg("--")
+            .arg(workload_path())
+            .output()
+            .expect("run mmap-trace trace");
+        assert!(out.status.success(), "trace: {}", stderr(&out));
+        let records = json_lines(&std::fs::read_to_string(&file).unwrap_or_default());
+        let _ = std::fs::remove_file(&file);
+        records
+            .iter()
+            .filter(|r| r["type"] == "event" && r["probe"] != "exec")
+            .map(|r| {
+                (
+                    r["probe"].as_str().unwrap_or("").to_owned(),
+                    r["ret"].clone(),
+                )
+            })
+            .collect()
+    };
+    let (single, gated) = (calls("0"), calls("1"));
+    assert!(single.len() >= 14, "too few calls traced: {single:?}");
+    assert_eq!(
+        single.iter().map(|c| &c.0).collect::<Vec<_>>(),
+        gated.iter().map(|c| &c.0).collect::<Vec<_>>(),
+        "gated hooks reported other calls"
+    );
+}

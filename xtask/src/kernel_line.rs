@@ -44,13 +44,6 @@ pub struct Line {
 /// newer lines, the whole guest suite on the default line.
 const CORE_SUITES: &[&str] = &["guest_driver", "guest_trace", "guest_verify"];
 
-/// 7.x: guest_verify is left out. Its syscall tracepoints run BPF preemptible, and the
-/// kernel skips the sys_exit program for other tasks while one run is preempted
-/// (recursion_misses), so the threads scenario loses calls (7 runs in 8) and verify fails,
-/// as it must; until the syscall probes move to a hook that cannot be re-entered, the
-/// test would only prove that. `cargo xtask test --kernel 7` still runs it.
-const SEVEN_SUITES: &[&str] = &["guest_driver", "guest_trace"];
-
 pub const LINES: &[Line] = &[
     Line {
         name: "6.1",
@@ -72,7 +65,7 @@ pub const LINES: &[Line] = &[
         version_prefix: "7.",
         suites: &[(MIRROR, "sid")],
         compiler: Compiler::Chroot { suite: "sid" },
-        default_suites: Some(SEVEN_SUITES),
+        default_suites: Some(CORE_SUITES),
     },
 ];
 

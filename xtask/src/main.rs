@@ -58,7 +58,7 @@ enum Task {
     /// loop in the guest; prints the table and writes it into docs/benchmarks.md.
     Bench(bench::BenchArgs),
     /// cargo fmt --check, then clippy -D warnings on the host crates and on the eBPF crate
-    /// (its nightly, bpfel-unknown-none). Not yet run by `test` (see xtask/src/lint.rs).
+    /// (its nightly, bpfel-unknown-none). `test` runs it first.
     Lint,
     /// The reliability suites with soak counts (200,000 random driver requests, 1,000
     /// reloads, …); MMTRACE_STRESS_* variables override them.

@@ -155,6 +155,12 @@ impl KernelBtf {
         }
     }
 
+    /// Whether the syscall tracepoints are faultable (6.13+): they may then run BPF
+    /// preemptible (see `kernel::preempt`).
+    pub fn faultable_tracepoints(&self) -> bool {
+        field_offset(&self.btf, "tracepoint_ext", &["faultable"]).is_ok()
+    }
+
     /// `offsetof(task_struct, thread_info.status)`: the syscall probe tests x86's
     /// `TS_COMPAT` there to skip ia32 syscalls, whose numbers name other calls.
     pub fn thread_info_status(&self) -> Result<u32> {
@@ -259,6 +265,8 @@ mod tests {
         assert!(m.saved_auxv_len >= 40 && m.exe_file != 0, "{m:?}");
         // 6.18 dropped memcg_path: (mm, write, success).
         assert_eq!(btf.mmap_lock_write_arg().unwrap(), 1);
+        // 6.13 made the syscall tracepoints faultable.
+        assert!(btf.faultable_tracepoints());
     }
 
     #[test]

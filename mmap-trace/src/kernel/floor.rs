@@ -1,7 +1,7 @@
-//! `mmap-trace floor --pid PID` (hidden; for `cargo xtask bench`): attaches the empty
-//! eBPF program to the raw `sys_exit` tracepoint mmap-trace's syscall probes use, says
-//! ready like `trace`, and holds it until the process exits. The bench times a loop under
-//! it to learn what the attach point itself costs.
+//! `mmap-trace floor --pid PID` (hidden; for `cargo xtask bench`): attaches empty eBPF
+//! programs to the attach points `trace` uses by default, says ready like `trace`, and
+//! holds them until the process exits. The bench times a loop under them to learn what
+//! the attach points themselves cost.
 
 use std::os::fd::AsRawFd as _;
 
@@ -12,9 +12,10 @@ use crate::process::session::pidfd_open;
 pub fn run(pid: u32) -> Result<()> {
     crate::require_root("floor")?;
     let pidfd = pidfd_open(pid).with_context(|| format!("no process with pid {pid}"))?;
-    let _ebpf = crate::kernel::loader::attach_floor()?;
+    let (_ebpf, attached) = crate::kernel::loader::attach_floor()?;
     eprintln!(
-        "mmap-trace: ready: floor (an empty program on raw tracepoint sys_exit), until pid {pid} exits"
+        "mmap-trace: ready: floor (empty programs on {}), until pid {pid} exits",
+        attached.join(", ")
     );
     let mut pfd = libc::pollfd {
         fd: pidfd.as_raw_fd(),

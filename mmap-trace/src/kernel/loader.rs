@@ -14,7 +14,7 @@ use mmap_trace_common::{
     TaskOffsets,
 };
 
-use crate::{kernel::btf, kernel::tracefs};
+use crate::kernel::{btf, preempt, tracefs};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mmap-trace"));
 
@@ -53,6 +53,8 @@ pub struct Tracer {
     pub attached: Vec<Probe>,
     /// (probe, why it is not attached), for probes skipped when not explicitly requested.
     pub skipped: Vec<(Probe, String)>,
+    /// The syscall hooks run as gated copies, which count their own lost calls.
+    gated: bool,
 }
 
 impl Tracer {
@@ -181,6 +183,22 @@ impl Tracer {
             .sum();
         // verify orders overlapping calls of threads by their entry times.
         let entry_times = u32::from(opts.filter.stop_after_event != 0);
+        let syscall_hooks = syscall_probes != 0 || catch_all;
+        let (gate, why) = if syscall_hooks {
+            preempt::syscall_gate(kernel_btf.as_ref())
+        } else {
+            (false, String::new())
+        };
+        if syscall_hooks {
+            log::info!(
+                "syscall hooks: {} ({why})",
+                if gate {
+                    "gated, one program per hook would be skipped while preempted"
+                } else {
+                    "one program per hook"
+                }
+            );
+        }
 
         let filemap = if chosen.contains(&Probe::PageCache) {
             tracefs::filemap_format()?
@@ -195,6 +213,7 @@ impl Tracer {
             .override_global("SYSCALL_PROBES", &syscall_probes, true)
             .override_global("TI_STATUS_OFFSET", &ti_status, true)
             .override_global("ENTRY_TIMES", &entry_times, true)
+            .override_global("SYSCALL_GATE", &u32::from(gate), true)
             .override_global("TASK_OFFSETS", &task_offsets, true)
             .override_global("CATCH_ALL", &u32::from(catch_all), true)
             .override_global("STACKS", &u32::from(stacks), true)
@@ -215,8 +234,9 @@ impl Tracer {
             }
         };
         // The catch-all reports other syscalls from sys_exit.
-        if syscall_probes != 0 || catch_all {
-            attach_syscall_probes(&mut ebpf, entry_times != 0 && syscall_probes != 0)
+        if syscall_hooks {
+            let enter = (entry_times != 0 || gate) && syscall_probes != 0;
+            attach_syscall_probes(&mut ebpf, enter, if gate { COPIES } else { 1 })
                 .context("attaching the syscall probes (raw tracepoints sys_enter/sys_exit)")?;
         }
         for probe in chosen.iter().filter(|p| !p.is_syscall()) {
@@ -228,6 +248,7 @@ impl Tracer {
             logger,
             attached: chosen,
             skipped,
+            gated: gate,
         })
     }
 
@@ -241,9 +262,11 @@ impl Tracer {
             eprintln!(
                 "mmap-trace: warning: the kernel skipped the {name} program {misses} time(s) \
                  (recursion_misses): a run of it on this CPU was preempted and another task \
-                 reached the hook meanwhile. Kernels whose syscall tracepoints run \
-                 preemptible BPF (7.x with lazy preemption) do this; calls of the traced \
-                 process may be missing from the output and verify may report mismatches"
+                 reached the hook meanwhile. Events of the traced process may be missing \
+                 from the output; verify counts them as lost. If this is a syscall hook, \
+                 set {}=1 (this kernel preempts BPF on syscall tracepoints and mmap-trace \
+                 did not detect it; docs/kernels.md)",
+                preempt::GATE_VAR
             );
         }
     }
@@ -251,11 +274,14 @@ impl Tracer {
     /// Programs whose runs the kernel skipped because the program was already running on
     /// that CPU (`recursion_misses` in the fd's fdinfo, Linux 5.12+), with the count.
     /// Preemptible hooks (the syscall raw tracepoints on 7.x) lose events this way without
-    /// touching the ring buffer, so `lost()` cannot see them.
+    /// touching the ring buffer, so `lost()` cannot see them. Gated syscall hooks are left
+    /// out: their copies cover for each other and count the calls none of them saw in
+    /// `lost()` (mmap-trace-ebpf/src/syscalls.rs).
     pub fn skipped_runs(&self) -> Vec<(String, u64)> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         self.ebpf
             .programs()
+            .filter(|(name, _)| !(self.gated && name.starts_with("sys_")))
             .filter_map(|(name, program)| {
                 let fd = program.fd().ok()?.as_fd().as_raw_fd();
                 let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
@@ -293,35 +319,65 @@ impl Tracer {
     }
 }
 
-/// The bench's floor (`mmap-trace floor`): only the empty program on `sys_exit`, from the
-/// same object, with nothing else loaded or attached.
-pub fn attach_floor() -> Result<Ebpf> {
+/// The bench's floor (`mmap-trace floor`): only the empty programs, on the attach points
+/// `trace` uses by default (sys_exit, the catch-all's tracepoint when BTF has it, exec),
+/// from the same object, with nothing else loaded or attached. Returns what it attached.
+pub fn attach_floor() -> Result<(Ebpf, Vec<&'static str>)> {
     tracefs::ensure_mounted()?;
     let mut ebpf = EbpfLoader::new()
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
-    let program: &mut RawTracePoint = program(&mut ebpf, "floor_sys_exit")?.try_into()?;
-    program.load().context("loading floor_sys_exit")?;
-    program
-        .attach("sys_exit")
+    let mut attached = Vec::new();
+    let exit: &mut RawTracePoint = program(&mut ebpf, "floor_sys_exit")?.try_into()?;
+    exit.load().context("loading floor_sys_exit")?;
+    exit.attach("sys_exit")
         .context("attaching floor_sys_exit to the raw tracepoint sys_exit")?;
-    Ok(ebpf)
+    attached.push("raw tracepoint sys_exit");
+    // trace attaches the catch-all only where the kernel has BTF; so does the floor.
+    if let Ok(btf) = aya::Btf::from_sys_fs() {
+        let lock: &mut BtfTracePoint = program(&mut ebpf, "floor_mmap_lock")?.try_into()?;
+        lock.load("mmap_lock_acquire_returned", &btf)
+            .context("loading floor_mmap_lock")?;
+        lock.attach().context("attaching floor_mmap_lock")?;
+        attached.push("tp_btf mmap_lock_acquire_returned");
+    }
+    let exec: &mut TracePoint = program(&mut ebpf, "floor_exec")?.try_into()?;
+    exec.load().context("loading floor_exec")?;
+    exec.attach("sched", "sched_process_exec")
+        .context("attaching floor_exec to sched/sched_process_exec")?;
+    attached.push("tracepoint sched_process_exec");
+    Ok((ebpf, attached))
 }
 
 /// One raw tracepoint serves every syscall probe (the `SYSCALL_PROBES` mask); `sys_enter`
-/// only records entry times.
-fn attach_syscall_probes(ebpf: &mut Ebpf, entry_times: bool) -> Result<()> {
-    let points: &[&str] = if entry_times {
+/// records entry times and the gate's marks. `copies` programs per hook (the gate's
+/// spares are `sys_exit_2`, … in mmap-trace-ebpf/src/syscalls.rs).
+fn attach_syscall_probes(ebpf: &mut Ebpf, enter: bool, copies: usize) -> Result<()> {
+    let points: &[&str] = if enter {
         &["sys_enter", "sys_exit"]
     } else {
         &["sys_exit"]
     };
     for point in points {
-        let program: &mut RawTracePoint = program(ebpf, point)?.try_into()?;
-        program.load()?;
-        program.attach(point)?;
+        for copy in 1..=copies {
+            let name = copy_name(point, copy);
+            let program: &mut RawTracePoint = program(ebpf, &name)?.try_into()?;
+            program.load().with_context(|| format!("loading {name}"))?;
+            program.attach(point)?;
+        }
     }
     Ok(())
+}
+
+/// Copies per syscall hook when gated; the eBPF crate defines `sys_enter_2` … up to it.
+const COPIES: usize = 4;
+
+fn copy_name(point: &str, copy: usize) -> String {
+    if copy == 1 {
+        point.to_owned()
+    } else {
+        format!("{point}_{copy}")
+    }
 }
 
 /// `write_arg`: where `mmap_lock_acquire_returned` has its `write` argument (picks the

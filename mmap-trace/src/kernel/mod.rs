@@ -7,5 +7,6 @@ pub mod btf;
 pub mod decode;
 pub mod floor;
 pub mod loader;
+pub mod preempt;
 pub mod syscall_names;
 pub mod tracefs;

@@ -259,9 +259,11 @@ impl Results {
             vs_floor = ratio(mt, floor);
             let _ = writeln!(
                 s,
-                "**Floor**: `floor` is the same loop under an empty eBPF program on mmap-trace's \
-                 attach point (raw tracepoint `sys_exit`, returning 0; hidden `mmap-trace floor \
-                 --pid`): {} of untraced. mmap-trace / floor, round by round: {}.\n",
+                "**Floor**: `floor` is the same loop under empty eBPF programs, returning 0, on \
+                 the attach points `trace` uses by default (raw tracepoint `sys_exit`, tp_btf \
+                 `mmap_lock_acquire_returned`, tracepoint `sched_process_exec`; hidden \
+                 `mmap-trace floor --pid`): {} of untraced. mmap-trace / floor, round by \
+                 round: {}.\n",
                 range(ratio(floor, &o.variants[0]), "×", 2),
                 range(vs_floor, "×", 2),
             );

@@ -8,6 +8,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    faults::Faults,
     kernel::decode,
     kernel::loader::{LoadOptions, Tracer},
     output::{Format, Output, Summary},
@@ -84,11 +85,13 @@ pub fn run(config: TraceConfig) -> Result<()> {
         &tracer,
         follow,
     ))?;
+    let faults = summary.faults.take();
     tracer.flush_logs();
     summary.attached = tracer.attached.clone();
     summary.duration_ns = monotonic_ns().saturating_sub(start_ns);
     summary.events = out.counts;
     summary.lost = tracer.lost()?;
+    summary.faults = faults;
     out.summary(&summary)
         .and_then(|()| out.flush())
         .or_else(ignore_closed_output)?;
@@ -159,7 +162,13 @@ async fn event_loop(
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_check = tokio::time::interval(Duration::from_secs(1));
     let mut lost_seen = 0u64;
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        faults: tracer
+            .attached
+            .contains(&mmap_trace_common::Probe::Fault)
+            .then(Faults::default),
+        ..Summary::default()
+    };
 
     let ended = loop {
         tokio::select! {
@@ -222,10 +231,24 @@ fn drain(
     followed: &mut Followed,
 ) -> Result<()> {
     crate::output::paths::new_batch();
+    if let Some(faults) = &mut summary.faults {
+        faults.new_batch();
+    }
+    let faults = &mut summary.faults;
     decode::drain(ring, &mut summary.malformed, |event| {
         followed.note(&event);
         let path = crate::output::paths::mapped_path(&event);
-        Ok(out.event(&event, path).or_else(ignore_closed_output)?)
+        let written = match faults {
+            Some(faults) => {
+                let vma = faults.note(&event, path.as_ref());
+                match event {
+                    decode::Event::Fault(_) => out.fault(&event, vma),
+                    _ => out.event(&event, path),
+                }
+            }
+            None => out.event(&event, path),
+        };
+        Ok(written.or_else(ignore_closed_output)?)
     })?;
     out.flush().or_else(ignore_closed_output)?;
     Ok(())

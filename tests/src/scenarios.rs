@@ -45,6 +45,9 @@ pub const SCENARIOS: &[&str] = &[
     "mseal",
     "shadow-stack",
     "fork-exec",
+    // Issue 17: what mappings cost.
+    "fault-regions",
+    "memset-64m",
 ];
 
 const RO: u64 = libc::PROT_READ as u64;
@@ -81,6 +84,8 @@ pub fn run(rec: &mut Recorder, name: &str) -> bool {
         "mseal" => mseal(rec),
         "shadow-stack" => shadow_stack(rec),
         "fork-exec" => fork_exec(rec),
+        "fault-regions" => fault_regions(rec),
+        "memset-64m" => memset(rec, 64),
         _ => return false,
     }
     true
@@ -686,4 +691,49 @@ fn fork_exec(rec: &mut Recorder) {
     }
     rec.observe("children", Value::Array(children));
     checkpoint(rec);
+}
+
+// ---- issue 17 ----
+
+/// Pages touched in each of the three regions of `fault-regions`.
+pub const FAULT_REGION_PAGES: [u64; 3] = [1, 100, 10_000];
+
+/// Three private anonymous regions (each one page larger than it is touched, with a
+/// PROT_NONE page between them so the kernel cannot merge them), then one write per page
+/// of 1, 100 and 10,000 pages. Private anonymous memory has no fault-around and a write
+/// to an untouched page maps it at once: one fault per page. MADV_NOHUGEPAGE keeps a
+/// kernel with THP "always" from serving 512 pages per fault.
+fn fault_regions(rec: &mut Recorder) {
+    for pages in FAULT_REGION_PAGES {
+        let guard = rec.call("mmap", libc::SYS_mmap, &[0, PAGE, 0, ANON, NO_FD, 0]) as u64;
+        let len = (pages + 1) * PAGE;
+        let a = rec.call("mmap", libc::SYS_mmap, &[0, len, RW, ANON, NO_FD, 0]) as u64;
+        rec.other(
+            "madvise",
+            libc::SYS_madvise,
+            &[a, len, libc::MADV_NOHUGEPAGE as u64],
+        );
+        for i in 0..pages {
+            touch(a + i * PAGE);
+        }
+        rec.observe(
+            "touched",
+            json!({"addr": a, "len": len, "pages": pages, "guard": guard}),
+        );
+    }
+}
+
+/// One private anonymous mapping of `mib` MiB written end to end (memset), so its
+/// resident set rises by `mib` MiB; the mapping stays until the process exits.
+pub fn memset(rec: &mut Recorder, mib: u64) {
+    let len = mib << 20;
+    let a = rec.call("mmap", libc::SYS_mmap, &[0, len, RW, ANON, NO_FD, 0]) as u64;
+    rec.other(
+        "madvise",
+        libc::SYS_madvise,
+        &[a, len, libc::MADV_NOHUGEPAGE as u64],
+    );
+    // SAFETY: the mapping is ours, writable and `len` bytes long.
+    unsafe { std::ptr::write_bytes(a as *mut u8, 0x5a, len as usize) };
+    rec.observe("memset", json!({"addr": a, "len": len}));
 }

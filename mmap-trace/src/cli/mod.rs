@@ -219,6 +219,14 @@ struct TraceArgs {
     /// missed; the trace ends when the target and every followed child have exited.
     #[arg(long, short = 'f')]
     follow_forks: bool,
+    /// Also trace what the mappings cost: every page fault of the target on a user
+    /// address (probe `fault`: address, ip, read/write/exec, and the mapping it hit, from
+    /// the same address-space model verify uses) and its resident memory by type (probe
+    /// `rss`: anon, file, shmem, swap, a record per 256 KiB step of each). The summary
+    /// lists the mappings with the most faults. One record per page touched: see
+    /// docs/tracing.md for the volume a large memset makes.
+    #[arg(long)]
+    faults: bool,
 }
 
 #[derive(Args)]
@@ -251,9 +259,9 @@ struct ProbeArgs {
     /// mprotect, mremap, brk, exec, mm_lock (the catch-all: any other syscall, fault or
     /// task that write-locks the traced process's mm — shmat, madvise, mlock, stack growth…;
     /// a BTF tracepoint), fork (added by --follow-forks and by verify), mmap_region,
-    /// remap_pfn_range, driver_mmap, and page_cache (file pages entering the page cache
+    /// remap_pfn_range, driver_mmap, page_cache (file pages entering the page cache
     /// with their PFN: noisy, so not in trace's default set; verify adds it to check file
-    /// pages against pagemap). verify -- CMD needs exec (the shadow starts at the
+    /// pages against pagemap), and fault and rss (added by trace --faults). verify -- CMD needs exec (the shadow starts at the
     /// command's exec); without mm_lock verify sees only the five calls and says so.
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_probe)]
     probes: Option<Vec<Probe>>,
@@ -395,6 +403,20 @@ impl TraceArgs {
         };
         let mut load = self.probes.into_load_options();
         load.filter.follow_forks = u32::from(self.follow_forks);
+        if self.faults {
+            // The default set stays the default (kernel probes skipped where missing);
+            // the cost probes themselves must attach.
+            let mut probes = load.requested.take().unwrap_or_else(|| {
+                load.implicit = true;
+                crate::kernel::loader::default_probes()
+            });
+            for probe in [Probe::Fault, Probe::Rss] {
+                if !probes.contains(&probe) {
+                    probes.push(probe);
+                }
+            }
+            load.requested = Some(probes);
+        }
         if let Some(path) = &self.cgroup {
             load.cgroup = crate::process::cgroup::select(path)?;
         }

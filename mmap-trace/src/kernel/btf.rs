@@ -141,6 +141,11 @@ impl KernelBtf {
     pub fn thread_info_status(&self) -> Result<u32> {
         self.offset("task_struct", &["thread_info", "status"])
     }
+
+    /// `offsetof(struct pt_regs, ip)`: the fault probe reads the faulting instruction.
+    pub fn pt_regs_ip(&self) -> Result<u32> {
+        self.offset("pt_regs", &["ip"])
+    }
 }
 
 /// Byte offset of `fields` (a path through nested structs) in `struct ty`.
@@ -232,6 +237,8 @@ mod tests {
         assert!(t.mm != 0 && t.pid != 0 && t.tgid == t.pid + 4, "{t:?}");
         // 6.18 dropped memcg_path: (mm, write, success).
         assert_eq!(btf.mmap_lock_write_arg().unwrap(), 1);
+        // x86-64's pt_regs: fifteen general registers, orig_ax, then ip.
+        assert_eq!(btf.pt_regs_ip().unwrap(), 16 * 8);
     }
 
     #[test]

@@ -7,8 +7,8 @@ use aya::maps::{MapData, RingBuf};
 
 use mmap_trace_common::{
     DriverMmapEvent, EventHeader, EventKind, ExecEvent, FILE_PATH_FULL, FILE_PATH_TRUNCATED,
-    FILE_UNLINKED, FileId, ForkEvent, MmChangeEvent, MmapEvent, MmapRegionEvent, PageCacheEvent,
-    Probe, RemapPfnEvent, SyscallEvent, record_size,
+    FILE_UNLINKED, FaultEvent, FileId, ForkEvent, MmChangeEvent, MmapEvent, MmapRegionEvent,
+    PageCacheEvent, Probe, RemapPfnEvent, RssEvent, SyscallEvent, record_size,
 };
 
 /// The one drain policy, for every command: each record the ring buffer holds, in order,
@@ -59,6 +59,10 @@ pub enum Event {
     Fork(ForkEvent),
     /// The catch-all: a traced process's mm was write-locked.
     MmChange(MmChangeEvent),
+    /// A page fault on a user address (`--faults`).
+    Fault(FaultEvent),
+    /// A resident-set counter moved a step (`--faults`).
+    Rss(RssEvent),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -111,6 +115,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         Probe::PageCache => EventKind::PageCache,
         Probe::Fork => EventKind::Fork,
         Probe::MmLock => EventKind::MmChange,
+        Probe::Fault => EventKind::Fault,
+        Probe::Rss => EventKind::Rss,
         _ => EventKind::DriverMmap,
     };
     if kind != expected_kind {
@@ -136,6 +142,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::PageCache => Event::PageCache(read(bytes)?),
         EventKind::Fork => Event::Fork(read(bytes)?),
         EventKind::MmChange => Event::MmChange(read(bytes)?),
+        EventKind::Fault => Event::Fault(read(bytes)?),
+        EventKind::Rss => Event::Rss(read(bytes)?),
     })
 }
 
@@ -151,6 +159,8 @@ impl Event {
             Event::PageCache(e) => &e.header,
             Event::Fork(e) => &e.header,
             Event::MmChange(e) => &e.header,
+            Event::Fault(e) => &e.header,
+            Event::Rss(e) => &e.header,
         }
     }
 

@@ -10,7 +10,8 @@ use aya::{
     programs::{BtfTracePoint, KProbe, RawTracePoint, TracePoint},
 };
 use mmap_trace_common::{
-    CgroupFilter, FilemapFormat, KernelOffsets, PROBE_COUNT, Probe, TargetFilter, TaskOffsets,
+    CgroupFilter, FilemapFormat, KernelOffsets, PROBE_COUNT, Probe, RssFormat, TargetFilter,
+    TaskOffsets,
 };
 
 use crate::{kernel::btf, kernel::tracefs};
@@ -114,7 +115,7 @@ impl Tracer {
         let fork = chosen.contains(&Probe::Fork);
         // The kernel probes, the catch-all and fork following cannot do without BTF; the
         // syscall probe only wants one offset.
-        let needs_btf = kprobes || catch_all || fork;
+        let needs_btf = kprobes || catch_all || fork || chosen.contains(&Probe::Fault);
         let kernel_btf = match (needs_btf || syscalls).then(|| btf::KernelBtf::open(&opts.btf)) {
             Some(Ok(btf)) => Some(btf),
             Some(Err(e)) if needs_btf => return Err(e),
@@ -167,6 +168,15 @@ impl Tracer {
         // verify orders overlapping calls of threads by their entry times.
         let entry_times = u32::from(opts.filter.stop_after_event != 0);
 
+        let pt_regs_ip = match &kernel_btf {
+            Some(btf) if chosen.contains(&Probe::Fault) => btf.pt_regs_ip()?,
+            _ => 0,
+        };
+        let rss_format = if chosen.contains(&Probe::Rss) {
+            tracefs::rss_format()?
+        } else {
+            RssFormat::default()
+        };
         let filemap = if chosen.contains(&Probe::PageCache) {
             tracefs::filemap_format()?
         } else {
@@ -182,6 +192,8 @@ impl Tracer {
             .override_global("ENTRY_TIMES", &entry_times, true)
             .override_global("TASK_OFFSETS", &task_offsets, true)
             .override_global("CATCH_ALL", &u32::from(catch_all), true)
+            .override_global("PT_REGS_IP", &pt_regs_ip, true)
+            .override_global("RSS_FORMAT", &rss_format, true)
             .override_global(
                 "WAKEUP_BYTES",
                 &(u64::from(opts.ring_buffer_bytes) / 8),
@@ -313,6 +325,20 @@ fn attach(ebpf: &mut Ebpf, probe: Probe, driver_hooks: &[String], write_arg: u32
     match probe {
         Probe::Exec => attach_tracepoint(ebpf, "sched", "sched_process_exec")?,
         Probe::PageCache => attach_tracepoint(ebpf, "filemap", "mm_filemap_add_to_page_cache")?,
+        Probe::Fault => {
+            // Faults in user mode, and the kernel's on user memory inside a syscall.
+            for point in ["page_fault_user", "page_fault_kernel"] {
+                let raw: &mut RawTracePoint = program(ebpf, point)?.try_into()?;
+                raw.load()?;
+                raw.attach(point).with_context(|| {
+                    format!(
+                        "the raw tracepoint {point} (x86's exceptions:{point}; this \
+                         kernel may not have it)"
+                    )
+                })?;
+            }
+        }
+        Probe::Rss => attach_tracepoint(ebpf, "kmem", "rss_stat")?,
         Probe::Fork => {
             let program: &mut RawTracePoint = program(ebpf, "sched_process_fork")?.try_into()?;
             program.load()?;
@@ -344,13 +370,19 @@ fn attach(ebpf: &mut Ebpf, probe: Probe, driver_hooks: &[String], write_arg: u32
     Ok(())
 }
 
-/// Every probe but page_cache, which is noisy (every file page read) and opt-in, and
-/// fork, which `--follow-forks` adds.
+/// Every probe but page_cache, which is noisy (every file page read) and opt-in, fork,
+/// which `--follow-forks` adds, and fault and rss, which `--faults` adds (one record per
+/// page touched).
 pub fn default_probes() -> Vec<Probe> {
     Probe::ALL
         .iter()
         .copied()
-        .filter(|p| !matches!(p, Probe::PageCache | Probe::Fork))
+        .filter(|p| {
+            !matches!(
+                p,
+                Probe::PageCache | Probe::Fork | Probe::Fault | Probe::Rss
+            )
+        })
         .collect()
 }
 

@@ -4,7 +4,9 @@
 //! replaced by U+FFFD; where that happened, a `…_hex` field beside it has the exact
 //! bytes in hex.
 
-use mmap_trace_common::{FileId, MmChangeCause, Probe, SyscallEvent, VmaFields};
+use mmap_trace_common::{
+    FaultEvent, FileId, MmChangeCause, Probe, RssMember, SyscallEvent, VmaFields, pf,
+};
 use serde::{Serialize, Serializer};
 
 use crate::{
@@ -328,6 +330,31 @@ pub enum Body {
         /// The process of the task that took the lock (`kernel`: another one).
         locker_pid: u32,
     },
+    /// A page fault on a user address (`trace --faults`).
+    Fault {
+        addr: Hex,
+        ip: Hex,
+        /// `read`, `write` or `exec` (an instruction fetch).
+        access: &'static str,
+        /// The page was present: a protection fault (copy-on-write, a write to a
+        /// read-only page, a protection key); false: the page was not mapped yet.
+        present: bool,
+        /// The kernel faulted on the user address inside a syscall (read(2) into a fresh
+        /// buffer); `ip` is then the kernel's.
+        in_kernel: bool,
+        error_code: Hex,
+        /// The mapping the address is in, by the address-space model as the fault
+        /// happened (absent when the model knows no mapping there: a bad access).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        vma: Option<FaultVma>,
+    },
+    /// A resident-set counter of the process moved to another 256 KiB step.
+    Rss {
+        /// `anon`, `file`, `shmem` or `swap` (the kernel's MM_*PAGES / MM_SWAPENTS).
+        member: &'static str,
+        /// The counter, exact at this instant, in bytes.
+        bytes: i64,
+    },
 }
 
 fn syscall_body(
@@ -532,6 +559,45 @@ fn write_outcome(out: &mut Vec<u8>, o: &Outcome) {
     }
 }
 
+/// The mapping a fault hit: its range as the model has it, perms and name (maps'
+/// columns).
+#[derive(Serialize, Clone, Debug)]
+pub struct FaultVma {
+    pub start: Hex,
+    pub end: Hex,
+    pub perms: String,
+    /// maps' name column: a path, `[heap]`, `[stack]`, or empty for anonymous memory.
+    pub name: String,
+}
+
+fn fault_body(e: &FaultEvent, vma: Option<FaultVma>) -> Body {
+    let access = if e.error_code & pf::INSTR != 0 {
+        "exec"
+    } else if e.error_code & pf::WRITE != 0 {
+        "write"
+    } else {
+        "read"
+    };
+    Body::Fault {
+        addr: Hex(e.address),
+        ip: Hex(e.ip),
+        access,
+        present: e.error_code & pf::PROT != 0,
+        in_kernel: e.in_kernel != 0,
+        error_code: Hex(e.error_code),
+        vma,
+    }
+}
+
+/// A fault's record with the mapping it hit (`trace --faults`: faults.rs attributes it).
+pub fn fault_record(event: &Event, vma: Option<FaultVma>) -> EventRecord<'_> {
+    let mut rec = record(event, None);
+    if let Event::Fault(e) = event {
+        rec.body = fault_body(e, vma);
+    }
+    rec
+}
+
 /// `path`: the path of the file an mmap mapped, when there is one (paths.rs).
 pub fn record(event: &Event, path: Option<FilePath>) -> EventRecord<'_> {
     let header = event.header();
@@ -582,6 +648,11 @@ pub fn record(event: &Event, path: Option<FilePath>) -> EventRecord<'_> {
             index: e.index,
             pfn: Hex(e.pfn),
             pages: 1 << e.order.min(20),
+        },
+        Event::Fault(e) => fault_body(e, None),
+        Event::Rss(e) => Body::Rss {
+            member: RssMember::from_u32(e.member).map_or("unknown", RssMember::name),
+            bytes: e.bytes,
         },
     };
     let (comm, comm_hex) = text_and_hex(c_bytes(&header.comm));

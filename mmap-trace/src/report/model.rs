@@ -15,8 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::input::{Call, Event, Trace, VmaInfo};
 use crate::space::{
-    self, AddressSpace, Backing, CallEnv, Change, FileIdentity, Name, NoEnv, Region, Why,
-    apply_syscall,
+    self, AddressSpace, Backing, Change, Name, NoEnv, Region, TracedFile, Why, apply_syscall,
 };
 pub use crate::space::{PAGE, page_down, page_up};
 
@@ -246,23 +245,6 @@ pub fn replay(trace: &Trace) -> Vec<Process> {
 
 /// A traced call's file, as the trace names it: the model needs only its name (the
 /// report has no device or inode to compare).
-struct TracedFile<'a>(Option<&'a str>);
-
-impl CallEnv for TracedFile<'_> {
-    fn fd_file(&self, _fd: i32) -> Option<FileIdentity> {
-        self.0.map(|path| FileIdentity {
-            dev: (0, 0),
-            inode: 0,
-            path: path.as_bytes().to_vec(),
-            overlay: false,
-            rdev: None,
-        })
-    }
-    fn shm_segment(&self, _shmid: i32) -> Option<crate::space::ShmSegment> {
-        None
-    }
-}
-
 /// A process's model (`crate::space`, the semantics verify uses too) and the timeline
 /// drawn from its changes.
 struct Space {
@@ -354,7 +336,7 @@ impl Space {
                         libc::SYS_mmap as u64,
                         args,
                         *ret as i64,
-                        &TracedFile(path.as_deref()),
+                        &TracedFile(path.as_deref().map(str::as_bytes)),
                     );
                     self.mirror(t, i, &mmap_attrs(*prot, *flags, path.clone()));
                     for w in waiting {
@@ -1473,7 +1455,7 @@ mod tests {
                             libc::SYS_mmap as u64,
                             args,
                             *ret as i64,
-                            &TracedFile(path.as_deref()),
+                            &TracedFile(path.as_deref().map(str::as_bytes)),
                         );
                     }
                     call => {

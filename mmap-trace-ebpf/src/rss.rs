@@ -37,16 +37,18 @@ pub fn rss_stat(ctx: TracePointContext) -> u32 {
     if f.valid == 0 {
         return 0;
     }
-    // SAFETY (three reads): offsets inside this tracepoint's record, from its format file.
     // `curr`: the counter is the current task's own mm (not another task acting on it,
     // nor the exiting task's mm after exit_mm cleared it).
+    // SAFETY: an offset inside this tracepoint's record, from its format file.
     if unsafe { ctx.read_at::<u32>(f.curr as usize) }.unwrap_or(0) == 0 {
         return 0;
     }
+    // SAFETY: as above.
     let member = unsafe { ctx.read_at::<i32>(f.member as usize) }.unwrap_or(-1);
     if !(0..4).contains(&member) {
         return 0;
     }
+    // SAFETY: as above.
     let bytes = unsafe { ctx.read_at::<i64>(f.size as usize) }.unwrap_or(0);
     let key = (u64::from(task.pid) << 2) | member as u64;
     let step = (bytes.max(0) as u64) / RSS_QUANTUM + 1;

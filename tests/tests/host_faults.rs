@@ -142,9 +142,8 @@ fn rss_curve_of_a_memset() {
         .collect();
     let before = anon
         .iter()
-        .filter(|(t, _)| *t < mmap_ts)
+        .rfind(|(t, _)| *t < mmap_ts)
         .map(|(_, b)| *b)
-        .last()
         .unwrap_or(0);
     let peak = anon.iter().map(|(_, b)| *b).max().unwrap();
     let rise = peak - before;

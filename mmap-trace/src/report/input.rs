@@ -62,6 +62,17 @@ pub enum Call {
         after: VmaInfo,
     },
     Exec,
+    /// A page fault (`trace --faults`): not replayed, attributed to the VMA it hit.
+    Fault {
+        addr: u64,
+        /// The page was present (copy-on-write, protection): it did not become resident.
+        present: bool,
+    },
+    /// A resident-set counter (`trace --faults`): `member` is anon, file, shmem or swap.
+    Rss {
+        member: String,
+        bytes: i64,
+    },
     /// A probe this report does not know; counted and shown, never replayed.
     Other,
 }
@@ -229,6 +240,14 @@ fn event(line: usize, obj: &Map<String, Value>) -> Result<Event> {
             after: vma(obj, "after")?,
         },
         "exec" => Call::Exec,
+        "fault" => Call::Fault {
+            addr: u64_field(obj, "addr")?,
+            present: obj.get("present").and_then(Value::as_bool).unwrap_or(false),
+        },
+        "rss" => Call::Rss {
+            member: str_field(obj, "member")?.to_string(),
+            bytes: obj.get("bytes").and_then(Value::as_i64).unwrap_or(0),
+        },
         _ => Call::Other,
     };
     Ok(Event {
@@ -241,10 +260,15 @@ fn event(line: usize, obj: &Map<String, Value>) -> Result<Event> {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string(),
+        // Faults come by the hundred thousand and their hover shows none of it.
+        detail: if matches!(call, Call::Fault { .. } | Call::Rss { .. }) {
+            String::new()
+        } else {
+            detail(obj)
+        },
         probe,
         call,
         error,
-        detail: detail(obj),
     })
 }
 

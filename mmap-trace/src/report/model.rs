@@ -166,6 +166,11 @@ pub struct Vma {
     pub touches: Vec<Touch>,
     /// Touches dropped from the middle of a long history.
     pub elided: usize,
+    /// Page faults inside this interval while it lasted (`trace --faults`), of them
+    /// those on pages not yet present (each made a page resident), and the first's time.
+    pub faults: u64,
+    pub faulted_in: u64,
+    pub first_fault: Option<u64>,
 }
 
 /// How many touches a VMA's history keeps: a region split or re-protected thousands of
@@ -205,12 +210,28 @@ pub struct Process {
     /// shrunk, replaced by a fixed mapping); moves and exec count as neither.
     pub mapped_bytes: u64,
     pub unmapped_bytes: u64,
+    /// `trace --faults`: faults no interval held (exec's own mappings, which no probe
+    /// reports, or bad accesses), and the resident-set records in trace order.
+    pub faults: u64,
+    pub faults_outside: u64,
+    pub rss: Vec<RssPoint>,
 }
+
+/// A resident-set counter at one instant (the rss probe's record).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RssPoint {
+    pub ts_ns: u64,
+    pub member: String,
+    pub bytes: i64,
+}
+
+/// Faults of one process: (time, address, present), until they are attributed.
+type FaultList = Vec<(u64, u64, bool)>;
 
 /// Replays the trace; processes in order of their first event.
 pub fn replay(trace: &Trace) -> Vec<Process> {
     let mut order: Vec<u32> = Vec::new();
-    let mut spaces: HashMap<u32, (Process, Space)> = HashMap::new();
+    let mut spaces: HashMap<u32, (Process, (Space, FaultList))> = HashMap::new();
     for (i, e) in trace.events.iter().enumerate() {
         let (process, space) = spaces.entry(e.pid).or_insert_with(|| {
             order.push(e.pid);
@@ -223,24 +244,64 @@ pub fn replay(trace: &Trace) -> Vec<Process> {
                 vmas: Vec::new(),
                 mapped_bytes: 0,
                 unmapped_bytes: 0,
+                faults: 0,
+                faults_outside: 0,
+                rss: Vec::new(),
             };
-            (p, Space::default())
+            (p, (Space::default(), FaultList::new()))
         });
-        process.events.push(i);
-        process.comm.clone_from(&e.comm);
+        let (space, faults) = space;
         process.first_ts = process.first_ts.min(e.ts_ns);
         process.last_ts = process.last_ts.max(e.ts_ns);
-        space.apply(&trace.events, i);
+        // Faults and resident-set records are not calls: no event marker (a memset
+        // makes a quarter of a million), nothing for the model to replay.
+        match &e.call {
+            Call::Fault { addr, present } => faults.push((e.ts_ns, *addr, *present)),
+            Call::Rss { member, bytes } => process.rss.push(RssPoint {
+                ts_ns: e.ts_ns,
+                member: member.clone(),
+                bytes: *bytes,
+            }),
+            _ => {
+                process.events.push(i);
+                process.comm.clone_from(&e.comm);
+                space.apply(&trace.events, i);
+            }
+        }
     }
     order
         .into_iter()
         .map(|pid| {
-            let (mut process, mut space) = spaces.remove(&pid).expect("every pid has a space");
+            let (mut process, (mut space, faults)) =
+                spaces.remove(&pid).expect("every pid has a space");
             process.vmas = space.finish(&trace.events);
             (process.mapped_bytes, process.unmapped_bytes) = (space.mapped, space.unmapped);
+            process.faults = faults.len() as u64;
+            process.faults_outside = attribute_faults(&mut process.vmas, faults);
             process
         })
         .collect()
+}
+
+/// Counts each fault in the interval that held its address at its time (the model's
+/// VMAs, as replayed); returns how many no interval held.
+fn attribute_faults(vmas: &mut [Vma], mut faults: FaultList) -> u64 {
+    faults.sort_unstable_by_key(|&(_, addr, _)| addr);
+    let mut held = vec![false; faults.len()];
+    for vma in vmas.iter_mut() {
+        let from = faults.partition_point(|&(_, addr, _)| addr < vma.start);
+        let to = faults.partition_point(|&(_, addr, _)| addr < vma.end);
+        for (k, &(ts, _, present)) in faults[from..to].iter().enumerate() {
+            if ts < vma.t_start || vma.t_end.is_some_and(|end| ts >= end) || held[from + k] {
+                continue;
+            }
+            held[from + k] = true;
+            vma.faults += 1;
+            vma.faulted_in += u64::from(!present);
+            vma.first_fault = Some(vma.first_fault.map_or(ts, |first| first.min(ts)));
+        }
+    }
+    held.iter().filter(|h| !**h).count() as u64
 }
 
 /// A traced call's file, as the trace names it: the model needs only its name (the
@@ -413,6 +474,9 @@ impl Space {
                                 attrs,
                                 touches: vec![Touch { event: i, role }],
                                 elided: 0,
+                                faults: 0,
+                                faulted_in: 0,
+                                first_fault: None,
                             }
                         } else {
                             let mut vma = Vma {
@@ -578,6 +642,9 @@ impl Space {
             attrs,
             touches: vec![touch],
             elided: 0,
+            faults: 0,
+            faulted_in: 0,
+            first_fault: None,
         });
     }
 

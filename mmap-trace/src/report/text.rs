@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use super::{
     bytes, duration,
     input::{Call, Trace},
-    model::{Kind, Process, Role, page_up, prot_string},
+    model::{Kind, PAGE, Process, Role, Vma, page_up, prot_string},
 };
 
 /// The probes in the order a reader expects them; others follow by name.
@@ -129,6 +129,84 @@ pub fn lost_counts(trace: &Trace) -> String {
     format!("{total} ({}): the timeline is incomplete", by.join(", "))
 }
 
+/// Mappings listed per ranking of the cost summary.
+const TOP_COSTS: usize = 5;
+
+/// A VMA interval as one line: range, prot, kind and file.
+fn vma_line(v: &Vma) -> String {
+    let a = &v.attrs;
+    let mut what = format!(
+        "{:#014x}-{:#014x}  {} {}",
+        v.start,
+        v.end,
+        prot_string(a.prot),
+        a.kind.name()
+    );
+    if let Some(file) = &a.file {
+        let _ = write!(what, " {file}");
+    }
+    what
+}
+
+/// `trace --faults`: the resident set by type (first → last record, peak), the mappings
+/// with the most faults and those that made the most memory resident (faults on pages
+/// not yet present, a page each: for file mappings the kernel's fault-around maps up to
+/// 16 pages per fault, so this is their lower bound).
+fn costs(out: &mut String, p: &Process, t0: u64) {
+    if p.faults == 0 && p.rss.is_empty() {
+        return;
+    }
+    let mut members: BTreeMap<&str, (i64, i64, i64)> = BTreeMap::new();
+    for r in &p.rss {
+        members
+            .entry(r.member.as_str())
+            .and_modify(|(_, last, peak)| {
+                *last = r.bytes;
+                *peak = (*peak).max(r.bytes);
+            })
+            .or_insert((r.bytes, r.bytes, r.bytes));
+    }
+    for (member, (first, last, peak)) in &members {
+        let _ = writeln!(
+            out,
+            "  resident {member:<5} {} → {} (peak {})",
+            bytes(*first as u64),
+            bytes(*last as u64),
+            bytes(*peak as u64)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  faults:    {} ({} outside the traced mappings: exec's own, or bad accesses)",
+        p.faults, p.faults_outside
+    );
+    let mut ranked: Vec<&Vma> = p.vmas.iter().filter(|v| v.faults > 0).collect();
+    if ranked.is_empty() {
+        return;
+    }
+    ranked.sort_by(|a, b| b.faults.cmp(&a.faults).then(a.start.cmp(&b.start)));
+    let _ = writeln!(out, "  top mappings by faults:");
+    for v in ranked.iter().take(TOP_COSTS) {
+        let _ = writeln!(
+            out,
+            "    {:>10} faults  {}  first at +{}",
+            v.faults,
+            vma_line(v),
+            duration(v.first_fault.unwrap_or(v.t_start).saturating_sub(t0))
+        );
+    }
+    ranked.sort_by(|a, b| b.faulted_in.cmp(&a.faulted_in).then(a.start.cmp(&b.start)));
+    let _ = writeln!(out, "  top mappings by resident growth (pages faulted in):");
+    for v in ranked.iter().take(TOP_COSTS).filter(|v| v.faulted_in > 0) {
+        let _ = writeln!(
+            out,
+            "    {:>10}  {}",
+            bytes(v.faulted_in * PAGE),
+            vma_line(v)
+        );
+    }
+}
+
 /// `mmap rw- device mmtrace-kmalloc (driver)`: what the model made of a mapping call.
 fn describe_mapping(p: &Process, event: usize, probe: &str) -> String {
     let made = p.vmas.iter().find(|v| {
@@ -219,6 +297,7 @@ pub fn render(trace: &Trace, processes: &[Process], title: &str) -> String {
                 );
             }
         }
+        costs(&mut out, p, t0);
         let mismatches: Vec<_> = trace.mismatches.iter().filter(|m| m.pid == p.pid).collect();
         let _ = writeln!(
             out,

@@ -196,3 +196,142 @@ impl Faults {
 fn name(region: &Region) -> Vec<u8> {
     region.backing.to_string().into_bytes()
 }
+
+#[cfg(test)]
+mod tests {
+    use mmap_trace_common::{EventHeader, EventKind, ExecEvent, FaultEvent, pf};
+
+    use super::*;
+    use crate::kernel::decode::{test_event, test_syscall_event};
+
+    /// Above any pid_max: /proc has no maps for it, so the model is the events' alone.
+    const PID: u32 = 4_000_000_000;
+    const RW: u64 = 3;
+    const ANON: u64 = 0x22;
+
+    fn header(kind: EventKind, probe: Probe, ts_ns: u64) -> EventHeader {
+        EventHeader {
+            kind: kind as u32,
+            probe: probe as u32,
+            pid: PID,
+            tid: PID,
+            ts_ns,
+            comm: [0; mmap_trace_common::TASK_COMM_LEN],
+            cgroup_id: 1,
+        }
+    }
+
+    fn call(probe: Probe, args: [u64; 6], ret: i64) -> Event {
+        let mut e = test_syscall_event(probe, b"t", args, ret);
+        e.header.pid = PID;
+        test_event(e, None)
+    }
+
+    fn fault(address: u64, error_code: u64, ts_ns: u64) -> Event {
+        Event::Fault(FaultEvent {
+            header: header(EventKind::Fault, Probe::Fault, ts_ns),
+            address,
+            ip: 0x40_1000,
+            error_code,
+            in_kernel: 0,
+            _pad: 0,
+        })
+    }
+
+    fn start(v: &Option<FaultVma>) -> Option<u64> {
+        v.as_ref().map(|v| v.start.0)
+    }
+
+    #[test]
+    fn faults_go_to_the_mapping_the_calls_made() {
+        let mut f = Faults::default();
+        let a = 0x7f00_0000_0000u64;
+        let b = a + 0x10_0000;
+        f.note(
+            &call(Probe::Mmap, [0, 0x4000, RW, ANON, u64::MAX, 0], a as i64),
+            None,
+        );
+        f.note(
+            &call(Probe::Mmap, [0, 0x2000, RW, ANON, u64::MAX, 0], b as i64),
+            None,
+        );
+        let w = pf::WRITE | pf::USER;
+        assert_eq!(start(&f.note(&fault(a + 0x1234, w, 10), None)), Some(a));
+        assert_eq!(start(&f.note(&fault(a + 0x3fff, w, 11), None)), Some(a));
+        assert_eq!(start(&f.note(&fault(b, pf::USER, 12), None)), Some(b));
+        assert_eq!(start(&f.note(&fault(b, w | pf::PROT, 13), None)), Some(b));
+        // Past the end, then after the munmap: no mapping.
+        assert_eq!(start(&f.note(&fault(a + 0x4000, w, 14), None)), None);
+        f.note(&call(Probe::Munmap, [b, 0x2000, 0, 0, 0, 0], 0), None);
+        assert_eq!(start(&f.note(&fault(b, w, 15), None)), None);
+        assert_eq!(f.unattributed, 2);
+        let rows = f.by_faults();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (
+                rows[0].start,
+                rows[0].end,
+                rows[0].faults,
+                rows[0].writes,
+                rows[0].first_ns
+            ),
+            (a, a + 0x4000, 2, 2, 10)
+        );
+        assert_eq!(
+            (
+                rows[1].start,
+                rows[1].faults,
+                rows[1].writes,
+                rows[1].present
+            ),
+            (b, 2, 1, 1)
+        );
+        assert_eq!(rows[0].perms, "rw-p");
+    }
+
+    #[test]
+    fn a_split_mapping_counts_its_pieces_apart_and_exec_forgets_everything() {
+        let mut f = Faults::default();
+        let a = 0x7f00_0000_0000u64;
+        f.note(
+            &call(Probe::Mmap, [0, 0x3000, RW, ANON, u64::MAX, 0], a as i64),
+            None,
+        );
+        f.note(
+            &call(Probe::Mprotect, [a + 0x1000, 0x1000, 1, 0, 0, 0], 0),
+            None,
+        );
+        let vma = f.note(&fault(a + 0x1800, 0, 20), None).unwrap();
+        assert_eq!(
+            (vma.start.0, vma.end.0, vma.perms.as_str()),
+            (a + 0x1000, a + 0x2000, "r--p")
+        );
+        let vma = f.note(&fault(a + 0x2800, pf::WRITE, 21), None).unwrap();
+        assert_eq!((vma.start.0, vma.end.0), (a + 0x2000, a + 0x3000));
+        f.note(
+            &Event::Exec(ExecEvent {
+                header: header(EventKind::Exec, Probe::Exec, 22),
+            }),
+            None,
+        );
+        assert_eq!(start(&f.note(&fault(a, pf::WRITE, 23), None)), None);
+    }
+
+    #[test]
+    fn resident_keeps_first_last_and_peak() {
+        let mut f = Faults::default();
+        for (ts, bytes) in [(1, 4096i64), (2, 1 << 20), (3, 512 << 10)] {
+            f.note(
+                &Event::Rss(mmap_trace_common::RssEvent {
+                    header: header(EventKind::Rss, Probe::Rss, ts),
+                    member: 1,
+                    _pad: 0,
+                    bytes,
+                }),
+                None,
+            );
+        }
+        let r = f.resident[&(PID, 1)];
+        assert_eq!((r.first, r.last, r.peak), (4096, 512 << 10, 1 << 20));
+    }
+}

@@ -457,6 +457,33 @@ mod tests {
         assert_eq!(path_of(""), None);
     }
 
+    /// `trace --faults` records, as trace writes them (one line each, from a real run).
+    #[test]
+    fn reads_faults_and_resident_records() {
+        let text = r#"{"type":"event","ts_ns":1573892226346,"pid":23445,"tid":23445,"comm":"mmap-workload","probe":"fault","addr":"0x55558f4ca078","ip":"0x7f85ab49281f","access":"write","present":false,"in_kernel":false,"error_code":"0x6","vma":{"start":"0x55558f4c8000","end":"0x55558f4e9000","perms":"rw-p","name":"[heap]"},"cgroup_id":1,"cgroup":"/"}
+{"type":"event","ts_ns":1573892197853,"pid":23445,"tid":23445,"comm":"mmap-workload","probe":"rss","member":"anon","bytes":41418752,"cgroup_id":1,"cgroup":"/"}
+"#;
+        let trace = parse(text).unwrap();
+        assert_eq!(
+            trace.events[0].call,
+            Call::Fault {
+                addr: 0x5555_8f4c_a078,
+                present: false
+            }
+        );
+        assert_eq!(
+            trace.events[1].call,
+            Call::Rss {
+                member: "anon".into(),
+                bytes: 41_418_752
+            }
+        );
+        assert!(
+            trace.events[0].detail.is_empty(),
+            "faults carry no hover text"
+        );
+    }
+
     #[test]
     fn errors_name_the_line() {
         let bad = "{\"type\":\"summary\"}\nnot json at all\n";

@@ -926,6 +926,56 @@ mod tests {
     const A: u64 = 0x10_0000;
     const P: u64 = PAGE;
 
+    /// Faults go to the interval that held their address at their time (the timeline cuts
+    /// a mapping retroactively where a later call splits it, so the piece, with its
+    /// prot before and after the mprotect); none to an unmapped range or to the event
+    /// list (no marker per fault). The rss records become the curve.
+    #[test]
+    fn faults_count_in_the_interval_of_their_time() {
+        let a = 0x7f00_0000_0000;
+        let fault = |addr, present| Call::Fault { addr, present };
+        let p = Calls::new()
+            .anon(a, 0x3000, 3)
+            .push(fault(a + 0x2000, false))
+            .push(fault(a + 0x2fff, true))
+            .mprotect(a + 0x1000, 0x1000, 1)
+            .push(fault(a + 0x1000, false))
+            .push(fault(a + 0x5000, false))
+            .push(Call::Rss {
+                member: "anon".into(),
+                bytes: 8192,
+            })
+            .replay();
+        assert_eq!(p.events.len(), 2, "the mmap and mprotect only");
+        assert_eq!((p.faults, p.faults_outside), (4, 1));
+        let counts: Vec<(u64, u64, u64, u64, Option<u64>)> = {
+            let mut c: Vec<_> = p
+                .vmas
+                .iter()
+                .map(|v| (v.start, v.end, v.faults, v.faulted_in, v.first_fault))
+                .collect();
+            c.sort_by_key(|&(s, e, n, ..)| (s, e, n));
+            c
+        };
+        assert_eq!(
+            counts,
+            vec![
+                (a, a + 0x1000, 0, 0, None),
+                (a + 0x1000, a + 0x2000, 0, 0, None),
+                (a + 0x1000, a + 0x2000, 1, 1, Some(ts(4))),
+                (a + 0x2000, a + 0x3000, 2, 1, Some(ts(1))),
+            ]
+        );
+        assert_eq!(
+            p.rss,
+            vec![RssPoint {
+                ts_ns: ts(6),
+                member: "anon".into(),
+                bytes: 8192
+            }]
+        );
+    }
+
     #[test]
     fn mmap_creates_page_rounded_vma() {
         let p = Calls::new().anon(A, 100, 3).replay();

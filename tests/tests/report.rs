@@ -390,9 +390,9 @@ fn report_errors_are_clear() {
 /// trace (root: it loads the eBPF programs), and the workload's own lines.
 fn live_fault_trace(name: &str) -> (PathBuf, Vec<serde_json::Value>) {
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "the report's fault test records a live trace with eBPF: run it as root \
          (`cargo xtask test` does)"
     );

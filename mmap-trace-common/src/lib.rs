@@ -393,6 +393,10 @@ pub struct FaultEvent {
     /// such as read(2) copying into a page not yet present).
     pub in_kernel: u32,
     pub _pad: u32,
+    /// The thread's `maj_flt` before this fault: the kernel adds one when a fault needed
+    /// I/O (`VM_FAULT_MAJOR`) as it finishes handling it, so the thread's next fault
+    /// shows whether this one did.
+    pub maj_flt: u64,
 }
 
 /// The kernel's resident-set counter types (`MM_FILEPAGES` …), as `kmem/rss_stat` names them.
@@ -585,5 +589,5 @@ const _: () = assert!(core::mem::size_of::<MmapEvent>() == 112 + 16 + FILE_NAME_
 const _: () = assert!(core::mem::size_of::<VmaFields>() == 40 + 16 + FILE_NAME_LEN);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 48 + 16);
 const _: () = assert!(core::mem::size_of::<MmChangeEvent>() == 48 + 16 + 48 + 16);
-const _: () = assert!(core::mem::size_of::<FaultEvent>() == 48 + 32);
+const _: () = assert!(core::mem::size_of::<FaultEvent>() == 48 + 40);
 const _: () = assert!(core::mem::size_of::<RssEvent>() == 48 + 16);

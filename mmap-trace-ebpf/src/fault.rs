@@ -7,7 +7,10 @@
 //! into a fresh buffer); only user addresses are kept (kernel addresses are not a
 //! mapping's).
 
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{
+    helpers::generated::bpf_get_current_task, macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
 use mmap_trace_common::{EventKind, FaultEvent, Probe};
 
 use crate::{emit, kernel};
@@ -15,6 +18,10 @@ use crate::{emit, kernel};
 /// `offsetof(struct pt_regs, ip)`, from BTF; set by the loader.
 #[unsafe(no_mangle)]
 static PT_REGS_IP: u32 = 0;
+
+/// `offsetof(struct task_struct, maj_flt)`, from BTF; set by the loader.
+#[unsafe(no_mangle)]
+static TASK_MAJ_FLT: u32 = 0;
 
 /// x86-64's `TASK_SIZE_MAX` with 4-level paging is below this; 5-level below 2^56. Every
 /// user address is below 2^63, every kernel address at or above.
@@ -44,6 +51,10 @@ fn fault(ctx: &RawTracePointContext, in_kernel: u32) -> i32 {
     let regs: u64 = ctx.arg(1);
     // SAFETY: a read of our own global; volatile so the loader's value is seen.
     let ip_offset = unsafe { core::ptr::read_volatile(&PT_REGS_IP) };
+    // SAFETY: as above.
+    let maj_flt_offset = unsafe { core::ptr::read_volatile(&TASK_MAJ_FLT) };
+    // SAFETY: helper without preconditions.
+    let current = unsafe { bpf_get_current_task() };
     let event = FaultEvent {
         header: emit::header(EventKind::Fault, Probe::Fault, &task),
         address,
@@ -51,6 +62,11 @@ fn fault(ctx: &RawTracePointContext, in_kernel: u32) -> i32 {
         error_code: ctx.arg(2),
         in_kernel,
         _pad: 0,
+        maj_flt: if maj_flt_offset == 0 {
+            0
+        } else {
+            kernel::read(current, maj_flt_offset)
+        },
     };
     if let Some(mut entry) = emit::reserve::<FaultEvent>(Probe::Fault) {
         entry.write(event);

@@ -33,6 +33,9 @@ pub struct MappingFaults {
     /// Of them, write faults and faults on present pages (copy-on-write, protection).
     pub writes: u64,
     pub present: u64,
+    /// Of them, faults that needed I/O (the kernel's major faults), as the thread's next
+    /// fault shows (its `maj_flt` grew); a thread's last fault is not judged.
+    pub major: u64,
     /// CLOCK_MONOTONIC ns of the first fault.
     pub first_ns: u64,
 }
@@ -45,6 +48,9 @@ struct Process {
     /// The batch in which maps was last read for an unknown address.
     refreshed_in: u64,
 }
+
+/// A mapping as the faults count it: (pid, start, end).
+type MappingKey = (u32, u64, u64);
 
 /// A process's resident memory of one type, from the rss probe's records.
 #[derive(Clone, Copy, Debug, Default)]
@@ -60,9 +66,11 @@ pub struct Faults {
     processes: HashMap<u32, Process>,
     /// (pid, `RssMember`) → what its records said.
     pub resident: std::collections::BTreeMap<(u32, u32), Resident>,
-    mappings: HashMap<(u32, u64, u64), MappingFaults>,
+    mappings: HashMap<MappingKey, MappingFaults>,
     /// Faults at addresses no mapping held (bad accesses, or a change nobody reported).
     pub unattributed: u64,
+    /// Per thread: its last fault's `maj_flt` and the mapping it was counted in.
+    last_fault: HashMap<u32, (u64, Option<MappingKey>)>,
     batch: u64,
 }
 
@@ -137,6 +145,26 @@ impl Faults {
         f: &mmap_trace_common::FaultEvent,
         ts_ns: u64,
     ) -> Option<FaultVma> {
+        let tid = f.header.tid;
+        // The thread's previous fault needed I/O if its count of those grew since.
+        if let Some((maj_flt, Some(key))) = self.last_fault.get(&tid)
+            && f.maj_flt > *maj_flt
+            && let Some(row) = self.mappings.get_mut(key)
+        {
+            row.major += 1;
+        }
+        let vma = self.attribute(pid, f, ts_ns);
+        let key = vma.as_ref().map(|v| (pid, v.start.0, v.end.0));
+        self.last_fault.insert(tid, (f.maj_flt, key));
+        vma
+    }
+
+    fn attribute(
+        &mut self,
+        pid: u32,
+        f: &mmap_trace_common::FaultEvent,
+        ts_ns: u64,
+    ) -> Option<FaultVma> {
         let batch = self.batch;
         let p = self.processes.entry(pid).or_default();
         let unknown = p.model.region_at(f.address).is_none();
@@ -166,6 +194,7 @@ impl Faults {
                 faults: 0,
                 writes: 0,
                 present: 0,
+                major: 0,
                 first_ns: ts_ns,
             });
         row.faults += 1;
@@ -228,13 +257,20 @@ mod tests {
     }
 
     fn fault(address: u64, error_code: u64, ts_ns: u64) -> Event {
+        fault_of(PID, address, error_code, ts_ns, 0)
+    }
+
+    fn fault_of(tid: u32, address: u64, error_code: u64, ts_ns: u64, maj_flt: u64) -> Event {
+        let mut header = header(EventKind::Fault, Probe::Fault, ts_ns);
+        header.tid = tid;
         Event::Fault(FaultEvent {
-            header: header(EventKind::Fault, Probe::Fault, ts_ns),
+            header,
             address,
             ip: 0x40_1000,
             error_code,
             in_kernel: 0,
             _pad: 0,
+            maj_flt,
         })
     }
 
@@ -315,6 +351,29 @@ mod tests {
             None,
         );
         assert_eq!(start(&f.note(&fault(a, pf::WRITE, 23), None)), None);
+    }
+
+    /// A fault needed I/O when its thread's next fault shows `maj_flt` grown; other
+    /// threads' counts say nothing of it; a thread's last fault is not judged.
+    #[test]
+    fn major_faults_show_at_the_threads_next_fault() {
+        let mut f = Faults::default();
+        let a = 0x7f00_0000_0000u64;
+        f.note(
+            &call(Probe::Mmap, [0, 0x4000, 1, 0x22, u64::MAX, 0], a as i64),
+            None,
+        );
+        for (tid, addr, maj) in [
+            (1, a, 5),
+            (2, a + 0x1000, 0),
+            (1, a + 0x2000, 6),
+            (2, a + 0x3000, 0),
+            (1, a + 0x3000, 6),
+        ] {
+            f.note(&fault_of(tid, addr, 0, 1, maj), None);
+        }
+        let rows = f.by_faults();
+        assert_eq!((rows[0].faults, rows[0].major), (5, 1));
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub const SCENARIOS: &[&str] = &[
     // Issue 17: what mappings cost.
     "fault-regions",
     "memset-64m",
+    "file-cold",
 ];
 
 const RO: u64 = libc::PROT_READ as u64;
@@ -86,6 +87,7 @@ pub fn run(rec: &mut Recorder, name: &str) -> bool {
         "fork-exec" => fork_exec(rec),
         "fault-regions" => fault_regions(rec),
         "memset-64m" => memset(rec, 64),
+        "file-cold" => file_cold(rec),
         _ => return false,
     }
     true
@@ -736,4 +738,49 @@ pub fn memset(rec: &mut Recorder, mib: u64) {
     // SAFETY: the mapping is ours, writable and `len` bytes long.
     unsafe { std::ptr::write_bytes(a as *mut u8, 0x5a, len as usize) };
     rec.observe("memset", json!({"addr": a, "len": len}));
+}
+
+/// Pages of the `file-cold` file.
+pub const COLD_PAGES: u64 = 64;
+
+/// A file written, synced and dropped from the page cache, mapped with MADV_RANDOM (no
+/// readahead, and fault-around finds nothing cached to map), then read page by page:
+/// every read needs I/O, one major fault per page. `cached` observes the pages mincore
+/// saw in the page cache before the reads (0 unless the drop failed). A write to a
+/// fresh page follows, so the last read has a fault after it.
+fn file_cold(rec: &mut Recorder) {
+    let dir = scratch_dir();
+    let path = dir.join("cold");
+    let fd = make_file(&path, COLD_PAGES);
+    // SAFETY: plain calls on a descriptor we opened.
+    let dropped = unsafe {
+        libc::fsync(fd);
+        libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED)
+    };
+    let len = COLD_PAGES * PAGE;
+    let a = rec.call(
+        "mmap",
+        libc::SYS_mmap,
+        &[0, len, RO, libc::MAP_PRIVATE as u64, fd as u64, 0],
+    ) as u64;
+    rec.other(
+        "madvise",
+        libc::SYS_madvise,
+        &[a, len, libc::MADV_RANDOM as u64],
+    );
+    let mut vec = vec![0u8; COLD_PAGES as usize];
+    // SAFETY: `vec` has a byte per page of the mapping.
+    unsafe { libc::mincore(a as *mut libc::c_void, len as usize, vec.as_mut_ptr()) };
+    let cached = vec.iter().filter(|b| **b & 1 != 0).count();
+    for i in 0..COLD_PAGES {
+        peek(a + i * PAGE);
+    }
+    let after = rec.call("mmap", libc::SYS_mmap, &[0, PAGE, RW, ANON, NO_FD, 0]) as u64;
+    touch(after);
+    rec.observe(
+        "cold",
+        json!({"addr": a, "len": len, "pages": COLD_PAGES, "cached": cached, "fadvise": dropped}),
+    );
+    close(fd);
+    let _ = std::fs::remove_dir_all(&dir);
 }

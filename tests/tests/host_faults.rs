@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use mmap_trace_tests::{
     cli::{cli, json_lines, split_summary, stderr, stdout, workload_path},
-    scenarios::FAULT_REGION_PAGES,
+    scenarios::{COLD_PAGES, FAULT_REGION_PAGES},
 };
 use serde_json::Value;
 
@@ -196,7 +196,59 @@ fn table_summarises_faults_by_mapping() {
         .nth(1)
         .unwrap();
     assert!(
-        top.contains(" 10000 faults (10000 writes, 0 on present pages)"),
+        top.contains(" 10000 faults (10000 writes, 0 on present pages, 0 needed I/O)"),
         "{top}"
     );
+}
+
+/// A file mapping read page by page with nothing in the page cache and no readahead:
+/// every fault needed I/O, and the summary says so (`major`, from each thread's `maj_flt`
+/// at its next fault); the anonymous regions' faults needed none.
+#[test]
+fn faults_that_needed_io_are_counted() {
+    let _one = one();
+    let (records, own) = trace_scenario("file-cold");
+    let (events, summary) = split_summary(&records);
+    assert_eq!(summary["lost_total"], 0, "{summary}");
+    let cold = observed(&own, "cold")[0];
+    assert_eq!(cold["cached"], 0, "the page cache kept the file: {cold}");
+    let start = cold["addr"].as_u64().unwrap();
+    let end = start + cold["len"].as_u64().unwrap();
+    // By the mapping, not the range: the 256 KiB buffer that wrote the file was an
+    // anonymous mapping at the same addresses a moment before.
+    let faults: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["probe"] == "fault"
+                && e["vma"]["start"].as_str().map(|_| hex(&e["vma"]["start"])) == Some(start)
+                && e["vma"]["end"].as_str().map(|_| hex(&e["vma"]["end"])) == Some(end)
+        })
+        .collect();
+    assert_eq!(faults.len() as u64, COLD_PAGES, "a fault per page read");
+    assert!(faults.iter().all(|f| f["access"] == "read"), "{faults:?}");
+    // The thread's major-fault count grows by one per page.
+    let first = faults[0]["maj_flt"].as_u64().unwrap();
+    let last = faults[faults.len() - 1]["maj_flt"].as_u64().unwrap();
+    assert_eq!(
+        last - first,
+        COLD_PAGES - 1,
+        "maj_flt from the first to the last read"
+    );
+    let row = summary["faults_by_mapping"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| hex(&m["start"]) == start)
+        .unwrap_or_else(|| panic!("no summary row for {start:#x}: {summary}"));
+    assert_eq!(row["faults"].as_u64(), Some(COLD_PAGES), "{row}");
+    assert_eq!(row["major"].as_u64(), Some(COLD_PAGES), "{row}");
+    assert_eq!(row["perms"], "r--p", "{row}");
+
+    let (records, _) = trace_scenario("fault-regions");
+    let (_, summary) = split_summary(&records);
+    for row in summary["faults_by_mapping"].as_array().unwrap() {
+        if row["perms"] == "rw-p" && row["name"] == "" {
+            assert_eq!(row["major"], 0, "anonymous memory needed I/O: {row}");
+        }
+    }
 }

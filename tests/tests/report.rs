@@ -545,8 +545,33 @@ fn html_hover_counts_faults_per_region() {
     for wanted in [
         "\"faults\":10000",
         "\"faulted_in\":10000",
+        "\"major\":0",
         "\"first_touch\":\"+",
     ] {
         assert!(dom.0.contains(wanted), "the hover data lacks {wanted}");
     }
+}
+
+/// Issue 17: the text summary says which mapping's faults needed I/O (`file-cold`: a
+/// file read page by page with nothing cached and no readahead, 64 major faults).
+#[test]
+fn text_report_counts_faults_that_needed_io() {
+    let (trace, own) = live_fault_trace("file-cold");
+    let cold = own
+        .iter()
+        .find(|l| l["observe"] == "cold")
+        .expect("the workload's cold line");
+    assert_eq!(
+        cold["value"]["cached"], 0,
+        "the page cache kept the file: {cold}"
+    );
+    let addr = cold["value"]["addr"].as_u64().unwrap();
+    let run = report(&[trace.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let text = stdout(&run);
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("{addr:#014x}")) && l.contains(" faults"))
+        .unwrap_or_else(|| panic!("no fault line for {addr:#x} in:\n{text}"));
+    assert!(line.contains("64 faults (64 needed I/O)"), "{line}");
 }

@@ -146,6 +146,12 @@ impl KernelBtf {
     pub fn pt_regs_ip(&self) -> Result<u32> {
         self.offset("pt_regs", &["ip"])
     }
+
+    /// `offsetof(struct task_struct, maj_flt)`: the fault probe records the thread's count
+    /// of faults that needed I/O.
+    pub fn task_maj_flt(&self) -> Result<u32> {
+        self.offset("task_struct", &["maj_flt"])
+    }
 }
 
 /// Byte offset of `fields` (a path through nested structs) in `struct ty`.
@@ -239,6 +245,10 @@ mod tests {
         assert_eq!(btf.mmap_lock_write_arg().unwrap(), 1);
         // x86-64's pt_regs: fifteen general registers, orig_ax, then ip.
         assert_eq!(btf.pt_regs_ip().unwrap(), 16 * 8);
+        assert!(
+            btf.task_maj_flt().unwrap() > t.tgid,
+            "maj_flt comes late in task_struct"
+        );
     }
 
     #[test]

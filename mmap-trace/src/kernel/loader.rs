@@ -168,9 +168,9 @@ impl Tracer {
         // verify orders overlapping calls of threads by their entry times.
         let entry_times = u32::from(opts.filter.stop_after_event != 0);
 
-        let pt_regs_ip = match &kernel_btf {
-            Some(btf) if chosen.contains(&Probe::Fault) => btf.pt_regs_ip()?,
-            _ => 0,
+        let (pt_regs_ip, task_maj_flt) = match &kernel_btf {
+            Some(btf) if chosen.contains(&Probe::Fault) => (btf.pt_regs_ip()?, btf.task_maj_flt()?),
+            _ => (0, 0),
         };
         let rss_format = if chosen.contains(&Probe::Rss) {
             tracefs::rss_format()?
@@ -193,6 +193,7 @@ impl Tracer {
             .override_global("TASK_OFFSETS", &task_offsets, true)
             .override_global("CATCH_ALL", &u32::from(catch_all), true)
             .override_global("PT_REGS_IP", &pt_regs_ip, true)
+            .override_global("TASK_MAJ_FLT", &task_maj_flt, true)
             .override_global("RSS_FORMAT", &rss_format, true)
             .override_global(
                 "WAKEUP_BYTES",

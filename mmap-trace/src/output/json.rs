@@ -343,6 +343,9 @@ pub enum Body {
         /// buffer); `ip` is then the kernel's.
         in_kernel: bool,
         error_code: Hex,
+        /// The thread's count of faults that needed I/O before this one (its next fault's
+        /// `maj_flt` is one more when this one did).
+        maj_flt: u64,
         /// The mapping the address is in, by the address-space model as the fault
         /// happened (absent when the model knows no mapping there: a bad access).
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -585,6 +588,7 @@ fn fault_body(e: &FaultEvent, vma: Option<FaultVma>) -> Body {
         present: e.error_code & pf::PROT != 0,
         in_kernel: e.in_kernel != 0,
         error_code: Hex(e.error_code),
+        maj_flt: e.maj_flt,
         vma,
     }
 }

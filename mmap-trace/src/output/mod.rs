@@ -92,6 +92,7 @@ struct JsonMappingFaults {
     faults: u64,
     writes: u64,
     present: u64,
+    major: u64,
     first_ns: u64,
 }
 
@@ -314,6 +315,7 @@ impl Output {
                                 faults: m.faults,
                                 writes: m.writes,
                                 present: m.present,
+                                major: m.major,
                                 first_ns: m.first_ns,
                             })
                             .collect()
@@ -373,11 +375,12 @@ impl Output {
                     for m in by_faults.iter().take(TABLE_TOP_MAPPINGS) {
                         writeln!(
                             self.out,
-                            "#   {:>7} {:>10} faults ({} writes, {} on present pages) {:x}-{:x} {} {}",
+                            "#   {:>7} {:>10} faults ({} writes, {} on present pages, {} needed I/O) {:x}-{:x} {} {}",
                             m.pid,
                             m.faults,
                             m.writes,
                             m.present,
+                            m.major,
                             m.start,
                             m.end,
                             m.perms,

@@ -325,6 +325,7 @@ fn bar(
         "elided": vma.elided,
         "faults": vma.faults,
         "faulted_in": vma.faulted_in,
+        "major": vma.major,
         "first_touch": vma.first_fault.map(|t| format!("+{}", duration(t.saturating_sub(t0)))),
     }));
     let _ = writeln!(

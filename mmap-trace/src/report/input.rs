@@ -67,6 +67,8 @@ pub enum Call {
         addr: u64,
         /// The page was present (copy-on-write, protection): it did not become resident.
         present: bool,
+        /// The thread's count of faults that needed I/O before this one.
+        maj_flt: u64,
     },
     /// A resident-set counter (`trace --faults`): `member` is anon, file, shmem or swap.
     Rss {
@@ -243,6 +245,7 @@ fn event(line: usize, obj: &Map<String, Value>) -> Result<Event> {
         "fault" => Call::Fault {
             addr: u64_field(obj, "addr")?,
             present: obj.get("present").and_then(Value::as_bool).unwrap_or(false),
+            maj_flt: obj.get("maj_flt").and_then(Value::as_u64).unwrap_or(0),
         },
         "rss" => Call::Rss {
             member: str_field(obj, "member")?.to_string(),
@@ -460,7 +463,7 @@ mod tests {
     /// `trace --faults` records, as trace writes them (one line each, from a real run).
     #[test]
     fn reads_faults_and_resident_records() {
-        let text = r#"{"type":"event","ts_ns":1573892226346,"pid":23445,"tid":23445,"comm":"mmap-workload","probe":"fault","addr":"0x55558f4ca078","ip":"0x7f85ab49281f","access":"write","present":false,"in_kernel":false,"error_code":"0x6","vma":{"start":"0x55558f4c8000","end":"0x55558f4e9000","perms":"rw-p","name":"[heap]"},"cgroup_id":1,"cgroup":"/"}
+        let text = r#"{"type":"event","ts_ns":1573892226346,"pid":23445,"tid":23445,"comm":"mmap-workload","probe":"fault","addr":"0x55558f4ca078","ip":"0x7f85ab49281f","access":"write","present":false,"in_kernel":false,"error_code":"0x6","maj_flt":0,"vma":{"start":"0x55558f4c8000","end":"0x55558f4e9000","perms":"rw-p","name":"[heap]"},"cgroup_id":1,"cgroup":"/"}
 {"type":"event","ts_ns":1573892197853,"pid":23445,"tid":23445,"comm":"mmap-workload","probe":"rss","member":"anon","bytes":41418752,"cgroup_id":1,"cgroup":"/"}
 "#;
         let trace = parse(text).unwrap();
@@ -468,7 +471,8 @@ mod tests {
             trace.events[0].call,
             Call::Fault {
                 addr: 0x5555_8f4c_a078,
-                present: false
+                present: false,
+                maj_flt: 0
             }
         );
         assert_eq!(

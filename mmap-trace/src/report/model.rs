@@ -171,6 +171,9 @@ pub struct Vma {
     pub faults: u64,
     pub faulted_in: u64,
     pub first_fault: Option<u64>,
+    /// Of the faults, those that needed I/O (the thread's next fault showed its
+    /// `maj_flt` grown).
+    pub major: u64,
 }
 
 /// How many touches a VMA's history keeps: a region split or re-protected thousands of
@@ -225,8 +228,20 @@ pub struct RssPoint {
     pub bytes: i64,
 }
 
-/// Faults of one process: (time, address, present), until they are attributed.
-type FaultList = Vec<(u64, u64, bool)>;
+/// One fault, until it is attributed.
+#[derive(Clone, Copy, Debug)]
+struct Fault {
+    ts: u64,
+    addr: u64,
+    present: bool,
+    tid: u32,
+    maj_flt: u64,
+    /// Known once the thread's next fault is seen.
+    major: bool,
+}
+
+/// A process's faults in trace order.
+type FaultList = Vec<Fault>;
 
 /// Replays the trace; processes in order of their first event.
 pub fn replay(trace: &Trace) -> Vec<Process> {
@@ -256,7 +271,18 @@ pub fn replay(trace: &Trace) -> Vec<Process> {
         // Faults and resident-set records are not calls: no event marker (a memset
         // makes a quarter of a million), nothing for the model to replay.
         match &e.call {
-            Call::Fault { addr, present } => faults.push((e.ts_ns, *addr, *present)),
+            Call::Fault {
+                addr,
+                present,
+                maj_flt,
+            } => faults.push(Fault {
+                ts: e.ts_ns,
+                addr: *addr,
+                present: *present,
+                tid: e.tid,
+                maj_flt: *maj_flt,
+                major: false,
+            }),
             Call::Rss { member, bytes } => process.rss.push(RssPoint {
                 ts_ns: e.ts_ns,
                 member: member.clone(),
@@ -286,18 +312,27 @@ pub fn replay(trace: &Trace) -> Vec<Process> {
 /// Counts each fault in the interval that held its address at its time (the model's
 /// VMAs, as replayed); returns how many no interval held.
 fn attribute_faults(vmas: &mut [Vma], mut faults: FaultList) -> u64 {
-    faults.sort_unstable_by_key(|&(_, addr, _)| addr);
+    // A fault needed I/O when the thread's count of those grew by its next fault.
+    let mut last: HashMap<u32, usize> = HashMap::new();
+    for k in 0..faults.len() {
+        if let Some(prev) = last.insert(faults[k].tid, k) {
+            faults[prev].major = faults[k].maj_flt > faults[prev].maj_flt;
+        }
+    }
+    faults.sort_unstable_by_key(|f| f.addr);
     let mut held = vec![false; faults.len()];
     for vma in vmas.iter_mut() {
-        let from = faults.partition_point(|&(_, addr, _)| addr < vma.start);
-        let to = faults.partition_point(|&(_, addr, _)| addr < vma.end);
-        for (k, &(ts, _, present)) in faults[from..to].iter().enumerate() {
+        let from = faults.partition_point(|f| f.addr < vma.start);
+        let to = faults.partition_point(|f| f.addr < vma.end);
+        for (k, f) in faults[from..to].iter().enumerate() {
+            let ts = f.ts;
             if ts < vma.t_start || vma.t_end.is_some_and(|end| ts >= end) || held[from + k] {
                 continue;
             }
             held[from + k] = true;
             vma.faults += 1;
-            vma.faulted_in += u64::from(!present);
+            vma.faulted_in += u64::from(!f.present);
+            vma.major += u64::from(f.major);
             vma.first_fault = Some(vma.first_fault.map_or(ts, |first| first.min(ts)));
         }
     }
@@ -477,6 +512,7 @@ impl Space {
                                 faults: 0,
                                 faulted_in: 0,
                                 first_fault: None,
+                                major: 0,
                             }
                         } else {
                             let mut vma = Vma {
@@ -645,6 +681,7 @@ impl Space {
             faults: 0,
             faulted_in: 0,
             first_fault: None,
+            major: 0,
         });
     }
 
@@ -933,7 +970,11 @@ mod tests {
     #[test]
     fn faults_count_in_the_interval_of_their_time() {
         let a = 0x7f00_0000_0000;
-        let fault = |addr, present| Call::Fault { addr, present };
+        let fault = |addr, present| Call::Fault {
+            addr,
+            present,
+            maj_flt: 0,
+        };
         let p = Calls::new()
             .anon(a, 0x3000, 3)
             .push(fault(a + 0x2000, false))
@@ -974,6 +1015,28 @@ mod tests {
                 bytes: 8192
             }]
         );
+    }
+
+    /// A fault needed I/O when the same thread's next fault shows `maj_flt` grown; another
+    /// thread's count says nothing about it, and a thread's last fault is not judged.
+    #[test]
+    fn major_faults_are_read_from_the_threads_next_fault() {
+        let a = 0x7f00_0000_0000;
+        let fault = |addr, maj_flt| Call::Fault {
+            addr,
+            present: false,
+            maj_flt,
+        };
+        let p = Calls::new()
+            .anon(a, 0x4000, 1)
+            .push_as(1, fault(a, 5), None)
+            .push_as(2, fault(a + 0x1000, 0), None)
+            .push_as(1, fault(a + 0x2000, 6), None)
+            .push_as(2, fault(a + 0x3000, 0), None)
+            .push_as(1, fault(a + 0x3000, 6), None)
+            .replay();
+        let v = &p.vmas[0];
+        assert_eq!((v.faults, v.major), (5, 1));
     }
 
     #[test]

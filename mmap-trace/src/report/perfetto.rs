@@ -307,6 +307,7 @@ mod tests {
             faults: 0,
             faulted_in: 0,
             first_fault: None,
+            major: 0,
         }
     }
 

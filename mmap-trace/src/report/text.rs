@@ -187,9 +187,14 @@ fn costs(out: &mut String, p: &Process, t0: u64) {
     ranked.sort_by(|a, b| b.faults.cmp(&a.faults).then(a.start.cmp(&b.start)));
     let _ = writeln!(out, "  top mappings by faults:");
     for v in ranked.iter().take(TOP_COSTS) {
+        let io = if v.major > 0 {
+            format!(" ({} needed I/O)", v.major)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "    {:>10} faults  {}  first at +{}",
+            "    {:>10} faults{io}  {}  first at +{}",
             v.faults,
             vma_line(v),
             duration(v.first_fault.unwrap_or(v.t_start).saturating_sub(t0))

@@ -261,6 +261,30 @@ pub fn test_syscall_event(probe: Probe, comm: &[u8], args: [u64; 6], ret: i64) -
     }
 }
 
+/// A fault record as the fault probe emits it (a write to a page not present).
+#[cfg(test)]
+pub fn test_fault_event(comm: &[u8]) -> FaultEvent {
+    let mut c = [0u8; mmap_trace_common::TASK_COMM_LEN];
+    c[..comm.len()].copy_from_slice(comm);
+    FaultEvent {
+        header: EventHeader {
+            kind: EventKind::Fault as u32,
+            probe: Probe::Fault as u32,
+            pid: 7,
+            tid: 8,
+            ts_ns: 1_573_892_226_346,
+            comm: c,
+            cgroup_id: 1,
+        },
+        address: 0x7f00_0000_1234,
+        ip: 0x5555_0000_1000,
+        error_code: 0x6,
+        in_kernel: 0,
+        _pad: 0,
+        maj_flt: 0,
+    }
+}
+
 /// The event a syscall probe emits for `call`: mmap's carries `file` (None: all zero).
 #[cfg(test)]
 pub fn test_event(call: SyscallEvent, file: Option<FileId>) -> Event {

@@ -253,16 +253,19 @@ impl Output {
         if self.format == Format::Table {
             return Ok(());
         }
-        let cgroup_id = event.header().cgroup_id;
+        let Event::Fault(e) = event else {
+            return self.event(event, None);
+        };
+        let cgroup_id = e.header.cgroup_id;
         let cgroup = self
             .cgroups
             .as_mut()
-            .and_then(|names| names.name(cgroup_id))
-            .map(str::to_owned);
-        let mut record = json::fault_record(event, vma);
-        record.cgroup = cgroup;
-        serde_json::to_writer(&mut self.out, &record)?;
-        self.out.write_all(b"\n")
+            .and_then(|names| names.name(cgroup_id));
+        self.line.clear();
+        json::write_fault(&mut self.line, e, vma.as_ref());
+        json::append_cgroup(&mut self.line, cgroup_id, cgroup);
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)
     }
 
     /// Any other record (a verify mismatch): a JSON line, or a `#` line in the table.

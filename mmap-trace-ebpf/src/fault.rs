@@ -23,8 +23,8 @@ static PT_REGS_IP: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_MAJ_FLT: u32 = 0;
 
-/// x86-64's `TASK_SIZE_MAX` with 4-level paging is below this; 5-level below 2^56. Every
-/// user address is below 2^63, every kernel address at or above.
+/// x86-64 user addresses are below 2^47 (4-level paging) or 2^56 (5-level); kernel
+/// addresses have the top bit set.
 const USER_LIMIT: u64 = 1 << 63;
 
 /// `page_fault_user(unsigned long address, struct pt_regs *regs, unsigned long error_code)`.

@@ -85,13 +85,11 @@ pub fn run(config: TraceConfig) -> Result<()> {
         &tracer,
         follow,
     ))?;
-    let faults = summary.faults.take();
     tracer.flush_logs();
     summary.attached = tracer.attached.clone();
     summary.duration_ns = monotonic_ns().saturating_sub(start_ns);
     summary.events = out.counts;
     summary.lost = tracer.lost()?;
-    summary.faults = faults;
     out.summary(&summary)
         .and_then(|()| out.flush())
         .or_else(ignore_closed_output)?;

@@ -16,6 +16,16 @@ pub struct VmaInfo {
     pub file: Option<String>,
 }
 
+/// The mapping `trace --faults` attributed a fault to (its model starts from maps, so it
+/// knows what exec and the time before attaching mapped, which the report's does not).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FaultVma {
+    pub start: u64,
+    pub end: u64,
+    pub perms: String,
+    pub name: String,
+}
+
 /// What a traced call did; addresses are as traced (not page-aligned).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Call {
@@ -69,6 +79,8 @@ pub enum Call {
         present: bool,
         /// The thread's count of faults that needed I/O before this one.
         maj_flt: u64,
+        /// The mapping trace's own model gave it (`vma`): the range, perms and name.
+        vma: Option<FaultVma>,
     },
     /// A resident-set counter (`trace --faults`): `member` is anon, file, shmem or swap.
     Rss {
@@ -246,6 +258,15 @@ fn event(line: usize, obj: &Map<String, Value>) -> Result<Event> {
             addr: u64_field(obj, "addr")?,
             present: obj.get("present").and_then(Value::as_bool).unwrap_or(false),
             maj_flt: obj.get("maj_flt").and_then(Value::as_u64).unwrap_or(0),
+            vma: match obj.get("vma") {
+                Some(Value::Object(v)) => Some(FaultVma {
+                    start: u64_field(v, "start")?,
+                    end: u64_field(v, "end")?,
+                    perms: v.get("perms").and_then(Value::as_str).unwrap_or("").into(),
+                    name: v.get("name").and_then(Value::as_str).unwrap_or("").into(),
+                }),
+                _ => None,
+            },
         },
         "rss" => Call::Rss {
             member: str_field(obj, "member")?.to_string(),
@@ -472,7 +493,13 @@ mod tests {
             Call::Fault {
                 addr: 0x5555_8f4c_a078,
                 present: false,
-                maj_flt: 0
+                maj_flt: 0,
+                vma: Some(FaultVma {
+                    start: 0x5555_8f4c_8000,
+                    end: 0x5555_8f4e_9000,
+                    perms: "rw-p".into(),
+                    name: "[heap]".into()
+                })
             }
         );
         assert_eq!(

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::input::{Call, Event, Trace, VmaInfo};
+use super::input::{Call, Event, FaultVma, Trace, VmaInfo};
 use crate::space::{
     self, AddressSpace, Backing, Change, Name, NoEnv, Region, TracedFile, Why, apply_syscall,
 };
@@ -217,7 +217,20 @@ pub struct Process {
     /// reports, or bad accesses), and the resident-set records in trace order.
     pub faults: u64,
     pub faults_outside: u64,
+    /// Of those, the ones trace's own model placed (what exec or the time before
+    /// attaching mapped), by that mapping, most faults first.
+    pub faults_elsewhere: Vec<ElsewhereFaults>,
     pub rss: Vec<RssPoint>,
+}
+
+/// Faults in a mapping the timeline does not have, as trace attributed them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ElsewhereFaults {
+    pub vma: FaultVma,
+    pub faults: u64,
+    pub faulted_in: u64,
+    pub major: u64,
+    pub first_fault: u64,
 }
 
 /// A resident-set counter at one instant (the rss probe's record).
@@ -229,7 +242,7 @@ pub struct RssPoint {
 }
 
 /// One fault, until it is attributed.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Fault {
     ts: u64,
     addr: u64,
@@ -238,6 +251,8 @@ struct Fault {
     maj_flt: u64,
     /// Known once the thread's next fault is seen.
     major: bool,
+    /// Where trace placed it.
+    vma: Option<FaultVma>,
 }
 
 /// A process's faults in trace order.
@@ -261,6 +276,7 @@ pub fn replay(trace: &Trace) -> Vec<Process> {
                 unmapped_bytes: 0,
                 faults: 0,
                 faults_outside: 0,
+                faults_elsewhere: Vec::new(),
                 rss: Vec::new(),
             };
             (p, (Space::default(), FaultList::new()))
@@ -275,6 +291,7 @@ pub fn replay(trace: &Trace) -> Vec<Process> {
                 addr,
                 present,
                 maj_flt,
+                vma,
             } => faults.push(Fault {
                 ts: e.ts_ns,
                 addr: *addr,
@@ -282,6 +299,7 @@ pub fn replay(trace: &Trace) -> Vec<Process> {
                 tid: e.tid,
                 maj_flt: *maj_flt,
                 major: false,
+                vma: vma.clone(),
             }),
             Call::Rss { member, bytes } => process.rss.push(RssPoint {
                 ts_ns: e.ts_ns,
@@ -303,15 +321,17 @@ pub fn replay(trace: &Trace) -> Vec<Process> {
             process.vmas = space.finish(&trace.events);
             (process.mapped_bytes, process.unmapped_bytes) = (space.mapped, space.unmapped);
             process.faults = faults.len() as u64;
-            process.faults_outside = attribute_faults(&mut process.vmas, faults);
+            process.faults_elsewhere = attribute_faults(&mut process.vmas, faults);
+            process.faults_outside = process.faults_elsewhere.iter().map(|e| e.faults).sum();
             process
         })
         .collect()
 }
 
 /// Counts each fault in the interval that held its address at its time (the model's
-/// VMAs, as replayed); returns how many no interval held.
-fn attribute_faults(vmas: &mut [Vma], mut faults: FaultList) -> u64 {
+/// VMAs, as replayed); returns those no interval held, grouped by the mapping trace
+/// gave them (a `None`-less name-less row, start 0, for faults trace placed nowhere).
+fn attribute_faults(vmas: &mut [Vma], mut faults: FaultList) -> Vec<ElsewhereFaults> {
     // A fault needed I/O when the thread's count of those grew by its next fault.
     let mut last: HashMap<u32, usize> = HashMap::new();
     for k in 0..faults.len() {
@@ -336,7 +356,31 @@ fn attribute_faults(vmas: &mut [Vma], mut faults: FaultList) -> u64 {
             vma.first_fault = Some(vma.first_fault.map_or(ts, |first| first.min(ts)));
         }
     }
-    held.iter().filter(|h| !**h).count() as u64
+    let mut elsewhere: HashMap<FaultVma, ElsewhereFaults> = HashMap::new();
+    for (f, _) in faults.iter().zip(&held).filter(|(_, held)| !**held) {
+        let vma = f.vma.clone().unwrap_or(FaultVma {
+            start: 0,
+            end: 0,
+            perms: String::new(),
+            name: String::new(),
+        });
+        let row = elsewhere
+            .entry(vma.clone())
+            .or_insert_with(|| ElsewhereFaults {
+                vma,
+                faults: 0,
+                faulted_in: 0,
+                major: 0,
+                first_fault: f.ts,
+            });
+        row.faults += 1;
+        row.faulted_in += u64::from(!f.present);
+        row.major += u64::from(f.major);
+        row.first_fault = row.first_fault.min(f.ts);
+    }
+    let mut rows: Vec<ElsewhereFaults> = elsewhere.into_values().collect();
+    rows.sort_by(|a, b| b.faults.cmp(&a.faults).then(a.vma.start.cmp(&b.vma.start)));
+    rows
 }
 
 /// A traced call's file, as the trace names it: the model needs only its name (the
@@ -974,6 +1018,7 @@ mod tests {
             addr,
             present,
             maj_flt: 0,
+            vma: None,
         };
         let p = Calls::new()
             .anon(a, 0x3000, 3)
@@ -989,6 +1034,12 @@ mod tests {
             .replay();
         assert_eq!(p.events.len(), 2, "the mmap and mprotect only");
         assert_eq!((p.faults, p.faults_outside), (4, 1));
+        assert_eq!(p.faults_elsewhere.len(), 1);
+        assert_eq!(
+            (p.faults_elsewhere[0].vma.end, p.faults_elsewhere[0].faults),
+            (0, 1),
+            "trace placed it nowhere either"
+        );
         let counts: Vec<(u64, u64, u64, u64, Option<u64>)> = {
             let mut c: Vec<_> = p
                 .vmas
@@ -1017,6 +1068,40 @@ mod tests {
         );
     }
 
+    /// Faults outside the timeline (what exec mapped) are grouped by the mapping trace gave
+    /// them.
+    #[test]
+    fn faults_outside_the_timeline_keep_traces_mapping() {
+        let binary = FaultVma {
+            start: 0x5555_0000_0000,
+            end: 0x5555_0001_0000,
+            perms: "r-xp".into(),
+            name: "/bin/prog".into(),
+        };
+        let fault = |addr| Call::Fault {
+            addr,
+            present: false,
+            maj_flt: 0,
+            vma: Some(binary.clone()),
+        };
+        let p = Calls::new()
+            .anon(0x7f00_0000_0000, 0x1000, 3)
+            .push(fault(0x5555_0000_0100))
+            .push(fault(0x5555_0000_2100))
+            .replay();
+        assert_eq!(p.faults_outside, 2);
+        assert_eq!(
+            p.faults_elsewhere,
+            vec![ElsewhereFaults {
+                vma: binary.clone(),
+                faults: 2,
+                faulted_in: 2,
+                major: 0,
+                first_fault: ts(1),
+            }]
+        );
+    }
+
     /// A fault needed I/O when the same thread's next fault shows `maj_flt` grown; another
     /// thread's count says nothing about it, and a thread's last fault is not judged.
     #[test]
@@ -1026,6 +1111,7 @@ mod tests {
             addr,
             present: false,
             maj_flt,
+            vma: None,
         };
         let p = Calls::new()
             .anon(a, 0x4000, 1)

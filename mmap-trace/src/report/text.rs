@@ -177,15 +177,14 @@ fn costs(out: &mut String, p: &Process, t0: u64) {
     }
     let _ = writeln!(
         out,
-        "  faults:    {} ({} outside the traced mappings: exec's own, or bad accesses)",
+        "  faults:    {} ({} outside the timeline's mappings: mapped by exec or before the trace, or bad accesses)",
         p.faults, p.faults_outside
     );
     let mut ranked: Vec<&Vma> = p.vmas.iter().filter(|v| v.faults > 0).collect();
-    if ranked.is_empty() {
-        return;
-    }
     ranked.sort_by(|a, b| b.faults.cmp(&a.faults).then(a.start.cmp(&b.start)));
-    let _ = writeln!(out, "  top mappings by faults:");
+    if !ranked.is_empty() {
+        let _ = writeln!(out, "  top mappings by faults:");
+    }
     for v in ranked.iter().take(TOP_COSTS) {
         let io = if v.major > 0 {
             format!(" ({} needed I/O)", v.major)
@@ -200,8 +199,38 @@ fn costs(out: &mut String, p: &Process, t0: u64) {
             duration(v.first_fault.unwrap_or(v.t_start).saturating_sub(t0))
         );
     }
+    let placed: Vec<_> = p
+        .faults_elsewhere
+        .iter()
+        .filter(|e| e.vma.end > 0)
+        .collect();
+    if !placed.is_empty() {
+        let _ = writeln!(
+            out,
+            "  top mappings outside the timeline by faults (mapped by exec or before the trace; placed by trace):"
+        );
+        for e in placed.iter().take(TOP_COSTS) {
+            let io = if e.major > 0 {
+                format!(" ({} needed I/O)", e.major)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "    {:>10} faults{io}  {:#014x}-{:#014x}  {} {}  first at +{}",
+                e.faults,
+                e.vma.start,
+                e.vma.end,
+                e.vma.perms,
+                e.vma.name,
+                duration(e.first_fault.saturating_sub(t0))
+            );
+        }
+    }
     ranked.sort_by(|a, b| b.faulted_in.cmp(&a.faulted_in).then(a.start.cmp(&b.start)));
-    let _ = writeln!(out, "  top mappings by resident growth (pages faulted in):");
+    if ranked.iter().any(|v| v.faulted_in > 0) {
+        let _ = writeln!(out, "  top mappings by resident growth (pages faulted in):");
+    }
     for v in ranked.iter().take(TOP_COSTS).filter(|v| v.faulted_in > 0) {
         let _ = writeln!(
             out,

@@ -195,6 +195,12 @@ pub unsafe fn submit_reserved<T>(record: *mut T, batched: bool) {
     unsafe { aya_ebpf::helpers::generated::bpf_ringbuf_submit(record.cast(), flags) };
 }
 
+/// [`submit_reserved`] for a record held as its ring-buffer entry, `batched`.
+#[inline(always)]
+pub fn submit_batched<T>(entry: RingBufEntry<T>) {
+    entry.submit(wakeup_flags(core::mem::size_of::<T>(), 0));
+}
+
 /// The flags for a high-rate record of `size` bytes (see [`submit_reserved`]);
 /// `pending`: bytes of it not yet in the ring's available data (0 for a reserved
 /// record, `size` for one about to be output).

@@ -6,6 +6,7 @@
 mod driver_mmap;
 mod emit;
 mod exec;
+mod fault;
 mod floor;
 mod fork;
 mod kernel;
@@ -14,6 +15,7 @@ mod mmap_region;
 mod page_cache;
 mod path;
 mod remap_pfn_range;
+mod rss;
 mod stack;
 mod syscalls;
 

@@ -4,6 +4,7 @@
 // One folder per concern: the kernel side, the traced processes, the address-space model,
 // what each command does, and how records are written.
 mod cli;
+mod faults;
 mod kernel;
 mod output;
 mod process;

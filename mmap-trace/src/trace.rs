@@ -8,6 +8,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    faults::Faults,
     kernel::decode,
     kernel::loader::{LoadOptions, Tracer},
     output::{Format, Output, Summary},
@@ -168,7 +169,13 @@ async fn event_loop(
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_check = tokio::time::interval(Duration::from_secs(1));
     let mut lost_seen = 0u64;
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        faults: tracer
+            .attached
+            .contains(&mmap_trace_common::Probe::Fault)
+            .then(Faults::default),
+        ..Summary::default()
+    };
 
     let ended = loop {
         tokio::select! {
@@ -248,6 +255,10 @@ fn drain(
     followed: &mut Followed,
 ) -> Result<()> {
     crate::output::paths::new_batch();
+    if let Some(faults) = &mut summary.faults {
+        faults.new_batch();
+    }
+    let faults = &mut summary.faults;
     decode::drain_records(ring, &mut summary.malformed, |record| {
         let event = match &record {
             decode::Record::Event(event, _) => Some(*event),
@@ -257,13 +268,23 @@ fn drain(
             followed.note(event);
             crate::output::paths::mapped_path(event)
         });
+        // --faults: every event moves the model; a fault learns the mapping it hit.
+        let fault_vma = match (faults.as_mut(), event.as_ref()) {
+            (Some(faults), Some(event)) => faults.note(event, path.as_ref()),
+            _ => None,
+        };
         match out {
             Writer::Direct(out) => {
-                if let Some(event) = event {
-                    out.event(&event, path).or_else(ignore_closed_output)?;
-                }
+                let written = match event {
+                    Some(event @ decode::Event::Fault(_)) if faults.is_some() => {
+                        out.fault(&event, fault_vma)
+                    }
+                    Some(event) => out.event(&event, path),
+                    None => Ok(()),
+                };
+                written.or_else(ignore_closed_output)?;
             }
-            Writer::Stacked(pipeline) => pipeline.record(record, path),
+            Writer::Stacked(pipeline) => pipeline.record(record, path, fault_vma),
         }
         Ok(())
     })?;

@@ -45,6 +45,10 @@ pub const SCENARIOS: &[&str] = &[
     "mseal",
     "shadow-stack",
     "fork-exec",
+    // Issue 17: what mappings cost.
+    "fault-regions",
+    "memset-64m",
+    "file-cold",
 ];
 
 const RO: u64 = libc::PROT_READ as u64;
@@ -81,6 +85,9 @@ pub fn run(rec: &mut Recorder, name: &str) -> bool {
         "mseal" => mseal(rec),
         "shadow-stack" => shadow_stack(rec),
         "fork-exec" => fork_exec(rec),
+        "fault-regions" => fault_regions(rec),
+        "memset-64m" => memset(rec, 64),
+        "file-cold" => file_cold(rec),
         _ => return false,
     }
     true
@@ -686,4 +693,94 @@ fn fork_exec(rec: &mut Recorder) {
     }
     rec.observe("children", Value::Array(children));
     checkpoint(rec);
+}
+
+// ---- issue 17 ----
+
+/// Pages touched in each of the three regions of `fault-regions`.
+pub const FAULT_REGION_PAGES: [u64; 3] = [1, 100, 10_000];
+
+/// Three private anonymous regions (each one page larger than it is touched, with a
+/// PROT_NONE page between them so the kernel cannot merge them), then one write per page
+/// of 1, 100 and 10,000 pages. Private anonymous memory has no fault-around and a write
+/// to an untouched page maps it at once: one fault per page. MADV_NOHUGEPAGE keeps a
+/// kernel with THP "always" from serving 512 pages per fault.
+fn fault_regions(rec: &mut Recorder) {
+    for pages in FAULT_REGION_PAGES {
+        let guard = rec.call("mmap", libc::SYS_mmap, &[0, PAGE, 0, ANON, NO_FD, 0]) as u64;
+        let len = (pages + 1) * PAGE;
+        let a = rec.call("mmap", libc::SYS_mmap, &[0, len, RW, ANON, NO_FD, 0]) as u64;
+        rec.other(
+            "madvise",
+            libc::SYS_madvise,
+            &[a, len, libc::MADV_NOHUGEPAGE as u64],
+        );
+        for i in 0..pages {
+            touch(a + i * PAGE);
+        }
+        rec.observe(
+            "touched",
+            json!({"addr": a, "len": len, "pages": pages, "guard": guard}),
+        );
+    }
+}
+
+/// One private anonymous mapping of `mib` MiB written end to end (memset), so its
+/// resident set rises by `mib` MiB; the mapping stays until the process exits.
+pub fn memset(rec: &mut Recorder, mib: u64) {
+    let len = mib << 20;
+    let a = rec.call("mmap", libc::SYS_mmap, &[0, len, RW, ANON, NO_FD, 0]) as u64;
+    rec.other(
+        "madvise",
+        libc::SYS_madvise,
+        &[a, len, libc::MADV_NOHUGEPAGE as u64],
+    );
+    // SAFETY: the mapping is ours, writable and `len` bytes long.
+    unsafe { std::ptr::write_bytes(a as *mut u8, 0x5a, len as usize) };
+    rec.observe("memset", json!({"addr": a, "len": len}));
+}
+
+/// Pages of the `file-cold` file.
+pub const COLD_PAGES: u64 = 64;
+
+/// A file written, synced and dropped from the page cache, mapped with MADV_RANDOM (no
+/// readahead, and fault-around finds nothing cached to map), then read page by page:
+/// every read needs I/O, one major fault per page. `cached` observes the pages mincore
+/// saw in the page cache before the reads (0 unless the drop failed). A write to a
+/// fresh page follows, so the last read has a fault after it.
+fn file_cold(rec: &mut Recorder) {
+    let dir = scratch_dir();
+    let path = dir.join("cold");
+    let fd = make_file(&path, COLD_PAGES);
+    // SAFETY: plain calls on a descriptor we opened.
+    let dropped = unsafe {
+        libc::fsync(fd);
+        libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED)
+    };
+    let len = COLD_PAGES * PAGE;
+    let a = rec.call(
+        "mmap",
+        libc::SYS_mmap,
+        &[0, len, RO, libc::MAP_PRIVATE as u64, fd as u64, 0],
+    ) as u64;
+    rec.other(
+        "madvise",
+        libc::SYS_madvise,
+        &[a, len, libc::MADV_RANDOM as u64],
+    );
+    let mut vec = vec![0u8; COLD_PAGES as usize];
+    // SAFETY: `vec` has a byte per page of the mapping.
+    unsafe { libc::mincore(a as *mut libc::c_void, len as usize, vec.as_mut_ptr()) };
+    let cached = vec.iter().filter(|b| **b & 1 != 0).count();
+    for i in 0..COLD_PAGES {
+        peek(a + i * PAGE);
+    }
+    let after = rec.call("mmap", libc::SYS_mmap, &[0, PAGE, RW, ANON, NO_FD, 0]) as u64;
+    touch(after);
+    rec.observe(
+        "cold",
+        json!({"addr": a, "len": len, "pages": COLD_PAGES, "cached": cached, "fadvise": dropped}),
+    );
+    close(fd);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use mmap_trace_tests::cli::{cli, stderr, stdout};
+use mmap_trace_tests::{
+    cli::{cli, json_lines, stderr, stdout, workload_path},
+    scenarios::FAULT_REGION_PAGES,
+};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -445,4 +448,205 @@ fn report_errors_are_clear() {
         "cannot write /nonexistent-dir/x.html",
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `trace --faults --json -- mmap-workload --scenario NAME` written to a file: a live
+/// trace (root: it loads the eBPF programs), and the workload's own lines.
+fn live_fault_trace(name: &str) -> (PathBuf, Vec<serde_json::Value>) {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the report's fault test records a live trace with eBPF: run it as root \
+         (`cargo xtask test` does)"
+    );
+    let path = out_dir().join(format!("report-faults-{name}.jsonl"));
+    let run = cli()
+        .args(["trace", "--faults", "--json", "-o"])
+        .arg(&path)
+        .arg("--")
+        .arg(workload_path())
+        .args(["--scenario", name])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let own = stdout(&run)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (path, own)
+}
+
+/// Renders `trace` to HTML in Chromium and returns the DOM.
+fn render_live(trace: &Path) -> Dom {
+    let html = trace.with_extension("html");
+    let run = report(&[trace.to_str().unwrap(), "--html", html.to_str().unwrap()]);
+    assert!(
+        run.status.success(),
+        "report --html failed: {}",
+        stderr(&run)
+    );
+    Dom::load(&html)
+}
+
+/// The value of `name="…"` in the start tag of the first element matching `tag_start`.
+fn attr<'a>(dom: &'a Dom, tag_start: &str, name: &str) -> &'a str {
+    let at = dom
+        .0
+        .find(tag_start)
+        .unwrap_or_else(|| panic!("no {tag_start} in the page"));
+    let tag = &dom.0[at..];
+    let tag = &tag[..tag.find('>').unwrap()];
+    let key = format!(" {name}=\"");
+    let v = &tag[tag
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {name} in {tag}"))
+        + key.len()..];
+    &v[..v.find('"').unwrap()]
+}
+
+/// Issue 17: a 64 MiB memset's resident-set curve, drawn above its timeline, rises by
+/// 64 MiB (the rss probe's records are exact; between them the curve is within one
+/// 256 KiB step); the memset's bar says it took 16,384 faults.
+#[test]
+fn html_rss_curve_of_a_64_mib_memset() {
+    let (trace, own) = live_fault_trace("memset-64m");
+    let memset = own
+        .iter()
+        .find(|l| l["observe"] == "memset")
+        .expect("the workload's memset line");
+    let addr = memset["value"]["addr"].as_u64().unwrap();
+    let records = json_lines(&std::fs::read_to_string(&trace).unwrap());
+    let mmap_ts = records
+        .iter()
+        .find(|r| {
+            r["probe"] == "mmap" && r["ret_addr"].as_str() == Some(format!("{addr:#x}").as_str())
+        })
+        .expect("the memset's mmap in the trace")["ts_ns"]
+        .as_u64()
+        .unwrap();
+    let dom = render_live(&trace);
+    let ts: Vec<u64> = attr(&dom, "<path class=\"rss-line rss-anon\"", "data-ts")
+        .split(' ')
+        .map(|t| t.parse().unwrap())
+        .collect();
+    let values: Vec<i64> = attr(&dom, "<path class=\"rss-line rss-anon\"", "data-bytes")
+        .split(' ')
+        .map(|b| b.parse().unwrap())
+        .collect();
+    assert_eq!(ts.len(), values.len());
+    let before = ts
+        .iter()
+        .zip(&values)
+        .rfind(|(t, _)| **t < mmap_ts)
+        .map_or(0, |(_, b)| *b);
+    let peak = *values.iter().max().unwrap();
+    const MIB: i64 = 1 << 20;
+    assert!(
+        (64 * MIB - MIB / 2..=64 * MIB + MIB).contains(&(peak - before)),
+        "the anon curve rose by {} bytes (from {before} to {peak}), not 64 MiB",
+        peak - before
+    );
+    let bar = format!("data-start=\"{addr:#x}\"");
+    let tag = dom
+        .0
+        .split("<rect ")
+        .find(|t| t.contains(&bar))
+        .unwrap_or_else(|| panic!("no bar starts at {addr:#x}"));
+    assert!(tag.contains("data-faults=\"16384\""), "{tag}");
+}
+
+/// Issue 17: each region's bar carries its fault count for the hover (1, 100, 10,000
+/// pages written), and the hover data says so with the first touch.
+#[test]
+fn html_hover_counts_faults_per_region() {
+    let (trace, own) = live_fault_trace("fault-regions");
+    let dom = render_live(&trace);
+    let touched: Vec<&serde_json::Value> = own
+        .iter()
+        .filter(|l| l["observe"] == "touched")
+        .map(|l| &l["value"])
+        .collect();
+    assert_eq!(touched.len(), FAULT_REGION_PAGES.len());
+    for (region, pages) in touched.iter().zip(FAULT_REGION_PAGES) {
+        let start = region["addr"].as_u64().unwrap();
+        let end = start + region["len"].as_u64().unwrap();
+        let bar = format!("data-start=\"{start:#x}\" data-end=\"{end:#x}\"");
+        let tag = dom
+            .0
+            .split("<rect ")
+            .find(|t| t.contains(&bar))
+            .unwrap_or_else(|| panic!("no bar {start:#x}-{end:#x}"));
+        assert!(
+            tag.contains(&format!("data-faults=\"{pages}\"")),
+            "{pages} pages written: {tag}"
+        );
+    }
+    // The text summary ranks the regions by faults and by what they made resident.
+    let run = report(&[trace.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let text = stdout(&run);
+    let after = |heading: &str| {
+        text.lines()
+            .skip_while(|l| !l.contains(heading))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {heading:?} in:\n{text}"))
+            .to_string()
+    };
+    let big = touched[2]["addr"].as_u64().unwrap();
+    let top = after("top mappings by faults:");
+    assert!(
+        top.contains("10000 faults") && top.contains(&format!("{big:#014x}")),
+        "{top}"
+    );
+    let top = after("top mappings by resident growth");
+    assert!(
+        top.contains("39.1 MiB") && top.contains(&format!("{big:#014x}")),
+        "{top}"
+    );
+    // What exec mapped is not on the timeline. Where trace placed those faults (it reads
+    // maps at the first drained batch: a process gone by then leaves them unplaced), the
+    // summary lists them by trace's mapping.
+    let placed_in_binary = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("\"probe\":\"fault\"") && l.contains("/mmap-workload\"}"));
+    if placed_in_binary {
+        let outside = after("top mappings outside the timeline by faults");
+        assert!(outside.contains("mmap-workload"), "{outside}");
+    }
+    // The hover's data: the 10,000-page region's count and its first touch.
+    for wanted in [
+        "\"faults\":10000",
+        "\"faulted_in\":10000",
+        "\"major\":0",
+        "\"first_touch\":\"+",
+    ] {
+        assert!(dom.0.contains(wanted), "the hover data lacks {wanted}");
+    }
+}
+
+/// Issue 17: the text summary says which mapping's faults needed I/O (`file-cold`: a
+/// file read page by page with nothing cached and no readahead, 64 major faults).
+#[test]
+fn text_report_counts_faults_that_needed_io() {
+    let (trace, own) = live_fault_trace("file-cold");
+    let cold = own
+        .iter()
+        .find(|l| l["observe"] == "cold")
+        .expect("the workload's cold line");
+    assert_eq!(
+        cold["value"]["cached"], 0,
+        "the page cache kept the file: {cold}"
+    );
+    let addr = cold["value"]["addr"].as_u64().unwrap();
+    let run = report(&[trace.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let text = stdout(&run);
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("{addr:#014x}")) && l.contains(" faults"))
+        .unwrap_or_else(|| panic!("no fault line for {addr:#x} in:\n{text}"));
+    assert!(line.contains("64 faults (64 needed I/O)"), "{line}");
 }

@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// The ring buffer (KiB) of the run that shows what mmap-trace reports when it loses.
     #[arg(long, default_value_t = 16)]
     small_ring_kib: u32,
+    /// MiB of fresh pages the fault loop touches (`mmap-workload --touch`; 1024: the
+    /// 262,144 faults of a 1 GiB memset).
+    #[arg(long, default_value_t = 1024)]
+    touch_mib: u64,
     /// Skip the guest part.
     #[arg(long)]
     no_guest: bool,
@@ -53,6 +57,9 @@ pub struct BenchArgs {
     /// Run only verify on real programs (prints its table; README untouched).
     #[arg(long, conflicts_with = "no_programs")]
     only_programs: bool,
+    /// Run only the page-fault comparison (prints its table; README untouched).
+    #[arg(long, conflicts_with = "only_programs")]
+    only_faults: bool,
     /// The mmap-trace binary whose verify the program runs use (default: this build's;
     /// another one gives a before/after comparison).
     #[arg(long, value_name = "PATH")]
@@ -85,6 +92,9 @@ pub struct Tools {
     pub node: PathBuf,
     pub java: PathBuf,
     pub sqlite3: PathBuf,
+    /// Debian's linux-perf, for `perf trace --pf=all` beside `trace --faults`; or why it
+    /// does not run here.
+    pub perf: Result<PathBuf, String>,
     /// Scratch files (traces, RSS reports).
     pub scratch: PathBuf,
 }
@@ -109,6 +119,18 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, args: &BenchArg
         println!("{}", report::programs_markdown(&rows));
         return Ok(0);
     }
+    let run_faults = || -> Result<host::FaultBench> {
+        section(&format!(
+            "bench: faults ({} rounds; mmap-workload --touch {}: untraced, trace --faults, \
+             perf trace --pf=all)",
+            args.rounds, args.touch_mib
+        ));
+        host::faults(&tools, args.rounds, args.touch_mib)
+    };
+    if args.only_faults {
+        println!("{}", run_faults()?.markdown());
+        return Ok(0);
+    }
 
     section(&format!(
         "bench: host loop ({} rounds x {} iterations; untraced, mmap-trace, bpftrace, strace)",
@@ -121,6 +143,7 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, args: &BenchArg
         args.parallel
     ));
     let throughput = host::throughput(&tools, args.rounds, args.loops, &args.parallel)?;
+    let faults = run_faults()?;
     let small_ring = host::small_ring(
         &tools,
         args.loops,
@@ -158,6 +181,7 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, args: &BenchArg
         overhead,
         throughput,
         small_ring,
+        faults,
         guest,
         programs,
     };
@@ -209,12 +233,41 @@ fn ensure_tools(ws: &Workspace, artifacts: &Artifacts) -> Result<Tools> {
         node: find("node")?,
         java: find("java")?,
         sqlite3: find("sqlite3")?,
+        perf: perf_trace(),
         scratch,
     };
     for (name, path) in [("bpftrace", &tools.bpftrace), ("strace", &tools.strace)] {
         eprintln!("bench: {name}: {}", version(path));
     }
     Ok(tools)
+}
+
+/// `perf` if `perf trace --pf=all` runs on this kernel (it needs the page-fault software
+/// events and tracefs), else why not.
+fn perf_trace() -> Result<PathBuf, String> {
+    let perf = which::which("perf")
+        .map_err(|_| "perf is not installed (Debian: linux-perf)".to_string())?;
+    let out = Command::new(&perf)
+        .args([
+            "trace",
+            "--pf=all",
+            "--no-syscalls",
+            "-o",
+            "/dev/null",
+            "--",
+            "true",
+        ])
+        .output()
+        .map_err(|e| format!("running {}: {e}", perf.display()))?;
+    if out.status.success() {
+        Ok(perf)
+    } else {
+        Err(format!(
+            "`perf trace --pf=all -- true` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 /// The version `--version` prints (its first line's last word: `bpftrace v0.17.0`,

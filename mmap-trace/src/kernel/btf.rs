@@ -166,6 +166,17 @@ impl KernelBtf {
     pub fn thread_info_status(&self) -> Result<u32> {
         self.offset("task_struct", &["thread_info", "status"])
     }
+
+    /// `offsetof(struct pt_regs, ip)`: the fault probe reads the faulting instruction.
+    pub fn pt_regs_ip(&self) -> Result<u32> {
+        self.offset("pt_regs", &["ip"])
+    }
+
+    /// `offsetof(struct task_struct, maj_flt)`: the fault probe records the thread's count
+    /// of faults that needed I/O.
+    pub fn task_maj_flt(&self) -> Result<u32> {
+        self.offset("task_struct", &["maj_flt"])
+    }
 }
 
 /// Byte offset of `fields` (a path through nested structs) in `struct ty`.
@@ -267,6 +278,12 @@ mod tests {
         assert_eq!(btf.mmap_lock_write_arg().unwrap(), 1);
         // 6.13 made the syscall tracepoints faultable.
         assert!(btf.faultable_tracepoints());
+        // x86-64's pt_regs: fifteen general registers, orig_ax, then ip.
+        assert_eq!(btf.pt_regs_ip().unwrap(), 16 * 8);
+        assert!(
+            btf.task_maj_flt().unwrap() > t.tgid,
+            "maj_flt comes late in task_struct"
+        );
     }
 
     #[test]

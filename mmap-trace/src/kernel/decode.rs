@@ -7,9 +7,9 @@ use aya::maps::{MapData, RingBuf};
 
 use mmap_trace_common::{
     DriverMmapEvent, EventHeader, EventKind, ExecEvent, ExecImageEvent, FILE_PATH_FULL,
-    FILE_PATH_TRUNCATED, FILE_UNLINKED, FileId, ForkEvent, MmChangeEvent, MmapEvent,
-    MmapRegionEvent, PageCacheEvent, Probe, RemapPfnEvent, SyscallEvent, USER_STACK_BYTES,
-    UserStack, record_size, stack_offset,
+    FILE_PATH_TRUNCATED, FILE_UNLINKED, FaultEvent, FileId, ForkEvent, MmChangeEvent, MmapEvent,
+    MmapRegionEvent, PageCacheEvent, Probe, RemapPfnEvent, RssEvent, SyscallEvent,
+    USER_STACK_BYTES, UserStack, record_size, stack_offset,
 };
 
 /// The one drain policy, for every command: each record the ring buffer holds, in order,
@@ -144,6 +144,10 @@ pub enum Event {
     Fork(ForkEvent),
     /// The catch-all: a traced process's mm was write-locked.
     MmChange(MmChangeEvent),
+    /// A page fault on a user address (`--faults`).
+    Fault(FaultEvent),
+    /// A resident-set counter moved a step (`--faults`).
+    Rss(RssEvent),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -196,6 +200,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         Probe::PageCache => EventKind::PageCache,
         Probe::Fork => EventKind::Fork,
         Probe::MmLock => EventKind::MmChange,
+        Probe::Fault => EventKind::Fault,
+        Probe::Rss => EventKind::Rss,
         _ => EventKind::DriverMmap,
     };
     if kind != expected_kind {
@@ -227,6 +233,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 probe: header.probe,
             });
         }
+        EventKind::Fault => Event::Fault(read(bytes)?),
+        EventKind::Rss => Event::Rss(read(bytes)?),
     })
 }
 
@@ -242,6 +250,8 @@ impl Event {
             Event::PageCache(e) => &e.header,
             Event::Fork(e) => &e.header,
             Event::MmChange(e) => &e.header,
+            Event::Fault(e) => &e.header,
+            Event::Rss(e) => &e.header,
         }
     }
 
@@ -339,6 +349,30 @@ pub fn test_syscall_event(probe: Probe, comm: &[u8], args: [u64; 6], ret: i64) -
         enter_ts_ns: 1,
         args,
         ret,
+    }
+}
+
+/// A fault record as the fault probe emits it (a write to a page not present).
+#[cfg(test)]
+pub fn test_fault_event(comm: &[u8]) -> FaultEvent {
+    let mut c = [0u8; mmap_trace_common::TASK_COMM_LEN];
+    c[..comm.len()].copy_from_slice(comm);
+    FaultEvent {
+        header: EventHeader {
+            kind: EventKind::Fault as u32,
+            probe: Probe::Fault as u32,
+            pid: 7,
+            tid: 8,
+            ts_ns: 1_573_892_226_346,
+            comm: c,
+            cgroup_id: 1,
+        },
+        address: 0x7f00_0000_1234,
+        ip: 0x5555_0000_1000,
+        error_code: 0x6,
+        in_kernel: 0,
+        _pad: 0,
+        maj_flt: 0,
     }
 }
 

@@ -10,8 +10,8 @@ use aya::{
     programs::{BtfTracePoint, KProbe, RawTracePoint, TracePoint},
 };
 use mmap_trace_common::{
-    CgroupFilter, FilemapFormat, KernelOffsets, MmOffsets, PROBE_COUNT, Probe, TargetFilter,
-    TaskOffsets,
+    CgroupFilter, FilemapFormat, KernelOffsets, MmOffsets, PROBE_COUNT, Probe, RssFormat,
+    TargetFilter, TaskOffsets,
 };
 
 use crate::kernel::{btf, preempt, tracefs};
@@ -127,7 +127,7 @@ impl Tracer {
         // syscall probe only wants one offset.
         // --stacks reads the new mm at exec (ExecImageEvent) through BTF offsets.
         let stacks = opts.stacks;
-        let needs_btf = kprobes || catch_all || fork || stacks;
+        let needs_btf = kprobes || catch_all || fork || stacks || chosen.contains(&Probe::Fault);
         let kernel_btf = match (needs_btf || syscalls).then(|| btf::KernelBtf::open(&opts.btf)) {
             Some(Ok(btf)) => Some(btf),
             Some(Err(e)) if needs_btf => return Err(e),
@@ -200,6 +200,15 @@ impl Tracer {
             );
         }
 
+        let (pt_regs_ip, task_maj_flt) = match &kernel_btf {
+            Some(btf) if chosen.contains(&Probe::Fault) => (btf.pt_regs_ip()?, btf.task_maj_flt()?),
+            _ => (0, 0),
+        };
+        let rss_format = if chosen.contains(&Probe::Rss) {
+            tracefs::rss_format()?
+        } else {
+            RssFormat::default()
+        };
         let filemap = if chosen.contains(&Probe::PageCache) {
             tracefs::filemap_format()?
         } else {
@@ -218,6 +227,9 @@ impl Tracer {
             .override_global("CATCH_ALL", &u32::from(catch_all), true)
             .override_global("STACKS", &u32::from(stacks), true)
             .override_global("MM_OFFSETS", &mm_offsets, true)
+            .override_global("PT_REGS_IP", &pt_regs_ip, true)
+            .override_global("TASK_MAJ_FLT", &task_maj_flt, true)
+            .override_global("RSS_FORMAT", &rss_format, true)
             .override_global(
                 "WAKEUP_BYTES",
                 &(u64::from(opts.ring_buffer_bytes) / 8),
@@ -386,6 +398,20 @@ fn attach(ebpf: &mut Ebpf, probe: Probe, driver_hooks: &[String], write_arg: u32
     match probe {
         Probe::Exec => attach_tracepoint(ebpf, "sched", "sched_process_exec")?,
         Probe::PageCache => attach_tracepoint(ebpf, "filemap", "mm_filemap_add_to_page_cache")?,
+        Probe::Fault => {
+            // Faults in user mode, and the kernel's on user memory inside a syscall.
+            for point in ["page_fault_user", "page_fault_kernel"] {
+                let raw: &mut RawTracePoint = program(ebpf, point)?.try_into()?;
+                raw.load()?;
+                raw.attach(point).with_context(|| {
+                    format!(
+                        "the raw tracepoint {point} (x86's exceptions:{point}; this \
+                         kernel may not have it)"
+                    )
+                })?;
+            }
+        }
+        Probe::Rss => attach_tracepoint(ebpf, "kmem", "rss_stat")?,
         Probe::Fork => {
             let program: &mut RawTracePoint = program(ebpf, "sched_process_fork")?.try_into()?;
             program.load()?;
@@ -417,13 +443,19 @@ fn attach(ebpf: &mut Ebpf, probe: Probe, driver_hooks: &[String], write_arg: u32
     Ok(())
 }
 
-/// Every probe but page_cache, which is noisy (every file page read) and opt-in, and
-/// fork, which `--follow-forks` adds.
+/// Every probe but page_cache, which is noisy (every file page read) and opt-in, fork,
+/// which `--follow-forks` adds, and fault and rss, which `--faults` adds (one record per
+/// page touched).
 pub fn default_probes() -> Vec<Probe> {
     Probe::ALL
         .iter()
         .copied()
-        .filter(|p| !matches!(p, Probe::PageCache | Probe::Fork))
+        .filter(|p| {
+            !matches!(
+                p,
+                Probe::PageCache | Probe::Fork | Probe::Fault | Probe::Rss
+            )
+        })
         .collect()
 }
 

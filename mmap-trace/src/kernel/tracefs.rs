@@ -61,6 +61,26 @@ pub fn filemap_format() -> Result<mmap_trace_common::FilemapFormat> {
     })
 }
 
+/// Field offsets of `kmem/rss_stat` on this kernel (5.5 and later; `curr` since 5.16).
+pub fn rss_format() -> Result<mmap_trace_common::RssFormat> {
+    let path = events_dir().join("kmem/rss_stat/format");
+    let format = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {} (the resident-set probe needs the kmem/rss_stat trace event, Linux 5.5+)",
+            path.display()
+        )
+    })?;
+    let field = |name: &str| {
+        field_offset(&format, name).with_context(|| format!("{}: no field {name}", path.display()))
+    };
+    Ok(mmap_trace_common::RssFormat {
+        curr: field("curr")?,
+        member: field("member")?,
+        size: field("size")?,
+        valid: 1,
+    })
+}
+
 /// `offset:N;` of the field named `name` in a tracepoint format file.
 fn field_offset(format: &str, name: &str) -> Option<u32> {
     format.lines().find_map(|line| {

@@ -4,7 +4,9 @@
 //! replaced by U+FFFD; where that happened, a `…_hex` field beside it has the exact
 //! bytes in hex.
 
-use mmap_trace_common::{FileId, MmChangeCause, Probe, SyscallEvent, VmaFields};
+use mmap_trace_common::{
+    FaultEvent, FileId, MmChangeCause, Probe, RssMember, SyscallEvent, VmaFields, pf,
+};
 use serde::{Serialize, Serializer};
 
 use crate::{
@@ -328,6 +330,34 @@ pub enum Body {
         /// The process of the task that took the lock (`kernel`: another one).
         locker_pid: u32,
     },
+    /// A page fault on a user address (`trace --faults`).
+    Fault {
+        addr: Hex,
+        ip: Hex,
+        /// `read`, `write` or `exec` (an instruction fetch).
+        access: &'static str,
+        /// The page was present: a protection fault (copy-on-write, a write to a
+        /// read-only page, a protection key); false: the page was not mapped yet.
+        present: bool,
+        /// The kernel faulted on the user address inside a syscall (read(2) into a fresh
+        /// buffer); `ip` is then the kernel's.
+        in_kernel: bool,
+        error_code: Hex,
+        /// The thread's count of faults that needed I/O before this one (its next fault's
+        /// `maj_flt` is one more when this one did).
+        maj_flt: u64,
+        /// The mapping the address is in, by the address-space model as the fault
+        /// happened (absent when the model knows no mapping there: a bad access).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        vma: Option<FaultVma>,
+    },
+    /// A resident-set counter of the process moved to another 256 KiB step.
+    Rss {
+        /// `anon`, `file`, `shmem` or `swap` (the kernel's MM_*PAGES / MM_SWAPENTS).
+        member: &'static str,
+        /// The counter, exact at this instant, in bytes.
+        bytes: i64,
+    },
 }
 
 fn syscall_body(
@@ -479,6 +509,70 @@ pub fn write_syscall(
     out.push(b'}');
 }
 
+/// The JSON line (without newline) of a fault record appended to `out`: byte for byte
+/// what serializing [`fault_record`] gives (the test below holds them together). A 1 GiB
+/// memset is 262,144 of these: the reader's time per line is what decides whether the
+/// ring buffer overflows.
+pub fn write_fault(out: &mut Vec<u8>, e: &FaultEvent, vma: Option<&FaultVma>) {
+    let h = &e.header;
+    let mut num = itoa::Buffer::new();
+    let hex = |out: &mut Vec<u8>, key: &str, v: u64| {
+        key_start(out, key);
+        out.push(b'"');
+        flags::write_hex(out, v);
+        out.push(b'"');
+    };
+    let boolean = |out: &mut Vec<u8>, key: &str, v: bool| {
+        key_start(out, key);
+        out.extend_from_slice(if v { b"true" } else { b"false" });
+    };
+    out.extend_from_slice(br#"{"type":"event","ts_ns":"#);
+    out.extend_from_slice(num.format(h.ts_ns).as_bytes());
+    out.extend_from_slice(br#","pid":"#);
+    out.extend_from_slice(num.format(h.pid).as_bytes());
+    out.extend_from_slice(br#","tid":"#);
+    out.extend_from_slice(num.format(h.tid).as_bytes());
+    write_bytes(out, "comm", c_bytes(&h.comm));
+    out.extend_from_slice(br#","probe":"fault""#);
+    let Body::Fault {
+        addr,
+        ip,
+        access,
+        present,
+        in_kernel,
+        error_code,
+        maj_flt,
+        ..
+    } = fault_body(e, None)
+    else {
+        unreachable!("fault_body makes a Fault");
+    };
+    hex(out, "addr", addr.0);
+    hex(out, "ip", ip.0);
+    key_start(out, "access");
+    write_str(out, access);
+    boolean(out, "present", present);
+    boolean(out, "in_kernel", in_kernel);
+    hex(out, "error_code", error_code.0);
+    key_start(out, "maj_flt");
+    out.extend_from_slice(num.format(maj_flt).as_bytes());
+    if let Some(v) = vma {
+        key_start(out, "vma");
+        out.push(b'{');
+        out.extend_from_slice(br#""start":""#);
+        flags::write_hex(out, v.start.0);
+        out.extend_from_slice(br#"","end":""#);
+        flags::write_hex(out, v.end.0);
+        out.push(b'"');
+        key_start(out, "perms");
+        write_str(out, &v.perms);
+        key_start(out, "name");
+        write_str(out, &v.name);
+        out.push(b'}');
+    }
+    out.push(b'}');
+}
+
 /// `,"key":`
 fn key_start(out: &mut Vec<u8>, key: &str) {
     out.extend_from_slice(b",\"");
@@ -532,6 +626,48 @@ fn write_outcome(out: &mut Vec<u8>, o: &Outcome) {
     }
 }
 
+/// The mapping a fault hit: its range as the model has it, perms and name (maps'
+/// columns).
+#[derive(Serialize, Clone, Debug)]
+pub struct FaultVma {
+    pub start: Hex,
+    pub end: Hex,
+    pub perms: String,
+    /// maps' name column: a path, `[heap]`, `[stack]`, or empty for anonymous memory.
+    pub name: String,
+}
+
+fn fault_body(e: &FaultEvent, vma: Option<FaultVma>) -> Body {
+    let access = if e.error_code & pf::INSTR != 0 {
+        "exec"
+    } else if e.error_code & pf::WRITE != 0 {
+        "write"
+    } else {
+        "read"
+    };
+    Body::Fault {
+        addr: Hex(e.address),
+        ip: Hex(e.ip),
+        access,
+        present: e.error_code & pf::PROT != 0,
+        in_kernel: e.in_kernel != 0,
+        error_code: Hex(e.error_code),
+        maj_flt: e.maj_flt,
+        vma,
+    }
+}
+
+/// A fault's record with the mapping it hit, through serde: what [`write_fault`] must
+/// write byte for byte.
+#[cfg(test)]
+pub fn fault_record(event: &Event, vma: Option<FaultVma>) -> EventRecord<'_> {
+    let mut rec = record(event, None);
+    if let Event::Fault(e) = event {
+        rec.body = fault_body(e, vma);
+    }
+    rec
+}
+
 /// `path`: the path of the file an mmap mapped, when there is one (paths.rs).
 pub fn record(event: &Event, path: Option<FilePath>) -> EventRecord<'_> {
     let header = event.header();
@@ -583,6 +719,11 @@ pub fn record(event: &Event, path: Option<FilePath>) -> EventRecord<'_> {
             pfn: Hex(e.pfn),
             pages: 1 << e.order.min(20),
         },
+        Event::Fault(e) => fault_body(e, None),
+        Event::Rss(e) => Body::Rss {
+            member: RssMember::from_u32(e.member).map_or("unknown", RssMember::name),
+            bytes: e.bytes,
+        },
     };
     let (comm, comm_hex) = text_and_hex(c_bytes(&header.comm));
     EventRecord {
@@ -603,6 +744,49 @@ pub fn record(event: &Event, path: Option<FilePath>) -> EventRecord<'_> {
 mod fast_path_tests {
 
     use super::*;
+
+    /// `write_fault` must give exactly the bytes serde gives for `fault_record`.
+    #[test]
+    fn write_fault_matches_serde() {
+        let comms: [&[u8]; 3] = [b"mmap-workload", b"q\"uo\\te\n\x01", b"\xff\xfebad"];
+        let vmas = [
+            None,
+            Some(FaultVma {
+                start: Hex(0x7f00_0000_0000),
+                end: Hex(0x7f00_0000_4000),
+                perms: "rw-p".into(),
+                name: String::new(),
+            }),
+            Some(FaultVma {
+                start: Hex(0x5555_0000_0000),
+                end: Hex(0x5555_0002_1000),
+                perms: "r-xp".into(),
+                name: "/tmp/a \"b\"\n\u{e9}".into(),
+            }),
+        ];
+        let mut line = Vec::new();
+        for comm in comms {
+            for error_code in [0u64, 0x4, 0x6, 0x7, 0x14, 0x2, 0x25] {
+                for vma in &vmas {
+                    let mut e = crate::kernel::decode::test_fault_event(comm);
+                    e.error_code = error_code;
+                    e.in_kernel = u32::from(error_code & pf::USER == 0);
+                    e.maj_flt = error_code * 1_000_000_007;
+                    let event = Event::Fault(e);
+                    let mut rec = fault_record(&event, vma.clone());
+                    rec.cgroup = Some("/system.slice/a b.service".into());
+                    let expected = serde_json::to_vec(&rec).unwrap();
+                    line.clear();
+                    write_fault(&mut line, &e, vma.as_ref());
+                    append_cgroup(&mut line, e.header.cgroup_id, rec.cgroup.as_deref());
+                    assert_eq!(
+                        String::from_utf8_lossy(&line),
+                        String::from_utf8_lossy(&expected)
+                    );
+                }
+            }
+        }
+    }
 
     /// `write_syscall` must give exactly the bytes serde gives for `record`.
     #[test]

@@ -80,7 +80,37 @@ pub struct Summary {
     pub ended: String,
     pub attached: Vec<Probe>,
     pub verify: Option<VerifyStats>,
+    /// `trace --faults`: faults per mapping and resident memory per process.
+    pub faults: Option<crate::faults::Faults>,
 }
+
+/// A mapping's faults in the JSON summary (`faults_by_mapping`).
+#[derive(Serialize)]
+struct JsonMappingFaults {
+    pid: u32,
+    start: json::Hex,
+    end: json::Hex,
+    perms: String,
+    name: String,
+    faults: u64,
+    writes: u64,
+    present: u64,
+    major: u64,
+    first_ns: u64,
+}
+
+/// A process's resident memory of one type in the JSON summary (`resident`).
+#[derive(Serialize)]
+struct JsonResident {
+    pid: u32,
+    member: &'static str,
+    first_bytes: i64,
+    last_bytes: i64,
+    peak_bytes: i64,
+}
+
+/// Mappings the table's summary lists (JSON lists them all).
+const TABLE_TOP_MAPPINGS: usize = 10;
 
 #[derive(Serialize)]
 struct JsonSummary<'a> {
@@ -96,6 +126,12 @@ struct JsonSummary<'a> {
     probes: Vec<&'static str>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     verify: Option<VerifyStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    faults_by_mapping: Option<Vec<JsonMappingFaults>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    faults_unattributed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resident: Option<Vec<JsonResident>>,
 }
 
 /// The file to write records to, or standard output.
@@ -237,6 +273,30 @@ impl Output {
         }
     }
 
+    /// A fault (`trace --faults`) with the mapping it hit: a JSON line; the table
+    /// counts it and lists faults per mapping in the summary instead (a 1 GiB memset is
+    /// 262,144 lines, and formatting them as a table lost a quarter of them: see
+    /// docs/tracing.md).
+    pub fn fault(&mut self, event: &Event, vma: Option<json::FaultVma>) -> io::Result<()> {
+        self.counts[event.probe() as usize] += 1;
+        if self.format == Format::Table {
+            return Ok(());
+        }
+        let Event::Fault(e) = event else {
+            return self.event(event, None);
+        };
+        let cgroup_id = e.header.cgroup_id;
+        let cgroup = self
+            .cgroups
+            .as_mut()
+            .and_then(|names| names.name(cgroup_id));
+        self.line.clear();
+        json::write_fault(&mut self.line, e, vma.as_ref());
+        json::append_cgroup(&mut self.line, cgroup_id, cgroup);
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)
+    }
+
     /// Any other record (a verify mismatch): a JSON line, or a `#` line in the table.
     pub fn record<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
         if self.format == Format::Table {
@@ -255,6 +315,13 @@ impl Output {
         };
         let events_total = s.events.iter().sum();
         let lost_total = s.lost.iter().sum();
+        let by_faults = s
+            .faults
+            .as_ref()
+            .map(crate::faults::Faults::by_faults)
+            .unwrap_or_default();
+        let member =
+            |m: u32| mmap_trace_common::RssMember::from_u32(m).map_or("unknown", |m| m.name());
         match self.format {
             Format::Json => {
                 let summary = JsonSummary {
@@ -268,6 +335,36 @@ impl Output {
                     ended: &s.ended,
                     probes: s.attached.iter().map(|p| p.name()).collect(),
                     verify: s.verify,
+                    faults_by_mapping: s.faults.as_ref().map(|_| {
+                        by_faults
+                            .iter()
+                            .map(|m| JsonMappingFaults {
+                                pid: m.pid,
+                                start: json::Hex(m.start),
+                                end: json::Hex(m.end),
+                                perms: m.perms.clone(),
+                                name: String::from_utf8_lossy(&m.name).into_owned(),
+                                faults: m.faults,
+                                writes: m.writes,
+                                present: m.present,
+                                major: m.major,
+                                first_ns: m.first_ns,
+                            })
+                            .collect()
+                    }),
+                    faults_unattributed: s.faults.as_ref().map(|f| f.unattributed),
+                    resident: s.faults.as_ref().map(|f| {
+                        f.resident
+                            .iter()
+                            .map(|(&(pid, m), r)| JsonResident {
+                                pid,
+                                member: member(m),
+                                first_bytes: r.first,
+                                last_bytes: r.last,
+                                peak_bytes: r.peak,
+                            })
+                            .collect()
+                    }),
                 };
                 serde_json::to_writer(&mut self.out, &summary)?;
                 self.out.write_all(b"\n")
@@ -299,6 +396,40 @@ impl Output {
                         v.pagemap_reads,
                         v.pagemap_entries
                     )?;
+                }
+                if let Some(f) = &s.faults {
+                    writeln!(
+                        self.out,
+                        "# faults by mapping (top {TABLE_TOP_MAPPINGS} of {}; {} at no known mapping):",
+                        by_faults.len(),
+                        f.unattributed
+                    )?;
+                    for m in by_faults.iter().take(TABLE_TOP_MAPPINGS) {
+                        writeln!(
+                            self.out,
+                            "#   {:>7} {:>10} faults ({} writes, {} on present pages, {} needed I/O) {:x}-{:x} {} {}",
+                            m.pid,
+                            m.faults,
+                            m.writes,
+                            m.present,
+                            m.major,
+                            m.start,
+                            m.end,
+                            m.perms,
+                            escape(&m.name)
+                        )?;
+                    }
+                    writeln!(self.out, "# resident memory (first / last / peak, KiB):")?;
+                    for (&(pid, m), r) in &f.resident {
+                        writeln!(
+                            self.out,
+                            "#   {pid:>7} {:<6} {:>10} {:>10} {:>10}",
+                            member(m),
+                            r.first >> 10,
+                            r.last >> 10,
+                            r.peak >> 10
+                        )?;
+                    }
                 }
                 if s.malformed > 0 {
                     writeln!(self.out, "#   malformed records: {}", s.malformed)?;

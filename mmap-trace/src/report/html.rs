@@ -162,7 +162,11 @@ mapped {mapped}, unmapped {unmapped} · refused: {refused} · {bars} VMA interva
             .flatten(),
     );
     times.extend(mismatches.iter().filter_map(|m| m.ts_ns));
+    // The resident-set curve's span (not every record: each would widen the axis).
+    times.extend(p.rss.first().map(|r| r.ts_ns));
+    times.extend(p.rss.last().map(|r| r.ts_ns));
     let time = TimeAxis::new(times);
+    rss_curve(out, p, &time);
     let height = addr.bottom + BOTTOM_PAD;
     let _ = writeln!(
         out,
@@ -201,6 +205,56 @@ mapped {mapped}, unmapped {unmapped} · refused: {refused} · {bars} VMA interva
         out.push_str("</table>\n");
     }
     out.push_str("</section>\n");
+}
+
+/// Height of the resident-set plot above a process's timeline.
+const RSS_HEIGHT: f64 = 120.0;
+const RSS_TOP: f64 = 14.0;
+const RSS_BOTTOM: f64 = RSS_HEIGHT - 10.0;
+
+/// The process's resident memory by type (`trace --faults`' rss records) over the same
+/// time axis as its timeline: a step line per type, each record exact at its instant.
+/// Each line carries its records (`data-ts`, `data-bytes`) for tests and readers.
+fn rss_curve(out: &mut String, p: &Process, time: &TimeAxis) {
+    if p.rss.is_empty() {
+        return;
+    }
+    let peak = p.rss.iter().map(|r| r.bytes).max().unwrap_or(0).max(1);
+    let y = |b: i64| RSS_BOTTOM - (RSS_BOTTOM - RSS_TOP) * b.max(0) as f64 / peak as f64;
+    let _ = writeln!(
+        out,
+        r#"<svg class="rss" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{RSS_HEIGHT}" viewBox="0 0 {WIDTH} {RSS_HEIGHT}"><text class="axis-title" x="{PLOT_LEFT}" y="10">resident memory by type (kmem/rss_stat; 0 – {top})</text><line class="tick" x1="{PLOT_LEFT}" x2="{PLOT_RIGHT}" y1="{RSS_BOTTOM}" y2="{RSS_BOTTOM}"/>"#,
+        top = bytes(peak as u64),
+    );
+    let mut members: Vec<&str> = p.rss.iter().map(|r| r.member.as_str()).collect();
+    members.sort_unstable();
+    members.dedup();
+    for (k, member) in members.iter().enumerate() {
+        let points: Vec<_> = p.rss.iter().filter(|r| r.member == *member).collect();
+        let mut d = String::new();
+        let mut ts = String::new();
+        let mut values = String::new();
+        for (i, r) in points.iter().enumerate() {
+            let (x, yy) = (time.x(r.ts_ns), y(r.bytes));
+            let _ = if i == 0 {
+                write!(d, "M{x:.1} {yy:.1}")
+            } else {
+                write!(d, "H{x:.1}V{yy:.1}")
+            };
+            let sep = if i == 0 { "" } else { " " };
+            let _ = write!(ts, "{sep}{}", r.ts_ns);
+            let _ = write!(values, "{sep}{}", r.bytes);
+        }
+        let last = points.last().map_or(0, |r| r.bytes);
+        let _ = writeln!(
+            out,
+            r#"<path class="rss-line rss-{member}" d="{d}" data-member="{member}" data-ts="{ts}" data-bytes="{values}"/><text class="rss-label rss-{member}" x="{lx:.1}" y="{ly:.1}">{member} {now}</text>"#,
+            lx = PLOT_LEFT - 8.0,
+            ly = RSS_TOP + 12.0 + 14.0 * k as f64,
+            now = bytes(last.max(0) as u64),
+        );
+    }
+    out.push_str("</svg>\n");
 }
 
 /// A mismatch's range overlaps the VMA at the time verify compared (or at the end).
@@ -271,10 +325,15 @@ fn bar(
         "elided": vma.elided,
         // `trace --stacks`: the stack of the call that made the mapping.
         "stack": vma.touches.first().map(|t| &trace.events[t.event].stack),
+        "faults": vma.faults,
+        "faulted_in": vma.faulted_in,
+        "major": vma.major,
+        "first_touch": vma.first_fault.map(|t| format!("+{}", duration(t.saturating_sub(t0)))),
     }));
     let _ = writeln!(
         out,
-        r#"<rect class="{classes}" x="{x0:.1}" y="{y0:.1}" width="{w:.1}" height="{h:.1}" data-v="{id}" data-start="{s:#x}" data-end="{e:#x}" data-kind="{k}" data-prot="{pr}" data-t0="{ts}" data-t1="{te}"/>"#,
+        r#"<rect class="{classes}" x="{x0:.1}" y="{y0:.1}" width="{w:.1}" height="{h:.1}" data-v="{id}" data-start="{s:#x}" data-end="{e:#x}" data-kind="{k}" data-prot="{pr}" data-t0="{ts}" data-t1="{te}" data-faults="{faults}"/>"#,
+        faults = vma.faults,
         w = x1 - x0,
         h = (y1 - y0).max(1.0),
         s = vma.start,
@@ -778,7 +837,7 @@ fn legend() -> String {
         r#"<span><svg width="22" height="16"><g class="mm"><path d="M11 1l7 7l-7 7l-7-7z"/></g></svg>verify mismatch</span>"#,
         r#"<span><svg width="30" height="14"><g class="gap"><line x1="0" x2="30" y1="7" y2="7"/></g></svg>collapsed unmapped gap</span>"#,
         r#"<span><svg width="22" height="14"><g class="break"><line x1="11" x2="11" y1="0" y2="14"/></g></svg>shortened idle time</span>"#,
-        r#"<span class="hint">Hover a bar for the events that created, split, moved or removed it. Bars reaching the right edge are still mapped.</span>"#,
+        r#"<span class="hint">Hover a bar for the events that created, split, moved or removed it (and, for a trace --faults, its page faults and first touch). Bars reaching the right edge are still mapped.</span>"#,
         "</div>"
     ));
     s

@@ -16,6 +16,16 @@ pub struct VmaInfo {
     pub file: Option<String>,
 }
 
+/// The mapping `trace --faults` attributed a fault to (its model starts from maps, so it
+/// knows what exec and the time before attaching mapped, which the report's does not).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FaultVma {
+    pub start: u64,
+    pub end: u64,
+    pub perms: String,
+    pub name: String,
+}
+
 /// What a traced call did; addresses are as traced (not page-aligned).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Call {
@@ -62,6 +72,21 @@ pub enum Call {
         after: VmaInfo,
     },
     Exec,
+    /// A page fault (`trace --faults`): not replayed, attributed to the VMA it hit.
+    Fault {
+        addr: u64,
+        /// The page was present (copy-on-write, protection): it did not become resident.
+        present: bool,
+        /// The thread's count of faults that needed I/O before this one.
+        maj_flt: u64,
+        /// The mapping trace's own model gave it (`vma`): the range, perms and name.
+        vma: Option<FaultVma>,
+    },
+    /// A resident-set counter (`trace --faults`): `member` is anon, file, shmem or swap.
+    Rss {
+        member: String,
+        bytes: i64,
+    },
     /// A probe this report does not know; counted and shown, never replayed.
     Other,
 }
@@ -233,6 +258,24 @@ fn event(line: usize, obj: &Map<String, Value>) -> Result<Event> {
             after: vma(obj, "after")?,
         },
         "exec" => Call::Exec,
+        "fault" => Call::Fault {
+            addr: u64_field(obj, "addr")?,
+            present: obj.get("present").and_then(Value::as_bool).unwrap_or(false),
+            maj_flt: obj.get("maj_flt").and_then(Value::as_u64).unwrap_or(0),
+            vma: match obj.get("vma") {
+                Some(Value::Object(v)) => Some(FaultVma {
+                    start: u64_field(v, "start")?,
+                    end: u64_field(v, "end")?,
+                    perms: v.get("perms").and_then(Value::as_str).unwrap_or("").into(),
+                    name: v.get("name").and_then(Value::as_str).unwrap_or("").into(),
+                }),
+                _ => None,
+            },
+        },
+        "rss" => Call::Rss {
+            member: str_field(obj, "member")?.to_string(),
+            bytes: obj.get("bytes").and_then(Value::as_i64).unwrap_or(0),
+        },
         _ => Call::Other,
     };
     Ok(Event {
@@ -245,10 +288,15 @@ fn event(line: usize, obj: &Map<String, Value>) -> Result<Event> {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string(),
+        // Faults come by the hundred thousand and their hover shows none of it.
+        detail: if matches!(call, Call::Fault { .. } | Call::Rss { .. }) {
+            String::new()
+        } else {
+            detail(obj)
+        },
         probe,
         call,
         error,
-        detail: detail(obj),
         stack: stack(obj),
     })
 }
@@ -461,6 +509,40 @@ mod tests {
             None
         );
         assert_eq!(path_of(""), None);
+    }
+
+    /// `trace --faults` records, as trace writes them (one line each, from a real run).
+    #[test]
+    fn reads_faults_and_resident_records() {
+        let text = r#"{"type":"event","ts_ns":1573892226346,"pid":23445,"tid":23445,"comm":"mmap-workload","probe":"fault","addr":"0x55558f4ca078","ip":"0x7f85ab49281f","access":"write","present":false,"in_kernel":false,"error_code":"0x6","maj_flt":0,"vma":{"start":"0x55558f4c8000","end":"0x55558f4e9000","perms":"rw-p","name":"[heap]"},"cgroup_id":1,"cgroup":"/"}
+{"type":"event","ts_ns":1573892197853,"pid":23445,"tid":23445,"comm":"mmap-workload","probe":"rss","member":"anon","bytes":41418752,"cgroup_id":1,"cgroup":"/"}
+"#;
+        let trace = parse(text).unwrap();
+        assert_eq!(
+            trace.events[0].call,
+            Call::Fault {
+                addr: 0x5555_8f4c_a078,
+                present: false,
+                maj_flt: 0,
+                vma: Some(FaultVma {
+                    start: 0x5555_8f4c_8000,
+                    end: 0x5555_8f4e_9000,
+                    perms: "rw-p".into(),
+                    name: "[heap]".into()
+                })
+            }
+        );
+        assert_eq!(
+            trace.events[1].call,
+            Call::Rss {
+                member: "anon".into(),
+                bytes: 41_418_752
+            }
+        );
+        assert!(
+            trace.events[0].detail.is_empty(),
+            "faults carry no hover text"
+        );
     }
 
     #[test]

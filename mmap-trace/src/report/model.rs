@@ -13,10 +13,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::input::{Call, Event, Trace, VmaInfo};
+use super::input::{Call, Event, FaultVma, Trace, VmaInfo};
 use crate::space::{
-    self, AddressSpace, Backing, CallEnv, Change, FileIdentity, Name, NoEnv, Region, Why,
-    apply_syscall,
+    self, AddressSpace, Backing, Change, Name, NoEnv, Region, TracedFile, Why, apply_syscall,
 };
 pub use crate::space::{PAGE, page_down, page_up};
 
@@ -167,6 +166,14 @@ pub struct Vma {
     pub touches: Vec<Touch>,
     /// Touches dropped from the middle of a long history.
     pub elided: usize,
+    /// Page faults inside this interval while it lasted (`trace --faults`), of them
+    /// those on pages not yet present (each made a page resident), and the first's time.
+    pub faults: u64,
+    pub faulted_in: u64,
+    pub first_fault: Option<u64>,
+    /// Of the faults, those that needed I/O (the thread's next fault showed its
+    /// `maj_flt` grown).
+    pub major: u64,
 }
 
 /// How many touches a VMA's history keeps: a region split or re-protected thousands of
@@ -206,12 +213,55 @@ pub struct Process {
     /// shrunk, replaced by a fixed mapping); moves and exec count as neither.
     pub mapped_bytes: u64,
     pub unmapped_bytes: u64,
+    /// `trace --faults`: faults no interval held (exec's own mappings, which no probe
+    /// reports, or bad accesses), and the resident-set records in trace order.
+    pub faults: u64,
+    pub faults_outside: u64,
+    /// Of those, the ones trace's own model placed (what exec or the time before
+    /// attaching mapped), by that mapping, most faults first.
+    pub faults_elsewhere: Vec<ElsewhereFaults>,
+    pub rss: Vec<RssPoint>,
 }
+
+/// Faults in a mapping the timeline does not have, as trace attributed them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ElsewhereFaults {
+    pub vma: FaultVma,
+    pub faults: u64,
+    pub faulted_in: u64,
+    pub major: u64,
+    pub first_fault: u64,
+}
+
+/// A resident-set counter at one instant (the rss probe's record).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RssPoint {
+    pub ts_ns: u64,
+    pub member: String,
+    pub bytes: i64,
+}
+
+/// One fault, until it is attributed.
+#[derive(Clone, Debug)]
+struct Fault {
+    ts: u64,
+    addr: u64,
+    present: bool,
+    tid: u32,
+    maj_flt: u64,
+    /// Known once the thread's next fault is seen.
+    major: bool,
+    /// Where trace placed it.
+    vma: Option<FaultVma>,
+}
+
+/// A process's faults in trace order.
+type FaultList = Vec<Fault>;
 
 /// Replays the trace; processes in order of their first event.
 pub fn replay(trace: &Trace) -> Vec<Process> {
     let mut order: Vec<u32> = Vec::new();
-    let mut spaces: HashMap<u32, (Process, Space)> = HashMap::new();
+    let mut spaces: HashMap<u32, (Process, (Space, FaultList))> = HashMap::new();
     for (i, e) in trace.events.iter().enumerate() {
         let (process, space) = spaces.entry(e.pid).or_insert_with(|| {
             order.push(e.pid);
@@ -224,45 +274,117 @@ pub fn replay(trace: &Trace) -> Vec<Process> {
                 vmas: Vec::new(),
                 mapped_bytes: 0,
                 unmapped_bytes: 0,
+                faults: 0,
+                faults_outside: 0,
+                faults_elsewhere: Vec::new(),
+                rss: Vec::new(),
             };
-            (p, Space::default())
+            (p, (Space::default(), FaultList::new()))
         });
-        process.events.push(i);
-        process.comm.clone_from(&e.comm);
+        let (space, faults) = space;
         process.first_ts = process.first_ts.min(e.ts_ns);
         process.last_ts = process.last_ts.max(e.ts_ns);
-        space.apply(&trace.events, i);
+        // Faults and resident-set records are not calls: no event marker (a memset
+        // makes a quarter of a million), nothing for the model to replay.
+        match &e.call {
+            Call::Fault {
+                addr,
+                present,
+                maj_flt,
+                vma,
+            } => faults.push(Fault {
+                ts: e.ts_ns,
+                addr: *addr,
+                present: *present,
+                tid: e.tid,
+                maj_flt: *maj_flt,
+                major: false,
+                vma: vma.clone(),
+            }),
+            Call::Rss { member, bytes } => process.rss.push(RssPoint {
+                ts_ns: e.ts_ns,
+                member: member.clone(),
+                bytes: *bytes,
+            }),
+            _ => {
+                process.events.push(i);
+                process.comm.clone_from(&e.comm);
+                space.apply(&trace.events, i);
+            }
+        }
     }
     order
         .into_iter()
         .map(|pid| {
-            let (mut process, mut space) = spaces.remove(&pid).expect("every pid has a space");
+            let (mut process, (mut space, faults)) =
+                spaces.remove(&pid).expect("every pid has a space");
             process.vmas = space.finish(&trace.events);
             (process.mapped_bytes, process.unmapped_bytes) = (space.mapped, space.unmapped);
+            process.faults = faults.len() as u64;
+            process.faults_elsewhere = attribute_faults(&mut process.vmas, faults);
+            process.faults_outside = process.faults_elsewhere.iter().map(|e| e.faults).sum();
             process
         })
         .collect()
 }
 
-/// A traced call's file, as the trace names it: the model needs only its name (the
-/// report has no device or inode to compare).
-struct TracedFile<'a>(Option<&'a str>);
-
-impl CallEnv for TracedFile<'_> {
-    fn fd_file(&self, _fd: i32) -> Option<FileIdentity> {
-        self.0.map(|path| FileIdentity {
-            dev: (0, 0),
-            inode: 0,
-            path: path.as_bytes().to_vec(),
-            overlay: false,
-            rdev: None,
-        })
+/// Counts each fault in the interval that held its address at its time (the model's
+/// VMAs, as replayed); returns those no interval held, grouped by the mapping trace
+/// gave them (a `None`-less name-less row, start 0, for faults trace placed nowhere).
+fn attribute_faults(vmas: &mut [Vma], mut faults: FaultList) -> Vec<ElsewhereFaults> {
+    // A fault needed I/O when the thread's count of those grew by its next fault.
+    let mut last: HashMap<u32, usize> = HashMap::new();
+    for k in 0..faults.len() {
+        if let Some(prev) = last.insert(faults[k].tid, k) {
+            faults[prev].major = faults[k].maj_flt > faults[prev].maj_flt;
+        }
     }
-    fn shm_segment(&self, _shmid: i32) -> Option<crate::space::ShmSegment> {
-        None
+    faults.sort_unstable_by_key(|f| f.addr);
+    let mut held = vec![false; faults.len()];
+    for vma in vmas.iter_mut() {
+        let from = faults.partition_point(|f| f.addr < vma.start);
+        let to = faults.partition_point(|f| f.addr < vma.end);
+        for (k, f) in faults[from..to].iter().enumerate() {
+            let ts = f.ts;
+            if ts < vma.t_start || vma.t_end.is_some_and(|end| ts >= end) || held[from + k] {
+                continue;
+            }
+            held[from + k] = true;
+            vma.faults += 1;
+            vma.faulted_in += u64::from(!f.present);
+            vma.major += u64::from(f.major);
+            vma.first_fault = Some(vma.first_fault.map_or(ts, |first| first.min(ts)));
+        }
     }
+    let mut elsewhere: HashMap<FaultVma, ElsewhereFaults> = HashMap::new();
+    for (f, _) in faults.iter().zip(&held).filter(|(_, held)| !**held) {
+        let vma = f.vma.clone().unwrap_or(FaultVma {
+            start: 0,
+            end: 0,
+            perms: String::new(),
+            name: String::new(),
+        });
+        let row = elsewhere
+            .entry(vma.clone())
+            .or_insert_with(|| ElsewhereFaults {
+                vma,
+                faults: 0,
+                faulted_in: 0,
+                major: 0,
+                first_fault: f.ts,
+            });
+        row.faults += 1;
+        row.faulted_in += u64::from(!f.present);
+        row.major += u64::from(f.major);
+        row.first_fault = row.first_fault.min(f.ts);
+    }
+    let mut rows: Vec<ElsewhereFaults> = elsewhere.into_values().collect();
+    rows.sort_by(|a, b| b.faults.cmp(&a.faults).then(a.vma.start.cmp(&b.vma.start)));
+    rows
 }
 
+/// A traced call's file, as the trace names it: the model needs only its name (the
+/// report has no device or inode to compare).
 /// A process's model (`crate::space`, the semantics verify uses too) and the timeline
 /// drawn from its changes.
 struct Space {
@@ -354,7 +476,7 @@ impl Space {
                         libc::SYS_mmap as u64,
                         args,
                         *ret as i64,
-                        &TracedFile(path.as_deref()),
+                        &TracedFile(path.as_deref().map(str::as_bytes)),
                     );
                     self.mirror(t, i, &mmap_attrs(*prot, *flags, path.clone()));
                     for w in waiting {
@@ -431,6 +553,10 @@ impl Space {
                                 attrs,
                                 touches: vec![Touch { event: i, role }],
                                 elided: 0,
+                                faults: 0,
+                                faulted_in: 0,
+                                first_fault: None,
+                                major: 0,
                             }
                         } else {
                             let mut vma = Vma {
@@ -596,6 +722,10 @@ impl Space {
             attrs,
             touches: vec![touch],
             elided: 0,
+            faults: 0,
+            faulted_in: 0,
+            first_fault: None,
+            major: 0,
         });
     }
 
@@ -877,6 +1007,124 @@ mod tests {
 
     const A: u64 = 0x10_0000;
     const P: u64 = PAGE;
+
+    /// Faults go to the interval that held their address at their time (the timeline cuts
+    /// a mapping retroactively where a later call splits it, so the piece, with its
+    /// prot before and after the mprotect); none to an unmapped range or to the event
+    /// list (no marker per fault). The rss records become the curve.
+    #[test]
+    fn faults_count_in_the_interval_of_their_time() {
+        let a = 0x7f00_0000_0000;
+        let fault = |addr, present| Call::Fault {
+            addr,
+            present,
+            maj_flt: 0,
+            vma: None,
+        };
+        let p = Calls::new()
+            .anon(a, 0x3000, 3)
+            .push(fault(a + 0x2000, false))
+            .push(fault(a + 0x2fff, true))
+            .mprotect(a + 0x1000, 0x1000, 1)
+            .push(fault(a + 0x1000, false))
+            .push(fault(a + 0x5000, false))
+            .push(Call::Rss {
+                member: "anon".into(),
+                bytes: 8192,
+            })
+            .replay();
+        assert_eq!(p.events.len(), 2, "the mmap and mprotect only");
+        assert_eq!((p.faults, p.faults_outside), (4, 1));
+        assert_eq!(p.faults_elsewhere.len(), 1);
+        assert_eq!(
+            (p.faults_elsewhere[0].vma.end, p.faults_elsewhere[0].faults),
+            (0, 1),
+            "trace placed it nowhere either"
+        );
+        let counts: Vec<(u64, u64, u64, u64, Option<u64>)> = {
+            let mut c: Vec<_> = p
+                .vmas
+                .iter()
+                .map(|v| (v.start, v.end, v.faults, v.faulted_in, v.first_fault))
+                .collect();
+            c.sort_by_key(|&(s, e, n, ..)| (s, e, n));
+            c
+        };
+        assert_eq!(
+            counts,
+            vec![
+                (a, a + 0x1000, 0, 0, None),
+                (a + 0x1000, a + 0x2000, 0, 0, None),
+                (a + 0x1000, a + 0x2000, 1, 1, Some(ts(4))),
+                (a + 0x2000, a + 0x3000, 2, 1, Some(ts(1))),
+            ]
+        );
+        assert_eq!(
+            p.rss,
+            vec![RssPoint {
+                ts_ns: ts(6),
+                member: "anon".into(),
+                bytes: 8192
+            }]
+        );
+    }
+
+    /// Faults outside the timeline (what exec mapped) are grouped by the mapping trace gave
+    /// them.
+    #[test]
+    fn faults_outside_the_timeline_keep_traces_mapping() {
+        let binary = FaultVma {
+            start: 0x5555_0000_0000,
+            end: 0x5555_0001_0000,
+            perms: "r-xp".into(),
+            name: "/bin/prog".into(),
+        };
+        let fault = |addr| Call::Fault {
+            addr,
+            present: false,
+            maj_flt: 0,
+            vma: Some(binary.clone()),
+        };
+        let p = Calls::new()
+            .anon(0x7f00_0000_0000, 0x1000, 3)
+            .push(fault(0x5555_0000_0100))
+            .push(fault(0x5555_0000_2100))
+            .replay();
+        assert_eq!(p.faults_outside, 2);
+        assert_eq!(
+            p.faults_elsewhere,
+            vec![ElsewhereFaults {
+                vma: binary.clone(),
+                faults: 2,
+                faulted_in: 2,
+                major: 0,
+                first_fault: ts(1),
+            }]
+        );
+    }
+
+    /// A fault needed I/O when the same thread's next fault shows `maj_flt` grown; another
+    /// thread's count says nothing about it, and a thread's last fault is not judged.
+    #[test]
+    fn major_faults_are_read_from_the_threads_next_fault() {
+        let a = 0x7f00_0000_0000;
+        let fault = |addr, maj_flt| Call::Fault {
+            addr,
+            present: false,
+            maj_flt,
+            vma: None,
+        };
+        let p = Calls::new()
+            .anon(a, 0x4000, 1)
+            .push_as(1, fault(a, 5), None)
+            .push_as(2, fault(a + 0x1000, 0), None)
+            .push_as(1, fault(a + 0x2000, 6), None)
+            .push_as(2, fault(a + 0x3000, 0), None)
+            .push_as(1, fault(a + 0x3000, 6), None)
+            .replay();
+        let v = &p.vmas[0];
+        assert_eq!((v.faults, v.major), (5, 1));
+    }
 
     #[test]
     fn mmap_creates_page_rounded_vma() {
@@ -1474,7 +1722,7 @@ mod tests {
                             libc::SYS_mmap as u64,
                             args,
                             *ret as i64,
-                            &TracedFile(path.as_deref()),
+                            &TracedFile(path.as_deref().map(str::as_bytes)),
                         );
                     }
                     call => {

@@ -304,6 +304,10 @@ mod tests {
             attrs: Attrs::new(Kind::Anon, 3),
             touches: Vec::new(),
             elided: 0,
+            faults: 0,
+            faulted_in: 0,
+            first_fault: None,
+            major: 0,
         }
     }
 

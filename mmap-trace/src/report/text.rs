@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use super::{
     bytes, duration,
     input::{Call, Trace},
-    model::{Kind, Process, Role, Vma, page_up, prot_string},
+    model::{Kind, PAGE, Process, Role, Vma, page_up, prot_string},
 };
 
 /// The probes in the order a reader expects them; others follow by name.
@@ -127,6 +127,118 @@ pub fn lost_counts(trace: &Trace) -> String {
     let total: u64 = lost.iter().map(|(_, n)| n).sum();
     let by: Vec<String> = lost.iter().map(|(p, n)| format!("{p} {n}")).collect();
     format!("{total} ({}): the timeline is incomplete", by.join(", "))
+}
+
+/// Mappings listed per ranking of the cost summary.
+const TOP_COSTS: usize = 5;
+
+/// A VMA interval as one line: range, prot, kind and file.
+fn vma_line(v: &Vma) -> String {
+    let a = &v.attrs;
+    let mut what = format!(
+        "{:#014x}-{:#014x}  {} {}",
+        v.start,
+        v.end,
+        prot_string(a.prot),
+        a.kind.name()
+    );
+    if let Some(file) = &a.file {
+        let _ = write!(what, " {file}");
+    }
+    what
+}
+
+/// `trace --faults`: the resident set by type (first → last record, peak), the mappings
+/// with the most faults and those that made the most memory resident (faults on pages
+/// not yet present, a page each: for file mappings the kernel's fault-around maps up to
+/// 16 pages per fault, so this is their lower bound).
+fn costs(out: &mut String, p: &Process, t0: u64) {
+    if p.faults == 0 && p.rss.is_empty() {
+        return;
+    }
+    let mut members: BTreeMap<&str, (i64, i64, i64)> = BTreeMap::new();
+    for r in &p.rss {
+        members
+            .entry(r.member.as_str())
+            .and_modify(|(_, last, peak)| {
+                *last = r.bytes;
+                *peak = (*peak).max(r.bytes);
+            })
+            .or_insert((r.bytes, r.bytes, r.bytes));
+    }
+    for (member, (first, last, peak)) in &members {
+        let _ = writeln!(
+            out,
+            "  resident {member:<5} {} → {} (peak {})",
+            bytes(*first as u64),
+            bytes(*last as u64),
+            bytes(*peak as u64)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  faults:    {} ({} outside the timeline's mappings: mapped by exec or before the trace, or bad accesses)",
+        p.faults, p.faults_outside
+    );
+    let mut ranked: Vec<&Vma> = p.vmas.iter().filter(|v| v.faults > 0).collect();
+    ranked.sort_by(|a, b| b.faults.cmp(&a.faults).then(a.start.cmp(&b.start)));
+    if !ranked.is_empty() {
+        let _ = writeln!(out, "  top mappings by faults:");
+    }
+    for v in ranked.iter().take(TOP_COSTS) {
+        let io = if v.major > 0 {
+            format!(" ({} needed I/O)", v.major)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "    {:>10} faults{io}  {}  first at +{}",
+            v.faults,
+            vma_line(v),
+            duration(v.first_fault.unwrap_or(v.t_start).saturating_sub(t0))
+        );
+    }
+    let placed: Vec<_> = p
+        .faults_elsewhere
+        .iter()
+        .filter(|e| e.vma.end > 0)
+        .collect();
+    if !placed.is_empty() {
+        let _ = writeln!(
+            out,
+            "  top mappings outside the timeline by faults (mapped by exec or before the trace; placed by trace):"
+        );
+        for e in placed.iter().take(TOP_COSTS) {
+            let io = if e.major > 0 {
+                format!(" ({} needed I/O)", e.major)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "    {:>10} faults{io}  {:#014x}-{:#014x}  {} {}  first at +{}",
+                e.faults,
+                e.vma.start,
+                e.vma.end,
+                e.vma.perms,
+                e.vma.name,
+                duration(e.first_fault.saturating_sub(t0))
+            );
+        }
+    }
+    ranked.sort_by(|a, b| b.faulted_in.cmp(&a.faulted_in).then(a.start.cmp(&b.start)));
+    if ranked.iter().any(|v| v.faulted_in > 0) {
+        let _ = writeln!(out, "  top mappings by resident growth (pages faulted in):");
+    }
+    for v in ranked.iter().take(TOP_COSTS).filter(|v| v.faulted_in > 0) {
+        let _ = writeln!(
+            out,
+            "    {:>10}  {}",
+            bytes(v.faulted_in * PAGE),
+            vma_line(v)
+        );
+    }
 }
 
 /// `mmap rw- device mmtrace-kmalloc (driver)`: what the model made of a mapping call.
@@ -260,6 +372,7 @@ pub fn render(trace: &Trace, processes: &[Process], title: &str) -> String {
             }
         }
         leaks(&mut out, trace, &live);
+        costs(&mut out, p, t0);
         let mismatches: Vec<_> = trace.mismatches.iter().filter(|m| m.pid == p.pid).collect();
         let _ = writeln!(
             out,

@@ -18,7 +18,7 @@ pub mod syscall;
 mod tests;
 
 pub use compare::{Comparison, Difference, Field, compare};
-pub use model::{AddressSpace, Change, FileIdentity, Why};
+pub use model::{AddressSpace, Change, Why};
 pub use proc::ProcEnv;
 pub use region::{Backing, Name, PAGE, Region, page_down, page_up};
-pub use syscall::{Applied, CallEnv, NoEnv, ShmSegment, apply_syscall};
+pub use syscall::{Applied, CallEnv, NoEnv, TracedFile, apply_syscall};

@@ -35,6 +35,25 @@ impl CallEnv for NoEnv {
     }
 }
 
+/// Knows the path of the file an mmap mapped, from its trace event (report, `trace
+/// --faults`): a model driven by events, whose mapped files keep their names.
+pub struct TracedFile<'a>(pub Option<&'a [u8]>);
+
+impl CallEnv for TracedFile<'_> {
+    fn fd_file(&self, _fd: i32) -> Option<FileIdentity> {
+        self.0.map(|path| FileIdentity {
+            dev: (0, 0),
+            inode: 0,
+            path: path.to_vec(),
+            overlay: false,
+            rdev: None,
+        })
+    }
+    fn shm_segment(&self, _shmid: i32) -> Option<ShmSegment> {
+        None
+    }
+}
+
 /// What [`apply_syscall`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {

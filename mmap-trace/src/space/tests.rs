@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use super::{
+    model::FileIdentity,
     region::{Hidden, normalize},
+    syscall::ShmSegment,
     *,
 };
 

@@ -28,7 +28,10 @@ use serde::Serialize;
 
 use crate::{
     kernel::decode::{Event, FilePath, Record},
-    output::{Output, json::Hex, json::is_error},
+    output::{
+        Output,
+        json::{FaultVma, Hex, is_error},
+    },
 };
 
 pub use process::{Mapping, RawFrame};
@@ -68,7 +71,14 @@ struct Item {
     event: Event,
     path: Option<FilePath>,
     frames: Option<Vec<RawFrame>>,
+    /// `trace --faults`: the mapping a fault hit, as the reader's model placed it.
+    fault_vma: Option<FaultVma>,
 }
+
+/// Records the worker may have queued before the reader waits for it: a bound on the
+/// memory a slow symbolizer can take (a worker that cannot keep up then holds the reader
+/// back, and the ring buffer overflows into counted losses instead).
+const QUEUE_MAX: usize = 16384;
 
 /// A named stack, ready for either output format: the frames (the table) and their JSON
 /// array, serialized once per distinct stack.
@@ -120,14 +130,14 @@ impl StackCache {
 /// out is what could not keep up with a busy process); the worker names the frames and
 /// writes the output, and owns the output until [`Pipeline::finish`].
 pub struct Pipeline {
-    tx: Option<mpsc::Sender<Item>>,
+    tx: Option<mpsc::SyncSender<Item>>,
     worker: Option<JoinHandle<io::Result<Output>>>,
     model: Model,
 }
 
 impl Pipeline {
     pub fn start(out: Output) -> io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Item>();
+        let (tx, rx) = mpsc::sync_channel::<Item>(QUEUE_MAX);
         let worker = std::thread::Builder::new()
             .name("stacks".into())
             .spawn(move || work(rx, out))?;
@@ -138,8 +148,14 @@ impl Pipeline {
         })
     }
 
-    /// A record, in ring order. `path`: an mmap's file path (output/paths.rs).
-    pub fn record(&mut self, record: Record<'_>, path: Option<FilePath>) {
+    /// A record, in ring order. `path`: an mmap's file path (output/paths.rs);
+    /// `fault_vma`: for a fault under `--faults`, the mapping it hit.
+    pub fn record(
+        &mut self,
+        record: Record<'_>,
+        path: Option<FilePath>,
+        fault_vma: Option<FaultVma>,
+    ) {
         match record {
             Record::ExecImage(image) => {
                 self.model.seen.insert(image.header.pid);
@@ -160,6 +176,7 @@ impl Pipeline {
                     event,
                     path,
                     frames,
+                    fault_vma,
                 });
             }
         }
@@ -249,6 +266,10 @@ fn write(
     item: Item,
     out: &mut Output,
 ) -> io::Result<()> {
+    if let Event::Fault(_) = item.event {
+        // Faults carry no stack (docs/stacks.md): their own record, with the mapping.
+        return out.fault(&item.event, item.fault_vma);
+    }
     let stack = item.frames.map(|raw| cache.get(names, raw));
     out.event_stacked(&item.event, item.path, stack.as_deref())
 }

@@ -3,7 +3,7 @@
 //! that account with what `mmap-trace trace` saw, call by call.
 //!
 //! Usage: mmap-workload [--device PATH [--pages N] [--offset PAGES] [--private]]
-//!                      [--loop N] [--scenario NAME] [--ia32]
+//!                      [--loop N] [--touch MIB] [--scenario NAME] [--ia32]
 //!
 //! Without --scenario: one sequence touching every traced call. Scenarios (for verify):
 //! anon, file-offset, file-pages, split3, hole, mremap-move, fixed, threads, and those of
@@ -104,6 +104,29 @@ fn main() {
             unsafe { libc::munmap(p as *mut libc::c_void, 4 * PAGE as usize) };
         }
         println!("{{\"leaked\":{}}}", mmtrace_workload_stack_marker(3 * PAGE));
+        return;
+    }
+    if let Some(mib) = opt("--touch") {
+        // The fault benchmark: N MiB of fresh anonymous pages, one write each, not
+        // recorded (`--touch 1024`: the 262,144 faults of a 1 GiB memset).
+        let len = mib.parse::<usize>().expect("--touch MIB") << 20;
+        // SAFETY: maps, writes and unmaps its own anonymous memory.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED, "mmap {len} bytes");
+            libc::madvise(p, len, libc::MADV_NOHUGEPAGE);
+            for i in (0..len).step_by(PAGE as usize) {
+                std::ptr::write_volatile(p.cast::<u8>().add(i), 1);
+            }
+            libc::munmap(p, len);
+        }
         return;
     }
     if args.iter().any(|a| a == "--ia32") {

@@ -53,10 +53,15 @@ pub struct HeldLoop {
 
 impl HeldLoop {
     pub fn start(workload: &Path, iterations: u64) -> Result<Self> {
+        Self::with_args(workload, &["--loop".into(), iterations.to_string()])
+    }
+
+    /// The workload with `args`, held the same way.
+    pub fn with_args(workload: &Path, args: &[String]) -> Result<Self> {
         let mut child = Command::new("sh")
             .args(["-c", r#"read _ && exec "$0" "$@""#])
             .arg(workload)
-            .args(["--loop", &iterations.to_string()])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -736,4 +741,154 @@ fn traced_loops(
         count: count_mmap_trace(&out, &pids)?,
         stderr: done.stderr,
     })
+}
+
+/// Part 4 (issue 17): `mmap-workload --touch MIB` (one write to each fresh page of a MIB
+/// mapping: MIB × 256 faults) untraced, under `mmap-trace trace --faults` and under
+/// `perf trace --pf=all` (where perf runs here), alternating round by round.
+pub struct FaultBench {
+    pub mib: u64,
+    /// The loop's own faults (a page each).
+    pub expected: u64,
+    /// untraced, mmap-trace --faults, perf trace (when it runs).
+    pub variants: Vec<Variant>,
+    /// Why perf trace is not in the table.
+    pub perf_missing: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum FaultKind {
+    Untraced,
+    MmapTrace,
+    Perf,
+}
+
+pub fn faults(tools: &Tools, rounds: usize, mib: u64) -> Result<FaultBench> {
+    let perf_missing = match &tools.perf {
+        Ok(_) => None,
+        Err(why) => Some(why.clone()),
+    };
+    let mut kinds = vec![FaultKind::Untraced, FaultKind::MmapTrace];
+    if perf_missing.is_none() {
+        kinds.push(FaultKind::Perf);
+    }
+    let mut variants: Vec<Variant> = kinds
+        .iter()
+        .map(|k| {
+            let (name, version) = match (k, &tools.perf) {
+                (FaultKind::Untraced, _) => ("untraced", String::new()),
+                (FaultKind::MmapTrace, _) => ("mmap-trace --faults", super::version(&tools.cli)),
+                (FaultKind::Perf, Ok(perf)) => ("perf trace --pf=all", super::version(perf)),
+                (FaultKind::Perf, Err(_)) => ("perf trace --pf=all", String::new()),
+            };
+            Variant {
+                name,
+                version,
+                secs: Vec::new(),
+                kept: Vec::new(),
+                lost: Vec::new(),
+                rss_kib: Vec::new(),
+                ready_ms: Vec::new(),
+            }
+        })
+        .collect();
+    for round in 0..rounds {
+        for i in 0..kinds.len() {
+            let index = (i + round) % kinds.len();
+            let v = &mut variants[index];
+            fault_run(tools, kinds[index], mib, v)?;
+            eprintln!(
+                "bench: faults round {}: {:<20} {:.3} s, kept {}, lost {}",
+                round + 1,
+                v.name,
+                v.secs.last().copied().unwrap_or(f64::NAN),
+                v.kept.last().map_or("-".into(), |k| k.to_string()),
+                v.lost
+                    .last()
+                    .copied()
+                    .flatten()
+                    .map_or("-".into(), |l| l.to_string()),
+            );
+        }
+    }
+    Ok(FaultBench {
+        mib,
+        expected: mib * 256,
+        variants,
+        perf_missing,
+    })
+}
+
+fn fault_run(tools: &Tools, kind: FaultKind, mib: u64, v: &mut Variant) -> Result<()> {
+    let out = tools.scratch.join("faults.out");
+    let _ = std::fs::remove_file(&out);
+    settle();
+    let mut held = [HeldLoop::with_args(
+        &tools.workload,
+        &["--touch".into(), mib.to_string()],
+    )?];
+    let pid = held[0].pid().to_string();
+    let os = |s: &str| OsString::from(s);
+    let (tracer, stop) = match (kind, &tools.perf) {
+        (FaultKind::Untraced, _) => (None, Stop::Exits),
+        (FaultKind::MmapTrace, _) => {
+            let args = vec![
+                os("trace"),
+                os("--faults"),
+                os("--json"),
+                os("--output"),
+                out.clone().into(),
+                os("--pid"),
+                os(&pid),
+            ];
+            let ready = ReadyOn::Stderr("mmap-trace: ready:");
+            let t = Tracer::start(tools, v.name, &tools.cli, args, ready)?;
+            (Some(t), Stop::Exits)
+        }
+        (FaultKind::Perf, Ok(perf)) => {
+            let args = vec![
+                os("trace"),
+                os("--pf=all"),
+                os("--no-syscalls"),
+                os("-o"),
+                out.clone().into(),
+                os("-p"),
+                os(&pid),
+            ];
+            // Attached once it holds its two page-fault events (major, minor).
+            let t = Tracer::start(tools, v.name, perf, args, ReadyOn::PerfEvents(2))?;
+            (Some(t), Stop::InterruptWhenQuiet(out.clone()))
+        }
+        (FaultKind::Perf, Err(why)) => bail!("perf trace does not run here: {why}"),
+    };
+    v.secs.push(release(&mut held)?);
+    let Some(tracer) = tracer else {
+        return Ok(());
+    };
+    let done = tracer.finish(stop)?;
+    v.rss_kib.extend(done.rss_kib);
+    v.ready_ms.push(done.ready.as_secs_f64() * 1e3);
+    let text =
+        std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+    let (kept, lost) = if kind == FaultKind::MmapTrace {
+        let pid_field = format!("\"pid\":{pid},");
+        let kept = text
+            .lines()
+            .filter(|l| l.contains("\"probe\":\"fault\"") && l.contains(&pid_field))
+            .count() as u64;
+        let summary = text
+            .lines()
+            .rfind(|l| l.starts_with("{\"type\":\"summary\""))
+            .with_context(|| format!("{}: no summary record", out.display()))?;
+        let summary: serde_json::Value = serde_json::from_str(summary)?;
+        (kept, summary["lost"]["fault"].as_u64())
+    } else {
+        // `0.047 ( 0.000 ms): minfault [elf_load+0x28a] => 0x7f… (?k)`: with -p, perf
+        // names no task (every line is the pid's).
+        let kept = text.lines().filter(|l| l.contains("fault [")).count() as u64;
+        (kept, None)
+    };
+    v.kept.push(kept);
+    v.lost.push(lost);
+    Ok(())
 }

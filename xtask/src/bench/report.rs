@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 
 use super::Spread;
 use super::guest::Guest;
-use super::host::{Overhead, SmallRing, ThroughputRow, Variant};
+use super::host::{FaultBench, Overhead, SmallRing, ThroughputRow, Variant};
 use super::programs::{Cache, ProgramRow};
 use crate::cmd;
 
@@ -63,6 +63,7 @@ pub struct Results {
     pub overhead: Overhead,
     pub throughput: Vec<ThroughputRow>,
     pub small_ring: SmallRing,
+    pub faults: FaultBench,
     pub guest: Option<Guest>,
     /// Verify on real programs (empty when skipped).
     pub programs: Vec<ProgramRow>,
@@ -159,6 +160,70 @@ fn percent(part: u64, whole: u64) -> f64 {
         0.0
     } else {
         100.0 * part as f64 / whole as f64
+    }
+}
+
+impl FaultBench {
+    /// Issue 17: what `trace --faults` costs a loop that touches fresh pages, beside
+    /// `perf trace --pf=all`.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "**Page faults** (issue 17): `mmap-workload --touch {}` writes one byte to each \
+             page of a fresh {} MiB anonymous mapping ({} faults, plus the program's own \
+             start-up faults), held until the tracer is attached, timed from release to exit.\n",
+            self.mib, self.mib, self.expected
+        );
+        s.push_str(
+            "| variant | loop time | slowdown | faults kept (the pid's) | lost (tracer's own count) | peak RSS |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        let untraced = &self.variants[0];
+        for v in &self.variants {
+            let ratios: Vec<f64> = v
+                .secs
+                .iter()
+                .zip(&untraced.secs)
+                .map(|(t, u)| t / u)
+                .collect();
+            let name = if v.version.is_empty() {
+                v.name.to_owned()
+            } else {
+                format!("{} ({})", v.name, v.version)
+            };
+            let kept = match (v.kept.iter().min(), v.kept.iter().max()) {
+                (Some(min), Some(max)) => format!("{min}–{max}"),
+                _ => "–".to_owned(),
+            };
+            let lost: Vec<u64> = v.lost.iter().flatten().copied().collect();
+            let lost = match (v.name, lost.iter().max()) {
+                ("untraced", _) => "–".to_owned(),
+                (_, None) => "not reported".to_owned(),
+                (_, Some(max)) => format!("{}–{max}", lost.iter().min().unwrap_or(max)),
+            };
+            let rss = if v.rss_kib.is_empty() {
+                "–".to_owned()
+            } else {
+                let mb: Vec<f64> = v.rss_kib.iter().map(|k| *k as f64 / 1024.0).collect();
+                range(Spread::of(&mb), " MB", 1)
+            };
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {} | {kept} | {lost} | {rss} |",
+                range(Spread::of(&v.secs), " s", 3),
+                if v.name == "untraced" {
+                    "1.00×".to_owned()
+                } else {
+                    range(Spread::of(&ratios), "×", 2)
+                },
+            );
+        }
+        if let Some(why) = &self.perf_missing {
+            let _ = writeln!(s, "\nperf trace is not in the table: {why}.");
+        }
+        s.push('\n');
+        s
     }
 }
 
@@ -341,6 +406,8 @@ impl Results {
             range(ready, " ms", 0),
             range(rss, " MB", 1)
         );
+
+        s.push_str(&self.faults.markdown());
 
         // Part 4.
         if let Some(g) = &self.guest {

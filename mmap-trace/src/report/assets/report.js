@@ -14,6 +14,7 @@ function vmaTip(v) {
   for (const p of v.pfns) h += `<div>PFNs: <span class="mono">${esc(p)}</span></div>`;
   if (v.driver) h += `<div class="err">mapped by the mmtrace driver</div>`;
   if (v.mismatch) h += `<div class="err">verify reported a mismatch here</div>`;
+  if (v.faults > 0) h += `<div class="faults">page faults: ${v.faults} (${v.faulted_in} made a page resident, ${v.major} needed I/O), first touch ${esc(v.first_touch)}</div>`;
   h += `<div>${esc(v.span)}</div><table>`;
   // The first event (what made the mapping), then the latest ones.
   const t = v.touches, rows = t.length > 12 ? [t[0], ...t.slice(-11)] : t;

@@ -155,6 +155,16 @@ pub fn reserve<T: 'static>(probe: Probe) -> Option<RingBufEntry<T>> {
     entry
 }
 
+/// Per-CPU scratch buffers (path.rs, stack.rs) have one slot per program that may be
+/// running on a CPU at once. The kernel never runs one program twice at once on a CPU
+/// (its recursion guard), so a slot per program is the program's own even where the
+/// syscall hooks run preemptible and another task's run can come between two of its
+/// steps: the gated copies of `sys_exit` take slots 0–3 by copy (syscalls.rs), every
+/// other program runs with preemption off and takes [`OTHER_SLOT`].
+pub const SCRATCH_SLOTS: u32 = 5;
+/// The scratch slot of the programs that run with preemption off.
+pub const OTHER_SLOT: u32 = 4;
+
 /// Counts an event of `probe` that could not be reported.
 #[inline(always)]
 pub fn count_lost(probe: Probe) {

@@ -68,16 +68,17 @@ pub fn read<T: Default>(base: u64, offset: u32) -> T {
 }
 
 /// Fills `out` for `struct file *file` (zeroes for anonymous memory): its identity, and
-/// its full path where BTF gave the walk's offsets (path.rs), else its leaf name.
+/// its full path where BTF gave the walk's offsets (path.rs), else its leaf name. `slot`:
+/// the caller's scratch slot (`emit::SCRATCH_SLOTS`).
 #[inline(always)]
-pub fn read_file(file: u64, o: &KernelOffsets, out: &mut FileId) {
+pub fn read_file(file: u64, o: &KernelOffsets, out: &mut FileId, slot: u32) {
     no_file(out);
     if file == 0 {
         return;
     }
     read_identity(file, o, out);
     if o.walk_paths != 0 {
-        crate::path::walk(file, o, out);
+        crate::path::walk(file, o, out, slot);
     }
 }
 
@@ -110,7 +111,7 @@ pub fn no_file(out: &mut FileId) {
 /// none). Read at the call's exit: a thread that closed or replaced the fd meanwhile
 /// makes this another file, or none (the README says so).
 #[inline(always)]
-pub fn read_fd_file(fd: i32, o: &KernelOffsets, out: &mut FileId) {
+pub fn read_fd_file(fd: i32, o: &KernelOffsets, out: &mut FileId, slot: u32) {
     // SAFETY: helper without preconditions.
     let task = unsafe { bpf_get_current_task() };
     let files: u64 = read(task, o.task_files);
@@ -122,10 +123,10 @@ pub fn read_fd_file(fd: i32, o: &KernelOffsets, out: &mut FileId) {
     } else {
         0
     };
-    read_file(file, o, out);
+    read_file(file, o, out, slot);
 }
 
-/// Fills `out` for `struct vm_area_struct *vma`.
+/// Fills `out` for `struct vm_area_struct *vma` (for the kprobes: preemption off).
 #[inline(always)]
 pub fn read_vma(vma: u64, o: &KernelOffsets, out: &mut VmaFields) {
     out.vma = vma;
@@ -134,5 +135,5 @@ pub fn read_vma(vma: u64, o: &KernelOffsets, out: &mut VmaFields) {
     out.vm_flags = read(vma, o.vma_vm_flags);
     out.vm_pgoff = read(vma, o.vma_vm_pgoff);
     let file: u64 = read(vma, o.vma_vm_file);
-    read_file(file, o, &mut out.file);
+    read_file(file, o, &mut out.file, crate::emit::OTHER_SLOT);
 }

@@ -107,6 +107,7 @@ fn write_locked(mm: u64, write: u64, success: u64) -> i32 {
             0,
             0,
             regs as *const _,
+            emit::OTHER_SLOT,
         );
         return 0;
     }
@@ -134,6 +135,7 @@ fn write_locked(mm: u64, write: u64, success: u64) -> i32 {
         0,
         0,
         core::ptr::null(),
+        emit::OTHER_SLOT,
     );
     0
 }
@@ -156,6 +158,7 @@ pub fn syscall_returned(
     args: [u64; 6],
     ret: i64,
     user_regs: *const aya_ebpf::bindings::pt_regs,
+    slot: u32,
 ) {
     // SAFETY: a read of our own global; volatile so the loader's value is seen.
     if unsafe { core::ptr::read_volatile(&CATCH_ALL) } == 0 {
@@ -179,11 +182,12 @@ pub fn syscall_returned(
         ret,
         compat,
         user_regs,
+        slot,
     );
 }
 
 /// `user_regs`: the locking task's user registers when it is the owner (its stack is
-/// appended under --stacks), null otherwise.
+/// appended under --stacks), null otherwise; `slot`: the caller's scratch slot.
 #[expect(
     clippy::too_many_arguments,
     reason = "the record's fields, each written once"
@@ -198,8 +202,10 @@ fn emit_change(
     ret: i64,
     compat: u32,
     user_regs: *const aya_ebpf::bindings::pt_regs,
+    slot: u32,
 ) {
-    let Some(mut record) = stack::Record::<MmChangeEvent>::start(Probe::MmLock, user_regs) else {
+    let Some(mut record) = stack::Record::<MmChangeEvent>::start(Probe::MmLock, user_regs, slot)
+    else {
         return;
     };
     let event = record.as_mut_ptr();

@@ -66,7 +66,12 @@ pub fn mmap_region_ret(ctx: RetProbeContext) -> u32 {
         (*event).vm_flags = args.vm_flags;
         (*event).pgoff = args.pgoff;
         (*event).ret = ctx.ret::<i64>();
-        kernel::read_file(args.file, &offsets, &mut (*event).file);
+        kernel::read_file(
+            args.file,
+            &offsets,
+            &mut (*event).file,
+            crate::emit::OTHER_SLOT,
+        );
     }
     entry.submit(0);
     0

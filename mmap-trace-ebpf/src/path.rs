@@ -42,18 +42,21 @@ pub struct PathScratch {
 }
 
 #[map]
-static PATH_SCRATCH: PerCpuArray<PathScratch> = PerCpuArray::with_max_entries(1, 0);
+static PATH_SCRATCH: PerCpuArray<PathScratch> =
+    PerCpuArray::with_max_entries(crate::emit::SCRATCH_SLOTS, 0);
 
 /// Replaces `out.name` (the leaf name) with the path of `struct file *file`, leaf to root,
 /// and sets `out.flags` and `out.name_len`. Leaves `out` as it is if the scratch buffer
-/// is missing or no name could be read.
+/// is missing or no name could be read. `slot`: the calling program's scratch slot
+/// (`emit::SCRATCH_SLOTS`).
 #[inline(always)]
-pub fn walk(file: u64, o: &KernelOffsets, out: &mut FileId) {
-    let Some(s) = PATH_SCRATCH.get_ptr_mut(0) else {
+pub fn walk(file: u64, o: &KernelOffsets, out: &mut FileId, slot: u32) {
+    let Some(s) = PATH_SCRATCH.get_ptr_mut(slot) else {
         return;
     };
-    // SAFETY: (all accesses to `*s`) a per-CPU map value; the program cannot be preempted
-    // on this CPU while it runs. Volatile so each step reloads them (see PathScratch).
+    // SAFETY: (all accesses to `*s`) a per-CPU map value in the slot only this program
+    // uses on this CPU (emit::SCRATCH_SLOTS). Volatile so each step reloads them (see
+    // PathScratch).
     let off = unsafe { &raw mut (*s).off };
     // SAFETY: the per-CPU scratch slot this program owns while it runs (see PathScratch).
     let flags = unsafe { &raw mut (*s).flags };

@@ -41,7 +41,8 @@ const SCRATCH_BYTES: usize = core::mem::size_of::<Stacked<MmapEvent>>();
 /// only the part of the stack copy that was filled (`bpf_ringbuf_output`), where a
 /// reservation would take the whole 8 KiB every time.
 #[map]
-static SCRATCH: PerCpuArray<[u64; SCRATCH_BYTES / 8]> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<[u64; SCRATCH_BYTES / 8]> =
+    PerCpuArray::with_max_entries(emit::SCRATCH_SLOTS, 0);
 
 /// A record of type `T` being written: in the ring (reserved), or, when `--stacks` is on,
 /// in the per-CPU scratch, to be copied to the ring with the stack appended. The caller
@@ -60,12 +61,13 @@ pub struct Record<T: 'static> {
 }
 
 impl<T: 'static> Record<T> {
-    /// `regs`: the task's user `pt_regs` (null: no stack for this record).
+    /// `regs`: the task's user `pt_regs` (null: no stack for this record). `slot`: the
+    /// calling program's scratch slot (`emit::SCRATCH_SLOTS`).
     #[inline(always)]
-    pub fn start(probe: Probe, regs: *const pt_regs) -> Option<Self> {
+    pub fn start(probe: Probe, regs: *const pt_regs, slot: u32) -> Option<Self> {
         const { assert!(core::mem::size_of::<Stacked<T>>() <= SCRATCH_BYTES) };
         if wanted() && !regs.is_null() {
-            let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+            let Some(scratch) = SCRATCH.get_ptr_mut(slot) else {
                 emit::count_lost(probe);
                 return None;
             };

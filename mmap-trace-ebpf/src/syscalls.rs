@@ -249,6 +249,7 @@ fn on_exit(ctx: &RawTracePointContext, copy: u32) -> i32 {
                 args,
                 ctx.arg::<i64>(1),
                 user_regs,
+                copy,
             );
             return 0;
         }
@@ -305,10 +306,10 @@ fn on_exit(ctx: &RawTracePointContext, copy: u32) -> i32 {
     let header = emit::header(EventKind::Syscall, probe, &task);
     let ret = ctx.arg::<i64>(1);
     if probe == Probe::Mmap {
-        emit_mmap(header, enter_ts_ns, args, ret, user_regs);
+        emit_mmap(header, enter_ts_ns, args, ret, user_regs, copy);
         return 0;
     }
-    let Some(mut record) = stack::Record::<SyscallEvent>::start(probe, user_regs) else {
+    let Some(mut record) = stack::Record::<SyscallEvent>::start(probe, user_regs, copy) else {
         return 0;
     };
     // SAFETY: a record of this type, ours until submit; written field by field, in place
@@ -349,11 +350,12 @@ fn emit_mmap(
     args: [u64; 6],
     ret: i64,
     user_regs: *const pt_regs,
+    slot: u32,
 ) {
     header.kind = EventKind::Mmap as u32;
     let fd = args[4] as i32;
     let maps_file = args[3] & MAP_ANONYMOUS == 0 && fd >= 0 && !(-4095..0).contains(&ret);
-    let Some(mut record) = stack::Record::<MmapEvent>::start(Probe::Mmap, user_regs) else {
+    let Some(mut record) = stack::Record::<MmapEvent>::start(Probe::Mmap, user_regs, slot) else {
         return;
     };
     let event = record.as_mut_ptr();
@@ -362,7 +364,9 @@ fn emit_mmap(
     unsafe {
         fill_call(&raw mut (*event).call, header, enter_ts_ns, args, ret);
         match kernel::offsets() {
-            Some(offsets) if maps_file => kernel::read_fd_file(fd, &offsets, &mut (*event).file),
+            Some(offsets) if maps_file => {
+                kernel::read_fd_file(fd, &offsets, &mut (*event).file, slot)
+            }
             _ => kernel::no_file(&mut (*event).file),
         }
     }

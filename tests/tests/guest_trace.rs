@@ -174,6 +174,7 @@ fn check_device_mapping(kind: DeviceKind, pages: u64, offset: u64) {
                 "{expected:x?}"
             );
         }
+        DeviceKind::Fault => panic!("the fault device maps pages on touch, not at mmap"),
         DeviceKind::Vmalloc => {
             assert_eq!(
                 remaps.len() as u64,

@@ -18,7 +18,11 @@ use crate::{kernel::btf, kernel::tracefs};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mmap-trace"));
 
 /// The kernel functions the driver's file operations use for mmap (see driver/).
-pub const DEFAULT_DRIVER_HOOKS: &[&str] = &["mmtrace_kmalloc_mmap", "mmtrace_vmalloc_mmap"];
+pub const DEFAULT_DRIVER_HOOKS: &[&str] = &[
+    "mmtrace_kmalloc_mmap",
+    "mmtrace_vmalloc_mmap",
+    "mmtrace_fault_mmap",
+];
 
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 

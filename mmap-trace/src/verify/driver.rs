@@ -197,7 +197,13 @@ fn check_device(
     if pages == 0 || offset + pages > npages {
         bail!("--offset {offset} --pages {pages} does not fit the {npages}-page buffer");
     }
-    if config.private && kind == DeviceKind::Vmalloc {
+    if kind == DeviceKind::Fault {
+        bail!(
+            "{}: verify-driver does not check the lazy (fault) device yet",
+            device.display()
+        );
+    }
+    if config.private && !kind.serves_private() {
         bail!(
             "{} serves shared mappings only (page-by-page remap_pfn_range cannot serve a private mapping); drop --private",
             device.display()
@@ -376,13 +382,13 @@ fn check_remaps(
             .first()
             .map(|r| (0..r.size / PAGE).map(|i| r.pfn + i).collect())
             .unwrap_or_default(),
-        DeviceKind::Vmalloc => remaps.iter().map(|r| r.pfn).collect(),
+        DeviceKind::Vmalloc | DeviceKind::Fault => remaps.iter().map(|r| r.pfn).collect(),
     };
     let shape_ok = match kind {
         DeviceKind::Kmalloc => {
             remaps.len() == 1 && remaps[0].addr == m.addr && remaps[0].size == m.len
         }
-        DeviceKind::Vmalloc => {
+        DeviceKind::Vmalloc | DeviceKind::Fault => {
             remaps.len() as u64 == m.len / PAGE
                 && remaps
                     .iter()
@@ -396,7 +402,7 @@ fn check_remaps(
     checks.add(
         match kind {
             DeviceKind::Kmalloc => "one remap_pfn_range for the whole VMA",
-            DeviceKind::Vmalloc => "one remap_pfn_range per page",
+            DeviceKind::Vmalloc | DeviceKind::Fault => "one remap_pfn_range per page",
         },
         shape_ok && same_vma,
         format!("{} calls", remaps.len()),

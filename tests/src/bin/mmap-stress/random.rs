@@ -4,7 +4,7 @@ use super::*;
 
 pub(crate) struct Fds {
     /// [kind][0: O_RDWR, 1: O_RDONLY]
-    pub(crate) fds: [[i32; 2]; 2],
+    pub(crate) fds: [[i32; 2]; DeviceKind::ALL.len()],
 }
 
 pub(crate) struct Tally {
@@ -729,7 +729,7 @@ impl Client {
     }
 
     /// /proc/self/maps and the driver's counters against the model; every mapped byte
-    /// and both buffers against the model.
+    /// and every buffer against the model.
     pub(crate) fn check_all(&mut self) {
         self.t.checks += 1;
         let what = std::mem::replace(&mut self.what, "check".into());
@@ -854,7 +854,7 @@ pub(crate) fn predict_mmap(
     if pgoff + alen / PAGE > npages {
         return Err(libc::EINVAL);
     }
-    if kind == DeviceKind::Vmalloc && !shared {
+    if !kind.serves_private() && !shared {
         return Err(libc::EINVAL);
     }
     Ok(())

@@ -36,6 +36,8 @@ pub enum EventKind {
     Mmap = 7,
     Fork = 8,
     MmChange = 9,
+    /// One call of the page-insertion family (vm_insert_page and kin).
+    PageInsert = 14,
 }
 
 impl EventKind {
@@ -50,6 +52,7 @@ impl EventKind {
             7 => Some(Self::Mmap),
             8 => Some(Self::Fork),
             9 => Some(Self::MmChange),
+            14 => Some(Self::PageInsert),
             _ => None,
         }
     }
@@ -78,12 +81,28 @@ pub enum Probe {
     MmLock = 10,
     /// `sched/sched_process_fork` of a followed process (`--follow-forks`, verify).
     Fork = 11,
+    /// The page-insertion family, a kprobe each, one [`PageInsertEvent`] per call.
+    /// `vm_insert_page(vma, addr, page)`: one page, usually from a `.fault` handler.
+    VmInsertPage = 15,
+    /// `vm_insert_pages(vma, addr, pages, &num)`: a batch.
+    VmInsertPages = 16,
+    /// `vmf_insert_pfn(vma, addr, pfn)` and `vmf_insert_pfn_prot(…, prot)`.
+    VmfInsertPfn = 17,
+    /// `vmf_insert_mixed(vma, addr, pfn)`.
+    VmfInsertMixed = 18,
+    /// `vm_iomap_memory(vma, phys, len)`.
+    VmIomapMemory = 19,
+    /// `remap_vmalloc_range_partial(vma, uaddr, kaddr, pgoff, size)`, which
+    /// `remap_vmalloc_range` calls.
+    RemapVmallocRange = 20,
 }
 
-pub const PROBE_COUNT: usize = 12;
+/// One past the highest [`Probe`] number (the lost-event counters are indexed by it).
+pub const PROBE_COUNT: usize = 21;
 
 impl Probe {
-    pub const ALL: [Probe; PROBE_COUNT] = [
+    /// Every probe, in number order (numbers 12..=14 are reserved and unused here).
+    pub const ALL: [Probe; 18] = [
         Probe::Mmap,
         Probe::Munmap,
         Probe::Mprotect,
@@ -96,6 +115,12 @@ impl Probe {
         Probe::PageCache,
         Probe::MmLock,
         Probe::Fork,
+        Probe::VmInsertPage,
+        Probe::VmInsertPages,
+        Probe::VmfInsertPfn,
+        Probe::VmfInsertMixed,
+        Probe::VmIomapMemory,
+        Probe::RemapVmallocRange,
     ];
 
     /// The name users pass to `--probes` and see in summaries.
@@ -113,15 +138,24 @@ impl Probe {
             Probe::PageCache => "page_cache",
             Probe::MmLock => "mm_lock",
             Probe::Fork => "fork",
+            Probe::VmInsertPage => "vm_insert_page",
+            Probe::VmInsertPages => "vm_insert_pages",
+            Probe::VmfInsertPfn => "vmf_insert_pfn",
+            Probe::VmfInsertMixed => "vmf_insert_mixed",
+            Probe::VmIomapMemory => "vm_iomap_memory",
+            Probe::RemapVmallocRange => "remap_vmalloc_range",
         }
     }
 
     pub const fn from_u32(v: u32) -> Option<Self> {
-        if (v as usize) < PROBE_COUNT {
-            Some(Self::ALL[v as usize])
-        } else {
-            None
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i] as u32 == v {
+                return Some(Self::ALL[i]);
+            }
+            i += 1;
         }
+        None
     }
 
     /// Syscall probes are tracepoints (available everywhere).
@@ -134,7 +168,40 @@ impl Probe {
         matches!(
             self,
             Probe::MmapRegion | Probe::RemapPfnRange | Probe::DriverMmap
+        ) || self.is_page_insert()
+    }
+
+    /// The page-insertion family (one [`PageInsertEvent`] per call).
+    pub const fn is_page_insert(self) -> bool {
+        matches!(
+            self,
+            Probe::VmInsertPage
+                | Probe::VmInsertPages
+                | Probe::VmfInsertPfn
+                | Probe::VmfInsertMixed
+                | Probe::VmIomapMemory
+                | Probe::RemapVmallocRange
         )
+    }
+
+    /// The kernel functions a kernel-function probe attaches to (all present ones; the
+    /// second of a pair is the variant the first may call, see `trace --help`). The same
+    /// names from 6.1 to 7.2: since 6.13 `mmap_region()` (mm/vma.c) only checks the flags
+    /// and calls `__mmap_region()` with the same arguments and return value, so its
+    /// kprobe and kretprobe still see every mapping (checked in the 6.12.95 and 7.2.13
+    /// guests).
+    pub const fn kernel_functions(self) -> &'static [&'static str] {
+        match self {
+            Probe::MmapRegion => &["mmap_region"],
+            Probe::RemapPfnRange => &["remap_pfn_range"],
+            Probe::VmInsertPage => &["vm_insert_page"],
+            Probe::VmInsertPages => &["vm_insert_pages"],
+            Probe::VmfInsertPfn => &["vmf_insert_pfn", "vmf_insert_pfn_prot"],
+            Probe::VmfInsertMixed => &["vmf_insert_mixed"],
+            Probe::VmIomapMemory => &["vm_iomap_memory"],
+            Probe::RemapVmallocRange => &["remap_vmalloc_range_partial"],
+            _ => &[],
+        }
     }
 }
 
@@ -244,6 +311,38 @@ pub struct RemapPfnEvent {
     pub size: u64,
     /// `pgprot_val(prot)`.
     pub prot: u64,
+}
+
+/// One call of the page-insertion family, at entry (the [`Probe`] says which function).
+/// Fields a function does not take are 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PageInsertEvent {
+    pub header: EventHeader,
+    pub vma: VmaFields,
+    /// The first user address (`vm_iomap_memory`: the VMA's start).
+    pub addr: u64,
+    /// The first PFN: the argument, or computed from the `struct page *` (vmemmap);
+    /// 0 for `remap_vmalloc_range` (its pages come as `vm_insert_page` events).
+    pub pfn: u64,
+    /// Pages asked for (`vm_insert_pages`: `*num` at entry).
+    pub pages: u64,
+    /// `remap_vmalloc_range`: the vmalloc address; `vm_iomap_memory`: the physical
+    /// address; else 0.
+    pub kaddr: u64,
+}
+
+/// How the probes turn a `struct page *` into a PFN on x86-64 (SPARSEMEM_VMEMMAP):
+/// `(page - *vmemmap_base) / page_size`. Set by the loader from /proc/kallsyms and BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageMap {
+    /// The address of the kernel's `vmemmap_base` variable (0: use `vmemmap`).
+    pub vmemmap_base_addr: u64,
+    /// The vmemmap start when the kernel has no `vmemmap_base` (fixed layout).
+    pub vmemmap: u64,
+    /// `sizeof(struct page)`; 0: no conversion (PFNs read as 0).
+    pub page_size: u64,
 }
 
 /// The driver's `mmap(file, vma)` file operation: the VMA as received and as returned.
@@ -447,6 +546,8 @@ mod pod {
     unsafe impl aya::Pod for super::FilemapFormat {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TaskOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PageMap {}
 }
 
 /// Bytes the CLI expects for each record kind.
@@ -461,6 +562,7 @@ pub const fn record_size(kind: EventKind) -> usize {
         EventKind::Mmap => core::mem::size_of::<MmapEvent>(),
         EventKind::Fork => core::mem::size_of::<ForkEvent>(),
         EventKind::MmChange => core::mem::size_of::<MmChangeEvent>(),
+        EventKind::PageInsert => core::mem::size_of::<PageInsertEvent>(),
     }
 }
 

@@ -91,6 +91,19 @@ impl KernelBtf {
         })
     }
 
+    /// `sizeof(struct page)`, for the page-insertion probes' vmemmap arithmetic.
+    pub fn struct_page_size(&self) -> Result<u64> {
+        match self
+            .btf
+            .resolve_types_by_name("page")?
+            .into_iter()
+            .find(|t| matches!(t, Type::Struct(_)))
+        {
+            Some(Type::Struct(page)) => Ok(page.size() as u64),
+            _ => bail!("BTF in {}: no struct page", self.path.display()),
+        }
+    }
+
     /// What the fork and catch-all programs read from `task_struct`.
     pub fn task_offsets(&self) -> Result<TaskOffsets> {
         Ok(TaskOffsets {

@@ -8,7 +8,7 @@ use aya::maps::{MapData, RingBuf};
 use mmap_trace_common::{
     DriverMmapEvent, EventHeader, EventKind, ExecEvent, FILE_PATH_FULL, FILE_PATH_TRUNCATED,
     FILE_UNLINKED, FileId, ForkEvent, MmChangeEvent, MmapEvent, MmapRegionEvent, PageCacheEvent,
-    Probe, RemapPfnEvent, SyscallEvent, record_size,
+    PageInsertEvent, Probe, RemapPfnEvent, SyscallEvent, record_size,
 };
 
 /// The one drain policy, for every command: each record the ring buffer holds, in order,
@@ -53,6 +53,8 @@ pub enum Event {
     Mmap(MmapEvent),
     MmapRegion(MmapRegionEvent),
     RemapPfn(RemapPfnEvent),
+    /// vm_insert_page and the rest of the page-insertion family.
+    PageInsert(PageInsertEvent),
     DriverMmap(DriverMmapEvent),
     Exec(ExecEvent),
     PageCache(PageCacheEvent),
@@ -111,6 +113,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         Probe::PageCache => EventKind::PageCache,
         Probe::Fork => EventKind::Fork,
         Probe::MmLock => EventKind::MmChange,
+        p if p.is_page_insert() => EventKind::PageInsert,
         _ => EventKind::DriverMmap,
     };
     if kind != expected_kind {
@@ -131,6 +134,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::Mmap => Event::Mmap(read(bytes)?),
         EventKind::MmapRegion => Event::MmapRegion(read(bytes)?),
         EventKind::RemapPfn => Event::RemapPfn(read(bytes)?),
+        EventKind::PageInsert => Event::PageInsert(read(bytes)?),
         EventKind::DriverMmap => Event::DriverMmap(read(bytes)?),
         EventKind::Exec => Event::Exec(read(bytes)?),
         EventKind::PageCache => Event::PageCache(read(bytes)?),
@@ -146,6 +150,7 @@ impl Event {
             Event::Mmap(e) => &e.call.header,
             Event::MmapRegion(e) => &e.header,
             Event::RemapPfn(e) => &e.header,
+            Event::PageInsert(e) => &e.header,
             Event::DriverMmap(e) => &e.header,
             Event::Exec(e) => &e.header,
             Event::PageCache(e) => &e.header,

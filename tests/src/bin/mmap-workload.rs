@@ -2,7 +2,7 @@
 //! per line, exactly what it asked for and what the kernel answered. The tests compare
 //! that account with what `mmap-trace trace` saw, call by call.
 //!
-//! Usage: mmap-workload [--device PATH [--pages N] [--offset PAGES] [--private]]
+//! Usage: mmap-workload [--device PATH [--pages N] [--offset PAGES] [--private] [--touch]]
 //!                      [--loop N] [--scenario NAME] [--ia32]
 //!
 //! Without --scenario: one sequence touching every traced call. Scenarios (for verify):
@@ -164,6 +164,14 @@ fn main() {
             &[0, pages * PAGE, rw, kind as u64, dfd as u64, offset * PAGE],
         );
         if d > 0 {
+            // --touch: read one byte of each page, last page first, so a device that
+            // maps on the first touch inserts them one by one, in that order.
+            if args.iter().any(|a| a == "--touch") {
+                for page in (0..pages).rev() {
+                    // SAFETY: inside the mapping just made.
+                    unsafe { std::ptr::read_volatile((d as u64 + page * PAGE) as *const u8) };
+                }
+            }
             rec.call("munmap", libc::SYS_munmap, &[d as u64, pages * PAGE]);
         }
         // SAFETY: closing our own fd.

@@ -438,14 +438,30 @@ static int mmtrace_follow_pfn(struct vm_area_struct *vma, unsigned long addr,
 }
 
 /*
+ * The page get_user_pages() finds at @addr of the current process without
+ * faulting anything in (FOLL_NOFAULT), with a reference; mmap lock held.
+ * The vmas argument went away in 6.5 (see mmtrace_follow_pfn() for why
+ * this module tests LINUX_VERSION_CODE).
+ */
+static long mmtrace_get_page(unsigned long addr, struct page **page)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 5, 0)
+	return get_user_pages(addr, 1, FOLL_NOFAULT, page);
+#else
+	return get_user_pages(addr, 1, FOLL_NOFAULT, page, NULL);
+#endif
+}
+
+/*
  * What the page table holds for @addr in @vma, a VMA of the current process
  * (mmap lock held), whoever mapped it. The walks a module may call differ
  * by VMA: the follow_pfn() family serves only VM_IO/VM_PFNMAP VMAs, and
  * pte_offset_map_lock() is not exported from 6.5 on. Every other VMA maps
- * struct pages, which get_user_page_fast_only() looks up without faulting
- * anything in. A PTE it cannot take reads as not present: a special PFN of
- * a VM_MIXEDMAP VMA (vmf_insert_mixed() of memory without struct page), a
- * PROT_NONE page, a swapped-out page.
+ * struct pages, which GUP finds (GUP-fast would not do: from 6.12 it refuses
+ * a page without a ->mapping, such as a driver's vmalloc page). A PTE GUP
+ * cannot take reads as not present: a special PFN of a VM_MIXEDMAP VMA
+ * (vmf_insert_mixed() of memory without struct page), a PROT_NONE or
+ * write-only page, a swapped-out page.
  */
 static int mmtrace_pte_pfn(struct vm_area_struct *vma, unsigned long addr,
 			   unsigned long *pfn)
@@ -454,7 +470,7 @@ static int mmtrace_pte_pfn(struct vm_area_struct *vma, unsigned long addr,
 
 	if (vma->vm_flags & (VM_IO | VM_PFNMAP))
 		return mmtrace_follow_pfn(vma, addr, pfn);
-	if (vma->vm_mm != current->mm || !get_user_page_fast_only(addr, 0, &page))
+	if (vma->vm_mm != current->mm || mmtrace_get_page(addr, &page) != 1)
 		return -EFAULT;
 	*pfn = page_to_pfn(page);
 	put_page(page);

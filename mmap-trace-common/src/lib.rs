@@ -298,6 +298,10 @@ pub struct MmapRegionEvent {
     /// The mapped address, or a negative errno.
     pub ret: i64,
     pub file: FileId,
+    /// The file's `f_op->mmap`, the function that maps it: what `verify-driver --device`
+    /// names through /proc/kallsyms. 0: anonymous, none (6.17+ drivers may have only
+    /// `mmap_prepare`) or unknown.
+    pub mmap_hook: u64,
 }
 
 /// `remap_pfn_range(vma, addr, pfn, size, prot)` at entry.
@@ -488,6 +492,9 @@ pub struct KernelOffsets {
     pub files_fdt: u32,
     pub fdt_max_fds: u32,
     pub fdt_fd: u32,
+    /// `file.f_op` and `file_operations.mmap`, for [`MmapRegionEvent::mmap_hook`].
+    pub file_f_op: u32,
+    pub fops_mmap: u32,
     /// Non-zero once userspace filled the table; kernel probes emit nothing before.
     pub valid: u32,
 }

@@ -31,6 +31,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     files_fdt: 0,
     fdt_max_fds: 0,
     fdt_fd: 0,
+    file_f_op: 0,
+    fops_mmap: 0,
     valid: 0,
 };
 

@@ -313,9 +313,13 @@ impl Cli {
             }
             Command::VerifyDriver(args) => {
                 let devices = if args.device.is_empty() {
-                    ["/dev/mmtrace-kmalloc", "/dev/mmtrace-vmalloc"]
-                        .map(PathBuf::from)
-                        .to_vec()
+                    [
+                        "/dev/mmtrace-kmalloc",
+                        "/dev/mmtrace-vmalloc",
+                        "/dev/mmtrace-fault",
+                    ]
+                    .map(PathBuf::from)
+                    .to_vec()
                 } else {
                     args.device
                 };

@@ -63,6 +63,8 @@ impl KernelBtf {
             files_fdt: self.offset("files_struct", &["fdt"])?,
             fdt_max_fds: self.offset("fdtable", &["max_fds"])?,
             fdt_fd: self.offset("fdtable", &["fd"])?,
+            file_f_op: self.offset("file", &["f_op"])?,
+            fops_mmap: self.offset("file_operations", &["mmap"])?,
             valid: 1,
             ..KernelOffsets::default()
         };

@@ -159,6 +159,12 @@ fn range_walk_reads_any_mapping_of_the_caller() -> Result<()> {
             got == want,
             "{kind:?}: range walk {got:x?}, per-device file {want:x?}"
         );
+        // The touched page (the mapping's third, buffer page 3) holds its buffer PFN.
+        let pfn = buffer_pfns(kind)?[3];
+        ensure!(
+            got.get(2).and_then(|(_, p)| *p) == Some(pfn),
+            "{kind:?}: touched page: range walk {got:x?}, want PFN {pfn:#x} in row 2"
+        );
         maps.push((dev, map));
     }
     // An anonymous mapping nobody's driver made: the same PFNs as pagemap; a page not

@@ -95,14 +95,17 @@ pub enum Probe {
     /// `remap_vmalloc_range_partial(vma, uaddr, kaddr, pgoff, size)`, which
     /// `remap_vmalloc_range` calls.
     RemapVmallocRange = 20,
+    /// `mmap_action_complete(vma, action, compat)` (6.17+): the kernel completing what an
+    /// `f_op->mmap_prepare` driver asked for (remap, I/O remap, kernel pages).
+    MmapAction = 21,
 }
 
 /// One past the highest [`Probe`] number (the lost-event counters are indexed by it).
-pub const PROBE_COUNT: usize = 21;
+pub const PROBE_COUNT: usize = 22;
 
 impl Probe {
     /// Every probe, in number order (numbers 12..=14 are reserved and unused here).
-    pub const ALL: [Probe; 18] = [
+    pub const ALL: [Probe; 19] = [
         Probe::Mmap,
         Probe::Munmap,
         Probe::Mprotect,
@@ -121,6 +124,7 @@ impl Probe {
         Probe::VmfInsertMixed,
         Probe::VmIomapMemory,
         Probe::RemapVmallocRange,
+        Probe::MmapAction,
     ];
 
     /// The name users pass to `--probes` and see in summaries.
@@ -144,6 +148,7 @@ impl Probe {
             Probe::VmfInsertMixed => "vmf_insert_mixed",
             Probe::VmIomapMemory => "vm_iomap_memory",
             Probe::RemapVmallocRange => "remap_vmalloc_range",
+            Probe::MmapAction => "mmap_action",
         }
     }
 
@@ -181,6 +186,7 @@ impl Probe {
                 | Probe::VmfInsertMixed
                 | Probe::VmIomapMemory
                 | Probe::RemapVmallocRange
+                | Probe::MmapAction
         )
     }
 
@@ -200,6 +206,7 @@ impl Probe {
             Probe::VmfInsertMixed => &["vmf_insert_mixed"],
             Probe::VmIomapMemory => &["vm_iomap_memory"],
             Probe::RemapVmallocRange => &["remap_vmalloc_range_partial"],
+            Probe::MmapAction => &["mmap_action_complete"],
             _ => &[],
         }
     }
@@ -299,9 +306,11 @@ pub struct MmapRegionEvent {
     pub ret: i64,
     pub file: FileId,
     /// The file's `f_op->mmap`, the function that maps it: what `verify-driver --device`
-    /// names through /proc/kallsyms. 0: anonymous, none (6.17+ drivers may have only
-    /// `mmap_prepare`) or unknown.
+    /// names through /proc/kallsyms. 0: anonymous, none or unknown.
     pub mmap_hook: u64,
+    /// The file's `f_op->mmap_prepare` (6.17+: the driver describes the mapping in a
+    /// `vm_area_desc` and the kernel completes it, see [`Probe::MmapAction`]); 0: none.
+    pub mmap_prepare_hook: u64,
 }
 
 /// `remap_pfn_range(vma, addr, pfn, size, prot)` at entry.
@@ -331,10 +340,23 @@ pub struct PageInsertEvent {
     pub pfn: u64,
     /// Pages asked for (`vm_insert_pages`: `*num` at entry).
     pub pages: u64,
-    /// `remap_vmalloc_range`: the vmalloc address; `vm_iomap_memory`: the physical
-    /// address; else 0.
+    /// `remap_vmalloc_range`: the vmalloc address; `vm_iomap_memory` and a simple I/O
+    /// remap `mmap_action`: the physical address; else 0.
     pub kaddr: u64,
+    /// `mmap_action`: the action's `enum mmap_action_type` value ([`MMAP_ACTION_NAMES`]);
+    /// 0 for the other probes.
+    pub action: u32,
+    pub _pad: u32,
 }
+
+/// `enum mmap_action_type` (include/linux/mm_types.h, 7.2), by value.
+pub const MMAP_ACTION_NAMES: [&str; 5] = [
+    "nothing",
+    "remap_pfn",
+    "io_remap_pfn",
+    "simple_io_remap",
+    "map_kernel_pages",
+];
 
 /// How the probes turn a `struct page *` into a PFN on x86-64 (SPARSEMEM_VMEMMAP):
 /// `(page - *vmemmap_base) / page_size`. Set by the loader from /proc/kallsyms and BTF.
@@ -492,9 +514,23 @@ pub struct KernelOffsets {
     pub files_fdt: u32,
     pub fdt_max_fds: u32,
     pub fdt_fd: u32,
-    /// `file.f_op` and `file_operations.mmap`, for [`MmapRegionEvent::mmap_hook`].
+    /// `file.f_op`, `file_operations.mmap` and `.mmap_prepare` (0: not in this kernel),
+    /// for [`MmapRegionEvent::mmap_hook`].
     pub file_f_op: u32,
     pub fops_mmap: u32,
+    pub fops_mmap_prepare: u32,
+    /// `struct mmap_action` (6.17+; 0 where absent): `type` and the union members the
+    /// [`Probe::MmapAction`] probe reads.
+    pub action_type: u32,
+    pub action_remap_start: u32,
+    pub action_remap_pfn: u32,
+    pub action_remap_size: u32,
+    pub action_ioremap_phys: u32,
+    pub action_ioremap_size: u32,
+    pub action_kernel_start: u32,
+    pub action_kernel_pages: u32,
+    pub action_kernel_nr_pages: u32,
+    pub action_kernel_pgoff: u32,
     /// Non-zero once userspace filled the table; kernel probes emit nothing before.
     pub valid: u32,
 }

@@ -33,6 +33,17 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     fdt_fd: 0,
     file_f_op: 0,
     fops_mmap: 0,
+    fops_mmap_prepare: 0,
+    action_type: 0,
+    action_remap_start: 0,
+    action_remap_pfn: 0,
+    action_remap_size: 0,
+    action_ioremap_phys: 0,
+    action_ioremap_size: 0,
+    action_kernel_start: 0,
+    action_kernel_pages: 0,
+    action_kernel_nr_pages: 0,
+    action_kernel_pgoff: 0,
     valid: 0,
 };
 

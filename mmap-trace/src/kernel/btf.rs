@@ -66,7 +66,7 @@ impl KernelBtf {
             file_f_op: self.offset("file", &["f_op"])?,
             fops_mmap: self.offset("file_operations", &["mmap"])?,
             valid: 1,
-            ..KernelOffsets::default()
+            ..self.mmap_prepare_offsets()
         };
         Ok(match self.path_walk_offsets(offsets) {
             Ok(with_walk) => with_walk,
@@ -91,6 +91,39 @@ impl KernelBtf {
             walk_paths: 1,
             ..o
         })
+    }
+
+    /// The 6.17+ mmap_prepare machinery (`file_operations.mmap_prepare`, `struct
+    /// mmap_action`); all 0 on kernels without it, which turns its reads off.
+    fn mmap_prepare_offsets(&self) -> KernelOffsets {
+        let get = |ty: &str, fields: &[&str]| self.offset(ty, fields).ok();
+        let action = |fields: &[&str]| get("mmap_action", fields);
+        match (
+            get("file_operations", &["mmap_prepare"]),
+            action(&["type"]),
+            action(&["remap", "start"]),
+            action(&["remap", "start_pfn"]),
+            action(&["remap", "size"]),
+        ) {
+            (Some(prepare), Some(ty), Some(start), Some(pfn), Some(size)) => KernelOffsets {
+                fops_mmap_prepare: prepare,
+                action_type: ty,
+                action_remap_start: start,
+                action_remap_pfn: pfn,
+                action_remap_size: size,
+                action_ioremap_phys: action(&["simple_ioremap", "start_phys_addr"]).unwrap_or(0),
+                action_ioremap_size: action(&["simple_ioremap", "size"]).unwrap_or(0),
+                action_kernel_start: action(&["map_kernel", "start"]).unwrap_or(0),
+                action_kernel_pages: action(&["map_kernel", "pages"]).unwrap_or(0),
+                action_kernel_nr_pages: action(&["map_kernel", "nr_pages"]).unwrap_or(0),
+                action_kernel_pgoff: action(&["map_kernel", "pgoff"]).unwrap_or(0),
+                ..KernelOffsets::default()
+            },
+            (prepare, ..) => KernelOffsets {
+                fops_mmap_prepare: prepare.unwrap_or(0),
+                ..KernelOffsets::default()
+            },
+        }
     }
 
     /// `sizeof(struct page)`, for the page-insertion probes' vmemmap arithmetic.

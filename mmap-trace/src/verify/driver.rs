@@ -289,13 +289,22 @@ fn symbol_at(kallsyms: &str, addr: u64) -> Option<String> {
     })
 }
 
+/// A device's mmap hook, by its symbol.
+enum Hook {
+    /// `f_op->mmap(file, vma)`: the driver_mmap probe sees the VMA before and after.
+    Mmap(String),
+    /// `f_op->mmap_prepare(desc)` (6.17+): the driver fills a `vm_area_desc` before the
+    /// VMA exists and the kernel completes the mapping (the mmap_action probe).
+    Prepare(String),
+}
+
 /// The device's mmap hook: one mmap of its first page under the mmap_region probe,
-/// which reads `file->f_op->mmap`; its name from /proc/kallsyms.
+/// which reads `file->f_op->mmap` (and `mmap_prepare`); its name from /proc/kallsyms.
 fn discover_hook(
     config: &VerifyDriverConfig,
     kallsyms: &str,
     device: &Path,
-) -> Result<Result<String, String>> {
+) -> Result<Result<Hook, String>> {
     let mut tracer = load(&config.btf, vec![Probe::MmapRegion], Vec::new())?;
     let mut ring = tracer.take_events()?;
     let (file, prot) = open(device)?;
@@ -306,18 +315,20 @@ fn discover_hook(
     let hook = decode::drain_all(&mut ring, &mut malformed)
         .iter()
         .find_map(|e| match e {
-            Event::MmapRegion(r) if r.ret as u64 == addr => Some(r.mmap_hook),
+            Event::MmapRegion(r) if r.ret as u64 == addr => {
+                Some((r.mmap_hook, r.mmap_prepare_hook))
+            }
             _ => None,
         });
+    let name = |a: u64, what: &str| {
+        symbol_at(kallsyms, a)
+            .ok_or_else(|| format!("{what} is {a:#x}, which /proc/kallsyms does not name"))
+    };
     Ok(match hook {
         None => Err("no mmap_region event for the discovery mmap".into()),
-        Some(0) => Err(
-            "the file has no f_op->mmap (6.17+ drivers may map through mmap_prepare, \
-                        which the kernel calls with a vm_area_desc, not the VMA)"
-                .into(),
-        ),
-        Some(a) => symbol_at(kallsyms, a)
-            .ok_or_else(|| format!("f_op->mmap is {a:#x}, which /proc/kallsyms does not name")),
+        Some((0, 0)) => Err("the file has neither f_op->mmap nor f_op->mmap_prepare".into()),
+        Some((0, prepare)) => name(prepare, "f_op->mmap_prepare").map(Hook::Prepare),
+        Some((mmap, _)) => name(mmap, "f_op->mmap").map(Hook::Mmap),
     })
 }
 
@@ -357,17 +368,22 @@ fn check_device(
         bail!("--pages 0: nothing to map");
     }
     let hook = discover_hook(config, kallsyms, device)?;
+    const FOUND: &str = "mmap hook found (f_op->mmap)";
     let hooks = match &hook {
-        Ok(name) => {
-            checks.add(
-                "mmap hook found (f_op->mmap)",
-                true,
-                format!("{name} (from /proc/kallsyms)"),
-            );
+        Ok(Hook::Mmap(name)) => {
+            checks.add(FOUND, true, format!("{name} (from /proc/kallsyms)"));
             vec![name.clone()]
         }
+        Ok(Hook::Prepare(name)) => {
+            checks.add(
+                FOUND,
+                true,
+                format!("{name} (f_op->mmap_prepare, from /proc/kallsyms)"),
+            );
+            Vec::new()
+        }
         Err(why) => {
-            checks.add("mmap hook found (f_op->mmap)", false, why.clone());
+            checks.add(FOUND, false, why.clone());
             Vec::new()
         }
     };
@@ -418,14 +434,7 @@ fn check_device(
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or(dev_name);
 
-    let hook_event = check_hook(
-        &mut checks,
-        &events,
-        &mapping,
-        offset,
-        &kernel_name,
-        hook.is_ok(),
-    );
+    let hook_event = check_hook(&mut checks, &events, &mapping, offset, &kernel_name, &hook);
     check_mmap_region(&mut checks, &events, &mapping, offset, &kernel_name);
     let traced = traced_pfns(&events, &mapping);
     check_api_flags(
@@ -515,10 +524,22 @@ fn traced_pfns(events: &[Event], m: &Mapping) -> BTreeMap<u64, (u64, &'static st
                     }
                 }
             }
-            Event::PageInsert(p) if p.vma.vm_start == m.addr && p.pfn != 0 && inside(p.addr) => {
+            // vm_iomap_memory's pages come as its remap_pfn_range event.
+            Event::PageInsert(p)
+                if p.vma.vm_start == m.addr
+                    && p.pfn != 0
+                    && inside(p.addr)
+                    && p.header.probe != Probe::VmIomapMemory as u32 =>
+            {
                 let probe = Probe::from_u32(p.header.probe).map_or("?", |p| p.name());
-                if !matches!(p.header.probe, x if x == Probe::VmIomapMemory as u32) {
-                    out.insert(p.addr, (p.pfn, probe));
+                // A remap action is one contiguous range; the others, their first page.
+                let contiguous =
+                    p.header.probe == Probe::MmapAction as u32 && p.action != MAP_KERNEL_PAGES;
+                let pages = if contiguous { p.pages } else { 1 };
+                for i in 0..pages {
+                    if inside(p.addr + i * PAGE) {
+                        out.entry(p.addr + i * PAGE).or_insert((p.pfn + i, probe));
+                    }
                 }
             }
             _ => {}
@@ -526,6 +547,9 @@ fn traced_pfns(events: &[Event], m: &Mapping) -> BTreeMap<u64, (u64, &'static st
     }
     out
 }
+
+/// `enum mmap_action_type`'s MMAP_MAP_KERNEL_PAGES (the others remap a PFN range).
+const MAP_KERNEL_PAGES: u32 = 4;
 
 fn insert_events<'a>(events: &'a [Event], m: &Mapping) -> Vec<&'a PageInsertEvent> {
     events
@@ -538,8 +562,8 @@ fn insert_events<'a>(events: &'a [Event], m: &Mapping) -> Vec<&'a PageInsertEven
 }
 
 /// The VMA flags the traced API implies: remap_pfn_range (and vm_iomap_memory, which
-/// calls it) sets IO|PFNMAP|DONTEXPAND|DONTDUMP; vm_insert_page(s) and vmf_insert_mixed
-/// need MIXEDMAP (vm_insert_page sets it when called from mmap); vmf_insert_pfn needs
+/// calls it, and an mmap_action remap) sets IO|PFNMAP|DONTEXPAND|DONTDUMP;
+/// vm_insert_page(s), vmf_insert_mixed and mapping kernel pages need MIXEDMAP (vm_insert_page sets it when called from mmap); vmf_insert_pfn needs
 /// PFNMAP or MIXEDMAP. Read from the latest VMA snapshot of an event.
 fn check_api_flags(
     checks: &mut Checks,
@@ -550,10 +574,14 @@ fn check_api_flags(
     skipped: &[String],
 ) {
     const CHECK: &str = "VMA flags match the mapping API";
+    let inserts = insert_events(events, m);
+    let action = |p: &&PageInsertEvent| p.header.probe == Probe::MmapAction as u32;
     let remapped = events
         .iter()
-        .any(|e| matches!(e, Event::RemapPfn(r) if r.vma.vm_start == m.addr));
-    let inserts = insert_events(events, m);
+        .any(|e| matches!(e, Event::RemapPfn(r) if r.vma.vm_start == m.addr))
+        || inserts
+            .iter()
+            .any(|p| action(p) && p.action != MAP_KERNEL_PAGES);
     // The VMA as it stood last: an insert after the hook returned (a fault), else the
     // hook's return (an insert during mmap saw the VMA before the driver was done).
     let hook_ts = hook.map_or(0, |h| h.header.ts_ns);
@@ -586,6 +614,7 @@ fn check_api_flags(
         ]
         .iter()
         .any(|x| *x as u32 == p.header.probe)
+            || (action(p) && p.action == MAP_KERNEL_PAGES)
     };
     if inserts.iter().any(|p| mixed(&p)) && flags & vm::MIXEDMAP == 0 {
         wrong.push("vm_insert_page(s)/vmf_insert_mixed without MIXEDMAP");
@@ -695,12 +724,25 @@ fn check_hook(
     m: &Mapping,
     offset: u64,
     name: &str,
-    hook_known: bool,
+    hook: &Result<Hook, String>,
 ) -> Option<DriverMmapEvent> {
     const CHECK: &str = "driver hook saw the VMA";
-    if !hook_known {
-        checks.na(CHECK, "no hook to attach to (see the check above)");
-        return None;
+    match hook {
+        Err(_) => {
+            checks.na(CHECK, "no hook to attach to (see the check above)");
+            return None;
+        }
+        Ok(Hook::Prepare(name)) => {
+            checks.na(
+                CHECK,
+                format!(
+                    "{name} is an mmap_prepare hook: it fills a vm_area_desc before the VMA \
+                     exists; mmap_region and the kernel's mmap_action describe the VMA"
+                ),
+            );
+            return None;
+        }
+        Ok(Hook::Mmap(_)) => {}
     }
     let hooks: Vec<&DriverMmapEvent> = events
         .iter()

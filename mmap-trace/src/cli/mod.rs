@@ -87,16 +87,20 @@ enum Command {
             mmap-trace verify --pid 1234 --json -o verify.jsonl"
     )]
     Verify(VerifyArgs),
-    /// Prove a mmtrace_drv mapping end to end: events, maps, PFNs, page tables, bytes.
+    /// Prove a driver's mmap end to end: events, maps, PFNs, page tables, bytes.
     ///
-    /// Maps each device in this process with the kernel probes attached and checks that
-    /// the driver hook, mmap_region and remap_pfn_range events describe the VMA that
-    /// /proc/self/maps shows (with VM_IO|VM_PFNMAP|VM_DONTEXPAND|VM_DONTDUMP set); that the
-    /// PFNs in the remap events, the driver's PFN list and the page tables agree; that
-    /// every page starts with aa bb cc dd and write()/read() are coherent with the
-    /// mapping; and that the driver's own VMA walk matches /proc/self/maps. Needs root,
-    /// kprobes and the mmtrace_drv module; uses a 1 MiB ring buffer. Exit status: 0 all
-    /// PASS, 1 any FAIL, 2 error.
+    /// Maps each character device in this process with the kernel probes attached,
+    /// touches every page, and checks: the device's mmap hook, found from the file's
+    /// f_op->mmap (or 6.17+ f_op->mmap_prepare) through /proc/kallsyms, and seen with the
+    /// VMA; mmap_region; the VMA flags the traced mapping API implies (remap_pfn_range and
+    /// vm_iomap_memory: IO|PFNMAP|DONTEXPAND|DONTDUMP; vm_insert_page(s), vmf_insert_mixed:
+    /// MIXEDMAP; vmf_insert_pfn: PFNMAP or MIXEDMAP); the PFNs the traced calls inserted ==
+    /// the page tables (the mmtrace_drv module's walk of this process); the
+    /// /proc/self/maps line; munmap. For mmtrace_drv's own devices also the driver's PFN
+    /// list, the aa bb cc dd pattern, write()/read() coherency and the driver's VMA walk.
+    /// A check that cannot apply says n/a and why, and never counts as a pass. Needs root
+    /// and kprobes; the page-table checks need the mmtrace_drv module. Exit status: 0 no
+    /// FAIL, 1 any FAIL, 2 error.
     #[command(name = "verify-driver")]
     VerifyDriver(VerifyDriverArgs),
     /// Bench only: an empty eBPF program on the syscall probes' attach point (raw
@@ -133,17 +137,19 @@ enum Command {
 
 #[derive(Args)]
 struct VerifyDriverArgs {
-    /// Device(s) to map (repeatable); default: /dev/mmtrace-kmalloc and /dev/mmtrace-vmalloc.
+    /// Character device(s) to map (repeatable), any driver's (e.g. /dev/hpet); default:
+    /// /dev/mmtrace-kmalloc, /dev/mmtrace-vmalloc and /dev/mmtrace-fault.
     #[arg(long, value_name = "PATH")]
     device: Vec<PathBuf>,
-    /// Map from this page of the buffer.
+    /// Map from this page of the device (the mmap offset, in pages).
     #[arg(long, value_name = "PAGES", default_value_t = 0)]
     offset: u64,
-    /// Pages to map (default: 4, or what is left after --offset).
+    /// Pages to map (mmtrace_drv's devices: default 4, or what is left after --offset;
+    /// any other device: default 1).
     #[arg(long, value_name = "N")]
     pages: Option<u64>,
-    /// MAP_PRIVATE instead of MAP_SHARED; the vmalloc device refuses copy-on-write
-    /// mappings, so give --device /dev/mmtrace-kmalloc with it.
+    /// MAP_PRIVATE instead of MAP_SHARED; mmtrace_drv's vmalloc device refuses
+    /// copy-on-write mappings (the kmalloc and fault devices serve them).
     #[arg(long)]
     private: bool,
     /// JSON Lines: one object per check, a summary last.

@@ -205,8 +205,9 @@ pub const RANGE_MAX_PAGES: u64 = 65536;
 /// The calling process's page tables for `[start, end)` (page aligned), whoever mapped
 /// it: (address, PFN or None when nothing is mapped there), one row per page. The
 /// driver reads PFNMAP/IO VMAs with the kernel's follow_pfn family and every other VMA
-/// with GUP-fast, which never faults a page in; a PTE neither can read (a special PFN in
-/// a MIXEDMAP VMA, PROT_NONE, swapped out) reads as None. Root only.
+/// with get_user_pages(FOLL_NOFAULT), which never faults a page in; a PTE neither can
+/// read (a special PFN in a MIXEDMAP VMA, PROT_NONE, swapped out) reads as None. Root
+/// only.
 pub fn range_page_table(start: u64, end: u64) -> Result<Vec<(u64, Option<u64>)>> {
     use std::io::{Read as _, Seek as _, Write as _};
     ensure!(

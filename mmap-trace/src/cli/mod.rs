@@ -26,7 +26,8 @@ use crate::{
         Syscall probes (mmap, munmap, mprotect, mremap, brk) use the raw sys_exit tracepoint \
         (x86-64) and work on any kernel with BPF ring buffers; kernel BTF is used where \
         present. Kernel probes (mmap_region, remap_pfn_range, the page-insertion family \
-        vm_insert_page(s)/vmf_insert_pfn/vmf_insert_mixed/vm_iomap_memory/remap_vmalloc_range, \
+        vm_insert_page(s)/vmf_insert_pfn/vmf_insert_mixed/vm_iomap_memory/remap_vmalloc_range/\
+        mmap_action, \
         the mmtrace_drv driver's mmap hook) need kprobes and BTF; where the kernel has no kprobes, or the driver is not \
         loaded, they are skipped with a note. trace, verify and verify-driver need root; \
         report does not."
@@ -263,8 +264,9 @@ struct ProbeArgs {
     /// .fault handlers and remap_vmalloc_range use), vm_insert_pages, vmf_insert_pfn (also
     /// vmf_insert_pfn_prot, which it may call: a call can then show twice),
     /// vmf_insert_mixed, vm_iomap_memory, remap_vmalloc_range (on
-    /// remap_vmalloc_range_partial); a function this kernel lacks or has only inlined
-    /// copies of is skipped with the reason; and page_cache (file pages entering the page cache
+    /// remap_vmalloc_range_partial), mmap_action (6.17+: the kernel completing an
+    /// f_op->mmap_prepare driver's mapping); a function this kernel lacks (mmap_action
+    /// before 6.17) or has only inlined copies of is skipped with the reason; and page_cache (file pages entering the page cache
     /// with their PFN: noisy, so not in trace's default set; verify adds it to check file
     /// pages against pagemap). verify -- CMD needs exec (the shadow starts at the
     /// command's exec); without mm_lock verify sees only the five calls and says so.

@@ -26,8 +26,8 @@ use crate::{
         Syscall probes (mmap, munmap, mprotect, mremap, brk) use the raw sys_exit tracepoint \
         (x86-64) and work on any kernel with BPF ring buffers; kernel BTF is used where \
         present. Kernel probes (mmap_region, remap_pfn_range, the page-insertion family \
-        vm_insert_page(s)/vmf_insert_pfn/vmf_insert_mixed/vm_iomap_memory/remap_vmalloc_range/\
-        mmap_action, \
+        vm_insert_page, vm_insert_pages, vmf_insert_pfn, vmf_insert_mixed, vm_iomap_memory, \
+        remap_vmalloc_range and mmap_action, \
         the mmtrace_drv driver's mmap hook) need kprobes and BTF; where the kernel has no kprobes, or the driver is not \
         loaded, they are skipped with a note. trace, verify and verify-driver need root; \
         report does not."

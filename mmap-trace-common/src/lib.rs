@@ -41,6 +41,8 @@ pub enum EventKind {
     ExecImage = 12,
     Fault = 10,
     Rss = 11,
+    /// One call of the page-insertion family (vm_insert_page and kin).
+    PageInsert = 14,
 }
 
 impl EventKind {
@@ -58,6 +60,7 @@ impl EventKind {
             12 => Some(Self::ExecImage),
             10 => Some(Self::Fault),
             11 => Some(Self::Rss),
+            14 => Some(Self::PageInsert),
             _ => None,
         }
     }
@@ -92,12 +95,31 @@ pub enum Probe {
     /// `kmem/rss_stat`: a traced process's resident-set counter of one type changed by a
     /// quantum (`trace --faults`).
     Rss = 13,
+    /// The page-insertion family, a kprobe each, one [`PageInsertEvent`] per call.
+    /// `vm_insert_page(vma, addr, page)`: one page, usually from a `.fault` handler.
+    VmInsertPage = 15,
+    /// `vm_insert_pages(vma, addr, pages, &num)`: a batch.
+    VmInsertPages = 16,
+    /// `vmf_insert_pfn(vma, addr, pfn)` and `vmf_insert_pfn_prot(…, prot)`.
+    VmfInsertPfn = 17,
+    /// `vmf_insert_mixed(vma, addr, pfn)`.
+    VmfInsertMixed = 18,
+    /// `vm_iomap_memory(vma, phys, len)`.
+    VmIomapMemory = 19,
+    /// `remap_vmalloc_range_partial(vma, uaddr, kaddr, pgoff, size)`, which
+    /// `remap_vmalloc_range` calls.
+    RemapVmallocRange = 20,
+    /// `mmap_action_complete(vma, action, compat)` (6.17+): the kernel completing what an
+    /// `f_op->mmap_prepare` driver asked for (remap, I/O remap, kernel pages).
+    MmapAction = 21,
 }
 
-pub const PROBE_COUNT: usize = 14;
+/// One past the highest [`Probe`] number (the lost-event counters are indexed by it).
+pub const PROBE_COUNT: usize = 22;
 
 impl Probe {
-    pub const ALL: [Probe; PROBE_COUNT] = [
+    /// Every probe, in number order (numbers 12..=14 are reserved and unused here).
+    pub const ALL: [Probe; 21] = [
         Probe::Mmap,
         Probe::Munmap,
         Probe::Mprotect,
@@ -112,6 +134,13 @@ impl Probe {
         Probe::Fork,
         Probe::Fault,
         Probe::Rss,
+        Probe::VmInsertPage,
+        Probe::VmInsertPages,
+        Probe::VmfInsertPfn,
+        Probe::VmfInsertMixed,
+        Probe::VmIomapMemory,
+        Probe::RemapVmallocRange,
+        Probe::MmapAction,
     ];
 
     /// The name users pass to `--probes` and see in summaries.
@@ -131,15 +160,25 @@ impl Probe {
             Probe::Fork => "fork",
             Probe::Fault => "fault",
             Probe::Rss => "rss",
+            Probe::VmInsertPage => "vm_insert_page",
+            Probe::VmInsertPages => "vm_insert_pages",
+            Probe::VmfInsertPfn => "vmf_insert_pfn",
+            Probe::VmfInsertMixed => "vmf_insert_mixed",
+            Probe::VmIomapMemory => "vm_iomap_memory",
+            Probe::RemapVmallocRange => "remap_vmalloc_range",
+            Probe::MmapAction => "mmap_action",
         }
     }
 
     pub const fn from_u32(v: u32) -> Option<Self> {
-        if (v as usize) < PROBE_COUNT {
-            Some(Self::ALL[v as usize])
-        } else {
-            None
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i] as u32 == v {
+                return Some(Self::ALL[i]);
+            }
+            i += 1;
         }
+        None
     }
 
     /// Syscall probes are tracepoints (available everywhere).
@@ -152,7 +191,42 @@ impl Probe {
         matches!(
             self,
             Probe::MmapRegion | Probe::RemapPfnRange | Probe::DriverMmap
+        ) || self.is_page_insert()
+    }
+
+    /// The page-insertion family (one [`PageInsertEvent`] per call).
+    pub const fn is_page_insert(self) -> bool {
+        matches!(
+            self,
+            Probe::VmInsertPage
+                | Probe::VmInsertPages
+                | Probe::VmfInsertPfn
+                | Probe::VmfInsertMixed
+                | Probe::VmIomapMemory
+                | Probe::RemapVmallocRange
+                | Probe::MmapAction
         )
+    }
+
+    /// The kernel functions a kernel-function probe attaches to (all present ones; the
+    /// second of a pair is the variant the first may call, see `trace --help`). The same
+    /// names from 6.1 to 7.2: since 6.13 `mmap_region()` (mm/vma.c) only checks the flags
+    /// and calls `__mmap_region()` with the same arguments and return value, so its
+    /// kprobe and kretprobe still see every mapping (checked in the 6.12.95 and 7.2.13
+    /// guests).
+    pub const fn kernel_functions(self) -> &'static [&'static str] {
+        match self {
+            Probe::MmapRegion => &["mmap_region"],
+            Probe::RemapPfnRange => &["remap_pfn_range"],
+            Probe::VmInsertPage => &["vm_insert_page"],
+            Probe::VmInsertPages => &["vm_insert_pages"],
+            Probe::VmfInsertPfn => &["vmf_insert_pfn", "vmf_insert_pfn_prot"],
+            Probe::VmfInsertMixed => &["vmf_insert_mixed"],
+            Probe::VmIomapMemory => &["vm_iomap_memory"],
+            Probe::RemapVmallocRange => &["remap_vmalloc_range_partial"],
+            Probe::MmapAction => &["mmap_action_complete"],
+            _ => &[],
+        }
     }
 }
 
@@ -249,6 +323,12 @@ pub struct MmapRegionEvent {
     /// The mapped address, or a negative errno.
     pub ret: i64,
     pub file: FileId,
+    /// The file's `f_op->mmap`, the function that maps it: what `verify-driver --device`
+    /// names through /proc/kallsyms. 0: anonymous, none or unknown.
+    pub mmap_hook: u64,
+    /// The file's `f_op->mmap_prepare` (6.17+: the driver describes the mapping in a
+    /// `vm_area_desc` and the kernel completes it, see [`Probe::MmapAction`]); 0: none.
+    pub mmap_prepare_hook: u64,
 }
 
 /// `remap_pfn_range(vma, addr, pfn, size, prot)` at entry.
@@ -262,6 +342,51 @@ pub struct RemapPfnEvent {
     pub size: u64,
     /// `pgprot_val(prot)`.
     pub prot: u64,
+}
+
+/// One call of the page-insertion family, at entry (the [`Probe`] says which function).
+/// Fields a function does not take are 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PageInsertEvent {
+    pub header: EventHeader,
+    pub vma: VmaFields,
+    /// The first user address (`vm_iomap_memory`: the VMA's start).
+    pub addr: u64,
+    /// The first PFN: the argument, or computed from the `struct page *` (vmemmap);
+    /// 0 for `remap_vmalloc_range` (its pages come as `vm_insert_page` events).
+    pub pfn: u64,
+    /// Pages asked for (`vm_insert_pages`: `*num` at entry).
+    pub pages: u64,
+    /// `remap_vmalloc_range`: the vmalloc address; `vm_iomap_memory` and a simple I/O
+    /// remap `mmap_action`: the physical address; else 0.
+    pub kaddr: u64,
+    /// `mmap_action`: the action's `enum mmap_action_type` value ([`MMAP_ACTION_NAMES`]);
+    /// 0 for the other probes.
+    pub action: u32,
+    pub _pad: u32,
+}
+
+/// `enum mmap_action_type` (include/linux/mm_types.h, 7.2), by value.
+pub const MMAP_ACTION_NAMES: [&str; 5] = [
+    "nothing",
+    "remap_pfn",
+    "io_remap_pfn",
+    "simple_io_remap",
+    "map_kernel_pages",
+];
+
+/// How the probes turn a `struct page *` into a PFN on x86-64 (SPARSEMEM_VMEMMAP):
+/// `(page - *vmemmap_base) / page_size`. Set by the loader from /proc/kallsyms and BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageMap {
+    /// The address of the kernel's `vmemmap_base` variable (0: use `vmemmap`).
+    pub vmemmap_base_addr: u64,
+    /// The vmemmap start when the kernel has no `vmemmap_base` (fixed layout).
+    pub vmemmap: u64,
+    /// `sizeof(struct page)`; 0: no conversion (PFNs read as 0).
+    pub page_size: u64,
 }
 
 /// The driver's `mmap(file, vma)` file operation: the VMA as received and as returned.
@@ -502,6 +627,23 @@ pub struct KernelOffsets {
     pub files_fdt: u32,
     pub fdt_max_fds: u32,
     pub fdt_fd: u32,
+    /// `file.f_op`, `file_operations.mmap` and `.mmap_prepare` (0: not in this kernel),
+    /// for [`MmapRegionEvent::mmap_hook`].
+    pub file_f_op: u32,
+    pub fops_mmap: u32,
+    pub fops_mmap_prepare: u32,
+    /// `struct mmap_action` (6.17+; 0 where absent): `type` and the union members the
+    /// [`Probe::MmapAction`] probe reads.
+    pub action_type: u32,
+    pub action_remap_start: u32,
+    pub action_remap_pfn: u32,
+    pub action_remap_size: u32,
+    pub action_ioremap_phys: u32,
+    pub action_ioremap_size: u32,
+    pub action_kernel_start: u32,
+    pub action_kernel_pages: u32,
+    pub action_kernel_nr_pages: u32,
+    pub action_kernel_pgoff: u32,
     /// Non-zero once userspace filled the table; kernel probes emit nothing before.
     pub valid: u32,
 }
@@ -649,6 +791,7 @@ mod pod {
     unsafe impl aya::Pod for super::TaskOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RssFormat {}
+    unsafe impl aya::Pod for super::PageMap {}
 }
 
 /// Bytes the CLI expects for each record kind.
@@ -666,6 +809,7 @@ pub const fn record_size(kind: EventKind) -> usize {
         EventKind::ExecImage => core::mem::size_of::<ExecImageEvent>(),
         EventKind::Fault => core::mem::size_of::<FaultEvent>(),
         EventKind::Rss => core::mem::size_of::<RssEvent>(),
+        EventKind::PageInsert => core::mem::size_of::<PageInsertEvent>(),
     }
 }
 

@@ -13,6 +13,7 @@ mod kernel;
 mod mm_lock;
 mod mmap_region;
 mod page_cache;
+mod page_insert;
 mod path;
 mod remap_pfn_range;
 mod rss;

@@ -72,7 +72,20 @@ pub fn mmap_region_ret(ctx: RetProbeContext) -> u32 {
             &mut (*event).file,
             crate::emit::OTHER_SLOT,
         );
+        (*event).mmap_hook = file_op(args.file, offsets.fops_mmap, &offsets);
+        (*event).mmap_prepare_hook = file_op(args.file, offsets.fops_mmap_prepare, &offsets);
     }
     entry.submit(0);
     0
+}
+
+/// The `file->f_op` member at `member`; 0 for anonymous memory, a file without it, or
+/// when BTF gave no offset.
+#[inline(always)]
+fn file_op(file: u64, member: u32, offsets: &mmap_trace_common::KernelOffsets) -> u64 {
+    if file == 0 || offsets.file_f_op == 0 || member == 0 {
+        return 0;
+    }
+    let f_op: u64 = kernel::read(file, offsets.file_f_op);
+    kernel::read(f_op, member)
 }

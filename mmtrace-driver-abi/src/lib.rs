@@ -10,6 +10,7 @@
 //! |------|------|--------|
 //! | `/sys/kernel/debug/mmtrace/<kind>_pfns` | `<page index, decimal> <pfn>` | [`parse_pfns`] |
 //! | `/sys/kernel/debug/mmtrace/<kind>_pagetable` | `<user address> <pfn or ->` | [`parse_page_table`] |
+//! | `/sys/kernel/debug/mmtrace/pagetable` (write `<start> <end>` first) | `<user address> <pfn or ->` | [`parse_page_table`] |
 //! | `/sys/kernel/debug/mmtrace/counters` | `<name> <decimal>` | [`parse_counter`] |
 //! | `/proc/mmtrace_vmas` | `<vm_start> <vm_end> <vm_flags> <vm_pgoff> <path or ->`, last `total <bytes, decimal>` | [`parse_vmas`] |
 
@@ -33,23 +34,52 @@ pub const PATTERN: [u8; 4] = [0xaa, 0xbb, 0xcc, 0xdd];
 /// mmap offset the driver takes.
 pub const PAGE: u64 = 4096;
 
-/// The driver's two devices: which buffer a device node serves.
+/// The driver's three devices: which buffer a device node serves, and how.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DeviceKind {
-    /// `kmalloc`ed, physically contiguous; mapped by one `remap_pfn_range`.
+    /// `kmalloc`ed, physically contiguous; mapped by one `remap_pfn_range` (eager, PFNMAP).
     Kmalloc,
-    /// `vmalloc`ed; mapped page by page (shared mappings only).
+    /// `vmalloc`ed; mapped page by page (eager, PFNMAP; shared mappings only).
     Vmalloc,
+    /// `vmalloc`ed; mmap maps nothing, `vm_ops->fault` inserts each page with
+    /// `vm_insert_page` on the first touch (lazy, MIXEDMAP; shared and private).
+    Fault,
 }
 
 impl DeviceKind {
-    pub const ALL: [DeviceKind; 2] = [DeviceKind::Kmalloc, DeviceKind::Vmalloc];
+    pub const ALL: [DeviceKind; 3] = [DeviceKind::Kmalloc, DeviceKind::Vmalloc, DeviceKind::Fault];
 
-    /// `kmalloc` or `vmalloc`: the prefix of its ground-truth files.
+    /// `kmalloc`, `vmalloc` or `fault`: the prefix of its ground-truth files.
     pub fn name(self) -> &'static str {
         match self {
             DeviceKind::Kmalloc => "kmalloc",
             DeviceKind::Vmalloc => "vmalloc",
+            DeviceKind::Fault => "fault",
+        }
+    }
+
+    /// The driver function that is the device's `f_op->mmap` (a kprobe target).
+    pub fn mmap_hook(self) -> String {
+        format!("mmtrace_{}_mmap", self.name())
+    }
+
+    /// Whether a page is mapped by mmap itself (false: on the first touch, by the fault
+    /// handler).
+    pub fn eager(self) -> bool {
+        self != DeviceKind::Fault
+    }
+
+    /// Whether the device serves MAP_PRIVATE (copy-on-write) mappings.
+    pub fn serves_private(self) -> bool {
+        self != DeviceKind::Vmalloc
+    }
+
+    /// The `vm_flags` the driver's mmap leaves on the VMA.
+    pub fn vm_flags(self) -> u64 {
+        if self.eager() {
+            vm::REMAP_PFN_RANGE
+        } else {
+            vm::MIXEDMAP | vm::DONTEXPAND | vm::DONTDUMP
         }
     }
 
@@ -73,6 +103,12 @@ impl DeviceKind {
         format!("{}_live_maps", self.name())
     }
 
+    /// Its `counters` line of pages inserted by the fault handler (always 0 for the
+    /// eager devices).
+    pub fn faults_counter(self) -> String {
+        format!("{}_faults", self.name())
+    }
+
     /// Finds the driver device `path` is, by its device number (the name may differ).
     pub fn of_device(path: &Path) -> Result<Self> {
         use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
@@ -94,7 +130,7 @@ impl DeviceKind {
         }
         bail!(
             "{} is not an {MODULE} device (expected the character device of \
-             /dev/mmtrace-kmalloc or /dev/mmtrace-vmalloc)",
+             /dev/mmtrace-kmalloc, /dev/mmtrace-vmalloc or /dev/mmtrace-fault)",
             path.display()
         )
     }
@@ -160,7 +196,41 @@ pub fn page_table(kind: DeviceKind) -> Result<Vec<(u64, Option<u64>)>> {
     parse_page_table(&read(&path)?).with_context(|| format!("parsing {path}"))
 }
 
-/// `<kind>_pagetable`: `<address> <pfn>` or `<address> -` lines.
+/// The debugfs file that walks any address range of the reading process.
+pub const RANGE_PAGETABLE: &str = "/sys/kernel/debug/mmtrace/pagetable";
+/// The most pages one [`range_page_table`] call may ask for (the driver's
+/// `MMTRACE_MAX_RANGE_PAGES`).
+pub const RANGE_MAX_PAGES: u64 = 65536;
+
+/// The calling process's page tables for `[start, end)` (page aligned), whoever mapped
+/// it: (address, PFN or None when nothing is mapped there), one row per page. The
+/// driver reads PFNMAP/IO VMAs with the kernel's follow_pfn family and every other VMA
+/// with get_user_pages(FOLL_NOFAULT), which never faults a page in; a PTE neither can
+/// read (a special PFN in a MIXEDMAP VMA, PROT_NONE, swapped out) reads as None. Root
+/// only.
+pub fn range_page_table(start: u64, end: u64) -> Result<Vec<(u64, Option<u64>)>> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    ensure!(
+        start <= end && (end - start).div_ceil(PAGE) <= RANGE_MAX_PAGES,
+        "page-table range {start:#x}-{end:#x}: more than {RANGE_MAX_PAGES} pages"
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(RANGE_PAGETABLE)
+        .with_context(|| {
+            format!("opening {RANGE_PAGETABLE} (needs root, debugfs and a {MODULE} that has it)")
+        })?;
+    file.write_all(format!("{start:x} {end:x}").as_bytes())
+        .with_context(|| format!("asking {RANGE_PAGETABLE} for {start:#x}-{end:#x}"))?;
+    file.rewind()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .with_context(|| format!("reading {RANGE_PAGETABLE}"))?;
+    parse_page_table(&text).with_context(|| format!("parsing {RANGE_PAGETABLE}"))
+}
+
+/// `<kind>_pagetable` and `pagetable`: `<address> <pfn>` or `<address> -` lines.
 pub fn parse_page_table(text: &str) -> Result<Vec<(u64, Option<u64>)>> {
     const WHAT: &str = "page table";
     text.lines()
@@ -177,7 +247,8 @@ pub fn parse_page_table(text: &str) -> Result<Vec<(u64, Option<u64>)>> {
         .collect()
 }
 
-/// One value of the debugfs `counters` file (`npages`, `<kind>_live_maps`, `reserved_pages`).
+/// One value of the debugfs `counters` file (`npages`, `<kind>_live_maps`, `<kind>_faults`,
+/// `reserved_pages`).
 pub fn counter(name: &str) -> Result<i64> {
     let path = format!("{DEBUGFS_DIR}/counters");
     parse_counter(&read(&path)?, name).with_context(|| format!("parsing {path}"))
@@ -196,6 +267,11 @@ pub fn parse_counter(text: &str, name: &str) -> Result<i64> {
 /// The live mappings of `kind`, as the driver counts them (vm_ops open/close).
 pub fn live_maps(kind: DeviceKind) -> Result<i64> {
     counter(&kind.live_maps_counter())
+}
+
+/// The pages `kind`'s fault handler has inserted since the module was loaded.
+pub fn faults(kind: DeviceKind) -> Result<i64> {
+    counter(&kind.faults_counter())
 }
 
 /// One line of the driver's VMA walk (`/proc/mmtrace_vmas`).
@@ -289,12 +365,16 @@ mod tests {
             parse_vmas("1000 2000 0 0\ntotal 1\n").is_err(),
             "no path column"
         );
-        let counters = "npages 16\nkmalloc_live_maps 2\nvmalloc_live_maps 0\nreserved_pages 32\n";
+        let counters = "npages 16\nkmalloc_live_maps 2\nkmalloc_faults 0\nvmalloc_live_maps 0\nvmalloc_faults 0\nfault_live_maps 1\nfault_faults 3\nreserved_pages 48\n";
         assert_eq!(
             parse_counter(counters, &DeviceKind::Kmalloc.live_maps_counter()).unwrap(),
             2
         );
         assert_eq!(parse_counter(counters, "npages").unwrap(), 16);
+        assert_eq!(
+            parse_counter(counters, &DeviceKind::Fault.faults_counter()).unwrap(),
+            3
+        );
         assert!(parse_counter(counters, "missing").is_err());
     }
 
@@ -308,6 +388,12 @@ mod tests {
         assert_eq!(
             DeviceKind::Vmalloc.pagetable_path(),
             "/sys/kernel/debug/mmtrace/vmalloc_pagetable"
+        );
+        assert_eq!(DeviceKind::Fault.dev_path(), "/dev/mmtrace-fault");
+        assert_eq!(DeviceKind::Fault.mmap_hook(), "mmtrace_fault_mmap");
+        assert_eq!(
+            DeviceKind::Fault.vm_flags() & (vm::PFNMAP | vm::MIXEDMAP),
+            vm::MIXEDMAP
         );
     }
 }

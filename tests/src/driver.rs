@@ -14,8 +14,9 @@ use std::sync::{Mutex, MutexGuard};
 use anyhow::{Context as _, Result, bail, ensure};
 
 pub use mmtrace_driver_abi::{
-    DEV_PREFIX, DeviceKind, DriverVma, MODULE, PAGE, PATTERN, PROC_VMAS, buffer_pfns, counter,
-    driver_vmas, is_loaded, live_maps, npages, page_table, parse_vmas, vm,
+    DEV_PREFIX, DeviceKind, DriverVma, MODULE, PAGE, PATTERN, PROC_VMAS, RANGE_PAGETABLE,
+    buffer_pfns, counter, driver_vmas, faults, is_loaded, live_maps, npages, page_table,
+    parse_vmas, range_page_table, vm,
 };
 
 /// Fails the calling test unless it runs in the mmap-trace guest (as root, with the
@@ -477,4 +478,18 @@ pub fn kpageflags(pfn: u64) -> Result<u64> {
     file.read_exact_at(&mut word, pfn * 8)
         .with_context(|| format!("reading /proc/kpageflags for PFN {pfn:#x}"))?;
     Ok(u64::from_ne_bytes(word))
+}
+
+/// The PFN `/proc/self/pagemap` gives for the page at `addr` (None: not present). Root
+/// only (PFNs read as 0 without CAP_SYS_ADMIN). The kernel does not walk VM_PFNMAP VMAs
+/// here: their pages read as not present.
+pub fn pagemap_pfn(addr: u64) -> Result<Option<u64>> {
+    use std::os::unix::fs::FileExt as _;
+    let file = fs::File::open("/proc/self/pagemap").context("opening /proc/self/pagemap")?;
+    let mut word = [0u8; 8];
+    file.read_exact_at(&mut word, addr / PAGE * 8)
+        .with_context(|| format!("reading /proc/self/pagemap at {addr:#x}"))?;
+    let entry = u64::from_ne_bytes(word);
+    // Bit 63: present; bits 0-54: the PFN.
+    Ok((entry >> 63 == 1).then_some(entry & ((1 << 55) - 1)))
 }

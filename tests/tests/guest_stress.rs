@@ -28,7 +28,7 @@ fn assert_counters_idle(npages: usize, what: &str) {
     }
     assert_eq!(
         counter("reserved_pages").unwrap(),
-        2 * npages as i64,
+        (DeviceKind::ALL.len() * npages) as i64,
         "{what}: reserved_pages"
     );
 }
@@ -217,7 +217,7 @@ fn unload_and_reload_with_mappings_in_between() {
             Module::load(npages).unwrap_or_else(|e| panic!("load #{i} (npages={npages}): {e:#}"));
         assert_eq!(
             counter("reserved_pages").unwrap(),
-            2 * npages as i64,
+            (DeviceKind::ALL.len() * npages) as i64,
             "load #{i}"
         );
         for kind in DeviceKind::ALL {

@@ -174,6 +174,7 @@ fn check_device_mapping(kind: DeviceKind, pages: u64, offset: u64) {
                 "{expected:x?}"
             );
         }
+        DeviceKind::Fault => panic!("the fault device maps pages on touch, not at mmap"),
         DeviceKind::Vmalloc => {
             assert_eq!(
                 remaps.len() as u64,
@@ -219,6 +220,82 @@ fn vmalloc_device_mapping_one_remap_per_page() {
 #[test]
 fn vmalloc_device_mapping_with_offset() {
     check_device_mapping(DeviceKind::Vmalloc, 2, 7);
+}
+
+/// The lazy device: mmap inserts nothing; each touch inserts one page with
+/// vm_insert_page, in the order touched (the workload reads the last page first), at the
+/// driver's PFN for that page, between the mmap and the munmap.
+#[test]
+fn fault_device_pages_inserted_one_by_one_as_touched() {
+    let module = Module::load(16).expect("insmod mmtrace_drv");
+    let (pages, offset) = (4u64, 3u64);
+    let pfns = driver::buffer_pfns(DeviceKind::Fault).expect("driver PFN list");
+    let dev = DeviceKind::Fault.dev_path();
+    let (calls, events) = trace_workload(&[
+        "--device",
+        &dev,
+        "--pages",
+        &pages.to_string(),
+        "--offset",
+        &offset.to_string(),
+        "--touch",
+    ]);
+    let dev_map = calls
+        .iter()
+        .rev()
+        .find(|c| c.call == "mmap" && c.args[5] == offset * PAGE && c.args[1] == pages * PAGE)
+        .expect("the workload's device mmap");
+    let addr = dev_map.ret as u64;
+    assert!(dev_map.ret > 0, "device mmap failed: {dev_map:?}");
+    let hook = by_probe(&events, "driver_mmap")[0];
+    let after = hook["after"]["flags"].as_str().unwrap();
+    for flag in ["MIXEDMAP", "DONTEXPAND", "DONTDUMP"] {
+        assert!(
+            after.split('|').any(|f| f == flag),
+            "after.flags lacks {flag}: {hook}"
+        );
+    }
+    assert!(!after.split('|').any(|f| f == "PFNMAP"), "{hook}");
+    assert!(
+        by_probe(&events, "remap_pfn_range").is_empty(),
+        "the fault device maps nothing at mmap"
+    );
+    let position = |e: &Value| events.iter().position(|x| std::ptr::eq(x, e)).unwrap();
+    let mmap_at = events
+        .iter()
+        .position(|e| e["probe"] == "mmap" && e.get("ret_addr").is_some_and(|a| hex(a) == addr))
+        .expect("the device mmap event");
+    let munmap_at = events
+        .iter()
+        .position(|e| e["probe"] == "munmap" && hex(&e["addr"]) == addr)
+        .expect("the device munmap event");
+    let inserts = by_probe(&events, "vm_insert_page");
+    let got: Vec<(u64, u64)> = inserts
+        .iter()
+        .map(|e| (hex(&e["addr"]), hex(&e["pfn"])))
+        .collect();
+    let want: Vec<(u64, u64)> = (0..pages)
+        .rev()
+        .map(|p| (addr + p * PAGE, pfns[(offset + p) as usize]))
+        .collect();
+    assert_eq!(
+        got, want,
+        "one vm_insert_page per touched page, in touch order: {inserts:#?}"
+    );
+    for e in &inserts {
+        let at = position(e);
+        assert!(
+            mmap_at < at && at < munmap_at,
+            "insert outside mmap..munmap: {e}"
+        );
+        assert_eq!(hex(&e["vma"]["start"]), addr, "{e}");
+        assert_eq!(e["pages"], 1, "{e}");
+        assert_eq!(
+            e["vma"]["vma"], hook["before"]["vma"],
+            "same vm_area_struct: {e}"
+        );
+    }
+    module.unload().expect("rmmod mmtrace_drv");
 }
 
 /// Where kprobes exist, asking for BTF that is not there is a clear error.

@@ -121,7 +121,7 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, args: &BenchArg
     }
     let run_faults = || -> Result<host::FaultBench> {
         section(&format!(
-            "bench: faults ({} rounds; mmap-workload --touch {}: untraced, trace --faults, \
+            "bench: faults ({} rounds; mmap-workload --touch-mib {}: untraced, trace --faults, \
              perf trace --pf=all)",
             args.rounds, args.touch_mib
         ));

@@ -25,8 +25,10 @@ use crate::{
     long_about = "Trace mmap/VMA activity with eBPF and check it against the kernel's own view.\n\n\
         Syscall probes (mmap, munmap, mprotect, mremap, brk) use the raw sys_exit tracepoint \
         (x86-64) and work on any kernel with BPF ring buffers; kernel BTF is used where \
-        present. Kernel probes (mmap_region, remap_pfn_range, the mmtrace_drv driver's mmap \
-        hook) need kprobes and BTF; where the kernel has no kprobes, or the driver is not \
+        present. Kernel probes (mmap_region, remap_pfn_range, the page-insertion family \
+        vm_insert_page, vm_insert_pages, vmf_insert_pfn, vmf_insert_mixed, vm_iomap_memory, \
+        remap_vmalloc_range and mmap_action, \
+        the mmtrace_drv driver's mmap hook) need kprobes and BTF; where the kernel has no kprobes, or the driver is not \
         loaded, they are skipped with a note. trace, verify and verify-driver need root; \
         report does not."
 )]
@@ -86,16 +88,20 @@ enum Command {
             mmap-trace verify --pid 1234 --json -o verify.jsonl"
     )]
     Verify(VerifyArgs),
-    /// Prove a mmtrace_drv mapping end to end: events, maps, PFNs, page tables, bytes.
+    /// Prove a driver's mmap end to end: events, maps, PFNs, page tables, bytes.
     ///
-    /// Maps each device in this process with the kernel probes attached and checks that
-    /// the driver hook, mmap_region and remap_pfn_range events describe the VMA that
-    /// /proc/self/maps shows (with VM_IO|VM_PFNMAP|VM_DONTEXPAND|VM_DONTDUMP set); that the
-    /// PFNs in the remap events, the driver's PFN list and the page tables agree; that
-    /// every page starts with aa bb cc dd and write()/read() are coherent with the
-    /// mapping; and that the driver's own VMA walk matches /proc/self/maps. Needs root,
-    /// kprobes and the mmtrace_drv module; uses a 1 MiB ring buffer. Exit status: 0 all
-    /// PASS, 1 any FAIL, 2 error.
+    /// Maps each character device in this process with the kernel probes attached,
+    /// touches every page, and checks: the device's mmap hook, found from the file's
+    /// f_op->mmap (or 6.17+ f_op->mmap_prepare) through /proc/kallsyms, and seen with the
+    /// VMA; mmap_region; the VMA flags the traced mapping API implies (remap_pfn_range and
+    /// vm_iomap_memory: IO|PFNMAP|DONTEXPAND|DONTDUMP; vm_insert_page(s), vmf_insert_mixed:
+    /// MIXEDMAP; vmf_insert_pfn: PFNMAP or MIXEDMAP); the PFNs the traced calls inserted ==
+    /// the page tables (the mmtrace_drv module's walk of this process); the
+    /// /proc/self/maps line; munmap. For mmtrace_drv's own devices also the driver's PFN
+    /// list, the aa bb cc dd pattern, write()/read() coherency and the driver's VMA walk.
+    /// A check that cannot apply says n/a and why, and never counts as a pass. Needs root
+    /// and kprobes; the page-table checks need the mmtrace_drv module. Exit status: 0 no
+    /// FAIL, 1 any FAIL, 2 error.
     #[command(name = "verify-driver")]
     VerifyDriver(VerifyDriverArgs),
     /// Bench only: an empty eBPF program on the syscall probes' attach point (raw
@@ -132,17 +138,19 @@ enum Command {
 
 #[derive(Args)]
 struct VerifyDriverArgs {
-    /// Device(s) to map (repeatable); default: /dev/mmtrace-kmalloc and /dev/mmtrace-vmalloc.
+    /// Character device(s) to map (repeatable), any driver's (e.g. /dev/hpet); default:
+    /// /dev/mmtrace-kmalloc, /dev/mmtrace-vmalloc and /dev/mmtrace-fault.
     #[arg(long, value_name = "PATH")]
     device: Vec<PathBuf>,
-    /// Map from this page of the buffer.
+    /// Map from this page of the device (the mmap offset, in pages).
     #[arg(long, value_name = "PAGES", default_value_t = 0)]
     offset: u64,
-    /// Pages to map (default: 4, or what is left after --offset).
+    /// Pages to map (mmtrace_drv's devices: default 4, or what is left after --offset;
+    /// any other device: default 1).
     #[arg(long, value_name = "N")]
     pages: Option<u64>,
-    /// MAP_PRIVATE instead of MAP_SHARED; the vmalloc device refuses copy-on-write
-    /// mappings, so give --device /dev/mmtrace-kmalloc with it.
+    /// MAP_PRIVATE instead of MAP_SHARED; mmtrace_drv's vmalloc device refuses
+    /// copy-on-write mappings (the kmalloc and fault devices serve them).
     #[arg(long)]
     private: bool,
     /// JSON Lines: one object per check, a summary last.
@@ -269,10 +277,18 @@ struct ProbeArgs {
     /// mprotect, mremap, brk, exec, mm_lock (the catch-all: any other syscall, fault or
     /// task that write-locks the traced process's mm — shmat, madvise, mlock, stack growth…;
     /// a BTF tracepoint), fork (added by --follow-forks and by verify), mmap_region,
-    /// remap_pfn_range, driver_mmap, page_cache (file pages entering the page cache
-    /// with their PFN: noisy, so not in trace's default set; verify adds it to check file
-    /// pages against pagemap), and fault and rss (added by trace --faults). verify -- CMD needs exec (the shadow starts at the
-    /// command's exec); without mm_lock verify sees only the five calls and says so.
+    /// remap_pfn_range, driver_mmap; the page-insertion family, one event per call with
+    /// the VMA, the first user address and PFN and the page count: vm_insert_page (what
+    /// .fault handlers and remap_vmalloc_range use), vm_insert_pages, vmf_insert_pfn (also
+    /// vmf_insert_pfn_prot, which it may call: a call can then show twice),
+    /// vmf_insert_mixed, vm_iomap_memory, remap_vmalloc_range (on
+    /// remap_vmalloc_range_partial), mmap_action (6.17+: the kernel completing an
+    /// f_op->mmap_prepare driver's mapping); a function this kernel lacks (mmap_action
+    /// before 6.17) or has only inlined copies of is skipped with the reason; page_cache
+    /// (file pages entering the page cache with their PFN: noisy, so not in trace's default
+    /// set; verify adds it to check file pages against pagemap); fault and rss (added by
+    /// trace --faults). verify -- CMD needs exec (the shadow starts at the command's exec);
+    /// without mm_lock verify sees only the five calls and says so.
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_probe)]
     probes: Option<Vec<Probe>>,
     /// Kernel BTF used to find struct field offsets for the kernel probes.
@@ -327,9 +343,13 @@ impl Cli {
             }
             Command::VerifyDriver(args) => {
                 let devices = if args.device.is_empty() {
-                    ["/dev/mmtrace-kmalloc", "/dev/mmtrace-vmalloc"]
-                        .map(PathBuf::from)
-                        .to_vec()
+                    [
+                        "/dev/mmtrace-kmalloc",
+                        "/dev/mmtrace-vmalloc",
+                        "/dev/mmtrace-fault",
+                    ]
+                    .map(PathBuf::from)
+                    .to_vec()
                 } else {
                     args.device
                 };

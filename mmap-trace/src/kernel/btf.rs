@@ -63,8 +63,10 @@ impl KernelBtf {
             files_fdt: self.offset("files_struct", &["fdt"])?,
             fdt_max_fds: self.offset("fdtable", &["max_fds"])?,
             fdt_fd: self.offset("fdtable", &["fd"])?,
+            file_f_op: self.offset("file", &["f_op"])?,
+            fops_mmap: self.offset("file_operations", &["mmap"])?,
             valid: 1,
-            ..KernelOffsets::default()
+            ..self.mmap_prepare_offsets()
         };
         Ok(match self.path_walk_offsets(offsets) {
             Ok(with_walk) => with_walk,
@@ -89,6 +91,52 @@ impl KernelBtf {
             walk_paths: 1,
             ..o
         })
+    }
+
+    /// The 6.17+ mmap_prepare machinery (`file_operations.mmap_prepare`, `struct
+    /// mmap_action`); all 0 on kernels without it, which turns its reads off.
+    fn mmap_prepare_offsets(&self) -> KernelOffsets {
+        let get = |ty: &str, fields: &[&str]| self.offset(ty, fields).ok();
+        let action = |fields: &[&str]| get("mmap_action", fields);
+        match (
+            get("file_operations", &["mmap_prepare"]),
+            action(&["type"]),
+            action(&["remap", "start"]),
+            action(&["remap", "start_pfn"]),
+            action(&["remap", "size"]),
+        ) {
+            (Some(prepare), Some(ty), Some(start), Some(pfn), Some(size)) => KernelOffsets {
+                fops_mmap_prepare: prepare,
+                action_type: ty,
+                action_remap_start: start,
+                action_remap_pfn: pfn,
+                action_remap_size: size,
+                action_ioremap_phys: action(&["simple_ioremap", "start_phys_addr"]).unwrap_or(0),
+                action_ioremap_size: action(&["simple_ioremap", "size"]).unwrap_or(0),
+                action_kernel_start: action(&["map_kernel", "start"]).unwrap_or(0),
+                action_kernel_pages: action(&["map_kernel", "pages"]).unwrap_or(0),
+                action_kernel_nr_pages: action(&["map_kernel", "nr_pages"]).unwrap_or(0),
+                action_kernel_pgoff: action(&["map_kernel", "pgoff"]).unwrap_or(0),
+                ..KernelOffsets::default()
+            },
+            (prepare, ..) => KernelOffsets {
+                fops_mmap_prepare: prepare.unwrap_or(0),
+                ..KernelOffsets::default()
+            },
+        }
+    }
+
+    /// `sizeof(struct page)`, for the page-insertion probes' vmemmap arithmetic.
+    pub fn struct_page_size(&self) -> Result<u64> {
+        match self
+            .btf
+            .resolve_types_by_name("page")?
+            .into_iter()
+            .find(|t| matches!(t, Type::Struct(_)))
+        {
+            Some(Type::Struct(page)) => Ok(page.size() as u64),
+            _ => bail!("BTF in {}: no struct page", self.path.display()),
+        }
     }
 
     /// What the fork and catch-all programs read from `task_struct`.

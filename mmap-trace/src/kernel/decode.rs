@@ -8,7 +8,7 @@ use aya::maps::{MapData, RingBuf};
 use mmap_trace_common::{
     DriverMmapEvent, EventHeader, EventKind, ExecEvent, ExecImageEvent, FILE_PATH_FULL,
     FILE_PATH_TRUNCATED, FILE_UNLINKED, FaultEvent, FileId, ForkEvent, MmChangeEvent, MmapEvent,
-    MmapRegionEvent, PageCacheEvent, Probe, RemapPfnEvent, RssEvent, SyscallEvent,
+    MmapRegionEvent, PageCacheEvent, PageInsertEvent, Probe, RemapPfnEvent, RssEvent, SyscallEvent,
     USER_STACK_BYTES, UserStack, record_size, stack_offset,
 };
 
@@ -138,6 +138,8 @@ pub enum Event {
     Mmap(MmapEvent),
     MmapRegion(MmapRegionEvent),
     RemapPfn(RemapPfnEvent),
+    /// vm_insert_page and the rest of the page-insertion family.
+    PageInsert(PageInsertEvent),
     DriverMmap(DriverMmapEvent),
     Exec(ExecEvent),
     PageCache(PageCacheEvent),
@@ -202,6 +204,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         Probe::MmLock => EventKind::MmChange,
         Probe::Fault => EventKind::Fault,
         Probe::Rss => EventKind::Rss,
+        p if p.is_page_insert() => EventKind::PageInsert,
         _ => EventKind::DriverMmap,
     };
     if kind != expected_kind {
@@ -222,6 +225,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::Mmap => Event::Mmap(read(bytes)?),
         EventKind::MmapRegion => Event::MmapRegion(read(bytes)?),
         EventKind::RemapPfn => Event::RemapPfn(read(bytes)?),
+        EventKind::PageInsert => Event::PageInsert(read(bytes)?),
         EventKind::DriverMmap => Event::DriverMmap(read(bytes)?),
         EventKind::Exec => Event::Exec(read(bytes)?),
         EventKind::PageCache => Event::PageCache(read(bytes)?),
@@ -245,6 +249,7 @@ impl Event {
             Event::Mmap(e) => &e.call.header,
             Event::MmapRegion(e) => &e.header,
             Event::RemapPfn(e) => &e.header,
+            Event::PageInsert(e) => &e.header,
             Event::DriverMmap(e) => &e.header,
             Event::Exec(e) => &e.header,
             Event::PageCache(e) => &e.header,

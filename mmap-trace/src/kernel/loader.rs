@@ -10,7 +10,7 @@ use aya::{
     programs::{BtfTracePoint, KProbe, RawTracePoint, TracePoint},
 };
 use mmap_trace_common::{
-    CgroupFilter, FilemapFormat, KernelOffsets, MmOffsets, PROBE_COUNT, Probe, RssFormat,
+    CgroupFilter, FilemapFormat, KernelOffsets, MmOffsets, PROBE_COUNT, PageMap, Probe, RssFormat,
     TargetFilter, TaskOffsets,
 };
 
@@ -19,7 +19,11 @@ use crate::kernel::{btf, preempt, tracefs};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mmap-trace"));
 
 /// The kernel functions the driver's file operations use for mmap (see driver/).
-pub const DEFAULT_DRIVER_HOOKS: &[&str] = &["mmtrace_kmalloc_mmap", "mmtrace_vmalloc_mmap"];
+pub const DEFAULT_DRIVER_HOOKS: &[&str] = &[
+    "mmtrace_kmalloc_mmap",
+    "mmtrace_vmalloc_mmap",
+    "mmtrace_fault_mmap",
+];
 
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
@@ -95,7 +99,7 @@ impl Tracer {
                 Some(format!(
                     "this kernel has no kprobes ({KPROBE_PMU} is missing: CONFIG_KPROBES is unset)"
                 ))
-            } else if let Some(function) = kernel_function(probe)
+            } else if let Some(function) = probe.kernel_functions().first()
                 && !in_kallsyms(&kallsyms, function)
             {
                 Some(missing_function(&kallsyms, function))
@@ -209,6 +213,10 @@ impl Tracer {
         } else {
             RssFormat::default()
         };
+        let page_map = match &kernel_btf {
+            Some(btf) if chosen.iter().any(|p| p.is_page_insert()) => page_map(btf, &kallsyms),
+            _ => PageMap::default(),
+        };
         let filemap = if chosen.contains(&Probe::PageCache) {
             tracefs::filemap_format()?
         } else {
@@ -230,6 +238,7 @@ impl Tracer {
             .override_global("PT_REGS_IP", &pt_regs_ip, true)
             .override_global("TASK_MAJ_FLT", &task_maj_flt, true)
             .override_global("RSS_FORMAT", &rss_format, true)
+            .override_global("PAGE_MAP", &page_map, true)
             .override_global(
                 "WAKEUP_BYTES",
                 &(u64::from(opts.ring_buffer_bytes) / 8),
@@ -252,7 +261,7 @@ impl Tracer {
                 .context("attaching the syscall probes (raw tracepoints sys_enter/sys_exit)")?;
         }
         for probe in chosen.iter().filter(|p| !p.is_syscall()) {
-            attach(&mut ebpf, *probe, &driver_hooks, write_arg)
+            attach(&mut ebpf, *probe, &driver_hooks, &kallsyms, write_arg)
                 .with_context(|| format!("attaching the {} probe", probe.name()))?;
         }
         Ok(Self {
@@ -394,7 +403,13 @@ fn copy_name(point: &str, copy: usize) -> String {
 
 /// `write_arg`: where `mmap_lock_acquire_returned` has its `write` argument (picks the
 /// catch-all program built for that prototype).
-fn attach(ebpf: &mut Ebpf, probe: Probe, driver_hooks: &[String], write_arg: u32) -> Result<()> {
+fn attach(
+    ebpf: &mut Ebpf,
+    probe: Probe,
+    driver_hooks: &[String],
+    kallsyms: &str,
+    write_arg: u32,
+) -> Result<()> {
     match probe {
         Probe::Exec => attach_tracepoint(ebpf, "sched", "sched_process_exec")?,
         Probe::PageCache => attach_tracepoint(ebpf, "filemap", "mm_filemap_add_to_page_cache")?,
@@ -431,8 +446,17 @@ fn attach(ebpf: &mut Ebpf, probe: Probe, driver_hooks: &[String], write_arg: u32
             program.attach()?;
         }
         Probe::MmapRegion | Probe::RemapPfnRange => {
-            let function = kernel_function(probe).unwrap_or_default();
-            attach_kprobe(ebpf, probe.name(), &[function])?
+            attach_kprobe(ebpf, probe.name(), probe.kernel_functions())?
+        }
+        // Every function of the pair this kernel has (the first one is checked above).
+        p if p.is_page_insert() => {
+            let present: Vec<&str> = p
+                .kernel_functions()
+                .iter()
+                .copied()
+                .filter(|f| in_kallsyms(kallsyms, f))
+                .collect();
+            attach_kprobe(ebpf, p.name(), &present)?
         }
         Probe::DriverMmap => attach_kprobe(ebpf, "driver_mmap", driver_hooks)?,
         syscall => bail!(
@@ -490,15 +514,28 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
         .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))
 }
 
-/// The kernel function a kernel-function kprobe attaches to. The same name from 6.1 to
-/// 7.2: since 6.13 `mmap_region()` (mm/vma.c) only checks the flags and calls
-/// `__mmap_region()`, with the same arguments and return value, so its kprobe and
-/// kretprobe still see every mapping (checked in the 6.12.95 and 7.2.13 guests).
-fn kernel_function(probe: Probe) -> Option<&'static str> {
-    match probe {
-        Probe::MmapRegion => Some("mmap_region"),
-        Probe::RemapPfnRange => Some("remap_pfn_range"),
-        _ => None,
+/// The vmemmap the page-insertion probes turn `struct page *` into PFNs with: x86-64's
+/// `vmemmap_base` variable (KASLR moves it; its address is in /proc/kallsyms, the probe
+/// reads its value), else the fixed 4-level start; `sizeof(struct page)` from BTF.
+fn page_map(btf: &btf::KernelBtf, kallsyms: &str) -> PageMap {
+    const VMEMMAP_4LEVEL: u64 = 0xffff_ea00_0000_0000;
+    let base_addr = kallsyms
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("vmemmap_base"))
+        .and_then(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok())
+        .unwrap_or(0);
+    match btf.struct_page_size() {
+        Ok(size) => PageMap {
+            vmemmap_base_addr: base_addr,
+            vmemmap: VMEMMAP_4LEVEL,
+            page_size: size,
+        },
+        Err(e) => {
+            eprintln!(
+                "mmap-trace: warning: {e:#}; page-insertion events carry no PFN of a struct page"
+            );
+            PageMap::default()
+        }
     }
 }
 

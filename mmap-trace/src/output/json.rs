@@ -293,6 +293,21 @@ pub enum Body {
         size: Hex,
         prot: Hex,
     },
+    /// The page-insertion family (`probe` says which function): the first user address
+    /// and PFN, the pages asked for, and `kaddr` (vmalloc or physical address) where the
+    /// function takes one.
+    PageInsert {
+        vma: JsonVma,
+        addr: Hex,
+        pfn: Hex,
+        pages: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kaddr: Option<Hex>,
+        /// `mmap_action`: what the driver's mmap_prepare asked for (`remap_pfn`,
+        /// `io_remap_pfn`, `simple_io_remap`, `map_kernel_pages`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        action: Option<&'static str>,
+    },
     /// execve replaced the address space (no fields of its own).
     Exec {},
     PageCache {
@@ -691,6 +706,19 @@ pub fn record(event: &Event, path: Option<FilePath>) -> EventRecord<'_> {
             pfn: Hex(e.pfn),
             size: Hex(e.size),
             prot: Hex(e.prot),
+        },
+        Event::PageInsert(e) => Body::PageInsert {
+            vma: JsonVma::new(&e.vma),
+            addr: Hex(e.addr),
+            pfn: Hex(e.pfn),
+            pages: e.pages,
+            kaddr: (e.kaddr != 0).then_some(Hex(e.kaddr)),
+            action: (e.header.probe == Probe::MmapAction as u32).then(|| {
+                mmap_trace_common::MMAP_ACTION_NAMES
+                    .get(e.action as usize)
+                    .copied()
+                    .unwrap_or("unknown")
+            }),
         },
         Event::DriverMmap(e) => Body::DriverMmap {
             before: JsonVma::new(&e.before),

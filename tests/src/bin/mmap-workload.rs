@@ -2,8 +2,8 @@
 //! per line, exactly what it asked for and what the kernel answered. The tests compare
 //! that account with what `mmap-trace trace` saw, call by call.
 //!
-//! Usage: mmap-workload [--device PATH [--pages N] [--offset PAGES] [--private]]
-//!                      [--loop N] [--touch MIB] [--scenario NAME] [--ia32]
+//! Usage: mmap-workload [--device PATH [--pages N] [--offset PAGES] [--private] [--touch]]
+//!                      [--loop N] [--touch-mib MIB] [--scenario NAME] [--ia32]
 //!
 //! Without --scenario: one sequence touching every traced call. Scenarios (for verify):
 //! anon, file-offset, file-pages, split3, hole, mremap-move, fixed, threads, and those of
@@ -106,10 +106,10 @@ fn main() {
         println!("{{\"leaked\":{}}}", mmtrace_workload_stack_marker(3 * PAGE));
         return;
     }
-    if let Some(mib) = opt("--touch") {
+    if let Some(mib) = opt("--touch-mib") {
         // The fault benchmark: N MiB of fresh anonymous pages, one write each, not
-        // recorded (`--touch 1024`: the 262,144 faults of a 1 GiB memset).
-        let len = mib.parse::<usize>().expect("--touch MIB") << 20;
+        // recorded (`--touch-mib 1024`: the 262,144 faults of a 1 GiB memset).
+        let len = mib.parse::<usize>().expect("--touch-mib MIB") << 20;
         // SAFETY: maps, writes and unmaps its own anonymous memory.
         unsafe {
             let p = libc::mmap(
@@ -217,6 +217,14 @@ fn main() {
             &[0, pages * PAGE, rw, kind as u64, dfd as u64, offset * PAGE],
         );
         if d > 0 {
+            // --touch: read one byte of each page, last page first, so a device that
+            // maps on the first touch inserts them one by one, in that order.
+            if args.iter().any(|a| a == "--touch") {
+                for page in (0..pages).rev() {
+                    // SAFETY: inside the mapping just made.
+                    unsafe { std::ptr::read_volatile((d as u64 + page * PAGE) as *const u8) };
+                }
+            }
             rec.call("munmap", libc::SYS_munmap, &[d as u64, pages * PAGE]);
         }
         // SAFETY: closing our own fd.

@@ -46,10 +46,10 @@ fn npages_bounds_are_enforced_at_load() -> Result<()> {
             "npages={good}: counters disagree"
         );
         ensure!(
-            counter("reserved_pages")? == 2 * good as i64,
+            counter("reserved_pages")? == (DeviceKind::ALL.len() * good) as i64,
             "npages={good}: {} reserved pages, want {}",
             counter("reserved_pages")?,
-            2 * good
+            DeviceKind::ALL.len() * good
         );
         let dev = Device::open(DeviceKind::Vmalloc)?;
         let map = dev.map(good, 0, MAP_SHARED)?;
@@ -69,10 +69,7 @@ fn rmmod_is_refused_while_a_process_holds_a_mapping() -> Result<()> {
     let m = setup()?;
     let len = m.size();
     ensure!(module_refcnt()? == 0, "module in use before the test");
-    let paths = [
-        CString::new(DeviceKind::Kmalloc.dev_path())?,
-        CString::new(DeviceKind::Vmalloc.dev_path())?,
-    ];
+    let paths = DeviceKind::ALL.map(|k| CString::new(k.dev_path()).expect("no NUL in a path"));
     let (to_child_r, to_child_w) = pipe()?;
     let (to_parent_r, to_parent_w) = pipe()?;
     let pid = fork_child(|| {
@@ -98,9 +95,10 @@ fn rmmod_is_refused_while_a_process_holds_a_mapping() -> Result<()> {
     let result = (|| -> Result<()> {
         wait_byte(to_parent_r, "the child")?;
         let refcnt = module_refcnt()?;
+        let want = paths.len() as u64;
         ensure!(
-            refcnt == 2,
-            "child holds one mapping per device and no fd, module refcnt is {refcnt}, want 2"
+            refcnt == want,
+            "child holds one mapping per device and no fd, module refcnt is {refcnt}, want {want}"
         );
         let e = delete_module()
             .err()

@@ -14,11 +14,12 @@ use libc::{
 };
 use mmap_trace_tests::driver::{
     DEV_PREFIX, Device, DeviceKind, DriverVma, KPF_RESERVED, Mapping, MapsLine, Module, PATTERN,
-    buffer_pfns, counter, delete_module, device_maps_lines, errno_of, finit_module, is_loaded,
-    kpageflags, live_maps, maps_line_at, module_refcnt, page_size, page_table, parse_maps,
-    parse_vmas, require_guest, vm,
+    RANGE_PAGETABLE, buffer_pfns, counter, delete_module, device_maps_lines, driver_vmas, errno_of,
+    faults, finit_module, is_loaded, kpageflags, live_maps, maps_line_at, module_refcnt, page_size,
+    page_table, pagemap_pfn, parse_maps, parse_vmas, range_page_table, require_guest, vm,
 };
 
+mod fault;
 mod load;
 mod mapping;
 mod page_tables;

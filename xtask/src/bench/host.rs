@@ -743,7 +743,7 @@ fn traced_loops(
     })
 }
 
-/// Part 4 (issue 17): `mmap-workload --touch MIB` (one write to each fresh page of a MIB
+/// Part 4 (issue 17): `mmap-workload --touch-mib MIB` (one write to each fresh page of a MIB
 /// mapping: MIB × 256 faults) untraced, under `mmap-trace trace --faults` and under
 /// `perf trace --pf=all` (where perf runs here), alternating round by round.
 pub struct FaultBench {
@@ -825,7 +825,7 @@ fn fault_run(tools: &Tools, kind: FaultKind, mib: u64, v: &mut Variant) -> Resul
     settle();
     let mut held = [HeldLoop::with_args(
         &tools.workload,
-        &["--touch".into(), mib.to_string()],
+        &["--touch-mib".into(), mib.to_string()],
     )?];
     let pid = held[0].pid().to_string();
     let os = |s: &str| OsString::from(s);

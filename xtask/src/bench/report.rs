@@ -170,7 +170,7 @@ impl FaultBench {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "**Page faults** (issue 17): `mmap-workload --touch {}` writes one byte to each \
+            "**Page faults** (issue 17): `mmap-workload --touch-mib {}` writes one byte to each \
              page of a fresh {} MiB anonymous mapping ({} faults, plus the program's own \
              start-up faults), held until the tracer is attached, timed from release to exit.\n",
             self.mib, self.mib, self.expected

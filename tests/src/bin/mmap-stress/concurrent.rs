@@ -1,4 +1,4 @@
-//! `mmap-stress concurrent`: M processes × T threads on disjoint parts of both buffers.
+//! `mmap-stress concurrent`: M processes × T threads on disjoint parts of every buffer.
 
 use super::*;
 
@@ -85,7 +85,7 @@ pub(crate) fn hammer(
     if load(part, len) != data {
         die("the part mapped at its offset differs".into());
     }
-    if kind == DeviceKind::Kmalloc {
+    if kind.serves_private() {
         // A private copy: stores stay in this process, the buffer keeps our bytes.
         let private = map(n * PAGE, libc::MAP_PRIVATE, mine);
         store(private, &rng.bytes(len));

@@ -1,14 +1,14 @@
 //! mmap-stress: load generators for the reliability tests (issue 7).
 //!
 //!   mmap-stress random [--seed S] [--requests N]
-//!       A seeded random client of both mmtrace_drv devices (the module must be loaded):
+//!       A seeded random client of the three mmtrace_drv devices (the module must be loaded):
 //!       mmap with every kind of length, offset, prot and flags, partial munmap, mprotect,
 //!       mremap, fork with the mappings held, pread/pwrite and loads/stores through the
 //!       mappings. Each request is checked against a model of the buffers and of this
 //!       process's device mappings: served as the model says, or refused with the errno
 //!       docs/driver.md's rules predict. Prints `seed=S` first; `--seed S` replays a run.
 //!   mmap-stress concurrent --slot K --slots M [--threads T] [--rounds R]
-//!       One of M processes hammering both devices from T threads; each thread owns a
+//!       One of M processes hammering every device from T threads; each thread owns a
 //!       disjoint part of the buffers, so any foreign byte in it is corruption.
 //!   mmap-stress mremap-burst N
 //!       N no-op mremap calls as fast as possible (a known number of traced events).
@@ -50,7 +50,7 @@ pub(crate) const SLOT_PAGES: u64 = 64;
 pub(crate) const SLOTS: u64 = 24;
 /// x86-64 user address space with 4-level page tables (the guest CPU has no LA57).
 pub(crate) const TASK_SIZE: u64 = 0x7fff_ffff_f000;
-/// Full consistency check (maps, counters, every mapped byte, both buffers) this often.
+/// Full consistency check (maps, counters, every mapped byte, every buffer) this often.
 pub(crate) const CHECK_EVERY: u64 = 97;
 /// Not too many live VMAs: beyond this, requests lean towards unmapping.
 pub(crate) const MAX_VMAS: usize = 48;

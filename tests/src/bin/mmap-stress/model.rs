@@ -1,4 +1,4 @@
-//! The model of both buffers and of this process's device mappings that `random` checks against.
+//! The model of every buffer and of this process's device mappings that `random` checks against.
 
 use super::*;
 
@@ -29,7 +29,7 @@ pub(crate) struct Vma {
 pub(crate) struct Model {
     pub(crate) npages: u64,
     /// Buffer contents, by DeviceKind as usize.
-    pub(crate) bufs: [Vec<u8>; 2],
+    pub(crate) bufs: [Vec<u8>; DeviceKind::ALL.len()],
     pub(crate) pages: BTreeMap<u64, Page>,
     pub(crate) next_vma: u64,
     /// VMAs that come from a split (munmap, mprotect, mremap shrink of part of a VMA).
@@ -70,13 +70,13 @@ impl Model {
     /// a private (copy-on-write) `remap_pfn_range` VMA from the PTE at its start, and once
     /// that first page is an anonymous COW copy it gives up and fails fork() (reported as
     /// ENOMEM). `mmap-stress fork-cases` shows it: only the cases whose first page was
-    /// written fail.
+    /// written fail. The fault device's VMAs are VM_MIXEDMAP, which PAT does not track.
     pub(crate) fn fork_refused(&self) -> bool {
         let mut last_vma = None;
         self.pages.values().any(|p| {
             let first = last_vma != Some(p.vma);
             last_vma = Some(p.vma);
-            first && !p.shared && p.copy.is_some()
+            first && !p.shared && p.copy.is_some() && p.kind.eager()
         })
     }
 

@@ -4,7 +4,7 @@ use super::*;
 
 pub(crate) struct Fds {
     /// [kind][0: O_RDWR, 1: O_RDONLY]
-    pub(crate) fds: [[i32; 2]; 2],
+    pub(crate) fds: [[i32; 2]; DeviceKind::ALL.len()],
 }
 
 pub(crate) struct Tally {
@@ -279,14 +279,24 @@ impl Client {
             let pages = len.div_ceil(PAGE);
             let vma = self.m.new_vma();
             let shared = flags & libc::MAP_TYPE != libc::MAP_PRIVATE;
+            // MAP_POPULATE write-faults every page of a private writable VMA to break COW
+            // (populate_vma_page_range); the fault device serves those faults, so each
+            // page is a private copy from the start. PFNMAP VMAs are not populated.
+            let populated_copy = !kind.eager()
+                && !shared
+                && prot & libc::PROT_WRITE != 0
+                && flags & (libc::MAP_POPULATE | libc::MAP_NONBLOCK) == libc::MAP_POPULATE;
             for i in 0..pages {
+                let buf_page = off / PAGE + i;
+                let start = (buf_page * PAGE) as usize;
                 let page = Page {
                     kind,
                     shared,
-                    buf_page: off / PAGE + i,
+                    buf_page,
                     prot,
                     fd_writable: writable,
-                    copy: None,
+                    copy: populated_copy
+                        .then(|| self.m.bufs[ki(kind)][start..start + PAGE as usize].to_vec()),
                     vma,
                 };
                 if self.m.pages.insert(a + i * PAGE, page).is_some() {
@@ -729,7 +739,7 @@ impl Client {
     }
 
     /// /proc/self/maps and the driver's counters against the model; every mapped byte
-    /// and both buffers against the model.
+    /// and every buffer against the model.
     pub(crate) fn check_all(&mut self) {
         self.t.checks += 1;
         let what = std::mem::replace(&mut self.what, "check".into());
@@ -854,7 +864,7 @@ pub(crate) fn predict_mmap(
     if pgoff + alen / PAGE > npages {
         return Err(libc::EINVAL);
     }
-    if kind == DeviceKind::Vmalloc && !shared {
+    if !kind.serves_private() && !shared {
         return Err(libc::EINVAL);
     }
     Ok(())

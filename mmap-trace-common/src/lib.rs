@@ -791,6 +791,7 @@ mod pod {
     unsafe impl aya::Pod for super::TaskOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RssFormat {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::PageMap {}
 }
 

@@ -525,6 +525,20 @@ fn verify_attaches_to_a_running_process() {
 fn verify_with_nothing_checked_is_not_a_pass() {
     let _guard = shared();
     let mut idle = Command::new("sleep").arg("60").spawn().unwrap();
+    // Attach only once it sleeps: its start-up (ld.so, malloc's brk) would otherwise be
+    // the calls verify checks (a CI run saw one brk).
+    let asleep = || {
+        std::fs::read_to_string(format!("/proc/{}/syscall", idle.id()))
+            .is_ok_and(|s| s.starts_with("230 ") || s.starts_with("35 "))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !asleep() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sleep 60 never reached nanosleep"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let (verifier, rest_of_stderr) = start_verify(idle.id());
     // SAFETY: signalling our own child.
     unsafe { libc::kill(verifier.id() as i32, libc::SIGINT) };

@@ -233,8 +233,8 @@ struct TraceArgs {
     /// pointers needed) and names the functions from the files the trace saw mapped, so
     /// a process that already exited still gets names. JSON: a "stack" array of
     /// {addr, sym, file, off, src, line}; the table: the innermost frame outside libc
-    /// after the event, and the whole stack below it. Costs ~8 KiB of ring buffer per
-    /// event.
+    /// after the event, and the whole stack below it. Costs up to ~8 KiB of ring buffer
+    /// per event (the stack as deep as it is), so the default ring grows to 64 MiB.
     #[arg(long, short = 'U')]
     stacks: bool,
     /// Also trace what the mappings cost: every page fault of the target on a user

@@ -157,13 +157,19 @@ pub fn reserve<T: 'static>(probe: Probe) -> Option<RingBufEntry<T>> {
 
 /// Per-CPU scratch buffers (path.rs, stack.rs) have one slot per program that may be
 /// running on a CPU at once. The kernel never runs one program twice at once on a CPU
-/// (its recursion guard), so a slot per program is the program's own even where the
-/// syscall hooks run preemptible and another task's run can come between two of its
-/// steps: the gated copies of `sys_exit` take slots 0–3 by copy (syscalls.rs), every
-/// other program runs with preemption off and takes [`OTHER_SLOT`].
-pub const SCRATCH_SLOTS: u32 = 5;
-/// The scratch slot of the programs that run with preemption off.
-pub const OTHER_SLOT: u32 = 4;
+/// (its recursion guard), so a slot per program is the program's own even where
+/// tracepoints run BPF preemptible (7.x) and another task's run can come between two of
+/// its steps: the gated copies of `sys_exit` take slots 0–3 by copy (syscalls.rs), the
+/// catch-all's copies 4–7 ([`MM_LOCK_SLOT`] + copy), exec [`EXEC_SLOT`], and the kprobes,
+/// which run with preemption off and so never between each other's steps,
+/// [`OTHER_SLOT`].
+pub const SCRATCH_SLOTS: u32 = 10;
+/// The catch-all's first slot.
+pub const MM_LOCK_SLOT: u32 = 4;
+/// The exec tracepoint's slot.
+pub const EXEC_SLOT: u32 = 8;
+/// The scratch slot of the programs that run with preemption off (the kprobes).
+pub const OTHER_SLOT: u32 = 9;
 
 /// Counts an event of `probe` that could not be reported.
 #[inline(always)]

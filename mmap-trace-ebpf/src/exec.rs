@@ -92,7 +92,7 @@ fn emit_image(task: &emit::Task) {
         (*event).start_code = kernel::read(mm, mo.start_code);
         (*event).end_code = kernel::read(mm, mo.end_code);
         (*event).interp_base = interp_base;
-        kernel::read_file(exe, &ko, &mut (*event).exe, emit::OTHER_SLOT);
+        kernel::read_file(exe, &ko, &mut (*event).exe, emit::EXEC_SLOT);
     }
     entry.submit(0);
 }

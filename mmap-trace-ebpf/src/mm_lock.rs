@@ -43,6 +43,27 @@ pub static WROTE_MM: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 
 #[map]
 static TARGET_MMS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(8192, 0);
 
+/// The gate (syscalls.rs) for the catch-all: on kernels that run tracepoint programs
+/// preemptible (7.x skipped this one too: 2 runs in a guest_verify of the shmat
+/// scenario), four copies of it are attached, and each thread's last copy to run is
+/// kept here. A copy that finds an earlier copy's mark ran for this same lock does
+/// nothing; the first copy to run after the last one's mark handles the lock.
+#[map]
+static LOCK_MARKS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Whether this copy is the first of the gated copies to run for the lock being taken
+/// now (always, ungated). Only this thread writes its key, one copy at a time.
+#[inline(always)]
+fn first_copy(tid: u32, copy: u32) -> bool {
+    if !syscalls::gated() {
+        return true;
+    }
+    // SAFETY: a plain lookup, copied out.
+    let mark = unsafe { LOCK_MARKS.get(tid) }.copied();
+    let _ = LOCK_MARKS.insert(tid, copy, 0);
+    !matches!(mark, Some(m) if m < copy)
+}
+
 /// `offsetof(struct pt_regs, orig_ax)` on x86-64 (a user-space ABI: ptrace exposes it).
 const PT_REGS_ORIG_AX: u32 = 120;
 
@@ -51,17 +72,34 @@ const PT_REGS_ORIG_AX: u32 = 120;
 /// each prototype has its program and the loader loads the one BTF names.
 #[btf_tracepoint(function = "mmap_lock_acquire_returned")]
 pub fn mmap_lock_acquire_returned(ctx: BtfTracePointContext) -> i32 {
-    write_locked(ctx.arg(0), ctx.arg(1), ctx.arg(2))
+    write_locked(ctx.arg(0), ctx.arg(1), ctx.arg(2), 0)
+}
+
+/// The gate's spare copies (see `LOCK_MARKS`); 7.x has only this prototype.
+#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
+pub fn mmap_lock_acquire_returned_2(ctx: BtfTracePointContext) -> i32 {
+    write_locked(ctx.arg(0), ctx.arg(1), ctx.arg(2), 1)
+}
+
+#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
+pub fn mmap_lock_acquire_returned_3(ctx: BtfTracePointContext) -> i32 {
+    write_locked(ctx.arg(0), ctx.arg(1), ctx.arg(2), 2)
+}
+
+#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
+pub fn mmap_lock_acquire_returned_4(ctx: BtfTracePointContext) -> i32 {
+    write_locked(ctx.arg(0), ctx.arg(1), ctx.arg(2), 3)
 }
 
 /// `(mm, memcg_path, write, success)`: 6.1–6.12.
 #[btf_tracepoint(function = "mmap_lock_acquire_returned")]
 pub fn mmap_lock_acquire_returned_memcg(ctx: BtfTracePointContext) -> i32 {
-    write_locked(ctx.arg(0), ctx.arg(2), ctx.arg(3))
+    write_locked(ctx.arg(0), ctx.arg(2), ctx.arg(3), 0)
 }
 
+/// `copy`: 0, or 1–3 for the gate's spares.
 #[inline(always)]
-fn write_locked(mm: u64, write: u64, success: u64) -> i32 {
+fn write_locked(mm: u64, write: u64, success: u64, copy: u32) -> i32 {
     // bools: only the low byte is defined.
     if write & 0xff == 0 || success & 0xff == 0 {
         return 0;
@@ -74,7 +112,7 @@ fn write_locked(mm: u64, write: u64, success: u64) -> i32 {
     let own: u64 = kernel::read(current, o.mm);
     let pid_tgid = bpf_get_current_pid_tgid();
     if own == mm {
-        if !emit::tgid_passes(pid_tgid) {
+        if !emit::tgid_passes(pid_tgid) || !first_copy(pid_tgid as u32, copy) {
             return 0;
         }
         let tgid = (pid_tgid >> 32) as u32;
@@ -107,7 +145,7 @@ fn write_locked(mm: u64, write: u64, success: u64) -> i32 {
             0,
             0,
             regs as *const _,
-            emit::OTHER_SLOT,
+            emit::MM_LOCK_SLOT + copy,
         );
         return 0;
     }
@@ -120,6 +158,9 @@ fn write_locked(mm: u64, write: u64, success: u64) -> i32 {
     let Some(owner) = (unsafe { TARGET_MMS.get(mm) }).copied() else {
         return 0;
     };
+    if !first_copy(pid_tgid as u32, copy) {
+        return 0;
+    }
     let Some(task) = emit::any_task() else {
         return 0;
     };
@@ -135,7 +176,7 @@ fn write_locked(mm: u64, write: u64, success: u64) -> i32 {
         0,
         0,
         core::ptr::null(),
-        emit::OTHER_SLOT,
+        emit::MM_LOCK_SLOT + copy,
     );
     0
 }

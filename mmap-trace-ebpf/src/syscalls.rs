@@ -56,6 +56,13 @@ static ENTRY_TIMES: u32 = 0;
 #[unsafe(no_mangle)]
 static SYSCALL_GATE: u32 = 0;
 
+/// Whether the hooks run as gated copies (the catch-all's too: mm_lock.rs).
+#[inline(always)]
+pub fn gated() -> bool {
+    // SAFETY: a read of our own global; volatile so the loader's value is seen.
+    unsafe { core::ptr::read_volatile(&SYSCALL_GATE) != 0 }
+}
+
 /// Entry times of in-flight calls by thread id (`verify` on kernels without the gate).
 /// LRU: a thread killed inside a call never reaches its exit, and its entry must not pin
 /// a slot forever.

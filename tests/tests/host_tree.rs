@@ -309,16 +309,17 @@ fn gated_syscall_hooks_report_every_call_once() {
             "{scenario}: gated verify disagreed:\n{err}\n{summary}"
         );
     }
-    // The workload's default sequence (one thread, every traced call, fixed): both forms
-    // report the same calls, in order.
-    let calls = |gate: &str| -> Vec<(String, Value)> {
-        let file = out_file(&format!("gate-trace-{gate}"));
+    // The workload's default sequence (one thread, every traced call, fixed) and shmat…
+    // shmdt (the catch-all's calls): both forms report the same events, in order.
+    let calls = |gate: &str, args: &[&str]| -> Vec<(String, Value)> {
+        let file = out_file(&format!("gate-trace-{gate}-{}", args.len()));
         let out = cli()
             .env(GATE, gate)
             .args(["trace", "--json", "-o"])
             .arg(&file)
             .arg("--")
             .arg(workload_path())
+            .args(args)
             .output()
             .expect("run mmap-trace trace");
         assert!(out.status.success(), "trace: {}", stderr(&out));
@@ -335,11 +336,23 @@ fn gated_syscall_hooks_report_every_call_once() {
             })
             .collect()
     };
-    let (single, gated) = (calls("0"), calls("1"));
-    assert!(single.len() >= 14, "too few calls traced: {single:?}");
-    assert_eq!(
-        single.iter().map(|c| &c.0).collect::<Vec<_>>(),
-        gated.iter().map(|c| &c.0).collect::<Vec<_>>(),
-        "gated hooks reported other calls"
-    );
+    for (args, at_least, catch_all) in [
+        (&[][..], 14, false),
+        (&["--scenario", "shmat-shmdt"][..], 4, true),
+    ] {
+        let (single, gated) = (calls("0", args), calls("1", args));
+        assert!(
+            single.len() >= at_least,
+            "{args:?}: too few calls traced: {single:?}"
+        );
+        assert!(
+            !catch_all || single.iter().any(|c| c.0 == "mm_lock"),
+            "{args:?}: no catch-all event: {single:?}"
+        );
+        assert_eq!(
+            single.iter().map(|c| &c.0).collect::<Vec<_>>(),
+            gated.iter().map(|c| &c.0).collect::<Vec<_>>(),
+            "{args:?}: gated hooks reported other events"
+        );
+    }
 }

@@ -261,7 +261,7 @@ impl Tracer {
                 .context("attaching the syscall probes (raw tracepoints sys_enter/sys_exit)")?;
         }
         for probe in chosen.iter().filter(|p| !p.is_syscall()) {
-            attach(&mut ebpf, *probe, &driver_hooks, &kallsyms, write_arg)
+            attach(&mut ebpf, *probe, &driver_hooks, &kallsyms, write_arg, gate)
                 .with_context(|| format!("attaching the {} probe", probe.name()))?;
         }
         Ok(Self {
@@ -284,9 +284,9 @@ impl Tracer {
                 "mmap-trace: warning: the kernel skipped the {name} program {misses} time(s) \
                  (recursion_misses): a run of it on this CPU was preempted and another task \
                  reached the hook meanwhile. Events of the traced process may be missing \
-                 from the output; verify counts them as lost. If this is a syscall hook, \
-                 set {}=1 (this kernel preempts BPF on syscall tracepoints and mmap-trace \
-                 did not detect it; docs/kernels.md)",
+                 from the output; verify counts them as lost. If this is a syscall or \
+                 catch-all hook, set {}=1 (this kernel preempts BPF on tracepoints and \
+                 mmap-trace did not detect it; docs/kernels.md)",
                 preempt::GATE_VAR
             );
         }
@@ -302,7 +302,9 @@ impl Tracer {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         self.ebpf
             .programs()
-            .filter(|(name, _)| !(self.gated && name.starts_with("sys_")))
+            .filter(|(name, _)| {
+                !(self.gated && (name.starts_with("sys_") || name.starts_with("mmap_lock_acquire")))
+            })
             .filter_map(|(name, program)| {
                 let fd = program.fd().ok()?.as_fd().as_raw_fd();
                 let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
@@ -402,13 +404,14 @@ fn copy_name(point: &str, copy: usize) -> String {
 }
 
 /// `write_arg`: where `mmap_lock_acquire_returned` has its `write` argument (picks the
-/// catch-all program built for that prototype).
+/// catch-all program built for that prototype); `gate`: the hooks run as gated copies.
 fn attach(
     ebpf: &mut Ebpf,
     probe: Probe,
     driver_hooks: &[String],
     kallsyms: &str,
     write_arg: u32,
+    gate: bool,
 ) -> Result<()> {
     match probe {
         Probe::Exec => attach_tracepoint(ebpf, "sched", "sched_process_exec")?,
@@ -441,9 +444,15 @@ fn attach(
             } else {
                 "mmap_lock_acquire_returned_memcg"
             };
-            let program: &mut BtfTracePoint = program(ebpf, name)?.try_into()?;
-            program.load(POINT, &btf)?;
-            program.attach()?;
+            // Gated: four copies taking turns (mm_lock.rs); only kernels with the 6.13+
+            // prototype run tracepoint programs preemptible.
+            let copies = if gate && write_arg == 1 { COPIES } else { 1 };
+            for copy in 1..=copies {
+                let name = copy_name(name, copy);
+                let program: &mut BtfTracePoint = program(ebpf, &name)?.try_into()?;
+                program.load(POINT, &btf)?;
+                program.attach()?;
+            }
         }
         Probe::MmapRegion | Probe::RemapPfnRange => {
             attach_kprobe(ebpf, probe.name(), probe.kernel_functions())?

@@ -77,7 +77,10 @@ struct Item {
 
 /// Records the worker may have queued before the reader waits for it: a bound on the
 /// memory a slow symbolizer can take (a worker that cannot keep up then holds the reader
-/// back, and the ring buffer overflows into counted losses instead).
+/// back, and the ring buffer overflows into counted losses instead). Measured on the
+/// bench loop (400,000 stacked calls in ~0.5 s, 2 CPUs shared with the loop): 16,384
+/// lost 10–16% at the 64 MiB ring with ~160 MB peak; 524,288 lost 34% with 587 MB (the
+/// growing queue slows both threads). The worker, not the queue, is what to speed up.
 const QUEUE_MAX: usize = 16384;
 
 /// A named stack, ready for either output format: the frames (the table) and their JSON

@@ -5,7 +5,7 @@
 //! bytes in hex.
 
 use mmap_trace_common::{
-    FaultEvent, FileId, MmChangeCause, Probe, RssMember, SyscallEvent, VmaFields, pf,
+    EventHeader, FaultEvent, FileId, MmChangeCause, Probe, RssMember, SyscallEvent, VmaFields, pf,
 };
 use serde::{Serialize, Serializer};
 
@@ -425,6 +425,22 @@ fn syscall_body(
     }
 }
 
+/// `{"type":"event","ts_ns":…,"pid":…,"tid":…,"comm":…,"probe":"…"`: the start every
+/// hand-written event line shares (no closing brace).
+fn write_event_start(out: &mut Vec<u8>, h: &EventHeader, probe: Probe) {
+    let mut num = itoa::Buffer::new();
+    out.extend_from_slice(br#"{"type":"event","ts_ns":"#);
+    out.extend_from_slice(num.format(h.ts_ns).as_bytes());
+    out.extend_from_slice(br#","pid":"#);
+    out.extend_from_slice(num.format(h.pid).as_bytes());
+    out.extend_from_slice(br#","tid":"#);
+    out.extend_from_slice(num.format(h.tid).as_bytes());
+    write_bytes(out, "comm", c_bytes(&h.comm));
+    out.extend_from_slice(br#","probe":""#);
+    out.extend_from_slice(probe.name().as_bytes());
+    out.push(b'"');
+}
+
 /// The JSON line (without newline) of a syscall record appended to `out`: byte for byte
 /// what serializing [`record`] gives (the test below holds them together), without
 /// building a `Body` or going through serde's `flatten` buffering. `trace --json` writes
@@ -438,16 +454,7 @@ pub fn write_syscall(
 ) {
     let h = &e.header;
     let mut num = itoa::Buffer::new();
-    out.extend_from_slice(br#"{"type":"event","ts_ns":"#);
-    out.extend_from_slice(num.format(h.ts_ns).as_bytes());
-    out.extend_from_slice(br#","pid":"#);
-    out.extend_from_slice(num.format(h.pid).as_bytes());
-    out.extend_from_slice(br#","tid":"#);
-    out.extend_from_slice(num.format(h.tid).as_bytes());
-    write_bytes(out, "comm", c_bytes(&h.comm));
-    out.extend_from_slice(br#","probe":""#);
-    out.extend_from_slice(probe.name().as_bytes());
-    out.push(b'"');
+    write_event_start(out, h, probe);
     let hex = |out: &mut Vec<u8>, key: &str, v: u64| {
         key_start(out, key);
         out.push(b'"');
@@ -541,14 +548,7 @@ pub fn write_fault(out: &mut Vec<u8>, e: &FaultEvent, vma: Option<&FaultVma>) {
         key_start(out, key);
         out.extend_from_slice(if v { b"true" } else { b"false" });
     };
-    out.extend_from_slice(br#"{"type":"event","ts_ns":"#);
-    out.extend_from_slice(num.format(h.ts_ns).as_bytes());
-    out.extend_from_slice(br#","pid":"#);
-    out.extend_from_slice(num.format(h.pid).as_bytes());
-    out.extend_from_slice(br#","tid":"#);
-    out.extend_from_slice(num.format(h.tid).as_bytes());
-    write_bytes(out, "comm", c_bytes(&h.comm));
-    out.extend_from_slice(br#","probe":"fault""#);
+    write_event_start(out, h, Probe::Fault);
     let Body::Fault {
         addr,
         ip,

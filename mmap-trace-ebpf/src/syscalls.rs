@@ -192,7 +192,7 @@ fn on_enter(ctx: &RawTracePointContext, copy: u32) -> i32 {
 /// The syscall's arguments as `pt_regs` holds them, `r10` to `orig_ax` (one read).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct SyscallRegs {
+pub struct SyscallRegs {
     r10: u64,
     r9: u64,
     r8: u64,
@@ -201,7 +201,24 @@ struct SyscallRegs {
     dx: u64,
     si: u64,
     di: u64,
-    orig_ax: u64,
+    pub orig_ax: u64,
+}
+
+impl SyscallRegs {
+    /// The registers `sys_exit`'s first argument points at.
+    #[inline(always)]
+    pub fn read(user_regs: *const pt_regs) -> Option<Self> {
+        // SAFETY: the helper tolerates bad addresses; `user_regs` is the kernel's own,
+        // and the struct mirrors pt_regs from r10 on.
+        unsafe { bpf_probe_read_kernel(core::ptr::addr_of!((*user_regs).r10).cast::<Self>()) }
+            .ok()
+    }
+
+    /// The six arguments in the x86-64 syscall convention (r10 stands in for rcx).
+    #[inline(always)]
+    pub fn args(&self) -> [u64; 6] {
+        [self.di, self.si, self.dx, self.r10, self.r8, self.r9]
+    }
 }
 
 /// `sys_exit(struct pt_regs *regs, long ret)`.
@@ -236,14 +253,10 @@ fn on_exit(ctx: &RawTracePointContext, copy: u32) -> i32 {
     // The task's user registers, as the syscall entered (and, under --stacks, where the
     // user stack is).
     let user_regs: *const pt_regs = ctx.arg(0);
-    // SAFETY: the helper tolerates bad addresses; `regs` is the kernel's own, and the
-    // struct mirrors pt_regs from r10 on.
-    let Ok(regs) = (unsafe {
-        bpf_probe_read_kernel(core::ptr::addr_of!((*user_regs).r10).cast::<SyscallRegs>())
-    }) else {
+    let Some(regs) = SyscallRegs::read(user_regs) else {
         return 0;
     };
-    let args = [regs.di, regs.si, regs.dx, regs.r10, regs.r8, regs.r9];
+    let args = regs.args();
     // An ia32 syscall's numbers mean other calls. One call site for the catch-all: each
     // inlined copy costs stack, and the 6.1 verifier caps the call chain at 512 bytes.
     let probe = match traced(regs.orig_ax) {

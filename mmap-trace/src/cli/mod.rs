@@ -104,12 +104,16 @@ enum Command {
     /// FAIL, 1 any FAIL, 2 error.
     #[command(name = "verify-driver")]
     VerifyDriver(VerifyDriverArgs),
-    /// Bench only: an empty eBPF program on the syscall probes' attach point (raw
-    /// tracepoint sys_exit) until PID exits.
+    /// Bench only: empty eBPF programs on the attach points trace uses by default until
+    /// PID exits.
     #[command(hide = true)]
     Floor {
         #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
         pid: u32,
+        /// On sys_exit, the least record of each of PID's mmap, mprotect, munmap, brk and
+        /// mremap calls, read and counted.
+        #[arg(long)]
+        records: bool,
     },
     /// Replay a JSON trace into per-process address-space timelines: a text summary, or
     /// one self-contained HTML page with --html.
@@ -372,8 +376,8 @@ impl Cli {
                     Outcome::Disagreed
                 }
             }
-            Command::Floor { pid } => {
-                crate::kernel::floor::run(pid)?;
+            Command::Floor { pid, records } => {
+                crate::kernel::floor::run(pid, records)?;
                 Outcome::Done
             }
             Command::Report(args) => {

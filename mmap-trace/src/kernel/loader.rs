@@ -344,18 +344,27 @@ impl Tracer {
 
 /// The bench's floor (`mmap-trace floor`): only the empty programs, on the attach points
 /// `trace` uses by default (sys_exit, the catch-all's tracepoint when BTF has it, exec),
-/// from the same object, with nothing else loaded or attached. Returns what it attached.
-pub fn attach_floor() -> Result<(Ebpf, Vec<&'static str>)> {
+/// from the same object, with nothing else loaded or attached. `records_of`: on
+/// sys_exit, the least record of each traced call of this process instead (its ring is
+/// `FLOOR_RECORDS`, see mmap-trace-ebpf/src/floor.rs). Returns what it attached.
+pub fn attach_floor(records_of: Option<u32>) -> Result<(Ebpf, Vec<&'static str>)> {
     tracefs::ensure_mounted()?;
+    let tgid = records_of.unwrap_or(0);
     let mut ebpf = EbpfLoader::new()
+        .override_global("FLOOR_TGID", &tgid, true)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
     let mut attached = Vec::new();
-    let exit: &mut RawTracePoint = program(&mut ebpf, "floor_sys_exit")?.try_into()?;
-    exit.load().context("loading floor_sys_exit")?;
+    let (name, what) = if records_of.is_some() {
+        ("floor_record_sys_exit", "raw tracepoint sys_exit (records)")
+    } else {
+        ("floor_sys_exit", "raw tracepoint sys_exit")
+    };
+    let exit: &mut RawTracePoint = program(&mut ebpf, name)?.try_into()?;
+    exit.load().with_context(|| format!("loading {name}"))?;
     exit.attach("sys_exit")
-        .context("attaching floor_sys_exit to the raw tracepoint sys_exit")?;
-    attached.push("raw tracepoint sys_exit");
+        .with_context(|| format!("attaching {name} to the raw tracepoint sys_exit"))?;
+    attached.push(what);
     // trace attaches the catch-all only where the kernel has BTF; so does the floor.
     if let Ok(btf) = aya::Btf::from_sys_fs() {
         let lock: &mut BtfTracePoint = program(&mut ebpf, "floor_mmap_lock")?.try_into()?;

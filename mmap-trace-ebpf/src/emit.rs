@@ -93,7 +93,17 @@ pub fn one_process() -> bool {
 #[inline(always)]
 pub fn current_task() -> Option<Task> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !tgid_passes(pid_tgid) || !cgroup_passes() {
+    if !tgid_passes(pid_tgid) {
+        return None;
+    }
+    task_past_tgid(pid_tgid)
+}
+
+/// [`current_task`] for a hook that has already checked [`tgid_passes`] on `pid_tgid`
+/// (`sys_exit`, before anything else): the rest of the filter.
+#[inline(always)]
+pub fn task_past_tgid(pid_tgid: u64) -> Option<Task> {
+    if !cgroup_passes() {
         return None;
     }
     let comm = current_comm();

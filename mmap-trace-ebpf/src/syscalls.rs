@@ -274,7 +274,7 @@ fn on_exit(ctx: &RawTracePointContext, copy: u32) -> i32 {
             return 0;
         }
     };
-    let Some(task) = emit::current_task() else {
+    let Some(task) = emit::task_past_tgid(pid_tgid) else {
         return 0;
     };
     // SAFETY: reads of our own globals; volatile so the loader's values are seen.

@@ -210,8 +210,7 @@ impl SyscallRegs {
     pub fn read(user_regs: *const pt_regs) -> Option<Self> {
         // SAFETY: the helper tolerates bad addresses; `user_regs` is the kernel's own,
         // and the struct mirrors pt_regs from r10 on.
-        unsafe { bpf_probe_read_kernel(core::ptr::addr_of!((*user_regs).r10).cast::<Self>()) }
-            .ok()
+        unsafe { bpf_probe_read_kernel(core::ptr::addr_of!((*user_regs).r10).cast::<Self>()) }.ok()
     }
 
     /// The six arguments in the x86-64 syscall convention (r10 stands in for rcx).

@@ -620,3 +620,46 @@ fn verify_reports_planted_pfn_errors() {
     assert!(pfn >= 5, "{pfn} PFN mismatches: {:?}", run.mismatches());
     assert!(run.stderr.contains("pagemap shows"), "{}", run.stderr);
 }
+
+/// The bench's least-record floor (`floor --records`) records each of the traced
+/// process's mmap/munmap calls and nothing of others': its figure is the cost of real
+/// records, not of an empty program.
+#[test]
+fn floor_records_every_call_of_its_pid() {
+    use std::io::Write as _;
+    let _guard = shared();
+    const LOOPS: u64 = 20_000;
+    // Held until the floor is attached: sh waits for a line, then execs the workload
+    // (same pid).
+    let mut held = Command::new("sh")
+        .args(["-c", r#"read _ && exec "$0" "$@""#])
+        .arg(workload_path())
+        .args(["--loop", &LOOPS.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut floor = cli()
+        .args(["floor", "--records", "--pid", &held.id().to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = wait_ready(&mut floor);
+    held.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(held.wait().unwrap().success());
+    let status = floor.wait().unwrap();
+    let stderr = stderr.join().unwrap();
+    assert!(status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("mmap-trace: floor: "))
+        .unwrap_or_else(|| panic!("no count in:\n{stderr}"));
+    let records: u64 = line.split(' ').next().unwrap().parse().unwrap();
+    assert!(line.ends_with(", 0 lost"), "{line}");
+    // Two calls a loop, plus the static workload's few of its own (brk, its stack guard…).
+    assert!(
+        (2 * LOOPS..2 * LOOPS + 64).contains(&records),
+        "{records} records for {} calls: {line}",
+        2 * LOOPS
+    );
+}

@@ -29,7 +29,11 @@ pub fn run(pid: u32, records: bool) -> Result<()> {
     };
     eprintln!(
         "mmap-trace: ready: floor ({} on {}), until pid {pid} exits",
-        if records { "least records" } else { "empty programs" },
+        if records {
+            "least records"
+        } else {
+            "empty programs"
+        },
         attached.join(", ")
     );
     let mut read = 0u64;
@@ -64,7 +68,10 @@ pub fn run(pid: u32, records: bool) -> Result<()> {
         let map = ebpf
             .map("FLOOR_LOST")
             .ok_or_else(|| anyhow!("the eBPF object has no FLOOR_LOST map"))?;
-        let lost: u64 = PerCpuArray::<_, u64>::try_from(map)?.get(&0, 0)?.iter().sum();
+        let lost: u64 = PerCpuArray::<_, u64>::try_from(map)?
+            .get(&0, 0)?
+            .iter()
+            .sum();
         eprintln!("mmap-trace: floor: {read} records, {lost} lost");
     }
     Ok(())

@@ -332,15 +332,18 @@ pub struct Variant {
 pub struct Overhead {
     /// Calls each loop makes (2 per iteration).
     pub expected: u64,
-    /// untraced, floor, mmap-trace, bpftrace, strace.
+    /// untraced, floor, floor + least records, mmap-trace, bpftrace, strace, and the stacks pair.
     pub variants: Vec<Variant>,
 }
 
 #[derive(Clone, Copy)]
 enum Kind {
     Untraced,
-    /// An empty program on mmap-trace's attach point (`mmap-trace floor`).
+    /// Empty programs on mmap-trace's attach points (`mmap-trace floor`).
     Floor,
+    /// The same with the least record of each traced call on sys_exit, read and counted
+    /// (`mmap-trace floor --records`).
+    FloorRecords,
     MmapTrace,
     Bpftrace,
     Strace,
@@ -350,9 +353,10 @@ enum Kind {
     BpftraceUstack,
 }
 
-const KINDS: [Kind; 7] = [
+const KINDS: [Kind; 8] = [
     Kind::Untraced,
     Kind::Floor,
+    Kind::FloorRecords,
     Kind::MmapTrace,
     Kind::Bpftrace,
     Kind::Strace,
@@ -369,6 +373,7 @@ pub fn overhead(tools: &Tools, rounds: usize, iterations: u64) -> Result<Overhea
             let (name, version) = match k {
                 Kind::Untraced => ("untraced", String::new()),
                 Kind::Floor => ("floor", String::new()),
+                Kind::FloorRecords => ("floor + least records", String::new()),
                 Kind::MmapTrace => ("mmap-trace", super::version(&tools.cli)),
                 Kind::Bpftrace => ("bpftrace", super::version(&tools.bpftrace)),
                 Kind::Strace => ("strace", super::version(&tools.strace)),
@@ -449,8 +454,11 @@ fn one_run(
     let os = |s: &str| OsString::from(s);
     let (tracer, stop) = match kind {
         Kind::Untraced => (None, Stop::Exits),
-        Kind::Floor => {
-            let args = vec![os("floor"), os("--pid"), os(&pid.to_string())];
+        Kind::Floor | Kind::FloorRecords => {
+            let mut args = vec![os("floor"), os("--pid"), os(&pid.to_string())];
+            if let Kind::FloorRecords = kind {
+                args.push(os("--records"));
+            }
             let t = Tracer::start(
                 tools,
                 v.name,
@@ -519,8 +527,15 @@ fn one_run(
         return Ok(());
     };
     let done = tracer.finish(stop)?;
-    if let Kind::Floor = kind {
-        return Ok(()); // it keeps nothing; its start-up and memory are not mmap-trace's
+    match kind {
+        Kind::Floor => return Ok(()), // it keeps nothing; its start-up and memory are not mmap-trace's
+        Kind::FloorRecords => {
+            let (kept, lost) = floor_records(&done.stderr)?;
+            v.kept.push(kept);
+            v.lost.push(Some(lost));
+            return Ok(());
+        }
+        _ => {}
     }
     v.rss_kib.extend(done.rss_kib);
     v.ready_ms.push(done.ready.as_secs_f64() * 1e3);
@@ -535,6 +550,22 @@ fn one_run(
     v.kept.push(kept);
     v.lost.push(lost);
     Ok(())
+}
+
+/// `mmap-trace floor --records`' last words: `floor: N records, M lost` (records of the
+/// loop's pid: the loop's calls and its start-up's).
+fn floor_records(stderr: &[String]) -> Result<(u64, u64)> {
+    let line = stderr
+        .iter()
+        .find_map(|l| l.strip_prefix("mmap-trace: floor: "))
+        .with_context(|| format!("floor --records printed no count:\n{}", stderr.join("\n")))?;
+    let number = |word: &str| -> Result<u64> {
+        line.split(", ")
+            .find_map(|part| part.strip_suffix(word))
+            .and_then(|n| n.trim().parse().ok())
+            .with_context(|| format!("no \"{word}\" count in {line:?}"))
+    };
+    Ok((number(" records")?, number(" lost")?))
 }
 
 /// What mmap-trace's JSON output holds for some pids.

@@ -260,16 +260,18 @@ fn drain(
     }
     let faults = &mut summary.faults;
     decode::drain_records(ring, &mut summary.malformed, |record| {
+        // Borrowed, not copied: an event is ~400 bytes and copies of it were a third of
+        // the reader's time on an mmap loop.
         let event = match &record {
-            decode::Record::Event(event, _) => Some(*event),
+            decode::Record::Event(event, _) => Some(event),
             decode::Record::ExecImage(_) => None,
         };
-        let path = event.as_ref().and_then(|event| {
+        let path = event.and_then(|event| {
             followed.note(event);
             crate::output::paths::mapped_path(event)
         });
         // --faults: every event moves the model; a fault learns the mapping it hit.
-        let fault_vma = match (faults.as_mut(), event.as_ref()) {
+        let fault_vma = match (faults.as_mut(), event) {
             (Some(faults), Some(event)) => faults.note(event, path.as_ref()),
             _ => None,
         };
@@ -277,9 +279,9 @@ fn drain(
             Writer::Direct(out) => {
                 let written = match event {
                     Some(event @ decode::Event::Fault(_)) if faults.is_some() => {
-                        out.fault(&event, fault_vma)
+                        out.fault(event, fault_vma)
                     }
-                    Some(event) => out.event(&event, path),
+                    Some(event) => out.event(event, path),
                     None => Ok(()),
                 };
                 written.or_else(ignore_closed_output)?;

@@ -9,6 +9,7 @@
 //! and timed from release to exit: the tracer's start-up is not billed to the loop, and
 //! the untraced loop is timed exactly the same way.
 
+mod accounting;
 mod guest;
 mod host;
 mod programs;
@@ -137,6 +138,8 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, args: &BenchArg
         args.rounds, args.loops
     ));
     let overhead = host::overhead(&tools, args.rounds, args.loops)?;
+    section("bench: where the time goes (kernel.bpf_stats_enabled, one loop each)");
+    let accounting = host::accounting(&tools, args.loops)?;
 
     section(&format!(
         "bench: throughput ({:?} concurrent loops)",
@@ -179,6 +182,7 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, args: &BenchArg
         rounds: args.rounds,
         loops: args.loops,
         overhead,
+        accounting,
         throughput,
         small_ring,
         faults,

@@ -430,6 +430,52 @@ pub fn overhead(tools: &Tools, rounds: usize, iterations: u64) -> Result<Overhea
     })
 }
 
+/// One loop each under the floor, the least records and mmap-trace with the kernel's
+/// accounting on (accounting.rs): where a traced call's eBPF time goes.
+pub fn accounting(tools: &Tools, iterations: u64) -> Result<Vec<super::accounting::Accounting>> {
+    use super::accounting::{Accounting, Sampler, StatsOn};
+    let _stats = StatsOn::enable()?;
+    let out = tools.scratch.join("accounting.out");
+    let variants: [(&'static str, &[&str]); 3] = [
+        ("floor", &["floor"]),
+        ("floor + least records", &["floor", "--records"]),
+        ("mmap-trace", &["trace", "--json", "--output"]),
+    ];
+    let mut rows = Vec::new();
+    for (variant, args) in variants {
+        settle();
+        let mut held = [HeldLoop::start(&tools.workload, iterations)?];
+        let mut args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        if variant == "mmap-trace" {
+            args.push(out.clone().into());
+        }
+        args.extend(["--pid".into(), held[0].pid().to_string().into()]);
+        let tracer = Tracer::start(
+            tools,
+            variant,
+            &tools.cli,
+            args,
+            ReadyOn::Stderr("mmap-trace: ready:"),
+        )?;
+        let pid = tracer
+            .pid()
+            .with_context(|| format!("{variant}: no tracer pid under GNU time"))?;
+        let sampler = Sampler::start(pid);
+        release(&mut held)?;
+        tracer.finish(Stop::Exits)?;
+        let progs = sampler.finish();
+        if progs.iter().all(|p| p.runs == 0) {
+            bail!(
+                "{variant}: no program runs counted in /proc/{pid}/fdinfo (is \
+                 kernel.bpf_stats_enabled honoured here?)"
+            );
+        }
+        eprintln!("bench: accounting: {variant}: {progs:?}");
+        rows.push(Accounting { variant, progs });
+    }
+    Ok(rows)
+}
+
 /// Writes back what earlier runs left dirty (tracers write tens of MB each), so the
 /// kernel's flusher does not run during, and bill its work to, the next timed loop.
 fn settle() {

@@ -61,6 +61,8 @@ pub struct Results {
     pub rounds: usize,
     pub loops: u64,
     pub overhead: Overhead,
+    /// The kernel's accounting of the floor, the least records and mmap-trace.
+    pub accounting: Vec<super::accounting::Accounting>,
     pub throughput: Vec<ThroughputRow>,
     pub small_ring: SmallRing,
     pub faults: FaultBench,
@@ -360,6 +362,11 @@ impl Results {
                 range(records_vs_floor, "×", 2),
                 range(vs_records, "×", 2),
             );
+        }
+
+        if !self.accounting.is_empty() {
+            s.push_str(&super::accounting::markdown(&self.accounting));
+            s.push('\n');
         }
 
         // Part 2.

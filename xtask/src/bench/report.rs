@@ -380,8 +380,9 @@ impl Results {
         );
         let mut best_lossless: Option<f64> = None;
         for r in &self.throughput {
-            for (rate, lost) in r.traced_rate.iter().zip(&r.lost) {
-                if *lost == 0 && r.kept.iter().all(|k| *k == r.calls) {
+            // Round by round: one round's loss says nothing of another's rate.
+            for ((rate, lost), kept) in r.traced_rate.iter().zip(&r.lost).zip(&r.kept) {
+                if *lost == 0 && *kept == r.calls {
                     best_lossless = Some(best_lossless.map_or(*rate, |b: f64| b.max(*rate)));
                 }
             }

@@ -43,9 +43,11 @@ pub fn floor_exec(_ctx: TracePointContext) -> u32 {
 #[unsafe(no_mangle)]
 static FLOOR_TGID: u32 = 0;
 
-/// The records of `floor_record_sys_exit`, the size of trace's default ring.
+/// The records of `floor_record_sys_exit`. One page here, so that every other load of
+/// this object (trace's, verify's) creates no more than that; `floor --records` sizes it
+/// as trace's default ring.
 #[map]
-static FLOOR_RECORDS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+static FLOOR_RECORDS: RingBuf = RingBuf::with_byte_size(4096, 0);
 
 /// Records the ring had no room for.
 #[map]

@@ -479,7 +479,7 @@ impl TraceArgs {
 }
 
 /// `--ring-buffer-kib` when not given.
-const DEFAULT_RING_KIB: u32 = 4096;
+pub const DEFAULT_RING_KIB: u32 = 4096;
 /// ... under `trace --stacks`: the bench loop (`mmap-workload --loop 200000`, every event
 /// stacked) lost 11–18% of its events with 4 MiB on the 2-core host, 4% with 16 MiB, none
 /// with 64 MiB (docs/stacks.md).

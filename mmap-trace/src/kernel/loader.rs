@@ -352,6 +352,7 @@ pub fn attach_floor(records_of: Option<u32>) -> Result<(Ebpf, Vec<&'static str>)
     let tgid = records_of.unwrap_or(0);
     let mut ebpf = EbpfLoader::new()
         .override_global("FLOOR_TGID", &tgid, true)
+        .map_max_entries("FLOOR_RECORDS", crate::cli::DEFAULT_RING_KIB * 1024)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
     let mut attached = Vec::new();

@@ -208,6 +208,17 @@ impl Tracer {
         }
     }
 
+    /// mmap-trace itself (`trace`, `floor`), ready once it says so.
+    fn cli(tools: &Tools, name: &'static str, args: Vec<OsString>) -> Result<Self> {
+        Self::start(
+            tools,
+            name,
+            &tools.cli,
+            args,
+            ReadyOn::Stderr("mmap-trace: ready:"),
+        )
+    }
+
     fn collect_stderr(&mut self) {
         self.stderr.extend(self.lines.try_iter());
     }
@@ -317,6 +328,7 @@ fn wait_until_quiet(file: &Path) {
 }
 
 /// One variant of the overhead comparison, over all rounds.
+#[derive(Default)]
 pub struct Variant {
     pub name: &'static str,
     pub version: String,
@@ -353,6 +365,22 @@ enum Kind {
     BpftraceUstack,
 }
 
+impl Kind {
+    /// The variant's row in the tables.
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Untraced => "untraced",
+            Kind::Floor => "floor",
+            Kind::FloorRecords => "floor + least records",
+            Kind::MmapTrace => "mmap-trace",
+            Kind::Bpftrace => "bpftrace",
+            Kind::Strace => "strace",
+            Kind::MmapTraceStacks => "mmap-trace --stacks",
+            Kind::BpftraceUstack => "bpftrace ustack",
+        }
+    }
+}
+
 const KINDS: [Kind; 8] = [
     Kind::Untraced,
     Kind::Floor,
@@ -370,24 +398,16 @@ pub fn overhead(tools: &Tools, rounds: usize, iterations: u64) -> Result<Overhea
     let mut variants: Vec<Variant> = KINDS
         .iter()
         .map(|k| {
-            let (name, version) = match k {
-                Kind::Untraced => ("untraced", String::new()),
-                Kind::Floor => ("floor", String::new()),
-                Kind::FloorRecords => ("floor + least records", String::new()),
-                Kind::MmapTrace => ("mmap-trace", super::version(&tools.cli)),
-                Kind::Bpftrace => ("bpftrace", super::version(&tools.bpftrace)),
-                Kind::Strace => ("strace", super::version(&tools.strace)),
-                Kind::MmapTraceStacks => ("mmap-trace --stacks", super::version(&tools.cli)),
-                Kind::BpftraceUstack => ("bpftrace ustack", super::version(&tools.bpftrace)),
+            let version = match k {
+                Kind::Untraced | Kind::Floor | Kind::FloorRecords => String::new(),
+                Kind::MmapTrace | Kind::MmapTraceStacks => super::version(&tools.cli),
+                Kind::Bpftrace | Kind::BpftraceUstack => super::version(&tools.bpftrace),
+                Kind::Strace => super::version(&tools.strace),
             };
             Variant {
-                name,
+                name: k.name(),
                 version,
-                secs: Vec::new(),
-                kept: Vec::new(),
-                lost: Vec::new(),
-                rss_kib: Vec::new(),
-                ready_ms: Vec::new(),
+                ..Variant::default()
             }
         })
         .collect();
@@ -436,27 +456,13 @@ pub fn accounting(tools: &Tools, iterations: u64) -> Result<Vec<super::accountin
     use super::accounting::{Accounting, Sampler, StatsOn};
     let _stats = StatsOn::enable()?;
     let out = tools.scratch.join("accounting.out");
-    let variants: [(&'static str, &[&str]); 3] = [
-        ("floor", &["floor"]),
-        ("floor + least records", &["floor", "--records"]),
-        ("mmap-trace", &["trace", "--json", "--output"]),
-    ];
     let mut rows = Vec::new();
-    for (variant, args) in variants {
+    for kind in [Kind::Floor, Kind::FloorRecords, Kind::MmapTrace] {
+        let variant = kind.name();
         settle();
         let mut held = [HeldLoop::start(&tools.workload, iterations)?];
-        let mut args: Vec<OsString> = args.iter().map(OsString::from).collect();
-        if variant == "mmap-trace" {
-            args.push(out.clone().into());
-        }
-        args.extend(["--pid".into(), held[0].pid().to_string().into()]);
-        let tracer = Tracer::start(
-            tools,
-            variant,
-            &tools.cli,
-            args,
-            ReadyOn::Stderr("mmap-trace: ready:"),
-        )?;
+        let args = cli_args(kind, held[0].pid(), &out).context("mmap-trace's own variant")?;
+        let tracer = Tracer::cli(tools, variant, args)?;
         let pid = tracer
             .pid()
             .with_context(|| format!("{variant}: no tracer pid under GNU time"))?;
@@ -483,6 +489,23 @@ fn settle() {
     let _ = Command::new("sync").status();
 }
 
+/// mmap-trace's arguments for a variant of its own on the loop `pid` (None: not one of
+/// mmap-trace's); `out`: where `trace` writes.
+fn cli_args(kind: Kind, pid: u32, out: &Path) -> Option<Vec<OsString>> {
+    let mut args: Vec<OsString> = match kind {
+        Kind::Floor => vec!["floor".into()],
+        Kind::FloorRecords => vec!["floor".into(), "--records".into()],
+        Kind::MmapTrace => vec!["trace".into(), "--json".into()],
+        Kind::MmapTraceStacks => vec!["trace".into(), "--json".into(), "--stacks".into()],
+        Kind::Untraced | Kind::Bpftrace | Kind::Strace | Kind::BpftraceUstack => return None,
+    };
+    if let Kind::MmapTrace | Kind::MmapTraceStacks = kind {
+        args.extend(["--output".into(), out.into()]);
+    }
+    args.extend(["--pid".into(), pid.to_string().into()]);
+    Some(args)
+}
+
 fn one_run(
     tools: &Tools,
     kind: Kind,
@@ -500,40 +523,9 @@ fn one_run(
     let os = |s: &str| OsString::from(s);
     let (tracer, stop) = match kind {
         Kind::Untraced => (None, Stop::Exits),
-        Kind::Floor | Kind::FloorRecords => {
-            let mut args = vec![os("floor"), os("--pid"), os(&pid.to_string())];
-            if let Kind::FloorRecords = kind {
-                args.push(os("--records"));
-            }
-            let t = Tracer::start(
-                tools,
-                v.name,
-                &tools.cli,
-                args,
-                ReadyOn::Stderr("mmap-trace: ready:"),
-            )?;
-            (Some(t), Stop::Exits)
-        }
-        Kind::MmapTrace | Kind::MmapTraceStacks => {
-            let mut args = vec![
-                os("trace"),
-                os("--json"),
-                os("--output"),
-                out.clone().into(),
-                os("--pid"),
-                os(&pid.to_string()),
-            ];
-            if let Kind::MmapTraceStacks = kind {
-                args.push(os("--stacks"));
-            }
-            let t = Tracer::start(
-                tools,
-                v.name,
-                &tools.cli,
-                args,
-                ReadyOn::Stderr("mmap-trace: ready:"),
-            )?;
-            (Some(t), Stop::Exits)
+        Kind::Floor | Kind::FloorRecords | Kind::MmapTrace | Kind::MmapTraceStacks => {
+            let args = cli_args(kind, pid, &out).context("mmap-trace's own variant")?;
+            (Some(Tracer::cli(tools, v.name, args)?), Stop::Exits)
         }
         Kind::Bpftrace | Kind::BpftraceUstack => {
             let args = vec![
@@ -804,13 +796,7 @@ fn traced_loops(
         args.push("--ring-buffer-kib".into());
         args.push(kib.to_string().into());
     }
-    let tracer = Tracer::start(
-        tools,
-        "mmap-trace",
-        &tools.cli,
-        args,
-        ReadyOn::Stderr("mmap-trace: ready:"),
-    )?;
+    let tracer = Tracer::cli(tools, "mmap-trace", args)?;
     let secs = release(&mut held)?;
     let done = tracer.finish(Stop::Interrupt)?;
     Ok(TracedLoops {
@@ -861,11 +847,7 @@ pub fn faults(tools: &Tools, rounds: usize, mib: u64) -> Result<FaultBench> {
             Variant {
                 name,
                 version,
-                secs: Vec::new(),
-                kept: Vec::new(),
-                lost: Vec::new(),
-                rss_kib: Vec::new(),
-                ready_ms: Vec::new(),
+                ..Variant::default()
             }
         })
         .collect();
@@ -918,9 +900,7 @@ fn fault_run(tools: &Tools, kind: FaultKind, mib: u64, v: &mut Variant) -> Resul
                 os("--pid"),
                 os(&pid),
             ];
-            let ready = ReadyOn::Stderr("mmap-trace: ready:");
-            let t = Tracer::start(tools, v.name, &tools.cli, args, ready)?;
-            (Some(t), Stop::Exits)
+            (Some(Tracer::cli(tools, v.name, args)?), Stop::Exits)
         }
         (FaultKind::Perf, Ok(perf)) => {
             let args = vec![

@@ -71,6 +71,28 @@ pub struct Results {
     pub programs: Vec<ProgramRow>,
 }
 
+/// The cells every table of variants shares.
+impl Variant {
+    /// What the tracer said it lost, min–max over the rounds; "–" where nothing traces.
+    fn lost_cell(&self) -> String {
+        let lost: Vec<u64> = self.lost.iter().flatten().copied().collect();
+        match (self.name, lost.iter().max()) {
+            ("untraced" | "floor", _) => "–".to_owned(),
+            (_, None) => "not reported".to_owned(),
+            (_, Some(max)) => format!("{}–{max}", lost.iter().min().unwrap_or(max)),
+        }
+    }
+
+    /// The tracer's peak RSS over the rounds.
+    fn rss_cell(&self) -> String {
+        if self.rss_kib.is_empty() {
+            return "–".to_owned();
+        }
+        let mb: Vec<f64> = self.rss_kib.iter().map(|k| *k as f64 / 1024.0).collect();
+        range(Spread::of(&mb), " MB", 1)
+    }
+}
+
 /// Round-by-round ratio of two variants' loop times.
 fn ratio(a: &Variant, b: &Variant) -> Spread {
     let r: Vec<f64> = a.secs.iter().zip(&b.secs).map(|(x, y)| x / y).collect();
@@ -198,18 +220,7 @@ impl FaultBench {
                 (Some(min), Some(max)) => format!("{min}–{max}"),
                 _ => "–".to_owned(),
             };
-            let lost: Vec<u64> = v.lost.iter().flatten().copied().collect();
-            let lost = match (v.name, lost.iter().max()) {
-                ("untraced", _) => "–".to_owned(),
-                (_, None) => "not reported".to_owned(),
-                (_, Some(max)) => format!("{}–{max}", lost.iter().min().unwrap_or(max)),
-            };
-            let rss = if v.rss_kib.is_empty() {
-                "–".to_owned()
-            } else {
-                let mb: Vec<f64> = v.rss_kib.iter().map(|k| *k as f64 / 1024.0).collect();
-                range(Spread::of(&mb), " MB", 1)
-            };
+            let (lost, rss) = (v.lost_cell(), v.rss_cell());
             let _ = writeln!(
                 s,
                 "| {name} | {} | {} | {kept} | {lost} | {rss} |",
@@ -279,21 +290,7 @@ impl Results {
                     percent(max, o.expected)
                 )
             };
-            let lost: Vec<u64> = v.lost.iter().flatten().copied().collect();
-            let lost = match (v.name, lost.iter().max()) {
-                ("untraced" | "floor", _) => "–".to_owned(),
-                ("floor + least records", Some(max)) => {
-                    format!("{}–{max}", lost.iter().min().unwrap_or(max))
-                }
-                (_, None) => "not reported".to_owned(),
-                (_, Some(max)) => format!("{}–{max}", lost.iter().min().unwrap_or(max)),
-            };
-            let rss = if v.rss_kib.is_empty() {
-                "–".to_owned()
-            } else {
-                let mb: Vec<f64> = v.rss_kib.iter().map(|k| *k as f64 / 1024.0).collect();
-                range(Spread::of(&mb), " MB", 1)
-            };
+            let (lost, rss) = (v.lost_cell(), v.rss_cell());
             if v.name == "mmap-trace" {
                 mmap_trace_slowdown = slowdown;
                 // Worst run: what it reported lost, or what is missing from its output.

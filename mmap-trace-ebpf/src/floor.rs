@@ -6,8 +6,8 @@
 //!   tracepoints' own work once enabled);
 //! - with `--records`, `sys_exit` instead writes the least record a syscall tracer with
 //!   arguments can write for each of the five calls trace reports (a timestamp, the ids,
-//!   the number, the arguments and the return value; filtered by pid and call number),
-//!   into a ring buffer that wakes nobody) for a reader that only counts them: what
+//!   the number, the arguments and the return value; filtered by pid and call number)
+//!   into a ring buffer that wakes nobody, for a reader that only counts them: what
 //!   recording a call costs whatever the tool, so what is left between it and `trace` is
 //!   trace's own.
 //!
@@ -21,7 +21,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 
-use crate::syscalls::SyscallRegs;
+use crate::syscalls::{self, SyscallRegs};
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn floor_sys_exit(_ctx: RawTracePointContext) -> i32 {
@@ -74,8 +74,8 @@ pub fn floor_record_sys_exit(ctx: RawTracePointContext) -> i32 {
     let Some(regs) = SyscallRegs::read(ctx.arg::<*const pt_regs>(0)) else {
         return 0;
     };
-    // mmap, mprotect, munmap, brk, mremap: trace's five.
-    if !matches!(regs.orig_ax, 9..=12 | 25) {
+    // trace's five calls, whatever trace would be asked for.
+    if syscalls::probe_of(regs.orig_ax).is_none() {
         return 0;
     }
     let Some(mut entry) = FLOOR_RECORDS.reserve::<FloorRecord>(0) else {

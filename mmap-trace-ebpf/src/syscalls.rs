@@ -108,17 +108,23 @@ pub fn in_compat_syscall() -> bool {
     status.is_ok_and(|s| s & TS_COMPAT != 0)
 }
 
-/// The probe for an x86-64 syscall number, if the user asked for it.
+/// The probe of an x86-64 syscall number, if it is one of the five with a probe.
 #[inline(always)]
-pub fn traced(nr: u64) -> Option<Probe> {
-    let probe = match nr {
+pub fn probe_of(nr: u64) -> Option<Probe> {
+    Some(match nr {
         9 => Probe::Mmap,
         10 => Probe::Mprotect,
         11 => Probe::Munmap,
         12 => Probe::Brk,
         25 => Probe::Mremap,
         _ => return None,
-    };
+    })
+}
+
+/// The probe for an x86-64 syscall number, if the user asked for it.
+#[inline(always)]
+pub fn traced(nr: u64) -> Option<Probe> {
+    let probe = probe_of(nr)?;
     // SAFETY: a read of our own global; volatile so the loader's value is seen.
     let wanted = unsafe { core::ptr::read_volatile(&SYSCALL_PROBES) };
     (wanted & (1 << probe as u32) != 0).then_some(probe)

@@ -645,8 +645,15 @@ fn floor_records_every_call_of_its_pid() {
         .spawn()
         .unwrap();
     let stderr = wait_ready(&mut floor);
+    // Another process making the same calls at the same time: none of its must count.
+    let mut other = Command::new(workload_path())
+        .args(["--loop", &LOOPS.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     held.stdin.take().unwrap().write_all(b"go\n").unwrap();
     assert!(held.wait().unwrap().success());
+    assert!(other.wait().unwrap().success());
     let status = floor.wait().unwrap();
     let stderr = stderr.join().unwrap();
     assert!(status.success(), "{stderr}");

@@ -350,9 +350,13 @@ impl Tracer {
 pub fn attach_floor(records_of: Option<u32>) -> Result<(Ebpf, Vec<&'static str>)> {
     tracefs::ensure_mounted()?;
     let tgid = records_of.unwrap_or(0);
-    let mut ebpf = EbpfLoader::new()
-        .override_global("FLOOR_TGID", &tgid, true)
-        .map_max_entries("FLOOR_RECORDS", crate::cli::DEFAULT_RING_KIB * 1024)
+    let mut loader = EbpfLoader::new();
+    loader.override_global("FLOOR_TGID", &tgid, true);
+    if records_of.is_some() {
+        // trace's default ring; one page otherwise (floor.rs).
+        loader.map_max_entries("FLOOR_RECORDS", crate::cli::DEFAULT_RING_KIB * 1024);
+    }
+    let mut ebpf = loader
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
     let mut attached = Vec::new();

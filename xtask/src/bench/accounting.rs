@@ -1,20 +1,21 @@
-//! The kernel's own accounting of eBPF run time (`kernel.bpf_stats_enabled`): where a
-//! traced call's cost goes, hook by hook, under the floor, the least records and
-//! mmap-trace. Read from the tracer's `/proc/PID/fdinfo` (each program fd's `run_cnt` and
-//! `run_time_ns`) while it holds its programs, in one loop of each after the timed rounds:
-//! the accounting itself adds to every run it counts (two clock reads), so it is never on
-//! while a loop is timed.
+//! The kernel's own accounting of eBPF run time (`BPF_ENABLE_STATS`, what
+//! `kernel.bpf_stats_enabled` switches): where a traced call's cost goes, hook by hook,
+//! under the floor, the least records and mmap-trace. Read from the tracer's
+//! `/proc/PID/fdinfo` (each program fd's `run_cnt` and `run_time_ns`) while it holds its
+//! programs, in one loop of each after the timed rounds: the accounting itself adds to
+//! every run it counts (two clock reads), so it is never on while a loop is timed.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::os::fd::{FromRawFd as _, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Result, bail};
 
-const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+use super::host::Kind;
 
 /// One program's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,33 +53,50 @@ fn parse_fdinfo(text: &str) -> Option<(u32, ProgRuns)> {
     ))
 }
 
-/// Samples a process's programs every 10 ms until it exits or is stopped; per program,
-/// the last sample (the counters only grow).
+/// Samples a process's programs every 10 ms until it exits or is stopped. The first
+/// sample is taken before `start` returns (before the loop is released): what the
+/// programs did until then (the tracer's start-up) is subtracted.
 pub struct Sampler {
     stop: Arc<AtomicBool>,
+    baseline: BTreeMap<u32, ProgRuns>,
     handle: JoinHandle<BTreeMap<u32, ProgRuns>>,
 }
 
 impl Sampler {
     pub fn start(pid: u32) -> Self {
+        let mut baseline = BTreeMap::new();
+        sample(pid, &mut baseline);
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
+        let mut progs = baseline.clone();
         let handle = std::thread::spawn(move || {
-            let mut progs = BTreeMap::new();
             while !stopped.load(Ordering::Relaxed) && sample(pid, &mut progs) {
                 std::thread::sleep(Duration::from_millis(10));
             }
             progs
         });
-        Self { stop, handle }
+        Self {
+            stop,
+            baseline,
+            handle,
+        }
     }
 
+    /// Each program's runs and time from the first sample to the last (the last up to
+    /// 10 ms before the tracer let go of them: ratios of runs and times are what count).
     pub fn finish(self) -> Vec<ProgRuns> {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle
-            .join()
-            .map(|progs| progs.into_values().collect())
-            .unwrap_or_default()
+        let last = self.handle.join().unwrap_or_default();
+        last.into_iter()
+            .map(|(id, p)| {
+                let first = self.baseline.get(&id).copied().unwrap_or_default();
+                ProgRuns {
+                    prog_type: p.prog_type,
+                    runs: p.runs - first.runs.min(p.runs),
+                    ns: p.ns - first.ns.min(p.ns),
+                }
+            })
+            .collect()
     }
 }
 
@@ -101,25 +119,56 @@ fn sample(pid: u32, progs: &mut BTreeMap<u32, ProgRuns>) -> bool {
     true
 }
 
-/// `kernel.bpf_stats_enabled` on while it lives, back to what it was when dropped.
+/// The kernel counts run time while this lives: `bpf(BPF_ENABLE_STATS)` returns an fd
+/// that keeps the accounting on until it is closed, by this process or by its death, and
+/// counts holders, so another bench's switch or the sysctl cannot turn it off under us
+/// and a killed bench cannot leave it on.
 pub struct StatsOn {
-    before: String,
+    _fd: OwnedFd,
 }
 
 impl StatsOn {
     pub fn enable() -> Result<Self> {
-        let before = std::fs::read_to_string(STATS_SYSCTL)
-            .with_context(|| format!("reading {STATS_SYSCTL}"))?;
-        std::fs::write(STATS_SYSCTL, "1")
-            .with_context(|| format!("writing 1 to {STATS_SYSCTL}"))?;
-        Ok(Self { before })
-    }
-}
-
-impl Drop for StatsOn {
-    fn drop(&mut self) {
-        // Best effort: a failure leaves the accounting on, which only slows BPF a little.
-        let _ = std::fs::write(STATS_SYSCTL, self.before.trim());
+        /// `enum bpf_cmd`: BPF_ENABLE_STATS; `enum bpf_stats_type`: BPF_STATS_RUN_TIME.
+        const BPF_ENABLE_STATS: libc::c_long = 32;
+        const BPF_STATS_RUN_TIME: u32 = 0;
+        // `union bpf_attr`'s `enable_stats`, padded as the kernel reads a whole attr.
+        let attr: [u32; 16] = [
+            BPF_STATS_RUN_TIME,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
+        // SAFETY: the attr is valid for its size; the result is a new fd or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_ENABLE_STATS,
+                attr.as_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        if fd < 0 {
+            bail!(
+                "bpf(BPF_ENABLE_STATS): {} (needs root and Linux 5.8+)",
+                std::io::Error::last_os_error()
+            );
+        }
+        // SAFETY: a new fd of ours, owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(Self { _fd: fd })
     }
 }
 
@@ -141,6 +190,23 @@ pub struct Accounting {
 }
 
 impl Accounting {
+    /// `progs` as counted, if each hook had one program: with two of a type (the gate's
+    /// copies on 7.x, kprobes) the per-hook figures would mix hooks.
+    pub fn new(variant: &'static str, progs: Vec<ProgRuns>) -> Result<Self> {
+        if progs.iter().all(|p| p.runs == 0) {
+            bail!("{variant}: no program runs were counted");
+        }
+        let mut types: Vec<u32> = progs.iter().map(|p| p.prog_type).collect();
+        types.sort_unstable();
+        if types.windows(2).any(|w| w[0] == w[1]) {
+            bail!(
+                "{variant}: more than one program of a type ({types:?}): the accounting \
+                 names hooks by program type"
+            );
+        }
+        Ok(Self { variant, progs })
+    }
+
     /// Runs and time summed per hook.
     fn hooks(&self) -> BTreeMap<&'static str, (u64, u64)> {
         let mut hooks = BTreeMap::new();
@@ -168,10 +234,10 @@ pub fn markdown(rows: &[Accounting]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "**Where the time goes** (the kernel's own accounting, `kernel.bpf_stats_enabled`, \
-         one loop each after the timed rounds; `run_time_ns / run_cnt` of each program, read \
-         from the tracer's fdinfo; runs include other processes' syscalls and locks, which \
-         stop at the pid check):\n"
+        "**Where the time goes** (the kernel's own accounting, `BPF_ENABLE_STATS`, one loop \
+         each after the timed rounds; `run_time_ns / run_cnt` of each program from the \
+         tracer's fdinfo, from the loop's release to its end; runs include other processes' \
+         syscalls and locks, which stop at the pid check):\n"
     );
     s.push_str(
         "| variant | sys_exit ns/run | mmap_lock_acquire_returned ns/run (runs per sys_exit) | eBPF ns per traced call |\n|---|---|---|---|\n",
@@ -203,9 +269,11 @@ pub fn markdown(rows: &[Accounting]) -> String {
             .find(|r| r.variant == name)
             .map(Accounting::ns_per_call)
     };
-    if let (Some(floor), Some(records), Some(trace)) =
-        (by("floor"), by("floor + least records"), by("mmap-trace"))
-    {
+    if let (Some(floor), Some(records), Some(trace)) = (
+        by(Kind::Floor.name()),
+        by(Kind::FloorRecords.name()),
+        by(Kind::MmapTrace.name()),
+    ) {
         let _ = writeln!(
             s,
             "\nPer traced call: entering the programs {floor:.0} ns (the floor), recording the \

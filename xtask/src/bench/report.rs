@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 
 use super::Spread;
 use super::guest::Guest;
-use super::host::{FaultBench, Overhead, SmallRing, ThroughputRow, Variant};
+use super::host::{FaultBench, Kind, Overhead, SmallRing, ThroughputRow, Variant};
 use super::programs::{Cache, ProgramRow};
 use crate::cmd;
 
@@ -291,7 +291,7 @@ impl Results {
                 )
             };
             let (lost, rss) = (v.lost_cell(), v.rss_cell());
-            if v.name == "mmap-trace" {
+            if v.name == Kind::MmapTrace.name() {
                 mmap_trace_slowdown = slowdown;
                 // Worst run: what it reported lost, or what is missing from its output.
                 mmap_trace_lost = v
@@ -323,7 +323,9 @@ impl Results {
         let by_name = |n: &str| o.variants.iter().find(|v| v.name == n);
         let mut vs_floor = Spread::default();
         let mut floor_slowdown = Spread::default();
-        if let (Some(floor), Some(mt)) = (by_name("floor"), by_name("mmap-trace")) {
+        if let (Some(floor), Some(mt)) =
+            (by_name(Kind::Floor.name()), by_name(Kind::MmapTrace.name()))
+        {
             vs_floor = ratio(mt, floor);
             floor_slowdown = ratio(floor, &o.variants[0]);
             let _ = writeln!(
@@ -340,9 +342,9 @@ impl Results {
         let mut vs_records = Spread::default();
         let mut records_vs_floor = Spread::default();
         if let (Some(records), Some(floor), Some(mt)) = (
-            by_name("floor + least records"),
-            by_name("floor"),
-            by_name("mmap-trace"),
+            by_name(Kind::FloorRecords.name()),
+            by_name(Kind::Floor.name()),
+            by_name(Kind::MmapTrace.name()),
         ) {
             vs_records = ratio(mt, records);
             records_vs_floor = ratio(records, floor);
@@ -426,7 +428,7 @@ impl Results {
         );
 
         // Part 3.
-        let mt = o.variants.iter().find(|v| v.name == "mmap-trace");
+        let mt = o.variants.iter().find(|v| v.name == Kind::MmapTrace.name());
         let ready = mt.map(|v| Spread::of(&v.ready_ms)).unwrap_or_default();
         let rss_mb: Vec<f64> = mt
             .map(|v| v.rss_kib.iter().map(|k| *k as f64 / 1024.0).collect())

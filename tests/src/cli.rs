@@ -2,8 +2,10 @@
 //! the environment `cargo xtask test` (and the guest's init) sets.
 
 use std::{
+    ffi::OsStr,
     path::PathBuf,
     process::{Command, Output},
+    sync::atomic::{AtomicUsize, Ordering},
 };
 
 use serde_json::Value;
@@ -45,6 +47,45 @@ pub fn json_lines(text: &str) -> Vec<Value> {
 
 /// Events and the closing summary of a JSON trace; panics unless the summary is last.
 /// verify's per-process records stand between the events and the summary.
+/// `mmap-trace trace --json FLAGS -o FILE -- argv…` with `env` set, which must succeed
+/// with no event lost and no record malformed: the command's stdout and the trace's
+/// event records.
+pub fn trace_command(
+    flags: &[&str],
+    env: &[(&str, String)],
+    argv: &[&OsStr],
+) -> (String, Vec<Value>) {
+    // One file per run: tests of one binary run on several threads.
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let out_file = std::env::temp_dir().join(format!(
+        "trace-{}-{}.jsonl",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let run = cli()
+        .args(["trace", "--json"])
+        .args(flags)
+        .arg("-o")
+        .arg(&out_file)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .arg("--")
+        .args(argv)
+        .output()
+        .expect("run mmap-trace");
+    assert!(
+        run.status.success(),
+        "mmap-trace trace {flags:?} failed: {}",
+        stderr(&run)
+    );
+    let text = std::fs::read_to_string(&out_file).expect("trace file");
+    let _ = std::fs::remove_file(&out_file);
+    let records = json_lines(&text);
+    let (events, summary) = split_summary(&records);
+    assert_eq!(summary["lost_total"], 0, "{summary}");
+    assert_eq!(summary["malformed"], 0, "{summary}");
+    (stdout(&run), events.to_vec())
+}
+
 pub fn split_summary(records: &[Value]) -> (&[Value], &Value) {
     let (summary, rest) = records
         .split_last()

@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use serde_json::Value;
 
 use crate::{
-    cli::{cli, json_lines, split_summary, stderr, stdout, workload_path},
+    cli::{trace_command, workload_path},
     workload::{parse_calls, parse_observations},
 };
 
@@ -20,25 +20,7 @@ pub fn unhex(hex: &str) -> Vec<u8> {
 /// `mmap-trace trace --json -o FILE -- argv…`, which must succeed with no event lost:
 /// the command's stdout and the trace's event records.
 pub fn trace_json(argv: &[&OsStr]) -> (String, Vec<Value>) {
-    let out_file = std::env::temp_dir().join(format!("paths-trace-{}.jsonl", std::process::id()));
-    let run = cli()
-        .args(["trace", "--json", "-o"])
-        .arg(&out_file)
-        .arg("--")
-        .args(argv)
-        .output()
-        .expect("run mmap-trace");
-    assert!(
-        run.status.success(),
-        "mmap-trace trace failed: {}",
-        stderr(&run)
-    );
-    let text = std::fs::read_to_string(&out_file).expect("trace file");
-    let _ = std::fs::remove_file(&out_file);
-    let records = json_lines(&text);
-    let (events, summary) = split_summary(&records);
-    assert_eq!(summary["lost_total"], 0, "{summary}");
-    (stdout(&run), events.to_vec())
+    trace_command(&[], &[], argv)
 }
 
 /// The exact bytes of a record's `path` (its `path_hex` where it has one).

@@ -20,6 +20,20 @@ fn hex(v: &Value) -> u64 {
 
 /// Traces the workload (optionally mapping a device) with every probe; returns the calls
 /// it reported and the events.
+/// [`trace_workload`] of the workload mapping `pages` pages of the device `dev` from page
+/// `offset`, with `extra` workload flags.
+fn trace_device(
+    dev: &str,
+    pages: u64,
+    offset: u64,
+    extra: &[&str],
+) -> (Vec<mmap_trace_tests::workload::Call>, Vec<Value>) {
+    let (pages, offset) = (pages.to_string(), offset.to_string());
+    let mut args = vec!["--device", dev, "--pages", &pages, "--offset", &offset];
+    args.extend_from_slice(extra);
+    trace_workload(&args)
+}
+
 fn trace_workload(extra: &[&str]) -> (Vec<mmap_trace_tests::workload::Call>, Vec<Value>) {
     driver::require_guest();
     let out_file = format!("/tmp/guest-trace-{}.jsonl", std::process::id());
@@ -85,14 +99,7 @@ fn check_device_mapping(kind: DeviceKind, pages: u64, offset: u64) {
     let module = Module::load(16).expect("insmod mmtrace_drv");
     let pfns = driver::buffer_pfns(kind).expect("driver PFN list");
     let dev = kind.dev_path();
-    let (calls, events) = trace_workload(&[
-        "--device",
-        &dev,
-        "--pages",
-        &pages.to_string(),
-        "--offset",
-        &offset.to_string(),
-    ]);
+    let (calls, events) = trace_device(&dev, pages, offset, &[]);
     let dev_map = calls
         .iter()
         // The device is mapped after the temp file: the last fd-backed mmap of that size.
@@ -231,15 +238,7 @@ fn fault_device_pages_inserted_one_by_one_as_touched() {
     let (pages, offset) = (4u64, 3u64);
     let pfns = driver::buffer_pfns(DeviceKind::Fault).expect("driver PFN list");
     let dev = DeviceKind::Fault.dev_path();
-    let (calls, events) = trace_workload(&[
-        "--device",
-        &dev,
-        "--pages",
-        &pages.to_string(),
-        "--offset",
-        &offset.to_string(),
-        "--touch",
-    ]);
+    let (calls, events) = trace_device(&dev, pages, offset, &["--touch"]);
     let dev_map = calls
         .iter()
         .rev()

@@ -10,7 +10,7 @@ use std::{
     sync::Mutex,
 };
 
-use mmap_trace_tests::cli::{cli, json_lines, stderr, workload_path};
+use mmap_trace_tests::cli::{cli, stderr, trace_command, workload_path};
 use serde_json::Value;
 
 /// One tracer at a time in this binary (2 shared cores).
@@ -23,36 +23,8 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// `trace --stacks --json -- argv`, with the symbolizer held back `delay_ms` (0: not),
 /// returning the events; fails on any lost or malformed record.
 fn trace_stacks(argv: &[&OsStr], delay_ms: u64) -> Vec<Value> {
-    let out_file = std::env::temp_dir().join(format!(
-        "stacks-trace-{}-{delay_ms}.jsonl",
-        std::process::id()
-    ));
-    let run = cli()
-        .args(["trace", "--stacks", "--json", "-o"])
-        .arg(&out_file)
-        .env("MMTRACE_STACKS_TEST_DELAY_MS", delay_ms.to_string())
-        .arg("--")
-        .args(argv)
-        .output()
-        .expect("run mmap-trace");
-    assert!(
-        run.status.success(),
-        "mmap-trace trace --stacks failed: {}",
-        stderr(&run)
-    );
-    let text = std::fs::read_to_string(&out_file).expect("trace file");
-    let _ = std::fs::remove_file(&out_file);
-    let records = json_lines(&text);
-    let summary = records
-        .iter()
-        .find(|r| r["type"] == "summary")
-        .unwrap_or_else(|| panic!("no summary in:\n{text}"));
-    assert_eq!(summary["lost_total"], 0, "{summary}");
-    assert_eq!(summary["malformed"], 0, "{summary}");
-    records
-        .into_iter()
-        .filter(|r| r["type"] == "event")
-        .collect()
+    let env = [("MMTRACE_STACKS_TEST_DELAY_MS", delay_ms.to_string())];
+    trace_command(&["--stacks"], &env, argv).1
 }
 
 /// The mmap events of `len` bytes.

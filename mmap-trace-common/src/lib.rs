@@ -256,6 +256,11 @@ pub struct SyscallEvent {
     pub header: EventHeader,
     /// `bpf_ktime_get_ns()` at entry; `header.ts_ns` is the exit.
     pub enter_ts_ns: u64,
+    /// `bpf_ktime_get_ns()` when the call first held its mm's write lock (`verify` only;
+    /// 0: it never took it, or it is not known). Every change to a process's mappings
+    /// happens under that lock, so these times order the changes of concurrent threads
+    /// exactly as the kernel made them.
+    pub lock_ts_ns: u64,
     /// The six raw syscall arguments, as the tracepoint saw them.
     pub args: [u64; 6],
     /// The return value (negative errno on failure).
@@ -412,6 +417,9 @@ pub struct ForkEvent {
     /// vfork, `posix_spawn`): its changes are the parent's until it execs.
     pub shares_mm: u32,
     pub _pad: u32,
+    /// When the fork write-locked the parent's mm to copy it (`verify` only; 0: not
+    /// known, or a shared mm): the child starts as the parent was then.
+    pub lock_ts_ns: u64,
 }
 
 /// What took the write lock of a traced process's mm.
@@ -458,6 +466,8 @@ pub struct MmChangeEvent {
     /// Non-zero: an ia32 syscall (`nr` is in the ia32 table).
     pub compat: u32,
     pub _pad: u32,
+    /// When the change took the mm's write lock (see [`SyscallEvent::lock_ts_ns`]).
+    pub lock_ts_ns: u64,
 }
 
 /// The traced process called execve: its address space is new.
@@ -816,16 +826,16 @@ pub const fn record_size(kind: EventKind) -> usize {
 
 // The layouts are part of the ABI between the two sides: pin them.
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 48);
-const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 48 + 8 + 48 + 8);
+const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 48 + 16 + 48 + 8);
 const _: () = assert!(core::mem::size_of::<FileId>() == 16 + FILE_NAME_LEN);
 const _: () = assert!(
     FILE_NAME_LEN == 256,
     "the probe's path walk masks offsets with 255"
 );
-const _: () = assert!(core::mem::size_of::<MmapEvent>() == 112 + 16 + FILE_NAME_LEN);
+const _: () = assert!(core::mem::size_of::<MmapEvent>() == 120 + 16 + FILE_NAME_LEN);
 const _: () = assert!(core::mem::size_of::<VmaFields>() == 40 + 16 + FILE_NAME_LEN);
-const _: () = assert!(core::mem::size_of::<ForkEvent>() == 48 + 16);
-const _: () = assert!(core::mem::size_of::<MmChangeEvent>() == 48 + 16 + 48 + 16);
+const _: () = assert!(core::mem::size_of::<ForkEvent>() == 48 + 24);
+const _: () = assert!(core::mem::size_of::<MmChangeEvent>() == 48 + 16 + 48 + 24);
 const _: () = assert!(core::mem::size_of::<UserStack>() == USER_STACK_HEADER + USER_STACK_BYTES);
 const _: () = assert!(USER_STACK_BYTES.is_multiple_of(USER_STACK_CHUNK));
 const _: () = assert!(core::mem::size_of::<ExecImageEvent>() == 48 + 24 + 16 + FILE_NAME_LEN);

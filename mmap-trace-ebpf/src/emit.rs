@@ -283,14 +283,21 @@ pub fn header(kind: EventKind, probe: Probe, task: &Task) -> EventHeader {
     }
 }
 
+/// Whether `verify` runs: the target stops after each event, and the catch-all notes
+/// when each call took the mm's write lock.
+#[inline(always)]
+pub fn verifying() -> bool {
+    // SAFETY: a read of our own global; volatile so the loader's value is seen.
+    unsafe { core::ptr::read_volatile(&FILTER.stop_after_event) != 0 }
+}
+
 /// Under `verify`, stops this thread once it returns to user mode (after the syscall or
 /// fault that is running now). Thread-directed: under ptrace the signal must reach this
 /// thread, which verify then holds in signal-delivery-stop and resumes without the
 /// signal; a process-directed SIGSTOP could be taken by another thread.
 #[inline(always)]
 pub fn stop_if_verifying() {
-    // SAFETY: a read of our own global; volatile so the loader's value is seen.
-    if unsafe { core::ptr::read_volatile(&FILTER.stop_after_event) } != 0 {
+    if verifying() {
         // SAFETY: helper without memory arguments; SIGSTOP is 19 on every Linux arch we build for.
         unsafe { aya_ebpf::helpers::generated::bpf_send_signal_thread(19) };
     }

@@ -7,7 +7,7 @@ use mmap_trace_common::{EventKind, ForkEvent, Probe};
 
 use crate::{
     emit::{self, FOLLOWED},
-    kernel,
+    kernel, mm_lock,
 };
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`.
@@ -38,6 +38,8 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
             child_tid: kernel::read(child, o.pid),
             shares_mm: u32::from(parent_mm != 0 && parent_mm == child_mm),
             _pad: 0,
+            // The parent's clone is still in its call: its entry ends at its exit.
+            lock_ts_ns: mm_lock::lock_time(task.tid, false),
         });
         entry.submit(0);
     }

@@ -17,7 +17,9 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_task, bpf_get_current_task_btf, bpf_task_pt_regs},
+        generated::{
+            bpf_get_current_task, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_pt_regs,
+        },
     },
     macros::{btf_tracepoint, map},
     maps::{LruHashMap, PerCpuArray},
@@ -32,10 +34,41 @@ use crate::{emit, kernel, stack, syscalls};
 #[unsafe(no_mangle)]
 pub static CATCH_ALL: u32 = 0;
 
-/// Threads inside a syscall that write-locked their mm: tid → whether it was an ia32
-/// call. LRU: a thread killed in the call never reaches its exit.
+/// A syscall that write-locked its own mm, from its first write lock to its exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct LockedCall {
+    /// When it first held the write lock: under `verify`, the order of the changes of
+    /// concurrent threads (one writer at a time), handed to its record at exit.
+    lock_ts_ns: u64,
+    /// Whether it was an ia32 call.
+    compat: u32,
+    /// Non-zero: a call without a probe of its own, which the catch-all reports at exit;
+    /// zero: only its lock time is kept (a probed call, or a fork under `verify`).
+    report: u32,
+}
+
+/// Threads inside a syscall that write-locked their mm. LRU: a thread killed in the call
+/// never reaches its exit.
 #[map]
-pub static WROTE_MM: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+static WROTE_MM: LruHashMap<u32, LockedCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// When the call `tid` is in first held its mm's write lock (0: it did not, or this is
+/// not `verify`); `take` ends the call's entry (its exit).
+#[inline(always)]
+pub fn lock_time(tid: u32, take: bool) -> u64 {
+    if !emit::verifying() {
+        return 0;
+    }
+    // SAFETY: a plain lookup, copied out before any removal.
+    let Some(call) = (unsafe { WROTE_MM.get(tid) }).copied() else {
+        return 0;
+    };
+    if take {
+        let _ = WROTE_MM.remove(tid);
+    }
+    call.lock_ts_ns
+}
 
 /// The mms of traced processes (mm pointer → tgid), learnt when their own tasks lock
 /// them, so a lock taken by another task can be attributed. LRU: a freed mm's entry ages
@@ -162,10 +195,24 @@ fn write_locked(mm: u64, write: u64, success: u64, copy: u32) -> i32 {
         let nr: i64 = kernel::read(regs, PT_REGS_ORIG_AX);
         if nr >= 0 {
             let compat = syscalls::in_compat_syscall();
-            if !compat && (syscalls::traced(nr as u64).is_some() || leaves_own_maps(nr)) {
-                return 0; // mmap, munmap…: their own event says what changed
+            // mmap, munmap…: their own event says what changed; exec and exit too.
+            let report = compat || !(syscalls::traced(nr as u64).is_some() || leaves_own_maps(nr));
+            // Under verify the probed calls and forks keep their lock time as well.
+            if !report && !(emit::verifying() && !is_exec_or_exit(nr)) {
+                return 0;
             }
-            let _ = WROTE_MM.insert(pid_tgid as u32, u32::from(compat), 0);
+            let tid = pid_tgid as u32;
+            // SAFETY: a plain lookup. A call's first write lock is the one kept.
+            if unsafe { WROTE_MM.get(tid) }.is_some() {
+                return 0;
+            }
+            let call = LockedCall {
+                // SAFETY: helper without preconditions.
+                lock_ts_ns: unsafe { bpf_ktime_get_ns() },
+                compat: u32::from(compat),
+                report: u32::from(report),
+            };
+            let _ = WROTE_MM.insert(tid, call, 0);
             return 0;
         }
         // Not in a syscall: a fault growing a stack. Stop once it returns to user mode.
@@ -173,8 +220,10 @@ fn write_locked(mm: u64, write: u64, success: u64, copy: u32) -> i32 {
             return 0;
         };
         emit::stop_if_verifying();
+        let header = emit::header(EventKind::MmChange, Probe::MmLock, &task);
         emit_change(
-            emit::header(EventKind::MmChange, Probe::MmLock, &task),
+            header,
+            header.ts_ns,
             MmChangeCause::Fault,
             task.pid,
             -1,
@@ -206,6 +255,7 @@ fn write_locked(mm: u64, write: u64, success: u64, copy: u32) -> i32 {
     // Another task's registers say nothing of the owner's code: no stack.
     emit_change(
         header,
+        header.ts_ns,
         MmChangeCause::Kernel,
         task.pid,
         -1,
@@ -227,6 +277,13 @@ fn leaves_own_maps(nr: i64) -> bool {
     matches!(nr, 56 | 57 | 58 | 59 | 60 | 231 | 322 | 435)
 }
 
+/// execve, exit, exit_group, execveat: no record orders them by their lock (an exec is
+/// never reordered; an exit never returns to hand its lock time on).
+#[inline(always)]
+fn is_exec_or_exit(nr: i64) -> bool {
+    matches!(nr, 59 | 60 | 231 | 322)
+}
+
 /// A syscall noted in `WROTE_MM` returns: report it (called by `sys_exit` for calls
 /// without a probe of their own).
 #[inline(always)]
@@ -243,22 +300,30 @@ pub fn syscall_returned(
         return;
     }
     // SAFETY: a plain lookup; the value is copied out before the removal.
-    let Some(compat) = (unsafe { WROTE_MM.get(tid) }).copied() else {
+    let Some(call) = (unsafe { WROTE_MM.get(tid) }).copied() else {
         return;
     };
     let _ = WROTE_MM.remove(tid);
+    if call.report == 0 {
+        return; // a fork's lock time, read by the fork probe
+    }
     let Some(task) = emit::current_task() else {
         return;
     };
     emit::stop_if_verifying();
     emit_change(
         emit::header(EventKind::MmChange, Probe::MmLock, &task),
+        if emit::verifying() {
+            call.lock_ts_ns
+        } else {
+            0
+        },
         MmChangeCause::Syscall,
         task.pid,
         nr as i64,
         args,
         ret,
-        compat,
+        call.compat,
         user_regs,
         slot,
     );
@@ -273,6 +338,7 @@ pub fn syscall_returned(
 #[inline(always)]
 fn emit_change(
     header: mmap_trace_common::EventHeader,
+    lock_ts_ns: u64,
     cause: MmChangeCause,
     locker_pid: u32,
     nr: i64,
@@ -299,6 +365,7 @@ fn emit_change(
         (*event).ret = ret;
         (*event).compat = compat;
         (*event)._pad = 0;
+        (*event).lock_ts_ns = lock_ts_ns;
     }
     record.submit(false);
 }

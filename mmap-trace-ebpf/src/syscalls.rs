@@ -326,12 +326,16 @@ fn on_exit(ctx: &RawTracePointContext, copy: u32) -> i32 {
     } else {
         0
     };
+    let times = CallTimes {
+        enter_ts_ns,
+        lock_ts_ns: mm_lock::lock_time(task.tid, true),
+    };
     // Stop even when the record is lost: verify must not let the process run ahead.
     emit::stop_if_verifying();
     let header = emit::header(EventKind::Syscall, probe, &task);
     let ret = ctx.arg::<i64>(1);
     if probe == Probe::Mmap {
-        emit_mmap(header, enter_ts_ns, args, ret, user_regs, copy);
+        emit_mmap(header, times, args, ret, user_regs, copy);
         return 0;
     }
     let Some(mut record) = stack::Record::<SyscallEvent>::start(probe, user_regs, copy) else {
@@ -339,9 +343,16 @@ fn on_exit(ctx: &RawTracePointContext, copy: u32) -> i32 {
     };
     // SAFETY: a record of this type, ours until submit; written field by field, in place
     // (a whole value would be built on the stack first).
-    unsafe { fill_call(record.as_mut_ptr(), header, enter_ts_ns, args, ret) };
+    unsafe { fill_call(record.as_mut_ptr(), header, times, args, ret) };
     record.submit(true);
     0
+}
+
+/// When a call entered and when it first held its mm's write lock.
+#[derive(Clone, Copy)]
+struct CallTimes {
+    enter_ts_ns: u64,
+    lock_ts_ns: u64,
 }
 
 /// Writes a `SyscallEvent` in place. The x86-64 syscall convention: r10 stands in for rcx
@@ -353,14 +364,15 @@ fn on_exit(ctx: &RawTracePointContext, copy: u32) -> i32 {
 unsafe fn fill_call(
     event: *mut SyscallEvent,
     header: mmap_trace_common::EventHeader,
-    enter_ts_ns: u64,
+    times: CallTimes,
     args: [u64; 6],
     ret: i64,
 ) {
     // SAFETY: the caller's contract.
     unsafe {
         (*event).header = header;
-        (*event).enter_ts_ns = enter_ts_ns;
+        (*event).enter_ts_ns = times.enter_ts_ns;
+        (*event).lock_ts_ns = times.lock_ts_ns;
         (*event).args = args;
         (*event).ret = ret;
     }
@@ -371,7 +383,7 @@ unsafe fn fill_call(
 #[inline(always)]
 fn emit_mmap(
     mut header: mmap_trace_common::EventHeader,
-    enter_ts_ns: u64,
+    times: CallTimes,
     args: [u64; 6],
     ret: i64,
     user_regs: *const pt_regs,
@@ -387,7 +399,7 @@ fn emit_mmap(
     // SAFETY: `event` points at a record we own until submit; every field is written
     // before submit.
     unsafe {
-        fill_call(&raw mut (*event).call, header, enter_ts_ns, args, ret);
+        fill_call(&raw mut (*event).call, header, times, args, ret);
         match kernel::offsets() {
             Some(offsets) if maps_file => {
                 kernel::read_fd_file(fd, &offsets, &mut (*event).file, slot)

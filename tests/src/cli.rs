@@ -160,6 +160,16 @@ pub fn processes_of(scenario: &str) -> usize {
     }
 }
 
+/// Threads racing on shared addresses (`storm-N`): `runs` verify runs of `threads`
+/// threads each, every one with 0 mismatches and 0 lost, in every run.
+pub fn assert_storms_verify(threads: u32, runs: u32) {
+    for run in 1..=runs {
+        let scenario = format!("storm-{threads}");
+        let result = verify_workload(&[], &["--scenario", &scenario]);
+        assert_verified(&result, &format!("{scenario}, run {run} of {runs}"));
+    }
+}
+
 /// A finished `mmap-trace verify --json` run.
 pub struct VerifyRun {
     pub status: std::process::ExitStatus,

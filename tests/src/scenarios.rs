@@ -45,6 +45,8 @@ pub const SCENARIOS: &[&str] = &[
     "mseal",
     "shadow-stack",
     "fork-exec",
+    // Threads racing on the same addresses: 8 of them (`storm-N` for N).
+    "storm",
     // Issue 17: what mappings cost.
     "fault-regions",
     "memset-64m",
@@ -85,12 +87,139 @@ pub fn run(rec: &mut Recorder, name: &str) -> bool {
         "mseal" => mseal(rec),
         "shadow-stack" => shadow_stack(rec),
         "fork-exec" => fork_exec(rec),
+        "storm" => storm(rec, 8),
         "fault-regions" => fault_regions(rec),
         "memset-64m" => memset(rec, 64),
         "file-cold" => file_cold(rec),
-        _ => return false,
+        _ => match name.strip_prefix("storm-").and_then(|n| n.parse().ok()) {
+            Some(threads) => storm(rec, threads),
+            None => return false,
+        },
     }
     true
+}
+
+// ---- threads racing ----
+
+/// `threads` threads that map, split, partly unmap, move and
+/// unmap in a loop, half of them in one shared arena with MAP_FIXED and MREMAP_FIXED, so
+/// a range one thread frees is mapped over by another at once; the others let the kernel
+/// pick, which hands each the addresses the last munmap freed. Every call races: only
+/// the order in which the mm's write lock was taken says what maps shows.
+fn storm(rec: &mut Recorder, threads: u64) {
+    const ARENA_PAGES: u64 = 64;
+    const ROUNDS: u64 = 20;
+    // SAFETY: a fresh anonymous reservation, only ever mapped over with MAP_FIXED below.
+    let arena = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            (ARENA_PAGES * PAGE) as usize,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    } as u64;
+    assert_ne!(arena, libc::MAP_FAILED as u64, "storm arena");
+    // Every thread exists before the first call: the arena's holes must not take a
+    // thread's stack while another thread maps over them.
+    let start = std::sync::Arc::new(std::sync::Barrier::new(threads as usize));
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (t + 1).wrapping_mul(0x1234_5678_9abc);
+                let mut next = move |below: u64| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed % below
+                };
+                for _ in 0..ROUNDS {
+                    if t % 2 == 0 {
+                        storm_in_arena(arena, ARENA_PAGES, &mut next);
+                    } else {
+                        storm_anywhere(&mut next);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("storm worker");
+    }
+    // SAFETY: unmapping the arena made above (whatever the threads left in it).
+    unsafe { libc::munmap(arena as *mut libc::c_void, (ARENA_PAGES * PAGE) as usize) };
+    rec.observe("storm", json!({"threads": threads, "rounds": ROUNDS}));
+}
+
+/// One round in the shared arena: every call may land on another thread's pages.
+fn storm_in_arena(arena: u64, pages: u64, next: &mut impl FnMut(u64) -> u64) {
+    let at = |page: u64| (arena + page * PAGE) as *mut libc::c_void;
+    let (a, b) = (next(pages - 4), next(pages - 4));
+    // SAFETY: every address is inside the arena this scenario owns; the calls race, and
+    // whatever they leave is valid memory of ours (or unmapped).
+    unsafe {
+        libc::mmap(
+            at(a),
+            (4 * PAGE) as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        );
+        libc::mprotect(at(a + 1), PAGE as usize, libc::PROT_READ);
+        libc::munmap(at(a + 3), PAGE as usize);
+        libc::mremap(
+            at(a),
+            (2 * PAGE) as usize,
+            (2 * PAGE) as usize,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            at(b),
+        );
+        libc::mprotect(at(b), (3 * PAGE) as usize, libc::PROT_NONE);
+    }
+}
+
+/// One round where the kernel picks the address: it hands out what another thread just
+/// freed.
+fn storm_anywhere(next: &mut impl FnMut(u64) -> u64) {
+    let len = (2 + next(4)) * PAGE;
+    // SAFETY: the thread's own fresh mapping, changed and unmapped by this thread only
+    // (other threads may map over what it freed).
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return;
+        }
+        let p = p as u64;
+        libc::mprotect(
+            (p + PAGE) as *mut libc::c_void,
+            PAGE as usize,
+            libc::PROT_READ,
+        );
+        libc::munmap(p as *mut libc::c_void, PAGE as usize);
+        let q = libc::mremap(
+            (p + PAGE) as *mut libc::c_void,
+            (len - PAGE) as usize,
+            (len + PAGE) as usize,
+            libc::MREMAP_MAYMOVE,
+        );
+        let (q, qlen) = if q == libc::MAP_FAILED {
+            (p + PAGE, len - PAGE)
+        } else {
+            (q as u64, len + PAGE)
+        };
+        libc::munmap(q as *mut libc::c_void, qlen as usize);
+    }
 }
 
 // ---- helpers ----

@@ -62,6 +62,14 @@ fn verify_agrees_on_every_cause_and_name_with_kernel_probes() {
     }
 }
 
+/// Threads racing on the same addresses, with the kernel probes on: every run verifies.
+#[test]
+fn thread_storms_verify_in_every_run_with_kernel_probes() {
+    driver::require_guest();
+    mmap_trace_tests::cli::assert_storms_verify(8, 20);
+    mmap_trace_tests::cli::assert_storms_verify(16, 20);
+}
+
 /// Both driver paths, with and without offset, shared and (kmalloc) private: the private
 /// mapping's maps offset is the first PFN, which the shadow learns from remap_pfn_range.
 #[test]

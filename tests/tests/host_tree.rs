@@ -164,6 +164,14 @@ fn verify_agrees_on_every_cause_and_name() {
     }
 }
 
+/// Threads racing on the same addresses: the changes are applied in the order the
+/// kernel took the mm's write lock, so no run of 8 or 16 threads gives a false mismatch.
+#[test]
+fn thread_storms_verify_in_every_run() {
+    mmap_trace_tests::cli::assert_storms_verify(8, 20);
+    mmap_trace_tests::cli::assert_storms_verify(16, 20);
+}
+
 /// shmat…shmdt with no mmap between: the catch-all makes a checkpoint of each (before it,
 /// the segment was never seen), and stack growth is seen as a fault.
 #[test]

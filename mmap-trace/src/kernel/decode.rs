@@ -352,6 +352,7 @@ pub fn test_syscall_event(probe: Probe, comm: &[u8], args: [u64; 6], ret: i64) -
             cgroup_id: 1,
         },
         enter_ts_ns: 1,
+        lock_ts_ns: 0,
         args,
         ret,
     }

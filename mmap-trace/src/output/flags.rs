@@ -139,6 +139,7 @@ pub fn write_map_names(out: &mut Vec<u8>, flags: u64) {
         libc::MAP_SHARED => out.extend_from_slice(b"SHARED"),
         libc::MAP_PRIVATE => out.extend_from_slice(b"PRIVATE"),
         libc::MAP_SHARED_VALIDATE => out.extend_from_slice(b"SHARED_VALIDATE"),
+        libc::MAP_DROPPABLE => out.extend_from_slice(b"DROPPABLE"),
         _ => {
             out.extend_from_slice(b"TYPE");
             write_hex(out, kind);

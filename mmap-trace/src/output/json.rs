@@ -98,7 +98,7 @@ impl Outcome {
     fn errno(ret: i64) -> Self {
         Self {
             ret: Some(ret),
-            error: Some(flags::errno_name(-ret)),
+            error: Some(flags::errno_name(ret.saturating_neg())),
             ..Self::default()
         }
     }

@@ -34,6 +34,9 @@ pub struct VerifyStats {
     /// Checkpoints where a change the shadow does not model (named by the catch-all) was
     /// adopted from the kernel's view.
     pub unmodelled: u64,
+    /// Failed calls that had changed part of their ranges (adopted, `partial` records).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub partial: u64,
     /// Present file pages whose PFN was compared with pagemap.
     pub pfn_checks: u64,
     /// Checkpoints whose page check compared every known page (the rest compared only
@@ -62,6 +65,7 @@ impl VerifyStats {
         self.checkpoints += other.checkpoints;
         self.mismatches += other.mismatches;
         self.unmodelled += other.unmodelled;
+        self.partial += other.partial;
         self.pfn_checks += other.pfn_checks;
         self.pfn_full_passes += other.pfn_full_passes;
         self.pagemap_reads += other.pagemap_reads;

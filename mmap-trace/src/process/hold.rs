@@ -14,6 +14,13 @@
 //! /proc/self/status; a second tracer such as gdb or strace cannot attach meanwhile).
 //! Signals the target receives are passed on as they arrive (or as the checkpoint ends).
 //!
+//! A thread is let go as it exits (PTRACE_EVENT_EXIT, before the kernel tears down its
+//! mm: the last checkpoint of a process runs there), not after: a traced child's real
+//! parent cannot reap it until its tracer has, and a parent that polls a pidfd and then
+//! calls `waitpid(WNOHANG)` — the kselftest harness judges every test case that way —
+//! would find no child yet and call the case failed. Detached before its exit, the
+//! child ends exactly as it would alone.
+//!
 //! All ptrace requests come from the thread that attached (the main thread: verify's event
 //! loop is single-threaded).
 
@@ -27,6 +34,7 @@ const PTRACE_EVENT_VFORK: i32 = 2;
 const PTRACE_EVENT_CLONE: i32 = 3;
 const PTRACE_EVENT_EXEC: i32 = 4;
 const PTRACE_EVENT_VFORK_DONE: i32 = 5;
+const PTRACE_EVENT_EXIT: i32 = 6;
 const PTRACE_EVENT_STOP: i32 = 128;
 /// `si_code` of a signal the kernel sent (the probes' bpf_send_signal_thread), as opposed
 /// to a kill(2) from a process (SI_USER) or a queued one.
@@ -52,6 +60,8 @@ enum Why {
     Held,
     /// A signal or group stop of the target's own.
     Other,
+    /// At its exit (PTRACE_EVENT_EXIT): its mm is still whole; detached, not resumed.
+    Exiting,
 }
 
 #[derive(Debug)]
@@ -64,6 +74,8 @@ struct Thread {
     /// A vfork child of a process whose children are not followed: let go at its first
     /// stop.
     detach: bool,
+    /// How it is exiting (the wait status the kernel will give), from its exit stop.
+    exit_status: Option<libc::c_int>,
 }
 
 /// What the wait statuses said beyond stops.
@@ -72,7 +84,14 @@ pub enum Notice {
     /// A new process (fork, vfork, or clone without CLONE_THREAD) is traced too.
     NewProcess { parent: u32, child: u32 },
     /// The last thread of `pid` is gone; `status` as waitpid described it.
-    Exited { pid: u32, status: String },
+    Exited {
+        pid: u32,
+        status: String,
+        /// Why this end is not one the process could have reached alone: it died of a
+        /// signal that never reached it through its signal-delivery-stops (a signal
+        /// only the holding could have caused). `None` for every ordinary end.
+        unexplained: Option<String>,
+    },
 }
 
 pub struct Holder {
@@ -84,6 +103,9 @@ pub struct Holder {
     /// Processes being held for a checkpoint: their event stops (fork, vfork done, exec)
     /// are kept, not resumed, so a thread once stopped stays stopped.
     holding: std::collections::HashSet<u32>,
+    /// Per process, the signals passed on to it (bit `1 << signo`): a process that dies
+    /// of a signal must have been passed it (SIGKILL excepted: it is never reported).
+    passed: HashMap<u32, u128>,
 }
 
 fn errno() -> std::io::Error {
@@ -125,6 +147,7 @@ impl Holder {
     pub fn new(follow_forks: bool) -> Self {
         // vfork is always traced: a parent inside it cannot be stopped, so it must be known.
         let mut options = libc::PTRACE_O_TRACECLONE
+            | libc::PTRACE_O_TRACEEXIT
             | libc::PTRACE_O_TRACEEXEC
             | libc::PTRACE_O_TRACEVFORK
             | libc::PTRACE_O_TRACEVFORKDONE;
@@ -137,6 +160,7 @@ impl Holder {
             follow_forks,
             pending: Vec::new(),
             holding: Default::default(),
+            passed: HashMap::new(),
         }
     }
 
@@ -176,6 +200,7 @@ impl Holder {
                         state: State::Running,
                         in_vfork: false,
                         detach: false,
+                        exit_status: None,
                     },
                 );
                 new += 1;
@@ -204,7 +229,7 @@ impl Holder {
                 matches!(
                     t.state,
                     State::Stopped {
-                        why: Why::Event | Why::Held,
+                        why: Why::Event | Why::Held | Why::Exiting,
                         ..
                     }
                 )
@@ -248,10 +273,7 @@ impl Holder {
             if let Some(t) = self.threads.remove(&tid)
                 && !self.is_traced(t.tgid)
             {
-                notices.push(Notice::Exited {
-                    pid: t.tgid,
-                    status: describe_exit(status),
-                });
+                notices.push(self.ended(t.tgid, Some(status)));
             }
             return Ok(true);
         }
@@ -267,6 +289,7 @@ impl Holder {
             state: State::Running,
             in_vfork: false,
             detach: false,
+            exit_status: None,
         });
         let tgid = thread.tgid;
         let stopped = |resume_with, listen, why| State::Stopped {
@@ -290,6 +313,7 @@ impl Holder {
                     state: State::Running,
                     in_vfork: false,
                     detach,
+                    exit_status: None,
                 });
                 entry.tgid = child_tgid;
                 entry.detach = detach;
@@ -317,6 +341,12 @@ impl Holder {
                 self.threads.retain(|&t, th| th.tgid != tgid || t == tid);
                 self.event_stop(tid, tgid);
             }
+            PTRACE_EVENT_EXIT => {
+                let mut code: libc::c_ulong = 0;
+                let _ = ptrace(libc::PTRACE_GETEVENTMSG, tid, 0, (&raw mut code) as usize);
+                thread.exit_status = Some(code as libc::c_int);
+                thread.state = stopped(0, false, Why::Exiting);
+            }
             PTRACE_EVENT_STOP if thread.detach => {
                 let _ = ptrace(libc::PTRACE_DETACH, tid, 0, 0);
                 self.threads.remove(&tid);
@@ -339,6 +369,12 @@ impl Holder {
                 let from_probe = sig == libc::SIGSTOP
                     && ptrace(libc::PTRACE_GETSIGINFO, tid, 0, (&raw mut info) as usize).is_ok()
                     && info.si_code == SI_KERNEL;
+                if !from_probe {
+                    *self.passed.entry(tgid).or_default() |= 1u128 << (sig as u32 & 127);
+                }
+                let Some(thread) = self.threads.get_mut(&tid) else {
+                    return Ok(true);
+                };
                 if from_probe {
                     thread.state = stopped(0, false, Why::Event);
                 } else if matches!(thread.state, State::Stopped { .. }) {
@@ -431,7 +467,7 @@ impl Holder {
     /// Resumes every held thread of `pid`, delivering any signal that arrived meanwhile.
     pub fn resume_process(&mut self, pid: u32) {
         self.holding.remove(&pid);
-        let held: Vec<(u32, i32, bool)> = self
+        let held: Vec<(u32, i32, bool, Why)> = self
             .threads
             .iter()
             .filter(|(_, t)| t.tgid == pid)
@@ -439,13 +475,15 @@ impl Holder {
                 State::Stopped {
                     resume_with,
                     listen,
-                    ..
-                } => Some((tid, resume_with, listen)),
+                    why,
+                } => Some((tid, resume_with, listen, why)),
                 State::Running => None,
             })
             .collect();
-        for (tid, sig, listen) in held {
-            if listen {
+        for (tid, sig, listen, why) in held {
+            if why == Why::Exiting {
+                self.let_go_exiting(tid);
+            } else if listen {
                 let _ = ptrace(libc::PTRACE_LISTEN, tid, 0, 0);
                 if let Some(t) = self.threads.get_mut(&tid) {
                     t.state = State::Stopped {
@@ -457,6 +495,37 @@ impl Holder {
             } else {
                 self.cont(tid, sig);
             }
+        }
+    }
+
+    /// Detaches a thread held at its exit stop; its process's end is noticed when it was
+    /// the last thread (the status its exit stop gave: what its real parent will see).
+    fn let_go_exiting(&mut self, tid: u32) {
+        let _ = ptrace(libc::PTRACE_DETACH, tid, 0, 0);
+        let Some(t) = self.threads.remove(&tid) else {
+            return;
+        };
+        if !self.is_traced(t.tgid) {
+            let notice = self.ended(t.tgid, t.exit_status);
+            self.pending.push(notice);
+        }
+    }
+
+    /// The notice of `pid`'s end with wait status `status`, checked against the signals
+    /// it was passed.
+    fn ended(&mut self, pid: u32, status: Option<libc::c_int>) -> Notice {
+        let passed = self.passed.remove(&pid).unwrap_or(0);
+        let unexplained = status
+            .filter(|&s| libc::WIFSIGNALED(s))
+            .map(|s| libc::WTERMSIG(s))
+            .filter(|&sig| sig != libc::SIGKILL && passed & (1u128 << (sig as u32 & 127)) == 0)
+            .map(|sig| {
+                format!("it died of signal {sig}, which never reached it through verify's hold")
+            });
+        Notice::Exited {
+            pid,
+            status: status.map_or_else(|| "status unknown".to_string(), describe_exit),
+            unexplained,
         }
     }
 

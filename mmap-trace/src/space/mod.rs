@@ -21,4 +21,4 @@ pub use compare::{Comparison, Difference, Field, compare};
 pub use model::{AddressSpace, Change, Why};
 pub use proc::ProcEnv;
 pub use region::{Backing, Name, PAGE, Region, page_down, page_up};
-pub use syscall::{Applied, CallEnv, NoEnv, TracedFile, apply_syscall};
+pub use syscall::{Applied, CallEnv, NoEnv, TracedFile, apply_syscall, failed_call_ranges};

@@ -14,8 +14,12 @@ use super::region::{
 
 const MAP_SHARED_TYPE_MASK: u64 = libc::MAP_TYPE as u64;
 const MAP_PRIVATE: u64 = libc::MAP_PRIVATE as u64;
+/// Anonymous memory the kernel may zero under pressure (6.11+): private, not copied to a
+/// child (VM_WIPEONFORK), whatever the mapping type's other bits say.
+const MAP_DROPPABLE: u64 = libc::MAP_DROPPABLE as u64;
 const MAP_ANONYMOUS: u64 = libc::MAP_ANONYMOUS as u64;
 const MAP_GROWSDOWN: u64 = libc::MAP_GROWSDOWN as u64;
+const MREMAP_FIXED: u64 = libc::MREMAP_FIXED as u64;
 const MREMAP_DONTUNMAP: u64 = 4;
 const SHM_RDONLY: u64 = 0o10000;
 const SHM_EXEC: u64 = 0o100000;
@@ -299,13 +303,16 @@ impl AddressSpace {
         offset: u64,
         file: Option<FileIdentity>,
     ) {
-        let shared = flags & MAP_SHARED_TYPE_MASK != MAP_PRIVATE;
+        let kind = flags & MAP_SHARED_TYPE_MASK;
+        let droppable = kind == MAP_DROPPABLE;
+        let shared = kind != MAP_PRIVATE && !droppable;
         let mut region = Region::anonymous(
             addr,
             addr.saturating_add(page_up(len)),
             &perms(prot, shared),
         );
         region.hidden.grows_down = flags & MAP_GROWSDOWN != 0;
+        region.hidden.wipe_on_fork = droppable;
         match file {
             _ if flags & MAP_ANONYMOUS != 0 => {
                 if shared {
@@ -419,6 +426,9 @@ impl AddressSpace {
         // MREMAP_DONTUNMAP leaves the old range mapped (emptied). Either way the source
         // stays.
         let keep_source = old_len == 0 || flags & MREMAP_DONTUNMAP != 0;
+        if flags & MREMAP_FIXED != 0 && old_len == new_len && old_len > 0 {
+            return self.move_pieces(old, old_len, new, keep_source);
+        }
         let source_len = if old_len == 0 { new_len } else { old_len };
         let mut source: Vec<Region> = self.regions[self.overlapping(old, end(old, source_len))]
             .iter()
@@ -479,6 +489,39 @@ impl AddressSpace {
             };
             (grown.start, grown.end) = (end(new, arrived), new_end);
             self.put(grown, Why::Grown, last.as_ref().map(|r| r.end - 1));
+        }
+    }
+
+    /// An mremap that only moves (MREMAP_FIXED, the length kept): since 6.17 the range
+    /// may hold several VMAs with holes between them (mm/mremap.c remap_move). Each mapped
+    /// piece moves by the same distance and replaces only its own destination, so what
+    /// lay under the holes stays; the source goes (stays, emptied, with DONTUNMAP).
+    /// Before 6.17 such a call succeeded only for one VMA, which this covers as well.
+    fn move_pieces(&mut self, old: u64, len: u64, new: u64, keep_source: bool) {
+        let end = old.saturating_add(len);
+        let pieces: Vec<Region> = self.regions[self.overlapping(old, end)]
+            .iter()
+            .map(|r| clip(r, old, end))
+            .collect();
+        if pieces.is_empty() {
+            // A source the model never saw still arrives (a trace that began after it
+            // was mapped); verify's model always has it.
+            self.replace(
+                Region::anonymous(new, new.saturating_add(len), "rw-p"),
+                Why::MovedHere,
+                None,
+            );
+            return;
+        }
+        for piece in pieces {
+            let mut moved = piece.clone();
+            moved.start = new.saturating_add(piece.start - old);
+            moved.end = new.saturating_add(piece.end - old);
+            if !keep_source {
+                self.take(piece.start, piece.end, Why::MovedAway);
+            }
+            self.take(moved.start, moved.end, Why::Replaced);
+            self.put(moved, Why::MovedHere, Some(piece.start));
         }
     }
 

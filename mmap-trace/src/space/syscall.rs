@@ -5,6 +5,7 @@
 use syscalls::Sysno;
 
 use super::model::{AddressSpace, FileIdentity};
+use super::region::{PAGE, page_up};
 
 /// A SysV shared memory segment (/proc/sysvipc/shm).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +71,7 @@ pub enum Applied {
 }
 
 const ENOMEM: i64 = libc::ENOMEM as i64;
+const MREMAP_FIXED: u64 = libc::MREMAP_FIXED as u64;
 const PR_SET_MM: u64 = 35;
 const PR_SET_VMA: u64 = 0x5356_4d41;
 const ARCH_MAP_VDSO_X32: u64 = 0x2001;
@@ -208,5 +210,43 @@ pub fn apply_syscall(
         | Sysno::migrate_pages
         | Sysno::move_pages => Applied::NoMapsChange,
         other => Applied::Unmodelled { cause: other.name() },
+    }
+}
+
+/// The ranges a call that failed may still have changed, page-aligned (empty: a failure
+/// that leaves everything as it was). The kernel works VMA by VMA and returns at the first
+/// it must refuse, keeping what it did before: an mprotect whose range ends in a sealed VMA
+/// (6.13+ checks each VMA as it goes), an mremap moving several VMAs whose second cannot
+/// move (6.17+), a MAP_FIXED mmap or MREMAP_FIXED that unmapped the destination and then
+/// failed. The caller compares these ranges and adopts what the kernel did.
+pub fn failed_call_ranges(nr: u64, args: [u64; 6]) -> Vec<(u64, u64)> {
+    let Some(sysno) = usize::try_from(nr).ok().and_then(Sysno::new) else {
+        return Vec::new();
+    };
+    let range = |addr: u64, len: u64| {
+        let start = addr & !(PAGE - 1);
+        (start, start.saturating_add(page_up(len + (addr - start))))
+    };
+    let a = args;
+    match sysno {
+        Sysno::mprotect
+        | Sysno::pkey_mprotect
+        | Sysno::madvise
+        | Sysno::munmap
+        | Sysno::mseal
+        | Sysno::mlock
+        | Sysno::mlock2
+        | Sysno::munlock
+        | Sysno::mbind
+        | Sysno::remap_file_pages => vec![range(a[0], a[1])],
+        Sysno::mremap => {
+            let mut ranges = vec![range(a[0], a[1].max(a[2]))];
+            if a[3] & MREMAP_FIXED != 0 {
+                ranges.push(range(a[4], a[2]));
+            }
+            ranges
+        }
+        Sysno::mmap if a[3] & libc::MAP_FIXED as u64 != 0 => vec![range(a[0], a[1])],
+        _ => Vec::new(),
     }
 }

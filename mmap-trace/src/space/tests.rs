@@ -712,7 +712,10 @@ mod real {
             };
             let applied = apply_syscall(&mut self.model, n as u64, a, ret, &self.env);
             assert!(
-                matches!(applied, Applied::Modelled | Applied::NoMapsChange),
+                matches!(
+                    applied,
+                    Applied::Modelled | Applied::NoMapsChange | Applied::Failed
+                ),
                 "{} -> {ret}: {applied:?}",
                 crate::kernel::syscall_names::name(n, false)
             );
@@ -830,6 +833,95 @@ mod real {
             &[w.at(19), P, libc::MADV_DONTFORK as u64],
         );
         w.check("munmap, mlock, madvise");
+    }
+
+    /// MAP_DROPPABLE (6.11+): private anonymous memory, not shared memory, and not
+    /// copied into a child. Kernels without it refuse the call, and the model then
+    /// changes nothing.
+    #[test]
+    fn droppable_memory_is_private_anonymous() {
+        let mut w = Window::new(8);
+        let ret = w.call(
+            libc::SYS_mmap,
+            &[
+                w.at(1),
+                2 * P,
+                RW,
+                (libc::MAP_DROPPABLE | libc::MAP_ANONYMOUS | libc::MAP_FIXED) as u64,
+                u64::MAX,
+                0,
+            ],
+        );
+        w.check("MAP_DROPPABLE");
+        if ret >= 0 {
+            let r = w.model.region_at(w.at(1)).unwrap();
+            assert_eq!(r.perms, "rw-p");
+            assert!(r.hidden.wipe_on_fork, "{r:?}");
+        }
+    }
+
+    /// An mremap that only moves (MREMAP_FIXED, same length) over a range of several
+    /// VMAs with holes: 6.17+ moves each piece and leaves the destination's holes as they
+    /// were; older kernels refuse it (EFAULT) and change nothing the model must know.
+    #[test]
+    fn mremap_moves_several_vmas_keeping_the_holes() {
+        let mut w = Window::new(32);
+        for page in [0, 3] {
+            w.call(
+                libc::SYS_mmap,
+                &[w.at(page), 2 * P, RW, FIXED_ANON, u64::MAX, 0],
+            );
+        }
+        // The destination already holds memory where the source has its hole.
+        w.call(
+            libc::SYS_mmap,
+            &[w.at(16), 5 * P, R, FIXED_ANON, u64::MAX, 0],
+        );
+        // The hole, made last: another test thread's mapping could land in it.
+        w.call(libc::SYS_munmap, &[w.at(2), P]);
+        let ret = w.call(
+            libc::SYS_mremap,
+            &[w.at(0), 5 * P, 5 * P, MAYMOVE | MREMAP_FIXED, w.at(16)],
+        );
+        w.check("a multi-VMA move");
+        if ret >= 0 {
+            assert_eq!(
+                w.model.region_at(w.at(18)).map(|r| r.perms.as_str()),
+                Some("r--p"),
+                "the hole's old page stays"
+            );
+        }
+    }
+
+    /// A call that fails after changing part of its range (mprotect over two VMAs, the
+    /// second sealed: 6.13+ changes the first, then says EPERM): the model takes a failed
+    /// call as a no-op, and every difference lies inside the ranges
+    /// `failed_call_ranges` names, which verify then compares and adopts.
+    #[test]
+    fn a_failed_call_changes_only_inside_its_ranges() {
+        let mut w = Window::new(16);
+        w.call(
+            libc::SYS_mmap,
+            &[w.at(2), 2 * P, RW, FIXED_ANON, u64::MAX, 0],
+        );
+        w.call(
+            libc::SYS_mmap,
+            &[w.at(4), 2 * P, R, FIXED_ANON, u64::MAX, 0],
+        );
+        if w.call(libc::SYS_mseal, &[w.at(4), 2 * P, 0]) < 0 {
+            return; // a kernel without mseal (before 6.10)
+        }
+        let args = [w.at(2), 4 * P, libc::PROT_NONE as u64, 0, 0, 0];
+        let ret = w.call(libc::SYS_mprotect, &args[..3]);
+        assert_eq!(ret, -(libc::EPERM as i64));
+        let ranges = failed_call_ranges(libc::SYS_mprotect as u64, args);
+        let differences = compare(&w.clip(w.model.regions()), &w.kernel()).differences;
+        for d in &differences {
+            assert!(
+                ranges.iter().any(|&(s, e)| s <= d.start && d.end <= e),
+                "{d:?} outside {ranges:x?}"
+            );
+        }
     }
 
     /// Issue 12's row: mremap(p, 0, n, MREMAP_MAYMOVE) of a shared mapping.

@@ -99,6 +99,44 @@ struct AdoptedRange<'a> {
     found: &'a str,
 }
 
+/// A call that failed after changing part of what it was asked to, and what the kernel
+/// shows where it worked (adopted: never a mismatch).
+#[derive(Serialize)]
+struct PartialRecord<'a> {
+    #[serde(rename = "type")]
+    record_type: &'static str,
+    pid: u32,
+    checkpoint: u64,
+    /// The call's name.
+    call: &'a str,
+    /// Its error (`EPERM`).
+    error: String,
+    ranges: Vec<AdoptedRange<'a>>,
+}
+
+/// A call that failed but may have changed part of its ranges before it did.
+#[derive(Clone, Debug)]
+struct FailedCall {
+    call: String,
+    ret: i64,
+    ranges: Vec<(u64, u64)>,
+}
+
+impl FailedCall {
+    fn touches(&self, start: u64, end: u64) -> bool {
+        self.ranges.iter().any(|&(s, e)| s < end && start < e)
+    }
+}
+
+/// What applying one event asks of the checkpoint.
+enum Applying {
+    Done,
+    /// A cause the shadow does not model (the kernel's view is adopted and said).
+    Unmodelled(String),
+    /// A failed call whose ranges are compared (what it did is adopted and said).
+    Failed(FailedCall),
+}
+
 /// One process's account, written before the summary.
 #[derive(Serialize)]
 struct ProcessRecord<'a> {
@@ -124,6 +162,8 @@ struct Proc {
     stats: VerifyStats,
     /// Causes the shadow does not model, seen since the last checkpoint.
     unmodelled: Vec<String>,
+    /// Failed calls since the last checkpoint that may have changed part of their ranges.
+    failed: Vec<FailedCall>,
     ended: Option<String>,
 }
 
@@ -135,6 +175,12 @@ struct Verifier {
     full: bool,
     /// Records that did not decode: events the proof lost.
     malformed: u64,
+    /// The records carry when each call took the mm's write lock (the catch-all is
+    /// attached): a batch is applied in that order, the kernel's.
+    lock_order: bool,
+    /// Processes that ended in a way only verify's holding could explain: verify changed
+    /// the program it checked, so the run cannot pass.
+    unexplained_endings: u64,
 }
 
 /// Returns whether the kernel agreed with the events at every checkpoint.
@@ -194,6 +240,8 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         pages: HashMap::new(),
         full: config.full,
         malformed: 0,
+        lock_order: tracer.attached.contains(&Probe::MmLock),
+        unexplained_endings: 0,
     };
     verifier.procs.insert(pid, Proc::default());
     if child.is_none() {
@@ -293,7 +341,10 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         .and_then(|()| out.flush())
         .or_else(ignore_closed_output)?;
     // Nothing checked is not a pass: the user asked for proof and got none.
-    let agreed = stats.mismatches == 0 && lost == 0 && stats.checkpoints > 0;
+    let agreed = stats.mismatches == 0
+        && lost == 0
+        && stats.checkpoints > 0
+        && verifier.unexplained_endings == 0;
     eprintln!(
         "mmap-trace: verify: {} processes, {} checkpoints, {} mismatches, {} unmodelled changes adopted, {} page PFNs checked, {lost} events lost: {}",
         stats.processes,
@@ -306,6 +357,12 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     if lost > 0 {
         eprintln!(
             "mmap-trace: events were lost, so the shadow is incomplete; rerun with a larger --ring-buffer-kib"
+        );
+    }
+    if verifier.unexplained_endings > 0 {
+        eprintln!(
+            "mmap-trace: {} processes ended differently than they would have alone: verify changed what it checked (a bug of verify's: please report it)",
+            verifier.unexplained_endings
         );
     }
     if stats.checkpoints == 0 {
@@ -336,7 +393,17 @@ impl Verifier {
                     .parent
                     .get_or_insert(parent);
             }
-            Notice::Exited { pid, status } => {
+            Notice::Exited {
+                pid,
+                status,
+                unexplained,
+            } => {
+                if let Some(why) = unexplained {
+                    eprintln!(
+                        "mmap-trace: ERROR: pid {pid} ended differently than it would have alone ({status}): {why}"
+                    );
+                    self.unexplained_endings += 1;
+                }
                 self.procs.entry(pid).or_default().ended = Some(status);
             }
         }
@@ -426,8 +493,12 @@ impl Verifier {
             match reader {
                 Some(reader) => self.apply_and_compare(owner, reader, &batch, out)?,
                 None => {
-                    for event in &batch {
-                        self.apply(event)?;
+                    let units = order::units(&batch);
+                    let first = order::serial_orders(&units, self.lock_order).swap_remove(0);
+                    for u in first {
+                        for event in &units[u].events {
+                            self.apply(event)?;
+                        }
                     }
                 }
             }
@@ -438,12 +509,10 @@ impl Verifier {
         Ok(())
     }
 
-    /// Calls of different threads that overlap in time reach sys_exit in an order that
-    /// need not be the one in which they changed the address space (mmap_lock decides).
-    /// The batch is applied in exit order first and, if the kernel disagrees, in each
-    /// other order that keeps every thread's own order and real time (a call that exited
-    /// before another entered stays first). A mismatch is reported only when no such
-    /// order explains the kernel's view, and then as the exit order shows it.
+    /// Applies the batch in the order its calls took the mm's write lock (`order.rs`)
+    /// and compares. Without lock times, the orders that keep every thread's own order
+    /// and real time are tried, exit order first: a mismatch is then reported only when
+    /// no such order explains the kernel's view, and as the exit order shows it.
     fn apply_and_compare(
         &mut self,
         owner: u32,
@@ -453,17 +522,17 @@ impl Verifier {
     ) -> Result<()> {
         let units = order::units(events);
         let base = self.procs.get(&owner).and_then(|p| p.shadow.clone());
-        let base_unmodelled = self
+        let (base_unmodelled, base_failed) = self
             .procs
             .get(&owner)
-            .map(|p| p.unmodelled.len())
-            .unwrap_or(0);
+            .map_or((0, 0), |p| (p.unmodelled.len(), p.failed.len()));
         let mut first_failure = None;
         let mut pfns = None;
-        for order in order::serial_orders(&units) {
+        for order in order::serial_orders(&units, self.lock_order) {
             if let Some(p) = self.procs.get_mut(&owner) {
                 p.shadow = base.clone();
                 p.unmodelled.truncate(base_unmodelled);
+                p.failed.truncate(base_failed);
             }
             for &u in &order {
                 for event in &units[u].events {
@@ -483,20 +552,27 @@ impl Verifier {
             if check.agrees() {
                 proc.stats.checkpoints += 1;
                 proc.unmodelled.clear();
+                proc.failed.clear();
                 let last = events.last().copied();
                 return self.report_pages(owner, pfns.unwrap_or_default(), last.as_ref(), out);
             }
             if first_failure.is_none() {
-                first_failure = Some((check, proc.shadow.clone(), proc.unmodelled.clone()));
+                first_failure = Some((
+                    check,
+                    proc.shadow.clone(),
+                    proc.unmodelled.clone(),
+                    proc.failed.clone(),
+                ));
             }
         }
-        let Some((check, shadow, unmodelled)) = first_failure else {
+        let Some((check, shadow, unmodelled, failed)) = first_failure else {
             return Ok(());
         };
         let proc = self.procs.entry(owner).or_default();
         proc.shadow = shadow;
         proc.stats.checkpoints += 1;
         proc.unmodelled = unmodelled;
+        proc.failed = failed;
         let last = events.last().copied();
         self.report_pages(owner, pfns.unwrap_or_default(), last.as_ref(), out)?;
         self.report_all(owner, check, last.as_ref(), out)
@@ -574,19 +650,23 @@ impl Verifier {
             return Ok(()); // before the command's exec: its pre-exec image is ours
         };
         let plant = self.plant;
-        let cause = match event {
+        let applying = match event {
             Event::Syscall(e) => apply_call(shadow, e, pid),
             Event::Mmap(e) => apply_call(shadow, &e.call, pid),
             Event::RemapPfn(e) => {
                 shadow
                     .space_mut()
                     .remap_pfn_range(e.vma.vm_start, e.vma.vm_flags, e.pfn);
-                None
+                Applying::Done
             }
             Event::MmChange(c) => apply_change(shadow, c, pid, plant),
-            _ => None,
+            _ => Applying::Done,
         };
-        proc.unmodelled.extend(cause);
+        match applying {
+            Applying::Done => {}
+            Applying::Unmodelled(cause) => proc.unmodelled.push(cause),
+            Applying::Failed(call) => proc.failed.push(call),
+        }
         Ok(())
     }
 
@@ -652,7 +732,45 @@ impl Verifier {
     ) -> Result<()> {
         let proc = self.procs.entry(owner).or_default();
         let unmodelled = std::mem::take(&mut proc.unmodelled);
-        let maps_differences = &check.comparison.differences;
+        let failed = std::mem::take(&mut proc.failed);
+        // What a failed call did inside its own ranges: adopted and said, call by call.
+        let (by_failed, maps_differences): (Vec<&Difference>, Vec<&Difference>) = check
+            .comparison
+            .differences
+            .iter()
+            .partition(|d| failed.iter().any(|f| f.touches(d.start, d.end)));
+        for call in &failed {
+            let ranges: Vec<AdoptedRange<'_>> = by_failed
+                .iter()
+                .filter(|d| call.touches(d.start, d.end))
+                .map(|d| AdoptedRange {
+                    start: Hex(d.start),
+                    end: Hex(d.end),
+                    field: d.field,
+                    expected: &d.expected,
+                    found: &d.found,
+                })
+                .collect();
+            if ranges.is_empty() {
+                continue;
+            }
+            proc.stats.partial += 1;
+            let record = PartialRecord {
+                record_type: "partial",
+                pid: owner,
+                checkpoint: proc.stats.checkpoints,
+                call: &call.call,
+                error: crate::output::flags::errno_name(-call.ret),
+                ranges,
+            };
+            eprintln!(
+                "mmap-trace: pid {owner}: {} failed ({}) after changing part of its range ({} ranges): adopted from the kernel's view",
+                record.call,
+                record.error,
+                record.ranges.len()
+            );
+            out.record(&record).or_else(ignore_closed_output)?;
+        }
         // Page PFNs and unreadable maps lines are never explained by a cause: mismatches.
         let mut mismatches: Vec<&Difference> = check.extra.iter().collect();
         if unmodelled.is_empty() {
@@ -669,6 +787,7 @@ impl Verifier {
                 cause: causes.join(", "),
                 ranges: maps_differences
                     .iter()
+                    .copied()
                     .map(|d| AdoptedRange {
                         start: Hex(d.start),
                         end: Hex(d.end),
@@ -763,50 +882,72 @@ impl Check {
     }
 }
 
-/// One of the five probed calls, through the model; its cause when not modelled.
-fn apply_call(shadow: &mut ShadowSpace, e: &SyscallEvent, pid: u32) -> Option<String> {
+/// One of the five probed calls, through the model.
+fn apply_call(shadow: &mut ShadowSpace, e: &SyscallEvent, pid: u32) -> Applying {
     let nr = match Probe::from_u32(e.header.probe) {
         Some(Probe::Mmap) => libc::SYS_mmap,
         Some(Probe::Munmap) => libc::SYS_munmap,
         Some(Probe::Mprotect) => libc::SYS_mprotect,
         Some(Probe::Mremap) => libc::SYS_mremap,
         Some(Probe::Brk) => libc::SYS_brk,
-        _ => return None,
+        _ => return Applying::Done,
     };
-    unmodelled(shadow.apply_syscall(nr as u64, e.args, e.ret, &ProcEnv { pid }))
+    apply_syscall(shadow, nr as u64, e.args, e.ret, pid)
 }
 
-fn unmodelled(applied: Applied) -> Option<String> {
-    match applied {
-        Applied::Unmodelled { cause } => Some(cause.to_string()),
-        Applied::Modelled | Applied::NoMapsChange | Applied::Failed => None,
+/// A syscall through the model, and what the checkpoint must make of it.
+fn apply_syscall(
+    shadow: &mut ShadowSpace,
+    nr: u64,
+    args: [u64; 6],
+    ret: i64,
+    pid: u32,
+) -> Applying {
+    match shadow.apply_syscall(nr, args, ret, &ProcEnv { pid }) {
+        Applied::Unmodelled { cause } => Applying::Unmodelled(cause.to_string()),
+        Applied::Failed => {
+            let ranges = space::failed_call_ranges(nr, args);
+            if ranges.is_empty() {
+                return Applying::Done;
+            }
+            Applying::Failed(FailedCall {
+                call: crate::kernel::syscall_names::name(nr as i64, false),
+                ret,
+                ranges,
+            })
+        }
+        Applied::Modelled | Applied::NoMapsChange => Applying::Done,
     }
 }
 
-/// A catch-all record through the model: the cause, when the shadow does not model it
-/// (the checkpoint then adopts the kernel's view and says so).
+/// A catch-all record through the model (a cause the shadow does not model is adopted
+/// from the kernel's view at the checkpoint, and said).
 fn apply_change(
     shadow: &mut ShadowSpace,
     c: &MmChangeEvent,
     pid: u32,
     plant: Option<Plant>,
-) -> Option<String> {
+) -> Applying {
     match MmChangeCause::from_u32(c.cause) {
         Some(MmChangeCause::Syscall) if c.compat != 0 => {
-            (!is_error(c.ret)).then(|| crate::kernel::syscall_names::name(c.nr, true))
+            if is_error(c.ret) {
+                Applying::Done
+            } else {
+                Applying::Unmodelled(crate::kernel::syscall_names::name(c.nr, true))
+            }
         }
         Some(MmChangeCause::Syscall) => {
             let nr = c.nr as u64;
             if plant == Some(Plant::UnmodelShm)
                 && matches!(nr as i64, libc::SYS_shmat | libc::SYS_shmdt)
             {
-                return Some(crate::kernel::syscall_names::name(c.nr, false));
+                return Applying::Unmodelled(crate::kernel::syscall_names::name(c.nr, false));
             }
-            unmodelled(shadow.apply_syscall(nr, c.args, c.ret, &ProcEnv { pid }))
+            apply_syscall(shadow, nr, c.args, c.ret, pid)
         }
         // Settled at the checkpoint: stack growth, or adopted.
-        Some(MmChangeCause::Fault) => Some("fault".to_string()),
-        _ => Some(format!(
+        Some(MmChangeCause::Fault) => Applying::Unmodelled("fault".to_string()),
+        _ => Applying::Unmodelled(format!(
             "kernel ({} pid {})",
             decode::c_str(&c.header.comm),
             c.locker_pid

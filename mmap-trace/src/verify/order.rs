@@ -1,8 +1,14 @@
 //! The order a checkpoint's batch is applied in. Calls of different threads that overlap
 //! in time reach sys_exit in an order that need not be the one in which they changed the
-//! address space (the mmap lock decides): the batch is tried in exit order first and, if
-//! the kernel disagrees, in each other order that keeps every thread's own order and real
-//! time (a call that exited before another entered stays first).
+//! address space: the mm's write lock decides, one writer at a time. Each record carries
+//! when its call first held that lock (the catch-all notes it under verify), so the batch
+//! is applied in lock order: exactly the kernel's. A unit that never took the lock
+//! changed nothing and goes where it exited.
+//!
+//! Without the catch-all (or for a call whose lock was not seen) there are no lock times:
+//! then the batch is tried in exit order first and, if the kernel disagrees, in each
+//! other order that keeps every thread's own order and real time (a call that exited
+//! before another entered stays first).
 
 use crate::kernel::decode::Event;
 
@@ -12,8 +18,21 @@ pub struct Unit {
     tid: u32,
     enter_ns: u64,
     exit_ns: u64,
-    /// exec replaces the whole address space: never reordered.
+    /// When its call first held the mm's write lock (0: never, or not known).
+    lock_ns: u64,
+    /// exec replaces the whole address space: never reordered by the search.
     pinned: bool,
+}
+
+/// When the call behind `event` first held its mm's write lock (0: never, or not known).
+fn lock_ns(event: &Event) -> u64 {
+    match event {
+        Event::Syscall(e) => e.lock_ts_ns,
+        Event::Mmap(e) => e.call.lock_ts_ns,
+        Event::MmChange(e) => e.lock_ts_ns,
+        Event::Fork(e) => e.lock_ts_ns,
+        _ => 0,
+    }
 }
 
 pub fn units(events: &[Event]) -> Vec<Unit> {
@@ -38,6 +57,7 @@ pub fn units(events: &[Event]) -> Vec<Unit> {
                     tid: h.tid,
                     enter_ns,
                     exit_ns: h.ts_ns,
+                    lock_ns: lock_ns(event),
                     pinned: false,
                 });
             }
@@ -49,6 +69,7 @@ pub fn units(events: &[Event]) -> Vec<Unit> {
                     tid: h.tid,
                     enter_ns: h.ts_ns,
                     exit_ns: h.ts_ns,
+                    lock_ns: lock_ns(event),
                     pinned: true,
                 });
             }
@@ -65,15 +86,27 @@ pub fn units(events: &[Event]) -> Vec<Unit> {
             tid,
             enter_ns: ts,
             exit_ns: ts,
+            lock_ns: 0,
             pinned: false,
         });
     }
     units
 }
 
-/// Orders of `units` that respect each thread's order and real time, exit order first;
-/// only the exit order for batches too large to search or holding an exec.
-pub fn serial_orders(units: &[Unit]) -> Vec<Vec<usize>> {
+/// The orders to try `units` in. `lock_times`: the records carry lock times (the
+/// catch-all ran), so the one lock order is the kernel's. Otherwise the orders that
+/// respect each thread's order and real time, exit order first; only the exit order for
+/// batches too large to search or holding an exec.
+pub fn serial_orders(units: &[Unit], lock_times: bool) -> Vec<Vec<usize>> {
+    if lock_times {
+        let mut order: Vec<usize> = (0..units.len()).collect();
+        // Stable: a thread's own calls, and units that took no lock, keep exit order.
+        order.sort_by_key(|&u| match units[u].lock_ns {
+            0 => units[u].exit_ns,
+            t => t,
+        });
+        return vec![order];
+    }
     const MAX_ORDERS: usize = 720;
     let identity: Vec<usize> = (0..units.len()).collect();
     if units.len() > 6 || units.iter().any(|u| u.pinned) {
@@ -126,27 +159,42 @@ mod tests {
             tid,
             enter_ns,
             exit_ns,
+            lock_ns: 0,
             pinned: false,
         }
+    }
+
+    #[test]
+    fn lock_times_give_the_one_kernel_order() {
+        // Thread 2 took the lock first though it exited last; thread 3 took none.
+        let mut a = unit(1, 0, 10);
+        a.lock_ns = 6;
+        let mut b = unit(2, 1, 12);
+        b.lock_ns = 3;
+        let c = unit(3, 2, 8);
+        assert_eq!(serial_orders(&[a, b, c], true), [vec![1, 0, 2]]);
     }
 
     #[test]
     fn only_overlapping_calls_of_different_threads_are_reordered() {
         // Two threads' calls overlap in time: both orders, exit order first.
         assert_eq!(
-            serial_orders(&[unit(1, 0, 10), unit(2, 5, 8)]),
+            serial_orders(&[unit(1, 0, 10), unit(2, 5, 8)], false),
             [vec![0, 1], vec![1, 0]]
         );
         // The first returned before the second began: one order.
-        assert_eq!(serial_orders(&[unit(1, 0, 4), unit(2, 5, 8)]), [vec![0, 1]]);
+        assert_eq!(
+            serial_orders(&[unit(1, 0, 4), unit(2, 5, 8)], false),
+            [vec![0, 1]]
+        );
         // One thread's calls keep their order however the times look.
         assert_eq!(
-            serial_orders(&[unit(1, 0, 10), unit(1, 5, 8)]),
+            serial_orders(&[unit(1, 0, 10), unit(1, 5, 8)], false),
             [vec![0, 1]]
         );
         // An exec pins the batch.
         let mut exec = unit(1, 0, 10);
         exec.pinned = true;
-        assert_eq!(serial_orders(&[exec, unit(2, 5, 8)]).len(), 1);
+        assert_eq!(serial_orders(&[exec, unit(2, 5, 8)], false).len(), 1);
     }
 }

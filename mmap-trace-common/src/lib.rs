@@ -143,6 +143,19 @@ impl Probe {
         Probe::MmapAction,
     ];
 
+    /// The x86-64 syscall a syscall probe reports (None for the other probes). The eBPF
+    /// side's `probe_of` is the same table read the other way.
+    pub const fn syscall_nr(self) -> Option<u64> {
+        Some(match self {
+            Probe::Mmap => 9,
+            Probe::Mprotect => 10,
+            Probe::Munmap => 11,
+            Probe::Brk => 12,
+            Probe::Mremap => 25,
+            _ => return None,
+        })
+    }
+
     /// The name users pass to `--probes` and see in summaries.
     pub const fn name(self) -> &'static str {
         match self {

@@ -11,8 +11,6 @@
 
 use std::collections::HashMap;
 
-use mmap_trace_common::{MmChangeCause, Probe};
-
 use crate::{
     kernel::decode::{Event, FilePath},
     output::json::{FaultVma, Hex},
@@ -100,24 +98,14 @@ impl Faults {
                 };
                 self.processes.insert(f.child_pid, child);
             }
-            Event::MmChange(c)
-                if c.cause == MmChangeCause::Syscall as u32 && c.compat == 0 && c.nr >= 0 =>
-            {
+            Event::MmChange(_) | Event::Syscall(_) | Event::Mmap(_) => {
+                let call = event.call()?;
                 let p = self.processes.entry(pid).or_default();
-                apply_syscall(&mut p.model, c.nr as u64, c.args, c.ret, &NoEnv);
-            }
-            Event::Syscall(_) | Event::Mmap(_) => {
-                let e = event.syscall()?;
-                let nr = match event.probe() {
-                    Probe::Mmap => libc::SYS_mmap,
-                    Probe::Munmap => libc::SYS_munmap,
-                    Probe::Mprotect => libc::SYS_mprotect,
-                    Probe::Mremap => libc::SYS_mremap,
-                    _ => libc::SYS_brk,
+                let env: &dyn crate::space::CallEnv = match event {
+                    Event::MmChange(_) => &NoEnv,
+                    _ => &TracedFile(path.map(|p| p.bytes.as_slice())),
                 };
-                let p = self.processes.entry(pid).or_default();
-                let env = TracedFile(path.map(|p| p.bytes.as_slice()));
-                apply_syscall(&mut p.model, nr as u64, e.args, e.ret, &env);
+                apply_syscall(&mut p.model, call.nr, call.args, call.ret, env);
             }
             Event::Fault(f) => return self.fault(pid, f, event.header().ts_ns),
             Event::Rss(r) => {
@@ -228,7 +216,7 @@ fn name(region: &Region) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use mmap_trace_common::{EventHeader, EventKind, ExecEvent, FaultEvent, pf};
+    use mmap_trace_common::{EventHeader, EventKind, ExecEvent, FaultEvent, Probe, pf};
 
     use super::*;
     use crate::kernel::decode::{test_event, test_syscall_event};

@@ -129,7 +129,12 @@ pub use crate::scenarios::SCENARIOS as TRUTH_SCENARIOS;
 
 /// Scenarios whose point is that verify changes nothing the program can see: under
 /// verify they must observe exactly what they observe alone.
-pub const INVISIBLE: &[&str] = &["sigcont-handler", "blocked-read", "waitpid-stop"];
+pub const INVISIBLE: &[&str] = &[
+    "sigcont-handler",
+    "blocked-read",
+    "waitpid-stop",
+    "pidfd-reap",
+];
 
 /// For an [`INVISIBLE`] scenario: its observations under `run` equal a run alone.
 pub fn assert_unperturbed(scenario: &str, run: &VerifyRun) {
@@ -156,6 +161,7 @@ pub fn processes_of(scenario: &str) -> usize {
     match scenario {
         "fork-exec" => 3,
         "madvise-fork" | "waitpid-stop" => 2,
+        "pidfd-reap" => 4,
         _ => 1,
     }
 }

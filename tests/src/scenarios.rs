@@ -30,6 +30,7 @@ pub const SCENARIOS: &[&str] = &[
     "sigcont-handler",
     "blocked-read",
     "waitpid-stop",
+    "pidfd-reap",
     "deep-path",
     "long-path",
     // Issue 12: changes outside mmap/munmap/mprotect/mremap/brk, and process trees.
@@ -73,6 +74,7 @@ pub fn run(rec: &mut Recorder, name: &str) -> bool {
         "sigcont-handler" => sigcont_handler(rec),
         "blocked-read" => blocked_read(rec),
         "waitpid-stop" => waitpid_stop(rec),
+        "pidfd-reap" => pidfd_reap(rec),
         "deep-path" => map_nested(rec, &[b"d".as_slice(); 40]),
         "long-path" => map_nested(rec, &[[b'l'; 200].as_slice(), &[b'm'; 200]]),
         "shmat" => shm(rec, true),
@@ -326,6 +328,76 @@ fn wait_child(pid: i32, untraced: bool) -> (i32, u32) {
         } else if libc::WIFSIGNALED(status) {
             return (128 + libc::WTERMSIG(status), stops);
         }
+    }
+}
+
+/// What the kselftest harness does with every test case: fork a child, poll its pidfd
+/// until it has ended, then `waitpid(WNOHANG)`. A child still held by a tracer when its
+/// pidfd says it ended cannot be reaped yet: the parent would find none (and the harness
+/// would fail the case). Three children: one exits 3, one dies of its own SIGTERM, one
+/// exits 0 after mapping and unmapping.
+fn pidfd_reap(rec: &mut Recorder) {
+    for (i, how) in ["exit 3", "own SIGTERM", "map and exit 0"]
+        .iter()
+        .enumerate()
+    {
+        // SAFETY: a single-threaded program forks; the child only makes raw calls and exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: the child's last acts.
+            unsafe {
+                match i {
+                    0 => libc::_exit(3),
+                    1 => {
+                        libc::kill(libc::getpid(), libc::SIGTERM);
+                        libc::_exit(1)
+                    }
+                    _ => {
+                        let p = libc::mmap(
+                            std::ptr::null_mut(),
+                            PAGE as usize,
+                            libc::PROT_READ | libc::PROT_WRITE,
+                            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                            -1,
+                            0,
+                        );
+                        libc::munmap(p, PAGE as usize);
+                        libc::_exit(0)
+                    }
+                }
+            }
+        }
+        // SAFETY: plain syscalls on our own child.
+        let reaped = unsafe {
+            let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+            assert!(
+                pidfd >= 0,
+                "pidfd_open: {}",
+                std::io::Error::last_os_error()
+            );
+            let mut poll = libc::pollfd {
+                fd: pidfd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            while libc::poll(&mut poll, 1, 30_000) < 0 {}
+            libc::close(pidfd);
+            let mut status = 0;
+            let got = libc::waitpid(pid, &mut status, libc::WNOHANG);
+            if got == pid {
+                if libc::WIFEXITED(status) {
+                    format!("exited {}", libc::WEXITSTATUS(status))
+                } else {
+                    format!("killed by {}", libc::WTERMSIG(status))
+                }
+            } else {
+                // Reap it all the same, but say the harness would have failed it.
+                libc::waitpid(pid, &mut status, 0);
+                "not reapable when its pidfd said it ended".to_string()
+            }
+        };
+        rec.observe(how, reaped);
     }
 }
 

@@ -7,9 +7,9 @@ use aya::maps::{MapData, RingBuf};
 
 use mmap_trace_common::{
     DriverMmapEvent, EventHeader, EventKind, ExecEvent, ExecImageEvent, FILE_PATH_FULL,
-    FILE_PATH_TRUNCATED, FILE_UNLINKED, FaultEvent, FileId, ForkEvent, MmChangeEvent, MmapEvent,
-    MmapRegionEvent, PageCacheEvent, PageInsertEvent, Probe, RemapPfnEvent, RssEvent, SyscallEvent,
-    USER_STACK_BYTES, UserStack, record_size, stack_offset,
+    FILE_PATH_TRUNCATED, FILE_UNLINKED, FaultEvent, FileId, ForkEvent, MmChangeCause,
+    MmChangeEvent, MmapEvent, MmapRegionEvent, PageCacheEvent, PageInsertEvent, Probe,
+    RemapPfnEvent, RssEvent, SyscallEvent, USER_STACK_BYTES, UserStack, record_size, stack_offset,
 };
 
 /// The one drain policy, for every command: each record the ring buffer holds, in order,
@@ -282,6 +282,40 @@ impl Event {
     pub fn probe(&self) -> Probe {
         Probe::from_u32(self.header().probe).unwrap_or(Probe::Mmap)
     }
+
+    /// The completed x86-64 syscall this event reports: a probed call's, or one the
+    /// catch-all saw return (None for other events, and for an ia32 call, whose number
+    /// names another call).
+    pub fn call(&self) -> Option<Call> {
+        match self {
+            Event::Syscall(_) | Event::Mmap(_) => {
+                let e = self.syscall()?;
+                Some(Call {
+                    nr: self.probe().syscall_nr()?,
+                    args: e.args,
+                    ret: e.ret,
+                })
+            }
+            Event::MmChange(c)
+                if c.cause == MmChangeCause::Syscall as u32 && c.compat == 0 && c.nr >= 0 =>
+            {
+                Some(Call {
+                    nr: c.nr as u64,
+                    args: c.args,
+                    ret: c.ret,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A completed syscall: number, raw arguments, raw result (`-errno` on failure).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub nr: u64,
+    pub args: [u64; 6],
+    pub ret: i64,
 }
 
 /// The text before the first NUL of a fixed-size kernel string.

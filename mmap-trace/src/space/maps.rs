@@ -96,23 +96,185 @@ pub fn parse_line(line: &[u8]) -> Result<Region, &'static str> {
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
         .ok_or("bad inode")?;
+    Ok(region(
+        start,
+        end,
+        String::from_utf8_lossy(perms).into_owned(),
+        offset,
+        dev,
+        inode,
+        name,
+    ))
+}
+
+/// One VMA from the fields maps prints (a maps line, or a `PROCMAP_QUERY` answer), `name`
+/// as maps prints it.
+fn region(
+    start: u64,
+    end: u64,
+    perms: String,
+    offset: u64,
+    dev: (u32, u32),
+    inode: u64,
+    name: &[u8],
+) -> Region {
     let backing = backing(name, dev, inode);
     let hidden = Hidden {
         sysv_shm: matches!(&backing, Backing::File(n) if is_sysv_name(n.as_bytes())),
         grows_down: backing == Backing::Stack,
         ..Hidden::default()
     };
-    Ok(Region {
+    Region {
         start,
         end,
-        perms: String::from_utf8_lossy(perms).into_owned(),
+        perms,
         offset,
         dev,
         inode,
         backing,
         overlay: false,
         hidden,
-    })
+    }
+}
+
+/// `struct procmap_query` (include/uapi/linux/fs.h, Linux 6.11+).
+#[repr(C)]
+#[derive(Default)]
+struct ProcmapQuery {
+    size: u64,
+    query_flags: u64,
+    query_addr: u64,
+    vma_start: u64,
+    vma_end: u64,
+    vma_flags: u64,
+    vma_page_size: u64,
+    vma_offset: u64,
+    inode: u64,
+    dev_major: u32,
+    dev_minor: u32,
+    vma_name_size: u32,
+    build_id_size: u32,
+    vma_name_addr: u64,
+    build_id_addr: u64,
+}
+
+/// `_IOWR('f', 17, struct procmap_query)`.
+const PROCMAP_QUERY: libc::c_ulong = (3 << 30)
+    | ((std::mem::size_of::<ProcmapQuery>() as libc::c_ulong) << 16)
+    | ((b'f' as libc::c_ulong) << 8)
+    | 17;
+const COVERING_OR_NEXT_VMA: u64 = 0x10;
+const VMA_READABLE: u64 = 0x1;
+const VMA_WRITABLE: u64 = 0x2;
+const VMA_EXECUTABLE: u64 = 0x4;
+const VMA_SHARED: u64 = 0x8;
+
+/// The kernel's VMAs over a range, asked of an open /proc/<pid>/maps with `PROCMAP_QUERY`
+/// (Linux 6.11+): one ioctl per VMA, no text, so reading what a call touched costs the
+/// same whatever else is mapped (~0.6 µs a VMA on the 6.18 host; a whole maps read is
+/// ~0.14 µs per VMA of the process). The open file is bound to the address space it was
+/// opened on: open it again after an exec.
+pub struct MapsQuery {
+    maps: std::fs::File,
+    name: Vec<u8>,
+}
+
+impl MapsQuery {
+    /// `None` when the kernel has no `PROCMAP_QUERY` (before 6.11): read maps whole then.
+    pub fn open(pid: u32) -> Result<Option<Self>> {
+        let path = format!("/proc/{pid}/maps");
+        let maps = std::fs::File::open(&path)
+            .with_context(|| format!("opening {path} (has process {pid} exited?)"))?;
+        let mut query = Self {
+            maps,
+            name: vec![0; 4096],
+        };
+        match query.next_vma(0) {
+            Ok(_) => Ok(Some(query)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("PROCMAP_QUERY on {path}")),
+        }
+    }
+
+    /// The VMAs over `[start, end)`, whole (not cut at the range's edges), in order.
+    pub fn regions(&mut self, start: u64, end: u64) -> Result<Vec<Region>> {
+        let mut out = Vec::new();
+        let mut addr = start;
+        while addr < end {
+            let Some(r) = self.next_vma(addr).context("PROCMAP_QUERY")? else {
+                break;
+            };
+            if r.start >= end {
+                break;
+            }
+            addr = r.end;
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// The VMA holding `addr`, or the first after it (`None`: nothing from there on).
+    fn next_vma(&mut self, addr: u64) -> std::io::Result<Option<Region>> {
+        use std::os::fd::AsRawFd as _;
+        let mut q = ProcmapQuery {
+            size: std::mem::size_of::<ProcmapQuery>() as u64,
+            query_flags: COVERING_OR_NEXT_VMA,
+            query_addr: addr,
+            vma_name_size: self.name.len() as u32,
+            vma_name_addr: self.name.as_mut_ptr() as u64,
+            ..ProcmapQuery::default()
+        };
+        // SAFETY: the ioctl reads and writes `q` (its size given) and writes at most
+        // `vma_name_size` bytes at `vma_name_addr`, our buffer.
+        let rc = unsafe { libc::ioctl(self.maps.as_raw_fd(), PROCMAP_QUERY as _, &mut q) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENOENT) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        let name_len = (q.vma_name_size as usize)
+            .saturating_sub(1)
+            .min(self.name.len());
+        let raw = &self.name[..name_len];
+        let dev = (q.dev_major, q.dev_minor);
+        // maps prints a file's path through mangle_path, which escapes a newline as
+        // `\012`; the names the kernel makes up (`[heap]`, `[anon_shmem:…]`) as they are.
+        let is_path = (dev != (0, 0) || q.inode != 0) && raw.first() == Some(&b'/');
+        let name = if is_path && raw.contains(&b'\n') {
+            raw.iter()
+                .flat_map(|&b| match b {
+                    b'\n' => b"\\012".to_vec(),
+                    b => vec![b],
+                })
+                .collect()
+        } else {
+            raw.to_vec()
+        };
+        let flag = |bit: u64, c: char| if q.vma_flags & bit != 0 { c } else { '-' };
+        let perms: String = [
+            flag(VMA_READABLE, 'r'),
+            flag(VMA_WRITABLE, 'w'),
+            flag(VMA_EXECUTABLE, 'x'),
+            if q.vma_flags & VMA_SHARED != 0 {
+                's'
+            } else {
+                'p'
+            },
+        ]
+        .iter()
+        .collect();
+        Ok(Some(region(
+            q.vma_start,
+            q.vma_end,
+            perms,
+            q.vma_offset,
+            dev,
+            q.inode,
+            &name,
+        )))
+    }
 }
 
 /// A file has a device or inode or an absolute path (a SysV segment with shmid 0 has
@@ -172,6 +334,29 @@ mod tests {
                 .any(|r| matches!(&r.backing, Backing::File(n) if n.as_bytes().starts_with(b"/")))
         );
         assert!(view.regions.windows(2).all(|w| w[0].end <= w[1].start));
+    }
+
+    /// Where the kernel has PROCMAP_QUERY, it answers exactly what maps shows.
+    #[test]
+    fn queries_answer_what_maps_shows() {
+        let pid = std::process::id();
+        let Some(mut query) = MapsQuery::open(pid).unwrap() else {
+            return; // before 6.11
+        };
+        // The same snapshot twice: nothing else maps between the reads of this test
+        // thread, but other test threads may; retry a few times for a quiet moment.
+        for _ in 0..20 {
+            let maps = read(pid).unwrap().regions;
+            let queried = normalize(query.regions(0, u64::MAX).unwrap());
+            let maps: Vec<Region> = maps
+                .into_iter()
+                .filter(|r| r.backing != Backing::Special(Name(b"[vsyscall]".to_vec())))
+                .collect();
+            if maps == queried {
+                return;
+            }
+        }
+        panic!("PROCMAP_QUERY never agreed with maps");
     }
 
     #[test]

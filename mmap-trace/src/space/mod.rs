@@ -12,6 +12,7 @@ pub mod maps;
 pub mod model;
 pub mod proc;
 pub mod region;
+pub mod regions;
 pub mod syscall;
 
 #[cfg(test)]
@@ -21,4 +22,5 @@ pub use compare::{Comparison, Difference, Field, compare};
 pub use model::{AddressSpace, Change, Why};
 pub use proc::ProcEnv;
 pub use region::{Backing, Name, PAGE, Region, page_down, page_up};
-pub use syscall::{Applied, CallEnv, NoEnv, TracedFile, apply_syscall, failed_call_ranges};
+pub use regions::RegionMap;
+pub use syscall::{Applied, CallEnv, NoEnv, TracedFile, apply_syscall, call_ranges};

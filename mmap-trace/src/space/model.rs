@@ -11,6 +11,7 @@
 use super::region::{
     Backing, Hidden, Name, PAGE, Region, SHARED_ANON_PATH, normalize, page_up, perms,
 };
+use super::regions::RegionMap;
 
 const MAP_SHARED_TYPE_MASK: u64 = libc::MAP_TYPE as u64;
 const MAP_PRIVATE: u64 = libc::MAP_PRIVATE as u64;
@@ -90,7 +91,7 @@ struct Heap {
 
 #[derive(Clone, Debug, Default)]
 pub struct AddressSpace {
-    regions: Vec<Region>,
+    regions: RegionMap,
     heap: Option<Heap>,
     /// vm_start → first PFN of a remap_pfn_range on a copy-on-write mapping: the kernel
     /// rewrites vm_pgoff to that PFN, so maps shows PFN × page size as the offset.
@@ -99,13 +100,17 @@ pub struct AddressSpace {
     shm_sizes: Vec<(u64, u64)>,
     /// `Some`: every change is recorded for [`AddressSpace::take_changes`].
     changes: Option<Vec<Change>>,
+    /// `Some`: the ranges changes touched, for [`AddressSpace::take_touched`].
+    touched: Option<Vec<(u64, u64)>>,
+    /// How many of `touched` the last [`AddressSpace::merge`] merged around.
+    merged_upto: usize,
 }
 
 impl AddressSpace {
     /// From the kernel's view (at attach or exec) and /proc/<pid>/stat's start_brk.
     pub fn from_kernel(regions: Vec<Region>, start_brk: u64) -> Self {
         Self {
-            regions: normalize(regions),
+            regions: RegionMap::from_regions(normalize(regions)),
             heap: (start_brk != 0).then_some(Heap {
                 start: start_brk,
                 brk: None,
@@ -130,16 +135,46 @@ impl AddressSpace {
             .unwrap_or_default()
     }
 
+    /// Notes the ranges each change touches from now on, for [`AddressSpace::take_touched`]
+    /// (verify: a checkpoint compares only those, and merges only there).
+    pub fn track_touched(&mut self) {
+        self.touched.get_or_insert_with(Vec::new);
+    }
+
+    /// The ranges changed since the last call (unsorted, may overlap); what they hold is
+    /// merged first.
+    pub fn take_touched(&mut self) -> Vec<(u64, u64)> {
+        self.merge();
+        self.merged_upto = 0;
+        self.touched
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
     /// Sorted, non-overlapping, as the calls cut them.
-    pub fn regions(&self) -> &[Region] {
+    pub fn regions(&self) -> &RegionMap {
         &self.regions
     }
 
     /// Merges neighbours that continue each other (what the kernel's vma_merge would do,
-    /// give or take): keeps a long-lived model small. Not for a recording space.
+    /// give or take): keeps a long-lived model small. Only around what changed since the
+    /// last merge when touched ranges are tracked. Not for a recording space.
     pub fn merge(&mut self) {
-        if self.changes.is_none() {
-            self.regions = normalize(std::mem::take(&mut self.regions));
+        if self.changes.is_some() {
+            return;
+        }
+        match &self.touched {
+            Some(touched) => {
+                let pending: Vec<(u64, u64)> = touched[self.merged_upto..].to_vec();
+                for (start, end) in pending {
+                    self.regions.merge_around(start, end);
+                }
+                self.merged_upto = self.touched.as_ref().map_or(0, Vec::len);
+            }
+            None => {
+                self.regions = RegionMap::from_regions(normalize(self.regions.to_vec()));
+            }
         }
     }
 
@@ -149,34 +184,22 @@ impl AddressSpace {
         }
     }
 
-    /// Index of the first region ending after `addr`.
-    fn first_ending_after(&self, addr: u64) -> usize {
-        self.regions.partition_point(|r| r.end <= addr)
+    fn touch(&mut self, start: u64, end: u64) {
+        if let Some(t) = &mut self.touched {
+            t.push((start, end));
+        }
     }
 
     pub fn region_at(&self, addr: u64) -> Option<&Region> {
-        self.regions
-            .get(self.first_ending_after(addr))
-            .filter(|r| r.start <= addr)
+        self.regions.at(addr)
     }
 
     /// Cuts the region containing `addr` (strictly inside) in two.
     fn split_at(&mut self, addr: u64) {
-        let i = self.first_ending_after(addr);
-        let Some(r) = self.regions.get(i).filter(|r| r.start < addr) else {
-            return;
-        };
-        let upper = r.upper_part(addr);
-        self.regions[i].end = addr;
-        self.regions.insert(i + 1, upper);
-        self.log(|| Change::Split { at: addr });
-    }
-
-    /// Indices of the regions overlapping `[start, end)`.
-    fn overlapping(&self, start: u64, end: u64) -> std::ops::Range<usize> {
-        let first = self.first_ending_after(start);
-        let last = first + self.regions[first..].partition_point(|r| r.start < end);
-        first..last
+        if self.regions.split_at(addr) {
+            self.log(|| Change::Split { at: addr });
+            self.touch(addr, addr);
+        }
     }
 
     /// Removes the parts of `[start, end)` that `wanted` selects (cutting those at the
@@ -191,8 +214,9 @@ impl AddressSpace {
         if start >= end {
             return Vec::new();
         }
-        let selected: Vec<u64> = self.regions[self.overlapping(start, end)]
-            .iter()
+        let selected: Vec<u64> = self
+            .regions
+            .overlapping(start, end)
             .filter(|r| wanted(r))
             .map(|r| r.start)
             .collect();
@@ -201,16 +225,19 @@ impl AddressSpace {
             if s < start {
                 self.split_at(start);
             }
-            let i = self.first_ending_after(s.max(start));
-            if self.regions[i].end > end {
+            let key = s.max(start);
+            if self.regions.at(key).is_some_and(|r| r.end > end) {
                 self.split_at(end);
             }
-            let r = self.regions.remove(i);
+            let Some(r) = self.regions.remove(key) else {
+                continue;
+            };
             self.log(|| Change::End {
                 start: r.start,
                 end: r.end,
                 why,
             });
+            self.touch(r.start, r.end);
             taken.push(r);
         }
         taken
@@ -225,13 +252,13 @@ impl AddressSpace {
         if region.start >= region.end {
             return;
         }
-        let i = self.first_ending_after(region.start);
         self.log(|| Change::Begin {
             region: region.clone(),
             why,
             from,
         });
-        self.regions.insert(i, region);
+        self.touch(region.start, region.end);
+        self.regions.insert(region);
     }
 
     /// What a MAP_FIXED mapping does: whatever was there goes.
@@ -249,12 +276,12 @@ impl AddressSpace {
         why: Why,
         change: impl Fn(&Region) -> Option<Region>,
     ) {
-        let mut changed = Vec::new();
-        for r in self.regions[self.overlapping(start, end)].iter() {
-            if change(r).is_some() {
-                changed.push(r.start);
-            }
-        }
+        let changed: Vec<u64> = self
+            .regions
+            .overlapping(start, end)
+            .filter(|r| change(r).is_some())
+            .map(|r| r.start)
+            .collect();
         for s in changed {
             let old = self.take(s.max(start), end.min(self.region_end(s)), why);
             for r in old {
@@ -270,8 +297,9 @@ impl AddressSpace {
 
     /// Flags that maps does not show: cut at the range's edges where they change.
     fn set_hidden(&mut self, start: u64, end: u64, f: impl Fn(&mut Hidden)) {
-        let keys: Vec<u64> = self.regions[self.overlapping(start, end)]
-            .iter()
+        let keys: Vec<u64> = self
+            .regions
+            .overlapping(start, end)
             .filter(|r| {
                 let mut h = r.hidden;
                 f(&mut h);
@@ -283,11 +311,15 @@ impl AddressSpace {
             if s < start {
                 self.split_at(start);
             }
-            let i = self.first_ending_after(s.max(start));
-            if self.regions[i].end > end {
+            let key = s.max(start);
+            if self.regions.at(key).is_some_and(|r| r.end > end) {
                 self.split_at(end);
             }
-            f(&mut self.regions[i].hidden);
+            if let Some(r) = self.regions.starting_at_mut(key) {
+                f(&mut r.hidden);
+                let (s, e) = (r.start, r.end);
+                self.touch(s, e);
+            }
         }
     }
 
@@ -349,8 +381,9 @@ impl AddressSpace {
     /// did not have).
     pub fn fill(&mut self, region: Region) {
         let mut cursor = region.start;
-        let covered: Vec<(u64, u64)> = self.regions[self.overlapping(region.start, region.end)]
-            .iter()
+        let covered: Vec<(u64, u64)> = self
+            .regions
+            .overlapping(region.start, region.end)
             .map(|r| (r.start, r.end))
             .collect();
         let mut gaps = Vec::new();
@@ -430,8 +463,9 @@ impl AddressSpace {
             return self.move_pieces(old, old_len, new, keep_source);
         }
         let source_len = if old_len == 0 { new_len } else { old_len };
-        let mut source: Vec<Region> = self.regions[self.overlapping(old, end(old, source_len))]
-            .iter()
+        let mut source: Vec<Region> = self
+            .regions
+            .overlapping(old, end(old, source_len))
             .map(|r| clip(r, old, end(old, source_len)))
             .collect();
         if old_len == 0 {
@@ -499,8 +533,9 @@ impl AddressSpace {
     /// Before 6.17 such a call succeeded only for one VMA, which this covers as well.
     fn move_pieces(&mut self, old: u64, len: u64, new: u64, keep_source: bool) {
         let end = old.saturating_add(len);
-        let pieces: Vec<Region> = self.regions[self.overlapping(old, end)]
-            .iter()
+        let pieces: Vec<Region> = self
+            .regions
+            .overlapping(old, end)
             .map(|r| clip(r, old, end))
             .collect();
         if pieces.is_empty() {
@@ -601,8 +636,8 @@ impl AddressSpace {
 
     /// The segment (shmid) shmdt(`addr`) would detach.
     pub fn shm_attached_at(&self, addr: u64) -> Option<u64> {
-        self.regions[self.first_ending_after(addr)..]
-            .iter()
+        self.regions
+            .from(addr)
             .find(|r| r.hidden.sysv_shm && r.start >= addr && r.offset == r.start - addr)
             .map(|r| r.inode)
     }
@@ -614,10 +649,7 @@ impl AddressSpace {
     pub fn shmdt(&mut self, addr: u64, size: Option<u64>) -> bool {
         let attached_here =
             |r: &Region| r.hidden.sysv_shm && r.start >= addr && r.offset == r.start - addr;
-        let Some(first) = self.regions[self.first_ending_after(addr)..]
-            .iter()
-            .find(|r| attached_here(r))
-        else {
+        let Some(first) = self.regions.from(addr).find(|r| attached_here(r)) else {
             return false;
         };
         let shmid = first.inode;
@@ -694,16 +726,15 @@ impl AddressSpace {
     /// MADV_DONTFORK (VM_DONTCOPY) regions; MADV_WIPEONFORK regions stay mapped (empty).
     pub fn fork_child(&self) -> Self {
         Self {
-            regions: self
-                .regions
-                .iter()
-                .filter(|r| !r.hidden.dont_fork)
-                .cloned()
-                .collect(),
+            regions: RegionMap::from_regions(
+                self.regions.iter().filter(|r| !r.hidden.dont_fork).cloned(),
+            ),
             heap: self.heap,
             cow_remaps: Vec::new(),
             shm_sizes: self.shm_sizes.clone(),
             changes: self.changes.as_ref().map(|_| Vec::new()),
+            touched: self.touched.as_ref().map(|_| Vec::new()),
+            merged_upto: 0,
         }
     }
 
@@ -726,8 +757,9 @@ impl AddressSpace {
                 continue;
             }
             // Only into what the model has as free.
-            let low = self.regions[..self.first_ending_after(r.start)]
-                .last()
+            let low = self
+                .regions
+                .before(r.start)
                 .map_or(0, |p| p.end)
                 .max(k.start);
             if low < r.start {
@@ -760,8 +792,10 @@ impl AddressSpace {
     /// Renames regions in `[start, end)` (a file renamed or unlinked: only the path text
     /// changed).
     pub fn rename(&mut self, start: u64, end: u64, name: &Name) {
-        for i in self.overlapping(start, end) {
-            if let Backing::File(n) = &mut self.regions[i].backing {
+        for key in self.regions.starts_overlapping(start, end) {
+            if let Some(Backing::File(n)) =
+                self.regions.starting_at_mut(key).map(|r| &mut r.backing)
+            {
                 n.clone_from(name);
             }
         }

@@ -213,19 +213,25 @@ pub fn apply_syscall(
     }
 }
 
-/// The ranges a call that failed may still have changed, page-aligned (empty: a failure
-/// that leaves everything as it was). The kernel works VMA by VMA and returns at the first
-/// it must refuse, keeping what it did before: an mprotect whose range ends in a sealed VMA
+/// The ranges a completed call may have changed, page-aligned: what a successful call
+/// mapped, moved or changed, and what a failed one may have changed all the same (empty:
+/// nothing, or not a range call). The kernel works VMA by VMA and returns at the first it
+/// must refuse, keeping what it did before: an mprotect whose range ends in a sealed VMA
 /// (6.13+ checks each VMA as it goes), an mremap moving several VMAs whose second cannot
-/// move (6.17+), a MAP_FIXED mmap or MREMAP_FIXED that unmapped the destination and then
-/// failed. The caller compares these ranges and adopts what the kernel did.
-pub fn failed_call_ranges(nr: u64, args: [u64; 6]) -> Vec<(u64, u64)> {
+/// move (6.17+), a MAP_FIXED mmap or an MREMAP_FIXED that unmapped the destination and
+/// then failed (before 6.17 an mremap whose source is not one VMA fails that way). verify
+/// compares these ranges after a failed call and adopts what the kernel did there.
+pub fn call_ranges(nr: u64, args: [u64; 6], ret: i64) -> Vec<(u64, u64)> {
     let Some(sysno) = usize::try_from(nr).ok().and_then(Sysno::new) else {
         return Vec::new();
     };
+    let failed = (-4095..0).contains(&ret);
     let range = |addr: u64, len: u64| {
         let start = addr & !(PAGE - 1);
-        (start, start.saturating_add(page_up(len + (addr - start))))
+        (
+            start,
+            start.saturating_add(page_up(len.saturating_add(addr - start))),
+        )
     };
     let a = args;
     match sysno {
@@ -241,11 +247,14 @@ pub fn failed_call_ranges(nr: u64, args: [u64; 6]) -> Vec<(u64, u64)> {
         | Sysno::remap_file_pages => vec![range(a[0], a[1])],
         Sysno::mremap => {
             let mut ranges = vec![range(a[0], a[1].max(a[2]))];
-            if a[3] & MREMAP_FIXED != 0 {
+            if !failed {
+                ranges.push(range(ret as u64, a[2]));
+            } else if a[3] & MREMAP_FIXED != 0 {
                 ranges.push(range(a[4], a[2]));
             }
             ranges
         }
+        Sysno::mmap if !failed => vec![range(ret as u64, a[1])],
         Sysno::mmap if a[3] & libc::MAP_FIXED as u64 != 0 => vec![range(a[0], a[1])],
         _ => Vec::new(),
     }

@@ -750,7 +750,7 @@ mod real {
         /// The model agrees with the kernel over the window.
         fn check(&self, what: &str) -> Comparison {
             let kernel = self.kernel();
-            let model = self.clip(self.model.regions());
+            let model = self.clip(&self.model.regions().to_vec());
             let c = compare(&model, &kernel);
             assert!(
                 c.differences.is_empty(),
@@ -895,8 +895,8 @@ mod real {
 
     /// A call that fails after changing part of its range (mprotect over two VMAs, the
     /// second sealed: 6.13+ changes the first, then says EPERM): the model takes a failed
-    /// call as a no-op, and every difference lies inside the ranges
-    /// `failed_call_ranges` names, which verify then compares and adopts.
+    /// call as a no-op, and every difference lies inside the ranges `call_ranges` names,
+    /// which verify then compares and adopts.
     #[test]
     fn a_failed_call_changes_only_inside_its_ranges() {
         let mut w = Window::new(16);
@@ -914,8 +914,8 @@ mod real {
         let args = [w.at(2), 4 * P, libc::PROT_NONE as u64, 0, 0, 0];
         let ret = w.call(libc::SYS_mprotect, &args[..3]);
         assert_eq!(ret, -(libc::EPERM as i64));
-        let ranges = failed_call_ranges(libc::SYS_mprotect as u64, args);
-        let differences = compare(&w.clip(w.model.regions()), &w.kernel()).differences;
+        let ranges = call_ranges(libc::SYS_mprotect as u64, args, ret);
+        let differences = compare(&w.clip(&w.model.regions().to_vec()), &w.kernel()).differences;
         for d in &differences {
             assert!(
                 ranges.iter().any(|&(s, e)| s <= d.start && d.end <= e),
@@ -1129,7 +1129,7 @@ mod real {
             libc::waitpid(child, std::ptr::null_mut(), 0);
         }
         let kernel = w.clip(&view.unwrap().regions);
-        let model = w.clip(w.model.fork_child().regions());
+        let model = w.clip(&w.model.fork_child().regions().to_vec());
         let c = compare(&model, &kernel);
         assert!(c.differences.is_empty(), "{:#?}", c.differences);
         assert!(model.iter().all(|r| r.start >= w.at(3) || r.end <= w.at(1)));
@@ -1158,7 +1158,11 @@ mod real {
             .into_iter()
             .filter(|r| r.start >= ret as u64 && r.end <= ret as u64 + 4 * P)
             .collect();
-        assert!(compare(model.regions(), &got).differences.is_empty());
+        assert!(
+            compare(&model.regions().to_vec(), &got)
+                .differences
+                .is_empty()
+        );
     }
 }
 
@@ -1235,13 +1239,45 @@ mod proptests {
                 apply_syscall(&mut s, nr, args, ret, &AnyEnv);
                 let r = s.regions();
                 prop_assert!(r.iter().all(|r| r.start < r.end), "{r:?}");
-                prop_assert!(r.windows(2).all(|w| w[0].end <= w[1].start), "{r:?}");
+                prop_assert!(r.to_vec().windows(2).all(|w| w[0].end <= w[1].start), "{r:?}");
             }
             let child = s.fork_child();
             let kernel = child.regions().to_vec();
             s.grow_down(&kernel);
             let c = compare(&normalize(s.regions().to_vec()), &kernel);
             s.adopt(&kernel, &c.ranges());
+        }
+
+        /// Merging only around what each call touched leaves the same regions as
+        /// merging the whole list, and the touched ranges cover every change.
+        #[test]
+        fn local_merges_equal_whole_merges(calls in proptest::collection::vec(a_call(), 0..40)) {
+            let mut local = AddressSpace::from_kernel(vec![], A + 30 * P);
+            local.track_touched();
+            let mut whole = AddressSpace::from_kernel(vec![], A + 30 * P);
+            for (nr, args, ret) in calls {
+                let before = local.regions().to_vec();
+                apply_syscall(&mut local, nr, args, ret, &AnyEnv);
+                local.merge();
+                apply_syscall(&mut whole, nr, args, ret, &AnyEnv);
+                whole.merge();
+                prop_assert_eq!(local.regions().to_vec(), whole.regions().to_vec());
+                let mut touched = local.take_touched();
+                touched.sort_unstable();
+                let mut covered: Vec<(u64, u64)> = Vec::new();
+                for (s, e) in touched {
+                    match covered.last_mut() {
+                        Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                        _ => covered.push((s, e)),
+                    }
+                }
+                for d in compare(&before, &local.regions().to_vec()).differences {
+                    prop_assert!(
+                        covered.iter().any(|&(s, e)| s <= d.start && d.end <= e),
+                        "{d:?} not in {covered:x?}"
+                    );
+                }
+            }
         }
     }
 }

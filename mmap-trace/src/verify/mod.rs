@@ -20,12 +20,12 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
-use mmap_trace_common::{MmChangeCause, MmChangeEvent, Probe, SyscallEvent};
+use mmap_trace_common::{MmChangeCause, MmChangeEvent, Probe};
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    kernel::decode::{self, Event},
+    kernel::decode::{self, Call, Event},
     kernel::loader::LoadOptions,
     output::json::{Hex, is_error},
     output::{Format, Output, Summary, VerifyStats},
@@ -628,18 +628,21 @@ impl Verifier {
                 let inherited = self.page_checks(owner).fork();
                 self.pages.insert(f.child_pid, inherited);
             }
-            // The child starts as the parent is at the fork (a vfork child shares it).
-            let inherited = self
-                .procs
-                .get(&owner)
-                .and_then(|p| p.shadow.as_ref())
-                .map(ShadowSpace::fork_child);
+            // The child starts as the parent is at the fork (a vfork child shares it),
+            // unknown where a failed call of the parent's may have changed something.
+            let (inherited, failed) = self.procs.get(&owner).map_or((None, Vec::new()), |p| {
+                (
+                    p.shadow.as_ref().map(ShadowSpace::fork_child),
+                    p.failed.clone(),
+                )
+            });
             let child = self.procs.entry(f.child_pid).or_default();
             child.parent.get_or_insert(pid);
             if f.shares_mm != 0 {
                 child.shares_with = Some(pid);
             } else {
                 child.shadow = inherited;
+                child.failed = failed;
             }
             return Ok(());
         }
@@ -650,18 +653,34 @@ impl Verifier {
             return Ok(()); // before the command's exec: its pre-exec image is ours
         };
         let plant = self.plant;
+        let call = event.call();
         let applying = match event {
-            Event::Syscall(e) => apply_call(shadow, e, pid),
-            Event::Mmap(e) => apply_call(shadow, &e.call, pid),
             Event::RemapPfn(e) => {
                 shadow
                     .space_mut()
                     .remap_pfn_range(e.vma.vm_start, e.vma.vm_flags, e.pfn);
                 Applying::Done
             }
-            Event::MmChange(c) => apply_change(shadow, c, pid, plant),
-            _ => Applying::Done,
+            Event::MmChange(c) => apply_change(shadow, c, call, pid, plant),
+            _ => call.map_or(Applying::Done, |call| apply_syscall(shadow, call, pid)),
         };
+        // A call after a failed one in this batch, over ranges the failed one may have
+        // changed, was applied to a model that may be wrong there (an mprotect stops at a
+        // hole the model does not know of): its ranges are as unknown, and compared and
+        // adopted with the failed call's.
+        if let Some(call) = call
+            && !proc.failed.is_empty()
+            && !matches!(applying, Applying::Failed(_))
+        {
+            let ranges = space::call_ranges(call.nr, call.args, call.ret);
+            if let Some(failed) = proc
+                .failed
+                .iter_mut()
+                .find(|f| ranges.iter().any(|&(s, e)| f.touches(s, e)))
+            {
+                failed.ranges.extend(ranges);
+            }
+        }
         match applying {
             Applying::Done => {}
             Applying::Unmodelled(cause) => proc.unmodelled.push(cause),
@@ -882,37 +901,18 @@ impl Check {
     }
 }
 
-/// One of the five probed calls, through the model.
-fn apply_call(shadow: &mut ShadowSpace, e: &SyscallEvent, pid: u32) -> Applying {
-    let nr = match Probe::from_u32(e.header.probe) {
-        Some(Probe::Mmap) => libc::SYS_mmap,
-        Some(Probe::Munmap) => libc::SYS_munmap,
-        Some(Probe::Mprotect) => libc::SYS_mprotect,
-        Some(Probe::Mremap) => libc::SYS_mremap,
-        Some(Probe::Brk) => libc::SYS_brk,
-        _ => return Applying::Done,
-    };
-    apply_syscall(shadow, nr as u64, e.args, e.ret, pid)
-}
-
 /// A syscall through the model, and what the checkpoint must make of it.
-fn apply_syscall(
-    shadow: &mut ShadowSpace,
-    nr: u64,
-    args: [u64; 6],
-    ret: i64,
-    pid: u32,
-) -> Applying {
-    match shadow.apply_syscall(nr, args, ret, &ProcEnv { pid }) {
+fn apply_syscall(shadow: &mut ShadowSpace, call: Call, pid: u32) -> Applying {
+    match shadow.apply_syscall(call.nr, call.args, call.ret, &ProcEnv { pid }) {
         Applied::Unmodelled { cause } => Applying::Unmodelled(cause.to_string()),
         Applied::Failed => {
-            let ranges = space::failed_call_ranges(nr, args);
+            let ranges = space::call_ranges(call.nr, call.args, call.ret);
             if ranges.is_empty() {
                 return Applying::Done;
             }
             Applying::Failed(FailedCall {
-                call: crate::kernel::syscall_names::name(nr as i64, false),
-                ret,
+                call: crate::kernel::syscall_names::name(call.nr as i64, false),
+                ret: call.ret,
                 ranges,
             })
         }
@@ -925,28 +925,29 @@ fn apply_syscall(
 fn apply_change(
     shadow: &mut ShadowSpace,
     c: &MmChangeEvent,
+    call: Option<Call>,
     pid: u32,
     plant: Option<Plant>,
 ) -> Applying {
-    match MmChangeCause::from_u32(c.cause) {
-        Some(MmChangeCause::Syscall) if c.compat != 0 => {
-            if is_error(c.ret) {
-                Applying::Done
-            } else {
-                Applying::Unmodelled(crate::kernel::syscall_names::name(c.nr, true))
-            }
-        }
-        Some(MmChangeCause::Syscall) => {
-            let nr = c.nr as u64;
+    match (MmChangeCause::from_u32(c.cause), call) {
+        (Some(MmChangeCause::Syscall), Some(call)) => {
             if plant == Some(Plant::UnmodelShm)
-                && matches!(nr as i64, libc::SYS_shmat | libc::SYS_shmdt)
+                && matches!(call.nr as i64, libc::SYS_shmat | libc::SYS_shmdt)
             {
                 return Applying::Unmodelled(crate::kernel::syscall_names::name(c.nr, false));
             }
-            apply_syscall(shadow, nr, c.args, c.ret, pid)
+            apply_syscall(shadow, call, pid)
+        }
+        // An ia32 call (its number names another call): adopted when it succeeded.
+        (Some(MmChangeCause::Syscall), None) => {
+            if is_error(c.ret) {
+                Applying::Done
+            } else {
+                Applying::Unmodelled(crate::kernel::syscall_names::name(c.nr, c.compat != 0))
+            }
         }
         // Settled at the checkpoint: stack growth, or adopted.
-        Some(MmChangeCause::Fault) => Applying::Unmodelled("fault".to_string()),
+        (Some(MmChangeCause::Fault), _) => Applying::Unmodelled("fault".to_string()),
         _ => Applying::Unmodelled(format!(
             "kernel ({} pid {})",
             decode::c_str(&c.header.comm),

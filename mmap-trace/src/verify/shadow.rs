@@ -3,7 +3,7 @@
 //! kernel's view at each checkpoint.
 
 use crate::space::{
-    AddressSpace, Applied, Backing, CallEnv, Comparison, Region, apply_syscall, compare,
+    AddressSpace, Applied, Backing, CallEnv, Comparison, Region, RegionMap, apply_syscall, compare,
 };
 
 pub use crate::space::{Difference, PAGE};
@@ -16,14 +16,14 @@ pub struct ShadowSpace {
 impl ShadowSpace {
     /// From the kernel's view (at attach or exec) and /proc/<pid>/stat's start_brk.
     pub fn seed(regions: Vec<Region>, start_brk: u64) -> Self {
-        Self {
-            space: AddressSpace::from_kernel(regions, start_brk),
-        }
+        let mut space = AddressSpace::from_kernel(regions, start_brk);
+        space.track_touched();
+        Self { space }
     }
 
     #[cfg(test)]
-    pub fn regions(&self) -> &[Region] {
-        self.space.regions()
+    pub fn regions(&self) -> Vec<Region> {
+        self.space.regions().to_vec()
     }
 
     /// The model itself, for the calls that are not syscalls (remap_pfn_range, stack
@@ -44,6 +44,12 @@ impl ShadowSpace {
         applied
     }
 
+    /// The ranges the model changed since the last call: with the calls' own ranges,
+    /// what a checkpoint compares.
+    pub fn take_touched(&mut self) -> Vec<(u64, u64)> {
+        self.space.take_touched()
+    }
+
     /// The child at fork (without MADV_DONTFORK ranges).
     pub fn fork_child(&self) -> Self {
         Self {
@@ -59,10 +65,36 @@ impl ShadowSpace {
         grown
     }
 
-    /// Compares with the kernel's view. A note (same file, new name) is said once: the
-    /// shadow takes the kernel's name for it.
+    /// Compares with the kernel's whole view. A note (same file, new name) is said once:
+    /// the shadow takes the kernel's name for it.
     pub fn check(&mut self, kernel: &[Region]) -> Comparison {
-        let comparison = compare(self.space.regions(), kernel);
+        let comparison = compare(&self.space.regions().to_vec(), kernel);
+        self.settle_notes(kernel, &comparison);
+        comparison
+    }
+
+    /// Compares over `windows` only (sorted, not overlapping), `kernel` being the kernel's
+    /// VMAs over them: what nothing touched is not looked at.
+    pub fn check_windows(&mut self, windows: &[(u64, u64)], kernel: &RegionMap) -> Comparison {
+        let mut comparison = Comparison::default();
+        for &(start, end) in windows {
+            let c = compare(
+                &self.space.regions().clipped(start, end),
+                &kernel.clipped(start, end),
+            );
+            comparison.differences.extend(c.differences);
+            comparison.notes.extend(c.notes);
+        }
+        let kernel: Vec<Region> = comparison
+            .notes
+            .iter()
+            .flat_map(|n| kernel.overlapping(n.start, n.end).cloned())
+            .collect();
+        self.settle_notes(&kernel, &comparison);
+        comparison
+    }
+
+    fn settle_notes(&mut self, kernel: &[Region], comparison: &Comparison) {
         for note in &comparison.notes {
             if let Some(Backing::File(name)) = kernel
                 .iter()
@@ -73,7 +105,6 @@ impl ShadowSpace {
             }
         }
         self.space.merge();
-        comparison
     }
 
     /// Takes the kernel's view where the comparison found differences (an unmodelled

@@ -245,7 +245,9 @@ fn wakeup_flags(size: usize, pending: usize) -> u64 {
     let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64) + queued;
     let record = (size.next_multiple_of(8) + 8) as u64;
     if verifying {
-        0 // the kernel's default: wake a reader that has caught up
+        // The thread stops right after a high-rate record, and its ptrace stop wakes verify
+        // (SIGCHLD): a ring wake-up on top would only cost the thread another irq_work.
+        BPF_RB_NO_WAKEUP as u64
     } else if avail / wakeup_bytes != avail.saturating_sub(record) / wakeup_bytes {
         BPF_RB_FORCE_WAKEUP as u64
     } else {

@@ -45,6 +45,10 @@ pub struct VerifyStats {
     /// pread calls on /proc/<pid>/pagemap, and the entries they read.
     pub pagemap_reads: u64,
     pub pagemap_entries: u64,
+    /// Checkpoints that read /proc/<pid>/maps whole; the others asked the kernel only
+    /// about the ranges their calls touched (`PROCMAP_QUERY`), this many VMAs in all.
+    pub maps_whole_reads: u64,
+    pub maps_queried_vmas: u64,
 }
 
 impl VerifyStats {
@@ -70,6 +74,8 @@ impl VerifyStats {
         self.pfn_full_passes += other.pfn_full_passes;
         self.pagemap_reads += other.pagemap_reads;
         self.pagemap_entries += other.pagemap_entries;
+        self.maps_whole_reads += other.maps_whole_reads;
+        self.maps_queried_vmas += other.maps_queried_vmas;
     }
 }
 
@@ -392,13 +398,15 @@ impl Output {
                 if let Some(v) = s.verify {
                     writeln!(
                         self.out,
-                        "# verify: {} checkpoints, {} mismatches, {} page PFNs checked ({} full passes, {} pagemap reads of {} entries)",
+                        "# verify: {} checkpoints, {} mismatches, {} page PFNs checked ({} full passes, {} pagemap reads of {} entries); maps read whole {} times, {} VMAs queried",
                         v.checkpoints,
                         v.mismatches,
                         v.pfn_checks,
                         v.pfn_full_passes,
                         v.pagemap_reads,
-                        v.pagemap_entries
+                        v.pagemap_entries,
+                        v.maps_whole_reads,
+                        v.maps_queried_vmas
                     )?;
                 }
                 if let Some(f) = &s.faults {

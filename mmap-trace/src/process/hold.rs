@@ -215,6 +215,20 @@ impl Holder {
         self.threads.is_empty()
     }
 
+    /// Whether a thread of `pid` is held at its exit (its last checkpoint is due).
+    pub fn is_exiting(&self, pid: u32) -> bool {
+        self.threads.values().any(|t| {
+            t.tgid == pid
+                && matches!(
+                    t.state,
+                    State::Stopped {
+                        why: Why::Exiting,
+                        ..
+                    }
+                )
+        })
+    }
+
     pub fn is_traced(&self, pid: u32) -> bool {
         self.threads.values().any(|t| t.tgid == pid)
     }
@@ -239,6 +253,27 @@ impl Holder {
         pids.sort_unstable();
         pids.dedup();
         pids
+    }
+
+    /// Looks for a held thread, or the next wait status, for up to `within` without
+    /// sleeping (yielding the CPU to whoever else may run on it); true when there is one
+    /// (a status is handled, and a notice it gave is kept for the next [`Holder::poll`]).
+    pub fn await_stop(&mut self, within: Duration) -> Result<bool> {
+        let start = Instant::now();
+        let mut notices = Vec::new();
+        loop {
+            if !self.waiting().is_empty() {
+                return Ok(true);
+            }
+            if self.wait_one(libc::WNOHANG, &mut notices)? {
+                self.pending.append(&mut notices);
+                return Ok(true);
+            }
+            if start.elapsed() >= within || self.threads.is_empty() {
+                return Ok(false);
+            }
+            std::thread::yield_now();
+        }
     }
 
     /// Handles every wait status the kernel has for us, without blocking.

@@ -24,14 +24,6 @@ impl RegionMap {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.by_start.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_start.is_empty()
-    }
-
     /// In address order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Region> {
         self.by_start.values()
@@ -39,10 +31,6 @@ impl RegionMap {
 
     pub fn to_vec(&self) -> Vec<Region> {
         self.by_start.values().cloned().collect()
-    }
-
-    pub fn clear(&mut self) {
-        self.by_start.clear();
     }
 
     /// The region holding `addr`.

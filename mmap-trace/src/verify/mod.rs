@@ -7,6 +7,7 @@
 //! submitted its event by then), applies the events, compares, and sends SIGCONT.
 
 pub mod driver;
+mod kernel_view;
 mod order;
 mod pages;
 pub mod shadow;
@@ -31,9 +32,12 @@ use crate::{
     output::{Format, Output, Summary, VerifyStats},
     process::hold::{Holder, Notice},
     process::session::{Session, StopSignals, Target, monotonic_ns, runtime},
-    space::{self, Applied, Comparison, Field, ProcEnv, Region},
+    space::{self, Applied, Comparison, Field, ProcEnv, Region, RegionMap},
     trace::ignore_closed_output,
-    verify::shadow::{Difference, ShadowSpace},
+    verify::{
+        kernel_view::KernelView,
+        shadow::{Difference, ShadowSpace},
+    },
 };
 
 /// Self-test: doctor one input so the checks must fail (hidden flag; used by the tests
@@ -164,6 +168,15 @@ struct Proc {
     unmodelled: Vec<String>,
     /// Failed calls since the last checkpoint that may have changed part of their ranges.
     failed: Vec<FailedCall>,
+    /// The ranges the calls since the last checkpoint may have changed.
+    windows: Vec<(u64, u64)>,
+    /// The kernel's view as of this process's last checkpoint (whole reads, with the
+    /// ranges asked since spliced in).
+    kernel: Option<KernelView>,
+    /// `PROCMAP_QUERY` on maps, opened for this pid's current address space.
+    query: Option<(u32, space::maps::MapsQuery)>,
+    /// When maps was last read whole.
+    last_whole: Option<std::time::Instant>,
     ended: Option<String>,
 }
 
@@ -175,6 +188,10 @@ struct Verifier {
     full: bool,
     /// Records that did not decode: events the proof lost.
     malformed: u64,
+    /// The thread whose event stopped it last (verify follows it to its CPU).
+    last_stopped: Option<(u32, u32)>,
+    /// Whether the kernel answers `PROCMAP_QUERY` (6.11+; None: not asked yet).
+    query_works: Option<bool>,
     /// The records carry when each call took the mm's write lock (the catch-all is
     /// attached): a batch is applied in that order, the kernel's.
     lock_order: bool,
@@ -241,6 +258,8 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         full: config.full,
         malformed: 0,
         lock_order: tracer.attached.contains(&Probe::MmLock),
+        query_works: None,
+        last_stopped: None,
         unexplained_endings: 0,
     };
     verifier.procs.insert(pid, Proc::default());
@@ -254,15 +273,24 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     let ended = runtime.block_on(async {
         // SAFETY: the AsyncFd owns the ring buffer's descriptor while registered.
         let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
+        let mut stopped = false;
+        let mut cpu = crate::process::cpu::FollowCpu::new();
+        // Records that stop their thread do not wake verify (the stop does); a record
+        // whose stop never came, or that stops nobody (another task's change), is found
+        // by this tick at the latest.
+        let mut tick = tokio::time::interval(SAFETY_TICK);
         let ended = loop {
-            tokio::select! {
-                guard = ring.readable_mut() => {
-                    let mut guard = guard?;
-                    guard.clear_ready();
+            if !stopped {
+                tokio::select! {
+                    guard = ring.readable_mut() => {
+                        let mut guard = guard?;
+                        guard.clear_ready();
+                    }
+                    _ = sigchld.recv() => {}
+                    _ = tick.tick() => {}
+                    _ = sigint.recv() => break "SIGINT".to_string(),
+                    _ = sigterm.recv() => break "SIGTERM".to_string(),
                 }
-                _ = sigchld.recv() => {}
-                _ = sigint.recv() => break "SIGINT".to_string(),
-                _ = sigterm.recv() => break "SIGTERM".to_string(),
             }
             for notice in holder.poll()? {
                 verifier.notice(notice);
@@ -271,6 +299,14 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
             // Exits seen while holding processes for the checkpoint.
             for notice in holder.poll()? {
                 verifier.notice(notice);
+            }
+            // The target runs on to its next event and stops right after it: look for that
+            // stop a little while without sleeping. Asleep, verify would be woken from
+            // another CPU, which on a virtual machine costs ~100 µs (an IPI to a halted
+            // vCPU) against ~20 µs for the whole checkpoint.
+            stopped = !holder.is_empty() && holder.await_stop(NEXT_STOP_SPIN)?;
+            if !stopped && let Some((p, tid)) = verifier.last_stopped {
+                cpu.follow(p, tid);
             }
             if holder.is_empty() || (!follow && !holder.is_traced(pid)) {
                 let status = verifier
@@ -443,6 +479,7 @@ impl Verifier {
             }
             if stops_thread(e) {
                 expect.push(e.header().tid);
+                self.last_stopped = Some((e.header().pid, e.header().tid));
             }
         }
         let mut alive = BTreeSet::new();
@@ -491,7 +528,10 @@ impl Verifier {
             // (the 6.12 guest caught this with the exec's mmap_region events).
             let reader = alive.contains(&owner).then_some(owner);
             match reader {
-                Some(reader) => self.apply_and_compare(owner, reader, &batch, out)?,
+                Some(reader) => {
+                    let exiting = holder.is_exiting(owner);
+                    self.apply_and_compare(owner, reader, exiting, &batch, out)?
+                }
                 None => {
                     let units = order::units(&batch);
                     let first = order::serial_orders(&units, self.lock_order).swap_remove(0);
@@ -517,6 +557,7 @@ impl Verifier {
         &mut self,
         owner: u32,
         reader: u32,
+        exiting: bool,
         events: &[Event],
         out: &mut Output,
     ) -> Result<()> {
@@ -547,7 +588,7 @@ impl Verifier {
                 }
                 return Ok(()); // before the command's exec: nothing to compare yet
             }
-            let check = self.differences(owner, reader, &mut pfns)?;
+            let check = self.differences(owner, reader, exiting, &mut pfns)?;
             let proc = self.procs.entry(owner).or_default();
             if check.agrees() {
                 proc.stats.checkpoints += 1;
@@ -593,6 +634,10 @@ impl Verifier {
         let proc = self.procs.entry(pid).or_default();
         proc.shadow = Some(shadow);
         proc.shares_with = None;
+        // A new address space: compared whole at its first checkpoint; maps opened again.
+        proc.kernel = None;
+        proc.query = None;
+        proc.windows.clear();
         Ok(())
     }
 
@@ -668,19 +713,18 @@ impl Verifier {
         // changed, was applied to a model that may be wrong there (an mprotect stops at a
         // hole the model does not know of): its ranges are as unknown, and compared and
         // adopted with the failed call's.
-        if let Some(call) = call
-            && !proc.failed.is_empty()
+        let ranges = call.map_or_else(Vec::new, |c| space::call_ranges(c.nr, c.args, c.ret));
+        if !proc.failed.is_empty()
             && !matches!(applying, Applying::Failed(_))
-        {
-            let ranges = space::call_ranges(call.nr, call.args, call.ret);
-            if let Some(failed) = proc
+            && let Some(failed) = proc
                 .failed
                 .iter_mut()
                 .find(|f| ranges.iter().any(|&(s, e)| f.touches(s, e)))
-            {
-                failed.ranges.extend(ranges);
-            }
+        {
+            failed.ranges.extend(ranges.iter().copied());
         }
+        // What the next checkpoint compares (with what the model itself changed).
+        proc.windows.extend(ranges);
         match applying {
             Applying::Done => {}
             Applying::Unmodelled(cause) => proc.unmodelled.push(cause),
@@ -690,56 +734,130 @@ impl Verifier {
     }
 
     /// The kernel's view now (read from `reader`), how `owner`'s shadow differs from it,
-    /// and how many page PFNs were compared. A fault's checkpoint first lets the shadow
-    /// grow its stacks and MAP_GROWSDOWN mappings to what the kernel shows.
+    /// and how many page PFNs were compared. Only what the batch's calls touched is
+    /// asked of the kernel (`PROCMAP_QUERY`), unless a whole comparison is due: at a
+    /// process's first checkpoint and its exit, after a change the model does not
+    /// explain, without lock order, every [`WHOLE_INTERVAL`], and on kernels without the
+    /// query. A fault's checkpoint first lets the shadow grow its stacks and
+    /// MAP_GROWSDOWN mappings to what the kernel shows.
     fn differences(
         &mut self,
         owner: u32,
         reader: u32,
+        exiting: bool,
         pfns: &mut Option<Vec<Difference>>,
     ) -> Result<Check> {
-        let view = space::maps::read(reader)?;
-        let mut kernel = view.regions;
+        let lock_order = self.lock_order;
+        let plant = self.plant;
+        let query_works = self.query_works;
+        let proc = self.procs.get_mut(&owner).expect("checked by the caller");
+        let mut windows = std::mem::take(&mut proc.windows);
+        if let Some(shadow) = proc.shadow.as_mut() {
+            windows.extend(shadow.take_touched());
+        }
+        let whole = self.full
+            || exiting
+            || !lock_order
+            || query_works == Some(false)
+            || !proc.unmodelled.is_empty()
+            || proc.kernel.is_none()
+            || proc
+                .last_whole
+                .is_none_or(|t| t.elapsed() >= WHOLE_INTERVAL);
+        if !whole && proc.query.as_ref().is_none_or(|(pid, _)| *pid != reader) {
+            proc.query = space::maps::MapsQuery::open(reader)?.map(|q| (reader, q));
+            if proc.query.is_none() {
+                self.query_works = Some(false);
+            }
+        }
+        let query = proc.query.as_mut().filter(|_| !whole).map(|(_, q)| q);
+        let check = match (whole, query) {
+            (false, Some(query)) => {
+                let windows = merge_ranges(windows);
+                let mut kernel = RegionMap::default();
+                for &(start, end) in &windows {
+                    for r in query.regions(start, end)? {
+                        proc.stats.maps_queried_vmas += 1;
+                        kernel.insert(r);
+                    }
+                }
+                if plant == Some(Plant::MapsPerms) {
+                    plant_perms(&mut kernel);
+                }
+                let view = proc.kernel.as_mut().expect("checked: whole otherwise");
+                for &(start, end) in &windows {
+                    view.splice(start, end, &kernel.clipped(start, end));
+                }
+                let shadow = proc.shadow.as_mut().expect("checked by the caller");
+                self.query_works = Some(true);
+                Check {
+                    comparison: shadow.check_windows(&windows, &kernel),
+                    kernel: kernel.to_vec(),
+                    extra: Vec::new(),
+                }
+            }
+            _ => {
+                let view = space::maps::read(reader)?;
+                let mut kernel = RegionMap::from_regions(view.regions);
+                if plant == Some(Plant::MapsPerms) {
+                    plant_perms(&mut kernel);
+                }
+                let kernel = kernel.to_vec();
+                proc.kernel = Some(KernelView::whole(&kernel));
+                proc.last_whole = Some(std::time::Instant::now());
+                proc.stats.maps_whole_reads += 1;
+                // A line verify cannot parse is a mismatch of its own, never an abort.
+                let extra = view
+                    .unparsed
+                    .iter()
+                    .map(|u| Difference {
+                        start: 0,
+                        end: 0,
+                        field: Field::MapsLine,
+                        expected: format!("a maps line (line {}: {})", u.line, u.reason),
+                        found: u.text.to_string(),
+                    })
+                    .collect();
+                let shadow = proc.shadow.as_mut().expect("checked by the caller");
+                let mut comparison = shadow.check(&kernel);
+                if !comparison.differences.is_empty()
+                    && proc.unmodelled.iter().any(|c| c == "fault")
+                    && !shadow.grow_down(&kernel).is_empty()
+                {
+                    // Stack growth is modelled: the fault's cause is settled if that
+                    // explains it.
+                    proc.unmodelled.retain(|c| c != "fault");
+                    comparison = shadow.check(&kernel);
+                }
+                Check {
+                    kernel,
+                    comparison,
+                    extra,
+                }
+            }
+        };
         if pfns.is_none() {
             // Once per checkpoint: it depends on the kernel's view only, not on the order
             // of the batch tried.
-            *pfns = Some(self.page_checks(owner).check(reader, &kernel)?);
+            let (full, plant_pfns) = (self.full, self.plant == Some(Plant::PfnOffByOne));
+            let checks = self
+                .pages
+                .entry(owner)
+                .or_insert_with(|| pages::PageChecks::new(full, plant_pfns));
+            let view = self
+                .procs
+                .get(&owner)
+                .and_then(|p| p.kernel.as_ref())
+                .expect("set by the comparison above");
+            *pfns = Some(checks.check(reader, view)?);
         }
-        let mut extra = Vec::new();
-        // A line verify cannot parse is a mismatch of its own, never an abort.
-        extra.extend(view.unparsed.iter().map(|u| Difference {
-            start: 0,
-            end: 0,
-            field: Field::MapsLine,
-            expected: format!("a maps line (line {}: {})", u.line, u.reason),
-            found: u.text.to_string(),
-        }));
-        if self.plant == Some(Plant::MapsPerms)
-            && let Some(r) = kernel.iter_mut().find(|r| r.perms.starts_with("rw"))
-        {
-            r.perms.replace_range(1..2, "-");
-        }
-        let proc = self.procs.get_mut(&owner).expect("checked by the caller");
-        let shadow = proc.shadow.as_mut().expect("checked by the caller");
-        let mut comparison = shadow.check(&kernel);
-        if !comparison.differences.is_empty() && proc.unmodelled.iter().any(|c| c == "fault") {
-            // Stack growth is modelled: the fault's cause is settled if that explains it.
-            if !shadow.grow_down(&kernel).is_empty() {
-                proc.unmodelled.retain(|c| c != "fault");
-                comparison = shadow.check(&kernel);
-            }
-        }
-        for n in &comparison.notes {
+        for n in &check.comparison.notes {
             eprintln!(
                 "mmap-trace: note: pid {reader}: {:#x}-{:#x}: the same file (device and inode) is now named {:?} (events named it {:?}): renamed or unlinked, no mapping changed",
                 n.start, n.end, n.found, n.expected
             );
         }
-        Ok(Check {
-            kernel,
-            comparison,
-            extra,
-        })
+        Ok(check)
     }
 
     fn report_all(
@@ -884,6 +1002,41 @@ impl Verifier {
         out.record(&record).or_else(ignore_closed_output)?;
         Ok(())
     }
+}
+
+/// The longest a record waits for verify when nothing woke it.
+const SAFETY_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// How long verify looks for the target's next stop before it sleeps until woken.
+const NEXT_STOP_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// A whole comparison at least this often, however little the calls touched: what no
+/// event announced (a kernel thread's change seen only through its lock) is found within
+/// it. A whole read of maps costs ~0.14 µs per VMA (8 ms at 60,000), so once a second costs
+/// under 1% of a run.
+const WHOLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sorted, overlapping and touching ranges joined.
+fn merge_ranges(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.retain(|&(s, e)| s < e);
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (s, e) in ranges {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+/// Self-test: drops the write bit of the first writable region of a kernel snapshot.
+fn plant_perms(kernel: &mut RegionMap) {
+    let mut regions = kernel.to_vec();
+    if let Some(r) = regions.iter_mut().find(|r| r.perms.starts_with("rw")) {
+        r.perms.replace_range(1..2, "-");
+    }
+    *kernel = RegionMap::from_regions(regions);
 }
 
 /// What the kernel's view of a checkpoint says.

@@ -32,9 +32,11 @@ use procfs::process::{MemoryPageFlags, PageInfo};
 
 use crate::{
     kernel::decode::Event,
-    output::json::is_error,
     space::{Field, Region},
-    verify::shadow::{Difference, PAGE},
+    verify::{
+        kernel_view::{FileKey, KernelView},
+        shadow::{Difference, PAGE},
+    },
 };
 
 /// How often a full comparison runs however little changed: it is the only check of
@@ -46,9 +48,6 @@ pub const FULL_INTERVAL: Duration = Duration::from_millis(250);
 /// Pages of a gap between two wanted pages that one pread reads through rather than
 /// issuing a second call (a pagemap entry costs far less than a syscall).
 pub const MERGE_GAP: u64 = 16;
-
-/// `(major, minor)` as maps shows it, and the inode.
-type FileKey = ((u32, u32), u64);
 
 /// What the page checks counted (reported in verify's summary).
 #[derive(Clone, Copy, Debug, Default)]
@@ -150,33 +149,9 @@ impl PageChecks {
             }
             Event::Exec(_) => self.touch_all(),
             Event::Syscall(_) | Event::Mmap(_) => {
-                let Some(call) = event.syscall() else { return };
-                let a = call.args;
-                let ok = !is_error(call.ret);
-                match mmap_trace_common::Probe::from_u32(call.header.probe) {
-                    Some(mmap_trace_common::Probe::Mmap) => {
-                        if ok {
-                            self.touch_range(
-                                call.ret as u64,
-                                (call.ret as u64).saturating_add(a[1]),
-                            );
-                        } else if a[0] != 0 {
-                            self.touch_range(a[0], a[0].saturating_add(a[1]));
-                        }
-                    }
-                    Some(mmap_trace_common::Probe::Munmap | mmap_trace_common::Probe::Mprotect) => {
-                        self.touch_range(a[0], a[0].saturating_add(a[1]))
-                    }
-                    Some(mmap_trace_common::Probe::Mremap) => {
-                        self.touch_range(a[0], a[0].saturating_add(a[1]));
-                        if ok {
-                            self.touch_range(
-                                call.ret as u64,
-                                (call.ret as u64).saturating_add(a[2]),
-                            );
-                        }
-                    }
-                    _ => {}
+                let Some(call) = event.call() else { return };
+                for (start, end) in crate::space::call_ranges(call.nr, call.args, call.ret) {
+                    self.touch_range(start, end);
                 }
             }
             _ => {}
@@ -209,8 +184,8 @@ impl PageChecks {
     }
 
     /// Compares the pages that could have changed (all known pages when a full pass is
-    /// due) with pagemap, `kernel` being /proc/<pid>/maps read at this stop.
-    pub fn check(&mut self, pid: u32, kernel: &[Region]) -> Result<Vec<Difference>> {
+    /// due) with pagemap, `kernel` being the kernel's view at this stop.
+    pub fn check(&mut self, pid: u32, kernel: &KernelView) -> Result<Vec<Difference>> {
         let full = self.due_full();
         let wanted = self.wanted(kernel, full);
         if self.touched_all || self.pagemap.as_ref().is_none_or(|(p, _)| *p != pid) {
@@ -275,84 +250,71 @@ impl PageChecks {
     }
 
     /// The known pages of `kernel`'s file mappings that may have changed (all of them
-    /// when `full`), in address order.
-    fn wanted(&self, kernel: &[Region], full: bool) -> Vec<Wanted> {
+    /// when `full`), in address order. Only a full pass walks every mapping: otherwise
+    /// the touched ranges, the files of recorded pages and the unsettled pages are each
+    /// looked up where they are.
+    fn wanted(&self, kernel: &KernelView, full: bool) -> Vec<Wanted> {
         let mut wanted = Vec::new();
-        // Still wanted: the unsettled pages that the same (file, index) still maps (else
-        // a touched range covers the address).
-        let mut still_unsettled = Vec::with_capacity(self.unsettled.len());
-        let mut next = 0;
-        for r in kernel.iter().filter(|r| r.inode != 0) {
+        // The known pages of `r` in [from, to).
+        let mut add = |r: &Region, from: u64, to: u64| {
             let file = (r.dev, r.inode);
             let Some(known) = self.pfns.get(&file) else {
-                continue;
+                return;
             };
+            let (from, to) = (from.max(r.start), to.min(r.end));
+            if from >= to {
+                return;
+            }
             let first = r.offset / PAGE;
-            let pages = (r.end - r.start) / PAGE;
-            let addr = |index: u64| r.start + (index - first) * PAGE;
             let index = |addr: u64| first + (addr - r.start) / PAGE;
-            let mut add_range = |from: u64, to: u64| {
-                for (&i, _) in known.range(from..to) {
-                    wanted.push(Wanted {
-                        addr: addr(i),
-                        file,
-                        index: i,
-                    });
-                }
-            };
-            if full {
-                add_range(first, first + pages);
-                continue;
+            for (&i, _) in known.range(index(from)..index(to)) {
+                wanted.push(Wanted {
+                    addr: r.start + (i - first) * PAGE,
+                    file,
+                    index: i,
+                });
             }
+        };
+        if full {
+            for r in kernel.regions().iter().filter(|r| r.inode != 0) {
+                add(r, r.start, r.end);
+            }
+        } else {
             for &(s, e) in &self.touched {
-                let (s, e) = (s.max(r.start), e.min(r.end));
-                if s < e {
-                    add_range(index(s), index(e));
+                for r in kernel.regions().overlapping(s, e).filter(|r| r.inode != 0) {
+                    add(r, s, e);
                 }
-            }
-            if let Some(recorded) = self.recorded.get(&file) {
-                for &i in recorded.range(first..first + pages) {
-                    wanted.push(Wanted {
-                        addr: addr(i),
-                        file,
-                        index: i,
-                    });
-                }
-            }
-            // Both in address order: one merge, no lookups.
-            while next < self.unsettled.len() && self.unsettled[next].addr < r.start {
-                next += 1;
-            }
-            while next < self.unsettled.len() && self.unsettled[next].addr < r.end {
-                let w = self.unsettled[next];
-                if w.file == file && w.index == index(w.addr) {
-                    still_unsettled.push(w);
-                }
-                next += 1;
             }
         }
-        if wanted.is_empty() {
-            return still_unsettled;
+        if !full {
+            for (&file, indices) in &self.recorded {
+                for r in kernel.of_file(file) {
+                    let first = r.offset / PAGE;
+                    let pages = (r.end - r.start) / PAGE;
+                    for &i in indices.range(first..first.saturating_add(pages)) {
+                        wanted.push(Wanted {
+                            addr: r.start + (i - first) * PAGE,
+                            file,
+                            index: i,
+                        });
+                    }
+                }
+            }
+            // Still wanted: the unsettled pages that the same (file, index) still maps.
+            for w in &self.unsettled {
+                let Some(r) = kernel.regions().at(w.addr) else {
+                    continue;
+                };
+                if (r.dev, r.inode) == w.file
+                    && r.offset / PAGE + (w.addr - r.start) / PAGE == w.index
+                {
+                    wanted.push(*w);
+                }
+            }
         }
         wanted.sort_unstable_by_key(|w| w.addr);
-        let mut merged = Vec::with_capacity(wanted.len() + still_unsettled.len());
-        let (mut a, mut b) = (
-            wanted.into_iter().peekable(),
-            still_unsettled.into_iter().peekable(),
-        );
-        loop {
-            let take_a = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) => x.addr <= y.addr,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => break,
-            };
-            let w = if take_a { a.next() } else { b.next() }.expect("peeked");
-            if merged.last().is_none_or(|l: &Wanted| l.addr != w.addr) {
-                merged.push(w);
-            }
-        }
-        merged
+        wanted.dedup_by_key(|w| w.addr);
+        wanted
     }
 
     /// The pagemap entries of [start, end), in one pread.
@@ -442,10 +404,12 @@ mod tests {
         unsafe { std::ptr::read_volatile((m.addr + page * PAGE) as *const u8) };
     }
 
-    fn kernel() -> Vec<Region> {
-        crate::space::maps::read(std::process::id())
-            .unwrap()
-            .regions
+    fn kernel() -> KernelView {
+        KernelView::whole(
+            &crate::space::maps::read(std::process::id())
+                .unwrap()
+                .regions,
+        )
     }
 
     fn page_cache_event(m: &Mapped, index: u64, pfn: u64) -> Event {

@@ -562,20 +562,26 @@ impl Verifier {
         out: &mut Output,
     ) -> Result<()> {
         let units = order::units(events);
-        let base = self.procs.get(&owner).and_then(|p| p.shadow.clone());
-        let (base_unmodelled, base_failed) = self
-            .procs
-            .get(&owner)
-            .map_or((0, 0), |p| (p.unmodelled.len(), p.failed.len()));
+        let orders = order::serial_orders(&units, self.lock_order);
+        // Another order starts from the shadow as it is now: a copy, kept only when there
+        // is another order to try (the whole shadow: O(VMAs)).
+        let base = (orders.len() > 1).then(|| {
+            self.procs.get(&owner).map_or((None, 0, 0), |p| {
+                (p.shadow.clone(), p.unmodelled.len(), p.failed.len())
+            })
+        });
         let mut first_failure = None;
         let mut pfns = None;
-        for order in order::serial_orders(&units, self.lock_order) {
-            if let Some(p) = self.procs.get_mut(&owner) {
-                p.shadow = base.clone();
-                p.unmodelled.truncate(base_unmodelled);
-                p.failed.truncate(base_failed);
+        for (tried, order) in orders.iter().enumerate() {
+            if tried > 0
+                && let Some((shadow, unmodelled, failed)) = &base
+                && let Some(p) = self.procs.get_mut(&owner)
+            {
+                p.shadow = shadow.clone();
+                p.unmodelled.truncate(*unmodelled);
+                p.failed.truncate(*failed);
             }
-            for &u in &order {
+            for &u in order {
                 for event in &units[u].events {
                     self.apply(event)?;
                 }
@@ -596,6 +602,13 @@ impl Verifier {
                 proc.failed.clear();
                 let last = events.last().copied();
                 return self.report_pages(owner, pfns.unwrap_or_default(), last.as_ref(), out);
+            }
+            if base.is_none() {
+                // The one order: its state is the one reported.
+                proc.stats.checkpoints += 1;
+                let last = events.last().copied();
+                self.report_pages(owner, pfns.unwrap_or_default(), last.as_ref(), out)?;
+                return self.report_all(owner, check, last.as_ref(), out);
             }
             if first_failure.is_none() {
                 first_failure = Some((
@@ -630,12 +643,15 @@ impl Verifier {
                 u.line, u.reason, u.text
             );
         }
+        // The shadow starts as the kernel's view: the copy of that view starts there too.
+        let kernel = KernelView::whole(&view.regions);
         let shadow = ShadowSpace::seed(view.regions, stat.start_brk.unwrap_or(0));
         let proc = self.procs.entry(pid).or_default();
         proc.shadow = Some(shadow);
         proc.shares_with = None;
-        // A new address space: compared whole at its first checkpoint; maps opened again.
-        proc.kernel = None;
+        proc.kernel = Some(kernel);
+        proc.last_whole = Some(std::time::Instant::now());
+        // A new address space: maps is opened again for it.
         proc.query = None;
         proc.windows.clear();
         Ok(())

@@ -94,6 +94,43 @@ fn main() {
         }
         return;
     }
+    if let Some(n) = opt("--vmas") {
+        // The verify scaling benchmark: N one-page VMAs (alternating protections, so no
+        // two merge), then "ready" on stdout; after a line on stdin, --changes M
+        // mprotects of one of them (back and forth), then exit. verify attaches between.
+        let n: u64 = n.parse().expect("--vmas N");
+        let changes: u64 = opt("--changes").map_or(600, |c| c.parse().expect("--changes M"));
+        // SAFETY: maps and changes its own anonymous memory.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                (n * PAGE) as usize,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED, "mmap {n} pages");
+        let page = |i: u64| (base as u64 + i * PAGE) as *mut libc::c_void;
+        for i in (1..n).step_by(2) {
+            // SAFETY: inside the mapping above.
+            unsafe { libc::mprotect(page(i), PAGE as usize, libc::PROT_READ | libc::PROT_WRITE) };
+        }
+        println!("ready");
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        for c in 0..changes {
+            let prot = if c % 2 == 0 {
+                libc::PROT_NONE
+            } else {
+                libc::PROT_READ
+            };
+            // SAFETY: as above (an even page: PROT_NONE and back, never merged).
+            unsafe { libc::mprotect(page((c / 2 * 2) % n), PAGE as usize, prot) };
+        }
+        return;
+    }
     if let Some(n) = opt("--stack-marker") {
         // `trace --stacks` tests: N mmaps made by a function only this program has,
         // and one of them never unmapped (the leak report's planted call site).

@@ -26,6 +26,11 @@ pub fn workload_path() -> PathBuf {
     from_env("MMTRACE_WORKLOAD")
 }
 
+/// The bench's floor (mmap-trace-floor/), a binary of its own.
+pub fn floor() -> Command {
+    Command::new(from_env("MMTRACE_FLOOR"))
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

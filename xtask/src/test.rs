@@ -132,12 +132,13 @@ fn host_tests(
         .env(crate::setup::PERFETTO_PYTHON_VAR, &ready.perfetto_python)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
-    if let Some(workload) = artifacts
-        .bins
-        .iter()
-        .find(|p| p.file_name().is_some_and(|n| n == "mmap-workload"))
-    {
-        c.env("MMTRACE_WORKLOAD", workload);
+    for (var, name) in [
+        ("MMTRACE_WORKLOAD", "mmap-workload"),
+        ("MMTRACE_FLOOR", "mmap-trace-floor"),
+    ] {
+        if let Some(bin) = artifacts.bin(name) {
+            c.env(var, bin);
+        }
     }
     let what = cmd::describe(&c);
     let mut child = c.spawn().with_context(|| format!("running {what}"))?;

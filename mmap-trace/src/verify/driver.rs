@@ -127,7 +127,7 @@ fn load(btf: &Path, requested: Vec<Probe>, driver_hooks: Vec<String>) -> Result<
 
 /// Returns whether every check that applies passed.
 pub fn run(config: VerifyDriverConfig) -> Result<bool> {
-    crate::require_root("verify-driver")?;
+    crate::kernel::require_root("verify-driver")?;
     let kallsyms = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
     let mut all = Vec::new();
     for device in &config.devices {

@@ -15,7 +15,7 @@ use mmap_trace_common::{MmChangeCause, Probe};
 
 use crate::{
     kernel::decode::{Event, FilePath},
-    output::json::{FaultVma, Hex},
+    schema::{FaultVma, Hex},
     space::{AddressSpace, NoEnv, Region, TracedFile, apply_syscall, maps},
 };
 

@@ -3,17 +3,20 @@
 //!
 //! A library so that two binaries share it: the `mmap-trace` command (main.rs) and the
 //! bench's floor (mmap-trace-floor/), which loads the same eBPF object. Public: the
-//! command's entry point and what the floor reuses ([`floor_support`]); everything else
-//! is the command's own.
+//! command's entry point, the JSON Lines records ([`schema`], for tests and tools that
+//! read traces) and what the floor reuses ([`floor_support`]); everything else is the
+//! command's own.
 
 // One folder per concern: the kernel side, the traced processes, the address-space
-// model, how records are written, and what each command does.
+// model, the records and how they are written, and what each command does. Data flows one
+// way through them: no module imports one that imports it back.
 mod cli;
 mod faults;
 mod kernel;
 mod output;
 mod process;
 mod report;
+pub mod schema;
 mod space;
 mod stacks;
 mod trace;

@@ -11,8 +11,6 @@ mod order;
 mod pages;
 pub mod shadow;
 
-pub use pages::PageStats;
-
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     path::PathBuf,
@@ -21,18 +19,16 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
 use mmap_trace_common::{MmChangeCause, MmChangeEvent, Probe, SyscallEvent};
-use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    kernel::decode::{self, Event},
+    kernel::decode::{self, Event, is_error},
     kernel::loader::LoadOptions,
-    output::json::{Hex, is_error},
-    output::{Format, Output, Summary, VerifyStats},
+    output::{Format, Output, Summary, ignore_closed_output},
     process::hold::{Holder, Notice},
     process::session::{Session, StopSignals, Target, monotonic_ns, runtime},
+    schema::{AdoptedRange, Hex, MismatchRecord, ProcessRecord, UnmodelledRecord, VerifyStats},
     space::{self, Applied, Comparison, Field, ProcEnv, Region},
-    trace::ignore_closed_output,
     verify::shadow::{Difference, ShadowSpace},
 };
 
@@ -58,59 +54,6 @@ pub struct VerifyConfig {
     /// PFN-check every known page at every checkpoint (self-tests), not only those that
     /// could have changed.
     pub full: bool,
-}
-
-#[derive(Serialize)]
-struct MismatchRecord<'a> {
-    #[serde(rename = "type")]
-    record_type: &'static str,
-    pid: u32,
-    checkpoint: u64,
-    /// The last event applied before the comparison (the one that made the difference).
-    after_probe: &'static str,
-    after_ts_ns: u64,
-    start: Hex,
-    end: Hex,
-    field: Field,
-    expected: &'a str,
-    found: &'a str,
-}
-
-/// A change the shadow does not model, caught by the catch-all and adopted from the
-/// kernel's view (never a mismatch).
-#[derive(Serialize)]
-struct UnmodelledRecord<'a> {
-    #[serde(rename = "type")]
-    record_type: &'static str,
-    pid: u32,
-    checkpoint: u64,
-    /// The syscall's name, `fault` (stack growth) or `kernel (COMM)` (another task).
-    cause: String,
-    /// What the kernel shows now where the shadow differed.
-    ranges: Vec<AdoptedRange<'a>>,
-}
-
-#[derive(Serialize)]
-struct AdoptedRange<'a> {
-    start: Hex,
-    end: Hex,
-    field: Field,
-    expected: &'a str,
-    found: &'a str,
-}
-
-/// One process's account, written before the summary.
-#[derive(Serialize)]
-struct ProcessRecord<'a> {
-    #[serde(rename = "type")]
-    record_type: &'static str,
-    pid: u32,
-    /// The process it was forked from (absent for the target).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parent: Option<u32>,
-    #[serde(flatten)]
-    stats: VerifyStats,
-    ended: &'a str,
 }
 
 /// One verified process.
@@ -239,7 +182,7 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         // Events of the last calls before exit: logged, not compared (nothing to compare with).
         let tail = decode::drain_all(ring.get_mut(), &mut verifier.malformed);
         for event in &tail {
-            out.event(event, crate::output::paths::kernel_path(event))
+            out.event(event, crate::process::paths::kernel_path(event))
                 .or_else(ignore_closed_output)?;
         }
         anyhow::Ok(ended)
@@ -256,11 +199,10 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         stats.add(&proc.stats);
         let ended = proc.ended.as_deref().unwrap_or("still running");
         let record = ProcessRecord {
-            record_type: "process",
             pid: p,
             parent: proc.parent,
             stats: proc.stats,
-            ended,
+            ended: ended.into(),
         };
         out.record(&record).or_else(ignore_closed_output)?;
         eprintln!(
@@ -386,7 +328,7 @@ impl Verifier {
         }
         events.extend(decode::drain_all(ring, &mut self.malformed));
         for event in &events {
-            out.event(event, crate::output::paths::kernel_path(event))
+            out.event(event, crate::process::paths::kernel_path(event))
                 .or_else(ignore_closed_output)?;
         }
         // Partitions by address space, in order of first appearance (a parent's fork
@@ -663,7 +605,6 @@ impl Verifier {
             let mut causes = unmodelled;
             causes.dedup();
             let record = UnmodelledRecord {
-                record_type: "unmodelled",
                 pid: owner,
                 checkpoint: proc.stats.checkpoints,
                 cause: causes.join(", "),
@@ -673,8 +614,8 @@ impl Verifier {
                         start: Hex(d.start),
                         end: Hex(d.end),
                         field: d.field,
-                        expected: &d.expected,
-                        found: &d.found,
+                        expected: d.expected.as_str().into(),
+                        found: d.found.as_str().into(),
                     })
                     .collect(),
             };
@@ -720,16 +661,15 @@ impl Verifier {
         out: &mut Output,
     ) -> Result<()> {
         let record = MismatchRecord {
-            record_type: "mismatch",
             pid,
             checkpoint: self.procs.get(&pid).map_or(0, |p| p.stats.checkpoints),
-            after_probe: last.map_or("fork", |e| e.probe().name()),
+            after_probe: last.map_or("fork", |e| e.probe().name()).into(),
             after_ts_ns: last.map_or(0, |e| e.header().ts_ns),
             start: Hex(d.start),
             end: Hex(d.end),
             field: d.field,
-            expected: &d.expected,
-            found: &d.found,
+            expected: d.expected.as_str().into(),
+            found: d.found.as_str().into(),
         };
         let source = d.field.source();
         eprintln!(

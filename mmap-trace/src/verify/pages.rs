@@ -31,8 +31,7 @@ use anyhow::{Context as _, Result};
 use procfs::process::{MemoryPageFlags, PageInfo};
 
 use crate::{
-    kernel::decode::Event,
-    output::json::is_error,
+    kernel::decode::{Event, is_error},
     space::{Field, Region},
     verify::shadow::{Difference, PAGE},
 };
@@ -61,6 +60,17 @@ pub struct PageStats {
     /// pread calls on pagemap, and the entries they returned.
     pub reads: u64,
     pub entries: u64,
+}
+
+// The schema owns verify's summary record; what the page checks add to it is said here,
+// with the checks.
+impl crate::schema::VerifyStats {
+    pub fn add_page_checks(&mut self, pages: &PageStats) {
+        self.pfn_checks += pages.checked;
+        self.pfn_full_passes += pages.full_passes;
+        self.pagemap_reads += pages.reads;
+        self.pagemap_entries += pages.entries;
+    }
 }
 
 /// One wanted page: its address and what the events say it holds.

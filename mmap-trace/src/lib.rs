@@ -9,7 +9,8 @@
 
 // One folder per concern: the kernel side, the traced processes, the address-space
 // model, the records and how they are written, and what each command does. Data flows one
-// way through them: no module imports one that imports it back.
+// way through them: no module imports one that imports it back (`cargo xtask lint`
+// checks the graph).
 mod cli;
 mod faults;
 mod kernel;

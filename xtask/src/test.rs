@@ -42,12 +42,15 @@ pub fn run(
     };
     if lint_failed {
         tally.failed += 1;
-        tally
-            .lines
-            .push("lint: FAILED (cargo xtask lint: fmt --check, clippy -D warnings)".into());
+        tally.lines.push(
+            "lint: FAILED (cargo xtask lint: fmt --check, clippy -D warnings, import cycles)"
+                .into(),
+        );
     } else {
         tally.passed += 1;
-        tally.lines.push("lint: fmt and clippy clean".into());
+        tally
+            .lines
+            .push("lint: fmt and clippy clean, no import cycle".into());
     }
     section("unit + host tests (cargo test --workspace, on the host)");
     {

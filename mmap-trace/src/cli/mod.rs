@@ -1,4 +1,9 @@
-//! Command-line interface (clap derive).
+//! Command-line interface (clap derive): the arguments, their defaults and help, shell
+//! completions and man pages (`manual`).
+//!
+//! Owns turning arguments into each command's configuration. May not touch: what the
+//! commands do (it hands trace, verify, verify-driver and report their configs) or how
+//! they write.
 
 pub mod manual;
 

@@ -9,6 +9,10 @@
 //! copy of the parent, and a /proc/<pid>/maps snapshot the reader takes when it first
 //! sees a process it did not see exec (`--pid`, a running process). A process that exits
 //! before its records are read keeps its names: nothing here asks /proc after the fact.
+//!
+//! Owns unwinding, naming and the per-process model of mapped files. May not touch: the
+//! formats (the named stack goes to output/ as the schema's frames) or the address-space
+//! model of verify and report (this one holds only what naming needs).
 
 mod elf;
 mod process;

@@ -5,6 +5,11 @@
 //! syscall and exec probes send the process SIGSTOP as the call returns. Userspace waits
 //! until every thread is stopped, drains the ring buffer (each call that completed has
 //! submitted its event by then), applies the events, compares, and sends SIGCONT.
+//!
+//! Owns the shadow per process, the checkpoints, the page checks (`pages`) and
+//! `verify-driver` (`driver`). May not touch: the address-space rules (space/ owns them,
+//! for report too), or how records are written (its records are the schema's; output
+//! writes them).
 
 pub mod driver;
 mod order;

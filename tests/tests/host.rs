@@ -621,6 +621,25 @@ fn verify_reports_planted_pfn_errors() {
     assert!(run.stderr.contains("pagemap shows"), "{}", run.stderr);
 }
 
+/// Every record trace and verify write reads back into the schema's typed record and is
+/// written back unchanged: syscall lines with their stacks (the hand-written hot path),
+/// the catch-all's and exec's (serde's), faults and rss, both summaries, and verify's
+/// process and mismatch records.
+#[test]
+fn every_record_reads_back_into_the_schema() {
+    let _guard = shared();
+    let (_, text) = trace_workload(&["--stacks", "--faults"], &[]);
+    let counts = mmap_trace_tests::cli::assert_records_match_schema(&json_lines(&text));
+    assert!(counts["event"] > 50 && counts["summary"] == 1, "{counts:?}");
+    let run =
+        mmap_trace_tests::cli::verify_workload(&["--plant", "maps-perms"], &["--scenario", "anon"]);
+    let counts = mmap_trace_tests::cli::assert_records_match_schema(&run.records);
+    assert!(
+        counts.get("mismatch") > Some(&0) && counts.get("process") > Some(&0),
+        "{counts:?}"
+    );
+}
+
 /// The bench's least-record floor (`mmap-trace-floor --records`) records each of the traced
 /// process's mmap/munmap calls and nothing of others': its figure is the cost of real
 /// records, not of an empty program.

@@ -1,4 +1,4 @@
-//! The floors for `cargo xtask bench`, loaded only by the hidden `mmap-trace floor`:
+//! The floors for `cargo xtask bench`, loaded only by `mmap-trace-floor`:
 //!
 //! - empty programs on the attach points `trace` uses by default (the raw `sys_exit`
 //!   tracepoint, the catch-all's `mmap_lock_acquire_returned` and `sched_process_exec`):

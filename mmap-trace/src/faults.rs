@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use crate::{
     kernel::decode::{Event, FilePath},
-    output::json::{FaultVma, Hex},
+    schema::{FaultVma, Hex},
     space::{AddressSpace, NoEnv, Region, TracedFile, apply_syscall, maps},
 };
 

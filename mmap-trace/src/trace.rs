@@ -11,8 +11,9 @@ use crate::{
     faults::Faults,
     kernel::decode,
     kernel::loader::{LoadOptions, Tracer},
-    output::{Format, Output, Summary},
+    output::{Format, Output, Summary, ignore_closed_output},
     process::session::{Session, StopSignals, Target, monotonic_ns, reap, runtime},
+    schema::{FaultedMapping, FaultsSummary, Hex, ResidentMemory, text_and_hex},
 };
 
 pub struct TraceConfig {
@@ -83,7 +84,7 @@ pub fn run(config: TraceConfig) -> Result<()> {
         ..
     } = session;
 
-    let mut summary = runtime.block_on(event_loop(
+    let (ended, drained) = runtime.block_on(event_loop(
         ring,
         signals,
         &mut writer,
@@ -94,11 +95,18 @@ pub fn run(config: TraceConfig) -> Result<()> {
         follow,
     ))?;
     tracer.flush_logs();
-    summary.attached = tracer.attached.clone();
-    summary.duration_ns = monotonic_ns().saturating_sub(start_ns);
+    let duration_ns = monotonic_ns().saturating_sub(start_ns);
     let mut out = writer.finish().context("writing the stacked events")?;
-    summary.events = out.counts;
-    summary.lost = tracer.lost()?;
+    let summary = Summary {
+        events: out.counts,
+        lost: tracer.lost()?,
+        malformed: drained.malformed,
+        duration_ns,
+        ended,
+        attached: tracer.attached.clone(),
+        verify: None,
+        faults: drained.faults.as_ref().map(faults_summary),
+    };
     out.summary(&summary)
         .and_then(|()| out.flush())
         .or_else(ignore_closed_output)?;
@@ -109,6 +117,55 @@ pub fn run(config: TraceConfig) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What the reader counts as it drains: trace's own part of the summary.
+#[derive(Default)]
+struct Drained {
+    /// Records the decoder refused (never expected; counted, not hidden).
+    malformed: u64,
+    /// `--faults`: the model that attributes each fault to its mapping, and the counts.
+    faults: Option<Faults>,
+}
+
+/// `--faults`' part of the summary record, from what the faults counted.
+fn faults_summary(faults: &Faults) -> FaultsSummary {
+    FaultsSummary {
+        faults_by_mapping: faults
+            .by_faults()
+            .into_iter()
+            .map(|m| {
+                let (name, name_hex) = text_and_hex(&m.name);
+                FaultedMapping {
+                    pid: m.pid,
+                    start: Hex(m.start),
+                    end: Hex(m.end),
+                    perms: m.perms,
+                    name: name.into_owned(),
+                    name_hex,
+                    faults: m.faults,
+                    writes: m.writes,
+                    present: m.present,
+                    major: m.major,
+                    first_ns: m.first_ns,
+                }
+            })
+            .collect(),
+        faults_unattributed: faults.unattributed,
+        resident: faults
+            .resident
+            .iter()
+            .map(|(&(pid, member), r)| ResidentMemory {
+                pid,
+                member: mmap_trace_common::RssMember::from_u32(member)
+                    .map_or("unknown", |m| m.name())
+                    .to_owned(),
+                first_bytes: r.first,
+                last_bytes: r.last,
+                peak_bytes: r.peak,
+            })
+            .collect(),
+    }
 }
 
 /// How long a record may sit in the ring buffer below the probes' wake-up threshold.
@@ -127,7 +184,7 @@ async fn event_loop(
     duration: Option<Duration>,
     tracer: &Tracer,
     follow: bool,
-) -> Result<Summary> {
+) -> Result<(String, Drained)> {
     let mut followed = Followed::default();
     // With --follow-forks the target's exit is not the end while its children live.
     let mut root_ended: Option<String> = None;
@@ -169,12 +226,12 @@ async fn event_loop(
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_check = tokio::time::interval(Duration::from_secs(1));
     let mut lost_seen = 0u64;
-    let mut summary = Summary {
+    let mut drained = Drained {
         faults: tracer
             .attached
             .contains(&mmap_trace_common::Probe::Fault)
             .then(Faults::default),
-        ..Summary::default()
+        ..Drained::default()
     };
 
     let ended = loop {
@@ -184,12 +241,12 @@ async fn event_loop(
                 // Cleared before draining: a wake-up that arrives while we drain must
                 // bring us back (the probes wake us once per threshold crossing only).
                 guard.clear_ready();
-                if drain(guard.get_inner_mut(), out, &mut summary, &mut followed).is_err() {
+                if drain(guard.get_inner_mut(), out, &mut drained, &mut followed).is_err() {
                     break "output closed".to_string();
                 }
             }
             _ = drain_tick.tick() => {
-                if drain(ring.get_mut(), out, &mut summary, &mut followed).is_err() {
+                if drain(ring.get_mut(), out, &mut drained, &mut followed).is_err() {
                     break "output closed".to_string();
                 }
                 if let Some(ended) = &root_ended
@@ -226,9 +283,8 @@ async fn event_loop(
         }
     };
     // Whatever the kernel submitted before we stopped is still in the buffer.
-    let _ = drain(ring.get_mut(), out, &mut summary, &mut followed);
-    summary.ended = ended;
-    Ok(summary)
+    let _ = drain(ring.get_mut(), out, &mut drained, &mut followed);
+    Ok((ended, drained))
 }
 
 /// Where the reader's records go: straight to the output, or (`--stacks`) to the
@@ -251,15 +307,15 @@ impl Writer {
 fn drain(
     ring: &mut RingBuf<MapData>,
     out: &mut Writer,
-    summary: &mut Summary,
+    drained: &mut Drained,
     followed: &mut Followed,
 ) -> Result<()> {
-    crate::output::paths::new_batch();
-    if let Some(faults) = &mut summary.faults {
+    crate::process::paths::new_batch();
+    if let Some(faults) = &mut drained.faults {
         faults.new_batch();
     }
-    let faults = &mut summary.faults;
-    decode::drain_records(ring, &mut summary.malformed, |record| {
+    let faults = &mut drained.faults;
+    decode::drain_records(ring, &mut drained.malformed, |record| {
         // Borrowed, not copied again: an event is ~400 bytes (the reader's profile on an
         // mmap loop is mostly memcpy: this copy, decoding's and the JSON writer's).
         let event = match &record {
@@ -268,7 +324,7 @@ fn drain(
         };
         let path = event.and_then(|event| {
             followed.note(event);
-            crate::output::paths::mapped_path(event)
+            crate::process::paths::mapped_path(event)
         });
         // --faults: every event moves the model; a fault learns the mapping it hit.
         let fault_vma = match (faults.as_mut(), event) {
@@ -294,13 +350,4 @@ fn drain(
         out.flush().or_else(ignore_closed_output)?;
     }
     Ok(())
-}
-
-/// A closed stdout (e.g. `| head`) ends the trace quietly rather than as an error.
-pub fn ignore_closed_output(e: std::io::Error) -> std::io::Result<()> {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        Ok(())
-    } else {
-        Err(e)
-    }
 }

@@ -26,6 +26,11 @@ pub fn workload_path() -> PathBuf {
     from_env("MMTRACE_WORKLOAD")
 }
 
+/// The bench's floor (mmap-trace-floor/), a binary of its own.
+pub fn floor() -> Command {
+    Command::new(from_env("MMTRACE_FLOOR"))
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -43,6 +48,49 @@ pub fn json_lines(text: &str) -> Vec<Value> {
                 .unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {l:?}", i + 1))
         })
         .collect()
+}
+
+/// Every record of a JSON trace read into mmap-trace's typed record for its type
+/// (`mmap_trace::schema`) and written back: the same JSON, so the writers (the
+/// hand-written hot path included) write nothing the schema does not hold. Returns the
+/// count of each type.
+pub fn assert_records_match_schema(records: &[Value]) -> std::collections::BTreeMap<String, usize> {
+    use mmap_trace::schema::{
+        CheckRecord, DriverSummaryRecord, EventRecord, MismatchRecord, ProcessRecord, Record,
+        SummaryRecord, Tagged, UnmodelledRecord,
+    };
+    use serde::Deserialize as _;
+    fn back<'a, T: Record + serde::Deserialize<'a>>(value: &'a Value) -> String {
+        let record = T::deserialize(value).unwrap_or_else(|e| panic!("{e}: {value}"));
+        serde_json::to_string(&Tagged::new(&record)).unwrap()
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    for value in records {
+        let kind = value["type"].as_str().unwrap_or_default();
+        let written = match kind {
+            EventRecord::TYPE => {
+                let record = EventRecord::deserialize(value).unwrap();
+                assert_ne!(
+                    record.body,
+                    mmap_trace::schema::Body::Unknown,
+                    "a probe the schema does not know: {value}"
+                );
+                back::<EventRecord<'_>>(value)
+            }
+            SummaryRecord::TYPE if value.get("checks").is_some() => {
+                back::<DriverSummaryRecord>(value)
+            }
+            SummaryRecord::TYPE => back::<SummaryRecord>(value),
+            MismatchRecord::TYPE => back::<MismatchRecord<'_>>(value),
+            ProcessRecord::TYPE => back::<ProcessRecord<'_>>(value),
+            UnmodelledRecord::TYPE => back::<UnmodelledRecord<'_>>(value),
+            CheckRecord::TYPE => back::<CheckRecord>(value),
+            other => panic!("a record type the schema does not know: {other:?}: {value}"),
+        };
+        assert_eq!(written, value.to_string(), "written back differently");
+        *counts.entry(kind.to_owned()).or_default() += 1;
+    }
+    counts
 }
 
 /// Events and the closing summary of a JSON trace; panics unless the summary is last.

@@ -621,7 +621,26 @@ fn verify_reports_planted_pfn_errors() {
     assert!(run.stderr.contains("pagemap shows"), "{}", run.stderr);
 }
 
-/// The bench's least-record floor (`floor --records`) records each of the traced
+/// Every record trace and verify write reads back into the schema's typed record and is
+/// written back unchanged: syscall lines with their stacks (the hand-written hot path),
+/// the catch-all's and exec's (serde's), faults and rss, both summaries, and verify's
+/// process and mismatch records.
+#[test]
+fn every_record_reads_back_into_the_schema() {
+    let _guard = shared();
+    let (_, text) = trace_workload(&["--stacks", "--faults"], &[]);
+    let counts = mmap_trace_tests::cli::assert_records_match_schema(&json_lines(&text));
+    assert!(counts["event"] > 50 && counts["summary"] == 1, "{counts:?}");
+    let run =
+        mmap_trace_tests::cli::verify_workload(&["--plant", "maps-perms"], &["--scenario", "anon"]);
+    let counts = mmap_trace_tests::cli::assert_records_match_schema(&run.records);
+    assert!(
+        counts.get("mismatch") > Some(&0) && counts.get("process") > Some(&0),
+        "{counts:?}"
+    );
+}
+
+/// The bench's least-record floor (`mmap-trace-floor --records`) records each of the traced
 /// process's mmap/munmap calls and nothing of others': its figure is the cost of real
 /// records, not of an empty program.
 #[test]
@@ -639,8 +658,8 @@ fn floor_records_every_call_of_its_pid() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let mut floor = cli()
-        .args(["floor", "--records", "--pid", &held.id().to_string()])
+    let mut floor = mmap_trace_tests::cli::floor()
+        .args(["--records", "--pid", &held.id().to_string()])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -659,7 +678,7 @@ fn floor_records_every_call_of_its_pid() {
     assert!(status.success(), "{stderr}");
     let line = stderr
         .lines()
-        .find_map(|l| l.strip_prefix("mmap-trace: floor: "))
+        .find_map(|l| l.strip_prefix("mmap-trace-floor: floor: "))
         .unwrap_or_else(|| panic!("no count in:\n{stderr}"));
     let records: u64 = line.split(' ').next().unwrap().parse().unwrap();
     assert!(line.ends_with(", 0 lost"), "{line}");

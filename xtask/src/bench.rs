@@ -85,6 +85,8 @@ const TOOLS: &[(&str, &str)] = &[
 /// The programs a bench run drives.
 pub struct Tools {
     pub cli: PathBuf,
+    /// The floor's binary (mmap-trace-floor/): empty programs on trace's attach points.
+    pub floor: PathBuf,
     pub workload: PathBuf,
     pub bpftrace: PathBuf,
     pub strace: PathBuf,
@@ -223,16 +225,19 @@ fn ensure_tools(ws: &Workspace, artifacts: &Artifacts) -> Result<Tools> {
         )?;
     }
     let find = |bin: &str| which::which(bin).with_context(|| format!("{bin} is not on PATH"));
-    let workload = artifacts
-        .bins
-        .iter()
-        .find(|p| p.file_name().is_some_and(|n| n == "mmap-workload"))
-        .cloned()
-        .context("the build produced no mmap-workload")?;
+    let built = |name: &str| {
+        artifacts
+            .bin(name)
+            .map(Path::to_path_buf)
+            .with_context(|| format!("the build produced no {name}"))
+    };
+    let workload = built("mmap-workload")?;
+    let floor = built("mmap-trace-floor")?;
     let scratch = ws.target_dir.join("bench");
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let tools = Tools {
         cli: artifacts.cli.clone(),
+        floor,
         workload,
         bpftrace: find("bpftrace")?,
         strace: find("strace")?,

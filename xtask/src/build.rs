@@ -41,6 +41,14 @@ pub struct Artifacts {
 }
 
 impl Artifacts {
+    /// One of the other binaries, by name (`mmap-workload`, `mmap-trace-floor`).
+    pub fn bin(&self, name: &str) -> Option<&Path> {
+        self.bins
+            .iter()
+            .find(|p| p.file_name().is_some_and(|n| n == name))
+            .map(PathBuf::as_path)
+    }
+
     /// The driver built for `kernel`, if any.
     pub fn driver(&self, kernel: &GuestKernel) -> Option<&Path> {
         self.drivers

@@ -6,8 +6,9 @@
 //!    targets too (they are `test = false`, so `--all-targets` alone skips them).
 //! 3. `cargo clippy -D warnings` on the eBPF crate with the eBPF nightly, for
 //!    `bpfel-unknown-none` (`-Z build-std=core`), as `mmap-trace/build.rs` compiles it.
+//! 4. The module graph of `mmap-trace/src` (modules.rs): printed, and no cycle in it.
 //!
-//! The lints themselves are `[workspace.lints]` in Cargo.toml. All three steps run even
+//! The lints themselves are `[workspace.lints]` in Cargo.toml. All four steps run even
 //! when one fails, so one run lists everything. `cargo xtask test` runs it first and
 //! counts a failure like a failed test binary.
 
@@ -76,9 +77,17 @@ pub fn run(ws: &Workspace, ready: &Ready) -> Result<i32> {
         failed.push("clippy on the eBPF crate");
     }
 
+    section("lint: module graph (mmap-trace/src; A -> what A imports)");
+    let graph = crate::modules::graph(&ws.root.join("mmap-trace/src"))?;
+    eprint!("{}", crate::modules::describe(&graph));
+    if let Some(cycle) = crate::modules::cycle(&graph) {
+        eprintln!("lint: import cycle: {}", cycle.join(" -> "));
+        failed.push("an import cycle between mmap-trace's modules");
+    }
+
     section("lint: summary");
     if failed.is_empty() {
-        eprintln!("lint: fmt and clippy clean");
+        eprintln!("lint: fmt and clippy clean, no import cycle");
         Ok(0)
     } else {
         eprintln!("lint: FAILED: {}", failed.join("; "));

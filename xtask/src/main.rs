@@ -10,6 +10,7 @@ mod host_lock;
 mod initramfs;
 mod kernel_line;
 mod lint;
+mod modules;
 mod qemu;
 mod setup;
 mod stress;
@@ -58,7 +59,8 @@ enum Task {
     /// loop in the guest; prints the table and writes it into docs/benchmarks.md.
     Bench(bench::BenchArgs),
     /// cargo fmt --check, then clippy -D warnings on the host crates and on the eBPF crate
-    /// (its nightly, bpfel-unknown-none). `test` runs it first.
+    /// (its nightly, bpfel-unknown-none), then mmap-trace's module graph (printed; no
+    /// import cycle). `test` runs it first.
     Lint,
     /// The reliability suites with soak counts (200,000 random driver requests, 1,000
     /// reloads, …); MMTRACE_STRESS_* variables override them.

@@ -29,9 +29,7 @@ fn knob(name: &str, default: &str) -> String {
 pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, opts: &Options) -> Result<i32> {
     section("stress: host (tests/tests/host_reliability.rs)");
     let workload = artifacts
-        .bins
-        .iter()
-        .find(|p| p.file_name().is_some_and(|n| n == "mmap-workload"))
+        .bin("mmap-workload")
         .context("no mmap-workload binary was built")?;
     let mut c = build::cargo(ready);
     c.current_dir(&ws.root)

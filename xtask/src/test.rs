@@ -42,12 +42,15 @@ pub fn run(
     };
     if lint_failed {
         tally.failed += 1;
-        tally
-            .lines
-            .push("lint: FAILED (cargo xtask lint: fmt --check, clippy -D warnings)".into());
+        tally.lines.push(
+            "lint: FAILED (cargo xtask lint: fmt --check, clippy -D warnings, import cycles)"
+                .into(),
+        );
     } else {
         tally.passed += 1;
-        tally.lines.push("lint: fmt and clippy clean".into());
+        tally
+            .lines
+            .push("lint: fmt and clippy clean, no import cycle".into());
     }
     section("unit + host tests (cargo test --workspace, on the host)");
     {
@@ -132,12 +135,13 @@ fn host_tests(
         .env(crate::setup::PERFETTO_PYTHON_VAR, &ready.perfetto_python)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
-    if let Some(workload) = artifacts
-        .bins
-        .iter()
-        .find(|p| p.file_name().is_some_and(|n| n == "mmap-workload"))
-    {
-        c.env("MMTRACE_WORKLOAD", workload);
+    for (var, name) in [
+        ("MMTRACE_WORKLOAD", "mmap-workload"),
+        ("MMTRACE_FLOOR", "mmap-trace-floor"),
+    ] {
+        if let Some(bin) = artifacts.bin(name) {
+            c.env(var, bin);
+        }
     }
     let what = cmd::describe(&c);
     let mut child = c.spawn().with_context(|| format!("running {what}"))?;

@@ -1,4 +1,9 @@
-//! Command-line interface (clap derive).
+//! Command-line interface (clap derive): the arguments, their defaults and help, shell
+//! completions and man pages (`manual`).
+//!
+//! Owns turning arguments into each command's configuration. May not touch: what the
+//! commands do (it hands trace, verify, verify-driver and report their configs) or how
+//! they write.
 
 pub mod manual;
 
@@ -10,7 +15,7 @@ use mmap_trace_common::{CgroupFilter, Probe, TargetFilter};
 
 use crate::{
     kernel::btf::VMLINUX_BTF,
-    kernel::loader::{DEFAULT_DRIVER_HOOKS, LoadOptions},
+    kernel::loader::{DEFAULT_DRIVER_HOOKS, DEFAULT_RING_KIB, LoadOptions},
     output::Format,
     process::session::{SpawnCommand, Target},
     trace::{self, TraceConfig},
@@ -104,17 +109,6 @@ enum Command {
     /// FAIL, 1 any FAIL, 2 error.
     #[command(name = "verify-driver")]
     VerifyDriver(VerifyDriverArgs),
-    /// Bench only: empty eBPF programs on the attach points trace uses by default until
-    /// PID exits.
-    #[command(hide = true)]
-    Floor {
-        #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
-        pid: u32,
-        /// On sys_exit, the least record of each of PID's mmap, mprotect, munmap, brk and
-        /// mremap calls, read and counted.
-        #[arg(long)]
-        records: bool,
-    },
     /// Replay a JSON trace into per-process address-space timelines: a text summary, or
     /// one self-contained HTML page with --html.
     #[command(after_help = "Examples:\n  \
@@ -376,10 +370,6 @@ impl Cli {
                     Outcome::Disagreed
                 }
             }
-            Command::Floor { pid, records } => {
-                crate::kernel::floor::run(pid, records)?;
-                Outcome::Done
-            }
             Command::Report(args) => {
                 crate::report::run(args)?;
                 Outcome::Done
@@ -478,11 +468,9 @@ impl TraceArgs {
     }
 }
 
-/// `--ring-buffer-kib` when not given.
-pub const DEFAULT_RING_KIB: u32 = 4096;
-/// ... under `trace --stacks`: the bench loop (`mmap-workload --loop 200000`, every event
-/// stacked) lost 11–18% of its events with 4 MiB on the 2-core host, 4% with 16 MiB, none
-/// with 64 MiB (docs/stacks.md).
+/// The ring under `trace --stacks` (4 MiB otherwise: `DEFAULT_RING_KIB`): the bench loop
+/// (`mmap-workload --loop 200000`, every event stacked) lost 11–18% of its events with
+/// 4 MiB on the 2-core host, 4% with 16 MiB, none with 64 MiB (docs/stacks.md).
 const STACKS_RING_KIB: u32 = 65536;
 
 fn parse_probe(name: &str) -> Result<Probe, String> {
@@ -508,7 +496,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// ... with `trace --faults` (one record per page touched).
+/// The ring with `trace --faults` (one record per page touched).
 const FAULTS_RING_KIB: u32 = 16384;
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {

@@ -318,6 +318,11 @@ pub struct Call {
     pub ret: i64,
 }
 
+/// Linux returns -4095..-1 for errors from address-returning calls.
+pub fn is_error(ret: i64) -> bool {
+    (-4095..0).contains(&ret)
+}
+
 /// The text before the first NUL of a fixed-size kernel string.
 pub fn c_str(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());

@@ -18,6 +18,15 @@ use crate::kernel::{btf, preempt, tracefs};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mmap-trace"));
 
+/// The eBPF object every program of the tool is in (mmap-trace-ebpf, built by build.rs).
+pub fn ebpf_object() -> &'static [u8] {
+    EBPF_OBJECT
+}
+
+/// `--ring-buffer-kib` when not given (cli/ says why; `trace --stacks` and `--faults`
+/// have larger ones).
+pub const DEFAULT_RING_KIB: u32 = 4096;
+
 /// The kernel functions the driver's file operations use for mmap (see driver/).
 pub const DEFAULT_DRIVER_HOOKS: &[&str] = &[
     "mmtrace_kmalloc_mmap",
@@ -340,50 +349,6 @@ impl Tracer {
         }
         Ok(out)
     }
-}
-
-/// The bench's floor (`mmap-trace floor`): only the empty programs, on the attach points
-/// `trace` uses by default (sys_exit, the catch-all's tracepoint when BTF has it, exec),
-/// from the same object, with nothing else loaded or attached. `records_of`: on
-/// sys_exit, the least record of each traced call of this process instead (its ring is
-/// `FLOOR_RECORDS`, see mmap-trace-ebpf/src/floor.rs). Returns what it attached.
-pub fn attach_floor(records_of: Option<u32>) -> Result<(Ebpf, Vec<&'static str>)> {
-    tracefs::ensure_mounted()?;
-    let tgid = records_of.unwrap_or(0);
-    let mut loader = EbpfLoader::new();
-    loader.override_global("FLOOR_TGID", &tgid, true);
-    if records_of.is_some() {
-        // trace's default ring; one page otherwise (floor.rs).
-        loader.map_max_entries("FLOOR_RECORDS", crate::cli::DEFAULT_RING_KIB * 1024);
-    }
-    let mut ebpf = loader
-        .load(EBPF_OBJECT)
-        .context("loading the eBPF object")?;
-    let mut attached = Vec::new();
-    let (name, what) = if records_of.is_some() {
-        ("floor_record_sys_exit", "raw tracepoint sys_exit (records)")
-    } else {
-        ("floor_sys_exit", "raw tracepoint sys_exit")
-    };
-    let exit: &mut RawTracePoint = program(&mut ebpf, name)?.try_into()?;
-    exit.load().with_context(|| format!("loading {name}"))?;
-    exit.attach("sys_exit")
-        .with_context(|| format!("attaching {name} to the raw tracepoint sys_exit"))?;
-    attached.push(what);
-    // trace attaches the catch-all only where the kernel has BTF; so does the floor.
-    if let Ok(btf) = aya::Btf::from_sys_fs() {
-        let lock: &mut BtfTracePoint = program(&mut ebpf, "floor_mmap_lock")?.try_into()?;
-        lock.load("mmap_lock_acquire_returned", &btf)
-            .context("loading floor_mmap_lock")?;
-        lock.attach().context("attaching floor_mmap_lock")?;
-        attached.push("tp_btf mmap_lock_acquire_returned");
-    }
-    let exec: &mut TracePoint = program(&mut ebpf, "floor_exec")?.try_into()?;
-    exec.load().context("loading floor_exec")?;
-    exec.attach("sched", "sched_process_exec")
-        .context("attaching floor_exec to sched/sched_process_exec")?;
-    attached.push("tracepoint sched_process_exec");
-    Ok((ebpf, attached))
 }
 
 /// One raw tracepoint serves every syscall probe (the `SYSCALL_PROBES` mask); `sys_enter`

@@ -78,7 +78,7 @@ impl Session {
         mut load: LoadOptions,
         hold: Option<&mut Holder>,
     ) -> Result<Self> {
-        crate::require_root(command)?;
+        crate::kernel::require_root(command)?;
         // Fork before anything starts a thread (see spawn.rs).
         let held = match target {
             Target::Command(cmd) => Some(spawn::spawn_held(&cmd.argv, cmd.stdout_to_stderr)?),

@@ -80,10 +80,7 @@ pub fn render(trace: &Trace, processes: &[Process], title: &str) -> String {
         procs = processes.len(),
         lost = esc(&text::lost_counts(trace)),
         ended = trace
-            .summary
-            .as_ref()
-            .and_then(|s| s.get("ended"))
-            .and_then(Value::as_str)
+            .ended()
             .map(|e| format!(" · ended: {}", esc(e)))
             .unwrap_or_default(),
         legend = legend(),
@@ -870,7 +867,7 @@ mod tests {
 {"type":"event","ts_ns":200,"pid":7,"tid":7,"comm":"w<x>","probe":"munmap","addr":"0x7f0000001000","len":"0x1000","ret":0}
 {"type":"event","ts_ns":300,"pid":7,"tid":7,"comm":"w<x>","probe":"brk","addr":"0x0","ret_addr":"0x560000000000"}
 {"type":"event","ts_ns":5000000300,"pid":7,"tid":7,"comm":"w<x>","probe":"brk","addr":"0x560000021000","ret_addr":"0x560000021000"}
-{"type":"mismatch","pid":7,"after_ts_ns":200,"start":"0x7f0000000000","end":"0x7f0000001000","field":"perms","expected":"rw-p","found":"r--p </script>"}
+{"type":"mismatch","pid":7,"checkpoint":1,"after_probe":"munmap","after_ts_ns":200,"start":"0x7f0000000000","end":"0x7f0000001000","field":"perms","expected":"rw-p","found":"r--p </script>"}
 "#;
 
     fn page() -> (String, Vec<model::Process>) {

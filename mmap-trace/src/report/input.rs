@@ -1,29 +1,27 @@
-//! Reading a `mmap-trace trace --json` file into typed records. Unknown record types and
+//! Reading a `mmap-trace trace --json` file: each line into the schema's typed record
+//! (schema/), and from it what the report replays ([`Call`]). Unknown record types and
 //! unknown probes are counted, not fatal: a newer trace still gets a report.
 
 use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context as _, Result, bail};
-use serde_json::{Map, Value};
+use serde::Deserialize as _;
+use serde_json::Value;
+
+pub use crate::schema::FaultVma;
+use crate::schema::{
+    self, Body, EventRecord, Frame, MismatchRecord, Record as _, SummaryRecord, details,
+    details_line,
+};
 
 /// A VMA as the kernel probes report it (`remap_pfn_range`'s `vma`, `driver_mmap`'s
-/// `before`/`after`).
+/// `before`/`after`): what the report's model needs of it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VmaInfo {
     pub start: u64,
     pub end: u64,
     pub flags_raw: u64,
     pub file: Option<String>,
-}
-
-/// The mapping `trace --faults` attributed a fault to (its model starts from maps, so it
-/// knows what exec and the time before attaching mapped, which the report's does not).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct FaultVma {
-    pub start: u64,
-    pub end: u64,
-    pub perms: String,
-    pub name: String,
 }
 
 /// What a traced call did; addresses are as traced (not page-aligned).
@@ -79,7 +77,9 @@ pub enum Call {
         present: bool,
         /// The thread's count of faults that needed I/O before this one.
         maj_flt: u64,
-        /// The mapping trace's own model gave it (`vma`): the range, perms and name.
+        /// The mapping trace's own model gave it (`vma`): the range, perms and name. Its
+        /// model starts from maps, so it knows what exec and the time before attaching
+        /// mapped, which the report's does not.
         vma: Option<FaultVma>,
     },
     /// A resident-set counter (`trace --faults`): `member` is anon, file, shmem or swap.
@@ -116,8 +116,7 @@ impl Event {
     }
 }
 
-/// A `verify` mismatch record: at least a pid; an address when one of the usual fields
-/// holds one.
+/// A `verify` mismatch record: where and when verify found it, and what it says.
 #[derive(Clone, Debug)]
 pub struct Mismatch {
     pub line: usize,
@@ -134,7 +133,7 @@ pub struct Trace {
     pub events: Vec<Event>,
     pub mismatches: Vec<Mismatch>,
     /// The closing `summary` record, when the trace has one.
-    pub summary: Option<Map<String, Value>>,
+    pub summary: Option<SummaryRecord>,
     /// Records of types this report does not know, by type.
     pub unknown: BTreeMap<String, u64>,
 }
@@ -142,12 +141,24 @@ pub struct Trace {
 impl Trace {
     /// `lost` per probe from the summary (only non-zero counts).
     pub fn lost(&self) -> Vec<(String, u64)> {
-        let Some(Value::Object(lost)) = self.summary.as_ref().and_then(|s| s.get("lost")) else {
+        let Some(summary) = &self.summary else {
             return Vec::new();
         };
-        lost.iter()
-            .filter_map(|(probe, n)| n.as_u64().filter(|n| *n > 0).map(|n| (probe.clone(), n)))
+        summary
+            .lost
+            .0
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .cloned()
             .collect()
+    }
+
+    /// How the trace ended, as its summary says (None without one).
+    pub fn ended(&self) -> Option<&str> {
+        self.summary
+            .as_ref()
+            .map(|s| s.ended.as_str())
+            .filter(|e| !e.is_empty())
     }
 }
 
@@ -168,18 +179,21 @@ pub fn parse(text: &str) -> Result<Trace> {
         records += 1;
         let value: Value = serde_json::from_str(raw)
             .map_err(|e| anyhow::anyhow!("line {line} is not JSON ({e}): {}", excerpt(raw)))?;
-        let Value::Object(obj) = value else {
+        if !value.is_object() {
             bail!("line {line} is not a JSON object: {}", excerpt(raw));
-        };
-        let record_type = obj.get("type").and_then(Value::as_str).unwrap_or("");
+        }
+        let record_type = value.get("type").and_then(Value::as_str).unwrap_or("");
+        let context = || format!("line {line}: {} record", record_name(&value));
         match record_type {
-            "event" => trace
+            EventRecord::TYPE => trace
                 .events
-                .push(event(line, &obj).with_context(|| format!("line {line}"))?),
-            "summary" => trace.summary = Some(obj),
-            "mismatch" => trace
+                .push(event(line, &value).with_context(context)?),
+            SummaryRecord::TYPE => {
+                trace.summary = Some(SummaryRecord::deserialize(&value).with_context(context)?);
+            }
+            MismatchRecord::TYPE => trace
                 .mismatches
-                .push(mismatch(line, &obj).with_context(|| format!("line {line}"))?),
+                .push(mismatch(line, &value).with_context(context)?),
             other => *trace.unknown.entry(other.to_string()).or_default() += 1,
         }
     }
@@ -201,124 +215,144 @@ fn excerpt(line: &str) -> String {
     }
 }
 
-/// The header fields every record carries, then the probe's own fields.
-/// (`stack` is kept apart: [`Event::stack`].)
+/// `event (mmap)`, `mismatch`: which record a message is about.
+fn record_name(value: &Value) -> String {
+    let kind = value.get("type").and_then(Value::as_str).unwrap_or("a");
+    match value.get("probe").and_then(Value::as_str) {
+        Some(probe) => format!("{kind} ({probe})"),
+        None => kind.to_string(),
+    }
+}
+
+/// The fields every record carries, left out of its `key=value` detail (`stack` has a
+/// place of its own: [`Event::stack`]).
 const HEADER: &[&str] = &["type", "ts_ns", "pid", "tid", "comm", "probe", "stack"];
 
-fn event(line: usize, obj: &Map<String, Value>) -> Result<Event> {
-    let probe = str_field(obj, "probe")?.to_string();
-    let error = obj.get("error").and_then(Value::as_str).map(str::to_string);
-    let ret_addr = || opt_u64(obj, "ret_addr");
-    let call = match probe.as_str() {
-        "mmap" => Call::Mmap {
-            len: u64_field(obj, "len")?,
-            prot: u64_field(obj, "prot_raw")?,
-            flags: u64_field(obj, "flags_raw")?,
-            // The full path when trace found one, else the kernel's name for the file.
-            path: obj
-                .get("path")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .or_else(|| file_name(obj.get("file"))),
-            ret: ret_addr()?,
+/// A detail line as the trace wrote it (the report shows names as they are).
+fn detail_of<T: serde::Serialize + ?Sized>(record: &T) -> String {
+    details_line(&details(record, HEADER), |bytes| {
+        String::from_utf8_lossy(bytes).into_owned()
+    })
+}
+
+fn event(line: usize, value: &Value) -> Result<Event> {
+    let record = EventRecord::deserialize(value)?;
+    let probe = value
+        .get("probe")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let mut error = None;
+    let call = match &record.body {
+        Body::Mmap(m) => {
+            error.clone_from(&m.outcome.error);
+            Call::Mmap {
+                len: m.len.0,
+                prot: m.prot_raw,
+                flags: m.flags_raw,
+                // The full path when trace found one, else the kernel's name for the file.
+                path: m.path.path.clone().or_else(|| file_name(m.file.as_ref())),
+                ret: m.outcome.ret_addr.map(|r| r.0),
+            }
+        }
+        Body::Munmap(m) => {
+            error.clone_from(&m.outcome.error);
+            Call::Munmap {
+                addr: m.addr.0,
+                len: m.len.0,
+            }
+        }
+        Body::Mprotect(m) => {
+            error.clone_from(&m.outcome.error);
+            Call::Mprotect {
+                addr: m.addr.0,
+                len: m.len.0,
+                prot: m.prot_raw,
+            }
+        }
+        Body::Mremap(m) => {
+            error.clone_from(&m.outcome.error);
+            Call::Mremap {
+                old_addr: m.old_addr.0,
+                old_len: m.old_len.0,
+                new_len: m.new_len.0,
+                flags: m.flags_raw,
+                ret: m.outcome.ret_addr.map(|r| r.0),
+            }
+        }
+        Body::Brk(b) => Call::Brk {
+            addr: b.addr.0,
+            ret: b.ret_addr.0,
         },
-        "munmap" => Call::Munmap {
-            addr: u64_field(obj, "addr")?,
-            len: u64_field(obj, "len")?,
+        Body::MmapRegion(m) => {
+            error.clone_from(&m.outcome.error);
+            Call::MmapRegion {
+                len: m.len.0,
+                vm_flags: m.vm_flags_raw.0,
+                file: file_name(m.file.as_ref()),
+                ret: m.outcome.ret_addr.map(|r| r.0),
+            }
+        }
+        Body::RemapPfnRange(r) => Call::RemapPfnRange {
+            vma: vma_info(&r.vma),
+            addr: r.addr.0,
+            pfn: r.pfn.0,
+            size: r.size.0,
         },
-        "mprotect" => Call::Mprotect {
-            addr: u64_field(obj, "addr")?,
-            len: u64_field(obj, "len")?,
-            prot: u64_field(obj, "prot_raw")?,
+        Body::DriverMmap(d) => {
+            error.clone_from(&d.outcome.error);
+            Call::DriverMmap {
+                after: vma_info(&d.after),
+            }
+        }
+        Body::Exec => Call::Exec,
+        Body::Fault(f) => Call::Fault {
+            addr: f.addr.0,
+            present: f.present,
+            maj_flt: f.maj_flt,
+            vma: f.vma.clone(),
         },
-        "mremap" => Call::Mremap {
-            old_addr: u64_field(obj, "old_addr")?,
-            old_len: u64_field(obj, "old_len")?,
-            new_len: u64_field(obj, "new_len")?,
-            flags: u64_field(obj, "flags_raw")?,
-            ret: ret_addr()?,
-        },
-        "brk" => Call::Brk {
-            addr: u64_field(obj, "addr")?,
-            ret: u64_field(obj, "ret_addr")?,
-        },
-        "mmap_region" => Call::MmapRegion {
-            len: u64_field(obj, "len")?,
-            vm_flags: u64_field(obj, "vm_flags_raw")?,
-            file: file_name(obj.get("file")),
-            ret: ret_addr()?,
-        },
-        "remap_pfn_range" => Call::RemapPfnRange {
-            vma: vma(obj, "vma")?,
-            addr: u64_field(obj, "addr")?,
-            pfn: u64_field(obj, "pfn")?,
-            size: u64_field(obj, "size")?,
-        },
-        "driver_mmap" => Call::DriverMmap {
-            after: vma(obj, "after")?,
-        },
-        "exec" => Call::Exec,
-        "fault" => Call::Fault {
-            addr: u64_field(obj, "addr")?,
-            present: obj.get("present").and_then(Value::as_bool).unwrap_or(false),
-            maj_flt: obj.get("maj_flt").and_then(Value::as_u64).unwrap_or(0),
-            vma: match obj.get("vma") {
-                Some(Value::Object(v)) => Some(FaultVma {
-                    start: u64_field(v, "start")?,
-                    end: u64_field(v, "end")?,
-                    perms: v.get("perms").and_then(Value::as_str).unwrap_or("").into(),
-                    name: v.get("name").and_then(Value::as_str).unwrap_or("").into(),
-                }),
-                _ => None,
-            },
-        },
-        "rss" => Call::Rss {
-            member: str_field(obj, "member")?.to_string(),
-            bytes: obj.get("bytes").and_then(Value::as_i64).unwrap_or(0),
+        Body::Rss(r) => Call::Rss {
+            member: r.member.clone(),
+            bytes: r.bytes,
         },
         _ => Call::Other,
     };
+    let detail = match (&call, &record.body) {
+        // Faults come by the hundred thousand and their hover shows none of it.
+        (Call::Fault { .. } | Call::Rss { .. }, _) => String::new(),
+        // A probe newer than the schema: its fields as the line has them.
+        (_, Body::Unknown) => detail_of(value),
+        _ => detail_of(&record),
+    };
     Ok(Event {
         line,
-        ts_ns: u64_field(obj, "ts_ns")?,
-        pid: u32_field(obj, "pid")?,
-        tid: u32_field(obj, "tid").unwrap_or(0),
-        comm: obj
-            .get("comm")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string(),
-        // Faults come by the hundred thousand and their hover shows none of it.
-        detail: if matches!(call, Call::Fault { .. } | Call::Rss { .. }) {
-            String::new()
-        } else {
-            detail(obj)
-        },
+        ts_ns: record.ts_ns,
+        pid: record.pid,
+        tid: record.tid,
+        comm: record.comm.into_owned(),
         probe,
         call,
         error,
-        stack: stack(obj),
+        detail,
+        stack: stack(record.stack.as_deref().unwrap_or_default()),
     })
 }
 
 /// The `stack` array as text lines: the function where named, else the address; the
 /// file and offset where known.
-fn stack(obj: &Map<String, Value>) -> Vec<String> {
-    let Some(frames) = obj.get("stack").and_then(Value::as_array) else {
-        return Vec::new();
-    };
+fn stack(frames: &[Frame]) -> Vec<String> {
     frames
         .iter()
         .map(|f| {
-            let text = |key: &str| f.get(key).and_then(Value::as_str);
-            let mut line = text("sym")
-                .or_else(|| text("addr"))
-                .unwrap_or("??")
-                .to_string();
-            if let (Some(file), Some(off)) = (text("file"), text("off")) {
-                line.push_str(&format!(" ({file}+{off})"));
+            let mut line = match &f.sym {
+                Some(sym) => sym.clone(),
+                None => format!("{:#x}", f.addr),
+            };
+            if let (Some(file), Some(off)) = (&f.file, f.off) {
+                line.push_str(&format!(" ({file}+{off:#x})"));
             }
-            if let (Some(src), Some(n)) = (text("src"), f.get("line").and_then(Value::as_u64)) {
+            if let (Some(src), Some(n)) = (&f.src, f.line) {
                 line.push_str(&format!(" at {src}:{n}"));
             }
             line
@@ -326,115 +360,36 @@ fn stack(obj: &Map<String, Value>) -> Vec<String> {
         .collect()
 }
 
-fn mismatch(line: usize, obj: &Map<String, Value>) -> Result<Mismatch> {
-    let addr = ["start", "addr", "vma_start", "vm_start", "address"]
-        .iter()
-        .find_map(|key| obj.get(*key).and_then(number));
-    let ts_ns = ["ts_ns", "after_ts_ns"]
-        .iter()
-        .find_map(|key| obj.get(*key).and_then(number));
+fn mismatch(line: usize, value: &Value) -> Result<Mismatch> {
+    let record = MismatchRecord::deserialize(value)?;
     Ok(Mismatch {
         line,
-        pid: u32_field(obj, "pid")?,
-        ts_ns,
-        addr,
-        end: obj.get("end").and_then(number),
-        detail: detail(obj),
+        pid: record.pid,
+        ts_ns: Some(record.after_ts_ns),
+        addr: Some(record.start.0),
+        end: Some(record.end.0),
+        detail: detail_of(&record),
     })
 }
 
-fn vma(obj: &Map<String, Value>, key: &str) -> Result<VmaInfo> {
-    let Some(Value::Object(v)) = obj.get(key) else {
-        bail!("{} event has no `{key}` object", str_field(obj, "probe")?);
-    };
-    Ok(VmaInfo {
-        start: u64_field(v, "start")?,
-        end: u64_field(v, "end")?,
-        flags_raw: u64_field(v, "flags_raw")?,
-        file: file_name(v.get("file")),
-    })
-}
-
-fn file_name(file: Option<&Value>) -> Option<String> {
-    file?
-        .get("name")?
-        .as_str()
-        .filter(|n| !n.is_empty())
-        .map(str::to_string)
-}
-
-/// A JSON number or a `"0x…"` (or decimal) string.
-fn number(v: &Value) -> Option<u64> {
-    match v {
-        Value::Number(n) => n.as_u64().or_else(|| n.as_i64().map(|i| i as u64)),
-        Value::String(s) => match s.strip_prefix("0x") {
-            Some(hex) => u64::from_str_radix(hex, 16).ok(),
-            None => s.parse().ok(),
-        },
-        _ => None,
+fn vma_info(vma: &schema::Vma) -> VmaInfo {
+    VmaInfo {
+        start: vma.start.0,
+        end: vma.end.0,
+        flags_raw: vma.flags_raw.0,
+        file: file_name(vma.file.as_ref()),
     }
 }
 
-fn opt_u64(obj: &Map<String, Value>, key: &str) -> Result<Option<u64>> {
-    obj.get(key).map(|_| u64_field(obj, key)).transpose()
-}
-
-fn u64_field(obj: &Map<String, Value>, key: &str) -> Result<u64> {
-    match obj.get(key) {
-        Some(v) => {
-            number(v).with_context(|| format!("`{key}` is not a number or \"0x…\" string: {v}"))
-        }
-        None => bail!("{} record has no `{key}`", record_name(obj)),
-    }
-}
-
-fn u32_field(obj: &Map<String, Value>, key: &str) -> Result<u32> {
-    let n = u64_field(obj, key)?;
-    u32::try_from(n).with_context(|| format!("`{key}` {n} is out of range"))
-}
-
-fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str> {
-    obj.get(key)
-        .and_then(Value::as_str)
-        .with_context(|| format!("{} record has no `{key}` string", record_name(obj)))
-}
-
-fn record_name(obj: &Map<String, Value>) -> String {
-    let kind = obj.get("type").and_then(Value::as_str).unwrap_or("a");
-    match obj.get("probe").and_then(Value::as_str) {
-        Some(probe) => format!("{kind} ({probe})"),
-        None => kind.to_string(),
-    }
-}
-
-/// `key=value …` of everything but the header, nested objects as `outer.inner=…`;
-/// raw flag words are left out where the decoded names are present.
-fn detail(obj: &Map<String, Value>) -> String {
-    fn walk(prefix: &str, map: &Map<String, Value>, out: &mut Vec<String>) {
-        for (key, value) in map {
-            if prefix.is_empty() && HEADER.contains(&key.as_str()) {
-                continue;
-            }
-            if let Some(base) = key.strip_suffix("_raw")
-                && map.contains_key(base)
-            {
-                continue;
-            }
-            match value {
-                Value::Object(inner) => walk(&format!("{prefix}{key}."), inner, out),
-                Value::String(s) => out.push(format!("{prefix}{key}={s}")),
-                other => out.push(format!("{prefix}{key}={other}")),
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk("", obj, &mut out);
-    out.join(" ")
+/// The kernel's name for a file, when it has one.
+fn file_name(file: Option<&schema::File>) -> Option<String> {
+    file.map(|f| f.name.clone()).filter(|n| !n.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::Hex;
 
     #[test]
     fn reads_every_probe_and_counts_unknown_records() {
@@ -491,7 +446,7 @@ mod tests {
     fn a_file_mmap_without_a_path_is_named_by_its_file() {
         let line = |extra: &str| {
             format!(
-                r#"{{"type":"event","ts_ns":5,"pid":7,"tid":7,"comm":"ls","probe":"mmap","addr":"0x0","len":"0x1000","prot_raw":1,"flags_raw":2,"fd":3,"offset":"0x0"{extra},"ret_addr":"0x7f0000000000"}}"#
+                r#"{{"type":"event","ts_ns":5,"pid":7,"tid":7,"comm":"ls","probe":"mmap","addr":"0x0","len":"0x1000","prot":"READ","prot_raw":1,"flags":"PRIVATE","flags_raw":2,"fd":3,"offset":"0x0"{extra},"ret_addr":"0x7f0000000000"}}"#
             )
         };
         let path_of = |extra: &str| match parse(&line(extra)).unwrap().events[0].call.clone() {
@@ -525,8 +480,8 @@ mod tests {
                 present: false,
                 maj_flt: 0,
                 vma: Some(FaultVma {
-                    start: 0x5555_8f4c_8000,
-                    end: 0x5555_8f4e_9000,
+                    start: Hex(0x5555_8f4c_8000),
+                    end: Hex(0x5555_8f4e_9000),
                     perms: "rw-p".into(),
                     name: "[heap]".into()
                 })
@@ -558,6 +513,9 @@ mod tests {
             "{:#}",
             parse("{\"type\":\"event\",\"ts_ns\":1,\"pid\":1,\"probe\":\"mmap\"}\n").unwrap_err()
         );
-        assert!(e.contains("line 1") && e.contains("no `len`"), "{e}");
+        assert!(
+            e.contains("line 1") && e.contains("missing field `addr`"),
+            "{e}"
+        );
     }
 }

@@ -1,6 +1,11 @@
 //! `mmap-trace report`: a trace (JSON Lines from `trace --json` or `verify --json`)
 //! replayed into per-process address-space timelines, shown as a text summary or as one
 //! self-contained HTML page (inline SVG and script, nothing fetched).
+//!
+//! Owns reading a trace (through the schema's typed records: `input`), the replayed
+//! model (`model`, on the address-space rules of space/) and its renderings (text, HTML,
+//! Perfetto). May not touch: the kernel or any live process (it needs no root and reads
+//! one file), nor how the records are written (schema/ and output/ own that).
 
 mod html;
 mod input;

@@ -358,12 +358,7 @@ fn attribute_faults(vmas: &mut [Vma], mut faults: FaultList) -> Vec<ElsewhereFau
     }
     let mut elsewhere: HashMap<FaultVma, ElsewhereFaults> = HashMap::new();
     for (f, _) in faults.iter().zip(&held).filter(|(_, held)| !**held) {
-        let vma = f.vma.clone().unwrap_or(FaultVma {
-            start: 0,
-            end: 0,
-            perms: String::new(),
-            name: String::new(),
-        });
+        let vma = f.vma.clone().unwrap_or_default();
         let row = elsewhere
             .entry(vma.clone())
             .or_insert_with(|| ElsewhereFaults {
@@ -1037,7 +1032,10 @@ mod tests {
         assert_eq!((p.faults, p.faults_outside), (4, 1));
         assert_eq!(p.faults_elsewhere.len(), 1);
         assert_eq!(
-            (p.faults_elsewhere[0].vma.end, p.faults_elsewhere[0].faults),
+            (
+                p.faults_elsewhere[0].vma.end.0,
+                p.faults_elsewhere[0].faults
+            ),
             (0, 1),
             "trace placed it nowhere either"
         );
@@ -1074,8 +1072,8 @@ mod tests {
     #[test]
     fn faults_outside_the_timeline_keep_traces_mapping() {
         let binary = FaultVma {
-            start: 0x5555_0000_0000,
-            end: 0x5555_0001_0000,
+            start: crate::schema::Hex(0x5555_0000_0000),
+            end: crate::schema::Hex(0x5555_0001_0000),
             perms: "r-xp".into(),
             name: "/bin/prog".into(),
         };

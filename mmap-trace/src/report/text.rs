@@ -202,7 +202,7 @@ fn costs(out: &mut String, p: &Process, t0: u64) {
     let placed: Vec<_> = p
         .faults_elsewhere
         .iter()
-        .filter(|e| e.vma.end > 0)
+        .filter(|e| e.vma.end.0 > 0)
         .collect();
     if !placed.is_empty() {
         let _ = writeln!(
@@ -311,12 +311,7 @@ pub fn render(trace: &Trace, processes: &[Process], title: &str) -> String {
         trace.events.len(),
         processes.len()
     );
-    if let Some(ended) = trace
-        .summary
-        .as_ref()
-        .and_then(|s| s.get("ended"))
-        .and_then(|v| v.as_str())
-    {
+    if let Some(ended) = trace.ended() {
         let _ = writeln!(out, "ended: {ended}");
     }
     let _ = writeln!(out, "lost events: {}", lost_counts(trace));

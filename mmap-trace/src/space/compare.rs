@@ -6,7 +6,7 @@ use super::region::{Backing, Region};
 
 /// What a difference is about: a column of maps, a page's PFN (pagemap) or a maps line
 /// that could not be read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Field {
     Mapping,

@@ -6,6 +6,11 @@
 //! verify keeps a model per process and checks it against maps at each checkpoint
 //! (`shadow.rs`); report keeps one per process of a trace and draws its history from the
 //! model's [`Change`]s (`report/model.rs`). A rule fixed here is fixed for both.
+//!
+//! Owns the model, its rules and the parsing of maps. May not touch: the probes or their
+//! records (it takes a syscall's number, arguments and return value), the processes
+//! beyond reading their maps, records or output; only its tests use the kernel's
+//! decoder.
 
 pub mod compare;
 pub mod maps;

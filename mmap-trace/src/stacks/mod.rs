@@ -9,6 +9,10 @@
 //! copy of the parent, and a /proc/<pid>/maps snapshot the reader takes when it first
 //! sees a process it did not see exec (`--pid`, a running process). A process that exits
 //! before its records are read keeps its names: nothing here asks /proc after the fact.
+//!
+//! Owns unwinding, naming and the per-process model of mapped files. May not touch: the
+//! formats (the named stack goes to output/ as the schema's frames) or the address-space
+//! model of verify and report (this one holds only what naming needs).
 
 mod elf;
 mod process;
@@ -24,46 +28,14 @@ use std::{
 };
 
 use mmap_trace_common::ExecImageEvent;
-use serde::Serialize;
 
 use crate::{
-    kernel::decode::{Event, FilePath, Record},
-    output::{
-        Output,
-        json::{FaultVma, Hex, is_error},
-    },
+    kernel::decode::{Event, FilePath, Record, is_error},
+    output::{NamedStack, Output},
+    schema::{FaultVma, Frame, Hex},
 };
 
 pub use process::{Mapping, RawFrame};
-
-/// One frame of a symbolized stack: the JSON `stack` array's element.
-#[derive(Clone, Debug, Serialize)]
-pub struct Frame {
-    pub addr: Hex,
-    /// The function; absent where nothing names it (stripped, JIT, deleted file).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sym: Option<String>,
-    /// The mapped file the address is in, and the address's offset in that file.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub off: Option<Hex>,
-    /// Source file and line, where the file has DWARF line information.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub src: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub line: Option<u32>,
-}
-
-impl Frame {
-    /// True for frames in the C library (the table names the first frame that is not).
-    pub fn in_libc(&self) -> bool {
-        self.file.as_deref().is_some_and(|f| {
-            let name = f.rsplit('/').next().unwrap_or(f);
-            name.starts_with("libc.so") || name.starts_with("libc-")
-        })
-    }
-}
 
 /// What the reader sends the worker, in ring order: an event and its unwound (not yet
 /// named) stack.
@@ -82,13 +54,6 @@ struct Item {
 /// lost 10–16% at the 64 MiB ring with ~160 MB peak; 524,288 lost 34% with 587 MB (the
 /// growing queue slows both threads). The worker, not the queue, is what to speed up.
 const QUEUE_MAX: usize = 16384;
-
-/// A named stack, ready for either output format: the frames (the table) and their JSON
-/// array, serialized once per distinct stack.
-pub struct NamedStack {
-    pub frames: Vec<Frame>,
-    pub json: Vec<u8>,
-}
 
 /// Named stacks by their unwound frames (address, and the mapped file by identity and
 /// offset): a hot call site is named and serialized once. The key keeps the files'
@@ -151,7 +116,7 @@ impl Pipeline {
         })
     }
 
-    /// A record, in ring order. `path`: an mmap's file path (output/paths.rs);
+    /// A record, in ring order. `path`: an mmap's file path (process/paths.rs);
     /// `fault_vma`: for a fault under `--faults`, the mapping it hit.
     pub fn record(
         &mut self,

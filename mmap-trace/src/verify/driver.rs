@@ -17,13 +17,12 @@ use mmap_trace_common::{
     DriverMmapEvent, MmapRegionEvent, PageInsertEvent, Probe, RemapPfnEvent, TargetFilter,
 };
 use mmtrace_driver_abi::{self as driver, DeviceKind, PAGE, PATTERN, vm};
-use serde::Serialize;
 
 use crate::{
     kernel::decode::{self, Event, c_str},
     kernel::loader::{LoadOptions, Tracer},
-    output::Format,
-    output::flags,
+    output::{Format, flags, write_record},
+    schema::{CheckRecord, DriverSummaryRecord, Verdict},
     space::{self, Backing},
 };
 
@@ -44,40 +43,16 @@ pub struct VerifyDriverConfig {
     pub plant: Option<DriverPlant>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Serialize)]
-enum Verdict {
-    #[serde(rename = "PASS")]
-    Pass,
-    #[serde(rename = "FAIL")]
-    Fail,
-    /// The check cannot apply to this device (the detail says why).
-    #[serde(rename = "n/a")]
-    NotApplicable,
-}
-
-#[derive(Serialize)]
-struct Check {
-    #[serde(rename = "type")]
-    record_type: &'static str,
-    device: String,
-    check: &'static str,
-    /// True for PASS only.
-    pass: bool,
-    result: Verdict,
-    detail: String,
-}
-
 struct Checks {
     device: String,
-    list: Vec<Check>,
+    list: Vec<CheckRecord>,
 }
 
 impl Checks {
     fn record(&mut self, check: &'static str, result: Verdict, detail: String) {
-        self.list.push(Check {
-            record_type: "check",
+        self.list.push(CheckRecord {
             device: self.device.clone(),
-            check,
+            check: check.to_owned(),
             pass: result == Verdict::Pass,
             result,
             detail,
@@ -127,7 +102,7 @@ fn load(btf: &Path, requested: Vec<Probe>, driver_hooks: Vec<String>) -> Result<
 
 /// Returns whether every check that applies passed.
 pub fn run(config: VerifyDriverConfig) -> Result<bool> {
-    crate::require_root("verify-driver")?;
+    crate::kernel::require_root("verify-driver")?;
     let kallsyms = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
     let mut all = Vec::new();
     for device in &config.devices {
@@ -150,7 +125,7 @@ pub fn run(config: VerifyDriverConfig) -> Result<bool> {
     Ok(all.iter().all(|c| c.result != Verdict::Fail))
 }
 
-fn print(checks: &[Check], format: Format) -> Result<()> {
+fn print(checks: &[CheckRecord], format: Format) -> Result<()> {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     let count = |v: Verdict| checks.iter().filter(|c| c.result == v).count();
@@ -162,14 +137,15 @@ fn print(checks: &[Check], format: Format) -> Result<()> {
     match format {
         Format::Json => {
             for c in checks {
-                serde_json::to_writer(&mut out, c)?;
-                writeln!(out)?;
+                write_record(&mut out, c)?;
             }
-            let summary = serde_json::json!({
-                "type": "summary", "checks": checks.len(), "passed": passed,
-                "failed": failed, "not_applicable": na,
-            });
-            writeln!(out, "{summary}")?;
+            let summary = DriverSummaryRecord {
+                checks: checks.len() as u64,
+                passed: passed as u64,
+                failed: failed as u64,
+                not_applicable: na as u64,
+            };
+            write_record(&mut out, &summary)?;
         }
         Format::Table => {
             writeln!(
@@ -178,15 +154,13 @@ fn print(checks: &[Check], format: Format) -> Result<()> {
                 "DEVICE", "CHECK", "RESULT"
             )?;
             for c in checks {
-                let result = match c.result {
-                    Verdict::Pass => "PASS",
-                    Verdict::Fail => "FAIL",
-                    Verdict::NotApplicable => "n/a",
-                };
                 writeln!(
                     out,
                     "{:<22} {:<46} {:<6} {}",
-                    c.device, c.check, result, c.detail
+                    c.device,
+                    c.check,
+                    c.result.name(),
+                    c.detail
                 )?;
             }
             let verdict = if failed == 0 { "PASS" } else { "FAIL" };

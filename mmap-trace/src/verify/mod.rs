@@ -5,14 +5,17 @@
 //! syscall and exec probes send the process SIGSTOP as the call returns. Userspace waits
 //! until every thread is stopped, drains the ring buffer (each call that completed has
 //! submitted its event by then), applies the events, compares, and sends SIGCONT.
+//!
+//! Owns the shadow per process, the checkpoints, the page checks (`pages`) and
+//! `verify-driver` (`driver`). May not touch: the address-space rules (space/ owns them,
+//! for report too), or how records are written (its records are the schema's; output
+//! writes them).
 
 pub mod driver;
 mod kernel_view;
 mod order;
 mod pages;
 pub mod shadow;
-
-pub use pages::PageStats;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -22,18 +25,19 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
 use mmap_trace_common::{MmChangeCause, MmChangeEvent, Probe};
-use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    kernel::decode::{self, Call, Event},
+    kernel::decode::{self, Call, Event, is_error},
     kernel::loader::LoadOptions,
-    output::json::{Hex, is_error},
-    output::{Format, Output, Summary, VerifyStats},
+    output::{Format, Output, Summary, ignore_closed_output},
     process::hold::{Holder, Notice},
     process::session::{Session, StopSignals, Target, monotonic_ns, runtime},
+    schema::{
+        AdoptedRange, Hex, MismatchRecord, PartialRecord, ProcessRecord, UnmodelledRecord,
+        VerifyStats,
+    },
     space::{self, Applied, Comparison, Field, ProcEnv, Region, RegionMap},
-    trace::ignore_closed_output,
     verify::{
         kernel_view::KernelView,
         shadow::{Difference, ShadowSpace},
@@ -64,60 +68,6 @@ pub struct VerifyConfig {
     pub full: bool,
 }
 
-#[derive(Serialize)]
-struct MismatchRecord<'a> {
-    #[serde(rename = "type")]
-    record_type: &'static str,
-    pid: u32,
-    checkpoint: u64,
-    /// The last event applied before the comparison (the one that made the difference).
-    after_probe: &'static str,
-    after_ts_ns: u64,
-    start: Hex,
-    end: Hex,
-    field: Field,
-    expected: &'a str,
-    found: &'a str,
-}
-
-/// A change the shadow does not model, caught by the catch-all and adopted from the
-/// kernel's view (never a mismatch).
-#[derive(Serialize)]
-struct UnmodelledRecord<'a> {
-    #[serde(rename = "type")]
-    record_type: &'static str,
-    pid: u32,
-    checkpoint: u64,
-    /// The syscall's name, `fault` (stack growth) or `kernel (COMM)` (another task).
-    cause: String,
-    /// What the kernel shows now where the shadow differed.
-    ranges: Vec<AdoptedRange<'a>>,
-}
-
-#[derive(Serialize)]
-struct AdoptedRange<'a> {
-    start: Hex,
-    end: Hex,
-    field: Field,
-    expected: &'a str,
-    found: &'a str,
-}
-
-/// A call that failed after changing part of what it was asked to, and what the kernel
-/// shows where it worked (adopted: never a mismatch).
-#[derive(Serialize)]
-struct PartialRecord<'a> {
-    #[serde(rename = "type")]
-    record_type: &'static str,
-    pid: u32,
-    checkpoint: u64,
-    /// The call's name.
-    call: &'a str,
-    /// Its error (`EPERM`).
-    error: String,
-    ranges: Vec<AdoptedRange<'a>>,
-}
-
 /// A call that failed but may have changed part of its ranges before it did.
 #[derive(Clone, Debug)]
 struct FailedCall {
@@ -139,20 +89,6 @@ enum Applying {
     Unmodelled(String),
     /// A failed call whose ranges are compared (what it did is adopted and said).
     Failed(FailedCall),
-}
-
-/// One process's account, written before the summary.
-#[derive(Serialize)]
-struct ProcessRecord<'a> {
-    #[serde(rename = "type")]
-    record_type: &'static str,
-    pid: u32,
-    /// The process it was forked from (absent for the target).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parent: Option<u32>,
-    #[serde(flatten)]
-    stats: VerifyStats,
-    ended: &'a str,
 }
 
 /// One verified process.
@@ -323,7 +259,7 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         // Events of the last calls before exit: logged, not compared (nothing to compare with).
         let tail = decode::drain_all(ring.get_mut(), &mut verifier.malformed);
         for event in &tail {
-            out.event(event, crate::output::paths::kernel_path(event))
+            out.event(event, crate::process::paths::kernel_path(event))
                 .or_else(ignore_closed_output)?;
         }
         anyhow::Ok(ended)
@@ -340,11 +276,10 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         stats.add(&proc.stats);
         let ended = proc.ended.as_deref().unwrap_or("still running");
         let record = ProcessRecord {
-            record_type: "process",
             pid: p,
             parent: proc.parent,
             stats: proc.stats,
-            ended,
+            ended: ended.into(),
         };
         out.record(&record).or_else(ignore_closed_output)?;
         eprintln!(
@@ -490,7 +425,7 @@ impl Verifier {
         }
         events.extend(decode::drain_all(ring, &mut self.malformed));
         for event in &events {
-            out.event(event, crate::output::paths::kernel_path(event))
+            out.event(event, crate::process::paths::kernel_path(event))
                 .or_else(ignore_closed_output)?;
         }
         // Partitions by address space, in order of first appearance (a parent's fork
@@ -900,8 +835,8 @@ impl Verifier {
                     start: Hex(d.start),
                     end: Hex(d.end),
                     field: d.field,
-                    expected: &d.expected,
-                    found: &d.found,
+                    expected: d.expected.as_str().into(),
+                    found: d.found.as_str().into(),
                 })
                 .collect();
             if ranges.is_empty() {
@@ -909,10 +844,9 @@ impl Verifier {
             }
             proc.stats.partial += 1;
             let record = PartialRecord {
-                record_type: "partial",
                 pid: owner,
                 checkpoint: proc.stats.checkpoints,
-                call: &call.call,
+                call: call.call.as_str().into(),
                 error: crate::output::flags::errno_name(-call.ret),
                 ranges,
             };
@@ -934,7 +868,6 @@ impl Verifier {
             let mut causes = unmodelled;
             causes.dedup();
             let record = UnmodelledRecord {
-                record_type: "unmodelled",
                 pid: owner,
                 checkpoint: proc.stats.checkpoints,
                 cause: causes.join(", "),
@@ -945,8 +878,8 @@ impl Verifier {
                         start: Hex(d.start),
                         end: Hex(d.end),
                         field: d.field,
-                        expected: &d.expected,
-                        found: &d.found,
+                        expected: d.expected.as_str().into(),
+                        found: d.found.as_str().into(),
                     })
                     .collect(),
             };
@@ -992,16 +925,15 @@ impl Verifier {
         out: &mut Output,
     ) -> Result<()> {
         let record = MismatchRecord {
-            record_type: "mismatch",
             pid,
             checkpoint: self.procs.get(&pid).map_or(0, |p| p.stats.checkpoints),
-            after_probe: last.map_or("fork", |e| e.probe().name()),
+            after_probe: last.map_or("fork", |e| e.probe().name()).into(),
             after_ts_ns: last.map_or(0, |e| e.header().ts_ns),
             start: Hex(d.start),
             end: Hex(d.end),
             field: d.field,
-            expected: &d.expected,
-            found: &d.found,
+            expected: d.expected.as_str().into(),
+            found: d.found.as_str().into(),
         };
         let source = d.field.source();
         eprintln!(

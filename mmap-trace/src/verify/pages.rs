@@ -62,6 +62,17 @@ pub struct PageStats {
     pub entries: u64,
 }
 
+// The schema owns verify's summary record; what the page checks add to it is said here,
+// with the checks.
+impl crate::schema::VerifyStats {
+    pub fn add_page_checks(&mut self, pages: &PageStats) {
+        self.pfn_checks += pages.checked;
+        self.pfn_full_passes += pages.full_passes;
+        self.pagemap_reads += pages.reads;
+        self.pagemap_entries += pages.entries;
+    }
+}
+
 /// One wanted page: its address and what the events say it holds.
 #[derive(Clone, Copy)]
 struct Wanted {

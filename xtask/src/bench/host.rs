@@ -208,7 +208,7 @@ impl Tracer {
         }
     }
 
-    /// mmap-trace itself (`trace`, `floor`), ready once it says so.
+    /// mmap-trace itself (`trace`), ready once it says so.
     fn cli(tools: &Tools, name: &'static str, args: Vec<OsString>) -> Result<Self> {
         Self::start(
             tools,
@@ -216,6 +216,17 @@ impl Tracer {
             &tools.cli,
             args,
             ReadyOn::Stderr("mmap-trace: ready:"),
+        )
+    }
+
+    /// The floor's binary (mmap-trace-floor/), ready once it says so.
+    fn floor(tools: &Tools, name: &'static str, args: Vec<OsString>) -> Result<Self> {
+        Self::start(
+            tools,
+            name,
+            &tools.floor,
+            args,
+            ReadyOn::Stderr("mmap-trace-floor: ready:"),
         )
     }
 
@@ -351,10 +362,10 @@ pub struct Overhead {
 #[derive(Clone, Copy)]
 pub(super) enum Kind {
     Untraced,
-    /// Empty programs on mmap-trace's attach points (`mmap-trace floor`).
+    /// Empty programs on mmap-trace's attach points (`mmap-trace-floor`).
     Floor,
     /// The same with the least record of each traced call on sys_exit, read and counted
-    /// (`mmap-trace floor --records`).
+    /// (`mmap-trace-floor --records`).
     FloorRecords,
     MmapTrace,
     Bpftrace,
@@ -461,8 +472,7 @@ pub fn accounting(tools: &Tools, iterations: u64) -> Result<Vec<super::accountin
         let variant = kind.name();
         settle();
         let mut held = [HeldLoop::start(&tools.workload, iterations)?];
-        let args = cli_args(kind, held[0].pid(), &out).context("mmap-trace's own variant")?;
-        let tracer = Tracer::cli(tools, variant, args)?;
+        let tracer = own_tracer(tools, kind, held[0].pid(), &out)?;
         let pid = tracer
             .pid()
             .with_context(|| format!("{variant}: no tracer pid under GNU time"))?;
@@ -483,21 +493,31 @@ fn settle() {
     let _ = Command::new("sync").status();
 }
 
-/// mmap-trace's arguments for a variant of its own on the loop `pid` (None: not one of
-/// mmap-trace's); `out`: where `trace` writes.
-fn cli_args(kind: Kind, pid: u32, out: &Path) -> Option<Vec<OsString>> {
-    let mut args: Vec<OsString> = match kind {
-        Kind::Floor => vec!["floor".into()],
-        Kind::FloorRecords => vec!["floor".into(), "--records".into()],
-        Kind::MmapTrace => vec!["trace".into(), "--json".into()],
-        Kind::MmapTraceStacks => vec!["trace".into(), "--json".into(), "--stacks".into()],
-        Kind::Untraced | Kind::Bpftrace | Kind::Strace | Kind::BpftraceUstack => return None,
-    };
-    if let Kind::MmapTrace | Kind::MmapTraceStacks = kind {
-        args.extend(["--output".into(), out.into()]);
+/// mmap-trace's own variants on the loop `pid`: the floor's binary, or `trace`
+/// writing to `out`.
+fn own_tracer(tools: &Tools, kind: Kind, pid: u32, out: &Path) -> Result<Tracer> {
+    let pid = [OsString::from("--pid"), pid.to_string().into()];
+    match kind {
+        Kind::Floor | Kind::FloorRecords => {
+            let mut args = pid.to_vec();
+            if let Kind::FloorRecords = kind {
+                args.push("--records".into());
+            }
+            Tracer::floor(tools, kind.name(), args)
+        }
+        Kind::MmapTrace | Kind::MmapTraceStacks => {
+            let mut args: Vec<OsString> = vec!["trace".into(), "--json".into()];
+            if let Kind::MmapTraceStacks = kind {
+                args.push("--stacks".into());
+            }
+            args.extend(["--output".into(), out.into()]);
+            args.extend(pid);
+            Tracer::cli(tools, kind.name(), args)
+        }
+        Kind::Untraced | Kind::Bpftrace | Kind::Strace | Kind::BpftraceUstack => {
+            bail!("{} is not one of mmap-trace's own variants", kind.name())
+        }
     }
-    args.extend(["--pid".into(), pid.to_string().into()]);
-    Some(args)
 }
 
 fn one_run(
@@ -518,8 +538,7 @@ fn one_run(
     let (tracer, stop) = match kind {
         Kind::Untraced => (None, Stop::Exits),
         Kind::Floor | Kind::FloorRecords | Kind::MmapTrace | Kind::MmapTraceStacks => {
-            let args = cli_args(kind, pid, &out).context("mmap-trace's own variant")?;
-            (Some(Tracer::cli(tools, v.name, args)?), Stop::Exits)
+            (Some(own_tracer(tools, kind, pid, &out)?), Stop::Exits)
         }
         Kind::Bpftrace | Kind::BpftraceUstack => {
             let args = vec![
@@ -584,12 +603,12 @@ fn one_run(
     Ok(())
 }
 
-/// `mmap-trace floor --records`' last words: `floor: N records, M lost` (records of the
+/// `mmap-trace-floor --records`' last words: `floor: N records, M lost` (records of the
 /// loop's pid: the loop's calls and its start-up's).
 fn floor_records(stderr: &[String]) -> Result<(u64, u64)> {
     let line = stderr
         .iter()
-        .find_map(|l| l.strip_prefix("mmap-trace: floor: "))
+        .find_map(|l| l.strip_prefix("mmap-trace-floor: floor: "))
         .with_context(|| format!("floor --records printed no count:\n{}", stderr.join("\n")))?;
     let number = |word: &str| -> Result<u64> {
         line.split(", ")

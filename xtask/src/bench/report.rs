@@ -332,8 +332,8 @@ impl Results {
                 s,
                 "**Floor**: `floor` is the same loop under empty eBPF programs, returning 0, on \
                  the attach points `trace` uses by default (raw tracepoint `sys_exit`, tp_btf \
-                 `mmap_lock_acquire_returned`, tracepoint `sched_process_exec`; hidden \
-                 `mmap-trace floor --pid`): {} of untraced. mmap-trace / floor, round by \
+                 `mmap_lock_acquire_returned`, tracepoint `sched_process_exec`; the bench's own \
+                 `mmap-trace-floor --pid`): {} of untraced. mmap-trace / floor, round by \
                  round: {}.\n",
                 range(floor_slowdown, "×", 2),
                 range(vs_floor, "×", 2),
@@ -354,7 +354,7 @@ impl Results {
                  the least record a syscall tracer with arguments writes for each of the \
                  loop's calls (timestamp, ids, number, arguments, return value: 80 bytes, \
                  filtered by pid and call number, into a 4 MiB ring that wakes nobody, drained \
-                 every 10 ms and only counted; `mmap-trace floor --records`): {} of the floor. \
+                 every 10 ms and only counted; `mmap-trace-floor --records`): {} of the floor. \
                  What recording costs whatever the tool. mmap-trace / least records, round by \
                  round: {}: what is mmap-trace's own (comm, cgroup, ia32 check, the \
                  catch-all, JSON).\n",

@@ -11,10 +11,7 @@ use std::{cell::RefCell, collections::HashMap, os::unix::ffi::OsStrExt as _};
 
 use mmap_trace_common::Probe;
 
-use crate::{
-    kernel::decode::{Event, FilePath},
-    output::json::is_error,
-};
+use crate::kernel::decode::{Event, FilePath, is_error};
 
 /// Cached maps per pid: (start, end, inode, path).
 type MapsCache = HashMap<u32, Vec<(u64, u64, u64, Vec<u8>)>>;

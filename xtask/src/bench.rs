@@ -14,6 +14,7 @@ mod guest;
 mod host;
 mod programs;
 mod report;
+mod scaling;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,7 +53,7 @@ pub struct BenchArgs {
     /// Skip the guest part.
     #[arg(long)]
     no_guest: bool,
-    /// Skip verify on real programs (python3, node, java, sqlite3).
+    /// Skip verify on real programs (python3, node, java, sqlite3, chromium).
     #[arg(long)]
     no_programs: bool,
     /// Run only verify on real programs (prints its table; README untouched).
@@ -61,6 +62,13 @@ pub struct BenchArgs {
     /// Run only the page-fault comparison (prints its table; README untouched).
     #[arg(long, conflicts_with = "only_programs")]
     only_faults: bool,
+    /// Skip verify at 2,000, 20,000 and 60,000 VMAs.
+    #[arg(long)]
+    no_scaling: bool,
+    /// Run only verify at 2,000, 20,000 and 60,000 VMAs (prints its table; README
+    /// untouched).
+    #[arg(long, conflicts_with_all = ["only_programs", "only_faults"])]
+    only_scaling: bool,
     /// The mmap-trace binary whose verify the program runs use (default: this build's;
     /// another one gives a before/after comparison).
     #[arg(long, value_name = "PATH")]
@@ -80,6 +88,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("node", "nodejs"),
     ("java", "default-jdk-headless"),
     ("sqlite3", "sqlite3"),
+    ("chromium", "chromium"),
 ];
 
 /// The programs a bench run drives.
@@ -95,6 +104,7 @@ pub struct Tools {
     pub node: PathBuf,
     pub java: PathBuf,
     pub sqlite3: PathBuf,
+    pub chromium: PathBuf,
     /// Debian's linux-perf, for `perf trace --pf=all` beside `trace --faults`; or why it
     /// does not run here.
     pub perf: Result<PathBuf, String>,
@@ -132,6 +142,18 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, args: &BenchArg
     };
     if args.only_faults {
         println!("{}", run_faults()?.markdown());
+        return Ok(0);
+    }
+    let run_scaling = || -> Result<Vec<scaling::ScalingRow>> {
+        section(&format!(
+            "bench: verify at {:?} VMAs ({} rounds; verify --pid, then mprotect calls)",
+            scaling::SIZES,
+            args.rounds
+        ));
+        scaling::run(&tools, args.rounds)
+    };
+    if args.only_scaling {
+        println!("{}", scaling::markdown(&run_scaling()?));
         return Ok(0);
     }
 
@@ -182,6 +204,12 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, args: &BenchArg
         run_programs(args.rounds)?
     };
 
+    let scaling = if args.no_scaling {
+        Vec::new()
+    } else {
+        run_scaling()?
+    };
+
     section("bench: results");
     let results = report::Results {
         machine: report::Machine::probe(),
@@ -194,6 +222,7 @@ pub fn run(ws: &Workspace, ready: &Ready, artifacts: &Artifacts, args: &BenchArg
         faults,
         guest,
         programs,
+        scaling,
     };
     let table = results.markdown();
     println!("{table}");
@@ -213,7 +242,7 @@ fn ensure_tools(ws: &Workspace, artifacts: &Artifacts) -> Result<Tools> {
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
-        eprintln!("bench: bpftrace, strace, time, python3, node, java, sqlite3: present");
+        eprintln!("bench: bpftrace, strace, time, python3, node, java, sqlite3, chromium: present");
     } else {
         eprintln!("bench: installing apt packages: {}", missing.join(" "));
         let mut apt = Apt::default();
@@ -246,6 +275,7 @@ fn ensure_tools(ws: &Workspace, artifacts: &Artifacts) -> Result<Tools> {
         node: find("node")?,
         java: find("java")?,
         sqlite3: find("sqlite3")?,
+        chromium: find("chromium")?,
         perf: perf_trace(),
         scratch,
     };

@@ -28,8 +28,8 @@ pub use event::{
 pub use flatten::{Detail, Text, details, details_line};
 pub use summary::{FaultedMapping, FaultsSummary, PerProbe, ResidentMemory, SummaryRecord};
 pub use verify::{
-    AdoptedRange, CheckRecord, DriverSummaryRecord, MismatchRecord, PartialRecord,
-    ProcessRecord, UnmodelledRecord, Verdict, VerifyStats,
+    AdoptedRange, CheckRecord, DriverSummaryRecord, MismatchRecord, PartialRecord, ProcessRecord,
+    UnmodelledRecord, Verdict, VerifyStats,
 };
 
 /// A JSON Lines record: its `type` (the first key of its line) and its fields.

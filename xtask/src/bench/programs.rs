@@ -1,4 +1,4 @@
-//! Part 5 (issue 20): `mmap-trace verify` on real programs, each against itself untraced,
+//! Part 5: `mmap-trace verify` on real programs, each against itself untraced,
 //! with a cold page cache (`echo 3 > /proc/sys/vm/drop_caches` before the run, as on a
 //! first run after boot) and a warm one (right after), in rounds whose order alternates.
 //!
@@ -44,6 +44,9 @@ const SQLITE: &str = "drop table if exists t; create table t(x integer, y text);
                       with recursive c(i) as (select 1 union all select i + 1 from c where i < 20000) \
                       insert into t select i, hex(randomblob(16)) from c; \
                       create index t_y on t(y); select count(*), max(x) from t;";
+/// The page chromium renders (a local file: this machine has no network).
+const PAGE: &str = "<!doctype html><html><body><h1>mmap-trace</h1><p>verify follows every \
+                    process chromium starts.</p></body></html>";
 /// Iterations of the workload's mmap/munmap loop: a checkpoint per call, nothing else.
 const WORKLOAD_LOOPS: u64 = 2000;
 
@@ -96,12 +99,21 @@ struct Program {
     shown: String,
     argv: Vec<OsString>,
     real: bool,
+    /// A directory the program must find empty at each run (chromium's profile).
+    fresh: Option<PathBuf>,
 }
 
 fn programs(tools: &Tools) -> Result<Vec<Program>> {
     let java_file = tools.scratch.join("Hello.java");
     std::fs::write(&java_file, JAVA).with_context(|| format!("writing {}", java_file.display()))?;
     let db = tools.scratch.join("bench.db");
+    let page = tools.scratch.join("page.html");
+    std::fs::write(&page, PAGE).with_context(|| format!("writing {}", page.display()))?;
+    let profile = tools.scratch.join("chromium-profile");
+    let mut page_url = OsString::from("file://");
+    page_url.push(&page);
+    let mut profile_arg = OsString::from("--user-data-dir=");
+    profile_arg.push(&profile);
     let os = |parts: &[&dyn AsRef<std::ffi::OsStr>]| {
         parts.iter().map(|p| p.as_ref().to_owned()).collect()
     };
@@ -111,30 +123,59 @@ fn programs(tools: &Tools) -> Result<Vec<Program>> {
             shown: format!("python3 -c \"{PYTHON}\""),
             argv: os(&[&tools.python, &"-c", &PYTHON]),
             real: true,
+            fresh: None,
         },
         Program {
             name: "node",
             shown: "node -e '…100 ArrayBuffers of 1 MiB, filled…'".into(),
             argv: os(&[&tools.node, &"-e", &NODE]),
             real: true,
+            fresh: None,
         },
         Program {
             name: "java",
             shown: "java Hello.java (4 threads, 200 MiB of arrays; the source launcher compiles it first)".into(),
             argv: os(&[&tools.java, &java_file]),
             real: true,
+            fresh: None,
         },
         Program {
             name: "sqlite3",
             shown: "sqlite3 bench.db '…20,000 rows, an index…'".into(),
             argv: os(&[&tools.sqlite3, &db, &SQLITE]),
             real: true,
+            fresh: None,
+        },
+        Program {
+            name: "chromium",
+            shown: "chromium --headless --dump-dom file://…/page.html (a fresh profile; every \
+                    process it starts is followed)"
+                .into(),
+            argv: os(&[
+                &tools.chromium,
+                &"--headless",
+                // As root: the sandbox needs an unprivileged user.
+                &"--no-sandbox",
+                &"--disable-gpu",
+                // Nothing that reaches for the network (closed here) or updates itself.
+                &"--disable-quic",
+                &"--no-first-run",
+                &"--disable-background-networking",
+                &"--disable-component-update",
+                &"--disable-sync",
+                &profile_arg,
+                &"--dump-dom",
+                &page_url,
+            ]),
+            real: true,
+            fresh: Some(profile),
         },
         Program {
             name: "mmap-workload",
             shown: format!("mmap-workload --loop {WORKLOAD_LOOPS} (a checkpoint per call, nothing else)"),
             argv: os(&[&tools.workload, &"--loop", &WORKLOAD_LOOPS.to_string()]),
             real: false,
+            fresh: None,
         },
     ])
 }
@@ -167,6 +208,9 @@ pub fn run(tools: &Tools, rounds: usize, verify_cli: &Path) -> Result<Vec<Progra
             let program = &programs[i / 2];
             let verify_first = (round + i / 2) % 2 == 1;
             for verified in [verify_first, !verify_first] {
+                if let Some(dir) = &program.fresh {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
                 if row.cache == Cache::Cold {
                     drop_caches()?;
                 }

@@ -587,6 +587,12 @@ fn verify_full_page_checks_agree_with_incremental_ones() {
         count(&full, "pfn_checks"),
     );
     assert!(i >= 5 && f >= i, "PFN checks: incremental {i}, --full {f}");
+    // Reading only what calls touched covers every page the whole reads cover.
+    assert_eq!(
+        count(&incremental, "pfn_pages"),
+        count(&full, "pfn_pages"),
+        "different pages checked: incremental against --full"
+    );
     assert_eq!(
         count(&full, "pfn_full_passes"),
         count(&full, "checkpoints"),

@@ -456,6 +456,10 @@ impl Holder {
             start + Duration::from_secs(10),
         );
         let mut interrupted = std::collections::HashSet::new();
+        // Threads that have exited and wait for the rest of their group (a leader that
+        // ended first, or was killed without an exit stop): no interrupt stops them, and
+        // their end is reported only with the group's.
+        let mut dead = std::collections::HashSet::new();
         let mut notices = Vec::new();
         let mut idle = 0u32;
         self.holding.insert(pid);
@@ -466,13 +470,21 @@ impl Holder {
             let running: Vec<u32> = self
                 .threads
                 .iter()
-                .filter(|(_, t)| t.tgid == pid && t.state == State::Running && !t.in_vfork)
+                .filter(|(tid, t)| {
+                    t.tgid == pid
+                        && t.state == State::Running
+                        && !t.in_vfork
+                        && !dead.contains(*tid)
+                })
                 .map(|(&tid, _)| tid)
                 .collect();
             if running.is_empty() {
                 return Ok(true);
             }
             let now = Instant::now();
+            if now >= grace && idle > 0 && idle.is_multiple_of(100) {
+                dead.extend(running.iter().copied().filter(|&tid| is_dead(pid, tid)));
+            }
             for tid in running {
                 if !interrupted.contains(&tid) && (!expect.contains(&tid) || now >= grace) {
                     let _ = ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0);
@@ -483,8 +495,15 @@ impl Holder {
                 idle = 0;
             } else {
                 if now > deadline {
+                    let stuck: Vec<String> = self
+                        .threads
+                        .iter()
+                        .filter(|(_, t)| t.tgid == pid && t.state == State::Running)
+                        .map(|(&tid, t)| describe_thread(pid, tid, t))
+                        .collect();
                     bail!(
-                        "process {pid} did not stop within 10 s after an event (a thread in uninterruptible sleep?)"
+                        "process {pid} did not stop within 10 s after an event; still running: {} (a thread in uninterruptible sleep?)",
+                        stuck.join(", ")
                     );
                 }
                 // A stop is microseconds away: yield first, sleep only when it is not.
@@ -596,6 +615,32 @@ impl Drop for Holder {
     fn drop(&mut self) {
         self.release_all();
     }
+}
+
+/// Whether thread `tid` has exited (a zombie, or gone from /proc).
+fn is_dead(pid: u32, tid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+        return true;
+    };
+    let state = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3));
+    matches!(state, Some("Z" | "X"))
+}
+
+/// A thread that would not stop, as /proc sees it: its state and where it waits.
+fn describe_thread(pid: u32, tid: u32, t: &Thread) -> String {
+    let read = |what: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/{what}")).unwrap_or_default()
+    };
+    let stat = read("stat");
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat.get(i + 2..i + 3))
+        .unwrap_or("?");
+    format!(
+        "tid {tid} (state {state}, waiting in {:?}{})",
+        read("wchan"),
+        if t.in_vfork { ", in vfork" } else { "" }
+    )
 }
 
 /// Whether SIGSTOP is pending for `tid` (its own or its process's pending set).

@@ -26,6 +26,9 @@ pub struct VerifyStats {
     /// Present file pages whose PFN was compared with pagemap.
     #[serde(default)]
     pub pfn_checks: u64,
+    /// Different file pages (file and index) among them: what the run covered.
+    #[serde(default)]
+    pub pfn_pages: u64,
     /// Checkpoints whose page check compared every known page (the rest compared only
     /// the pages that could have changed: see verify/pages.rs).
     #[serde(default)]
@@ -55,6 +58,7 @@ impl VerifyStats {
         self.unmodelled += other.unmodelled;
         self.partial += other.partial;
         self.pfn_checks += other.pfn_checks;
+        self.pfn_pages += other.pfn_pages;
         self.pfn_full_passes += other.pfn_full_passes;
         self.pagemap_reads += other.pagemap_reads;
         self.pagemap_entries += other.pagemap_entries;

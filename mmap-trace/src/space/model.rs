@@ -248,9 +248,12 @@ impl AddressSpace {
     }
 
     /// Puts `region` where nothing is (the caller cleared the range).
-    fn put(&mut self, region: Region, why: Why, from: Option<u64>) {
+    fn put(&mut self, mut region: Region, why: Why, from: Option<u64>) {
         if region.start >= region.end {
             return;
+        }
+        if region.backing == Backing::Anonymous && self.over_initial_heap(&region) {
+            region.backing = Backing::Heap;
         }
         self.log(|| Change::Begin {
             region: region.clone(),
@@ -259,6 +262,22 @@ impl AddressSpace {
         });
         self.touch(region.start, region.end);
         self.regions.insert(region);
+    }
+
+    /// Whether maps names `region` `[heap]`: any anonymous VMA over the initial heap's
+    /// range is (fs/proc's `vma_is_initial_heap`: `vm_start < mm->brk && vm_end >
+    /// mm->start_brk`), not only what brk made. An mmap at a hint over a heap that is still
+    /// empty gets the name too (seen: chromium's children reserving 512 MiB there).
+    fn over_initial_heap(&self, region: &Region) -> bool {
+        let Some(heap) = self.heap else {
+            return false;
+        };
+        let brk = heap.brk.unwrap_or_else(|| {
+            self.region_at(heap.start)
+                .filter(|r| r.backing == Backing::Heap)
+                .map_or(heap.start, |r| r.end)
+        });
+        region.start < brk && region.end > heap.start
     }
 
     /// What a MAP_FIXED mapping does: whatever was there goes.

@@ -304,6 +304,19 @@ fn mremap_dup_and_dontunmap_keep_the_source() {
     );
 }
 
+/// maps calls any anonymous VMA over the initial heap `[heap]`, whoever mapped it: an
+/// mmap at a hint over a heap that is still empty (chromium's children do it).
+#[test]
+fn anonymous_memory_over_an_empty_heap_is_named_heap() {
+    let start_brk = A + 0x10_3000;
+    let mut s = AddressSpace::from_kernel(vec![], start_brk);
+    mmap(&mut s, A, 0x20_0000, 0, PRIVATE_ANON, -1, 0, &NoEnv);
+    assert_eq!(shape(&s), [row(A, A + 0x20_0000, "---p", "[heap]", 0)]);
+    // Below the heap's start: plain anonymous memory.
+    mmap(&mut s, A - 0x1000, 0x1000, RW, PRIVATE_ANON, -1, 0, &NoEnv);
+    assert_eq!(s.region_at(A - 0x1000).unwrap().backing, Backing::Anonymous);
+}
+
 #[test]
 fn brk_grows_and_shrinks_the_heap_from_a_known_start() {
     let h = 0x5555_0000_0000;

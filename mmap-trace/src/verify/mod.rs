@@ -800,7 +800,7 @@ impl Verifier {
                 .get(&owner)
                 .and_then(|p| p.kernel.as_ref())
                 .expect("set by the comparison above");
-            *pfns = Some(checks.check(reader, view)?);
+            *pfns = Some(checks.check(reader, view, exiting)?);
         }
         for n in &check.comparison.notes {
             eprintln!(

@@ -45,6 +45,24 @@ use crate::{
 /// ~1 ms per 10,000 known pages (one pread per run), so 4 per second cost under 1% of a run.
 pub const FULL_INTERVAL: Duration = Duration::from_millis(250);
 
+/// The share of a process's time its full passes may take: a pass over many pages (each
+/// of chromium's processes knows ~150,000 pages of its shared libraries) comes less often
+/// than every FULL_INTERVAL.
+const FULL_SHARE: f64 = 0.02;
+
+/// In a known PFN: this process has checked the page once (`pfn_pages`).
+const CHECKED: u64 = 1 << 63;
+
+/// The pages found not present at their last check are read again at every checkpoint
+/// while there are at most this many; above it, at most every [`UNSETTLED_INTERVAL`] (and
+/// at every full pass). Each of chromium's 28 processes maps the same shared libraries,
+/// whose pages the others' reads put in the page cache: ~100,000 unsettled pages each,
+/// read again at each of its checkpoints, were 374 million pagemap entries in one cold
+/// run (16 s of a 17 s run). A page that faults in is then checked within this interval,
+/// or at the exit's full pass.
+const UNSETTLED_EVERY_TIME: usize = 2048;
+const UNSETTLED_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Pages of a gap between two wanted pages that one pread reads through rather than
 /// issuing a second call (a pagemap entry costs far less than a syscall).
 pub const MERGE_GAP: u64 = 16;
@@ -52,8 +70,11 @@ pub const MERGE_GAP: u64 = 16;
 /// What the page checks counted (reported in verify's summary).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PageStats {
-    /// Present file pages whose PFN was compared (`pfn_checks`).
+    /// Present file pages whose PFN was compared (`pfn_checks`), and how many different
+    /// pages (file and index) that was (`pfn_pages`): what a run covered, whatever the
+    /// number of passes over them.
     pub checked: u64,
+    pub pages: u64,
     /// Checkpoints that compared every known page (`--full`, the first one, after an
     /// exec or a `touch_all`, and every `FULL_INTERVAL`).
     pub full_passes: u64,
@@ -67,6 +88,7 @@ pub struct PageStats {
 impl crate::schema::VerifyStats {
     pub fn add_page_checks(&mut self, pages: &PageStats) {
         self.pfn_checks += pages.checked;
+        self.pfn_pages += pages.pages;
         self.pfn_full_passes += pages.full_passes;
         self.pagemap_reads += pages.reads;
         self.pagemap_entries += pages.entries;
@@ -109,8 +131,10 @@ pub struct PageChecks {
     /// Known pages found not present, or present but not file pages (private copies), at
     /// their last check, in address order: a fault can make them file pages without an
     /// event.
-    unsettled: Vec<Wanted>,
+    unsettled: BTreeMap<u64, Wanted>,
     last_full: Option<Instant>,
+    /// When the unsettled pages were last read.
+    last_unsettled: Option<Instant>,
     pagemap: Option<(u32, File)>,
     pub stats: PageStats,
 }
@@ -125,8 +149,9 @@ impl PageChecks {
             recorded: HashMap::new(),
             touched: Vec::new(),
             touched_all: true,
-            unsettled: Vec::new(),
+            unsettled: BTreeMap::new(),
             last_full: None,
+            last_unsettled: None,
             pagemap: None,
             stats: PageStats::default(),
         }
@@ -138,6 +163,12 @@ impl PageChecks {
         let mut child = Self::new(self.full, self.plant_off_by_one);
         child.full_interval = self.full_interval;
         child.pfns = self.pfns.clone();
+        // The child has checked nothing yet.
+        for known in child.pfns.values_mut() {
+            for pfn in known.values_mut() {
+                *pfn &= !CHECKED;
+            }
+        }
         child
     }
 
@@ -154,7 +185,11 @@ impl PageChecks {
                 let known = self.pfns.entry(file).or_default();
                 let recorded = self.recorded.entry(file).or_default();
                 for i in 0..pages {
-                    known.insert(e.index + i, e.pfn + i + planted);
+                    let pfn = e.pfn + i + planted;
+                    known
+                        .entry(e.index + i)
+                        .and_modify(|p| *p = pfn | (*p & CHECKED))
+                        .or_insert(pfn);
                     recorded.insert(e.index + i);
                 }
             }
@@ -196,9 +231,18 @@ impl PageChecks {
 
     /// Compares the pages that could have changed (all known pages when a full pass is
     /// due) with pagemap, `kernel` being the kernel's view at this stop.
-    pub fn check(&mut self, pid: u32, kernel: &KernelView) -> Result<Vec<Difference>> {
-        let full = self.due_full();
-        let wanted = self.wanted(kernel, full);
+    pub fn check(&mut self, pid: u32, kernel: &KernelView, last: bool) -> Result<Vec<Difference>> {
+        let started = Instant::now();
+        let full = last || self.due_full();
+        let with_unsettled = full
+            || self.unsettled.len() <= UNSETTLED_EVERY_TIME
+            || self
+                .last_unsettled
+                .is_none_or(|t| t.elapsed() >= UNSETTLED_INTERVAL);
+        if with_unsettled {
+            self.last_unsettled = Some(Instant::now());
+        }
+        let wanted = self.wanted(kernel, full, with_unsettled);
         if self.touched_all || self.pagemap.as_ref().is_none_or(|(p, _)| *p != pid) {
             // pagemap is bound to the address space it was opened on: reopen after exec.
             self.pagemap = None;
@@ -207,7 +251,7 @@ impl PageChecks {
         self.touched.clear();
         self.touched_all = false;
         if full {
-            self.last_full = Some(Instant::now());
+            self.last_full = Some(started);
             self.stats.full_passes += 1;
         }
         let mut differences = Vec::new();
@@ -237,10 +281,15 @@ impl PageChecks {
                 }
                 self.stats.checked += 1;
                 let found = flags.get_page_frame_number().0;
-                let expected = self.pfns.get_mut(&w.file).and_then(|k| k.get_mut(&w.index));
-                if let Some(expected) = expected
-                    && *expected != found
-                {
+                let Some(known) = self.pfns.get_mut(&w.file).and_then(|k| k.get_mut(&w.index))
+                else {
+                    continue;
+                };
+                if *known & CHECKED == 0 {
+                    self.stats.pages += 1;
+                }
+                let expected = *known & !CHECKED;
+                if expected != found {
                     differences.push(Difference {
                         start: w.addr,
                         end: w.addr + PAGE,
@@ -248,15 +297,29 @@ impl PageChecks {
                         expected: format!("{expected:#x}"),
                         found: format!("{found:#x}"),
                     });
-                    // Adopt the kernel's view so the next report is new.
-                    *expected = found;
                 }
+                // Adopt the kernel's view so the next report is new.
+                *known = found | CHECKED;
             }
             run_start = run_end;
         }
-        // Every unsettled page was wanted now, unless it is no longer mapped as a known
-        // file page: what is unsettled now is the whole set.
-        self.unsettled = unsettled;
+        if with_unsettled {
+            // Every unsettled page was wanted now, unless it is no longer mapped as a known
+            // file page: what is unsettled now is the whole set.
+            self.unsettled = unsettled.into_iter().map(|w| (w.addr, w)).collect();
+        } else {
+            // The unsettled pages not read now stay unsettled; those read now are as found.
+            for w in &wanted {
+                self.unsettled.remove(&w.addr);
+            }
+            self.unsettled
+                .extend(unsettled.into_iter().map(|w| (w.addr, w)));
+        }
+        if full && !self.full {
+            // A pass that takes long comes less often: at most FULL_SHARE of the time.
+            let took = started.elapsed();
+            self.full_interval = FULL_INTERVAL.max(took.mul_f64(1.0 / FULL_SHARE));
+        }
         Ok(differences)
     }
 
@@ -264,7 +327,7 @@ impl PageChecks {
     /// when `full`), in address order. Only a full pass walks every mapping: otherwise
     /// the touched ranges, the files of recorded pages and the unsettled pages are each
     /// looked up where they are.
-    fn wanted(&self, kernel: &KernelView, full: bool) -> Vec<Wanted> {
+    fn wanted(&self, kernel: &KernelView, full: bool, with_unsettled: bool) -> Vec<Wanted> {
         let mut wanted = Vec::new();
         // The known pages of `r` in [from, to).
         let mut add = |r: &Region, from: u64, to: u64| {
@@ -312,7 +375,7 @@ impl PageChecks {
                 }
             }
             // Still wanted: the unsettled pages that the same (file, index) still maps.
-            for w in &self.unsettled {
+            for w in self.unsettled.values().filter(|_| with_unsettled) {
                 let Some(r) = kernel.regions().at(w.addr) else {
                     continue;
                 };
@@ -323,7 +386,10 @@ impl PageChecks {
                 }
             }
         }
-        wanted.sort_unstable_by_key(|w| w.addr);
+        // A full pass builds it in address order already.
+        if !wanted.is_sorted_by_key(|w| w.addr) {
+            wanted.sort_unstable_by_key(|w| w.addr);
+        }
         wanted.dedup_by_key(|w| w.addr);
         wanted
     }
@@ -464,15 +530,15 @@ mod tests {
             checks.record(&page_cache_event(&m, p, pfn_at(m.addr, p)));
         }
         // First check: full, every page agrees.
-        assert!(checks.check(pid, &kernel()).unwrap().is_empty());
+        assert!(checks.check(pid, &kernel(), false).unwrap().is_empty());
         assert_eq!((checks.stats.checked, checks.stats.full_passes), (PAGES, 1));
         // Nothing changed: nothing read.
-        assert!(checks.check(pid, &kernel()).unwrap().is_empty());
+        assert!(checks.check(pid, &kernel(), false).unwrap().is_empty());
         assert_eq!((checks.stats.checked, checks.stats.reads), (PAGES, 1));
         // Page 3 re-added to the page cache with another PFN: read again, and wrong.
         let real = pfn_at(m.addr, 3);
         checks.record(&page_cache_event(&m, 3, real + 1));
-        let diffs = checks.check(pid, &kernel()).unwrap();
+        let diffs = checks.check(pid, &kernel(), false).unwrap();
         assert_eq!(diffs.len(), 1, "{diffs:?}");
         assert_eq!(
             (diffs[0].start, diffs[0].field),
@@ -487,19 +553,19 @@ mod tests {
         );
         assert_eq!(checks.stats.checked, PAGES + 1);
         // Reported once: the kernel's PFN is adopted.
-        assert!(checks.check(pid, &kernel()).unwrap().is_empty());
+        assert!(checks.check(pid, &kernel(), false).unwrap().is_empty());
         assert_eq!(checks.stats.checked, PAGES + 1);
         // A touched range is read again, in one pread.
         let reads = checks.stats.reads;
         checks.touch_range(m.addr + PAGE, m.addr + 3 * PAGE);
-        assert!(checks.check(pid, &kernel()).unwrap().is_empty());
+        assert!(checks.check(pid, &kernel(), false).unwrap().is_empty());
         assert_eq!(
             (checks.stats.checked, checks.stats.reads),
             (PAGES + 3, reads + 1)
         );
         // touch_all: a full pass.
         checks.touch_all();
-        assert!(checks.check(pid, &kernel()).unwrap().is_empty());
+        assert!(checks.check(pid, &kernel(), false).unwrap().is_empty());
         assert_eq!(
             (checks.stats.checked, checks.stats.full_passes),
             (2 * PAGES + 3, 2)
@@ -510,7 +576,7 @@ mod tests {
             full.record(&page_cache_event(&m, p, pfn_at(m.addr, p)));
         }
         for _ in 0..3 {
-            assert!(full.check(pid, &kernel()).unwrap().is_empty());
+            assert!(full.check(pid, &kernel(), false).unwrap().is_empty());
         }
         assert_eq!((full.stats.checked, full.stats.full_passes), (3 * PAGES, 3));
     }
@@ -525,10 +591,10 @@ mod tests {
         let mut checks = incremental(true);
         // The first check is full; the events of later checkpoints are checked as they come.
         checks.record(&page_cache_event(&m, 0, pfn_at(m.addr, 0)));
-        assert_eq!(checks.check(pid, &kernel()).unwrap().len(), 1);
+        assert_eq!(checks.check(pid, &kernel(), false).unwrap().len(), 1);
         for p in 1..PAGES {
             checks.record(&page_cache_event(&m, p, pfn_at(m.addr, p)));
-            let diffs = checks.check(pid, &kernel()).unwrap();
+            let diffs = checks.check(pid, &kernel(), false).unwrap();
             assert_eq!(diffs.len(), 1, "page {p}: {diffs:?}");
             assert_eq!(diffs[0].start, m.addr + p * PAGE);
         }
@@ -548,7 +614,7 @@ mod tests {
             checks.record(&page_cache_event(&m, p, pfn_at(other, p)));
         }
         touch(&m, 0);
-        assert!(checks.check(pid, &kernel()).unwrap().is_empty());
+        assert!(checks.check(pid, &kernel(), false).unwrap().is_empty());
         let present_before = present(m.addr);
         assert_eq!(checks.stats.checked, PAGES + present_before);
         assert!(
@@ -570,7 +636,7 @@ mod tests {
         let real = pfn_at(other, 40);
         checks.pfns.get_mut(&file).unwrap().insert(40, real + 1);
         touch(&m, 40);
-        let diffs = checks.check(pid, &kernel()).unwrap();
+        let diffs = checks.check(pid, &kernel(), false).unwrap();
         assert_eq!(diffs.len(), 1, "{diffs:?}");
         assert_eq!(diffs[0].start, m.addr + 40 * PAGE);
         // Exactly the pages that faulted in (40 and its fault-around neighbours) are new.
@@ -599,7 +665,7 @@ mod tests {
         } as u64;
         // SAFETY: writing inside the private mapping just made.
         unsafe { std::ptr::write_volatile(private as *mut u8, 1) };
-        assert!(checks.check(pid, &kernel()).unwrap().is_empty());
+        assert!(checks.check(pid, &kernel(), false).unwrap().is_empty());
         assert_eq!(checks.stats.checked, 1, "the copy is not a file page");
         // Drop the copy (a call verify does not trace): the next read maps the file page.
         // SAFETY: our own private mapping.
@@ -628,7 +694,7 @@ mod tests {
         );
         let real = pfn_at(m.addr, 0);
         checks.pfns.get_mut(&file).unwrap().insert(0, real + 1);
-        let diffs = checks.check(pid, &kernel()).unwrap();
+        let diffs = checks.check(pid, &kernel(), false).unwrap();
         assert_eq!(
             diffs.iter().map(|d| d.start).collect::<Vec<_>>(),
             [private],

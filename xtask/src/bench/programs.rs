@@ -249,15 +249,22 @@ fn drop_caches() -> Result<()> {
 
 fn untraced_once(argv: &[OsString]) -> Result<f64> {
     let started = Instant::now();
-    let status = Command::new(&argv[0])
+    // Its stderr is kept for a failure (chromium's is chatty on a machine without D-Bus).
+    let output = Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .status()
+        .stderr(Stdio::piped())
+        .output()
         .with_context(|| format!("running {:?}", argv[0]))?;
     let secs = started.elapsed().as_secs_f64();
-    if !status.success() {
-        bail!("{:?} failed untraced: {status}", argv[0]);
+    if !output.status.success() {
+        bail!(
+            "{:?} failed untraced: {}\n{}",
+            argv[0],
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(secs)
 }

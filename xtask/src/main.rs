@@ -1,6 +1,7 @@
 //! Developer and CI tasks for mmap-trace: set-up, the static build, the QEMU guest and
 //! the test run. All QEMU knowledge lives here, not in the tests.
 
+mod apt_sources;
 mod bench;
 mod build;
 mod chroot;

@@ -109,7 +109,8 @@ impl KernelRequest {
     }
 }
 
-/// apt with private sources, lists and cache: a kernel line's suites.
+/// apt with private sources, lists and cache: a kernel line's suites, or the host's own
+/// sources plus one more suite (setup.rs).
 pub struct PrivateApt {
     /// What it serves, for messages: "kernel line 6.12".
     pub what: String,
@@ -134,6 +135,40 @@ impl PrivateApt {
         let dir = ws.target_dir.join("guest/apt").join(line.name);
         let mut apt = Self::at(&dir, format!("kernel line {}", line.name), &suites)?;
         apt.source_parts = PathBuf::from("/dev/null");
+        Ok(apt)
+    }
+
+    /// The host's apt sources as they are, plus `suite` of the host's main archive, with
+    /// lists of their own in `dir` (the host's lists and sources stay untouched).
+    pub fn host_plus(dir: &Path, suite: &str) -> Result<Self> {
+        let archives = HostArchives::read()?;
+        let uri = archives.uri(Archive::Main)?;
+        let mut apt = Self::at(
+            dir,
+            format!("the host's apt sources + {suite}"),
+            &[(uri, suite)],
+        )?;
+        // The host's own sources: its sources.list and each of its parts, linked.
+        let (host_list, host_parts) = crate::apt_sources::source_paths()?;
+        let parts = dir.join("sources.list.d");
+        if parts.exists() {
+            fs::remove_dir_all(&parts).with_context(|| format!("removing {}", parts.display()))?;
+        }
+        fs::create_dir_all(&parts).with_context(|| format!("creating {}", parts.display()))?;
+        for file in crate::apt_sources::part_files(&host_parts) {
+            if let Some(name) = file.file_name() {
+                let link = parts.join(name);
+                std::os::unix::fs::symlink(&file, &link)
+                    .with_context(|| format!("linking {} -> {}", link.display(), file.display()))?;
+            }
+        }
+        if host_list.is_file() {
+            let link = parts.join("host-sources.list");
+            std::os::unix::fs::symlink(&host_list, &link).with_context(|| {
+                format!("linking {} -> {}", link.display(), host_list.display())
+            })?;
+        }
+        apt.source_parts = parts;
         Ok(apt)
     }
 

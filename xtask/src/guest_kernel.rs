@@ -158,6 +158,11 @@ fn cached(kernel: GuestKernel) -> GuestKernel {
     kernel
 }
 
+/// The current kernel version of `line` (from its private lists), without fetching it.
+pub fn current(ws: &Workspace, line: &'static Line) -> Result<String> {
+    current_version(&mut PrivateApt::new(ws, line)?)
+}
+
 /// The version the line's `linux-image-amd64` depends on, e.g. `7.2.13+deb14-amd64`.
 fn current_version(apt: &mut PrivateApt) -> Result<String> {
     if !apt.has_lists() {

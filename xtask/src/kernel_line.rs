@@ -39,9 +39,15 @@ pub struct Line {
     pub default_suites: Option<&'static [&'static str]>,
 }
 
-/// Suites that prove the kernel probes and the driver; the matrix runs them on the
-/// newer lines, the whole guest suite on the default line.
-const CORE_SUITES: &[&str] = &["guest_driver", "guest_trace", "guest_verify"];
+/// Suites that prove the kernel probes and the driver, and the kernel's own mm selftests
+/// under verify; the matrix runs them on the newer lines, the whole guest suite on the
+/// default line.
+const CORE_SUITES: &[&str] = &[
+    "guest_driver",
+    "guest_trace",
+    "guest_verify",
+    "guest_selftests",
+];
 
 pub const LINES: &[Line] = &[
     Line {

@@ -12,6 +12,7 @@ mod initramfs;
 mod kernel_line;
 mod lint;
 mod qemu;
+mod selftests;
 mod setup;
 mod stress;
 mod test;

@@ -257,7 +257,9 @@ fn check(entry: &Entry, limit: Duration, out: &mut String) -> Outcome {
     let under_totals = totals(&under.stdout);
     let mismatches = summary.and_then(|s| s["mismatches"].as_u64());
     let lost = summary.and_then(|s| s["lost_total"].as_u64());
-    let checkpoints = summary.and_then(|s| s["checkpoints"].as_u64()).unwrap_or(0);
+    let checkpoints = summary
+        .and_then(|s| s["checkpoints"].as_u64())
+        .map_or_else(|| "?".to_owned(), |n| n.to_string());
 
     let same = alone_totals == under_totals && under_status == alone.status;
     let clean = under.status == Some(0) && mismatches == Some(0) && lost == Some(0);
@@ -342,16 +344,20 @@ fn check(entry: &Entry, limit: Duration, out: &mut String) -> Outcome {
             );
         }
         if summary.is_none() {
-            // No summary: verify itself failed; its last words say why.
-            for l in under
-                .stderr
-                .lines()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
+            // No summary: verify itself failed; its error line says why (else its last
+            // words).
+            let lines: Vec<&str> = under.stderr.lines().collect();
+            let errors: Vec<&str> = lines
                 .iter()
-                .rev()
-            {
+                .copied()
+                .filter(|l| l.contains("error"))
+                .collect();
+            let said = if errors.is_empty() {
+                &lines[lines.len().saturating_sub(3)..]
+            } else {
+                &errors[..]
+            };
+            for l in said.iter().take(SHOWN) {
                 let _ = writeln!(out, "      verify said: {l}");
             }
         }

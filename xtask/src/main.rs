@@ -50,8 +50,8 @@ enum Task {
         command: Vec<String>,
     },
     /// Unit and host tests, then the guest tests, one VM boot per kernel: without
-    /// --kernel, every suite on 6.1 and guest_driver, guest_trace and guest_verify on 6.12
-    /// and 7; with --kernel, every suite on that kernel.
+    /// --kernel, every suite on 6.1 and guest_driver, guest_trace, guest_verify and
+    /// guest_selftests on 6.12 and 7; with --kernel, every suite on that kernel.
     Test {
         #[command(flatten)]
         guest: GuestArgs,

@@ -92,8 +92,9 @@ impl KernelArgs {
 struct GuestArgs {
     #[command(flatten)]
     kernel: KernelArgs,
-    /// Kill the guest after this many seconds (generous: TCG slows several-fold on a busy host).
-    #[arg(long, default_value_t = 900)]
+    /// Kill the guest after this many seconds (generous: TCG slows several-fold on a busy
+    /// host, and `test` runs several suites in one boot: 7.x's took 678 s once).
+    #[arg(long, default_value_t = 1800)]
     timeout: u64,
     /// Guest CPUs.
     #[arg(long, default_value_t = 1)]

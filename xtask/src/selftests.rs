@@ -264,9 +264,9 @@ fn fetch(apt: &mut PrivateApt, package: &str, version: &str, dir: &Path) -> Resu
         let status = download(apt)?;
         if !status.success() {
             bail!(
-                "apt-get download {wanted} failed ({status}; apt's reason is above): the \
-                 archive of {} no longer has the source of this kernel. Fix: check the network \
-                 and the host's apt sources, or run with the line's current kernel",
+                "apt-get download {wanted} failed ({status}; apt's reason is above) with the \
+                 private apt of {}. Fix: check the network and the host's apt sources; if the \
+                 archive has dropped this version, run with the line's current kernel",
                 apt.what
             );
         }

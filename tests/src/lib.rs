@@ -5,5 +5,6 @@ pub mod driver;
 pub mod paths;
 pub mod recorder;
 pub mod scenarios;
+pub mod selftests;
 pub mod stress;
 pub mod workload;

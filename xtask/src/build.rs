@@ -17,6 +17,7 @@ use crate::chroot;
 use crate::cmd;
 use crate::guest_kernel::GuestKernel;
 use crate::kernel_line::Compiler;
+use crate::selftests;
 use crate::setup::{EBPF_TOOLCHAIN_VAR, Ready};
 
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -38,6 +39,10 @@ pub struct Artifacts {
     /// (kernel version, the driver built against its headers) for each guest kernel of
     /// the run; empty while driver/ has no sources.
     pub drivers: Vec<(String, PathBuf)>,
+    /// (kernel version, its mm selftests or why there are none) for each guest kernel.
+    pub selftests: Vec<(String, selftests::Outcome)>,
+    /// The mm selftests the host runs (the newest line's).
+    pub host_selftests: selftests::Outcome,
 }
 
 impl Artifacts {
@@ -55,6 +60,14 @@ impl Artifacts {
             .iter()
             .find(|(v, _)| *v == kernel.version)
             .map(|(_, ko)| ko.as_path())
+    }
+
+    /// The mm selftests built for `kernel`, if they could be.
+    pub fn selftests(&self, kernel: &GuestKernel) -> Option<&selftests::Selftests> {
+        self.selftests
+            .iter()
+            .find(|(v, _)| *v == kernel.version)
+            .and_then(|(_, s)| s.as_ref().ok())
     }
 }
 
@@ -290,10 +303,29 @@ pub fn build_all(ws: &Workspace, ready: &Ready) -> Result<Artifacts> {
             drivers.push((kernel.version.clone(), ko));
         }
     }
+    // A source that cannot be fetched or built is kept as its one-line reason, which
+    // `test` counts as a failure: the other suites still run.
+    let selftests = ready
+        .guests
+        .iter()
+        .map(|kernel| (kernel.version.clone(), selftests::for_kernel(ws, kernel)))
+        .collect::<Vec<_>>();
+    let host_selftests = selftests::for_host(ws, &ready.guests);
+    for (what, outcome) in selftests
+        .iter()
+        .map(|(v, o)| (format!("guest {v}"), o))
+        .chain([("the host".to_owned(), &host_selftests)])
+    {
+        if let Err(why) = outcome {
+            println!("!!! mm selftests for {what}: {why}");
+        }
+    }
     Ok(Artifacts {
         cli,
         bins,
         guest_tests,
         drivers,
+        selftests,
+        host_selftests,
     })
 }

@@ -15,10 +15,10 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::apt_sources::{Archive, HostArchives};
 use crate::cmd;
 use crate::guest_kernel::{self, GuestKernel};
 
-const MIRROR: &str = "http://deb.debian.org/debian";
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 const MARKER: &str = "chroot.complete";
 /// Documentation is not needed to compile a module (saves ~20% of the chroot).
@@ -80,6 +80,10 @@ pub fn ensure(kernel: &GuestKernel, suite: &str) -> Result<Chroot> {
             .with_context(|| format!("removing {}", chroot.dir.display()))?;
     }
     let headers = format!("linux-headers-{}", kernel.version);
+    // The host's mirror serves sid too; mmdebstrap writes its own apt configuration, so
+    // the host's proxy settings are handed over explicitly.
+    let mirror = HostArchives::read()?.uri(Archive::Main)?;
+    let proxies = HostArchives::proxy_options()?;
     eprintln!(
         "setup: building a {suite} chroot (mmdebstrap minbase + make + {headers}, ~1 min, \
          ~430 MB) in {}",
@@ -92,15 +96,18 @@ pub fn ensure(kernel: &GuestKernel, suite: &str) -> Result<Chroot> {
         // See kernel_line.rs: this machine's clock is ahead of the mirror's Valid-Until.
         .arg("--aptopt=Acquire::Check-Valid-Until \"false\"")
         .arg(format!("--keyring={KEYRING}"));
+    for option in &proxies {
+        c.arg(format!("--aptopt={option}"));
+    }
     for pattern in EXCLUDED {
         c.arg(format!("--dpkgopt=path-exclude={pattern}"));
     }
-    c.arg(suite).arg(&chroot.dir).arg(MIRROR);
+    c.arg(suite).arg(&chroot.dir).arg(&mirror);
     let status = cmd::status(c.stdout(std::io::stderr()))?;
     if !status.success() {
         bail!(
             "building the {suite} chroot for kernel {} failed (mmdebstrap: {status}; its \
-             output is above). It needs root, mount permission and {MIRROR} reachable. Fix the \
+             output is above). It needs root, mount permission and {mirror} reachable. Fix the \
              cause and run again: the half-built {} is removed then",
             kernel.version,
             chroot.dir.display()

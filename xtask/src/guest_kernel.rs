@@ -119,7 +119,7 @@ pub fn ensure(ws: &Workspace, request: &KernelRequest) -> Result<GuestKernel> {
     }
     loop {
         let version = match &request.version {
-            Some(v) => available(&mut apt, v)?,
+            Some(v) => available(&mut apt, line, v)?,
             None => current_version(&mut apt)?,
         };
         let kernel = GuestKernel::at(ws, line, &version);
@@ -158,6 +158,11 @@ fn cached(kernel: GuestKernel) -> GuestKernel {
     kernel
 }
 
+/// The current kernel version of `line` (from its private lists), without fetching it.
+pub fn current(ws: &Workspace, line: &'static Line) -> Result<String> {
+    current_version(&mut PrivateApt::new(ws, line)?)
+}
+
 /// The version the line's `linux-image-amd64` depends on, e.g. `7.2.13+deb14-amd64`.
 fn current_version(apt: &mut PrivateApt) -> Result<String> {
     if !apt.has_lists() {
@@ -175,16 +180,16 @@ fn current_version(apt: &mut PrivateApt) -> Result<String> {
     apt.update_once()?;
     find(apt)?.with_context(|| {
         format!(
-            "the package lists in {} name no kernel for line {} ({META_PACKAGE} has no \
+            "the package lists in {} name no kernel for {} ({META_PACKAGE} has no \
              linux-image-* dependency)",
             apt.dir().display(),
-            apt.line.name
+            apt.what
         )
     })
 }
 
 /// `version` if the line's archive still has `linux-image-<version>`.
-fn available(apt: &mut PrivateApt, version: &str) -> Result<String> {
+fn available(apt: &mut PrivateApt, line: &Line, version: &str) -> Result<String> {
     if !apt.has_lists() {
         apt.update_once()?;
     }
@@ -200,8 +205,8 @@ fn available(apt: &mut PrivateApt, version: &str) -> Result<String> {
     bail!(
         "the Debian archive no longer has {image} (kernel line {}): it now serves {current}. \
          Fix: pass --kernel {} for the line's current kernel, or --kernel {current}",
-        apt.line.name,
-        apt.line.name
+        line.name,
+        line.name
     )
 }
 

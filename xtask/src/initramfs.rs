@@ -28,6 +28,9 @@ pub struct Contents<'a> {
     pub driver: Option<&'a Path>,
     /// The guest kernel's overlayfs module, if it has one.
     pub overlay: Option<&'a Path>,
+    /// The kernel's built mm selftests (every file of the directory, manifest included),
+    /// installed in [`crate::selftests::GUEST_DIR`].
+    pub selftests: Option<&'a Path>,
     /// Shell script run as root by /init; its exit status is reported.
     pub command: String,
     /// Printed around the status and dmesg so the host can find them.
@@ -85,6 +88,25 @@ pub fn write(path: &Path, contents: &Contents<'_>) -> Result<()> {
         if let Some(ko) = contents.overlay {
             cpio.file_from(GUEST_OVERLAY_KO.trim_start_matches('/'), ko, 0o644)?;
         }
+        if let Some(dir) = contents.selftests {
+            let inside = crate::selftests::GUEST_DIR.trim_start_matches('/');
+            cpio.dir(inside)?;
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .with_context(|| format!("listing {}", dir.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            for file in files {
+                let name = file.file_name().context("a file without a name")?;
+                cpio.file_from(
+                    &format!("{inside}/{}", name.to_string_lossy()),
+                    &file,
+                    0o755,
+                )?;
+            }
+        }
         cpio.finish()
     })();
     result.with_context(|| format!("writing initramfs {}", path.display()))
@@ -119,7 +141,7 @@ mount -t bpf bpf /sys/fs/bpf
 mount -t tmpfs tmpfs /tmp
 export PATH={GUEST_BIN}:/bin:/sbin HOME=/root
 export MMTRACE_GUEST=1 MMTRACE_CLI={GUEST_CLI} MMTRACE_KO={GUEST_KO} MMTRACE_WORKLOAD={GUEST_WORKLOAD}
-export MMTRACE_OVERLAY_KO={GUEST_OVERLAY_KO}
+export MMTRACE_OVERLAY_KO={GUEST_OVERLAY_KO} {selftests_env}={selftests_dir}
 cd /tmp
 echo
 echo "{start}"
@@ -144,6 +166,8 @@ poweroff -f
             .collect::<Vec<_>>()
             .join(" "),
         tail = DMESG_TAIL,
+        selftests_env = crate::selftests::ENV,
+        selftests_dir = crate::selftests::GUEST_DIR,
     )
 }
 

@@ -1,9 +1,9 @@
 //! Guest kernel lines (`--kernel 6.1 | 6.12 | 7 | <full version>`): which Debian suite
 //! serves each, where its driver is compiled, and a private apt configuration per line.
 //!
-//! The host's apt sources are never read or edited for guest kernels: each line has its
-//! own `sources.list`, package lists and cache under `target/guest/apt/<line>/`, passed to
-//! apt with `-o Dir::…` options.
+//! The host's apt sources are never edited and only read for the mirror's address
+//! (apt_sources.rs): each line has its own `sources.list`, package lists and cache under
+//! `target/guest/apt/<line>/`, passed to apt with `-o Dir::…` options.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,10 +12,9 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 
 use crate::Workspace;
+use crate::apt_sources::{Archive, HostArchives};
 use crate::cmd;
 
-const MIRROR: &str = "http://deb.debian.org/debian";
-const SECURITY_MIRROR: &str = "http://deb.debian.org/debian-security";
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
 /// Where the driver for a line's kernels is compiled.
@@ -33,22 +32,31 @@ pub struct Line {
     pub name: &'static str,
     /// What the line's full versions start with.
     version_prefix: &'static str,
-    /// (mirror, suite) pairs of the private sources.list.
-    suites: &'static [(&'static str, &'static str)],
+    /// (the host's archive that serves it, suite) pairs of the private sources.list.
+    pub suites: &'static [(Archive, &'static str)],
     pub compiler: Compiler,
     /// The guest test suites a plain `cargo xtask test` runs on this line (None: all).
     pub default_suites: Option<&'static [&'static str]>,
 }
 
-/// Suites that prove the kernel probes and the driver; the matrix runs them on the
-/// newer lines, the whole guest suite on the default line.
-const CORE_SUITES: &[&str] = &["guest_driver", "guest_trace", "guest_verify"];
+/// Suites that prove the kernel probes and the driver, and the kernel's own mm selftests
+/// under verify; the matrix runs them on the newer lines, the whole guest suite on the
+/// default line.
+const CORE_SUITES: &[&str] = &[
+    "guest_driver",
+    "guest_trace",
+    "guest_verify",
+    "guest_selftests",
+];
 
 pub const LINES: &[Line] = &[
     Line {
         name: "6.1",
         version_prefix: "6.1.",
-        suites: &[(MIRROR, "bookworm"), (SECURITY_MIRROR, "bookworm-security")],
+        suites: &[
+            (Archive::Main, "bookworm"),
+            (Archive::Security, "bookworm-security"),
+        ],
         compiler: Compiler::Host,
         default_suites: None,
     },
@@ -56,14 +64,14 @@ pub const LINES: &[Line] = &[
         name: "6.12",
         version_prefix: "6.12.",
         // Built for bookworm: its headers want bookworm's gcc-12, the host's.
-        suites: &[(MIRROR, "bookworm-backports")],
+        suites: &[(Archive::Main, "bookworm-backports")],
         compiler: Compiler::Host,
         default_suites: Some(CORE_SUITES),
     },
     Line {
         name: "7",
         version_prefix: "7.",
-        suites: &[(MIRROR, "sid")],
+        suites: &[(Archive::Main, "sid")],
         compiler: Compiler::Chroot { suite: "sid" },
         default_suites: Some(CORE_SUITES),
     },
@@ -107,24 +115,78 @@ impl KernelRequest {
     }
 }
 
-/// apt with this line's private sources, lists and cache.
+/// apt with private sources, lists and cache: a kernel line's suites, or the host's own
+/// sources plus one more suite (setup.rs).
 pub struct PrivateApt {
-    pub line: &'static Line,
+    /// What it serves, for messages: "kernel line 6.12".
+    pub what: String,
     dir: PathBuf,
+    source_list: PathBuf,
+    source_parts: PathBuf,
+    /// "suite (URI)" of each source xtask wrote, for messages.
+    written: Vec<String>,
     updated: bool,
 }
 
 impl PrivateApt {
+    /// The private apt of `line`, in `target/guest/apt/<line>/`, its suites served by the
+    /// host's own mirror.
     pub fn new(ws: &Workspace, line: &'static Line) -> Result<Self> {
+        let archives = HostArchives::read()?;
+        let suites = line
+            .suites
+            .iter()
+            .map(|(archive, suite)| Ok((archives.uri(*archive)?, *suite)))
+            .collect::<Result<Vec<_>>>()?;
         let dir = ws.target_dir.join("guest/apt").join(line.name);
+        let mut apt = Self::at(&dir, format!("kernel line {}", line.name), &suites)?;
+        apt.source_parts = PathBuf::from("/dev/null");
+        Ok(apt)
+    }
+
+    /// The host's apt sources as they are, plus `suite` of the host's main archive, with
+    /// lists of their own in `dir` (the host's lists and sources stay untouched).
+    pub fn host_plus(dir: &Path, suite: &str) -> Result<Self> {
+        let archives = HostArchives::read()?;
+        let uri = archives.uri(Archive::Main)?;
+        let mut apt = Self::at(
+            dir,
+            format!("the host's apt sources + {suite}"),
+            &[(uri, suite)],
+        )?;
+        // The host's own sources: its sources.list and each of its parts, linked.
+        let (host_list, host_parts) = crate::apt_sources::source_paths()?;
+        let parts = dir.join("sources.list.d");
+        if parts.exists() {
+            fs::remove_dir_all(&parts).with_context(|| format!("removing {}", parts.display()))?;
+        }
+        fs::create_dir_all(&parts).with_context(|| format!("creating {}", parts.display()))?;
+        for file in crate::apt_sources::part_files(&host_parts) {
+            if let Some(name) = file.file_name() {
+                let link = parts.join(name);
+                std::os::unix::fs::symlink(&file, &link)
+                    .with_context(|| format!("linking {} -> {}", link.display(), file.display()))?;
+            }
+        }
+        if host_list.is_file() {
+            let link = parts.join("host-sources.list");
+            std::os::unix::fs::symlink(&host_list, &link).with_context(|| {
+                format!("linking {} -> {}", link.display(), host_list.display())
+            })?;
+        }
+        apt.source_parts = parts;
+        Ok(apt)
+    }
+
+    /// A private apt in `dir` whose own sources.list holds `suites` (URI, suite).
+    fn at(dir: &Path, what: String, suites: &[(String, &str)]) -> Result<Self> {
         for sub in ["lists/partial", "cache/archives/partial"] {
             let d = dir.join(sub);
             fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
-        let sources: String = line
-            .suites
+        let sources: String = suites
             .iter()
-            .map(|(mirror, suite)| format!("deb [signed-by={KEYRING}] {mirror} {suite} main\n"))
+            .map(|(uri, suite)| format!("deb [signed-by={KEYRING}] {uri} {suite} main\n"))
             .collect();
         let path = dir.join("sources.list");
         if fs::read_to_string(&path).ok().as_deref() != Some(sources.as_str()) {
@@ -133,8 +195,14 @@ impl PrivateApt {
             clear_lists(&dir.join("lists"))?;
         }
         Ok(PrivateApt {
-            line,
-            dir,
+            what,
+            dir: dir.to_owned(),
+            source_list: path,
+            source_parts: PathBuf::from("/dev/null"),
+            written: suites
+                .iter()
+                .map(|(uri, suite)| format!("{suite} ({uri})"))
+                .collect(),
             updated: false,
         })
     }
@@ -144,10 +212,10 @@ impl PrivateApt {
         let mut c = Command::new(program);
         c.env("DEBIAN_FRONTEND", "noninteractive");
         for (key, value) in [
-            ("Dir::Etc::SourceList", self.dir.join("sources.list")),
-            ("Dir::Etc::SourceParts", PathBuf::from("/dev/null")),
-            ("Dir::State::Lists", self.dir.join("lists")),
-            ("Dir::Cache", self.dir.join("cache")),
+            ("Dir::Etc::SourceList", &self.source_list),
+            ("Dir::Etc::SourceParts", &self.source_parts),
+            ("Dir::State::Lists", &self.dir.join("lists")),
+            ("Dir::Cache", &self.dir.join("cache")),
         ] {
             c.arg("-o").arg(format!("{key}={}", value.display()));
         }
@@ -164,22 +232,21 @@ impl PrivateApt {
         c
     }
 
-    /// Downloads the line's package lists once per xtask run.
+    /// Downloads the package lists once per xtask run.
     pub fn update_once(&mut self) -> Result<()> {
         if self.updated {
             return Ok(());
         }
-        let suites: Vec<&str> = self.line.suites.iter().map(|(_, s)| *s).collect();
         eprintln!(
-            "setup: apt-get update of the private lists for kernel line {} ({}) in {}",
-            self.line.name,
-            suites.join(", "),
+            "setup: apt-get update of the private lists for {} ({}) in {}",
+            self.what,
+            self.written.join(", "),
             self.dir.display()
         );
         cmd::run(self.command("apt-get").arg("update")).with_context(|| {
             format!(
-                "downloading the package lists of {} from {MIRROR}: is the network up?",
-                suites.join(", ")
+                "downloading the package lists of {}: is the network up?",
+                self.written.join(", ")
             )
         })?;
         self.updated = true;

@@ -1,6 +1,7 @@
 //! Developer and CI tasks for mmap-trace: set-up, the static build, the QEMU guest and
 //! the test run. All QEMU knowledge lives here, not in the tests.
 
+mod apt_sources;
 mod bench;
 mod build;
 mod chroot;
@@ -12,6 +13,7 @@ mod kernel_line;
 mod lint;
 mod modules;
 mod qemu;
+mod selftests;
 mod setup;
 mod stress;
 mod test;
@@ -49,8 +51,8 @@ enum Task {
         command: Vec<String>,
     },
     /// Unit and host tests, then the guest tests, one VM boot per kernel: without
-    /// --kernel, every suite on 6.1 and guest_driver, guest_trace and guest_verify on 6.12
-    /// and 7; with --kernel, every suite on that kernel.
+    /// --kernel, every suite on 6.1 and guest_driver, guest_trace, guest_verify and
+    /// guest_selftests on 6.12 and 7; with --kernel, every suite on that kernel.
     Test {
         #[command(flatten)]
         guest: GuestArgs,
@@ -92,8 +94,9 @@ impl KernelArgs {
 struct GuestArgs {
     #[command(flatten)]
     kernel: KernelArgs,
-    /// Kill the guest after this many seconds (generous: TCG slows several-fold on a busy host).
-    #[arg(long, default_value_t = 900)]
+    /// Kill the guest after this many seconds (generous: TCG slows several-fold on a busy
+    /// host, and `test` runs several suites in one boot: 7.x's took 678 s once).
+    #[arg(long, default_value_t = 1800)]
     timeout: u64,
     /// Guest CPUs.
     #[arg(long, default_value_t = 1)]

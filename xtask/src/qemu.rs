@@ -135,6 +135,7 @@ pub fn run_in_guest(
             bins,
             driver: artifacts.driver(kernel),
             overlay: overlay.as_deref(),
+            selftests: artifacts.selftests(kernel).map(|s| s.dir.as_path()),
             command,
             markers,
         },

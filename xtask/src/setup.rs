@@ -7,12 +7,14 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::Workspace;
+use crate::apt_sources::HostArchives;
 use crate::cmd;
 use crate::guest_kernel::{self, GuestKernel};
 use crate::kernel_line::KernelRequest;
+use crate::kernel_line::PrivateApt;
 
 /// Host packages: LLVM 22 for bpf-linker, QEMU + busybox for the guest, the rest for
 /// building the driver against the guest's headers (gcc-12 matches the guest kernel's
@@ -40,6 +42,11 @@ const APT_PACKAGES: &[&str] = &[
     // docs test renders the generated man pages with man(1).
     "python3-venv",
     "man-db",
+    // The Linux mm selftests (selftests.rs), built static: libc.a, and libcap.a for
+    // mlock-random-test.
+    "gcc",
+    "libc6-dev",
+    "libcap-dev",
 ];
 
 /// Perfetto's own generated protobuf classes, from PyPI, pinned: the test of
@@ -105,7 +112,7 @@ pub fn apt_command(program: &str) -> Command {
 /// line per item.
 pub fn ensure(ws: &Workspace, kernels: &[KernelRequest]) -> Result<Ready> {
     let mut apt = Apt::default();
-    ensure_apt_packages(&mut apt)?;
+    ensure_apt_packages(ws, &mut apt)?;
     let ebpf_toolchain = ensure_nightly()?;
     ensure_rust_src(&ebpf_toolchain)?;
     let path = ensure_bpf_linker()?;
@@ -167,11 +174,11 @@ fn ensure_perfetto_python(ws: &Workspace) -> Result<PathBuf> {
     Ok(python)
 }
 
-fn ensure_apt_packages(apt: &mut Apt) -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+fn ensure_apt_packages(ws: &Workspace, apt: &mut Apt) -> Result<()> {
+    let missing: Vec<String> = APT_PACKAGES
         .iter()
-        .copied()
         .filter(|p| !dpkg_installed(p))
+        .map(|p| (*p).to_owned())
         .collect();
     if missing.is_empty() {
         eprintln!("setup: apt packages: all {} present", APT_PACKAGES.len());
@@ -179,11 +186,254 @@ fn ensure_apt_packages(apt: &mut Apt) -> Result<()> {
     }
     eprintln!("setup: installing apt packages: {}", missing.join(" "));
     apt.update_once()?;
+    // Simulated first: an install that would take away what the user has is not done.
+    let plan = simulate(&mut apt_command("apt-get"), &missing)?;
+    if plan.harms().is_empty() {
+        return install(&mut apt_command("apt-get"), &missing);
+    }
+    install_fitting(ws, &missing, &plan)
+}
+
+/// What `apt-get install -s` says it would do to packages already installed.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Plan {
+    /// (package, installed version).
+    removed: Vec<(String, String)>,
+    /// (package, installed version, the older version apt would put in its place).
+    downgraded: Vec<(String, String, String)>,
+}
+
+impl Plan {
+    /// One phrase per package the install would remove or downgrade.
+    fn harms(&self) -> Vec<String> {
+        self.removed
+            .iter()
+            .map(|(p, v)| format!("remove {p} {v}"))
+            .chain(
+                self.downgraded
+                    .iter()
+                    .map(|(p, from, to)| format!("downgrade {p} {from} to {to}")),
+            )
+            .collect()
+    }
+
+    /// The installed packages it would remove or downgrade, with their installed versions.
+    fn harmed(&self) -> Vec<(&str, &str)> {
+        self.removed
+            .iter()
+            .map(|(p, v)| (p.as_str(), v.as_str()))
+            .chain(
+                self.downgraded
+                    .iter()
+                    .map(|(p, v, _)| (p.as_str(), v.as_str())),
+            )
+            .collect()
+    }
+}
+
+/// `apt-get install -s` of `packages` with `apt` (the host's configuration or a private
+/// one): what it would remove or downgrade.
+fn simulate(apt: &mut Command, packages: &[String]) -> Result<Plan> {
+    apt.args(["install", "-s", "-q", "--no-install-recommends"])
+        .args(packages);
+    let out = cmd::output(apt)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "apt cannot install {} on this machine (apt-get install -s: {}). Fix what apt \
+             reports, e.g. with `apt-get install {}` by hand, and run again",
+            packages.join(" "),
+            err.lines()
+                .filter(|l| l.starts_with("E:") || l.contains("Depends:") || l.contains("Breaks:"))
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join("; "),
+            packages.join(" ")
+        );
+    }
+    parse_simulation(&text, version_lt)
+}
+
+/// Reads apt's simulation: `Remv P [V]`, and `Inst P [OLD] (NEW …)` where NEW < OLD.
+fn parse_simulation(text: &str, lt: impl Fn(&str, &str) -> Result<bool>) -> Result<Plan> {
+    let mut plan = Plan::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(action), Some(package)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let rest: Vec<&str> = words.collect();
+        let installed = rest
+            .first()
+            .and_then(|w| w.strip_prefix('['))
+            .map(|w| w.trim_end_matches(']').to_owned());
+        match (action, installed) {
+            ("Remv", Some(v)) => plan.removed.push((package.to_owned(), v)),
+            ("Remv", None) => plan.removed.push((package.to_owned(), String::new())),
+            ("Inst", Some(old)) => {
+                let new = rest
+                    .get(1)
+                    .and_then(|w| w.strip_prefix('('))
+                    .map(|w| w.trim_end_matches(')'))
+                    .unwrap_or_default();
+                if !new.is_empty() && lt(new, &old)? {
+                    plan.downgraded
+                        .push((package.to_owned(), old, new.to_owned()));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(plan)
+}
+
+fn version_lt(a: &str, b: &str) -> Result<bool> {
+    let status = cmd::status(
+        Command::new("dpkg")
+            .args(["--compare-versions", a, "lt", b])
+            .stdout(std::process::Stdio::null()),
+    )?;
+    Ok(status.success())
+}
+
+fn install(apt: &mut Command, packages: &[String]) -> Result<()> {
     cmd::run(
-        apt_command("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing),
+        apt.args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages),
     )
+}
+
+/// The host's suites would replace an installed package (on this kind of machine:
+/// bookworm's qemu-system-x86 7.2 makes apt remove the preinstalled qemu-utils 10.0 from
+/// bookworm-backports). Looks in `<codename>-backports` of the host's own mirror for the
+/// missing packages at the version of the installed package of the same source, and
+/// installs those if apt then harms nothing; otherwise stops with what apt wanted.
+fn install_fitting(ws: &Workspace, missing: &[String], plan: &Plan) -> Result<()> {
+    let archives = HostArchives::read()?;
+    let suite = format!("{}-backports", archives.codename);
+    let refuse = |why: &str| {
+        anyhow!(
+            "installing {} with this machine's apt sources would {} ({why}); setup never removes \
+             or downgrades a package by itself. Fix: install versions of {} that fit what is \
+             installed, or accept apt's plan with `apt-get install --no-install-recommends {}`, \
+             then run again",
+            missing.join(" "),
+            plan.harms().join(", "),
+            missing.join(" "),
+            missing.join(" ")
+        )
+    };
+    let mut apt = PrivateApt::host_plus(&ws.target_dir.join("apt/host-with-backports"), &suite)?;
+    apt.update_once()?;
+    // The source (name, version) of each package apt would harm.
+    let mut harmed_sources = Vec::new();
+    for (package, _) in plan.harmed() {
+        let out = cmd::stdout(Command::new("dpkg-query").args([
+            "-W",
+            "-f=${source:Package} ${source:Version}",
+            package,
+        ]))?;
+        if let Some((name, version)) = out.trim().split_once(' ') {
+            harmed_sources.push((name.to_owned(), version.to_owned()));
+        }
+    }
+    // Each missing package built from a harmed package's source, at that source version;
+    // the others come from the host's suites as before.
+    let mut pinned = Vec::new();
+    let mut chosen = Vec::new();
+    let mut others = Vec::new();
+    for package in missing {
+        let show = cmd::output(apt.command("apt-cache").args(["show", package]))?;
+        let stanzas = String::from_utf8_lossy(&show.stdout).into_owned();
+        let fit = package_versions(&stanzas)
+            .into_iter()
+            .find(|(_, source, source_version)| {
+                harmed_sources
+                    .iter()
+                    .any(|(n, v)| n == source && v == source_version)
+            });
+        match fit {
+            Some((version, _, _)) => {
+                chosen.push(format!("{package} {version}"));
+                pinned.push(format!("{package}={version}"));
+            }
+            None => others.push(package.clone()),
+        }
+    }
+    if chosen.is_empty() {
+        return Err(refuse(&format!(
+            "neither the host's suites nor {suite} have a version of them built from the same \
+             source as the installed packages"
+        )));
+    }
+    if !others.is_empty() {
+        let plain = simulate(&mut apt_command("apt-get"), &others)?;
+        if !plain.harms().is_empty() {
+            return Err(refuse(&format!(
+                "{} alone would {}",
+                others.join(" "),
+                plain.harms().join(", ")
+            )));
+        }
+    }
+    // `-t` lets the pinned packages' own dependencies come from the same suite (10.0's
+    // qemu-system-x86 wants backports' qemu-system-data and seabios); what the simulation
+    // shows is what is done.
+    let from_suite = || {
+        let mut c = apt.command("apt-get");
+        c.args(["-t", &suite]);
+        c
+    };
+    let fitting = simulate(&mut from_suite(), &pinned)?;
+    if !fitting.harms().is_empty() {
+        return Err(refuse(&format!(
+            "with {} from {suite} it would still {}",
+            chosen.join(", "),
+            fitting.harms().join(", ")
+        )));
+    }
+    eprintln!(
+        "setup: apt would {} to install {}; installing {} from {suite} instead (the version \
+         of what is installed), which removes and downgrades nothing",
+        plan.harms().join(", "),
+        missing.join(" "),
+        chosen.join(", ")
+    );
+    if !others.is_empty() {
+        install(&mut apt_command("apt-get"), &others)?;
+    }
+    install(&mut from_suite(), &pinned)
+}
+
+/// (version, source package, source version) of each stanza of `apt-cache show`.
+fn package_versions(stanzas: &str) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for stanza in stanzas.split("\n\n") {
+        let field = |name: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+        };
+        let (Some(package), Some(version)) = (field("Package:"), field("Version:")) else {
+            continue;
+        };
+        // `Source: qemu (1:7.2+dfsg-7+deb12u18)` on a binNMU, `Source: qemu` otherwise;
+        // none when the source is named like the package.
+        let (source, source_version) = match field("Source:") {
+            Some(s) => match s.split_once(' ') {
+                Some((name, v)) => (
+                    name.to_owned(),
+                    v.trim_matches(|c| c == '(' || c == ')').to_owned(),
+                ),
+                None => (s, version.clone()),
+            },
+            None => (package, version.clone()),
+        };
+        out.push((version, source, source_version));
+    }
+    out
 }
 
 fn dpkg_installed(package: &str) -> bool {
@@ -338,6 +588,53 @@ fn path_with(dir: &Path) -> OsString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_removals_and_downgrades_from_a_simulation() {
+        let text = "\
+NOTE: This is only a simulation!
+Remv qemu-utils [1:10.0.2+ds-2+deb13u1~bpo12+1]
+Inst qemu-system-common (1:7.2+dfsg-7+deb12u18+b3 Debian:12.13/oldstable [amd64])
+Inst libfoo [2.0-1] (1.9-1 Debian:12.13/oldstable [amd64])
+Inst libbar [1.0-1] (1.1-1 Debian:12.13/oldstable [amd64])
+Conf qemu-system-common (1:7.2+dfsg-7+deb12u18+b3 Debian:12.13/oldstable [amd64])
+";
+        let lt = |a: &str, b: &str| Ok(a < b);
+        let plan = parse_simulation(text, lt).unwrap();
+        assert_eq!(
+            plan.harms(),
+            [
+                "remove qemu-utils 1:10.0.2+ds-2+deb13u1~bpo12+1",
+                "downgrade libfoo 2.0-1 to 1.9-1"
+            ]
+        );
+        let quiet = "Inst hello (2.10-3 Debian:12.15/oldstable [amd64])\n";
+        assert!(parse_simulation(quiet, lt).unwrap().harms().is_empty());
+    }
+
+    #[test]
+    fn reads_source_versions_of_apt_cache_show() {
+        let text = "Package: qemu-system-x86\nSource: qemu (1:7.2+dfsg-7+deb12u18)\n\
+                    Version: 1:7.2+dfsg-7+deb12u18+b3\n\n\
+                    Package: qemu-system-x86\nSource: qemu\nVersion: 1:10.0.2+ds-2~bpo12+1\n\n\
+                    Package: hello\nVersion: 2.10-3\n";
+        assert_eq!(
+            package_versions(text),
+            [
+                (
+                    "1:7.2+dfsg-7+deb12u18+b3".to_owned(),
+                    "qemu".to_owned(),
+                    "1:7.2+dfsg-7+deb12u18".to_owned()
+                ),
+                (
+                    "1:10.0.2+ds-2~bpo12+1".to_owned(),
+                    "qemu".to_owned(),
+                    "1:10.0.2+ds-2~bpo12+1".to_owned()
+                ),
+                ("2.10-3".to_owned(), "hello".to_owned(), "2.10-3".to_owned()),
+            ]
+        );
+    }
 
     #[test]
     fn parses_llvm_major() {

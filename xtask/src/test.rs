@@ -11,6 +11,7 @@ use crate::build::{self, Artifacts, TARGET};
 use crate::cmd;
 use crate::guest_kernel::GuestKernel;
 use crate::qemu::{self, Markers, Options};
+use crate::selftests::{self, Selftests};
 use crate::setup::Ready;
 use crate::{Workspace, section};
 
@@ -60,7 +61,7 @@ pub fn run(
 
     let mut dmesg_clean = true;
     for kernel in &ready.guests {
-        let suites: Vec<&(String, std::path::PathBuf)> = artifacts
+        let mut suites: Vec<&(String, std::path::PathBuf)> = artifacts
             .guest_tests
             .iter()
             .filter(|(name, _)| match kernel.line.default_suites {
@@ -72,6 +73,25 @@ pub fn run(
             "guest tests on {} (kernel line {}, one VM boot)",
             kernel.version, kernel.line.name
         ));
+        let whose = format!("guest {}", kernel.version);
+        match artifacts
+            .selftests
+            .iter()
+            .find(|(v, _)| *v == kernel.version)
+        {
+            Some((_, Ok(built))) => count_build_failures(&whose, built, &mut tally),
+            // Without its selftests the suite cannot run: one failure, with the reason.
+            Some((_, Err(why))) if suites.iter().any(|(n, _)| n == selftests::GUEST_SUITE) => {
+                suites.retain(|(n, _)| n != selftests::GUEST_SUITE);
+                tally.failed += 1;
+                tally.lines.push(format!(
+                    "{whose}: {}: FAILED (no mm selftests: {why})",
+                    selftests::GUEST_SUITE
+                ));
+            }
+            Some((_, Err(_))) => {}
+            None => {}
+        }
         let left_out: Vec<&str> = artifacts
             .guest_tests
             .iter()
@@ -132,9 +152,21 @@ fn host_tests(
             "mmap-trace-ebpf",
         ])
         .env("MMTRACE_CLI", &artifacts.cli)
+        // host_selftests says why, and fails, when the selftests could not be prepared.
+        .env_remove(selftests::ENV)
+        .env_remove(selftests::ENV_ERROR)
         .env(crate::setup::PERFETTO_PYTHON_VAR, &ready.perfetto_python)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
+    match &artifacts.host_selftests {
+        Ok(built) => {
+            c.env(selftests::ENV, &built.dir);
+            count_build_failures("host", built, tally);
+        }
+        Err(why) => {
+            c.env(selftests::ENV_ERROR, why);
+        }
+    }
     for (var, name) in [
         ("MMTRACE_WORKLOAD", "mmap-workload"),
         ("MMTRACE_FLOOR", "mmap-trace-floor"),
@@ -167,6 +199,22 @@ fn host_tests(
         "host: {ok} test binaries passed, {failed} failed (cargo test: {status})"
     ));
     Ok(())
+}
+
+/// Each selftest that did not build is one failure, with its line (what, why, the fix);
+/// those the tree does not have are said, not counted.
+fn count_build_failures(whose: &str, built: &Selftests, tally: &mut Tally) {
+    for f in &built.failures {
+        tally.failed += 1;
+        tally.lines.push(format!("{whose}: FAILED: {f}"));
+    }
+    if !built.absent.is_empty() {
+        tally.lines.push(format!(
+            "{whose}: mm selftests not in {}: {} (not run, not counted)",
+            built.source,
+            built.absent.join(", ")
+        ));
+    }
 }
 
 /// Boots `kernel` once, runs each of `tests` with `--test-threads=1`; returns whether the
@@ -228,8 +276,15 @@ fn guest_tests(
     Ok(outcome.splats.is_empty() && !outcome.timed_out && outcome.status.is_some())
 }
 
-/// One guest test binary may take this long, so a hang still leaves the others' results.
-const GUEST_BINARY_LIMIT: std::time::Duration = std::time::Duration::from_secs(400);
+/// How long one guest test binary may take, so a hang still leaves the others' results:
+/// 400 s, and 600 s for the mm selftests (each of ~20 tests runs twice; 145 s on 6.1).
+fn guest_binary_limit(name: &str) -> std::time::Duration {
+    std::time::Duration::from_secs(if name == selftests::GUEST_SUITE {
+        600
+    } else {
+        400
+    })
+}
 
 fn guest_script<'a>(names: impl Iterator<Item = &'a str>, prefix: &str) -> String {
     let mut s = String::from("failed=0\n");
@@ -240,7 +295,7 @@ fn guest_script<'a>(names: impl Iterator<Item = &'a str>, prefix: &str) -> Strin
              [ $rc -eq 137 ] && echo 'guest test {name}: KILLED after {limit} s'\n\
              echo \"{prefix} {name} $rc\"\n[ $rc -eq 0 ] || failed=1\n",
             bin = bin.display(),
-            limit = GUEST_BINARY_LIMIT.as_secs()
+            limit = guest_binary_limit(name).as_secs()
         ));
     }
     s.push_str("exit $failed\n");

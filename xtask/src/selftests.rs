@@ -1,0 +1,483 @@
+//! The Linux mm selftests (`tools/testing/selftests/mm`, `vm` on 6.1) of each guest
+//! kernel, from Debian's `linux-source-<X.Y>` package of that very kernel, built static
+//! against the kernel's own uapi headers. The tests crate's `host_selftests` and
+//! `guest_selftests` run them alone and under `mmap-trace verify` (tests/src/selftests.rs);
+//! this file only fetches, builds and lists them.
+//!
+//! Cache, one per source version: `target/selftests/<package>_<version>/`
+//! - `src/linux-source-<X.Y>/`: only what `make headers` and the selftests' Makefile read
+//!   (~190 MB of the 1.6 GB tree)
+//! - `build.log`: `make headers` and the selftests' make
+//! - `bin/`: the stripped static tests and `manifest`, one line per run (label, binary,
+//!   arguments, tab-separated), which the test binary reads
+//! - `absent`: the [`SELFTESTS`] this tree does not have
+//! - `.complete`: written when every test of the tree built; its presence skips all above
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::Workspace;
+use crate::cmd;
+use crate::guest_kernel::{self, GuestKernel};
+use crate::kernel_line::{LINES, Line, PrivateApt};
+
+/// Where the directory with the manifest goes in the guest, and the variable that names it
+/// to the test binary (on the host, xtask sets it to the built `bin/`).
+pub const GUEST_DIR: &str = "/mmtrace/selftests";
+pub const ENV: &str = "MMTRACE_SELFTESTS";
+/// Set instead of [`ENV`] on the host when they could not be prepared: why (the test
+/// binary fails with it).
+pub const ENV_ERROR: &str = "MMTRACE_SELFTESTS_ERROR";
+/// The guest test binary that runs them.
+pub const GUEST_SUITE: &str = "guest_selftests";
+const MANIFEST: &str = "manifest";
+const MARKER: &str = ".complete";
+
+/// One run of a selftest: a label for the report, the binary's names across trees (the
+/// first one a tree has is used) and the arguments run_vmtests.sh gives it.
+struct Selftest {
+    label: &'static str,
+    binaries: &'static [&'static str],
+    args: &'static [&'static str],
+}
+
+const fn test(name: &'static str) -> Selftest {
+    Selftest {
+        label: name,
+        binaries: &[],
+        args: &[],
+    }
+}
+
+/// Every selftest of the mm directory that runs on its own without hardware the guests
+/// lack and without changing a machine-wide setting (the host is shared); those left out
+/// and why: docs/selftests.md.
+const SELFTESTS: &[Selftest] = &[
+    test("mremap_test"),
+    test("mremap_dontunmap"),
+    test("map_fixed_noreplace"),
+    test("map_populate"),
+    test("mlock2-tests"),
+    test("mlock-random-test"),
+    test("mseal_test"),
+    test("seal_elf"),
+    test("madv_populate"),
+    test("mrelease_test"),
+    test("mkdirty"),
+    test("guard-regions"),
+    test("merge"),
+    test("droppable"),
+    test("mdwe_test"),
+    test("soft-dirty"),
+    test("pfnmap"),
+    test("pagemap_ioctl"),
+    test("process_madv"),
+    test("memfd_secret"),
+    // 6.1 calls it `userfaultfd`; its shmem mode has no private variant yet.
+    Selftest {
+        label: "uffd-stress anon",
+        binaries: &["uffd-stress", "userfaultfd"],
+        args: &["anon", "20", "16"],
+    },
+    Selftest {
+        label: "uffd-stress shmem",
+        binaries: &["uffd-stress", "userfaultfd"],
+        args: &["shmem", "20", "16"],
+    },
+    Selftest {
+        label: "uffd-stress shmem-private",
+        binaries: &["uffd-stress"],
+        args: &["shmem-private", "20", "16"],
+    },
+];
+
+impl Selftest {
+    fn binaries(&self) -> Vec<&'static str> {
+        if self.binaries.is_empty() {
+            vec![self.label]
+        } else {
+            self.binaries.to_vec()
+        }
+    }
+}
+
+/// A kernel's selftests, built.
+pub struct Selftests {
+    /// `linux-source-7.2 7.2.13-1`.
+    pub source: String,
+    /// The binaries and their manifest.
+    pub dir: PathBuf,
+    /// Labels of [`SELFTESTS`] this tree does not have.
+    pub absent: Vec<String>,
+    /// One line per test that did not build: what, why, the fix.
+    pub failures: Vec<String>,
+}
+
+/// A kernel's selftests, or why there are none (one line: what, why, the fix).
+pub type Outcome = std::result::Result<Selftests, String>;
+
+/// The selftests of guest kernel `kernel`.
+pub fn for_kernel(ws: &Workspace, kernel: &GuestKernel) -> Outcome {
+    prepare(ws, kernel.line, &kernel.version).map_err(|e| one_line(&e))
+}
+
+/// The host's selftests: the newest line's (7.x). A newer tree's tests skip what an older
+/// kernel lacks, while 6.12's would miss what came up to the host's 6.18 (guard regions,
+/// merge, pfnmap, process_madvise).
+pub fn for_host(ws: &Workspace, guests: &[GuestKernel]) -> Outcome {
+    let line = LINES.last().expect("kernel lines");
+    let run = || -> Result<Selftests> {
+        let version = match guests.iter().find(|g| g.line.name == line.name) {
+            Some(kernel) => kernel.version.clone(),
+            None => guest_kernel::current(ws, line)?,
+        };
+        prepare(ws, line, &version)
+    };
+    run().map_err(|e| one_line(&e))
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}
+
+/// `linux-source-7.2` for kernel `7.2.13+deb14-amd64`.
+fn source_package(kernel_version: &str) -> Result<String> {
+    let mut parts = kernel_version.split(['.', '-', '+']);
+    match (parts.next(), parts.next()) {
+        (Some(major), Some(minor))
+            if major.parse::<u32>().is_ok() && minor.parse::<u32>().is_ok() =>
+        {
+            Ok(format!("linux-source-{major}.{minor}"))
+        }
+        _ => bail!("cannot tell the source package of kernel version `{kernel_version}`"),
+    }
+}
+
+/// The Debian version of `linux-image-<kernel_version>` in the line's lists, which its
+/// `linux-source-<X.Y>` shares (`6.1.192-3` for 6.1.0-57-amd64).
+fn image_version(apt: &mut PrivateApt, kernel_version: &str) -> Result<String> {
+    let image = format!("linux-image-{kernel_version}");
+    let lookup = |apt: &PrivateApt| -> Result<Option<String>> {
+        let out = cmd::output(apt.command("apt-cache").args(["show", &image]))?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("Version:"))
+            .map(|v| v.trim().to_owned()))
+    };
+    if !apt.has_lists() {
+        apt.update_once()?;
+    }
+    if let Some(v) = lookup(apt)? {
+        return Ok(v);
+    }
+    apt.update_once()?;
+    lookup(apt)?.with_context(|| {
+        format!(
+            "the Debian archive no longer lists {image} ({}), so the version of its source \
+             is unknown. Fix: run with --kernel {} (the line's current kernel) after removing \
+             the old one from target/guest/",
+            apt.what,
+            kernel_version
+                .split(['.', '-'])
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(".")
+        )
+    })
+}
+
+fn prepare(ws: &Workspace, line: &'static Line, kernel_version: &str) -> Result<Selftests> {
+    let mut apt = PrivateApt::new(ws, line)?;
+    let package = source_package(kernel_version)?;
+    let version = image_version(&mut apt, kernel_version)?;
+    let source = format!("{package} {version}");
+    let dir = ws
+        .target_dir
+        .join("selftests")
+        .join(format!("{package}_{version}"));
+    let bin = dir.join("bin");
+    if dir.join(MARKER).exists() {
+        let absent = fs::read_to_string(dir.join("absent")).unwrap_or_default();
+        eprintln!(
+            "build: mm selftests of {source} (kernel {kernel_version}): cached in {}",
+            bin.display()
+        );
+        return Ok(Selftests {
+            source,
+            dir: bin,
+            absent: absent.lines().map(str::to_owned).collect(),
+            failures: Vec::new(),
+        });
+    }
+    let tree = dir.join("src").join(&package);
+    if !tree.join(MARKER).exists() {
+        fetch(&mut apt, &package, &version, &dir)
+            .with_context(|| format!("fetching the mm selftests of {source}"))?;
+    }
+    build(&tree, &dir, &source)
+}
+
+/// Only what `make headers` and the selftests' build read.
+const TREE_PARTS: &[&str] = &[
+    "Makefile",
+    "Kbuild",
+    "Kconfig",
+    "scripts",
+    "include",
+    "arch/x86",
+    "usr",
+    "tools",
+    "mm/gup_test.h",
+];
+
+fn fetch(apt: &mut PrivateApt, package: &str, version: &str, dir: &Path) -> Result<()> {
+    let debs = dir.join("deb");
+    let src = dir.join("src");
+    for d in [&debs, &src] {
+        if d.exists() {
+            fs::remove_dir_all(d).with_context(|| format!("removing {}", d.display()))?;
+        }
+        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let wanted = format!("{package}={version}");
+    eprintln!(
+        "build: downloading {wanted} (~150 MB, apt-get download with the private apt of {}) into {}",
+        apt.what,
+        debs.display()
+    );
+    let started = Instant::now();
+    let download = |apt: &PrivateApt| {
+        cmd::status(
+            apt.command("apt-get")
+                .current_dir(&debs)
+                .stdout(std::io::stderr())
+                .args(["download", &wanted]),
+        )
+    };
+    if !download(apt)?.success() {
+        // Stale lists name a file the mirror no longer has.
+        apt.update_once()?;
+        let status = download(apt)?;
+        if !status.success() {
+            bail!(
+                "apt-get download {wanted} failed ({status}; apt's reason is above) with the \
+                 private apt of {}. Fix: check the network and the host's apt sources; if the \
+                 archive has dropped this version, run with the line's current kernel",
+                apt.what
+            );
+        }
+    }
+    let deb = fs::read_dir(&debs)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .with_context(|| format!("apt-get download left no .deb in {}", debs.display()))?;
+    let size = fs::metadata(&deb).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "build: {} MB downloaded in {:.1} s; extracting the headers, scripts and tools parts",
+        size / 1_000_000,
+        started.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    let unpacked = debs.join("unpacked");
+    cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+    let tarball = unpacked.join(format!("usr/src/{package}.tar.xz"));
+    if !tarball.is_file() {
+        bail!("{} holds no {}", deb.display(), tarball.display());
+    }
+    // xz's threads decompress the tarball's blocks in parallel (68 blocks in 7.2's).
+    cmd::run(
+        Command::new("tar")
+            .args(["-I", "xz -T0", "-xf"])
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&src)
+            .args(TREE_PARTS.iter().map(|p| format!("{package}/{p}"))),
+    )?;
+    fs::remove_dir_all(&debs).with_context(|| format!("removing {}", debs.display()))?;
+    let tree = src.join(package);
+    fs::write(tree.join(MARKER), format!("{package} {version}\n"))?;
+    eprintln!(
+        "build: extracted in {:.1} s into {}",
+        started.elapsed().as_secs_f64(),
+        tree.display()
+    );
+    Ok(())
+}
+
+/// The directory of the mm selftests in `tree` (`vm` before 6.3).
+fn selftests_dir(tree: &Path) -> Result<PathBuf> {
+    ["mm", "vm"]
+        .iter()
+        .map(|d| tree.join("tools/testing/selftests").join(d))
+        .find(|d| d.join("Makefile").is_file())
+        .with_context(|| {
+            format!(
+                "{} has neither tools/testing/selftests/mm nor vm",
+                tree.display()
+            )
+        })
+}
+
+fn build(tree: &Path, dir: &Path, source: &str) -> Result<Selftests> {
+    let started = Instant::now();
+    let mm = selftests_dir(tree)?;
+    let log_path = dir.join("build.log");
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .to_string();
+    let make = |dir: &Path, args: &[String]| -> Result<std::process::ExitStatus> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        cmd::status(
+            Command::new("make")
+                .current_dir(dir)
+                .args(["-j", &jobs])
+                .args(args)
+                // The selftests' Makefile picks the architecture from these.
+                .env_remove("ARCH")
+                .env_remove("CROSS_COMPILE")
+                .stdout(log.try_clone()?)
+                .stderr(log),
+        )
+    };
+    let _ = fs::remove_file(&log_path);
+    // The uapi headers into the tree's usr/include, where the selftests' Makefile looks
+    // (KHDR_INCLUDES); `headers_install` would want rsync.
+    eprintln!("build: mm selftests of {source}: make headers, then the tests (static)");
+    let status = make(tree, &["headers".to_owned()])?;
+    if !status.success() {
+        bail!(
+            "`make headers` in {} failed ({status}): the last lines of {} say why. Fix: \
+             install what it names (cargo xtask setup installs make, gcc, flex, bison, bc), \
+             or delete {} to fetch the source again",
+            tree.display(),
+            log_path.display(),
+            dir.display()
+        );
+    }
+    // Present in this tree: the first of a test's names that has a source file.
+    let mut planned = Vec::new();
+    let mut absent = Vec::new();
+    for t in SELFTESTS {
+        match t
+            .binaries()
+            .into_iter()
+            .find(|b| mm.join(format!("{b}.c")).is_file())
+        {
+            Some(binary) => planned.push((t, binary)),
+            None => absent.push(t.label.to_owned()),
+        }
+    }
+    let mut targets: Vec<String> = planned
+        .iter()
+        .map(|(_, b)| mm.join(b).display().to_string())
+        .collect();
+    targets.sort();
+    targets.dedup();
+    let mut args = vec!["-k".to_owned(), "EXTRA_CFLAGS=-static".to_owned()];
+    args.extend(targets);
+    // -k: a test that fails to build must not stop the others; each is checked below.
+    let _ = make(&mm, &args)?;
+    let log = fs::read_to_string(&log_path).unwrap_or_default();
+
+    let bin = dir.join("bin");
+    if bin.exists() {
+        fs::remove_dir_all(&bin).with_context(|| format!("removing {}", bin.display()))?;
+    }
+    fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
+    let mut manifest = format!("# mm selftests of {source}, built by cargo xtask\n");
+    let mut failures = Vec::new();
+    let mut built = 0;
+    for (t, binary) in &planned {
+        let exe = mm.join(binary);
+        if !exe.is_file() {
+            let why = log
+                .lines()
+                .find(|l| l.contains(&format!("{binary}.c")) && l.contains("error"))
+                .or_else(|| log.lines().rev().find(|l| l.contains("Error")))
+                .unwrap_or("no error line in the log");
+            let failure = format!(
+                "mm selftest {binary} of {source} did not build ({}; {}). Fix: install what \
+                 it needs (cargo xtask setup installs gcc, libc6-dev, libcap-dev) and run again",
+                why.trim(),
+                log_path.display()
+            );
+            if !failures.contains(&failure) {
+                failures.push(failure);
+            }
+            continue;
+        }
+        let dest = bin.join(binary);
+        if !dest.exists() {
+            cmd::run(Command::new("strip").arg("-o").arg(&dest).arg(&exe))?;
+            built += 1;
+        }
+        let mut line = vec![t.label.to_owned(), (*binary).to_owned()];
+        line.extend(t.args.iter().map(|a| (*a).to_owned()));
+        manifest.push_str(&line.join("\t"));
+        manifest.push('\n');
+    }
+    fs::write(bin.join(MANIFEST), manifest)?;
+    fs::write(dir.join("absent"), absent.join("\n"))?;
+    eprintln!(
+        "build: {built} mm selftests of {source} built in {:.1} s into {}; not in this tree: {}",
+        started.elapsed().as_secs_f64(),
+        bin.display(),
+        if absent.is_empty() {
+            "none".to_owned()
+        } else {
+            absent.join(", ")
+        }
+    );
+    for f in &failures {
+        println!("!!! {f}");
+    }
+    if failures.is_empty() {
+        fs::write(dir.join(MARKER), format!("{source}\n"))?;
+    }
+    Ok(Selftests {
+        source: source.to_owned(),
+        dir: bin,
+        absent,
+        failures,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_source_package_of_a_kernel() {
+        assert_eq!(
+            source_package("6.1.0-57-amd64").unwrap(),
+            "linux-source-6.1"
+        );
+        assert_eq!(
+            source_package("6.12.95+deb12-amd64").unwrap(),
+            "linux-source-6.12"
+        );
+        assert_eq!(
+            source_package("7.2.13+deb14-amd64").unwrap(),
+            "linux-source-7.2"
+        );
+        assert!(source_package("amd64").is_err());
+    }
+
+    #[test]
+    fn every_test_has_a_distinct_label() {
+        let mut labels: Vec<&str> = SELFTESTS.iter().map(|t| t.label).collect();
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), SELFTESTS.len());
+    }
+}

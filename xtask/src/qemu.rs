@@ -158,10 +158,13 @@ fn boot(kernel: &GuestKernel, initrd: &Path, markers: &Markers, opts: &Options) 
         // scan sees all of it; no TSC or lockup watchdogs, which a host stalled by other
         // work would trip under TCG without anything being wrong in the guest.
         .args(["-append", "console=ttyS0 panic=-1 quiet log_buf_len=32M tsc=reliable nowatchdog"])
+        // 3 GiB: the mm selftests' 2 GiB mremap cases need the overcommit heuristic to
+        // allow a 2 GiB mapping (with 1 GiB they fail alone and go uncounted); TCG takes
+        // the memory from the host only as the guest touches it.
         .args([
             "-nographic",
             "-m",
-            "1G",
+            "3G",
             "-no-reboot",
             "-smp",
             &opts.smp.to_string(),

@@ -76,7 +76,6 @@ const SELFTESTS: &[Selftest] = &[
     test("pfnmap"),
     test("pagemap_ioctl"),
     test("process_madv"),
-    test("memfd_secret"),
     // 6.1 calls it `userfaultfd`; its shmem mode has no private variant yet.
     Selftest {
         label: "uffd-stress anon",
@@ -200,7 +199,9 @@ fn prepare(ws: &Workspace, line: &'static Line, kernel_version: &str) -> Result<
         .join("selftests")
         .join(format!("{package}_{version}"));
     let bin = dir.join("bin");
-    if dir.join(MARKER).exists() {
+    // The marker names the list it was built for: another list builds again (from the
+    // extracted tree, which stays).
+    if fs::read_to_string(dir.join(MARKER)).ok().as_deref() == Some(marker(&source).as_str()) {
         let absent = fs::read_to_string(dir.join("absent")).unwrap_or_default();
         eprintln!(
             "build: mm selftests of {source} (kernel {kernel_version}): cached in {}",
@@ -219,6 +220,15 @@ fn prepare(ws: &Workspace, line: &'static Line, kernel_version: &str) -> Result<
             .with_context(|| format!("fetching the mm selftests of {source}"))?;
     }
     build(&tree, &dir, &source)
+}
+
+/// What a complete build's marker says: the source and every run of the list.
+fn marker(source: &str) -> String {
+    let mut text = format!("{source}\n");
+    for t in SELFTESTS {
+        text.push_str(&format!("{} {:?} {:?}\n", t.label, t.binaries(), t.args));
+    }
+    text
 }
 
 /// Only what `make headers` and the selftests' build read.
@@ -442,7 +452,7 @@ fn build(tree: &Path, dir: &Path, source: &str) -> Result<Selftests> {
         println!("!!! {f}");
     }
     if failures.is_empty() {
-        fs::write(dir.join(MARKER), format!("{source}\n"))?;
+        fs::write(dir.join(MARKER), marker(source))?;
     }
     Ok(Selftests {
         source: source.to_owned(),

@@ -449,7 +449,7 @@ impl Holder {
     /// Holds every thread of `pid` still; false when the process is gone. `expect`: its
     /// threads that reported an event and are on their way to their SIGSTOP (waited for,
     /// not interrupted, so one checkpoint covers them).
-    pub fn stop_process(&mut self, pid: u32, expect: &[u32]) -> Result<bool> {
+    pub fn stop_process(&mut self, pid: u32, expect: &[u32]) -> Result<Hold> {
         let start = Instant::now();
         let (grace, deadline) = (
             start + Duration::from_millis(2),
@@ -465,7 +465,8 @@ impl Holder {
         self.holding.insert(pid);
         loop {
             if !self.is_traced(pid) {
-                return Ok(false);
+                self.pending.append(&mut notices);
+                return Ok(Hold::Gone);
             }
             let running: Vec<u32> = self
                 .threads
@@ -479,11 +480,19 @@ impl Holder {
                 .map(|(&tid, _)| tid)
                 .collect();
             if running.is_empty() {
-                return Ok(true);
+                self.pending.append(&mut notices);
+                return Ok(Hold::Held);
             }
             let now = Instant::now();
             if now >= grace && idle > 0 && idle.is_multiple_of(100) {
                 dead.extend(running.iter().copied().filter(|&tid| is_dead(pid, tid)));
+                if let Some(blocked) = running
+                    .iter()
+                    .find_map(|&tid| waits_on_its_own_process(pid, tid))
+                {
+                    self.pending.append(&mut notices);
+                    return Ok(Hold::Blocked(blocked));
+                }
             }
             for tid in running {
                 if !interrupted.contains(&tid) && (!expect.contains(&tid) || now >= grace) {
@@ -615,6 +624,33 @@ impl Drop for Holder {
     fn drop(&mut self) {
         self.release_all();
     }
+}
+
+/// What holding a process came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// Every thread is stopped.
+    Held,
+    /// The process is gone.
+    Gone,
+    /// A thread cannot stop: it waits in the kernel for another thread of its process,
+    /// already stopped (a userfaultfd's fault or event, waiting for its reader). What
+    /// stopped must be let go; the checkpoint comes later, once that thread has gone on.
+    Blocked(String),
+}
+
+/// Where a thread sleeps uninterruptibly until another thread of its own process acts: a
+/// userfaultfd fault (`handle_userfault`) or event (fork, mremap, unmap: the caller waits
+/// in `userfaultfd_event_wait_completion` for the monitor to read it; uninterruptible on
+/// 6.1). No interrupt stops such a thread while the other is held.
+const WAITS_ON_OWN_PROCESS: &[&str] = &["handle_userfault", "userfaultfd_event_wait_completion"];
+
+/// `tid`, described, if it sleeps where only another thread of its process wakes it.
+fn waits_on_its_own_process(pid: u32, tid: u32) -> Option<String> {
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan")).ok()?;
+    WAITS_ON_OWN_PROCESS
+        .contains(&wchan.trim())
+        .then(|| format!("thread {tid} of process {pid} waits in {}", wchan.trim()))
 }
 
 /// Whether thread `tid` has exited (a zombie, or gone from /proc).

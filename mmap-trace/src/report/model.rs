@@ -13,6 +13,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use mmap_trace_common::Probe;
+
 use super::input::{Call, Event, FaultVma, Trace, VmaInfo};
 use crate::space::{
     self, AddressSpace, Backing, Change, Name, NoEnv, Region, TracedFile, Why, apply_syscall,
@@ -58,40 +60,24 @@ impl Kind {
     }
 }
 
-/// What an event did to a VMA interval.
+/// What an event did to a VMA interval: what the model says it did to the piece, or what
+/// only the report's timeline sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    Created,
+    /// As the address-space model names it (created, moved, removed…).
+    Model(Why),
     /// Cut at the edge of a call's range; this piece itself did not change.
     Split,
-    ProtChanged,
     /// A kernel probe told us more about it (vm_flags, file, PFNs).
     Annotated,
-    MovedAway,
-    MovedHere,
-    Grown,
-    Shrunk,
-    Removed,
-    /// A MAP_FIXED mapping (or MREMAP_FIXED target) took its place.
-    Replaced,
-    /// execve replaced the whole address space.
-    Exec,
 }
 
 impl Role {
     pub fn name(self) -> &'static str {
         match self {
-            Role::Created => "created",
+            Role::Model(why) => why.name(),
             Role::Split => "split",
-            Role::ProtChanged => "prot changed",
             Role::Annotated => "annotated",
-            Role::MovedAway => "moved away",
-            Role::MovedHere => "moved here",
-            Role::Grown => "grown",
-            Role::Shrunk => "shrunk",
-            Role::Removed => "removed",
-            Role::Replaced => "replaced",
-            Role::Exec => "exec",
         }
     }
 }
@@ -414,23 +400,19 @@ impl Default for Space {
 /// What the model's reason means on the timeline.
 fn role(why: Why) -> Role {
     match why {
-        Why::Created | Why::Adopted => Role::Created,
-        Why::ProtChanged => Role::ProtChanged,
-        Why::MovedAway => Role::MovedAway,
-        Why::MovedHere => Role::MovedHere,
-        Why::Grown => Role::Grown,
-        Why::Shrunk => Role::Shrunk,
-        Why::Removed => Role::Removed,
-        Why::Replaced => Role::Replaced,
-        Why::Exec => Role::Exec,
+        // A trace has no adoptions (verify's), but a piece taken from the kernel's view
+        // begins there all the same.
+        Why::Adopted => Role::Model(Why::Created),
+        why => Role::Model(why),
     }
 }
 
-/// The x86-64 number and arguments of a traced call (what the trace has of them).
+/// The syscall number (the probe's: mmap-trace-common keeps the table), arguments and
+/// result of a traced call, as far as the trace has them.
 fn raw_call(call: &Call) -> Option<(i64, [u64; 6], i64)> {
-    Some(match *call {
-        Call::Munmap { addr, len } => (libc::SYS_munmap, [addr, len, 0, 0, 0, 0], 0),
-        Call::Mprotect { addr, len, prot } => (libc::SYS_mprotect, [addr, len, prot, 0, 0, 0], 0),
+    let (probe, args, ret) = match *call {
+        Call::Munmap { addr, len } => (Probe::Munmap, [addr, len, 0, 0, 0, 0], 0),
+        Call::Mprotect { addr, len, prot } => (Probe::Mprotect, [addr, len, prot, 0, 0, 0], 0),
         Call::Mremap {
             old_addr,
             old_len,
@@ -438,13 +420,14 @@ fn raw_call(call: &Call) -> Option<(i64, [u64; 6], i64)> {
             flags,
             ret: Some(new),
         } => (
-            libc::SYS_mremap,
+            Probe::Mremap,
             [old_addr, old_len, new_len, flags, new, 0],
             new as i64,
         ),
-        Call::Brk { addr, ret } => (libc::SYS_brk, [addr, 0, 0, 0, 0, 0], ret as i64),
+        Call::Brk { addr, ret } => (Probe::Brk, [addr, 0, 0, 0, 0, 0], ret as i64),
         _ => return None,
-    })
+    };
+    Some((probe.syscall_nr()? as i64, args, ret))
 }
 
 impl Space {
@@ -602,7 +585,10 @@ impl Space {
             let mut old = self.live.remove(&key).expect("listed above");
             before.push(old.clone());
             old.remember(Touch { event: i, role });
-            if matches!(role, Role::Removed | Role::Shrunk | Role::Replaced) {
+            if matches!(
+                role,
+                Role::Model(Why::Removed) | Role::Model(Why::Shrunk) | Role::Model(Why::Replaced)
+            ) {
                 self.unmapped = self.unmapped.saturating_add(old.len());
             }
             old.t_end = Some(t);
@@ -729,7 +715,7 @@ impl Space {
             if matches!(
                 vma.touches.last(),
                 Some(Touch {
-                    role: Role::Created | Role::Grown,
+                    role: Role::Model(Why::Created) | Role::Model(Why::Grown),
                     ..
                 })
             ) {
@@ -1128,7 +1114,7 @@ mod tests {
     fn mmap_creates_page_rounded_vma() {
         let p = Calls::new().anon(A, 100, 3).replay();
         assert_eq!(shape(&p), vec![(A, A + P, ts(0), None, Kind::Anon, 3)]);
-        assert_eq!(roles(&p.vmas[0]), vec![(0, Role::Created)]);
+        assert_eq!(roles(&p.vmas[0]), vec![(0, Role::Model(Why::Created))]);
         assert_eq!((p.first_ts, p.last_ts), (ts(0), ts(0)));
     }
 
@@ -1146,12 +1132,22 @@ mod tests {
         let removed = p.vmas.iter().find(|v| v.t_end.is_some()).unwrap();
         assert_eq!(
             roles(removed),
-            vec![(0, Role::Created), (1, Role::Split), (1, Role::Removed)]
+            vec![
+                (0, Role::Model(Why::Created)),
+                (1, Role::Split),
+                (1, Role::Model(Why::Removed))
+            ]
         );
         let high = p.vmas.iter().find(|v| v.start == A + 2 * P).unwrap();
-        assert_eq!(roles(high), vec![(0, Role::Created), (1, Role::Split)]);
+        assert_eq!(
+            roles(high),
+            vec![(0, Role::Model(Why::Created)), (1, Role::Split)]
+        );
         let low = p.vmas.iter().find(|v| v.start == A).unwrap();
-        assert_eq!(roles(low), vec![(0, Role::Created), (1, Role::Split)]);
+        assert_eq!(
+            roles(low),
+            vec![(0, Role::Model(Why::Created)), (1, Role::Split)]
+        );
         assert_eq!((p.mapped_bytes, p.unmapped_bytes), (4 * P, P));
     }
 
@@ -1205,13 +1201,13 @@ mod tests {
             replaced.touches.last(),
             Some(&Touch {
                 event: 1,
-                role: Role::Replaced
+                role: Role::Model(Why::Replaced)
             })
         );
         assert_eq!((p.mapped_bytes, p.unmapped_bytes), (6 * P, 2 * P));
         assert_eq!(replaced.attrs.file.as_deref(), Some("/lib/libc.so.6"));
         let new = p.vmas.iter().find(|v| v.t_start == ts(1)).unwrap();
-        assert_eq!(roles(new), vec![(1, Role::Created)]);
+        assert_eq!(roles(new), vec![(1, Role::Model(Why::Created))]);
     }
 
     #[test]
@@ -1251,7 +1247,11 @@ mod tests {
         let guard = p.vmas.iter().find(|v| v.attrs.prot == 0).unwrap();
         assert_eq!(
             roles(guard),
-            vec![(0, Role::Created), (1, Role::Split), (1, Role::ProtChanged)]
+            vec![
+                (0, Role::Model(Why::Created)),
+                (1, Role::Split),
+                (1, Role::Model(Why::ProtChanged))
+            ]
         );
     }
 
@@ -1307,21 +1307,28 @@ mod tests {
         assert_eq!(moved.t_start, ts(2));
         assert_eq!(
             roles(moved),
-            vec![(0, Role::Created), (1, Role::Split), (2, Role::MovedHere)]
+            vec![
+                (0, Role::Model(Why::Created)),
+                (1, Role::Split),
+                (2, Role::Model(Why::MovedHere))
+            ]
         );
         let guard = p.vmas.iter().find(|v| v.start == dest + P).unwrap();
         assert_eq!(guard.attrs.prot, 0);
         let grown = p.vmas.iter().find(|v| v.start == dest + 2 * P).unwrap();
         assert_eq!(
             (grown.attrs.prot, roles(grown)),
-            (0, vec![(2, Role::Grown)])
+            (0, vec![(2, Role::Model(Why::Grown))])
         );
         let away = p
             .vmas
             .iter()
             .find(|v| v.start == A && v.t_end.is_some())
             .unwrap();
-        assert_eq!(away.touches.last().unwrap().role, Role::MovedAway);
+        assert_eq!(
+            away.touches.last().unwrap().role,
+            Role::Model(Why::MovedAway)
+        );
         // The move itself maps and unmaps nothing; the growth maps a page.
         assert_eq!((p.mapped_bytes, p.unmapped_bytes), (3 * P, 0));
     }
@@ -1346,7 +1353,7 @@ mod tests {
             p.vmas
                 .iter()
                 .filter(|v| v.t_end.is_some())
-                .all(|v| v.touches.last().unwrap().role == Role::Shrunk)
+                .all(|v| v.touches.last().unwrap().role == Role::Model(Why::Shrunk))
         );
     }
 
@@ -1370,7 +1377,10 @@ mod tests {
             .iter()
             .find(|v| v.start == dest && v.t_end.is_some())
             .unwrap();
-        assert_eq!(old_target.touches.last().unwrap().role, Role::Replaced);
+        assert_eq!(
+            old_target.touches.last().unwrap().role,
+            Role::Model(Why::Replaced)
+        );
     }
 
     #[test]
@@ -1495,7 +1505,7 @@ mod tests {
         assert_eq!(
             roles(d),
             vec![
-                (4, Role::Created),
+                (4, Role::Model(Why::Created)),
                 (0, Role::Annotated),
                 (1, Role::Annotated),
                 (2, Role::Annotated)
@@ -1563,7 +1573,7 @@ mod tests {
         let old = p.vmas.iter().find(|v| v.start == A).unwrap();
         assert_eq!(
             (old.t_end, old.touches.last().unwrap().role),
-            (Some(ts(3)), Role::Exec)
+            (Some(ts(3)), Role::Model(Why::Exec))
         );
         let ld = p.vmas.iter().find(|v| v.start == 0x40_0000).unwrap();
         assert_eq!(
@@ -1625,14 +1635,14 @@ mod tests {
             last.touches[0],
             Touch {
                 event: 0,
-                role: Role::Created
+                role: Role::Model(Why::Created)
             }
         );
         assert_eq!(
             last.touches.last(),
             Some(&Touch {
                 event: 100,
-                role: Role::ProtChanged
+                role: Role::Model(Why::ProtChanged)
             })
         );
         assert_eq!(last.elided, 100 + 1 - HISTORY);
@@ -1661,11 +1671,14 @@ mod tests {
             (copy.attrs.file.as_deref(), roles(copy)),
             (
                 Some("/dev/shm/x"),
-                vec![(0, Role::Created), (1, Role::MovedHere)]
+                vec![
+                    (0, Role::Model(Why::Created)),
+                    (1, Role::Model(Why::MovedHere))
+                ]
             )
         );
         let grown = p.vmas.iter().find(|v| v.start == dest + P).unwrap();
-        assert_eq!(roles(grown), vec![(1, Role::Grown)]);
+        assert_eq!(roles(grown), vec![(1, Role::Model(Why::Grown))]);
     }
 
     /// verify's shadow and this replay run the one model: the same calls leave the same

@@ -7,6 +7,7 @@ use super::{
     input::{Call, Trace},
     model::{Kind, PAGE, Process, Role, Vma, page_up, prot_string},
 };
+use crate::space::Why;
 
 /// The probes in the order a reader expects them; others follow by name.
 const PROBE_ORDER: &[&str] = &[
@@ -245,7 +246,11 @@ fn costs(out: &mut String, p: &Process, t0: u64) {
 fn describe_mapping(p: &Process, event: usize, probe: &str) -> String {
     let made = p.vmas.iter().find(|v| {
         v.touches.iter().any(|t| {
-            t.event == event && matches!(t.role, Role::Created | Role::MovedHere | Role::Grown)
+            t.event == event
+                && matches!(
+                    t.role,
+                    Role::Model(Why::Created | Why::MovedHere | Why::Grown)
+                )
         })
     });
     let Some(vma) = made else {

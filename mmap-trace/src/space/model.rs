@@ -61,6 +61,24 @@ pub enum Why {
     Adopted,
 }
 
+impl Why {
+    /// As a person reads it (report's timelines).
+    pub fn name(self) -> &'static str {
+        match self {
+            Why::Created => "created",
+            Why::ProtChanged => "prot changed",
+            Why::MovedAway => "moved away",
+            Why::MovedHere => "moved here",
+            Why::Grown => "grown",
+            Why::Shrunk => "shrunk",
+            Why::Removed => "removed",
+            Why::Replaced => "replaced",
+            Why::Exec => "exec",
+            Why::Adopted => "adopted",
+        }
+    }
+}
+
 /// One step of a change, in the order the model made it. The region list after a step is
 /// always sorted and non-overlapping.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -76,15 +76,18 @@ const SELFTESTS: &[Selftest] = &[
     test("pfnmap"),
     test("pagemap_ioctl"),
     test("process_madv"),
-    // 6.1 calls it `userfaultfd`; its shmem mode has no private variant yet.
+    // 6.1's version (`userfaultfd`) is left out: its events test copies into a range the
+    // child has just moved and counts the -ENOENT as an error, a race of the test itself
+    // that verify's stops widen (3 of 8 runs under verify in the 6.1 guest, none alone);
+    // later versions of the test and kernel run clean (docs/selftests.md).
     Selftest {
         label: "uffd-stress anon",
-        binaries: &["uffd-stress", "userfaultfd"],
+        binaries: &["uffd-stress"],
         args: &["anon", "20", "16"],
     },
     Selftest {
         label: "uffd-stress shmem",
-        binaries: &["uffd-stress", "userfaultfd"],
+        binaries: &["uffd-stress"],
         args: &["shmem", "20", "16"],
     },
     Selftest {

@@ -11,6 +11,7 @@
 // model, the records and how they are written, and what each command does. Data flows one
 // way through them: no module imports one that imports it back (`cargo xtask lint`
 // checks the graph).
+mod agent;
 mod cli;
 mod faults;
 mod kernel;

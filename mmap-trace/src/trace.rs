@@ -10,6 +10,7 @@ use tokio::io::unix::AsyncFd;
 use crate::{
     faults::Faults,
     kernel::decode,
+    kernel::reader::{RingReader, Wake},
     kernel::loader::{LoadOptions, Tracer},
     output::{Format, Output, Summary, ignore_closed_output},
     process::session::{Session, StopSignals, Target, monotonic_ns, reap, runtime},
@@ -168,9 +169,6 @@ fn faults_summary(faults: &Faults) -> FaultsSummary {
     }
 }
 
-/// How long a record may sit in the ring buffer below the probes' wake-up threshold.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
-
 #[expect(
     clippy::too_many_arguments,
     reason = "the loop's inputs, each used once; a struct would only rename them"
@@ -188,14 +186,10 @@ async fn event_loop(
     let mut followed = Followed::default();
     // With --follow-forks the target's exit is not the end while its children live.
     let mut root_ended: Option<String> = None;
-    // SAFETY (both): the AsyncFd owns the descriptor, so it stays open while registered.
-    // SAFETY: the AsyncFd owns the descriptor, so it stays open while registered.
-    let mut ring = unsafe { AsyncFd::register(ring) }
-        .map_err(|e| e.into_parts().1)
-        .context("polling the ring buffer")?;
+    let mut reader = RingReader::new(ring)?;
     let exited = match pidfd {
         Some(fd) => Some(
-            // SAFETY: as above.
+            // SAFETY: the AsyncFd owns the descriptor, so it stays open while registered.
             unsafe { AsyncFd::register(fd) }
                 .map_err(|e| e.into_parts().1)
                 .context("polling the target")?,
@@ -220,10 +214,6 @@ async fn event_loop(
         }
     };
     tokio::pin!(target_exit);
-    // The syscall probes wake us only once the buffer fills past a threshold (emit.rs):
-    // drain on a short timer as well, so no record waits longer than DRAIN_INTERVAL.
-    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
-    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_check = tokio::time::interval(Duration::from_secs(1));
     let mut lost_seen = 0u64;
     let mut drained = Drained {
@@ -236,20 +226,13 @@ async fn event_loop(
 
     let ended = loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard?;
-                // Cleared before draining: a wake-up that arrives while we drain must
-                // bring us back (the probes wake us once per threshold crossing only).
-                guard.clear_ready();
-                if drain(guard.get_inner_mut(), out, &mut drained, &mut followed).is_err() {
+            wake = reader.wait() => {
+                let wake = wake?;
+                if drain(reader.ring(), out, &mut drained, &mut followed).is_err() {
                     break "output closed".to_string();
                 }
-            }
-            _ = drain_tick.tick() => {
-                if drain(ring.get_mut(), out, &mut drained, &mut followed).is_err() {
-                    break "output closed".to_string();
-                }
-                if let Some(ended) = &root_ended
+                if wake == Wake::Tick
+                    && let Some(ended) = &root_ended
                     && followed.all_exited()
                 {
                     break format!("{ended}; its followed children exited too");
@@ -283,7 +266,7 @@ async fn event_loop(
         }
     };
     // Whatever the kernel submitted before we stopped is still in the buffer.
-    let _ = drain(ring.get_mut(), out, &mut drained, &mut followed);
+    let _ = drain(reader.ring(), out, &mut drained, &mut followed);
     Ok((ended, drained))
 }
 

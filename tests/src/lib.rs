@@ -1,5 +1,6 @@
 //! Helpers shared by the host and guest tests.
 
+pub mod agent;
 pub mod cli;
 pub mod driver;
 pub mod paths;

@@ -47,11 +47,19 @@ const APT_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
     "libcap-dev",
+    // The agent's test scrapes it with a real Prometheus server (Debian's, 2.42).
+    "prometheus",
 ];
 
 /// Perfetto's own generated protobuf classes, from PyPI, pinned: the test of
-/// `report --perfetto` decodes the file with them (tests/scripts/perfetto_decode.py).
-const PERFETTO_PY_PACKAGES: &[&str] = &["perfetto==0.59.1", "protobuf==7.36.2"];
+/// `report --perfetto` decodes the file with them (tests/scripts/perfetto_decode.py);
+/// and OpenTelemetry's, with which the agent's OTLP test decodes what it received
+/// (tests/scripts/otlp_receiver.py).
+const PERFETTO_PY_PACKAGES: &[&str] = &[
+    "perfetto==0.59.1",
+    "protobuf==7.36.2",
+    "opentelemetry-proto==1.45.2",
+];
 
 /// Env var that tells the tests which Python has them.
 pub const PERFETTO_PYTHON_VAR: &str = "MMTRACE_PERFETTO_PYTHON";
@@ -139,13 +147,14 @@ fn ensure_perfetto_python(ws: &Workspace) -> Result<PathBuf> {
     let ready = || {
         cmd::output(Command::new(&python).args([
             "-c",
-            "import perfetto.protos.perfetto.trace.perfetto_trace_pb2",
+            "import perfetto.protos.perfetto.trace.perfetto_trace_pb2; \
+             import opentelemetry.proto.collector.metrics.v1.metrics_service_pb2",
         ]))
         .is_ok_and(|o| o.status.success())
     };
     if ready() {
         eprintln!(
-            "setup: perfetto protobuf classes for the tests: present ({})",
+            "setup: perfetto and opentelemetry-proto classes for the tests: present ({})",
             venv.display()
         );
         return Ok(python);
@@ -167,7 +176,7 @@ fn ensure_perfetto_python(ws: &Workspace) -> Result<PathBuf> {
     )?;
     if !ready() {
         bail!(
-            "{} cannot import perfetto's protobuf classes after pip install",
+            "{} cannot import perfetto's or opentelemetry-proto's classes after pip install",
             python.display()
         );
     }

@@ -156,6 +156,8 @@ fn host_tests(
         .env_remove(selftests::ENV)
         .env_remove(selftests::ENV_ERROR)
         .env(crate::setup::PERFETTO_PYTHON_VAR, &ready.perfetto_python)
+        // The agent's OTLP test decodes with opentelemetry-proto from the same venv.
+        .env("MMTRACE_OTLP_PYTHON", &ready.perfetto_python)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     match &artifacts.host_selftests {

@@ -66,6 +66,22 @@ enum Command {
             Exit status: 0 when the trace ran (even with events lost: see the summary), \
             2 on error.")]
     Trace(TraceArgs),
+    /// Run on every node until stopped: count every process's mmap/VMA activity and its
+    /// live mapped memory, and expose them as Prometheus metrics and/or send them (and
+    /// the events worth telling) over OTLP.
+    #[command(after_help = "Examples:\n  \
+            mmap-trace agent --metrics-addr 127.0.0.1:9464          every process; Prometheus scrapes /metrics\n  \
+            mmap-trace agent --metrics-addr :9464 --faults          page faults and resident memory too\n  \
+            mmap-trace agent --otlp-endpoint http://127.0.0.1:4318  OTLP/HTTP metrics and logs\n  \
+            mmap-trace agent --metrics-addr 127.0.0.1:9464 --cgroup /sys/fs/cgroup/system.slice/docker-ID.scope\n\n\
+            Series are labelled comm, cgroup, container_id and pod_uid (the container and pod \
+            the cgroup path names: docker, containerd, CRI-O, podman, kubepods). Bounded: the \
+            first --max-comms process names and --max-cgroups cgroups seen keep series of their \
+            own; later ones are counted under \"other\". A process's model is let go at its exit.\n\
+            SIGTERM or Ctrl-C: the ring buffer is drained, the metrics published a last time and \
+            OTLP flushed, then the agent exits 0. Exit status 2 on error (an address in use, a \
+            cgroup that does not exist…), with one line saying why. See docs/agent.md.")]
+    Agent(AgentArgs),
     /// Trace one process (and the children it forks) and prove, after every event, that
     /// the kernel agrees.
     ///
@@ -246,6 +262,48 @@ struct TraceArgs {
 }
 
 #[derive(Args)]
+struct AgentArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464, or
+    /// 0.0.0.0:9464 for every interface).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
+    /// Send metrics and logs with OTLP over HTTP/protobuf to this collector URL
+    /// (/v1/metrics and /v1/logs are added). Without it, the OTEL_EXPORTER_OTLP_ENDPOINT
+    /// (or _METRICS_/_LOGS_ENDPOINT) variable turns OTLP on.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// Seconds between OTLP metric exports (OTEL_METRIC_EXPORT_INTERVAL, in ms, wins).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_duration)]
+    otlp_interval: Duration,
+    /// Only processes named NAME (the kernel's 15-byte comm).
+    #[arg(long, short, value_name = "NAME")]
+    comm: Option<String>,
+    /// Only processes in this cgroup v2 directory or below it (a container's cgroup).
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<PathBuf>,
+    /// Page faults (mmap_trace_page_faults_total) and resident memory by type
+    /// (mmap_trace_resident_bytes) too: one record per fault, so more overhead.
+    #[arg(long)]
+    faults: bool,
+    /// Process names with series of their own; later names count as "other".
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    max_comms: usize,
+    /// cgroups with series of their own; later ones count as "other".
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    max_cgroups: usize,
+    /// A mapping at least this large is told as an OTLP log (large_mapping).
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+    large_mapping_bytes: u64,
+    /// Ring buffer size in KiB (a power of two from 4 to 1048576; default 4096, 16384
+    /// with --faults).
+    #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
+    ring_buffer_kib: Option<u32>,
+    /// Kernel BTF used to find struct field offsets.
+    #[arg(long, value_name = "PATH", default_value = VMLINUX_BTF)]
+    btf: PathBuf,
+}
+
+#[derive(Args)]
 struct VerifyArgs {
     #[command(flatten)]
     target: ProcessArgs,
@@ -316,6 +374,10 @@ impl Cli {
         Ok(match self.command {
             Command::Trace(args) => {
                 trace::run(args.into_config()?)?;
+                Outcome::Done
+            }
+            Command::Agent(args) => {
+                crate::agent::run(args.into_config()?)?;
                 Outcome::Done
             }
             Command::Verify(args) => {
@@ -417,6 +479,81 @@ impl ProbeArgs {
             implicit: false,
             stacks: false,
         }
+    }
+}
+
+impl AgentArgs {
+    fn into_config(self) -> Result<crate::agent::AgentConfig> {
+        let otlp_from_env = [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+        if self.metrics_addr.is_none() && self.otlp_endpoint.is_none() && !otlp_from_env {
+            anyhow::bail!(
+                "the agent needs somewhere to put its metrics: --metrics-addr ADDR, \
+                 --otlp-endpoint URL (or OTEL_EXPORTER_OTLP_ENDPOINT), or both"
+            );
+        }
+        // The calls the metrics count, exec (a new program's space) and the catch-all
+        // (every other cause); fault and rss with --faults. Kernel probes are not needed.
+        let mut probes = vec![
+            Probe::Mmap,
+            Probe::Munmap,
+            Probe::Mprotect,
+            Probe::Mremap,
+            Probe::Brk,
+            Probe::Exec,
+            Probe::MmLock,
+        ];
+        if self.faults {
+            probes.extend([Probe::Fault, Probe::Rss]);
+        }
+        let ring_kib = self.ring_buffer_kib.unwrap_or(if self.faults {
+            FAULTS_RING_KIB
+        } else {
+            DEFAULT_RING_KIB
+        });
+        let mut load = LoadOptions {
+            filter: TargetFilter::default(),
+            cgroup: CgroupFilter::default(),
+            requested: Some(probes),
+            btf: self.btf,
+            ring_buffer_bytes: ring_kib * 1024,
+            driver_hooks: Vec::new(),
+            // The catch-all needs BTF: skipped with a note where there is none.
+            implicit: true,
+            stacks: false,
+        };
+        if let Some(path) = &self.cgroup {
+            load.cgroup = crate::process::cgroup::select(path)?;
+        }
+        if self.max_comms == 0 || self.max_cgroups == 0 || self.max_comms > 10_000 || self.max_cgroups > 10_000 {
+            anyhow::bail!("--max-comms and --max-cgroups must be from 1 to 10000");
+        }
+        Ok(crate::agent::AgentConfig {
+            target: match self.comm {
+                Some(name) => Target::Comm(name),
+                None => Target::All,
+            },
+            load,
+            metrics_addr: self.metrics_addr,
+            otlp: (self.otlp_endpoint.is_some() || otlp_from_env).then_some(
+                crate::agent::OtlpConfig {
+                    endpoint: self.otlp_endpoint,
+                    interval: self.otlp_interval,
+                },
+            ),
+            limits: crate::agent::Limits {
+                max_comms: self.max_comms,
+                max_cgroups: self.max_cgroups,
+                large_bytes: self.large_mapping_bytes,
+            },
+            faults: self.faults,
+            publish_interval: Duration::from_secs(1),
+        })
     }
 }
 

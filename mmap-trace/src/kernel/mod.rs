@@ -1,6 +1,6 @@
 //! Everything that talks to the kernel: loading and attaching the eBPF programs
 //! (`loader`), struct offsets from BTF (`btf`), tracefs, decoding the ring buffer's
-//! records (`decode`) and naming the syscalls they carry (`syscall_names`).
+//! records (`decode`, read by `reader`) and naming the syscalls they carry (`syscall_names`).
 //!
 //! Owns the kernel's interfaces and what their numbers mean. May not touch: the traced
 //! processes (process/), the address-space model, records or output: it hands decoded
@@ -10,6 +10,7 @@ pub mod btf;
 pub mod decode;
 pub mod loader;
 pub mod preempt;
+pub mod reader;
 pub mod syscall_names;
 pub mod tracefs;
 

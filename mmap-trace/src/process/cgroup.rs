@@ -1,5 +1,6 @@
-//! cgroup v2: `trace --cgroup PATH` (the in-kernel filter's id and level) and the
-//! `cgroup` path of each JSON event (the id the probes record, named in userspace).
+//! cgroup v2: `trace --cgroup PATH` (the in-kernel filter's id and level), the
+//! `cgroup` path of each JSON event (the id the probes record, named in userspace), and
+//! the container a cgroup path belongs to (`agent`'s labels and OTLP attributes).
 //!
 //! A cgroup v2 id is its directory's inode number on the cgroup2 filesystem (the root's
 //! is 1). The probes keep a task when its ancestor at the cgroup's level is the cgroup
@@ -185,6 +186,80 @@ fn resolve((mount_fd, mount): &(File, PathBuf), id: u64) -> Option<String> {
     Some(format!("/{}", relative.display()))
 }
 
+/// The container (and Kubernetes pod) a cgroup path names, as the runtimes lay their
+/// cgroups out: docker (`docker-ID.scope`, `/docker/ID`), containerd
+/// (`cri-containerd-ID.scope`, `/kubepods/…/podUID/ID`), CRI-O (`crio-ID.scope`), podman
+/// (`libpod-ID.scope`; its `libpod-conmon-…` monitor is not the container), and the
+/// kubelet's pod slices with either cgroup driver (`kubepods-burstable-podUID.slice`
+/// with `_` for `-`, or `/kubepods/burstable/podUID`). Empty fields when the path says
+/// nothing of one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerIdentity {
+    /// The full 64-hex container id.
+    pub container_id: String,
+    /// docker, containerd, cri-o, podman; or "" when only the id shows.
+    pub runtime: &'static str,
+    /// The pod's UID (dashes, as the API server has it).
+    pub pod_uid: String,
+}
+
+pub fn container_identity(path: &str) -> ContainerIdentity {
+    const RUNTIMES: &[(&str, &str)] = &[
+        ("docker-", "docker"),
+        ("cri-containerd-", "containerd"),
+        ("containerd-", "containerd"),
+        ("crio-", "cri-o"),
+        ("libpod-", "podman"),
+    ];
+    let is_id = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let mut identity = ContainerIdentity::default();
+    let mut parent = "";
+    for component in path.split('/').filter(|c| !c.is_empty()) {
+        let stem = component
+            .strip_suffix(".scope")
+            .or_else(|| component.strip_suffix(".slice"))
+            .unwrap_or(component);
+        if let Some(uid) = pod_uid(stem) {
+            identity.pod_uid = uid;
+        } else if let Some((id, runtime)) = RUNTIMES
+            .iter()
+            .find_map(|(prefix, rt)| stem.strip_prefix(prefix).map(|id| (id, *rt)))
+            .filter(|(id, _)| is_id(id))
+        {
+            identity.container_id = id.to_owned();
+            identity.runtime = runtime;
+        } else if is_id(stem) {
+            identity.container_id = stem.to_owned();
+            identity.runtime = match parent {
+                "docker" => "docker",
+                "libpod_parent" => "podman",
+                _ => "",
+            };
+        }
+        parent = component;
+    }
+    identity
+}
+
+/// `pod<UID>` at the end of a slice name (`kubepods-besteffort-pod<UID>`), the UID's
+/// underscores (systemd's escape of `-`) turned back into dashes.
+fn pod_uid(stem: &str) -> Option<String> {
+    let at = stem.rfind("pod")?;
+    if at > 0 && !stem[..at].ends_with('-') {
+        return None;
+    }
+    let uid = stem[at + 3..].replace('_', "-");
+    let shape = uid.len() == 36
+        && uid.bytes().enumerate().all(|(i, b)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        });
+    shape.then_some(uid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,5 +297,45 @@ mod tests {
         let mut names = Names::new();
         assert_eq!(names.name(1), Some("/"));
         assert_eq!(names.name(u64::MAX), None);
+    }
+    #[test]
+    fn container_identity_from_each_runtimes_layout() {
+        let id = "3f4c2a1b".repeat(8);
+        let uid = "0d1e2f3a-4b5c-6d7e-8f90-a1b2c3d4e5f6";
+        let underscored = uid.replace('-', "_");
+        let cases = [
+            (format!("/system.slice/docker-{id}.scope"), "docker", ""),
+            (format!("/docker/{id}"), "docker", ""),
+            (format!("/machine.slice/libpod-{id}.scope"), "podman", ""),
+            (format!("/system.slice/crio-{id}.scope"), "cri-o", ""),
+            (
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{underscored}.slice/cri-containerd-{id}.scope"
+                ),
+                "containerd",
+                uid,
+            ),
+            (format!("/kubepods/besteffort/pod{uid}/{id}"), "", uid),
+        ];
+        for (path, runtime, pod) in cases {
+            let found = container_identity(&path);
+            assert_eq!(
+                (found.container_id.as_str(), found.runtime, found.pod_uid.as_str()),
+                (id.as_str(), runtime, pod),
+                "{path}"
+            );
+        }
+        // Not containers: a service, podman's monitor, a pod slice alone, nonsense.
+        for path in [
+            "/system.slice/ssh.service",
+            "/machine.slice/libpod-conmon-abc.scope",
+            "/",
+            "",
+            "/user.slice/pod/x",
+        ] {
+            assert_eq!(container_identity(path).container_id, "", "{path}");
+        }
+        let pod_only = container_identity(&format!("/kubepods/burstable/pod{uid}"));
+        assert_eq!((pod_only.container_id.as_str(), pod_only.pod_uid.as_str()), ("", uid));
     }
 }

@@ -3,7 +3,7 @@
 //! that account with what `mmap-trace trace` saw, call by call.
 //!
 //! Usage: mmap-workload [--device PATH [--pages N] [--offset PAGES] [--private] [--touch]]
-//!                      [--loop N] [--touch-mib MIB] [--scenario NAME] [--ia32]
+//!                      [--loop N] [--touch-mib MIB] [--scenario NAME] [--ia32] [--wx]
 //!
 //! Without --scenario: one sequence touching every traced call. Scenarios (for verify):
 //! anon, file-offset, file-pages, split3, hole, mremap-move, fixed, threads, and those of
@@ -11,6 +11,7 @@
 //! print their own observations as `{"observe": …}` lines.
 //! --ia32: ia32 syscalls (`int $0x80`) numbered like the traced x86-64 calls, then one
 //! real munmap of the same address; only the munmap may appear in a trace.
+//! --wx: two writable+executable mappings and one of 1 GiB + 1 page (the agent's logs).
 
 use std::ffi::CString;
 
@@ -163,6 +164,25 @@ fn main() {
                 std::ptr::write_volatile(p.cast::<u8>().add(i), 1);
             }
             libc::munmap(p, len);
+        }
+        return;
+    }
+    if args.iter().any(|a| a == "--wx") {
+        // The agent's notable events: memory made writable and executable twice (an
+        // mmap asking for it, an mprotect to it), and one mapping of 1 GiB + 1 page
+        // (PROT_NONE, reserved only), each recorded.
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let rwx = rw | libc::PROT_EXEC as u64;
+        let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let no_fd = -1i64 as u64;
+        let a = rec.call("mmap", libc::SYS_mmap, &[0, PAGE, rwx, anon, no_fd, 0]) as u64;
+        let b = rec.call("mmap", libc::SYS_mmap, &[0, PAGE, rw, anon, no_fd, 0]) as u64;
+        rec.call("mprotect", libc::SYS_mprotect, &[b, PAGE, rwx]);
+        let big = (1 << 30) + PAGE;
+        let norsv = anon | libc::MAP_NORESERVE as u64;
+        let c = rec.call("mmap", libc::SYS_mmap, &[0, big, 0, norsv, no_fd, 0]) as u64;
+        for (addr, len) in [(a, PAGE), (b, PAGE), (c, big)] {
+            rec.call("munmap", libc::SYS_munmap, &[addr, len]);
         }
         return;
     }

@@ -105,18 +105,20 @@ impl Prometheus {
             .spawn()
             .expect("start prometheus");
         let mut p = Prometheus { child, addr, log };
+        let log = p.log.clone();
+        let read_log = move || std::fs::read_to_string(&log).unwrap_or_default();
         wait_for(
             "Prometheus ready",
             Duration::from_secs(60),
             || {
                 if let Ok(Some(status)) = p.child.try_wait() {
-                    panic!("prometheus exited ({status}): {}", p.log_text());
+                    panic!("prometheus exited ({status}): {}", read_log());
                 }
                 http_get(&p.addr, "/-/ready")
                     .ok()
                     .filter(|(code, _)| *code == 200)
             },
-            || p.log_text(),
+            &read_log,
         );
         p
     }

@@ -373,7 +373,7 @@ mod tests {
 
     #[test]
     fn exposition_follows_the_naming_conventions_and_reads_back() {
-        let mut m = Metrics::new(true);
+        let m = Metrics::new(true);
         m.syscalls
             .get_or_create(&SyscallLabels {
                 syscall: "mmap".into(),
@@ -385,8 +385,7 @@ mod tests {
             .inc_by(3);
         let text = m.text();
         assert!(text.contains("# TYPE mmap_trace_syscalls counter"), "{text}");
-        assert!(text.contains("# TYPE mmap_trace_mapped_bytes gauge"), "{text}");
-        assert!(text.contains("# TYPE mmap_trace_resident_bytes gauge"), "{text}");
+        assert!(text.contains("# TYPE mmap_trace_agent_ready gauge"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
         let samples = samples(&text);
         let s = samples

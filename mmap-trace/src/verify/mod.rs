@@ -264,7 +264,7 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         };
         // Events of the last calls before exit: logged, not compared (nothing to compare with).
         let mut tail = std::mem::take(&mut verifier.deferred);
-        tail.extend(decode::drain_all(ring.get_mut(), &mut verifier.malformed));
+        tail.extend(drain_events(ring.get_mut(), &mut verifier.malformed));
         for event in &tail {
             out.event(event, crate::process::paths::kernel_path(event))
                 .or_else(ignore_closed_output)?;
@@ -351,6 +351,14 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     Ok(agreed)
 }
 
+/// The ring's records, but exits: verify sees its processes end through ptrace, which
+/// also gives their status (the exit probe is attached for the followed set's sake).
+fn drain_events(ring: &mut RingBuf<MapData>, malformed: &mut u64) -> Vec<Event> {
+    let mut events = decode::drain_all(ring, malformed);
+    events.retain(|e| !matches!(e, Event::Exit(_)));
+    events
+}
+
 /// Whether the probe that wrote `event` stopped its thread (verify waits for that stop
 /// rather than interrupting the thread).
 fn stops_thread(event: &Event) -> bool {
@@ -406,7 +414,7 @@ impl Verifier {
         out: &mut Output,
     ) -> Result<()> {
         let mut events = std::mem::take(&mut self.deferred);
-        events.extend(decode::drain_all(ring, &mut self.malformed));
+        events.extend(drain_events(ring, &mut self.malformed));
         let waiting = holder.waiting();
         if events.is_empty() && waiting.is_empty() {
             return Ok(());
@@ -442,7 +450,7 @@ impl Verifier {
                 }
             }
         }
-        events.extend(decode::drain_all(ring, &mut self.malformed));
+        events.extend(drain_events(ring, &mut self.malformed));
         if let Some(why) = blocked {
             // A change in flight (a munmap waiting for its userfaultfd reader) may already
             // show in maps without its event: compare later, when it has gone on. Nothing

@@ -41,19 +41,71 @@ pub trait ProcessState: Default {
     }
 }
 
+/// Which processes use another's mm: child → owner. The part of the rule a consumer
+/// that keeps every process to its end (verify, which reports on each) shares with
+/// [`ProcessTable`].
+#[derive(Debug, Default)]
+pub struct Sharing {
+    owner_of: HashMap<u32, u32>,
+}
+
+impl Sharing {
+    /// The pid whose address space `pid`'s calls change.
+    pub fn owner(&self, pid: u32) -> u32 {
+        self.owner_of.get(&pid).copied().unwrap_or(pid)
+    }
+
+    pub fn fork(&mut self, parent: u32, child: u32, shares_mm: bool) {
+        if shares_mm {
+            let owner = self.owner(parent);
+            self.owner_of.insert(child, owner);
+        } else {
+            self.owner_of.remove(&child);
+        }
+    }
+
+    /// `pid` leaves the mm it used (exec or exit). For a sharing child: true, and that is
+    /// all. For an owner: false, and the children still sharing its mm now share it with
+    /// the first of them, the heir, returned for the owner's state to move to.
+    fn leave(&mut self, pid: u32) -> (bool, Option<u32>) {
+        if self.owner_of.remove(&pid).is_some() {
+            return (true, None);
+        }
+        let mut sharing: Vec<u32> = self
+            .owner_of
+            .iter()
+            .filter(|&(_, &owner)| owner == pid)
+            .map(|(&child, _)| child)
+            .collect();
+        sharing.sort_unstable();
+        let Some((&heir, rest)) = sharing.split_first() else {
+            return (false, None);
+        };
+        self.owner_of.remove(&heir);
+        for child in rest {
+            self.owner_of.insert(*child, heir);
+        }
+        (false, Some(heir))
+    }
+
+    /// `pid` execs: a sharing child gets an mm of its own (true).
+    pub fn exec(&mut self, pid: u32) -> bool {
+        self.owner_of.remove(&pid).is_some()
+    }
+}
+
 /// Every process's state of one consumer, under the rule above.
 #[derive(Debug)]
 pub struct ProcessTable<T> {
     by_pid: HashMap<u32, T>,
-    /// Children sharing an owner's mm: child → owner.
-    sharing: HashMap<u32, u32>,
+    sharing: Sharing,
 }
 
 impl<T> Default for ProcessTable<T> {
     fn default() -> Self {
         Self {
             by_pid: HashMap::new(),
-            sharing: HashMap::new(),
+            sharing: Sharing::default(),
         }
     }
 }
@@ -61,7 +113,7 @@ impl<T> Default for ProcessTable<T> {
 impl<T: ProcessState> ProcessTable<T> {
     /// The pid whose state `pid`'s calls change.
     pub fn owner(&self, pid: u32) -> u32 {
-        self.sharing.get(&pid).copied().unwrap_or(pid)
+        self.sharing.owner(pid)
     }
 
     pub fn get(&self, pid: u32) -> Option<&T> {
@@ -75,57 +127,56 @@ impl<T: ProcessState> ProcessTable<T> {
     }
 
     /// Applies a fork, exec or exit; an exit returns the state it released (for a
-    /// consumer that reports on it), None when the process had none or lives on in a
-    /// child sharing its mm.
+    /// consumer that reports on it), None when the process had none or its mm lives on
+    /// in a child that shared it (which owns the state from now on).
     pub fn apply(&mut self, change: Lifecycle) -> Option<T> {
         match change {
             Lifecycle::Fork {
                 parent,
                 child,
-                shares_mm: true,
+                shares_mm,
             } => {
-                let owner = self.owner(parent);
-                self.by_pid.remove(&child);
-                self.sharing.insert(child, owner);
-                None
-            }
-            Lifecycle::Fork { parent, child, .. } => {
-                let state = self.get(parent).map(T::fork_child).unwrap_or_default();
-                self.sharing.remove(&child);
-                self.by_pid.insert(child, state);
+                let state = (!shares_mm).then(|| self.get(parent).map(T::fork_child));
+                self.sharing.fork(parent, child, shares_mm);
+                match state {
+                    Some(state) => {
+                        self.by_pid.insert(child, state.unwrap_or_default());
+                    }
+                    None => {
+                        self.by_pid.remove(&child);
+                    }
+                }
                 None
             }
             Lifecycle::Exec { pid } => {
-                // A sharing child's exec gives it an mm of its own; the owner's stays.
-                if self.sharing.remove(&pid).is_some() {
-                    self.by_pid.insert(pid, T::default());
-                } else {
-                    self.entry(pid).exec();
+                match self.sharing.leave(pid) {
+                    // A sharing child's exec gives it an mm of its own.
+                    (true, _) => {
+                        self.by_pid.insert(pid, T::default());
+                    }
+                    // The old mm lives on in a child that shared it.
+                    (false, Some(heir)) => {
+                        let old = self.by_pid.remove(&pid).unwrap_or_default();
+                        self.by_pid.insert(heir, old);
+                        self.by_pid.insert(pid, T::default());
+                    }
+                    (false, None) => self.entry(pid).exec(),
                 }
                 None
             }
-            Lifecycle::Exit { pid } => {
-                if self.sharing.remove(&pid).is_some() {
-                    return None;
+            Lifecycle::Exit { pid } => match self.sharing.leave(pid) {
+                (true, _) => None,
+                (false, heir) => {
+                    let state = self.by_pid.remove(&pid)?;
+                    match heir {
+                        Some(heir) => {
+                            self.by_pid.insert(heir, state);
+                            None
+                        }
+                        None => Some(state),
+                    }
                 }
-                let state = self.by_pid.remove(&pid)?;
-                // The mm lives on in a child that shares it: the child owns it now.
-                let heirs: Vec<u32> = self
-                    .sharing
-                    .iter()
-                    .filter(|&(_, &owner)| owner == pid)
-                    .map(|(&child, _)| child)
-                    .collect();
-                let Some((&heir, rest)) = heirs.split_first() else {
-                    return Some(state);
-                };
-                self.sharing.remove(&heir);
-                for child in rest {
-                    self.sharing.insert(*child, heir);
-                }
-                self.by_pid.insert(heir, state);
-                None
-            }
+            },
         }
     }
 }
@@ -203,10 +254,20 @@ mod tests {
         t.apply(fork(1, 3, true));
         assert_eq!(t.apply(Lifecycle::Exit { pid: 1 }), None);
         t.entry(3).0.push("munmap");
-        let heir = if t.owner(3) == 3 { 3 } else { 2 };
-        assert_eq!(t.owner(2), heir);
-        assert_eq!(t.get(heir).unwrap().0, ["mmap", "munmap"]);
+        assert_eq!((t.owner(2), t.owner(3)), (2, 2));
+        assert_eq!(t.get(2).unwrap().0, ["mmap", "munmap"]);
         assert!(t.get(1).is_none());
+    }
+
+    #[test]
+    fn an_owners_exec_leaves_its_old_mm_to_a_sharing_child() {
+        let mut t = ProcessTable::<Calls>::default();
+        t.entry(1).0.push("mmap");
+        t.apply(fork(1, 2, true));
+        t.apply(Lifecycle::Exec { pid: 1 });
+        assert!(t.get(1).unwrap().0.is_empty());
+        assert_eq!(t.get(2).unwrap().0, ["mmap"]);
+        assert_eq!(t.owner(2), 2);
     }
 
     #[test]

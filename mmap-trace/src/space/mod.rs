@@ -26,7 +26,7 @@ pub mod syscall;
 mod tests;
 
 pub use compare::{Comparison, Difference, Field, compare};
-pub use lifecycle::{Lifecycle, ProcessState, ProcessTable};
+pub use lifecycle::{Lifecycle, ProcessState, ProcessTable, Sharing};
 pub use model::{AddressSpace, Change, Why};
 pub use proc::ProcEnv;
 pub use region::{Backing, Name, PAGE, Region, page_down, page_up};

@@ -95,9 +95,6 @@ enum Applying {
 #[derive(Default)]
 struct Proc {
     shadow: Option<ShadowSpace>,
-    /// A vfork (CLONE_VM) child: its changes are this process's address space until it
-    /// execs.
-    shares_with: Option<u32>,
     parent: Option<u32>,
     stats: VerifyStats,
     /// Causes the shadow does not model, seen since the last checkpoint.
@@ -118,6 +115,9 @@ struct Proc {
 
 struct Verifier {
     procs: BTreeMap<u32, Proc>,
+    /// vfork (CLONE_VM) children: their changes are their owner's address space until
+    /// they exec (the lifecycle's rule; verify keeps every process to report on it).
+    sharing: space::Sharing,
     plant: Option<Plant>,
     /// File pages against pagemap, per address space (verify/pages.rs).
     pages: HashMap<u32, pages::PageChecks>,
@@ -192,6 +192,7 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     }
     let mut verifier = Verifier {
         procs: BTreeMap::new(),
+        sharing: space::Sharing::default(),
         plant: config.plant,
         pages: HashMap::new(),
         full: config.full,
@@ -397,14 +398,7 @@ impl Verifier {
 
     /// The process whose shadow `pid`'s changes go to (a vfork child's parent).
     fn owner(&self, pid: u32) -> u32 {
-        let mut p = pid;
-        for _ in 0..64 {
-            match self.procs.get(&p).and_then(|x| x.shares_with) {
-                Some(up) => p = up,
-                None => break,
-            }
-        }
-        p
+        self.sharing.owner(pid)
     }
 
     fn checkpoint(
@@ -484,7 +478,7 @@ impl Verifier {
             if let Event::Fork(f) = event
                 && f.shares_mm != 0
             {
-                self.procs.entry(f.child_pid).or_default().shares_with = Some(f.header.pid);
+                self.sharing.fork(f.header.pid, f.child_pid, true);
             }
         }
         for p in alive.iter().map(|&p| self.owner(p)) {
@@ -621,7 +615,7 @@ impl Verifier {
         let shadow = ShadowSpace::seed(view.regions, stat.start_brk.unwrap_or(0));
         let proc = self.procs.entry(pid).or_default();
         proc.shadow = Some(shadow);
-        proc.shares_with = None;
+        self.sharing.exec(pid);
         proc.kernel = Some(kernel);
         proc.last_whole = Some(std::time::Instant::now());
         // A new address space: maps is opened again for it.
@@ -673,7 +667,7 @@ impl Verifier {
             let child = self.procs.entry(f.child_pid).or_default();
             child.parent.get_or_insert(pid);
             if f.shares_mm != 0 {
-                child.shares_with = Some(pid);
+                self.sharing.fork(pid, f.child_pid, true);
             } else {
                 child.shadow = inherited;
                 child.failed = failed;

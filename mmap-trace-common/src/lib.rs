@@ -43,6 +43,8 @@ pub enum EventKind {
     Rss = 11,
     /// One call of the page-insertion family (vm_insert_page and kin).
     PageInsert = 14,
+    /// A traced process ended (its last thread exited).
+    Exit = 15,
 }
 
 impl EventKind {
@@ -61,6 +63,7 @@ impl EventKind {
             10 => Some(Self::Fault),
             11 => Some(Self::Rss),
             14 => Some(Self::PageInsert),
+            15 => Some(Self::Exit),
             _ => None,
         }
     }
@@ -112,14 +115,17 @@ pub enum Probe {
     /// `mmap_action_complete(vma, action, compat)` (6.17+): the kernel completing what an
     /// `f_op->mmap_prepare` driver asked for (remap, I/O remap, kernel pages).
     MmapAction = 21,
+    /// `sched/sched_process_exit` of a traced process's last thread: its state can be
+    /// released (and a followed pid forgotten, so the kernel's set stays bounded).
+    Exit = 22,
 }
 
 /// One past the highest [`Probe`] number (the lost-event counters are indexed by it).
-pub const PROBE_COUNT: usize = 22;
+pub const PROBE_COUNT: usize = 23;
 
 impl Probe {
     /// Every probe, in number order (numbers 12..=14 are reserved and unused here).
-    pub const ALL: [Probe; 21] = [
+    pub const ALL: [Probe; 22] = [
         Probe::Mmap,
         Probe::Munmap,
         Probe::Mprotect,
@@ -141,6 +147,7 @@ impl Probe {
         Probe::VmIomapMemory,
         Probe::RemapVmallocRange,
         Probe::MmapAction,
+        Probe::Exit,
     ];
 
     /// The x86-64 syscall a syscall probe reports (None for the other probes). The eBPF
@@ -180,6 +187,7 @@ impl Probe {
             Probe::VmIomapMemory => "vm_iomap_memory",
             Probe::RemapVmallocRange => "remap_vmalloc_range",
             Probe::MmapAction => "mmap_action",
+            Probe::Exit => "exit",
         }
     }
 
@@ -490,6 +498,14 @@ pub struct ExecEvent {
     pub header: EventHeader,
 }
 
+/// The traced process's last thread left `do_exit`'s count: the process is gone (a
+/// zombie at most), and nothing it does follows this record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+}
+
 /// A folio entered the page cache on behalf of the traced process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -690,13 +706,17 @@ pub struct TargetFilter {
     pub follow_forks: u32,
 }
 
-/// `task_struct` fields the catch-all and fork programs read, from BTF at load time.
+/// `task_struct` fields the catch-all, fork and exit programs read, from BTF at load time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TaskOffsets {
     pub mm: u32,
     pub pid: u32,
     pub tgid: u32,
+    /// `task_struct.signal` and, in the `signal_struct` it points to, `live`: the
+    /// threads not yet past `do_exit`'s count (0 once the last one is).
+    pub signal: u32,
+    pub signal_live: u32,
     /// Non-zero once userspace filled the table.
     pub valid: u32,
 }
@@ -834,6 +854,7 @@ pub const fn record_size(kind: EventKind) -> usize {
         EventKind::Fault => core::mem::size_of::<FaultEvent>(),
         EventKind::Rss => core::mem::size_of::<RssEvent>(),
         EventKind::PageInsert => core::mem::size_of::<PageInsertEvent>(),
+        EventKind::Exit => core::mem::size_of::<ExitEvent>(),
     }
 }
 

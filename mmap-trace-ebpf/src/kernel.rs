@@ -47,12 +47,15 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     valid: 0,
 };
 
-/// `task_struct.{mm,pid,tgid}`, for the fork and catch-all programs; set by the loader.
+/// `task_struct.{mm,pid,tgid,signal}` and `signal_struct.live`, for the fork, exit and
+/// catch-all programs; set by the loader.
 #[unsafe(no_mangle)]
 static TASK_OFFSETS: TaskOffsets = TaskOffsets {
     mm: 0,
     pid: 0,
     tgid: 0,
+    signal: 0,
+    signal_live: 0,
     valid: 0,
 };
 

@@ -6,6 +6,7 @@
 mod driver_mmap;
 mod emit;
 mod exec;
+mod exit;
 mod fault;
 mod floor;
 mod fork;

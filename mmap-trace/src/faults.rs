@@ -9,12 +9,15 @@
 //! (once per drained batch and process) before it is called unattributed: a mapping the
 //! probes could not see (another task's change, a kernel probe missing).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::{
     kernel::decode::{Event, FilePath},
     schema::{FaultVma, Hex},
-    space::{AddressSpace, NoEnv, Region, TracedFile, apply_syscall, maps},
+    space::{
+        AddressSpace, Lifecycle, NoEnv, ProcessState, ProcessTable, Region, TracedFile,
+        apply_syscall, maps,
+    },
 };
 
 /// One mapping's faults: the range is the model's at the first fault there (a later
@@ -47,8 +50,28 @@ struct Process {
     refreshed_in: u64,
 }
 
-/// A mapping as the faults count it: (pid, start, end).
-type MappingKey = (u32, u64, u64);
+/// A forked child starts from its parent's model (once the parent's was seeded); exec
+/// makes the model read maps again.
+impl ProcessState for Process {
+    fn fork_child(&self) -> Self {
+        if !self.seeded {
+            return Process::default();
+        }
+        Process {
+            model: self.model.fork_child(),
+            seeded: true,
+            refreshed_in: 0,
+        }
+    }
+
+    fn exec(&mut self) {
+        self.model.exec();
+        self.seeded = false;
+    }
+}
+
+/// A mapping as one process's faults count it: (start, end).
+type MappingKey = (u64, u64);
 
 /// A process's resident memory of one type, from the rss probe's records.
 #[derive(Clone, Copy, Debug, Default)]
@@ -59,16 +82,64 @@ pub struct Resident {
     pub peak: i64,
 }
 
+/// What one process's own faults and rss records counted (a vfork child's faults are
+/// its own even while it uses its parent's model).
 #[derive(Debug, Default)]
-pub struct Faults {
-    processes: HashMap<u32, Process>,
-    /// (pid, `RssMember`) → what its records said.
-    pub resident: std::collections::BTreeMap<(u32, u32), Resident>,
+struct Counted {
     mappings: HashMap<MappingKey, MappingFaults>,
-    /// Faults at addresses no mapping held (bad accesses, or a change nobody reported).
-    pub unattributed: u64,
     /// Per thread: its last fault's `maj_flt` and the mapping it was counted in.
     last_fault: HashMap<u32, (u64, Option<MappingKey>)>,
+    /// `RssMember` → what its records said.
+    resident: BTreeMap<u32, Resident>,
+}
+
+/// Rows of exited processes kept for the summary; past twice this many the fewest-faults
+/// rows (and the smallest-peak resident rows) are dropped and only counted, so a
+/// system-wide trace that outlives thousands of processes keeps bounded memory.
+pub const EXITED_ROWS_KEPT: usize = 4096;
+
+/// The summary's rows of processes that exited, bounded by [`EXITED_ROWS_KEPT`].
+#[derive(Debug, Default)]
+struct Exited {
+    mappings: Vec<MappingFaults>,
+    resident: Vec<(u32, u32, Resident)>,
+    /// Dropped mapping rows, and the faults they held.
+    mappings_dropped: u64,
+    faults_dropped: u64,
+    resident_dropped: u64,
+}
+
+impl Exited {
+    fn keep(&mut self, pid: u32, counted: Counted) {
+        self.mappings.extend(counted.mappings.into_values());
+        self.resident
+            .extend(counted.resident.into_iter().map(|(m, r)| (pid, m, r)));
+        if self.mappings.len() > 2 * EXITED_ROWS_KEPT {
+            self.mappings
+                .sort_unstable_by(|a, b| b.faults.cmp(&a.faults));
+            for row in self.mappings.drain(EXITED_ROWS_KEPT..) {
+                self.mappings_dropped += 1;
+                self.faults_dropped += row.faults;
+            }
+        }
+        if self.resident.len() > 2 * EXITED_ROWS_KEPT {
+            self.resident
+                .sort_unstable_by(|a, b| b.2.peak.cmp(&a.2.peak));
+            self.resident_dropped += (self.resident.len() - EXITED_ROWS_KEPT) as u64;
+            self.resident.truncate(EXITED_ROWS_KEPT);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// The model per process, under the one fork/exec/exit rule.
+    processes: ProcessTable<Process>,
+    /// What each living process counted, by its own pid.
+    counted: HashMap<u32, Counted>,
+    exited: Exited,
+    /// Faults at addresses no mapping held (bad accesses, or a change nobody reported).
+    pub unattributed: u64,
     batch: u64,
 }
 
@@ -81,37 +152,38 @@ impl Faults {
     /// Moves the model with `event`; for a fault, the mapping it hit (None: none known).
     pub fn note(&mut self, event: &Event, path: Option<&FilePath>) -> Option<FaultVma> {
         let pid = event.header().pid;
+        if let Some(change) = event.lifecycle() {
+            self.processes.apply(change);
+            if let Lifecycle::Exit { pid } = change
+                && let Some(counted) = self.counted.remove(&pid)
+            {
+                self.exited.keep(pid, counted);
+            }
+            return None;
+        }
         match event {
-            Event::Exec(_) => {
-                let p = self.processes.entry(pid).or_default();
-                p.model.exec();
-                p.seeded = false;
-            }
-            Event::Fork(f) => {
-                let child = match self.processes.get(&pid) {
-                    Some(p) if p.seeded => Process {
-                        model: p.model.fork_child(),
-                        seeded: true,
-                        refreshed_in: 0,
-                    },
-                    _ => Process::default(),
-                };
-                self.processes.insert(f.child_pid, child);
-            }
             Event::MmChange(_) | Event::Syscall(_) | Event::Mmap(_) => {
                 let call = event.call()?;
-                let p = self.processes.entry(pid).or_default();
                 let env: &dyn crate::space::CallEnv = match event {
                     Event::MmChange(_) => &NoEnv,
                     _ => &TracedFile(path.map(|p| p.bytes.as_slice())),
                 };
-                apply_syscall(&mut p.model, call.nr, call.args, call.ret, env);
+                apply_syscall(
+                    &mut self.processes.entry(pid).model,
+                    call.nr,
+                    call.args,
+                    call.ret,
+                    env,
+                );
             }
             Event::Fault(f) => return self.fault(pid, f, event.header().ts_ns),
             Event::Rss(r) => {
                 let bytes = r.bytes;
-                self.resident
-                    .entry((pid, r.member))
+                self.counted
+                    .entry(pid)
+                    .or_default()
+                    .resident
+                    .entry(r.member)
                     .and_modify(|res| {
                         res.last = bytes;
                         res.peak = res.peak.max(bytes);
@@ -134,16 +206,19 @@ impl Faults {
         ts_ns: u64,
     ) -> Option<FaultVma> {
         let tid = f.header.tid;
+        let counted = self.counted.entry(pid).or_default();
         // The thread's previous fault needed I/O if its count of those grew since.
-        if let Some((maj_flt, Some(key))) = self.last_fault.get(&tid)
+        if let Some((maj_flt, Some(key))) = counted.last_fault.get(&tid)
             && f.maj_flt > *maj_flt
-            && let Some(row) = self.mappings.get_mut(key)
+            && let Some(row) = counted.mappings.get_mut(key)
         {
             row.major += 1;
         }
         let vma = self.attribute(pid, f, ts_ns);
-        let key = vma.as_ref().map(|v| (pid, v.start.0, v.end.0));
-        self.last_fault.insert(tid, (f.maj_flt, key));
+        let key = vma.as_ref().map(|v| (v.start.0, v.end.0));
+        if let Some(counted) = self.counted.get_mut(&pid) {
+            counted.last_fault.insert(tid, (f.maj_flt, key));
+        }
         vma
     }
 
@@ -154,11 +229,12 @@ impl Faults {
         ts_ns: u64,
     ) -> Option<FaultVma> {
         let batch = self.batch;
-        let p = self.processes.entry(pid).or_default();
+        let owner = self.processes.owner(pid);
+        let p = self.processes.entry(pid);
         let unknown = p.model.region_at(f.address).is_none();
         if !p.seeded || (unknown && p.refreshed_in != batch) {
             // Only where the model has nothing: what the events said stays.
-            if let Ok(view) = maps::read(pid) {
+            if let Ok(view) = maps::read(owner) {
                 for region in view.regions {
                     p.model.fill(region);
                 }
@@ -171,8 +247,11 @@ impl Faults {
             return None;
         };
         let row = self
+            .counted
+            .entry(pid)
+            .or_default()
             .mappings
-            .entry((pid, region.start, region.end))
+            .entry((region.start, region.end))
             .or_insert_with(|| MappingFaults {
                 pid,
                 start: region.start,
@@ -196,9 +275,16 @@ impl Faults {
         })
     }
 
-    /// Every mapping that faulted, most faults first.
+    /// Every mapping that faulted (of exited processes, the most-faulted kept), most
+    /// faults first.
     pub fn by_faults(&self) -> Vec<MappingFaults> {
-        let mut rows: Vec<MappingFaults> = self.mappings.values().cloned().collect();
+        let mut rows: Vec<MappingFaults> = self
+            .counted
+            .values()
+            .flat_map(|c| c.mappings.values())
+            .chain(&self.exited.mappings)
+            .cloned()
+            .collect();
         rows.sort_by(|a, b| {
             b.faults
                 .cmp(&a.faults)
@@ -206,6 +292,25 @@ impl Faults {
                 .then(a.start.cmp(&b.start))
         });
         rows
+    }
+
+    /// Resident memory per (pid, `RssMember`), living and exited processes, by pid.
+    pub fn resident(&self) -> Vec<(u32, u32, Resident)> {
+        let mut rows: Vec<(u32, u32, Resident)> = self
+            .counted
+            .iter()
+            .flat_map(|(&pid, c)| c.resident.iter().map(move |(&m, &r)| (pid, m, r)))
+            .chain(self.exited.resident.iter().copied())
+            .collect();
+        rows.sort_by_key(|&(pid, member, _)| (pid, member));
+        rows
+    }
+
+    /// Rows of exited processes dropped past the bound: (mapping rows, their faults,
+    /// resident rows).
+    pub fn dropped(&self) -> (u64, u64, u64) {
+        let e = &self.exited;
+        (e.mappings_dropped, e.faults_dropped, e.resident_dropped)
     }
 }
 
@@ -378,7 +483,7 @@ mod tests {
                 None,
             );
         }
-        let r = f.resident[&(PID, 1)];
+        let (_, _, r) = f.resident()[0];
         assert_eq!((r.first, r.last, r.peak), (4096, 512 << 10, 1 << 20));
     }
 }

@@ -14,7 +14,7 @@ use crate::{
     kernel::loader::{LoadOptions, Tracer},
     output::{Format, Output, Summary, ignore_closed_output},
     process::session::{Session, StopSignals, Target, monotonic_ns, reap, runtime},
-    schema::{FaultedMapping, FaultsSummary, Hex, ResidentMemory, text_and_hex},
+    schema::{FaultedMapping, FaultsSummary, Hex, LeftOut, ResidentMemory, text_and_hex},
 };
 
 pub struct TraceConfig {
@@ -154,9 +154,9 @@ fn faults_summary(faults: &Faults) -> FaultsSummary {
             .collect(),
         faults_unattributed: faults.unattributed,
         resident: faults
-            .resident
-            .iter()
-            .map(|(&(pid, member), r)| ResidentMemory {
+            .resident()
+            .into_iter()
+            .map(|(pid, member, r)| ResidentMemory {
                 pid,
                 member: mmap_trace_common::RssMember::from_u32(member)
                     .map_or("unknown", |m| m.name())
@@ -166,6 +166,14 @@ fn faults_summary(faults: &Faults) -> FaultsSummary {
                 peak_bytes: r.peak,
             })
             .collect(),
+        left_out: match faults.dropped() {
+            (0, _, 0) => None,
+            (mappings, faults, resident) => Some(LeftOut {
+                mappings,
+                faults,
+                resident,
+            }),
+        },
     }
 }
 

@@ -139,12 +139,14 @@ impl KernelBtf {
         }
     }
 
-    /// What the fork and catch-all programs read from `task_struct`.
+    /// What the fork, exit and catch-all programs read from `task_struct`.
     pub fn task_offsets(&self) -> Result<TaskOffsets> {
         Ok(TaskOffsets {
             mm: self.offset("task_struct", &["mm"])?,
             pid: self.offset("task_struct", &["pid"])?,
             tgid: self.offset("task_struct", &["tgid"])?,
+            signal: self.offset("task_struct", &["signal"])?,
+            signal_live: self.offset("signal_struct", &["live"])?,
             valid: 1,
         })
     }

@@ -6,7 +6,7 @@ use std::fmt;
 use aya::maps::{MapData, RingBuf};
 
 use mmap_trace_common::{
-    DriverMmapEvent, EventHeader, EventKind, ExecEvent, ExecImageEvent, FILE_PATH_FULL,
+    DriverMmapEvent, EventHeader, EventKind, ExecEvent, ExecImageEvent, ExitEvent, FILE_PATH_FULL,
     FILE_PATH_TRUNCATED, FILE_UNLINKED, FaultEvent, FileId, ForkEvent, MmChangeCause,
     MmChangeEvent, MmapEvent, MmapRegionEvent, PageCacheEvent, PageInsertEvent, Probe,
     RemapPfnEvent, RssEvent, SyscallEvent, USER_STACK_BYTES, UserStack, record_size, stack_offset,
@@ -150,6 +150,8 @@ pub enum Event {
     Fault(FaultEvent),
     /// A resident-set counter moved a step (`--faults`).
     Rss(RssEvent),
+    /// The process ended: nothing of it follows.
+    Exit(ExitEvent),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -204,6 +206,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         Probe::MmLock => EventKind::MmChange,
         Probe::Fault => EventKind::Fault,
         Probe::Rss => EventKind::Rss,
+        Probe::Exit => EventKind::Exit,
         p if p.is_page_insert() => EventKind::PageInsert,
         _ => EventKind::DriverMmap,
     };
@@ -239,6 +242,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         EventKind::Fault => Event::Fault(read(bytes)?),
         EventKind::Rss => Event::Rss(read(bytes)?),
+        EventKind::Exit => Event::Exit(read(bytes)?),
     })
 }
 
@@ -257,7 +261,24 @@ impl Event {
             Event::MmChange(e) => &e.header,
             Event::Fault(e) => &e.header,
             Event::Rss(e) => &e.header,
+            Event::Exit(e) => &e.header,
         }
+    }
+
+    /// The fork, exec or exit this event reports, for the per-process tables.
+    pub fn lifecycle(&self) -> Option<crate::space::Lifecycle> {
+        use crate::space::Lifecycle;
+        let pid = self.header().pid;
+        Some(match self {
+            Event::Fork(f) => Lifecycle::Fork {
+                parent: pid,
+                child: f.child_pid,
+                shares_mm: f.shares_mm != 0,
+            },
+            Event::Exec(_) => Lifecycle::Exec { pid },
+            Event::Exit(_) => Lifecycle::Exit { pid },
+            _ => return None,
+        })
     }
 
     /// The call of a syscall probe's event (mmap's included).

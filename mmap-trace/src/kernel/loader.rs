@@ -81,6 +81,13 @@ impl Tracer {
         if opts.stacks && !wanted.contains(&Probe::Exec) {
             wanted.push(Probe::Exec);
         }
+        // Whatever keeps state per process (the followed set, the stack symbolizer's and
+        // the fault attribution's mappings) releases it at the process's end.
+        let keeps_state =
+            opts.filter.follow_forks != 0 || opts.stacks || wanted.contains(&Probe::Fault);
+        if keeps_state && !wanted.contains(&Probe::Exit) {
+            wanted.push(Probe::Exit);
+        }
         let explicit = opts.requested.is_some() && !opts.implicit;
         let mut skipped = Vec::new();
         let mut chosen = Vec::new();
@@ -135,7 +142,7 @@ impl Tracer {
         let kprobes = chosen.iter().any(|p| p.is_kprobe());
         let syscalls = chosen.iter().any(|p| p.is_syscall());
         let catch_all = chosen.contains(&Probe::MmLock);
-        let fork = chosen.contains(&Probe::Fork);
+        let fork = chosen.contains(&Probe::Fork) || chosen.contains(&Probe::Exit);
         // The kernel probes, the catch-all and fork following cannot do without BTF; the
         // syscall probe only wants one offset.
         // --stacks reads the new mm at exec (ExecImageEvent) through BTF offsets.
@@ -409,10 +416,15 @@ fn attach(
             }
         }
         Probe::Rss => attach_tracepoint(ebpf, "kmem", "rss_stat")?,
-        Probe::Fork => {
-            let program: &mut RawTracePoint = program(ebpf, "sched_process_fork")?.try_into()?;
+        Probe::Fork | Probe::Exit => {
+            let point = if probe == Probe::Fork {
+                "sched_process_fork"
+            } else {
+                "sched_process_exit"
+            };
+            let program: &mut RawTracePoint = program(ebpf, point)?.try_into()?;
             program.load()?;
-            program.attach("sched_process_fork")?;
+            program.attach(point)?;
         }
         Probe::MmLock => {
             const POINT: &str = "mmap_lock_acquire_returned";
@@ -456,8 +468,8 @@ fn attach(
 }
 
 /// Every probe but page_cache, which is noisy (every file page read) and opt-in, fork,
-/// which `--follow-forks` adds, and fault and rss, which `--faults` adds (one record per
-/// page touched).
+/// which `--follow-forks` adds, fault and rss, which `--faults` adds (one record per
+/// page touched), and exit, which whatever keeps state per process adds.
 pub fn default_probes() -> Vec<Probe> {
     Probe::ALL
         .iter()
@@ -465,7 +477,7 @@ pub fn default_probes() -> Vec<Probe> {
         .filter(|p| {
             !matches!(
                 p,
-                Probe::PageCache | Probe::Fork | Probe::Fault | Probe::Rss
+                Probe::PageCache | Probe::Fork | Probe::Fault | Probe::Rss | Probe::Exit
             )
         })
         .collect()

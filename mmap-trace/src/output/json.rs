@@ -468,6 +468,7 @@ pub fn record(event: &Event, path: Option<FilePath>) -> EventRecord<'_> {
             outcome: status_outcome(e.ret),
         }),
         Event::Exec(_) => Body::Exec,
+        Event::Exit(_) => Body::Exit,
         Event::Fork(e) => Body::Fork(Fork {
             child_pid: e.child_pid,
             shares_mm: e.shares_mm != 0,

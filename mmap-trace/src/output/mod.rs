@@ -149,6 +149,10 @@ impl Output {
         path: Option<FilePath>,
         stack: Option<&NamedStack>,
     ) -> io::Result<()> {
+        // An exit only releases the process's state in the consumers: nothing to show.
+        if let Event::Exit(_) = event {
+            return Ok(());
+        }
         self.counts[event.probe() as usize] += 1;
         let cgroup_id = event.header().cgroup_id;
         let cgroup = self

@@ -65,6 +65,9 @@ pub enum Body {
     MmLock(MmLock),
     Fault(Fault),
     Rss(Rss),
+    /// The process's last thread exited (no fields of its own). The consumers release
+    /// the process's state at it; trace does not write it today.
+    Exit,
     /// A probe newer than this reader: read, never written.
     #[serde(other)]
     Unknown,

@@ -26,7 +26,9 @@ pub use event::{
     RemapPfnRange, Rss, Vma,
 };
 pub use flatten::{Detail, Text, details, details_line};
-pub use summary::{FaultedMapping, FaultsSummary, PerProbe, ResidentMemory, SummaryRecord};
+pub use summary::{
+    FaultedMapping, FaultsSummary, LeftOut, PerProbe, ResidentMemory, SummaryRecord,
+};
 pub use verify::{
     AdoptedRange, CheckRecord, DriverSummaryRecord, MismatchRecord, PartialRecord, ProcessRecord,
     UnmodelledRecord, Verdict, VerifyStats,

@@ -94,6 +94,19 @@ pub struct FaultsSummary {
     /// Per process and type, from the rss records.
     #[serde(default)]
     pub resident: Vec<ResidentMemory>,
+    /// Rows of exited processes left out past the summary's bound (the fewest-faults
+    /// mappings, the smallest resident peaks), and the faults those mappings held: a
+    /// system-wide trace outlives any number of processes in bounded memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_out: Option<LeftOut>,
+}
+
+/// What [`FaultsSummary`] left out of exited processes' rows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeftOut {
+    pub mappings: u64,
+    pub faults: u64,
+    pub resident: u64,
 }
 
 /// A mapping's faults: the range is the model's at its first fault (a later split or

@@ -1,7 +1,8 @@
 //! The address-space model, once, for verify and report: the kernel's view
 //! (/proc/<pid>/maps, parsed as bytes: [`maps`]), the model of what the calls imply
 //! ([`model`]), the one entry point from a raw syscall ([`syscall`]) and the comparison of
-//! the two ([`compare`]).
+//! the two ([`compare`]); and whose address space a process's state describes from its
+//! fork to its exit ([`lifecycle`]), the ownership rule every per-process consumer keeps.
 //!
 //! verify keeps a model per process and checks it against maps at each checkpoint
 //! (`shadow.rs`); report keeps one per process of a trace and draws its history from the
@@ -13,6 +14,7 @@
 //! decoder.
 
 pub mod compare;
+pub mod lifecycle;
 pub mod maps;
 pub mod model;
 pub mod proc;
@@ -24,6 +26,7 @@ pub mod syscall;
 mod tests;
 
 pub use compare::{Comparison, Difference, Field, compare};
+pub use lifecycle::{Lifecycle, ProcessState, ProcessTable, Sharing};
 pub use model::{AddressSpace, Change, Why};
 pub use proc::ProcEnv;
 pub use region::{Backing, Name, PAGE, Region, page_down, page_up};

@@ -67,8 +67,11 @@ struct StackCache {
 type StackKey = Vec<(u64, usize, u64)>;
 
 /// Distinct stacks kept; the cache starts over past it (a program with more call sites
-/// pays the naming again, never unbounded memory).
-const STACK_CACHE_MAX: usize = 65536;
+/// pays the serializing again, the names stay cached per file offset). Addresses make a
+/// stack distinct, and every process has its own (ASLR): a system-wide trace of many
+/// short processes fills the cache with stacks never seen again, so it is kept small
+/// (~1-3 KB an entry: the frames, their names and their JSON).
+const STACK_CACHE_MAX: usize = 4096;
 
 impl StackCache {
     fn get(&mut self, names: &mut symbolize::Names, raw: Vec<RawFrame>) -> Rc<NamedStack> {
@@ -131,6 +134,12 @@ impl Pipeline {
             }
             Record::Event(event, stack) => {
                 let pid = event.header().pid;
+                if let Event::Exit(_) = event {
+                    // Nothing of the process follows: its mappings and unwinder go.
+                    self.model.seen.remove(&pid);
+                    self.model.note(&event, path.as_ref());
+                    return;
+                }
                 if let Event::Exec(_) = event {
                     // Its image follows; whatever a snapshot would show is gone.
                     self.model.seen.insert(pid);
@@ -312,7 +321,11 @@ impl Model {
                     },
                 );
             }
-            Event::Fork(f) => self.processes.fork(f.header.pid, f.child_pid),
+            Event::Fork(_) | Event::Exit(_) => {
+                if let Some(change) = event.lifecycle() {
+                    self.processes.lifecycle(change);
+                }
+            }
             _ => {}
         }
     }

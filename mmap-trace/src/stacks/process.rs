@@ -3,7 +3,7 @@
 //! stacks unwind and symbolize after it has exited; and its unwinder, rebuilt when the
 //! mappings change.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use framehop::{
     ExplicitModuleSectionInfo, Module, Unwinder as _,
@@ -11,6 +11,7 @@ use framehop::{
 };
 
 use super::elf::{ElfCache, ElfInfo};
+use crate::space::{Lifecycle, ProcessState, ProcessTable};
 
 const PAGE: u64 = 4096;
 /// Frames unwound at most per stack (the copy ends long before on real programs).
@@ -52,44 +53,49 @@ impl Process {
     }
 }
 
+/// A forked child starts with its parent's mappings; exec starts over.
+impl ProcessState for Process {
+    fn fork_child(&self) -> Self {
+        Process {
+            mappings: self.mappings.clone(),
+            unwinder: None,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Processes {
-    by_pid: HashMap<u32, Process>,
+    by_pid: ProcessTable<Process>,
     pub elf: ElfCache,
     cache: Option<CacheX86_64>,
 }
 
 impl Processes {
     pub fn known(&self, pid: u32) -> bool {
-        self.by_pid.contains_key(&pid)
+        self.by_pid.get(pid).is_some()
     }
 
-    /// A forked child starts with its parent's mappings.
-    pub fn fork(&mut self, parent: u32, child: u32) {
-        let mappings = self
-            .by_pid
-            .get(&parent)
-            .map(|p| p.mappings.clone())
-            .unwrap_or_default();
-        self.by_pid.insert(
-            child,
-            Process {
-                mappings,
-                unwinder: None,
-            },
-        );
+    /// A fork, exec or exit: the one rule of `space::lifecycle` (an exit releases the
+    /// process's mappings and unwinder).
+    pub fn lifecycle(&mut self, change: Lifecycle) {
+        self.by_pid.apply(change);
     }
 
     /// exec replaced the address space.
     pub fn exec(&mut self, pid: u32) {
-        self.by_pid.insert(pid, Process::default());
+        self.by_pid.apply(Lifecycle::Exec { pid });
     }
 
     pub fn add(&mut self, pid: u32, mapping: Mapping) {
-        let process = self.by_pid.entry(pid).or_default();
+        let process = self.by_pid.entry(pid);
         if mapping.exec {
             process.unwinder = None;
         }
+        // What the new mapping covers whole is gone for good: a process that maps and
+        // unmaps in a loop keeps a bounded list.
+        process
+            .mappings
+            .retain(|m| m.start < mapping.start || m.end > mapping.end);
         process.mappings.push(mapping);
     }
 
@@ -114,7 +120,7 @@ impl Processes {
     /// Unwinds the stack copy of a task of `pid` (`stack`: the bytes from `sp` up).
     pub fn unwind(&mut self, pid: u32, ip: u64, sp: u64, bp: u64, stack: &[u8]) -> Vec<RawFrame> {
         let Self { by_pid, elf, cache } = self;
-        let process = by_pid.entry(pid).or_default();
+        let process = by_pid.entry(pid);
         if process.unwinder.is_none() {
             process.unwinder = Some(build_unwinder(&process.mappings, elf));
         }

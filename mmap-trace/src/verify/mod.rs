@@ -95,9 +95,6 @@ enum Applying {
 #[derive(Default)]
 struct Proc {
     shadow: Option<ShadowSpace>,
-    /// A vfork (CLONE_VM) child: its changes are this process's address space until it
-    /// execs.
-    shares_with: Option<u32>,
     parent: Option<u32>,
     stats: VerifyStats,
     /// Causes the shadow does not model, seen since the last checkpoint.
@@ -118,6 +115,9 @@ struct Proc {
 
 struct Verifier {
     procs: BTreeMap<u32, Proc>,
+    /// vfork (CLONE_VM) children: their changes are their owner's address space until
+    /// they exec (the lifecycle's rule; verify keeps every process to report on it).
+    sharing: space::Sharing,
     plant: Option<Plant>,
     /// File pages against pagemap, per address space (verify/pages.rs).
     pages: HashMap<u32, pages::PageChecks>,
@@ -192,6 +192,7 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     }
     let mut verifier = Verifier {
         procs: BTreeMap::new(),
+        sharing: space::Sharing::default(),
         plant: config.plant,
         pages: HashMap::new(),
         full: config.full,
@@ -264,7 +265,7 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         };
         // Events of the last calls before exit: logged, not compared (nothing to compare with).
         let mut tail = std::mem::take(&mut verifier.deferred);
-        tail.extend(decode::drain_all(ring.get_mut(), &mut verifier.malformed));
+        tail.extend(drain_events(ring.get_mut(), &mut verifier.malformed));
         for event in &tail {
             out.event(event, crate::process::paths::kernel_path(event))
                 .or_else(ignore_closed_output)?;
@@ -351,6 +352,14 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     Ok(agreed)
 }
 
+/// The ring's records, but exits: verify sees its processes end through ptrace, which
+/// also gives their status (the exit probe is attached for the followed set's sake).
+fn drain_events(ring: &mut RingBuf<MapData>, malformed: &mut u64) -> Vec<Event> {
+    let mut events = decode::drain_all(ring, malformed);
+    events.retain(|e| !matches!(e, Event::Exit(_)));
+    events
+}
+
 /// Whether the probe that wrote `event` stopped its thread (verify waits for that stop
 /// rather than interrupting the thread).
 fn stops_thread(event: &Event) -> bool {
@@ -389,14 +398,7 @@ impl Verifier {
 
     /// The process whose shadow `pid`'s changes go to (a vfork child's parent).
     fn owner(&self, pid: u32) -> u32 {
-        let mut p = pid;
-        for _ in 0..64 {
-            match self.procs.get(&p).and_then(|x| x.shares_with) {
-                Some(up) => p = up,
-                None => break,
-            }
-        }
-        p
+        self.sharing.owner(pid)
     }
 
     fn checkpoint(
@@ -406,7 +408,7 @@ impl Verifier {
         out: &mut Output,
     ) -> Result<()> {
         let mut events = std::mem::take(&mut self.deferred);
-        events.extend(decode::drain_all(ring, &mut self.malformed));
+        events.extend(drain_events(ring, &mut self.malformed));
         let waiting = holder.waiting();
         if events.is_empty() && waiting.is_empty() {
             return Ok(());
@@ -442,7 +444,7 @@ impl Verifier {
                 }
             }
         }
-        events.extend(decode::drain_all(ring, &mut self.malformed));
+        events.extend(drain_events(ring, &mut self.malformed));
         if let Some(why) = blocked {
             // A change in flight (a munmap waiting for its userfaultfd reader) may already
             // show in maps without its event: compare later, when it has gone on. Nothing
@@ -476,7 +478,7 @@ impl Verifier {
             if let Event::Fork(f) = event
                 && f.shares_mm != 0
             {
-                self.procs.entry(f.child_pid).or_default().shares_with = Some(f.header.pid);
+                self.sharing.fork(f.header.pid, f.child_pid, true);
             }
         }
         for p in alive.iter().map(|&p| self.owner(p)) {
@@ -613,7 +615,7 @@ impl Verifier {
         let shadow = ShadowSpace::seed(view.regions, stat.start_brk.unwrap_or(0));
         let proc = self.procs.entry(pid).or_default();
         proc.shadow = Some(shadow);
-        proc.shares_with = None;
+        self.sharing.exec(pid);
         proc.kernel = Some(kernel);
         proc.last_whole = Some(std::time::Instant::now());
         // A new address space: maps is opened again for it.
@@ -665,7 +667,7 @@ impl Verifier {
             let child = self.procs.entry(f.child_pid).or_default();
             child.parent.get_or_insert(pid);
             if f.shares_mm != 0 {
-                child.shares_with = Some(pid);
+                self.sharing.fork(pid, f.child_pid, true);
             } else {
                 child.shadow = inherited;
                 child.failed = failed;

@@ -270,7 +270,7 @@ impl Metrics {
             }
             self.resident_series = now;
         }
-        self.processes.set(agent.processes.len() as i64);
+        self.processes.set(agent.processes.count() as i64);
         grown
     }
 

@@ -127,14 +127,17 @@ fn drain(
     })
 }
 
-/// Lets go of the processes that no longer exist (reaped).
+/// Lets go of the processes that no longer exist although their exit record never came
+/// (lost with a full ring): a backstop to the exit records, so state stays bounded.
 fn release_exited(agent: &mut state::Agent) {
     let gone: Vec<u32> = agent
-        .processes
-        .keys()
-        .copied()
-        // SAFETY: kill(2) with signal 0 only checks that the process exists.
-        .filter(|&pid| unsafe { libc::kill(pid as i32, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH))
+        .pids()
+        .into_iter()
+        .filter(|&pid| {
+            // SAFETY: kill(2) with signal 0 only checks that the process exists.
+            let rc = unsafe { libc::kill(pid as i32, 0) };
+            rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+        })
         .collect();
     for pid in gone {
         agent.exited(pid);

@@ -4,8 +4,8 @@
 //! Bounded: a series is (what, comm slot, cgroup slot); the first `max_comms` process
 //! names and the first `max_cgroups` cgroups that make a traced call get slots of their
 //! own for the agent's whole life (a counter's series never changes its labels), every
-//! later one is counted under `other`. A process's state lives from its first event
-//! until its exit is seen.
+//! later one is counted under `other`. A process's state lives in the one lifecycle
+//! (`space::ProcessTable`), from its first event to its exit record.
 
 use std::collections::HashMap;
 
@@ -14,7 +14,10 @@ use mmap_trace_common::{MmChangeCause, Probe, RssMember, TASK_COMM_LEN};
 use crate::{
     kernel::decode::{Event, FilePath, c_str, is_error},
     process::cgroup::{ContainerIdentity, Names, container_identity},
-    space::{AddressSpace, Backing, Region, TracedFile, apply_syscall, maps},
+    space::{
+        AddressSpace, Backing, Lifecycle, ProcessState, ProcessTable, Region, TracedFile,
+        apply_syscall, maps,
+    },
 };
 
 /// `mapped_bytes`' kinds, in label order.
@@ -105,13 +108,10 @@ pub struct ProcMemory {
     resident: [i64; RssMember::ALL.len()],
 }
 
-impl ProcMemory {
-    /// A fork child starts with its parent's space.
-    #[expect(
-        dead_code,
-        reason = "the per-process lifecycle (space/lifecycle.rs, on main soon) calls it"
-    )]
-    pub fn fork_child(&self) -> Self {
+impl ProcessState for ProcMemory {
+    /// A fork child starts with its parent's space (the agent attaches no fork probe
+    /// today: a child is first seen at its first call and read from maps then).
+    fn fork_child(&self) -> Self {
         Self {
             space: self.space.fork_child(),
             dirty: true,
@@ -120,10 +120,11 @@ impl ProcMemory {
     }
 
     /// Exec replaced the space: read the new one from the kernel.
-    pub fn exec(&mut self) {
+    fn exec(&mut self) {
         self.space.exec();
         self.seeded = false;
         self.dirty = true;
+        self.resident = [0; RssMember::ALL.len()];
     }
 }
 
@@ -171,7 +172,7 @@ pub struct Agent {
     cgroup_names: Names,
     /// Per cgroup slot: the container it is.
     identities: Vec<ContainerIdentity>,
-    pub processes: HashMap<u32, ProcMemory>,
+    pub processes: ProcessTable<ProcMemory>,
     /// Counts not yet published, per series.
     pub syscalls: HashMap<(What, Who), u64>,
     pub wx: HashMap<Who, u64>,
@@ -189,7 +190,7 @@ impl Agent {
             cgroups: Slots::new(limits.max_cgroups),
             cgroup_names: Names::new(),
             identities: vec![ContainerIdentity::default()],
-            processes: HashMap::new(),
+            processes: ProcessTable::default(),
             syscalls: HashMap::new(),
             wx: HashMap::new(),
             faults: HashMap::new(),
@@ -245,21 +246,20 @@ impl Agent {
         if let Some(what) = what {
             *self.syscalls.entry((what, who)).or_default() += 1;
         }
+        if let Some(change) = event.lifecycle() {
+            self.processes.apply(change);
+        }
         match event {
             Event::Exec(_) => {
-                let p = self.processes.entry(pid).or_default();
-                p.exec();
-                // The new program's name.
+                let p = self.processes.entry(pid);
+                // The new program's name and space.
                 p.who = who;
                 seed(pid, p);
             }
             Event::Syscall(_) | Event::Mmap(_) | Event::MmChange(_) => {
                 let Some(call) = event.call() else { return };
                 let path = event.mmap_file().and_then(FilePath::from_kernel);
-                let p = self.processes.entry(pid).or_insert_with(|| ProcMemory {
-                    who,
-                    ..ProcMemory::default()
-                });
+                let p = self.process(pid, who);
                 if !p.seeded {
                     seed(pid, p);
                 }
@@ -267,18 +267,14 @@ impl Agent {
                     self.note_mapping(event, who, path.as_ref());
                 }
                 let env = TracedFile(path.as_ref().map(|p| p.bytes.as_slice()));
-                let p = self.processes.entry(pid).or_default();
+                let p = self.processes.entry(pid);
                 apply_syscall(&mut p.space, call.nr, call.args, call.ret, &env);
                 p.dirty = true;
             }
             Event::Fault(_) => *self.faults.entry(who).or_default() += 1,
             Event::Rss(r) => {
                 if let Some(i) = RssMember::ALL.iter().position(|m| *m as u32 == r.member) {
-                    let p = self.processes.entry(pid).or_insert_with(|| ProcMemory {
-                        who,
-                        ..ProcMemory::default()
-                    });
-                    p.resident[i] = r.bytes;
+                    self.process(pid, who).resident[i] = r.bytes;
                 }
             }
             _ => {}
@@ -329,16 +325,31 @@ impl Agent {
         }
     }
 
-    /// A process is gone: its state goes with it.
+    /// `pid`'s state; one labelled `who` if it had none.
+    fn process(&mut self, pid: u32, who: Who) -> &mut ProcMemory {
+        let fresh = self.processes.get(pid).is_none();
+        let p = self.processes.entry(pid);
+        if fresh {
+            p.who = who;
+        }
+        p
+    }
+
+    /// A process is gone without its exit record (lost): its state goes.
     pub fn exited(&mut self, pid: u32) {
-        self.processes.remove(&pid);
+        self.processes.apply(Lifecycle::Exit { pid });
+    }
+
+    /// The pids with state.
+    pub fn pids(&mut self) -> Vec<u32> {
+        self.processes.iter_mut().map(|(pid, _)| pid).collect()
     }
 
     /// Live mapped bytes per (who, kind), and resident bytes per (who, member), over
     /// every live process.
     pub fn totals(&mut self) -> Totals {
         let mut totals = Totals::default();
-        for p in self.processes.values_mut() {
+        for (_, p) in self.processes.iter_mut() {
             if p.dirty {
                 p.space.merge();
                 p.mapped = mapped_by_kind(p.space.regions().iter());

@@ -497,8 +497,10 @@ impl AgentArgs {
                  --otlp-endpoint URL (or OTEL_EXPORTER_OTLP_ENDPOINT), or both"
             );
         }
-        // The calls the metrics count, exec (a new program's space) and the catch-all
-        // (every other cause); fault and rss with --faults. Kernel probes are not needed.
+        // The calls the metrics count, exec (a new program's space), the catch-all (every
+        // other cause) and exit; fault and rss with --faults. No fork probe: it would put
+        // every child on the machine in the followed set; a child is read from maps at
+        // its first call instead. Kernel probes are not needed.
         let mut probes = vec![
             Probe::Mmap,
             Probe::Munmap,
@@ -507,6 +509,8 @@ impl AgentArgs {
             Probe::Brk,
             Probe::Exec,
             Probe::MmLock,
+            // Each process's state is let go at its exit record.
+            Probe::Exit,
         ];
         if self.faults {
             probes.extend([Probe::Fault, Probe::Rss]);

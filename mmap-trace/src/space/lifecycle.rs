@@ -120,6 +120,16 @@ impl<T: ProcessState> ProcessTable<T> {
         self.by_pid.get(&self.owner(pid))
     }
 
+    /// Every process's state, by the pid that owns it (the agent's totals).
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (u32, &mut T)> {
+        self.by_pid.iter_mut().map(|(&pid, state)| (pid, state))
+    }
+
+    /// How many processes have state.
+    pub fn count(&self) -> usize {
+        self.by_pid.len()
+    }
+
     /// `pid`'s state, a default one if it had none (a process first seen now).
     pub fn entry(&mut self, pid: u32) -> &mut T {
         let owner = self.owner(pid);

@@ -10,8 +10,8 @@ use tokio::io::unix::AsyncFd;
 use crate::{
     faults::Faults,
     kernel::decode,
-    kernel::reader::{RingReader, Wake},
     kernel::loader::{LoadOptions, Tracer},
+    kernel::reader::{RingReader, Wake},
     output::{Format, Output, Summary, ignore_closed_output},
     process::session::{Session, StopSignals, Target, monotonic_ns, reap, runtime},
     schema::{FaultedMapping, FaultsSummary, Hex, LeftOut, ResidentMemory, text_and_hex},

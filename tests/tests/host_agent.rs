@@ -87,7 +87,12 @@ impl Drop for Running {
 
 /// `trace --json --comm NAME` of the five calls while `run` runs: per probe, the
 /// events of processes named NAME (none lost).
-fn traced_counts(name: &str, dir: &Path, extra: &[&str], run: impl FnOnce()) -> BTreeMap<String, u64> {
+fn traced_counts(
+    name: &str,
+    dir: &Path,
+    extra: &[&str],
+    run: impl FnOnce(),
+) -> BTreeMap<String, u64> {
     let out = dir.join(format!("trace-{name}.jsonl"));
     let mut args = vec![
         "trace",
@@ -106,16 +111,24 @@ fn traced_counts(name: &str, dir: &Path, extra: &[&str], run: impl FnOnce()) -> 
     assert!(status.success(), "trace failed: {err}");
     let records = json_lines(&std::fs::read_to_string(&out).unwrap());
     let (events, summary) = split_summary(&records);
-    assert_eq!(summary["lost_total"], 0, "the ground truth lost events: {summary}");
+    assert_eq!(
+        summary["lost_total"], 0,
+        "the ground truth lost events: {summary}"
+    );
     let mut counts = BTreeMap::new();
     for e in events {
-        *counts.entry(e["probe"].as_str().unwrap().to_owned()).or_default() += 1;
+        *counts
+            .entry(e["probe"].as_str().unwrap().to_owned())
+            .or_default() += 1;
     }
     counts
 }
 
 fn run_workload(path: &Path, args: &[&str]) {
-    let out = Command::new(path).args(args).output().expect("run the workload");
+    let out = Command::new(path)
+        .args(args)
+        .output()
+        .expect("run the workload");
     assert!(out.status.success(), "workload {args:?} failed");
 }
 
@@ -123,7 +136,10 @@ fn run_workload(path: &Path, args: &[&str]) {
 fn maps_by_kind(pid: u32) -> BTreeMap<&'static str, u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let mut sums: BTreeMap<&'static str, u64> =
-        ["anon", "file", "shared", "device", "stack", "heap"].into_iter().map(|k| (k, 0)).collect();
+        ["anon", "file", "shared", "device", "stack", "heap"]
+            .into_iter()
+            .map(|k| (k, 0))
+            .collect();
     for line in text.lines() {
         let fields: Vec<&str> = line.splitn(6, ' ').collect();
         let (range, perms) = (fields[0], fields[1]);
@@ -134,10 +150,27 @@ fn maps_by_kind(pid: u32) -> BTreeMap<&'static str, u64> {
         let kind = match name {
             "[heap]" => "heap",
             "[stack]" => "stack",
-            "" => if shared { "shared" } else { "anon" },
-            n if n.starts_with("[anon") => if shared { "shared" } else { "anon" },
+            "" => {
+                if shared {
+                    "shared"
+                } else {
+                    "anon"
+                }
+            }
+            n if n.starts_with("[anon") => {
+                if shared {
+                    "shared"
+                } else {
+                    "anon"
+                }
+            }
             n if n.starts_with('[') => continue,
-            n if n.starts_with("/dev/") && !n.starts_with("/dev/shm/") && !n.starts_with("/dev/zero") => "device",
+            n if n.starts_with("/dev/")
+                && !n.starts_with("/dev/shm/")
+                && !n.starts_with("/dev/zero") =>
+            {
+                "device"
+            }
             _ if shared => "shared",
             _ => "file",
         };
@@ -163,8 +196,14 @@ fn prometheus_reads_back_exact_counts() {
         run_workload(&workload, &[]);
         run_workload(&workload, &["--wx"]);
     });
-    assert!(expected["mmap"] >= 3000 && expected["munmap"] >= 3000, "{expected:?}");
-    assert!(expected["mremap"] >= 1 && expected["brk"] >= 1, "{expected:?}");
+    assert!(
+        expected["mmap"] >= 3000 && expected["munmap"] >= 3000,
+        "{expected:?}"
+    );
+    assert!(
+        expected["mremap"] >= 1 && expected["brk"] >= 1,
+        "{expected:?}"
+    );
     let query = format!("sum by (syscall) (mmap_trace_syscalls_total{{comm=\"{name}\"}})");
     let seen = |p: &Prometheus| -> BTreeMap<String, u64> {
         p.query(&query)
@@ -177,7 +216,13 @@ fn prometheus_reads_back_exact_counts() {
         "Prometheus holding the traced counts",
         WAIT,
         || (seen(&prometheus) == expected).then_some(()),
-        || format!("{:?} (want {expected:?}); targets: {}", seen(&prometheus), prometheus.targets()),
+        || {
+            format!(
+                "{:?} (want {expected:?}); targets: {}",
+                seen(&prometheus),
+                prometheus.targets()
+            )
+        },
     );
     eprintln!("Prometheus holds exactly {expected:?} for {name}");
     // Two writable+executable mappings in --wx, nothing else made any.
@@ -185,7 +230,13 @@ fn prometheus_reads_back_exact_counts() {
     wait_for(
         "W+X count",
         WAIT,
-        || prometheus.query(&wx).first().filter(|(_, v)| *v == 2.0).map(|_| ()),
+        || {
+            prometheus
+                .query(&wx)
+                .first()
+                .filter(|(_, v)| *v == 2.0)
+                .map(|_| ())
+        },
         || format!("{:?}", prometheus.query(&wx)),
     );
     let lost = prometheus.query("sum(mmap_trace_events_lost_total)");
@@ -199,15 +250,21 @@ fn prometheus_reads_back_exact_counts() {
         .spawn()
         .unwrap();
     let mut ready = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().unwrap()), &mut ready).unwrap();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
     assert_eq!(ready.trim(), "ready");
     let want = maps_by_kind(holder.id());
     assert!(want["anon"] >= 512 * 4096, "{want:?}");
     let mapped = |p: &Prometheus| -> BTreeMap<String, u64> {
-        p.query(&format!("sum by (kind) (mmap_trace_mapped_bytes{{comm=\"{name}\"}})"))
-            .into_iter()
-            .map(|(m, v)| (m["kind"].as_str().unwrap_or("").to_owned(), v as u64))
-            .collect()
+        p.query(&format!(
+            "sum by (kind) (mmap_trace_mapped_bytes{{comm=\"{name}\"}})"
+        ))
+        .into_iter()
+        .map(|(m, v)| (m["kind"].as_str().unwrap_or("").to_owned(), v as u64))
+        .collect()
     };
     let want_s: BTreeMap<String, u64> = want.iter().map(|(k, v)| (k.to_string(), *v)).collect();
     wait_for(
@@ -229,7 +286,10 @@ fn prometheus_reads_back_exact_counts() {
     let agent_pid = agent.pid();
     let (status, err) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "agent {agent_pid}: {status}: {err}");
-    assert!(err.contains("agent stopped (SIGTERM)") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("agent stopped (SIGTERM)") && !err.contains("panicked"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -259,13 +319,19 @@ fn otlp_decodes_with_opentelemetry_proto() {
     });
     let (status, err) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "{err}");
-    assert!(!err.contains("panicked") && !err.contains("failed"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("failed"),
+        "{err}"
+    );
     let requests = receiver.requests();
     assert!(
         requests.iter().all(|r| r.get("error").is_none()),
         "a request did not decode: {requests:?}"
     );
-    assert!(requests.iter().any(|r| r.get("refused").is_some()), "no request refused");
+    assert!(
+        requests.iter().any(|r| r.get("refused").is_some()),
+        "no request refused"
+    );
     // The last metrics request holds the final counts (cumulative).
     let last = requests
         .iter()
@@ -274,13 +340,17 @@ fn otlp_decodes_with_opentelemetry_proto() {
         .expect("no metrics request");
     let rm = &last["request"]["resourceMetrics"][0];
     let attr = |attrs: &Value, key: &str| -> Option<String> {
-        attrs.as_array()?.iter().find(|a| a["key"] == key).and_then(|a| {
-            let v = &a["value"];
-            v["stringValue"]
-                .as_str()
-                .map(str::to_owned)
-                .or_else(|| v["intValue"].as_str().map(str::to_owned))
-        })
+        attrs
+            .as_array()?
+            .iter()
+            .find(|a| a["key"] == key)
+            .and_then(|a| {
+                let v = &a["value"];
+                v["stringValue"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .or_else(|| v["intValue"].as_str().map(str::to_owned))
+            })
     };
     assert_eq!(
         attr(&rm["resource"]["attributes"], "service.name").as_deref(),
@@ -313,15 +383,28 @@ fn otlp_decodes_with_opentelemetry_proto() {
         .flat_map(|sl| sl["logRecords"].as_array().unwrap())
         .filter(|l| attr(&l["attributes"], "process.command").as_deref() == Some(name.as_str()))
         .collect();
-    let events: Vec<&str> = logs.iter().filter_map(|l| l["eventName"].as_str()).collect();
+    let events: Vec<&str> = logs
+        .iter()
+        .filter_map(|l| l["eventName"].as_str())
+        .collect();
     assert_eq!(
-        events.iter().filter(|e| **e == "writable_executable_mapping").count(),
+        events
+            .iter()
+            .filter(|e| **e == "writable_executable_mapping")
+            .count(),
         2,
         "{logs:?}"
     );
-    assert_eq!(events.iter().filter(|e| **e == "large_mapping").count(), 1, "{logs:?}");
+    assert_eq!(
+        events.iter().filter(|e| **e == "large_mapping").count(),
+        1,
+        "{logs:?}"
+    );
     assert!(logs.iter().all(|l| l["severityText"] == "WARN"), "{logs:?}");
-    eprintln!("OTLP: {} requests, final counts {got:?}, logs {events:?}", requests.len());
+    eprintln!(
+        "OTLP: {} requests, final counts {got:?}, logs {events:?}",
+        requests.len()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -334,19 +417,38 @@ fn bad_input_is_one_line_never_a_panic() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     for (args, says) in [
-        (vec!["agent", "--metrics-addr", addr.as_str()], "the address is in use"),
         (
-            vec!["agent", "--metrics-addr", "127.0.0.1:0", "--cgroup", "/sys/fs/cgroup/no-such-cgroup"],
+            vec!["agent", "--metrics-addr", addr.as_str()],
+            "the address is in use",
+        ),
+        (
+            vec![
+                "agent",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--cgroup",
+                "/sys/fs/cgroup/no-such-cgroup",
+            ],
             "no such cgroup directory",
         ),
         (vec!["agent"], "needs somewhere to put its metrics"),
-        (vec!["agent", "--otlp-endpoint", "ftp://x"], "give an http:// URL"),
+        (
+            vec!["agent", "--otlp-endpoint", "ftp://x"],
+            "give an http:// URL",
+        ),
     ] {
-        let out = cli().args(&args).env_remove("OTEL_EXPORTER_OTLP_ENDPOINT").output().unwrap();
+        let out = cli()
+            .args(&args)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
-        assert!(err.contains(says) && !err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            err.contains(says) && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
     }
     drop(taken);
     // Nothing listens on port 1: every export fails after its retries.
@@ -364,7 +466,11 @@ fn bad_input_is_one_line_never_a_panic() {
     ]);
     let failures = || {
         http_get(&metrics, "/metrics").ok().map(|(_, body)| {
-            exposition_sum(&body, "mmap_trace_otlp_export_failures_total", &["signal=\"metrics\""])
+            exposition_sum(
+                &body,
+                "mmap_trace_otlp_export_failures_total",
+                &["signal=\"metrics\""],
+            )
         })
     };
     wait_for(
@@ -375,10 +481,16 @@ fn bad_input_is_one_line_never_a_panic() {
     );
     let (code, body) = http_get(&metrics, "/metrics").unwrap();
     assert_eq!(code, 200);
-    assert!(body.contains("mmap_trace_agent_ready 1") && body.trim_end().ends_with("# EOF"), "{body}");
+    assert!(
+        body.contains("mmap_trace_agent_ready 1") && body.trim_end().ends_with("# EOF"),
+        "{body}"
+    );
     let (status, err) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "{err}");
-    assert!(err.contains("agent stopped (SIGTERM)") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("agent stopped (SIGTERM)") && !err.contains("panicked"),
+        "{err}"
+    );
 }
 
 /// Hours of churn compressed: thousands of short processes under one name. The agent's
@@ -398,7 +510,9 @@ fn soak_keeps_memory_flat_and_counts_exact() {
     let metrics = format!("127.0.0.1:{}", free_port());
     let agent = Running::start(&["agent", "--metrics-addr", &metrics, "--comm", &name]);
     // One process's calls, from the trace.
-    let per_process = traced_counts(&name, &dir, &[], || run_workload(&workload, &["--loop", "5"]));
+    let per_process = traced_counts(&name, &dir, &[], || {
+        run_workload(&workload, &["--loop", "5"])
+    });
     let rss = |pid: u32| -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         status
@@ -413,7 +527,12 @@ fn soak_keeps_memory_flat_and_counts_exact() {
     while done < processes {
         let n = batch.min(processes - done);
         let children: Vec<Child> = (0..n)
-            .map(|_| Command::new(&workload).args(["--loop", "5"]).spawn().unwrap())
+            .map(|_| {
+                Command::new(&workload)
+                    .args(["--loop", "5"])
+                    .spawn()
+                    .unwrap()
+            })
             .collect();
         for mut c in children {
             assert!(c.wait().unwrap().success());
@@ -424,37 +543,53 @@ fn soak_keeps_memory_flat_and_counts_exact() {
         }
     }
     let total = processes + 1;
-    let expected: BTreeMap<String, u64> =
-        per_process.iter().map(|(k, v)| (k.clone(), v * total)).collect();
+    let expected: BTreeMap<String, u64> = per_process
+        .iter()
+        .map(|(k, v)| (k.clone(), v * total))
+        .collect();
     let counts = || -> BTreeMap<String, u64> {
-        let Ok((_, body)) = http_get(&metrics, "/metrics") else { return BTreeMap::new() };
+        let Ok((_, body)) = http_get(&metrics, "/metrics") else {
+            return BTreeMap::new();
+        };
         expected
             .keys()
             .map(|k| {
                 let label = format!("syscall=\"{k}\"");
                 let comm = format!("comm=\"{name}\"");
-                (k.clone(), exposition_sum(&body, "mmap_trace_syscalls_total", &[&label, &comm]) as u64)
+                (
+                    k.clone(),
+                    exposition_sum(&body, "mmap_trace_syscalls_total", &[&label, &comm]) as u64,
+                )
             })
             .collect()
     };
-    wait_for("the soak's exact counts", WAIT, || (counts() == expected).then_some(()), || {
-        format!("{:?} (want {expected:?})", counts())
-    });
+    wait_for(
+        "the soak's exact counts",
+        WAIT,
+        || (counts() == expected).then_some(()),
+        || format!("{:?} (want {expected:?})", counts()),
+    );
     let modelled = || {
         http_get(&metrics, "/metrics")
             .ok()
             .map(|(_, b)| exposition_sum(&b, "mmap_trace_processes", &[]))
     };
-    wait_for("every process let go", WAIT, || modelled().filter(|n| *n == 0.0), || {
-        format!("{:?}", modelled())
-    });
+    wait_for(
+        "every process let go",
+        WAIT,
+        || modelled().filter(|n| *n == 0.0),
+        || format!("{:?}", modelled()),
+    );
     let end = rss(agent.pid());
     eprintln!(
         "soak: {total} processes of {name}, counts {expected:?}; agent RSS {warm} kB after \
          {} processes, {end} kB after {total}",
         processes / 10
     );
-    assert!(end <= warm + 8192, "agent RSS grew from {warm} kB to {end} kB");
+    assert!(
+        end <= warm + 8192,
+        "agent RSS grew from {warm} kB to {end} kB"
+    );
     let (status, err) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "{err}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -59,12 +59,20 @@ fn respond(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
         }
         head.extend_from_slice(&buf[..n]);
         if head.len() > 16 * 1024 {
-            return reply(&mut stream, "431 Request Header Fields Too Large", "text/plain", "");
+            return reply(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "",
+            );
         }
     }
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
     let mut words = line.split(|&b| b == b' ');
-    let (method, target) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+    let (method, target) = (
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default(),
+    );
     let path = target.split(|&b| b == b'?').next().unwrap_or_default();
     match (method, path) {
         (b"GET" | b"HEAD", b"/metrics") => {
@@ -92,7 +100,12 @@ fn respond(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
     }
 }
 
-fn reply(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
+fn reply(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
     write!(
         stream,
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -121,11 +134,19 @@ mod tests {
         serve(listener, metrics.registry.clone());
         let ok = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        assert!(ok.contains(CONTENT_TYPE) && ok.trim_end().ends_with("# EOF"), "{ok}");
+        assert!(
+            ok.contains(CONTENT_TYPE) && ok.trim_end().ends_with("# EOF"),
+            "{ok}"
+        );
         assert!(get(addr, "GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
         assert!(get(addr, "POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
         let in_use = bind(&addr.to_string()).unwrap_err().to_string();
         assert!(in_use.contains("the address is in use"), "{in_use}");
-        assert!(bind("nonsense").unwrap_err().to_string().contains("not an address"));
+        assert!(
+            bind("nonsense")
+                .unwrap_err()
+                .to_string()
+                .contains("not an address")
+        );
     }
 }

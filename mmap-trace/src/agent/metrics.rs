@@ -384,8 +384,14 @@ mod tests {
             })
             .inc_by(3);
         let text = m.text();
-        assert!(text.contains("# TYPE mmap_trace_syscalls counter"), "{text}");
-        assert!(text.contains("# TYPE mmap_trace_agent_ready gauge"), "{text}");
+        assert!(
+            text.contains("# TYPE mmap_trace_syscalls counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE mmap_trace_agent_ready gauge"),
+            "{text}"
+        );
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
         let samples = samples(&text);
         let s = samples

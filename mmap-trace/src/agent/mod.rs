@@ -56,7 +56,11 @@ pub fn run(config: AgentConfig) -> Result<()> {
         .cgroup
         .id
         .ne(&0)
-        .then(|| crate::process::cgroup::Names::new().name(config.load.cgroup.id).map(str::to_owned))
+        .then(|| {
+            crate::process::cgroup::Names::new()
+                .name(config.load.cgroup.id)
+                .map(str::to_owned)
+        })
         .flatten();
     let exporter = match config.otlp {
         Some(otlp) => Some(otlp::Exporter::start(otlp, identity.as_deref(), &metrics)?),

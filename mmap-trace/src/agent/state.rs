@@ -48,7 +48,9 @@ pub enum What {
 impl What {
     pub fn label(self) -> String {
         match self {
-            What::Probed(p) => Probe::from_u32(p).map_or("unknown", |p| p.name()).to_owned(),
+            What::Probed(p) => Probe::from_u32(p)
+                .map_or("unknown", |p| p.name())
+                .to_owned(),
             What::Syscall { nr, compat } => crate::kernel::syscall_names::name(nr, compat),
             What::Fault => "fault".to_owned(),
             What::OtherTask => "other_task".to_owned(),
@@ -407,7 +409,11 @@ pub fn kind(region: &Region) -> Option<usize> {
         Backing::Anonymous if region.shared() => SHARED,
         Backing::Anonymous => ANON,
         Backing::Special(name) if name.as_bytes().starts_with(b"[anon") => {
-            if region.shared() { SHARED } else { ANON }
+            if region.shared() {
+                SHARED
+            } else {
+                ANON
+            }
         }
         Backing::Special(_) => return None,
         Backing::File(name) if is_device(name.as_bytes()) && !region.shared_anon() => DEVICE,
@@ -456,12 +462,27 @@ mod tests {
         let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
         let shared = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
         let base = 0x7f00_0000_0000u64;
-        a.note(&call(Probe::Mmap, b"w", [0, 0x4000, rw, anon, u64::MAX, 0], base as i64));
-        a.note(&call(Probe::Mmap, b"w", [0, 0x2000, rw, shared, u64::MAX, 0], (base + 0x10_0000) as i64));
+        a.note(&call(
+            Probe::Mmap,
+            b"w",
+            [0, 0x4000, rw, anon, u64::MAX, 0],
+            base as i64,
+        ));
+        a.note(&call(
+            Probe::Mmap,
+            b"w",
+            [0, 0x2000, rw, shared, u64::MAX, 0],
+            (base + 0x10_0000) as i64,
+        ));
         a.note(&call(Probe::Munmap, b"w", [base, 0x1000, 0, 0, 0, 0], 0));
         // A failed call is a call, and changes nothing.
         a.note(&call(Probe::Munmap, b"w", [1, 0x1000, 0, 0, 0, 0], -22));
-        a.note(&call(Probe::Mprotect, b"w", [base + 0x1000, 0x1000, rw | 4, 0, 0, 0], 0));
+        a.note(&call(
+            Probe::Mprotect,
+            b"w",
+            [base + 0x1000, 0x1000, rw | 4, 0, 0, 0],
+            0,
+        ));
         let who = (1, 1);
         assert_eq!(a.syscalls[&(What::Probed(Probe::Mmap as u32), who)], 2);
         assert_eq!(a.syscalls[&(What::Probed(Probe::Munmap as u32), who)], 2);

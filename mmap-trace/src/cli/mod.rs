@@ -534,7 +534,11 @@ impl AgentArgs {
         if let Some(path) = &self.cgroup {
             load.cgroup = crate::process::cgroup::select(path)?;
         }
-        if self.max_comms == 0 || self.max_cgroups == 0 || self.max_comms > 10_000 || self.max_cgroups > 10_000 {
+        if self.max_comms == 0
+            || self.max_cgroups == 0
+            || self.max_comms > 10_000
+            || self.max_cgroups > 10_000
+        {
             anyhow::bail!("--max-comms and --max-cgroups must be from 1 to 10000");
         }
         Ok(crate::agent::AgentConfig {

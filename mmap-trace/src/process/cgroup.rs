@@ -320,7 +320,11 @@ mod tests {
         for (path, runtime, pod) in cases {
             let found = container_identity(&path);
             assert_eq!(
-                (found.container_id.as_str(), found.runtime, found.pod_uid.as_str()),
+                (
+                    found.container_id.as_str(),
+                    found.runtime,
+                    found.pod_uid.as_str()
+                ),
                 (id.as_str(), runtime, pod),
                 "{path}"
             );
@@ -336,6 +340,9 @@ mod tests {
             assert_eq!(container_identity(path).container_id, "", "{path}");
         }
         let pod_only = container_identity(&format!("/kubepods/burstable/pod{uid}"));
-        assert_eq!((pod_only.container_id.as_str(), pod_only.pod_uid.as_str()), ("", uid));
+        assert_eq!(
+            (pod_only.container_id.as_str(), pod_only.pod_uid.as_str()),
+            ("", uid)
+        );
     }
 }

@@ -33,7 +33,7 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
         return 0; // another thread of the process is still running
     }
     // Absent unless followed: removing is the cheaper test.
-    let _ = FOLLOWED.remove(&task.pid);
+    let _ = FOLLOWED.remove(task.pid);
     if let Some(mut entry) = emit::reserve::<ExitEvent>(Probe::Exit) {
         entry.write(ExitEvent {
             header: emit::header(EventKind::Exit, Probe::Exit, &task),

@@ -116,7 +116,7 @@ impl Exited {
             .extend(counted.resident.into_iter().map(|(m, r)| (pid, m, r)));
         if self.mappings.len() > 2 * EXITED_ROWS_KEPT {
             self.mappings
-                .sort_unstable_by(|a, b| b.faults.cmp(&a.faults));
+                .sort_unstable_by_key(|row| std::cmp::Reverse(row.faults));
             for row in self.mappings.drain(EXITED_ROWS_KEPT..) {
                 self.mappings_dropped += 1;
                 self.faults_dropped += row.faults;
@@ -124,7 +124,7 @@ impl Exited {
         }
         if self.resident.len() > 2 * EXITED_ROWS_KEPT {
             self.resident
-                .sort_unstable_by(|a, b| b.2.peak.cmp(&a.2.peak));
+                .sort_unstable_by_key(|row| std::cmp::Reverse(row.2.peak));
             self.resident_dropped += (self.resident.len() - EXITED_ROWS_KEPT) as u64;
             self.resident.truncate(EXITED_ROWS_KEPT);
         }

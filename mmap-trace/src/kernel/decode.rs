@@ -154,6 +154,24 @@ pub enum Event {
     Exit(ExitEvent),
 }
 
+/// A change to which processes exist and whose address space they use: what a fork,
+/// exec or exit record means to `space::lifecycle`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    Fork {
+        parent: u32,
+        child: u32,
+        /// The child uses the parent's mm (vfork and kin).
+        shares_mm: bool,
+    },
+    Exec {
+        pid: u32,
+    },
+    Exit {
+        pid: u32,
+    },
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
     Short { len: usize, need: usize },
@@ -265,9 +283,9 @@ impl Event {
         }
     }
 
-    /// The fork, exec or exit this event reports, for the per-process tables.
-    pub fn lifecycle(&self) -> Option<crate::space::Lifecycle> {
-        use crate::space::Lifecycle;
+    /// The fork, exec or exit this event reports, for the per-process tables
+    /// (`space::lifecycle`).
+    pub fn lifecycle(&self) -> Option<Lifecycle> {
         let pid = self.header().pid;
         Some(match self {
             Event::Fork(f) => Lifecycle::Fork {

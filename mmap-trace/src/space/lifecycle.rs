@@ -14,22 +14,7 @@
 
 use std::collections::HashMap;
 
-/// A change to which processes exist and whose address space they use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lifecycle {
-    Fork {
-        parent: u32,
-        child: u32,
-        /// The child uses the parent's mm (vfork and kin).
-        shares_mm: bool,
-    },
-    Exec {
-        pid: u32,
-    },
-    Exit {
-        pid: u32,
-    },
-}
+pub use crate::kernel::decode::Lifecycle;
 
 /// What a consumer keeps per process.
 pub trait ProcessState: Default {

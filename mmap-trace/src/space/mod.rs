@@ -9,9 +9,9 @@
 //! model's [`Change`]s (`report/model.rs`). A rule fixed here is fixed for both.
 //!
 //! Owns the model, its rules and the parsing of maps. May not touch: the probes or their
-//! records (it takes a syscall's number, arguments and return value), the processes
-//! beyond reading their maps, records or output; only its tests use the kernel's
-//! decoder.
+//! records (it takes a syscall's number, arguments and return value, and the decoder's
+//! `Lifecycle`), the processes beyond reading their maps, records or output; only its
+//! tests use the rest of the kernel's decoder.
 
 pub mod compare;
 pub mod lifecycle;

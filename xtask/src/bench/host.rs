@@ -374,6 +374,9 @@ pub(super) enum Kind {
     MmapTraceStacks,
     /// bpftrace with `ustack` on each call.
     BpftraceUstack,
+    /// `mmap-trace agent` (issue 28): counts and per-process models instead of records,
+    /// narrowed by `--comm mmap-workload` (it has no `--pid`).
+    MmapTraceAgent,
 }
 
 impl Kind {
@@ -388,11 +391,12 @@ impl Kind {
             Kind::Strace => "strace",
             Kind::MmapTraceStacks => "mmap-trace --stacks",
             Kind::BpftraceUstack => "bpftrace ustack",
+            Kind::MmapTraceAgent => "mmap-trace agent",
         }
     }
 }
 
-const KINDS: [Kind; 8] = [
+const KINDS: [Kind; 9] = [
     Kind::Untraced,
     Kind::Floor,
     Kind::FloorRecords,
@@ -401,6 +405,7 @@ const KINDS: [Kind; 8] = [
     Kind::Strace,
     Kind::MmapTraceStacks,
     Kind::BpftraceUstack,
+    Kind::MmapTraceAgent,
 ];
 
 /// Part 1 and the start-up/RSS figures of part 3: every variant once per round, the
@@ -411,7 +416,9 @@ pub fn overhead(tools: &Tools, rounds: usize, iterations: u64) -> Result<Overhea
         .map(|k| {
             let version = match k {
                 Kind::Untraced | Kind::Floor | Kind::FloorRecords => String::new(),
-                Kind::MmapTrace | Kind::MmapTraceStacks => super::version(&tools.cli),
+                Kind::MmapTrace | Kind::MmapTraceStacks | Kind::MmapTraceAgent => {
+                    super::version(&tools.cli)
+                }
                 Kind::Bpftrace | Kind::BpftraceUstack => super::version(&tools.bpftrace),
                 Kind::Strace => super::version(&tools.strace),
             };
@@ -514,6 +521,19 @@ fn own_tracer(tools: &Tools, kind: Kind, pid: u32, out: &Path) -> Result<Tracer>
             args.extend(pid);
             Tracer::cli(tools, kind.name(), args)
         }
+        Kind::MmapTraceAgent => {
+            // The loop is `sh` until released: the agent counts it from its exec on.
+            let args = [
+                "agent",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--comm",
+                "mmap-workload",
+            ]
+            .map(OsString::from)
+            .to_vec();
+            Tracer::cli(tools, kind.name(), args)
+        }
         Kind::Untraced | Kind::Bpftrace | Kind::Strace | Kind::BpftraceUstack => {
             bail!("{} is not one of mmap-trace's own variants", kind.name())
         }
@@ -540,6 +560,8 @@ fn one_run(
         Kind::Floor | Kind::FloorRecords | Kind::MmapTrace | Kind::MmapTraceStacks => {
             (Some(own_tracer(tools, kind, pid, &out)?), Stop::Exits)
         }
+        // It runs until stopped; SIGINT drains the ring first.
+        Kind::MmapTraceAgent => (Some(own_tracer(tools, kind, pid, &out)?), Stop::Interrupt),
         Kind::Bpftrace | Kind::BpftraceUstack => {
             let args = vec![
                 os("-o"),
@@ -596,6 +618,7 @@ fn one_run(
             (c.kept, Some(c.lost_loop))
         }
         Kind::Bpftrace | Kind::BpftraceUstack => count_bpftrace(&out, pid)?,
+        Kind::MmapTraceAgent => agent_counts(&done.stderr)?,
         _ => (count_strace(&out)?, None),
     };
     v.kept.push(kept);
@@ -617,6 +640,22 @@ fn floor_records(stderr: &[String]) -> Result<(u64, u64)> {
             .with_context(|| format!("no \"{word}\" count in {line:?}"))
     };
     Ok((number(" records")?, number(" lost")?))
+}
+
+/// `mmap-trace agent`'s last line: `agent stopped (SIGINT): N events, M lost, …` (every
+/// event of the loop's process: its calls, its start-up's, exec and exit).
+fn agent_counts(stderr: &[String]) -> Result<(u64, Option<u64>)> {
+    let line = stderr
+        .iter()
+        .find_map(|l| l.split_once("agent stopped (").map(|(_, rest)| rest))
+        .with_context(|| format!("the agent printed no final line:\n{}", stderr.join("\n")))?;
+    let number = |word: &str| -> Result<u64> {
+        line.split([':', ','])
+            .find_map(|part| part.trim().strip_suffix(word))
+            .and_then(|n| n.trim().parse().ok())
+            .with_context(|| format!("no \"{word}\" count in {line:?}"))
+    };
+    Ok((number(" events")?, Some(number(" lost")?)))
 }
 
 /// What mmap-trace's JSON output holds for some pids.

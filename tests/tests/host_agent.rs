@@ -594,3 +594,94 @@ fn soak_keeps_memory_flat_and_counts_exact() {
     assert!(status.success(), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--faults`: the agent's page faults of a process are exactly the fault records
+/// `trace --faults` wrote for it (fault-regions: 10,101 written pages and its start-up's),
+/// and resident memory by type has series for it, back at 0 once it exited.
+#[test]
+fn faults_are_counted_exactly() {
+    let _one = one();
+    let dir = scratch("faults");
+    let name = comm("f");
+    let workload = named_workload(&dir, &name);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let agent = Running::start(&[
+        "agent",
+        "--metrics-addr",
+        &metrics,
+        "--comm",
+        &name,
+        "--faults",
+    ]);
+    let traced = traced_counts(&name, &dir, &["--faults"], || {
+        run_workload(&workload, &["--scenario", "fault-regions"]);
+    });
+    let want = traced["fault"];
+    assert!(want >= 10_101, "{traced:?}");
+    let comm_label = format!("comm=\"{name}\"");
+    let scrape = || {
+        http_get(&metrics, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    };
+    wait_for(
+        "page faults = trace's fault records",
+        WAIT,
+        || {
+            let got = exposition_sum(&scrape(), "mmap_trace_page_faults_total", &[&comm_label]);
+            (got as u64 == want).then_some(())
+        },
+        || {
+            format!(
+                "{} (want {want})",
+                exposition_sum(&scrape(), "mmap_trace_page_faults_total", &[&comm_label])
+            )
+        },
+    );
+    // Resident memory is of live processes: one holding still (its file pages, the
+    // binary's, cross the rss probe's 256 KiB steps), then gone.
+    let mut holder = Command::new(&workload)
+        .args(["--vmas", "64", "--changes", "0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    let resident = |body: &str| -> (usize, f64) {
+        let series = body
+            .lines()
+            .filter(|l| l.starts_with("mmap_trace_resident_bytes{") && l.contains(&comm_label))
+            .count();
+        (
+            series,
+            exposition_sum(body, "mmap_trace_resident_bytes", &[&comm_label]),
+        )
+    };
+    let held = wait_for(
+        "resident bytes of the holder",
+        WAIT,
+        || Some(resident(&scrape())).filter(|(n, b)| *n == 4 && *b > 0.0),
+        || scrape(),
+    );
+    holder.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(holder.wait().unwrap().success());
+    wait_for(
+        "resident bytes 0 after the exit",
+        WAIT,
+        || Some(resident(&scrape())).filter(|(n, b)| *n == 4 && *b == 0.0),
+        || scrape(),
+    );
+    eprintln!("--faults: resident bytes while held: {}", held.1);
+    eprintln!("--faults: {want} page faults, as trace recorded them");
+    let (status, err) = agent.stop(libc::SIGINT);
+    assert!(
+        status.success() && err.contains("agent stopped (SIGINT)"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -496,14 +496,14 @@ fn bad_input_is_one_line_never_a_panic() {
 /// Hours of churn compressed: thousands of short processes under one name. The agent's
 /// counts are exactly the processes times each one's calls, every process's state is
 /// let go, and its resident memory after the churn is what it was after the first tenth
-/// (within 8 MiB). MMTRACE_AGENT_SOAK_PROCESSES overrides the count (default 5000).
+/// (within 8 MiB). MMTRACE_AGENT_SOAK_PROCESSES overrides the count (default 20,000).
 #[test]
 fn soak_keeps_memory_flat_and_counts_exact() {
     let _one = one();
     let processes: u64 = std::env::var("MMTRACE_AGENT_SOAK_PROCESSES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
+        .unwrap_or(20_000);
     let dir = scratch("soak");
     let name = comm("s");
     let workload = named_workload(&dir, &name);

@@ -666,7 +666,7 @@ fn faults_are_counted_exactly() {
         "resident bytes of the holder",
         WAIT,
         || Some(resident(&scrape())).filter(|(n, b)| *n == 4 && *b > 0.0),
-        || scrape(),
+        scrape,
     );
     holder.stdin.take().unwrap().write_all(b"go\n").unwrap();
     assert!(holder.wait().unwrap().success());
@@ -674,7 +674,7 @@ fn faults_are_counted_exactly() {
         "resident bytes 0 after the exit",
         WAIT,
         || Some(resident(&scrape())).filter(|(n, b)| *n == 4 && *b == 0.0),
-        || scrape(),
+        scrape,
     );
     eprintln!("--faults: resident bytes while held: {}", held.1);
     eprintln!("--faults: {want} page faults, as trace recorded them");

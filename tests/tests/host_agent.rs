@@ -685,3 +685,94 @@ fn faults_are_counted_exactly() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--cgroup` narrows the agent to a container's cgroup, and the container's id comes
+/// from the path: a cgroup made here, named as docker names its scopes, holds one run of
+/// the workload; a run outside it (same name) is not counted. Ground truth: trace with
+/// the same `--comm` and `--cgroup`.
+#[test]
+fn cgroup_narrows_and_names_the_container() {
+    let _one = one();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let root = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .find(|m| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(m).unwrap()) == 1)
+        .expect("this test needs the cgroup v2 hierarchy's root mounted (see /proc/self/mounts)");
+    let id = format!(
+        "{:064x}",
+        u128::from(std::process::id()) * 0x9e37_79b9_7f4a_7c15
+    );
+    let parent = root.join(format!("mmtrace-agent-{}", std::process::id()));
+    let scope = parent.join(format!("docker-{id}.scope"));
+    std::fs::create_dir_all(&scope).expect("create a cgroup");
+    let dir = scratch("cgroup");
+    let name = comm("c");
+    let workload = named_workload(&dir, &name);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let scope_s = scope.to_str().unwrap().to_owned();
+    let agent = Running::start(&[
+        "agent",
+        "--metrics-addr",
+        &metrics,
+        "--comm",
+        &name,
+        "--cgroup",
+        &scope_s,
+    ]);
+    let expected = traced_counts(&name, &dir, &["--cgroup", &scope_s], || {
+        let inside = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec {} --loop 100",
+                scope.display(),
+                workload.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(inside.success());
+        run_workload(&workload, &["--loop", "50"]);
+    });
+    assert!(
+        expected["mmap"] >= 100 && expected["mmap"] < 150,
+        "{expected:?}"
+    );
+    let cgroup = format!(
+        "cgroup=\"/{}/docker-{id}.scope\"",
+        parent.file_name().unwrap().to_str().unwrap()
+    );
+    let container = format!("container_id=\"{id}\"");
+    let comm_label = format!("comm=\"{name}\"");
+    let counts = || -> BTreeMap<String, u64> {
+        let body = http_get(&metrics, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        expected
+            .keys()
+            .map(|k| {
+                let label = format!("syscall=\"{k}\"");
+                let n = exposition_sum(
+                    &body,
+                    "mmap_trace_syscalls_total",
+                    &[&label, &comm_label, &cgroup, &container],
+                );
+                (k.clone(), n as u64)
+            })
+            .collect()
+    };
+    wait_for(
+        "the container's counts, and only its",
+        WAIT,
+        || (counts() == expected).then_some(()),
+        || format!("{:?} (want {expected:?})", counts()),
+    );
+    eprintln!("--cgroup: {expected:?} under {cgroup} {container}");
+    let (status, err) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{err}");
+    let _ = std::fs::remove_dir(&scope);
+    let _ = std::fs::remove_dir(&parent);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -776,3 +776,72 @@ fn cgroup_narrows_and_names_the_container() {
     let _ = std::fs::remove_dir(&parent);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A scrape while the agent starts (bound, probes not attached yet) or stops (draining,
+/// flushing): every answer it gives is a whole exposition (`200`, ending in `# EOF`);
+/// at the very exit a connection is refused or closed unanswered, never cut mid-body; and
+/// the stop is clean. How many answers fall in each window depends on timing and is only
+/// printed.
+#[test]
+fn scrapes_while_starting_and_stopping_are_well_formed() {
+    let _one = one();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut child = cli()
+        .args([
+            "agent",
+            "--metrics-addr",
+            &metrics,
+            "--comm",
+            "nobody-at-all",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let well_formed = |(code, body): &(u16, String)| {
+        assert_eq!(*code, 200, "{body}");
+        assert!(
+            body.trim_end().ends_with("# EOF"),
+            "a cut exposition: {body:?}"
+        );
+        body.contains("mmap_trace_agent_ready 1")
+    };
+    let mut starting = 0;
+    wait_for(
+        "the agent ready",
+        WAIT,
+        || match http_get(&metrics, "/metrics") {
+            Ok(answer) if well_formed(&answer) => Some(()),
+            Ok(_) => {
+                starting += 1;
+                None
+            }
+            Err(_) => None, // not bound yet
+        },
+        || "no ready answer".to_owned(),
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let (mut stopping, mut closed) = (0, 0);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        match http_get(&metrics, "/metrics") {
+            // The connection was taken but closed unanswered as the process ended: a
+            // scraper sees a refused scrape, never a partial exposition.
+            Ok((0, body)) if body.is_empty() => closed += 1,
+            Ok(answer) => {
+                well_formed(&answer);
+                stopping += 1;
+            }
+            Err(_) => closed += 1,
+        }
+    };
+    assert!(status.success(), "{status}");
+    eprintln!(
+        "scrapes: {starting} while starting, {stopping} while stopping, all well-formed; \
+         {closed} refused or closed unanswered at the exit"
+    );
+}

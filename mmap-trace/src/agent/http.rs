@@ -106,11 +106,13 @@ fn reply(
     content_type: &str,
     body: &str,
 ) -> std::io::Result<()> {
-    write!(
-        stream,
+    // One buffer, one write: the process may exit (SIGTERM) at any moment, and a scraper
+    // must then get the whole answer or none, never a head without its body.
+    let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )?;
+    );
+    stream.write_all(response.as_bytes())?;
     stream.flush()
 }
 

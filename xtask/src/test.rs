@@ -30,18 +30,21 @@ struct Tally {
 pub fn run(
     ws: &Workspace,
     ready: &Ready,
-    artifacts: &Artifacts,
+    builds: &[Artifacts],
     opts: &Options,
     matrix: bool,
-
-    lint_failed: bool,
+    lint_failed: Option<bool>,
 ) -> Result<i32> {
     let mut tally = Tally {
         passed: 0,
         failed: 0,
         lines: Vec::new(),
     };
-    if lint_failed {
+    if lint_failed.is_none() {
+        tally
+            .lines
+            .push("lint: not run (the x86-64 host's; plain `cargo xtask test` runs it)".into());
+    } else if lint_failed == Some(true) {
         tally.failed += 1;
         tally.lines.push(
             "lint: FAILED (cargo xtask lint: fmt --check, clippy -D warnings, import cycles)"
@@ -53,25 +56,39 @@ pub fn run(
             .lines
             .push("lint: fmt and clippy clean, no import cycle".into());
     }
-    section("unit + host tests (cargo test --workspace, on the host)");
-    {
-        let _one_at_a_time = crate::host_lock::hold("cargo xtask test: host tests")?;
-        host_tests(ws, ready, artifacts, &mut tally)?;
+    match builds.iter().find(|b| b.arch.is_host()) {
+        Some(host) => {
+            section("unit + host tests (cargo test --workspace, on the host)");
+            let _one_at_a_time = crate::host_lock::hold("cargo xtask test: host tests")?;
+            host_tests(ws, ready, host, &mut tally)?;
+        }
+        None => tally.lines.push(
+            "host: not run (this x86-64 host runs them: plain `cargo xtask test`)".into(),
+        ),
     }
 
     let mut dmesg_clean = true;
     for kernel in &ready.guests {
+        let artifacts = builds
+            .iter()
+            .find(|b| b.arch == kernel.arch)
+            .with_context(|| format!("nothing was built for {}", kernel.arch))?;
+        let default_suites = if kernel.arch.is_host() {
+            kernel.line.default_suites
+        } else {
+            Some(crate::kernel_line::ARM64_SUITES)
+        };
         let mut suites: Vec<&(String, std::path::PathBuf)> = artifacts
             .guest_tests
             .iter()
-            .filter(|(name, _)| match kernel.line.default_suites {
+            .filter(|(name, _)| match default_suites {
                 Some(chosen) if matrix => chosen.contains(&name.as_str()),
                 _ => true,
             })
             .collect();
         section(&format!(
-            "guest tests on {} (kernel line {}, one VM boot)",
-            kernel.version, kernel.line.name
+            "guest tests on {} ({}, kernel line {}, one VM boot)",
+            kernel.version, kernel.arch, kernel.line.name
         ));
         let whose = format!("guest {}", kernel.version);
         match artifacts
@@ -101,9 +118,10 @@ pub fn run(
         if !left_out.is_empty() {
             // Said aloud, in the summary too: not run is not passed.
             let line = format!(
-                "guest {}: NOT RUN on the {} line: {} (docs/kernels.md says why)",
+                "guest {}: NOT RUN on the {} line ({}): {} (docs/kernels.md says why)",
                 kernel.version,
                 kernel.line.name,
+                kernel.arch,
                 left_out.join(", ")
             );
             println!("!!! {line}");

@@ -36,9 +36,13 @@ pub const DEFAULT_DRIVER_HOOKS: &[&str] = &[
 
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
-/// `offsetof(task_struct, thread_info.status)` on x86-64 since 5.11 (thread_info comes
-/// first: flags, syscall_work, status), for kernels without BTF.
+/// Where in `task_struct` the compat-syscall mark is, for kernels without BTF:
+/// `thread_info.status` on x86-64 since 5.11 (thread_info comes first: flags,
+/// syscall_work, status); `thread_info.flags` on arm64 (its first field).
+#[cfg(target_arch = "x86_64")]
 const TI_STATUS_FALLBACK: u32 = 16;
+#[cfg(target_arch = "aarch64")]
+const TI_STATUS_FALLBACK: u32 = 0;
 
 pub struct LoadOptions {
     pub filter: TargetFilter,
@@ -102,6 +106,12 @@ impl Tracer {
                     "the catch-all is a BTF tracepoint and {} is missing",
                     opts.btf.display()
                 ))
+            } else if probe == Probe::Fault && cfg!(target_arch = "aarch64") {
+                Some(
+                    "arm64 kernels have no exceptions:page_fault_user tracepoint (x86's fault \
+                     source); this build has no other fault source yet"
+                        .to_owned(),
+                )
             } else if !probe.is_kprobe() {
                 None
             } else if !kprobes_available {
@@ -152,7 +162,7 @@ impl Tracer {
                 };
                 eprintln!(
                     "mmap-trace: warning: {e:#}; assuming thread_info.status at byte \
-                     {TI_STATUS_FALLBACK} of task_struct (x86-64, Linux 5.11 and later){no_file}"
+                     {TI_STATUS_FALLBACK} of task_struct (Linux 5.11 and later){no_file}"
                 );
                 None
             }
@@ -171,7 +181,7 @@ impl Tracer {
             _ => KernelOffsets::default(),
         };
         let ti_status = match &kernel_btf {
-            Some(btf) if syscalls => btf.thread_info_status()?,
+            Some(btf) if syscalls => btf.compat_mark()?,
             _ => TI_STATUS_FALLBACK,
         };
         let (task_offsets, write_arg) = match &kernel_btf {

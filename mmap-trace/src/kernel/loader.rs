@@ -516,16 +516,17 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
 /// `vmemmap_base` variable (KASLR moves it; its address is in /proc/kallsyms, the probe
 /// reads its value), else the fixed 4-level start; `sizeof(struct page)` from BTF.
 fn page_map(btf: &btf::KernelBtf, kallsyms: &str) -> PageMap {
-    const VMEMMAP_4LEVEL: u64 = 0xffff_ea00_0000_0000;
-    let base_addr = kallsyms
-        .lines()
-        .find(|l| l.split_whitespace().nth(2) == Some("vmemmap_base"))
-        .and_then(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok())
-        .unwrap_or(0);
+    let (vmemmap_base_addr, vmemmap_of) = match vmemmap(kallsyms) {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("mmap-trace: warning: {e:#}; page-insertion events carry no PFN of a struct page");
+            return PageMap::default();
+        }
+    };
     match btf.struct_page_size() {
         Ok(size) => PageMap {
-            vmemmap_base_addr: base_addr,
-            vmemmap: VMEMMAP_4LEVEL,
+            vmemmap_base_addr,
+            vmemmap: vmemmap_of(size),
             page_size: size,
         },
         Err(e) => {
@@ -535,6 +536,66 @@ fn page_map(btf: &btf::KernelBtf, kallsyms: &str) -> PageMap {
             PageMap::default()
         }
     }
+}
+
+/// x86-64: (the address of the KASLR'd `vmemmap_base`, or 0 and VMEMMAP_START with
+/// 4-level paging), as a function of `sizeof(struct page)`.
+#[cfg(target_arch = "x86_64")]
+fn vmemmap(kallsyms: &str) -> Result<(u64, impl Fn(u64) -> u64)> {
+    let base_addr = kallsyms
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("vmemmap_base"))
+        .and_then(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok())
+        .unwrap_or(0);
+    Ok((base_addr, |_size| 0xffff_ea00_0000_0000))
+}
+
+/// arm64 (48-bit VAs, 4 KiB pages: Debian's): the kernel's `vmemmap` macro,
+/// VMEMMAP_START less the struct pages of the PFNs below `memstart_addr`, the physical
+/// start of the linear map (moved by KASLR). Debian's arm64 kernels have no data symbols
+/// in kallsyms, so `memstart_addr` is read off /proc/kcore's program headers: a linear
+/// map segment's physical and virtual addresses.
+#[cfg(target_arch = "aarch64")]
+fn vmemmap(_kallsyms: &str) -> Result<(u64, impl Fn(u64) -> u64)> {
+    const PAGE_OFFSET: u64 = 0xffff_0000_0000_0000;
+    const LINEAR_END: u64 = 0xffff_8000_0000_0000;
+    const VMEMMAP_START: u64 = 0xffff_fc00_0000_0000;
+    let memstart = kcore_linear_map_start(PAGE_OFFSET, LINEAR_END)?;
+    Ok((0, move |size: u64| {
+        VMEMMAP_START.wrapping_sub((memstart >> 12).wrapping_mul(size))
+    }))
+}
+
+/// `memstart_addr` from the first linear-map segment of /proc/kcore (its `p_paddr` is
+/// `__pa(p_vaddr)`).
+#[cfg(target_arch = "aarch64")]
+fn kcore_linear_map_start(page_offset: u64, linear_end: u64) -> Result<u64> {
+    use std::io::Read as _;
+    const KCORE: &str = "/proc/kcore";
+    let mut head = vec![0u8; 64 * 1024];
+    let mut file = std::fs::File::open(KCORE).with_context(|| format!("opening {KCORE}"))?;
+    let n = file.read(&mut head).with_context(|| format!("reading {KCORE}"))?;
+    let head = &head[..n];
+    let u16_at = |at: usize| head.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u64_at = |at: usize| {
+        head.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        bail!("{KCORE} has no ELF header");
+    };
+    for i in 0..usize::from(phnum) {
+        let at = phoff as usize + i * usize::from(phentsize);
+        let (Some(vaddr), Some(paddr)) = (u64_at(at + 16), u64_at(at + 24)) else {
+            break;
+        };
+        if (page_offset..linear_end).contains(&vaddr) && paddr != u64::MAX {
+            return Ok(paddr.wrapping_sub(vaddr - page_offset));
+        }
+    }
+    bail!("{KCORE} lists no linear-map segment (p_vaddr in {page_offset:#x}..{linear_end:#x})")
 }
 
 fn kallsyms_names(kallsyms: &str) -> impl Iterator<Item = &str> {

@@ -135,7 +135,7 @@ fn start_stack() -> u64 {
 /// `out` must be writable.
 #[inline(always)]
 unsafe fn capture(regs: *const pt_regs, out: *mut UserStack) -> usize {
-    let crate::arch::UserFrame { ip, sp, fp: bp } = crate::arch::user_frame(regs);
+    let crate::arch::UserFrame { ip, sp, fp: bp, lr } = crate::arch::user_frame(regs);
     let top = start_stack();
     let wanted = if top > sp && top - sp < USER_STACK_BYTES as u64 {
         // One word above the last frame's return address is read by the unwinder.
@@ -171,6 +171,7 @@ unsafe fn capture(regs: *const pt_regs, out: *mut UserStack) -> usize {
         (*out).ip = ip;
         (*out).sp = sp;
         (*out).bp = bp;
+        (*out).lr = lr;
         (*out).len = len as u32;
         (*out)._pad = 0;
     }

@@ -54,8 +54,8 @@ enum Task {
     /// Unit and host tests, then the guest tests, one VM boot per kernel: without
     /// --kernel and --arch, every suite on 6.1 and guest_driver, guest_trace, guest_verify
     /// and guest_selftests on 6.12 and 7, and guest_driver, guest_trace and guest_verify
-    /// on arm64's 6.1; with --kernel, every suite on that kernel; with --arch arm64, only
-    /// the arm64 guest (no host tests: the host is x86-64).
+    /// on arm64's 6.1; with --arch arm64, only those on arm64 (no lint or host tests:
+    /// the host is x86-64); with --kernel, every suite on that kernel.
     Test {
         #[command(flatten)]
         guest: GuestArgs,
@@ -251,8 +251,9 @@ fn run(cli: Cli) -> Result<i32> {
             section("setup");
             // Without --kernel and --arch: the matrix, every x86_64 line (the default line
             // first) and arm64's line.
-            let matrix = guest.kernel.kernel.is_none() && guest.kernel.arch.is_none();
-            let kernels = if matrix {
+            // Without --kernel each line runs its default suites.
+            let matrix = guest.kernel.kernel.is_none();
+            let kernels = if matrix && guest.kernel.arch.is_none() {
                 let x86 = kernel_line::LINES
                     .iter()
                     .map(|l| kernel_line::KernelRequest::parse(l.name, arch::Arch::X86_64));

@@ -74,13 +74,12 @@ impl SyscallRegs {
     }
 }
 
-/// pc, sp and x29 of the user registers at `regs`.
+/// pc, sp, x29 and x30 of the user registers at `regs`.
 #[inline(always)]
 pub fn user_frame(regs: *const pt_regs) -> UserFrame {
     let base = regs as u64;
-    UserFrame {
-        ip: crate::kernel::read(base, 256),
-        sp: crate::kernel::read(base, 248),
-        fp: crate::kernel::read(base, 29 * 8),
-    }
+    // SAFETY: the helper tolerates bad addresses; x29, x30, sp and pc are consecutive.
+    let [fp, lr, sp, ip] =
+        unsafe { bpf_probe_read_kernel((base + 29 * 8) as *const [u64; 4]) }.unwrap_or([0; 4]);
+    UserFrame { ip, sp, fp, lr }
 }

@@ -30,4 +30,6 @@ pub struct UserFrame {
     pub sp: u64,
     /// The frame pointer (x86's rbp, arm64's x29).
     pub fp: u64,
+    /// arm64's link register (x30); 0 on x86-64, whose return address is on the stack.
+    pub lr: u64,
 }

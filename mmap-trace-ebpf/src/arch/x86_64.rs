@@ -91,6 +91,7 @@ pub fn user_frame(regs: *const pt_regs) -> UserFrame {
             ip: read(core::ptr::addr_of!((*regs).rip)),
             sp: read(core::ptr::addr_of!((*regs).rsp)),
             fp: read(core::ptr::addr_of!((*regs).rbp)),
+            lr: 0,
         }
     }
 }

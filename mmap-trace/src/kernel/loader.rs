@@ -106,12 +106,6 @@ impl Tracer {
                     "the catch-all is a BTF tracepoint and {} is missing",
                     opts.btf.display()
                 ))
-            } else if probe == Probe::Fault && cfg!(target_arch = "aarch64") {
-                Some(
-                    "arm64 kernels have no exceptions:page_fault_user tracepoint (x86's fault \
-                     source); this build has no other fault source yet"
-                        .to_owned(),
-                )
             } else if !probe.is_kprobe() {
                 None
             } else if !kprobes_available {
@@ -224,6 +218,10 @@ impl Tracer {
         }
 
         let (pt_regs_ip, task_maj_flt) = match &kernel_btf {
+            // arm64's source hands the registers over itself (attach_faults).
+            Some(btf) if chosen.contains(&Probe::Fault) && cfg!(target_arch = "aarch64") => {
+                (0, btf.task_maj_flt()?)
+            }
             Some(btf) if chosen.contains(&Probe::Fault) => (btf.pt_regs_ip()?, btf.task_maj_flt()?),
             _ => (0, 0),
         };
@@ -405,19 +403,7 @@ fn attach(
     match probe {
         Probe::Exec => attach_tracepoint(ebpf, "sched", "sched_process_exec")?,
         Probe::PageCache => attach_tracepoint(ebpf, "filemap", "mm_filemap_add_to_page_cache")?,
-        Probe::Fault => {
-            // Faults in user mode, and the kernel's on user memory inside a syscall.
-            for point in ["page_fault_user", "page_fault_kernel"] {
-                let raw: &mut RawTracePoint = program(ebpf, point)?.try_into()?;
-                raw.load()?;
-                raw.attach(point).with_context(|| {
-                    format!(
-                        "the raw tracepoint {point} (x86's exceptions:{point}; this \
-                         kernel may not have it)"
-                    )
-                })?;
-            }
-        }
+        Probe::Fault => attach_faults(ebpf)?,
         Probe::Rss => attach_tracepoint(ebpf, "kmem", "rss_stat")?,
         Probe::Fork => {
             let program: &mut RawTracePoint = program(ebpf, "sched_process_fork")?.try_into()?;
@@ -515,6 +501,47 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
 /// The vmemmap the page-insertion probes turn `struct page *` into PFNs with: x86-64's
 /// `vmemmap_base` variable (KASLR moves it; its address is in /proc/kallsyms, the probe
 /// reads its value), else the fixed 4-level start; `sizeof(struct page)` from BTF.
+/// x86-64: faults in user mode, and the kernel's on user memory inside a syscall.
+#[cfg(target_arch = "x86_64")]
+fn attach_faults(ebpf: &mut Ebpf) -> Result<()> {
+    for point in ["page_fault_user", "page_fault_kernel"] {
+        let raw: &mut RawTracePoint = program(ebpf, point)?.try_into()?;
+        raw.load()?;
+        raw.attach(point).with_context(|| {
+            format!(
+                "the raw tracepoint {point} (x86's exceptions:{point}; this kernel may not \
+                 have it)"
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// arm64 has no exceptions:page_fault_* tracepoints: the perf software page-fault event,
+/// every fault sampled, on every online CPU (the program filters the targets).
+#[cfg(target_arch = "aarch64")]
+fn attach_faults(ebpf: &mut Ebpf) -> Result<()> {
+    use aya::programs::{
+        PerfEvent,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    };
+    const NAME: &str = "page_fault_perf";
+    let perf: &mut PerfEvent = program(ebpf, NAME)?.try_into()?;
+    perf.load()?;
+    let cpus = aya::util::online_cpus()
+        .map_err(|(what, e)| anyhow::anyhow!("reading the online CPUs ({what}): {e}"))?;
+    for cpu in cpus {
+        perf.attach(
+            PerfEventConfig::Software(SoftwareEvent::PageFaults),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            SamplePolicy::Period(1),
+            false,
+        )
+        .with_context(|| format!("the perf software page-fault event on CPU {cpu}"))?;
+    }
+    Ok(())
+}
+
 fn page_map(btf: &btf::KernelBtf, kallsyms: &str) -> PageMap {
     let (vmemmap_base_addr, vmemmap_of) = match vmemmap(kallsyms) {
         Ok(found) => found,

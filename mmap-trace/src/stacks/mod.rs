@@ -139,7 +139,7 @@ impl Pipeline {
                 }
                 self.model.note(&event, path.as_ref());
                 let frames =
-                    stack.map(|s| self.model.processes.unwind(pid, s.ip, s.sp, s.bp, s.bytes));
+                    stack.map(|s| self.model.processes.unwind(pid, &s));
                 self.send(Item {
                     event,
                     path,

@@ -423,3 +423,45 @@ fn faults_per_region_are_exact() {
         );
     }
 }
+
+/// `--stacks` in the guest: the workload's own function names each of its three 4-page
+/// mmaps, with its main below it, and every frame is a user address. On arm64 that means
+/// the unwinder started from lr and stripped the pointer-authentication bits Debian's
+/// libc signs its return addresses with (a signed address is above 2^48).
+#[test]
+fn stacks_name_the_workload_function() {
+    use std::ffi::OsStr;
+    driver::require_guest();
+    let workload = workload_path();
+    let (_, events) = mmap_trace_tests::cli::trace_command(
+        &["--stacks"],
+        &[],
+        &[
+            workload.as_os_str(),
+            OsStr::new("--stack-marker"),
+            OsStr::new("3"),
+        ],
+    );
+    let marked: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["probe"] == "mmap" && e["len"] == "0x4000")
+        .collect();
+    assert_eq!(marked.len(), 3, "{events:#?}");
+    for event in marked {
+        let frames = event["stack"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no stack: {event}"));
+        for frame in frames {
+            assert!(hex(&frame["addr"]) < 1 << 48, "not a user address: {event}");
+        }
+        let syms: Vec<&str> = frames.iter().filter_map(|f| f["sym"].as_str()).collect();
+        let marker = syms
+            .iter()
+            .position(|s| *s == "mmtrace_workload_stack_marker")
+            .unwrap_or_else(|| panic!("no marker frame: {syms:?}"));
+        assert!(
+            syms[marker + 1..].contains(&"mmap_workload::main"),
+            "main is not below the marker: {syms:?}"
+        );
+    }
+}

@@ -49,7 +49,12 @@ fn fault(ctx: &RawTracePointContext, in_kernel: u32) -> i32 {
     let regs: u64 = ctx.arg(1);
     // SAFETY: a read of our own global; volatile so the loader's value is seen.
     let ip_offset = unsafe { core::ptr::read_volatile(&PT_REGS_IP) };
-    emit_fault(address, kernel::read(regs, ip_offset), ctx.arg(2), in_kernel)
+    emit_fault(
+        address,
+        kernel::read(regs, ip_offset),
+        ctx.arg(2),
+        in_kernel,
+    )
 }
 
 /// `PERF_COUNT_SW_PAGE_FAULTS` (arm64): the fault address and the exception's registers.
@@ -63,8 +68,17 @@ pub fn page_fault_perf(ctx: aya_ebpf::programs::PerfEventContext) -> i32 {
     };
     // PSR_MODE_MASK: 0 is EL0t, user mode.
     let in_kernel = u32::from(pstate & 0xf != 0);
-    let user = if in_kernel == 0 { mmap_trace_common::pf::USER } else { 0 };
-    emit_fault(address, ip, mmap_trace_common::pf::ACCESS_UNKNOWN | user, in_kernel)
+    let user = if in_kernel == 0 {
+        mmap_trace_common::pf::USER
+    } else {
+        0
+    };
+    emit_fault(
+        address,
+        ip,
+        mmap_trace_common::pf::ACCESS_UNKNOWN | user,
+        in_kernel,
+    )
 }
 
 #[inline(always)]

@@ -193,7 +193,8 @@ fn write_locked(mm: u64, write: u64, success: u64, copy: u32) -> i32 {
         if nr >= 0 {
             let compat = syscalls::in_compat_syscall();
             // mmap, munmap…: their own event says what changed; exec and exit too.
-            let report = compat || !(syscalls::traced(nr as u64).is_some() || arch::leaves_own_maps(nr));
+            let report =
+                compat || !(syscalls::traced(nr as u64).is_some() || arch::leaves_own_maps(nr));
             // Under verify the probed calls and forks keep their lock time as well.
             if !report && !(emit::verifying() && !arch::is_exec_or_exit(nr)) {
                 return 0;

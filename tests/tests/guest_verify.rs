@@ -284,7 +284,11 @@ fn verify_driver_passes_for_an_in_tree_driver() {
     driver::require_guest();
     let _module = Module::load(16).expect("insmod mmtrace_drv");
     let (device, args, hook_name): (&str, &[&str], &str) = if cfg!(target_arch = "aarch64") {
-        ("/dev/mem", &["--offset", "32768", "--pages", "1"], "mmap_mem")
+        (
+            "/dev/mem",
+            &["--offset", "32768", "--pages", "1"],
+            "mmap_mem",
+        )
     } else {
         ("/dev/hpet", &[], "hpet_mmap")
     };

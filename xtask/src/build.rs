@@ -265,7 +265,6 @@ pub fn build_driver(ws: &Workspace, kernel: &GuestKernel) -> Result<Option<PathB
                     kernel.version,
                     compiler.trim_start_matches("x86_64-linux-gnu-")
                 );
-
             }
             let build = kernel.dir.join("driver-build");
             sync_sources(&src, &build)?;
@@ -364,7 +363,9 @@ pub fn build_all(ws: &Workspace, ready: &Ready, arch: Arch) -> Result<Artifacts>
     } else {
         Err(format!("the host does not run {arch} binaries"))
     };
-    let host_line = arch.is_host().then_some(("the host".to_owned(), &host_selftests));
+    let host_line = arch
+        .is_host()
+        .then_some(("the host".to_owned(), &host_selftests));
     for (what, outcome) in selftests
         .iter()
         .map(|(v, o)| (format!("guest {v}"), o))

@@ -253,11 +253,9 @@ fn packages(apt: &PrivateApt, arch: Arch, v: &str) -> Result<Vec<String>> {
     let kbuild = deps.iter().find(|d| d.starts_with("linux-kbuild-"));
     match (common, kbuild) {
         (Some(c), Some(k)) if arch.is_host() => packages.extend([c.clone(), k.clone()]),
-        (Some(c), Some(k)) => packages.extend([
-            c.clone(),
-            format!("{k}:amd64"),
-            "busybox-static".to_owned(),
-        ]),
+        (Some(c), Some(k)) => {
+            packages.extend([c.clone(), format!("{k}:amd64"), "busybox-static".to_owned()])
+        }
         _ => bail!(
             "apt-cache depends {headers} does not name the -common headers and linux-kbuild (got {deps:?})"
         ),
@@ -315,19 +313,26 @@ fn prepare(kernel: &GuestKernel, apt: &PrivateApt) -> Result<()> {
         // Debian's arm64 vmlinuz is the uncompressed Image QEMU boots; not an ELF, so
         // its BTF is found by the blob's header.
         fs::rename(&bzimage, &kernel.vmlinux).with_context(|| {
-            format!("moving {} to {}", bzimage.display(), kernel.vmlinux.display())
+            format!(
+                "moving {} to {}",
+                bzimage.display(),
+                kernel.vmlinux.display()
+            )
         })?;
         if !headers_btf.exists() {
             let image = fs::read(&kernel.vmlinux)
                 .with_context(|| format!("reading {}", kernel.vmlinux.display()))?;
-            let btf = find_btf(&image).with_context(|| {
-                format!("{} holds no BTF blob", kernel.vmlinux.display())
-            })?;
+            let btf = find_btf(&image)
+                .with_context(|| format!("{} holds no BTF blob", kernel.vmlinux.display()))?;
             fs::write(&headers_btf, btf)
                 .with_context(|| format!("writing {}", headers_btf.display()))?;
         }
         if !kernel.busybox.is_file() {
-            bail!("busybox-static for {} unpacked no {}", kernel.arch, kernel.busybox.display());
+            bail!(
+                "busybox-static for {} unpacked no {}",
+                kernel.arch,
+                kernel.busybox.display()
+            );
         }
     }
     Ok(())

@@ -12,8 +12,8 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 
 use crate::Workspace;
-use crate::arch::Arch;
 use crate::apt_sources::{Archive, HostArchives};
+use crate::arch::Arch;
 use crate::cmd;
 
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
@@ -380,7 +380,10 @@ mod tests {
         assert_eq!(full.line.name, "6.12");
         assert_eq!(full.version.as_deref(), Some("6.12.95+deb12-amd64"));
         assert_eq!(
-            KernelRequest::parse("6.1.0-57-amd64", x86).unwrap().line.name,
+            KernelRequest::parse("6.1.0-57-amd64", x86)
+                .unwrap()
+                .line
+                .name,
             "6.1"
         );
         let err = KernelRequest::parse("6.6", x86).err().unwrap().to_string();
@@ -389,7 +392,10 @@ mod tests {
         let arm = KernelRequest::parse("6.1.0-57-arm64", Arch::Arm64).unwrap();
         assert_eq!((arm.line.name, arm.arch), ("6.1", Arch::Arm64));
         assert!(KernelRequest::parse("6.1.0-57-amd64", Arch::Arm64).is_err());
-        let err = KernelRequest::parse("7", Arch::Arm64).err().unwrap().to_string();
+        let err = KernelRequest::parse("7", Arch::Arm64)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("--arch arm64 takes --kernel 6.1"), "{err}");
     }
 

@@ -280,14 +280,7 @@ fn run(cli: Cli) -> Result<i32> {
                 .iter()
                 .map(|a| build::build_all(&ws, &ready, *a))
                 .collect::<Result<Vec<_>>>()?;
-            test::run(
-                &ws,
-                &ready,
-                &builds,
-                &guest.options(),
-                matrix,
-                lint_failed,
-            )?
+            test::run(&ws, &ready, &builds, &guest.options(), matrix, lint_failed)?
         }
         Task::Bench(args) => {
             section("setup");

@@ -336,7 +336,9 @@ fn parse_blocked(text: &str, installed: impl Fn(&str) -> Option<String>) -> Plan
 /// The installed version of `package`, if it is installed.
 fn dpkg_version(package: &str) -> Option<String> {
     dpkg_installed(package)
-        .then(|| cmd::stdout(Command::new("dpkg-query").args(["-W", "-f=${Version}", package])).ok())
+        .then(|| {
+            cmd::stdout(Command::new("dpkg-query").args(["-W", "-f=${Version}", package])).ok()
+        })
         .flatten()
         .map(|v| v.trim().to_owned())
 }
@@ -712,7 +714,9 @@ Conf qemu-system-common (1:7.2+dfsg-7+deb12u18+b3 Debian:12.13/oldstable [amd64]
         };
         assert_eq!(
             parse_blocked(text, installed).harms(),
-            ["downgrade qemu-system-common 1:10.0.2+ds-2+deb13u1~bpo12+1 to 1:7.2+dfsg-7+deb12u18+b3"]
+            [
+                "downgrade qemu-system-common 1:10.0.2+ds-2+deb13u1~bpo12+1 to 1:7.2+dfsg-7+deb12u18+b3"
+            ]
         );
         assert!(parse_blocked(text, |_| None).harms().is_empty());
     }

@@ -62,9 +62,9 @@ pub fn run(
             let _one_at_a_time = crate::host_lock::hold("cargo xtask test: host tests")?;
             host_tests(ws, ready, host, &mut tally)?;
         }
-        None => tally.lines.push(
-            "host: not run (this x86-64 host runs them: plain `cargo xtask test`)".into(),
-        ),
+        None => tally
+            .lines
+            .push("host: not run (this x86-64 host runs them: plain `cargo xtask test`)".into()),
     }
 
     let mut dmesg_clean = true;
@@ -271,7 +271,12 @@ fn guest_tests(
         );
         "cat /proc/version".to_owned()
     } else {
-        guest_script(tests.iter().map(|(n, _)| n.as_str()), filters, kernel.arch, &prefix)
+        guest_script(
+            tests.iter().map(|(n, _)| n.as_str()),
+            filters,
+            kernel.arch,
+            &prefix,
+        )
     };
     let outcome = qemu::run_in_guest(kernel, artifacts, script, &markers, opts)?;
     let code = outcome.report();

@@ -60,12 +60,14 @@ impl SyscallRegs {
     pub fn read(user_regs: *const pt_regs) -> Option<Self> {
         let base = user_regs as u64;
         // SAFETY: the helper tolerates bad addresses; x1…x5 are consecutive.
-        let rest = unsafe { bpf_probe_read_kernel((base + u64::from(PT_REGS_X1)) as *const [u64; 5]) }
-            .ok()?;
-        // SAFETY: as above; orig_x0 (u64) is followed by syscallno (s32).
-        let tail =
-            unsafe { bpf_probe_read_kernel((base + u64::from(PT_REGS_ORIG_X0)) as *const [u64; 2]) }
+        let rest =
+            unsafe { bpf_probe_read_kernel((base + u64::from(PT_REGS_X1)) as *const [u64; 5]) }
                 .ok()?;
+        // SAFETY: as above; orig_x0 (u64) is followed by syscallno (s32).
+        let tail = unsafe {
+            bpf_probe_read_kernel((base + u64::from(PT_REGS_ORIG_X0)) as *const [u64; 2])
+        }
+        .ok()?;
         let nr = tail[1] as u32 as i32;
         Some(SyscallRegs {
             nr: nr as i64 as u64,

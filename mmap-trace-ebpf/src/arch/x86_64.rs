@@ -69,10 +69,9 @@ impl SyscallRegs {
     pub fn read(user_regs: *const pt_regs) -> Option<Self> {
         // SAFETY: the helper tolerates bad addresses; `user_regs` is the kernel's own,
         // and `Tail` mirrors pt_regs from r10 on.
-        let t = unsafe {
-            bpf_probe_read_kernel(core::ptr::addr_of!((*user_regs).r10).cast::<Tail>())
-        }
-        .ok()?;
+        let t =
+            unsafe { bpf_probe_read_kernel(core::ptr::addr_of!((*user_regs).r10).cast::<Tail>()) }
+                .ok()?;
         Some(SyscallRegs {
             nr: t.orig_ax,
             args: [t.di, t.si, t.dx, t.r10, t.r8, t.r9],

@@ -546,7 +546,9 @@ fn page_map(btf: &btf::KernelBtf, kallsyms: &str) -> PageMap {
     let (vmemmap_base_addr, vmemmap_of) = match vmemmap(kallsyms) {
         Ok(found) => found,
         Err(e) => {
-            eprintln!("mmap-trace: warning: {e:#}; page-insertion events carry no PFN of a struct page");
+            eprintln!(
+                "mmap-trace: warning: {e:#}; page-insertion events carry no PFN of a struct page"
+            );
             return PageMap::default();
         }
     };
@@ -601,9 +603,14 @@ fn kcore_linear_map_start(page_offset: u64, linear_end: u64) -> Result<u64> {
     const KCORE: &str = "/proc/kcore";
     let mut head = vec![0u8; 64 * 1024];
     let mut file = std::fs::File::open(KCORE).with_context(|| format!("opening {KCORE}"))?;
-    let n = file.read(&mut head).with_context(|| format!("reading {KCORE}"))?;
+    let n = file
+        .read(&mut head)
+        .with_context(|| format!("reading {KCORE}"))?;
     let head = &head[..n];
-    let u16_at = |at: usize| head.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u16_at = |at: usize| {
+        head.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
     let u64_at = |at: usize| {
         head.get(at..at + 8)
             .and_then(|b| b.try_into().ok())

@@ -3,11 +3,11 @@
 //! write-locked a traced process's mm.
 
 use mmap_trace_common::MmChangeCause;
+use syscalls::Sysno;
 #[cfg(target_arch = "aarch64")]
 use syscalls::arm::Sysno as Compat;
 #[cfg(target_arch = "x86_64")]
 use syscalls::x86::Sysno as Compat;
-use syscalls::Sysno;
 
 /// What the compat mode's calls are prefixed with.
 #[cfg(target_arch = "x86_64")]

@@ -138,8 +138,7 @@ impl Pipeline {
                     self.model.snapshot(pid);
                 }
                 self.model.note(&event, path.as_ref());
-                let frames =
-                    stack.map(|s| self.model.processes.unwind(pid, &s));
+                let frames = stack.map(|s| self.model.processes.unwind(pid, &s));
                 self.send(Item {
                     event,
                     path,

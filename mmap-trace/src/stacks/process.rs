@@ -148,12 +148,7 @@ impl Processes {
             Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?))
         };
         let mut frames = Vec::new();
-        let mut iter = unwinder.iter_frames(
-            ip,
-            unwind_regs(copy),
-            cache,
-            &mut read_stack,
-        );
+        let mut iter = unwinder.iter_frames(ip, unwind_regs(copy), cache, &mut read_stack);
         while frames.len() < MAX_FRAMES {
             let Ok(Some(address)) = iter.next() else {
                 break;

@@ -26,15 +26,25 @@ struct Tally {
     lines: Vec<String>,
 }
 
-/// `matrix`: run each line's default suites (kernel_line::LINES); otherwise every suite.
+/// Which suites run.
+#[derive(Clone, Copy)]
+pub struct Scope {
+    /// Each line's default suites (kernel_line::LINES); otherwise every suite.
+    pub matrix: bool,
+    /// Plain `cargo xtask test` (no --kernel, no --arch): the arm64 line runs a bounded
+    /// part of guest_verify.
+    pub plain: bool,
+}
+
 pub fn run(
     ws: &Workspace,
     ready: &Ready,
     builds: &[Artifacts],
     opts: &Options,
-    matrix: bool,
+    scope: Scope,
     lint_failed: Option<bool>,
 ) -> Result<i32> {
+    let matrix = scope.matrix;
     let mut tally = Tally {
         passed: 0,
         failed: 0,
@@ -128,7 +138,7 @@ pub fn run(
             tally.lines.push(line);
         }
         // The arm64 line of the matrix: guest_verify's bounded list, said in the summary.
-        let filters: &[(&str, &[&str])] = if matrix && !kernel.arch.is_host() {
+        let filters: &[(&str, &[&str])] = if scope.plain && !kernel.arch.is_host() {
             &[("guest_verify", crate::kernel_line::ARM64_MATRIX_VERIFY)]
         } else {
             &[]

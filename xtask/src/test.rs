@@ -128,7 +128,7 @@ pub fn run(
         if !left_out.is_empty() {
             // Said aloud, in the summary too: not run is not passed.
             let line = format!(
-                "guest {}: NOT RUN on the {} line ({}): {} (docs/kernels.md says why)",
+                "guest {}: NOT RUN on the {} line ({}): {} (docs/kernels.md and docs/arm64.md say why)",
                 kernel.version,
                 kernel.line.name,
                 kernel.arch,

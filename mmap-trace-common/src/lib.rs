@@ -150,15 +150,20 @@ impl Probe {
         Probe::Exit,
     ];
 
-    /// The x86-64 syscall a syscall probe reports (None for the other probes). The eBPF
-    /// side's `probe_of` is the same table read the other way.
+    /// The syscall a syscall probe reports, in the numbering of the architecture this is
+    /// built for (None for the other probes): x86-64's, or arm64's asm-generic one. The
+    /// eBPF side's `arch::probe_of` is the same table read the other way.
     pub const fn syscall_nr(self) -> Option<u64> {
+        #[cfg(target_arch = "aarch64")]
+        const NRS: [u64; 5] = [222, 226, 215, 214, 216];
+        #[cfg(not(target_arch = "aarch64"))]
+        const NRS: [u64; 5] = [9, 10, 11, 12, 25];
         Some(match self {
-            Probe::Mmap => 9,
-            Probe::Mprotect => 10,
-            Probe::Munmap => 11,
-            Probe::Brk => 12,
-            Probe::Mremap => 25,
+            Probe::Mmap => NRS[0],
+            Probe::Mprotect => NRS[1],
+            Probe::Munmap => NRS[2],
+            Probe::Brk => NRS[3],
+            Probe::Mremap => NRS[4],
             _ => return None,
         })
     }
@@ -543,6 +548,9 @@ pub mod pf {
     /// An instruction fetch.
     pub const INSTR: u64 = 1 << 4;
     pub const PK: u64 = 1 << 5;
+    /// Not a hardware bit: the fault source does not say the access (arm64's perf
+    /// page-fault event carries no ESR), so WRITE, INSTR and PROT mean nothing.
+    pub const ACCESS_UNKNOWN: u64 = 1 << 62;
 }
 
 /// A page fault of a traced process on a user address, at the fault's entry (before the
@@ -739,8 +747,8 @@ pub struct CgroupFilter {
 /// 8 KiB completes every stack of both (4 KiB: 64% and 53%); more would only serve deeper
 /// recursion, at the ring cost of every thread's stack.
 pub const USER_STACK_BYTES: usize = 8192;
-/// Bytes of a [`UserStack`] before its copy: ip, sp, bp, len and padding.
-pub const USER_STACK_HEADER: usize = 32;
+/// Bytes of a [`UserStack`] before its copy: ip, sp, bp, lr, len and padding.
+pub const USER_STACK_HEADER: usize = 40;
 /// The copy is made in chunks of this many bytes and stops at the first one that cannot
 /// be read (the stack's top, a page not present): what was read is kept.
 pub const USER_STACK_CHUNK: usize = 512;
@@ -758,6 +766,9 @@ pub struct UserStack {
     pub ip: u64,
     pub sp: u64,
     pub bp: u64,
+    /// arm64's link register (x30): a leaf's return address, which no stack slot holds
+    /// yet; with pointer authentication bits, stripped by the unwinder. 0 on x86-64.
+    pub lr: u64,
     /// Bytes of `bytes` copied from `sp` upwards (a multiple of [`USER_STACK_CHUNK`]).
     pub len: u32,
     pub _pad: u32,

@@ -75,7 +75,7 @@ pub fn floor_record_sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     // trace's five calls, whatever trace would be asked for.
-    if syscalls::probe_of(regs.orig_ax).is_none() {
+    if syscalls::probe_of(regs.nr).is_none() {
         return 0;
     }
     let Some(mut entry) = FLOOR_RECORDS.reserve::<FloorRecord>(0) else {
@@ -89,8 +89,8 @@ pub fn floor_record_sys_exit(ctx: RawTracePointContext) -> i32 {
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         pid_tgid,
-        nr: regs.orig_ax,
-        args: regs.args(),
+        nr: regs.nr,
+        args: regs.args,
         ret: ctx.arg::<i64>(1),
     });
     entry.submit(BPF_RB_NO_WAKEUP as u64);

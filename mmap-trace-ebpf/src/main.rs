@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod arch;
 mod driver_mmap;
 mod emit;
 mod exec;

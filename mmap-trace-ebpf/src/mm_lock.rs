@@ -27,7 +27,7 @@ use aya_ebpf::{
 };
 use mmap_trace_common::{EventKind, MmChangeCause, MmChangeEvent, Probe};
 
-use crate::{emit, kernel, stack, syscalls};
+use crate::{arch, emit, kernel, stack, syscalls};
 
 /// Non-zero when this program is attached: `sys_exit` then reports the syscalls noted in
 /// `WROTE_MM`.
@@ -136,9 +136,6 @@ fn first_copy(tid: u32, copy: u32) -> bool {
     !matches!(mark, Some(m) if m < copy)
 }
 
-/// `offsetof(struct pt_regs, orig_ax)` on x86-64 (a user-space ABI: ptrace exposes it).
-const PT_REGS_ORIG_AX: u32 = 120;
-
 /// `(mm, write, success)`: kernels since the late-2024 change (6.13+, the 6.18 host).
 /// The verifier refuses a context read at a variable offset or past the prototype, so
 /// each prototype has its program and the loader loads the one BTF names.
@@ -192,13 +189,14 @@ fn write_locked(mm: u64, write: u64, success: u64, copy: u32) -> i32 {
         }
         // SAFETY: the BTF task pointer is what the helper wants.
         let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-        let nr: i64 = kernel::read(regs, PT_REGS_ORIG_AX);
+        let nr = arch::syscall_nr(regs);
         if nr >= 0 {
             let compat = syscalls::in_compat_syscall();
             // mmap, munmap…: their own event says what changed; exec and exit too.
-            let report = compat || !(syscalls::traced(nr as u64).is_some() || leaves_own_maps(nr));
+            let report =
+                compat || !(syscalls::traced(nr as u64).is_some() || arch::leaves_own_maps(nr));
             // Under verify the probed calls and forks keep their lock time as well.
-            if !report && !(emit::verifying() && !is_exec_or_exit(nr)) {
+            if !report && !(emit::verifying() && !arch::is_exec_or_exit(nr)) {
                 return 0;
             }
             let tid = pid_tgid as u32;
@@ -266,22 +264,6 @@ fn write_locked(mm: u64, write: u64, success: u64, copy: u32) -> i32 {
         emit::MM_LOCK_SLOT + copy,
     );
     0
-}
-
-/// x86-64 calls that write-lock the caller's mm without changing what its maps show:
-/// fork's `dup_mmap` locks the parent's mm to copy it (the child's is reported by the
-/// fork probe), exec's is reported by the exec probe, exit's never returns.
-#[inline(always)]
-fn leaves_own_maps(nr: i64) -> bool {
-    // clone, fork, vfork, execve, exit, exit_group, execveat, clone3
-    matches!(nr, 56 | 57 | 58 | 59 | 60 | 231 | 322 | 435)
-}
-
-/// execve, exit, exit_group, execveat: no record orders them by their lock (an exec is
-/// never reordered; an exit never returns to hand its lock time on).
-#[inline(always)]
-fn is_exec_or_exit(nr: i64) -> bool {
-    matches!(nr, 59 | 60 | 231 | 322)
 }
 
 /// A syscall noted in `WROTE_MM` returns: report it (called by `sys_exit` for calls

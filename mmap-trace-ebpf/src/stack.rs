@@ -10,10 +10,7 @@
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{
-        bpf_probe_read_kernel,
-        generated::{bpf_get_current_task, bpf_probe_read_user},
-    },
+    helpers::generated::{bpf_get_current_task, bpf_probe_read_user},
     macros::map,
     maps::PerCpuArray,
 };
@@ -138,16 +135,7 @@ fn start_stack() -> u64 {
 /// `out` must be writable.
 #[inline(always)]
 unsafe fn capture(regs: *const pt_regs, out: *mut UserStack) -> usize {
-    // SAFETY: the helper tolerates bad addresses; the fields are the kernel's pt_regs.
-    let read = |field: *const u64| unsafe { bpf_probe_read_kernel(field) }.unwrap_or(0);
-    // SAFETY: only addresses are computed here, nothing is dereferenced.
-    let (ip, sp, bp) = unsafe {
-        (
-            read(core::ptr::addr_of!((*regs).rip)),
-            read(core::ptr::addr_of!((*regs).rsp)),
-            read(core::ptr::addr_of!((*regs).rbp)),
-        )
-    };
+    let crate::arch::UserFrame { ip, sp, fp: bp, lr } = crate::arch::user_frame(regs);
     let top = start_stack();
     let wanted = if top > sp && top - sp < USER_STACK_BYTES as u64 {
         // One word above the last frame's return address is read by the unwinder.
@@ -183,6 +171,7 @@ unsafe fn capture(regs: *const pt_regs, out: *mut UserStack) -> usize {
         (*out).ip = ip;
         (*out).sp = sp;
         (*out).bp = bp;
+        (*out).lr = lr;
         (*out).len = len as u32;
         (*out)._pad = 0;
     }

@@ -9,8 +9,8 @@
 //! filter and the syscall number before anything else.
 //!
 //! The arguments are read at exit: the kernel keeps the caller's registers in `pt_regs`
-//! for the whole call and these syscalls do not change them (the x86-64 ABI preserves
-//! them across `syscall`), so there is nothing to join. Only `verify` also attaches
+//! for the whole call and these syscalls do not change them (x86-64's `syscall` preserves
+//! them; arm64 keeps the first in `orig_x0`: arch/), so there is nothing to join. Only `verify` also attaches
 //! `sys_enter`, for the entry time it needs to order overlapping calls of threads; that
 //! join happens here, in a per-thread map.
 //!
@@ -38,7 +38,8 @@ use aya_ebpf::{
 };
 use mmap_trace_common::{EventKind, MmapEvent, Probe, SyscallEvent};
 
-use crate::{emit, kernel, mm_lock, stack};
+pub use crate::arch::{SyscallRegs, probe_of};
+use crate::{arch, emit, kernel, mm_lock, stack};
 
 /// `MAP_ANONYMOUS`: the fd argument is ignored.
 const MAP_ANONYMOUS: u64 = 0x20;
@@ -88,15 +89,14 @@ static CALLS: LruHashMap<u32, CallMark> = LruHashMap::with_max_entries(16384, 0)
 
 const EXIT_PLACES: u32 = 4;
 
-/// Offset of `thread_info.status` in `task_struct`, from BTF; set by the loader.
+/// Offset in `task_struct` of the `thread_info` field that marks a compat syscall
+/// (x86's `status`, arm64's `flags`: arch/), from BTF; set by the loader.
 #[unsafe(no_mangle)]
 static TI_STATUS_OFFSET: u32 = 0;
 
-/// x86's `TS_COMPAT`: the task is inside an ia32 syscall.
-const TS_COMPAT: u32 = 0x0002;
-
-/// The kernel's `in_ia32_syscall()`: true for the syscalls of 32-bit code (and `int
-/// $0x80` from 64-bit code), whose numbers name other calls (9 is `link` there).
+/// The kernel's `in_compat_syscall()`: true for the syscalls of 32-bit code (ia32, or
+/// `int $0x80` from 64-bit code; AArch32), whose numbers name other calls (9 is `link` on
+/// ia32).
 #[inline(always)]
 pub fn in_compat_syscall() -> bool {
     // SAFETY: a read of our own global; volatile so the loader's value is seen.
@@ -105,23 +105,10 @@ pub fn in_compat_syscall() -> bool {
     let task = unsafe { bpf_get_current_task() };
     // SAFETY: the helper tolerates bad addresses.
     let status = unsafe { bpf_probe_read_kernel((task + u64::from(offset)) as *const u32) };
-    status.is_ok_and(|s| s & TS_COMPAT != 0)
+    status.is_ok_and(|s| s & arch::COMPAT_MASK != 0)
 }
 
-/// The probe of an x86-64 syscall number, if it is one of the five with a probe.
-#[inline(always)]
-pub fn probe_of(nr: u64) -> Option<Probe> {
-    Some(match nr {
-        9 => Probe::Mmap,
-        10 => Probe::Mprotect,
-        11 => Probe::Munmap,
-        12 => Probe::Brk,
-        25 => Probe::Mremap,
-        _ => return None,
-    })
-}
-
-/// The probe for an x86-64 syscall number, if the user asked for it.
+/// The probe for a syscall number, if the user asked for it.
 #[inline(always)]
 pub fn traced(nr: u64) -> Option<Probe> {
     let probe = probe_of(nr)?;
@@ -195,37 +182,6 @@ fn on_enter(ctx: &RawTracePointContext, copy: u32) -> i32 {
     0
 }
 
-/// The syscall's arguments as `pt_regs` holds them, `r10` to `orig_ax` (one read).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SyscallRegs {
-    r10: u64,
-    r9: u64,
-    r8: u64,
-    _ax: u64,
-    _cx: u64,
-    dx: u64,
-    si: u64,
-    di: u64,
-    pub orig_ax: u64,
-}
-
-impl SyscallRegs {
-    /// The registers `sys_exit`'s first argument points at.
-    #[inline(always)]
-    pub fn read(user_regs: *const pt_regs) -> Option<Self> {
-        // SAFETY: the helper tolerates bad addresses; `user_regs` is the kernel's own,
-        // and the struct mirrors pt_regs from r10 on.
-        unsafe { bpf_probe_read_kernel(core::ptr::addr_of!((*user_regs).r10).cast::<Self>()) }.ok()
-    }
-
-    /// The six arguments in the x86-64 syscall convention (r10 stands in for rcx).
-    #[inline(always)]
-    pub fn args(&self) -> [u64; 6] {
-        [self.di, self.si, self.dx, self.r10, self.r8, self.r9]
-    }
-}
-
 /// `sys_exit(struct pt_regs *regs, long ret)`.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
@@ -261,16 +217,16 @@ fn on_exit(ctx: &RawTracePointContext, copy: u32) -> i32 {
     let Some(regs) = SyscallRegs::read(user_regs) else {
         return 0;
     };
-    let args = regs.args();
+    let args = regs.args;
     // An ia32 syscall's numbers mean other calls. One call site for the catch-all: each
     // inlined copy costs stack, and the 6.1 verifier caps the call chain at 512 bytes.
-    let probe = match traced(regs.orig_ax) {
+    let probe = match traced(regs.nr) {
         Some(probe) if !in_compat_syscall() => probe,
         _ => {
             // Any other call that write-locked the mm (the catch-all noted it).
             mm_lock::syscall_returned(
                 pid_tgid as u32,
-                regs.orig_ax,
+                regs.nr,
                 args,
                 ctx.arg::<i64>(1),
                 user_regs,
@@ -305,7 +261,7 @@ fn on_exit(ctx: &RawTracePointContext, copy: u32) -> i32 {
             task.tid,
             CallMark {
                 enter_ts_ns: 0,
-                nr: regs.orig_ax,
+                nr: regs.nr,
                 place,
                 _pad: 0,
             },
@@ -355,8 +311,7 @@ struct CallTimes {
     lock_ts_ns: u64,
 }
 
-/// Writes a `SyscallEvent` in place. The x86-64 syscall convention: r10 stands in for rcx
-/// in `args`.
+/// Writes a `SyscallEvent` in place (`args` in the syscall convention's order).
 ///
 /// # Safety
 /// `event` must be writable.

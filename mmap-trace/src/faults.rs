@@ -265,8 +265,9 @@ impl Faults {
                 first_ns: ts_ns,
             });
         row.faults += 1;
-        row.writes += u64::from(f.error_code & mmap_trace_common::pf::WRITE != 0);
-        row.present += u64::from(f.error_code & mmap_trace_common::pf::PROT != 0);
+        let known = f.error_code & mmap_trace_common::pf::ACCESS_UNKNOWN == 0;
+        row.writes += u64::from(known && f.error_code & mmap_trace_common::pf::WRITE != 0);
+        row.present += u64::from(known && f.error_code & mmap_trace_common::pf::PROT != 0);
         Some(FaultVma {
             start: Hex(region.start),
             end: Hex(region.end),

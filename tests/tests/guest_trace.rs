@@ -365,3 +365,103 @@ fn probe_log_messages_reach_the_cli_logger() {
     );
     module.unload().expect("rmmod mmtrace_drv");
 }
+
+/// `--faults` on the guest's own fault source (x86's exceptions:page_fault_* raw
+/// tracepoints; arm64's perf software page-fault event, which carries no access type):
+/// exactly one fault per page written in each of the three regions (1, 100 and 10,000
+/// pages), attributed to the region's VMA, none on the guard pages.
+#[test]
+fn faults_per_region_are_exact() {
+    driver::require_guest();
+    let run = cli()
+        .args(["trace", "--faults", "--json", "--"])
+        .arg(workload_path())
+        .args(["--scenario", "fault-regions"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let own: Vec<Value> = stderr(&run)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let records = json_lines(&stdout(&run));
+    let (events, summary) = split_summary(&records);
+    assert_eq!(summary["lost_total"], 0, "{summary}");
+    let faults: Vec<&Value> = events.iter().filter(|e| e["probe"] == "fault").collect();
+    let touched: Vec<&Value> = own
+        .iter()
+        .filter(|l| l["observe"] == "touched")
+        .map(|l| &l["value"])
+        .collect();
+    let pages = mmap_trace_tests::scenarios::FAULT_REGION_PAGES;
+    assert_eq!(touched.len(), pages.len(), "{own:?}");
+    let access = if cfg!(target_arch = "aarch64") {
+        "unknown"
+    } else {
+        "write"
+    };
+    for (region, pages) in touched.iter().zip(pages) {
+        let start = region["addr"].as_u64().unwrap();
+        let end = start + region["len"].as_u64().unwrap();
+        let inside: Vec<&&Value> = faults
+            .iter()
+            .filter(|f| (start..end).contains(&hex(&f["addr"])))
+            .collect();
+        assert_eq!(inside.len() as u64, pages, "faults in {start:#x}-{end:#x}");
+        for f in &inside {
+            assert_eq!(f["access"], access, "{f}");
+            assert_eq!(f["in_kernel"], false, "{f}");
+            assert_eq!(hex(&f["vma"]["start"]), start, "attributed elsewhere: {f}");
+        }
+        let guard = region["guard"].as_u64().unwrap();
+        assert!(
+            !faults
+                .iter()
+                .any(|f| (guard..guard + 4096).contains(&hex(&f["addr"]))),
+            "a fault on a PROT_NONE guard page"
+        );
+    }
+}
+
+/// `--stacks` in the guest: the workload's own function names each of its three 4-page
+/// mmaps, with its main below it, and every frame is a user address. On arm64 that means
+/// the unwinder started from lr and stripped the pointer-authentication bits Debian's
+/// libc signs its return addresses with (a signed address is above 2^48).
+#[test]
+fn stacks_name_the_workload_function() {
+    use std::ffi::OsStr;
+    driver::require_guest();
+    let workload = workload_path();
+    let (_, events) = mmap_trace_tests::cli::trace_command(
+        &["--stacks"],
+        &[],
+        &[
+            workload.as_os_str(),
+            OsStr::new("--stack-marker"),
+            OsStr::new("3"),
+        ],
+    );
+    let marked: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["probe"] == "mmap" && e["len"] == "0x4000")
+        .collect();
+    assert_eq!(marked.len(), 3, "{events:#?}");
+    for event in marked {
+        let frames = event["stack"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no stack: {event}"));
+        for frame in frames {
+            assert!(hex(&frame["addr"]) < 1 << 48, "not a user address: {event}");
+        }
+        let syms: Vec<&str> = frames.iter().filter_map(|f| f["sym"].as_str()).collect();
+        let marker = syms
+            .iter()
+            .position(|s| *s == "mmtrace_workload_stack_marker")
+            .unwrap_or_else(|| panic!("no marker frame: {syms:?}"));
+        assert!(
+            syms[marker + 1..].contains(&"mmap_workload::main"),
+            "main is not below the marker: {syms:?}"
+        );
+    }
+}

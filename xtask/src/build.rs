@@ -1,4 +1,6 @@
-//! The one build configuration: release, static, `--target x86_64-unknown-linux-gnu`.
+//! The one build configuration: release, static, `--target x86_64-unknown-linux-gnu`
+//! (`aarch64-unknown-linux-gnu` for the arm64 guest, linked with Debian's cross gcc; the
+//! eBPF object inside it is then built for arm64's `bpf_target_arch` by aya-build).
 //!
 //! With an explicit `--target`, RUSTFLAGS reach only target code, not build scripts, so
 //! `+crt-static` makes the CLI and the test binaries static (they run unchanged in the
@@ -13,6 +15,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 use crate::Workspace;
+use crate::arch::Arch;
 use crate::chroot;
 use crate::cmd;
 use crate::guest_kernel::GuestKernel;
@@ -20,6 +23,7 @@ use crate::kernel_line::Compiler;
 use crate::selftests;
 use crate::setup::{EBPF_TOOLCHAIN_VAR, Ready};
 
+/// The host's target: host tests, lint, stress.
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 const RUSTFLAGS: &str = "-C target-feature=+crt-static";
 /// The eBPF crate only builds for bpfel-unknown-none (through mmap-trace/build.rs).
@@ -30,6 +34,8 @@ const CLI_NAME: &str = "mmap-trace";
 const DRIVER_SOURCE: &str = "mmtrace_drv.c";
 
 pub struct Artifacts {
+    /// What the binaries were built for.
+    pub arch: Arch,
     /// The static CLI.
     pub cli: PathBuf,
     /// Every other binary of the workspace (e.g. the tests crate's mmap-workload).
@@ -79,17 +85,31 @@ pub fn cargo(ready: &Ready) -> Command {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env(EBPF_TOOLCHAIN_VAR, &ready.ebpf_toolchain)
         .env("PATH", &ready.path);
+    // Cross builds (--target aarch64-…): Debian's cross gcc links, and compiles any C a
+    // build script asks for.
+    for arch in [Arch::Arm64] {
+        let (Some(prefix), target) = (arch.cross_prefix(), arch.rust_target()) else {
+            continue;
+        };
+        let var = target.replace('-', "_");
+        c.env(
+            format!("CARGO_TARGET_{}_LINKER", var.to_uppercase()),
+            format!("{prefix}gcc"),
+        )
+        .env(format!("CC_{var}"), format!("{prefix}gcc"))
+        .env(format!("AR_{var}"), format!("{prefix}ar"));
+    }
     c
 }
 
-/// Builds the workspace's binaries (the CLI first of all).
-pub fn build_bins(ws: &Workspace, ready: &Ready) -> Result<(PathBuf, Vec<PathBuf>)> {
+/// Builds the workspace's binaries (the CLI first of all) for `arch`.
+pub fn build_bins(ws: &Workspace, ready: &Ready, arch: Arch) -> Result<(PathBuf, Vec<PathBuf>)> {
     let mut c = cargo(ready);
     c.current_dir(&ws.root).args([
         "build",
         "--release",
         "--target",
-        TARGET,
+        arch.rust_target(),
         "--workspace",
         "--exclude",
         EBPF_CRATE,
@@ -112,7 +132,11 @@ pub fn build_bins(ws: &Workspace, ready: &Ready) -> Result<(PathBuf, Vec<PathBuf
 
 /// Builds the tests crate's `guest_*` test targets (declared `test = false`, so plain
 /// `cargo test` skips them) and returns their executables.
-pub fn build_guest_tests(ws: &Workspace, ready: &Ready) -> Result<Vec<(String, PathBuf)>> {
+pub fn build_guest_tests(
+    ws: &Workspace,
+    ready: &Ready,
+    arch: Arch,
+) -> Result<Vec<(String, PathBuf)>> {
     if ws.guest_tests.is_empty() {
         return Ok(Vec::new());
     }
@@ -122,7 +146,7 @@ pub fn build_guest_tests(ws: &Workspace, ready: &Ready) -> Result<Vec<(String, P
         "--no-run",
         "--release",
         "--target",
-        TARGET,
+        arch.rust_target(),
         "-p",
         TESTS_CRATE,
     ]);
@@ -201,6 +225,12 @@ pub fn build_driver(ws: &Workspace, kernel: &GuestKernel) -> Result<Option<PathB
     }
     let cc = kernel.cc_version_text()?;
     let compiler = cc.split_whitespace().next().unwrap_or_default().to_owned();
+    // A foreign guest: the kernel's own compiler's cross build (aarch64-linux-gnu-gcc-12
+    // for `gcc-12`), kbuild told the architecture.
+    let compiler = match kernel.arch.cross_prefix() {
+        Some(prefix) => format!("{prefix}{compiler}"),
+        None => compiler,
+    };
     let make_args = |headers: &Path, build: &Path| {
         let mut args = vec![
             "make".to_owned(),
@@ -208,6 +238,11 @@ pub fn build_driver(ws: &Workspace, kernel: &GuestKernel) -> Result<Option<PathB
             headers.display().to_string(),
             format!("M={}", build.display()),
         ];
+        if let Some(prefix) = kernel.arch.cross_prefix() {
+            args.push(format!("ARCH={}", kernel.arch.kernel_arch()));
+            args.push(format!("CROSS_COMPILE={prefix}"));
+            args.push(format!("CC={compiler}"));
+        }
         // linux-kbuild-6.1 ships no resolve_btfids; the driver has no BTF ids to resolve.
         if !kernel
             .headers
@@ -292,35 +327,56 @@ fn sync_sources(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Builds everything the host and the guest run.
-pub fn build_all(ws: &Workspace, ready: &Ready) -> Result<Artifacts> {
-    eprintln!("build: cargo build --release --target {TARGET} (static)");
-    let (cli, bins) = build_bins(ws, ready)?;
-    let guest_tests = build_guest_tests(ws, ready)?;
+/// Builds everything the host and the guests of `arch` run: the binaries for `arch`, the
+/// driver and the mm selftests for each of its guest kernels (and, on x86_64, the host's
+/// selftests).
+pub fn build_all(ws: &Workspace, ready: &Ready, arch: Arch) -> Result<Artifacts> {
+    let target = arch.rust_target();
+    eprintln!("build: cargo build --release --target {target} (static)");
+    let (cli, bins) = build_bins(ws, ready, arch)?;
+    let guest_tests = build_guest_tests(ws, ready, arch)?;
+    let guests: Vec<&GuestKernel> = ready.guests.iter().filter(|k| k.arch == arch).collect();
     let mut drivers = Vec::new();
-    for kernel in &ready.guests {
+    for kernel in &guests {
         if let Some(ko) = build_driver(ws, kernel)? {
             drivers.push((kernel.version.clone(), ko));
         }
     }
     // A source that cannot be fetched or built is kept as its one-line reason, which
     // `test` counts as a failure: the other suites still run.
-    let selftests = ready
-        .guests
+    let selftests = guests
         .iter()
-        .map(|kernel| (kernel.version.clone(), selftests::for_kernel(ws, kernel)))
+        .map(|kernel| {
+            let outcome = if arch.is_host() {
+                selftests::for_kernel(ws, kernel)
+            } else {
+                Err(format!(
+                    "the mm selftests are built with the host's gcc and static libraries; \
+                     they are not cross-built for {arch} yet"
+                ))
+            };
+            (kernel.version.clone(), outcome)
+        })
         .collect::<Vec<_>>();
-    let host_selftests = selftests::for_host(ws, &ready.guests);
+    let host_selftests = if arch.is_host() {
+        selftests::for_host(ws, &ready.guests)
+    } else {
+        Err(format!("the host does not run {arch} binaries"))
+    };
+    let host_line = arch
+        .is_host()
+        .then_some(("the host".to_owned(), &host_selftests));
     for (what, outcome) in selftests
         .iter()
         .map(|(v, o)| (format!("guest {v}"), o))
-        .chain([("the host".to_owned(), &host_selftests)])
+        .chain(host_line)
     {
         if let Err(why) = outcome {
             println!("!!! mm selftests for {what}: {why}");
         }
     }
     Ok(Artifacts {
+        arch,
         cli,
         bins,
         guest_tests,

@@ -4,7 +4,9 @@
 //! Layout of the cache (a contract for the other engineers):
 //! - `root/`: the kernel's .debs unpacked with `dpkg-deb -x` (boot/ or usr/lib/modules/,
 //!   usr/src/…); 7.x splits the image into linux-binary-, linux-modules- and linux-base-
-//! - `vmlinux`: the ELF extracted from the bzImage; QEMU boots it directly (~6 s vs ~9 s)
+//! - `vmlinux`: the ELF extracted from the bzImage; QEMU boots it directly (~6 s vs ~9 s);
+//!   arm64 (`<version>` ends in `-arm64`): `Image`, Debian's uncompressed vmlinuz, and
+//!   `root/bin/busybox`, busybox-static for arm64, the guest's shell
 //! - `root/usr/src/linux-headers-<version>/`: the headers, patched to build in place, with
 //!   the kernel's raw `.BTF` as `vmlinux` so modules get BTF (6.12 and 7.x ship one)
 //! - `chroot/`: for lines whose compiler the host lacks (7.x), see chroot.rs
@@ -18,11 +20,10 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, Result, bail};
 
 use crate::Workspace;
+use crate::arch::Arch;
 use crate::cmd;
 use crate::kernel_line::{KernelRequest, Line, PrivateApt};
 
-/// The image meta-package whose dependency names a suite's current kernel.
-const META_PACKAGE: &str = "linux-image-amd64";
 const MARKER: &str = ".complete";
 /// Compressed payloads a Debian bzImage may carry: 6.1 uses xz, 6.12 and 7.x zstd.
 const PAYLOADS: &[(&str, &[u8])] = &[
@@ -33,21 +34,30 @@ const PAYLOADS: &[(&str, &[u8])] = &[
 pub struct GuestKernel {
     pub version: String,
     pub line: &'static Line,
+    pub arch: Arch,
     /// `target/guest/<version>/`.
     pub dir: PathBuf,
     /// The uncompressed kernel ELF to boot.
     pub vmlinux: PathBuf,
     /// The headers tree to pass to `make -C`.
     pub headers: PathBuf,
+    /// The guest's busybox (static): the host's on x86_64, Debian's arm64 build on arm64.
+    pub busybox: PathBuf,
 }
 
 impl GuestKernel {
-    fn at(ws: &Workspace, line: &'static Line, version: &str) -> Self {
+    fn at(ws: &Workspace, line: &'static Line, arch: Arch, version: &str) -> Self {
         let dir = ws.target_dir.join("guest").join(version);
         GuestKernel {
             version: version.to_owned(),
             line,
-            vmlinux: dir.join("vmlinux"),
+            arch,
+            vmlinux: dir.join(if arch.is_host() { "vmlinux" } else { "Image" }),
+            busybox: if arch.is_host() {
+                PathBuf::from("/bin/busybox")
+            } else {
+                dir.join("root/bin/busybox")
+            },
             headers: dir
                 .join("root/usr/src")
                 .join(format!("linux-headers-{version}")),
@@ -108,11 +118,11 @@ impl GuestKernel {
 
 /// Returns the requested kernel, downloading and preparing it first if needed.
 pub fn ensure(ws: &Workspace, request: &KernelRequest) -> Result<GuestKernel> {
-    let line = request.line;
-    let mut apt = PrivateApt::new(ws, line)?;
+    let (line, arch) = (request.line, request.arch);
+    let mut apt = PrivateApt::new(ws, line, arch)?;
     // A version cached before needs no network, even if the archive has moved on.
     if let Some(v) = &request.version {
-        let kernel = GuestKernel::at(ws, line, v);
+        let kernel = GuestKernel::at(ws, line, arch, v);
         if kernel.dir.join(MARKER).exists() {
             return Ok(cached(kernel));
         }
@@ -120,9 +130,9 @@ pub fn ensure(ws: &Workspace, request: &KernelRequest) -> Result<GuestKernel> {
     loop {
         let version = match &request.version {
             Some(v) => available(&mut apt, line, v)?,
-            None => current_version(&mut apt)?,
+            None => current_version(&mut apt, arch)?,
         };
-        let kernel = GuestKernel::at(ws, line, &version);
+        let kernel = GuestKernel::at(ws, line, arch, &version);
         if kernel.dir.join(MARKER).exists() {
             return Ok(cached(kernel));
         }
@@ -160,16 +170,19 @@ fn cached(kernel: GuestKernel) -> GuestKernel {
 
 /// The current kernel version of `line` (from its private lists), without fetching it.
 pub fn current(ws: &Workspace, line: &'static Line) -> Result<String> {
-    current_version(&mut PrivateApt::new(ws, line)?)
+    current_version(&mut PrivateApt::new(ws, line, Arch::X86_64)?, Arch::X86_64)
 }
 
-/// The version the line's `linux-image-amd64` depends on, e.g. `7.2.13+deb14-amd64`.
-fn current_version(apt: &mut PrivateApt) -> Result<String> {
+/// The version the line's `linux-image-<arch>` depends on, e.g. `7.2.13+deb14-amd64`.
+fn current_version(apt: &mut PrivateApt, arch: Arch) -> Result<String> {
+    // The image meta-package whose dependency names a suite's current kernel.
+    let meta = format!("linux-image-{}", arch.debian());
+    let meta = meta.as_str();
     if !apt.has_lists() {
         apt.update_once()?;
     }
     let find = |apt: &PrivateApt| -> Result<Option<String>> {
-        Ok(apt.depends(META_PACKAGE)?.and_then(|deps| {
+        Ok(apt.depends(meta)?.and_then(|deps| {
             deps.iter()
                 .find_map(|d| d.strip_prefix("linux-image-").map(str::to_owned))
         }))
@@ -183,7 +196,8 @@ fn current_version(apt: &mut PrivateApt) -> Result<String> {
             "the package lists in {} name no kernel for {} ({META_PACKAGE} has no \
              linux-image-* dependency)",
             apt.dir().display(),
-            apt.what
+            apt.what,
+            META_PACKAGE = meta
         )
     })
 }
@@ -201,7 +215,12 @@ fn available(apt: &mut PrivateApt, line: &Line, version: &str) -> Result<String>
     if apt.depends(&image)?.is_some_and(|d| !d.is_empty()) {
         return Ok(version.to_owned());
     }
-    let current = current_version(apt).unwrap_or_else(|e| format!("unknown ({e:#})"));
+    let arch = if version.ends_with("-arm64") {
+        Arch::Arm64
+    } else {
+        Arch::X86_64
+    };
+    let current = current_version(apt, arch).unwrap_or_else(|e| format!("unknown ({e:#})"));
     bail!(
         "the Debian archive no longer has {image} (kernel line {}): it now serves {current}. \
          Fix: pass --kernel {} for the line's current kernel, or --kernel {current}",
@@ -212,8 +231,9 @@ fn available(apt: &mut PrivateApt, line: &Line, version: &str) -> Result<String>
 
 /// The packages that make up kernel `v`: the image (and, on 7.x, the linux-binary-,
 /// linux-modules- and linux-base- packages it depends on), the headers, their -common
-/// part and linux-kbuild.
-fn packages(apt: &PrivateApt, v: &str) -> Result<Vec<String>> {
+/// part and linux-kbuild. On arm64 also busybox-static, and linux-kbuild's amd64 build:
+/// its tools (fixdep, modpost) run on this host while the module is cross-compiled.
+fn packages(apt: &PrivateApt, arch: Arch, v: &str) -> Result<Vec<String>> {
     let image = format!("linux-image-{v}");
     let headers = format!("linux-headers-{v}");
     let deps_of = |package: &str| -> Result<Vec<String>> {
@@ -232,7 +252,10 @@ fn packages(apt: &PrivateApt, v: &str) -> Result<Vec<String>> {
         .find(|d| d.starts_with("linux-headers-") && d.ends_with("-common"));
     let kbuild = deps.iter().find(|d| d.starts_with("linux-kbuild-"));
     match (common, kbuild) {
-        (Some(c), Some(k)) => packages.extend([c.clone(), k.clone()]),
+        (Some(c), Some(k)) if arch.is_host() => packages.extend([c.clone(), k.clone()]),
+        (Some(c), Some(k)) => {
+            packages.extend([c.clone(), format!("{k}:amd64"), "busybox-static".to_owned()])
+        }
         _ => bail!(
             "apt-cache depends {headers} does not name the -common headers and linux-kbuild (got {deps:?})"
         ),
@@ -251,7 +274,7 @@ fn prepare(kernel: &GuestKernel, apt: &PrivateApt) -> Result<()> {
         fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
 
-    let packages = packages(apt, v)?;
+    let packages = packages(apt, kernel.arch, v)?;
     let status = cmd::status(
         apt.command("apt-get")
             .current_dir(&debs)
@@ -278,14 +301,59 @@ fn prepare(kernel: &GuestKernel, apt: &PrivateApt) -> Result<()> {
     .with_context(|| {
         format!("the packages of {v} hold no vmlinuz (looked in boot/ and usr/lib/modules/)")
     })?;
-    extract_vmlinux(&bzimage, &kernel.vmlinux)?;
     // Raw BTF of the guest kernel: kbuild generates module BTF against <headers>/vmlinux
     // (6.12 and 7.x headers ship one; 6.1's do not).
     let headers_btf = kernel.headers.join("vmlinux");
-    if !headers_btf.exists() {
-        write_raw_btf(&kernel.vmlinux, &headers_btf)?;
+    if kernel.arch.is_host() {
+        extract_vmlinux(&bzimage, &kernel.vmlinux)?;
+        if !headers_btf.exists() {
+            write_raw_btf(&kernel.vmlinux, &headers_btf)?;
+        }
+    } else {
+        // Debian's arm64 vmlinuz is the uncompressed Image QEMU boots; not an ELF, so
+        // its BTF is found by the blob's header.
+        fs::rename(&bzimage, &kernel.vmlinux).with_context(|| {
+            format!(
+                "moving {} to {}",
+                bzimage.display(),
+                kernel.vmlinux.display()
+            )
+        })?;
+        if !headers_btf.exists() {
+            let image = fs::read(&kernel.vmlinux)
+                .with_context(|| format!("reading {}", kernel.vmlinux.display()))?;
+            let btf = find_btf(&image)
+                .with_context(|| format!("{} holds no BTF blob", kernel.vmlinux.display()))?;
+            fs::write(&headers_btf, btf)
+                .with_context(|| format!("writing {}", headers_btf.display()))?;
+        }
+        if !kernel.busybox.is_file() {
+            bail!(
+                "busybox-static for {} unpacked no {}",
+                kernel.arch,
+                kernel.busybox.display()
+            );
+        }
     }
     Ok(())
+}
+
+/// The kernel's BTF in a raw image: the one blob whose header is BTF's magic (0xeB9F),
+/// version 1 and a 24-byte header; its length is the header's plus the string section's
+/// end (strings follow types).
+fn find_btf(image: &[u8]) -> Option<&[u8]> {
+    const HEADER: &[u8] = &[0x9f, 0xeb, 0x01, 0x00, 24, 0, 0, 0];
+    let word = |at: usize| -> Option<usize> {
+        let bytes = image.get(at..at + 4)?;
+        Some(u32::from_le_bytes(bytes.try_into().ok()?) as usize)
+    };
+    find_all(image, HEADER).find_map(|at| {
+        let (type_off, type_len) = (word(at + 8)?, word(at + 12)?);
+        let (str_off, str_len) = (word(at + 16)?, word(at + 20)?);
+        let end = 24 + (type_off + type_len).max(str_off + str_len);
+        (str_len > 0).then_some(())?;
+        image.get(at..at + end)
+    })
 }
 
 /// The `.BTF` section of `vmlinux` as a raw file, which is what kbuild's `--btf_base`
@@ -388,5 +456,17 @@ mod tests {
     fn finds_magic() {
         let data = [0u8, 0xFD, b'7', b'z', b'X', b'Z', 0, 1];
         assert_eq!(find_all(&data, PAYLOADS[0].1).collect::<Vec<_>>(), [1]);
+    }
+
+    #[test]
+    fn finds_btf_in_a_raw_image() {
+        let mut image = vec![7u8; 5];
+        for word in [0x0001_eb9f_u32, 24, 0, 4, 4, 3] {
+            image.extend(word.to_le_bytes());
+        }
+        image.extend([1, 2, 3, 4, b'a', 0, 0, 9, 9]);
+        let btf = find_btf(&image).unwrap();
+        assert_eq!(btf.len(), 24 + 7);
+        assert_eq!(btf[btf.len() - 1], 0);
     }
 }

@@ -11,7 +11,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::cmd;
 
-const BUSYBOX: &str = "/bin/busybox";
+/// The host's busybox-static: its applet list names the links (the arm64 guest's busybox
+/// is the same Debian version, built for arm64, and cannot run here).
+const HOST_BUSYBOX: &str = "/bin/busybox";
 
 /// Where things live in the guest (also exported to the guest as env vars).
 pub const GUEST_BIN: &str = "/mmtrace/bin";
@@ -26,6 +28,8 @@ pub struct Contents<'a> {
     /// Installed as /mmtrace/bin/<name>.
     pub bins: Vec<(String, PathBuf)>,
     pub driver: Option<&'a Path>,
+    /// The guest's static busybox (the guest kernel's architecture).
+    pub busybox: &'a Path,
     /// The guest kernel's overlayfs module, if it has one.
     pub overlay: Option<&'a Path>,
     /// The kernel's built mm selftests (every file of the directory, manifest included),
@@ -62,7 +66,7 @@ pub fn write(path: &Path, contents: &Contents<'_>) -> Result<()> {
         // The kernel opens /dev/console for init before anything mounts devtmpfs.
         cpio.char_device("dev/console", 5, 1)?;
 
-        cpio.file_from("bin/busybox", Path::new(BUSYBOX), 0o755)?;
+        cpio.file_from("bin/busybox", contents.busybox, 0o755)?;
         for applet in busybox_applets()? {
             if applet != "busybox" {
                 cpio.symlink(&format!("bin/{applet}"), "busybox")?;
@@ -113,7 +117,7 @@ pub fn write(path: &Path, contents: &Contents<'_>) -> Result<()> {
 }
 
 fn busybox_applets() -> Result<Vec<String>> {
-    let list = cmd::stdout(Command::new(BUSYBOX).arg("--list"))?;
+    let list = cmd::stdout(Command::new(HOST_BUSYBOX).arg("--list"))?;
     Ok(list
         .lines()
         .map(str::trim)

@@ -13,6 +13,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::Workspace;
 use crate::apt_sources::{Archive, HostArchives};
+use crate::arch::Arch;
 use crate::cmd;
 
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
@@ -37,6 +38,8 @@ pub struct Line {
     pub compiler: Compiler,
     /// The guest test suites a plain `cargo xtask test` runs on this line (None: all).
     pub default_suites: Option<&'static [&'static str]>,
+    /// The architectures whose kernels of this line xtask can boot and build for.
+    pub arches: &'static [Arch],
 }
 
 /// Suites that prove the kernel probes and the driver, and the kernel's own mm selftests
@@ -59,6 +62,9 @@ pub const LINES: &[Line] = &[
         ],
         compiler: Compiler::Host,
         default_suites: None,
+        // arm64: bookworm's kernel, its headers and busybox from the same lists; the
+        // headers' kbuild tools are the amd64 build of the same package (they run here).
+        arches: &[Arch::X86_64, Arch::Arm64],
     },
     Line {
         name: "6.12",
@@ -67,6 +73,7 @@ pub const LINES: &[Line] = &[
         suites: &[(Archive::Main, "bookworm-backports")],
         compiler: Compiler::Host,
         default_suites: Some(CORE_SUITES),
+        arches: &[Arch::X86_64],
     },
     Line {
         name: "7",
@@ -74,44 +81,82 @@ pub const LINES: &[Line] = &[
         suites: &[(Archive::Main, "sid")],
         compiler: Compiler::Chroot { suite: "sid" },
         default_suites: Some(CORE_SUITES),
+        arches: &[Arch::X86_64],
     },
 ];
 
 pub const DEFAULT_LINE: &str = "6.1";
 
+/// The suites a plain `cargo xtask test` runs on arm64 (one boot, 6.1): the driver, the
+/// probes and verify. A foreign ISA under TCG runs them about twice as slowly as the x86
+/// guests, so in the matrix guest_verify runs only [`ARM64_MATRIX_VERIFY`] (every test:
+/// `cargo xtask test --arch arm64`); the times are in docs/arm64.md.
+pub const ARM64_SUITES: &[&str] = &["guest_driver", "guest_trace", "guest_verify"];
+
+/// guest_verify's tests the matrix runs on arm64: the driver end to end, the in-tree
+/// driver, the planted errors and the thread storms; left to `--arch arm64`: every
+/// scenario, every cause and name, and overlayfs (~8 of its ~10 minutes there).
+pub const ARM64_MATRIX_VERIFY: &[&str] = &[
+    "verify_agrees_on_driver_mappings",
+    "verify_driver_passes_for_an_in_tree_driver",
+    "verify_catches_a_planted_mismatch",
+    "verify_driver_catches_a_planted_pfn_error",
+    "thread_storms_verify_in_every_run_with_kernel_probes",
+];
+
 /// A parsed `--kernel`: a line, and a full version if one was given.
 pub struct KernelRequest {
     pub line: &'static Line,
     pub version: Option<String>,
+    pub arch: Arch,
 }
 
 impl KernelRequest {
-    pub fn parse(arg: &str) -> Result<Self> {
+    pub fn parse(arg: &str, arch: Arch) -> Result<Self> {
         let arg = arg.trim();
-        if let Some(line) = LINES.iter().find(|l| l.name == arg) {
-            return Ok(KernelRequest {
-                line,
-                version: None,
-            });
-        }
-        // A full version: "6.12.95+deb12-amd64", "6.1.0-57-amd64", "7.2.13+deb14-amd64".
-        let line = LINES.iter().find(|l| arg.starts_with(l.version_prefix));
-        match line {
-            Some(line) if arg.ends_with("-amd64") => Ok(KernelRequest {
-                line,
-                version: Some(arg.to_owned()),
-            }),
-            _ => bail!(
-                "unknown guest kernel `{arg}`: --kernel takes a line ({}) or a full Debian \
-                 kernel version of one of them, such as 6.12.95+deb12-amd64 (the part after \
+        let suffix = format!("-{}", arch.debian());
+        let line = match LINES.iter().find(|l| l.name == arg) {
+            Some(line) => Some((line, None)),
+            // A full version: "6.12.95+deb12-amd64", "6.1.0-57-amd64", "6.1.0-57-arm64".
+            None => LINES
+                .iter()
+                .find(|l| arg.starts_with(l.version_prefix) && arg.ends_with(&suffix))
+                .map(|l| (l, Some(arg.to_owned()))),
+        };
+        let Some((line, version)) = line else {
+            bail!(
+                "unknown guest kernel `{arg}` for {arch}: --kernel takes a line ({}) or a full \
+                 Debian kernel version of one of them, such as 6.1.0-57{suffix} (the part after \
                  linux-image-)",
-                LINES.iter().map(|l| l.name).collect::<Vec<_>>().join(", ")
-            ),
+                LINES
+                    .iter()
+                    .filter(|l| l.arches.contains(&arch))
+                    .map(|l| l.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        if !line.arches.contains(&arch) {
+            bail!(
+                "kernel line {} is not built for {arch} here: --arch {arch} takes --kernel {}",
+                line.name,
+                LINES
+                    .iter()
+                    .filter(|l| l.arches.contains(&arch))
+                    .map(|l| l.name)
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            );
         }
+        Ok(KernelRequest {
+            line,
+            version,
+            arch,
+        })
     }
 
-    pub fn default_line() -> Self {
-        Self::parse(DEFAULT_LINE).expect("the default line is in LINES")
+    pub fn default_line(arch: Arch) -> Self {
+        Self::parse(DEFAULT_LINE, arch).expect("the default line serves every architecture")
     }
 }
 
@@ -126,21 +171,37 @@ pub struct PrivateApt {
     /// "suite (URI)" of each source xtask wrote, for messages.
     written: Vec<String>,
     updated: bool,
+    /// A foreign guest architecture: apt's own for these lists (with amd64 beside it,
+    /// for the headers' kbuild tools); the host's dpkg architectures stay as they are.
+    arch: Option<Arch>,
 }
 
 impl PrivateApt {
     /// The private apt of `line`, in `target/guest/apt/<line>/`, its suites served by the
     /// host's own mirror.
-    pub fn new(ws: &Workspace, line: &'static Line) -> Result<Self> {
+    pub fn new(ws: &Workspace, line: &'static Line, arch: Arch) -> Result<Self> {
         let archives = HostArchives::read()?;
         let suites = line
             .suites
             .iter()
             .map(|(archive, suite)| Ok((archives.uri(*archive)?, *suite)))
             .collect::<Result<Vec<_>>>()?;
-        let dir = ws.target_dir.join("guest/apt").join(line.name);
-        let mut apt = Self::at(&dir, format!("kernel line {}", line.name), &suites)?;
+        let (dir, what) = if arch.is_host() {
+            (
+                ws.target_dir.join("guest/apt").join(line.name),
+                format!("kernel line {}", line.name),
+            )
+        } else {
+            (
+                ws.target_dir
+                    .join("guest/apt")
+                    .join(format!("{}-{arch}", line.name)),
+                format!("kernel line {} ({arch})", line.name),
+            )
+        };
+        let mut apt = Self::at(&dir, what, &suites)?;
         apt.source_parts = PathBuf::from("/dev/null");
+        apt.arch = (!arch.is_host()).then_some(arch);
         Ok(apt)
     }
 
@@ -204,6 +265,7 @@ impl PrivateApt {
                 .map(|(uri, suite)| format!("{suite} ({uri})"))
                 .collect(),
             updated: false,
+            arch: None,
         })
     }
 
@@ -218,6 +280,13 @@ impl PrivateApt {
             ("Dir::Cache", &self.dir.join("cache")),
         ] {
             c.arg("-o").arg(format!("{key}={}", value.display()));
+        }
+        if let Some(arch) = self.arch {
+            c.arg("-o")
+                .arg(format!("APT::Architecture={}", arch.debian()))
+                .arg("-o")
+                .arg(format!("APT::Architectures::={}", arch.debian()))
+                .args(["-o", "APT::Architectures::=amd64"]);
         }
         // This machine's clock runs ahead of the mirror's Valid-Until (sid's InRelease read
         // as expired by 25 days, 2026-12-02); the signatures are still checked.
@@ -304,18 +373,30 @@ mod tests {
 
     #[test]
     fn parses_lines_and_versions() {
-        assert_eq!(KernelRequest::parse("6.1").unwrap().line.name, "6.1");
-        assert_eq!(KernelRequest::parse("7").unwrap().line.name, "7");
-        let full = KernelRequest::parse("6.12.95+deb12-amd64").unwrap();
+        let x86 = Arch::X86_64;
+        assert_eq!(KernelRequest::parse("6.1", x86).unwrap().line.name, "6.1");
+        assert_eq!(KernelRequest::parse("7", x86).unwrap().line.name, "7");
+        let full = KernelRequest::parse("6.12.95+deb12-amd64", x86).unwrap();
         assert_eq!(full.line.name, "6.12");
         assert_eq!(full.version.as_deref(), Some("6.12.95+deb12-amd64"));
         assert_eq!(
-            KernelRequest::parse("6.1.0-57-amd64").unwrap().line.name,
+            KernelRequest::parse("6.1.0-57-amd64", x86)
+                .unwrap()
+                .line
+                .name,
             "6.1"
         );
-        let err = KernelRequest::parse("6.6").err().unwrap().to_string();
+        let err = KernelRequest::parse("6.6", x86).err().unwrap().to_string();
         assert!(err.contains("unknown guest kernel `6.6`"), "{err}");
-        assert!(KernelRequest::parse("6.12.95").is_err());
+        assert!(KernelRequest::parse("6.12.95", x86).is_err());
+        let arm = KernelRequest::parse("6.1.0-57-arm64", Arch::Arm64).unwrap();
+        assert_eq!((arm.line.name, arm.arch), ("6.1", Arch::Arm64));
+        assert!(KernelRequest::parse("6.1.0-57-amd64", Arch::Arm64).is_err());
+        let err = KernelRequest::parse("7", Arch::Arm64)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("--arch arm64 takes --kernel 6.1"), "{err}");
     }
 
     #[test]

@@ -20,8 +20,6 @@ use crate::{Workspace, build, cmd, section, setup::Ready};
 
 const EBPF_CRATE: &str = "mmap-trace-ebpf";
 const EBPF_TARGET: &str = "bpfel-unknown-none";
-/// What aya-build passes to the eBPF build (the cfg the programs' code tests).
-const EBPF_RUSTFLAGS: &str = r#"--cfg bpf_target_arch="x86_64""#;
 
 /// Runs the three steps; returns 0 when all pass, 1 otherwise.
 pub fn run(ws: &Workspace, ready: &Ready) -> Result<i32> {
@@ -57,24 +55,39 @@ pub fn run(ws: &Workspace, ready: &Ready) -> Result<i32> {
         failed.push("clippy on the host crates");
     }
 
-    section("lint: clippy (eBPF crate)");
-    let mut ebpf = Command::new("rustup");
-    ebpf.current_dir(&ws.root)
-        .args(["run", &ready.ebpf_toolchain, "cargo", "clippy", "--package", EBPF_CRATE])
-        .args(["--target", EBPF_TARGET, "-Z", "build-std=core", "--release", "--keep-going"])
-        // Its own target dir: host RUSTFLAGS and these must not evict each other's cache.
-        .arg("--target-dir")
-        .arg(ws.target_dir.join("lint-ebpf"))
-        .args(["--", "-D", "warnings"])
-        .env("RUSTFLAGS", EBPF_RUSTFLAGS)
-        .env("PATH", &ready.path)
-        // Set by the outer (stable) cargo; they would pick its toolchain or flags.
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("RUSTC")
-        .env_remove("RUSTDOC");
-    if !cmd::status(&mut ebpf)?.success() {
-        failed.push("clippy on the eBPF crate");
+    // Once per bpf_target_arch: each compiles a different arch/ module.
+    for arch in ["x86_64", "aarch64"] {
+        section(&format!(
+            "lint: clippy (eBPF crate, bpf_target_arch {arch})"
+        ));
+        let mut ebpf = Command::new("rustup");
+        ebpf.current_dir(&ws.root)
+            .args(["run", &ready.ebpf_toolchain, "cargo", "clippy", "--package", EBPF_CRATE])
+            .args(["--target", EBPF_TARGET, "-Z", "build-std=core", "--release", "--keep-going"])
+            // Its own target dir per arch: host RUSTFLAGS and these must not evict each
+            // other's cache.
+            .arg("--target-dir")
+            .arg(ws.target_dir.join(if arch == "x86_64" {
+                "lint-ebpf".to_owned()
+            } else {
+                format!("lint-ebpf-{arch}")
+            }))
+            .args(["--", "-D", "warnings"])
+            // aya-build passes it from the CLI's target; here it is chosen.
+            .env("RUSTFLAGS", format!("--cfg bpf_target_arch=\"{arch}\""))
+            .env("PATH", &ready.path)
+            // Set by the outer (stable) cargo; they would pick its toolchain or flags.
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
+            .env_remove("RUSTDOC");
+        if !cmd::status(&mut ebpf)?.success() {
+            failed.push(if arch == "x86_64" {
+                "clippy on the eBPF crate (x86_64)"
+            } else {
+                "clippy on the eBPF crate (aarch64)"
+            });
+        }
     }
 
     section("lint: module graph (mmap-trace/src; A -> what A imports)");

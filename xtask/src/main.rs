@@ -2,6 +2,7 @@
 //! the test run. All QEMU knowledge lives here, not in the tests.
 
 mod apt_sources;
+mod arch;
 mod bench;
 mod build;
 mod chroot;
@@ -51,8 +52,10 @@ enum Task {
         command: Vec<String>,
     },
     /// Unit and host tests, then the guest tests, one VM boot per kernel: without
-    /// --kernel, every suite on 6.1 and guest_driver, guest_trace, guest_verify and
-    /// guest_selftests on 6.12 and 7; with --kernel, every suite on that kernel.
+    /// --kernel and --arch, every suite on 6.1 and guest_driver, guest_trace, guest_verify
+    /// and guest_selftests on 6.12 and 7, and guest_driver, guest_trace and guest_verify
+    /// on arm64's 6.1; with --arch arm64, only those on arm64 (no lint or host tests:
+    /// the host is x86-64); with --kernel, every suite on that kernel.
     Test {
         #[command(flatten)]
         guest: GuestArgs,
@@ -78,15 +81,33 @@ struct KernelArgs {
     /// 7.x), or a full version of one, e.g. 6.12.95+deb12-amd64 (default: 6.1).
     #[arg(long = "kernel", alias = "kernel-version", value_name = "LINE|VERSION")]
     kernel: Option<String>,
+    /// Guest architecture: x86_64 (default, the host's) or arm64 (cross-built, booted
+    /// under qemu-system-aarch64; kernel line 6.1).
+    #[arg(long, value_enum)]
+    arch: Option<arch::Arch>,
 }
 
 impl KernelArgs {
     /// The kernel asked for, or the default line.
     fn request(&self) -> Result<kernel_line::KernelRequest> {
+        let arch = self.arch.unwrap_or_default();
         match &self.kernel {
-            Some(k) => kernel_line::KernelRequest::parse(k),
-            None => Ok(kernel_line::KernelRequest::default_line()),
+            Some(k) => kernel_line::KernelRequest::parse(k, arch),
+            None => Ok(kernel_line::KernelRequest::default_line(arch)),
         }
+    }
+
+    /// For commands that run on this host: only its own architecture.
+    fn host_request(&self, what: &str) -> Result<kernel_line::KernelRequest> {
+        let request = self.request()?;
+        if !request.arch.is_host() {
+            anyhow::bail!(
+                "`cargo xtask {what}` runs on this x86-64 host and its x86_64 guest; --arch {} \
+                 is for `vm` and `test`",
+                request.arch
+            );
+        }
+        Ok(request)
     }
 }
 
@@ -193,9 +214,10 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Task::Run { args } => {
             section("setup");
-            let ready = setup::ensure(&ws, &[kernel_line::KernelRequest::default_line()])?;
+            let host = arch::Arch::X86_64;
+            let ready = setup::ensure(&ws, &[kernel_line::KernelRequest::default_line(host)])?;
             section("build");
-            let (cli, _) = build::build_bins(&ws, &ready)?;
+            let (cli, _) = build::build_bins(&ws, &ready, host)?;
             section("run");
             eprintln!("run: {}", cli.display());
             // Quiet from here on: the CLI's output is the user's.
@@ -203,9 +225,11 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Task::Vm { guest, command } => {
             section("setup");
-            let ready = setup::ensure(&ws, &[guest.kernel.request()?])?;
+            let request = guest.kernel.request()?;
+            let arch = request.arch;
+            let ready = setup::ensure(&ws, &[request])?;
             section("build");
-            let artifacts = build::build_all(&ws, &ready)?;
+            let artifacts = build::build_all(&ws, &ready, arch)?;
             section("guest");
             let script: Vec<String> = command.iter().map(|w| cmd::shell_quote(w)).collect();
             let markers = qemu::Markers::new();
@@ -225,48 +249,62 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Task::Test { guest } => {
             section("setup");
-            // Without --kernel: the matrix, every line (the default line first).
+            // Without --kernel and --arch: the matrix, every x86_64 line (the default line
+            // first) and arm64's line.
+            // Without --kernel each line runs its default suites.
             let matrix = guest.kernel.kernel.is_none();
-            let kernels = if matrix {
-                kernel_line::LINES
+            let kernels = if matrix && guest.kernel.arch.is_none() {
+                let x86 = kernel_line::LINES
                     .iter()
-                    .map(|l| kernel_line::KernelRequest::parse(l.name))
-                    .collect::<Result<Vec<_>>>()?
+                    .map(|l| kernel_line::KernelRequest::parse(l.name, arch::Arch::X86_64));
+                x86.chain([Ok(kernel_line::KernelRequest::default_line(
+                    arch::Arch::Arm64,
+                ))])
+                .collect::<Result<Vec<_>>>()?
             } else {
                 vec![guest.kernel.request()?]
             };
+            let mut arches: Vec<arch::Arch> = kernels.iter().map(|k| k.arch).collect();
+            arches.dedup();
             let ready = setup::ensure(&ws, &kernels)?;
             // Style first: fmt --check and clippy -D warnings (eBPF crate included) hold
-            // the line in CI; a failure is counted, the tests still run.
-            let lint_failed = lint::run(&ws, &ready)? != 0;
+            // the line in CI; a failure is counted, the tests still run. The x86 host's
+            // runs only.
+            let lint_failed = if arches.contains(&arch::Arch::X86_64) {
+                Some(lint::run(&ws, &ready)? != 0)
+            } else {
+                None
+            };
             section("build");
-            let artifacts = build::build_all(&ws, &ready)?;
-            test::run(
-                &ws,
-                &ready,
-                &artifacts,
-                &guest.options(),
-                matrix,
-                lint_failed,
-            )?
+            let builds = arches
+                .iter()
+                .map(|a| build::build_all(&ws, &ready, *a))
+                .collect::<Result<Vec<_>>>()?;
+            // Plain `cargo xtask test`: the arm64 line's guest_verify is bounded (CI's time).
+            let plain = matrix && guest.kernel.arch.is_none();
+            let scope = test::Scope { matrix, plain };
+            test::run(&ws, &ready, &builds, &guest.options(), scope, lint_failed)?
         }
         Task::Bench(args) => {
             section("setup");
-            let ready = setup::ensure(&ws, &[args.guest.kernel.request()?])?;
+            let ready = setup::ensure(&ws, &[args.guest.kernel.host_request("bench")?])?;
             section("build");
-            let artifacts = build::build_all(&ws, &ready)?;
+            let artifacts = build::build_all(&ws, &ready, arch::Arch::X86_64)?;
             bench::run(&ws, &ready, &artifacts, &args)?
         }
         Task::Lint => {
             section("setup");
-            let ready = setup::ensure(&ws, &[kernel_line::KernelRequest::default_line()])?;
+            let ready = setup::ensure(
+                &ws,
+                &[kernel_line::KernelRequest::default_line(arch::Arch::X86_64)],
+            )?;
             lint::run(&ws, &ready)?
         }
         Task::Stress { guest } => {
             section("setup");
-            let ready = setup::ensure(&ws, &[guest.kernel.request()?])?;
+            let ready = setup::ensure(&ws, &[guest.kernel.host_request("stress")?])?;
             section("build");
-            let artifacts = build::build_all(&ws, &ready)?;
+            let artifacts = build::build_all(&ws, &ready, arch::Arch::X86_64)?;
             stress::run(&ws, &ready, &artifacts, &guest.options())?
         }
     };

@@ -135,6 +135,7 @@ pub fn run_in_guest(
             bins,
             driver: artifacts.driver(kernel),
             overlay: overlay.as_deref(),
+            busybox: &kernel.busybox,
             selftests: artifacts.selftests(kernel).map(|s| s.dir.as_path()),
             command,
             markers,
@@ -149,15 +150,21 @@ enum Event {
 }
 
 fn boot(kernel: &GuestKernel, initrd: &Path, markers: &Markers, opts: &Options) -> Result<Outcome> {
-    let mut c = Command::new("qemu-system-x86_64");
-    c.arg("-kernel")
+    let arch = kernel.arch;
+    let mut c = Command::new(arch.qemu());
+    c.args(arch.qemu_machine())
+        .arg("-kernel")
         .arg(&kernel.vmlinux)
         .arg("-initrd")
         .arg(initrd)
         // A log buffer that holds the whole run (the driver logs every mmap), so the splat
         // scan sees all of it; no TSC or lockup watchdogs, which a host stalled by other
         // work would trip under TCG without anything being wrong in the guest.
-        .args(["-append", "console=ttyS0 panic=-1 quiet log_buf_len=32M tsc=reliable nowatchdog"])
+        .arg("-append")
+        .arg(format!(
+            "console={} panic=-1 quiet log_buf_len=32M tsc=reliable nowatchdog",
+            arch.console()
+        ))
         // 3 GiB: the mm selftests' 2 GiB mremap cases need the overcommit heuristic to
         // allow a 2 GiB mapping (with 1 GiB they fail alone and go uncounted); TCG takes
         // the memory from the host only as the guest touches it.

@@ -193,7 +193,7 @@ fn image_version(apt: &mut PrivateApt, kernel_version: &str) -> Result<String> {
 }
 
 fn prepare(ws: &Workspace, line: &'static Line, kernel_version: &str) -> Result<Selftests> {
-    let mut apt = PrivateApt::new(ws, line)?;
+    let mut apt = PrivateApt::new(ws, line, crate::arch::Arch::X86_64)?;
     let package = source_package(kernel_version)?;
     let version = image_version(&mut apt, kernel_version)?;
     let source = format!("{package} {version}");

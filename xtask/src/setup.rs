@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::Workspace;
 use crate::apt_sources::HostArchives;
+use crate::arch::Arch;
 use crate::cmd;
 use crate::guest_kernel::{self, GuestKernel};
 use crate::kernel_line::KernelRequest;
@@ -49,6 +50,13 @@ const APT_PACKAGES: &[&str] = &[
     "libcap-dev",
     // The agent's test scrapes it with a real Prometheus server (Debian's, 2.42).
     "prometheus",
+    // The arm64 guest (arch.rs): QEMU's aarch64 system emulator, and the cross compiler
+    // with arm64's glibc for the static CLI, the test binaries and the driver (bookworm's
+    // gcc-12, the compiler of Debian's arm64 6.1 kernel).
+    "qemu-system-arm",
+    "gcc-aarch64-linux-gnu",
+    "gcc-12-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
 ];
 
 /// Perfetto's own generated protobuf classes, from PyPI, pinned: the test of
@@ -125,6 +133,11 @@ pub fn ensure(ws: &Workspace, kernels: &[KernelRequest]) -> Result<Ready> {
     ensure_rust_src(&ebpf_toolchain)?;
     let path = ensure_bpf_linker()?;
     let perfetto_python = ensure_perfetto_python(ws)?;
+    let mut arches: Vec<Arch> = kernels.iter().map(|k| k.arch).collect();
+    arches.dedup();
+    for arch in arches.iter().filter(|a| !a.is_host()) {
+        ensure_rust_target(arch.rust_target())?;
+    }
     let guests = kernels
         .iter()
         .map(|k| guest_kernel::ensure(ws, k))
@@ -249,6 +262,13 @@ fn simulate(apt: &mut Command, packages: &[String]) -> Result<Plan> {
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
+        // apt cannot because a dependency wants an older version of what is installed
+        // (bookworm's qemu-system-arm 7.2 wants qemu-system-common 7.2 next to the
+        // installed 10.0): a downgrade apt would need, which the fitting path can avoid.
+        let blocked = parse_blocked(&format!("{text}\n{err}"), dpkg_version);
+        if !blocked.downgraded.is_empty() {
+            return Ok(blocked);
+        }
         bail!(
             "apt cannot install {} on this machine (apt-get install -s: {}). Fix what apt \
              reports, e.g. with `apt-get install {}` by hand, and run again",
@@ -295,6 +315,41 @@ fn parse_simulation(text: &str, lt: impl Fn(&str, &str) -> Result<bool>) -> Resu
         }
     }
     Ok(plan)
+}
+
+/// apt's `P : Depends: Q (= OLD) but NEW is to be installed` lines where Q is installed
+/// at NEW: the downgrades the install would need.
+fn parse_blocked(text: &str, installed: impl Fn(&str) -> Option<String>) -> Plan {
+    let mut plan = Plan::default();
+    for line in text.lines() {
+        let Some((_, dep)) = line.split_once("Depends: ") else {
+            continue;
+        };
+        let mut words = dep.split_whitespace();
+        let (Some(package), Some("(="), Some(wanted)) = (words.next(), words.next(), words.next())
+        else {
+            continue;
+        };
+        let wanted = wanted.trim_end_matches(')');
+        let (Some("but"), Some(new)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if installed(package).as_deref() == Some(new) {
+            plan.downgraded
+                .push((package.to_owned(), new.to_owned(), wanted.to_owned()));
+        }
+    }
+    plan
+}
+
+/// The installed version of `package`, if it is installed.
+fn dpkg_version(package: &str) -> Option<String> {
+    dpkg_installed(package)
+        .then(|| {
+            cmd::stdout(Command::new("dpkg-query").args(["-W", "-f=${Version}", package])).ok()
+        })
+        .flatten()
+        .map(|v| v.trim().to_owned())
 }
 
 fn version_lt(a: &str, b: &str) -> Result<bool> {
@@ -532,6 +587,19 @@ fn ensure_rust_src(toolchain: &str) -> Result<()> {
     ]))
 }
 
+/// The Rust standard library for `target` in the toolchain that runs us (rustup's
+/// `RUSTUP_TOOLCHAIN`, as cargo passes it on), installed once.
+fn ensure_rust_target(target: &str) -> Result<()> {
+    let installed = cmd::stdout(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if installed.lines().any(|l| l.trim() == target) {
+        eprintln!("setup: Rust target {target}: present");
+        return Ok(());
+    }
+    eprintln!("setup: installing the Rust target {target} (rustup target add)");
+    // Like `component add`, `target add` does not self-update (and rejects the flag).
+    cmd::run(Command::new("rustup").args(["target", "add", target]))
+}
+
 /// Makes sure bpf-linker 0.13.0 (LLVM 22) is reachable and returns the PATH that reaches it.
 fn ensure_bpf_linker() -> Result<OsString> {
     let cargo_bin = cargo_home()?.join("bin");
@@ -643,6 +711,23 @@ Conf qemu-system-common (1:7.2+dfsg-7+deb12u18+b3 Debian:12.13/oldstable [amd64]
                 ("2.10-3".to_owned(), "hello".to_owned(), "2.10-3".to_owned()),
             ]
         );
+    }
+
+    #[test]
+    fn reads_blocked_dependencies() {
+        let text = " qemu-system-arm : Depends: qemu-system-common (= 1:7.2+dfsg-7+deb12u18+b3) \
+                    but 1:10.0.2+ds-2+deb13u1~bpo12+1 is to be installed\n\
+                    E: Unable to correct problems, you have held broken packages.\n";
+        let installed = |p: &str| {
+            (p == "qemu-system-common").then(|| "1:10.0.2+ds-2+deb13u1~bpo12+1".to_owned())
+        };
+        assert_eq!(
+            parse_blocked(text, installed).harms(),
+            [
+                "downgrade qemu-system-common 1:10.0.2+ds-2+deb13u1~bpo12+1 to 1:7.2+dfsg-7+deb12u18+b3"
+            ]
+        );
+        assert!(parse_blocked(text, |_| None).harms().is_empty());
     }
 
     #[test]

@@ -26,22 +26,35 @@ struct Tally {
     lines: Vec<String>,
 }
 
-/// `matrix`: run each line's default suites (kernel_line::LINES); otherwise every suite.
+/// Which suites run.
+#[derive(Clone, Copy)]
+pub struct Scope {
+    /// Each line's default suites (kernel_line::LINES); otherwise every suite.
+    pub matrix: bool,
+    /// Plain `cargo xtask test` (no --kernel, no --arch): the arm64 line runs a bounded
+    /// part of guest_verify.
+    pub plain: bool,
+}
+
 pub fn run(
     ws: &Workspace,
     ready: &Ready,
-    artifacts: &Artifacts,
+    builds: &[Artifacts],
     opts: &Options,
-    matrix: bool,
-
-    lint_failed: bool,
+    scope: Scope,
+    lint_failed: Option<bool>,
 ) -> Result<i32> {
+    let matrix = scope.matrix;
     let mut tally = Tally {
         passed: 0,
         failed: 0,
         lines: Vec::new(),
     };
-    if lint_failed {
+    if lint_failed.is_none() {
+        tally
+            .lines
+            .push("lint: not run (the x86-64 host's; plain `cargo xtask test` runs it)".into());
+    } else if lint_failed == Some(true) {
         tally.failed += 1;
         tally.lines.push(
             "lint: FAILED (cargo xtask lint: fmt --check, clippy -D warnings, import cycles)"
@@ -53,25 +66,39 @@ pub fn run(
             .lines
             .push("lint: fmt and clippy clean, no import cycle".into());
     }
-    section("unit + host tests (cargo test --workspace, on the host)");
-    {
-        let _one_at_a_time = crate::host_lock::hold("cargo xtask test: host tests")?;
-        host_tests(ws, ready, artifacts, &mut tally)?;
+    match builds.iter().find(|b| b.arch.is_host()) {
+        Some(host) => {
+            section("unit + host tests (cargo test --workspace, on the host)");
+            let _one_at_a_time = crate::host_lock::hold("cargo xtask test: host tests")?;
+            host_tests(ws, ready, host, &mut tally)?;
+        }
+        None => tally
+            .lines
+            .push("host: not run (this x86-64 host runs them: plain `cargo xtask test`)".into()),
     }
 
     let mut dmesg_clean = true;
     for kernel in &ready.guests {
+        let artifacts = builds
+            .iter()
+            .find(|b| b.arch == kernel.arch)
+            .with_context(|| format!("nothing was built for {}", kernel.arch))?;
+        let default_suites = if kernel.arch.is_host() {
+            kernel.line.default_suites
+        } else {
+            Some(crate::kernel_line::ARM64_SUITES)
+        };
         let mut suites: Vec<&(String, std::path::PathBuf)> = artifacts
             .guest_tests
             .iter()
-            .filter(|(name, _)| match kernel.line.default_suites {
+            .filter(|(name, _)| match default_suites {
                 Some(chosen) if matrix => chosen.contains(&name.as_str()),
                 _ => true,
             })
             .collect();
         section(&format!(
-            "guest tests on {} (kernel line {}, one VM boot)",
-            kernel.version, kernel.line.name
+            "guest tests on {} ({}, kernel line {}, one VM boot)",
+            kernel.version, kernel.arch, kernel.line.name
         ));
         let whose = format!("guest {}", kernel.version);
         match artifacts
@@ -101,15 +128,34 @@ pub fn run(
         if !left_out.is_empty() {
             // Said aloud, in the summary too: not run is not passed.
             let line = format!(
-                "guest {}: NOT RUN on the {} line: {} (docs/kernels.md says why)",
+                "guest {}: NOT RUN on the {} line ({}): {} (docs/kernels.md and docs/arm64.md say why)",
                 kernel.version,
                 kernel.line.name,
+                kernel.arch,
                 left_out.join(", ")
             );
             println!("!!! {line}");
             tally.lines.push(line);
         }
-        let clean = guest_tests(kernel, &suites, artifacts, opts, &mut tally)?;
+        // The arm64 line of the matrix: guest_verify's bounded list, said in the summary.
+        let filters: &[(&str, &[&str])] = if scope.plain && !kernel.arch.is_host() {
+            &[("guest_verify", crate::kernel_line::ARM64_MATRIX_VERIFY)]
+        } else {
+            &[]
+        };
+        for (suite, tests) in filters {
+            if suites.iter().any(|(n, _)| n == suite) {
+                tally.lines.push(format!(
+                    "guest {}: {suite} runs {} of its tests here ({}); all of them: cargo \
+                     xtask test --arch {}",
+                    kernel.version,
+                    tests.len(),
+                    tests.join(", "),
+                    kernel.arch
+                ));
+            }
+        }
+        let clean = guest_tests(kernel, &suites, filters, artifacts, opts, &mut tally)?;
         tally.lines.push(format!(
             "guest {} dmesg: {}",
             kernel.version,
@@ -224,6 +270,7 @@ fn count_build_failures(whose: &str, built: &Selftests, tally: &mut Tally) {
 fn guest_tests(
     kernel: &GuestKernel,
     tests: &[&(String, std::path::PathBuf)],
+    filters: &[(&str, &[&str])],
     artifacts: &Artifacts,
     opts: &Options,
     tally: &mut Tally,
@@ -236,7 +283,12 @@ fn guest_tests(
         );
         "cat /proc/version".to_owned()
     } else {
-        guest_script(tests.iter().map(|(n, _)| n.as_str()), &prefix)
+        guest_script(
+            tests.iter().map(|(n, _)| n.as_str()),
+            filters,
+            kernel.arch,
+            &prefix,
+        )
     };
     let outcome = qemu::run_in_guest(kernel, artifacts, script, &markers, opts)?;
     let code = outcome.report();
@@ -280,27 +332,38 @@ fn guest_tests(
 
 /// How long one guest test binary may take, so a hang still leaves the others' results:
 /// 400 s; 600 s for guest_verify (7.x's took 306 s on a busy machine, thread storms
-/// included) and the mm selftests (each of ~20 tests runs twice; 83–188 s).
-fn guest_binary_limit(name: &str) -> std::time::Duration {
-    std::time::Duration::from_secs(
-        if name == selftests::GUEST_SUITE || name == "guest_verify" {
-            600
-        } else {
-            400
-        },
-    )
+/// included) and the mm selftests (each of ~20 tests runs twice; 83–188 s); twice that on
+/// arm64 (TCG on a foreign ISA: guest_verify took 593 s with a build beside it).
+fn guest_binary_limit(name: &str, arch: crate::arch::Arch) -> std::time::Duration {
+    let x86 = if name == selftests::GUEST_SUITE || name == "guest_verify" {
+        600
+    } else {
+        400
+    };
+    std::time::Duration::from_secs(if arch.is_host() { x86 } else { 2 * x86 })
 }
 
-fn guest_script<'a>(names: impl Iterator<Item = &'a str>, prefix: &str) -> String {
+/// `filters`: (suite, the only tests of it to run, by exact name).
+fn guest_script<'a>(
+    names: impl Iterator<Item = &'a str>,
+    filters: &[(&str, &[&str])],
+    arch: crate::arch::Arch,
+    prefix: &str,
+) -> String {
     let mut s = String::from("failed=0\n");
     for name in names {
         let bin = Path::new(crate::initramfs::GUEST_BIN).join(name);
+        let only = filters
+            .iter()
+            .find(|(suite, _)| *suite == name)
+            .map(|(_, tests)| format!(" --exact {}", tests.join(" ")))
+            .unwrap_or_default();
         s.push_str(&format!(
-            "echo '===== guest test: {name} ====='\ntimeout -s KILL {limit} {bin} --test-threads=1\nrc=$?\n\
+            "echo '===== guest test: {name} ====='\ntimeout -s KILL {limit} {bin} --test-threads=1{only}\nrc=$?\n\
              [ $rc -eq 137 ] && echo 'guest test {name}: KILLED after {limit} s'\n\
              echo \"{prefix} {name} $rc\"\n[ $rc -eq 0 ] || failed=1\n",
             bin = bin.display(),
-            limit = guest_binary_limit(name).as_secs()
+            limit = guest_binary_limit(name, arch).as_secs()
         ));
     }
     s.push_str("exit $failed\n");

@@ -213,8 +213,31 @@ impl KernelBtf {
 
     /// `offsetof(task_struct, thread_info.status)`: the syscall probe tests x86's
     /// `TS_COMPAT` there to skip ia32 syscalls, whose numbers name other calls.
+    #[cfg(not(target_arch = "aarch64"))]
     pub fn thread_info_status(&self) -> Result<u32> {
         self.offset("task_struct", &["thread_info", "status"])
+    }
+
+    /// The `task_struct` offset of the word whose bit marks a compat (32-bit) syscall:
+    /// x86's `thread_info.status` (TS_COMPAT); arm64's `thread_info.flags` (TIF_32BIT).
+    /// On arm64 it also checks the `pt_regs` offsets the probes read a syscall's number
+    /// and first argument at (the eBPF side's arch/aarch64.rs).
+    pub fn compat_mark(&self) -> Result<u32> {
+        #[cfg(target_arch = "aarch64")]
+        {
+            for (field, expected) in [("orig_x0", 272), ("syscallno", 280)] {
+                let found = self.offset("pt_regs", &[field])?;
+                if found != expected {
+                    anyhow::bail!(
+                        "this kernel's struct pt_regs has {field} at byte {found}, not \
+                         {expected}: the syscall probes would read the wrong register"
+                    );
+                }
+            }
+            self.offset("task_struct", &["thread_info", "flags"])
+        }
+        #[cfg(not(target_arch = "aarch64"))]
+        self.thread_info_status()
     }
 
     /// `offsetof(struct pt_regs, ip)`: the fault probe reads the faulting instruction.

@@ -64,6 +64,12 @@ pub struct StackCopy<'a> {
     pub ip: u64,
     pub sp: u64,
     pub bp: u64,
+    /// arm64's link register (0 on x86-64).
+    #[cfg_attr(
+        not(target_arch = "aarch64"),
+        expect(dead_code, reason = "only the arm64 unwinder starts from lr")
+    )]
+    pub lr: u64,
     /// The copy of the stack from `sp` up (as far as the probe could read).
     pub bytes: &'a [u8],
 }
@@ -78,8 +84,8 @@ fn stack_copy(bytes: &[u8], kind: EventKind) -> Result<Option<StackCopy<'_>>, De
         return Ok(None);
     }
     let fixed = size_of::<UserStack>() - USER_STACK_BYTES;
-    let head: [u64; 4] = read(tail)?;
-    let len = (head[3] as u32 as usize).min(USER_STACK_BYTES);
+    let head: [u64; 5] = read(tail)?;
+    let len = (head[4] as u32 as usize).min(USER_STACK_BYTES);
     let stack = &tail[fixed..];
     if stack.len() < len {
         return Err(DecodeError::Short {
@@ -91,6 +97,7 @@ fn stack_copy(bytes: &[u8], kind: EventKind) -> Result<Option<StackCopy<'_>>, De
         ip: head[0],
         sp: head[1],
         bp: head[2],
+        lr: head[3],
         bytes: &stack[..len],
     }))
 }
@@ -506,7 +513,7 @@ mod tests {
         let mut record = syscall_record(Probe::Munmap);
         assert!(matches!(decode_record(&record), Ok(Record::Event(_, None))));
         let copy: Vec<u8> = (0..64u8).collect();
-        for word in [0x40_1000u64, 0x7ffc_0000, 0x7ffc_0100, copy.len() as u64] {
+        for word in [0x40_1000u64, 0x7ffc_0000, 0x7ffc_0100, 0, copy.len() as u64] {
             record.extend_from_slice(&word.to_le_bytes());
         }
         record.extend_from_slice(&copy);

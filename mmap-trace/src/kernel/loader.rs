@@ -36,9 +36,13 @@ pub const DEFAULT_DRIVER_HOOKS: &[&str] = &[
 
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
-/// `offsetof(task_struct, thread_info.status)` on x86-64 since 5.11 (thread_info comes
-/// first: flags, syscall_work, status), for kernels without BTF.
+/// Where in `task_struct` the compat-syscall mark is, for kernels without BTF:
+/// `thread_info.status` on x86-64 since 5.11 (thread_info comes first: flags,
+/// syscall_work, status); `thread_info.flags` on arm64 (its first field).
+#[cfg(target_arch = "x86_64")]
 const TI_STATUS_FALLBACK: u32 = 16;
+#[cfg(target_arch = "aarch64")]
+const TI_STATUS_FALLBACK: u32 = 0;
 
 pub struct LoadOptions {
     pub filter: TargetFilter,
@@ -159,7 +163,7 @@ impl Tracer {
                 };
                 eprintln!(
                     "mmap-trace: warning: {e:#}; assuming thread_info.status at byte \
-                     {TI_STATUS_FALLBACK} of task_struct (x86-64, Linux 5.11 and later){no_file}"
+                     {TI_STATUS_FALLBACK} of task_struct (Linux 5.11 and later){no_file}"
                 );
                 None
             }
@@ -178,7 +182,7 @@ impl Tracer {
             _ => KernelOffsets::default(),
         };
         let ti_status = match &kernel_btf {
-            Some(btf) if syscalls => btf.thread_info_status()?,
+            Some(btf) if syscalls => btf.compat_mark()?,
             _ => TI_STATUS_FALLBACK,
         };
         let (task_offsets, write_arg) = match &kernel_btf {
@@ -221,6 +225,10 @@ impl Tracer {
         }
 
         let (pt_regs_ip, task_maj_flt) = match &kernel_btf {
+            // arm64's source hands the registers over itself (attach_faults).
+            Some(btf) if chosen.contains(&Probe::Fault) && cfg!(target_arch = "aarch64") => {
+                (0, btf.task_maj_flt()?)
+            }
             Some(btf) if chosen.contains(&Probe::Fault) => (btf.pt_regs_ip()?, btf.task_maj_flt()?),
             _ => (0, 0),
         };
@@ -402,19 +410,7 @@ fn attach(
     match probe {
         Probe::Exec => attach_tracepoint(ebpf, "sched", "sched_process_exec")?,
         Probe::PageCache => attach_tracepoint(ebpf, "filemap", "mm_filemap_add_to_page_cache")?,
-        Probe::Fault => {
-            // Faults in user mode, and the kernel's on user memory inside a syscall.
-            for point in ["page_fault_user", "page_fault_kernel"] {
-                let raw: &mut RawTracePoint = program(ebpf, point)?.try_into()?;
-                raw.load()?;
-                raw.attach(point).with_context(|| {
-                    format!(
-                        "the raw tracepoint {point} (x86's exceptions:{point}; this \
-                         kernel may not have it)"
-                    )
-                })?;
-            }
-        }
+        Probe::Fault => attach_faults(ebpf)?,
         Probe::Rss => attach_tracepoint(ebpf, "kmem", "rss_stat")?,
         Probe::Fork | Probe::Exit => {
             let point = if probe == Probe::Fork {
@@ -517,17 +513,61 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
 /// The vmemmap the page-insertion probes turn `struct page *` into PFNs with: x86-64's
 /// `vmemmap_base` variable (KASLR moves it; its address is in /proc/kallsyms, the probe
 /// reads its value), else the fixed 4-level start; `sizeof(struct page)` from BTF.
+/// x86-64: faults in user mode, and the kernel's on user memory inside a syscall.
+#[cfg(target_arch = "x86_64")]
+fn attach_faults(ebpf: &mut Ebpf) -> Result<()> {
+    for point in ["page_fault_user", "page_fault_kernel"] {
+        let raw: &mut RawTracePoint = program(ebpf, point)?.try_into()?;
+        raw.load()?;
+        raw.attach(point).with_context(|| {
+            format!(
+                "the raw tracepoint {point} (x86's exceptions:{point}; this kernel may not \
+                 have it)"
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// arm64 has no exceptions:page_fault_* tracepoints: the perf software page-fault event,
+/// every fault sampled, on every online CPU (the program filters the targets).
+#[cfg(target_arch = "aarch64")]
+fn attach_faults(ebpf: &mut Ebpf) -> Result<()> {
+    use aya::programs::{
+        PerfEvent,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    };
+    const NAME: &str = "page_fault_perf";
+    let perf: &mut PerfEvent = program(ebpf, NAME)?.try_into()?;
+    perf.load()?;
+    let cpus = aya::util::online_cpus()
+        .map_err(|(what, e)| anyhow::anyhow!("reading the online CPUs ({what}): {e}"))?;
+    for cpu in cpus {
+        perf.attach(
+            PerfEventConfig::Software(SoftwareEvent::PageFaults),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            SamplePolicy::Period(1),
+            false,
+        )
+        .with_context(|| format!("the perf software page-fault event on CPU {cpu}"))?;
+    }
+    Ok(())
+}
+
 fn page_map(btf: &btf::KernelBtf, kallsyms: &str) -> PageMap {
-    const VMEMMAP_4LEVEL: u64 = 0xffff_ea00_0000_0000;
-    let base_addr = kallsyms
-        .lines()
-        .find(|l| l.split_whitespace().nth(2) == Some("vmemmap_base"))
-        .and_then(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok())
-        .unwrap_or(0);
+    let (vmemmap_base_addr, vmemmap_of) = match vmemmap(kallsyms) {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!(
+                "mmap-trace: warning: {e:#}; page-insertion events carry no PFN of a struct page"
+            );
+            return PageMap::default();
+        }
+    };
     match btf.struct_page_size() {
         Ok(size) => PageMap {
-            vmemmap_base_addr: base_addr,
-            vmemmap: VMEMMAP_4LEVEL,
+            vmemmap_base_addr,
+            vmemmap: vmemmap_of(size),
             page_size: size,
         },
         Err(e) => {
@@ -537,6 +577,71 @@ fn page_map(btf: &btf::KernelBtf, kallsyms: &str) -> PageMap {
             PageMap::default()
         }
     }
+}
+
+/// x86-64: (the address of the KASLR'd `vmemmap_base`, or 0 and VMEMMAP_START with
+/// 4-level paging), as a function of `sizeof(struct page)`.
+#[cfg(target_arch = "x86_64")]
+fn vmemmap(kallsyms: &str) -> Result<(u64, impl Fn(u64) -> u64)> {
+    let base_addr = kallsyms
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("vmemmap_base"))
+        .and_then(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok())
+        .unwrap_or(0);
+    Ok((base_addr, |_size| 0xffff_ea00_0000_0000))
+}
+
+/// arm64 (48-bit VAs, 4 KiB pages: Debian's): the kernel's `vmemmap` macro,
+/// VMEMMAP_START less the struct pages of the PFNs below `memstart_addr`, the physical
+/// start of the linear map (moved by KASLR). Debian's arm64 kernels have no data symbols
+/// in kallsyms, so `memstart_addr` is read off /proc/kcore's program headers: a linear
+/// map segment's physical and virtual addresses.
+#[cfg(target_arch = "aarch64")]
+fn vmemmap(_kallsyms: &str) -> Result<(u64, impl Fn(u64) -> u64)> {
+    const PAGE_OFFSET: u64 = 0xffff_0000_0000_0000;
+    const LINEAR_END: u64 = 0xffff_8000_0000_0000;
+    const VMEMMAP_START: u64 = 0xffff_fc00_0000_0000;
+    let memstart = kcore_linear_map_start(PAGE_OFFSET, LINEAR_END)?;
+    Ok((0, move |size: u64| {
+        VMEMMAP_START.wrapping_sub((memstart >> 12).wrapping_mul(size))
+    }))
+}
+
+/// `memstart_addr` from the first linear-map segment of /proc/kcore (its `p_paddr` is
+/// `__pa(p_vaddr)`).
+#[cfg(target_arch = "aarch64")]
+fn kcore_linear_map_start(page_offset: u64, linear_end: u64) -> Result<u64> {
+    use std::io::Read as _;
+    const KCORE: &str = "/proc/kcore";
+    let mut head = vec![0u8; 64 * 1024];
+    let mut file = std::fs::File::open(KCORE).with_context(|| format!("opening {KCORE}"))?;
+    let n = file
+        .read(&mut head)
+        .with_context(|| format!("reading {KCORE}"))?;
+    let head = &head[..n];
+    let u16_at = |at: usize| {
+        head.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u64_at = |at: usize| {
+        head.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        bail!("{KCORE} has no ELF header");
+    };
+    for i in 0..usize::from(phnum) {
+        let at = phoff as usize + i * usize::from(phentsize);
+        let (Some(vaddr), Some(paddr)) = (u64_at(at + 16), u64_at(at + 24)) else {
+            break;
+        };
+        if (page_offset..linear_end).contains(&vaddr) && paddr != u64::MAX {
+            return Ok(paddr.wrapping_sub(vaddr - page_offset));
+        }
+    }
+    bail!("{KCORE} lists no linear-map segment (p_vaddr in {page_offset:#x}..{linear_end:#x})")
 }
 
 fn kallsyms_names(kallsyms: &str) -> impl Iterator<Item = &str> {

@@ -1,24 +1,35 @@
-//! Names for the catch-all's records: which syscall (x86-64 or ia32 numbering) or which
-//! other cause write-locked a traced process's mm.
+//! Names for the catch-all's records: which syscall (the CLI's architecture's numbering,
+//! or its 32-bit compat mode's: ia32 on x86-64, AArch32 on arm64) or which other cause
+//! write-locked a traced process's mm.
 
 use mmap_trace_common::MmChangeCause;
-use syscalls::{x86::Sysno as Ia32, x86_64::Sysno};
+use syscalls::Sysno;
+#[cfg(target_arch = "aarch64")]
+use syscalls::arm::Sysno as Compat;
+#[cfg(target_arch = "x86_64")]
+use syscalls::x86::Sysno as Compat;
 
-/// `mmap`, `shmat`…; `syscall 999` for a number the table does not know; ia32 calls as
-/// `ia32 NAME`.
+/// What the compat mode's calls are prefixed with.
+#[cfg(target_arch = "x86_64")]
+const COMPAT: &str = "ia32";
+#[cfg(target_arch = "aarch64")]
+const COMPAT: &str = "aarch32";
+
+/// `mmap`, `shmat`…; `syscall 999` for a number the table does not know; compat calls as
+/// `ia32 NAME` (`aarch32 NAME`).
 pub fn name(nr: i64, compat: bool) -> String {
     let known = usize::try_from(nr).ok().and_then(|n| {
         if compat {
-            Ia32::new(n).map(|s| s.name())
+            Compat::new(n).map(|s| s.name())
         } else {
             Sysno::new(n).map(|s| s.name())
         }
     });
     match (known, compat) {
         (Some(name), false) => name.to_string(),
-        (Some(name), true) => format!("ia32 {name}"),
+        (Some(name), true) => format!("{COMPAT} {name}"),
         (None, false) => format!("syscall {nr}"),
-        (None, true) => format!("ia32 syscall {nr}"),
+        (None, true) => format!("{COMPAT} syscall {nr}"),
     }
 }
 
@@ -36,6 +47,7 @@ pub fn cause_name(cause: u32) -> &'static str {
 mod tests {
     use super::*;
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn names_calls_in_both_tables() {
         assert_eq!(name(30, false), "shmat");

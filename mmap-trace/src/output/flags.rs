@@ -18,6 +18,8 @@ pub const MAP: Table = &[
     (libc::MAP_PRIVATE as u64, "PRIVATE"),
     (libc::MAP_FIXED as u64, "FIXED"),
     (libc::MAP_ANONYMOUS as u64, "ANONYMOUS"),
+    // x86-64 only (arm64 has no such flag).
+    #[cfg(target_arch = "x86_64")]
     (libc::MAP_32BIT as u64, "32BIT"),
     (libc::MAP_GROWSDOWN as u64, "GROWSDOWN"),
     (libc::MAP_DENYWRITE as u64, "DENYWRITE"),

@@ -391,7 +391,9 @@ fn write_outcome(out: &mut Vec<u8>, o: &Outcome) {
 }
 
 fn fault_body(e: &FaultEvent, vma: Option<FaultVma>) -> Fault {
-    let access = if e.error_code & pf::INSTR != 0 {
+    let access = if e.error_code & pf::ACCESS_UNKNOWN != 0 {
+        Access::Unknown
+    } else if e.error_code & pf::INSTR != 0 {
         Access::Exec
     } else if e.error_code & pf::WRITE != 0 {
         Access::Write
@@ -402,7 +404,7 @@ fn fault_body(e: &FaultEvent, vma: Option<FaultVma>) -> Fault {
         addr: Hex(e.address),
         ip: Hex(e.ip),
         access,
-        present: e.error_code & pf::PROT != 0,
+        present: e.error_code & (pf::PROT | pf::ACCESS_UNKNOWN) == pf::PROT,
         in_kernel: e.in_kernel != 0,
         error_code: Hex(e.error_code),
         maj_flt: e.maj_flt,

@@ -311,6 +311,8 @@ pub enum Access {
     Write,
     /// An instruction fetch.
     Exec,
+    /// The fault source does not say (arm64's perf page-fault event).
+    Unknown,
 }
 
 impl Access {
@@ -320,6 +322,7 @@ impl Access {
             Access::Read => "read",
             Access::Write => "write",
             Access::Exec => "exec",
+            Access::Unknown => "unknown",
         }
     }
 }

@@ -1,4 +1,5 @@
-//! One entry point from a raw x86-64 syscall (number, six arguments, return value) to
+//! One entry point from a raw syscall (number, six arguments, return value; the CLI's own
+//! architecture's numbering: `syscalls::Sysno` is the target's table) to
 //! the address-space model: what verify calls for every call it learns of, and what
 //! report calls for the calls of a JSON trace.
 
@@ -74,9 +75,13 @@ const ENOMEM: i64 = libc::ENOMEM as i64;
 const MREMAP_FIXED: u64 = libc::MREMAP_FIXED as u64;
 const PR_SET_MM: u64 = 35;
 const PR_SET_VMA: u64 = 0x5356_4d41;
+#[cfg(target_arch = "x86_64")]
 const ARCH_MAP_VDSO_X32: u64 = 0x2001;
+#[cfg(target_arch = "x86_64")]
 const ARCH_MAP_VDSO_32: u64 = 0x2002;
+#[cfg(target_arch = "x86_64")]
 const ARCH_MAP_VDSO_64: u64 = 0x2003;
+#[cfg(target_arch = "x86_64")]
 const ARCH_SHSTK_ENABLE: u64 = 0x5001;
 const MAP_HUGETLB: u64 = libc::MAP_HUGETLB as u64;
 
@@ -174,9 +179,11 @@ pub fn apply_syscall(
         }
         Sysno::prctl if a[0] == PR_SET_VMA => Applied::Unmodelled { cause: "prctl(PR_SET_VMA)" },
         Sysno::prctl if a[0] == PR_SET_MM => Applied::Unmodelled { cause: "prctl(PR_SET_MM)" },
+        #[cfg(target_arch = "x86_64")]
         Sysno::arch_prctl if matches!(a[0], ARCH_MAP_VDSO_X32 | ARCH_MAP_VDSO_32 | ARCH_MAP_VDSO_64) => {
             Applied::Unmodelled { cause: "arch_prctl(ARCH_MAP_VDSO)" }
         }
+        #[cfg(target_arch = "x86_64")]
         Sysno::arch_prctl if a[0] == ARCH_SHSTK_ENABLE => Applied::Unmodelled { cause: "arch_prctl(ARCH_SHSTK_ENABLE)" },
         // A userfaultfd's REGISTER/UNREGISTER split VMAs only.
         Sysno::ioctl if env.fd_file(a[0] as i32).is_some_and(|f| f.path == b"anon_inode:[userfaultfd]") => {
@@ -192,15 +199,12 @@ pub fn apply_syscall(
         | Sysno::mbind
         | Sysno::set_mempolicy_home_node
         | Sysno::prctl
-        | Sysno::arch_prctl
         // Closing a userfaultfd unregisters its ranges: merges only.
         | Sysno::close
         | Sysno::userfaultfd
         // A fork writes the child's space; the parent's maps stay (the child's: fork_child).
         | Sysno::clone
         | Sysno::clone3
-        | Sysno::fork
-        | Sysno::vfork
         | Sysno::exit
         | Sysno::exit_group
         | Sysno::msync
@@ -209,6 +213,9 @@ pub fn apply_syscall(
         | Sysno::process_madvise
         | Sysno::migrate_pages
         | Sysno::move_pages => Applied::NoMapsChange,
+        // x86-64 only: arch_prctl's other codes; fork and vfork (arm64 forks with clone).
+        #[cfg(target_arch = "x86_64")]
+        Sysno::arch_prctl | Sysno::fork | Sysno::vfork => Applied::NoMapsChange,
         other => Applied::Unmodelled { cause: other.name() },
     }
 }

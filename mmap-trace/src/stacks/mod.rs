@@ -147,8 +147,7 @@ impl Pipeline {
                     self.model.snapshot(pid);
                 }
                 self.model.note(&event, path.as_ref());
-                let frames =
-                    stack.map(|s| self.model.processes.unwind(pid, s.ip, s.sp, s.bp, s.bytes));
+                let frames = stack.map(|s| self.model.processes.unwind(pid, &s));
                 self.send(Item {
                     event,
                     path,

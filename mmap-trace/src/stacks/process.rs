@@ -5,13 +5,32 @@
 
 use std::sync::Arc;
 
-use framehop::{
-    ExplicitModuleSectionInfo, Module, Unwinder as _,
-    x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
+#[cfg(target_arch = "aarch64")]
+use framehop::aarch64::{
+    CacheAarch64 as Cache, PtrAuthMask, UnwindRegsAarch64, UnwinderAarch64 as ArchUnwinder,
 };
+#[cfg(target_arch = "x86_64")]
+use framehop::x86_64::{CacheX86_64 as Cache, UnwindRegsX86_64, UnwinderX86_64 as ArchUnwinder};
+use framehop::{ExplicitModuleSectionInfo, Module, Unwinder as _};
 
 use super::elf::{ElfCache, ElfInfo};
+use crate::kernel::decode::StackCopy;
 use crate::space::{Lifecycle, ProcessState, ProcessTable};
+
+/// The registers the unwinder starts from: ip, sp and rbp.
+#[cfg(target_arch = "x86_64")]
+fn unwind_regs(s: &StackCopy<'_>) -> UnwindRegsX86_64 {
+    UnwindRegsX86_64::new(s.ip, s.sp, s.bp)
+}
+
+/// The registers the unwinder starts from: lr, sp and x29. Debian's arm64 kernels
+/// enable pointer authentication, so return addresses (lr, and those saved on the
+/// stack) carry a PAC in their top bits: user addresses are below 2^48 (48-bit VAs),
+/// everything above is stripped.
+#[cfg(target_arch = "aarch64")]
+fn unwind_regs(s: &StackCopy<'_>) -> UnwindRegsAarch64 {
+    UnwindRegsAarch64::new_with_ptr_auth_mask(PtrAuthMask((1 << 48) - 1), s.lr, s.sp, s.bp)
+}
 
 const PAGE: u64 = 4096;
 /// Frames unwound at most per stack (the copy ends long before on real programs).
@@ -41,7 +60,7 @@ pub struct RawFrame {
 struct Process {
     /// Oldest first; a later mapping of the same range wins.
     mappings: Vec<Mapping>,
-    unwinder: Option<UnwinderX86_64<Arc<[u8]>>>,
+    unwinder: Option<ArchUnwinder<Arc<[u8]>>>,
 }
 
 impl Process {
@@ -67,7 +86,7 @@ impl ProcessState for Process {
 pub struct Processes {
     by_pid: ProcessTable<Process>,
     pub elf: ElfCache,
-    cache: Option<CacheX86_64>,
+    cache: Option<Cache>,
 }
 
 impl Processes {
@@ -117,8 +136,9 @@ impl Processes {
         }
     }
 
-    /// Unwinds the stack copy of a task of `pid` (`stack`: the bytes from `sp` up).
-    pub fn unwind(&mut self, pid: u32, ip: u64, sp: u64, bp: u64, stack: &[u8]) -> Vec<RawFrame> {
+    /// Unwinds the stack copy of a task of `pid` (its bytes from `sp` up).
+    pub fn unwind(&mut self, pid: u32, copy: &StackCopy<'_>) -> Vec<RawFrame> {
+        let (ip, sp, stack) = (copy.ip, copy.sp, copy.bytes);
         let Self { by_pid, elf, cache } = self;
         let process = by_pid.entry(pid);
         if process.unwinder.is_none() {
@@ -127,19 +147,14 @@ impl Processes {
         let Some(unwinder) = process.unwinder.as_ref() else {
             return Vec::new();
         };
-        let cache = cache.get_or_insert_with(CacheX86_64::new);
+        let cache = cache.get_or_insert_with(Cache::new);
         let mut read_stack = |addr: u64| {
             let at = addr.checked_sub(sp).ok_or(())? as usize;
             let word = stack.get(at..at + 8).ok_or(())?;
             Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?))
         };
         let mut frames = Vec::new();
-        let mut iter = unwinder.iter_frames(
-            ip,
-            UnwindRegsX86_64::new(ip, sp, bp),
-            cache,
-            &mut read_stack,
-        );
+        let mut iter = unwinder.iter_frames(ip, unwind_regs(copy), cache, &mut read_stack);
         while frames.len() < MAX_FRAMES {
             let Ok(Some(address)) = iter.next() else {
                 break;
@@ -157,8 +172,8 @@ impl Processes {
 
 /// One framehop module per executable mapping of an ELF file with unwind sections (the
 /// newest wins where two overlap).
-fn build_unwinder(mappings: &[Mapping], elf: &mut ElfCache) -> UnwinderX86_64<Arc<[u8]>> {
-    let mut unwinder = UnwinderX86_64::new();
+fn build_unwinder(mappings: &[Mapping], elf: &mut ElfCache) -> ArchUnwinder<Arc<[u8]>> {
+    let mut unwinder = ArchUnwinder::new();
     let mut taken: Vec<std::ops::Range<u64>> = Vec::new();
     for m in mappings.iter().rev().filter(|m| m.exec) {
         if taken.iter().any(|r| r.start < m.end && m.start < r.end) {

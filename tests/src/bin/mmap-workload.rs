@@ -18,11 +18,13 @@ use std::ffi::CString;
 use mmap_trace_tests::recorder::{PAGE, Recorder};
 
 /// The marker address of `--ia32` (never mapped by anything else).
+#[cfg(target_arch = "x86_64")]
 const IA32_MARKER: u64 = 0x4d4d_0000;
 
 /// In the ia32 table 9, 10, 12 and 25 are link, unlink, chdir and stime (the x86-64
 /// mmap, mprotect, brk and mremap); with the marker as every pointer they fail with
 /// EFAULT and change nothing. 11 (munmap here) is execve there: left out.
+#[cfg(target_arch = "x86_64")]
 fn ia32_calls(rec: &mut Recorder) {
     for nr in [9u32, 10, 12, 25] {
         let ret: i32;
@@ -45,6 +47,13 @@ fn ia32_calls(rec: &mut Recorder) {
         println!("{{\"ia32\":{nr},\"ret\":{ret}}}");
     }
     rec.call("munmap", libc::SYS_munmap, &[IA32_MARKER, PAGE]);
+}
+
+/// ia32 exists only on x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+fn ia32_calls(_: &mut Recorder) {
+    eprintln!("mmap-workload: --ia32 needs an x86-64 build (int $0x80)");
+    std::process::exit(2);
 }
 
 /// Maps `len` bytes of anonymous memory; a name found in no library, for the stack tests.

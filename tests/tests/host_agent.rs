@@ -243,19 +243,7 @@ fn prometheus_reads_back_exact_counts() {
     assert!(lost.iter().all(|(_, v)| *v == 0.0), "lost: {lost:?}");
 
     // A process holding 512 one-page VMAs: the agent's bytes by kind are maps' own.
-    let mut holder = Command::new(&workload)
-        .args(["--vmas", "512", "--changes", "0"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
-        &mut ready,
-    )
-    .unwrap();
-    assert_eq!(ready.trim(), "ready");
+    let mut holder = hold_vmas(&workload, 512);
     let want = maps_by_kind(holder.id());
     assert!(want["anon"] >= 512 * 4096, "{want:?}");
     let mapped = |p: &Prometheus| -> BTreeMap<String, u64> {
@@ -640,18 +628,7 @@ fn faults_are_counted_exactly() {
     );
     // Resident memory is of live processes: one holding still (its file pages, the
     // binary's, cross the rss probe's 256 KiB steps), then gone.
-    let mut holder = Command::new(&workload)
-        .args(["--vmas", "64", "--changes", "0"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
-        &mut ready,
-    )
-    .unwrap();
+    let mut holder = hold_vmas(&workload, 64);
     let resident = |body: &str| -> (usize, f64) {
         let series = body
             .lines()
@@ -844,4 +821,23 @@ fn scrapes_while_starting_and_stopping_are_well_formed() {
         "scrapes: {starting} while starting, {stopping} while stopping, all well-formed; \
          {closed} refused or closed unanswered at the exit"
     );
+}
+
+/// The workload holding `vmas` one-page mappings, once it said it is ready; it exits
+/// when told `go` on its stdin.
+fn hold_vmas(workload: &std::path::Path, vmas: u32) -> std::process::Child {
+    let mut holder = Command::new(workload)
+        .args(["--vmas", &vmas.to_string(), "--changes", "0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready", "mmap-workload --vmas {vmas}");
+    holder
 }

@@ -665,23 +665,28 @@ fn changes_describe_a_prot_change() {
 }
 
 mod real {
-    //! The test process makes the calls in a PROT_NONE window it reserved (other test
-    //! threads' mappings land elsewhere), and the model's view of the window must be the
-    //! kernel's.
+    //! The test process makes the calls in a PROT_NONE window it reserved, and the
+    //! model's view of the window must be the kernel's. One window at a time: a hole one
+    //! test unmaps in its window is where the kernel may place another test's window next,
+    //! and the first test's later calls would then change the second's.
 
     use std::{ffi::CString, os::fd::AsRawFd as _};
 
     use super::*;
+
+    static ONE_WINDOW: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     struct Window {
         base: u64,
         len: u64,
         model: AddressSpace,
         env: ProcEnv,
+        _alone: std::sync::MutexGuard<'static, ()>,
     }
 
     impl Window {
         fn new(pages: u64) -> Self {
+            let alone = ONE_WINDOW.lock().unwrap_or_else(|e| e.into_inner());
             let len = pages * P;
             // SAFETY: a fresh reservation nobody else uses.
             let base = unsafe {
@@ -703,6 +708,7 @@ mod real {
                 env: ProcEnv {
                     pid: std::process::id(),
                 },
+                _alone: alone,
             };
             w.model = AddressSpace::from_kernel(w.kernel(), 0);
             w

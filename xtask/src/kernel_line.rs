@@ -87,11 +87,17 @@ pub const LINES: &[Line] = &[
 
 pub const DEFAULT_LINE: &str = "6.1";
 
-/// The suites a plain `cargo xtask test` runs on arm64 (one boot, 6.1): the driver, the
-/// probes and verify. A foreign ISA under TCG runs them about twice as slowly as the x86
-/// guests, so in the matrix guest_verify runs only [`ARM64_MATRIX_VERIFY`] (every test:
-/// `cargo xtask test --arch arm64`); the times are in docs/arm64.md.
-pub const ARM64_SUITES: &[&str] = &["guest_driver", "guest_trace", "guest_verify"];
+/// The suites `cargo xtask test` runs on arm64 (one boot, 6.1): the driver, the probes,
+/// verify and the kernel's own mm selftests under verify (cross-built). A foreign ISA
+/// under TCG runs them about twice as slowly as the x86 guests, so in the plain matrix
+/// guest_verify runs only [`ARM64_MATRIX_VERIFY`] (every test: `cargo xtask test --arch
+/// arm64`); the times are in docs/arm64.md.
+pub const ARM64_SUITES: &[&str] = &[
+    "guest_driver",
+    "guest_trace",
+    "guest_verify",
+    "guest_selftests",
+];
 
 /// guest_verify's tests the matrix runs on arm64: the driver end to end, the in-tree
 /// driver, the planted errors and the thread storms; left to `--arch arm64`: every

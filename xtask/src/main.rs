@@ -53,8 +53,8 @@ enum Task {
     },
     /// Unit and host tests, then the guest tests, one VM boot per kernel: without
     /// --kernel and --arch, every suite on 6.1 and guest_driver, guest_trace, guest_verify
-    /// and guest_selftests on 6.12 and 7, and guest_driver, guest_trace and guest_verify
-    /// on arm64's 6.1; with --arch arm64, only those on arm64 (no lint or host tests:
+    /// and guest_selftests on 6.12 and 7, and the same four on arm64's 6.1 (part of
+    /// guest_verify's tests); with --arch arm64, only those on arm64 (no lint or host tests:
     /// the host is x86-64); with --kernel, every suite on that kernel.
     Test {
         #[command(flatten)]
@@ -129,6 +129,7 @@ impl GuestArgs {
         qemu::Options {
             timeout: Duration::from_secs(self.timeout),
             smp: self.smp,
+            label: String::new(),
         }
     }
 }

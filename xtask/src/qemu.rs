@@ -69,9 +69,13 @@ impl Markers {
     }
 }
 
+#[derive(Clone)]
 pub struct Options {
     pub timeout: Duration,
     pub smp: u32,
+    /// Put before every console line this process prints (`[6.12.95+deb12-amd64] `) when
+    /// guests run side by side; empty otherwise.
+    pub label: String,
 }
 
 pub struct Outcome {
@@ -83,27 +87,32 @@ pub struct Outcome {
     pub splats: Vec<String>,
     pub dmesg_log: PathBuf,
     pub timed_out: bool,
+    /// The console label it ran with ([`Options::label`]), for its messages.
+    label: String,
 }
 
 impl Outcome {
     /// Prints what went wrong in the guest, if anything; returns the exit code to use.
     pub fn report(&self) -> i32 {
+        let label = &self.label;
         if self.timed_out {
-            eprintln!("xtask: the guest did not finish within the timeout; qemu was killed");
+            eprintln!("{label}xtask: the guest did not finish within the timeout; qemu was killed");
         }
         if !self.splats.is_empty() {
             eprintln!(
-                "xtask: the guest kernel log has {} splat line(s) (with context and the last lines of the log: {}):",
+                "{label}xtask: the guest kernel log has {} splat line(s) (with context and the last lines of the log: {}):",
                 self.splats.len(),
                 self.dmesg_log.display()
             );
             for l in &self.splats {
-                eprintln!("  {l}");
+                eprintln!("{label}  {l}");
             }
         }
         match self.status {
             None => {
-                eprintln!("xtask: no exit marker from the guest: the command did not complete");
+                eprintln!(
+                    "{label}xtask: no exit marker from the guest: the command did not complete"
+                );
                 1
             }
             Some(0) if !self.splats.is_empty() => 1,
@@ -183,7 +192,7 @@ fn boot(kernel: &GuestKernel, initrd: &Path, markers: &Markers, opts: &Options) 
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     let what = cmd::describe(&c);
-    eprintln!("vm: booting {} ({what})", kernel.version);
+    eprintln!("{}vm: booting {} ({what})", opts.label, kernel.version);
     let started = Instant::now();
     let mut child = c.spawn().with_context(|| format!("running {what}"))?;
     let stdout = child.stdout.take().context("qemu stdout")?;
@@ -207,6 +216,7 @@ fn boot(kernel: &GuestKernel, initrd: &Path, markers: &Markers, opts: &Options) 
         let _ = tx.send(Event::Eof);
     });
 
+    let label = &opts.label;
     let exit_prefix = format!("{} ", markers.exit_prefix());
     let (begin, end) = (markers.dmesg_begin(), markers.dmesg_end());
     let mut deadline = started + opts.timeout;
@@ -239,20 +249,20 @@ fn boot(kernel: &GuestKernel, initrd: &Path, markers: &Markers, opts: &Options) 
                         Some((before, _)) => {
                             in_command = true;
                             if !before.is_empty() {
-                                eprintln!("{before}");
+                                eprintln!("{label}{before}");
                             }
                         }
-                        None => eprintln!("{line}"),
+                        None => eprintln!("{label}{line}"),
                     }
                     console.push(line);
                 } else if let Some(rest) = line.split_once(&exit_prefix).map(|(_, r)| r) {
                     // The command is done: its status, and nothing after it, on stdout.
                     status = rest.trim().parse::<i32>().ok();
                     in_command = false;
-                    eprintln!("{line}");
+                    eprintln!("{label}{line}");
                     console.push(line);
                 } else {
-                    println!("{line}");
+                    println!("{label}{line}");
                     console.push(line);
                 }
             }
@@ -261,7 +271,7 @@ fn boot(kernel: &GuestKernel, initrd: &Path, markers: &Markers, opts: &Options) 
                 if !finished {
                     timed_out = true;
                     eprintln!(
-                        "xtask: TIMEOUT: the guest ran longer than {} s; killing qemu",
+                        "{label}xtask: TIMEOUT: the guest ran longer than {} s; killing qemu",
                         opts.timeout.as_secs()
                     );
                 }
@@ -285,7 +295,7 @@ fn boot(kernel: &GuestKernel, initrd: &Path, markers: &Markers, opts: &Options) 
         .cloned()
         .collect();
     eprintln!(
-        "vm: guest finished in {:.1} s; kernel log: {} ({} lines)",
+        "{label}vm: guest finished in {:.1} s; kernel log: {} ({} lines)",
         boot_time.as_secs_f64(),
         dmesg_log.display(),
         dmesg.len()
@@ -296,6 +306,7 @@ fn boot(kernel: &GuestKernel, initrd: &Path, markers: &Markers, opts: &Options) 
         splats,
         dmesg_log,
         timed_out,
+        label: label.clone(),
     })
 }
 

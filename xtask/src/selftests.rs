@@ -4,9 +4,18 @@
 //! `guest_selftests` run them alone and under `mmap-trace verify` (tests/src/selftests.rs);
 //! this file only fetches, builds and lists them.
 //!
-//! Cache, one per source version: `target/selftests/<package>_<version>/`
+//! The arm64 guest's are cross-built the same way (`make ARCH=arm64
+//! CROSS_COMPILE=aarch64-linux-gnu-`, Debian's cross gcc and its static libc) from their own
+//! copy of the tree, the uapi headers being the architecture's; the one library the tests
+//! link that the cross toolchain lacks, libcap, is Debian's arm64 `libcap-dev`, fetched
+//! with the guest line's private apt and unpacked beside the tree (never installed).
+//!
+//! Cache: `target/selftests/debs/<package>_<version>/`, the source package (kept: both
+//! architectures extract it), and one directory per source version and architecture,
+//! `target/selftests/<package>_<version>/` (x86_64) or `<package>_<version>_arm64/`:
 //! - `src/linux-source-<X.Y>/`: only what `make headers` and the selftests' Makefile read
 //!   (~190 MB of the 1.6 GB tree)
+//! - `sysroot/` (arm64): `libcap-dev:arm64` unpacked
 //! - `build.log`: `make headers` and the selftests' make
 //! - `bin/`: the stripped static tests and `manifest`, one line per run (label, binary,
 //!   arguments, tab-separated), which the test binary reads
@@ -21,6 +30,7 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 
 use crate::Workspace;
+use crate::arch::Arch;
 use crate::cmd;
 use crate::guest_kernel::{self, GuestKernel};
 use crate::kernel_line::{LINES, Line, PrivateApt};
@@ -109,7 +119,7 @@ impl Selftest {
 
 /// A kernel's selftests, built.
 pub struct Selftests {
-    /// `linux-source-7.2 7.2.13-1`.
+    /// `linux-source-7.2 7.2.13-1` (`… for arm64` when cross-built).
     pub source: String,
     /// The binaries and their manifest.
     pub dir: PathBuf,
@@ -124,7 +134,7 @@ pub type Outcome = std::result::Result<Selftests, String>;
 
 /// The selftests of guest kernel `kernel`.
 pub fn for_kernel(ws: &Workspace, kernel: &GuestKernel) -> Outcome {
-    prepare(ws, kernel.line, &kernel.version).map_err(|e| one_line(&e))
+    prepare(ws, kernel.line, &kernel.version, kernel.arch).map_err(|e| one_line(&e))
 }
 
 /// The host's selftests: the newest line's (7.x). A newer tree's tests skip what an older
@@ -137,7 +147,7 @@ pub fn for_host(ws: &Workspace, guests: &[GuestKernel]) -> Outcome {
             Some(kernel) => kernel.version.clone(),
             None => guest_kernel::current(ws, line)?,
         };
-        prepare(ws, line, &version)
+        prepare(ws, line, &version, Arch::X86_64)
     };
     run().map_err(|e| one_line(&e))
 }
@@ -192,15 +202,27 @@ fn image_version(apt: &mut PrivateApt, kernel_version: &str) -> Result<String> {
     })
 }
 
-fn prepare(ws: &Workspace, line: &'static Line, kernel_version: &str) -> Result<Selftests> {
-    let mut apt = PrivateApt::new(ws, line, crate::arch::Arch::X86_64)?;
+fn prepare(
+    ws: &Workspace,
+    line: &'static Line,
+    kernel_version: &str,
+    arch: Arch,
+) -> Result<Selftests> {
+    let mut apt = PrivateApt::new(ws, line, arch)?;
     let package = source_package(kernel_version)?;
     let version = image_version(&mut apt, kernel_version)?;
-    let source = format!("{package} {version}");
-    let dir = ws
-        .target_dir
-        .join("selftests")
-        .join(format!("{package}_{version}"));
+    let (source, dir_name) = if arch.is_host() {
+        (
+            format!("{package} {version}"),
+            format!("{package}_{version}"),
+        )
+    } else {
+        (
+            format!("{package} {version} for {arch}"),
+            format!("{package}_{version}_{arch}"),
+        )
+    };
+    let dir = ws.target_dir.join("selftests").join(dir_name);
     let bin = dir.join("bin");
     // The marker names the list it was built for: another list builds again (from the
     // extracted tree, which stays).
@@ -219,10 +241,99 @@ fn prepare(ws: &Workspace, line: &'static Line, kernel_version: &str) -> Result<
     }
     let tree = dir.join("src").join(&package);
     if !tree.join(MARKER).exists() {
-        fetch(&mut apt, &package, &version, &dir)
+        let debs = ws
+            .target_dir
+            .join("selftests/debs")
+            .join(format!("{package}_{version}"));
+        fetch(&mut apt, &package, &version, &debs, &dir, arch)
             .with_context(|| format!("fetching the mm selftests of {source}"))?;
     }
-    build(&tree, &dir, &source)
+    let cross = match arch.cross_prefix() {
+        None => None,
+        Some(prefix) => Some(Cross {
+            arch,
+            prefix,
+            sysroot: cross_libraries(&mut apt, &dir, arch)
+                .with_context(|| format!("fetching the {arch} libraries the selftests link"))?,
+        }),
+    };
+    build(&tree, &dir, &source, cross.as_ref())
+}
+
+/// How the selftests of a foreign architecture are built: its kernel `ARCH`, the GNU
+/// cross tools' prefix, and the directory its extra static libraries are unpacked in.
+struct Cross {
+    arch: Arch,
+    prefix: &'static str,
+    sysroot: PathBuf,
+}
+
+/// The static libraries of `arch` the selftests link beyond libc (libcap: mlock-random-test,
+/// memfd_secret), from the line's private apt, unpacked into `<dir>/sysroot`.
+fn cross_libraries(apt: &mut PrivateApt, dir: &Path, arch: Arch) -> Result<PathBuf> {
+    let sysroot = dir.join("sysroot");
+    let libdir = sysroot.join(multiarch_libdir(arch));
+    if libdir.join("libcap.a").is_file() {
+        return Ok(sysroot);
+    }
+    let debs = dir.join("sysroot-debs");
+    for d in [&debs, &sysroot] {
+        if d.exists() {
+            fs::remove_dir_all(d).with_context(|| format!("removing {}", d.display()))?;
+        }
+        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let wanted = format!("libcap-dev:{}", arch.debian());
+    eprintln!(
+        "build: downloading {wanted} (apt-get download with the private apt of {}) into {}",
+        apt.what,
+        debs.display()
+    );
+    download(apt, &debs, &wanted)?;
+    for entry in fs::read_dir(&debs).with_context(|| format!("listing {}", debs.display()))? {
+        let deb = entry?.path();
+        cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&sysroot))?;
+    }
+    fs::remove_dir_all(&debs).with_context(|| format!("removing {}", debs.display()))?;
+    if !libdir.join("libcap.a").is_file() {
+        bail!("{wanted} unpacked no {}", libdir.join("libcap.a").display());
+    }
+    Ok(sysroot)
+}
+
+/// Debian's multiarch library directory of `arch`.
+fn multiarch_libdir(arch: Arch) -> String {
+    let triplet = match arch {
+        Arch::X86_64 => "x86_64-linux-gnu",
+        Arch::Arm64 => "aarch64-linux-gnu",
+    };
+    format!("usr/lib/{triplet}")
+}
+
+/// `apt-get download wanted` into `into`, updating the lists once if they are stale.
+fn download(apt: &mut PrivateApt, into: &Path, wanted: &str) -> Result<()> {
+    let run = |apt: &PrivateApt| {
+        cmd::status(
+            apt.command("apt-get")
+                .current_dir(into)
+                .stdout(std::io::stderr())
+                .args(["download", wanted]),
+        )
+    };
+    if !run(apt)?.success() {
+        // Stale lists name a file the mirror no longer has.
+        apt.update_once()?;
+        let status = run(apt)?;
+        if !status.success() {
+            bail!(
+                "apt-get download {wanted} failed ({status}; apt's reason is above) with the \
+                 private apt of {}. Fix: check the network and the host's apt sources; if the \
+                 archive has dropped this version, run with the line's current kernel",
+                apt.what
+            );
+        }
+    }
+    Ok(())
 }
 
 /// What a complete build's marker says: the source and every run of the list.
@@ -234,74 +345,84 @@ fn marker(source: &str) -> String {
     text
 }
 
-/// Only what `make headers` and the selftests' build read.
+/// Only what `make headers` and the selftests' build read (and `arch/<ARCH>`).
 const TREE_PARTS: &[&str] = &[
     "Makefile",
     "Kbuild",
     "Kconfig",
     "scripts",
     "include",
-    "arch/x86",
     "usr",
     "tools",
     "mm/gup_test.h",
 ];
 
-fn fetch(apt: &mut PrivateApt, package: &str, version: &str, dir: &Path) -> Result<()> {
-    let debs = dir.join("deb");
+/// The source package into `debs` (unless an earlier run left it there), and the parts of
+/// its tree the build reads into `<dir>/src`.
+fn fetch(
+    apt: &mut PrivateApt,
+    package: &str,
+    version: &str,
+    debs: &Path,
+    dir: &Path,
+    arch: Arch,
+) -> Result<()> {
     let src = dir.join("src");
-    for d in [&debs, &src] {
-        if d.exists() {
-            fs::remove_dir_all(d).with_context(|| format!("removing {}", d.display()))?;
-        }
-        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    if src.exists() {
+        fs::remove_dir_all(&src).with_context(|| format!("removing {}", src.display()))?;
     }
-    let wanted = format!("{package}={version}");
-    eprintln!(
-        "build: downloading {wanted} (~150 MB, apt-get download with the private apt of {}) into {}",
-        apt.what,
-        debs.display()
-    );
-    let started = Instant::now();
-    let download = |apt: &PrivateApt| {
-        cmd::status(
-            apt.command("apt-get")
-                .current_dir(&debs)
-                .stdout(std::io::stderr())
-                .args(["download", &wanted]),
-        )
+    fs::create_dir_all(&src).with_context(|| format!("creating {}", src.display()))?;
+    let find_deb = || {
+        fs::read_dir(debs).ok().and_then(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        })
     };
-    if !download(apt)?.success() {
-        // Stale lists name a file the mirror no longer has.
-        apt.update_once()?;
-        let status = download(apt)?;
-        if !status.success() {
-            bail!(
-                "apt-get download {wanted} failed ({status}; apt's reason is above) with the \
-                 private apt of {}. Fix: check the network and the host's apt sources; if the \
-                 archive has dropped this version, run with the line's current kernel",
-                apt.what
+    let started = Instant::now();
+    let deb = match find_deb() {
+        Some(deb) => deb,
+        None => {
+            if debs.exists() {
+                fs::remove_dir_all(debs).with_context(|| format!("removing {}", debs.display()))?;
+            }
+            fs::create_dir_all(debs).with_context(|| format!("creating {}", debs.display()))?;
+            let wanted = format!("{package}={version}");
+            eprintln!(
+                "build: downloading {wanted} (~150 MB, apt-get download with the private apt of {}) into {}",
+                apt.what,
+                debs.display()
             );
+            download(apt, debs, &wanted)?;
+            let deb = find_deb()
+                .with_context(|| format!("apt-get download left no .deb in {}", debs.display()))?;
+            let size = fs::metadata(&deb).map(|m| m.len()).unwrap_or(0);
+            eprintln!(
+                "build: {} MB downloaded in {:.1} s",
+                size / 1_000_000,
+                started.elapsed().as_secs_f64()
+            );
+            deb
         }
-    }
-    let deb = fs::read_dir(&debs)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .with_context(|| format!("apt-get download left no .deb in {}", debs.display()))?;
-    let size = fs::metadata(&deb).map(|m| m.len()).unwrap_or(0);
+    };
     eprintln!(
-        "build: {} MB downloaded in {:.1} s; extracting the headers, scripts and tools parts",
-        size / 1_000_000,
-        started.elapsed().as_secs_f64()
+        "build: extracting the headers, scripts and tools parts of {} for {arch}",
+        deb.display()
     );
     let started = Instant::now();
-    let unpacked = debs.join("unpacked");
+    // The deb stays in `debs` for the other architecture's tree; its unpacked copy goes.
+    let unpacked = dir.join("unpacked");
+    if unpacked.exists() {
+        fs::remove_dir_all(&unpacked)
+            .with_context(|| format!("removing {}", unpacked.display()))?;
+    }
     cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
     let tarball = unpacked.join(format!("usr/src/{package}.tar.xz"));
     if !tarball.is_file() {
         bail!("{} holds no {}", deb.display(), tarball.display());
     }
+    let arch_dir = format!("arch/{}", arch.kernel_arch());
     // xz's threads decompress the tarball's blocks in parallel (68 blocks in 7.2's).
     cmd::run(
         Command::new("tar")
@@ -309,9 +430,15 @@ fn fetch(apt: &mut PrivateApt, package: &str, version: &str, dir: &Path) -> Resu
             .arg(&tarball)
             .arg("-C")
             .arg(&src)
-            .args(TREE_PARTS.iter().map(|p| format!("{package}/{p}"))),
+            .args(
+                TREE_PARTS
+                    .iter()
+                    .copied()
+                    .chain([arch_dir.as_str()])
+                    .map(|p| format!("{package}/{p}")),
+            ),
     )?;
-    fs::remove_dir_all(&debs).with_context(|| format!("removing {}", debs.display()))?;
+    fs::remove_dir_all(&unpacked).with_context(|| format!("removing {}", unpacked.display()))?;
     let tree = src.join(package);
     fs::write(tree.join(MARKER), format!("{package} {version}\n"))?;
     eprintln!(
@@ -336,7 +463,7 @@ fn selftests_dir(tree: &Path) -> Result<PathBuf> {
         })
 }
 
-fn build(tree: &Path, dir: &Path, source: &str) -> Result<Selftests> {
+fn build(tree: &Path, dir: &Path, source: &str, cross: Option<&Cross>) -> Result<Selftests> {
     let started = Instant::now();
     let mm = selftests_dir(tree)?;
     let log_path = dir.join("build.log");
@@ -344,6 +471,15 @@ fn build(tree: &Path, dir: &Path, source: &str) -> Result<Selftests> {
         .map(|n| n.get())
         .unwrap_or(1)
         .to_string();
+    // The kernel's and the selftests' Makefiles pick the architecture and the compiler
+    // from these: the host's own unless cross-building.
+    let arch_vars: Vec<String> = match cross {
+        Some(c) => vec![
+            format!("ARCH={}", c.arch.kernel_arch()),
+            format!("CROSS_COMPILE={}", c.prefix),
+        ],
+        None => Vec::new(),
+    };
     let make = |dir: &Path, args: &[String]| -> Result<std::process::ExitStatus> {
         let log = fs::OpenOptions::new()
             .create(true)
@@ -354,8 +490,8 @@ fn build(tree: &Path, dir: &Path, source: &str) -> Result<Selftests> {
             Command::new("make")
                 .current_dir(dir)
                 .args(["-j", &jobs])
+                .args(&arch_vars)
                 .args(args)
-                // The selftests' Makefile picks the architecture from these.
                 .env_remove("ARCH")
                 .env_remove("CROSS_COMPILE")
                 .stdout(log.try_clone()?)
@@ -396,7 +532,17 @@ fn build(tree: &Path, dir: &Path, source: &str) -> Result<Selftests> {
         .collect();
     targets.sort();
     targets.dedup();
-    let mut args = vec!["-k".to_owned(), "EXTRA_CFLAGS=-static".to_owned()];
+    // A foreign architecture's libcap is in the sysroot beside the tree; libc is the
+    // cross toolchain's own.
+    let extra_cflags = match cross {
+        Some(c) => format!(
+            "EXTRA_CFLAGS=-static -I{} -L{}",
+            c.sysroot.join("usr/include").display(),
+            c.sysroot.join(multiarch_libdir(c.arch)).display()
+        ),
+        None => "EXTRA_CFLAGS=-static".to_owned(),
+    };
+    let mut args = vec!["-k".to_owned(), extra_cflags];
     args.extend(targets);
     // -k: a test that fails to build must not stop the others; each is checked below.
     let _ = make(&mm, &args)?;
@@ -431,7 +577,8 @@ fn build(tree: &Path, dir: &Path, source: &str) -> Result<Selftests> {
         }
         let dest = bin.join(binary);
         if !dest.exists() {
-            cmd::run(Command::new("strip").arg("-o").arg(&dest).arg(&exe))?;
+            let strip = format!("{}strip", cross.map_or("", |c| c.prefix));
+            cmd::run(Command::new(strip).arg("-o").arg(&dest).arg(&exe))?;
             built += 1;
         }
         let mut line = vec![t.label.to_owned(), (*binary).to_owned()];

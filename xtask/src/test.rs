@@ -44,7 +44,6 @@ pub fn run(
     scope: Scope,
     lint_failed: Option<bool>,
 ) -> Result<i32> {
-    let matrix = scope.matrix;
     let mut tally = Tally {
         passed: 0,
         failed: 0,
@@ -77,91 +76,67 @@ pub fn run(
             .push("host: not run (this x86-64 host runs them: plain `cargo xtask test`)".into()),
     }
 
-    let mut dmesg_clean = true;
-    for kernel in &ready.guests {
-        let artifacts = builds
-            .iter()
-            .find(|b| b.arch == kernel.arch)
-            .with_context(|| format!("nothing was built for {}", kernel.arch))?;
-        let default_suites = if kernel.arch.is_host() {
-            kernel.line.default_suites
+    // Each guest is one single-CPU TCG process: with two host CPUs two guests run side by
+    // side in about the time of the longer, each line's results kept together below.
+    let at_once = guests_at_once(ready.guests.len());
+    let guest_opts = |kernel: &GuestKernel| Options {
+        label: if at_once > 1 {
+            format!("[{}] ", kernel.version)
         } else {
-            Some(crate::kernel_line::ARM64_SUITES)
-        };
-        let mut suites: Vec<&(String, std::path::PathBuf)> = artifacts
-            .guest_tests
-            .iter()
-            .filter(|(name, _)| match default_suites {
-                Some(chosen) if matrix => chosen.contains(&name.as_str()),
-                _ => true,
-            })
-            .collect();
+            String::new()
+        },
+        ..opts.clone()
+    };
+    if at_once > 1 {
         section(&format!(
-            "guest tests on {} ({}, kernel line {}, one VM boot)",
-            kernel.version, kernel.arch, kernel.line.name
+            "guest tests: {} kernels, {at_once} at a time (console lines labelled by kernel)",
+            ready.guests.len()
         ));
-        let whose = format!("guest {}", kernel.version);
-        match artifacts
-            .selftests
-            .iter()
-            .find(|(v, _)| *v == kernel.version)
-        {
-            Some((_, Ok(built))) => count_build_failures(&whose, built, &mut tally),
-            // Without its selftests the suite cannot run: one failure, with the reason.
-            Some((_, Err(why))) if suites.iter().any(|(n, _)| n == selftests::GUEST_SUITE) => {
-                suites.retain(|(n, _)| n != selftests::GUEST_SUITE);
+    }
+    let queue = std::sync::Mutex::new(ready.guests.iter().enumerate());
+    let finished: std::sync::Mutex<Vec<Option<Result<GuestRun>>>> =
+        std::sync::Mutex::new((0..ready.guests.len()).map(|_| None).collect());
+    std::thread::scope(|threads| {
+        for _ in 0..at_once {
+            threads.spawn(|| {
+                loop {
+                    let next = queue.lock().map(|mut q| q.next());
+                    let Ok(Some((i, kernel))) = next else { break };
+                    let run = one_guest(kernel, builds, &guest_opts(kernel), scope);
+                    if let Ok(mut done) = finished.lock() {
+                        done[i] = Some(run);
+                    }
+                }
+            });
+        }
+    });
+    let results = finished
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut dmesg_clean = true;
+    for (kernel, run) in ready.guests.iter().zip(results) {
+        match run {
+            Some(Ok(run)) => {
+                tally.passed += run.tally.passed;
+                tally.failed += run.tally.failed;
+                tally.lines.extend(run.tally.lines);
+                dmesg_clean &= run.dmesg_clean;
+            }
+            // One guest that could not be run does not hide the others' results.
+            Some(Err(e)) => {
+                tally.failed += 1;
+                tally
+                    .lines
+                    .push(format!("guest {}: FAILED to run: {e:#}", kernel.version));
+            }
+            None => {
                 tally.failed += 1;
                 tally.lines.push(format!(
-                    "{whose}: {}: FAILED (no mm selftests: {why})",
-                    selftests::GUEST_SUITE
-                ));
-            }
-            Some((_, Err(_))) => {}
-            None => {}
-        }
-        let left_out: Vec<&str> = artifacts
-            .guest_tests
-            .iter()
-            .map(|(name, _)| name.as_str())
-            .filter(|name| !suites.iter().any(|(n, _)| n == name))
-            .collect();
-        if !left_out.is_empty() {
-            // Said aloud, in the summary too: not run is not passed.
-            let line = format!(
-                "guest {}: NOT RUN on the {} line ({}): {} (docs/kernels.md and docs/arm64.md say why)",
-                kernel.version,
-                kernel.line.name,
-                kernel.arch,
-                left_out.join(", ")
-            );
-            println!("!!! {line}");
-            tally.lines.push(line);
-        }
-        // The arm64 line of the matrix: guest_verify's bounded list, said in the summary.
-        let filters: &[(&str, &[&str])] = if scope.plain && !kernel.arch.is_host() {
-            &[("guest_verify", crate::kernel_line::ARM64_MATRIX_VERIFY)]
-        } else {
-            &[]
-        };
-        for (suite, tests) in filters {
-            if suites.iter().any(|(n, _)| n == suite) {
-                tally.lines.push(format!(
-                    "guest {}: {suite} runs {} of its tests here ({}); all of them: cargo \
-                     xtask test --arch {}",
-                    kernel.version,
-                    tests.len(),
-                    tests.join(", "),
-                    kernel.arch
+                    "guest {}: FAILED to run: its runner stopped (see the panic above)",
+                    kernel.version
                 ));
             }
         }
-        let clean = guest_tests(kernel, &suites, filters, artifacts, opts, &mut tally)?;
-        tally.lines.push(format!(
-            "guest {} dmesg: {}",
-            kernel.version,
-            if clean { "clean" } else { "SPLATS (see above)" }
-        ));
-        dmesg_clean &= clean;
     }
 
     section("summary");
@@ -173,6 +148,126 @@ pub fn run(
         0
     } else {
         1
+    })
+}
+
+/// One guest kernel's results.
+struct GuestRun {
+    tally: Tally,
+    dmesg_clean: bool,
+}
+
+/// How many guests run at once: one per host CPU, as each is a single-CPU TCG process
+/// (`MMTRACE_GUESTS_AT_ONCE` overrides it; 1 runs them one after another).
+fn guests_at_once(guests: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chosen = std::env::var("MMTRACE_GUESTS_AT_ONCE")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(cpus);
+    chosen.min(guests).max(1)
+}
+
+/// Boots `kernel` once with its suites and counts their results.
+fn one_guest(
+    kernel: &GuestKernel,
+    builds: &[Artifacts],
+    opts: &Options,
+    scope: Scope,
+) -> Result<GuestRun> {
+    let matrix = scope.matrix;
+    let mut tally = Tally {
+        passed: 0,
+        failed: 0,
+        lines: Vec::new(),
+    };
+    let label = &opts.label;
+    let artifacts = builds
+        .iter()
+        .find(|b| b.arch == kernel.arch)
+        .with_context(|| format!("nothing was built for {}", kernel.arch))?;
+    let default_suites = if kernel.arch.is_host() {
+        kernel.line.default_suites
+    } else {
+        Some(crate::kernel_line::ARM64_SUITES)
+    };
+    let mut suites: Vec<&(String, std::path::PathBuf)> = artifacts
+        .guest_tests
+        .iter()
+        .filter(|(name, _)| match default_suites {
+            Some(chosen) if matrix => chosen.contains(&name.as_str()),
+            _ => true,
+        })
+        .collect();
+    section(&format!(
+        "{label}guest tests on {} ({}, kernel line {}, one VM boot)",
+        kernel.version, kernel.arch, kernel.line.name
+    ));
+    let whose = format!("guest {}", kernel.version);
+    match artifacts
+        .selftests
+        .iter()
+        .find(|(v, _)| *v == kernel.version)
+    {
+        Some((_, Ok(built))) => count_build_failures(&whose, built, &mut tally),
+        // Without its selftests the suite cannot run: one failure, with the reason.
+        Some((_, Err(why))) if suites.iter().any(|(n, _)| n == selftests::GUEST_SUITE) => {
+            suites.retain(|(n, _)| n != selftests::GUEST_SUITE);
+            tally.failed += 1;
+            tally.lines.push(format!(
+                "{whose}: {}: FAILED (no mm selftests: {why})",
+                selftests::GUEST_SUITE
+            ));
+        }
+        Some((_, Err(_))) => {}
+        None => {}
+    }
+    let left_out: Vec<&str> = artifacts
+        .guest_tests
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .filter(|name| !suites.iter().any(|(n, _)| n == name))
+        .collect();
+    if !left_out.is_empty() {
+        // Said aloud, in the summary too: not run is not passed.
+        let line = format!(
+            "guest {}: NOT RUN on the {} line ({}): {} (docs/kernels.md and docs/arm64.md say why)",
+            kernel.version,
+            kernel.line.name,
+            kernel.arch,
+            left_out.join(", ")
+        );
+        println!("{label}!!! {line}");
+        tally.lines.push(line);
+    }
+    // The arm64 line of the matrix: guest_verify's bounded list, said in the summary.
+    let filters: &[(&str, &[&str])] = if scope.plain && !kernel.arch.is_host() {
+        &[("guest_verify", crate::kernel_line::ARM64_MATRIX_VERIFY)]
+    } else {
+        &[]
+    };
+    for (suite, tests) in filters {
+        if suites.iter().any(|(n, _)| n == suite) {
+            tally.lines.push(format!(
+                "guest {}: {suite} runs {} of its tests here ({}); all of them: cargo \
+                 xtask test --arch {}",
+                kernel.version,
+                tests.len(),
+                tests.join(", "),
+                kernel.arch
+            ));
+        }
+    }
+    let clean = guest_tests(kernel, &suites, filters, artifacts, opts, &mut tally)?;
+    tally.lines.push(format!(
+        "guest {} dmesg: {}",
+        kernel.version,
+        if clean { "clean" } else { "SPLATS (see above)" }
+    ));
+    Ok(GuestRun {
+        tally,
+        dmesg_clean: clean,
     })
 }
 

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod cli;
 pub mod driver;
+pub mod faults;
 pub mod paths;
 pub mod recorder;
 pub mod scenarios;

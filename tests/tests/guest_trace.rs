@@ -4,19 +4,13 @@
 use mmap_trace_tests::{
     cli::{cli, json_lines, split_summary, stderr, stdout, workload_path},
     driver::{self, DeviceKind, Module, PAGE},
+    faults::hex,
     workload::{match_calls, parse_calls},
 };
 use serde_json::Value;
 
 /// VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP: what remap_pfn_range sets.
 const PFNMAP_FLAGS: [&str; 4] = ["IO", "PFNMAP", "DONTEXPAND", "DONTDUMP"];
-
-fn hex(v: &Value) -> u64 {
-    let s = v
-        .as_str()
-        .unwrap_or_else(|| panic!("not a hex string: {v}"));
-    u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or_else(|e| panic!("{s}: {e}"))
-}
 
 /// Traces the workload (optionally mapping a device) with every probe; returns the calls
 /// it reported and the events.
@@ -373,55 +367,7 @@ fn probe_log_messages_reach_the_cli_logger() {
 #[test]
 fn faults_per_region_are_exact() {
     driver::require_guest();
-    let run = cli()
-        .args(["trace", "--faults", "--json", "--"])
-        .arg(workload_path())
-        .args(["--scenario", "fault-regions"])
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", stderr(&run));
-    let own: Vec<Value> = stderr(&run)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let records = json_lines(&stdout(&run));
-    let (events, summary) = split_summary(&records);
-    assert_eq!(summary["lost_total"], 0, "{summary}");
-    let faults: Vec<&Value> = events.iter().filter(|e| e["probe"] == "fault").collect();
-    let touched: Vec<&Value> = own
-        .iter()
-        .filter(|l| l["observe"] == "touched")
-        .map(|l| &l["value"])
-        .collect();
-    let pages = mmap_trace_tests::scenarios::FAULT_REGION_PAGES;
-    assert_eq!(touched.len(), pages.len(), "{own:?}");
-    let access = if cfg!(target_arch = "aarch64") {
-        "unknown"
-    } else {
-        "write"
-    };
-    for (region, pages) in touched.iter().zip(pages) {
-        let start = region["addr"].as_u64().unwrap();
-        let end = start + region["len"].as_u64().unwrap();
-        let inside: Vec<&&Value> = faults
-            .iter()
-            .filter(|f| (start..end).contains(&hex(&f["addr"])))
-            .collect();
-        assert_eq!(inside.len() as u64, pages, "faults in {start:#x}-{end:#x}");
-        for f in &inside {
-            assert_eq!(f["access"], access, "{f}");
-            assert_eq!(f["in_kernel"], false, "{f}");
-            assert_eq!(hex(&f["vma"]["start"]), start, "attributed elsewhere: {f}");
-        }
-        let guard = region["guard"].as_u64().unwrap();
-        assert!(
-            !faults
-                .iter()
-                .any(|f| (guard..guard + 4096).contains(&hex(&f["addr"]))),
-            "a fault on a PROT_NONE guard page"
-        );
-    }
+    mmap_trace_tests::faults::assert_faults_per_region();
 }
 
 /// `--stacks` in the guest: the workload's own function names each of its three 4-page

@@ -5,8 +5,9 @@
 use std::sync::Mutex;
 
 use mmap_trace_tests::{
-    cli::{cli, json_lines, split_summary, stderr, stdout, workload_path},
-    scenarios::{COLD_PAGES, FAULT_REGION_PAGES},
+    cli::{cli, split_summary, stderr, stdout, workload_path},
+    faults::{self, hex, observed, trace_scenario},
+    scenarios::COLD_PAGES,
 };
 use serde_json::Value;
 
@@ -17,100 +18,12 @@ fn one() -> std::sync::MutexGuard<'static, ()> {
     ONE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `trace --faults --json -- mmap-workload --scenario NAME`: the trace's records and the
-/// workload's own lines (its output goes to stderr when the trace is on stdout).
-fn trace_scenario(name: &str) -> (Vec<Value>, Vec<Value>) {
-    let run = cli()
-        .args(["trace", "--faults", "--json", "--"])
-        .arg(workload_path())
-        .args(["--scenario", name])
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", stderr(&run));
-    let own: Vec<Value> = stderr(&run)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (json_lines(&stdout(&run)), own)
-}
-
-fn hex(v: &Value) -> u64 {
-    let s = v
-        .as_str()
-        .unwrap_or_else(|| panic!("not a hex string: {v}"));
-    u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap()
-}
-
-/// The workload's `observe` values named `what`.
-fn observed<'a>(own: &'a [Value], what: &str) -> Vec<&'a Value> {
-    own.iter()
-        .filter(|l| l["observe"] == what)
-        .map(|l| &l["value"])
-        .collect()
-}
-
-/// Three regions, 1, 100 and 10,000 pages written: exactly that many faults in each, all
-/// writes to pages not present yet, every one attributed to the region's VMA as the
-/// workload mapped it, in the events and in the summary. Private anonymous memory has
-/// no fault-around (that is for file pages), and the workload turns THP off for them.
+/// Three regions, 1, 100 and 10,000 pages written: exactly that many faults in each
+/// (the checks: `faults::assert_faults_per_region`, shared with the guests).
 #[test]
 fn faults_per_region_are_exact() {
     let _one = one();
-    let (records, own) = trace_scenario("fault-regions");
-    let (events, summary) = split_summary(&records);
-    assert_eq!(summary["lost_total"], 0, "{summary}");
-    assert!(
-        summary["probes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p == "fault"),
-        "{summary}"
-    );
-    let touched = observed(&own, "touched");
-    assert_eq!(touched.len(), FAULT_REGION_PAGES.len(), "{own:?}");
-    let faults: Vec<&Value> = events.iter().filter(|e| e["probe"] == "fault").collect();
-    for (region, pages) in touched.iter().zip(FAULT_REGION_PAGES) {
-        let start = region["addr"].as_u64().unwrap();
-        let end = start + region["len"].as_u64().unwrap();
-        let inside: Vec<&&Value> = faults
-            .iter()
-            .filter(|f| (start..end).contains(&hex(&f["addr"])))
-            .collect();
-        assert_eq!(
-            inside.len() as u64,
-            pages,
-            "faults in {start:#x}-{end:#x} ({pages} pages written)"
-        );
-        for f in &inside {
-            assert_eq!(f["access"], "write", "{f}");
-            assert_eq!(f["present"], false, "{f}");
-            assert_eq!(f["in_kernel"], false, "{f}");
-            assert_eq!(hex(&f["vma"]["start"]), start, "attributed elsewhere: {f}");
-            assert_eq!(hex(&f["vma"]["end"]), end, "attributed elsewhere: {f}");
-            assert_eq!(f["vma"]["perms"], "rw-p", "{f}");
-        }
-        let row = summary["faults_by_mapping"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| hex(&m["start"]) == start)
-            .unwrap_or_else(|| panic!("no summary row for {start:#x}: {summary}"));
-        assert_eq!(hex(&row["end"]), end, "{row}");
-        assert_eq!(row["faults"].as_u64(), Some(pages), "{row}");
-        assert_eq!(row["writes"].as_u64(), Some(pages), "{row}");
-    }
-    // The guard pages were never touched.
-    for region in &touched {
-        let guard = region["guard"].as_u64().unwrap();
-        assert!(
-            !faults
-                .iter()
-                .any(|f| (guard..guard + 4096).contains(&hex(&f["addr"]))),
-            "a fault on a PROT_NONE guard page"
-        );
-    }
+    faults::assert_faults_per_region();
 }
 
 /// The rss probe's curve for a 64 MiB memset rises by 64 MiB: from the last anon record

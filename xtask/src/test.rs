@@ -77,7 +77,8 @@ pub fn run(
     }
 
     // Each guest is one single-CPU TCG process: with two host CPUs two guests run side by
-    // side in about the time of the longer, each line's results kept together below.
+    // side in about the time of the longer, each line's results kept together below (a
+    // line that `runs_alone` excepted).
     let at_once = guests_at_once(ready.guests.len());
     let guest_opts = |kernel: &GuestKernel| Options {
         label: if at_once > 1 {
@@ -88,28 +89,48 @@ pub fn run(
         ..opts.clone()
     };
     if at_once > 1 {
+        let alone: Vec<&str> = ready
+            .guests
+            .iter()
+            .filter(|k| k.line.runs_alone)
+            .map(|k| k.version.as_str())
+            .collect();
         section(&format!(
-            "guest tests: {} kernels, {at_once} at a time (console lines labelled by kernel)",
-            ready.guests.len()
+            "guest tests: {} kernels, {at_once} at a time{} (console lines labelled by kernel)",
+            ready.guests.len(),
+            if alone.is_empty() {
+                String::new()
+            } else {
+                format!(", {} first and alone", alone.join(", "))
+            }
         ));
     }
-    let queue = std::sync::Mutex::new(ready.guests.iter().enumerate());
     let finished: std::sync::Mutex<Vec<Option<Result<GuestRun>>>> =
         std::sync::Mutex::new((0..ready.guests.len()).map(|_| None).collect());
-    std::thread::scope(|threads| {
-        for _ in 0..at_once {
-            threads.spawn(|| {
-                loop {
-                    let next = queue.lock().map(|mut q| q.next());
-                    let Ok(Some((i, kernel))) = next else { break };
-                    let run = one_guest(kernel, builds, &guest_opts(kernel), scope);
-                    if let Ok(mut done) = finished.lock() {
-                        done[i] = Some(run);
+    // A line whose guest must have the host to itself runs first, alone; then the others,
+    // `at_once` at a time.
+    let (alone, shared): (Vec<_>, Vec<_>) = ready
+        .guests
+        .iter()
+        .enumerate()
+        .partition(|(_, k)| k.line.runs_alone);
+    for (batch, workers) in [(alone, 1), (shared, at_once)] {
+        let queue = std::sync::Mutex::new(batch.into_iter());
+        std::thread::scope(|threads| {
+            for _ in 0..workers {
+                threads.spawn(|| {
+                    loop {
+                        let next = queue.lock().map(|mut q| q.next());
+                        let Ok(Some((i, kernel))) = next else { break };
+                        let run = one_guest(kernel, builds, &guest_opts(kernel), scope);
+                        if let Ok(mut done) = finished.lock() {
+                            done[i] = Some(run);
+                        }
                     }
-                }
-            });
-        }
-    });
+                });
+            }
+        });
+    }
     let results = finished
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);

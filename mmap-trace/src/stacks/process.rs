@@ -3,7 +3,7 @@
 //! stacks unwind and symbolize after it has exited; and its unwinder, rebuilt when the
 //! mappings change.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 #[cfg(target_arch = "aarch64")]
 use framehop::aarch64::{
@@ -56,11 +56,36 @@ pub struct RawFrame {
     pub file: Option<(Arc<str>, u64)>,
 }
 
+/// Where an unwind started: the registers of the stack copy.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct UnwindStart {
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    lr: u64,
+}
+
+/// An unwind's result, and every stack word it read to get there (address, and the word
+/// or `None` where the copy ended): a stack copy from the same registers that holds the
+/// same words at those addresses unwinds to the same frames, since the unwinder's path
+/// is decided by nothing else (the process's mappings and unwinder, the other inputs,
+/// empty the cache when they change). A loop calling from one site, the costly case,
+/// then pays a comparison of a dozen words instead of the unwind.
+struct Unwound {
+    reads: Vec<(u64, Option<u64>)>,
+    frames: Arc<[RawFrame]>,
+}
+
+/// Unwinds remembered per process; past this many the process's cache starts over (a
+/// program with more call sites unwinds the others again).
+const UNWOUND_MAX: usize = 1024;
+
 #[derive(Default)]
 struct Process {
     /// Oldest first; a later mapping of the same range wins.
     mappings: Vec<Mapping>,
     unwinder: Option<ArchUnwinder<Arc<[u8]>>>,
+    unwound: HashMap<UnwindStart, Unwound>,
 }
 
 impl Process {
@@ -78,6 +103,7 @@ impl ProcessState for Process {
         Process {
             mappings: self.mappings.clone(),
             unwinder: None,
+            unwound: HashMap::new(),
         }
     }
 }
@@ -110,6 +136,9 @@ impl Processes {
         if mapping.exec {
             process.unwinder = None;
         }
+        // A frame's file and offset come from the mappings: remembered unwinds may name
+        // another file now.
+        process.unwound.clear();
         // What the new mapping covers whole is gone for good: a process that maps and
         // unmaps in a loop keeps a bounded list.
         process
@@ -136,38 +165,80 @@ impl Processes {
         }
     }
 
-    /// Unwinds the stack copy of a task of `pid` (its bytes from `sp` up).
-    pub fn unwind(&mut self, pid: u32, copy: &StackCopy<'_>) -> Vec<RawFrame> {
-        let (ip, sp, stack) = (copy.ip, copy.sp, copy.bytes);
+    /// Unwinds the stack copy of a task of `pid` (its bytes from `sp` up): the frames of
+    /// an earlier unwind from the same registers when the copy holds the same words
+    /// where that one read ([`Unwound`]), otherwise a fresh unwind.
+    pub fn unwind(&mut self, pid: u32, copy: &StackCopy<'_>) -> Arc<[RawFrame]> {
+        let (sp, stack) = (copy.sp, copy.bytes);
+        let word = |addr: u64| -> Option<u64> {
+            let at = usize::try_from(addr.checked_sub(sp)?).ok()?;
+            let bytes = stack.get(at..at.checked_add(8)?)?;
+            Some(u64::from_le_bytes(bytes.try_into().ok()?))
+        };
+        let start = UnwindStart {
+            ip: copy.ip,
+            sp,
+            bp: copy.bp,
+            lr: copy.lr,
+        };
         let Self { by_pid, elf, cache } = self;
         let process = by_pid.entry(pid);
-        if process.unwinder.is_none() {
-            process.unwinder = Some(build_unwinder(&process.mappings, elf));
+        if let Some(done) = process.unwound.get(&start)
+            && done.reads.iter().all(|&(addr, seen)| word(addr) == seen)
+        {
+            return done.frames.clone();
         }
-        let Some(unwinder) = process.unwinder.as_ref() else {
-            return Vec::new();
-        };
-        let cache = cache.get_or_insert_with(Cache::new);
-        let mut read_stack = |addr: u64| {
-            let at = addr.checked_sub(sp).ok_or(())? as usize;
-            let word = stack.get(at..at + 8).ok_or(())?;
-            Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?))
-        };
-        let mut frames = Vec::new();
-        let mut iter = unwinder.iter_frames(ip, unwind_regs(copy), cache, &mut read_stack);
-        while frames.len() < MAX_FRAMES {
-            let Ok(Some(address)) = iter.next() else {
-                break;
-            };
-            let lookup = address.address_for_lookup();
-            let addr = address.address();
-            let file = process
-                .find(lookup)
-                .map(|m| (m.path.clone(), lookup - m.start + m.offset));
-            frames.push(RawFrame { addr, lookup, file });
+        let mut reads = Vec::new();
+        let frames: Arc<[RawFrame]> = fresh_unwind(process, elf, cache, copy, |addr| {
+            let seen = word(addr);
+            reads.push((addr, seen));
+            seen.ok_or(())
+        })
+        .into();
+        if process.unwound.len() >= UNWOUND_MAX {
+            process.unwound.clear();
         }
+        process.unwound.insert(
+            start,
+            Unwound {
+                reads,
+                frames: frames.clone(),
+            },
+        );
         frames
     }
+}
+
+/// Unwinds `copy` with the process's unwinder (built from its mappings when they
+/// changed), reading the stack through `read_stack`.
+fn fresh_unwind(
+    process: &mut Process,
+    elf: &mut ElfCache,
+    cache: &mut Option<Cache>,
+    copy: &StackCopy<'_>,
+    mut read_stack: impl FnMut(u64) -> Result<u64, ()>,
+) -> Vec<RawFrame> {
+    if process.unwinder.is_none() {
+        process.unwinder = Some(build_unwinder(&process.mappings, elf));
+    }
+    let Some(unwinder) = process.unwinder.as_ref() else {
+        return Vec::new();
+    };
+    let cache = cache.get_or_insert_with(Cache::new);
+    let mut frames = Vec::new();
+    let mut iter = unwinder.iter_frames(copy.ip, unwind_regs(copy), cache, &mut read_stack);
+    while frames.len() < MAX_FRAMES {
+        let Ok(Some(address)) = iter.next() else {
+            break;
+        };
+        let lookup = address.address_for_lookup();
+        let addr = address.address();
+        let file = process
+            .find(lookup)
+            .map(|m| (m.path.clone(), lookup - m.start + m.offset));
+        frames.push(RawFrame { addr, lookup, file });
+    }
+    frames
 }
 
 /// One framehop module per executable mapping of an ELF file with unwind sections (the

@@ -278,3 +278,135 @@ fn build_unwinder(mappings: &[Mapping], elf: &mut ElfCache) -> ArchUnwinder<Arc<
     }
     unwinder
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// This thread's registers here and a copy of its stack from `sp` up (up to 16 KiB,
+    /// within the stack's mapping).
+    #[inline(never)]
+    fn own_stack() -> (u64, u64, u64, Vec<u8>) {
+        let (ip, sp, bp): (u64, u64, u64);
+        // SAFETY: reads three registers, writes nothing else.
+        unsafe {
+            std::arch::asm!(
+                "lea {ip}, [rip]",
+                "mov {sp}, rsp",
+                "mov {bp}, rbp",
+                ip = out(reg) ip,
+                sp = out(reg) sp,
+                bp = out(reg) bp,
+            );
+        }
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+        let top = maps
+            .lines()
+            .filter_map(|l| {
+                let (range, _) = l.split_once(' ')?;
+                let (start, end) = range.split_once('-')?;
+                Some((
+                    u64::from_str_radix(start, 16).ok()?,
+                    u64::from_str_radix(end, 16).ok()?,
+                ))
+            })
+            .find(|&(start, end)| start <= sp && sp < end)
+            .map(|(_, end)| end)
+            .expect("the stack's mapping");
+        let len = (top - sp).min(16384) as usize;
+        // SAFETY: `sp..sp + len` is inside this thread's mapped stack.
+        let bytes = unsafe { std::slice::from_raw_parts(sp as *const u8, len) }.to_vec();
+        (ip, sp, bp, bytes)
+    }
+
+    fn model() -> Processes {
+        let mut processes = Processes::default();
+        for m in super::super::snapshot(std::process::id()) {
+            processes.add(1, m);
+        }
+        processes
+    }
+
+    fn same(a: &[RawFrame], b: &[RawFrame]) -> bool {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| {
+                x.addr == y.addr
+                    && x.lookup == y.lookup
+                    && x.file.as_ref().map(|(p, o)| (&**p, *o))
+                        == y.file.as_ref().map(|(p, o)| (&**p, *o))
+            })
+    }
+
+    fn stack_copy(ip: u64, sp: u64, bp: u64, bytes: &[u8]) -> StackCopy<'_> {
+        StackCopy {
+            ip,
+            sp,
+            bp,
+            lr: 0,
+            bytes,
+        }
+    }
+
+    /// A remembered unwind is returned only for a copy with the same words where it
+    /// read, and is then exactly what a fresh unwind gives; a copy that differs in one
+    /// of those words is unwound afresh.
+    #[test]
+    fn remembered_unwinds_equal_fresh_ones() {
+        let (ip, sp, bp, original) = own_stack();
+        let mut processes = model();
+        let first = processes.unwind(1, &stack_copy(ip, sp, bp, &original));
+        assert!(first.len() >= 3, "the test's own stack unwinds: {first:?}");
+        assert!(
+            first.iter().any(|f| f.file.is_some()),
+            "frames are placed in files: {first:?}"
+        );
+        let again = processes.unwind(1, &stack_copy(ip, sp, bp, &original));
+        assert!(Arc::ptr_eq(&first, &again), "the same copy is recognized");
+        let fresh = model().unwind(1, &stack_copy(ip, sp, bp, &original));
+        assert!(same(&again, &fresh));
+
+        let reads = processes
+            .by_pid
+            .entry(1)
+            .unwound
+            .values()
+            .next()
+            .map(|u| u.reads.clone());
+        let reads = reads.expect("the unwind is remembered");
+        let with_word = |addr: u64| {
+            let mut bytes = original.clone();
+            let at = (addr - sp) as usize;
+            bytes[at..at + 8].copy_from_slice(&0x10u64.to_le_bytes());
+            bytes
+        };
+
+        // A word the unwind did not read changes nothing: still recognized.
+        let unread = (0..original.len() / 8)
+            .map(|i| sp + 8 * i as u64)
+            .find(|a| reads.iter().all(|(r, _)| r != a))
+            .expect("a word the unwind did not read");
+        let other = with_word(unread);
+        let recognized = processes.unwind(1, &stack_copy(ip, sp, bp, &other));
+        assert!(Arc::ptr_eq(&first, &recognized));
+        assert!(same(
+            &recognized,
+            &model().unwind(1, &stack_copy(ip, sp, bp, &other))
+        ));
+
+        // The caller's return address, where the unwind read it: changed, the copy is
+        // unwound afresh, and differs.
+        let (addr, _) = *reads
+            .iter()
+            .find(|(_, word)| *word == Some(first[1].addr))
+            .expect("the unwind read the caller's return address");
+        let changed_copy = with_word(addr);
+        let changed = processes.unwind(1, &stack_copy(ip, sp, bp, &changed_copy));
+        assert!(
+            !Arc::ptr_eq(&first, &changed),
+            "a changed word is unwound afresh"
+        );
+        let fresh = model().unwind(1, &stack_copy(ip, sp, bp, &changed_copy));
+        assert!(same(&changed, &fresh));
+        assert!(!same(&changed, &first));
+    }
+}

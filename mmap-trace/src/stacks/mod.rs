@@ -27,6 +27,7 @@ use std::{
     thread::JoinHandle,
 };
 
+use foldhash::fast::RandomState;
 use mmap_trace_common::ExecImageEvent;
 
 use crate::{
@@ -71,7 +72,7 @@ struct StackCache {
     /// stack its unwind cache recognized (process.rs), so a hot call site is found
     /// without hashing its frames. The map holds the `Arc`, so its address cannot be
     /// reused while it is a key.
-    by_frames: HashMap<usize, (Arc<[RawFrame]>, Rc<NamedStack>)>,
+    by_frames: HashMap<usize, (Arc<[RawFrame]>, Rc<NamedStack>), RandomState>,
 }
 
 /// Per frame: its address, its file's `Arc` address (0: none) and the offset in it.
@@ -325,8 +326,9 @@ fn name_frames(names: &mut symbolize::Names, raw: &[RawFrame]) -> Vec<Frame> {
 #[derive(Default)]
 struct Model {
     processes: process::Processes,
-    /// Processes whose mappings the model has from their exec or a snapshot.
-    seen: HashSet<u32>,
+    /// Processes whose mappings the model has from their exec or a snapshot (asked
+    /// for every record: a fast hash).
+    seen: HashSet<u32, RandomState>,
 }
 
 impl Model {

@@ -5,6 +5,8 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use foldhash::fast::RandomState;
+
 #[cfg(target_arch = "aarch64")]
 use framehop::aarch64::{
     CacheAarch64 as Cache, PtrAuthMask, UnwindRegsAarch64, UnwinderAarch64 as ArchUnwinder,
@@ -85,7 +87,10 @@ struct Process {
     /// Oldest first; a later mapping of the same range wins.
     mappings: Vec<Mapping>,
     unwinder: Option<ArchUnwinder<Arc<[u8]>>>,
-    unwound: HashMap<UnwindStart, Unwound>,
+    /// Looked up for every stacked record: a fast hash (std's SipHash, over this and
+    /// the reader's other per-record maps, was about a tenth of the reader's own CPU in
+    /// a profile of the bench loop).
+    unwound: HashMap<UnwindStart, Unwound, RandomState>,
 }
 
 impl Process {
@@ -103,7 +108,7 @@ impl ProcessState for Process {
         Process {
             mappings: self.mappings.clone(),
             unwinder: None,
-            unwound: HashMap::new(),
+            unwound: HashMap::default(),
         }
     }
 }

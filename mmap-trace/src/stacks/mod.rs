@@ -67,13 +67,17 @@ const BATCH: usize = 256;
 /// `Arc`s, so an address freed and reused for another path cannot match.
 #[derive(Default)]
 struct StackCache {
-    named: HashMap<StackKey, (Arc<[RawFrame]>, Rc<NamedStack>)>,
+    named: HashMap<StackKey, Named>,
     /// The same, by the frames' allocation: the reader hands on one `Arc` for every
     /// stack its unwind cache recognized (process.rs), so a hot call site is found
     /// without hashing its frames. The map holds the `Arc`, so its address cannot be
     /// reused while it is a key.
-    by_frames: HashMap<usize, (Arc<[RawFrame]>, Rc<NamedStack>), RandomState>,
+    by_frames: HashMap<usize, Named, RandomState>,
 }
+
+/// A cached stack: its frames (kept, so the key's `Arc`s and allocation stay theirs) and
+/// what naming made of them.
+type Named = (Arc<[RawFrame]>, Rc<NamedStack>);
 
 /// Per frame: its address, its file's `Arc` address (0: none) and the offset in it.
 type StackKey = Vec<(u64, usize, u64)>;

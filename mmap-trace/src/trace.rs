@@ -337,8 +337,9 @@ fn drain(
         }
         Ok(())
     })?;
-    if let Writer::Direct(out) = out {
-        out.flush().or_else(ignore_closed_output)?;
+    match out {
+        Writer::Direct(out) => out.flush().or_else(ignore_closed_output)?,
+        Writer::Stacked(pipeline) => pipeline.end_of_drain(),
     }
     Ok(())
 }

@@ -65,10 +65,6 @@ pub struct StackCopy<'a> {
     pub sp: u64,
     pub bp: u64,
     /// arm64's link register (0 on x86-64).
-    #[cfg_attr(
-        not(target_arch = "aarch64"),
-        expect(dead_code, reason = "only the arm64 unwinder starts from lr")
-    )]
     pub lr: u64,
     /// The copy of the stack from `sp` up (as far as the probe could read).
     pub bytes: &'a [u8],

@@ -169,7 +169,18 @@ impl Output {
                 event.mmap_file(),
                 path.as_ref(),
             );
-            append_stack(&mut self.line, stack);
+            if let Some(stack) = stack {
+                // The stack's JSON (most of the line) goes straight from the named
+                // stack's cache to the output buffer: copied once, not into the line too.
+                if self.line.last() == Some(&b'}') {
+                    self.line.pop();
+                }
+                self.line.extend_from_slice(br#","stack":"#);
+                self.out.write_all(&self.line)?;
+                self.out.write_all(&stack.json)?;
+                self.line.clear();
+                self.line.push(b'}');
+            }
             json::append_cgroup(&mut self.line, cgroup_id, cgroup);
             self.line.push(b'\n');
             return self.out.write_all(&self.line);
@@ -232,17 +243,4 @@ impl Output {
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
-}
-
-/// Inserts `"stack":[…]` before the closing brace of the JSON object in `line`.
-fn append_stack(line: &mut Vec<u8>, stack: Option<&NamedStack>) {
-    let Some(stack) = stack else {
-        return;
-    };
-    if line.last() == Some(&b'}') {
-        line.pop();
-    }
-    line.extend_from_slice(br#","stack":"#);
-    line.extend_from_slice(&stack.json);
-    line.push(b'}');
 }

@@ -27,6 +27,7 @@ use std::{
     thread::JoinHandle,
 };
 
+use foldhash::fast::RandomState;
 use mmap_trace_common::ExecImageEvent;
 
 use crate::{
@@ -42,7 +43,7 @@ pub use process::{Mapping, RawFrame};
 struct Item {
     event: Event,
     path: Option<FilePath>,
-    frames: Option<Vec<RawFrame>>,
+    frames: Option<Arc<[RawFrame]>>,
     /// `trace --faults`: the mapping a fault hit, as the reader's model placed it.
     fault_vma: Option<FaultVma>,
 }
@@ -55,13 +56,28 @@ struct Item {
 /// growing queue slows both threads). The worker, not the queue, is what to speed up.
 const QUEUE_MAX: usize = 16384;
 
+/// Records sent to the worker together: one channel operation (and at most one wake-up
+/// of the worker) per batch rather than per record. The reader also sends what it has
+/// at the end of every drain ([`Pipeline::end_of_drain`]), so no record waits for a
+/// batch to fill.
+const BATCH: usize = 256;
+
 /// Named stacks by their unwound frames (address, and the mapped file by identity and
 /// offset): a hot call site is named and serialized once. The key keeps the files'
 /// `Arc`s, so an address freed and reused for another path cannot match.
 #[derive(Default)]
 struct StackCache {
-    named: HashMap<StackKey, (Vec<RawFrame>, Rc<NamedStack>)>,
+    named: HashMap<StackKey, Named>,
+    /// The same, by the frames' allocation: the reader hands on one `Arc` for every
+    /// stack its unwind cache recognized (process.rs), so a hot call site is found
+    /// without hashing its frames. The map holds the `Arc`, so its address cannot be
+    /// reused while it is a key.
+    by_frames: HashMap<usize, Named, RandomState>,
 }
+
+/// A cached stack: its frames (kept, so the key's `Arc`s and allocation stay theirs) and
+/// what naming made of them.
+type Named = (Arc<[RawFrame]>, Rc<NamedStack>);
 
 /// Per frame: its address, its file's `Arc` address (0: none) and the offset in it.
 type StackKey = Vec<(u64, usize, u64)>;
@@ -74,7 +90,20 @@ type StackKey = Vec<(u64, usize, u64)>;
 const STACK_CACHE_MAX: usize = 4096;
 
 impl StackCache {
-    fn get(&mut self, names: &mut symbolize::Names, raw: Vec<RawFrame>) -> Rc<NamedStack> {
+    fn get(&mut self, names: &mut symbolize::Names, raw: Arc<[RawFrame]>) -> Rc<NamedStack> {
+        let frames_at = Arc::as_ptr(&raw).cast::<u8>() as usize;
+        if let Some((_, named)) = self.by_frames.get(&frames_at) {
+            return named.clone();
+        }
+        if self.by_frames.len() >= STACK_CACHE_MAX {
+            self.by_frames.clear();
+        }
+        let named = self.by_content(names, raw.clone());
+        self.by_frames.insert(frames_at, (raw, named.clone()));
+        named
+    }
+
+    fn by_content(&mut self, names: &mut symbolize::Names, raw: Arc<[RawFrame]>) -> Rc<NamedStack> {
         let key: StackKey = raw
             .iter()
             .map(|f| match &f.file {
@@ -101,19 +130,22 @@ impl StackCache {
 /// out is what could not keep up with a busy process); the worker names the frames and
 /// writes the output, and owns the output until [`Pipeline::finish`].
 pub struct Pipeline {
-    tx: Option<mpsc::SyncSender<Item>>,
+    tx: Option<mpsc::SyncSender<Vec<Item>>>,
+    /// Records not yet sent, in ring order.
+    batch: Vec<Item>,
     worker: Option<JoinHandle<io::Result<Output>>>,
     model: Model,
 }
 
 impl Pipeline {
     pub fn start(out: Output) -> io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel::<Item>(QUEUE_MAX);
+        let (tx, rx) = mpsc::sync_channel::<Vec<Item>>(QUEUE_MAX / BATCH);
         let worker = std::thread::Builder::new()
             .name("stacks".into())
             .spawn(move || work(rx, out))?;
         Ok(Self {
             tx: Some(tx),
+            batch: Vec::with_capacity(BATCH),
             worker: Some(worker),
             model: Model::default(),
         })
@@ -159,8 +191,20 @@ impl Pipeline {
     }
 
     fn send(&mut self, item: Item) {
+        self.batch.push(item);
+        if self.batch.len() >= BATCH {
+            self.end_of_drain();
+        }
+    }
+
+    /// Sends the records not yet sent: the reader has drained the ring for now.
+    pub fn end_of_drain(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
         if let Some(tx) = &self.tx
-            && tx.send(item).is_err()
+            && tx.send(batch).is_err()
         {
             // The worker ended (its output failed): finish() reports why.
             self.tx = None;
@@ -169,6 +213,7 @@ impl Pipeline {
 
     /// Waits for the worker to write everything sent, and takes the output back.
     pub fn finish(mut self) -> io::Result<Output> {
+        self.end_of_drain();
         self.tx = None;
         match self.worker.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
@@ -200,7 +245,7 @@ fn snapshot(pid: u32) -> Vec<Mapping> {
 /// see a short-lived process symbolized after it exited.
 const DELAY_ENV: &str = "MMTRACE_STACKS_TEST_DELAY_MS";
 
-fn work(rx: mpsc::Receiver<Item>, mut out: Output) -> io::Result<Output> {
+fn work(rx: mpsc::Receiver<Vec<Item>>, mut out: Output) -> io::Result<Output> {
     let mut names = symbolize::Names::default();
     let mut cache = StackCache::default();
     if let Some(ms) = std::env::var(DELAY_ENV).ok().and_then(|v| v.parse().ok()) {
@@ -216,16 +261,20 @@ fn work(rx: mpsc::Receiver<Item>, mut out: Output) -> io::Result<Output> {
         }
         other => other,
     };
-    while let Ok(item) = rx.recv() {
+    while let Ok(batch) = rx.recv() {
         if closed {
             continue;
         }
-        let result = write(&mut names, &mut cache, item, &mut out);
-        step(result, &mut closed)?;
-        // Everything queued, then one flush: as the direct path flushes per batch.
-        while !closed && let Ok(item) = rx.try_recv() {
+        for item in batch {
             let result = write(&mut names, &mut cache, item, &mut out);
             step(result, &mut closed)?;
+        }
+        // Everything queued, then one flush: as the direct path flushes per batch.
+        while !closed && let Ok(batch) = rx.try_recv() {
+            for item in batch {
+                let result = write(&mut names, &mut cache, item, &mut out);
+                step(result, &mut closed)?;
+            }
         }
         if !closed {
             let result = out.flush();
@@ -281,8 +330,9 @@ fn name_frames(names: &mut symbolize::Names, raw: &[RawFrame]) -> Vec<Frame> {
 #[derive(Default)]
 struct Model {
     processes: process::Processes,
-    /// Processes whose mappings the model has from their exec or a snapshot.
-    seen: HashSet<u32>,
+    /// Processes whose mappings the model has from their exec or a snapshot (asked
+    /// for every record: a fast hash).
+    seen: HashSet<u32, RandomState>,
 }
 
 impl Model {

@@ -324,7 +324,8 @@ impl PageChecks {
             }
             let group = &unsettled[group_start..group_end];
             let start = group[0].0;
-            let entries = read_pagemap(pagemap, stats, buffer, pid, start, group[group.len() - 1].1)?;
+            let entries =
+                read_pagemap(pagemap, stats, buffer, pid, start, group[group.len() - 1].1)?;
             for &(from, to) in group {
                 for addr in (from..to).step_by(PAGE as usize) {
                     let raw = entries.at((addr - start) / PAGE);
@@ -356,7 +357,12 @@ impl PageChecks {
     /// by mapping beside the file's known PFNs (a full pass of a chromium process reads
     /// ~150,000 pages: a lookup per page, a list of them to sort, and a copy of each
     /// pread's entries had cost more than the reads).
-    fn check_every_known_page(&mut self, pid: u32, kernel: &KernelView, pass: &mut Pass) -> Result<()> {
+    fn check_every_known_page(
+        &mut self,
+        pid: u32,
+        kernel: &KernelView,
+        pass: &mut Pass,
+    ) -> Result<()> {
         // Runs of known pages no more than MERGE_GAP apart, mapping by mapping, in address
         // order: (mapping, first index, last index).
         let mut pieces: Vec<(&Region, u64, u64)> = Vec::new();
@@ -398,7 +404,14 @@ impl PageChecks {
             let group = &pieces[group_start..group_end];
             let start = addr(&group[0], group[0].1);
             let last = &group[group.len() - 1];
-            let entries = read_pagemap(pagemap, stats, buffer, pid, start, addr(last, last.2) + PAGE)?;
+            let entries = read_pagemap(
+                pagemap,
+                stats,
+                buffer,
+                pid,
+                start,
+                addr(last, last.2) + PAGE,
+            )?;
             for piece in group {
                 let (r, from, to) = *piece;
                 let file = (r.dev, r.inode);
@@ -438,12 +451,25 @@ impl PageChecks {
                 run_end += 1;
             }
             let run = &wanted[run_start..run_end];
-            let entries = read_pagemap(pagemap, stats, buffer, pid, run[0].addr, run[run.len() - 1].addr + PAGE)?;
+            let entries = read_pagemap(
+                pagemap,
+                stats,
+                buffer,
+                pid,
+                run[0].addr,
+                run[run.len() - 1].addr + PAGE,
+            )?;
             for w in run {
                 let Some(known) = pfns.get_mut(&w.file).and_then(|k| k.get_mut(&w.index)) else {
                     continue;
                 };
-                compare(entries.at((w.addr - run[0].addr) / PAGE), *w, known, stats, pass);
+                compare(
+                    entries.at((w.addr - run[0].addr) / PAGE),
+                    *w,
+                    known,
+                    stats,
+                    pass,
+                );
             }
             run_start = run_end;
         }

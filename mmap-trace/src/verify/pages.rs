@@ -19,6 +19,13 @@
 //! pagemap is read with one `pread` per run of neighbouring pages (gaps of up to
 //! [`MERGE_GAP`] pages are read through), never page by page: procfs's `get_info` seeks
 //! and refills an 8 KiB `BufReader`, i.e. walks 1,024 pages of page tables to return one.
+//!
+//! What a check costs beyond its preads is kept per run, not per page, where most pages
+//! say nothing: the unsettled pages are runs of addresses, and an entry that is not a
+//! present file page is one test of its bits (the page stays unsettled), with no lookup
+//! of its mapping or file; a full pass walks each mapping beside its file's known PFNs.
+//! Per page, a lookup of the file and the index, a list of pages to sort, and a copy of
+//! each pread had cost three to four times the preads themselves in a cold chromium run.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -59,7 +66,7 @@ const CHECKED: u64 = 1 << 63;
 /// whose pages the others' reads put in the page cache: ~100,000 unsettled pages each,
 /// read again at each of its checkpoints, were 374 million pagemap entries in one cold
 /// run (16 s of a 17 s run). A page that faults in is then checked within this interval,
-/// or at the exit's full pass.
+/// or at the exit's full pass. Counted in pages, not runs.
 const UNSETTLED_EVERY_TIME: usize = 2048;
 const UNSETTLED_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -131,11 +138,13 @@ pub struct PageChecks {
     /// Known pages found not present, or present but not file pages (private copies), at
     /// their last check, in address order: a fault can make them file pages without an
     /// event.
-    unsettled: BTreeMap<u64, Wanted>,
+    unsettled: Vec<(u64, u64)>,
     last_full: Option<Instant>,
     /// When the unsettled pages were last read.
     last_unsettled: Option<Instant>,
     pagemap: Option<(u32, File)>,
+    /// The last pread's bytes (kept: a full pass makes thousands of reads).
+    buffer: Vec<u8>,
     pub stats: PageStats,
 }
 
@@ -149,10 +158,11 @@ impl PageChecks {
             recorded: HashMap::new(),
             touched: Vec::new(),
             touched_all: true,
-            unsettled: BTreeMap::new(),
+            unsettled: Vec::new(),
             last_full: None,
             last_unsettled: None,
             pagemap: None,
+            buffer: Vec::new(),
             stats: PageStats::default(),
         }
     }
@@ -235,27 +245,203 @@ impl PageChecks {
         let started = Instant::now();
         let full = last || self.due_full();
         let with_unsettled = full
-            || self.unsettled.len() <= UNSETTLED_EVERY_TIME
+            || self.unsettled_pages() <= UNSETTLED_EVERY_TIME as u64
             || self
                 .last_unsettled
                 .is_none_or(|t| t.elapsed() >= UNSETTLED_INTERVAL);
         if with_unsettled {
             self.last_unsettled = Some(Instant::now());
         }
-        let wanted = self.wanted(kernel, full, with_unsettled);
         if self.touched_all || self.pagemap.as_ref().is_none_or(|(p, _)| *p != pid) {
             // pagemap is bound to the address space it was opened on: reopen after exec.
             self.pagemap = None;
         }
+        let mut pass = Pass::default();
+        if full {
+            self.check_every_known_page(pid, kernel, &mut pass)?;
+        } else {
+            let wanted = self.wanted(kernel);
+            self.check_wanted(pid, &wanted, &mut pass)?;
+            let unsettled = std::mem::take(&mut self.unsettled);
+            // The pages just read are as found; the others stay unsettled unless read now.
+            let unsettled = without_pages(&unsettled, &wanted);
+            if with_unsettled {
+                self.check_unsettled(pid, kernel, &unsettled, &mut pass)?;
+            } else {
+                pass.unsettled.extend(unsettled);
+            }
+        }
+        // What is unsettled now: the whole set (a full pass, or every unsettled page read
+        // again), or what the pages read now add to the rest.
+        self.unsettled = merge_runs(pass.unsettled);
         self.recorded.clear();
         self.touched.clear();
         self.touched_all = false;
         if full {
             self.last_full = Some(started);
             self.stats.full_passes += 1;
+            if !self.full {
+                // A pass that takes long comes less often: at most FULL_SHARE of the time.
+                let took = started.elapsed();
+                self.full_interval = FULL_INTERVAL.max(took.mul_f64(1.0 / FULL_SHARE));
+            }
         }
-        let mut differences = Vec::new();
-        let mut unsettled = Vec::new();
+        Ok(pass.differences)
+    }
+
+    /// How many pages are unsettled.
+    fn unsettled_pages(&self) -> u64 {
+        self.unsettled.iter().map(|(s, e)| (e - s) / PAGE).sum()
+    }
+
+    /// The unsettled pages read again: a present file page among them is compared if the
+    /// events gave its (file, index) a PFN, and settled; the others stay unsettled. Most
+    /// are pages of shared libraries another process faulted into the page cache, not
+    /// present here (~100,000 per chromium process): each costs a test of its entry, not
+    /// a lookup.
+    fn check_unsettled(
+        &mut self,
+        pid: u32,
+        kernel: &KernelView,
+        unsettled: &[(u64, u64)],
+        pass: &mut Pass,
+    ) -> Result<()> {
+        let Self {
+            pfns,
+            pagemap,
+            stats,
+            buffer,
+            ..
+        } = self;
+        let mut group_start = 0;
+        let mut region: Option<&Region> = None;
+        while group_start < unsettled.len() {
+            let mut group_end = group_start + 1;
+            while group_end < unsettled.len()
+                && unsettled[group_end].0 - unsettled[group_end - 1].1 <= MERGE_GAP * PAGE
+            {
+                group_end += 1;
+            }
+            let group = &unsettled[group_start..group_end];
+            let start = group[0].0;
+            let entries =
+                read_pagemap(pagemap, stats, buffer, pid, start, group[group.len() - 1].1)?;
+            for &(from, to) in group {
+                for addr in (from..to).step_by(PAGE as usize) {
+                    let raw = entries.at((addr - start) / PAGE);
+                    if raw & PRESENT_FILE != PRESENT_FILE {
+                        pass.unsettle(addr);
+                        continue;
+                    }
+                    if region.is_none_or(|r| addr < r.start || addr >= r.end) {
+                        region = kernel.regions().at(addr);
+                    }
+                    // Still wanted: a page whose (file, index) the events gave a PFN.
+                    let Some(r) = region.filter(|r| r.inode != 0) else {
+                        continue;
+                    };
+                    let file = (r.dev, r.inode);
+                    let index = r.offset / PAGE + (addr - r.start) / PAGE;
+                    let Some(known) = pfns.get_mut(&file).and_then(|k| k.get_mut(&index)) else {
+                        continue;
+                    };
+                    compare(raw, Wanted { addr, file, index }, known, stats, pass);
+                }
+            }
+            group_start = group_end;
+        }
+        Ok(())
+    }
+
+    /// The full pass: every known page of every file mapping of `kernel`, walked mapping
+    /// by mapping beside the file's known PFNs (a full pass of a chromium process reads
+    /// ~150,000 pages: a lookup per page, a list of them to sort, and a copy of each
+    /// pread's entries had cost more than the reads).
+    fn check_every_known_page(
+        &mut self,
+        pid: u32,
+        kernel: &KernelView,
+        pass: &mut Pass,
+    ) -> Result<()> {
+        // Runs of known pages no more than MERGE_GAP apart, mapping by mapping, in address
+        // order: (mapping, first index, last index).
+        let mut pieces: Vec<(&Region, u64, u64)> = Vec::new();
+        for r in kernel.regions().iter().filter(|r| r.inode != 0) {
+            let Some(known) = self.pfns.get(&(r.dev, r.inode)) else {
+                continue;
+            };
+            let first = r.offset / PAGE;
+            let end = first.saturating_add((r.end - r.start) / PAGE);
+            let from = pieces.len();
+            for &i in known.range(first..end).map(|(i, _)| i) {
+                let mine = pieces.len() > from;
+                match pieces.last_mut() {
+                    Some(piece) if mine && i - piece.2 <= MERGE_GAP + 1 => piece.2 = i,
+                    _ => pieces.push((r, i, i)),
+                }
+            }
+        }
+        let Self {
+            pfns,
+            pagemap,
+            stats,
+            buffer,
+            ..
+        } = self;
+        let addr = |(r, _, _): &(&Region, u64, u64), i: u64| r.start + (i - r.offset / PAGE) * PAGE;
+        let mut group_start = 0;
+        while group_start < pieces.len() {
+            // Neighbouring pieces (a library's segments are mapped side by side) share a
+            // pread, as their pages would in address order.
+            let mut group_end = group_start + 1;
+            while group_end < pieces.len()
+                && addr(&pieces[group_end], pieces[group_end].1)
+                    - addr(&pieces[group_end - 1], pieces[group_end - 1].2)
+                    <= (MERGE_GAP + 1) * PAGE
+            {
+                group_end += 1;
+            }
+            let group = &pieces[group_start..group_end];
+            let start = addr(&group[0], group[0].1);
+            let last = &group[group.len() - 1];
+            let entries = read_pagemap(
+                pagemap,
+                stats,
+                buffer,
+                pid,
+                start,
+                addr(last, last.2) + PAGE,
+            )?;
+            for piece in group {
+                let (r, from, to) = *piece;
+                let file = (r.dev, r.inode);
+                let Some(known) = pfns.get_mut(&file) else {
+                    continue;
+                };
+                for (&index, known) in known.range_mut(from..=to) {
+                    let page = addr(piece, index);
+                    let w = Wanted {
+                        addr: page,
+                        file,
+                        index,
+                    };
+                    compare(entries.at((page - start) / PAGE), w, known, stats, pass);
+                }
+            }
+            group_start = group_end;
+        }
+        Ok(())
+    }
+
+    /// The pages of `wanted` (in address order), one pread per run of neighbours.
+    fn check_wanted(&mut self, pid: u32, wanted: &[Wanted], pass: &mut Pass) -> Result<()> {
+        let Self {
+            pfns,
+            pagemap,
+            stats,
+            buffer,
+            ..
+        } = self;
         let mut run_start = 0;
         while run_start < wanted.len() {
             let mut run_end = run_start + 1;
@@ -265,156 +451,203 @@ impl PageChecks {
                 run_end += 1;
             }
             let run = &wanted[run_start..run_end];
-            let entries = self.read_pagemap(pid, run[0].addr, run[run.len() - 1].addr + PAGE)?;
+            let entries = read_pagemap(
+                pagemap,
+                stats,
+                buffer,
+                pid,
+                run[0].addr,
+                run[run.len() - 1].addr + PAGE,
+            )?;
             for w in run {
-                let raw = entries[((w.addr - run[0].addr) / PAGE) as usize];
-                let PageInfo::MemoryPage(flags) = PageInfo::parse_info(raw) else {
-                    unsettled.push(*w); // swapped out: may come back
+                let Some(known) = pfns.get_mut(&w.file).and_then(|k| k.get_mut(&w.index)) else {
                     continue;
                 };
-                // Not present, or a private copy (copy-on-write): not a page-cache page now.
-                if !flags.contains(MemoryPageFlags::PRESENT)
-                    || !flags.contains(MemoryPageFlags::FILE)
-                {
-                    unsettled.push(*w);
-                    continue;
-                }
-                self.stats.checked += 1;
-                let found = flags.get_page_frame_number().0;
-                let Some(known) = self.pfns.get_mut(&w.file).and_then(|k| k.get_mut(&w.index))
-                else {
-                    continue;
-                };
-                if *known & CHECKED == 0 {
-                    self.stats.pages += 1;
-                }
-                let expected = *known & !CHECKED;
-                if expected != found {
-                    differences.push(Difference {
-                        start: w.addr,
-                        end: w.addr + PAGE,
-                        field: Field::Pfn,
-                        expected: format!("{expected:#x}"),
-                        found: format!("{found:#x}"),
-                    });
-                }
-                // Adopt the kernel's view so the next report is new.
-                *known = found | CHECKED;
+                compare(
+                    entries.at((w.addr - run[0].addr) / PAGE),
+                    *w,
+                    known,
+                    stats,
+                    pass,
+                );
             }
             run_start = run_end;
         }
-        if with_unsettled {
-            // Every unsettled page was wanted now, unless it is no longer mapped as a known
-            // file page: what is unsettled now is the whole set.
-            self.unsettled = unsettled.into_iter().map(|w| (w.addr, w)).collect();
-        } else {
-            // The unsettled pages not read now stay unsettled; those read now are as found.
-            for w in &wanted {
-                self.unsettled.remove(&w.addr);
-            }
-            self.unsettled
-                .extend(unsettled.into_iter().map(|w| (w.addr, w)));
-        }
-        if full && !self.full {
-            // A pass that takes long comes less often: at most FULL_SHARE of the time.
-            let took = started.elapsed();
-            self.full_interval = FULL_INTERVAL.max(took.mul_f64(1.0 / FULL_SHARE));
-        }
-        Ok(differences)
+        Ok(())
     }
 
-    /// The known pages of `kernel`'s file mappings that may have changed (all of them
-    /// when `full`), in address order. Only a full pass walks every mapping: otherwise
-    /// the touched ranges, the files of recorded pages and the unsettled pages are each
-    /// looked up where they are.
-    fn wanted(&self, kernel: &KernelView, full: bool, with_unsettled: bool) -> Vec<Wanted> {
+    /// The known pages of `kernel`'s file mappings that may have changed since the last
+    /// check, in address order: the touched ranges and the files of recorded pages, each
+    /// looked up where it is (the unsettled pages are read apart, by runs).
+    fn wanted(&self, kernel: &KernelView) -> Vec<Wanted> {
         let mut wanted = Vec::new();
-        // The known pages of `r` in [from, to).
-        let mut add = |r: &Region, from: u64, to: u64| {
-            let file = (r.dev, r.inode);
-            let Some(known) = self.pfns.get(&file) else {
-                return;
-            };
-            let (from, to) = (from.max(r.start), to.min(r.end));
-            if from >= to {
-                return;
-            }
-            let first = r.offset / PAGE;
-            let index = |addr: u64| first + (addr - r.start) / PAGE;
-            for (&i, _) in known.range(index(from)..index(to)) {
-                wanted.push(Wanted {
-                    addr: r.start + (i - first) * PAGE,
-                    file,
-                    index: i,
-                });
-            }
-        };
-        if full {
-            for r in kernel.regions().iter().filter(|r| r.inode != 0) {
-                add(r, r.start, r.end);
-            }
-        } else {
-            for &(s, e) in &self.touched {
-                for r in kernel.regions().overlapping(s, e).filter(|r| r.inode != 0) {
-                    add(r, s, e);
-                }
-            }
-        }
-        if !full {
-            for (&file, indices) in &self.recorded {
-                for r in kernel.of_file(file) {
-                    let first = r.offset / PAGE;
-                    let pages = (r.end - r.start) / PAGE;
-                    for &i in indices.range(first..first.saturating_add(pages)) {
-                        wanted.push(Wanted {
-                            addr: r.start + (i - first) * PAGE,
-                            file,
-                            index: i,
-                        });
-                    }
-                }
-            }
-            // Still wanted: the unsettled pages that the same (file, index) still maps.
-            for w in self.unsettled.values().filter(|_| with_unsettled) {
-                let Some(r) = kernel.regions().at(w.addr) else {
+        for &(s, e) in &self.touched {
+            for r in kernel.regions().overlapping(s, e).filter(|r| r.inode != 0) {
+                let file = (r.dev, r.inode);
+                let Some(known) = self.pfns.get(&file) else {
                     continue;
                 };
-                if (r.dev, r.inode) == w.file
-                    && r.offset / PAGE + (w.addr - r.start) / PAGE == w.index
-                {
-                    wanted.push(*w);
+                let (from, to) = (s.max(r.start), e.min(r.end));
+                if from >= to {
+                    continue;
+                }
+                let first = r.offset / PAGE;
+                let index = |addr: u64| first + (addr - r.start) / PAGE;
+                for (&i, _) in known.range(index(from)..index(to)) {
+                    wanted.push(Wanted {
+                        addr: r.start + (i - first) * PAGE,
+                        file,
+                        index: i,
+                    });
                 }
             }
         }
-        // A full pass builds it in address order already.
+        for (&file, indices) in &self.recorded {
+            for r in kernel.of_file(file) {
+                let first = r.offset / PAGE;
+                let pages = (r.end - r.start) / PAGE;
+                for &i in indices.range(first..first.saturating_add(pages)) {
+                    wanted.push(Wanted {
+                        addr: r.start + (i - first) * PAGE,
+                        file,
+                        index: i,
+                    });
+                }
+            }
+        }
         if !wanted.is_sorted_by_key(|w| w.addr) {
             wanted.sort_unstable_by_key(|w| w.addr);
         }
         wanted.dedup_by_key(|w| w.addr);
         wanted
     }
+}
 
-    /// The pagemap entries of [start, end), in one pread.
-    fn read_pagemap(&mut self, pid: u32, start: u64, end: u64) -> Result<Vec<u64>> {
-        let (_, file) = match &mut self.pagemap {
-            Some(open) => open,
-            None => self.pagemap.insert((
-                pid,
-                File::open(format!("/proc/{pid}/pagemap"))
-                    .with_context(|| format!("opening /proc/{pid}/pagemap"))?,
-            )),
-        };
-        let count = ((end - start) / PAGE) as usize;
-        let mut bytes = vec![0u8; count * 8];
-        file.read_exact_at(&mut bytes, start / PAGE * 8)
-            .with_context(|| format!("reading /proc/{pid}/pagemap at {start:#x}"))?;
-        self.stats.reads += 1;
-        self.stats.entries += count as u64;
-        Ok(bytes
-            .chunks_exact(8)
-            .map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
-            .collect())
+/// What one check found: the PFN differences, and the pages read that were not present
+/// file pages, as runs of addresses (in address order within each part of the check).
+#[derive(Default)]
+struct Pass {
+    differences: Vec<Difference>,
+    unsettled: Vec<(u64, u64)>,
+}
+
+impl Pass {
+    fn unsettle(&mut self, addr: u64) {
+        match self.unsettled.last_mut() {
+            Some(run) if run.1 == addr => run.1 += PAGE,
+            _ => self.unsettled.push((addr, addr + PAGE)),
+        }
     }
+}
+
+/// pagemap's bits for a present page (63) that is a file page or shared anonymous (61).
+const PRESENT_FILE: u64 = (1 << 63) | (1 << 61);
+
+/// Runs of pages sorted and joined where they touch or overlap.
+fn merge_runs(mut runs: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    if !runs.is_sorted() {
+        runs.sort_unstable();
+    }
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
+    for (s, e) in runs {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+/// `runs` (sorted, disjoint) without the pages of `read` (in address order).
+fn without_pages(runs: &[(u64, u64)], read: &[Wanted]) -> Vec<(u64, u64)> {
+    let mut out = Vec::with_capacity(runs.len());
+    let mut read = read.iter().map(|w| w.addr).peekable();
+    for &(mut s, e) in runs {
+        while read.next_if(|&a| a < s).is_some() {}
+        while let Some(a) = read.next_if(|&a| a < e) {
+            if s < a {
+                out.push((s, a));
+            }
+            s = a + PAGE;
+        }
+        if s < e {
+            out.push((s, e));
+        }
+    }
+    out
+}
+
+/// One pread's pagemap entries, as read (native-endian u64s).
+struct Entries<'a>(&'a [u8]);
+
+impl Entries<'_> {
+    fn at(&self, i: u64) -> u64 {
+        let i = i as usize * 8;
+        u64::from_ne_bytes(self.0[i..i + 8].try_into().expect("8 bytes"))
+    }
+}
+
+/// Compares one known page with its pagemap entry: a present file page must hold the
+/// known PFN (a difference is reported, then the kernel's PFN adopted so the next report
+/// is new); anything else is unsettled.
+fn compare(raw: u64, w: Wanted, known: &mut u64, stats: &mut PageStats, pass: &mut Pass) {
+    let PageInfo::MemoryPage(flags) = PageInfo::parse_info(raw) else {
+        pass.unsettle(w.addr); // swapped out: may come back
+        return;
+    };
+    // Not present, or a private copy (copy-on-write): not a page-cache page now.
+    if !flags.contains(MemoryPageFlags::PRESENT) || !flags.contains(MemoryPageFlags::FILE) {
+        pass.unsettle(w.addr);
+        return;
+    }
+    stats.checked += 1;
+    let found = flags.get_page_frame_number().0;
+    if *known & CHECKED == 0 {
+        stats.pages += 1;
+    }
+    let expected = *known & !CHECKED;
+    if expected != found {
+        pass.differences.push(Difference {
+            start: w.addr,
+            end: w.addr + PAGE,
+            field: Field::Pfn,
+            expected: format!("{expected:#x}"),
+            found: format!("{found:#x}"),
+        });
+    }
+    *known = found | CHECKED;
+}
+
+/// The pagemap entries of [start, end), in one pread into `buffer` (kept between reads:
+/// a full pass makes thousands).
+fn read_pagemap<'b>(
+    pagemap: &mut Option<(u32, File)>,
+    stats: &mut PageStats,
+    buffer: &'b mut Vec<u8>,
+    pid: u32,
+    start: u64,
+    end: u64,
+) -> Result<Entries<'b>> {
+    let file = match pagemap {
+        Some((_, file)) => file,
+        None => {
+            &mut pagemap
+                .insert((
+                    pid,
+                    File::open(format!("/proc/{pid}/pagemap"))
+                        .with_context(|| format!("opening /proc/{pid}/pagemap"))?,
+                ))
+                .1
+        }
+    };
+    let count = ((end - start) / PAGE) as usize;
+    buffer.resize(count * 8, 0);
+    let bytes = &mut buffer[..count * 8];
+    file.read_exact_at(bytes, start / PAGE * 8)
+        .with_context(|| format!("reading /proc/{pid}/pagemap at {start:#x}"))?;
+    stats.reads += 1;
+    stats.entries += count as u64;
+    Ok(Entries(bytes))
 }
 
 #[cfg(test)]

@@ -32,6 +32,19 @@ pub fn read(pid: u32) -> Result<MapsView> {
     Ok(parse(&bytes))
 }
 
+/// Whether `/proc/<pid>` still reaches an address space. Its maps read empty, and its
+/// status has no `Vm` lines, once the thread-group leader has left its mm: the whole
+/// process exiting (a group exit kills the leader without a ptrace exit stop), or the
+/// leader alone gone while other threads run on. A live mm with no VMA still shows
+/// `VmSize: 0 kB`.
+pub fn has_address_space(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/status")).is_ok_and(|status| {
+        status
+            .split(|&b| b == b'\n')
+            .any(|line| line.starts_with(b"VmSize:"))
+    })
+}
+
 pub fn parse(bytes: &[u8]) -> MapsView {
     let mut view = MapsView::default();
     let mut regions = Vec::new();
@@ -322,6 +335,32 @@ fn hex(s: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A live process reaches its address space through /proc; a zombie (exited, not
+    /// yet reaped) does not, and its maps read empty.
+    #[test]
+    fn an_exited_process_has_no_address_space() {
+        assert!(has_address_space(std::process::id()));
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawning true");
+        let pid = child.id();
+        let zombie = (0..2000).any(|_| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
+            if state == Some('Z') {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            false
+        });
+        assert!(zombie, "`true` did not exit within 10 s");
+        assert!(!has_address_space(pid));
+        assert!(read(pid).unwrap().regions.is_empty());
+        child.wait().expect("reaping true");
+    }
 
     #[test]
     fn reads_our_own_maps() {

@@ -754,12 +754,33 @@ impl Verifier {
             }
         }
         let query = proc.query.as_mut().filter(|_| !whole).map(|(_, q)| q);
+        // Once the pid no longer reaches an address space there is nothing to compare
+        // with: its maps read empty (or a query fails), which is not what the events
+        // did. Said, counted as a checkpoint that agrees; its exit follows.
+        let gone = |reader: u32| {
+            log::info!(
+                "pid {reader}: its address space is no longer reachable through /proc \
+                 (exiting): not compared at this checkpoint"
+            );
+            Check {
+                kernel: Vec::new(),
+                comparison: Comparison::default(),
+                extra: Vec::new(),
+            }
+        };
         let check = match (whole, query) {
             (false, Some(query)) => {
                 let windows = merge_ranges(windows);
                 let mut kernel = RegionMap::default();
                 for &(start, end) in &windows {
-                    for r in query.regions(start, end)? {
+                    let regions = match query.regions(start, end) {
+                        Ok(regions) => regions,
+                        Err(_) if !space::maps::has_address_space(reader) => {
+                            return Ok(gone(reader));
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    for r in regions {
                         proc.stats.maps_queried_vmas += 1;
                         kernel.insert(r);
                     }
@@ -781,6 +802,12 @@ impl Verifier {
             }
             _ => {
                 let view = space::maps::read(reader)?;
+                if view.regions.is_empty()
+                    && view.unparsed.is_empty()
+                    && !space::maps::has_address_space(reader)
+                {
+                    return Ok(gone(reader));
+                }
                 let mut kernel = RegionMap::from_regions(view.regions);
                 if plant == Some(Plant::MapsPerms) {
                     plant_perms(&mut kernel);

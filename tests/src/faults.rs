@@ -42,6 +42,16 @@ pub fn observed<'a>(own: &'a [Value], what: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// The summary's `faults_by_mapping` row of the mapping that starts at `start`.
+pub fn mapping_row(summary: &Value, start: u64) -> &Value {
+    summary["faults_by_mapping"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no faults_by_mapping in the summary: {summary}"))
+        .iter()
+        .find(|m| hex(&m["start"]) == start)
+        .unwrap_or_else(|| panic!("no summary row for {start:#x}: {summary}"))
+}
+
 /// What this architecture's fault source says of a write to a page not present yet:
 /// x86's `exceptions:page_fault_user` carries the hardware error code (a write, not
 /// present); arm64's perf software event carries no ESR, so neither is known.
@@ -96,12 +106,7 @@ pub fn assert_faults_per_region() {
             assert_eq!(hex(&f["vma"]["end"]), end, "attributed elsewhere: {f}");
             assert_eq!(f["vma"]["perms"], "rw-p", "{f}");
         }
-        let row = summary["faults_by_mapping"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| hex(&m["start"]) == start)
-            .unwrap_or_else(|| panic!("no summary row for {start:#x}: {summary}"));
+        let row = mapping_row(summary, start);
         assert_eq!(hex(&row["end"]), end, "{row}");
         assert_eq!(row["faults"].as_u64(), Some(pages), "{row}");
         if access == "write" {

@@ -147,12 +147,7 @@ fn faults_that_needed_io_are_counted() {
         COLD_PAGES - 1,
         "maj_flt from the first to the last read"
     );
-    let row = summary["faults_by_mapping"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| hex(&m["start"]) == start)
-        .unwrap_or_else(|| panic!("no summary row for {start:#x}: {summary}"));
+    let row = faults::mapping_row(summary, start);
     assert_eq!(row["faults"].as_u64(), Some(COLD_PAGES), "{row}");
     assert_eq!(row["major"].as_u64(), Some(COLD_PAGES), "{row}");
     assert_eq!(row["perms"], "r--p", "{row}");

@@ -182,6 +182,7 @@ pub const INVISIBLE: &[&str] = &[
     "blocked-read",
     "waitpid-stop",
     "pidfd-reap",
+    "signal-mask",
 ];
 
 /// For an [`INVISIBLE`] scenario: its observations under `run` equal a run alone.

@@ -31,6 +31,7 @@ pub const SCENARIOS: &[&str] = &[
     "blocked-read",
     "waitpid-stop",
     "pidfd-reap",
+    "signal-mask",
     "deep-path",
     "long-path",
     // Issue 12: changes outside mmap/munmap/mprotect/mremap/brk, and process trees.
@@ -75,6 +76,7 @@ pub fn run(rec: &mut Recorder, name: &str) -> bool {
         "blocked-read" => blocked_read(rec),
         "waitpid-stop" => waitpid_stop(rec),
         "pidfd-reap" => pidfd_reap(rec),
+        "signal-mask" => signal_mask(rec),
         "deep-path" => map_nested(rec, &[b"d".as_slice(); 40]),
         "long-path" => map_nested(rec, &[[b'l'; 200].as_slice(), &[b'm'; 200]]),
         "shmat" => shm(rec, true),
@@ -502,6 +504,23 @@ fn sigcont_handler(rec: &mut Recorder) {
         rec.call("munmap", libc::SYS_munmap, &[a, 2 * PAGE]);
     }
     rec.observe("sigcont_handler_runs", SIGCONT_RUNS.load(Ordering::Relaxed));
+}
+
+/// The signals this process was started with blocked and ignored (from
+/// /proc/self/status), around a few calls: a command verify starts must get the mask it
+/// would have had alone, not the one verify runs with (verify blocks SIGCHLD for itself).
+fn signal_mask(rec: &mut Recorder) {
+    let a = rec.call("mmap", libc::SYS_mmap, &[0, PAGE, RW, ANON, NO_FD, 0]) as u64;
+    rec.call("munmap", libc::SYS_munmap, &[a, PAGE]);
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    for key in ["SigBlk", "SigIgn"] {
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}:")))
+            .map(str::trim)
+            .unwrap_or_default();
+        rec.observe(key, value);
+    }
 }
 
 /// Whether thread `tid` of this process sits in read(2) (syscall 0), from

@@ -323,6 +323,14 @@ struct VerifyArgs {
     /// pages that could have changed since their last check (slower; for self-tests).
     #[arg(long)]
     full: bool,
+    /// Let idle CPUs sleep as usual. By default, while verify runs it asks the kernel for
+    /// a CPU wake-up latency of zero (the PM QoS device /dev/cpu_dma_latency, released
+    /// when verify ends): idle CPUs poll instead of halting, because each checkpoint hands
+    /// the target back to a CPU that would otherwise have to be woken (tens of µs on a
+    /// virtual machine; a checkpoint takes ~20 µs). Costs idle CPU time while verify runs;
+    /// nothing is asked on a single CPU.
+    #[arg(long)]
+    cpus_may_sleep: bool,
 }
 
 #[derive(Args)]
@@ -394,6 +402,7 @@ impl Cli {
                     load,
                     plant: args.plant,
                     full: args.full,
+                    cpus_may_sleep: args.cpus_may_sleep,
                 };
                 if verify::run(config)? {
                     Outcome::Done

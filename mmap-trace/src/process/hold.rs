@@ -283,6 +283,11 @@ impl Holder {
         Ok(notices)
     }
 
+    /// The notices kept from statuses already handled, without asking for more.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.pending)
+    }
+
     /// One wait status (false when there was none). Signals and events that need no
     /// checkpoint are passed on at once.
     fn wait_one(&mut self, flags: libc::c_int, notices: &mut Vec<Notice>) -> Result<bool> {

@@ -60,8 +60,10 @@ pub fn spawn_held(argv: &[OsString], stdout_to_stderr: bool) -> Result<HeldChild
     // The child's own copies of the ends it does not use: it must see EOF on `go` when
     // the tracer goes away (or drops it on a set-up error), not wait for itself.
     let (go_write_fd, err_read_fd) = (go_write.as_raw_fd(), err_read.as_raw_fd());
+    // The signals the command would have had alone (verify blocks SIGCHLD for itself).
+    let mask = super::child_signals::mask_at_start();
 
-    // SAFETY: the child only calls read, dup2, execvp, write and _exit.
+    // SAFETY: the child only calls sigprocmask, read, dup2, execvp, write and _exit.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(std::io::Error::last_os_error()).context("fork");
@@ -71,6 +73,9 @@ pub fn spawn_held(argv: &[OsString], stdout_to_stderr: bool) -> Result<HeldChild
         unsafe {
             libc::close(go_write_fd);
             libc::close(err_read_fd);
+            if let Some(mask) = &mask {
+                libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
+            }
             let mut byte = 0u8;
             if libc::read(go_fd, (&raw mut byte).cast(), 1) != 1 {
                 libc::_exit(127); // the tracer went away before releasing us

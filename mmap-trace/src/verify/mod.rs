@@ -31,6 +31,7 @@ use crate::{
     kernel::decode::{self, Call, Event, is_error},
     kernel::loader::LoadOptions,
     output::{Format, Output, Summary, ignore_closed_output},
+    process::child_signals::ChildSignals,
     process::hold::{Hold, Holder, Notice},
     process::session::{Session, StopSignals, Target, monotonic_ns, runtime},
     schema::{
@@ -66,6 +67,8 @@ pub struct VerifyConfig {
     /// PFN-check every known page at every checkpoint (self-tests), not only those that
     /// could have changed.
     pub full: bool,
+    /// Leave the CPUs' idle policy alone (no [`crate::process::cpu::AwakeCpus`]).
+    pub cpus_may_sleep: bool,
 }
 
 /// A call that failed but may have changed part of its ranges before it did.
@@ -161,16 +164,13 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         );
     }
     let catch_all = requested.contains(&Probe::MmLock);
+    // Before any thread exists and before the command's fork (it gets the mask back).
+    let child_signals = ChildSignals::block()?;
     let runtime = runtime()?;
     let StopSignals {
         mut sigint,
         mut sigterm,
     } = StopSignals::install(&runtime)?;
-    let mut sigchld = {
-        let _context = runtime.enter();
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
-            .context("catching SIGCHLD")?
-    };
     // Before attaching: a bad path must not leave a command running untraced.
     let sink = crate::output::open(config.output.as_deref())?;
     let mut holder = Holder::new(follow);
@@ -216,20 +216,38 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
     let ended = runtime.block_on(async {
         // SAFETY: the AsyncFd owns the ring buffer's descriptor while registered.
         let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
+        // SAFETY: the AsyncFd owns the signalfd while registered.
+        let child_signals = unsafe { AsyncFd::register(child_signals) }
+            .map_err(|e| e.into_parts().1)
+            .context("watching SIGCHLD")?;
         let mut stopped = false;
         let mut cpu = crate::process::cpu::FollowCpu::new();
+        let _awake = (!config.cpus_may_sleep)
+            .then(crate::process::cpu::AwakeCpus::request)
+            .flatten();
         // Records that stop their thread do not wake verify (the stop does); a record
         // whose stop never came, or that stops nobody (another task's change), is found
         // by this tick at the latest.
         let mut tick = tokio::time::interval(SAFETY_TICK);
         let ended = loop {
             if !stopped {
+                // About to sleep: the SIGCHLDs of stops already handled are dropped, so the
+                // descriptor wakes verify for a new one only; a stop that came in between is
+                // looked for once more.
+                child_signals.get_ref().drain();
+                stopped = holder.await_stop(std::time::Duration::ZERO)?;
+            }
+            if !stopped {
                 tokio::select! {
                     guard = ring.readable_mut() => {
                         let mut guard = guard?;
                         guard.clear_ready();
                     }
-                    _ = sigchld.recv() => {}
+                    guard = child_signals.readable() => {
+                        let mut guard = guard?;
+                        guard.get_inner().drain();
+                        guard.clear_ready();
+                    }
                     _ = tick.tick() => {}
                     _ = sigint.recv() => break "SIGINT".to_string(),
                     _ = sigterm.recv() => break "SIGTERM".to_string(),
@@ -239,8 +257,9 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
                 verifier.notice(notice);
             }
             verifier.checkpoint(&mut holder, ring.get_mut(), &mut out)?;
-            // Exits seen while holding processes for the checkpoint.
-            for notice in holder.poll()? {
+            // Exits seen while holding processes for the checkpoint (a status that comes
+            // after is taken by the look for the next stop below).
+            for notice in holder.take_notices() {
                 verifier.notice(notice);
             }
             // The target runs on to its next event and stops right after it: look for that

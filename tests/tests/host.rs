@@ -586,7 +586,11 @@ fn verify_full_page_checks_agree_with_incremental_ones() {
         count(&incremental, "pfn_checks"),
         count(&full, "pfn_checks"),
     );
-    assert!(i >= 5 && f >= i, "PFN checks: incremental {i}, --full {f}");
+    // Comparisons are not comparable between two runs: besides --full's passes, full
+    // passes come on a clock (every 250 ms), so a slow incremental run compares a present
+    // page again where a fast one did not (seen once: incremental 11, --full 5). What
+    // each covered, the different pages compared, is.
+    assert!(i >= 5 && f >= 5, "PFN checks: incremental {i}, --full {f}");
     // Reading only what calls touched covers every page the whole reads cover.
     assert_eq!(
         count(&incremental, "pfn_pages"),

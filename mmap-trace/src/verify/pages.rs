@@ -313,19 +313,9 @@ impl PageChecks {
             buffer,
             ..
         } = self;
-        let mut group_start = 0;
         let mut region: Option<&Region> = None;
-        while group_start < unsettled.len() {
-            let mut group_end = group_start + 1;
-            while group_end < unsettled.len()
-                && unsettled[group_end].0 - unsettled[group_end - 1].1 <= MERGE_GAP * PAGE
-            {
-                group_end += 1;
-            }
-            let group = &unsettled[group_start..group_end];
-            let start = group[0].0;
-            let entries =
-                read_pagemap(pagemap, stats, buffer, pid, start, group[group.len() - 1].1)?;
+        for (group, start, end) in pread_groups(unsettled, |&run| run) {
+            let entries = read_pagemap(pagemap, stats, buffer, pid, start, end)?;
             for &(from, to) in group {
                 for addr in (from..to).step_by(PAGE as usize) {
                     let raw = entries.at((addr - start) / PAGE);
@@ -348,7 +338,6 @@ impl PageChecks {
                     compare(raw, Wanted { addr, file, index }, known, stats, pass);
                 }
             }
-            group_start = group_end;
         }
         Ok(())
     }
@@ -389,29 +378,12 @@ impl PageChecks {
             ..
         } = self;
         let addr = |(r, _, _): &(&Region, u64, u64), i: u64| r.start + (i - r.offset / PAGE) * PAGE;
-        let mut group_start = 0;
-        while group_start < pieces.len() {
-            // Neighbouring pieces (a library's segments are mapped side by side) share a
-            // pread, as their pages would in address order.
-            let mut group_end = group_start + 1;
-            while group_end < pieces.len()
-                && addr(&pieces[group_end], pieces[group_end].1)
-                    - addr(&pieces[group_end - 1], pieces[group_end - 1].2)
-                    <= (MERGE_GAP + 1) * PAGE
-            {
-                group_end += 1;
-            }
-            let group = &pieces[group_start..group_end];
-            let start = addr(&group[0], group[0].1);
-            let last = &group[group.len() - 1];
-            let entries = read_pagemap(
-                pagemap,
-                stats,
-                buffer,
-                pid,
-                start,
-                addr(last, last.2) + PAGE,
-            )?;
+        // Neighbouring pieces (a library's segments are mapped side by side) share a
+        // pread, as their pages would in address order.
+        let span =
+            |piece: &(&Region, u64, u64)| (addr(piece, piece.1), addr(piece, piece.2) + PAGE);
+        for (group, start, end) in pread_groups(&pieces, span) {
+            let entries = read_pagemap(pagemap, stats, buffer, pid, start, end)?;
             for piece in group {
                 let (r, from, to) = *piece;
                 let file = (r.dev, r.inode);
@@ -428,7 +400,6 @@ impl PageChecks {
                     compare(entries.at((page - start) / PAGE), w, known, stats, pass);
                 }
             }
-            group_start = group_end;
         }
         Ok(())
     }
@@ -442,36 +413,14 @@ impl PageChecks {
             buffer,
             ..
         } = self;
-        let mut run_start = 0;
-        while run_start < wanted.len() {
-            let mut run_end = run_start + 1;
-            while run_end < wanted.len()
-                && wanted[run_end].addr - wanted[run_end - 1].addr <= (MERGE_GAP + 1) * PAGE
-            {
-                run_end += 1;
-            }
-            let run = &wanted[run_start..run_end];
-            let entries = read_pagemap(
-                pagemap,
-                stats,
-                buffer,
-                pid,
-                run[0].addr,
-                run[run.len() - 1].addr + PAGE,
-            )?;
+        for (run, start, end) in pread_groups(wanted, |w| (w.addr, w.addr + PAGE)) {
+            let entries = read_pagemap(pagemap, stats, buffer, pid, start, end)?;
             for w in run {
                 let Some(known) = pfns.get_mut(&w.file).and_then(|k| k.get_mut(&w.index)) else {
                     continue;
                 };
-                compare(
-                    entries.at((w.addr - run[0].addr) / PAGE),
-                    *w,
-                    known,
-                    stats,
-                    pass,
-                );
+                compare(entries.at((w.addr - start) / PAGE), *w, known, stats, pass);
             }
-            run_start = run_end;
         }
         Ok(())
     }
@@ -538,6 +487,31 @@ impl Pass {
             _ => self.unsettled.push((addr, addr + PAGE)),
         }
     }
+}
+
+/// `items` (in address order) in groups read by one pread each: a group ends where the
+/// next item starts more than [`MERGE_GAP`] pages after the group's end (reading the gap
+/// costs less than another pread). `span`: an item's [start, end) addresses. Yields
+/// each group with the [start, end) its pread covers.
+fn pread_groups<'a, T>(
+    items: &'a [T],
+    span: impl Fn(&T) -> (u64, u64) + 'a,
+) -> impl Iterator<Item = (&'a [T], u64, u64)> + 'a {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        let (start, mut end) = span(rest.first()?);
+        let mut n = 1;
+        while let Some((s, e)) = rest.get(n).map(&span) {
+            if s.saturating_sub(end) > MERGE_GAP * PAGE {
+                break;
+            }
+            end = end.max(e);
+            n += 1;
+        }
+        let (group, tail) = rest.split_at(n);
+        rest = tail;
+        Some((group, start, end))
+    })
 }
 
 /// pagemap's bits for a present page (63) that is a file page or shared anonymous (61).
@@ -664,6 +638,29 @@ mod tests {
     /// Larger than the kernel's fault-around window (16 pages), so that a fault in one
     /// part leaves another not present.
     const PAGES: u64 = 64;
+
+    #[test]
+    fn pread_groups_join_neighbours_within_the_gap() {
+        let p = |n: u64| n * PAGE;
+        // Touching, then MERGE_GAP pages apart (joined), then one page more (cut).
+        let runs = [
+            (p(0), p(2)),
+            (p(2), p(3)),
+            (p(3 + MERGE_GAP), p(4 + MERGE_GAP)),
+            (p(5 + 2 * MERGE_GAP), p(6 + 2 * MERGE_GAP)),
+        ];
+        let groups: Vec<(usize, u64, u64)> = pread_groups(&runs, |&r| r)
+            .map(|(g, s, e)| (g.len(), s, e))
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                (3, p(0), p(4 + MERGE_GAP)),
+                (1, p(5 + 2 * MERGE_GAP), p(6 + 2 * MERGE_GAP))
+            ]
+        );
+        assert_eq!(pread_groups(&runs[..0], |&r| r).count(), 0);
+    }
 
     struct Mapped {
         addr: u64,

@@ -26,6 +26,9 @@ const TARGET_VERIFY_COLD_WORST: f64 = 5.0;
 /// its checkpoints costs: (verified − untraced) / checkpoints.
 const TARGET_LOOP_SLOWDOWN: f64 = 20.0;
 const TARGET_CHECKPOINT_US: f64 = 30.0;
+/// `trace --stacks` on the bench loop at its default ring: every event kept, at most this
+/// slowdown.
+const TARGET_STACKS_SLOWDOWN: f64 = 2.5;
 const TARGET_TRACE_VS_UNTRACED: f64 = 1.10;
 const TARGET_TRACE_VS_FLOOR: f64 = 1.05;
 
@@ -290,6 +293,7 @@ impl Results {
         );
         let mut mmap_trace_slowdown = Spread::default();
         let mut mmap_trace_lost = 0;
+        let mut stacks: Option<(Spread, u64)> = None;
         for v in &o.variants {
             let secs = Spread::of(&v.secs);
             let ratios: Vec<f64> = v
@@ -317,16 +321,20 @@ impl Results {
                 )
             };
             let (lost, rss) = (v.lost_cell(), v.rss_cell());
-            if v.name == Kind::MmapTrace.name() {
-                mmap_trace_slowdown = slowdown;
-                // Worst run: what it reported lost, or what is missing from its output.
-                mmap_trace_lost = v
-                    .kept
+            // Worst run: what it reported lost, or what is missing from its output.
+            let worst_lost = || {
+                v.kept
                     .iter()
                     .zip(&v.lost)
                     .map(|(k, l)| l.unwrap_or(0).max(o.expected.saturating_sub(*k)))
                     .max()
-                    .unwrap_or(0);
+                    .unwrap_or(0)
+            };
+            if v.name == Kind::MmapTrace.name() {
+                mmap_trace_slowdown = slowdown;
+                mmap_trace_lost = worst_lost();
+            } else if v.name == Kind::MmapTraceStacks.name() {
+                stacks = Some((slowdown, worst_lost()));
             }
             let _ = writeln!(
                 s,
@@ -518,6 +526,15 @@ impl Results {
                 floor_slowdown.median,
                 records_vs_floor.median,
                 vs_records.median,
+            );
+        }
+        if let Some((slowdown, lost)) = stacks {
+            let _ = writeln!(
+                s,
+                "**Target**, `trace --stacks` on the loop at its default ring: 0 lost and ≤ \
+                 {TARGET_STACKS_SLOWDOWN}× of untraced: {} ({:.2}×, {lost} lost at worst).\n",
+                met(lost == 0 && slowdown.median <= TARGET_STACKS_SLOWDOWN),
+                slowdown.median,
             );
         }
         let _ = writeln!(

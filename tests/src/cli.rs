@@ -3,7 +3,8 @@
 
 use std::{
     ffi::OsStr,
-    path::PathBuf,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
     process::{Command, Output},
     sync::atomic::{AtomicUsize, Ordering},
 };
@@ -29,6 +30,41 @@ pub fn workload_path() -> PathBuf {
 /// The bench's floor (mmap-trace-floor/), a binary of its own.
 pub fn floor() -> Command {
     Command::new(from_env("MMTRACE_FLOOR"))
+}
+
+/// Builds C `source` with `gcc <flags>` into `dir/name`.
+pub fn build_c(dir: &Path, name: &str, flags: &[&str], source: &str) -> PathBuf {
+    let file = dir.join(format!("{name}.c"));
+    std::fs::write(&file, source).unwrap();
+    let program = dir.join(name);
+    let run = Command::new("gcc")
+        .args(flags)
+        .arg("-o")
+        .arg(&program)
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("this test needs gcc to build its C program: {e}"));
+    assert!(run.status.success(), "gcc failed: {}", stderr(&run));
+    program
+}
+
+/// `cmd` starts without address-space randomization (`ADDR_NO_RANDOMIZE`, what
+/// `setarch -R` and gdb set), which its children and the programs they exec keep: a
+/// command verify starts gets it through verify.
+pub fn without_randomization(cmd: &mut Command) -> &mut Command {
+    // SAFETY: personality(2) only sets this process's execution domain flags; it is
+    // async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            // 0xffffffff asks for the current persona without changing it.
+            let current = libc::personality(0xffff_ffff);
+            let fixed = current as libc::c_ulong | libc::ADDR_NO_RANDOMIZE as libc::c_ulong;
+            if current == -1 || libc::personality(fixed) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
 }
 
 pub fn stdout(o: &Output) -> String {

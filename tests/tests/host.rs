@@ -9,7 +9,10 @@ use std::{
 };
 
 use mmap_trace_tests::{
-    cli::{cli, json_lines, split_summary, stderr, stdout, workload_path},
+    cli::{
+        build_c, cli, json_lines, split_summary, stderr, stdout, without_randomization,
+        workload_path,
+    },
     stress::wait_ready,
     workload::{match_calls, parse_calls},
 };
@@ -468,6 +471,106 @@ fn verify_reports_a_planted_mismatch() {
         run.stderr
     );
 }
+
+/// Without address-space randomization (`setarch -R`, gdb's default) a static binary's
+/// heap starts right after its bss, and an mlock over both makes the kernel merge them
+/// into one VMA that maps names `[heap]` as a whole; munlock of one page splits it again.
+/// Verify must follow the name the kernel's VMA gives, not flag the bss as misnamed.
+#[test]
+fn verify_follows_the_heap_name_over_a_merged_bss() {
+    let _guard = shared();
+    let dir = std::env::temp_dir().join(format!("heap-merge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let program = build_c(&dir, "heapmerge", &["-O2", "-static"], HEAP_MERGE_C);
+    let record = dir.join("verify.jsonl");
+    let out = without_randomization(&mut cli())
+        .args(["verify", "--json", "-o"])
+        .arg(&record)
+        .arg("--")
+        .arg(&program)
+        .output()
+        .unwrap();
+    let records = json_lines(&std::fs::read_to_string(&record).unwrap_or_default());
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    // The premise: the kernel did merge the bss into the heap's VMA at least once.
+    let merged = stdout(&out);
+    assert!(
+        merged.contains("merged into the heap: ") && !merged.contains(": 0 of"),
+        "the kernel never merged the bss into [heap]: {merged}"
+    );
+    let summary = records.last().expect("a summary record");
+    assert_eq!(summary["mismatches"], 0, "{}", stderr(&out));
+    assert!(summary["checkpoints"].as_u64().unwrap() >= 6, "{summary}");
+}
+
+/// Maps the heap, then mlocks the four pages on each side of its start (and munlocks
+/// them), then one page below it; says how often maps showed `[heap]` reaching below
+/// the heap's start. Exit 6: no anonymous VMA right below the heap (randomization on).
+const HEAP_MERGE_C: &str = r#"#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define PAGE 4096UL
+/*
+ * Where maps shows the [heap] VMA start (0: no heap); *below: the size of the
+ * anonymous VMA that ends there (0: none).
+ */
+static unsigned long heap_start(unsigned long *below)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	unsigned long s, e, prev_s = 0, prev_e = 0, found = 0;
+	int prev_anon = 0;
+
+	*below = 0;
+	while (f && fgets(line, sizeof(line), f)) {
+		int n = 0;
+
+		if (sscanf(line, "%lx-%lx %*s %*s %*s %*s%n", &s, &e, &n) < 2)
+			continue;
+		if (strstr(line, "[heap]")) {
+			found = s;
+			if (prev_anon && prev_e == s)
+				*below = prev_e - prev_s;
+		}
+		prev_anon = line[n + strspn(line + n, " ")] == '\n';
+		prev_s = s;
+		prev_e = e;
+	}
+	if (f)
+		fclose(f);
+	return found;
+}
+
+int main(void)
+{
+	unsigned long start;
+	char *low;
+	unsigned long below;
+	int merged;
+
+	if (sbrk(16 * PAGE) == (void *)-1)
+		return 2;
+	start = heap_start(&below);
+	low = (char *)(start - 4 * PAGE);
+	if (below < 4 * PAGE)
+		return 6; /* no anonymous VMA (a bss) right below the heap */
+	/* VM_LOCKED on both sides of the heap's start: one VMA, named [heap]. */
+	if (mlock(low, 8 * PAGE))
+		return 3;
+	merged = heap_start(&below) < start;
+	if (munlock(low, 8 * PAGE))
+		return 4;
+	merged += heap_start(&below) < start;
+	/* Split again: the part below the heap's start is plain anonymous memory. */
+	if (mlock(low, PAGE) || munlock(low, PAGE))
+		return 5;
+	printf("merged into the heap: %d of 2 checks\n", merged);
+	return 0;
+}
+"#;
 
 /// `voluntary_ctxt_switches` of a live process.
 fn voluntary_switches(pid: u32) -> u64 {

@@ -139,13 +139,15 @@ fn faults_that_needed_io_are_counted() {
         .collect();
     assert_eq!(faults.len() as u64, COLD_PAGES, "a fault per page read");
     assert!(faults.iter().all(|f| f["access"] == "read"), "{faults:?}");
-    // The thread's major-fault count grows by one per page.
+    // The thread's major-fault count grows by (at least) one per page: a page of the
+    // workload's own code or data read back in between, when another program pressed
+    // the page cache, is a major fault of the same thread too.
     let first = faults[0]["maj_flt"].as_u64().unwrap();
     let last = faults[faults.len() - 1]["maj_flt"].as_u64().unwrap();
-    assert_eq!(
-        last - first,
-        COLD_PAGES - 1,
-        "maj_flt from the first to the last read"
+    assert!(
+        last - first >= COLD_PAGES - 1,
+        "maj_flt grew by {} from the first to the last of {COLD_PAGES} reads",
+        last - first
     );
     let row = faults::mapping_row(summary, start);
     assert_eq!(row["faults"].as_u64(), Some(COLD_PAGES), "{row}");

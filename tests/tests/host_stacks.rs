@@ -6,11 +6,13 @@
 use std::{
     ffi::OsStr,
     path::{Path, PathBuf},
-    process::Command,
     sync::Mutex,
 };
 
-use mmap_trace_tests::cli::{cli, stderr, trace_command, workload_path};
+use mmap_trace_tests::cli::{build_c, cli, stderr, trace_command, workload_path};
+
+/// The unwinder must not need frame pointers.
+const NO_FRAME_POINTERS: &[&str] = &["-O2", "-fomit-frame-pointer"];
 use serde_json::Value;
 
 /// One tracer at a time in this binary (2 shared cores).
@@ -184,6 +186,7 @@ fn deleted_executable_keeps_file_and_offset() {
     let program = build_c(
         &dir,
         "selfdel",
+        NO_FRAME_POINTERS,
         r#"#include <sys/mman.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -235,6 +238,7 @@ fn build_nofp(dir: &Path) -> PathBuf {
     build_c(
         dir,
         "nofp",
+        NO_FRAME_POINTERS,
         r#"#include <sys/mman.h>
 #include <stdio.h>
 __attribute__((noinline)) void *nofp_inner_site(size_t len) {
@@ -250,19 +254,4 @@ __attribute__((noinline)) void *nofp_outer_site(size_t len) {
 int main(void) { printf("%p\n", nofp_outer_site(5 * 4096)); return 0; }
 "#,
     )
-}
-
-/// Builds `source` with `gcc -O2 -fomit-frame-pointer` into `dir/name`.
-fn build_c(dir: &Path, name: &str, source: &str) -> PathBuf {
-    let file = dir.join(format!("{name}.c"));
-    std::fs::write(&file, source).unwrap();
-    let program = dir.join(name);
-    let run = Command::new("gcc")
-        .args(["-O2", "-fomit-frame-pointer", "-o"])
-        .arg(&program)
-        .arg(&file)
-        .output()
-        .unwrap_or_else(|e| panic!("this test needs gcc to build its C program: {e}"));
-    assert!(run.status.success(), "gcc failed: {}", stderr(&run));
-    program
 }

@@ -287,15 +287,70 @@ impl AddressSpace {
     /// mm->start_brk`), not only what brk made. An mmap at a hint over a heap that is still
     /// empty gets the name too (seen: chromium's children reserving 512 MiB there).
     fn over_initial_heap(&self, region: &Region) -> bool {
-        let Some(heap) = self.heap else {
-            return false;
-        };
+        self.initial_heap()
+            .is_some_and(|(start, brk)| region.start < brk && region.end > start)
+    }
+
+    /// `[start_brk, brk)` as the kernel's mm holds them, when the start is known.
+    fn initial_heap(&self) -> Option<(u64, u64)> {
+        let heap = self.heap?;
         let brk = heap.brk.unwrap_or_else(|| {
             self.region_at(heap.start)
                 .filter(|r| r.backing == Backing::Heap)
                 .map_or(heap.start, |r| r.end)
         });
-        region.start < brk && region.end > heap.start
+        Some((heap.start, brk))
+    }
+
+    /// `regions` (the model's, sorted) named as maps names them inside the kernel's VMAs
+    /// `kernel` (sorted, whole: not clipped to a window). Maps calls private anonymous
+    /// memory `[heap]` when the *VMA* holding it reaches into `[start_brk, brk)`, and which
+    /// VMA holds it is the kernel's merge decision, which the model does not make: brk
+    /// never grows the heap into the anonymous VMA below its start, but an mprotect, mlock
+    /// or madvise over both merges them when their flags agree, and the whole VMA is then
+    /// `[heap]`. That VMA only meets anonymous memory below the heap when the heap starts
+    /// right after it: a binary's bss with address-space randomization off (`setarch -R`,
+    /// gdb's default). The model's heap bounds still decide, so a wrong break is still
+    /// seen.
+    pub fn named_in(&self, regions: Vec<Region>, kernel: &[Region]) -> Vec<Region> {
+        let Some((heap_start, brk)) = self.initial_heap() else {
+            return regions;
+        };
+        let anonymous = |r: &Region| matches!(r.backing, Backing::Anonymous | Backing::Heap);
+        let slice = |r: &Region, start: u64, end: u64| Region {
+            end,
+            ..r.upper_part(start)
+        };
+        let mut out = Vec::with_capacity(regions.len());
+        for region in regions {
+            if !anonymous(&region) {
+                out.push(region);
+                continue;
+            }
+            let mut at = region.start;
+            let first = kernel.partition_point(|k| k.end <= region.start);
+            for k in kernel[first..].iter().take_while(|k| k.start < region.end) {
+                if !anonymous(k) {
+                    continue;
+                }
+                let (start, end) = (k.start.max(region.start), k.end.min(region.end));
+                if at < start {
+                    out.push(slice(&region, at, start));
+                }
+                let mut piece = slice(&region, start, end);
+                piece.backing = if k.start < brk && k.end > heap_start {
+                    Backing::Heap
+                } else {
+                    Backing::Anonymous
+                };
+                out.push(piece);
+                at = end;
+            }
+            if at < region.end {
+                out.push(slice(&region, at, region.end));
+            }
+        }
+        out
     }
 
     /// What a MAP_FIXED mapping does: whatever was there goes.

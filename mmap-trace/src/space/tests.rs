@@ -344,6 +344,60 @@ fn brk_grows_and_shrinks_the_heap_from_a_known_start() {
     assert_eq!(shape(&seeded), [row(h, h + 3 * P, "rw-p", "[heap]", 0)]);
 }
 
+/// maps names a VMA `[heap]` by the VMA's extent (`vma_is_initial_heap`), and the kernel
+/// decides the extent: brk leaves the anonymous VMA just below the heap apart (a bss when
+/// randomization is off), an mprotect or mlock over both merges them into one `[heap]`,
+/// another mprotect splits the lower part off as plain anonymous memory again.
+#[test]
+fn memory_the_kernel_merged_into_the_heap_vma_is_named_heap() {
+    let h = 0x4d_6000;
+    let heap = |start, end| Region {
+        backing: Backing::Heap,
+        ..Region::anonymous(start, end, "rw-p")
+    };
+    let bss = Region::anonymous(h - 7 * P, h, "rw-p");
+    let mut s = AddressSpace::from_kernel(vec![bss.clone()], h);
+    call(&mut s, libc::SYS_brk, &[0], h as i64);
+    call(&mut s, libc::SYS_brk, &[h + 4 * P], (h + 4 * P) as i64);
+    let model = s.regions().to_vec();
+    assert_eq!(model, [bss.clone(), heap(h, h + 4 * P)]);
+    let named = |kernel: &[Region]| s.named_in(model.clone(), kernel);
+
+    let apart = [bss.clone(), heap(h, h + 4 * P)];
+    assert_eq!(compare(&named(&apart), &apart), Comparison::default());
+    let merged = [heap(h - 7 * P, h + 4 * P)];
+    assert_eq!(
+        compare(&model, &merged).differences[0].field,
+        Field::Path,
+        "without the kernel's extent the bss looks misnamed"
+    );
+    assert_eq!(compare(&named(&merged), &merged), Comparison::default());
+    let split = [
+        Region::anonymous(h - 7 * P, h - 2 * P, "rw-p"),
+        heap(h - 2 * P, h + 4 * P),
+    ];
+    assert_eq!(compare(&named(&split), &split), Comparison::default());
+
+    // A `[heap]` VMA that does not reach the model's heap is still a difference: the
+    // model's break decides, not the kernel's name.
+    let misnamed = [heap(h - 7 * P, h), heap(h, h + 4 * P)];
+    let d = compare(&named(&misnamed), &misnamed).differences;
+    assert_eq!(
+        d.iter()
+            .map(|d| (d.start, d.end, d.field))
+            .collect::<Vec<_>>(),
+        [(h - 7 * P, h, Field::Path)]
+    );
+    // Nor does the heap's name reach memory the kernel keeps in another kind of VMA.
+    let file = Region {
+        dev: (8, 1),
+        inode: 3,
+        backing: Backing::File("/f".into()),
+        ..Region::anonymous(h - 7 * P, h, "rw-p")
+    };
+    assert_eq!(s.named_in(vec![file.clone()], &merged), [file]);
+}
+
 /// ipc/shm.c: `SYSV%08x (deleted)`, rw-s (r--s with SHM_RDONLY, rwxs with SHM_EXEC), the
 /// segment's pages, inode = shmid; shmdt removes every fragment attached at the address.
 #[test]

@@ -114,6 +114,10 @@ struct Proc {
     /// When maps was last read whole.
     last_whole: Option<std::time::Instant>,
     ended: Option<String>,
+    /// The last event applied to this process (probe, time): what a difference found at
+    /// a checkpoint that brought no event of its own (its exit, a whole comparison) is
+    /// reported after.
+    last_event: Option<(&'static str, u64)>,
 }
 
 struct Verifier {
@@ -547,6 +551,7 @@ impl Verifier {
         events: &[Event],
         out: &mut Output,
     ) -> Result<()> {
+        let after = self.after(owner, events.last());
         let units = order::units(events);
         let orders = order::serial_orders(&units, self.lock_order);
         // Another order starts from the shadow as it is now: a copy, kept only when there
@@ -586,15 +591,13 @@ impl Verifier {
                 proc.stats.checkpoints += 1;
                 proc.unmodelled.clear();
                 proc.failed.clear();
-                let last = events.last().copied();
-                return self.report_pages(owner, pfns.unwrap_or_default(), last.as_ref(), out);
+                return self.report_pages(owner, pfns.unwrap_or_default(), after, out);
             }
             if base.is_none() {
                 // The one order: its state is the one reported.
                 proc.stats.checkpoints += 1;
-                let last = events.last().copied();
-                self.report_pages(owner, pfns.unwrap_or_default(), last.as_ref(), out)?;
-                return self.report_all(owner, check, last.as_ref(), out);
+                self.report_pages(owner, pfns.unwrap_or_default(), after, out)?;
+                return self.report_all(owner, check, after, out);
             }
             if first_failure.is_none() {
                 first_failure = Some((
@@ -613,9 +616,29 @@ impl Verifier {
         proc.stats.checkpoints += 1;
         proc.unmodelled = unmodelled;
         proc.failed = failed;
-        let last = events.last().copied();
-        self.report_pages(owner, pfns.unwrap_or_default(), last.as_ref(), out)?;
-        self.report_all(owner, check, last.as_ref(), out)
+        self.report_pages(owner, pfns.unwrap_or_default(), after, out)?;
+        self.report_all(owner, check, after, out)
+    }
+
+    /// What a difference found now is reported after: the batch's last event, else the
+    /// last one this process had, else how its model began (a fork, or the exec or attach
+    /// that read its maps).
+    fn after(&mut self, owner: u32, last: Option<&Event>) -> After {
+        let proc = self.procs.entry(owner).or_default();
+        if let Some(e) = last {
+            proc.last_event = Some((e.probe().name(), e.header().ts_ns));
+        }
+        match proc.last_event {
+            Some((probe, ts_ns)) => After { probe, ts_ns },
+            None => After {
+                probe: if proc.parent.is_some() {
+                    "fork"
+                } else {
+                    "start"
+                },
+                ts_ns: 0,
+            },
+        }
     }
 
     fn seed(&mut self, pid: u32) -> Result<()> {
@@ -893,7 +916,7 @@ impl Verifier {
         &mut self,
         owner: u32,
         check: Check,
-        last: Option<&Event>,
+        after: After,
         out: &mut Output,
     ) -> Result<()> {
         let proc = self.procs.entry(owner).or_default();
@@ -971,7 +994,7 @@ impl Verifier {
         let proc = self.procs.entry(owner).or_default();
         proc.stats.mismatches += mismatches.len() as u64;
         for d in mismatches {
-            self.report(owner, d, last, out)?;
+            self.report(owner, d, after, out)?;
         }
         // Adopt the kernel's view so the next checkpoint reports only new differences.
         if let Some(shadow) = self.procs.entry(owner).or_default().shadow.as_mut() {
@@ -985,28 +1008,22 @@ impl Verifier {
         &mut self,
         owner: u32,
         differences: Vec<Difference>,
-        last: Option<&Event>,
+        after: After,
         out: &mut Output,
     ) -> Result<()> {
         self.procs.entry(owner).or_default().stats.mismatches += differences.len() as u64;
         for d in &differences {
-            self.report(owner, d, last, out)?;
+            self.report(owner, d, after, out)?;
         }
         Ok(())
     }
 
-    fn report(
-        &self,
-        pid: u32,
-        d: &Difference,
-        last: Option<&Event>,
-        out: &mut Output,
-    ) -> Result<()> {
+    fn report(&self, pid: u32, d: &Difference, after: After, out: &mut Output) -> Result<()> {
         let record = MismatchRecord {
             pid,
             checkpoint: self.procs.get(&pid).map_or(0, |p| p.stats.checkpoints),
-            after_probe: last.map_or("fork", |e| e.probe().name()).into(),
-            after_ts_ns: last.map_or(0, |e| e.header().ts_ns),
+            after_probe: after.probe.into(),
+            after_ts_ns: after.ts_ns,
             start: Hex(d.start),
             end: Hex(d.end),
             field: d.field,
@@ -1028,6 +1045,14 @@ impl Verifier {
         out.record(&record).or_else(ignore_closed_output)?;
         Ok(())
     }
+}
+
+/// Where in the event stream a checkpoint stands: the event a difference is reported
+/// after.
+#[derive(Clone, Copy)]
+struct After {
+    probe: &'static str,
+    ts_ns: u64,
 }
 
 /// The longest a record waits for verify when nothing woke it.

@@ -68,7 +68,8 @@ impl ShadowSpace {
     /// Compares with the kernel's whole view. A note (same file, new name) is said once:
     /// the shadow takes the kernel's name for it.
     pub fn check(&mut self, kernel: &[Region]) -> Comparison {
-        let comparison = compare(&self.space.regions().to_vec(), kernel);
+        let model = self.space.named_in(self.space.regions().to_vec(), kernel);
+        let comparison = compare(&model, kernel);
         self.settle_notes(kernel, &comparison);
         comparison
     }
@@ -78,10 +79,11 @@ impl ShadowSpace {
     pub fn check_windows(&mut self, windows: &[(u64, u64)], kernel: &RegionMap) -> Comparison {
         let mut comparison = Comparison::default();
         for &(start, end) in windows {
-            let c = compare(
-                &self.space.regions().clipped(start, end),
-                &kernel.clipped(start, end),
-            );
+            let whole: Vec<Region> = kernel.overlapping(start, end).cloned().collect();
+            let model = self
+                .space
+                .named_in(self.space.regions().clipped(start, end), &whole);
+            let c = compare(&model, &kernel.clipped(start, end));
             comparison.differences.extend(c.differences);
             comparison.notes.extend(c.notes);
         }

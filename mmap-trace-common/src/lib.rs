@@ -442,7 +442,10 @@ pub struct ForkEvent {
     /// Non-zero when the child shares the parent's mm (`CLONE_VM` without a thread:
     /// vfork, `posix_spawn`): its changes are the parent's until it execs.
     pub shares_mm: u32,
-    pub _pad: u32,
+    /// Non-zero (`verify`): verify traces the parent but not the child, made with
+    /// CLONE_UNTRACED (how a sanitizer's leak checker makes the helper that ptraces its
+    /// own process's threads): the child is never held still.
+    pub untraced: u32,
     /// When the fork write-locked the parent's mm to copy it (`verify` only; 0: not
     /// known, or a shared mm): the child starts as the parent was then.
     pub lock_ts_ns: u64,
@@ -704,11 +707,13 @@ pub struct TargetFilter {
     /// Non-zero: only tasks whose comm equals `comm`.
     pub match_comm: u32,
     pub comm: [u8; TASK_COMM_LEN],
-    /// Non-zero (`verify`): stop the reporting thread with SIGSTOP after each reported
-    /// syscall, exec or fault (verify holds the process with ptrace and swallows the
-    /// signal, so the target never sees it), so userspace can compare
-    /// /proc/<pid>/maps while nothing moves.
-    pub stop_after_event: u32,
+    /// Non-zero (`verify`): verify's tgid. A reporting thread that verify ptraces is
+    /// stopped with SIGSTOP after each reported syscall, exec or fault (verify holds it
+    /// and swallows the signal, so the target never sees it), so userspace can compare
+    /// /proc/<pid>/maps while nothing moves. A followed task verify does not trace (a
+    /// clone made with CLONE_UNTRACED, as sanitizers' leak checkers make to ptrace their
+    /// own threads) is never stopped: nobody would resume it.
+    pub tracer_tgid: u32,
     /// Non-zero: the children of `tgid` (and theirs) pass the filter too, from the fork
     /// on (an in-kernel map of followed tgids).
     pub follow_forks: u32,
@@ -725,6 +730,10 @@ pub struct TaskOffsets {
     /// threads not yet past `do_exit`'s count (0 once the last one is).
     pub signal: u32,
     pub signal_live: u32,
+    /// `task_struct.ptrace` (PT_PTRACED: traced) and `parent` (the tracer, when traced):
+    /// whether verify holds the task.
+    pub ptrace: u32,
+    pub parent: u32,
     /// Non-zero once userspace filled the table.
     pub valid: u32,
 }

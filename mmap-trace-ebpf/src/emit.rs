@@ -6,7 +6,7 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-            bpf_ktime_get_ns,
+            bpf_get_current_task, bpf_ktime_get_ns,
         },
     },
     macros::map,
@@ -14,6 +14,7 @@ use aya_ebpf::{
 };
 use mmap_trace_common::{
     CgroupFilter, EventHeader, EventKind, PROBE_COUNT, Probe, TASK_COMM_LEN, TargetFilter,
+    TaskOffsets,
 };
 
 /// Userspace sizes it with `--ring-buffer-kib` (default 4 MiB) before load.
@@ -30,7 +31,7 @@ static FILTER: TargetFilter = TargetFilter {
     tgid: 0,
     match_comm: 0,
     comm: [0; TASK_COMM_LEN],
-    stop_after_event: 0,
+    tracer_tgid: 0,
     follow_forks: 0,
 };
 
@@ -233,7 +234,7 @@ pub fn submit_batched<T>(entry: RingBufEntry<T>) {
 #[inline(always)]
 fn wakeup_flags(size: usize, pending: usize) -> u64 {
     // SAFETY: a read of our own global; volatile so the loader's value is seen.
-    let verifying = unsafe { core::ptr::read_volatile(&FILTER.stop_after_event) } != 0;
+    let verifying = unsafe { core::ptr::read_volatile(&FILTER.tracer_tgid) } != 0;
     // SAFETY: as above. At least 1: the loader sets an eighth of the ring.
     let wakeup_bytes = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) }.max(1);
     // With the 8-byte ring header of each record.
@@ -290,17 +291,41 @@ pub fn header(kind: EventKind, probe: Probe, task: &Task) -> EventHeader {
 #[inline(always)]
 pub fn verifying() -> bool {
     // SAFETY: a read of our own global; volatile so the loader's value is seen.
-    unsafe { core::ptr::read_volatile(&FILTER.stop_after_event) != 0 }
+    unsafe { core::ptr::read_volatile(&FILTER.tracer_tgid) != 0 }
 }
+
+/// `task_struct.ptrace`: the task has a tracer, its `parent` (include/linux/ptrace.h).
+const PT_PTRACED: u32 = 1;
 
 /// Under `verify`, stops this thread once it returns to user mode (after the syscall or
 /// fault that is running now). Thread-directed: under ptrace the signal must reach this
 /// thread, which verify then holds in signal-delivery-stop and resumes without the
-/// signal; a process-directed SIGSTOP could be taken by another thread.
+/// signal; a process-directed SIGSTOP could be taken by another thread. Only a thread
+/// verify traces: any other would really stop, and stay stopped (a sanitizer's
+/// CLONE_UNTRACED helper, whose process then waits for it forever).
 #[inline(always)]
 pub fn stop_if_verifying() {
-    if verifying() {
-        // SAFETY: helper without memory arguments; SIGSTOP is 19 on every Linux arch we build for.
-        unsafe { aya_ebpf::helpers::generated::bpf_send_signal_thread(19) };
+    if !verifying() {
+        return;
     }
+    if let Some(o) = crate::kernel::task_offsets() {
+        // SAFETY: helper without preconditions.
+        let task = unsafe { bpf_get_current_task() };
+        if !traced_by_verify(task, &o) {
+            return;
+        }
+    }
+    // SAFETY: helper without memory arguments; SIGSTOP is 19 on every Linux arch we build for.
+    unsafe { aya_ebpf::helpers::generated::bpf_send_signal_thread(19) };
+}
+
+/// Whether verify ptraces `task` (a `struct task_struct *`): its tracer is `parent`.
+#[inline(always)]
+pub fn traced_by_verify(task: u64, o: &TaskOffsets) -> bool {
+    // SAFETY: a read of our own global; volatile so the loader's value is seen.
+    let tracer = unsafe { core::ptr::read_volatile(&FILTER.tracer_tgid) };
+    let ptrace: u32 = crate::kernel::read(task, o.ptrace);
+    let parent: u64 = crate::kernel::read(task, o.parent);
+    let parent_tgid: u32 = crate::kernel::read(parent, o.tgid);
+    tracer != 0 && ptrace & PT_PTRACED != 0 && parent_tgid == tracer
 }

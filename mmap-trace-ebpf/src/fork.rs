@@ -37,7 +37,11 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
             child_pid,
             child_tid: kernel::read(child, o.pid),
             shares_mm: u32::from(parent_mm != 0 && parent_mm == child_mm),
-            _pad: 0,
+            untraced: u32::from(
+                emit::verifying()
+                    && emit::traced_by_verify(parent, &o)
+                    && !emit::traced_by_verify(child, &o),
+            ),
             // The parent's clone is still in its call: its entry ends at its exit.
             lock_ts_ns: mm_lock::lock_time(task.tid, false),
         });

@@ -47,8 +47,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     valid: 0,
 };
 
-/// `task_struct.{mm,pid,tgid,signal}` and `signal_struct.live`, for the fork, exit and
-/// catch-all programs; set by the loader.
+/// `task_struct.{mm,pid,tgid,signal,ptrace,parent}` and `signal_struct.live`, for the
+/// fork, exit and catch-all programs and verify's stops; set by the loader.
 #[unsafe(no_mangle)]
 static TASK_OFFSETS: TaskOffsets = TaskOffsets {
     mm: 0,
@@ -56,6 +56,8 @@ static TASK_OFFSETS: TaskOffsets = TaskOffsets {
     tgid: 0,
     signal: 0,
     signal_live: 0,
+    ptrace: 0,
+    parent: 0,
     valid: 0,
 };
 

@@ -472,18 +472,23 @@ fn verify_reports_a_planted_mismatch() {
     );
 }
 
-/// Without address-space randomization (`setarch -R`, gdb's default) a static binary's
-/// heap starts right after its bss, and an mlock over both makes the kernel merge them
-/// into one VMA that maps names `[heap]` as a whole; munlock of one page splits it again.
-/// Verify must follow the name the kernel's VMA gives, not flag the bss as misnamed.
-#[test]
-fn verify_follows_the_heap_name_over_a_merged_bss() {
-    let _guard = shared();
-    let dir = std::env::temp_dir().join(format!("heap-merge-{}", std::process::id()));
+/// Builds C `source` and runs it under `verify --json`, without address-space
+/// randomization when `fixed_layout`: the program's stdout and the records.
+fn verify_c_program(
+    name: &str,
+    flags: &[&str],
+    source: &str,
+    fixed_layout: bool,
+) -> (std::process::Output, Vec<serde_json::Value>) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let program = build_c(&dir, "heapmerge", &["-O2", "-static"], HEAP_MERGE_C);
+    let program = build_c(&dir, name, flags, source);
     let record = dir.join("verify.jsonl");
-    let out = without_randomization(&mut cli())
+    let mut verify = cli();
+    if fixed_layout {
+        without_randomization(&mut verify);
+    }
+    let out = verify
         .args(["verify", "--json", "-o"])
         .arg(&record)
         .arg("--")
@@ -493,16 +498,187 @@ fn verify_follows_the_heap_name_over_a_merged_bss() {
     let records = json_lines(&std::fs::read_to_string(&record).unwrap_or_default());
     let _ = std::fs::remove_dir_all(&dir);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let summary = records.last().expect("a summary record");
+    assert_eq!(summary["mismatches"], 0, "{}", stderr(&out));
+    (out, records)
+}
+
+/// Without address-space randomization (`setarch -R`, gdb's default) a static binary's
+/// heap starts right after its bss, and an mlock over both makes the kernel merge them
+/// into one VMA that maps names `[heap]` as a whole; munlock of one page splits it again.
+/// Verify must follow the name the kernel's VMA gives, not flag the bss as misnamed.
+#[test]
+fn verify_follows_the_heap_name_over_a_merged_bss() {
+    let _guard = shared();
+    let (out, records) = verify_c_program("heapmerge", &["-O2", "-static"], HEAP_MERGE_C, true);
     // The premise: the kernel did merge the bss into the heap's VMA at least once.
     let merged = stdout(&out);
     assert!(
         merged.contains("merged into the heap: ") && !merged.contains(": 0 of"),
         "the kernel never merged the bss into [heap]: {merged}"
     );
-    let summary = records.last().expect("a summary record");
-    assert_eq!(summary["mismatches"], 0, "{}", stderr(&out));
+    let summary = records.last().unwrap();
     assert!(summary["checkpoints"].as_u64().unwrap() >= 6, "{summary}");
 }
+
+/// An mprotect of a page inside the main stack splits the `[stack]` VMA: maps names only
+/// the piece holding the stack's start `[stack]`, the others are plain anonymous memory
+/// until the kernel merges them back.
+#[test]
+fn verify_follows_the_stack_name_over_a_split_stack() {
+    let _guard = shared();
+    let (out, records) = verify_c_program("stacksplit", &["-O2"], STACK_SPLIT_C, false);
+    assert_eq!(
+        stdout(&out).trim(),
+        "[stack] before 1, split 0, merged 1",
+        "the premise: the page left [stack] and came back"
+    );
+    let summary = records.last().unwrap();
+    assert!(summary["checkpoints"].as_u64().unwrap() >= 3, "{summary}");
+}
+
+/// A clone made with CLONE_UNTRACED (how LeakSanitizer makes the helper that ptraces its
+/// process's threads at exit) cannot be followed by a tracer. The probes must not stop
+/// it (nobody would resume it: its parent, spinning until it is done, would wait for
+/// ever), its changes to the memory it shares are still checked at the parent's
+/// checkpoints, and verify says why such a program may fail under it.
+#[test]
+fn verify_never_stops_a_clone_it_cannot_trace() {
+    let _guard = shared();
+    let dir = std::env::temp_dir().join(format!("untraced-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let program = build_c(&dir, "untraced", &["-O2"], UNTRACED_CLONE_C);
+    let (out, err) = (dir.join("stdout"), dir.join("stderr"));
+    let mut verify = cli()
+        .args(["verify", "--"])
+        .arg(&program)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = verify.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            // SAFETY: kill(2) on the group made for this run.
+            unsafe { libc::kill(-(verify.id() as i32), libc::SIGKILL) };
+            let _ = verify.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (out, err) = (
+        std::fs::read_to_string(&out).unwrap_or_default(),
+        std::fs::read_to_string(&err).unwrap_or_default(),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = status.unwrap_or_else(|| panic!("verify hung for 60 s: {out}{err}"));
+    assert!(status.success(), "{out}{err}");
+    // The trace is on stdout, the command's own output on stderr.
+    assert!(
+        err.contains("helper done")
+            && err.contains("with CLONE_UNTRACED, sharing its memory")
+            && err.contains("not traced (made with CLONE_UNTRACED)")
+            && err.contains("2 processes"),
+        "{err}"
+    );
+}
+
+/// Clones a helper with CLONE_VM | CLONE_UNTRACED that maps and unmaps, spins until it
+/// is done, then reaps it.
+const UNTRACED_CLONE_C: &str = r#"#define _GNU_SOURCE
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static volatile int done;
+
+/* A change of the shared address space by a task verify cannot trace. */
+static int helper(void *arg)
+{
+	void *p = mmap(0, 3 * 4096, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	(void)arg;
+	if (p == MAP_FAILED)
+		return 1;
+	munmap(p, 4096);
+	done = 1;
+	return 0;
+}
+
+int main(void)
+{
+	size_t size = 256 * 1024;
+	char *stack = mmap(0, size, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+	int status;
+	pid_t pid;
+
+	if (stack == MAP_FAILED)
+		return 2;
+	pid = clone(helper, stack + size, CLONE_VM | CLONE_UNTRACED | SIGCHLD, 0);
+	if (pid < 0)
+		return 3;
+	/* As LeakSanitizer's StopTheWorld does: spin until the helper is done. */
+	while (!done)
+		sched_yield();
+	if (waitpid(pid, &status, __WALL) != pid || !WIFEXITED(status) ||
+	    WEXITSTATUS(status))
+		return 4;
+	printf("helper done\n");
+	return 0;
+}
+"#;
+
+/// Reads maps to see the page below its frame in `[stack]`, split off by an mprotect,
+/// then merged back.
+const STACK_SPLIT_C: &str = r#"#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+
+/* The maps line of the VMA holding addr names [stack]. */
+static int named_stack(unsigned long addr)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	unsigned long s, e;
+	int stack = -1;
+
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "%lx-%lx", &s, &e) == 2 && s <= addr && addr < e)
+			stack = strstr(line, "[stack]") != NULL;
+	if (f)
+		fclose(f);
+	return stack;
+}
+
+int main(void)
+{
+	char frame[64 * 1024];
+	unsigned long page;
+	int before, split, merged;
+
+	memset(frame, 1, sizeof(frame));
+	page = (((unsigned long)frame + 4095) & ~4095UL) + 4096;
+	before = named_stack(page);
+	/* A page of the stack below this frame made read-only: the [stack] VMA splits. */
+	if (mprotect((void *)page, 4096, PROT_READ))
+		return 1;
+	split = named_stack(page);
+	if (mprotect((void *)page, 4096, PROT_READ | PROT_WRITE))
+		return 2;
+	merged = named_stack(page);
+	printf("[stack] before %d, split %d, merged %d\n", before, split, merged);
+	return frame[100] == 1 ? 0 : 3;
+}
+"#;
 
 /// Maps the heap, then mlocks the four pages on each side of its start (and munlocks
 /// them), then one page below it; says how often maps showed `[heap]` reaching below

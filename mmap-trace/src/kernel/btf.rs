@@ -139,7 +139,8 @@ impl KernelBtf {
         }
     }
 
-    /// What the fork, exit and catch-all programs read from `task_struct`.
+    /// What the fork, exit and catch-all programs (and verify's stops) read from
+    /// `task_struct`.
     pub fn task_offsets(&self) -> Result<TaskOffsets> {
         Ok(TaskOffsets {
             mm: self.offset("task_struct", &["mm"])?,
@@ -147,6 +148,8 @@ impl KernelBtf {
             tgid: self.offset("task_struct", &["tgid"])?,
             signal: self.offset("task_struct", &["signal"])?,
             signal_live: self.offset("signal_struct", &["live"])?,
+            ptrace: self.offset("task_struct", &["ptrace"])?,
+            parent: self.offset("task_struct", &["parent"])?,
             valid: 1,
         })
     }

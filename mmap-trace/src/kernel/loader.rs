@@ -186,7 +186,8 @@ impl Tracer {
             _ => TI_STATUS_FALLBACK,
         };
         let (task_offsets, write_arg) = match &kernel_btf {
-            Some(btf) if catch_all || fork || stacks => (
+            // verify's stops read whether the verifier traces the task.
+            Some(btf) if catch_all || fork || stacks || opts.filter.tracer_tgid != 0 => (
                 btf.task_offsets()?,
                 if catch_all {
                     btf.mmap_lock_write_arg()?
@@ -206,7 +207,7 @@ impl Tracer {
             .map(|p| 1 << *p as u32)
             .sum();
         // verify orders overlapping calls of threads by their entry times.
-        let entry_times = u32::from(opts.filter.stop_after_event != 0);
+        let entry_times = u32::from(opts.filter.tracer_tgid != 0);
         let syscall_hooks = syscall_probes != 0 || catch_all;
         let (gate, why) = if syscall_hooks {
             preempt::syscall_gate(kernel_btf.as_ref())

@@ -92,7 +92,7 @@ impl Session {
             }
         }
         let mut pidfd = None;
-        let (stop, follow) = (load.filter.stop_after_event, load.filter.follow_forks);
+        let (tracer, follow) = (load.filter.tracer_tgid, load.filter.follow_forks);
         if follow != 0 && matches!(target, Target::All | Target::Comm(_)) {
             bail!(
                 "--follow-forks follows the children of --pid or -- CMD; --comm and the whole-system trace see every matching process already"
@@ -114,7 +114,7 @@ impl Session {
                 ..TargetFilter::default()
             },
         };
-        load.filter.stop_after_event = stop;
+        load.filter.tracer_tgid = tracer;
         load.filter.follow_forks = follow;
         let cgroup = load.cgroup;
         let mut tracer = Tracer::load(&load)?;

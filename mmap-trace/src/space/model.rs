@@ -111,6 +111,8 @@ struct Heap {
 pub struct AddressSpace {
     regions: RegionMap,
     heap: Option<Heap>,
+    /// mm->start_stack (/proc/<pid>/stat): maps names `[stack]` the VMA that holds it.
+    start_stack: Option<u64>,
     /// vm_start → first PFN of a remap_pfn_range on a copy-on-write mapping: the kernel
     /// rewrites vm_pgoff to that PFN, so maps shows PFN × page size as the offset.
     cow_remaps: Vec<(u64, u64)>,
@@ -136,6 +138,13 @@ impl AddressSpace {
             }),
             ..Self::default()
         }
+    }
+
+    /// Where the kernel put the initial stack (/proc/<pid>/stat's startstack): what
+    /// decides which part of a stack split by mprotect or mlock maps names `[stack]`.
+    pub fn with_start_stack(mut self, start_stack: u64) -> Self {
+        self.start_stack = (start_stack != 0).then_some(start_stack);
+        self
     }
 
     /// An empty space that records its changes (report's replay).
@@ -303,34 +312,58 @@ impl AddressSpace {
     }
 
     /// `regions` (the model's, sorted) named as maps names them inside the kernel's VMAs
-    /// `kernel` (sorted, whole: not clipped to a window). Maps calls private anonymous
-    /// memory `[heap]` when the *VMA* holding it reaches into `[start_brk, brk)`, and which
-    /// VMA holds it is the kernel's merge decision, which the model does not make: brk
-    /// never grows the heap into the anonymous VMA below its start, but an mprotect, mlock
-    /// or madvise over both merges them when their flags agree, and the whole VMA is then
-    /// `[heap]`. That VMA only meets anonymous memory below the heap when the heap starts
-    /// right after it: a binary's bss with address-space randomization off (`setarch -R`,
-    /// gdb's default). The model's heap bounds still decide, so a wrong break is still
-    /// seen.
+    /// `kernel` (sorted, whole: not clipped to a window). `[heap]` and `[stack]` are names
+    /// of a *VMA*, not of memory: maps gives `[heap]` to an anonymous VMA that reaches
+    /// into `[start_brk, brk)` and `[stack]` to the one that holds `start_stack`, and
+    /// where one VMA ends is the kernel's merge decision, which the model does not make.
+    /// brk never grows the heap into the anonymous VMA below its start, but an mprotect,
+    /// mlock or madvise over both merges them when their flags agree, and the whole VMA
+    /// is then `[heap]` (a binary's bss right below the heap: randomization off,
+    /// `setarch -R`, gdb's default). An mprotect of a page inside the stack splits it, and
+    /// only the piece holding `start_stack` stays `[stack]`; the pieces merge back when
+    /// their flags agree again. The model's heap bounds and stack start still decide, so
+    /// a wrong break is still seen.
     pub fn named_in(&self, regions: Vec<Region>, kernel: &[Region]) -> Vec<Region> {
-        let Some((heap_start, brk)) = self.initial_heap() else {
+        let heap = self.initial_heap();
+        if heap.is_none() && self.start_stack.is_none() {
             return regions;
+        }
+        let renamed = |r: &Region| match r.backing {
+            Backing::Anonymous | Backing::Heap => heap.is_some(),
+            Backing::Stack => self.start_stack.is_some(),
+            _ => false,
         };
-        let anonymous = |r: &Region| matches!(r.backing, Backing::Anonymous | Backing::Heap);
+        let kernel_anonymous = |k: &Region| {
+            matches!(
+                k.backing,
+                Backing::Anonymous | Backing::Heap | Backing::Stack
+            )
+        };
+        let name_in = |r: &Region, k: &Region| match (r.backing.clone(), heap, self.start_stack) {
+            (Backing::Stack, _, Some(at)) if !(k.start <= at && at <= k.end) => Backing::Anonymous,
+            (Backing::Anonymous | Backing::Heap, Some((start, brk)), _) => {
+                if k.start < brk && k.end > start {
+                    Backing::Heap
+                } else {
+                    Backing::Anonymous
+                }
+            }
+            (backing, _, _) => backing,
+        };
         let slice = |r: &Region, start: u64, end: u64| Region {
             end,
             ..r.upper_part(start)
         };
         let mut out = Vec::with_capacity(regions.len());
         for region in regions {
-            if !anonymous(&region) {
+            if !renamed(&region) {
                 out.push(region);
                 continue;
             }
             let mut at = region.start;
             let first = kernel.partition_point(|k| k.end <= region.start);
             for k in kernel[first..].iter().take_while(|k| k.start < region.end) {
-                if !anonymous(k) {
+                if !kernel_anonymous(k) {
                     continue;
                 }
                 let (start, end) = (k.start.max(region.start), k.end.min(region.end));
@@ -338,11 +371,7 @@ impl AddressSpace {
                     out.push(slice(&region, at, start));
                 }
                 let mut piece = slice(&region, start, end);
-                piece.backing = if k.start < brk && k.end > heap_start {
-                    Backing::Heap
-                } else {
-                    Backing::Anonymous
-                };
+                piece.backing = name_in(&region, k);
                 out.push(piece);
                 at = end;
             }
@@ -822,6 +851,7 @@ impl AddressSpace {
                 self.regions.iter().filter(|r| !r.hidden.dont_fork).cloned(),
             ),
             heap: self.heap,
+            start_stack: self.start_stack,
             cow_remaps: Vec::new(),
             shm_sizes: self.shm_sizes.clone(),
             changes: self.changes.as_ref().map(|_| Vec::new()),

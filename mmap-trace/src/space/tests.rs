@@ -398,6 +398,53 @@ fn memory_the_kernel_merged_into_the_heap_vma_is_named_heap() {
     assert_eq!(s.named_in(vec![file.clone()], &merged), [file]);
 }
 
+/// maps names `[stack]` the VMA that holds `start_stack`: an mprotect of a page inside
+/// the stack splits it, and the pieces without it are plain anonymous memory until the
+/// kernel merges them back.
+#[test]
+fn only_the_stack_piece_holding_start_stack_is_named_stack() {
+    let (lo, hi) = (0x7ffd_0000_0000, 0x7ffd_0002_1000);
+    let start_stack = hi - 0x800;
+    let stack = |start, end, perms| Region {
+        backing: Backing::Stack,
+        ..Region::anonymous(start, end, perms)
+    };
+    let mut s =
+        AddressSpace::from_kernel(vec![stack(lo, hi, "rw-p")], 0).with_start_stack(start_stack);
+    let page = lo + 4 * P;
+    call(&mut s, libc::SYS_mprotect, &[page, P, R], 0);
+    let model = s.regions().to_vec();
+    let split = [
+        Region::anonymous(lo, page, "rw-p"),
+        Region::anonymous(page, page + P, "r--p"),
+        stack(page + P, hi, "rw-p"),
+    ];
+    assert!(
+        !compare(&model, &split).differences.is_empty(),
+        "the model alone calls every piece [stack]"
+    );
+    assert_eq!(
+        compare(&s.named_in(model, &split), &split),
+        Comparison::default()
+    );
+    call(&mut s, libc::SYS_mprotect, &[page, P, RW], 0);
+    let whole = [stack(lo, hi, "rw-p")];
+    let model = s.regions().to_vec();
+    assert_eq!(
+        compare(&s.named_in(model.clone(), &whole), &whole),
+        Comparison::default()
+    );
+    // A kernel that named the low piece `[stack]` is still caught.
+    let misnamed = [stack(lo, page, "rw-p"), stack(page, hi, "rw-p")];
+    let d = compare(&s.named_in(model, &misnamed), &misnamed).differences;
+    assert_eq!(
+        d.iter()
+            .map(|d| (d.start, d.end, d.field))
+            .collect::<Vec<_>>(),
+        [(lo, page, Field::Path)]
+    );
+}
+
 /// ipc/shm.c: `SYSV%08x (deleted)`, rw-s (r--s with SHM_RDONLY, rwxs with SHM_EXEC), the
 /// segment's pages, inode = shmid; shmdt removes every fragment attached at the address.
 #[test]

@@ -1,8 +1,9 @@
 //! `mmap-trace verify`: replay the traced events into a shadow address space and compare
 //! it with /proc/<pid>/maps after every event.
 //!
-//! The comparison needs the process to hold still: with `stop_after_event` set, the
-//! syscall and exec probes send the process SIGSTOP as the call returns. Userspace waits
+//! The comparison needs the process to hold still: with `tracer_tgid` set (to verify's
+//! own), the syscall and exec probes send each thread verify traces SIGSTOP as its call
+//! returns. Userspace waits
 //! until every thread is stopped, drains the ring buffer (each call that completed has
 //! submitted its event by then), applies the events, compares, and sends SIGCONT.
 //!
@@ -152,7 +153,9 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         bail!("verify needs one process: give --pid PID or -- CMD [ARGS…]");
     }
     let mut load = config.load;
-    load.filter.stop_after_event = 1;
+    // The kernel's number for this process: the targets' tracer (the probes stop only
+    // the tasks it traces). In the initial pid namespace, like the targets' pids.
+    load.filter.tracer_tgid = std::process::id();
     let follow = load.filter.follow_forks != 0;
     if load.requested.is_none() {
         let mut probes = crate::kernel::loader::default_probes();
@@ -373,6 +376,26 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         );
     }
     Ok(agreed)
+}
+
+/// Says what a child verify cannot trace means for the run. The kernel does not let a
+/// tracer follow a clone made with CLONE_UNTRACED; programs make one to ptrace their own
+/// process (a sanitizer's leak checker stopping the world, an in-process debugger), which
+/// fails while verify traces it, as under strace or gdb.
+fn untraced_child(parent: u32, child: u32, shares_mm: bool) {
+    eprintln!(
+        "mmap-trace: warning: pid {parent} made pid {child} with CLONE_UNTRACED{}: verify cannot hold it still{}. Programs do that to ptrace their own threads (LeakSanitizer at exit, in-process debuggers), which they cannot while verify traces them: they fail as under strace or gdb (for LeakSanitizer: ASAN_OPTIONS=detect_leaks=0 or LSAN_OPTIONS=detect_leaks=0)",
+        if shares_mm {
+            ", sharing its memory"
+        } else {
+            ""
+        },
+        if shares_mm {
+            "; its changes are applied to its parent's model, checked when the parent stops"
+        } else {
+            " and does not check it"
+        }
+    );
 }
 
 /// The ring's records, but exits: verify sees its processes end through ptrace, which
@@ -654,7 +677,7 @@ impl Verifier {
         }
         // The shadow starts as the kernel's view: the copy of that view starts there too.
         let kernel = KernelView::whole(&view.regions);
-        let shadow = ShadowSpace::seed(view.regions, stat.start_brk.unwrap_or(0));
+        let shadow = ShadowSpace::seed(view.regions, stat.start_brk.unwrap_or(0), stat.startstack);
         let proc = self.procs.entry(pid).or_default();
         proc.shadow = Some(shadow);
         self.sharing.exec(pid);
@@ -708,9 +731,15 @@ impl Verifier {
             });
             let child = self.procs.entry(f.child_pid).or_default();
             child.parent.get_or_insert(pid);
+            // (Once: another order of the same events applies the fork again.)
+            if f.untraced != 0 && child.ended.is_none() {
+                untraced_child(pid, f.child_pid, f.shares_mm != 0);
+                // Never held, so never seen to end: what is known of it is this.
+                child.ended = Some("not traced (made with CLONE_UNTRACED)".into());
+            }
             if f.shares_mm != 0 {
                 self.sharing.fork(pid, f.child_pid, true);
-            } else {
+            } else if f.untraced == 0 {
                 child.shadow = inherited;
                 child.failed = failed;
             }

@@ -14,9 +14,10 @@ pub struct ShadowSpace {
 }
 
 impl ShadowSpace {
-    /// From the kernel's view (at attach or exec) and /proc/<pid>/stat's start_brk.
-    pub fn seed(regions: Vec<Region>, start_brk: u64) -> Self {
-        let mut space = AddressSpace::from_kernel(regions, start_brk);
+    /// From the kernel's view (at attach or exec) and /proc/<pid>/stat's start_brk and
+    /// startstack.
+    pub fn seed(regions: Vec<Region>, start_brk: u64, start_stack: u64) -> Self {
+        let mut space = AddressSpace::from_kernel(regions, start_brk).with_start_stack(start_stack);
         space.track_touched();
         Self { space }
     }
@@ -142,7 +143,7 @@ mod tests {
 
     #[test]
     fn adopting_takes_the_kernels_view_where_it_differs() {
-        let mut s = ShadowSpace::seed(vec![anon(0x1000, 0x3000, "rw-p")], 0);
+        let mut s = ShadowSpace::seed(vec![anon(0x1000, 0x3000, "rw-p")], 0, 0);
         let kernel = vec![
             anon(0x1000, 0x2000, "rw-p"),
             anon(0x2000, 0x3000, "r--p"),

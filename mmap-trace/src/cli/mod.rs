@@ -99,7 +99,9 @@ enum Command {
     /// with PTRACE_INTERRUPT, so no handler of the target runs, no syscall of it fails
     /// with EINTR and its parent sees no stop. What verify still changes: time (each
     /// checkpoint costs a maps read), and the target is ptraced meanwhile (TracerPid in
-    /// /proc/<pid>/status; gdb or strace cannot attach to it at the same time).
+    /// /proc/<pid>/status; gdb or strace cannot attach to it at the same time, nor can
+    /// it ptrace its own processes: LeakSanitizer's check at exit then fails, as under
+    /// strace; ASAN_OPTIONS=detect_leaks=0 skips it).
     /// Exit status: 0 when everything agreed, 1 on any mismatch, on any lost event, or when
     /// nothing was checked (the target made no traced call), 2 on error.
     #[command(

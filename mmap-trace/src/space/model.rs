@@ -322,7 +322,8 @@ impl AddressSpace {
     /// `setarch -R`, gdb's default). An mprotect of a page inside the stack splits it, and
     /// only the piece holding `start_stack` stays `[stack]`; the pieces merge back when
     /// their flags agree again. The model's heap bounds and stack start still decide, so
-    /// a wrong break is still seen.
+    /// a wrong break is still seen; only a VMA that touches the heap without overlapping
+    /// it may have either name, as the kernel's rule changed there.
     pub fn named_in(&self, regions: Vec<Region>, kernel: &[Region]) -> Vec<Region> {
         let heap = self.initial_heap();
         if heap.is_none() && self.start_stack.is_none() {
@@ -343,6 +344,12 @@ impl AddressSpace {
             (Backing::Stack, _, Some(at)) if !(k.start <= at && at <= k.end) => Backing::Anonymous,
             (Backing::Anonymous | Backing::Heap, Some((start, brk)), _) => {
                 if k.start < brk && k.end > start {
+                    Backing::Heap
+                } else if k.start <= brk && k.end >= start && k.backing == Backing::Heap {
+                    // A VMA that only touches the heap: `[heap]` on kernels that compare
+                    // inclusively (`vm_end >= start_brk`: 6.1, and 6.6's first
+                    // vma_is_initial_heap), not on later ones. With an empty heap right
+                    // after a bss (randomization off) 6.1 names the bss `[heap]` at exec.
                     Backing::Heap
                 } else {
                     Backing::Anonymous

@@ -3,9 +3,9 @@
 //!
 //! The comparison needs the process to hold still: with `tracer_tgid` set (to verify's
 //! own), the syscall and exec probes send each thread verify traces SIGSTOP as its call
-//! returns. Userspace waits
-//! until every thread is stopped, drains the ring buffer (each call that completed has
-//! submitted its event by then), applies the events, compares, and sends SIGCONT.
+//! returns, which verify swallows in the ptrace stop. It holds every thread, drains the
+//! ring buffer (each call that completed has submitted its event by then), applies the
+//! events, compares, and resumes the threads.
 //!
 //! Owns the shadow per process, the checkpoints, the page checks (`pages`) and
 //! `verify-driver` (`driver`). May not touch: the address-space rules (space/ owns them,

@@ -236,6 +236,7 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
         // whose stop never came, or that stops nobody (another task's change), is found
         // by this tick at the latest.
         let mut tick = tokio::time::interval(SAFETY_TICK);
+        let mut signals_looked = std::time::Instant::now();
         let ended = loop {
             if !stopped {
                 // About to sleep: the SIGCHLDs of stops already handled are dropped, so the
@@ -258,6 +259,19 @@ pub fn run(config: VerifyConfig) -> Result<bool> {
                     _ = tick.tick() => {}
                     _ = sigint.recv() => break "SIGINT".to_string(),
                     _ = sigterm.recv() => break "SIGTERM".to_string(),
+                }
+            } else if signals_looked.elapsed() >= SIGNAL_LOOK {
+                // A target that stops again within the spin below never lets verify reach
+                // the select above: Ctrl-C and SIGTERM are looked for here too, or a busy
+                // target could not be interrupted (verify wrote its events on for ever).
+                // The yield lets the runtime poll its driver, which delivers the signals.
+                signals_looked = std::time::Instant::now();
+                tokio::task::yield_now().await;
+                tokio::select! {
+                    biased;
+                    _ = sigint.recv() => break "SIGINT".to_string(),
+                    _ = sigterm.recv() => break "SIGTERM".to_string(),
+                    () = std::future::ready(()) => {}
                 }
             }
             for notice in holder.poll()? {
@@ -1086,6 +1100,9 @@ struct After {
 
 /// The longest a record waits for verify when nothing woke it.
 const SAFETY_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// How often verify looks for Ctrl-C and SIGTERM while its target keeps it busy.
+const SIGNAL_LOOK: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// How long verify looks for the target's next stop before it sleeps until woken.
 const NEXT_STOP_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
